@@ -1,0 +1,15 @@
+//! lsvd-ublk: a log-structured virtual disk.
+//!
+//! Writes are made durable in a local O_DIRECT journal, acknowledged, then
+//! packed in write order into large objects in an object store. See
+//! `docs/format.md` for every persistent layout and `README.md` for the
+//! consistency guarantees.
+//!
+//! Layers, lowest first: [`units`]/[`error`], [`format`] (pure layouts),
+//! [`io`], [`backend`], [`map`], [`journal`], [`volume`], [`cli`].
+
+pub mod backend;
+pub mod error;
+pub mod units;
+
+pub use error::{Error, ErrorKind, Result};
