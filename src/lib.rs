@@ -9,7 +9,10 @@
 //! [`io`], [`backend`], [`map`], [`journal`], [`volume`], [`cli`].
 
 pub mod backend;
+pub mod config;
 pub mod error;
+pub mod format;
 pub mod units;
+pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,395 @@
+//! [`DirStore`]: the embedded default object store, one directory per pool.
+//!
+//! Each object is a regular file named exactly as the object, directly in the
+//! pool directory. Names starting with `.` are reserved for the store itself:
+//!
+//! * `.tmp.<object>.<pid>.<counter>`: an object being written by [`put`]; it
+//!   is renamed over `<object>` once its data is durable. A crash can leave
+//!   one behind; [`lock`] removes the leftovers of the objects it fences.
+//! * `.lock.<name>`: the lock file of lock `<name>`, holding the owner string
+//!   of the current (or last) holder. It is never deleted, see [`lock`].
+//!
+//! [`put`]: ObjectStore::put
+//! [`lock`]: ObjectStore::lock
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{check_object_name, ObjectStore, StoreLock};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Prefix of temp files written by `put`.
+const TMP_PREFIX: &str = ".tmp.";
+/// Prefix of lock files.
+const LOCK_PREFIX: &str = ".lock.";
+
+/// Counter making temp file names unique within this process (shared by all
+/// `DirStore`s, so two stores on one directory never collide).
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Temp file names of this process whose `put` is still in flight, so that
+/// stale-temp cleanup in `lock` never deletes a live write of this process.
+static TMP_IN_FLIGHT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn in_flight() -> MutexGuard<'static, Option<HashSet<String>>> {
+    TMP_IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers a temp file name as in flight; unregisters on drop.
+struct InFlight(String);
+
+impl InFlight {
+    fn new(name: String) -> InFlight {
+        in_flight()
+            .get_or_insert_with(HashSet::new)
+            .insert(name.clone());
+        InFlight(name)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(set) = in_flight().as_mut() {
+            set.remove(&self.0);
+        }
+    }
+}
+
+/// An object store kept as files in one local directory.
+pub struct DirStore {
+    dir: PathBuf,
+    /// The directory itself, opened once, for fsyncing renames and unlinks.
+    dir_file: File,
+}
+
+impl DirStore {
+    /// Open the store in the existing directory `dir`.
+    ///
+    /// Fails with kind `NotFound` if `dir` does not exist and `InvalidInput`
+    /// if it is not a directory.
+    pub fn open(dir: &Path) -> Result<DirStore> {
+        let meta = fs::metadata(dir)
+            .map_err(|e| Error::io(format!("open store dir:{}", dir.display()), e))?;
+        if !meta.is_dir() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("open store dir:{}: not a directory", dir.display()),
+            ));
+        }
+        let dir_file = File::open(dir)
+            .map_err(|e| Error::io(format!("open store dir:{}", dir.display()), e))?;
+        Ok(DirStore {
+            dir: dir.to_path_buf(),
+            dir_file,
+        })
+    }
+
+    /// Create `dir` (and its parents) if needed, then [`open`](Self::open) it.
+    pub fn create(dir: &Path) -> Result<DirStore> {
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create store dir:{}", dir.display()), e))?;
+        DirStore::open(dir)
+    }
+
+    /// The directory holding the objects.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Context for an error of operation `op` on object `name`.
+    fn ctx(&self, op: &str, name: &str) -> String {
+        format!("{op} {name} in dir:{}", self.dir.display())
+    }
+
+    fn check_name(&self, op: &str, name: &str) -> Result<()> {
+        check_object_name(name).map_err(|why| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}: {why}", self.ctx(op, name)),
+            )
+        })
+    }
+
+    /// Make the directory's entries (renames, unlinks) durable.
+    fn sync_dir(&self) -> io::Result<()> {
+        self.dir_file.sync_all()
+    }
+
+    /// Write `data` to the temp file `tmp_path` and rename it to `path`.
+    fn put_via_temp(&self, tmp_path: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp_path)?;
+        f.write_all(data)?;
+        // Crash ordering: the file's data must be durable before the rename
+        // makes it visible under the object's name; otherwise a crash could
+        // leave `<name>` pointing at a short or zero-filled file.
+        f.sync_all()?;
+        drop(f);
+        // rename(2) atomically replaces any old object: a reader opens either
+        // the old file or the new one, never a mix.
+        fs::rename(tmp_path, path)?;
+        // Crash ordering: the rename must be durable before we return Ok, as
+        // the caller may then drop its own copy (e.g. trim its journal).
+        self.sync_dir()
+    }
+
+    /// Remove leftover temp files of objects whose name starts with `prefix`
+    /// (crash leftovers). Only files named `.tmp.<object>.<pid>.<counter>`
+    /// are touched, and only when their writer is gone: either a dead process,
+    /// or this process with no `put` of that file in flight. A temp file of a
+    /// live other process is kept (it may be a write in progress).
+    fn remove_stale_temps(&self, prefix: &str) -> io::Result<usize> {
+        let me = std::process::id();
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(fname) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some((object, pid)) = parse_temp_name(&fname) else {
+                continue;
+            };
+            if !object.starts_with(prefix) || !entry.file_type()?.is_file() {
+                continue;
+            }
+            let stale = if pid == me {
+                !in_flight().as_ref().is_some_and(|set| set.contains(&fname))
+            } else {
+                !process_alive(pid)
+            };
+            if !stale {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(
+                        store = %self.describe(),
+                        file = %fname,
+                        "removed stale temp file left by an interrupted put"
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if removed > 0 {
+            self.sync_dir()?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Split `.tmp.<object>.<pid>.<counter>` into the object name and the pid.
+fn parse_temp_name(fname: &str) -> Option<(&str, u32)> {
+    let rest = fname.strip_prefix(TMP_PREFIX)?;
+    let (rest, counter) = rest.rsplit_once('.')?;
+    let (object, pid) = rest.rsplit_once('.')?;
+    counter.parse::<u64>().ok()?;
+    let pid = pid.parse::<u32>().ok()?;
+    check_object_name(object).ok()?;
+    Some((object, pid))
+}
+
+/// Whether process `pid` exists (on this host). Errs on the side of "alive".
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid
+    // exists. It takes no pointers.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+impl ObjectStore for DirStore {
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.check_name("put", name)?;
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp_name = format!("{TMP_PREFIX}{name}.{}.{n}", std::process::id());
+        let tmp_path = self.dir.join(&tmp_name);
+        let _in_flight = InFlight::new(tmp_name);
+        self.put_via_temp(&tmp_path, &self.dir.join(name), data)
+            .map_err(|e| {
+                // Best effort: after a successful rename this finds nothing.
+                let _ = fs::remove_file(&tmp_path);
+                Error::io(self.ctx("put", name), e)
+            })
+    }
+
+    fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.check_name("get", name)?;
+        let ctx = || self.ctx("get", name);
+        let f = File::open(self.dir.join(name)).map_err(|e| Error::io(ctx(), e))?;
+        let size = f.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+        // Objects are replaced by rename, never modified in place, so the
+        // size of the file we opened does not change under us.
+        let want = size.saturating_sub(offset).min(len as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let mut done = 0;
+        while done < want {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(ctx(), e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn stat(&self, name: &str) -> Result<Option<u64>> {
+        self.check_name("stat", name)?;
+        match fs::metadata(self.dir.join(name)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(self.ctx("stat", name), e)),
+        }
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        self.check_name("delete", name)?;
+        match fs::remove_file(self.dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(self.ctx("delete", name), e)),
+        }
+        // Crash ordering: the unlink is durable before we report success.
+        self.sync_dir()
+            .map_err(|e| Error::io(self.ctx("delete", name), e))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let ctx = || format!("list prefix '{prefix}' in dir:{}", self.dir.display());
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(ctx(), e))? {
+            let entry = entry.map_err(|e| Error::io(ctx(), e))?;
+            // Non-UTF-8 names cannot be objects (we only create UTF-8 ones).
+            let Ok(fname) = entry.file_name().into_string() else {
+                continue;
+            };
+            if fname.starts_with('.') || !fname.starts_with(prefix) {
+                continue;
+            }
+            if entry.file_type().map_err(|e| Error::io(ctx(), e))?.is_dir() {
+                continue;
+            }
+            names.push(fname);
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        self.check_name("lock", name)?;
+        let ctx = || self.ctx("lock", name);
+        let path = self.dir.join(format!("{LOCK_PREFIX}{name}"));
+        // A fresh open gives a fresh open file description, so a second lock
+        // taken in this same process conflicts too (flock is per description).
+        // The lock file is never deleted: deleting it would let two takers
+        // lock two different inodes under one name.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(ctx(), e))?;
+        // SAFETY: flock takes a file descriptor owned by `file`, which is
+        // open for the whole call; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut holder = String::new();
+                // The holder writes its name right after locking; an empty
+                // file means we looked in between.
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    "<unknown>"
+                } else {
+                    holder
+                };
+                return Err(Error::new(
+                    ErrorKind::Locked,
+                    format!("{}: {name} is locked by {holder}", ctx()),
+                ));
+            }
+            return Err(Error::io(ctx(), e));
+        }
+        file.set_len(0).map_err(|e| Error::io(ctx(), e))?;
+        file.write_all_at(owner.as_bytes(), 0)
+            .map_err(|e| Error::io(ctx(), e))?;
+        // We now fence the objects of `name`: any temp file of theirs whose
+        // writer is gone is a crash leftover.
+        self.remove_stale_temps(name)
+            .map_err(|e| Error::io(format!("{}: removing stale temp files", ctx()), e))?;
+        Ok(Box::new(DirLock {
+            file,
+            owner: owner.to_owned(),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("dir:{}", self.dir.display())
+    }
+}
+
+/// A held [`DirStore`] lock: the open, flock-ed lock file.
+struct DirLock {
+    file: File,
+    owner: String,
+}
+
+impl StoreLock for DirLock {
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Clear the owner while still holding the lock (best effort), then
+        // closing the file (dropping `file`) releases the flock.
+        let _ = self.file.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_parse() {
+        assert_eq!(
+            parse_temp_name(".tmp.img.0001.42.7"),
+            Some(("img.0001", 42))
+        );
+        assert_eq!(parse_temp_name(".tmp.a.1.2"), Some(("a", 1)));
+        assert_eq!(parse_temp_name(".tmp.a.x.2"), None);
+        assert_eq!(parse_temp_name(".tmp.a.1.y"), None);
+        assert_eq!(parse_temp_name(".tmp..1.2"), None);
+        assert_eq!(parse_temp_name(".lock.a.1.2"), None);
+        assert_eq!(parse_temp_name("img.1.2"), None);
+    }
+
+    #[test]
+    fn own_pid_is_alive_and_huge_pid_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX));
+        assert!(!process_alive(999_999_999));
+    }
+}

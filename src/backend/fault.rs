@@ -1,0 +1,360 @@
+//! [`FaultStore`]: a wrapper that fails, delays or drops chosen operations of
+//! another store, for tests.
+//!
+//! Faults are described by [`FaultRule`]s. For each operation the rules are
+//! tried in the order they were added; the first one that matches (same
+//! operation, name filter, firings left) and wins its probability roll fires,
+//! and the others are not tried. Randomness (probability rolls, random
+//! delays) comes from a seeded RNG, so a run with the same seed and the same
+//! sequence of operations injects the same faults.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::{ObjectStore, StoreLock};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The operations of [`ObjectStore`] a rule can target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultOp {
+    /// [`ObjectStore::put`]
+    Put,
+    /// [`ObjectStore::get`]
+    Get,
+    /// [`ObjectStore::stat`]
+    Stat,
+    /// [`ObjectStore::delete`]
+    Delete,
+    /// [`ObjectStore::list`] (the name filter applies to the prefix)
+    List,
+    /// [`ObjectStore::lock`] (the name filter applies to the lock name)
+    Lock,
+}
+
+impl FaultOp {
+    /// Every operation, in a fixed order.
+    pub const ALL: [FaultOp; 6] = [
+        FaultOp::Put,
+        FaultOp::Get,
+        FaultOp::Stat,
+        FaultOp::Delete,
+        FaultOp::List,
+        FaultOp::Lock,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            FaultOp::Put => "put",
+            FaultOp::Get => "get",
+            FaultOp::Stat => "stat",
+            FaultOp::Delete => "delete",
+            FaultOp::List => "list",
+            FaultOp::Lock => "lock",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for FaultOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a firing rule does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultAction {
+    /// Fail the operation with an error of this kind, without calling the
+    /// inner store.
+    Fail(ErrorKind),
+    /// Sleep this long, then perform the operation normally.
+    Delay(Duration),
+    /// Sleep a random time in `0..=max`, then perform the operation normally.
+    DelayRandom {
+        /// The longest delay.
+        max: Duration,
+    },
+    /// Lose the operation: a `put` or `delete` reports success without doing
+    /// anything; any other operation fails like `Fail(ErrorKind::Io)`.
+    Drop,
+}
+
+/// One fault to inject.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultRule {
+    /// The operation it targets.
+    pub op: FaultOp,
+    /// Only objects (or list prefixes, or lock names) containing this string;
+    /// `None` matches all.
+    pub name_contains: Option<String>,
+    /// What it does when it fires.
+    pub action: FaultAction,
+    /// How many times it may fire; `None` means forever.
+    pub times: Option<u64>,
+    /// Chance of firing when it matches, in `0.0..=1.0` (values outside are
+    /// clamped; NaN counts as 0).
+    pub probability: f64,
+}
+
+impl FaultRule {
+    /// A rule that always fires `action` on every `op`, forever. Narrow it with
+    /// [`matching`](Self::matching), [`times`](Self::times) and
+    /// [`probability`](Self::probability).
+    pub fn new(op: FaultOp, action: FaultAction) -> FaultRule {
+        FaultRule {
+            op,
+            name_contains: None,
+            action,
+            times: None,
+            probability: 1.0,
+        }
+    }
+
+    /// Shorthand for `FaultRule::new(op, FaultAction::Fail(kind))`.
+    pub fn fail(op: FaultOp, kind: ErrorKind) -> FaultRule {
+        FaultRule::new(op, FaultAction::Fail(kind))
+    }
+
+    /// Only fire on names containing `s`.
+    pub fn matching(mut self, s: impl Into<String>) -> FaultRule {
+        self.name_contains = Some(s.into());
+        self
+    }
+
+    /// Fire at most `n` times.
+    pub fn times(mut self, n: u64) -> FaultRule {
+        self.times = Some(n);
+        self
+    }
+
+    /// Fire with probability `p` each time it matches.
+    pub fn probability(mut self, p: f64) -> FaultRule {
+        self.probability = p;
+        self
+    }
+
+    fn matches(&self, op: FaultOp, name: &str) -> bool {
+        self.op == op
+            && self.times != Some(0)
+            && self
+                .name_contains
+                .as_deref()
+                .is_none_or(|s| name.contains(s))
+    }
+}
+
+/// What a [`FaultStore`] has seen and done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Operations seen, indexed like [`FaultOp::ALL`]; see [`seen`](Self::seen).
+    pub ops: [u64; 6],
+    /// Faults injected, indexed like [`FaultOp::ALL`]; see
+    /// [`injected_for`](Self::injected_for).
+    pub injected_by_op: [u64; 6],
+    /// Faults injected in total (delays included).
+    pub injected: u64,
+}
+
+impl FaultCounts {
+    /// Operations of kind `op` seen (faulted or not).
+    pub fn seen(&self, op: FaultOp) -> u64 {
+        self.ops[op.index()]
+    }
+
+    /// Faults injected into operations of kind `op`.
+    pub fn injected_for(&self, op: FaultOp) -> u64 {
+        self.injected_by_op[op.index()]
+    }
+}
+
+struct State {
+    rules: Vec<FaultRule>,
+    rng: SmallRng,
+    counts: FaultCounts,
+}
+
+/// The decision taken for one operation.
+enum Decision {
+    Proceed,
+    Sleep(Duration),
+    Fail(ErrorKind),
+    Drop,
+}
+
+/// An [`ObjectStore`] that forwards to another one, injecting faults.
+pub struct FaultStore {
+    inner: Arc<dyn ObjectStore>,
+    state: Mutex<State>,
+}
+
+impl FaultStore {
+    /// Wrap `inner`; `seed` seeds the RNG used for probabilities and random
+    /// delays. No rules at first: everything is forwarded.
+    pub fn new(inner: Arc<dyn ObjectStore>, seed: u64) -> FaultStore {
+        FaultStore {
+            inner,
+            state: Mutex::new(State {
+                rules: Vec::new(),
+                rng: SmallRng::seed_from_u64(seed),
+                counts: FaultCounts::default(),
+            }),
+        }
+    }
+
+    /// Add a rule, tried after the existing ones.
+    pub fn add_rule(&self, rule: FaultRule) {
+        self.state().rules.push(rule);
+    }
+
+    /// Remove every rule (counts are kept).
+    pub fn clear_rules(&self) {
+        self.state().rules.clear();
+    }
+
+    /// What has been seen and injected so far.
+    pub fn counts(&self) -> FaultCounts {
+        self.state().counts.clone()
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update under this lock is complete before anything can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count `op` on `name` and decide what to do with it.
+    fn decide(&self, op: FaultOp, name: &str) -> Decision {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        st.counts.ops[op.index()] += 1;
+        let mut fired = None;
+        for rule in st.rules.iter_mut() {
+            if !rule.matches(op, name) {
+                continue;
+            }
+            let p = rule.probability;
+            // Only roll for real probabilities, so rules that always or never
+            // fire do not disturb the random sequence of the others.
+            let fires = if p.is_nan() || p <= 0.0 {
+                false
+            } else if p >= 1.0 {
+                true
+            } else {
+                st.rng.gen_bool(p)
+            };
+            if fires {
+                if let Some(t) = rule.times.as_mut() {
+                    *t -= 1;
+                }
+                fired = Some(rule.action.clone());
+                break;
+            }
+        }
+        let Some(action) = fired else {
+            return Decision::Proceed;
+        };
+        st.counts.injected += 1;
+        st.counts.injected_by_op[op.index()] += 1;
+        match action {
+            FaultAction::Fail(kind) => Decision::Fail(kind),
+            FaultAction::Delay(d) => Decision::Sleep(d),
+            FaultAction::DelayRandom { max } => {
+                let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+                Decision::Sleep(Duration::from_nanos(st.rng.gen_range(0..=nanos)))
+            }
+            FaultAction::Drop => Decision::Drop,
+        }
+    }
+
+    fn injected(&self, op: FaultOp, name: &str, kind: ErrorKind, what: &str) -> Error {
+        Error::new(
+            kind,
+            format!(
+                "{op} {name} in {}: injected fault ({what})",
+                self.describe()
+            ),
+        )
+    }
+
+    /// Apply the decision for an operation other than put/delete: returns
+    /// `Err` to fail it, `Ok` to go on with it.
+    fn gate(&self, op: FaultOp, name: &str) -> Result<()> {
+        match self.decide(op, name) {
+            Decision::Proceed => Ok(()),
+            Decision::Sleep(d) => {
+                std::thread::sleep(d);
+                Ok(())
+            }
+            Decision::Fail(kind) => Err(self.injected(op, name, kind, "fail")),
+            Decision::Drop => Err(self.injected(op, name, ErrorKind::Io, "drop")),
+        }
+    }
+
+    /// Apply the decision for put/delete: `Ok(false)` to skip the operation
+    /// and report success (a dropped write), `Ok(true)` to perform it.
+    fn gate_mutation(&self, op: FaultOp, name: &str) -> Result<bool> {
+        match self.decide(op, name) {
+            Decision::Proceed => Ok(true),
+            Decision::Sleep(d) => {
+                std::thread::sleep(d);
+                Ok(true)
+            }
+            Decision::Fail(kind) => Err(self.injected(op, name, kind, "fail")),
+            Decision::Drop => {
+                tracing::debug!(store = %self.describe(), %op, name, "injected fault: dropped");
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl ObjectStore for FaultStore {
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        if self.gate_mutation(FaultOp::Put, name)? {
+            self.inner.put(name, data)?;
+        }
+        Ok(())
+    }
+
+    fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.gate(FaultOp::Get, name)?;
+        self.inner.get(name, offset, len)
+    }
+
+    fn stat(&self, name: &str) -> Result<Option<u64>> {
+        self.gate(FaultOp::Stat, name)?;
+        self.inner.stat(name)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        if self.gate_mutation(FaultOp::Delete, name)? {
+            self.inner.delete(name)?;
+        }
+        Ok(())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.gate(FaultOp::List, prefix)?;
+        self.inner.list(prefix)
+    }
+
+    fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        self.gate(FaultOp::Lock, name)?;
+        self.inner.lock(name, owner)
+    }
+
+    fn describe(&self) -> String {
+        format!("fault:{}", self.inner.describe())
+    }
+}

@@ -3,13 +3,52 @@
 //!
 //! Implementations: [`dir::DirStore`] (the embedded default),
 //! [`mem::MemStore`] (tests) and [`fault::FaultStore`] (a wrapper that fails,
-//! delays or drops chosen operations, for tests).
+//! delays or drops chosen operations, for tests) and
+//! [`counting::CountingStore`] (a wrapper that counts traffic).
+//!
+//! Object names are checked the same way by every store, see
+//! [`check_object_name`].
 
+pub mod counting;
 pub mod dir;
 pub mod fault;
 pub mod mem;
 
+pub use counting::{CountingStore, StoreStats};
+pub use dir::DirStore;
+pub use fault::{FaultAction, FaultCounts, FaultOp, FaultRule, FaultStore};
+pub use mem::MemStore;
+
 use crate::error::Result;
+
+/// Longest object (or lock) name in bytes. Leaves room under the 255-byte
+/// file name limit for the `.tmp.` / `.lock.` prefixes and the temp suffix
+/// that [`dir::DirStore`] adds.
+pub const MAX_OBJECT_NAME: usize = 200;
+
+/// Check that `name` is a valid object or lock name: non-empty, at most
+/// [`MAX_OBJECT_NAME`] bytes, no `/`, no NUL, and not starting with `.`
+/// (names starting with `.` are reserved for a store's temp and lock files).
+///
+/// Returns what is wrong, for the caller to put into an error with context.
+pub fn check_object_name(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("object name is empty");
+    }
+    if name.len() > MAX_OBJECT_NAME {
+        return Err("object name is longer than 200 bytes");
+    }
+    if name.contains('/') {
+        return Err("object name contains '/'");
+    }
+    if name.contains('\0') {
+        return Err("object name contains NUL");
+    }
+    if name.starts_with('.') {
+        return Err("object name starts with '.' (reserved for temp and lock files)");
+    }
+    Ok(())
+}
 
 /// An exclusive lock held on a store; released when dropped.
 pub trait StoreLock: Send + Sync {
@@ -48,4 +87,19 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// A short description for messages, e.g. `dir:/var/lib/lsvd/store/pool`.
     fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_checked() {
+        assert!(check_object_name("img.0000000000000001").is_ok());
+        assert!(check_object_name(&"x".repeat(MAX_OBJECT_NAME)).is_ok());
+        for bad in ["", "a/b", "a\0b", ".tmp.x", ".", ".."] {
+            assert!(check_object_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_object_name(&"x".repeat(MAX_OBJECT_NAME + 1)).is_err());
+    }
 }

@@ -1,0 +1,105 @@
+//! [`CountingStore`]: a wrapper that counts the traffic to another store
+//! (tests and benchmarks use it to check write amplification and read
+//! traffic).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{ObjectStore, StoreLock};
+use crate::error::Result;
+
+/// Traffic counted by a [`CountingStore`]. Only operations that succeeded
+/// are counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Successful puts.
+    pub puts: u64,
+    /// Bytes stored by successful puts.
+    pub put_bytes: u64,
+    /// Successful gets.
+    pub gets: u64,
+    /// Bytes returned by successful gets.
+    pub get_bytes: u64,
+    /// Successful deletes (including of missing objects).
+    pub deletes: u64,
+}
+
+/// An [`ObjectStore`] that forwards to another one and counts the traffic.
+pub struct CountingStore {
+    inner: Arc<dyn ObjectStore>,
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+    gets: AtomicU64,
+    get_bytes: AtomicU64,
+    deletes: AtomicU64,
+}
+
+impl CountingStore {
+    /// Wrap `inner`, with all counters at zero.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> CountingStore {
+        CountingStore {
+            inner,
+            puts: AtomicU64::new(0),
+            put_bytes: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+            get_bytes: AtomicU64::new(0),
+            deletes: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters now. Each counter is read atomically, the set is not.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            puts: self.puts.load(Ordering::Relaxed),
+            put_bytes: self.put_bytes.load(Ordering::Relaxed),
+            gets: self.gets.load(Ordering::Relaxed),
+            get_bytes: self.get_bytes.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+}
+
+impl ObjectStore for CountingStore {
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.inner.put(name, data)?;
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        self.put_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let data = self.inner.get(name, offset, len)?;
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.get_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    fn stat(&self, name: &str) -> Result<Option<u64>> {
+        self.inner.stat(name)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        self.inner.delete(name)?;
+        self.deletes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+
+    fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        self.inner.lock(name, owner)
+    }
+
+    fn describe(&self) -> String {
+        format!("counting:{}", self.inner.describe())
+    }
+}

@@ -1,0 +1,726 @@
+//! Configuration: one flat serde tree, loaded in layers like the original
+//! C++ LSVD.
+//!
+//! Layers, lowest precedence first:
+//! 1. built-in defaults ([`Config::default`]),
+//! 2. `/usr/local/etc/lsvd.json` (skipped if missing),
+//! 3. `./lsvd.json` (skipped if missing),
+//! 4. the `--config ARG` argument: inline JSON if it starts with `{`,
+//!    otherwise a path to a JSON file that must exist.
+//!
+//! Layers are merged as `serde_json::Value`s (a later layer's keys replace
+//! an earlier one's) and the result is deserialized once, then checked by
+//! [`Config::validate`]. Before merging, every key of every layer is checked
+//! on its own, so an unknown key or a bad value is reported with the key
+//! and the file (or "inline JSON") it came from.
+//!
+//! Size keys accept a JSON number of bytes or a string such as `"8M"` or
+//! `"2G"` (binary units, see [`crate::units::parse_size`]); they are always
+//! written back as numbers.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind};
+use crate::units::parse_size;
+use crate::Result;
+
+/// System-wide configuration file (layer 2).
+pub const SYSTEM_CONFIG_PATH: &str = "/usr/local/etc/lsvd.json";
+/// Configuration file in the current directory (layer 3).
+pub const LOCAL_CONFIG_PATH: &str = "./lsvd.json";
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Sizes must be multiples of this (the O_DIRECT / page granularity).
+const SIZE_ALIGN: u64 = 4096;
+
+/// Which object store holds the image's objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Objects are files under `store_dir/<pool>/`.
+    Dir,
+    /// Objects live in a Ceph RADOS pool (not built into this binary yet).
+    Rados,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Dir => "dir",
+            BackendKind::Rados => "rados",
+        })
+    }
+}
+
+/// The whole configuration. See the module docs for how it is loaded and
+/// [`describe_keys`] for a table of keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Object store kind: `"dir"` or `"rados"`.
+    /// Default: `"dir"`.
+    pub backend: BackendKind,
+    /// Root of the dir backend; one subdirectory per pool.
+    /// Default: `/var/lib/lsvd/store`.
+    pub store_dir: PathBuf,
+    /// Directory of journal files: `<wlog_dir>/<pool>/<image>.wlog`.
+    /// Default: `/var/lib/lsvd/wlog`.
+    pub wlog_dir: PathBuf,
+    /// Size of each image's journal.
+    /// Default: `1G`.
+    #[serde(deserialize_with = "de_size")]
+    pub wlog_bytes: u64,
+    /// Largest atomic write; larger client writes are split.
+    /// Default: `2M`.
+    #[serde(deserialize_with = "de_size")]
+    pub wlog_chunk_bytes: u64,
+    /// Directory of read-cache files.
+    /// Default: `/var/lib/lsvd/rcache`.
+    pub rcache_dir: PathBuf,
+    /// Size of each image's read cache.
+    /// Default: `1G`.
+    #[serde(deserialize_with = "de_size")]
+    pub rcache_bytes: u64,
+    /// Target size of a backend data object.
+    /// Default: `8M`.
+    #[serde(deserialize_with = "de_size")]
+    pub backend_obj_bytes: u64,
+    /// Backend objects being written at once.
+    /// Default: `8`.
+    pub backend_write_window: u32,
+    /// A checkpoint is written after this many data objects.
+    /// Default: `100`.
+    pub checkpoint_interval_objs: u64,
+    /// A batch older than this (milliseconds) is written to the backend even
+    /// if it is not full.
+    /// Default: `2000`.
+    pub flush_msec: u64,
+    /// If true, FLUSH waits until the backend holds everything written
+    /// before it (not just the journal).
+    /// Default: `false`.
+    pub hard_flush: bool,
+    /// Garbage collection cleans objects whose live fraction is below this
+    /// percentage.
+    /// Default: `60`.
+    pub gc_threshold: u32,
+    /// If true, garbage collection never runs.
+    /// Default: `false`.
+    pub no_gc: bool,
+    /// Journal records in flight on the io_uring.
+    /// Default: `4`.
+    pub journal_depth: u32,
+    /// How long (milliseconds) a write may wait for journal space, or a
+    /// backend operation be retried, before it fails with an I/O error.
+    /// Default: `30000`.
+    pub io_timeout_msec: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            backend: BackendKind::Dir,
+            store_dir: PathBuf::from("/var/lib/lsvd/store"),
+            wlog_dir: PathBuf::from("/var/lib/lsvd/wlog"),
+            wlog_bytes: GIB,
+            wlog_chunk_bytes: 2 * MIB,
+            rcache_dir: PathBuf::from("/var/lib/lsvd/rcache"),
+            rcache_bytes: GIB,
+            backend_obj_bytes: 8 * MIB,
+            backend_write_window: 8,
+            checkpoint_interval_objs: 100,
+            flush_msec: 2000,
+            hard_flush: false,
+            gc_threshold: 60,
+            no_gc: false,
+            journal_depth: 4,
+            io_timeout_msec: 30000,
+        }
+    }
+}
+
+/// Every key as `(key, default, meaning)`, in declaration order, for the
+/// README and `--help`. A test keeps it in step with [`Config`].
+pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] {
+    &[
+        ("backend", "dir", "object store kind: \"dir\" or \"rados\""),
+        (
+            "store_dir",
+            "/var/lib/lsvd/store",
+            "root of the dir backend; one subdirectory per pool",
+        ),
+        (
+            "wlog_dir",
+            "/var/lib/lsvd/wlog",
+            "journal files: <wlog_dir>/<pool>/<image>.wlog",
+        ),
+        ("wlog_bytes", "1G", "size of each image's journal"),
+        (
+            "wlog_chunk_bytes",
+            "2M",
+            "largest atomic write; larger writes are split",
+        ),
+        ("rcache_dir", "/var/lib/lsvd/rcache", "read-cache files"),
+        ("rcache_bytes", "1G", "size of each image's read cache"),
+        ("backend_obj_bytes", "8M", "target size of a backend data object"),
+        (
+            "backend_write_window",
+            "8",
+            "backend objects being written at once (1-256)",
+        ),
+        (
+            "checkpoint_interval_objs",
+            "100",
+            "a checkpoint is written after this many data objects",
+        ),
+        (
+            "flush_msec",
+            "2000",
+            "a batch older than this (ms) is written to the backend even if not full",
+        ),
+        (
+            "hard_flush",
+            "false",
+            "FLUSH waits until the backend holds everything, not just the journal",
+        ),
+        (
+            "gc_threshold",
+            "60",
+            "GC cleans objects whose live percentage is below this (1-99)",
+        ),
+        ("no_gc", "false", "never run garbage collection"),
+        (
+            "journal_depth",
+            "4",
+            "journal records in flight on the io_uring (1-64)",
+        ),
+        (
+            "io_timeout_msec",
+            "30000",
+            "how long (ms) a write may wait for journal space, or a backend op be retried, before it fails with EIO",
+        ),
+    ]
+}
+
+/// One source of configuration, for [`Config::load_from`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigLayer {
+    /// A JSON file; skipped if it does not exist.
+    File(PathBuf),
+    /// A JSON file that must exist.
+    RequiredFile(PathBuf),
+    /// JSON text (from `--config '{...}'`).
+    Inline(String),
+}
+
+impl ConfigLayer {
+    /// The layer for a `--config ARG`: inline JSON if it starts with `{`
+    /// (after trimming), otherwise a file that must exist.
+    pub fn from_cli_arg(arg: &str) -> ConfigLayer {
+        if arg.trim_start().starts_with('{') {
+            ConfigLayer::Inline(arg.to_owned())
+        } else {
+            ConfigLayer::RequiredFile(PathBuf::from(arg))
+        }
+    }
+
+    /// Where this layer came from, for error messages.
+    fn origin(&self) -> String {
+        match self {
+            ConfigLayer::File(p) | ConfigLayer::RequiredFile(p) => p.display().to_string(),
+            ConfigLayer::Inline(_) => "inline --config JSON".to_owned(),
+        }
+    }
+
+    /// The layer's JSON text, or `None` for a missing optional file.
+    fn read(&self) -> Result<Option<String>> {
+        let (path, required) = match self {
+            ConfigLayer::Inline(s) => return Ok(Some(s.clone())),
+            ConfigLayer::File(p) => (p, false),
+            ConfigLayer::RequiredFile(p) => (p, true),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
+            Err(e) => Err(Error::with_source(
+                ErrorKind::Config,
+                format!("cannot read config file {}", path.display()),
+                e,
+            )),
+        }
+    }
+}
+
+impl Config {
+    /// Load the standard layers (see the module docs) with `cli_arg` as the
+    /// `--config` argument, and validate the result.
+    pub fn load(cli_arg: Option<&str>) -> Result<Config> {
+        let mut layers = vec![
+            ConfigLayer::File(PathBuf::from(SYSTEM_CONFIG_PATH)),
+            ConfigLayer::File(PathBuf::from(LOCAL_CONFIG_PATH)),
+        ];
+        if let Some(arg) = cli_arg {
+            layers.push(ConfigLayer::from_cli_arg(arg));
+        }
+        Config::load_from(&layers)
+    }
+
+    /// Load `layers` over the built-in defaults (later layers win) and
+    /// validate the result.
+    pub fn load_from(layers: &[ConfigLayer]) -> Result<Config> {
+        let mut merged = Value::Object(Map::new());
+        for layer in layers {
+            let Some(text) = layer.read()? else {
+                continue;
+            };
+            let value = parse_layer(&text, &layer.origin())?;
+            merge(&mut merged, value);
+        }
+        let config: Config = serde_json::from_value(merged).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("merged configuration is invalid: {e}"),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reject values that are out of range or contradict each other; the
+    /// message names the key(s).
+    pub fn validate(&self) -> Result<()> {
+        if self.backend == BackendKind::Rados {
+            return Err(cfg_err(
+                "backend \"rados\" is not built into this binary".to_owned(),
+            ));
+        }
+        for (key, path) in [
+            ("store_dir", &self.store_dir),
+            ("wlog_dir", &self.wlog_dir),
+            ("rcache_dir", &self.rcache_dir),
+        ] {
+            if path.to_str().is_none() {
+                return Err(cfg_err(format!(
+                    "{key} ({}) is not valid UTF-8",
+                    path.display()
+                )));
+            }
+        }
+        for (key, v) in [
+            ("wlog_bytes", self.wlog_bytes),
+            ("wlog_chunk_bytes", self.wlog_chunk_bytes),
+            ("backend_obj_bytes", self.backend_obj_bytes),
+            ("rcache_bytes", self.rcache_bytes),
+        ] {
+            if v == 0 || v % SIZE_ALIGN != 0 {
+                return Err(cfg_err(format!(
+                    "{key} ({v}) must be a non-zero multiple of {SIZE_ALIGN}"
+                )));
+            }
+        }
+        range_check("wlog_chunk_bytes", self.wlog_chunk_bytes, 4 * KIB, 64 * MIB)?;
+        range_check("backend_obj_bytes", self.backend_obj_bytes, 64 * KIB, GIB)?;
+        if self.wlog_chunk_bytes > self.backend_obj_bytes {
+            return Err(cfg_err(format!(
+                "wlog_chunk_bytes ({}) must not exceed backend_obj_bytes ({})",
+                self.wlog_chunk_bytes, self.backend_obj_bytes
+            )));
+        }
+        // The journal must hold several maximal records at once, or a burst
+        // of large writes could wedge waiting for space it can never get.
+        let min_wlog = self.wlog_chunk_bytes.saturating_mul(4).saturating_add(MIB);
+        if self.wlog_bytes < min_wlog {
+            return Err(cfg_err(format!(
+                "wlog_bytes ({}) must be at least 4 * wlog_chunk_bytes + 1M ({min_wlog})",
+                self.wlog_bytes
+            )));
+        }
+        range_check(
+            "backend_write_window",
+            self.backend_write_window.into(),
+            1,
+            256,
+        )?;
+        range_check("journal_depth", self.journal_depth.into(), 1, 64)?;
+        range_check("gc_threshold", self.gc_threshold.into(), 1, 99)?;
+        range_check(
+            "checkpoint_interval_objs",
+            self.checkpoint_interval_objs,
+            1,
+            u64::MAX,
+        )?;
+        range_check("flush_msec", self.flush_msec, 1, u64::MAX)?;
+        range_check("io_timeout_msec", self.io_timeout_msec, 100, u64::MAX)?;
+        Ok(())
+    }
+
+    /// The configuration as pretty JSON (sizes as numbers of bytes); loading
+    /// it back gives an equal `Config`.
+    pub fn to_json_pretty(&self) -> String {
+        // Serialization fails only for a non-UTF-8 path, which validate()
+        // rejects; show the problem rather than panic if it happens anyway.
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("{{ \"error\": {:?} }}", e.to_string()))
+    }
+}
+
+fn cfg_err(msg: String) -> Error {
+    Error::new(ErrorKind::Config, msg)
+}
+
+fn range_check(key: &str, v: u64, min: u64, max: u64) -> Result<()> {
+    if v < min {
+        return Err(cfg_err(format!("{key} ({v}) must be at least {min}")));
+    }
+    if v > max {
+        return Err(cfg_err(format!("{key} ({v}) must be at most {max}")));
+    }
+    Ok(())
+}
+
+/// Parse one layer's text and check each key on its own, so errors name the
+/// key and `origin`.
+fn parse_layer(text: &str, origin: &str) -> Result<Value> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Config,
+            format!("invalid JSON in {origin}: {e}"),
+            e,
+        )
+    })?;
+    let Value::Object(map) = &value else {
+        return Err(cfg_err(format!(
+            "config in {origin} must be a JSON object, not {value}"
+        )));
+    };
+    for (key, v) in map {
+        if !describe_keys().iter().any(|(k, _, _)| k == key) {
+            return Err(cfg_err(format!("unknown key \"{key}\" in {origin}")));
+        }
+        let mut one = Map::new();
+        one.insert(key.clone(), v.clone());
+        if let Err(e) = serde_json::from_value::<Config>(Value::Object(one)) {
+            return Err(cfg_err(format!(
+                "bad value for key \"{key}\" in {origin}: {e}"
+            )));
+        }
+    }
+    Ok(value)
+}
+
+/// Merge `over` into `base`: objects merge key by key (recursively), any
+/// other value replaces what was there.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// A size: a JSON number of bytes or a string such as `"8M"`.
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    struct SizeVisitor;
+
+    impl serde::de::Visitor<'_> for SizeVisitor {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a size in bytes or a string such as \"8M\" or \"2G\"")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("size {v} is negative")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<u64, E> {
+            parse_size(v).map_err(E::custom)
+        }
+    }
+
+    d.deserialize_any(SizeVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::path::Path;
+
+    fn inline(s: &str) -> Result<Config> {
+        Config::load_from(&[ConfigLayer::Inline(s.to_owned())])
+    }
+
+    fn err_msg(r: Result<Config>) -> String {
+        match r {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let d = Config::default();
+        d.validate().unwrap();
+        let json = d.to_json_pretty();
+        assert_eq!(inline(&json).unwrap(), d);
+        assert_eq!(Config::load_from(&[]).unwrap(), d);
+        assert_eq!(inline("{}").unwrap(), d);
+    }
+
+    #[test]
+    fn non_default_round_trips() {
+        let c = Config {
+            store_dir: "/tmp/s".into(),
+            wlog_bytes: 64 * MIB,
+            backend_obj_bytes: 4 * MIB,
+            hard_flush: true,
+            no_gc: true,
+            gc_threshold: 75,
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(inline(&c.to_json_pretty()).unwrap(), c);
+    }
+
+    #[test]
+    fn sizes_accept_strings_and_numbers_and_serialize_as_numbers() {
+        for key in [
+            "wlog_bytes",
+            "wlog_chunk_bytes",
+            "rcache_bytes",
+            "backend_obj_bytes",
+        ] {
+            // Keep the other sizes consistent with an 8M value in any field.
+            let base = r#""wlog_bytes": "1G", "wlog_chunk_bytes": "1M", "backend_obj_bytes": "8M""#;
+            let a = inline(&format!(r#"{{{base}, "{key}": "8M"}}"#)).unwrap();
+            let b = inline(&format!(r#"{{{base}, "{key}": 8388608}}"#)).unwrap();
+            assert_eq!(a, b, "{key}");
+            let v: Value = serde_json::from_str(&a.to_json_pretty()).unwrap();
+            assert_eq!(v[key], Value::from(8388608u64), "{key}");
+        }
+        let m = err_msg(inline(r#"{"rcache_bytes": "12X"}"#));
+        assert!(m.contains("rcache_bytes") && m.contains("12X"), "{m}");
+        let m = err_msg(inline(r#"{"rcache_bytes": -4096}"#));
+        assert!(m.contains("rcache_bytes") && m.contains("negative"), "{m}");
+        let m = err_msg(inline(r#"{"rcache_bytes": 1.5}"#));
+        assert!(m.contains("rcache_bytes"), "{m}");
+    }
+
+    #[test]
+    fn later_layers_win_and_missing_optional_files_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = write_file(
+            dir.path(),
+            "sys.json",
+            r#"{"flush_msec": 10, "gc_threshold": 50, "backend": "dir"}"#,
+        );
+        let local = write_file(dir.path(), "local.json", r#"{"gc_threshold": 70}"#);
+        let missing = dir.path().join("missing.json");
+        let c = Config::load_from(&[
+            ConfigLayer::File(sys.clone()),
+            ConfigLayer::File(missing.clone()),
+            ConfigLayer::File(local.clone()),
+            ConfigLayer::Inline(r#"{"journal_depth": 9}"#.into()),
+        ])
+        .unwrap();
+        assert_eq!(c.flush_msec, 10);
+        assert_eq!(c.gc_threshold, 70);
+        assert_eq!(c.journal_depth, 9);
+        assert_eq!(c.io_timeout_msec, Config::default().io_timeout_msec);
+
+        // Order matters: the same files reversed give the earlier value.
+        let c = Config::load_from(&[ConfigLayer::File(local), ConfigLayer::File(sys)]).unwrap();
+        assert_eq!(c.gc_threshold, 50);
+
+        // A required file that is missing is an error naming it.
+        let m = err_msg(Config::load_from(&[ConfigLayer::RequiredFile(
+            missing.clone(),
+        )]));
+        assert!(m.contains(&missing.display().to_string()), "{m}");
+    }
+
+    #[test]
+    fn a_later_layer_can_fix_an_earlier_contradiction() {
+        // Validation runs on the merged result, not per layer.
+        let dir = tempfile::tempdir().unwrap();
+        let a = write_file(dir.path(), "a.json", r#"{"wlog_bytes": "4M"}"#);
+        let c = Config::load_from(&[
+            ConfigLayer::File(a),
+            ConfigLayer::Inline(r#"{"wlog_chunk_bytes": "512K"}"#.into()),
+        ])
+        .unwrap();
+        assert_eq!(c.wlog_bytes, 4 * MIB);
+        assert_eq!(c.wlog_chunk_bytes, 512 * KIB);
+    }
+
+    #[test]
+    fn errors_name_key_and_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_file(dir.path(), "lsvd.json", r#"{"foo": 1}"#);
+        let m = err_msg(Config::load_from(&[ConfigLayer::File(p.clone())]));
+        assert!(
+            m.contains(&format!("unknown key \"foo\" in {}", p.display())),
+            "{m}"
+        );
+
+        let p = write_file(dir.path(), "bad_type.json", r#"{"journal_depth": "x"}"#);
+        let m = err_msg(Config::load_from(&[ConfigLayer::File(p.clone())]));
+        assert!(
+            m.contains("journal_depth") && m.contains(&p.display().to_string()),
+            "{m}"
+        );
+
+        let p = write_file(dir.path(), "bad.json", "{\"no_gc\": tru");
+        let m = err_msg(Config::load_from(&[ConfigLayer::File(p.clone())]));
+        assert!(
+            m.contains("invalid JSON") && m.contains(&p.display().to_string()),
+            "{m}"
+        );
+
+        let m = err_msg(inline(r#"[1, 2]"#));
+        assert!(m.contains("JSON object"), "{m}");
+        let m = err_msg(inline(r#"{"backend": "s3"}"#));
+        assert!(m.contains("backend") && m.contains("inline"), "{m}");
+        let m = err_msg(inline(r#"{"journal_depth": 5000000000}"#));
+        assert!(m.contains("journal_depth"), "{m}");
+    }
+
+    #[test]
+    fn cli_arg_is_inline_json_or_a_required_path() {
+        assert_eq!(
+            ConfigLayer::from_cli_arg("  {\"no_gc\": true}"),
+            ConfigLayer::Inline("  {\"no_gc\": true}".into())
+        );
+        assert_eq!(
+            ConfigLayer::from_cli_arg("/etc/x.json"),
+            ConfigLayer::RequiredFile("/etc/x.json".into())
+        );
+        let c = Config::load_from(&[ConfigLayer::from_cli_arg(
+            " {\"no_gc\": true, \"rcache_bytes\": \"2G\"} ",
+        )])
+        .unwrap();
+        assert!(c.no_gc);
+        assert_eq!(c.rcache_bytes, 2 * GIB);
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_file(dir.path(), "c.json", r#"{"hard_flush": true}"#);
+        let c = Config::load_from(&[ConfigLayer::from_cli_arg(p.to_str().unwrap())]).unwrap();
+        assert!(c.hard_flush);
+        let missing = dir.path().join("nope.json");
+        let m = err_msg(Config::load(Some(missing.to_str().unwrap())));
+        assert!(m.contains("nope.json"), "{m}");
+    }
+
+    #[test]
+    fn each_validate_rule_names_its_key() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"backend": "rados"}"#, "backend \"rados\""),
+            (r#"{"wlog_bytes": 0}"#, "wlog_bytes"),
+            (r#"{"wlog_bytes": 1073741825}"#, "wlog_bytes"),
+            (r#"{"wlog_chunk_bytes": 0}"#, "wlog_chunk_bytes"),
+            (r#"{"wlog_chunk_bytes": 5000}"#, "wlog_chunk_bytes"),
+            (r#"{"backend_obj_bytes": 0}"#, "backend_obj_bytes"),
+            (r#"{"backend_obj_bytes": 10000}"#, "backend_obj_bytes"),
+            (r#"{"rcache_bytes": 0}"#, "rcache_bytes"),
+            (r#"{"rcache_bytes": 4097}"#, "rcache_bytes"),
+            (
+                r#"{"wlog_chunk_bytes": "16M", "backend_obj_bytes": "8M"}"#,
+                "wlog_chunk_bytes",
+            ),
+            (
+                r#"{"wlog_bytes": "8M", "wlog_chunk_bytes": "2M"}"#,
+                "wlog_bytes",
+            ),
+            (r#"{"backend_obj_bytes": "2G"}"#, "backend_obj_bytes"),
+            (
+                r#"{"backend_obj_bytes": "32K", "wlog_chunk_bytes": "4K"}"#,
+                "backend_obj_bytes",
+            ),
+            (
+                r#"{"wlog_chunk_bytes": "128M", "backend_obj_bytes": "1G", "wlog_bytes": "1G"}"#,
+                "wlog_chunk_bytes",
+            ),
+            (r#"{"backend_write_window": 0}"#, "backend_write_window"),
+            (r#"{"backend_write_window": 257}"#, "backend_write_window"),
+            (r#"{"journal_depth": 0}"#, "journal_depth"),
+            (r#"{"journal_depth": 65}"#, "journal_depth"),
+            (r#"{"gc_threshold": 0}"#, "gc_threshold"),
+            (r#"{"gc_threshold": 100}"#, "gc_threshold"),
+            (
+                r#"{"checkpoint_interval_objs": 0}"#,
+                "checkpoint_interval_objs",
+            ),
+            (r#"{"flush_msec": 0}"#, "flush_msec"),
+            (r#"{"io_timeout_msec": 99}"#, "io_timeout_msec"),
+        ];
+        for (json, key) in cases {
+            let m = err_msg(inline(json));
+            assert!(m.contains(key), "{json}: {m}");
+        }
+        // The boundaries themselves are accepted.
+        for json in [
+            r#"{"wlog_chunk_bytes": "4K", "backend_obj_bytes": "64K", "wlog_bytes": "1040K"}"#,
+            r#"{"wlog_chunk_bytes": "64M", "backend_obj_bytes": "1G", "wlog_bytes": "257M"}"#,
+            r#"{"backend_write_window": 256, "journal_depth": 64, "gc_threshold": 99}"#,
+            r#"{"backend_write_window": 1, "journal_depth": 1, "gc_threshold": 1}"#,
+            r#"{"checkpoint_interval_objs": 1, "flush_msec": 1, "io_timeout_msec": 100}"#,
+        ] {
+            inline(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        }
+    }
+
+    #[test]
+    fn describe_keys_matches_config() {
+        let v = serde_json::to_value(Config::default()).unwrap();
+        let fields: Vec<&String> = v.as_object().unwrap().keys().collect();
+        let keys: Vec<&str> = describe_keys().iter().map(|(k, _, _)| *k).collect();
+        for f in &fields {
+            assert!(keys.contains(&f.as_str()), "{f} missing from describe_keys");
+        }
+        assert_eq!(fields.len(), keys.len(), "describe_keys has extra keys");
+
+        // Each listed default, read as a config value, is the real default.
+        for (key, default, meaning) in describe_keys() {
+            assert!(!meaning.is_empty(), "{key}");
+            let value: Value =
+                serde_json::from_str(default).unwrap_or_else(|_| Value::from(*default));
+            let mut one = Map::new();
+            one.insert((*key).to_owned(), value);
+            let c: Config = serde_json::from_value(Value::Object(one))
+                .unwrap_or_else(|e| panic!("{key} default {default:?}: {e}"));
+            assert_eq!(
+                c,
+                Config::default(),
+                "{key}: table default {default:?} is stale"
+            );
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Pure persistent layouts: encode and decode, no I/O.
+//!
+//! Every structure carries a magic, a format version, a length, 64-bit
+//! sequence numbers and a crc32c. `docs/format.md` documents each byte.
+//! Decoders never panic on bad input: they return a [`FormatError`] naming
+//! the structure and what is wrong.
+
+pub mod checkpoint;
+pub mod journal;
+pub mod object;
+pub mod superblock;
+
+use crate::error::{Error, ErrorKind};
+
+/// Why a persistent structure failed to decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    /// Fewer bytes than the layout needs.
+    #[error("{what}: truncated ({have} bytes, need {need})")]
+    Truncated {
+        /// Structure name.
+        what: &'static str,
+        /// Bytes required.
+        need: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// Magic number mismatch: not this kind of structure.
+    #[error("{what}: bad magic")]
+    BadMagic {
+        /// Structure name.
+        what: &'static str,
+    },
+    /// A version this build does not understand.
+    #[error("{what}: unsupported format version {version} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// Structure name.
+        what: &'static str,
+        /// Version found.
+        version: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// Unknown incompatible feature bits.
+    #[error("{what}: unsupported feature bits {bits:#x}")]
+    UnsupportedFeatures {
+        /// Structure name.
+        what: &'static str,
+        /// The unknown bits.
+        bits: u64,
+    },
+    /// Checksum mismatch.
+    #[error("{what}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    BadChecksum {
+        /// Structure name.
+        what: &'static str,
+        /// Stored crc.
+        stored: u32,
+        /// Computed crc.
+        computed: u32,
+    },
+    /// A field holds an impossible value.
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// Structure name.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Error {
+        Error::with_source(ErrorKind::Corrupt, "decode failed", e)
+    }
+}
+
+/// crc32c of `data` continuing from `crc`.
+pub fn crc(crc: u32, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, data)
+}
+
+/// Little-endian writer into a growable buffer.
+#[derive(Default)]
+pub(crate) struct Enc {
+    pub buf: Vec<u8>,
+}
+
+impl Enc {
+    pub fn with_capacity(n: usize) -> Enc {
+        Enc {
+            buf: Vec::with_capacity(n),
+        }
+    }
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(b);
+        self
+    }
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    pub fn zeros(&mut self, n: usize) -> &mut Self {
+        self.buf.resize(self.buf.len() + n, 0);
+        self
+    }
+    pub fn pad_to(&mut self, n: usize) -> &mut Self {
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+        self
+    }
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    /// Overwrite a u32 at `at` (for checksums and lengths filled in last).
+    pub fn put_u32_at(&mut self, at: usize, v: u32) {
+        self.buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Little-endian reader over a byte slice that reports truncation.
+pub(crate) struct Dec<'a> {
+    what: &'static str,
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(what: &'static str, buf: &'a [u8]) -> Dec<'a> {
+        Dec { what, buf, pos: 0 }
+    }
+    pub fn need(&self, n: usize) -> Result<(), FormatError> {
+        if self.buf.len() < self.pos.saturating_add(n) {
+            return Err(FormatError::Truncated {
+                what: self.what,
+                need: self.pos.saturating_add(n),
+                have: self.buf.len(),
+            });
+        }
+        Ok(())
+    }
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
+        self.need(n)?;
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8, FormatError> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, FormatError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    pub fn u32(&mut self) -> Result<u32, FormatError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> Result<u64, FormatError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    pub fn skip(&mut self, n: usize) -> Result<(), FormatError> {
+        self.bytes(n).map(|_| ())
+    }
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn invalid(&self, reason: impl Into<String>) -> FormatError {
+        FormatError::Invalid {
+            what: self.what,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Check the magic and the version at the start of `d`.
+pub(crate) fn check_magic_version(
+    d: &mut Dec<'_>,
+    what: &'static str,
+    magic: &[u8; 8],
+    supported: u32,
+) -> Result<(), FormatError> {
+    let m = d.bytes(8)?;
+    if m != magic {
+        return Err(FormatError::BadMagic { what });
+    }
+    let version = d.u32()?;
+    if version != supported {
+        return Err(FormatError::UnsupportedVersion {
+            what,
+            version,
+            supported,
+        });
+    }
+    Ok(())
+}
+
+/// Verify a trailing crc32c stored in the last 4 bytes of `buf[..len]`.
+pub(crate) fn check_trailing_crc(what: &'static str, buf: &[u8]) -> Result<(), FormatError> {
+    if buf.len() < 4 {
+        return Err(FormatError::Truncated {
+            what,
+            need: 4,
+            have: buf.len(),
+        });
+    }
+    let body = &buf[..buf.len() - 4];
+    let mut s = [0u8; 4];
+    s.copy_from_slice(&buf[buf.len() - 4..]);
+    let stored = u32::from_le_bytes(s);
+    let computed = crc(0, body);
+    if stored != computed {
+        return Err(FormatError::BadChecksum {
+            what,
+            stored,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Round `n` up to a multiple of `align` (a power of two).
+pub const fn round_up(n: u64, align: u64) -> u64 {
+    (n + align - 1) & !(align - 1)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// The checked-in golden vector `tests/data/NAME`. It must equal what
+    /// this build encodes, so a format change is a visible, deliberate act:
+    /// run with `LSVD_BLESS=1` to rewrite the file after changing a format
+    /// (and bump its version).
+    pub fn golden(name: &str, encoded: &[u8]) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name);
+        if std::env::var_os("LSVD_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, encoded).unwrap();
+        }
+        let golden = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("golden vector {}: {e}", path.display()));
+        assert_eq!(golden, encoded, "encoding of {name} changed");
+        golden
+    }
+
+    /// Feed every truncation and a set of bit flips of `good` to `decode`;
+    /// none may panic, and every one must fail (flips in `ignore_flip` byte
+    /// ranges, e.g. padding, are allowed to decode).
+    pub fn assert_rejects_corruption<T>(
+        good: &[u8],
+        decode: impl Fn(&[u8]) -> Result<T, super::FormatError>,
+        ignore_flip: &[std::ops::Range<usize>],
+    ) {
+        assert!(decode(good).is_ok(), "the good input must decode");
+        for n in 0..good.len() {
+            assert!(
+                decode(&good[..n]).is_err(),
+                "truncation to {n} bytes decoded"
+            );
+        }
+        let step = (good.len() / 512).max(1);
+        for i in (0..good.len()).step_by(step) {
+            if ignore_flip.iter().any(|r| r.contains(&i)) {
+                continue;
+            }
+            for bit in [0u8, 3, 7] {
+                let mut bad = good.to_vec();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    decode(&bad).is_err(),
+                    "bit {bit} of byte {i} flipped still decoded"
+                );
+            }
+        }
+    }
+}
