@@ -12,6 +12,9 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod format;
+pub mod io;
+pub mod journal;
+pub mod map;
 pub mod units;
 pub mod volume;
 

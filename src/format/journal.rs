@@ -205,10 +205,28 @@ impl RecordHeader {
         data: &[u8],
     ) {
         let header_bytes = Self::header_bytes_for(entries.len()) as usize;
+        let total = header_bytes + round_up(data.len() as u64, BLOCK) as usize;
         out.clear();
-        let mut e = Enc {
-            buf: std::mem::take(out),
-        };
+        out.resize(total, 0);
+        out[header_bytes..header_bytes + data.len()].copy_from_slice(data);
+        Self::encode_in_place(out, generation, kind, first_seq, entries, data.len());
+    }
+
+    /// Encode a record in `buf` whose data (`data_len` bytes, the
+    /// concatenated data of the write entries) already sits at
+    /// `header_bytes_for(entries.len())`. Writes the header and checksum;
+    /// `buf` must be at least header + data long and its header area zero or
+    /// overwritable.
+    pub fn encode_in_place(
+        buf: &mut [u8],
+        generation: Generation,
+        kind: RecordKind,
+        first_seq: JournalSeq,
+        entries: &[RecordEntry],
+        data_len: usize,
+    ) {
+        let header_bytes = Self::header_bytes_for(entries.len()) as usize;
+        let mut e = Enc::with_capacity(REC_FIXED + REC_ENTRY * entries.len());
         e.bytes(REC_MAGIC)
             .u16(REC_VERSION)
             .u16(match kind {
@@ -216,22 +234,19 @@ impl RecordHeader {
                 RecordKind::Wrap => 2,
             })
             .u32(header_bytes as u32)
-            .u32(data.len() as u32)
+            .u32(data_len as u32)
             .u64(first_seq.0)
             .u32(entries.len() as u32)
             .u32(0);
         for x in entries {
             e.u64(x.lba.0).u32(x.sectors).u8(x.kind.code()).zeros(3);
         }
-        e.pad_to(header_bytes);
+        buf[..e.len()].copy_from_slice(&e.buf);
+        buf[e.len()..header_bytes].fill(0);
         let mut c = crc(0, &generation.0.to_le_bytes());
-        c = crc(c, &e.buf[..header_bytes]);
-        c = crc(c, data);
-        e.put_u32_at(28, c);
-        e.bytes(data);
-        let total = header_bytes + round_up(data.len() as u64, BLOCK) as usize;
-        e.pad_to(total);
-        *out = e.buf;
+        c = crc(c, &buf[..header_bytes]);
+        c = crc(c, &buf[header_bytes..header_bytes + data_len]);
+        buf[28..32].copy_from_slice(&c.to_le_bytes());
     }
 
     /// Decode the header from the record's first block(s). `buf` must hold

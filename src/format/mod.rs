@@ -122,10 +122,6 @@ impl Enc {
     pub fn len(&self) -> usize {
         self.buf.len()
     }
-    /// Overwrite a u32 at `at` (for checksums and lengths filled in last).
-    pub fn put_u32_at(&mut self, at: usize, v: u32) {
-        self.buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    }
 }
 
 /// Little-endian reader over a byte slice that reports truncation.
@@ -174,9 +170,6 @@ impl<'a> Dec<'a> {
     }
     pub fn skip(&mut self, n: usize) -> Result<(), FormatError> {
         self.bytes(n).map(|_| ())
-    }
-    pub fn pos(&self) -> usize {
-        self.pos
     }
     pub fn invalid(&self, reason: impl Into<String>) -> FormatError {
         FormatError::Invalid {

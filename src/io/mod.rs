@@ -1,0 +1,91 @@
+//! Low-level I/O: aligned buffers for O_DIRECT and file helpers.
+
+mod aligned;
+
+pub use aligned::AlignedBuf;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Open `path` for reading and writing with O_DIRECT (and create it if
+/// `create`). Fails with a clear message if the file system refuses O_DIRECT.
+pub fn open_direct(path: &Path, create: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                Error::io(
+                    format!(
+                        "open {} with O_DIRECT (the file system does not support direct I/O)",
+                        path.display()
+                    ),
+                    e,
+                )
+            } else {
+                Error::io(format!("open {}", path.display()), e)
+            }
+        })
+}
+
+/// Size in bytes of a regular file or block device.
+pub fn device_size(file: &File, path: &Path) -> Result<u64> {
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+    if md.file_type().is_block_device() {
+        let mut size: u64 = 0;
+        // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+        const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+        // SAFETY: the fd is open for the duration of the call and `size` is a
+        // valid, writable u64 as BLKGETSIZE64 requires.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                BLKGETSIZE64,
+                &mut size as *mut u64,
+            )
+        };
+        if r != 0 {
+            return Err(Error::io(
+                format!("BLKGETSIZE64 on {}", path.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(size)
+    } else {
+        Ok(md.len())
+    }
+}
+
+/// Whether `path` is a block device (following symlinks).
+pub fn is_block_device(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false)
+}
+
+/// Positional read of exactly `buf.len()` bytes (O_DIRECT-safe when `buf`
+/// and `offset` are aligned).
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, what: &Path) -> Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+        .map_err(|e| Error::io(format!("read {} at {offset}", what.display()), e))
+}
+
+/// Positional write of all of `buf`.
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64, what: &Path) -> Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+        .map_err(|e| Error::io(format!("write {} at {offset}", what.display()), e))
+}
+
+/// fdatasync.
+pub fn datasync(file: &File, what: &Path) -> Result<()> {
+    file.sync_data()
+        .map_err(|e| Error::io(format!("fdatasync {}", what.display()), e))
+}

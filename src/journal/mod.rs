@@ -1,0 +1,516 @@
+//! The write journal: a circular log on a file or block device, opened with
+//! O_DIRECT and written through io_uring, with group commit.
+//!
+//! One writer thread owns the device. Client operations arrive as
+//! [`Append`]s on a channel in journal-sequence order; the writer packs
+//! whatever is waiting into one record (group commit), keeps up to `depth`
+//! records in flight and acknowledges them strictly in order, so an
+//! acknowledged record never has a hole below it. A FLUSH (or a FUA write)
+//! completes after every record up to it has completed *and* an fdatasync
+//! issued after those completions has completed.
+//!
+//! Space is reused once the volume reports (via [`JournalShared::release`])
+//! that the backend durably holds the records' operations. The superblock's
+//! replay start is persisted before any released space is overwritten.
+
+mod replay;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Sender};
+use tracing::{info, warn};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::journal::{JournalSuper, RecordEntry, BLOCK};
+use crate::format::object::OpKind;
+use crate::io::{
+    datasync, device_size, is_block_device, open_direct, read_exact_at, write_all_at, AlignedBuf,
+};
+use crate::units::{Generation, ImageUuid, JournalSeq, Lba};
+
+/// Called once when a journal operation completes.
+pub type Done = Box<dyn FnOnce(Result<()>) + Send + 'static>;
+
+/// Journal parameters.
+#[derive(Clone, Debug)]
+pub struct JournalOptions {
+    /// File or block device.
+    pub path: PathBuf,
+    /// Size of a journal file created here (block devices use their size).
+    pub size: u64,
+    /// Records in flight.
+    pub depth: u32,
+    /// Largest record data (group commit stops there; = `wlog_chunk_bytes`).
+    pub max_record_data: u64,
+    /// How long an append may wait for space before it fails.
+    pub io_timeout: Duration,
+}
+
+/// One operation found during replay.
+#[derive(Debug)]
+pub struct ReplayEntry<'a> {
+    /// Its journal sequence.
+    pub seq: JournalSeq,
+    /// What it does.
+    pub kind: OpKind,
+    /// First sector.
+    pub lba: Lba,
+    /// Length in sectors.
+    pub sectors: u32,
+    /// Data (writes only; empty otherwise).
+    pub data: &'a [u8],
+}
+
+/// A batch of operations to journal, with consecutive sequences.
+pub struct Append {
+    /// Sequence of the first entry.
+    pub first_seq: JournalSeq,
+    /// Entries (each at most `max_record_data` of data).
+    pub entries: Vec<RecordEntry>,
+    /// Concatenated data of the write entries.
+    pub data: Vec<u8>,
+    /// Acknowledge only once durable across a host crash.
+    pub fua: bool,
+    /// Runs when the last entry is acknowledged.
+    pub done: Option<Done>,
+}
+
+pub(crate) enum Msg {
+    Append(Append),
+    Flush {
+        upto: JournalSeq,
+        done: Done,
+    },
+    Wake,
+    Shutdown {
+        clean: bool,
+        done: crossbeam_channel::Sender<Result<()>>,
+    },
+}
+
+/// State shared between the writer thread and the volume.
+pub struct JournalShared {
+    released: AtomicU64,
+    used_bytes: AtomicU64,
+    records: AtomicU64,
+    syncs: AtomicU64,
+    space_wanted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    tx: Mutex<Option<Sender<Msg>>>,
+}
+
+impl Default for JournalShared {
+    fn default() -> Self {
+        JournalShared {
+            released: AtomicU64::new(0),
+            used_bytes: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            space_wanted: Mutex::new(None),
+            tx: Mutex::new(None),
+        }
+    }
+}
+
+impl JournalShared {
+    /// The backend durably holds every operation up to `seq`: their journal
+    /// space may be reused.
+    pub fn release(&self, seq: JournalSeq) {
+        self.released.fetch_max(seq.0, Ordering::SeqCst);
+        if let Ok(g) = self.tx.lock() {
+            if let Some(tx) = g.as_ref() {
+                let _ = tx.send(Msg::Wake);
+            }
+        }
+    }
+
+    /// Set the hook called when appends wait for space (the volume then
+    /// closes its open batch early so destage can free space).
+    pub fn set_space_wanted(&self, f: Box<dyn Fn() + Send + Sync>) {
+        if let Ok(mut g) = self.space_wanted.lock() {
+            *g = Some(f);
+        }
+    }
+
+    pub(crate) fn want_space(&self) {
+        if let Ok(g) = self.space_wanted.lock() {
+            if let Some(f) = g.as_ref() {
+                f();
+            }
+        }
+    }
+
+    /// Journal bytes holding records not yet released.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+    /// Records written.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+    /// fdatasyncs completed.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// Why the journal's content was not replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discarded {
+    /// Replayed normally.
+    No,
+    /// The file did not exist or was blank: a new journal was formatted.
+    Blank,
+    /// The journal belongs to an earlier attach (its generation differs
+    /// from the one the image recorded).
+    Stale,
+    /// Its records do not continue the backend's sequence (objects lost).
+    Gap {
+        /// Last sequence in the backend.
+        backend: JournalSeq,
+        /// First sequence the journal could replay.
+        journal: JournalSeq,
+    },
+}
+
+/// What opening the journal found.
+#[derive(Debug)]
+pub struct OpenReport {
+    /// The journal's generation (record it in the image superblock).
+    pub generation: Generation,
+    /// Next journal sequence to assign.
+    pub next_seq: JournalSeq,
+    /// Operations handed to the replay callback.
+    pub replayed: u64,
+    /// Whether and why the content was discarded.
+    pub discarded: Discarded,
+}
+
+/// An open journal with its writer thread.
+pub struct Journal {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<JournalShared>,
+}
+
+impl Journal {
+    /// Open the journal at `opts.path` for image `uuid`, creating and
+    /// formatting it if missing or blank, and replay it: every entry with a
+    /// sequence above `backend_seq` goes to `on_entry`, in order. A journal
+    /// whose generation differs from `image_gen` (when that is non-zero) is
+    /// stale and is reformatted instead of replayed; so is one whose first
+    /// replayable entry is not `backend_seq + 1`.
+    pub fn open(
+        opts: &JournalOptions,
+        uuid: ImageUuid,
+        image_gen: Generation,
+        backend_seq: JournalSeq,
+        shared: Arc<JournalShared>,
+        on_entry: &mut dyn FnMut(ReplayEntry<'_>) -> Result<()>,
+    ) -> Result<(Journal, OpenReport)> {
+        let path = &opts.path;
+        let (file, size, created) = open_or_create(opts)?;
+        let mut block = AlignedBuf::new(BLOCK as usize);
+        read_exact_at(&file, &mut block, 0, path)?;
+        let mut discarded = Discarded::No;
+        let existing = if JournalSuper::is_blank(&block) {
+            if !created {
+                warn!(journal = %path.display(), "journal is blank: starting a new one (operations not yet in the backend, if any, are lost)");
+            }
+            discarded = Discarded::Blank;
+            None
+        } else {
+            let sb = JournalSuper::decode(&block).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "journal {} has a bad superblock; if its image's data is safe in the backend, delete the file to start a new journal",
+                        path.display()
+                    ),
+                    e,
+                )
+            })?;
+            if sb.uuid != uuid {
+                return Err(Error::new(
+                    ErrorKind::Mismatch,
+                    format!(
+                        "journal {} belongs to image {}, not to image {uuid}; move it away (or delete it if that image is gone)",
+                        path.display(),
+                        sb.uuid
+                    ),
+                ));
+            }
+            if sb.size != size {
+                return Err(Error::new(
+                    ErrorKind::Mismatch,
+                    format!(
+                        "journal {} was formatted for {} bytes but is {size} bytes",
+                        path.display(),
+                        sb.size
+                    ),
+                ));
+            }
+            if image_gen.0 != 0 && sb.generation != image_gen {
+                warn!(journal = %path.display(), found = sb.generation.0, expected = image_gen.0,
+                    "journal is from an earlier attach of this image: not replaying it");
+                discarded = Discarded::Stale;
+                None
+            } else {
+                Some(sb)
+            }
+        };
+
+        let mut replayed = 0u64;
+        let (sb, scan) = match existing {
+            Some(sb) => {
+                // First pass without side effects decides whether the chain
+                // continues the backend; only then are entries handed over.
+                let first = first_replayable(&file, path, &sb, backend_seq)?;
+                // A chain that starts above the backend without any entry
+                // to replay also means the backend lost objects.
+                let first = first.or(if sb.start_seq > backend_seq.next() {
+                    Some(sb.start_seq)
+                } else {
+                    None
+                });
+                match first {
+                    Some(s) if s != backend_seq.next() => {
+                        warn!(journal = %path.display(), backend = backend_seq.0, journal_first = s.0,
+                            "journal does not continue the backend's sequence (backend objects lost?): not replaying it, to keep the image a prefix of the writes");
+                        discarded = Discarded::Gap {
+                            backend: backend_seq,
+                            journal: s,
+                        };
+                        (None, None)
+                    }
+                    _ => {
+                        let scan = replay::scan(&file, path, &sb, &mut |first, entries, data| {
+                            for e in replay::entries_with_data(first, entries, data) {
+                                if e.seq > backend_seq {
+                                    replayed += 1;
+                                    on_entry(e)?;
+                                }
+                            }
+                            Ok(true)
+                        })?;
+                        info!(journal = %path.display(), replayed, records = scan.records.len(),
+                            start = sb.start_offset, start_seq = sb.start_seq.0, next_seq = scan.next_seq.0,
+                            stop = %scan.stop_reason, "journal replayed");
+                        (Some(sb), Some(scan))
+                    }
+                }
+            }
+            None => (None, None),
+        };
+
+        let (sb, scan) = match (sb, scan) {
+            (Some(sb), Some(scan)) => (sb, scan),
+            _ => {
+                // Crash ordering: the new superblock (new generation, start
+                // at the first block) is durable before any record of the
+                // new generation is written; records of the old generation
+                // can never validate under it.
+                let sb = JournalSuper {
+                    uuid,
+                    generation: new_generation(),
+                    size,
+                    start_offset: BLOCK,
+                    start_seq: backend_seq.next(),
+                    update_seq: 1,
+                };
+                write_super(&file, path, &sb)?;
+                let scan = replay::ScanResult {
+                    records: vec![],
+                    head_v: 0,
+                    start_v: 0,
+                    next_seq: backend_seq.next(),
+                    stop_reason: "new journal".into(),
+                };
+                (sb, scan)
+            }
+        };
+
+        let next_seq = if scan.next_seq > backend_seq {
+            scan.next_seq
+        } else {
+            backend_seq.next()
+        };
+        let report = OpenReport {
+            generation: sb.generation,
+            next_seq,
+            replayed,
+            discarded,
+        };
+        let (tx, rx) = unbounded();
+        let w = writer::Writer::new(file, path.clone(), sb, scan, opts, shared.clone(), next_seq)?;
+        let thread = std::thread::Builder::new()
+            .name("lsvd-journal".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| Error::io("spawn journal thread", e))?;
+        if let Ok(mut g) = shared.tx.lock() {
+            *g = Some(tx.clone());
+        }
+        Ok((
+            Journal {
+                tx,
+                thread: Some(thread),
+                shared,
+            },
+            report,
+        ))
+    }
+
+    /// Queue an append. Appends must be queued in sequence order.
+    pub fn append(&self, a: Append) {
+        if let Err(e) = self.tx.send(Msg::Append(a)) {
+            if let Msg::Append(a) = e.0 {
+                if let Some(d) = a.done {
+                    d(Err(Error::new(ErrorKind::Closed, "journal is shut down")));
+                }
+            }
+        }
+    }
+
+    /// Queue a flush covering every sequence up to `upto`.
+    pub fn flush(&self, upto: JournalSeq, done: Done) {
+        if let Err(e) = self.tx.send(Msg::Flush { upto, done }) {
+            if let Msg::Flush { done, .. } = e.0 {
+                done(Err(Error::new(ErrorKind::Closed, "journal is shut down")));
+            }
+        }
+    }
+
+    /// Shared counters and the release hook.
+    pub fn shared(&self) -> &Arc<JournalShared> {
+        &self.shared
+    }
+
+    /// Stop the writer. `clean`: everything must already be released; the
+    /// superblock is rewritten to an empty chain. Otherwise (a simulated
+    /// crash) in-flight I/O is waited for and nothing else is written.
+    pub fn shutdown(mut self, clean: bool) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let r = if self.tx.send(Msg::Shutdown { clean, done: tx }).is_ok() {
+            rx.recv()
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Closed, "journal thread died")))
+        } else {
+            Err(Error::new(ErrorKind::Closed, "journal thread died"))
+        };
+        if let Ok(mut g) = self.shared.tx.lock() {
+            *g = None;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        r
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let (tx, _rx) = crossbeam_channel::bounded(1);
+            let _ = self.tx.send(Msg::Shutdown {
+                clean: false,
+                done: tx,
+            });
+            let _ = t.join();
+        }
+    }
+}
+
+fn new_generation() -> Generation {
+    loop {
+        let g = rand::random::<u64>();
+        if g != 0 {
+            return Generation(g);
+        }
+    }
+}
+
+fn open_or_create(opts: &JournalOptions) -> Result<(File, u64, bool)> {
+    let path = &opts.path;
+    if is_block_device(path) {
+        let file = open_direct(path, false)?;
+        let size = device_size(&file, path)? / BLOCK * BLOCK;
+        if size < 16 * BLOCK {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "journal device {} is too small ({size} bytes)",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok((file, size, false));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create journal directory {}", dir.display()), e))?;
+    }
+    let exists = path.exists();
+    let file = open_direct(path, true)?;
+    let len = device_size(&file, path)?;
+    if exists && len > 0 {
+        return Ok((file, len / BLOCK * BLOCK, false));
+    }
+    // Zero-fill a new journal: writing into allocated-but-unwritten extents
+    // costs an extent conversion per write, halving the fdatasync rate.
+    let size = opts.size / BLOCK * BLOCK;
+    let chunk = AlignedBuf::new(1 << 20);
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(chunk.len() as u64) as usize;
+        write_all_at(&file, &chunk[..n], off, path)?;
+        off += n as u64;
+    }
+    datasync(&file, path)?;
+    sync_parent(path);
+    Ok((file, size, true))
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+pub(crate) fn write_super(file: &File, path: &Path, sb: &JournalSuper) -> Result<()> {
+    let mut b = AlignedBuf::new(BLOCK as usize);
+    b.copy_from_slice(&sb.encode());
+    write_all_at(file, &b, 0, path)?;
+    datasync(file, path)
+}
+
+/// Sequence of the first entry the chain would replay above `backend_seq`,
+/// found by a dry run of the scan (None: nothing to replay).
+fn first_replayable(
+    file: &File,
+    path: &Path,
+    sb: &JournalSuper,
+    backend_seq: JournalSeq,
+) -> Result<Option<JournalSeq>> {
+    let mut first = None;
+    replay::scan(file, path, sb, &mut |seq, entries, _| {
+        let last = JournalSeq(seq.0 + entries.len() as u64 - 1);
+        if first.is_none() && !entries.is_empty() && last > backend_seq {
+            first = Some(if seq > backend_seq {
+                seq
+            } else {
+                backend_seq.next()
+            });
+        }
+        Ok(first.is_none())
+    })?;
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! Journal replay: walk the record chain from the superblock's start and
+//! hand every valid entry to the caller, stopping at the first record that
+//! is missing, torn, from another generation or out of sequence.
+
+use std::fs::File;
+use std::path::Path;
+
+use crate::error::Result;
+use crate::format::journal::{JournalSuper, RecordEntry, RecordHeader, RecordKind, BLOCK};
+use crate::io::{read_exact_at, AlignedBuf};
+use crate::units::{JournalSeq, Lba};
+
+use super::ReplayEntry;
+
+/// A record found by the scan (its space stays in use until released).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScannedRecord {
+    /// Virtual position (see `writer`): offsets never wrap there.
+    pub vpos: u64,
+    /// First sequence (for wrap: the next sequence).
+    pub first_seq: JournalSeq,
+    /// Number of entries.
+    pub entries: u64,
+}
+
+/// What the scan found.
+pub(crate) struct ScanResult {
+    /// Records of the chain, in order.
+    pub records: Vec<ScannedRecord>,
+    /// Virtual head: where the next record goes.
+    pub head_v: u64,
+    /// Virtual start (the superblock's start).
+    pub start_v: u64,
+    /// Next sequence after the chain.
+    pub next_seq: JournalSeq,
+    /// Why the scan stopped (for the log).
+    pub stop_reason: String,
+}
+
+/// Scan the chain. `on_record` gets each valid record's entries with their
+/// data (in order); it returns whether to go on. Its first error aborts
+/// the scan.
+pub(crate) fn scan(
+    file: &File,
+    path: &Path,
+    sb: &JournalSuper,
+    on_record: &mut dyn FnMut(JournalSeq, &[RecordEntry], &[u8]) -> Result<bool>,
+) -> Result<ScanResult> {
+    let data_size = sb.size - BLOCK;
+    // Virtual positions start at the superblock's physical start so that
+    // phys(v) = BLOCK + (v - BLOCK) % data_size.
+    let start_v = sb.start_offset - BLOCK;
+    let phys = |v: u64| BLOCK + v % data_size;
+    let mut v = start_v;
+    let mut expect = sb.start_seq;
+    let mut records = Vec::new();
+    let mut hdr = AlignedBuf::new(BLOCK as usize);
+    let mut body = AlignedBuf::new(0);
+    let stop_reason;
+    loop {
+        if v - start_v >= data_size {
+            stop_reason = "went once around the journal".to_string();
+            break;
+        }
+        let p = phys(v);
+        read_exact_at(file, &mut hdr, p, path)?;
+        let h = match RecordHeader::decode(&hdr) {
+            Ok(h) => h,
+            Err(crate::format::FormatError::Truncated { .. }) if hdr[..4] == *b"LSJR" => {
+                // Header longer than one block: read it whole below.
+                match read_long_header(file, path, p, &hdr, sb.size) {
+                    Some(h) => h,
+                    None => {
+                        stop_reason = format!("bad record header at offset {p}");
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                stop_reason = format!("no valid record at offset {p} ({e})");
+                break;
+            }
+        };
+        let total = h.total_bytes();
+        if p + total > sb.size {
+            stop_reason = format!("record at offset {p} runs past the journal end");
+            break;
+        }
+        if h.first_seq != expect {
+            stop_reason = format!(
+                "record at offset {p} has sequence {}, expected {}",
+                h.first_seq, expect
+            );
+            break;
+        }
+        if body.capacity() < total as usize {
+            body = AlignedBuf::new(total as usize);
+        }
+        body.set_len(total as usize);
+        read_exact_at(file, &mut body, p, path)?;
+        if let Err(e) = h.verify(&body, sb.generation) {
+            stop_reason = format!("record at offset {p}: {e}");
+            break;
+        }
+        match h.kind {
+            RecordKind::Wrap => {
+                let vlen = sb.size - p;
+                records.push(ScannedRecord {
+                    vpos: v,
+                    first_seq: h.first_seq,
+                    entries: 0,
+                });
+                v += vlen;
+            }
+            RecordKind::Entries => {
+                let hb = h.header_bytes as usize;
+                let go_on = on_record(
+                    h.first_seq,
+                    &h.entries,
+                    &body[hb..hb + h.data_bytes as usize],
+                )?;
+                records.push(ScannedRecord {
+                    vpos: v,
+                    first_seq: h.first_seq,
+                    entries: h.entries.len() as u64,
+                });
+                expect = JournalSeq(h.first_seq.0 + h.entries.len() as u64);
+                v += total;
+                if !go_on {
+                    stop_reason = "stopped by the caller".into();
+                    break;
+                }
+            }
+        }
+    }
+    Ok(ScanResult {
+        records,
+        head_v: v,
+        start_v,
+        next_seq: expect,
+        stop_reason,
+    })
+}
+
+fn read_long_header(
+    file: &File,
+    path: &Path,
+    p: u64,
+    first: &[u8],
+    size: u64,
+) -> Option<RecordHeader> {
+    let hb = u32::from_le_bytes(first[8..12].try_into().ok()?) as u64;
+    if hb == 0 || hb % BLOCK != 0 || hb > 64 << 20 || p + hb > size {
+        return None;
+    }
+    let mut buf = AlignedBuf::new(hb as usize);
+    read_exact_at(file, &mut buf, p, path).ok()?;
+    RecordHeader::decode(&buf).ok()
+}
+
+/// Split a record's data among its entries, in order.
+pub(crate) fn entries_with_data<'a>(
+    first_seq: JournalSeq,
+    entries: &'a [RecordEntry],
+    data: &'a [u8],
+) -> impl Iterator<Item = ReplayEntry<'a>> + 'a {
+    let mut off = 0usize;
+    entries.iter().enumerate().map(move |(i, x)| {
+        let n = x.data_bytes() as usize;
+        let d = &data[off..off + n];
+        off += n;
+        ReplayEntry {
+            seq: JournalSeq(first_seq.0 + i as u64),
+            kind: x.kind,
+            lba: Lba(x.lba.0),
+            sectors: x.sectors,
+            data: d,
+        }
+    })
+}

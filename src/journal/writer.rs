@@ -1,0 +1,680 @@
+//! The journal writer thread: group commit, in-order acknowledgement,
+//! fdatasync for FLUSH/FUA, circular space management.
+//!
+//! Positions are virtual (`v`): they only grow; the physical offset is
+//! `BLOCK + v % data_size`. A record never straddles the end: when it does
+//! not fit, a wrap record is written and the record goes to the start.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use io_uring::{opcode, types, IoUring};
+use tracing::{error, warn};
+
+use super::replay::ScanResult;
+use super::{write_super, Append, Done, JournalOptions, JournalShared, Msg};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::journal::{JournalSuper, RecordEntry, RecordHeader, RecordKind, BLOCK};
+use crate::format::round_up;
+use crate::io::AlignedBuf;
+use crate::units::JournalSeq;
+
+const FSYNC_ID: u64 = u64::MAX;
+/// Most entries packed into one record.
+const MAX_ENTRIES: usize = 2048;
+
+struct Rec {
+    id: u64,
+    vpos: u64,
+    first_seq: JournalSeq,
+    entries: u64,
+    done: bool,
+    buf: Option<AlignedBuf>,
+    acks: Vec<(bool, Done)>,
+}
+
+impl Rec {
+    /// Highest sequence it holds (first - 1 for a wrap record).
+    fn last_seq(&self) -> JournalSeq {
+        JournalSeq(self.first_seq.0 + self.entries - 1)
+    }
+}
+
+struct Pending {
+    a: Append,
+    next_entry: usize,
+    data_off: usize,
+}
+
+pub(crate) struct Writer {
+    file: File,
+    path: PathBuf,
+    ring: IoUring,
+    sb: JournalSuper,
+    data_size: u64,
+    persisted_start_v: u64,
+    head_v: u64,
+    /// First sequence of the next record (chain continuity).
+    next_seq: JournalSeq,
+    records: VecDeque<Rec>,
+    next_id: u64,
+    /// Id of the first record not yet known complete in order.
+    durable_id: u64,
+    durable_seq: JournalSeq,
+    synced_seq: JournalSeq,
+    fsync_inflight: Option<JournalSeq>,
+    inflight_writes: usize,
+    pending: VecDeque<Pending>,
+    flushes: Vec<(JournalSeq, Done)>,
+    depth: usize,
+    max_data: u64,
+    io_timeout: Duration,
+    shared: Arc<JournalShared>,
+    failed: Option<Error>,
+    blocked_since: Option<Instant>,
+    last_space_request: Option<Instant>,
+    shutdown: Option<(bool, crossbeam_channel::Sender<Result<()>>)>,
+    spare: Vec<AlignedBuf>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        file: File,
+        path: PathBuf,
+        mut sb: JournalSuper,
+        scan: ScanResult,
+        opts: &JournalOptions,
+        shared: Arc<JournalShared>,
+        next_seq: JournalSeq,
+    ) -> Result<Writer> {
+        let data_size = sb.size - BLOCK;
+        let depth = opts.depth.max(1) as usize;
+        let ring = IoUring::new((depth as u32 * 2 + 4).next_power_of_two())
+            .map_err(|e| Error::io("create journal io_uring", e))?;
+        let mut records = VecDeque::new();
+        let mut next_id = 1;
+        let mut persisted_start_v = scan.start_v;
+        let mut head_v = scan.head_v;
+        if scan.next_seq != next_seq {
+            // Every record of the chain is already in the backend (the
+            // backend is ahead of the journal's tail, e.g. the newest record
+            // was torn after its object was written). Re-base the chain at
+            // the head so new records continue from `next_seq`; the
+            // superblock must say so before any such record is written.
+            let head_phys = BLOCK + head_v % data_size;
+            sb.start_offset = head_phys;
+            sb.start_seq = next_seq;
+            sb.update_seq += 1;
+            write_super(&file, &path, &sb)?;
+            head_v = head_phys - BLOCK;
+            persisted_start_v = head_v;
+        } else {
+            for r in &scan.records {
+                records.push_back(Rec {
+                    id: next_id,
+                    vpos: r.vpos,
+                    first_seq: r.first_seq,
+                    entries: r.entries,
+                    done: true,
+                    buf: None,
+                    acks: vec![],
+                });
+                next_id += 1;
+            }
+        }
+        let w = Writer {
+            file,
+            path,
+            ring,
+            sb,
+            data_size,
+            persisted_start_v,
+            head_v,
+            next_seq,
+            records,
+            next_id,
+            durable_id: next_id,
+            durable_seq: JournalSeq(next_seq.0 - 1),
+            synced_seq: JournalSeq(0),
+            fsync_inflight: None,
+            inflight_writes: 0,
+            pending: VecDeque::new(),
+            flushes: Vec::new(),
+            depth,
+            max_data: opts.max_record_data.max(BLOCK),
+            io_timeout: opts.io_timeout,
+            shared,
+            failed: None,
+            blocked_since: None,
+            last_space_request: None,
+            shutdown: None,
+            spare: Vec::new(),
+        };
+        w.publish_usage();
+        Ok(w)
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let busy = self.inflight_writes > 0 || self.fsync_inflight.is_some();
+            if !busy {
+                let wait = if self.blocked_since.is_some() {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::from_millis(500)
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(m) => self.handle(m),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        if self.shutdown.is_none() {
+                            let (tx, _rx) = crossbeam_channel::bounded(1);
+                            self.shutdown = Some((false, tx));
+                        }
+                    }
+                }
+            }
+            while let Ok(m) = rx.try_recv() {
+                self.handle(m);
+            }
+            self.pop_released();
+            if let Some((clean, _)) = &self.shutdown {
+                if !*clean {
+                    // Crash: nothing queued is written.
+                    let e = Error::new(ErrorKind::Closed, "volume crashed (test)");
+                    self.fail_pending(&e);
+                }
+            }
+            self.fill();
+            self.maybe_fsync();
+            self.check_timeout();
+            if self.inflight_writes > 0 || self.fsync_inflight.is_some() {
+                if let Err(e) = self.ring.submit_and_wait(1) {
+                    if e.raw_os_error() != Some(libc::EINTR) {
+                        self.fail(Error::io(
+                            format!("io_uring submit for {}", self.path.display()),
+                            e,
+                        ));
+                        self.abandon_ring();
+                    }
+                }
+                self.reap();
+            } else if let Some((clean, _)) = &self.shutdown {
+                if self.pending.is_empty() || self.failed.is_some() || !*clean {
+                    let clean = *clean;
+                    let r = self.finish(clean);
+                    if let Some((_, tx)) = self.shutdown.take() {
+                        let _ = tx.send(r);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Append(a) => {
+                if let Some(e) = &self.failed {
+                    if let Some(d) = a.done {
+                        d(Err(e.duplicate()));
+                    }
+                    return;
+                }
+                self.pending.push_back(Pending {
+                    a,
+                    next_entry: 0,
+                    data_off: 0,
+                });
+            }
+            Msg::Flush { upto, done } => {
+                if let Some(e) = &self.failed {
+                    done(Err(e.duplicate()));
+                } else if upto <= self.synced_seq {
+                    done(Ok(()));
+                } else {
+                    self.flushes.push((upto, done));
+                }
+            }
+            Msg::Wake => {}
+            Msg::Shutdown { clean, done } => self.shutdown = Some((clean, done)),
+        }
+    }
+
+    fn phys(&self, v: u64) -> u64 {
+        BLOCK + v % self.data_size
+    }
+
+    fn publish_usage(&self) {
+        self.shared
+            .used_bytes
+            .store(self.head_v - self.tail_v(), Ordering::Relaxed);
+    }
+
+    fn tail_v(&self) -> u64 {
+        self.records.front().map_or(self.head_v, |r| r.vpos)
+    }
+
+    /// Drop released, completed records from the front.
+    fn pop_released(&mut self) {
+        let released = JournalSeq(self.shared.released.load(Ordering::SeqCst));
+        let mut popped = false;
+        while let Some(r) = self.records.front() {
+            if r.done && r.id < self.durable_id && r.last_seq() <= released {
+                self.records.pop_front();
+                popped = true;
+            } else {
+                break;
+            }
+        }
+        if popped {
+            self.publish_usage();
+        }
+    }
+
+    /// Persist the replay start at the current tail so the space before it
+    /// may be overwritten.
+    fn persist_start(&mut self) -> Result<()> {
+        let tail_v = self.tail_v();
+        if tail_v == self.persisted_start_v {
+            return Ok(());
+        }
+        let seq = self.records.front().map_or(self.next_seq, |r| r.first_seq);
+        let mut sb = self.sb.clone();
+        sb.start_offset = self.phys(tail_v);
+        sb.start_seq = seq;
+        sb.update_seq += 1;
+        // Crash ordering: the new start is durable (write + fdatasync)
+        // before any record is written into the space it frees.
+        write_super(&self.file, &self.path, &sb)?;
+        self.sb = sb;
+        self.persisted_start_v = tail_v;
+        Ok(())
+    }
+
+    /// Reserve `len` bytes at the head; returns the virtual position of the
+    /// wrap needed first (if any) or None when there is no space.
+    fn reserve(&mut self, len: u64) -> Option<(u64, Option<u64>)> {
+        let p = self.phys(self.head_v);
+        let wrap = if p + len > self.sb.size {
+            Some(self.sb.size - p)
+        } else {
+            None
+        };
+        let need = len + wrap.unwrap_or(0);
+        let fits = |w: &Writer| w.data_size - (w.head_v - w.persisted_start_v) >= need;
+        if !fits(self) {
+            if self.data_size - (self.head_v - self.tail_v()) < need {
+                return None;
+            }
+            if let Err(e) = self.persist_start() {
+                self.fail(e);
+                return None;
+            }
+            if !fits(self) {
+                return None;
+            }
+        }
+        Some((self.head_v, wrap))
+    }
+
+    fn take_buf(&mut self, len: usize) -> AlignedBuf {
+        let mut b = match self.spare.iter().position(|b| b.capacity() >= len) {
+            Some(i) => self.spare.swap_remove(i),
+            None => AlignedBuf::new(len),
+        };
+        b.set_len(len);
+        b
+    }
+
+    fn submit(&mut self, rec: Rec, phys: u64) {
+        let buf = rec.buf.as_ref().expect("record buffer");
+        let sqe = opcode::Write::new(
+            types::Fd(self.file.as_raw_fd()),
+            buf.as_ptr(),
+            buf.len() as u32,
+        )
+        .offset(phys)
+        .build()
+        .user_data(rec.id);
+        self.records.push_back(rec);
+        // SAFETY: the buffer is owned by the record in `self.records` and is
+        // neither freed nor reused until this write's completion is reaped
+        // (`reap`, or `abandon_ring` which waits for completions first).
+        let pushed = unsafe { self.ring.submission().push(&sqe) };
+        if pushed.is_err() {
+            // The queue is sized for depth + wrap + fsync; flush it and retry.
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+                self.fail(Error::new(
+                    ErrorKind::Io,
+                    "journal io_uring submission queue full",
+                ));
+                return;
+            }
+        }
+        self.inflight_writes += 1;
+        self.shared.records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Build and submit records from pending appends while depth and space allow.
+    fn fill(&mut self) {
+        while self.failed.is_none() && self.inflight_writes < self.depth && !self.pending.is_empty()
+        {
+            // Choose entries.
+            let mut n = 0usize;
+            let mut data_len = 0u64;
+            'outer: for p in self.pending.iter() {
+                for x in &p.a.entries[p.next_entry..] {
+                    let d = x.data_bytes();
+                    if n > 0 && (data_len + d > self.max_data || n >= MAX_ENTRIES) {
+                        break 'outer;
+                    }
+                    n += 1;
+                    data_len += d;
+                }
+            }
+            let hb = RecordHeader::header_bytes_for(n) as u64;
+            let total = hb + round_up(data_len, BLOCK);
+            let Some((_, wrap)) = self.reserve(total) else {
+                if self.failed.is_some() {
+                    return;
+                }
+                if self.blocked_since.is_none() {
+                    self.blocked_since = Some(Instant::now());
+                }
+                let ask = self
+                    .last_space_request
+                    .is_none_or(|t| t.elapsed() > Duration::from_millis(20));
+                if ask {
+                    self.last_space_request = Some(Instant::now());
+                    self.shared.want_space();
+                }
+                return;
+            };
+            self.blocked_since = None;
+            if let Some(wrap_len) = wrap {
+                let mut buf = self.take_buf(BLOCK as usize);
+                RecordHeader::encode_in_place(
+                    &mut buf,
+                    self.sb.generation,
+                    RecordKind::Wrap,
+                    self.next_seq,
+                    &[],
+                    0,
+                );
+                let id = self.next_id;
+                self.next_id += 1;
+                let phys = self.phys(self.head_v);
+                let rec = Rec {
+                    id,
+                    vpos: self.head_v,
+                    first_seq: self.next_seq,
+                    entries: 0,
+                    done: false,
+                    buf: Some(buf),
+                    acks: vec![],
+                };
+                self.head_v += wrap_len;
+                self.submit(rec, phys);
+            }
+            // Copy the data in and collect acknowledgements.
+            let mut buf = self.take_buf(total as usize);
+            let mut entries: Vec<RecordEntry> = Vec::with_capacity(n);
+            let mut acks = Vec::new();
+            let mut pos = hb as usize;
+            let first_seq = self.next_seq;
+            while entries.len() < n {
+                let Some(p) = self.pending.front_mut() else {
+                    break;
+                };
+                while p.next_entry < p.a.entries.len() && entries.len() < n {
+                    let x = p.a.entries[p.next_entry];
+                    let d = x.data_bytes() as usize;
+                    buf[pos..pos + d].copy_from_slice(&p.a.data[p.data_off..p.data_off + d]);
+                    pos += d;
+                    p.data_off += d;
+                    p.next_entry += 1;
+                    entries.push(x);
+                }
+                if p.next_entry == p.a.entries.len() {
+                    let p = self.pending.pop_front().expect("front");
+                    if let Some(d) = p.a.done {
+                        acks.push((p.a.fua, d));
+                    }
+                }
+            }
+            buf[pos..].fill(0);
+            RecordHeader::encode_in_place(
+                &mut buf,
+                self.sb.generation,
+                RecordKind::Entries,
+                first_seq,
+                &entries,
+                data_len as usize,
+            );
+            let id = self.next_id;
+            self.next_id += 1;
+            let phys = self.phys(self.head_v);
+            let rec = Rec {
+                id,
+                vpos: self.head_v,
+                first_seq,
+                entries: n as u64,
+                done: false,
+                buf: Some(buf),
+                acks,
+            };
+            self.head_v += total;
+            self.next_seq = JournalSeq(first_seq.0 + n as u64);
+            self.submit(rec, phys);
+            self.publish_usage();
+        }
+    }
+
+    fn maybe_fsync(&mut self) {
+        if self.failed.is_some() || self.fsync_inflight.is_some() {
+            return;
+        }
+        if !self.flushes.iter().any(|(u, _)| *u <= self.durable_seq) {
+            return;
+        }
+        let sqe = opcode::Fsync::new(types::Fd(self.file.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(FSYNC_ID);
+        // SAFETY: fsync references no user memory.
+        if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+                return;
+            }
+        }
+        // Crash ordering: only records already completed are covered; an
+        // fdatasync submitted after their completion makes them durable.
+        self.fsync_inflight = Some(self.durable_seq);
+    }
+
+    fn reap(&mut self) {
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (id, res) in cqes {
+            if id == FSYNC_ID {
+                let covered = self.fsync_inflight.take().unwrap_or(JournalSeq(0));
+                if res < 0 {
+                    self.fail(Error::io(
+                        format!("fdatasync journal {}", self.path.display()),
+                        std::io::Error::from_raw_os_error(-res),
+                    ));
+                    continue;
+                }
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                self.synced_seq = self.synced_seq.max(covered);
+                let synced = self.synced_seq;
+                let mut i = 0;
+                while i < self.flushes.len() {
+                    if self.flushes[i].0 <= synced {
+                        let (_, d) = self.flushes.swap_remove(i);
+                        d(Ok(()));
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            let Some(front) = self.records.front().map(|r| r.id) else {
+                continue;
+            };
+            let Some(rec) = self.records.get_mut((id - front) as usize) else {
+                continue;
+            };
+            rec.done = true;
+            self.inflight_writes -= 1;
+            let len = rec.buf.as_ref().map_or(0, |b| b.len());
+            let phys = BLOCK + rec.vpos % self.data_size;
+            if let Some(b) = rec.buf.take() {
+                if self.spare.len() < 8 {
+                    self.spare.push(b);
+                }
+            }
+            if res < 0 || res as usize != len {
+                let e = if res < 0 {
+                    Error::io(
+                        format!("write journal {} at {phys}", self.path.display()),
+                        std::io::Error::from_raw_os_error(-res),
+                    )
+                } else {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "short write to journal {} at {phys}: {res} of {len} bytes",
+                            self.path.display()
+                        ),
+                    )
+                };
+                self.fail(e);
+            }
+        }
+        self.advance_durable();
+    }
+
+    /// Acknowledge records that completed with everything before them.
+    fn advance_durable(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        let Some(front) = self.records.front().map(|r| r.id) else {
+            return;
+        };
+        while let Some(rec) = self.records.get_mut((self.durable_id - front) as usize) {
+            if !rec.done {
+                break;
+            }
+            if rec.entries > 0 {
+                self.durable_seq = rec.last_seq();
+            }
+            let last = rec.last_seq();
+            for (fua, d) in rec.acks.drain(..) {
+                if fua {
+                    self.flushes.push((last, d));
+                } else {
+                    d(Ok(()));
+                }
+            }
+            self.durable_id += 1;
+        }
+    }
+
+    fn check_timeout(&mut self) {
+        if let Some(t) = self.blocked_since {
+            if t.elapsed() > self.io_timeout {
+                let e = Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "journal {} full for {:?}: the backend is not taking objects (see earlier errors); failing I/O",
+                        self.path.display(),
+                        self.io_timeout
+                    ),
+                );
+                error!("{e}");
+                self.fail(e);
+            }
+        }
+    }
+
+    fn fail_pending(&mut self, e: &Error) {
+        for p in self.pending.drain(..) {
+            if let Some(d) = p.a.done {
+                d(Err(e.duplicate()));
+            }
+        }
+    }
+
+    /// Enter the failed state: every waiter and every later request fails.
+    fn fail(&mut self, e: Error) {
+        if self.failed.is_none() {
+            error!("journal failed: {e:?}");
+        }
+        self.fail_pending(&e);
+        for r in self.records.iter_mut() {
+            for (_, d) in r.acks.drain(..) {
+                d(Err(e.duplicate()));
+            }
+        }
+        for (_, d) in self.flushes.drain(..) {
+            d(Err(e.duplicate()));
+        }
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
+    }
+
+    /// After a submit error, wait (bounded) for whatever is still in the
+    /// kernel so no buffer is freed under it.
+    fn abandon_ring(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (self.inflight_writes > 0 || self.fsync_inflight.is_some())
+            && Instant::now() < deadline
+        {
+            let _ = self.ring.submit_and_wait(1);
+            self.reap();
+        }
+        if self.inflight_writes > 0 {
+            // Leak the buffers rather than free memory the kernel may write.
+            for r in self.records.iter_mut() {
+                if let Some(b) = r.buf.take() {
+                    std::mem::forget(b);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, clean: bool) -> Result<()> {
+        if !clean {
+            return Ok(());
+        }
+        if let Some(e) = &self.failed {
+            return Err(e.duplicate());
+        }
+        self.pop_released();
+        if !self.records.is_empty() {
+            warn!(
+                journal = %self.path.display(),
+                records = self.records.len(),
+                "journal closed with records not yet in the backend; they will be replayed"
+            );
+        }
+        self.persist_start()
+    }
+}

@@ -1,0 +1,483 @@
+use std::collections::BTreeMap;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+/// A test target: a batch number (for `remove_if`) and a sector offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tt {
+    batch: u32,
+    off: u64,
+}
+
+impl Target for Tt {
+    fn advance(self, sectors: u64) -> Self {
+        Tt {
+            batch: self.batch,
+            off: self.off + sectors,
+        }
+    }
+}
+
+/// The trivial model: one entry per mapped sector.
+struct Oracle<T> {
+    sectors: BTreeMap<u64, T>,
+}
+
+impl<T> Default for Oracle<T> {
+    fn default() -> Self {
+        Oracle {
+            sectors: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Target> Oracle<T> {
+    fn take(&mut self, s: u64, e: u64) -> Vec<(u64, T)> {
+        let keys: Vec<u64> = self.sectors.range(s..e).map(|(&k, _)| k).collect();
+        keys.into_iter()
+            .map(|k| (k, self.sectors.remove(&k).unwrap()))
+            .collect()
+    }
+    fn update(&mut self, s: u64, len: u64, t: T) -> Vec<(u64, T)> {
+        let old = self.take(s, s + len);
+        for i in 0..len {
+            self.sectors.insert(s + i, t.advance(i));
+        }
+        old
+    }
+    fn lookup(&self, s: u64, len: u64) -> Vec<(u64, Option<T>)> {
+        (s..s + len)
+            .map(|k| (k, self.sectors.get(&k).copied()))
+            .collect()
+    }
+}
+
+/// Expand pieces into per-sector pairs, checking they are contiguous from `s`.
+fn expand<T: Target>(s: u64, pieces: &[(Lba, u64, Option<T>)]) -> Vec<(u64, Option<T>)> {
+    let mut pos = s;
+    let mut v = Vec::new();
+    for &(l, n, t) in pieces {
+        assert_eq!(l.0, pos, "pieces not contiguous: {pieces:?}");
+        assert!(n > 0, "empty piece in {pieces:?}");
+        for i in 0..n {
+            v.push((l.0 + i, t.map(|t| t.advance(i))));
+        }
+        pos += n;
+    }
+    v
+}
+
+/// Expand displaced extents, checking they are sorted and disjoint.
+fn expand_extents<T: Target>(xs: &[Extent<T>]) -> Vec<(u64, T)> {
+    let mut v = Vec::new();
+    let mut prev_end = 0;
+    for x in xs {
+        assert!(x.len > 0 && x.lba.0 >= prev_end, "unordered: {xs:?}");
+        prev_end = x.end();
+        for i in 0..x.len {
+            v.push((x.lba.0 + i, x.target.advance(i)));
+        }
+    }
+    v
+}
+
+fn check_against<T: Target>(m: &ExtentMap<T>, o: &Oracle<T>) {
+    m.check_structure().unwrap();
+    assert_eq!(m.mapped_sectors(), o.sectors.len() as u64);
+    let all: Vec<(u64, T)> = expand_extents(&m.iter().collect::<Vec<_>>());
+    let want: Vec<(u64, T)> = o.sectors.iter().map(|(&k, &t)| (k, t)).collect();
+    assert_eq!(all, want);
+}
+
+/// Random operations on `m` and the oracle; `pick_lba` chooses where.
+fn random_ops(seed: u64, ops: usize, mut pick_lba: impl FnMut(&mut SmallRng) -> u64, max_len: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut m: ExtentMap<Tt> = ExtentMap::new();
+    let mut o: Oracle<Tt> = Oracle::default();
+    let mut displaced = Vec::new();
+    let mut out = Vec::new();
+    for op in 0..ops {
+        let s = pick_lba(&mut rng);
+        let len = rng.gen_range(1..=max_len);
+        match rng.gen_range(0..100) {
+            0..=59 => {
+                // Contiguous targets now and then so that merging happens.
+                let t = Tt {
+                    batch: rng.gen_range(0..4),
+                    off: if rng.gen_bool(0.3) {
+                        s
+                    } else {
+                        rng.gen_range(0..1 << 40)
+                    },
+                };
+                displaced.clear();
+                m.update(Lba(s), len, t, &mut displaced);
+                let old = o.update(s, len, t);
+                assert_eq!(expand_extents(&displaced), old, "op {op}: update {s}+{len}");
+            }
+            60..=74 => {
+                displaced.clear();
+                m.remove(Lba(s), len, &mut displaced);
+                let old = o.take(s, s + len);
+                assert_eq!(expand_extents(&displaced), old, "op {op}: remove {s}+{len}");
+            }
+            75..=84 => {
+                let b = rng.gen_range(0..4);
+                let n = m.remove_if(Lba(s), len, |t| t.batch == b);
+                let keys: Vec<u64> = o
+                    .sectors
+                    .range(s..s + len)
+                    .filter(|(_, t)| t.batch == b)
+                    .map(|(&k, _)| k)
+                    .collect();
+                for k in &keys {
+                    o.sectors.remove(k);
+                }
+                assert_eq!(n, keys.len() as u64, "op {op}: remove_if {s}+{len}");
+            }
+            _ => {
+                out.clear();
+                m.lookup(Lba(s), len, &mut out);
+                assert_eq!(
+                    expand(s, &out),
+                    o.lookup(s, len),
+                    "op {op}: lookup {s}+{len}"
+                );
+            }
+        }
+        check_against(&m, &o);
+    }
+}
+
+#[test]
+fn random_ops_dense_small_writes() {
+    // ~1000 extents in 4096 sectors: many chunks, lending, splits and merges.
+    for seed in 0..4 {
+        random_ops(seed, 4000, |r| r.gen_range(0..4096), 8);
+    }
+}
+
+#[test]
+fn random_ops_dense_mixed_lengths() {
+    random_ops(7, 3000, |r| r.gen_range(0..4096), 300);
+}
+
+#[test]
+fn random_ops_far_apart_lbas() {
+    // Regions 3e9 sectors apart exceed a chunk's u32 offset range.
+    for seed in 10..13 {
+        random_ops(
+            seed,
+            3000,
+            |r| r.gen_range(0..8u64) * 3_000_000_000 + r.gen_range(0..600),
+            8,
+        );
+    }
+}
+
+#[test]
+fn lookup_covers_holes_and_clips() {
+    let mut m = ExtentMap::new();
+    let mut d = Vec::new();
+    m.update(Lba(10), 10, Tt { batch: 1, off: 100 }, &mut d);
+    m.update(Lba(30), 5, Tt { batch: 2, off: 0 }, &mut d);
+    assert!(d.is_empty());
+    let mut out = Vec::new();
+    m.lookup(Lba(15), 25, &mut out);
+    assert_eq!(
+        out,
+        vec![
+            (Lba(15), 5, Some(Tt { batch: 1, off: 105 })),
+            (Lba(20), 10, None),
+            (Lba(30), 5, Some(Tt { batch: 2, off: 0 })),
+            (Lba(35), 5, None),
+        ]
+    );
+    out.clear();
+    m.lookup(Lba(0), 0, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn update_splits_and_reports_clipped_pieces() {
+    let mut m = ExtentMap::new();
+    let mut d = Vec::new();
+    m.update(Lba(0), 100, Tt { batch: 0, off: 0 }, &mut d);
+    m.update(Lba(40), 10, Tt { batch: 1, off: 0 }, &mut d);
+    assert_eq!(
+        d,
+        vec![Extent {
+            lba: Lba(40),
+            len: 10,
+            target: Tt { batch: 0, off: 40 }
+        }]
+    );
+    assert_eq!(m.len(), 3);
+    assert_eq!(m.mapped_sectors(), 100);
+    let v: Vec<_> = m.iter().collect();
+    assert_eq!(v[2].target, Tt { batch: 0, off: 50 });
+}
+
+#[test]
+fn contiguous_targets_merge() {
+    let mut m = ExtentMap::new();
+    let mut d = Vec::new();
+    for i in 0..10 {
+        m.update(
+            Lba(i * 8),
+            8,
+            Tt {
+                batch: 0,
+                off: i * 8,
+            },
+            &mut d,
+        );
+    }
+    assert_eq!(m.len(), 1);
+    m.update(
+        Lba(80),
+        8,
+        Tt {
+            batch: 0,
+            off: 1000,
+        },
+        &mut d,
+    );
+    assert_eq!(m.len(), 2);
+}
+
+#[test]
+fn huge_extents_are_stored_in_pieces() {
+    let mut m = ExtentMap::new();
+    let mut d = Vec::new();
+    let len = 3 * (1u64 << 32) + 5;
+    m.update(Lba(7), len, Tt { batch: 0, off: 0 }, &mut d);
+    assert_eq!(m.mapped_sectors(), len);
+    assert_eq!(m.len(), 4);
+    m.check_structure().unwrap();
+    let mut out = Vec::new();
+    m.lookup(Lba(1 << 33), 2, &mut out);
+    assert_eq!(
+        out,
+        vec![(
+            Lba(1 << 33),
+            2,
+            Some(Tt {
+                batch: 0,
+                off: (1 << 33) - 7
+            })
+        )]
+    );
+    m.remove(Lba(0), u64::MAX, &mut d);
+    assert_eq!(d.iter().map(|x| x.len).sum::<u64>(), len);
+    assert!(m.is_empty());
+    assert_eq!(m.mapped_sectors(), 0);
+}
+
+#[test]
+fn sequential_fill_packs_chunks_full() {
+    let mut m = ExtentMap::new();
+    let mut d = Vec::new();
+    let n = 10 * CAP as u64 + 3;
+    for i in 0..n {
+        m.update(
+            Lba(i * 2),
+            1,
+            Tt {
+                batch: 0,
+                off: i * 7,
+            },
+            &mut d,
+        );
+    }
+    assert_eq!(m.len() as u64, n);
+    assert_eq!(m.chunks.len(), 11);
+    // Descending order is served by lending to the left, not half splits.
+    let mut m = ExtentMap::new();
+    for i in (0..n).rev() {
+        m.update(
+            Lba(i * 2),
+            1,
+            Tt {
+                batch: 0,
+                off: i * 7,
+            },
+            &mut d,
+        );
+    }
+    m.check_structure().unwrap();
+    assert!(m.chunks.len() <= 22, "{} chunks", m.chunks.len());
+}
+
+#[test]
+fn clear_empties() {
+    let mut m = ExtentMap::new();
+    let mut d = Vec::new();
+    m.update(Lba(1), 1, Tt { batch: 0, off: 0 }, &mut d);
+    m.clear();
+    assert!(m.is_empty());
+    assert_eq!(m.iter().count(), 0);
+    assert_eq!(m.mapped_sectors(), 0);
+}
+
+fn loc(obj: u64, offset: u32) -> ObjLoc {
+    ObjLoc {
+        obj: ObjSeq(obj),
+        offset,
+    }
+}
+
+#[test]
+fn packed_loc_round_trips() {
+    for l in [loc(1, 0), loc(u64::MAX, u32::MAX), loc(0x1_0000_0002, 9)] {
+        assert_eq!(ObjLoc::from(PackedLoc::from(l)), l);
+    }
+    assert_eq!(std::mem::size_of::<PackedLoc>(), 12);
+}
+
+#[test]
+fn object_map_random_ops_keep_live_counts() {
+    let mut rng = SmallRng::seed_from_u64(99);
+    let mut m = ObjectMap::new();
+    let mut o: Oracle<ObjLoc> = Oracle::default();
+    let mut obj = 1u64;
+    let mut offset = 0u32;
+    m.add_object(ObjSeq(obj), 1 << 20);
+    let mut out = Vec::new();
+    for op in 0..4000 {
+        let s = rng.gen_range(0..4096);
+        let len = rng.gen_range(1..=16);
+        match rng.gen_range(0..10) {
+            0..=6 => {
+                if rng.gen_bool(0.02) {
+                    obj += 1;
+                    offset = 0;
+                    m.add_object(ObjSeq(obj), 1 << 20);
+                }
+                m.apply_write(Lba(s), len, loc(obj, offset));
+                o.update(s, len, loc(obj, offset));
+                offset += len as u32 + rng.gen_range(0..2);
+            }
+            7 => {
+                m.apply_trim(Lba(s), len);
+                o.take(s, s + len);
+            }
+            _ => {
+                out.clear();
+                m.lookup(Lba(s), len, &mut out);
+                assert_eq!(expand(s, &out), o.lookup(s, len), "op {op}");
+            }
+        }
+        m.check().unwrap_or_else(|e| panic!("op {op}: {e}"));
+        assert_eq!(m.mapped_sectors(), o.sectors.len() as u64);
+    }
+    // Objects whose data is all overwritten can go.
+    let dead: Vec<ObjSeq> = m
+        .objects()
+        .filter(|(_, i)| i.live_sectors == 0)
+        .map(|(k, _)| k)
+        .collect();
+    for d in dead {
+        assert!(m.remove_object(d).is_some());
+    }
+    m.check().unwrap();
+    // And a checkpoint round trip reproduces the map.
+    let back = ObjectMap::from_parts(m.extents(), m.objects()).unwrap();
+    assert!(back.extents().eq(m.extents()));
+    assert!(back.objects().eq(m.objects()));
+    back.check().unwrap();
+}
+
+fn ext(lba: u64, len: u64, obj: u64, offset: u32) -> Extent<ObjLoc> {
+    Extent {
+        lba: Lba(lba),
+        len,
+        target: loc(obj, offset),
+    }
+}
+
+fn info(data: u64, live: u64) -> ObjInfo {
+    ObjInfo {
+        data_sectors: data,
+        live_sectors: live,
+    }
+}
+
+#[test]
+fn from_parts_accepts_consistent_checkpoint() {
+    let m = ObjectMap::from_parts(
+        [ext(0, 8, 1, 0), ext(8, 8, 2, 0), ext(100, 4, 1, 8)],
+        [
+            (ObjSeq(1), info(16, 12)),
+            (ObjSeq(2), info(8, 8)),
+            (ObjSeq(3), info(8, 0)),
+        ],
+    )
+    .unwrap();
+    m.check().unwrap();
+    assert_eq!(m.extent_count(), 3);
+    assert_eq!(m.object(ObjSeq(3)), Some(info(8, 0)));
+}
+
+#[test]
+fn from_parts_rejects_corruption() {
+    let objs = || [(ObjSeq(1), info(16, 12)), (ObjSeq(2), info(8, 8))];
+    type Case = (&'static str, Vec<Extent<ObjLoc>>, Vec<(ObjSeq, ObjInfo)>);
+    let cases: Vec<Case> = vec![
+        (
+            "overlap",
+            vec![ext(0, 8, 1, 0), ext(7, 8, 2, 0), ext(100, 4, 1, 8)],
+            objs().to_vec(),
+        ),
+        (
+            "unsorted",
+            vec![ext(8, 8, 2, 0), ext(0, 8, 1, 0), ext(100, 4, 1, 8)],
+            objs().to_vec(),
+        ),
+        (
+            "unknown object",
+            vec![ext(0, 8, 1, 0), ext(8, 8, 3, 0), ext(100, 4, 1, 8)],
+            objs().to_vec(),
+        ),
+        (
+            "live count",
+            vec![ext(0, 8, 1, 0), ext(8, 8, 2, 0), ext(100, 3, 1, 8)],
+            objs().to_vec(),
+        ),
+        (
+            "live count of unreferenced object",
+            vec![ext(0, 8, 1, 0), ext(8, 8, 2, 0), ext(100, 4, 1, 8)],
+            vec![
+                (ObjSeq(1), info(16, 12)),
+                (ObjSeq(2), info(8, 8)),
+                (ObjSeq(3), info(8, 1)),
+            ],
+        ),
+        ("empty extent", vec![ext(0, 0, 1, 0)], objs().to_vec()),
+        (
+            "duplicate object",
+            vec![],
+            vec![(ObjSeq(1), info(16, 0)), (ObjSeq(1), info(16, 0))],
+        ),
+        (
+            "overflow",
+            vec![ext(u64::MAX - 1, 8, 1, 0)],
+            objs().to_vec(),
+        ),
+    ];
+    for (name, xs, os) in cases {
+        assert!(ObjectMap::from_parts(xs, os).is_err(), "{name} accepted");
+    }
+}
+
+#[test]
+fn check_detects_removed_object_with_live_data() {
+    let mut m = ObjectMap::new();
+    m.add_object(ObjSeq(1), 8);
+    m.apply_write(Lba(0), 8, loc(1, 0));
+    m.remove_object(ObjSeq(1));
+    assert!(m.check().is_err());
+}
