@@ -1,12 +1,16 @@
 //! Image lifecycle without opening: names, create, remove, list, info.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::ObjectStore;
-use crate::config::Config;
-use crate::error::Result;
-use crate::units::ImageUuid;
+use crate::backend::{DirStore, ObjectStore};
+use crate::config::{BackendKind, Config};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::superblock::Superblock;
+use crate::units::{Generation, ImageUuid, ObjSeq};
+
+/// Largest image size accepted (1 PiB).
+pub const MAX_IMAGE_BYTES: u64 = 1 << 50;
 
 /// `POOL/IMAGE` as given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,17 +21,48 @@ pub struct ImageSpec {
     pub image: String,
 }
 
+fn check_name(what: &str, s: &str, full: &str) -> Result<()> {
+    if s.is_empty() || s.len() > 96 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{what} name in '{full}' must be 1 to 96 characters"),
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{what} name in '{full}' contains '{c}'; use letters, digits, '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
 impl ImageSpec {
     /// Parse `pool/image`; both parts non-empty, of `[A-Za-z0-9_-]`, at most 96 bytes.
     pub fn parse(s: &str) -> Result<ImageSpec> {
-        let _ = s;
-        todo!()
+        let Some((pool, image)) = s.split_once('/') else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("image '{s}' must be given as POOL/IMAGE"),
+            ));
+        };
+        check_name("pool", pool, s)?;
+        check_name("image", image, s)?;
+        Ok(ImageSpec {
+            pool: pool.to_string(),
+            image: image.to_string(),
+        })
     }
 
     /// The journal path for this image under `config.wlog_dir`.
     pub fn journal_path(&self, config: &Config) -> PathBuf {
-        let _ = config;
-        todo!()
+        config
+            .wlog_dir
+            .join(&self.pool)
+            .join(format!("{}.wlog", self.image))
     }
 }
 
@@ -39,8 +74,69 @@ impl std::fmt::Display for ImageSpec {
 
 /// Open the object store of `pool` as configured (`create`: make the pool if missing).
 pub fn open_store(config: &Config, pool: &str, create: bool) -> Result<Arc<dyn ObjectStore>> {
-    let _ = (config, pool, create);
-    todo!()
+    check_name("pool", pool, pool)?;
+    match config.backend {
+        BackendKind::Dir => {
+            let dir = config.store_dir.join(pool);
+            let store = if create {
+                DirStore::create(&dir)?
+            } else {
+                DirStore::open(&dir).map_err(|e| {
+                    if e.kind() == ErrorKind::NotFound {
+                        Error::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "pool '{pool}' does not exist (no directory {})",
+                                dir.display()
+                            ),
+                        )
+                    } else {
+                        e
+                    }
+                })?
+            };
+            Ok(Arc::new(store))
+        }
+        BackendKind::Rados => Err(Error::new(
+            ErrorKind::Config,
+            "backend \"rados\" is not built into this binary",
+        )),
+    }
+}
+
+/// Name of the object with sequence `seq` of `image`.
+pub fn object_name(image: &str, seq: ObjSeq) -> String {
+    format!("{image}.{:016x}", seq.0)
+}
+
+/// Parse an object name of `image` back to its sequence.
+pub fn parse_object_name(image: &str, name: &str) -> Option<ObjSeq> {
+    let hex = name.strip_prefix(image)?.strip_prefix('.')?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().map(ObjSeq)
+}
+
+/// Read and decode an image's superblock.
+pub fn read_superblock(store: &dyn ObjectStore, image: &str) -> Result<Superblock> {
+    let buf = store.get(image, 0, 4096).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("image '{image}' does not exist in {}", store.describe()),
+            )
+        } else {
+            e
+        }
+    })?;
+    Superblock::decode(&buf).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Corrupt,
+            format!("superblock of image '{image}' in {}", store.describe()),
+            e,
+        )
+    })
 }
 
 /// What `info` shows about an image.
@@ -66,29 +162,166 @@ pub struct ImageInfo {
 
 /// Create an image of `size_bytes` (a positive multiple of 4096). Fails if it exists.
 pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Result<ImageUuid> {
-    let _ = (store, image, size_bytes);
-    todo!()
+    check_name("image", image, image)?;
+    if size_bytes == 0 || size_bytes % 4096 != 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("size {size_bytes} is not a positive multiple of 4096"),
+        ));
+    }
+    if size_bytes > MAX_IMAGE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("size {size_bytes} exceeds the limit of 1 PiB ({MAX_IMAGE_BYTES} bytes)"),
+        ));
+    }
+    // Hold the image lock so a concurrent create or open cannot interleave.
+    let _lock = store.lock(image, &lock_owner())?;
+    if store.stat(image)?.is_some() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("image '{image}' already exists in {}", store.describe()),
+        ));
+    }
+    if let Some(stray) = store
+        .list(&format!("{image}."))?
+        .into_iter()
+        .find(|n| parse_object_name(image, n).is_some())
+    {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("objects of an earlier image '{image}' remain ({stray}); remove them first"),
+        ));
+    }
+    let uuid = ImageUuid::new_random();
+    let sb = Superblock {
+        uuid,
+        size_bytes,
+        update_seq: 1,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        journal_gen: Generation(0),
+        flags: crate::format::superblock::FLAG_CLEAN,
+        checkpoints: vec![],
+    };
+    store.put(image, &sb.encode())?;
+    Ok(uuid)
 }
 
 /// Remove an image: all its objects, its superblock and (if given) its journal file.
 /// Fails with `Locked` if it is open.
-pub fn remove_image(
-    store: &dyn ObjectStore,
-    image: &str,
-    journal: Option<&std::path::Path>,
-) -> Result<()> {
-    let _ = (store, image, journal);
-    todo!()
+pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>) -> Result<()> {
+    let _lock = store.lock(image, &lock_owner())?;
+    read_superblock(store, image)?;
+    // The superblock goes first: a crash midway leaves stray objects that
+    // `create` reports, never an image whose objects are half gone.
+    store.delete(image)?;
+    for name in store.list(&format!("{image}."))? {
+        if parse_object_name(image, &name).is_some() {
+            store.delete(&name)?;
+        }
+    }
+    if let Some(j) = journal {
+        match std::fs::remove_file(j) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove journal {}", j.display()), e)),
+        }
+    }
+    Ok(())
 }
 
 /// Images in a pool, sorted.
 pub fn list_images(store: &dyn ObjectStore) -> Result<Vec<String>> {
-    let _ = store;
-    todo!()
+    let mut out = Vec::new();
+    for name in store.list("")? {
+        if name.contains('.') {
+            continue;
+        }
+        if read_superblock(store, &name).is_ok() {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// Describe an image without opening it.
 pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo> {
-    let _ = (store, spec);
-    todo!()
+    let sb = read_superblock(store, &spec.image)?;
+    let mut objects = 0;
+    let mut stored_bytes = 0;
+    for name in store.list(&format!("{}.", spec.image))? {
+        if parse_object_name(&spec.image, &name).is_some() {
+            objects += 1;
+            stored_bytes += store.stat(&name)?.unwrap_or(0);
+        }
+    }
+    Ok(ImageInfo {
+        name: spec.to_string(),
+        uuid: sb.uuid.to_string(),
+        size_bytes: sb.size_bytes,
+        clean: sb.clean(),
+        objects,
+        stored_bytes,
+        checkpoints: sb.checkpoints.iter().map(|c| c.seq.0).collect(),
+        created_unix: sb.created_unix,
+    })
+}
+
+/// Who takes a lock: host and pid.
+pub fn lock_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("host {host} pid {}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemStore;
+
+    #[test]
+    fn specs_parse() {
+        let s = ImageSpec::parse("rbd/vm-1_a").unwrap();
+        assert_eq!(s.pool, "rbd");
+        assert_eq!(s.image, "vm-1_a");
+        for bad in ["noslash", "/img", "pool/", "a/b/c", "p/i.x", "p/i j"] {
+            assert!(ImageSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let n = object_name("img", ObjSeq(0x1234));
+        assert_eq!(n, "img.0000000000001234");
+        assert_eq!(parse_object_name("img", &n), Some(ObjSeq(0x1234)));
+        assert_eq!(parse_object_name("im", &n), None);
+        assert_eq!(parse_object_name("img", "img.12"), None);
+    }
+
+    #[test]
+    fn create_list_info_remove() {
+        let store = MemStore::new();
+        assert!(create_image(&store, "a", 0).is_err());
+        assert!(create_image(&store, "a", 1000).is_err());
+        assert!(create_image(&store, "a", 1 << 60).is_err());
+        create_image(&store, "a", 1 << 20).unwrap();
+        let e = create_image(&store, "a", 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        create_image(&store, "b", 1 << 20).unwrap();
+        assert_eq!(list_images(&store).unwrap(), vec!["a", "b"]);
+        let spec = ImageSpec::parse("p/a").unwrap();
+        let info = image_info(&store, &spec).unwrap();
+        assert_eq!(info.size_bytes, 1 << 20);
+        assert!(info.clean);
+        remove_image(&store, "a", None).unwrap();
+        assert_eq!(list_images(&store).unwrap(), vec!["b"]);
+        assert_eq!(
+            image_info(&store, &spec).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+    }
 }

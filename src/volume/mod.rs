@@ -3,21 +3,47 @@
 //! Byte offsets and lengths must be multiples of 512. Writes are durable in
 //! the journal when acknowledged; FLUSH makes every earlier write durable
 //! across a host crash (see `README.md`, "Consistency guarantees").
+//!
+//! Threads: callers (any number), the journal writer, the destager (applies
+//! objects in order, writes checkpoints), `backend_write_window` put
+//! workers, and a flusher that closes batches older than `flush_msec`.
 
+mod batch;
+mod destage;
 pub mod image;
+mod recovery;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::backend::ObjectStore;
+use crossbeam_channel::{unbounded, Sender};
+use tracing::{info, warn};
+
+use crate::backend::{ObjectStore, StoreLock};
 use crate::config::Config;
-use crate::error::Result;
-use crate::units::{ImageUuid, JournalSeq};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::journal::RecordEntry;
+use crate::format::object::OpKind;
+use crate::format::superblock::{Superblock, FLAG_CLEAN};
+use crate::journal::{Append, Done, Journal, JournalOptions, JournalShared, ReplayEntry};
+use crate::map::{ExtentMap, ObjectMap};
+use crate::units::{ImageUuid, JournalSeq, Lba, ObjSeq, SECTOR};
 
+use batch::{Batch, PendLoc};
+use destage::{DestageMsg, Destager};
 pub use image::ImageSpec;
 
 /// Called once when an asynchronously submitted operation completes.
 pub type Completion = Box<dyn FnOnce(Result<()>) + Send + 'static>;
+
+/// Most operations in one data object.
+const MAX_BATCH_OPS: usize = 65536;
+/// Largest single trim/zero operation in sectors.
+const MAX_DISCARD_SECTORS: u64 = 1 << 31;
 
 /// Everything [`Volume::open`] needs.
 pub struct VolumeOptions {
@@ -32,7 +58,7 @@ pub struct VolumeOptions {
 }
 
 /// Counters for `info` and `bench`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VolumeStats {
     /// Client writes (chunks) journaled.
     pub writes: u64,
@@ -60,50 +86,491 @@ pub struct VolumeStats {
     pub journal_used_bytes: u64,
 }
 
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    write_bytes: AtomicU64,
+    data_objects: AtomicU64,
+    data_object_bytes: AtomicU64,
+    checkpoint_pieces: AtomicU64,
+    checkpoint_bytes: AtomicU64,
+    backend_reads: AtomicU64,
+    replayed: AtomicU64,
+}
+
+pub(crate) struct State {
+    next_jseq: JournalSeq,
+    /// Last sequence handed to the journal (a FLUSH covers up to here).
+    last_sent: JournalSeq,
+    open: Batch,
+    sealed: BTreeMap<u64, Arc<Batch>>,
+    overlay: ExtentMap<PendLoc>,
+    next_batch_id: u64,
+    next_obj: ObjSeq,
+    journal: Option<Journal>,
+    closed: bool,
+    scratch: Vec<crate::map::Extent<PendLoc>>,
+}
+
+pub(crate) struct Inner {
+    image: String,
+    uuid: ImageUuid,
+    size_bytes: u64,
+    config: Config,
+    store: Arc<dyn ObjectStore>,
+    state: Mutex<State>,
+    state_cv: Condvar,
+    durable: RwLock<ObjectMap>,
+    sb: Mutex<Superblock>,
+    journal_shared: OnceLock<Arc<JournalShared>>,
+    applied_obj: AtomicU64,
+    backend_jseq: AtomicU64,
+    map_extents: AtomicU64,
+    stopping: AtomicBool,
+    backend_error: Mutex<Option<String>>,
+    stats: Counters,
+    destage_tx: Sender<DestageMsg>,
+    flusher: (Mutex<bool>, Condvar),
+}
+
+impl Inner {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_backend_error(&self, e: &Error) {
+        if let Ok(mut g) = self.backend_error.lock() {
+            *g = Some(format!("{e:?}"));
+        }
+    }
+
+    fn clear_backend_error(&self) {
+        if let Ok(mut g) = self.backend_error.lock() {
+            *g = None;
+        }
+    }
+
+    fn max_sealed(&self) -> usize {
+        self.config.backend_write_window as usize + 2
+    }
+
+    /// Wait until a batch can be added (bounded memory while the backend is
+    /// slow), then return the locked state.
+    fn wait_for_room(&self) -> Result<MutexGuard<'_, State>> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.io_timeout_msec);
+        let mut st = self.lock_state();
+        loop {
+            if st.closed {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    format!("image {} is closed", self.image),
+                ));
+            }
+            if st.sealed.len() < self.max_sealed() {
+                return Ok(st);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let last = self.backend_error.lock().ok().and_then(|g| g.clone());
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "image {}: {} objects waiting for the backend for {} ms (last backend error: {})",
+                        self.image,
+                        st.sealed.len(),
+                        self.config.io_timeout_msec,
+                        last.unwrap_or_else(|| "none, it is slow".into())
+                    ),
+                ));
+            }
+            st = self
+                .state_cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Close the open batch and hand it to the destager.
+    fn seal(&self, st: &mut State) {
+        if st.open.is_empty() {
+            return;
+        }
+        let id = st.next_batch_id;
+        st.next_batch_id += 1;
+        let cap = self.config.backend_obj_bytes as usize;
+        let mut b = std::mem::replace(&mut st.open, Batch::new(id, cap));
+        b.obj = st.next_obj;
+        st.next_obj = st.next_obj.next();
+        let b = Arc::new(b);
+        st.sealed.insert(b.id, b.clone());
+        let _ = self.destage_tx.send(DestageMsg::Batch(b));
+    }
+
+    /// Add one operation to the open batch and the overlay.
+    fn push_op(
+        &self,
+        st: &mut State,
+        seq: JournalSeq,
+        kind: OpKind,
+        lba: Lba,
+        sectors: u32,
+        data: &[u8],
+    ) {
+        let obj_bytes = self.config.backend_obj_bytes;
+        if !st.open.is_empty()
+            && (st.open.data_bytes() + data.len() as u64 > obj_bytes
+                || st.open.ops.len() >= MAX_BATCH_OPS)
+        {
+            self.seal(st);
+        }
+        let loc = st.open.push(seq, kind, lba, sectors, data);
+        let mut scratch = std::mem::take(&mut st.scratch);
+        scratch.clear();
+        st.overlay.update(lba, sectors as u64, loc, &mut scratch);
+        st.scratch = scratch;
+        st.next_jseq = seq.next();
+        if st.open.data_bytes() >= obj_bytes {
+            self.seal(st);
+        }
+    }
+
+    fn replay_entry(&self, e: ReplayEntry<'_>) -> Result<()> {
+        let mut st = self.wait_for_room()?;
+        self.push_op(&mut st, e.seq, e.kind, e.lba, e.sectors, e.data);
+        st.last_sent = e.seq;
+        self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn check_range(&self, what: &str, offset: u64, len: u64) -> Result<()> {
+        if offset % SECTOR != 0 || len % SECTOR != 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{what} at {offset} of {len} bytes is not aligned to 512 bytes"),
+            ));
+        }
+        if len == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{what} at {offset}: zero length"),
+            ));
+        }
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.size_bytes)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{what} at {offset} of {len} bytes runs past the end of the {}-byte disk",
+                    self.size_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn write_superblock(&self, f: impl FnOnce(&mut Superblock)) -> Result<()> {
+        let sb = {
+            let mut sb = self.sb.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut sb);
+            sb.update_seq += 1;
+            sb.clone()
+        };
+        self.put_bounded(&self.image, &sb.encode())
+            .map_err(|e| e.prefixed(format!("write superblock of {}", self.image)))
+    }
+}
+
 /// An open image.
 pub struct Volume {
-    _private: (),
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+    lock: Option<Box<dyn StoreLock>>,
+    stopped: bool,
+}
+
+fn wait_done(f: impl FnOnce(Done)) -> Result<()> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    f(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.recv().unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Closed,
+            "volume stopped before the operation completed",
+        ))
+    })
 }
 
 impl Volume {
     /// Open an existing image: lock it, recover (checkpoint + roll-forward +
     /// journal replay) and start the background threads.
     pub fn open(opts: VolumeOptions) -> Result<Volume> {
-        let _ = opts;
-        todo!()
+        let VolumeOptions {
+            config,
+            store,
+            image,
+            journal_path,
+        } = opts;
+        config.validate()?;
+        let lock = store.lock(&image, &image::lock_owner()).map_err(|e| {
+            if e.kind() == ErrorKind::Locked {
+                e.prefixed(format!("image {image} is already open"))
+            } else {
+                e
+            }
+        })?;
+        let mut sb = image::read_superblock(store.as_ref(), &image)?;
+        let rec = recovery::recover(store.as_ref(), &image, &sb)?;
+        sb.checkpoints = rec.checkpoints.clone();
+        let (destage_tx, destage_rx) = unbounded();
+        let cap = config.backend_obj_bytes as usize;
+        let inner = Arc::new(Inner {
+            image: image.clone(),
+            uuid: sb.uuid,
+            size_bytes: sb.size_bytes,
+            store: store.clone(),
+            state: Mutex::new(State {
+                next_jseq: rec.backend_jseq.next(),
+                last_sent: rec.backend_jseq,
+                open: Batch::new(0, cap),
+                sealed: BTreeMap::new(),
+                overlay: ExtentMap::new(),
+                next_batch_id: 1,
+                next_obj: rec.last_obj.next(),
+                journal: None,
+                closed: false,
+                scratch: Vec::new(),
+            }),
+            state_cv: Condvar::new(),
+            map_extents: AtomicU64::new(rec.map.extent_count() as u64),
+            durable: RwLock::new(rec.map),
+            sb: Mutex::new(sb.clone()),
+            journal_shared: OnceLock::new(),
+            applied_obj: AtomicU64::new(rec.last_obj.0),
+            backend_jseq: AtomicU64::new(rec.backend_jseq.0),
+            stopping: AtomicBool::new(false),
+            backend_error: Mutex::new(None),
+            stats: Counters::default(),
+            destage_tx,
+            flusher: (Mutex::new(false), Condvar::new()),
+            config,
+        });
+        let mut vol = Volume {
+            inner: inner.clone(),
+            threads: Vec::new(),
+            lock: Some(lock),
+            stopped: false,
+        };
+        vol.spawn_threads(destage_rx, rec.last_obj)?;
+
+        let shared = Arc::new(JournalShared::default());
+        let _ = inner.journal_shared.set(shared.clone());
+        let weak = Arc::downgrade(&inner);
+        shared.set_space_wanted(Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                let (m, cv) = &inner.flusher;
+                if let Ok(mut g) = m.lock() {
+                    *g = true;
+                    cv.notify_all();
+                }
+            }
+        }));
+        let jopts = JournalOptions {
+            path: journal_path,
+            size: inner.config.wlog_bytes,
+            depth: inner.config.journal_depth,
+            max_record_data: inner.config.wlog_chunk_bytes,
+            io_timeout: Duration::from_millis(inner.config.io_timeout_msec),
+        };
+        let (journal, report) = Journal::open(
+            &jopts,
+            sb.uuid,
+            sb.journal_gen,
+            rec.backend_jseq,
+            shared,
+            &mut |e| inner.replay_entry(e),
+        )?;
+        {
+            let mut st = inner.lock_state();
+            st.next_jseq = report.next_seq;
+            st.last_sent = JournalSeq(report.next_seq.0 - 1);
+            st.journal = Some(journal);
+        }
+        // The superblock records the journal generation before any new
+        // write is accepted, so a journal from another attach is never
+        // replayed over this one's writes.
+        inner.write_superblock(|sb| {
+            sb.journal_gen = report.generation;
+            sb.flags &= !FLAG_CLEAN;
+        })?;
+        info!(image = %inner.image, replayed = report.replayed, rolled = rec.rolled, deleted = rec.deleted,
+            discarded = ?report.discarded, "image opened");
+        Ok(vol)
+    }
+
+    fn spawn_threads(
+        &mut self,
+        destage_rx: crossbeam_channel::Receiver<DestageMsg>,
+        applied: ObjSeq,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let (jobs_tx, jobs_rx) =
+            crossbeam_channel::bounded(inner.config.backend_write_window as usize);
+        let (done_tx, done_rx) = unbounded();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(f)
+                .map_err(|e| Error::io(format!("spawn thread {name}"), e))
+        };
+        for i in 0..inner.config.backend_write_window {
+            let (inner, jobs_rx, done_tx) = (inner.clone(), jobs_rx.clone(), done_tx.clone());
+            self.threads.push(spawn(
+                &format!("lsvd-put-{i}"),
+                Box::new(move || destage::put_worker(inner, jobs_rx, done_tx)),
+            )?);
+        }
+        drop(done_tx);
+        let d = Destager::new(inner.clone(), applied, jobs_tx);
+        self.threads.push(spawn(
+            "lsvd-destage",
+            Box::new(move || d.run(destage_rx, done_rx)),
+        )?);
+        let fi = inner.clone();
+        self.threads
+            .push(spawn("lsvd-flusher", Box::new(move || flusher(fi)))?);
+        Ok(())
     }
 
     /// Disk size in bytes.
     pub fn size_bytes(&self) -> u64 {
-        todo!()
+        self.inner.size_bytes
     }
 
     /// Image identity.
     pub fn uuid(&self) -> ImageUuid {
-        todo!()
+        self.inner.uuid
     }
 
     /// Read `buf.len()` bytes at `offset`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let _ = (offset, buf);
-        todo!()
+        let inner = &self.inner;
+        inner.check_range("read", offset, buf.len() as u64)?;
+        let lba = offset / SECTOR;
+        let n = buf.len() as u64 / SECTOR;
+        // (object, offset in sectors, buffer offset, bytes)
+        let mut remote: Vec<(ObjSeq, u64, usize, usize)> = Vec::new();
+        {
+            let st = inner.lock_state();
+            if st.closed && st.journal.is_none() {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    format!("image {} is closed", inner.image),
+                ));
+            }
+            let mut holes = Vec::new();
+            st.overlay.for_each_piece(Lba(lba), n, |plba, plen, t| {
+                let b0 = ((plba.0 - lba) * SECTOR) as usize;
+                let b1 = b0 + (plen * SECTOR) as usize;
+                match t {
+                    Some(PendLoc::Data { batch, offset }) => {
+                        let b = if st.open.id == batch {
+                            Some(&st.open)
+                        } else {
+                            st.sealed.get(&batch).map(|b| b.as_ref())
+                        };
+                        match b {
+                            Some(b) => b.copy_out(offset, &mut buf[b0..b1]),
+                            None => holes.push((plba, plen, b0)),
+                        }
+                    }
+                    Some(PendLoc::Zero { .. }) => buf[b0..b1].fill(0),
+                    None => holes.push((plba, plen, b0)),
+                }
+            });
+            if !holes.is_empty() {
+                // Taken while the state lock is held: an object applied in
+                // between cannot make us miss both the overlay and the map.
+                let map = inner.durable.read().unwrap_or_else(|e| e.into_inner());
+                let mut pieces = Vec::new();
+                for (hlba, hlen, hoff) in holes {
+                    pieces.clear();
+                    map.lookup(hlba, hlen, &mut pieces);
+                    for &(plba, plen, loc) in &pieces {
+                        let b0 = hoff + ((plba.0 - hlba.0) * SECTOR) as usize;
+                        let bytes = (plen * SECTOR) as usize;
+                        match loc {
+                            None => buf[b0..b0 + bytes].fill(0),
+                            Some(l) => {
+                                if let Some(last) = remote.last_mut() {
+                                    if last.0 == l.obj
+                                        && last.1 + (last.3 as u64 / SECTOR) == l.offset as u64
+                                        && last.2 + last.3 == b0
+                                    {
+                                        last.3 += bytes;
+                                        continue;
+                                    }
+                                }
+                                remote.push((l.obj, l.offset as u64, b0, bytes));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (obj, off, b0, bytes) in remote {
+            let name = image::object_name(&inner.image, obj);
+            let data = inner
+                .store
+                .get(&name, off * SECTOR, bytes)
+                .map_err(|e| e.prefixed(format!("read of {} at {offset}", inner.image)))?;
+            inner.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
+            if data.len() != bytes {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "object {name} is shorter than its map says ({} of {bytes} bytes at sector {off})",
+                        data.len()
+                    ),
+                ));
+            }
+            buf[b0..b0 + bytes].copy_from_slice(&data);
+        }
+        Ok(())
     }
 
     /// Write and wait for the journal (not a FLUSH).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let _ = (offset, data);
-        todo!()
+        self.sync_submit(|d| self.submit_write(offset, data, false, d).map(|_| ()))
     }
 
     /// Write with FUA: durable across a host crash when it returns.
     pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let _ = (offset, data);
-        todo!()
+        self.sync_submit(|d| self.submit_write(offset, data, true, d).map(|_| ()))
+    }
+
+    fn sync_submit(&self, f: impl FnOnce(Completion) -> Result<()>) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let tx2 = tx.clone();
+        f(Box::new(move |r| {
+            let _ = tx2.send(r);
+        }))?;
+        drop(tx);
+        rx.recv().unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Closed,
+                "volume stopped before the operation completed",
+            ))
+        })
     }
 
     /// Submit a write without waiting; `done` runs when it is acknowledged.
     /// Writes submitted from one thread are ordered in submission order.
-    /// Returns the journal sequence of its last chunk.
+    /// Returns the journal sequence of its last chunk. If this returns an
+    /// error, `done` is not called.
     pub fn submit_write(
         &self,
         offset: u64,
@@ -111,20 +578,54 @@ impl Volume {
         fua: bool,
         done: Completion,
     ) -> Result<JournalSeq> {
-        let _ = (offset, data, fua, done);
-        todo!()
+        let inner = &self.inner;
+        inner.check_range("write", offset, data.len() as u64)?;
+        let chunk = inner.config.wlog_chunk_bytes as usize;
+        let mut st = inner.wait_for_room()?;
+        let first = st.next_jseq;
+        let mut entries = Vec::with_capacity(data.len().div_ceil(chunk));
+        for (i, piece) in data.chunks(chunk).enumerate() {
+            let lba = Lba(offset / SECTOR + (i * chunk) as u64 / SECTOR);
+            let sectors = (piece.len() as u64 / SECTOR) as u32;
+            let seq = st.next_jseq;
+            inner.push_op(&mut st, seq, OpKind::Write, lba, sectors, piece);
+            entries.push(RecordEntry {
+                lba,
+                sectors,
+                kind: OpKind::Write,
+            });
+        }
+        let last = JournalSeq(st.next_jseq.0 - 1);
+        inner
+            .stats
+            .writes
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        inner
+            .stats
+            .write_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let Some(j) = st.journal.as_ref() else {
+            return Err(Error::new(ErrorKind::Closed, "journal is not open"));
+        };
+        j.append(Append {
+            first_seq: first,
+            entries,
+            data: data.to_vec(),
+            fua,
+            done: Some(done),
+        });
+        st.last_sent = last;
+        Ok(last)
     }
 
     /// Discard a range (reads as zeros afterwards); journaled like a write.
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        let _ = (offset, len);
-        todo!()
+        self.sync_submit(|d| self.submit_discard(offset, len, false, d).map(|_| ()))
     }
 
     /// Zero a range; journaled like a write.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        let _ = (offset, len);
-        todo!()
+        self.sync_submit(|d| self.submit_discard(offset, len, true, d).map(|_| ()))
     }
 
     /// Submit a trim (`zero = false`) or write-zeroes (`zero = true`).
@@ -135,34 +636,217 @@ impl Volume {
         zero: bool,
         done: Completion,
     ) -> Result<JournalSeq> {
-        let _ = (offset, len, zero, done);
-        todo!()
+        let inner = &self.inner;
+        inner.check_range(if zero { "write-zeroes" } else { "trim" }, offset, len)?;
+        let kind = if zero { OpKind::Zero } else { OpKind::Trim };
+        let mut st = inner.wait_for_room()?;
+        let first = st.next_jseq;
+        let mut entries = Vec::new();
+        let mut lba = offset / SECTOR;
+        let end = (offset + len) / SECTOR;
+        while lba < end {
+            let n = (end - lba).min(MAX_DISCARD_SECTORS);
+            let seq = st.next_jseq;
+            inner.push_op(&mut st, seq, kind, Lba(lba), n as u32, &[]);
+            entries.push(RecordEntry {
+                lba: Lba(lba),
+                sectors: n as u32,
+                kind,
+            });
+            lba += n;
+        }
+        let last = JournalSeq(st.next_jseq.0 - 1);
+        let Some(j) = st.journal.as_ref() else {
+            return Err(Error::new(ErrorKind::Closed, "journal is not open"));
+        };
+        j.append(Append {
+            first_seq: first,
+            entries,
+            data: Vec::new(),
+            fua: false,
+            done: Some(done),
+        });
+        st.last_sent = last;
+        Ok(last)
     }
 
     /// FLUSH: every write submitted before it is durable when it returns.
     pub fn flush(&self) -> Result<()> {
-        todo!()
+        self.sync_submit(|d| self.submit_flush(d))
     }
 
-    /// Submit a FLUSH covering every write submitted before it.
+    /// Submit a FLUSH covering every write submitted before it. With
+    /// `hard_flush`, it also waits until the backend holds everything.
     pub fn submit_flush(&self, done: Completion) -> Result<()> {
-        let _ = done;
-        todo!()
+        let inner = &self.inner;
+        let mut st = inner.lock_state();
+        if st.closed {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!("image {} is closed", inner.image),
+            ));
+        }
+        let upto = st.last_sent;
+        let done: Completion = if inner.config.hard_flush {
+            inner.seal(&mut st);
+            let target = ObjSeq(st.next_obj.0 - 1);
+            let tx = inner.destage_tx.clone();
+            Box::new(move |r: Result<()>| match r {
+                Ok(()) => {
+                    if let Err(e) = tx.send(DestageMsg::WaitApplied(target, done)) {
+                        if let DestageMsg::WaitApplied(_, d) = e.0 {
+                            d(Err(Error::new(ErrorKind::Closed, "volume stopped")));
+                        }
+                    }
+                }
+                Err(e) => done(Err(e)),
+            })
+        } else {
+            done
+        };
+        match st.journal.as_ref() {
+            Some(j) => {
+                j.flush(upto, done);
+                Ok(())
+            }
+            None => Err(Error::new(ErrorKind::Closed, "journal is not open")),
+        }
     }
 
     /// Counters.
     pub fn stats(&self) -> VolumeStats {
-        todo!()
+        let s = &self.inner.stats;
+        let js = self.inner.journal_shared.get();
+        VolumeStats {
+            writes: s.writes.load(Ordering::Relaxed),
+            write_bytes: s.write_bytes.load(Ordering::Relaxed),
+            journal_records: js.map_or(0, |j| j.records()),
+            journal_syncs: js.map_or(0, |j| j.syncs()),
+            data_objects: s.data_objects.load(Ordering::Relaxed),
+            data_object_bytes: s.data_object_bytes.load(Ordering::Relaxed),
+            checkpoint_pieces: s.checkpoint_pieces.load(Ordering::Relaxed),
+            checkpoint_bytes: s.checkpoint_bytes.load(Ordering::Relaxed),
+            backend_reads: s.backend_reads.load(Ordering::Relaxed),
+            map_extents: self.inner.map_extents.load(Ordering::Relaxed),
+            replayed: s.replayed.load(Ordering::Relaxed),
+            journal_used_bytes: js.map_or(0, |j| j.used_bytes()),
+        }
     }
 
     /// Clean shutdown: destage everything, checkpoint, mark clean, unlock.
-    pub fn close(self) -> Result<()> {
-        todo!()
+    pub fn close(mut self) -> Result<()> {
+        let r = self.close_inner();
+        self.stop(r.is_ok());
+        r
+    }
+
+    fn close_inner(&mut self) -> Result<()> {
+        let inner = self.inner.clone();
+        let upto = {
+            let mut st = inner.lock_state();
+            st.closed = true;
+            st.last_sent
+        };
+        // 1. Everything acknowledged is durable in the journal.
+        wait_done(|d| {
+            let st = inner.lock_state();
+            match st.journal.as_ref() {
+                Some(j) => j.flush(upto, d),
+                None => d(Err(Error::new(ErrorKind::Closed, "journal is not open"))),
+            }
+        })?;
+        // 2. Everything is in the backend, applied in order.
+        let target = {
+            let mut st = inner.lock_state();
+            inner.seal(&mut st);
+            ObjSeq(st.next_obj.0 - 1)
+        };
+        wait_done(|d| {
+            let _ = inner.destage_tx.send(DestageMsg::WaitApplied(target, d));
+        })?;
+        // 3. A checkpoint of the final map, named by the superblock.
+        wait_done(|d| {
+            let _ = inner.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
+        })?;
+        // 4. Marked clean only after the checkpoint is named.
+        inner.write_superblock(|sb| sb.flags |= FLAG_CLEAN)?;
+        // 5. The journal's chain is empty: its start moves to its head.
+        let j = inner.lock_state().journal.take();
+        if let Some(j) = j {
+            j.shutdown(true)?;
+        }
+        Ok(())
+    }
+
+    /// Stop every thread. Without `clean`, like a killed process: nothing
+    /// queued is written.
+    fn stop(&mut self, clean: bool) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        let j = {
+            let mut st = inner.lock_state();
+            st.closed = true;
+            st.journal.take()
+        };
+        if let Some(j) = j {
+            let _ = j.shutdown(false);
+        }
+        let _ = inner.destage_tx.send(DestageMsg::Stop);
+        {
+            let (m, cv) = &inner.flusher;
+            if let Ok(mut g) = m.lock() {
+                *g = true;
+            }
+            cv.notify_all();
+        }
+        inner.state_cv.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if !clean {
+            info!(image = %inner.image, "volume stopped without a clean close");
+        }
+        self.lock = None;
     }
 
     /// Test hook: stop like a killed process (no destage, no checkpoint, no
     /// clean mark); the lock is released.
-    pub fn crash(self) {
-        todo!()
+    pub fn crash(mut self) {
+        self.stop(false);
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if !self.stopped {
+            warn!(image = %self.inner.image, "volume dropped without close(): stopping like a crash; the journal keeps every acknowledged write");
+            self.stop(false);
+        }
+    }
+}
+
+/// Closes batches older than `flush_msec`, or at once when the journal asks
+/// for space.
+fn flusher(inner: Arc<Inner>) {
+    let age = Duration::from_millis(inner.config.flush_msec);
+    let tick = (age / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
+    loop {
+        let wanted = {
+            let (m, cv) = &inner.flusher;
+            let g = m.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut g, _) = cv.wait_timeout(g, tick).unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *g)
+        };
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut st = inner.lock_state();
+        if !st.open.is_empty() && (wanted || st.open.created.elapsed() >= age) {
+            inner.seal(&mut st);
+        }
     }
 }

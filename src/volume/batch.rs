@@ -1,0 +1,114 @@
+//! In-memory batches: operations journaled but not yet applied from a
+//! durable backend object, and the overlay map that points into them.
+
+use std::time::Instant;
+
+use crate::format::object::{ObjOp, OpKind};
+use crate::map::Target;
+use crate::units::{JournalSeq, Lba, ObjSeq, SECTOR};
+
+/// Where the newest version of a sector lives while it is not yet applied
+/// from the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PendLoc {
+    /// In batch `batch`, at `offset` sectors into its data.
+    Data { batch: u64, offset: u32 },
+    /// Zeroed (trim or write-zeroes) by an operation in `batch`.
+    Zero { batch: u64 },
+}
+
+impl PendLoc {
+    pub(crate) fn batch(self) -> u64 {
+        match self {
+            PendLoc::Data { batch, .. } | PendLoc::Zero { batch } => batch,
+        }
+    }
+}
+
+impl Target for PendLoc {
+    fn advance(self, sectors: u64) -> Self {
+        match self {
+            PendLoc::Data { batch, offset } => PendLoc::Data {
+                batch,
+                offset: offset + sectors as u32,
+            },
+            z => z,
+        }
+    }
+}
+
+/// A batch of operations in journal order: becomes one data object.
+pub(crate) struct Batch {
+    pub id: u64,
+    /// Object sequence, assigned when the batch is sealed.
+    pub obj: ObjSeq,
+    pub first_jseq: JournalSeq,
+    pub last_jseq: JournalSeq,
+    pub ops: Vec<ObjOp>,
+    pub data: Vec<u8>,
+    pub created: Instant,
+}
+
+impl Batch {
+    pub(crate) fn new(id: u64, capacity: usize) -> Batch {
+        Batch {
+            id,
+            obj: ObjSeq(0),
+            first_jseq: JournalSeq(0),
+            last_jseq: JournalSeq(0),
+            ops: Vec::new(),
+            data: Vec::with_capacity(capacity),
+            created: Instant::now(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Append an operation with sequence `seq` (consecutive with the last);
+    /// returns where its data went.
+    pub(crate) fn push(
+        &mut self,
+        seq: JournalSeq,
+        kind: OpKind,
+        lba: Lba,
+        sectors: u32,
+        data: &[u8],
+    ) -> PendLoc {
+        if self.ops.is_empty() {
+            self.first_jseq = seq;
+            self.created = Instant::now();
+        }
+        debug_assert!(self.ops.is_empty() || seq.0 == self.last_jseq.0 + 1);
+        self.last_jseq = seq;
+        let offset = (self.data.len() as u64 / SECTOR) as u32;
+        let loc = if kind == OpKind::Write {
+            self.data.extend_from_slice(data);
+            PendLoc::Data {
+                batch: self.id,
+                offset,
+            }
+        } else {
+            PendLoc::Zero { batch: self.id }
+        };
+        self.ops.push(ObjOp {
+            lba,
+            sectors,
+            kind,
+            data_offset: if kind == OpKind::Write { offset } else { 0 },
+        });
+        loc
+    }
+
+    /// Data bytes held.
+    pub(crate) fn data_bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// Copy `len` bytes at `offset` sectors into `out`.
+    pub(crate) fn copy_out(&self, offset: u32, out: &mut [u8]) {
+        let start = offset as usize * SECTOR as usize;
+        out.copy_from_slice(&self.data[start..start + out.len()]);
+    }
+}

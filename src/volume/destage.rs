@@ -1,0 +1,459 @@
+//! Destage: sealed batches become data objects, put with a bounded window,
+//! applied to the durable map strictly in sequence order; checkpoints are
+//! written into the same sequence every `checkpoint_interval_objs` objects.
+//!
+//! Crash ordering, all in one place:
+//! 1. An object is applied (map updated, journal space released) only when
+//!    it *and every object with a lower sequence* is durable, so the journal
+//!    never drops a record whose operation the backend could still lose to
+//!    a roll-forward gap.
+//! 2. Checkpoint pieces take sequences in the same stream, so objects after
+//!    a checkpoint are not applied until the checkpoint is durable.
+//! 3. The superblock names a checkpoint only after all its pieces are
+//!    durable; a retired checkpoint is overwritten by a tombstone (never
+//!    deleted) so the stream stays contiguous for a roll-forward from an
+//!    older checkpoint.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+use tracing::{debug, warn};
+
+use super::batch::Batch;
+use super::image::object_name;
+use super::Inner;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::checkpoint::{split_into_pieces, CkptExtent, CkptObject, EXTENTS_PER_PIECE};
+use crate::format::object::{ObjectHeader, OpKind};
+use crate::format::superblock::CheckpointRef;
+use crate::journal::Done;
+use crate::map::ObjLoc;
+use crate::units::{JournalSeq, Lba, ObjSeq};
+
+/// Bytes of a retired checkpoint piece's tombstone: magic + version.
+pub(crate) const TOMBSTONE: &[u8] = b"LSVDCKP1\x01\x00\x00\x00";
+
+pub(crate) enum DestageMsg {
+    /// A sealed batch with its object sequence assigned.
+    Batch(Arc<Batch>),
+    /// Write a checkpoint now; `done` when the superblock names it.
+    Checkpoint(Option<Done>),
+    /// Run `done` once every object up to `upto` is applied.
+    WaitApplied(ObjSeq, Done),
+    /// Stop. `clean`: everything queued is finished first.
+    Stop,
+}
+
+enum Item {
+    Data(Arc<Batch>),
+    Piece {
+        ckpt: CheckpointRef,
+        last: bool,
+        waiters: Vec<Done>,
+    },
+}
+
+pub(crate) struct Job {
+    seq: ObjSeq,
+    name: String,
+    bytes: Arc<Vec<u8>>,
+}
+
+/// Put worker: retries with backoff until the put succeeds or the volume stops.
+pub(crate) fn put_worker(
+    inner: Arc<Inner>,
+    jobs: Receiver<Job>,
+    done: Sender<(ObjSeq, Result<()>)>,
+) {
+    for job in jobs.iter() {
+        let mut backoff = Duration::from_millis(10);
+        let r = loop {
+            match inner.store.put(&job.name, &job.bytes) {
+                Ok(()) => break Ok(()),
+                Err(e) => {
+                    if inner.stopping.load(Ordering::SeqCst) {
+                        break Err(e);
+                    }
+                    warn!(object = %job.name, store = %inner.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
+                    inner.set_backend_error(&e);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        if r.is_ok() {
+            inner.clear_backend_error();
+        }
+        if done.send((job.seq, r)).is_err() {
+            return;
+        }
+    }
+}
+
+pub(crate) struct Destager {
+    inner: Arc<Inner>,
+    items: BTreeMap<u64, Item>,
+    completed: std::collections::BTreeSet<u64>,
+    queue: VecDeque<Job>,
+    inflight: usize,
+    window: usize,
+    /// Every object up to this is applied.
+    applied: ObjSeq,
+    since_ckpt: u64,
+    ckpt_running: bool,
+    ckpt_waiters: Vec<Done>,
+    applied_waiters: Vec<(ObjSeq, Done)>,
+    jobs: Sender<Job>,
+}
+
+impl Destager {
+    pub(crate) fn new(inner: Arc<Inner>, applied: ObjSeq, jobs: Sender<Job>) -> Destager {
+        let window = inner.config.backend_write_window.max(1) as usize;
+        Destager {
+            inner,
+            items: BTreeMap::new(),
+            completed: Default::default(),
+            queue: VecDeque::new(),
+            inflight: 0,
+            window,
+            applied,
+            since_ckpt: 0,
+            ckpt_running: false,
+            ckpt_waiters: Vec::new(),
+            applied_waiters: Vec::new(),
+            jobs,
+        }
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<DestageMsg>, done_rx: Receiver<(ObjSeq, Result<()>)>) {
+        loop {
+            select! {
+                recv(rx) -> m => match m {
+                    Ok(DestageMsg::Stop) | Err(_) => break,
+                    Ok(m) => self.handle(m),
+                },
+                recv(done_rx) -> d => match d {
+                    Ok((seq, r)) => self.completed_put(seq, r),
+                    Err(_) => break,
+                },
+            }
+            self.pump();
+        }
+        let e = Error::new(ErrorKind::Closed, "volume stopped");
+        for d in self.ckpt_waiters.drain(..) {
+            d(Err(e.duplicate()));
+        }
+        for (_, d) in self.applied_waiters.drain(..) {
+            d(Err(e.duplicate()));
+        }
+    }
+
+    fn handle(&mut self, m: DestageMsg) {
+        match m {
+            DestageMsg::Batch(b) => {
+                let bytes = ObjectHeader::encode_object(
+                    self.inner.uuid,
+                    b.obj,
+                    b.first_jseq,
+                    &b.ops,
+                    &b.data,
+                );
+                self.queue.push_back(Job {
+                    seq: b.obj,
+                    name: object_name(&self.inner.image, b.obj),
+                    bytes: Arc::new(bytes),
+                });
+                self.items.insert(b.obj.0, Item::Data(b));
+            }
+            DestageMsg::Checkpoint(done) => {
+                if let Some(d) = done {
+                    self.ckpt_waiters.push(d);
+                }
+                if !self.ckpt_running {
+                    self.start_checkpoint();
+                }
+            }
+            DestageMsg::WaitApplied(upto, done) => {
+                if upto <= self.applied {
+                    done(Ok(()));
+                } else {
+                    self.applied_waiters.push((upto, done));
+                }
+            }
+            DestageMsg::Stop => {}
+        }
+    }
+
+    fn pump(&mut self) {
+        while self.inflight < self.window {
+            let Some(job) = self.queue.pop_front() else {
+                break;
+            };
+            self.inflight += 1;
+            if self.jobs.send(job).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn completed_put(&mut self, seq: ObjSeq, r: Result<()>) {
+        self.inflight -= 1;
+        if let Err(e) = r {
+            // Only when stopping: the object stays unapplied.
+            debug!(object = seq.0, "put abandoned: {e}");
+            return;
+        }
+        self.completed.insert(seq.0);
+        while self.completed.remove(&self.applied.next().0) {
+            let seq = self.applied.next();
+            let item = self.items.remove(&seq.0);
+            self.applied = seq;
+            match item {
+                Some(Item::Data(b)) => self.apply_data(&b),
+                Some(Item::Piece {
+                    ckpt,
+                    last,
+                    waiters,
+                }) => {
+                    if last {
+                        self.checkpoint_durable(ckpt, waiters);
+                    }
+                }
+                None => {}
+            }
+        }
+        self.inner
+            .applied_obj
+            .store(self.applied.0, Ordering::SeqCst);
+        let applied = self.applied;
+        let mut i = 0;
+        while i < self.applied_waiters.len() {
+            if self.applied_waiters[i].0 <= applied {
+                let (_, d) = self.applied_waiters.swap_remove(i);
+                d(Ok(()));
+            } else {
+                i += 1;
+            }
+        }
+        if !self.ckpt_running && self.since_ckpt >= self.inner.config.checkpoint_interval_objs {
+            self.start_checkpoint();
+        }
+    }
+
+    fn apply_data(&mut self, b: &Batch) {
+        let header_sectors = ObjectHeader::header_bytes_for(b.ops.len()) / 512;
+        {
+            let mut map = self
+                .inner
+                .durable
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            map.add_object(b.obj, b.data.len() as u64 / 512);
+            for op in &b.ops {
+                match op.kind {
+                    OpKind::Write => map.apply_write(
+                        Lba(op.lba.0),
+                        op.sectors as u64,
+                        ObjLoc {
+                            obj: b.obj,
+                            offset: header_sectors + op.data_offset,
+                        },
+                    ),
+                    OpKind::Trim | OpKind::Zero => map.apply_trim(Lba(op.lba.0), op.sectors as u64),
+                }
+            }
+            self.inner
+                .map_extents
+                .store(map.extent_count() as u64, Ordering::Relaxed);
+        }
+        // The durable map is updated before the overlay entries go, so a
+        // reader never falls through to an older version.
+        {
+            let mut st = self.inner.lock_state();
+            for op in &b.ops {
+                st.overlay
+                    .remove_if(Lba(op.lba.0), op.sectors as u64, |t| t.batch() == b.id);
+            }
+            st.sealed.remove(&b.id);
+        }
+        self.inner.state_cv.notify_all();
+        self.inner
+            .backend_jseq
+            .store(b.last_jseq.0, Ordering::SeqCst);
+        self.inner
+            .stats
+            .data_objects
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.data_object_bytes.fetch_add(
+            ObjectHeader::header_bytes_for(b.ops.len()) as u64 + b.data.len() as u64,
+            Ordering::Relaxed,
+        );
+        // The backend now holds every operation up to b.last_jseq (and all
+        // lower objects are applied): that journal space may be reused.
+        if let Some(js) = self.inner.journal_shared.get() {
+            js.release(b.last_jseq);
+        }
+        self.since_ckpt += 1;
+    }
+
+    fn start_checkpoint(&mut self) {
+        self.ckpt_running = true;
+        self.since_ckpt = 0;
+        let (objects, extents) = {
+            let map = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+            let objects: Vec<CkptObject> = map
+                .objects()
+                .map(|(obj, i)| CkptObject {
+                    obj,
+                    data_sectors: i.data_sectors,
+                    live_sectors: i.live_sectors,
+                })
+                .collect();
+            let extents: Vec<CkptExtent> = map
+                .extents()
+                .map(|x| CkptExtent {
+                    lba: x.lba,
+                    len: x.len as u32,
+                    obj: x.target.obj,
+                    offset: x.target.offset,
+                })
+                .collect();
+            (objects, extents)
+        };
+        let pieces_needed = extents.len().div_ceil(EXTENTS_PER_PIECE).max(1) as u64;
+        let ckpt_seq = {
+            let mut st = self.inner.lock_state();
+            let s = st.next_obj;
+            st.next_obj = ObjSeq(s.0 + pieces_needed);
+            s
+        };
+        let pieces = split_into_pieces(
+            self.inner.uuid,
+            ckpt_seq,
+            self.applied,
+            JournalSeq(self.inner.backend_jseq.load(Ordering::SeqCst)),
+            objects,
+            &extents,
+            EXTENTS_PER_PIECE,
+        );
+        let ckpt = CheckpointRef {
+            seq: ckpt_seq,
+            pieces: pieces.len() as u32,
+        };
+        let n = pieces.len();
+        for (i, p) in pieces.into_iter().enumerate() {
+            let seq = ObjSeq(ckpt_seq.0 + i as u64);
+            let bytes = p.encode();
+            self.inner
+                .stats
+                .checkpoint_pieces
+                .fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .checkpoint_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.queue.push_back(Job {
+                seq,
+                name: object_name(&self.inner.image, seq),
+                bytes: Arc::new(bytes),
+            });
+            let waiters = if i + 1 == n {
+                std::mem::take(&mut self.ckpt_waiters)
+            } else {
+                vec![]
+            };
+            self.items.insert(
+                seq.0,
+                Item::Piece {
+                    ckpt,
+                    last: i + 1 == n,
+                    waiters,
+                },
+            );
+        }
+    }
+
+    /// All pieces of `ckpt` (and everything before them) are durable:
+    /// name it in the superblock, retire the checkpoint that falls off.
+    fn checkpoint_durable(&mut self, ckpt: CheckpointRef, waiters: Vec<Done>) {
+        self.ckpt_running = false;
+        let r = self.inner.publish_checkpoint(ckpt);
+        for d in waiters {
+            d(match &r {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.duplicate()),
+            });
+        }
+        if !self.ckpt_waiters.is_empty() {
+            self.start_checkpoint();
+        }
+    }
+}
+
+impl Inner {
+    /// Make the superblock name `ckpt` (newest first, keeping two) and
+    /// tombstone the pieces of the checkpoint that drops off the list.
+    pub(crate) fn publish_checkpoint(&self, ckpt: CheckpointRef) -> Result<()> {
+        let (retired, sb) = {
+            let mut sb = self.sb.lock().unwrap_or_else(|e| e.into_inner());
+            let mut list = vec![ckpt];
+            list.extend(sb.checkpoints.iter().copied().filter(|c| c.seq != ckpt.seq));
+            let retired: Vec<CheckpointRef> = list.split_off(2.min(list.len()));
+            sb.checkpoints = list;
+            sb.update_seq += 1;
+            (retired, sb.clone())
+        };
+        self.put_with_retry(&self.image, &sb.encode())?;
+        for c in retired {
+            for s in c.seq.0..c.seq.0 + c.pieces as u64 {
+                // A tombstone keeps the sequence contiguous (see module docs).
+                self.put_with_retry(&object_name(&self.image, ObjSeq(s)), TOMBSTONE)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Put with retries for at most `io_timeout_msec`.
+    pub(crate) fn put_bounded(&self, name: &str, data: &[u8]) -> Result<()> {
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(self.config.io_timeout_msec);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.store.put(name, data) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    if self.stopping.load(Ordering::SeqCst)
+                        || std::time::Instant::now() + backoff > deadline
+                    {
+                        return Err(e);
+                    }
+                    warn!(object = %name, store = %self.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Put with retries until success or the volume stops.
+    pub(crate) fn put_with_retry(&self, name: &str, data: &[u8]) -> Result<()> {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.store.put(name, data) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return Err(e);
+                    }
+                    warn!(object = %name, store = %self.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
+                    self.set_backend_error(&e);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}

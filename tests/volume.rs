@@ -1,0 +1,210 @@
+//! Engine behaviour through the public Volume API.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lsvd::backend::{DirStore, FaultAction, FaultOp, FaultRule, FaultStore, MemStore, ObjectStore};
+use lsvd::config::Config;
+use lsvd::volume::image::{create_image, image_info};
+use lsvd::volume::{ImageSpec, Volume, VolumeOptions};
+use lsvd::ErrorKind;
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.backend_obj_bytes = 256 << 10;
+    c.wlog_chunk_bytes = 64 << 10;
+    c.wlog_bytes = 4 << 20;
+    c.checkpoint_interval_objs = 3;
+    c.flush_msec = 20;
+    c.backend_write_window = 3;
+    c.io_timeout_msec = 5000;
+    c
+}
+
+fn open(store: &Arc<dyn ObjectStore>, dir: &Path, c: &Config) -> lsvd::Result<Volume> {
+    Volume::open(VolumeOptions {
+        config: c.clone(),
+        store: store.clone(),
+        image: "img".into(),
+        journal_path: dir.join("img.wlog"),
+    })
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn setup(size: u64) -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create_image(store.as_ref(), "img", size).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn write_read_close_reopen() {
+    let (dir, store) = setup(8 << 20);
+    let c = config();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut model = vec![0u8; 8 << 20];
+    for i in 0..300u64 {
+        let off = (i * 7919 % 2000) * 4096;
+        let len = 4096 * (1 + i as usize % 20);
+        let len = len.min((8 << 20) - off as usize);
+        let d = pattern(i, len);
+        v.write(off, &d).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&d);
+    }
+    v.trim(4096 * 10, 4096 * 30).unwrap();
+    model[4096 * 10..4096 * 40].fill(0);
+    let mut buf = vec![0u8; 8 << 20];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf == model, "read-your-writes");
+    v.flush().unwrap();
+    let st = v.stats();
+    assert!(st.journal_syncs >= 1);
+    v.close().unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    buf.fill(1);
+    v.read(0, &mut buf).unwrap();
+    assert!(buf == model, "after clean reopen");
+    assert_eq!(v.stats().replayed, 0);
+    v.close().unwrap();
+    // Losing the journal after a clean close loses nothing.
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    v.read(0, &mut buf).unwrap();
+    assert!(buf == model, "clean close put everything in the backend");
+    v.close().unwrap();
+    let info = image_info(store.as_ref(), &ImageSpec::parse("p/img").unwrap()).unwrap();
+    assert!(info.clean);
+    assert!(!info.checkpoints.is_empty());
+}
+
+#[test]
+fn crash_keeps_acknowledged_writes() {
+    let (dir, store) = setup(4 << 20);
+    let c = config();
+    let mut model = vec![0u8; 4 << 20];
+    for round in 0..5u64 {
+        let v = open(&store, dir.path(), &c).unwrap();
+        let mut buf = vec![0u8; 4 << 20];
+        v.read(0, &mut buf).unwrap();
+        assert!(buf == model, "round {round}: recovered image differs");
+        for i in 0..100u64 {
+            let off = ((i * 31 + round * 7) % 1000) * 4096;
+            let d = pattern(round * 1000 + i, 4096 * (1 + i as usize % 3));
+            let end = (off as usize + d.len()).min(4 << 20);
+            v.write(off, &d[..end - off as usize]).unwrap();
+            model[off as usize..end].copy_from_slice(&d[..end - off as usize]);
+        }
+        v.crash();
+    }
+}
+
+#[test]
+fn second_open_is_refused_and_bad_input_is_rejected() {
+    let (dir, store) = setup(1 << 20);
+    let c = config();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let e = open(&store, dir.path(), &c).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    assert!(e.to_string().contains("already open"), "{e}");
+    assert_eq!(
+        v.write(100, &[0u8; 512]).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        v.write(0, &[0u8; 100]).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        v.write(1 << 20, &[0u8; 512]).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    let mut b = vec![0u8; 1024];
+    assert_eq!(
+        v.read((1 << 20) - 512, &mut b).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(v.trim(0, 0).unwrap_err().kind(), ErrorKind::InvalidInput);
+    v.close().unwrap();
+    // Unknown image.
+    let e = Volume::open(VolumeOptions {
+        config: c.clone(),
+        store: store.clone(),
+        image: "nope".into(),
+        journal_path: dir.path().join("nope.wlog"),
+    })
+    .err()
+    .unwrap();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    // A journal of another image is refused.
+    create_image(store.as_ref(), "other", 1 << 20).unwrap();
+    let e = Volume::open(VolumeOptions {
+        config: c,
+        store: store.clone(),
+        image: "other".into(),
+        journal_path: dir.path().join("img.wlog"),
+    })
+    .err()
+    .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Mismatch, "{e}");
+}
+
+#[test]
+fn slow_and_failing_backend_backs_up_then_recovers() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create_image(mem.as_ref(), "img", 4 << 20).unwrap();
+    let fault = Arc::new(FaultStore::new(mem.clone(), 7));
+    fault.add_rule(FaultRule::new(FaultOp::Put, FaultAction::Fail(ErrorKind::Io)).times(5));
+    fault.add_rule(FaultRule::new(
+        FaultOp::Put,
+        FaultAction::DelayRandom {
+            max: std::time::Duration::from_millis(20),
+        },
+    ));
+    let store: Arc<dyn ObjectStore> = fault.clone();
+    let c = config();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut model = vec![0u8; 4 << 20];
+    for i in 0..400u64 {
+        let off = (i * 13 % 1000) * 4096;
+        let d = pattern(i, 8192);
+        v.write(off, &d).unwrap();
+        model[off as usize..off as usize + 8192].copy_from_slice(&d);
+    }
+    v.close().unwrap();
+    assert!(fault.counts().injected > 5);
+    let v = open(&mem, dir.path(), &c).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf == model);
+    v.close().unwrap();
+}
+
+#[test]
+fn dir_store_end_to_end() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirStore::create(&dir.path().join("pool")).unwrap());
+    create_image(store.as_ref(), "img", 2 << 20).unwrap();
+    let c = config();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let d = pattern(1, 1 << 20);
+    v.write_fua(4096, &d).unwrap();
+    v.close().unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    v.read(4096, &mut buf).unwrap();
+    assert!(buf == d);
+    v.close().unwrap();
+}
