@@ -317,7 +317,7 @@ impl Config {
             ("backend_obj_bytes", self.backend_obj_bytes),
             ("rcache_bytes", self.rcache_bytes),
         ] {
-            if v == 0 || v % SIZE_ALIGN != 0 {
+            if v == 0 || !v.is_multiple_of(SIZE_ALIGN) {
                 return Err(cfg_err(format!(
                     "{key} ({v}) must be a non-zero multiple of {SIZE_ALIGN}"
                 )));

@@ -10,15 +10,16 @@ use lsvd::volume::{ImageSpec, Volume, VolumeOptions};
 use lsvd::ErrorKind;
 
 fn config() -> Config {
-    let mut c = Config::default();
-    c.backend_obj_bytes = 256 << 10;
-    c.wlog_chunk_bytes = 64 << 10;
-    c.wlog_bytes = 4 << 20;
-    c.checkpoint_interval_objs = 3;
-    c.flush_msec = 20;
-    c.backend_write_window = 3;
-    c.io_timeout_msec = 5000;
-    c
+    Config {
+        backend_obj_bytes: 256 << 10,
+        wlog_chunk_bytes: 64 << 10,
+        wlog_bytes: 4 << 20,
+        checkpoint_interval_objs: 3,
+        flush_msec: 20,
+        backend_write_window: 3,
+        io_timeout_msec: 5000,
+        ..Config::default()
+    }
 }
 
 fn open(store: &Arc<dyn ObjectStore>, dir: &Path, c: &Config) -> lsvd::Result<Volume> {

@@ -115,12 +115,12 @@ impl JournalSuper {
         let start_offset = d.u64()?;
         let start_seq = JournalSeq(d.u64()?);
         let update_seq = d.u64()?;
-        if size < 4 * BLOCK || size % BLOCK != 0 {
+        if size < 4 * BLOCK || !size.is_multiple_of(BLOCK) {
             return Err(d.invalid(format!(
                 "size {size} is not a multiple of 4096 of at least 16 KiB"
             )));
         }
-        if start_offset < BLOCK || start_offset > size || start_offset % BLOCK != 0 {
+        if start_offset < BLOCK || start_offset > size || !start_offset.is_multiple_of(BLOCK) {
             return Err(d.invalid(format!("replay start {start_offset} outside the journal")));
         }
         Ok(JournalSuper {
@@ -278,13 +278,13 @@ impl RecordHeader {
         let first_seq = JournalSeq(d.u64()?);
         let n = d.u32()? as usize;
         let crc = d.u32()?;
-        if header_bytes as u64 % BLOCK != 0
+        if !(header_bytes as u64).is_multiple_of(BLOCK)
             || header_bytes == 0
             || (REC_FIXED + REC_ENTRY * n) as u64 > header_bytes as u64
         {
             return Err(d.invalid(format!("header size {header_bytes} for {n} entries")));
         }
-        if data_bytes as u64 % SECTOR != 0 {
+        if !(data_bytes as u64).is_multiple_of(SECTOR) {
             return Err(d.invalid(format!("data size {data_bytes} is not sector aligned")));
         }
         d.need(header_bytes as usize - REC_FIXED)?;

@@ -159,7 +159,7 @@ impl ObjectHeader {
         let mut d = Dec::new(WHAT, prefix);
         check_magic_version(&mut d, WHAT, MAGIC, VERSION)?;
         let hb = d.u32()?;
-        if hb as u64 % HEADER_ALIGN != 0 || hb == 0 {
+        if !(hb as u64).is_multiple_of(HEADER_ALIGN) || hb == 0 {
             return Err(d.invalid(format!("header size {hb} is not a multiple of 4096")));
         }
         d.skip(40)?;

@@ -132,7 +132,7 @@ impl Superblock {
             }
             checkpoints.push(CheckpointRef { seq, pieces });
         }
-        if size_bytes == 0 || size_bytes % 4096 != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(4096) {
             return Err(d.invalid(format!(
                 "image size {size_bytes} is not a positive multiple of 4096"
             )));

@@ -12,6 +12,10 @@ use crate::units::{JournalSeq, Lba};
 
 use super::ReplayEntry;
 
+/// Receives each valid record's first sequence, entries and data; returns
+/// whether to go on.
+pub(crate) type OnRecord<'a> = dyn FnMut(JournalSeq, &[RecordEntry], &[u8]) -> Result<bool> + 'a;
+
 /// A record found by the scan (its space stays in use until released).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ScannedRecord {
@@ -44,7 +48,7 @@ pub(crate) fn scan(
     file: &File,
     path: &Path,
     sb: &JournalSuper,
-    on_record: &mut dyn FnMut(JournalSeq, &[RecordEntry], &[u8]) -> Result<bool>,
+    on_record: &mut OnRecord<'_>,
 ) -> Result<ScanResult> {
     let data_size = sb.size - BLOCK;
     // Virtual positions start at the superblock's physical start so that
@@ -150,7 +154,7 @@ fn read_long_header(
     size: u64,
 ) -> Option<RecordHeader> {
     let hb = u32::from_le_bytes(first[8..12].try_into().ok()?) as u64;
-    if hb == 0 || hb % BLOCK != 0 || hb > 64 << 20 || p + hb > size {
+    if hb == 0 || !hb.is_multiple_of(BLOCK) || hb > 64 << 20 || p + hb > size {
         return None;
     }
     let mut buf = AlignedBuf::new(hb as usize);

@@ -215,14 +215,10 @@ impl Destager {
                 Some(Item::Data(b)) => self.apply_data(&b),
                 Some(Item::Piece {
                     ckpt,
-                    last,
+                    last: true,
                     waiters,
-                }) => {
-                    if last {
-                        self.checkpoint_durable(ckpt, waiters);
-                    }
-                }
-                None => {}
+                }) => self.checkpoint_durable(ckpt, waiters),
+                Some(Item::Piece { .. }) | None => {}
             }
         }
         self.inner

@@ -163,7 +163,7 @@ pub struct ImageInfo {
 /// Create an image of `size_bytes` (a positive multiple of 4096). Fails if it exists.
 pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Result<ImageUuid> {
     check_name("image", image, image)?;
-    if size_bytes == 0 || size_bytes % 4096 != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(4096) {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             format!("size {size_bytes} is not a positive multiple of 4096"),

@@ -244,7 +244,7 @@ impl Inner {
     }
 
     fn check_range(&self, what: &str, offset: u64, len: u64) -> Result<()> {
-        if offset % SECTOR != 0 || len % SECTOR != 0 {
+        if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("{what} at {offset} of {len} bytes is not aligned to 512 bytes"),
