@@ -393,20 +393,19 @@ impl Inner {
     /// Make the superblock name `ckpt` (newest first, keeping two) and
     /// tombstone the pieces of the checkpoint that drops off the list.
     pub(crate) fn publish_checkpoint(&self, ckpt: CheckpointRef) -> Result<()> {
-        let (retired, sb) = {
-            let mut sb = self.sb.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retired = Vec::new();
+        self.write_superblock(|sb| {
             let mut list = vec![ckpt];
             list.extend(sb.checkpoints.iter().copied().filter(|c| c.seq != ckpt.seq));
-            let retired: Vec<CheckpointRef> = list.split_off(2.min(list.len()));
+            retired = list.split_off(2.min(list.len()));
             sb.checkpoints = list;
-            sb.update_seq += 1;
-            (retired, sb.clone())
-        };
-        self.put_with_retry(&self.image, &sb.encode())?;
+        })?;
         for c in retired {
             for s in c.seq.0..c.seq.0 + c.pieces as u64 {
-                // A tombstone keeps the sequence contiguous (see module docs).
-                self.put_with_retry(&object_name(&self.image, ObjSeq(s)), TOMBSTONE)?;
+                // A tombstone keeps the sequence contiguous (see module
+                // docs). If it fails the old piece simply stays: it is still
+                // a valid checkpoint object that roll-forward skips.
+                self.put_bounded(&object_name(&self.image, ObjSeq(s)), TOMBSTONE)?;
             }
         }
         Ok(())
@@ -427,25 +426,6 @@ impl Inner {
                         return Err(e);
                     }
                     warn!(object = %name, store = %self.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    }
-
-    /// Put with retries until success or the volume stops.
-    pub(crate) fn put_with_retry(&self, name: &str, data: &[u8]) -> Result<()> {
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            match self.store.put(name, data) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    if self.stopping.load(Ordering::SeqCst) {
-                        return Err(e);
-                    }
-                    warn!(object = %name, store = %self.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
-                    self.set_backend_error(&e);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }

@@ -271,15 +271,18 @@ impl Inner {
         Ok(())
     }
 
+    /// Change and rewrite the superblock. The lock is held across the put
+    /// so two rewrites can never land in the opposite order; on failure the
+    /// in-memory copy stays as the store has it.
     fn write_superblock(&self, f: impl FnOnce(&mut Superblock)) -> Result<()> {
-        let sb = {
-            let mut sb = self.sb.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut sb);
-            sb.update_seq += 1;
-            sb.clone()
-        };
+        let mut guard = self.sb.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sb = guard.clone();
+        f(&mut sb);
+        sb.update_seq += 1;
         self.put_bounded(&self.image, &sb.encode())
-            .map_err(|e| e.prefixed(format!("write superblock of {}", self.image)))
+            .map_err(|e| e.prefixed(format!("write superblock of {}", self.image)))?;
+        *guard = sb;
+        Ok(())
     }
 }
 
@@ -291,17 +294,47 @@ pub struct Volume {
     stopped: bool,
 }
 
-fn wait_done(f: impl FnOnce(Done)) -> Result<()> {
+/// Wait for a background step of `close`. It may take long while the
+/// backend drains, but it gives up once no object has been applied for
+/// `io_timeout_msec`: the journal still holds everything, so the next open
+/// replays it.
+fn wait_done(inner: &Inner, what: &str, f: impl FnOnce(Done)) -> Result<()> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     f(Box::new(move |r| {
         let _ = tx.send(r);
     }));
-    rx.recv().unwrap_or_else(|_| {
-        Err(Error::new(
-            ErrorKind::Closed,
-            "volume stopped before the operation completed",
-        ))
-    })
+    let limit = Duration::from_millis(inner.config.io_timeout_msec);
+    let mut last = inner.applied_obj.load(Ordering::SeqCst);
+    let mut since = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => return r,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    format!("volume stopped during {what}"),
+                ))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let now = inner.applied_obj.load(Ordering::SeqCst);
+                if now != last {
+                    last = now;
+                    since = Instant::now();
+                } else if since.elapsed() > limit {
+                    let cause = inner.backend_error.lock().ok().and_then(|g| g.clone());
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "{what} of image {}: no progress for {} ms (last backend error: {}); the journal keeps every write for the next open",
+                            inner.image,
+                            inner.config.io_timeout_msec,
+                            cause.unwrap_or_else(|| "none".into())
+                        ),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 impl Volume {
@@ -748,7 +781,7 @@ impl Volume {
             st.last_sent
         };
         // 1. Everything acknowledged is durable in the journal.
-        wait_done(|d| {
+        wait_done(&inner, "journal flush", |d| {
             let st = inner.lock_state();
             match st.journal.as_ref() {
                 Some(j) => j.flush(upto, d),
@@ -761,11 +794,11 @@ impl Volume {
             inner.seal(&mut st);
             ObjSeq(st.next_obj.0 - 1)
         };
-        wait_done(|d| {
+        wait_done(&inner, "destage", |d| {
             let _ = inner.destage_tx.send(DestageMsg::WaitApplied(target, d));
         })?;
         // 3. A checkpoint of the final map, named by the superblock.
-        wait_done(|d| {
+        wait_done(&inner, "final checkpoint", |d| {
             let _ = inner.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
         })?;
         // 4. Marked clean only after the checkpoint is named.
