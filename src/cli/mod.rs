@@ -1,0 +1,360 @@
+//! The `lsvd-ublk` command line: image lifecycle (`create`, `info`, `ls`,
+//! `rm`), data transfer (`import`, `export`) and `bench`, modelled on `rbd`.
+//!
+//! Everything here is built on the public engine API in [`crate::volume`].
+//! Errors are `anyhow` errors carrying context; [`main`] prints the whole
+//! cause chain and exits with status 1. Commands that change state print
+//! nothing on success (like `rbd`); `info`, `ls` and `bench` print to stdout.
+
+mod bench;
+mod transfer;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::backend::ObjectStore;
+use crate::config::Config;
+use crate::units::parse_size;
+use crate::volume::image::{self, ImageInfo};
+use crate::volume::{ImageSpec, Volume, VolumeOptions};
+
+/// Image sizes must be multiples of this.
+pub const SIZE_ALIGN: u64 = 4096;
+/// Largest image size accepted by `create` and `import` (1 PiB).
+pub const MAX_IMAGE_BYTES: u64 = 1 << 50;
+
+/// Top-level arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lsvd-ublk",
+    version,
+    about = "Log-structured virtual disk: local journal, large objects in an object store",
+    after_help = "Logging: set LSVD_LOG (e.g. LSVD_LOG=debug); default \"warn\", to stderr."
+)]
+pub struct Cli {
+    /// Configuration: a JSON file, or inline JSON if it starts with `{`.
+    /// Applied over /usr/local/etc/lsvd.json and ./lsvd.json.
+    #[arg(long, global = true, value_name = "PATH|JSON")]
+    pub config: Option<String>,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an empty image (and its pool if missing).
+    Create {
+        /// Image as POOL/IMAGE.
+        image: String,
+        /// Size, e.g. 10G (a positive multiple of 4K, at most 1P).
+        #[arg(long, short = 's', value_parser = parse_size_arg)]
+        size: u64,
+    },
+    /// Show an image's size, identity and storage use.
+    Info {
+        /// Image as POOL/IMAGE.
+        image: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the images in a pool, one per line.
+    #[command(alias = "list")]
+    Ls {
+        /// Pool name.
+        pool: String,
+        /// Print a JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image, its objects and its journal.
+    #[command(alias = "remove")]
+    Rm {
+        /// Image as POOL/IMAGE.
+        image: String,
+    },
+    /// Create an image from a file (sparse-aware; zero chunks are skipped).
+    Import(transfer::ImportArgs),
+    /// Copy an image to a file or stdout (sparse-aware for regular files).
+    Export(transfer::ExportArgs),
+    /// Measure client I/O and backend efficiency (like `rbd bench`).
+    Bench(bench::BenchArgs),
+}
+
+/// Parse the arguments, set up logging, run the command and turn an error
+/// into `lsvd-ublk: error: ...` plus its causes on stderr and status 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log to stderr, filtered by `LSVD_LOG` (default `warn`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LSVD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second initialisation (impossible from main) is not worth failing for.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Print `e` and its cause chain to stderr.
+fn report_error(e: &anyhow::Error) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "lsvd-ublk: error: {e}");
+    for cause in e.chain().skip(1) {
+        let _ = writeln!(err, "  caused by: {cause}");
+    }
+}
+
+/// Run one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::Create { image, size } => cmd_create(&config, &image, size),
+        Command::Info { image, json } => cmd_info(&config, &image, json),
+        Command::Ls { pool, json } => cmd_ls(&config, &pool, json),
+        Command::Rm { image } => cmd_rm(&config, &image),
+        Command::Import(args) => transfer::import(&config, &args),
+        Command::Export(args) => transfer::export(&config, &args),
+        Command::Bench(args) => bench::bench(&config, &args),
+    }
+}
+
+/// Load the layered configuration with `--config` on top.
+fn load_config(arg: Option<&str>) -> anyhow::Result<Config> {
+    Config::load(arg).context("cannot load configuration")
+}
+
+/// clap value parser for size arguments (`10G`, `4096`, ...).
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s)
+}
+
+/// Parse `POOL/IMAGE`, naming the argument in the error.
+fn parse_spec(s: &str) -> anyhow::Result<ImageSpec> {
+    ImageSpec::parse(s).with_context(|| format!("bad image name '{s}' (expected POOL/IMAGE)"))
+}
+
+/// Check an image size: positive, a multiple of 4096, at most 1 PiB.
+pub fn check_image_size(size: u64) -> anyhow::Result<()> {
+    if size == 0 {
+        bail!("size 0 is not allowed: an image size must be positive (a multiple of {SIZE_ALIGN})");
+    }
+    if !size.is_multiple_of(SIZE_ALIGN) {
+        bail!("size {size} is not a multiple of {SIZE_ALIGN}");
+    }
+    if size > MAX_IMAGE_BYTES {
+        bail!(
+            "size {size} ({}) is absurd: the limit is 1P ({MAX_IMAGE_BYTES} bytes)",
+            human_bytes(size)
+        );
+    }
+    Ok(())
+}
+
+/// Open the store of `spec`'s pool.
+fn store_for(config: &Config, pool: &str, create: bool) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    image::open_store(config, pool, create).with_context(|| format!("cannot open pool '{pool}'"))
+}
+
+/// Open `spec` as a [`Volume`], creating the journal directory if needed.
+fn open_volume(
+    config: &Config,
+    store: Arc<dyn ObjectStore>,
+    spec: &ImageSpec,
+) -> anyhow::Result<Volume> {
+    let journal_path = spec.journal_path(config);
+    if let Some(dir) = journal_path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create journal directory {}", dir.display()))?;
+    }
+    Volume::open(VolumeOptions {
+        config: config.clone(),
+        store,
+        image: spec.image.clone(),
+        journal_path,
+    })
+    .with_context(|| format!("cannot open image {spec}"))
+}
+
+/// `create POOL/IMAGE --size N`.
+fn cmd_create(config: &Config, image: &str, size: u64) -> anyhow::Result<()> {
+    let spec = parse_spec(image)?;
+    check_image_size(size)?;
+    let store = store_for(config, &spec.pool, true)?;
+    image::create_image(store.as_ref(), &spec.image, size)
+        .with_context(|| format!("cannot create image {spec}"))?;
+    Ok(())
+}
+
+/// `info POOL/IMAGE [--json]`.
+fn cmd_info(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
+    let spec = parse_spec(image)?;
+    let store = store_for(config, &spec.pool, false)?;
+    let info = image::image_info(store.as_ref(), &spec)
+        .with_context(|| format!("cannot read image {spec}"))?;
+    let text = if json {
+        serde_json::to_string_pretty(&info).context("cannot encode image info as JSON")?
+    } else {
+        format_info(&info)
+    };
+    print_stdout(&text)
+}
+
+/// The human-readable form of `info`.
+fn format_info(info: &ImageInfo) -> String {
+    let checkpoints = if info.checkpoints.is_empty() {
+        "none".to_owned()
+    } else {
+        info.checkpoints
+            .iter()
+            .map(|c| format!("{c:016x}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "image '{}':\n\tsize {} ({} bytes)\n\tuuid {}\n\tclean {}\n\tobjects {} ({} stored)\n\tcheckpoints {}\n\tcreated {}",
+        info.name,
+        human_bytes(info.size_bytes),
+        info.size_bytes,
+        info.uuid,
+        if info.clean { "yes" } else { "no (will recover on open)" },
+        info.objects,
+        human_bytes(info.stored_bytes),
+        checkpoints,
+        format_unix_utc(info.created_unix),
+    )
+}
+
+/// `ls POOL [--json]`.
+fn cmd_ls(config: &Config, pool: &str, json: bool) -> anyhow::Result<()> {
+    let store = store_for(config, pool, false)?;
+    let names = image::list_images(store.as_ref())
+        .with_context(|| format!("cannot list images in pool '{pool}'"))?;
+    let text = if json {
+        serde_json::to_string(&names).context("cannot encode image list as JSON")?
+    } else {
+        names.join("\n")
+    };
+    print_stdout(&text)
+}
+
+/// `rm POOL/IMAGE`.
+fn cmd_rm(config: &Config, image: &str) -> anyhow::Result<()> {
+    let spec = parse_spec(image)?;
+    let store = store_for(config, &spec.pool, false)?;
+    let journal: PathBuf = spec.journal_path(config);
+    image::remove_image(store.as_ref(), &spec.image, Some(&journal))
+        .with_context(|| format!("cannot remove image {spec}"))
+}
+
+/// Print `text` and a newline (nothing for empty text) to stdout.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
+/// `10 GiB`, `1.5 MiB`, `512 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn format_unix_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_sizes_are_checked() {
+        assert!(check_image_size(4096).is_ok());
+        assert!(check_image_size(MAX_IMAGE_BYTES).is_ok());
+        let m = check_image_size(0).unwrap_err().to_string();
+        assert!(m.contains("size 0"), "{m}");
+        let m = check_image_size(1000).unwrap_err().to_string();
+        assert_eq!(m, "size 1000 is not a multiple of 4096");
+        let m = check_image_size(10 << 50).unwrap_err().to_string();
+        assert!(m.contains("absurd") && m.contains("1P"), "{m}");
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(10 << 30), "10 GiB");
+        assert_eq!(human_bytes(1536 << 10), "1.50 MiB");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_unix_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_unix_utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_unix_utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["lsvd-ublk", "create", "p/i", "--size", "10G"]).unwrap();
+        assert!(matches!(cli.command, Command::Create { size, .. } if size == 10 << 30));
+        let cli = Cli::try_parse_from(["lsvd-ublk", "ls", "p", "--config", "{}"]).unwrap();
+        assert_eq!(cli.config.as_deref(), Some("{}"));
+        assert!(Cli::try_parse_from(["lsvd-ublk", "create", "p/i", "--size", "12X"]).is_err());
+    }
+}

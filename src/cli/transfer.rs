@@ -1,0 +1,396 @@
+//! `import` and `export`: copy between a file and an image in 1 MiB chunks,
+//! skipping all-zero chunks in both directions.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{check_image_size, open_volume, parse_size_arg, parse_spec, store_for, SIZE_ALIGN};
+use crate::backend::ObjectStore;
+use crate::config::Config;
+use crate::volume::image;
+use crate::volume::{ImageSpec, Volume};
+
+/// Transfer unit.
+const CHUNK: u64 = 1 << 20;
+/// Sector size: the last chunk of an import is padded with zeros to this.
+const SECTOR: u64 = 512;
+/// Import: writes submitted and not yet acknowledged, at most.
+const IMPORT_IN_FLIGHT: usize = 8;
+/// Export: threads reading chunks ahead of the writer.
+const EXPORT_READERS: u64 = 4;
+
+/// Arguments of `import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// File (or block device) to read.
+    pub file: PathBuf,
+    /// Image to create, as POOL/IMAGE (must not exist).
+    pub image: String,
+    /// Image size (default: the file's size rounded up to 4K); at least the
+    /// file's size.
+    #[arg(long, short = 's', value_parser = parse_size_arg)]
+    pub size: Option<u64>,
+}
+
+/// Arguments of `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Image to read, as POOL/IMAGE.
+    pub image: String,
+    /// Output file, or `-` for stdout.
+    pub file: String,
+    /// Overwrite FILE if it exists.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+}
+
+/// A byte-counting progress bar on stderr, hidden unless stderr is a terminal.
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// True if every byte of `buf` is zero.
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
+    // OR-folding fixed blocks vectorizes; an early-exit byte loop does not.
+    buf.chunks(256)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// `x` rounded up to a multiple of `align`.
+fn round_up(x: u64, align: u64) -> u64 {
+    x.div_ceil(align) * align
+}
+
+/// `import FILE POOL/IMAGE [--size N]`.
+pub fn import(config: &Config, args: &ImportArgs) -> anyhow::Result<()> {
+    let spec = parse_spec(&args.image)?;
+    let path = &args.file;
+    let mut file =
+        File::open(path).with_context(|| format!("cannot open {} for import", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a directory, not a file to import", path.display());
+    }
+    // Seeking to the end gives the size of block devices too.
+    let file_len = file
+        .seek(SeekFrom::End(0))
+        .and_then(|len| file.rewind().map(|()| len))
+        .with_context(|| format!("cannot get the size of {}", path.display()))?;
+    let size = match args.size {
+        Some(size) if size < file_len => bail!(
+            "--size {size} is smaller than {} ({file_len} bytes)",
+            path.display()
+        ),
+        Some(size) => size,
+        None if file_len == 0 => bail!(
+            "{} is empty; give --size to import it as an empty image",
+            path.display()
+        ),
+        None => round_up(file_len, SIZE_ALIGN),
+    };
+    check_image_size(size)?;
+
+    let store = store_for(config, &spec.pool, true)?;
+    image::create_image(store.as_ref(), &spec.image, size)
+        .with_context(|| format!("cannot create image {spec}"))?;
+
+    let pb = progress_bar(file_len, &format!("importing {spec}"));
+    let result = fill_image(config, store.clone(), &spec, &mut file, file_len, &pb);
+    pb.finish_and_clear();
+    let Err(e) = result else {
+        return Ok(());
+    };
+    // Never leave a half-imported image behind silently.
+    let journal = spec.journal_path(config);
+    match image::remove_image(store.as_ref(), &spec.image, Some(&journal)) {
+        Ok(()) => Err(e.context(format!(
+            "import into {spec} failed; the partly written image was removed"
+        ))),
+        Err(rm) => Err(e.context(format!(
+            "import into {spec} failed, and removing the partly written image failed too \
+             ({rm}); remove it with `lsvd-ublk rm {spec}`"
+        ))),
+    }
+}
+
+/// Open the new image, write the non-zero chunks of `file`, flush and close.
+fn fill_image(
+    config: &Config,
+    store: Arc<dyn ObjectStore>,
+    spec: &ImageSpec,
+    file: &mut File,
+    file_len: u64,
+    pb: &ProgressBar,
+) -> anyhow::Result<()> {
+    let vol = open_volume(config, store, spec)?;
+    match write_chunks(&vol, file, file_len, pb).and_then(|()| {
+        vol.flush()
+            .with_context(|| format!("cannot flush image {spec}"))
+    }) {
+        Ok(()) => vol
+            .close()
+            .with_context(|| format!("cannot close image {spec}")),
+        Err(e) => {
+            // The image is about to be removed: destaging it would be wasted
+            // work (and may fail the same way), so stop it where it is.
+            vol.crash();
+            Err(e)
+        }
+    }
+}
+
+/// Copy `file` into `vol` from offset 0, keeping up to
+/// [`IMPORT_IN_FLIGHT`] writes outstanding and skipping zero chunks.
+fn write_chunks(
+    vol: &Volume,
+    file: &mut File,
+    file_len: u64,
+    pb: &ProgressBar,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<crate::Result<()>>();
+    let mut outstanding = 0usize;
+    let wait_one = |outstanding: &mut usize| -> anyhow::Result<()> {
+        let r = rx
+            .recv()
+            .map_err(|_| anyhow!("the volume dropped a write completion"))?;
+        *outstanding -= 1;
+        r.context("write failed")
+    };
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut off = 0u64;
+    while off < file_len {
+        let want = (file_len - off).min(CHUNK) as usize;
+        file.read_exact(&mut buf[..want]).map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!("the input ended early at offset {off} (did it shrink during the import?)")
+            } else {
+                format!("cannot read the input at offset {off}")
+            };
+            anyhow::Error::new(e).context(what)
+        })?;
+        // The last chunk is padded to a whole sector; the image is at least
+        // that large because its size is a multiple of 4096.
+        let len = round_up(want as u64, SECTOR) as usize;
+        buf[want..len].fill(0);
+        let chunk = &buf[..len];
+        if !is_zero(chunk) {
+            while outstanding >= IMPORT_IN_FLIGHT {
+                wait_one(&mut outstanding)?;
+            }
+            let tx = tx.clone();
+            // submit_write copies `chunk` before it returns, so `buf` can
+            // be refilled while the write is in flight.
+            vol.submit_write(
+                off,
+                chunk,
+                false,
+                Box::new(move |r| {
+                    // The receiver is gone only if the import already failed.
+                    let _ = tx.send(r);
+                }),
+            )
+            .with_context(|| format!("cannot write the image at offset {off}"))?;
+            outstanding += 1;
+        }
+        off += want as u64;
+        pb.inc(want as u64);
+    }
+    while outstanding > 0 {
+        wait_one(&mut outstanding)?;
+    }
+    Ok(())
+}
+
+/// Where `export` writes.
+enum Output {
+    /// A regular file: zero chunks become holes, the length is set at the end.
+    Sparse(File, PathBuf),
+    /// stdout, a pipe or a device: every byte is written in order.
+    Stream(Box<dyn Write>),
+}
+
+impl Output {
+    /// Write the chunk at `off` (chunks arrive in order).
+    fn write_chunk(&mut self, off: u64, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Sparse(_, _) if is_zero(buf) => Ok(()),
+            Output::Sparse(f, _) => f.write_all_at(buf, off),
+            Output::Stream(w) => w.write_all(buf),
+        }
+    }
+
+    /// Set the final length (covering a trailing hole) and make it durable.
+    fn finish(&mut self, size: u64) -> std::io::Result<()> {
+        match self {
+            Output::Sparse(f, _) => {
+                f.set_len(size)?;
+                f.sync_all()
+            }
+            Output::Stream(w) => w.flush(),
+        }
+    }
+}
+
+/// `export POOL/IMAGE FILE [--force]`.
+pub fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<()> {
+    let spec = parse_spec(&args.image)?;
+    let to_stdout = args.file == "-";
+    let path = PathBuf::from(&args.file);
+    if !to_stdout && !args.force && path.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists (use --force to overwrite it)",
+            path.display()
+        );
+    }
+    let store = store_for(config, &spec.pool, false)?;
+    let vol = open_volume(config, store, &spec)?;
+    let size = vol.size_bytes();
+
+    let result = open_output(&path, to_stdout, args.force).and_then(|mut out| {
+        let pb = progress_bar(size, &format!("exporting {spec}"));
+        let r = copy_out(&vol, size, &mut out, &pb)
+            .and_then(|()| out.finish(size).context("cannot finish writing the output"));
+        pb.finish_and_clear();
+        if let (Err(_), Output::Sparse(_, p)) = (&r, &out) {
+            // A partial copy is worse than none; it was ours to create.
+            let _ = std::fs::remove_file(p);
+        }
+        r
+    });
+    let closed = vol
+        .close()
+        .with_context(|| format!("cannot close image {spec}"));
+    result.with_context(|| format!("export of {spec} to {} failed", args.file))?;
+    closed
+}
+
+/// Open the export destination.
+fn open_output(path: &Path, to_stdout: bool, force: bool) -> anyhow::Result<Output> {
+    if to_stdout {
+        return Ok(Output::Stream(Box::new(std::io::BufWriter::with_capacity(
+            CHUNK as usize,
+            std::io::stdout(),
+        ))));
+    }
+    let mut opts = OpenOptions::new();
+    opts.write(true);
+    if force {
+        opts.create(true);
+    } else {
+        opts.create_new(true);
+    }
+    let file = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if meta.file_type().is_file() {
+        // --force on an existing regular file: start from an empty file so
+        // skipped zero chunks really read back as zeros.
+        file.set_len(0)
+            .with_context(|| format!("cannot truncate {}", path.display()))?;
+        Ok(Output::Sparse(file, path.to_owned()))
+    } else {
+        Ok(Output::Stream(Box::new(file)))
+    }
+}
+
+/// Read `vol` in chunks on [`EXPORT_READERS`] threads and write them to
+/// `out` in order.
+fn copy_out(vol: &Volume, size: u64, out: &mut Output, pb: &ProgressBar) -> anyhow::Result<()> {
+    let nchunks = size.div_ceil(CHUNK);
+    let readers = EXPORT_READERS.min(nchunks).max(1);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut rxs = Vec::new();
+        for first in 0..readers {
+            // Reader `first` reads chunks first, first + readers, ...; the
+            // writer takes chunk i from reader i % readers, so order holds.
+            let (tx, rx) = mpsc::sync_channel::<crate::Result<Vec<u8>>>(2);
+            rxs.push(rx);
+            let stop = &stop;
+            std::thread::Builder::new()
+                .name(format!("export-read-{first}"))
+                .spawn_scoped(s, move || {
+                    let mut i = first;
+                    while i < nchunks && !stop.load(Ordering::Relaxed) {
+                        let off = i * CHUNK;
+                        let mut buf = vec![0u8; (size - off).min(CHUNK) as usize];
+                        let r = vol.read(off, &mut buf).map(|()| buf);
+                        let failed = r.is_err();
+                        if tx.send(r).is_err() || failed {
+                            break;
+                        }
+                        i += readers;
+                    }
+                })
+                .context("cannot start an export reader thread")?;
+        }
+        let result = (|| {
+            for i in 0..nchunks {
+                let off = i * CHUNK;
+                let buf = rxs[(i % readers) as usize]
+                    .recv()
+                    .map_err(|_| anyhow!("export reader thread stopped unexpectedly"))?
+                    .with_context(|| format!("cannot read the image at offset {off}"))?;
+                out.write_chunk(off, &buf)
+                    .with_context(|| format!("cannot write the output at offset {off}"))?;
+                pb.inc(buf.len() as u64);
+            }
+            Ok(())
+        })();
+        // Unblock readers waiting to send before the scope joins them.
+        stop.store(true, Ordering::Relaxed);
+        drop(rxs);
+        result
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        let mut b = vec![0u8; 1 << 20];
+        assert!(is_zero(&b));
+        assert!(is_zero(&b[..0]));
+        b[(1 << 20) - 1] = 1;
+        assert!(!is_zero(&b));
+        b[(1 << 20) - 1] = 0;
+        b[300] = 0x80;
+        assert!(!is_zero(&b[..301]));
+        assert!(is_zero(&b[..300]));
+    }
+
+    #[test]
+    fn rounding() {
+        assert_eq!(round_up(1, 4096), 4096);
+        assert_eq!(round_up(4096, 4096), 4096);
+        assert_eq!(round_up(0, 512), 0);
+        assert_eq!(round_up(513, 512), 1024);
+    }
+}

@@ -1,0 +1,320 @@
+//! End-to-end tests of the `lsvd-ublk` command line: they run the built
+//! binary against a dir-backend store in a temporary directory on ext4
+//! (`/tmp`, not tmpfs, so O_DIRECT alignment is really enforced).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use rand::{Rng, SeedableRng};
+
+/// A scratch store, journal directory and config for one test.
+struct Env {
+    dir: tempfile::TempDir,
+    config: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("lsvd-cli-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            r#"{{"store_dir":"{d}/store","wlog_dir":"{d}/wlog","wlog_bytes":"64M","backend_obj_bytes":"1M","wlog_chunk_bytes":"1M"}}"#
+        );
+        Env { dir, config }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"));
+        // Run in the scratch directory so no stray ./lsvd.json is picked up.
+        c.current_dir(self.dir.path())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("LSVD_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Run and require success; returns stdout.
+    fn ok(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn ok_str(&self, args: &[&str]) -> String {
+        String::from_utf8(self.ok(args)).unwrap()
+    }
+
+    /// Run and require failure (status 1) with every `needle` in stderr.
+    fn fails(&self, args: &[&str], needles: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("lsvd-ublk: error: "),
+            "{args:?}: {stderr}"
+        );
+        for n in needles {
+            assert!(stderr.contains(n), "{args:?}: {n:?} not in: {stderr}");
+        }
+        stderr
+    }
+}
+
+/// Input with random data, zero chunks and a tail that is not a multiple
+/// of 4096 (or 512).
+fn sparse_input(path: &Path) -> Vec<u8> {
+    const M: usize = 1 << 20;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut data = vec![0u8; 5 * M + 1000];
+    rng.fill(&mut data[..M]); // chunk 0: data
+                              // chunk 1: a hole
+    rng.fill(&mut data[2 * M..2 * M + M / 2]); // chunk 2: half data
+                                               // chunk 3: a hole
+    rng.fill(&mut data[4 * M + 4096..5 * M]); // chunk 4: data after 4K of zeros
+    rng.fill(&mut data[5 * M..]); // 1000-byte tail
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+#[test]
+fn create_ls_info_rm() {
+    let env = Env::new();
+    assert!(env.ok(&["create", "pool/disk", "--size", "64M"]).is_empty());
+    env.ok(&["create", "pool/other", "--size", "8M"]);
+    assert_eq!(env.ok_str(&["ls", "pool"]), "disk\nother\n");
+    let names = json(&env.ok(&["ls", "pool", "--json"]));
+    assert_eq!(names, serde_json::json!(["disk", "other"]));
+
+    let text = env.ok_str(&["info", "pool/disk"]);
+    assert!(text.contains("pool/disk"), "{text}");
+    assert!(text.contains("64 MiB"), "{text}");
+    let info = json(&env.ok(&["info", "pool/disk", "--json"]));
+    assert_eq!(info["name"], "pool/disk");
+    assert_eq!(info["size_bytes"], 64u64 << 20);
+    assert_eq!(info["uuid"].as_str().unwrap().len(), 36);
+
+    assert!(env.ok(&["rm", "pool/disk"]).is_empty());
+    assert_eq!(env.ok_str(&["ls", "pool"]), "other\n");
+    env.fails(&["info", "pool/disk"], &["pool/disk"]);
+}
+
+#[test]
+fn import_export_round_trip() {
+    let env = Env::new();
+    let input = env.path("input.bin");
+    let data = sparse_input(&input);
+    let image_size = (data.len() as u64).div_ceil(4096) * 4096;
+
+    env.ok(&["import", input.to_str().unwrap(), "pool/img"]);
+    let info = json(&env.ok(&["info", "pool/img", "--json"]));
+    assert_eq!(info["size_bytes"], image_size);
+    assert_eq!(info["clean"], true);
+
+    let mut expected = data.clone();
+    expected.resize(image_size as usize, 0);
+
+    // To a regular file: sparse, same bytes, length is the image size.
+    let out = env.path("out.bin");
+    env.ok(&["export", "pool/img", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == expected, "export differs");
+
+    // Refuses to overwrite without --force, then does it with --force.
+    env.fails(
+        &["export", "pool/img", out.to_str().unwrap()],
+        &["already exists", "--force"],
+    );
+    std::fs::write(&out, vec![0xAAu8; 8 << 20]).unwrap();
+    env.ok(&["export", "pool/img", out.to_str().unwrap(), "--force"]);
+    assert!(
+        std::fs::read(&out).unwrap() == expected,
+        "forced export differs"
+    );
+
+    // To stdout.
+    let stdout = env.ok(&["export", "pool/img", "-"]);
+    assert!(stdout == expected, "export to stdout differs");
+
+    // --size larger than the file: the rest reads as zeros.
+    env.ok(&[
+        "import",
+        input.to_str().unwrap(),
+        "pool/big",
+        "--size",
+        "16M",
+    ]);
+    let stdout = env.ok(&["export", "pool/big", "-"]);
+    expected.resize(16 << 20, 0);
+    assert!(stdout == expected, "export of the larger import differs");
+}
+
+#[test]
+fn bench_reports_json() {
+    let env = Env::new();
+    env.ok(&["create", "pool/b", "--size", "32M"]);
+    let r = json(&env.ok(&[
+        "bench",
+        "pool/b",
+        "--io-type",
+        "write",
+        "--io-total",
+        "4M",
+        "--io-threads",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(r["ops"], 1024);
+    assert_eq!(r["write_ops"], 1024);
+    assert_eq!(r["io_size"], 4096);
+    assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["lat_p99_us"].as_u64().unwrap() >= r["lat_p50_us"].as_u64().unwrap());
+    assert!(r["journal_records"].as_u64().unwrap() > 0, "{r}");
+    for key in [
+        "elapsed_secs",
+        "bytes_per_sec",
+        "backend_puts",
+        "backend_put_bytes",
+        "journal_syncs",
+        "backend_puts_per_10k_writes",
+        "backend_bytes_per_client_byte",
+        "close_secs",
+    ] {
+        assert!(r[key].is_number(), "{key} missing: {r}");
+    }
+
+    let r = json(&env.ok(&[
+        "bench",
+        "pool/b",
+        "--io-type",
+        "rw",
+        "--io-pattern",
+        "rand",
+        "--io-size",
+        "8K",
+        "--io-total",
+        "4M",
+        "--seed",
+        "42",
+        "--json",
+    ]));
+    assert_eq!(r["ops"], 512);
+    assert_eq!(r["seed"], 42);
+    assert!(r["read_ops"].as_u64().unwrap() > r["write_ops"].as_u64().unwrap());
+
+    // The text form has the rbd-style summary.
+    let text = env.ok_str(&["bench", "pool/b", "--io-type", "read", "--io-total", "1M"]);
+    for word in ["elapsed", "ops/sec", "p50", "p99", "backend", "close"] {
+        assert!(text.contains(word), "{word} not in: {text}");
+    }
+
+    // The image is closed cleanly afterwards.
+    let info = json(&env.ok(&["info", "pool/b", "--json"]));
+    assert_eq!(info["clean"], true);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    let env = Env::new();
+    env.fails(&["create", "pool/a", "--size", "0"], &["size 0"]);
+    env.fails(
+        &["create", "pool/a", "--size", "1000"],
+        &["size 1000 is not a multiple of 4096"],
+    );
+    env.fails(&["create", "pool/a", "--size", "10P"], &["absurd", "1P"]);
+    env.ok(&["create", "pool/a", "--size", "1M"]);
+    env.fails(&["create", "pool/a", "--size", "1M"], &["pool/a", "exists"]);
+    env.fails(&["info", "pool/unknown"], &["pool/unknown"]);
+    env.fails(
+        &["create", "badname", "--size", "1M"],
+        &["badname", "POOL/IMAGE"],
+    );
+
+    let missing = env.path("no-such-file");
+    env.fails(
+        &["import", missing.to_str().unwrap(), "pool/x"],
+        &["no-such-file"],
+    );
+    // A failed import does not leave an image behind.
+    assert_eq!(env.ok_str(&["ls", "pool"]), "a\n");
+
+    let small = env.path("small");
+    std::fs::write(&small, vec![1u8; 10_000]).unwrap();
+    env.fails(
+        &["import", small.to_str().unwrap(), "pool/x", "--size", "4K"],
+        &["--size 4096 is smaller"],
+    );
+
+    let existing = env.path("exists.bin");
+    std::fs::write(&existing, b"keep me").unwrap();
+    env.fails(
+        &["export", "pool/a", existing.to_str().unwrap()],
+        &["exists.bin", "--force"],
+    );
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"))
+        .current_dir(env.dir.path())
+        .args(["--config", r#"{"bogus_key": 1}"#, "ls", "pool"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bogus_key"), "{stderr}");
+}
+
+#[test]
+fn rm_refuses_an_open_image() {
+    let env = Env::new();
+    env.ok(&["create", "pool/busy", "--size", "64M"]);
+    // A long bench holds the image open; its header line appears once the
+    // volume is open.
+    let mut child = env
+        .cmd(&[
+            "bench",
+            "pool/busy",
+            "--io-type",
+            "read",
+            "--io-total",
+            "1T",
+            "--io-threads",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("OPS/SEC"), "{first}");
+    let stderr = env.fails(&["rm", "pool/busy"], &["pool/busy"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        stderr.contains("locked") || stderr.contains("open"),
+        "{stderr}"
+    );
+    assert_eq!(env.ok_str(&["ls", "pool"]), "busy\n");
+}
