@@ -150,8 +150,13 @@ impl Inner {
         }
     }
 
+    /// Sealed batches allowed to wait for the backend. Their data is also
+    /// in the journal, so the journal's size is the real bound: writes back
+    /// up until the journal is full, then throttle there. The memory this
+    /// takes mirrors the journal (at most about `wlog_bytes`).
     fn max_sealed(&self) -> usize {
-        self.config.backend_write_window as usize + 2
+        let journal_objs = (self.config.wlog_bytes / self.config.backend_obj_bytes) as usize;
+        journal_objs.max(self.config.backend_write_window as usize + 2)
     }
 
     /// Wait until a batch can be added (bounded memory while the backend is
