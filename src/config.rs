@@ -165,8 +165,8 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "2M",
             "largest atomic write; larger writes are split",
         ),
-        ("rcache_dir", "/var/lib/lsvd/rcache", "read-cache files"),
-        ("rcache_bytes", "1G", "size of each image's read cache"),
+        ("rcache_dir", "/var/lib/lsvd/rcache", "read-cache files (reserved: the read cache is not built yet)"),
+        ("rcache_bytes", "1G", "size of each image's read cache (reserved: not built yet)"),
         ("backend_obj_bytes", "8M", "target size of a backend data object"),
         (
             "backend_write_window",
@@ -191,9 +191,9 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
         (
             "gc_threshold",
             "60",
-            "GC cleans objects whose live percentage is below this (1-99)",
+            "GC cleans objects whose live percentage is below this (1-99; reserved: GC is not built yet)",
         ),
-        ("no_gc", "false", "never run garbage collection"),
+        ("no_gc", "false", "never run garbage collection (reserved: GC is not built yet)"),
         (
             "journal_depth",
             "4",
@@ -202,7 +202,7 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
         (
             "io_timeout_msec",
             "30000",
-            "how long (ms) a write may wait for journal space, or a backend op be retried, before it fails with EIO",
+            "how long (ms) a write may wait for journal space, or close and superblock writes make no backend progress, before failing",
         ),
     ]
 }

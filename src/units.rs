@@ -46,8 +46,8 @@ newtype_u64!(
     JournalSeq
 );
 newtype_u64!(
-    /// Journal generation: bumped whenever a journal is formatted, so records
-    /// left by an earlier incarnation never validate.
+    /// Journal generation: a random non-zero value drawn whenever a journal
+    /// is formatted, so records left by an earlier incarnation never validate.
     Generation
 );
 

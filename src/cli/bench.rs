@@ -276,11 +276,23 @@ fn run_workers(
                 .context("cannot start the progress thread")?;
         }
         let mut handles = Vec::new();
-        for t in 0..threads {
+        // Pure writes: like `rbd bench`, one submitter keeps `threads`
+        // operations in flight through the asynchronous API.
+        let submitters = if plan.io_type == IoType::Write {
+            1
+        } else {
+            threads
+        };
+        for t in 0..submitters {
             let h = std::thread::Builder::new()
                 .name(format!("bench-{t}"))
                 .spawn_scoped(s, move || {
-                    let r = worker(plan, t, threads, seed.wrapping_add(u64::from(t)));
+                    let seed = seed.wrapping_add(u64::from(t));
+                    let r = if submitters == 1 && plan.io_type == IoType::Write {
+                        async_writer(plan, threads, seed)
+                    } else {
+                        worker(plan, t, threads, seed)
+                    };
                     if r.is_err() {
                         plan.stop.store(true, Ordering::Relaxed);
                     }
@@ -341,6 +353,83 @@ fn print_progress(done: &AtomicU64, io_size: u64, start: Instant, stop: &mpsc::R
         );
         last_ops = ops;
         last_t = now;
+    }
+}
+
+/// Pick the next offset for `plan` (seq: contiguous from `region_start`).
+fn next_offset(plan: &Plan<'_>, rng: &mut SmallRng, region: (u64, u64), next_seq: &mut u64) -> u64 {
+    let slot = match plan.io_pattern {
+        IoPattern::Seq => {
+            let s = (region.0 + *next_seq % region.1) % plan.slots;
+            *next_seq += 1;
+            s
+        }
+        IoPattern::Rand => rng.gen_range(0..plan.slots),
+    };
+    slot * plan.io_size
+}
+
+/// The write-only workload: one thread keeps `depth` writes in flight with
+/// `Volume::submit_write`, recording each write's latency at completion.
+fn async_writer(plan: &Plan<'_>, depth: u32, seed: u64) -> anyhow::Result<WorkerResult> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let io_size = plan.io_size;
+    let mut buf = vec![0u8; io_size as usize];
+    rng.fill(&mut buf[..]);
+    let mut next_seq = 0u64;
+    let (tx, rx) = crossbeam_channel::unbounded::<(Instant, crate::Result<()>)>();
+    let mut res = WorkerResult {
+        lat_us: Vec::with_capacity(plan.total_ops as usize),
+        ..WorkerResult::default()
+    };
+    let mut inflight = 0u32;
+    let mut first_err = None;
+    loop {
+        while first_err.is_none()
+            && inflight < depth
+            && !plan.stop.load(Ordering::Relaxed)
+            && plan.issued.fetch_add(1, Ordering::Relaxed) < plan.total_ops
+        {
+            let off = next_offset(plan, &mut rng, (0, plan.slots), &mut next_seq);
+            buf[..8].copy_from_slice(&off.to_le_bytes());
+            let tx = tx.clone();
+            let t0 = Instant::now();
+            // submit_write copies the data before it returns.
+            plan.vol
+                .submit_write(
+                    off,
+                    &buf,
+                    false,
+                    Box::new(move |r| {
+                        let _ = tx.send((t0, r));
+                    }),
+                )
+                .with_context(|| format!("write of {io_size} bytes at offset {off} failed"))?;
+            inflight += 1;
+        }
+        if inflight == 0 {
+            break;
+        }
+        let Ok(first) = rx.recv() else { break };
+        for (t0, r) in std::iter::once(first).chain(rx.try_iter()) {
+            inflight -= 1;
+            match r {
+                Ok(()) => {
+                    let us = t0.elapsed().as_micros();
+                    res.lat_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                    res.writes += 1;
+                    plan.done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    plan.stop.store(true, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(anyhow::Error::new(e).context("a write failed")),
+        None => Ok(res),
     }
 }
 

@@ -194,7 +194,7 @@ impl ObjectHeader {
         let data_sectors = d.u32()?;
         let data_crc = d.u32()?;
         d.skip(4)?;
-        if seq.0 == 0 || first == 0 || n == 0 || last != first + n as u64 - 1 {
+        if seq.0 == 0 || first == 0 || n == 0 || first.checked_add(n as u64 - 1) != Some(last) {
             return Err(d.invalid(format!(
                 "sequence fields inconsistent (object {}, journal {first}..={last}, {n} ops)",
                 seq.0

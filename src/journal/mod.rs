@@ -390,9 +390,11 @@ impl Journal {
         &self.shared
     }
 
-    /// Stop the writer. `clean`: everything must already be released; the
-    /// superblock is rewritten to an empty chain. Otherwise (a simulated
-    /// crash) in-flight I/O is waited for and nothing else is written.
+    /// Stop the writer. `clean`: queued appends are written, then the
+    /// superblock's replay start moves to the oldest record not yet released
+    /// (the head, after a clean close, so the chain is empty). Otherwise (a
+    /// simulated crash) in-flight I/O is waited for and nothing else is
+    /// written.
     pub fn shutdown(mut self, clean: bool) -> Result<()> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let r = if self.tx.send(Msg::Shutdown { clean, done: tx }).is_ok() {
@@ -499,7 +501,7 @@ fn first_replayable(
 ) -> Result<Option<JournalSeq>> {
     let mut first = None;
     replay::scan(file, path, sb, &mut |seq, entries, _| {
-        let last = JournalSeq(seq.0 + entries.len() as u64 - 1);
+        let last = JournalSeq(seq.0.saturating_add(entries.len() as u64).saturating_sub(1));
         if first.is_none() && !entries.is_empty() && last > backend_seq {
             first = Some(if seq > backend_seq {
                 seq

@@ -128,7 +128,7 @@ pub(crate) fn scan(
                     first_seq: h.first_seq,
                     entries: h.entries.len() as u64,
                 });
-                expect = JournalSeq(h.first_seq.0 + h.entries.len() as u64);
+                expect = JournalSeq(h.first_seq.0.saturating_add(h.entries.len() as u64));
                 v += total;
                 if !go_on {
                     stop_reason = "stopped by the caller".into();
@@ -174,7 +174,7 @@ pub(crate) fn entries_with_data<'a>(
         let d = &data[off..off + n];
         off += n;
         ReplayEntry {
-            seq: JournalSeq(first_seq.0 + i as u64),
+            seq: JournalSeq(first_seq.0.saturating_add(i as u64)),
             kind: x.kind,
             lba: Lba(x.lba.0),
             sectors: x.sectors,

@@ -405,7 +405,10 @@ impl Inner {
                 // A tombstone keeps the sequence contiguous (see module
                 // docs). If it fails the old piece simply stays: it is still
                 // a valid checkpoint object that roll-forward skips.
-                self.put_bounded(&object_name(&self.image, ObjSeq(s)), TOMBSTONE)?;
+                let name = object_name(&self.image, ObjSeq(s));
+                if let Err(e) = self.put_bounded(&name, TOMBSTONE) {
+                    warn!(object = %name, "could not tombstone a retired checkpoint piece (harmless): {e:?}");
+                }
             }
         }
         Ok(())

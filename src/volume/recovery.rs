@@ -104,8 +104,7 @@ fn load_checkpoint(
     Ok((map, last_obj, max_jseq))
 }
 
-/// Read and validate a data object's header; `Ok(None)` when the object is
-/// missing. A checkpoint piece found in the stream yields `Skip`.
+/// What the roll-forward finds at one sequence.
 pub(crate) enum Found {
     Data(ObjectHeader),
     Checkpoint,
@@ -113,6 +112,9 @@ pub(crate) enum Found {
     Invalid(String),
 }
 
+/// Read and validate the header of the object at `seq`: `Missing` when it
+/// does not exist, `Checkpoint` for a checkpoint piece or tombstone (skipped),
+/// `Invalid` when it cannot be a valid object of this image.
 pub(crate) fn read_object_header(
     store: &dyn ObjectStore,
     image: &str,

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (.ci/run) and what a newcomer runs on a
+# fresh Debian machine. Installs what it needs, then runs, in order:
+#   1. formatting and lints,
+#   2. the default `cargo test` suite (unit, integration, property tests),
+#   3. the crash tester (lsvd-crash-test) for a bounded number of iterations,
+#      plain kills, journal wipes and lost objects, with a slow backend,
+#   4. the property test with more cases, in release mode.
+# Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_PROPTEST_CASES (default 256).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is required (install Rust with rustup: https://rustup.rs)" >&2
+    exit 1
+fi
+
+# Test data must live on a real file system: the journal uses O_DIRECT and
+# tmpfs would hide alignment bugs.
+export TMPDIR="${TMPDIR:-/tmp}"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --all-features -- -D warnings
+
+echo "== cargo test"
+cargo test --all-features 2>&1 | tee /tmp/lsvd-cargo-test.log
+grep -q "test result: FAILED" /tmp/lsvd-cargo-test.log && exit 1
+
+echo "== crash tester"
+cargo build --release --bin lsvd-crash-test
+iters="${LSVD_CRASH_ITERATIONS:-300}"
+crash=target/release/lsvd-crash-test
+"$crash" --iterations "$iters" --seed 1 --quiet
+"$crash" --iterations $((iters / 3)) --seed 2 --wipe-journal-every 2 --quiet
+"$crash" --iterations $((iters / 3)) --seed 3 --lose-objects 2 --lose-objects-every 3 --quiet
+"$crash" --iterations $((iters / 3)) --seed 4 --backend-delay 5 --quiet
+
+echo "== property test, more cases"
+LSVD_PROPTEST_CASES="${LSVD_PROPTEST_CASES:-256}" cargo test --release --test proptest_oracle
+
+echo "== all tests passed"
