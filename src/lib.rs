@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod crashtest;
 pub mod error;
 pub mod format;
 pub mod io;

@@ -1,0 +1,231 @@
+//! The child: open the volume, log `R`, then run a seeded random workload
+//! with up to [`MAX_IN_FLIGHT`] ops in flight until killed. Every op is
+//! logged (see [`super::oplog`]) before it is submitted, and again when it
+//! completes.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::oplog::{Op, OpKind};
+use super::stamp::{stamped_buffer, Stamp};
+use super::Layout;
+use crate::units::SECTOR;
+use crate::volume::Volume;
+
+/// Most ops (writes, trims, flushes) in flight at once.
+pub const MAX_IN_FLIGHT: usize = 16;
+/// Sectors per 4 KiB page.
+const PAGE_SECTORS: u64 = 8;
+/// The hot zone that a share of the writes go to, so overwrites are common.
+const HOT_BYTES: u64 = 4 << 20;
+/// A child left running (parent gone or stuck) gives up after this long.
+const MAX_LIFETIME: Duration = Duration::from_secs(300);
+
+/// What the child is told on its command line.
+pub struct ChildArgs {
+    /// Work directory layout.
+    pub layout: Layout,
+    /// Extra config JSON (`--config`), if any.
+    pub config: Option<String>,
+    /// Run id (the iteration).
+    pub run: u32,
+    /// Workload seed.
+    pub seed: u64,
+    /// Random delay (ms, upper bound) injected before every backend put.
+    pub backend_delay_ms: u64,
+}
+
+/// One line to stdout with one `write(2)`.
+fn emit(out: &File, line: &str) {
+    let mut w: &File = out;
+    // If stdout is gone the parent is gone; nothing useful to do but stop.
+    if w.write_all(line.as_bytes()).is_err() {
+        std::process::exit(4);
+    }
+}
+
+/// An `E` line: `what` failed with `msg` (newlines flattened, kept short so
+/// the line stays one atomic write).
+fn emit_error(out: &File, what: &str, msg: &str) {
+    let mut msg = msg.replace('\n', " ");
+    if msg.len() > 400 {
+        let mut cut = 400;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+    }
+    emit(out, &format!("E {what} {msg}\n"));
+}
+
+/// Generate the next data op.
+fn gen_op(rng: &mut SmallRng, w: u32, disk_sectors: u64) -> Op {
+    let disk_pages = disk_sectors / PAGE_SECTORS;
+    let r = rng.gen_range(0..100u32);
+    let (kind, pages) = if r < 2 {
+        (OpKind::Trim, rng.gen_range(1..=256u64))
+    } else if r < 4 {
+        (OpKind::Zero, rng.gen_range(1..=256u64))
+    } else {
+        let s = rng.gen_range(0..100u32);
+        let pages = if s < 50 {
+            1
+        } else if s < 80 {
+            rng.gen_range(2..=16u64)
+        } else {
+            rng.gen_range(17..=512u64)
+        };
+        (OpKind::Write, pages)
+    };
+    let pages = pages.min(disk_pages);
+    let zone = if rng.gen_bool(0.3) {
+        (HOT_BYTES / 4096).clamp(pages, disk_pages)
+    } else {
+        disk_pages
+    };
+    let start = rng.gen_range(0..=zone - pages);
+    Op {
+        w,
+        kind,
+        lba: start * PAGE_SECTORS,
+        sectors: pages * PAGE_SECTORS,
+        fua: kind == OpKind::Write && rng.gen_bool(0.05),
+    }
+}
+
+/// Run the child; returns the process exit code (it normally never returns:
+/// the parent kills it).
+pub fn run(args: ChildArgs) -> i32 {
+    let out = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Arc::new(File::from(fd)),
+        Err(e) => {
+            eprintln!("child: cannot dup stdout: {e}");
+            return 2;
+        }
+    };
+    let opts =
+        match args
+            .layout
+            .volume_options(args.config.as_deref(), args.backend_delay_ms, args.seed)
+        {
+            Ok(o) => o,
+            Err(e) => {
+                emit_error(&out, "setup", &e);
+                return 2;
+            }
+        };
+    let vol = match Volume::open(opts) {
+        Ok(v) => v,
+        Err(e) => {
+            emit_error(&out, "open", &format!("{e:?}"));
+            return 3;
+        }
+    };
+    emit(&out, "R\n");
+    let disk_sectors = vol.size_bytes() / SECTOR;
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    let (tx, rx) = mpsc::channel::<bool>();
+    let ppid = std::os::unix::process::parent_id();
+    let started = Instant::now();
+    let mut in_flight = 0usize;
+    let mut w = 0u32;
+    let mut k = 0u32;
+    let mut since_flush = 0u32;
+    loop {
+        while in_flight >= MAX_IN_FLIGHT {
+            match rx.recv() {
+                Ok(true) => in_flight -= 1,
+                Ok(false) | Err(_) => return 5,
+            }
+        }
+        while let Ok(ok) = rx.try_recv() {
+            if !ok {
+                return 5;
+            }
+            in_flight -= 1;
+        }
+        if std::os::unix::process::parent_id() != ppid || started.elapsed() > MAX_LIFETIME {
+            return 6;
+        }
+        let done_tx = tx.clone();
+        let done_out = Arc::clone(&out);
+        if since_flush > 0 && rng.gen_range(0..20u32) == 0 {
+            k += 1;
+            since_flush = 0;
+            emit(&out, &format!("F {k} {w}\n"));
+            let kk = k;
+            let res = vol.submit_flush(Box::new(move |r| {
+                match r {
+                    Ok(()) => emit(&done_out, &format!("D {kk}\n")),
+                    Err(e) => emit_error(&done_out, &format!("flush {kk}"), &format!("{e:?}")),
+                }
+                // The receiver is gone only when the child is exiting.
+                let _ = done_tx.send(true);
+            }));
+            if let Err(e) = res {
+                emit_error(&out, &format!("submit-flush {k}"), &format!("{e:?}"));
+                return 5;
+            }
+            in_flight += 1;
+            continue;
+        }
+        w += 1;
+        since_flush += 1;
+        let op = gen_op(&mut rng, w, disk_sectors);
+        emit(&out, &op.line());
+        let ww = op.w;
+        let done: crate::volume::Completion = Box::new(move |r| {
+            let ok = r.is_ok();
+            match r {
+                Ok(()) => emit(&done_out, &format!("A {ww}\n")),
+                Err(e) => emit_error(&done_out, &format!("op {ww}"), &format!("{e:?}")),
+            }
+            let _ = done_tx.send(ok);
+        });
+        let offset = op.lba * SECTOR;
+        let len = op.sectors * SECTOR;
+        let res = match op.kind {
+            OpKind::Write => {
+                let data = stamped_buffer(op.lba, op.sectors, Stamp::new(args.run, op.w));
+                vol.submit_write(offset, &data, op.fua, done)
+            }
+            OpKind::Trim => vol.submit_discard(offset, len, false, done),
+            OpKind::Zero => vol.submit_discard(offset, len, true, done),
+        };
+        if let Err(e) = res {
+            emit_error(&out, &format!("submit {}", op.w), &format!("{e:?}"));
+            return 5;
+        }
+        in_flight += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_stay_inside_the_disk() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let disk = 64 << 11;
+        let mut kinds = [0u32; 3];
+        for w in 1..=10_000 {
+            let op = gen_op(&mut rng, w, disk);
+            assert!(op.sectors > 0 && op.sectors <= 4096);
+            assert_eq!(op.lba % 8, 0);
+            assert!(op.lba + op.sectors <= disk);
+            kinds[op.kind as usize] += 1;
+        }
+        assert!(
+            kinds[0] > 9000 && kinds[1] > 50 && kinds[2] > 50,
+            "{kinds:?}"
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! Runs `lsvd-crash-test` end to end: a child writing to a volume is killed
+//! at random moments, and the parent verifies the recovered image each time.
+
+use std::process::Command;
+
+/// Run the crash tester with `args`, assert it passed, and return how many
+/// writes and sectors it verified.
+fn run_crash_test(args: &[&str]) -> (u64, u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lsvd-crash-test"))
+        .args(args)
+        .output()
+        .expect("run lsvd-crash-test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "lsvd-crash-test {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let iterations: u64 = args
+        .windows(2)
+        .find(|w| w[0] == "--iterations")
+        .and_then(|w| w[1].parse().ok())
+        .expect("--iterations in args");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == format!("{iterations} passed, 0 failed")),
+        "no summary line in:\n{stdout}"
+    );
+    let totals = stdout
+        .lines()
+        .find(|l| l.starts_with("totals:"))
+        .unwrap_or_else(|| panic!("no totals line in:\n{stdout}"));
+    let number_before = |what: &str| -> u64 {
+        let i = totals
+            .find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in {totals}"));
+        totals[..i]
+            .trim_end()
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number before {what:?} in {totals}"))
+    };
+    (
+        number_before(" writes verified"),
+        number_before(" sectors verified"),
+    )
+}
+
+#[test]
+fn kills_keep_flushed_and_acknowledged_writes() {
+    let (writes, sectors) = run_crash_test(&["--iterations", "20", "--seed", "1", "--quiet"]);
+    assert!(writes > 0, "no write was verified");
+    assert!(sectors > 0, "no sector was verified");
+}
+
+#[test]
+fn lost_journal_and_objects_keep_prefix_consistency() {
+    let (writes, sectors) = run_crash_test(&[
+        "--wipe-journal-every",
+        "2",
+        "--lose-objects",
+        "1",
+        "--lose-objects-every",
+        "3",
+        "--iterations",
+        "10",
+        "--seed",
+        "2",
+    ]);
+    assert!(writes > 0, "no write was verified");
+    assert!(sectors > 0, "no sector was verified");
+}
