@@ -122,12 +122,14 @@ impl DirStore {
     }
 
     /// Write `data` to the temp file `tmp_path` and rename it to `path`.
-    fn put_via_temp(&self, tmp_path: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+    fn put_via_temp(&self, tmp_path: &Path, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(tmp_path)?;
-        f.write_all(data)?;
+        for data in parts {
+            f.write_all(data)?;
+        }
         // Crash ordering: the file's data must be durable before the rename
         // makes it visible under the object's name; otherwise a crash could
         // leave `<name>` pointing at a short or zero-filled file.
@@ -215,12 +217,16 @@ fn process_alive(pid: u32) -> bool {
 
 impl ObjectStore for DirStore {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.put_parts(name, &[data])
+    }
+
+    fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<()> {
         self.check_name("put", name)?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp_name = format!("{TMP_PREFIX}{name}.{}.{n}", std::process::id());
         let tmp_path = self.dir.join(&tmp_name);
         let _in_flight = InFlight::new(tmp_name);
-        self.put_via_temp(&tmp_path, &self.dir.join(name), data)
+        self.put_via_temp(&tmp_path, &self.dir.join(name), parts)
             .map_err(|e| {
                 // Best effort: after a successful rename this finds nothing.
                 let _ = fs::remove_file(&tmp_path);

@@ -66,6 +66,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// The object is durable when this returns `Ok`.
     fn put(&self, name: &str, data: &[u8]) -> Result<()>;
 
+    /// Store the concatenation of `parts` as object `name`, with the same
+    /// guarantees as [`ObjectStore::put`]. Stores that can write the parts
+    /// without first joining them override this.
+    fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<()> {
+        self.put(name, &parts.concat())
+    }
+
     /// Read up to `len` bytes of `name` starting at `offset`. Returns fewer
     /// bytes if the object ends first (none if `offset` is past the end).
     /// A missing object is an error of kind `NotFound`.

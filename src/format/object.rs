@@ -124,8 +124,22 @@ impl ObjectHeader {
         ops: &[ObjOp],
         data: &[u8],
     ) -> Vec<u8> {
+        let mut v = Self::encode_header(uuid, seq, first_jseq, ops, data);
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// Encode only the header (padded to `header_bytes`) of the object whose
+    /// data area is `data`; the object is this followed by `data`.
+    pub fn encode_header(
+        uuid: ImageUuid,
+        seq: ObjSeq,
+        first_jseq: JournalSeq,
+        ops: &[ObjOp],
+        data: &[u8],
+    ) -> Vec<u8> {
         let header_bytes = Self::header_bytes_for(ops.len());
-        let mut e = Enc::with_capacity(header_bytes as usize + data.len());
+        let mut e = Enc::with_capacity(header_bytes as usize);
         let last = first_jseq.0 + ops.len() as u64 - 1;
         e.bytes(MAGIC)
             .u32(VERSION)
@@ -149,7 +163,6 @@ impl ObjectHeader {
         let c = crc(0, &e.buf);
         e.u32(c);
         e.pad_to(header_bytes as usize);
-        e.bytes(data);
         e.buf
     }
 

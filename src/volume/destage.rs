@@ -59,7 +59,9 @@ enum Item {
 pub(crate) struct Job {
     seq: ObjSeq,
     name: String,
-    bytes: Arc<Vec<u8>>,
+    /// The object is `head` followed by the batch's data (if any).
+    head: Vec<u8>,
+    batch: Option<Arc<Batch>>,
 }
 
 /// Put worker: retries with backoff until the put succeeds or the volume stops.
@@ -71,7 +73,8 @@ pub(crate) fn put_worker(
     for job in jobs.iter() {
         let mut backoff = Duration::from_millis(10);
         let r = loop {
-            match inner.store.put(&job.name, &job.bytes) {
+            let data: &[u8] = job.batch.as_ref().map_or(&[], |b| &b.data);
+            match inner.store.put_parts(&job.name, &[&job.head, data]) {
                 Ok(()) => break Ok(()),
                 Err(e) => {
                     if inner.stopping.load(Ordering::SeqCst) {
@@ -154,7 +157,7 @@ impl Destager {
     fn handle(&mut self, m: DestageMsg) {
         match m {
             DestageMsg::Batch(b) => {
-                let bytes = ObjectHeader::encode_object(
+                let head = ObjectHeader::encode_header(
                     self.inner.uuid,
                     b.obj,
                     b.first_jseq,
@@ -164,7 +167,8 @@ impl Destager {
                 self.queue.push_back(Job {
                     seq: b.obj,
                     name: object_name(&self.inner.image, b.obj),
-                    bytes: Arc::new(bytes),
+                    head,
+                    batch: Some(b.clone()),
                 });
                 self.items.insert(b.obj.0, Item::Data(b));
             }
@@ -354,7 +358,8 @@ impl Destager {
             self.queue.push_back(Job {
                 seq,
                 name: object_name(&self.inner.image, seq),
-                bytes: Arc::new(bytes),
+                head: bytes,
+                batch: None,
             });
             let waiters = if i + 1 == n {
                 std::mem::take(&mut self.ckpt_waiters)

@@ -1,0 +1,830 @@
+//! Property test of the whole engine against a trivial oracle: a byte array
+//! the size of the disk.
+//!
+//! Random sequences of writes, FUA writes, reads, trims, write-zeroes,
+//! flushes, sleeps (to let destage and checkpoints run), clean reopens and
+//! crashes (with or without losing the journal) run against a [`Volume`] on a
+//! [`MemStore`] and against the oracle. The rules checked (DESIGN.md section 2):
+//!
+//! - every read equals the oracle (read-your-writes, wherever the data is:
+//!   open batch, in-flight object, read cache or backend);
+//! - after a clean reopen the image equals the oracle;
+//! - after a crash that keeps the journal the image equals the oracle: every
+//!   acknowledged write was in the journal (durability);
+//! - after a crash that loses the journal the image equals the oracle state
+//!   after some prefix of the journaled operations since the last point known
+//!   to be in the backend (prefix consistency, chunk atomicity); the oracle
+//!   then becomes that state.
+//!
+//! The image is read in full after every crash and reopen.
+//!
+//! A second, smaller property runs the same checker over a [`FaultStore`]
+//! that delays puts and fails some of them transiently: the engine must
+//! retry, and everything acknowledged must survive.
+//!
+//! Shrunk failures are saved in `tests/proptest-regressions/` and also kept
+//! below as named `#[test]`s. `LSVD_PROPTEST_CASES` sets the number of cases
+//! of each property (for the long CI run); `LSVD_PROPTEST_VERBOSE=1` (with
+//! `--nocapture`) prints what each case exercised (crashes, mutations lost to
+//! a lost journal, objects, checkpoints, replayed records, injected faults).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lsvd::backend::{FaultAction, FaultOp, FaultRule, FaultStore, MemStore, ObjectStore};
+use lsvd::config::Config;
+use lsvd::volume::image::create_image;
+use lsvd::volume::{Volume, VolumeOptions};
+use lsvd::ErrorKind;
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const SECTOR: u64 = 512;
+/// Disk size: small, so full-image compares are cheap, yet 32 objects' worth.
+const DISK: u64 = 2 * MIB;
+const DISK_SECTORS: u64 = DISK / SECTOR;
+/// Largest atomic write; also the data object size (its minimum is 64 KiB).
+const CHUNK: u64 = 64 * KIB;
+const IMAGE: &str = "img";
+/// A single step that takes longer than this is a hang: the process aborts
+/// with the step in the message rather than stall the test run.
+const STEP_DEADLINE: Duration = Duration::from_secs(120);
+/// Full-image reads are done in pieces of this size.
+const READ_PIECE: u64 = 256 * KIB;
+
+// ---------------------------------------------------------------------------
+// Operations
+
+/// One step of a test case. Offsets and lengths are in bytes, sector aligned,
+/// always inside the disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Op {
+    /// Write a seeded pattern.
+    Write { off: u64, len: u64, seed: u64 },
+    /// The same with FUA.
+    WriteFua { off: u64, len: u64, seed: u64 },
+    /// Read and compare to the oracle.
+    Read { off: u64, len: u64 },
+    /// Discard (reads as zeros afterwards).
+    Trim { off: u64, len: u64 },
+    /// Write zeros.
+    WriteZeroes { off: u64, len: u64 },
+    /// FLUSH.
+    Flush,
+    /// `Volume::crash()`, optionally delete the journal, reopen.
+    Crash { lose_journal: bool },
+    /// Clean `close()`, reopen.
+    Reopen,
+    /// Let background destage and checkpoints run.
+    Sleep { ms: u64 },
+}
+
+use Op::*;
+
+/// A range: length biased to small (512 B .. 128 KiB), offset anywhere or in
+/// a small hot region (so writes overlap), clamped to the disk.
+fn range() -> impl Strategy<Value = (u64, u64)> {
+    let len = prop_oneof![
+        8 => 1..=8u64,
+        4 => 9..=64u64,
+        1 => 65..=256u64,
+    ];
+    let off = prop_oneof![
+        1 => 0..DISK_SECTORS,
+        1 => 0..512u64,
+    ];
+    (off, len).prop_map(|(off, len)| {
+        let off = off.min(DISK_SECTORS - len);
+        (off * SECTOR, len * SECTOR)
+    })
+}
+
+/// Data-path operations (no crash or reopen).
+fn io_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => (range(), any::<u64>()).prop_map(|((off, len), seed)| Write { off, len, seed }),
+        3 => (range(), any::<u64>()).prop_map(|((off, len), seed)| WriteFua { off, len, seed }),
+        6 => range().prop_map(|(off, len)| Read { off, len }),
+        2 => range().prop_map(|(off, len)| Trim { off, len }),
+        2 => range().prop_map(|(off, len)| WriteZeroes { off, len }),
+        2 => Just(Flush),
+        2 => (0..40u64).prop_map(|ms| Sleep { ms }),
+    ]
+}
+
+/// Every operation.
+fn any_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        27 => io_op(),
+        2 => any::<bool>().prop_map(|lose_journal| Crash { lose_journal }),
+        1 => Just(Reopen),
+    ]
+}
+
+/// Operations for the fault-store property: crashes keep the journal.
+fn fault_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        27 => io_op(),
+        1 => Just(Crash { lose_journal: false }),
+        1 => Just(Reopen),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Data
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The data of `Write { off, len, seed }`: depends on the seed and on each
+/// word's disk offset, so data written to the wrong place is caught too.
+fn pattern(seed: u64, off: u64, len: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut o = off;
+    while o < off + len {
+        let w = splitmix64(seed ^ o.wrapping_mul(0x0100_0000_01b3)) | 1;
+        out.extend_from_slice(&w.to_le_bytes());
+        o += 8;
+    }
+    out
+}
+
+/// Where `a` and `b` first differ, as a message for a failure.
+fn first_diff(a: &[u8], b: &[u8]) -> Option<String> {
+    let start = a.iter().zip(b).position(|(x, y)| x != y)?;
+    let run = a[start..]
+        .iter()
+        .zip(&b[start..])
+        .take_while(|(x, y)| x != y)
+        .count();
+    let show = |s: &[u8]| {
+        let end = (start + 16).min(s.len());
+        format!("{:02x?}", &s[start..end])
+    };
+    Some(format!(
+        "first difference at byte {start} (sector {}), {run} differing bytes in a row; \
+         got {} expected {}",
+        start as u64 / SECTOR,
+        show(a),
+        show(b)
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Watchdog
+
+/// Aborts the process if dropped later than a deadline after creation.
+struct Watchdog {
+    _done: mpsc::Sender<()>,
+}
+
+fn watchdog(what: String) -> Watchdog {
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(STEP_DEADLINE) {
+            eprintln!("proptest_oracle: HANG: {what} did not finish in {STEP_DEADLINE:?}");
+            std::process::abort();
+        }
+    });
+    Watchdog { _done: tx }
+}
+
+// ---------------------------------------------------------------------------
+// The harness
+
+/// A configuration that makes everything happen within a short run: small
+/// objects and chunks, checkpoints every two objects, a 20 ms idle destage.
+fn test_config(dir: &Path) -> Config {
+    let config = Config {
+        store_dir: dir.join("store"),
+        wlog_dir: dir.to_path_buf(),
+        rcache_dir: dir.join("rcache"),
+        // Smaller than the disk, so the read cache evicts.
+        rcache_bytes: 512 * KIB,
+        backend_obj_bytes: CHUNK,
+        wlog_chunk_bytes: CHUNK,
+        // validate() wants at least 4 * wlog_chunk_bytes + 1M.
+        wlog_bytes: 2 * MIB,
+        checkpoint_interval_objs: 2,
+        flush_msec: 20,
+        backend_write_window: 2,
+        ..Config::default()
+    };
+    config.validate().expect("test config is valid");
+    config
+}
+
+/// One undoable oracle mutation: the bytes at `off` before it.
+struct Undo {
+    off: usize,
+    old: Vec<u8>,
+}
+
+/// A volume, its oracle, and the history needed to check prefix consistency.
+struct Harness {
+    /// Holds the journal and read cache; removed at drop.
+    _dir: tempfile::TempDir,
+    config: Config,
+    store: Arc<dyn ObjectStore>,
+    journal: PathBuf,
+    vol: Option<Volume>,
+    oracle: Vec<u8>,
+    /// Mutations since the last state known to be in the backend (image
+    /// creation, clean close, recovery without a journal), oldest first.
+    /// Undoing a suffix of it gives each state a journal-less recovery may
+    /// legally return.
+    undo: Vec<Undo>,
+    /// The operations run so far, for messages.
+    done: Vec<Op>,
+    /// Mutations the last journal-less recovery lost.
+    last_lost: usize,
+    /// What happened, to show the test exercised the engine.
+    tally: Tally,
+}
+
+/// Counts over one case (engine counters summed over every open).
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    crashes_keeping_journal: u64,
+    crashes_losing_journal: u64,
+    /// Journaled mutations lost by crashes that lost the journal.
+    mutations_lost: u64,
+    reopens: u64,
+    data_objects: u64,
+    checkpoint_pieces: u64,
+    backend_reads: u64,
+    replayed: u64,
+}
+
+type Check = Result<(), String>;
+
+impl Harness {
+    /// A fresh image of [`DISK`] bytes on `store` (created through
+    /// `create_store`, which may differ from `store` to keep faults out of
+    /// image creation), opened.
+    fn new(store: Arc<dyn ObjectStore>, create_store: &dyn ObjectStore) -> Result<Harness, String> {
+        // Under /tmp (ext4), not /dev/shm: tmpfs accepts misaligned O_DIRECT.
+        let dir = tempfile::Builder::new()
+            .prefix("lsvd-prop-")
+            .tempdir_in("/tmp")
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let config = test_config(dir.path());
+        create_image(create_store, IMAGE, DISK).map_err(|e| format!("create_image: {e:?}"))?;
+        let journal = dir.path().join(format!("{IMAGE}.wlog"));
+        let mut h = Harness {
+            _dir: dir,
+            config,
+            store,
+            journal,
+            vol: None,
+            oracle: vec![0; DISK as usize],
+            undo: Vec::new(),
+            done: Vec::new(),
+            last_lost: 0,
+            tally: Tally::default(),
+        };
+        h.open("initial open")?;
+        Ok(h)
+    }
+
+    /// A fresh [`MemStore`] harness.
+    fn mem() -> Result<Harness, String> {
+        let store = Arc::new(MemStore::new());
+        Harness::new(store.clone(), &*store)
+    }
+
+    fn open(&mut self, what: &str) -> Check {
+        let vol = Volume::open(VolumeOptions {
+            config: self.config.clone(),
+            store: Arc::clone(&self.store),
+            image: IMAGE.to_owned(),
+            journal_path: self.journal.clone(),
+        })
+        .map_err(|e| format!("open after {what}: {e:?}"))?;
+        if vol.size_bytes() != DISK {
+            return Err(format!(
+                "open after {what}: size {} expected {DISK}",
+                vol.size_bytes()
+            ));
+        }
+        self.vol = Some(vol);
+        Ok(())
+    }
+
+    /// Take the open volume out, adding its counters to the tally.
+    fn take_vol(&mut self) -> Volume {
+        let vol = self.vol.take().expect("volume is open between steps");
+        let st = vol.stats();
+        self.tally.data_objects += st.data_objects;
+        self.tally.checkpoint_pieces += st.checkpoint_pieces;
+        self.tally.backend_reads += st.backend_reads;
+        self.tally.replayed += st.replayed;
+        vol
+    }
+
+    fn vol(&self) -> &Volume {
+        self.vol.as_ref().expect("volume is open between steps")
+    }
+
+    /// Apply a mutation to the oracle, remembering how to undo it.
+    fn mutate(&mut self, off: u64, data: &[u8]) {
+        let (off, end) = (off as usize, off as usize + data.len());
+        self.undo.push(Undo {
+            off,
+            old: self.oracle[off..end].to_vec(),
+        });
+        self.oracle[off..end].copy_from_slice(data);
+    }
+
+    /// Record a journaled write in the oracle, one undo point per atomic
+    /// unit. The engine splits a write larger than `wlog_chunk_bytes` into
+    /// chunks, each atomic, so a journal-less recovery may stop between them.
+    /// A discard (trim, write-zeroes) carries no data and is journaled as one
+    /// operation however long (the engine splits only at 2^31 sectors), so it
+    /// is one undo point ([`Harness::mutate`]): it is all or nothing.
+    fn record(&mut self, off: u64, data: &[u8]) {
+        for (i, piece) in data.chunks(CHUNK as usize).enumerate() {
+            self.mutate(off + i as u64 * CHUNK, piece);
+        }
+    }
+
+    /// Read the whole image.
+    fn read_image(&self) -> Result<Vec<u8>, String> {
+        let mut img = vec![0u8; DISK as usize];
+        for (i, piece) in img.chunks_mut(READ_PIECE as usize).enumerate() {
+            let off = i as u64 * READ_PIECE;
+            self.vol()
+                .read(off, piece)
+                .map_err(|e| format!("read {off}+{}: {e:?}", piece.len()))?;
+        }
+        Ok(img)
+    }
+
+    /// The image must equal the oracle exactly.
+    fn verify_exact(&self, what: &str) -> Check {
+        let img = self.read_image()?;
+        match first_diff(&img, &self.oracle) {
+            None => Ok(()),
+            Some(d) => Err(format!("image differs from the oracle after {what}: {d}")),
+        }
+    }
+
+    /// The image must equal the oracle state after some prefix of the
+    /// mutations in `undo`; that state becomes the oracle and the new base.
+    fn verify_prefix(&mut self) -> Check {
+        let img = self.read_image()?;
+        let lost = match_prefix(&self.oracle, &self.undo, &img)?;
+        self.oracle = img;
+        self.undo.clear();
+        self.last_lost = lost;
+        self.tally.mutations_lost += lost as u64;
+        Ok(())
+    }
+
+    fn step(&mut self, op: &Op) -> Check {
+        let _dog = watchdog(format!("step {} {op:?}", self.done.len()));
+        self.done.push(op.clone());
+        match *op {
+            Write { off, len, seed } | WriteFua { off, len, seed } => {
+                let data = pattern(seed, off, len);
+                let r = if matches!(op, WriteFua { .. }) {
+                    self.vol().write_fua(off, &data)
+                } else {
+                    self.vol().write(off, &data)
+                };
+                r.map_err(|e| format!("{e:?}"))?;
+                self.record(off, &data);
+            }
+            Read { off, len } => {
+                let mut buf = vec![0u8; len as usize];
+                self.vol()
+                    .read(off, &mut buf)
+                    .map_err(|e| format!("{e:?}"))?;
+                let want = &self.oracle[off as usize..(off + len) as usize];
+                if let Some(d) = first_diff(&buf, want) {
+                    return Err(format!(
+                        "read differs from the oracle (offsets in the read): {d}"
+                    ));
+                }
+            }
+            Trim { off, len } => {
+                self.vol().trim(off, len).map_err(|e| format!("{e:?}"))?;
+                self.mutate(off, &vec![0; len as usize]);
+            }
+            WriteZeroes { off, len } => {
+                self.vol()
+                    .write_zeroes(off, len)
+                    .map_err(|e| format!("{e:?}"))?;
+                self.mutate(off, &vec![0; len as usize]);
+            }
+            Flush => self.vol().flush().map_err(|e| format!("{e:?}"))?,
+            Sleep { ms } => std::thread::sleep(Duration::from_millis(ms)),
+            Reopen => {
+                self.tally.reopens += 1;
+                let vol = self.take_vol();
+                vol.close().map_err(|e| format!("close: {e:?}"))?;
+                self.open("clean close")?;
+                self.verify_exact("clean close and reopen")?;
+                // Everything is in the backend now.
+                self.undo.clear();
+            }
+            Crash { lose_journal } => {
+                if lose_journal {
+                    self.tally.crashes_losing_journal += 1;
+                } else {
+                    self.tally.crashes_keeping_journal += 1;
+                }
+                let vol = self.take_vol();
+                vol.crash();
+                if lose_journal {
+                    std::fs::remove_file(&self.journal)
+                        .map_err(|e| format!("remove journal: {e}"))?;
+                    self.open("crash losing the journal")?;
+                    self.verify_prefix()?;
+                } else {
+                    self.open("crash")?;
+                    self.verify_exact("crash keeping the journal")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `ops`, then close cleanly, reopen and compare the whole image.
+    fn run(&mut self, ops: &[Op]) -> Check {
+        for op in ops {
+            self.step(op)?;
+        }
+        self.step(&Reopen)?;
+        let vol = self.take_vol();
+        vol.close().map_err(|e| format!("final close: {e:?}"))?;
+        if std::env::var_os("LSVD_PROPTEST_VERBOSE").is_some() {
+            eprintln!("{} ops: {:?}", ops.len(), self.tally);
+        }
+        Ok(())
+    }
+
+    /// The operations so far, for a failure message.
+    fn history(&self) -> String {
+        let mut s = String::new();
+        for (i, op) in self.done.iter().enumerate() {
+            s.push_str(&format!("\n  {i:3}: {op:?}"));
+        }
+        s
+    }
+}
+
+/// How many of the newest mutations in `undo` must be undone from `oracle`
+/// to get `img`, trying the newest states first; an error if no prefix
+/// state equals `img`.
+fn match_prefix(oracle: &[u8], undo: &[Undo], img: &[u8]) -> Result<usize, String> {
+    let total = undo.len();
+    let mut cand = oracle.to_vec();
+    for kept in (0..=total).rev() {
+        if img == cand.as_slice() {
+            return Ok(total - kept);
+        }
+        if kept > 0 {
+            let u = &undo[kept - 1];
+            cand[u.off..u.off + u.old.len()].copy_from_slice(&u.old);
+        }
+    }
+    Err(format!(
+        "after losing the journal the image equals no prefix state ({total} mutations \
+         since the last durable base); vs newest: {}; vs base: {}",
+        first_diff(img, oracle).unwrap_or_else(|| "equal".into()),
+        first_diff(img, &cand).unwrap_or_else(|| "equal".into()),
+    ))
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // Stop the background threads of a volume left open by a failure,
+        // unless we are unwinding from an engine panic already.
+        if let Some(vol) = self.vol.take() {
+            if !std::thread::panicking() {
+                vol.crash();
+            }
+        }
+    }
+}
+
+/// Run `ops` on a fresh [`MemStore`] image through the full checker.
+fn check_ops(ops: &[Op]) -> Check {
+    let mut h = Harness::mem()?;
+    h.run(ops)
+        .map_err(|e| format!("{e}\noperations run:{}", h.history()))
+}
+
+/// Like [`check_ops`], but panic with the message (for named tests).
+fn assert_ops(ops: &[Op]) {
+    if let Err(e) = check_ops(ops) {
+        panic!("{e}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Properties
+
+/// Cases per property: `LSVD_PROPTEST_CASES`, or `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("LSVD_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn proptest_config(default_cases: u32, file: &'static str) -> ProptestConfig {
+    ProptestConfig {
+        cases: cases(default_cases),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),
+        // Cases sleep and reopen; keep shrinking bounded.
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(64, "tests/proptest-regressions/proptest_oracle.txt"))]
+
+    #[test]
+    fn engine_matches_oracle(ops in proptest::collection::vec(any_op(), 1..60)) {
+        check_ops(&ops).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Put faults for one fault-store case.
+#[derive(Clone, Debug)]
+struct PutFaults {
+    seed: u64,
+    /// Transient put failures in all.
+    fail_times: u64,
+    /// Chance that a put fails while failures are left.
+    fail_probability: f64,
+    /// Longest random put delay.
+    delay_max_ms: u64,
+}
+
+fn put_faults() -> impl Strategy<Value = PutFaults> {
+    (any::<u64>(), 1..6u64, 0.1..0.6f64, 1..15u64).prop_map(
+        |(seed, fail_times, fail_probability, delay_max_ms)| PutFaults {
+            seed,
+            fail_times,
+            fail_probability,
+            delay_max_ms,
+        },
+    )
+}
+
+/// Run `ops` over a [`FaultStore`] (on a [`MemStore`]) that delays puts at
+/// random and fails some transiently; everything acknowledged must read back
+/// and survive crashes that keep the journal and a clean reopen.
+fn check_ops_with_put_faults(faults: &PutFaults, ops: &[Op]) -> Check {
+    let mem = Arc::new(MemStore::new());
+    let fault = Arc::new(FaultStore::new(mem.clone(), faults.seed));
+    fault.add_rule(
+        FaultRule::fail(FaultOp::Put, ErrorKind::Io)
+            .times(faults.fail_times)
+            .probability(faults.fail_probability),
+    );
+    fault.add_rule(
+        FaultRule::new(
+            FaultOp::Put,
+            FaultAction::DelayRandom {
+                max: Duration::from_millis(faults.delay_max_ms),
+            },
+        )
+        .probability(0.5),
+    );
+    // The image is created without faults; everything after goes through them.
+    let mut h = Harness::new(fault.clone(), &*mem)?;
+    h.run(ops).map_err(|e| {
+        format!(
+            "{e}\nput faults: {faults:?}, injected: {:?}\noperations run:{}",
+            fault.counts(),
+            h.history()
+        )
+    })?;
+    if std::env::var_os("LSVD_PROPTEST_VERBOSE").is_some() {
+        let c = fault.counts();
+        eprintln!(
+            "  puts {} faults injected into puts {}",
+            c.seen(FaultOp::Put),
+            c.injected_for(FaultOp::Put)
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(proptest_config(16, "tests/proptest-regressions/proptest_oracle_faults.txt"))]
+
+    #[test]
+    fn engine_retries_transient_put_failures(
+        faults in put_faults(),
+        ops in proptest::collection::vec(fault_op(), 1..40),
+    ) {
+        check_ops_with_put_faults(&faults, &ops).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// The checker itself: prefix matching accepts exactly the prefix states.
+#[test]
+fn prefix_matcher_accepts_only_prefix_states() {
+    let mut oracle = vec![0u8; 8];
+    let mut undo = Vec::new();
+    let mut states = vec![oracle.clone()];
+    for (off, byte) in [(0usize, 1u8), (2, 2), (0, 3), (6, 4)] {
+        undo.push(Undo {
+            off,
+            old: oracle[off..off + 2].to_vec(),
+        });
+        oracle[off..off + 2].fill(byte);
+        states.push(oracle.clone());
+    }
+    for (i, st) in states.iter().enumerate() {
+        assert_eq!(match_prefix(&oracle, &undo, st), Ok(states.len() - 1 - i));
+    }
+    // The last write without the one before it is no prefix state.
+    let mut bad = states[2].clone();
+    bad[6..8].fill(4);
+    assert!(match_prefix(&oracle, &undo, &bad).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Hand-written scenarios
+
+#[test]
+fn write_crash_read() {
+    assert_ops(&[
+        Write {
+            off: 0,
+            len: 4096,
+            seed: 1,
+        },
+        WriteFua {
+            off: 8192,
+            len: 4096,
+            seed: 2,
+        },
+        Write {
+            off: 2048,
+            len: 1024,
+            seed: 3,
+        },
+        Crash {
+            lose_journal: false,
+        },
+        Read { off: 0, len: 16384 },
+        // Again, with the data destaged before the crash.
+        Write {
+            off: 4096,
+            len: 8192,
+            seed: 4,
+        },
+        Sleep { ms: 100 },
+        Crash {
+            lose_journal: false,
+        },
+        Read { off: 0, len: 16384 },
+    ]);
+}
+
+#[test]
+fn trim_then_crash_lose_journal() {
+    let mut ops = vec![
+        Write {
+            off: 0,
+            len: 128 * KIB,
+            seed: 5,
+        },
+        Write {
+            off: DISK - 64 * KIB,
+            len: 64 * KIB,
+            seed: 6,
+        },
+        // Everything in the backend.
+        Reopen,
+        Trim {
+            off: 4096,
+            len: 16 * KIB,
+        },
+        WriteZeroes {
+            off: DISK - 8192,
+            len: 4096,
+        },
+        Crash { lose_journal: true },
+        Read {
+            off: 0,
+            len: 128 * KIB,
+        },
+        // The same after the discards have had time to be destaged: now
+        // they must survive the journal's loss (flush_msec is 20).
+        Trim {
+            off: 64 * KIB,
+            len: 32 * KIB,
+        },
+        WriteZeroes {
+            off: DISK - 64 * KIB,
+            len: 8192,
+        },
+        Sleep { ms: 300 },
+    ];
+    ops.push(Crash { lose_journal: true });
+    let mut h = Harness::mem().unwrap();
+    for op in &ops {
+        h.step(op)
+            .unwrap_or_else(|e| panic!("{e}\noperations run:{}", h.history()));
+    }
+    // Bounded loss: after 300 ms idle (flush_msec is 20) nothing may be lost.
+    assert_eq!(
+        h.last_lost,
+        0,
+        "mutations lost after 300 ms idle; operations run:{}",
+        h.history()
+    );
+    h.run(&[]).unwrap();
+}
+
+#[test]
+fn many_small_writes_across_object_boundaries_then_reopen() {
+    // About 1.5 MiB of small writes: two dozen 64 KiB objects, so objects
+    // close mid-write-stream and checkpoints (every 2 objects) are taken.
+    let mut ops = Vec::new();
+    let mut off = 0u64;
+    for i in 0..300u64 {
+        let len = SECTOR * (1 + (splitmix64(i) % 16));
+        if off + len > DISK {
+            off = (splitmix64(i + 1000) % 64) * SECTOR;
+        }
+        ops.push(Write { off, len, seed: i });
+        off += len + SECTOR * (splitmix64(i + 7) % 3);
+        if i % 37 == 0 {
+            ops.push(Sleep { ms: 30 });
+        }
+        if i % 50 == 49 {
+            ops.push(Read {
+                off: 0,
+                len: 128 * KIB,
+            });
+        }
+    }
+    ops.push(Reopen);
+    ops.push(Crash { lose_journal: true });
+    let mut h = Harness::mem().unwrap();
+    h.run(&ops)
+        .unwrap_or_else(|e| panic!("{e}\noperations run:{}", h.history()));
+    // The scenario did what it is named for.
+    assert!(h.tally.data_objects >= 10, "{:?}", h.tally);
+    assert!(h.tally.checkpoint_pieces >= 2, "{:?}", h.tally);
+}
+
+#[test]
+fn write_larger_than_chunk_then_crash() {
+    assert_ops(&[
+        Write {
+            off: 4096,
+            len: 3 * CHUNK + 8192,
+            seed: 7,
+        },
+        Crash {
+            lose_journal: false,
+        },
+        Read {
+            off: 0,
+            len: 4 * CHUNK,
+        },
+        WriteFua {
+            off: 3 * CHUNK,
+            len: 2 * CHUNK + 512,
+            seed: 8,
+        },
+        // Each chunk is atomic: losing the journal now yields a state with
+        // a prefix of the chunks.
+        Crash { lose_journal: true },
+        Write {
+            off: 0,
+            len: 2 * CHUNK,
+            seed: 9,
+        },
+        Sleep { ms: 50 },
+        Crash { lose_journal: true },
+        Read {
+            off: 0,
+            len: 6 * CHUNK,
+        },
+    ]);
+}
+
+// ---------------------------------------------------------------------------
+// Regression cases found by the properties
+//
+// (none yet)
