@@ -209,3 +209,97 @@ fn dir_store_end_to_end() {
     assert!(buf == d);
     v.close().unwrap();
 }
+
+#[test]
+fn corrupt_newest_checkpoint_falls_back_to_the_older_one() {
+    let (dir, store) = setup(4 << 20);
+    let c = config();
+    let mut model = vec![0u8; 4 << 20];
+    for round in 0..3u64 {
+        let v = open(&store, dir.path(), &c).unwrap();
+        for i in 0..50u64 {
+            let off = ((i * 17 + round * 5) % 1000) * 4096;
+            let d = pattern(round * 100 + i, 4096);
+            v.write(off, &d).unwrap();
+            model[off as usize..off as usize + 4096].copy_from_slice(&d);
+        }
+        v.close().unwrap();
+    }
+    let spec = ImageSpec::parse("p/img").unwrap();
+    let info = image_info(store.as_ref(), &spec).unwrap();
+    assert_eq!(info.checkpoints.len(), 2, "{info:?}");
+    let newest = format!("img.{:016x}", info.checkpoints[0]);
+    let mut bytes = store.get(&newest, 0, 1 << 30).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    store.put(&newest, &bytes).unwrap();
+    // Also lose the journal: the backend alone must give the whole image.
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    v.read(0, &mut buf).unwrap();
+    assert!(
+        buf == model,
+        "older checkpoint + roll-forward must give the image"
+    );
+    v.close().unwrap();
+}
+
+#[test]
+fn corrupt_superblock_is_a_clear_error() {
+    let (dir, store) = setup(1 << 20);
+    let mut sb = store.get("img", 0, 4096).unwrap();
+    sb[20] ^= 1;
+    store.put("img", &sb).unwrap();
+    let e = open(&store, dir.path(), &config()).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("superblock"), "{e}");
+}
+
+#[test]
+fn full_store_throttles_then_fails_without_hanging() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create_image(mem.as_ref(), "img", 8 << 20).unwrap();
+    let fault = Arc::new(FaultStore::new(mem.clone(), 1));
+    let store: Arc<dyn ObjectStore> = fault.clone();
+    let c = Config {
+        wlog_bytes: 2 << 20,
+        io_timeout_msec: 700,
+        ..config()
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    // From now on the store is full.
+    fault.add_rule(FaultRule::new(
+        FaultOp::Put,
+        FaultAction::Fail(ErrorKind::NoSpace),
+    ));
+    let start = std::time::Instant::now();
+    let mut err = None;
+    for i in 0..2000u64 {
+        if let Err(e) = v.write((i % 2000) * 4096, &pattern(i, 4096)) {
+            err = Some(e);
+            break;
+        }
+    }
+    let e = err.expect("writes must fail once the journal is full");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    // close gives up instead of hanging; the journal keeps the data.
+    let e = v.close().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+}
+
+#[test]
+fn unreachable_store_fails_open_clearly() {
+    let (dir, store) = setup(1 << 20);
+    let fault = Arc::new(FaultStore::new(store.clone(), 1));
+    fault.add_rule(FaultRule::new(
+        FaultOp::Get,
+        FaultAction::Fail(ErrorKind::Io),
+    ));
+    let s: Arc<dyn ObjectStore> = fault;
+    let e = open(&s, dir.path(), &config()).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert!(e.to_string().contains("img"), "{e}");
+}
