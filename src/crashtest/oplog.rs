@@ -17,25 +17,16 @@
 //! Ops are numbered `1, 2, ...` in submission order, which is journal order
 //! because one thread submits them all.
 
-/// What a data op does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    /// A stamped write.
-    Write,
-    /// A trim (reads as zeros afterwards).
-    Trim,
-    /// A write-zeroes.
-    Zero,
-}
+/// What a data op does: the engine's own operation kinds (a stamped write,
+/// a trim, a write-zeroes).
+pub use crate::format::object::OpKind;
 
-impl OpKind {
-    /// The letter that starts its log line.
-    pub fn letter(self) -> char {
-        match self {
-            OpKind::Write => 'W',
-            OpKind::Trim => 'T',
-            OpKind::Zero => 'Z',
-        }
+/// The letter that starts an op's log line.
+pub fn letter(kind: OpKind) -> char {
+    match kind {
+        OpKind::Write => 'W',
+        OpKind::Trim => 'T',
+        OpKind::Zero => 'Z',
     }
 }
 
@@ -65,7 +56,7 @@ impl Op {
                 self.sectors,
                 u8::from(self.fua)
             ),
-            k => format!("{} {} {} {}\n", k.letter(), self.w, self.lba, self.sectors),
+            k => format!("{} {} {} {}\n", letter(k), self.w, self.lba, self.sectors),
         }
     }
 
@@ -74,7 +65,7 @@ impl Op {
         let fua = if self.fua { " FUA" } else { "" };
         format!(
             "{} w={} lba={}..{} ({} sectors){fua}",
-            self.kind.letter(),
+            letter(self.kind),
             self.w,
             self.lba,
             self.lba + self.sectors,

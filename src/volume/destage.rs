@@ -27,10 +27,9 @@ use super::image::object_name;
 use super::Inner;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::{split_into_pieces, CkptExtent, CkptObject, EXTENTS_PER_PIECE};
-use crate::format::object::{ObjectHeader, OpKind};
+use crate::format::object::ObjectHeader;
 use crate::format::superblock::CheckpointRef;
 use crate::journal::Done;
-use crate::map::ObjLoc;
 use crate::units::{JournalSeq, Lba, ObjSeq};
 
 /// Bytes of a retired checkpoint piece's tombstone: magic + version.
@@ -251,20 +250,13 @@ impl Destager {
                 .durable
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            map.add_object(b.obj, b.data.len() as u64 / 512);
-            for op in &b.ops {
-                match op.kind {
-                    OpKind::Write => map.apply_write(
-                        Lba(op.lba.0),
-                        op.sectors as u64,
-                        ObjLoc {
-                            obj: b.obj,
-                            offset: header_sectors + op.data_offset,
-                        },
-                    ),
-                    OpKind::Trim | OpKind::Zero => map.apply_trim(Lba(op.lba.0), op.sectors as u64),
-                }
-            }
+            super::recovery::apply_ops(
+                &mut map,
+                b.obj,
+                b.data.len() as u64 / 512,
+                header_sectors,
+                &b.ops,
+            );
             self.inner
                 .map_extents
                 .store(map.extent_count() as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use super::image::{object_name, parse_object_name};
 use crate::backend::ObjectStore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::CheckpointPiece;
-use crate::format::object::{ObjectHeader, OpKind, FIXED_BYTES};
+use crate::format::object::{ObjOp, ObjectHeader, OpKind, FIXED_BYTES};
 use crate::format::superblock::{CheckpointRef, Superblock};
 use crate::map::{Extent, ObjInfo, ObjLoc, ObjectMap};
 use crate::units::{JournalSeq, Lba, ObjSeq};
@@ -157,16 +157,34 @@ pub(crate) fn read_object_header(
 
 /// Apply a data object's operations to the map, in order.
 pub(crate) fn apply_object(map: &mut ObjectMap, h: &ObjectHeader) {
-    map.add_object(h.seq, h.data_sectors as u64);
-    let base = h.data_start_sectors();
-    for op in &h.ops {
+    apply_ops(
+        map,
+        h.seq,
+        h.data_sectors as u64,
+        h.data_start_sectors(),
+        &h.ops,
+    );
+}
+
+/// Register object `obj` (holding `data_sectors` of write data, which starts
+/// `header_sectors` into the object) and apply its operations in order.
+/// Shared by roll-forward and destage so both build the same map.
+pub(crate) fn apply_ops(
+    map: &mut ObjectMap,
+    obj: ObjSeq,
+    data_sectors: u64,
+    header_sectors: u32,
+    ops: &[ObjOp],
+) {
+    map.add_object(obj, data_sectors);
+    for op in ops {
         match op.kind {
             OpKind::Write => map.apply_write(
                 Lba(op.lba.0),
                 op.sectors as u64,
                 ObjLoc {
-                    obj: h.seq,
-                    offset: base + op.data_offset,
+                    obj,
+                    offset: header_sectors + op.data_offset,
                 },
             ),
             OpKind::Trim | OpKind::Zero => map.apply_trim(Lba(op.lba.0), op.sectors as u64),
