@@ -122,11 +122,31 @@ impl DirStore {
     }
 
     /// Write `data` to the temp file `tmp_path` and rename it to `path`.
+    ///
+    /// When every part is 512-byte aligned in memory and length (data
+    /// objects built from aligned batch buffers), the file is written with
+    /// O_DIRECT: no copy into the page cache, which costs more CPU than the
+    /// rest of the write path. Other puts, and file systems that refuse
+    /// O_DIRECT, use ordinary buffered writes.
     fn put_via_temp(&self, tmp_path: &Path, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp_path)?;
+        let aligned = parts
+            .iter()
+            .all(|p| (p.as_ptr() as usize).is_multiple_of(512) && p.len().is_multiple_of(512));
+        let open = |direct: bool| {
+            let mut o = OpenOptions::new();
+            o.write(true).create_new(true);
+            if direct {
+                std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_DIRECT);
+            }
+            o.open(tmp_path)
+        };
+        let mut f = match open(aligned) {
+            Err(e) if aligned && e.raw_os_error() == Some(libc::EINVAL) => {
+                let _ = fs::remove_file(tmp_path);
+                open(false)?
+            }
+            r => r?,
+        };
         for data in parts {
             f.write_all(data)?;
         }

@@ -33,6 +33,12 @@ impl AlignedBuf {
         AlignedBuf { ptr, cap, len }
     }
 
+    /// The same buffer with its length set to `len` (see [`AlignedBuf::set_len`]).
+    pub fn with_len(mut self, len: usize) -> AlignedBuf {
+        self.set_len(len);
+        self
+    }
+
     /// Capacity in bytes.
     pub fn capacity(&self) -> usize {
         self.cap

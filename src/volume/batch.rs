@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use crate::format::object::{ObjOp, OpKind};
+use crate::io::AlignedBuf;
 use crate::map::Target;
 use crate::units::{JournalSeq, Lba, ObjSeq, SECTOR};
 
@@ -45,7 +46,9 @@ pub(crate) struct Batch {
     pub first_jseq: JournalSeq,
     pub last_jseq: JournalSeq,
     pub ops: Vec<ObjOp>,
-    pub data: Vec<u8>,
+    /// Write data, in an aligned buffer so the object can be written with
+    /// O_DIRECT straight from it.
+    pub data: AlignedBuf,
     pub created: Instant,
 }
 
@@ -57,7 +60,20 @@ impl Batch {
             first_jseq: JournalSeq(0),
             last_jseq: JournalSeq(0),
             ops: Vec::new(),
-            data: Vec::with_capacity(capacity),
+            data: AlignedBuf::new(capacity).with_len(0),
+            created: Instant::now(),
+        }
+    }
+
+    /// A batch reusing `buf` (its old content is overwritten before use).
+    pub(crate) fn with_buffer(id: u64, buf: AlignedBuf) -> Batch {
+        Batch {
+            id,
+            obj: ObjSeq(0),
+            first_jseq: JournalSeq(0),
+            last_jseq: JournalSeq(0),
+            ops: Vec::new(),
+            data: buf.with_len(0),
             created: Instant::now(),
         }
     }
@@ -84,7 +100,14 @@ impl Batch {
         self.last_jseq = seq;
         let offset = (self.data.len() as u64 / SECTOR) as u32;
         let loc = if kind == OpKind::Write {
-            self.data.extend_from_slice(data);
+            let at = self.data.len();
+            if at + data.len() > self.data.capacity() {
+                let mut bigger = AlignedBuf::new((at + data.len()).max(2 * self.data.capacity()));
+                bigger[..at].copy_from_slice(&self.data);
+                self.data = bigger.with_len(at);
+            }
+            self.data.set_len(at + data.len());
+            self.data[at..].copy_from_slice(data);
             PendLoc::Data {
                 batch: self.id,
                 offset,

@@ -29,8 +29,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::{split_into_pieces, CkptExtent, CkptObject, EXTENTS_PER_PIECE};
 use crate::format::object::ObjectHeader;
 use crate::format::superblock::CheckpointRef;
+use crate::io::AlignedBuf;
 use crate::journal::Done;
 use crate::units::{JournalSeq, Lba, ObjSeq};
+
+fn aligned_copy(b: &[u8]) -> AlignedBuf {
+    let mut a = AlignedBuf::new(b.len());
+    a.copy_from_slice(b);
+    a
+}
 
 /// Bytes of a retired checkpoint piece's tombstone: magic + version.
 pub(crate) const TOMBSTONE: &[u8] = b"LSVDCKP1\x01\x00\x00\x00";
@@ -59,7 +66,8 @@ pub(crate) struct Job {
     seq: ObjSeq,
     name: String,
     /// The object is `head` followed by the batch's data (if any).
-    head: Vec<u8>,
+    /// Aligned, so a store can write it with O_DIRECT.
+    head: AlignedBuf,
     batch: Option<Arc<Batch>>,
 }
 
@@ -89,7 +97,11 @@ pub(crate) fn put_worker(
         if r.is_ok() {
             inner.clear_backend_error();
         }
-        if done.send((job.seq, r)).is_err() {
+        let seq = job.seq;
+        // The job (and its reference to the batch) goes before the
+        // completion, so the destager can recycle the batch's buffer.
+        drop(job);
+        if done.send((seq, r)).is_err() {
             return;
         }
     }
@@ -166,7 +178,7 @@ impl Destager {
                 self.queue.push_back(Job {
                     seq: b.obj,
                     name: object_name(&self.inner.image, b.obj),
-                    head,
+                    head: aligned_copy(&head),
                     batch: Some(b.clone()),
                 });
                 self.items.insert(b.obj.0, Item::Data(b));
@@ -215,7 +227,12 @@ impl Destager {
             let item = self.items.remove(&seq.0);
             self.applied = seq;
             match item {
-                Some(Item::Data(b)) => self.apply_data(&b),
+                Some(Item::Data(b)) => {
+                    self.apply_data(&b);
+                    if let Ok(b) = Arc::try_unwrap(b) {
+                        self.inner.recycle(b.data);
+                    }
+                }
                 Some(Item::Piece {
                     ckpt,
                     last: true,
@@ -350,7 +367,7 @@ impl Destager {
             self.queue.push_back(Job {
                 seq,
                 name: object_name(&self.inner.image, seq),
-                head: bytes,
+                head: aligned_copy(&bytes),
                 batch: None,
             });
             let waiters = if i + 1 == n {

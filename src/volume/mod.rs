@@ -131,6 +131,9 @@ pub(crate) struct Inner {
     stats: Counters,
     destage_tx: Sender<DestageMsg>,
     flusher: (Mutex<bool>, Condvar),
+    /// Data buffers of applied batches, reused so a new batch does not
+    /// fault in and zero fresh pages on the write path.
+    spare_buffers: Mutex<Vec<crate::io::AlignedBuf>>,
 }
 
 impl Inner {
@@ -196,6 +199,18 @@ impl Inner {
         }
     }
 
+    /// Keep an applied batch's buffer for reuse (a few at most).
+    fn recycle(&self, buf: crate::io::AlignedBuf) {
+        if buf.capacity() < self.config.backend_obj_bytes as usize {
+            return;
+        }
+        if let Ok(mut v) = self.spare_buffers.lock() {
+            if v.len() < 4 {
+                v.push(buf);
+            }
+        }
+    }
+
     /// Close the open batch and hand it to the destager.
     fn seal(&self, st: &mut State) {
         if st.open.is_empty() {
@@ -204,7 +219,11 @@ impl Inner {
         let id = st.next_batch_id;
         st.next_batch_id += 1;
         let cap = self.config.backend_obj_bytes as usize;
-        let mut b = std::mem::replace(&mut st.open, Batch::new(id, cap));
+        let fresh = match self.spare_buffers.lock().ok().and_then(|mut v| v.pop()) {
+            Some(buf) => Batch::with_buffer(id, buf),
+            None => Batch::new(id, cap),
+        };
+        let mut b = std::mem::replace(&mut st.open, fresh);
         b.obj = st.next_obj;
         st.next_obj = st.next_obj.next();
         let b = Arc::new(b);
@@ -394,6 +413,7 @@ impl Volume {
             stats: Counters::default(),
             destage_tx,
             flusher: (Mutex::new(false), Condvar::new()),
+            spare_buffers: Mutex::new(Vec::new()),
             config,
         });
         let mut vol = Volume {
@@ -590,19 +610,43 @@ impl Volume {
         self.sync_submit(|d| self.submit_write(offset, data, true, d).map(|_| ()))
     }
 
+    /// Submit through `f` and sleep until the completion runs. The waiter
+    /// parks on a condition variable: a spinning channel receive would burn
+    /// the CPU the journal thread needs when many callers wait at once.
     fn sync_submit(&self, f: impl FnOnce(Completion) -> Result<()>) -> Result<()> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let tx2 = tx.clone();
+        struct Slot {
+            result: Mutex<Option<Result<()>>>,
+            cv: Condvar,
+        }
+        let slot = Arc::new(Slot {
+            result: Mutex::new(None),
+            cv: Condvar::new(),
+        });
+        let s2 = slot.clone();
         f(Box::new(move |r| {
-            let _ = tx2.send(r);
+            let mut g = s2.result.lock().unwrap_or_else(|e| e.into_inner());
+            *g = Some(r);
+            s2.cv.notify_one();
         }))?;
-        drop(tx);
-        rx.recv().unwrap_or_else(|_| {
-            Err(Error::new(
-                ErrorKind::Closed,
-                "volume stopped before the operation completed",
-            ))
-        })
+        let mut g = slot.result.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = g.take() {
+                return r;
+            }
+            // A completion dropped without running (the journal thread died)
+            // leaves only our reference.
+            if Arc::strong_count(&slot) == 1 {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    "volume stopped before the operation completed",
+                ));
+            }
+            g = slot
+                .cv
+                .wait_timeout(g, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Submit a write without waiting; `done` runs when it is acknowledged.
