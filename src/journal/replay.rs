@@ -58,8 +58,14 @@ pub(crate) fn scan(
     let mut v = start_v;
     let mut expect = sb.start_seq;
     let mut records = Vec::new();
-    let mut hdr = AlignedBuf::new(BLOCK as usize);
-    let mut body = AlignedBuf::new(0);
+    let mut win = Window {
+        file,
+        path,
+        size: sb.size,
+        buf: AlignedBuf::new(0),
+        start: 0,
+        len: 0,
+    };
     let stop_reason;
     loop {
         if v - start_v >= data_size {
@@ -67,15 +73,20 @@ pub(crate) fn scan(
             break;
         }
         let p = phys(v);
-        read_exact_at(file, &mut hdr, p, path)?;
-        let h = match RecordHeader::decode(&hdr) {
+        let first = win.get(p, BLOCK as usize)?;
+        let h = match RecordHeader::decode(first) {
             Ok(h) => h,
-            Err(crate::format::FormatError::Truncated { .. }) if hdr[..4] == *b"LSJR" => {
-                // Header longer than one block: read it whole below.
-                match read_long_header(file, path, p, &hdr, sb.size) {
-                    Some(h) => h,
-                    None => {
-                        stop_reason = format!("bad record header at offset {p}");
+            Err(crate::format::FormatError::Truncated { .. }) if first[..4] == *b"LSJR" => {
+                // A header longer than one block: decode it whole.
+                let hb = u32::from_le_bytes([first[8], first[9], first[10], first[11]]) as u64;
+                if hb == 0 || !hb.is_multiple_of(BLOCK) || hb > 64 << 20 || p + hb > sb.size {
+                    stop_reason = format!("bad record header at offset {p}");
+                    break;
+                }
+                match RecordHeader::decode(win.get(p, hb as usize)?) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        stop_reason = format!("bad record header at offset {p} ({e})");
                         break;
                     }
                 }
@@ -97,12 +108,8 @@ pub(crate) fn scan(
             );
             break;
         }
-        if body.capacity() < total as usize {
-            body = AlignedBuf::new(total as usize);
-        }
-        body.set_len(total as usize);
-        read_exact_at(file, &mut body, p, path)?;
-        if let Err(e) = h.verify(&body, sb.generation) {
+        let body = win.get(p, total as usize)?;
+        if let Err(e) = h.verify(body, sb.generation) {
             stop_reason = format!("record at offset {p}: {e}");
             break;
         }
@@ -146,20 +153,37 @@ pub(crate) fn scan(
     })
 }
 
-fn read_long_header(
-    file: &File,
-    path: &Path,
-    p: u64,
-    first: &[u8],
+/// Sequential reader over the journal with read-ahead: replay reads each
+/// byte once, in large O_DIRECT reads.
+struct Window<'a> {
+    file: &'a File,
+    path: &'a Path,
     size: u64,
-) -> Option<RecordHeader> {
-    let hb = u32::from_le_bytes(first[8..12].try_into().ok()?) as u64;
-    if hb == 0 || !hb.is_multiple_of(BLOCK) || hb > 64 << 20 || p + hb > size {
-        return None;
+    buf: AlignedBuf,
+    start: u64,
+    len: usize,
+}
+
+impl Window<'_> {
+    /// Read-ahead size.
+    const CHUNK: usize = 8 << 20;
+
+    /// Bytes `[p, p + n)` of the journal (`p` and `n` multiples of the block
+    /// size, `p + n` within the journal).
+    fn get(&mut self, p: u64, n: usize) -> Result<&[u8]> {
+        if p < self.start || p + n as u64 > self.start + self.len as u64 {
+            let want = n.max(Self::CHUNK).min((self.size - p) as usize).max(n);
+            if self.buf.capacity() < want {
+                self.buf = AlignedBuf::new(want);
+            }
+            self.buf.set_len(want);
+            read_exact_at(self.file, &mut self.buf, p, self.path)?;
+            self.start = p;
+            self.len = want;
+        }
+        let at = (p - self.start) as usize;
+        Ok(&self.buf[at..at + n])
     }
-    let mut buf = AlignedBuf::new(hb as usize);
-    read_exact_at(file, &mut buf, p, path).ok()?;
-    RecordHeader::decode(&buf).ok()
 }
 
 /// Split a record's data among its entries, in order.

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Benchmarks of the engine against the local disk, as ratios taken in one run.
+#
+#   scripts/bench.sh            # REPS=3 repetitions, writes docs/benchmarks.md
+#   REPS=1 scripts/bench.sh     # quicker
+#   NO_DOC=1 scripts/bench.sh   # print the table only
+#
+# Builds release, then in a temporary directory under /tmp (must be a real
+# disk file system such as ext4, never tmpfs) measures, REPS times each and
+# interleaved so that noise from other load hits both sides of a ratio:
+#   a. 4K random writes QD32 through `lsvd-ublk bench` vs. fio 4K sequential
+#      O_DIRECT writes QD32 (io_uring) on the same file system;
+#   b. backend puts per 10k client writes and backend bytes per client byte
+#      (from the same bench JSON);
+#   c. 4K random reads QD32 through `lsvd-ublk bench` after the writes, vs.
+#      fio 4K random reads QD32 of the fio file;
+#   d. map memory (examples/map_memory.rs, 10M extents, run once: deterministic);
+#   e. recovery time of a full 1 GiB journal (examples/recovery_time.rs).
+# The table goes to stdout and docs/benchmarks.md. Environment:
+#   CARGO_TARGET_DIR  build directory (default: <repo>/target)
+#   REPS              repetitions (default 3)
+#   BENCH_TMP         parent of the temporary directory (default /tmp)
+#   KEEP=1            keep the temporary directory
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+REPS=${REPS:-3}
+PY=$(command -v python3)
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+if ! command -v fio >/dev/null; then
+    log "installing fio"
+    apt-get install -y fio >&2
+fi
+
+log "building release (target dir $CARGO_TARGET_DIR)"
+cargo build --release --bin lsvd-ublk --example map_memory --example recovery_time >&2
+BIN=$CARGO_TARGET_DIR/release/lsvd-ublk
+EX=$CARGO_TARGET_DIR/release/examples
+
+T=$(mktemp -d "${BENCH_TMP:-/tmp}/lsvd-bench.XXXXXX")
+cleanup() { if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$T"; else log "kept $T"; fi; }
+trap cleanup EXIT
+FSTYPE=$(df -T "$T" | awk 'NR==2 {print $2}')
+case "$FSTYPE" in
+    tmpfs | ramfs | fuse*) echo "bench.sh: $T is on $FSTYPE; use a disk file system (BENCH_TMP=...)" >&2; exit 1 ;;
+esac
+R=$T/results
+mkdir -p "$R"
+log "working in $T ($FSTYPE), $REPS repetitions"
+
+CFG="{\"store_dir\":\"$T/store\",\"wlog_dir\":\"$T/wlog\",\"wlog_bytes\":\"2G\"}"
+IMG=bench/img
+IMG_SIZE=1G
+"$BIN" --config "$CFG" create "$IMG" --size "$IMG_SIZE"
+
+FIO_W="fio --name=j --filename=$T/fio.dat --size=2G --rw=write --bs=4k --iodepth=32 --direct=1 --ioengine=io_uring --runtime=20 --time_based=0"
+FIO_R="fio --name=r --filename=$T/fio.dat --size=2G --rw=randread --bs=4k --iodepth=32 --direct=1 --ioengine=io_uring --runtime=10 --time_based=1"
+LSVD_W="$BIN --config $CFG bench $IMG --io-type write --io-size 4K --io-pattern rand --io-threads 32 --io-total 1G --json"
+LSVD_R="$BIN --config $CFG bench $IMG --io-type read --io-size 4K --io-pattern rand --io-threads 32 --io-total 512M --json"
+MAPMEM="$EX/map_memory 10000000"
+DD_R="dd of=/dev/null bs=2M iflag=direct"
+
+log "laying out the fio file (2 GiB, written once so later runs overwrite allocated blocks)"
+fio --name=layout --filename="$T/fio.dat" --size=2G --rw=write --bs=1M --iodepth=8 \
+    --direct=1 --ioengine=io_uring --output="$R/fio_layout.json" --output-format=json >/dev/null
+
+# Write runs are interleaved with their baseline. --output only redirects
+# fio's report; the measured I/O is exactly the command shown.
+for i in $(seq 1 "$REPS"); do
+    log "write $i/$REPS: fio seq write baseline"
+    $FIO_W --output-format=json --output="$R/fio_w_$i.json" >/dev/null
+    log "write $i/$REPS: lsvd-ublk bench rand write"
+    $LSVD_W >"$R/lsvd_w_$i.json"
+done
+# After the writes the 1 GiB image is almost fully written (1 - e^-REPS).
+for i in $(seq 1 "$REPS"); do
+    log "read $i/$REPS: fio rand read baseline"
+    $FIO_R --output-format=json --output="$R/fio_r_$i.json" >/dev/null
+    log "read $i/$REPS: lsvd-ublk bench rand read"
+    $LSVD_R >"$R/lsvd_r_$i.json"
+done
+log "map memory (10M extents)"
+$MAPMEM >"$R/map.txt"
+for i in $(seq 1 "$REPS"); do
+    log "recovery $i/$REPS: fill a 1 GiB journal, crash, reopen"
+    "$EX/recovery_time" "$T/rec$i" 1024 >"$R/rec_$i.txt"
+    # Baseline for the replay rate: the same journal file read sequentially
+    # with O_DIRECT at QD1 in 2 MiB blocks (replay reads one record at a time).
+    LC_ALL=C $DD_R if="$T/rec$i/wlog/img.wlog" 2>"$R/dd_$i.txt"
+    rm -rf "$T/rec$i"
+done
+
+DOC=$ROOT/docs/benchmarks.md
+export FIO_W FIO_R LSVD_W LSVD_R MAPMEM DD_R BIN EX CFG IMG IMG_SIZE
+"$PY" - "$R" "$REPS" "$T" "$FSTYPE" <<'PYEOF' >"$R/table.md"
+import json, os, re, subprocess, sys, datetime, platform
+
+R, reps, T, fstype = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+env = os.environ
+
+def load(name):
+    with open(os.path.join(R, name)) as f:
+        return json.load(f)
+
+def kv(path):
+    out = {}
+    for line in open(os.path.join(R, path)):
+        for k, v in re.findall(r"(\w+)=([0-9.]+)", line):
+            out[k] = float(v)
+    return out
+
+def rng(vals, fmt="{:.0f}"):
+    vals = sorted(vals)
+    if len(vals) == 1:
+        return fmt.format(vals[0])
+    mid = vals[len(vals) // 2]
+    return f"{fmt.format(vals[0])} - {fmt.format(vals[-1])} (median {fmt.format(mid)})"
+
+runs = range(1, reps + 1)
+fw = [load(f"fio_w_{i}.json")["jobs"][0]["write"]["iops"] for i in runs]
+lw = [load(f"lsvd_w_{i}.json") for i in runs]
+fr = [load(f"fio_r_{i}.json")["jobs"][0]["read"]["iops"] for i in runs]
+lr = [load(f"lsvd_r_{i}.json") for i in runs]
+rec = [kv(f"rec_{i}.txt") for i in runs]
+lwi = [x["ops_per_sec"] for x in lw]
+lri = [x["ops_per_sec"] for x in lr]
+wratio = [a / b for a, b in zip(lwi, fw)]
+rratio = [a / b for a, b in zip(lri, fr)]
+batch = [x["write_ops"] / max(x["journal_records"], 1) for x in lw]
+
+mapmem = {}
+for line in open(os.path.join(R, "map.txt")):
+    m = re.match(r"(.+?) (random|sequential): extents=(\d+) .*bytes_per_extent=([0-9.]+)", line)
+    if m:
+        mapmem[(m.group(1), m.group(2))] = float(m.group(4))
+
+def cmd(s):
+    # Shell-ready: the config JSON quoted, paths relative to the temp dir $T.
+    s = s.replace(env["CFG"], "'" + env["CFG"] + "'")
+    s = s.replace(env["BIN"], "lsvd-ublk").replace(env["EX"] + "/", "target/release/examples/")
+    return "`" + s.replace(T, "$T").replace("|", "\\|") + "`"
+
+c = {k: env[k] for k in ["FIO_W", "FIO_R", "LSVD_W", "LSVD_R", "MAPMEM"]}
+def ok(vals, target, ge):
+    good = all(v >= target for v in vals) if ge else all(v <= target for v in vals)
+    part = any(v >= target for v in vals) if ge else any(v <= target for v in vals)
+    return "yes" if good else ("partly" if part else "**no**")
+
+rows = []
+rows.append(("a. fio 4K seq write QD32 IOPS (baseline)", cmd(c["FIO_W"]), rng(fw), "", ""))
+rows.append(("a. lsvd 4K rand write QD32 IOPS", cmd(c["LSVD_W"]), rng(lwi), "", ""))
+rows.append(("**a. write IOPS ratio lsvd / fio**", "pairs of the two rows above", rng(wratio, "{:.2f}"), ">= 1.0", ok(wratio, 1.0, True)))
+rows.append(("a. lsvd write latency p50 / p99 (us)", "same bench JSON", " ; ".join(f"{x['lat_p50_us']} / {x['lat_p99_us']}" for x in lw), "", ""))
+rows.append(("a. client writes per journal record (group commit)", "same bench JSON: write_ops / journal_records", rng(batch, "{:.1f}"), "", ""))
+p10k = [x["backend_puts_per_10k_writes"] for x in lw]
+bpb = [x["backend_bytes_per_client_byte"] for x in lw]
+rows.append(("**b. backend puts per 10k client 4K writes**", "same bench JSON", rng(p10k, "{:.2f}"), "<= 5", ok(p10k, 5.0, False)))
+rows.append(("b. backend bytes per client byte", "same bench JSON", rng(bpb, "{:.3f}"), "", ""))
+rows.append(("b. close after the write run (s)", "same bench JSON: close_secs", rng([x["close_secs"] for x in lw], "{:.2f}"), "", ""))
+rows.append(("c. fio 4K rand read QD32 IOPS (baseline)", cmd(c["FIO_R"]), rng(fr), "", ""))
+rows.append(("c. lsvd 4K rand read QD32 IOPS (after the writes)", cmd(c["LSVD_R"]), rng(lri), "", ""))
+rows.append(("c. read IOPS ratio lsvd / fio", "pairs of the two rows above", rng(rratio, "{:.2f}"), "", ""))
+rows.append(("c. backend reads per client read", "same bench JSON", rng([x["backend_reads"] / max(x["read_ops"], 1) for x in lr], "{:.2f}"), "", ""))
+om = [mapmem.get(("ObjectMap", o)) for o in ("random", "sequential")]
+rows.append(("**d. map bytes per extent, ObjectMap, 10M extents (random / sequential)**", cmd(c["MAPMEM"]),
+             " / ".join(f"{v:.2f}" if v is not None else "?" for v in om), "<= 32",
+             ok([v for v in om if v is not None], 32.0, False) if all(v is not None for v in om) else "?"))
+others = ", ".join(f"{k[0]} {k[1]} {v:.2f}" for k, v in mapmem.items() if k[0] != "ObjectMap")
+if others:
+    rows.append(("d. other structures (bytes per extent)", "same run", others, "", ""))
+rcmd = cmd(os.path.join(env["EX"], "recovery_time") + f" {T}/recN 1024")
+rows.append(("e. journal replayed (MiB) / ops", rcmd, rng([r["journal_bytes"] / 2**20 for r in rec]) + " / " + rng([r["replayed_ops"] for r in rec]), "", ""))
+rows.append(("**e. recovery (open + replay) secs, 1 GiB journal**", "same", rng([r["recovery_secs"] for r in rec], "{:.2f}"), "", ""))
+rows.append(("e. replay rate (GiB/s)", "same", rng([r["gib_per_sec"] for r in rec], "{:.2f}"), "", ""))
+dd = []
+for i in runs:
+    m = re.search(r"(\d+) bytes .* copied, ([0-9.]+) s", open(os.path.join(R, f"dd_{i}.txt")).read())
+    dd.append(int(m.group(1)) / 2**30 / float(m.group(2)) if m else float("nan"))
+rows.append(("e. baseline: journal file read, O_DIRECT 2M QD1 (GiB/s)", cmd(env["DD_R"] + f" if={T}/recN/wlog/img.wlog"), rng(dd, "{:.2f}"), "", ""))
+rows.append(("e. replay rate / baseline read rate", "pairs of the two rows above", rng([r["gib_per_sec"] / d for r, d in zip(rec, dd)], "{:.2f}"), "", ""))
+rows.append(("e. close after recovery (destage all) secs", "same", rng([r["close_secs"] for r in rec], "{:.2f}"), "", ""))
+
+def sh(*a):
+    try:
+        return subprocess.run(a, capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:
+        return "?"
+cpu = "?"
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+print("# Benchmarks")
+print()
+print(f"Generated by `scripts/bench.sh` on {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}, "
+      f"git `{sh('git', 'rev-parse', '--short', 'HEAD')}`{' (dirty tree)' if sh('git', 'status', '--porcelain') else ''}.")
+print()
+print(f"- machine: nproc {sh('nproc')}, {cpu}, kernel {platform.release()}, "
+      f"memory {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB")
+print(f"- file system of the temp dir `$T`: {fstype} ({sh('df', '--output=source', T).splitlines()[-1]}); "
+      f"lsvd config `{env['CFG'].replace(T, '$T')}`, image {env['IMG']} of {env['IMG_SIZE']}")
+print(f"- {reps} repetitions; write runs interleaved with their fio baseline (fio, lsvd, fio, lsvd, ...), then the read runs the same way; "
+      "ratios are taken per pair. Ranges are min - max (median). The machine is shared: absolute numbers are noisy, ratios less so.")
+print()
+print("| Metric | Command | Result | Target | Met |")
+print("|---|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
+print()
+print("Notes: (c) lsvd reads come from the DirStore object files, which are still in the page cache (buffered "
+      "writes, plenty of RAM), while fio reads O_DIRECT: the read ratio is not like for like. (e) `Volume::open` "
+      "replays the journal while the destager already puts the replayed objects, so the open time includes most "
+      "of the destage; `close` then has little left to do.")
+PYEOF
+
+cat "$R/table.md"
+if [[ "${NO_DOC:-0}" != 1 ]]; then
+    cp "$R/table.md" "$DOC"
+    log "wrote $DOC"
+fi
