@@ -213,8 +213,10 @@ print("|---|---|---|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
 print()
-print("Notes: (c) lsvd reads come from the DirStore object files, which are still in the page cache (buffered "
-      "writes, plenty of RAM), while fio reads O_DIRECT: the read ratio is not like for like. (e) `Volume::open` "
+print("Notes: (a) the local directory backend shares the disk with the journal, so every client byte is written "
+      "twice to the same device (journal, then object); fio writes it once. (c) objects are written with O_DIRECT but "
+      "read with buffered preads, so repeated reads of the same objects hit the page cache, while fio reads O_DIRECT: "
+      "the read ratio is not like for like (the read cache of a later issue replaces this). (e) `Volume::open` "
       "replays the journal while the destager already puts the replayed objects, so the open time includes most "
       "of the destage; `close` then has little left to do.")
 PYEOF

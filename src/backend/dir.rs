@@ -147,8 +147,12 @@ impl DirStore {
             }
             r => r?,
         };
+        // In slices of 1 MiB: one huge O_DIRECT write fills the device queue
+        // and stalls latency-sensitive I/O (the journal) sharing the disk.
         for data in parts {
-            f.write_all(data)?;
+            for piece in data.chunks(1 << 20) {
+                f.write_all(piece)?;
+            }
         }
         // Crash ordering: the file's data must be durable before the rename
         // makes it visible under the object's name; otherwise a crash could

@@ -1,9 +1,11 @@
 //! `bench`: client IOPS, latency and backend efficiency, modelled on
 //! `rbd bench`.
 //!
-//! The volume is opened once; `--io-threads` threads each issue synchronous
-//! [`Volume::write`]/[`Volume::read`] calls of `--io-size` bytes until
-//! `--io-total` bytes are done. The backend counters are the difference of
+//! The volume is opened once and `--io-threads` operations of `--io-size`
+//! bytes are kept in flight until `--io-total` bytes are done: for pure
+//! writes, like `rbd bench`, one thread submits asynchronous writes
+//! ([`Volume::submit_write`]); reads and mixes use that many threads issuing
+//! synchronous [`Volume::write`]/[`Volume::read`] calls. The backend counters are the difference of
 //! [`Volume::stats`] before and after the run (before close, so the final
 //! destage at close is not counted); closing is timed separately and is not
 //! part of the IOPS.
@@ -59,7 +61,8 @@ pub struct BenchArgs {
     /// seq or rand.
     #[arg(long, value_enum, default_value = "seq")]
     pub io_pattern: IoPattern,
-    /// Threads issuing synchronous operations (the queue depth).
+    /// Operations in flight (the queue depth): asynchronous writes from one
+    /// thread for `--io-type write`, else this many synchronous threads.
     #[arg(long, default_value_t = 16)]
     pub io_threads: u32,
     /// Total bytes to transfer.

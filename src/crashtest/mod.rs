@@ -105,6 +105,11 @@ pub struct Args {
     /// (the contract promises only flushed and FUA writes).
     #[arg(long)]
     pub ack_loss_ok: bool,
+    /// Start over with a new, empty image every N iterations (0: never).
+    /// Without garbage collection the store only grows; this bounds the
+    /// disk space a long run needs.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub fresh_every: u32,
     /// Keep the work directory on success.
     #[arg(long)]
     pub keep: bool,
@@ -340,6 +345,14 @@ impl Tester {
         );
         let started = Instant::now();
         for iter in 1..=self.args.iterations {
+            let every = self.args.fresh_every;
+            if every > 0 && iter > 1 && (iter - 1).is_multiple_of(every) {
+                if let Err(e) = self.fresh_image() {
+                    println!("cannot start a fresh image: {e}");
+                    self.totals.failed += 1;
+                    break;
+                }
+            }
             let mut info = IterInfo::default();
             match self.iteration(iter, &mut info) {
                 Ok(line) => {
@@ -382,6 +395,21 @@ impl Tester {
             println!("work dir kept: {}", self.layout.dir.display());
         }
         0
+    }
+
+    /// Remove the image (objects and journal) and the child logs, create a
+    /// new empty image, and expect zeros again.
+    fn fresh_image(&mut self) -> Result<(), String> {
+        let store = DirStore::open(&self.layout.pool_dir()).map_err(|e| format!("{e:?}"))?;
+        crate::volume::image::remove_image(&store, IMAGE, Some(&self.layout.journal()))
+            .map_err(|e| format!("remove image: {e:?}"))?;
+        create_image(&store, IMAGE, self.size).map_err(|e| format!("create image: {e:?}"))?;
+        let logs = self.layout.logs();
+        let _ = fs::remove_dir_all(&logs);
+        fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
+        self.expected = vec![Stamp::ZERO; (self.size / SECTOR) as usize];
+        self.history = History::default();
+        Ok(())
     }
 
     fn report_failure(&self, iter: u32, info: &IterInfo, report: &str) {

@@ -1,9 +1,9 @@
 //! The write journal: a circular log on a file or block device, opened with
 //! O_DIRECT and written through io_uring, with group commit.
 //!
-//! One writer thread owns the device. Client operations arrive as
-//! [`Append`]s on a channel in journal-sequence order; the writer packs
-//! whatever is waiting into one record (group commit), keeps up to `depth`
+//! One writer thread owns the device. Callers copy their operations
+//! ([`Append`]s, in journal-sequence order) straight into the record being
+//! filled; the writer takes whole records (group commit), keeps up to `depth`
 //! records in flight and acknowledges them strictly in order, so an
 //! acknowledged record never has a hole below it. A FLUSH (or a FUA write)
 //! completes after every record up to it has completed *and* an fdatasync
@@ -14,6 +14,7 @@
 //! replay start is persisted before any released space is overwritten.
 
 mod replay;
+mod staging;
 mod writer;
 
 use std::fs::File;
@@ -68,13 +69,13 @@ pub struct ReplayEntry<'a> {
 }
 
 /// A batch of operations to journal, with consecutive sequences.
-pub struct Append {
+pub struct Append<'a> {
     /// Sequence of the first entry.
     pub first_seq: JournalSeq,
     /// Entries (each at most `max_record_data` of data).
-    pub entries: Vec<RecordEntry>,
-    /// Concatenated data of the write entries.
-    pub data: Vec<u8>,
+    pub entries: &'a [RecordEntry],
+    /// Concatenated data of the write entries (copied before `append` returns).
+    pub data: &'a [u8],
     /// Acknowledge only once durable across a host crash.
     pub fua: bool,
     /// Runs when the last entry is acknowledged.
@@ -82,7 +83,6 @@ pub struct Append {
 }
 
 pub(crate) enum Msg {
-    Append(Append),
     Flush {
         upto: JournalSeq,
         done: Done,
@@ -194,6 +194,7 @@ pub struct OpenReport {
 /// An open journal with its writer thread.
 pub struct Journal {
     tx: Sender<Msg>,
+    staging: Arc<staging::Staging>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<JournalShared>,
 }
@@ -347,7 +348,18 @@ impl Journal {
             discarded,
         };
         let (tx, rx) = unbounded();
-        let w = writer::Writer::new(file, path.clone(), sb, scan, opts, shared.clone(), next_seq)?;
+        let staging = Arc::new(staging::Staging::new(
+            opts.max_record_data.max(BLOCK) as usize
+        ));
+        let w = writer::Writer::new(
+            (file, path.clone()),
+            sb,
+            scan,
+            opts,
+            shared.clone(),
+            next_seq,
+            staging.clone(),
+        )?;
         let thread = std::thread::Builder::new()
             .name("lsvd-journal".into())
             .spawn(move || w.run(rx))
@@ -358,6 +370,7 @@ impl Journal {
         Ok((
             Journal {
                 tx,
+                staging,
                 thread: Some(thread),
                 shared,
             },
@@ -365,15 +378,13 @@ impl Journal {
         ))
     }
 
-    /// Queue an append. Appends must be queued in sequence order.
-    pub fn append(&self, a: Append) {
-        if let Err(e) = self.tx.send(Msg::Append(a)) {
-            if let Msg::Append(a) = e.0 {
-                if let Some(d) = a.done {
-                    d(Err(Error::new(ErrorKind::Closed, "journal is shut down")));
-                }
-            }
-        }
+    /// Queue an append: its data is copied into the record being filled
+    /// (group commit) before this returns. Appends must be queued in
+    /// sequence order.
+    pub fn append(&self, a: Append<'_>) {
+        self.staging
+            .append(a.first_seq, a.entries, a.data, a.fua, a.done);
+        let _ = self.tx.send(Msg::Wake);
     }
 
     /// Queue a flush covering every sequence up to `upto`.
@@ -409,6 +420,9 @@ impl Journal {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Nothing may wait on a stopped journal.
+        self.staging
+            .fail(&Error::new(ErrorKind::Closed, "journal is shut down"));
         r
     }
 }
@@ -423,6 +437,8 @@ impl Drop for Journal {
             });
             let _ = t.join();
         }
+        self.staging
+            .fail(&Error::new(ErrorKind::Closed, "journal is shut down"));
     }
 }
 

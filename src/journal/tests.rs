@@ -48,8 +48,8 @@ fn append_wait(j: &Journal, seq: u64, lba: u64, sectors: u32, fill: u8, fua: boo
     let (tx, rx) = mpsc::channel();
     j.append(Append {
         first_seq: JournalSeq(seq),
-        entries: vec![write_entry(lba, sectors)],
-        data: vec![fill; sectors as usize * 512],
+        entries: &[write_entry(lba, sectors)],
+        data: &vec![fill; sectors as usize * 512],
         fua,
         done: Some(Box::new(move |r| {
             let _ = tx.send(r);

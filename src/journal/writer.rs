@@ -18,16 +18,15 @@ use io_uring::{opcode, types, IoUring};
 use tracing::{error, warn};
 
 use super::replay::ScanResult;
-use super::{write_super, Append, Done, JournalOptions, JournalShared, Msg};
+use super::staging::Staging;
+use super::{write_super, Done, JournalOptions, JournalShared, Msg};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::journal::{JournalSuper, RecordEntry, RecordHeader, RecordKind, BLOCK};
+use crate::format::journal::{JournalSuper, RecordHeader, RecordKind, BLOCK};
 use crate::format::round_up;
 use crate::io::AlignedBuf;
 use crate::units::JournalSeq;
 
 const FSYNC_ID: u64 = u64::MAX;
-/// Most entries packed into one record.
-const MAX_ENTRIES: usize = 2048;
 
 struct Rec {
     id: u64,
@@ -44,12 +43,6 @@ impl Rec {
     fn last_seq(&self) -> JournalSeq {
         JournalSeq(self.first_seq.0 + self.entries - 1)
     }
-}
-
-struct Pending {
-    a: Append,
-    next_entry: usize,
-    data_off: usize,
 }
 
 pub(crate) struct Writer {
@@ -70,29 +63,29 @@ pub(crate) struct Writer {
     synced_seq: JournalSeq,
     fsync_inflight: Option<JournalSeq>,
     inflight_writes: usize,
-    pending: VecDeque<Pending>,
+    staging: Arc<Staging>,
     flushes: Vec<(JournalSeq, Done)>,
     depth: usize,
-    max_data: u64,
     io_timeout: Duration,
     shared: Arc<JournalShared>,
     failed: Option<Error>,
     blocked_since: Option<Instant>,
     last_space_request: Option<Instant>,
     shutdown: Option<(bool, crossbeam_channel::Sender<Result<()>>)>,
-    spare: Vec<AlignedBuf>,
 }
 
 impl Writer {
+    /// `dev` is the journal file or device and its path.
     pub(crate) fn new(
-        file: File,
-        path: PathBuf,
+        dev: (File, PathBuf),
         mut sb: JournalSuper,
         scan: ScanResult,
         opts: &JournalOptions,
         shared: Arc<JournalShared>,
         next_seq: JournalSeq,
+        staging: Arc<Staging>,
     ) -> Result<Writer> {
+        let (file, path) = dev;
         let data_size = sb.size - BLOCK;
         let depth = opts.depth.max(1) as usize;
         let ring = IoUring::new((depth as u32 * 2 + 4).next_power_of_two())
@@ -144,17 +137,15 @@ impl Writer {
             synced_seq: JournalSeq(0),
             fsync_inflight: None,
             inflight_writes: 0,
-            pending: VecDeque::new(),
+            staging,
             flushes: Vec::new(),
             depth,
-            max_data: opts.max_record_data.max(BLOCK),
             io_timeout: opts.io_timeout,
             shared,
             failed: None,
             blocked_since: None,
             last_space_request: None,
             shutdown: None,
-            spare: Vec::new(),
         };
         w.publish_usage();
         Ok(w)
@@ -206,7 +197,7 @@ impl Writer {
                 }
                 self.reap();
             } else if let Some((clean, _)) = &self.shutdown {
-                if self.pending.is_empty() || self.failed.is_some() || !*clean {
+                if self.staging.is_empty() || self.failed.is_some() || !*clean {
                     let clean = *clean;
                     let r = self.finish(clean);
                     if let Some((_, tx)) = self.shutdown.take() {
@@ -220,19 +211,6 @@ impl Writer {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Append(a) => {
-                if let Some(e) = &self.failed {
-                    if let Some(d) = a.done {
-                        d(Err(e.duplicate()));
-                    }
-                    return;
-                }
-                self.pending.push_back(Pending {
-                    a,
-                    next_entry: 0,
-                    data_off: 0,
-                });
-            }
             Msg::Flush { upto, done } => {
                 if let Some(e) = &self.failed {
                     done(Err(e.duplicate()));
@@ -324,15 +302,6 @@ impl Writer {
         Some((self.head_v, wrap))
     }
 
-    fn take_buf(&mut self, len: usize) -> AlignedBuf {
-        let mut b = match self.spare.iter().position(|b| b.capacity() >= len) {
-            Some(i) => self.spare.swap_remove(i),
-            None => AlignedBuf::new(len),
-        };
-        b.set_len(len);
-        b
-    }
-
     fn submit(&mut self, rec: Rec, phys: u64) {
         let buf = rec.buf.as_ref().expect("record buffer");
         let sqe = opcode::Write::new(
@@ -364,26 +333,15 @@ impl Writer {
         self.shared.records.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Build and submit records from pending appends while depth and space allow.
+    /// Submit staged records while depth and space allow.
     fn fill(&mut self) {
-        while self.failed.is_none() && self.inflight_writes < self.depth && !self.pending.is_empty()
-        {
-            // Choose entries.
-            let mut n = 0usize;
-            let mut data_len = 0u64;
-            'outer: for p in self.pending.iter() {
-                for x in &p.a.entries[p.next_entry..] {
-                    let d = x.data_bytes();
-                    if n > 0 && (data_len + d > self.max_data || n >= MAX_ENTRIES) {
-                        break 'outer;
-                    }
-                    n += 1;
-                    data_len += d;
-                }
-            }
-            let hb = RecordHeader::header_bytes_for(n) as u64;
-            let total = hb + round_up(data_len, BLOCK);
+        while self.failed.is_none() && self.inflight_writes < self.depth {
+            let Some(mut st) = self.staging.take() else {
+                return;
+            };
+            let total = BLOCK + round_up(st.data_len as u64, BLOCK);
             let Some((_, wrap)) = self.reserve(total) else {
+                self.staging.unget(st);
                 if self.failed.is_some() {
                     return;
                 }
@@ -400,8 +358,20 @@ impl Writer {
                 return;
             };
             self.blocked_since = None;
+            if st.first_seq != self.next_seq {
+                self.fail(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "journal {}: internal error, record sequence {} where {} was expected",
+                        self.path.display(),
+                        st.first_seq,
+                        self.next_seq
+                    ),
+                ));
+                return;
+            }
             if let Some(wrap_len) = wrap {
-                let mut buf = self.take_buf(BLOCK as usize);
+                let mut buf = AlignedBuf::new(BLOCK as usize);
                 RecordHeader::encode_in_place(
                     &mut buf,
                     self.sb.generation,
@@ -425,40 +395,18 @@ impl Writer {
                 self.head_v += wrap_len;
                 self.submit(rec, phys);
             }
-            // Copy the data in and collect acknowledgements.
-            let mut buf = self.take_buf(total as usize);
-            let mut entries: Vec<RecordEntry> = Vec::with_capacity(n);
-            let mut acks = Vec::new();
-            let mut pos = hb as usize;
-            let first_seq = self.next_seq;
-            while entries.len() < n {
-                let Some(p) = self.pending.front_mut() else {
-                    break;
-                };
-                while p.next_entry < p.a.entries.len() && entries.len() < n {
-                    let x = p.a.entries[p.next_entry];
-                    let d = x.data_bytes() as usize;
-                    buf[pos..pos + d].copy_from_slice(&p.a.data[p.data_off..p.data_off + d]);
-                    pos += d;
-                    p.data_off += d;
-                    p.next_entry += 1;
-                    entries.push(x);
-                }
-                if p.next_entry == p.a.entries.len() {
-                    let p = self.pending.pop_front().expect("front");
-                    if let Some(d) = p.a.done {
-                        acks.push((p.a.fua, d));
-                    }
-                }
-            }
-            buf[pos..].fill(0);
+            let n = st.entries.len();
+            debug_assert_eq!(RecordHeader::header_bytes_for(n) as u64, BLOCK);
+            let end = BLOCK as usize + st.data_len;
+            st.buf[end..total as usize].fill(0);
+            st.buf.set_len(total as usize);
             RecordHeader::encode_in_place(
-                &mut buf,
+                &mut st.buf,
                 self.sb.generation,
                 RecordKind::Entries,
-                first_seq,
-                &entries,
-                data_len as usize,
+                st.first_seq,
+                &st.entries,
+                st.data_len,
             );
             let id = self.next_id;
             self.next_id += 1;
@@ -466,14 +414,14 @@ impl Writer {
             let rec = Rec {
                 id,
                 vpos: self.head_v,
-                first_seq,
+                first_seq: st.first_seq,
                 entries: n as u64,
                 done: false,
-                buf: Some(buf),
-                acks,
+                buf: Some(st.buf),
+                acks: st.acks,
             };
             self.head_v += total;
-            self.next_seq = JournalSeq(first_seq.0 + n as u64);
+            self.next_seq = JournalSeq(st.first_seq.0 + n as u64);
             self.submit(rec, phys);
             self.publish_usage();
         }
@@ -544,9 +492,7 @@ impl Writer {
             let len = rec.buf.as_ref().map_or(0, |b| b.len());
             let phys = BLOCK + rec.vpos % self.data_size;
             if let Some(b) = rec.buf.take() {
-                if self.spare.len() < 8 {
-                    self.spare.push(b);
-                }
+                self.staging.recycle(b);
             }
             if res < 0 || res as usize != len {
                 let e = if res < 0 {
@@ -614,11 +560,7 @@ impl Writer {
     }
 
     fn fail_pending(&mut self, e: &Error) {
-        for p in self.pending.drain(..) {
-            if let Some(d) = p.a.done {
-                d(Err(e.duplicate()));
-            }
-        }
+        self.staging.fail(e);
     }
 
     /// Enter the failed state: every waiter and every later request fails.

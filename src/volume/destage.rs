@@ -261,33 +261,36 @@ impl Destager {
 
     fn apply_data(&mut self, b: &Batch) {
         let header_sectors = ObjectHeader::header_bytes_for(b.ops.len()) / 512;
-        {
+        // Applied in slices so readers and writers never wait long for a
+        // lock. A half-applied object is invisible: every range it touches
+        // is still in the overlay until the overlay entries go below.
+        self.inner
+            .durable
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_object(b.obj, b.data.len() as u64 / 512);
+        for ops in b.ops.chunks(256) {
             let mut map = self
                 .inner
                 .durable
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            super::recovery::apply_ops(
-                &mut map,
-                b.obj,
-                b.data.len() as u64 / 512,
-                header_sectors,
-                &b.ops,
-            );
+            super::recovery::apply_op_list(&mut map, b.obj, header_sectors, ops);
             self.inner
                 .map_extents
                 .store(map.extent_count() as u64, Ordering::Relaxed);
         }
         // The durable map is updated before the overlay entries go, so a
-        // reader never falls through to an older version.
-        {
+        // reader never falls through to an older version. The batch leaves
+        // `sealed` only after its last overlay entry is gone.
+        for ops in b.ops.chunks(64) {
             let mut st = self.inner.lock_state();
-            for op in &b.ops {
+            for op in ops {
                 st.overlay
                     .remove_if(Lba(op.lba.0), op.sectors as u64, |t| t.batch() == b.id);
             }
-            st.sealed.remove(&b.id);
         }
+        self.inner.lock_state().sealed.remove(&b.id);
         self.inner.state_cv.notify_all();
         self.inner
             .backend_jseq

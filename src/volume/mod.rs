@@ -521,6 +521,7 @@ impl Volume {
         let n = buf.len() as u64 / SECTOR;
         // (object, offset in sectors, buffer offset, bytes)
         let mut remote: Vec<(ObjSeq, u64, usize, usize)> = Vec::new();
+        let mut holes = Vec::new();
         {
             let st = inner.lock_state();
             if st.closed && st.journal.is_none() {
@@ -529,7 +530,6 @@ impl Volume {
                     format!("image {} is closed", inner.image),
                 ));
             }
-            let mut holes = Vec::new();
             st.overlay.for_each_piece(Lba(lba), n, |plba, plen, t| {
                 let b0 = ((plba.0 - lba) * SECTOR) as usize;
                 let b1 = b0 + (plen * SECTOR) as usize;
@@ -549,9 +549,15 @@ impl Volume {
                     None => holes.push((plba, plen, b0)),
                 }
             });
+        }
+        // The durable map is consulted after the state lock is released
+        // (so a reader never holds up writers while the destager applies an
+        // object). That is safe: a hole in the overlay means every batch
+        // that wrote there is already applied to the durable map (it is
+        // updated before overlay entries are removed), so the map now holds
+        // that version or a newer one written concurrently with this read.
+        {
             if !holes.is_empty() {
-                // Taken while the state lock is held: an object applied in
-                // between cannot make us miss both the overlay and the map.
                 let map = inner.durable.read().unwrap_or_else(|e| e.into_inner());
                 let mut pieces = Vec::new();
                 for (hlba, hlen, hoff) in holes {
@@ -691,8 +697,8 @@ impl Volume {
         };
         j.append(Append {
             first_seq: first,
-            entries,
-            data: data.to_vec(),
+            entries: &entries,
+            data,
             fua,
             done: Some(done),
         });
@@ -743,8 +749,8 @@ impl Volume {
         };
         j.append(Append {
             first_seq: first,
-            entries,
-            data: Vec::new(),
+            entries: &entries,
+            data: &[],
             fua: false,
             done: Some(done),
         });

@@ -177,6 +177,11 @@ pub(crate) fn apply_ops(
     ops: &[ObjOp],
 ) {
     map.add_object(obj, data_sectors);
+    apply_op_list(map, obj, header_sectors, ops);
+}
+
+/// Apply operations of object `obj` (already registered) in order.
+pub(crate) fn apply_op_list(map: &mut ObjectMap, obj: ObjSeq, header_sectors: u32, ops: &[ObjOp]) {
     for op in ops {
         match op.kind {
             OpKind::Write => map.apply_write(
