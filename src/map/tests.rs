@@ -3,7 +3,9 @@ use std::collections::BTreeMap;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::object::PackedLoc;
 use super::*;
+use crate::units::ObjSeq;
 
 /// A test target: a batch number (for `remove_if`) and a sector offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -54,15 +54,7 @@ pub(crate) struct Batch {
 
 impl Batch {
     pub(crate) fn new(id: u64, capacity: usize) -> Batch {
-        Batch {
-            id,
-            obj: ObjSeq(0),
-            first_jseq: JournalSeq(0),
-            last_jseq: JournalSeq(0),
-            ops: Vec::new(),
-            data: AlignedBuf::new(capacity).with_len(0),
-            created: Instant::now(),
-        }
+        Batch::with_buffer(id, AlignedBuf::new(capacity))
     }
 
     /// A batch reusing `buf` (its old content is overwritten before use).

@@ -1,0 +1,271 @@
+//! The durable map: LBA -> object location with per-object live counts.
+
+use std::collections::BTreeMap;
+
+use super::{Extent, ExtentMap, Target};
+use crate::units::{Lba, ObjSeq};
+
+/// Location of data in a backend object: object sequence number and offset in
+/// sectors from the start of the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjLoc {
+    /// The object.
+    pub obj: ObjSeq,
+    /// Sectors from the start of the object.
+    pub offset: u32,
+}
+
+impl Target for ObjLoc {
+    fn advance(self, sectors: u64) -> Self {
+        ObjLoc {
+            obj: self.obj,
+            offset: self.offset + sectors as u32,
+        }
+    }
+}
+
+/// [`ObjLoc`] packed into 12 bytes with 4-byte alignment (a plain `ObjLoc`
+/// pads to 16), so the durable map stores 20 bytes per entry slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PackedLoc {
+    obj: [u32; 2],
+    offset: u32,
+}
+
+impl From<ObjLoc> for PackedLoc {
+    fn from(l: ObjLoc) -> Self {
+        PackedLoc {
+            obj: [l.obj.0 as u32, (l.obj.0 >> 32) as u32],
+            offset: l.offset,
+        }
+    }
+}
+
+impl From<PackedLoc> for ObjLoc {
+    fn from(p: PackedLoc) -> Self {
+        ObjLoc {
+            obj: ObjSeq(u64::from(p.obj[0]) | (u64::from(p.obj[1]) << 32)),
+            offset: p.offset,
+        }
+    }
+}
+
+impl Target for PackedLoc {
+    fn advance(self, sectors: u64) -> Self {
+        PackedLoc {
+            obj: self.obj,
+            offset: self.offset + sectors as u32,
+        }
+    }
+}
+
+fn unpack(x: Extent<PackedLoc>) -> Extent<ObjLoc> {
+    Extent {
+        lba: x.lba,
+        len: x.len,
+        target: x.target.into(),
+    }
+}
+
+/// Per-object accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjInfo {
+    /// Sectors of write data the object holds.
+    pub data_sectors: u64,
+    /// Sectors of that data still mapped.
+    pub live_sectors: u64,
+}
+
+/// The durable map: LBA -> [`ObjLoc`], plus per-object live-sector counts kept
+/// exactly in step with it.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectMap {
+    map: ExtentMap<PackedLoc>,
+    objects: BTreeMap<ObjSeq, ObjInfo>,
+    scratch: Vec<Extent<PackedLoc>>,
+}
+
+impl ObjectMap {
+    /// An empty map with no objects.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register an object holding `data_sectors` of write data. Its live count
+    /// starts at 0; writes applied with [`Self::apply_write`] add to it.
+    /// Registering an object again replaces its `data_sectors` only.
+    pub fn add_object(&mut self, obj: ObjSeq, data_sectors: u64) {
+        self.objects.entry(obj).or_default().data_sectors = data_sectors;
+    }
+
+    /// Map `[lba, lba+len)` to `loc`, moving live sectors from the displaced
+    /// objects to `loc.obj`. `loc.obj` should have been registered with
+    /// [`Self::add_object`]; if not, it is registered with `data_sectors` 0
+    /// (and debug builds panic, as that is a caller bug).
+    pub fn apply_write(&mut self, lba: Lba, len: u64, loc: ObjLoc) {
+        if len == 0 {
+            return;
+        }
+        let mut displaced = std::mem::take(&mut self.scratch);
+        displaced.clear();
+        self.map.update(lba, len, loc.into(), &mut displaced);
+        self.debit(&displaced);
+        debug_assert!(
+            self.objects.contains_key(&loc.obj),
+            "write to unregistered object {}",
+            loc.obj
+        );
+        self.objects.entry(loc.obj).or_default().live_sectors += len;
+        self.scratch = displaced;
+    }
+
+    /// Unmap `[lba, lba+len)` (trim).
+    pub fn apply_trim(&mut self, lba: Lba, len: u64) {
+        let mut displaced = std::mem::take(&mut self.scratch);
+        displaced.clear();
+        self.map.remove(lba, len, &mut displaced);
+        self.debit(&displaced);
+        self.scratch = displaced;
+    }
+
+    fn debit(&mut self, displaced: &[Extent<PackedLoc>]) {
+        for d in displaced {
+            let obj = ObjLoc::from(d.target).obj;
+            match self.objects.get_mut(&obj) {
+                Some(info) => {
+                    debug_assert!(info.live_sectors >= d.len, "live underflow in {obj}");
+                    info.live_sectors = info.live_sectors.saturating_sub(d.len);
+                }
+                None => debug_assert!(false, "extent in unknown object {obj}"),
+            }
+        }
+    }
+
+    /// Append to `out` the pieces covering `[lba, lba+len)`, as
+    /// [`ExtentMap::lookup`].
+    pub fn lookup(&self, lba: Lba, len: u64, out: &mut Vec<(Lba, u64, Option<ObjLoc>)>) {
+        self.map
+            .for_each_piece(lba, len, |s, l, t| out.push((s, l, t.map(ObjLoc::from))));
+    }
+
+    /// All objects, sorted by sequence number.
+    pub fn objects(&self) -> impl Iterator<Item = (ObjSeq, ObjInfo)> + '_ {
+        self.objects.iter().map(|(&k, &v)| (k, v))
+    }
+
+    /// One object's accounting.
+    pub fn object(&self, obj: ObjSeq) -> Option<ObjInfo> {
+        self.objects.get(&obj).copied()
+    }
+
+    /// Forget an object. Only for objects with no live sectors, or for GC once
+    /// it has remapped the live data elsewhere: extents still pointing at a
+    /// removed object make [`Self::check`] fail.
+    pub fn remove_object(&mut self, obj: ObjSeq) -> Option<ObjInfo> {
+        self.objects.remove(&obj)
+    }
+
+    /// All extents in LBA order.
+    pub fn extents(&self) -> impl Iterator<Item = Extent<ObjLoc>> + '_ {
+        self.map.iter().map(unpack)
+    }
+
+    /// Number of extents.
+    pub fn extent_count(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Total mapped sectors.
+    pub fn mapped_sectors(&self) -> u64 {
+        self.map.mapped_sectors()
+    }
+
+    /// Rebuild from a checkpoint: extents (sorted, non-overlapping) and the
+    /// object table. A corrupt checkpoint is refused, never loaded: the error
+    /// names the first problem (empty, overlapping or unsorted extents, an
+    /// unknown or duplicate object, or a live count that differs from the one
+    /// recomputed from the extents).
+    pub fn from_parts(
+        extents: impl IntoIterator<Item = Extent<ObjLoc>>,
+        objects: impl IntoIterator<Item = (ObjSeq, ObjInfo)>,
+    ) -> Result<ObjectMap, String> {
+        let mut table = BTreeMap::new();
+        for (obj, info) in objects {
+            if table.insert(obj, info).is_some() {
+                return Err(format!("object {obj} listed twice"));
+            }
+        }
+        let mut live: BTreeMap<ObjSeq, u64> = BTreeMap::new();
+        let mut map = ExtentMap::new();
+        let mut prev_end = 0u64;
+        for (n, x) in extents.into_iter().enumerate() {
+            if x.len == 0 {
+                return Err(format!("extent #{n} at {} is empty", x.lba));
+            }
+            let end = x
+                .lba
+                .0
+                .checked_add(x.len)
+                .ok_or_else(|| format!("extent #{n} at {} overflows", x.lba))?;
+            if x.lba.0 < prev_end {
+                return Err(format!(
+                    "extent #{n} at {} overlaps or precedes the previous one (ending at {prev_end})",
+                    x.lba
+                ));
+            }
+            if u64::from(x.target.offset) + x.len > u64::from(u32::MAX) + 1 {
+                return Err(format!("extent #{n} at {} runs past offset 2^32", x.lba));
+            }
+            if !table.contains_key(&x.target.obj) {
+                return Err(format!(
+                    "extent #{n} at {} references unknown object {}",
+                    x.lba, x.target.obj
+                ));
+            }
+            *live.entry(x.target.obj).or_default() += x.len;
+            map.push_back(x.lba.0, x.len, x.target.into());
+            prev_end = end;
+        }
+        for (obj, info) in &table {
+            let counted = live.get(obj).copied().unwrap_or(0);
+            if counted != info.live_sectors {
+                return Err(format!(
+                    "object {obj} records {} live sectors but its extents hold {counted}",
+                    info.live_sectors
+                ));
+            }
+        }
+        Ok(ObjectMap {
+            map,
+            objects: table,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Check that every extent references a known object and that each
+    /// object's live count equals the sectors mapped to it.
+    pub fn check(&self) -> Result<(), String> {
+        let mut live: BTreeMap<ObjSeq, u64> = BTreeMap::new();
+        for x in self.extents() {
+            if !self.objects.contains_key(&x.target.obj) {
+                return Err(format!(
+                    "extent at {} references unknown object {}",
+                    x.lba, x.target.obj
+                ));
+            }
+            *live.entry(x.target.obj).or_default() += x.len;
+        }
+        for (obj, info) in &self.objects {
+            let counted = live.get(obj).copied().unwrap_or(0);
+            if counted != info.live_sectors {
+                return Err(format!(
+                    "object {obj} records {} live sectors but its extents hold {counted}",
+                    info.live_sectors
+                ));
+            }
+        }
+        #[cfg(test)]
+        self.map.check_structure()?;
+        Ok(())
+    }
+}
