@@ -271,12 +271,30 @@ pub fn check(
     if base_mismatch.is_none() {
         keep = Some(n);
     }
-    // Trims/write-zeroes right after the highest stamped op leave no stamp:
-    // the image may include any number of them.
+    // Ops after the highest stamped one may be present without a stamp:
+    // trims/write-zeroes leave none, and a write leaves none when a later
+    // trim/write-zeroes covers it. So try every longer prefix, counting the
+    // mismatching sectors incrementally, and keep the longest that matches.
+    let mut mismatched = state.iter().zip(found).filter(|(a, b)| a != b).count();
     let mut i = n;
-    while let Some((r, op)) = cand.get(i).filter(|(_, o)| o.kind != OpKind::Write) {
-        apply(&mut state, r, op);
-        if first_mismatch(&state, found).is_none() {
+    while let Some((r, op)) = cand.get(i) {
+        let start = (op.lba as usize).min(state.len());
+        let end = (op.lba.saturating_add(op.sectors) as usize).min(state.len());
+        let value = match op.kind {
+            OpKind::Write => Stamp::new(r, op.w),
+            OpKind::Trim | OpKind::Zero => Stamp::ZERO,
+        };
+        for (s, f) in state[start..end].iter_mut().zip(&found[start..end]) {
+            let was = *s != *f;
+            *s = value;
+            let is = *s != *f;
+            if was && !is {
+                mismatched -= 1;
+            } else if !was && is {
+                mismatched += 1;
+            }
+        }
+        if mismatched == 0 {
             keep = Some(i + 1);
         }
         i += 1;
@@ -463,6 +481,22 @@ mod tests {
         // Trims 3 and 4 right after P=2 may count as present.
         let img = image(&prev, 2, &l, 4);
         assert_eq!(check(&prev, &h, &img, 2, &l, ALL).unwrap().p_prime, 4);
+    }
+
+    /// Found by a 5,000-iteration run: a write right after the highest
+    /// stamped op, wholly covered by the trim that follows it, leaves no
+    /// stamp; the image after the trim is a valid prefix.
+    #[test]
+    fn write_hidden_by_a_later_trim_is_a_prefix() {
+        let (h, prev) = run1();
+        let l = log("R\nW 1 0 4 0\nW 2 10 2 0\nT 3 8 8\nW 4 20 4 0\n");
+        let img = image(&prev, 2, &l, 3);
+        let v = check(&prev, &h, &img, 2, &l, NONE).unwrap();
+        assert_eq!(v.p_prime, 3);
+        // Only part of the trim's range zeroed is no prefix.
+        let mut bad = image(&prev, 2, &l, 1);
+        bad[10..12].fill(Stamp::ZERO);
+        assert!(check(&prev, &h, &bad, 2, &l, NONE).is_err());
     }
 
     #[test]
