@@ -333,6 +333,33 @@ impl Writer {
         self.shared.records.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Submit `buf` as the record at the head, which then advances by
+    /// `vlen` (the record's size, or for a wrap record the rest of the
+    /// journal up to its end).
+    fn place(
+        &mut self,
+        first_seq: JournalSeq,
+        entries: u64,
+        buf: AlignedBuf,
+        acks: Vec<(bool, Done)>,
+        vlen: u64,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let phys = self.phys(self.head_v);
+        let rec = Rec {
+            id,
+            vpos: self.head_v,
+            first_seq,
+            entries,
+            done: false,
+            buf: Some(buf),
+            acks,
+        };
+        self.head_v += vlen;
+        self.submit(rec, phys);
+    }
+
     /// Submit staged records while depth and space allow.
     fn fill(&mut self) {
         while self.failed.is_none() && self.inflight_writes < self.depth {
@@ -380,20 +407,7 @@ impl Writer {
                     &[],
                     0,
                 );
-                let id = self.next_id;
-                self.next_id += 1;
-                let phys = self.phys(self.head_v);
-                let rec = Rec {
-                    id,
-                    vpos: self.head_v,
-                    first_seq: self.next_seq,
-                    entries: 0,
-                    done: false,
-                    buf: Some(buf),
-                    acks: vec![],
-                };
-                self.head_v += wrap_len;
-                self.submit(rec, phys);
+                self.place(self.next_seq, 0, buf, vec![], wrap_len);
             }
             let n = st.entries.len();
             debug_assert_eq!(RecordHeader::header_bytes_for(n) as u64, BLOCK);
@@ -408,21 +422,8 @@ impl Writer {
                 &st.entries,
                 st.data_len,
             );
-            let id = self.next_id;
-            self.next_id += 1;
-            let phys = self.phys(self.head_v);
-            let rec = Rec {
-                id,
-                vpos: self.head_v,
-                first_seq: st.first_seq,
-                entries: n as u64,
-                done: false,
-                buf: Some(st.buf),
-                acks: st.acks,
-            };
-            self.head_v += total;
             self.next_seq = JournalSeq(st.first_seq.0 + n as u64);
-            self.submit(rec, phys);
+            self.place(st.first_seq, n as u64, st.buf, st.acks, total);
             self.publish_usage();
         }
     }
