@@ -17,6 +17,7 @@ pub mod format;
 pub mod io;
 pub mod journal;
 pub mod map;
+pub mod ublk;
 pub mod units;
 pub mod volume;
 

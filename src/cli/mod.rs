@@ -7,9 +7,10 @@
 //! nothing on success (like `rbd`); `info`, `ls` and `bench` print to stdout.
 
 mod bench;
+mod device;
 mod transfer;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,7 +68,6 @@ pub enum Command {
         json: bool,
     },
     /// List the images in a pool, one per line.
-    #[command(alias = "list")]
     Ls {
         /// Pool name.
         pool: String,
@@ -87,13 +87,36 @@ pub enum Command {
     Export(transfer::ExportArgs),
     /// Measure client I/O and backend efficiency (like `rbd bench`).
     Bench(bench::BenchArgs),
+    /// Serve an image as a block device (/dev/ublkbN) and print its path.
+    Attach(device::AttachArgs),
+    /// Detach a device cleanly: drain, destage, checkpoint, delete it.
+    Detach(device::DetachArgs),
+    /// List attached devices: image, device, server pid and state.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take over a device whose server died (the file system stays mounted).
+    Recover(device::RecoverArgs),
 }
 
 /// Parse the arguments, set up logging, run the command and turn an error
 /// into `lsvd-ublk: error: ...` plus its causes on stderr and status 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A device server logs its life cycle (attach, recovery, detach).
+    let serving = matches!(cli.command, Command::Attach(_) | Command::Recover(_));
+    // A background server logs to a file: no colour codes there.
+    let background = match &cli.command {
+        Command::Attach(a) => !a.foreground,
+        Command::Recover(a) => !a.foreground,
+        _ => false,
+    };
+    init_logging(
+        if serving { "info" } else { "warn" },
+        std::io::stderr().is_terminal() && !background,
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -103,13 +126,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Log to stderr, filtered by `LSVD_LOG` (default `warn`).
-fn init_logging() {
+/// Log to stderr, filtered by `LSVD_LOG` (default `default`).
+fn init_logging(default: &str, ansi: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LSVD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A second initialisation (impossible from main) is not worth failing for.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -134,6 +158,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => transfer::import(&config, &args),
         Command::Export(args) => transfer::export(&config, &args),
         Command::Bench(args) => bench::bench(&config, &args),
+        Command::Attach(args) => device::attach(&config, &args),
+        Command::Detach(args) => device::detach(&args),
+        Command::List { json } => device::list(json),
+        Command::Recover(args) => device::recover(&args),
     }
 }
 

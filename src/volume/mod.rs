@@ -165,6 +165,13 @@ impl Inner {
     /// Wait until a batch can be added (bounded memory while the backend is
     /// slow), then return the locked state.
     fn wait_for_room(&self) -> Result<MutexGuard<'_, State>> {
+        self.room(true)
+            .map(|st| st.expect("a blocking wait returns the state"))
+    }
+
+    /// The locked state once a batch can be added. With `wait == false`,
+    /// `Ok(None)` instead of waiting when there is no room.
+    fn room(&self, wait: bool) -> Result<Option<MutexGuard<'_, State>>> {
         let deadline = Instant::now() + Duration::from_millis(self.config.io_timeout_msec);
         let mut st = self.lock_state();
         loop {
@@ -175,7 +182,10 @@ impl Inner {
                 ));
             }
             if st.sealed.len() < self.max_sealed() {
-                return Ok(st);
+                return Ok(Some(st));
+            }
+            if !wait {
+                return Ok(None);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -666,10 +676,39 @@ impl Volume {
         fua: bool,
         done: Completion,
     ) -> Result<JournalSeq> {
+        let mut done = Some(done);
+        self.write_op(offset, data, fua, true, &mut done)
+            .map(|s| s.expect("a blocking submit always submits"))
+    }
+
+    /// Like [`Volume::submit_write`], but never waits for journal space:
+    /// `Ok(None)` when there is none, and `done` is left in place for a
+    /// later (blocking) attempt. Used by the ublk queue threads, which must
+    /// not stall while the backend drains.
+    pub fn try_submit_write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+        done: &mut Option<Completion>,
+    ) -> Result<Option<JournalSeq>> {
+        self.write_op(offset, data, fua, false, done)
+    }
+
+    fn write_op(
+        &self,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+        wait: bool,
+        done: &mut Option<Completion>,
+    ) -> Result<Option<JournalSeq>> {
         let inner = &self.inner;
         inner.check_range("write", offset, data.len() as u64)?;
         let chunk = inner.config.wlog_chunk_bytes as usize;
-        let mut st = inner.wait_for_room()?;
+        let Some(mut st) = inner.room(wait)? else {
+            return Ok(None);
+        };
         let first = st.next_jseq;
         let mut entries = Vec::with_capacity(data.len().div_ceil(chunk));
         for (i, piece) in data.chunks(chunk).enumerate() {
@@ -700,10 +739,10 @@ impl Volume {
             entries: &entries,
             data,
             fua,
-            done: Some(done),
+            done: done.take(),
         });
         st.last_sent = last;
-        Ok(last)
+        Ok(Some(last))
     }
 
     /// Discard a range (reads as zeros afterwards); journaled like a write.
@@ -724,10 +763,37 @@ impl Volume {
         zero: bool,
         done: Completion,
     ) -> Result<JournalSeq> {
+        let mut done = Some(done);
+        self.discard_op(offset, len, zero, true, &mut done)
+            .map(|s| s.expect("a blocking submit always submits"))
+    }
+
+    /// Like [`Volume::submit_discard`], but never waits for journal space
+    /// (see [`Volume::try_submit_write`]).
+    pub fn try_submit_discard(
+        &self,
+        offset: u64,
+        len: u64,
+        zero: bool,
+        done: &mut Option<Completion>,
+    ) -> Result<Option<JournalSeq>> {
+        self.discard_op(offset, len, zero, false, done)
+    }
+
+    fn discard_op(
+        &self,
+        offset: u64,
+        len: u64,
+        zero: bool,
+        wait: bool,
+        done: &mut Option<Completion>,
+    ) -> Result<Option<JournalSeq>> {
         let inner = &self.inner;
         inner.check_range(if zero { "write-zeroes" } else { "trim" }, offset, len)?;
         let kind = if zero { OpKind::Zero } else { OpKind::Trim };
-        let mut st = inner.wait_for_room()?;
+        let Some(mut st) = inner.room(wait)? else {
+            return Ok(None);
+        };
         let first = st.next_jseq;
         let mut entries = Vec::new();
         let mut lba = offset / SECTOR;
@@ -752,10 +818,10 @@ impl Volume {
             entries: &entries,
             data: &[],
             fua: false,
-            done: Some(done),
+            done: done.take(),
         });
         st.last_sent = last;
-        Ok(last)
+        Ok(Some(last))
     }
 
     /// FLUSH: every write submitted before it is durable when it returns.

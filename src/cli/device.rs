@@ -1,0 +1,470 @@
+//! `attach`, `detach`, `list` and `recover`: serving images as ublk block
+//! devices (see [`crate::ublk`]).
+//!
+//! `attach` without `--foreground` forks before anything starts a thread:
+//! the child becomes the server (new session, stdin from /dev/null, output
+//! to a log file in the run directory) and reports through a pipe once the
+//! device is live; the parent prints the device path, or the child's error,
+//! and exits. SIGTERM, SIGINT or SIGHUP make the server detach cleanly;
+//! after SIGKILL the device stays quiesced (holding I/O) until `recover` (or
+//! `attach` of the same image) takes it over.
+
+use std::io::{BufRead, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::{open_volume, parse_spec, print_stdout, store_for};
+use crate::config::Config;
+use crate::ublk::kernel::{self, KernelState};
+use crate::ublk::notify::notify;
+use crate::ublk::registry::{self, DevState, Record};
+use crate::ublk::server::{self, LiveDevice, ServeOptions};
+
+/// `attach` arguments.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Image as POOL/IMAGE.
+    pub image: String,
+    /// Hardware queues, one thread and io_uring each (default: CPUs, at most 4).
+    #[arg(long)]
+    pub queues: Option<u16>,
+    /// Requests in flight per queue.
+    #[arg(long, default_value_t = 64)]
+    pub depth: u16,
+    /// Logical block size of the device: 512 or 4096.
+    #[arg(long, default_value_t = 512)]
+    pub logical_block_size: u32,
+    /// Stay in the foreground (for systemd `Type=notify`: sends READY=1).
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// `detach` arguments.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// POOL/IMAGE or /dev/ublkbN.
+    pub target: String,
+    /// Delete the device of a dead server (its image recovers from the
+    /// journal at the next attach; I/O held by the device fails).
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds to wait for the server to destage and exit.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// `recover` arguments.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// POOL/IMAGE or /dev/ublkbN.
+    pub target: String,
+    /// Stay in the foreground.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// How a server is started: new device or takeover.
+struct Plan {
+    spec_text: String,
+    config: Config,
+    opts: ServeOptions,
+    foreground: bool,
+    /// The dead server being replaced, for messages.
+    replacing: Option<Record>,
+}
+
+/// `attach POOL/IMAGE`.
+pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
+    let spec = parse_spec(&args.image)?;
+    kernel::check_driver()?;
+    kernel::check_root("attach")?;
+    let queues = args.queues.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get().min(4) as u16)
+            .unwrap_or(1)
+    });
+    if queues == 0 || args.depth == 0 || args.depth > 4096 {
+        bail!("--queues must be at least 1 and --depth between 1 and 4096");
+    }
+    if args.logical_block_size != 512 && args.logical_block_size != 4096 {
+        bail!(
+            "--logical-block-size {} is not supported: use 512 or 4096",
+            args.logical_block_size
+        );
+    }
+    let spec_text = spec.to_string();
+    let mut plan = Plan {
+        spec_text: spec_text.clone(),
+        config: config.clone(),
+        opts: ServeOptions {
+            queues,
+            depth: args.depth,
+            logical_block: args.logical_block_size,
+            recover: None,
+        },
+        foreground: args.foreground,
+        replacing: None,
+    };
+    if let Some(r) = registry::all().into_iter().find(|r| r.image == spec_text) {
+        match registry::state_of(&r) {
+            (DevState::Live, _) => bail!(
+                "image {spec_text} is already attached as {} (server pid {})",
+                r.device,
+                r.pid
+            ),
+            (DevState::Quiesced, KernelState::Quiesced) => {
+                // The server died: take its device over (same as `recover`).
+                eprintln!(
+                    "lsvd-ublk: {} of image {spec_text} was left by dead server pid {}: recovering it",
+                    r.device, r.pid
+                );
+                plan = recover_plan(r)?;
+                plan.foreground = args.foreground;
+            }
+            (DevState::Quiesced, _) => bail!(
+                "image {spec_text} is attached as {} but its server pid {} is gone and \
+                 the kernel has not quiesced the device yet; retry in a moment",
+                r.device,
+                r.pid
+            ),
+            (DevState::Dead, _) => registry::remove(r.dev_id),
+        }
+    }
+    // Fail early (before forking) on an unknown image.
+    store_for(&plan.config, &spec.pool, false)?;
+    start(plan)
+}
+
+/// `recover POOL/IMAGE|/dev/ublkbN`.
+pub fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
+    kernel::check_driver()?;
+    kernel::check_root("recover")?;
+    let Some(r) = registry::find(&args.target) else {
+        bail!(
+            "no lsvd-ublk device for '{}' (see `lsvd-ublk list`)",
+            args.target
+        );
+    };
+    match registry::state_of(&r) {
+        (DevState::Live, _) => bail!(
+            "{} (image {}) is still served by pid {}: nothing to recover",
+            r.device,
+            r.image,
+            r.pid
+        ),
+        (_, KernelState::Quiesced) => {}
+        (_, k) => bail!(
+            "{} (image {}) cannot be recovered: the kernel reports it as {k:?}, not Quiesced \
+             (`lsvd-ublk detach --force {}` removes it; then attach the image again)",
+            r.device,
+            r.image,
+            r.device
+        ),
+    }
+    let mut plan = recover_plan(r)?;
+    plan.foreground = args.foreground;
+    start(plan)
+}
+
+fn recover_plan(r: Record) -> anyhow::Result<Plan> {
+    let config: Config = serde_json::from_value(r.config.clone())
+        .with_context(|| format!("the record of {} has an unreadable configuration", r.device))?;
+    config.validate()?;
+    Ok(Plan {
+        spec_text: r.image.clone(),
+        config,
+        opts: ServeOptions {
+            queues: r.queues,
+            depth: r.depth,
+            logical_block: r.logical_block,
+            recover: Some(r.dev_id),
+        },
+        foreground: false,
+        replacing: Some(r),
+    })
+}
+
+/// Signals that mean "detach".
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it fully.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by us.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+    }
+    set
+}
+
+/// Block the stop signals in this thread and every thread it starts, so
+/// that only [`wait_signal`] sees them.
+fn block_stop_signals() -> libc::sigset_t {
+    let set = stop_signals();
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// Wait up to `d` for a stop signal.
+fn wait_signal(set: &libc::sigset_t, d: Duration) -> bool {
+    let ts = libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` and `ts` are valid for the call; a null siginfo is allowed.
+    let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    if r > 0 {
+        tracing::info!("signal {r} received: detaching");
+        true
+    } else {
+        false
+    }
+}
+
+/// The server's log file when it runs in the background.
+fn log_path(spec_text: &str) -> std::path::PathBuf {
+    registry::run_dir().join(format!("{}.log", spec_text.replace('/', "-")))
+}
+
+/// Run the server, in the foreground or forked into the background.
+fn start(plan: Plan) -> anyhow::Result<()> {
+    if plan.foreground {
+        return serve_plan(plan, None);
+    }
+    let dir = registry::run_dir();
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    let log = log_path(&plan.spec_text);
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open log file {}", log.display()))?;
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot create a pipe");
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no thread has been started yet in this process (argument
+    // parsing, configuration and registry checks are single-threaded), so
+    // the child is a faithful copy that may do anything.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot fork the server");
+    }
+    if pid > 0 {
+        drop(wr);
+        // One line: "OK <device>" or "ERR <message>". The child keeps the
+        // pipe open while it serves, so read a line, not to EOF.
+        let mut msg = String::new();
+        let _ = std::io::BufReader::new(std::fs::File::from(rd)).read_line(&mut msg);
+        if let Some(path) = msg.strip_prefix("OK ") {
+            return print_stdout(path.trim());
+        }
+        if let Some(err) = msg.strip_prefix("ERR ") {
+            bail!("{}", err.trim());
+        }
+        bail!(
+            "the server exited before the device was live; see {}",
+            log.display()
+        );
+    }
+    // Child: the server.
+    drop(rd);
+    // SAFETY: setsid and dup2 on descriptors we own; no threads exist.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::close(null);
+        }
+        use std::os::fd::AsRawFd;
+        libc::dup2(logf.as_raw_fd(), 1);
+        libc::dup2(logf.as_raw_fd(), 2);
+    }
+    drop(logf);
+    let mut report = std::fs::File::from(wr);
+    let r = serve_plan(plan, Some(report.try_clone()?));
+    if let Err(e) = &r {
+        let mut text = format!("{e}");
+        for c in e.chain().skip(1) {
+            text.push_str(&format!(": {c}"));
+        }
+        let _ = writeln!(report, "ERR {}", text.replace('\n', " "));
+    }
+    r
+}
+
+/// Open the image and serve it until a stop signal.
+fn serve_plan(plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
+    let set = block_stop_signals();
+    let spec = parse_spec(&plan.spec_text)?;
+    let store = store_for(&plan.config, &spec.pool, false)?;
+    let volume = open_volume(&plan.config, store, &spec)?;
+    let config_json = serde_json::to_value(&plan.config).context("cannot encode configuration")?;
+    let spec_text = plan.spec_text.clone();
+    let logical_block = plan.opts.logical_block;
+    let foreground = plan.foreground;
+    if let Some(old) = &plan.replacing {
+        tracing::info!(
+            "recovering {} (image {}) from dead server pid {}",
+            old.device,
+            old.image,
+            old.pid
+        );
+    }
+    let on_live = move |live: &LiveDevice| -> crate::error::Result<()> {
+        registry::save(&Record {
+            dev_id: live.dev_id,
+            device: live.path.clone(),
+            image: spec_text.clone(),
+            pid: std::process::id(),
+            queues: live.queues,
+            depth: live.depth,
+            logical_block,
+            config: config_json,
+            started: registry::now_secs(),
+        })?;
+        tracing::info!("serving image {spec_text} as {}", live.path);
+        notify(&format!(
+            "READY=1\nSTATUS=serving {spec_text} as {}",
+            live.path
+        ));
+        if let Some(mut f) = report {
+            let _ = writeln!(f, "OK {}", live.path);
+        } else if foreground {
+            println!("{}", live.path);
+        }
+        Ok(())
+    };
+    let r = server::serve(volume, &plan.opts, on_live, move |d| wait_signal(&set, d));
+    notify("STOPPING=1");
+    if r.is_ok() {
+        if let Some(rec) = registry::all()
+            .into_iter()
+            .find(|x| x.image == plan.spec_text && x.pid == std::process::id())
+        {
+            registry::remove(rec.dev_id);
+        }
+        tracing::info!("image {} detached", plan.spec_text);
+    }
+    r.with_context(|| format!("serving image {} failed", plan.spec_text))
+}
+
+/// `detach POOL/IMAGE|/dev/ublkbN`.
+pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
+    let Some(r) = registry::find(&args.target) else {
+        bail!(
+            "'{}' is not a device attached by lsvd-ublk (see `lsvd-ublk list`)",
+            args.target
+        );
+    };
+    let (state, kstate) = registry::state_of(&r);
+    if state != DevState::Live && !registry::server_alive(r.pid) {
+        if !args.force {
+            bail!(
+                "the server of {} (image {}, pid {}) is dead and the device is {kstate:?}: \
+                 `lsvd-ublk recover {}` takes it over, `lsvd-ublk detach --force {}` deletes \
+                 it (acknowledged writes stay in the image's journal)",
+                r.device,
+                r.image,
+                r.pid,
+                r.device,
+                r.device
+            );
+        }
+        if kstate != KernelState::Missing {
+            kernel::check_root("detach --force")?;
+            kernel::delete_device(r.dev_id)?;
+        }
+        registry::remove(r.dev_id);
+        return Ok(());
+    }
+    // SAFETY: plain syscall on a pid we checked is an lsvd-ublk server.
+    if unsafe { libc::kill(r.pid as libc::pid_t, libc::SIGTERM) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot signal server pid {}", r.pid));
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    while registry::server_alive(r.pid) {
+        if Instant::now() >= deadline {
+            bail!(
+                "server pid {} of {} has not finished detaching after {} s (it may still be \
+                 writing to the backend); see {}",
+                r.pid,
+                r.device,
+                args.timeout,
+                log_path(&r.image).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if registry::find(&r.device).is_some_and(|x| x.pid == r.pid) {
+        bail!(
+            "server pid {} of {} exited without a clean detach; see {}",
+            r.pid,
+            r.device,
+            log_path(&r.image).display()
+        );
+    }
+    Ok(())
+}
+
+/// `list [--json]`.
+pub fn list(json: bool) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Row {
+        device: String,
+        image: String,
+        pid: u32,
+        state: DevState,
+        queues: u16,
+        depth: u16,
+    }
+    let rows: Vec<Row> = registry::all()
+        .into_iter()
+        .map(|r| {
+            let (state, _) = registry::state_of(&r);
+            Row {
+                device: r.device,
+                image: r.image,
+                pid: r.pid,
+                state,
+                queues: r.queues,
+                depth: r.depth,
+            }
+        })
+        .collect();
+    if json {
+        return print_stdout(&serde_json::to_string_pretty(&rows)?);
+    }
+    let mut text = String::new();
+    if !rows.is_empty() {
+        text.push_str(&format!(
+            "{:<14} {:<30} {:>8} {:<9}",
+            "DEVICE", "IMAGE", "PID", "STATE"
+        ));
+        for r in &rows {
+            let state = serde_json::to_value(r.state)?
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
+            text.push_str(&format!(
+                "\n{:<14} {:<30} {:>8} {:<9}",
+                r.device, r.image, r.pid, state
+            ));
+        }
+        print_stdout(&text)?;
+    }
+    Ok(())
+}

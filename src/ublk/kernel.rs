@@ -1,0 +1,179 @@
+//! Talking to the ublk driver: presence and privilege checks, feature
+//! negotiation, device state, and a watchdog so that no control command can
+//! hang the process on a broken driver.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use libublk::ctrl::UblkCtrl;
+use libublk::sys;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The driver's control device.
+pub const CONTROL_PATH: &str = "/dev/ublk-control";
+
+/// How long one control command may take before the process gives up.
+/// `START_USER_RECOVERY` retries for up to 30 s while the old server's
+/// resources are released, so this is longer.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The flags we ask for: user recovery with re-issue, so a server killed by
+/// SIGKILL leaves a quiesced device whose in-flight I/O is re-issued to the
+/// next server (the journal makes re-issued writes harmless: they rewrite
+/// the same data).
+pub const WANTED_FLAGS: u64 =
+    (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64;
+
+/// Fail clearly when the driver is missing.
+pub fn check_driver() -> Result<()> {
+    if !Path::new(CONTROL_PATH).exists() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "{CONTROL_PATH} does not exist: the ublk driver is not loaded. \
+                 Run `modprobe ublk_drv` (needs Linux 6.0 or later built with \
+                 CONFIG_BLK_DEV_UBLK)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Fail clearly when we are not root.
+pub fn check_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{what} needs root: adding and serving a ublk device needs CAP_SYS_ADMIN \
+                 (unprivileged ublk devices are not supported)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Run a control command with a deadline. A command the driver never
+/// completes cannot be cancelled, so on timeout the process reports the
+/// stuck command and exits with status 1 instead of hanging.
+pub fn with_deadline<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let (tx, rx) = mpsc::channel::<()>();
+    let name = what.to_owned();
+    let watchdog = std::thread::Builder::new()
+        .name("ublk-watchdog".into())
+        .spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CONTROL_TIMEOUT) {
+                let msg = format!(
+                    "lsvd-ublk: error: ublk control command {name} did not complete in {} s: \
+                     the ublk driver is not responding",
+                    CONTROL_TIMEOUT.as_secs()
+                );
+                tracing::error!("{msg}");
+                eprintln!("{msg}");
+                std::process::exit(1);
+            }
+        });
+    let r = f();
+    drop(tx);
+    if let Ok(w) = watchdog {
+        let _ = w.join();
+    }
+    r
+}
+
+/// The driver's feature bits (`UBLK_U_CMD_GET_FEATURES`, Linux 6.5+);
+/// `None` on older kernels.
+pub fn driver_features() -> Option<u64> {
+    with_deadline("GET_FEATURES", UblkCtrl::get_features)
+}
+
+/// The kernel's view of one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelState {
+    /// Serving I/O.
+    Live,
+    /// Its server is gone; I/O is held until a new server recovers it.
+    Quiesced,
+    /// Stopped (not serving, not recoverable).
+    Dead,
+    /// I/O fails until recovered (recovery with FAIL_IO).
+    FailIo,
+    /// No such device.
+    Missing,
+}
+
+impl KernelState {
+    fn from_raw(s: u16) -> KernelState {
+        match s as u32 {
+            sys::UBLK_S_DEV_LIVE => KernelState::Live,
+            sys::UBLK_S_DEV_QUIESCED => KernelState::Quiesced,
+            sys::UBLK_S_DEV_FAIL_IO => KernelState::FailIo,
+            _ => KernelState::Dead,
+        }
+    }
+}
+
+/// The state of device `id`, with its info when it exists.
+pub fn device_state(id: u32) -> (KernelState, Option<sys::ublksrv_ctrl_dev_info>) {
+    if !Path::new(CONTROL_PATH).exists() {
+        return (KernelState::Missing, None);
+    }
+    let Ok(id_i) = i32::try_from(id) else {
+        return (KernelState::Missing, None);
+    };
+    match with_deadline("GET_DEV_INFO", || UblkCtrl::new_simple(id_i)) {
+        Ok(c) => {
+            let info = c.dev_info();
+            // `new_simple` keeps the device; make sure it is not deleted on drop.
+            (KernelState::from_raw(info.state), Some(info))
+        }
+        Err(_) => (KernelState::Missing, None),
+    }
+}
+
+/// Delete device `id` (used for a device whose server died and that will
+/// not be recovered).
+pub fn delete_device(id: u32) -> Result<()> {
+    let id_i = i32::try_from(id)
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("bad device id {id}")))?;
+    let ctrl = with_deadline("GET_DEV_INFO", || UblkCtrl::new_simple(id_i))
+        .map_err(|e| Error::new(ErrorKind::NotFound, format!("no ublk device {id}: {e}")))?;
+    with_deadline("STOP_DEV", || ctrl.kill_dev())
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot stop ublk device {id}: {e}")))?;
+    with_deadline("DEL_DEV", || ctrl.del_dev()).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot delete ublk device {id}: {e}"),
+        )
+    })?;
+    Ok(())
+}
+
+/// Names of the feature bits we care about, for messages.
+pub fn describe_flags(flags: u64) -> String {
+    let names = [
+        (sys::UBLK_F_USER_RECOVERY as u64, "USER_RECOVERY"),
+        (
+            sys::UBLK_F_USER_RECOVERY_REISSUE as u64,
+            "USER_RECOVERY_REISSUE",
+        ),
+        (sys::UBLK_F_USER_COPY as u64, "USER_COPY"),
+        (sys::UBLK_F_UNPRIVILEGED_DEV as u64, "UNPRIVILEGED_DEV"),
+        (sys::UBLK_F_CMD_IOCTL_ENCODE as u64, "CMD_IOCTL_ENCODE"),
+        (sys::UBLK_F_UPDATE_SIZE as u64, "UPDATE_SIZE"),
+        (sys::UBLK_F_QUIESCE as u64, "QUIESCE"),
+    ];
+    let v: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| flags & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join("|")
+    }
+}

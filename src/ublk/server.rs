@@ -1,0 +1,469 @@
+//! The ublk server: one device per image, one thread and io_uring per queue.
+//!
+//! Each queue thread runs a single-threaded executor with one task per tag
+//! (libublk's async API). A task fetches a request, handles it and commits
+//! the result together with fetching the next one:
+//!
+//! - WRITE (with or without FUA), DISCARD and WRITE_ZEROES are copied into
+//!   the journal's staging record on the queue thread itself
+//!   ([`Volume::try_submit_write`]); the journal writer acknowledges them
+//!   once durable and the queue's ring is woken through the tag's eventfd
+//!   ([`super::wake`]). When the journal has no room (the backend is behind),
+//!   the request is handed to a worker that waits for room, so the queue
+//!   keeps serving other requests.
+//! - READ runs on a read worker (it may go to the backend) and is copied
+//!   into the request buffer when done.
+//! - FLUSH is queued behind every write submitted before it and completes
+//!   after the journal's fdatasync (with `hard_flush`, after the backend
+//!   holds everything).
+//!
+//! Device attributes (DESIGN contract point 8): the device has a volatile
+//! cache (a write is acknowledged once it is in the journal, and made
+//! durable by the next FLUSH) and supports FUA (a FUA write is acknowledged
+//! after the journal fdatasync that covers it), so the kernel sends the
+//! FLUSH and FUA requests we rely on.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::helpers::IoBuf;
+use libublk::io::{UblkDev, UblkQueue};
+use libublk::{sys, BufDesc, UblkError, UblkFlags};
+
+use super::kernel::{self, with_deadline, KernelState};
+use super::pool::Pool;
+use super::wake::{Outcome, Signal, Waiter};
+use crate::error::{Error, ErrorKind, Result};
+use crate::volume::{Completion, Volume};
+
+/// Largest request, in bytes (the device's max_sectors).
+pub const IO_BUF_BYTES: u32 = 1 << 20;
+/// Largest single discard or write-zeroes request, in 512-byte sectors.
+const MAX_DISCARD_SECTORS: u32 = 1 << 30;
+/// Read workers per device.
+const READ_WORKERS: usize = 8;
+/// Workers for writes that wait for journal space.
+const SLOW_WORKERS: usize = 2;
+
+/// How to serve one device.
+pub struct ServeOptions {
+    /// Hardware queues (threads).
+    pub queues: u16,
+    /// Requests in flight per queue.
+    pub depth: u16,
+    /// Logical block size: 512 or 4096.
+    pub logical_block: u32,
+    /// Take over this quiesced device instead of adding a new one.
+    pub recover: Option<u32>,
+}
+
+/// A device that is serving I/O.
+#[derive(Clone, Debug)]
+pub struct LiveDevice {
+    /// Device number N (`/dev/ublkbN`).
+    pub dev_id: u32,
+    /// Block device path.
+    pub path: String,
+    /// Queues actually in use.
+    pub queues: u16,
+    /// Depth actually in use.
+    pub depth: u16,
+    /// Flags the device was created with.
+    pub flags: u64,
+}
+
+struct DevCtx {
+    volume: Arc<Volume>,
+    reads: Pool,
+    slow: Pool,
+    live_queues: AtomicUsize,
+}
+
+/// Serve `volume` as a ublk device until `should_stop` returns true (it is
+/// polled with a timeout, e.g. a signal wait) or the device is stopped from
+/// outside. `on_live` runs once the device accepts I/O. The volume is closed
+/// cleanly afterwards (destage, checkpoint, mark clean) and the device is
+/// deleted.
+pub fn serve(
+    volume: Volume,
+    opts: &ServeOptions,
+    on_live: impl FnOnce(&LiveDevice) -> Result<()> + Send + Sync + 'static,
+    mut should_stop: impl FnMut(Duration) -> bool + Send + Sync + 'static,
+) -> Result<()> {
+    kernel::check_driver()?;
+    if opts.logical_block != 512 && opts.logical_block != 4096 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "logical block size {} is not supported (512 or 4096)",
+                opts.logical_block
+            ),
+        ));
+    }
+    let features = kernel::driver_features();
+    let wanted = match features {
+        Some(f) => {
+            if f & kernel::WANTED_FLAGS != kernel::WANTED_FLAGS {
+                tracing::warn!(
+                    "the ublk driver lacks {}: a killed server cannot be recovered",
+                    kernel::describe_flags(kernel::WANTED_FLAGS & !f)
+                );
+            }
+            f & kernel::WANTED_FLAGS
+        }
+        // Before Linux 6.5 there is no GET_FEATURES; recovery exists since 6.0.
+        None => kernel::WANTED_FLAGS,
+    };
+
+    let ctrl = match opts.recover {
+        None => with_deadline("ADD_DEV", || {
+            UblkCtrlBuilder::default()
+                .name("lsvd")
+                .id(-1)
+                .nr_queues(opts.queues)
+                .depth(opts.depth)
+                .io_buf_bytes(IO_BUF_BYTES)
+                .ctrl_flags(wanted)
+                .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+                .build()
+        })
+        .map_err(|e| ublk_error("cannot add a ublk device", e))?,
+        Some(id) => {
+            let id_i = i32::try_from(id)
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("bad device id {id}")))?;
+            let (state, info) = kernel::device_state(id);
+            if state != KernelState::Quiesced {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "/dev/ublkb{id} cannot be recovered: its state is {state:?}, \
+                         not Quiesced"
+                    ),
+                ));
+            }
+            let info = info.expect("a quiesced device has info");
+            if info.flags & sys::UBLK_F_USER_RECOVERY as u64 == 0 {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("/dev/ublkb{id} was created without user recovery"),
+                ));
+            }
+            let simple = with_deadline("GET_DEV_INFO", || UblkCtrl::new_simple(id_i))
+                .map_err(|e| ublk_error("cannot open the ublk device", e))?;
+            with_deadline("START_USER_RECOVERY", || simple.start_user_recover())
+                .map_err(|e| ublk_error("cannot start user recovery", e))?;
+            with_deadline("GET_DEV_INFO", || {
+                UblkCtrlBuilder::default()
+                    .name("lsvd")
+                    .id(id_i)
+                    .nr_queues(info.nr_hw_queues)
+                    .depth(info.queue_depth)
+                    .io_buf_bytes(info.max_io_buf_bytes)
+                    .ctrl_flags(info.flags & kernel::WANTED_FLAGS)
+                    .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+                    .build()
+            })
+            .map_err(|e| ublk_error("cannot open the ublk device for recovery", e))?
+        }
+    };
+    let info = ctrl.dev_info();
+    // libublk drops flags the driver does not know without saying so: look
+    // at what the device really has.
+    if info.flags & wanted != wanted {
+        tracing::warn!(
+            "ublk device {} lacks {}: a killed server cannot be recovered",
+            info.dev_id,
+            kernel::describe_flags(wanted & !info.flags)
+        );
+    }
+    tracing::info!(
+        "ublk device {}: queues {} depth {} flags {} (driver features {})",
+        info.dev_id,
+        info.nr_hw_queues,
+        info.queue_depth,
+        kernel::describe_flags(info.flags),
+        features.map_or("unknown".into(), kernel::describe_flags)
+    );
+
+    let size = volume.size_bytes();
+    let volume = Arc::new(volume);
+    let ctx = Arc::new(DevCtx {
+        volume: volume.clone(),
+        reads: Pool::new("lsvd-read", READ_WORKERS)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "cannot start read workers", e))?,
+        slow: Pool::new("lsvd-wait", SLOW_WORKERS)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "cannot start write workers", e))?,
+        live_queues: AtomicUsize::new(info.nr_hw_queues as usize),
+    });
+
+    let lbs_shift = opts.logical_block.trailing_zeros() as u8;
+    let tgt_init = move |dev: &mut UblkDev| {
+        dev.tgt.dev_size = size;
+        dev.tgt.params = sys::ublk_params {
+            types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
+            basic: sys::ublk_param_basic {
+                attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
+                logical_bs_shift: lbs_shift,
+                physical_bs_shift: 12,
+                io_opt_shift: 12,
+                io_min_shift: 12,
+                max_sectors: dev.dev_info.max_io_buf_bytes >> 9,
+                dev_sectors: size >> 9,
+                ..Default::default()
+            },
+            discard: sys::ublk_param_discard {
+                discard_alignment: 0,
+                discard_granularity: 4096,
+                max_discard_sectors: MAX_DISCARD_SECTORS,
+                max_write_zeroes_sectors: MAX_DISCARD_SECTORS,
+                max_discard_segments: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        dev.set_target_json(serde_json::json!({ "lsvd": { "size": size } }));
+        Ok(())
+    };
+
+    let qctx = ctx.clone();
+    let q_fn = move |qid: u16, dev: &UblkDev| {
+        queue_main(qid, dev, &qctx);
+        qctx.live_queues.fetch_sub(1, Ordering::SeqCst);
+    };
+
+    let live_err: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+    let live_err2 = live_err.clone();
+    let dctx = ctx.clone();
+    let device_fn = move |c: &UblkCtrl| {
+        let info = c.dev_info();
+        let live = LiveDevice {
+            dev_id: info.dev_id,
+            path: c.get_bdev_path(),
+            queues: info.nr_hw_queues,
+            depth: info.queue_depth,
+            flags: info.flags,
+        };
+        if let Err(e) = on_live(&live) {
+            *live_err2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            let _ = with_deadline("STOP_DEV", || c.kill_dev());
+            return;
+        }
+        loop {
+            if dctx.live_queues.load(Ordering::SeqCst) == 0 {
+                tracing::warn!("ublk device {} was stopped from outside", info.dev_id);
+                break;
+            }
+            if should_stop(Duration::from_millis(200)) {
+                tracing::info!("stopping ublk device {}", info.dev_id);
+                let _ = with_deadline("STOP_DEV", || c.kill_dev());
+                break;
+            }
+        }
+        drop(dctx);
+    };
+
+    let run = ctrl.run_target(tgt_init, q_fn, device_fn);
+    // Every queue thread has exited: no request can arrive any more.
+    let run = run.map_err(|e| ublk_error("the ublk device failed", e));
+    let mut ctx = match Arc::try_unwrap(ctx) {
+        Ok(c) => c,
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "internal error: device context still shared after the queues stopped",
+            ))
+        }
+    };
+    ctx.reads.shutdown();
+    ctx.slow.shutdown();
+    drop(ctx.volume);
+    let close = match Arc::try_unwrap(volume) {
+        Ok(v) => v.close(),
+        Err(_) => Err(Error::new(
+            ErrorKind::Io,
+            "internal error: volume still shared after the queues stopped",
+        )),
+    };
+    // Delete the device (a recovered control does not delete on drop).
+    if let Err(e) = with_deadline("DEL_DEV", || ctrl.del_dev()) {
+        tracing::warn!("cannot delete ublk device {}: {e}", info.dev_id);
+    }
+    drop(ctrl);
+    if let Some(e) = live_err.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    run?;
+    close
+}
+
+fn ublk_error(what: &str, e: UblkError) -> Error {
+    let detail = match &e {
+        UblkError::OtherError(r) | UblkError::UringIOError(r) => {
+            format!("{e} ({})", std::io::Error::from_raw_os_error(-r))
+        }
+        _ => e.to_string(),
+    };
+    Error::new(ErrorKind::Io, format!("{what}: {detail}"))
+}
+
+/// One queue: an executor with one task per tag, driven by the queue ring.
+fn queue_main(qid: u16, dev: &UblkDev, ctx: &Arc<DevCtx>) {
+    let q = match UblkQueue::new(qid, dev) {
+        Ok(q) => Rc::new(q),
+        Err(e) => {
+            tracing::error!("cannot set up ublk queue {qid}: {e}");
+            return;
+        }
+    };
+    let exe = Rc::new(smol::LocalExecutor::new());
+    let mut tasks = Vec::new();
+    for tag in q.tags() {
+        let q = q.clone();
+        let ctx = ctx.clone();
+        tasks.push(exe.spawn(async move {
+            match tag_loop(&q, tag, &ctx).await {
+                Ok(()) | Err(UblkError::QueueIsDown) => {}
+                Err(e) => tracing::error!("queue {qid} tag {tag}: {e}"),
+            }
+        }));
+    }
+    let exe2 = exe.clone();
+    smol::block_on(exe.run(async move {
+        let run_ops = || while exe2.try_tick() {};
+        let done = || tasks.iter().all(|t| t.is_finished());
+        if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
+            tracing::error!("queue {qid}: {e}");
+        }
+    }));
+}
+
+/// Serve one tag until the queue goes down.
+async fn tag_loop(q: &UblkQueue<'_>, tag: u16, ctx: &DevCtx) -> std::result::Result<(), UblkError> {
+    let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
+    let mut waiter = Waiter::new().map_err(UblkError::IOError)?;
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+        .await?;
+    loop {
+        let iod = *q.get_iod(tag);
+        let res = handle(&iod, buf.as_mut_slice(), ctx, &mut waiter).await;
+        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
+            .await?;
+    }
+}
+
+/// A completion that fires `sig` with a plain outcome.
+fn completion(sig: Signal) -> Completion {
+    Box::new(move |r| sig.fire(Outcome::Done(r)))
+}
+
+/// The result for the kernel: `ok` on success, a negative errno otherwise.
+fn done_result(o: Outcome, ok: i32) -> i32 {
+    match o {
+        Outcome::Done(Ok(())) => ok,
+        Outcome::Done(Err(e)) | Outcome::Read(Err(e)) => {
+            tracing::warn!("I/O error: {e}");
+            e.kind().errno()
+        }
+        Outcome::Read(Ok(_)) => -libc::EIO,
+    }
+}
+
+/// Handle one request; returns the result for the kernel.
+async fn handle(
+    iod: &sys::ublksrv_io_desc,
+    buf: &mut [u8],
+    ctx: &DevCtx,
+    waiter: &mut Waiter,
+) -> i32 {
+    let op = iod.op_flags & 0xff;
+    let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
+    let offset = iod.start_sector << 9;
+    let bytes = (iod.nr_sectors as u64) << 9;
+    let vol = &ctx.volume;
+    match op {
+        sys::UBLK_IO_OP_READ => {
+            let Some(len) = fits(bytes, buf.len()) else {
+                return -libc::EINVAL;
+            };
+            let sig = waiter.arm();
+            let v = vol.clone();
+            ctx.reads.run(move || {
+                let mut data = vec![0u8; len];
+                let r = v.read(offset, &mut data).map(|()| data);
+                sig.fire(Outcome::Read(r));
+            });
+            match waiter.wait().await {
+                Outcome::Read(Ok(data)) => {
+                    buf[..len].copy_from_slice(&data);
+                    len as i32
+                }
+                o => done_result(o, -libc::EIO),
+            }
+        }
+        sys::UBLK_IO_OP_WRITE => {
+            let Some(len) = fits(bytes, buf.len()) else {
+                return -libc::EINVAL;
+            };
+            let data = &buf[..len];
+            let mut done = Some(completion(waiter.arm()));
+            match vol.try_submit_write(offset, data, fua, &mut done) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    // No journal space: wait for it on a worker, not here.
+                    let copy = data.to_vec();
+                    let v = vol.clone();
+                    let d = done.take().expect("not submitted");
+                    ctx.slow.run(move || {
+                        // On error `d` is dropped, which reports the error.
+                        if let Err(e) = v.submit_write(offset, &copy, fua, d) {
+                            tracing::warn!("write at {offset}: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("write at {offset} of {len} bytes: {e}");
+                    return e.kind().errno();
+                }
+            }
+            done_result(waiter.wait().await, len as i32)
+        }
+        sys::UBLK_IO_OP_FLUSH => {
+            let sig = waiter.arm();
+            if let Err(e) = vol.submit_flush(completion(sig)) {
+                tracing::warn!("flush: {e}");
+                return e.kind().errno();
+            }
+            done_result(waiter.wait().await, 0)
+        }
+        sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => {
+            let zero = op == sys::UBLK_IO_OP_WRITE_ZEROES;
+            let mut done = Some(completion(waiter.arm()));
+            match vol.try_submit_discard(offset, bytes, zero, &mut done) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let v = vol.clone();
+                    let d = done.take().expect("not submitted");
+                    ctx.slow.run(move || {
+                        if let Err(e) = v.submit_discard(offset, bytes, zero, d) {
+                            tracing::warn!("discard at {offset}: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("discard at {offset} of {bytes} bytes: {e}");
+                    return e.kind().errno();
+                }
+            }
+            done_result(waiter.wait().await, 0)
+        }
+        _ => -libc::EOPNOTSUPP,
+    }
+}
+
+/// `bytes` as a length if it fits the request buffer.
+fn fits(bytes: u64, cap: usize) -> Option<usize> {
+    usize::try_from(bytes).ok().filter(|&n| n <= cap && n > 0)
+}
