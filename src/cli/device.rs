@@ -47,7 +47,8 @@ pub struct AttachArgs {
 pub struct DetachArgs {
     /// POOL/IMAGE or /dev/ublkbN.
     pub target: String,
-    /// Delete the device of a dead server (its image recovers from the
+    /// Detach even if the device is in use (its users get I/O errors), or
+    /// delete the device of a dead server (its image recovers from the
     /// journal at the next attach; I/O held by the device fails).
     #[arg(long)]
     pub force: bool,
@@ -389,6 +390,13 @@ pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
         }
         registry::remove(r.dev_id);
         return Ok(());
+    }
+    if !args.force && kernel::device_busy(&r.device) {
+        bail!(
+            "{} is in use (mounted, or open by a program): unmount or close it first \
+             (`--force` detaches anyway, and its users get I/O errors)",
+            r.device
+        );
     }
     // SAFETY: plain syscall on a pid we checked is an lsvd-ublk server.
     if unsafe { libc::kill(r.pid as libc::pid_t, libc::SIGTERM) } != 0 {

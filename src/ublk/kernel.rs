@@ -126,8 +126,8 @@ pub fn device_state(id: u32) -> (KernelState, Option<sys::ublksrv_ctrl_dev_info>
     };
     match with_deadline("GET_DEV_INFO", || UblkCtrl::new_simple(id_i)) {
         Ok(c) => {
+            // A control from `new_simple` never deletes its device on drop.
             let info = c.dev_info();
-            // `new_simple` keeps the device; make sure it is not deleted on drop.
             (KernelState::from_raw(info.state), Some(info))
         }
         Err(_) => (KernelState::Missing, None),
@@ -143,7 +143,12 @@ pub fn delete_device(id: u32) -> Result<()> {
         .map_err(|e| Error::new(ErrorKind::NotFound, format!("no ublk device {id}: {e}")))?;
     with_deadline("STOP_DEV", || ctrl.kill_dev())
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot stop ublk device {id}: {e}")))?;
-    with_deadline("DEL_DEV", || ctrl.del_dev()).map_err(|e| {
+    // DEL_DEV_ASYNC (Linux 6.9+) does not wait for the last opener (a
+    // lazily unmounted file system, say) to let go.
+    with_deadline("DEL_DEV", || {
+        ctrl.del_dev_async().or_else(|_| ctrl.del_dev())
+    })
+    .map_err(|e| {
         Error::new(
             ErrorKind::Io,
             format!("cannot delete ublk device {id}: {e}"),
@@ -176,4 +181,17 @@ pub fn describe_flags(flags: u64) -> String {
     } else {
         v.join("|")
     }
+}
+
+/// Whether someone holds the block device open (a mounted file system, a
+/// running program): an exclusive open fails with EBUSY.
+pub fn device_busy(path: &str) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    matches!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(path),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY)
+    )
 }

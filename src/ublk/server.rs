@@ -288,7 +288,10 @@ pub fn serve(
         )),
     };
     // Delete the device (a recovered control does not delete on drop).
-    if let Err(e) = with_deadline("DEL_DEV", || ctrl.del_dev()) {
+    let del = with_deadline("DEL_DEV", || {
+        ctrl.del_dev_async().or_else(|_| ctrl.del_dev())
+    });
+    if let Err(e) = del {
         tracing::warn!("cannot delete ublk device {}: {e}", info.dev_id);
     }
     drop(ctrl);
