@@ -318,3 +318,58 @@ fn rm_refuses_an_open_image() {
     );
     assert_eq!(env.ok_str(&["ls", "pool"]), "busy\n");
 }
+
+/// The device commands on a machine without the ublk driver (like this
+/// project's hosts; the real device is tested in a QEMU guest by
+/// `tests/vm.rs`), and against a private run directory.
+#[test]
+fn device_commands_fail_clearly_without_a_device() {
+    let env = Env::new();
+    env.ok(&["create", "p/dev", "--size", "16M"]);
+    let run_dir = env.path("run");
+    let run = |args: &[&str]| {
+        env.cmd(args)
+            .env("LSVD_RUN_DIR", &run_dir)
+            .output()
+            .unwrap()
+    };
+    // Nothing attached: an empty list, in both forms.
+    let out = run(&["list", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(json(&out.stdout), serde_json::json!([]));
+    let out = run(&["list"]);
+    assert!(out.status.success() && out.stdout.is_empty());
+    // Detach and recover of something that is not ours name it.
+    for args in [
+        &["detach", "/dev/ublkb7"][..],
+        &["detach", "p/dev"][..],
+        &["recover", "p/dev"][..],
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(args[1]) && (err.contains("lsvd-ublk list") || err.contains("ublk_drv")),
+            "{args:?}: unclear error: {err}"
+        );
+    }
+    // Attach: without the driver, the error names the module and the kernel
+    // option; with it (a host that has ublk), a bad image is still refused.
+    let out = run(&["attach", "p/nosuch"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    if Path::new("/dev/ublk-control").exists() {
+        assert!(err.contains("nosuch"), "unclear error: {err}");
+    } else {
+        assert!(
+            err.contains("modprobe ublk_drv") && err.contains("CONFIG_BLK_DEV_UBLK"),
+            "unclear error: {err}"
+        );
+    }
+    // Bad arguments are refused before anything else.
+    let out = run(&["attach", "p/dev", "--logical-block-size", "1024"]);
+    assert!(!out.status.success());
+    let out = run(&["attach", "no-pool-here"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("POOL/IMAGE"), "{err}");
+}

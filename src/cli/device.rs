@@ -141,14 +141,14 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
 
 /// `recover POOL/IMAGE|/dev/ublkbN`.
 pub fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
-    kernel::check_driver()?;
-    kernel::check_root("recover")?;
     let Some(r) = registry::find(&args.target) else {
         bail!(
             "no lsvd-ublk device for '{}' (see `lsvd-ublk list`)",
             args.target
         );
     };
+    kernel::check_driver()?;
+    kernel::check_root("recover")?;
     match registry::state_of(&r) {
         (DevState::Live, _) => bail!(
             "{} (image {}) is still served by pid {}: nothing to recover",

@@ -122,9 +122,18 @@ pub fn server_alive(pid: u32) -> bool {
     if state == Some("Z") || state == Some("X") {
         return false;
     }
+    // The program's file name, not its directory (a checkout may be called
+    // lsvd-ublk too).
     cmd.split(|&b| b == 0)
         .next()
-        .map(|argv0| String::from_utf8_lossy(argv0).contains("lsvd-ublk"))
+        .map(|argv0| {
+            let argv0 = String::from_utf8_lossy(argv0);
+            argv0
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .starts_with("lsvd-ublk")
+        })
         .unwrap_or(false)
 }
 
@@ -161,4 +170,65 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(dev_id: u32, image: &str, pid: u32) -> Record {
+        Record {
+            dev_id,
+            device: format!("/dev/ublkb{dev_id}"),
+            image: image.into(),
+            pid,
+            queues: 2,
+            depth: 64,
+            logical_block: 512,
+            config: serde_json::json!({"flush_msec": 1000}),
+            started: now_secs(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        // The only test in this crate that uses LSVD_RUN_DIR.
+        std::env::set_var("LSVD_RUN_DIR", dir.path());
+        assert!(all().is_empty());
+        let a = record(3, "p/a", u32::MAX - 1);
+        let b = record(1, "p/b", u32::MAX - 2);
+        save(&a).unwrap();
+        save(&b).unwrap();
+        // Junk and unrelated files are ignored.
+        std::fs::write(dir.path().join("ublkb9.json"), b"{not json").unwrap();
+        std::fs::write(dir.path().join("p-a.log"), b"log").unwrap();
+        assert_eq!(all(), vec![b.clone(), a.clone()]);
+        assert_eq!(find("p/a"), Some(a.clone()));
+        assert_eq!(find("/dev/ublkb1"), Some(b.clone()));
+        assert_eq!(find("ublkb3"), Some(a.clone()));
+        assert_eq!(find("/dev/ublkb4"), None);
+        assert_eq!(find("p/c"), None);
+        // A record whose server does not exist is dead (no such device here).
+        assert!(!server_alive(a.pid));
+        if !std::path::Path::new(kernel::CONTROL_PATH).exists() {
+            assert_eq!(state_of(&a), (DevState::Dead, KernelState::Missing));
+        }
+        // Rewriting replaces; removing forgets.
+        let a2 = Record {
+            pid: 7,
+            ..a.clone()
+        };
+        save(&a2).unwrap();
+        assert_eq!(find("p/a").map(|r| r.pid), Some(7));
+        remove(3);
+        assert_eq!(find("p/a"), None);
+        std::env::remove_var("LSVD_RUN_DIR");
+    }
+
+    #[test]
+    fn this_test_process_is_not_a_server() {
+        // Our own pid is alive but is not an lsvd-ublk binary.
+        assert!(!server_alive(std::process::id()));
+    }
 }
