@@ -56,32 +56,55 @@ pub fn check_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Run a control command with a deadline. A command the driver never
-/// completes cannot be cancelled, so on timeout the process reports the
-/// stuck command and exits with status 1 instead of hanging.
-pub fn with_deadline<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    let (tx, rx) = mpsc::channel::<()>();
-    let name = what.to_owned();
-    let watchdog = std::thread::Builder::new()
-        .name("ublk-watchdog".into())
-        .spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CONTROL_TIMEOUT) {
-                let msg = format!(
-                    "lsvd-ublk: error: ublk control command {name} did not complete in {} s: \
-                     the ublk driver is not responding",
-                    CONTROL_TIMEOUT.as_secs()
-                );
-                tracing::error!("{msg}");
-                eprintln!("{msg}");
-                std::process::exit(1);
-            }
-        });
-    let r = f();
-    drop(tx);
-    if let Ok(w) = watchdog {
-        let _ = w.join();
+/// A deadline for a control command: if it is not dropped within
+/// [`CONTROL_TIMEOUT`], the process reports the stuck command and exits with
+/// status 1. A command the driver never completes cannot be cancelled, and
+/// exiting is better than hanging.
+pub struct Watchdog {
+    tx: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Start the clock for `what`.
+    pub fn arm(what: &str) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<()>();
+        let name = what.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("ublk-watchdog".into())
+            .spawn(move || {
+                if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CONTROL_TIMEOUT) {
+                    let msg = format!(
+                        "lsvd-ublk: error: ublk control command {name} did not complete in {} s: \
+                         the ublk driver is not responding",
+                        CONTROL_TIMEOUT.as_secs()
+                    );
+                    tracing::error!("{msg}");
+                    eprintln!("{msg}");
+                    std::process::exit(1);
+                }
+            })
+            .ok();
+        Watchdog {
+            tx: Some(tx),
+            thread,
+        }
     }
-    r
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Run a control command under a [`Watchdog`].
+pub fn with_deadline<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let _w = Watchdog::arm(what);
+    f()
 }
 
 /// The driver's feature bits (`UBLK_U_CMD_GET_FEATURES`, Linux 6.5+);

@@ -33,7 +33,7 @@ use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags};
 
-use super::kernel::{self, with_deadline, KernelState};
+use super::kernel::{self, with_deadline, KernelState, Watchdog};
 use super::pool::Pool;
 use super::wake::{Outcome, Signal, Waiter};
 use crate::error::{Error, ErrorKind, Result};
@@ -237,7 +237,15 @@ pub fn serve(
     let live_err: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let live_err2 = live_err.clone();
     let dctx = ctx.clone();
+    // Queue setup and START_DEV (or END_USER_RECOVERY) happen inside
+    // run_target; the device is live when `device_fn` runs.
+    let start_watchdog = Watchdog::arm(if opts.recover.is_some() {
+        "END_USER_RECOVERY"
+    } else {
+        "START_DEV"
+    });
     let device_fn = move |c: &UblkCtrl| {
+        drop(start_watchdog);
         let info = c.dev_info();
         let live = LiveDevice {
             dev_id: info.dev_id,
