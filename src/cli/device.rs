@@ -131,7 +131,15 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
                 r.device,
                 r.pid
             ),
-            (DevState::Dead, _) => registry::remove(r.dev_id),
+            (DevState::Dead, k) => {
+                // A stopped device of a dead server: clean it up.
+                if k != KernelState::Missing {
+                    if let Err(e) = kernel::delete_device(r.dev_id) {
+                        tracing::warn!("cannot delete stale {}: {e}", r.device);
+                    }
+                }
+                registry::remove(r.dev_id);
+            }
         }
     }
     // Fail early (before forking) on an unknown image.
