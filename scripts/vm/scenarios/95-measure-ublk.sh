@@ -1,0 +1,31 @@
+#!/bin/sh
+# 4 KiB random write and read IOPS at QD32 on an lsvd-ublk device, with the
+# same fio parameters as 90-measure-virtio.sh (fio_iops in lib.sh). Prints
+#   MEASURE ublk randwrite iops=N engine=E
+#   MEASURE ublk randread iops=N engine=E
+# The store and journal are on /dev/vda (ext4), so compare with the virtio
+# numbers for the cost of the ublk round trip plus lsvd itself.
+# CLI contract assumed: create / attach (prints /dev/ublkbN) / detach, see
+# lib.sh; wlog_bytes comes from /usr/local/etc/lsvd.json written by /init
+# (256M; vda is 8 GiB).
+. /lib/lsvd-vm-lib.sh
+
+IMG=p/measure
+must create lsvd create $IMG --size 2G
+attach attach $IMG || finish
+for rw in randwrite randread; do
+    snap=$(io_snapshot "$DEV")
+    if res=$(fio_iops "$DEV" $rw); then
+        echo "MEASURE ublk $rw iops=$res"
+        case $rw in randwrite) io_moved "$rw-io" "$DEV" "$snap" w ;; *) io_moved "$rw-io" "$DEV" "$snap" r ;; esac
+        pass "$rw"
+    else
+        fail "$rw" "fio $rw on $DEV failed"
+    fi
+done
+detach detach $IMG
+
+# Free the space on /data for later scenarios (not an assertion).
+for i in $IMG; do lsvd rm "$i" >/dev/null 2>&1 || info "lsvd-ublk rm $i failed"; done
+
+finish
