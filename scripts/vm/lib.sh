@@ -165,6 +165,17 @@ fio_iops() {
         END { exit !found }'
 }
 
+# fio_sync_iops DEV [SECONDS]: 4 KiB random O_SYNC writes at QD1 (each one
+# a FUA write on a device that supports FUA, a write plus FLUSH otherwise):
+# the latency of a durable write. Prints the IOPS (integer).
+fio_sync_iops() {
+    local dev=$1 rt=${2:-8} out
+    out=$(fio --name=measure-sync --filename="$dev" --ioengine=psync --direct=1 --sync=1 \
+        --rw=randwrite --bs=4k --iodepth=1 --size=256M --time_based --runtime="$rt" \
+        --randrepeat=0 --norandommap --output-format=terse --terse-version=3) || return 1
+    echo "$out" | awk -F';' 'NF > 50 { printf "%d\n", $49; found = 1 } END { exit !found }'
+}
+
 # Leave the lsvd-ublk config for the guest in one place.
 LSVD_CONFIG_FILE=/usr/local/etc/lsvd.json
 

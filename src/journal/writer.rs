@@ -153,7 +153,11 @@ impl Writer {
 
     pub(crate) fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            let busy = self.inflight_writes > 0 || self.fsync_inflight.is_some();
+            // A FLUSH or FUA write whose records are all written needs its
+            // fdatasync now, not after the idle wait below.
+            let sync_ready = self.fsync_inflight.is_none()
+                && self.flushes.iter().any(|(u, _)| *u <= self.durable_seq);
+            let busy = self.inflight_writes > 0 || self.fsync_inflight.is_some() || sync_ready;
             if !busy {
                 let wait = if self.blocked_since.is_some() {
                     Duration::from_millis(5)

@@ -4,6 +4,7 @@
 # fio_iops in lib.sh). Prints
 #   MEASURE virtio randwrite iops=N engine=E
 #   MEASURE virtio randread iops=N engine=E
+#   MEASURE virtio syncwrite-qd1 iops=N   (O_SYNC 4 KiB writes at QD1)
 # Reads follow the writes on the same region so they are not all holes.
 . /lib/lsvd-vm-lib.sh
 
@@ -18,5 +19,14 @@ for rw in randwrite randread; do
         fail "$rw" "fio $rw on $DEV failed"
     fi
 done
+# Durable-write latency: O_SYNC writes at QD1 (FUA on a FUA device).
+snap=$(io_snapshot $DEV)
+if res=$(fio_sync_iops $DEV); then
+    echo "MEASURE virtio syncwrite-qd1 iops=$res"
+    io_moved syncwrite-io $DEV "$snap" w
+    pass syncwrite
+else
+    fail syncwrite "fio O_SYNC writes on $DEV failed"
+fi
 
 finish

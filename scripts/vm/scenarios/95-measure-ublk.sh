@@ -3,6 +3,7 @@
 # same fio parameters as 90-measure-virtio.sh (fio_iops in lib.sh). Prints
 #   MEASURE ublk randwrite iops=N engine=E
 #   MEASURE ublk randread iops=N engine=E
+#   MEASURE ublk syncwrite-qd1 iops=N   (O_SYNC 4 KiB writes at QD1)
 # The store and journal are on /dev/vda (ext4), so compare with the virtio
 # numbers for the cost of the ublk round trip plus lsvd itself.
 # CLI contract assumed: create / attach (prints /dev/ublkbN) / detach, see
@@ -23,6 +24,15 @@ for rw in randwrite randread; do
         fail "$rw" "fio $rw on $DEV failed"
     fi
 done
+# Durable-write latency: O_SYNC writes at QD1 (FUA on a FUA device).
+snap=$(io_snapshot "$DEV")
+if res=$(fio_sync_iops "$DEV"); then
+    echo "MEASURE ublk syncwrite-qd1 iops=$res"
+    io_moved syncwrite-io "$DEV" "$snap" w
+    pass syncwrite
+else
+    fail syncwrite "fio O_SYNC writes on "$DEV" failed"
+fi
 detach detach $IMG
 
 # Free the space on /data for later scenarios (not an assertion).
