@@ -40,7 +40,7 @@ direct=1
 sync=1
 bsrange=4k-64k
 offset=256m
-size=2m
+size=16m
 [c]
 ioengine=psync
 direct=0
