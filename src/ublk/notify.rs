@@ -21,7 +21,7 @@ pub fn notify_to(path: &str, msg: &str) -> std::io::Result<()> {
     let addr = if let Some(abs) = path.strip_prefix('@') {
         SocketAddr::from_abstract_name(abs.as_bytes())
     } else {
-        SocketAddr::from_pathname(&path)
+        SocketAddr::from_pathname(path)
     };
     let s = UnixDatagram::unbound()?;
     s.send_to_addr(msg.as_bytes(), &addr?)?;
