@@ -220,6 +220,9 @@ rm -f "$root/sbin/mkfs.ext4" "$root/sbin/fsck.ext4"
 ln -s mke2fs "$root/sbin/mkfs.ext4"
 ln -s e2fsck "$root/sbin/fsck.ext4"
 copy_with_libs "$(command -v fio)" /usr/bin/fio
+# util-linux blkdiscard: unlike busybox's it has -z (BLKZEROOUT, which the
+# block layer sends as WRITE_ZEROES to a device that supports it).
+copy_with_libs "$(command -v blkdiscard || echo /usr/sbin/blkdiscard)" /usr/bin/blkdiscard-util-linux
 for prog in ${LSVD_VM_EXTRA:-}; do
     [ -x "$prog" ] || die "LSVD_VM_EXTRA: $prog is not an executable"
     copy_with_libs "$prog" "/usr/bin/$(basename "$prog")"
