@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 dir="${LSVD_DEMO_DIR:-/tmp/lsvd-demo}"
 rm -rf "$dir"
 mkdir -p "$dir"
+bash scripts/install-build-deps.sh
 cargo build --release --bin lsvd-ublk
 bin=target/release/lsvd-ublk
 cfg="{\"store_dir\":\"$dir/store\",\"wlog_dir\":\"$dir/wlog\",\"wlog_bytes\":\"512M\"}"
