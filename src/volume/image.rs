@@ -95,13 +95,36 @@ pub fn open_store(config: &Config, pool: &str, create: bool) -> Result<Arc<dyn O
                     }
                 })?
             };
-            Ok(Arc::new(store))
+            Ok(with_test_faults(Arc::new(store)))
         }
         BackendKind::Rados => Err(Error::new(
             ErrorKind::Config,
             "backend \"rados\" is not built into this binary",
         )),
     }
+}
+
+/// Test hook (failpoint): `LSVD_FAULT_GET_DELAY_MS=N` delays every backend
+/// read by N ms, so the guest tests can show that a read stuck on the
+/// backend does not hold up other I/O on the device. Logged loudly; never
+/// set it in production.
+pub const GET_DELAY_ENV: &str = "LSVD_FAULT_GET_DELAY_MS";
+
+fn with_test_faults(store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+    let Some(ms) = std::env::var(GET_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+    else {
+        return store;
+    };
+    tracing::warn!("{GET_DELAY_ENV}={ms}: every backend read is delayed by {ms} ms (test hook)");
+    let f = crate::backend::FaultStore::new(store, 0);
+    f.add_rule(crate::backend::FaultRule::new(
+        crate::backend::FaultOp::Get,
+        crate::backend::FaultAction::Delay(std::time::Duration::from_millis(ms)),
+    ));
+    Arc::new(f)
 }
 
 /// Name of the object with sequence `seq` of `image`.
