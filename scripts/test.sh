@@ -10,8 +10,8 @@
 #      6.12 backports kernel with ublk and runs scripts/vm/scenarios/
 #      (tests/vm.rs runs scripts/vm-test.sh, which fetches and caches the
 #      kernel and installs qemu, busybox, fio, e2fsprogs if missing).
-# Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_PROPTEST_CASES (default 256),
-# LSVD_SKIP_VM=1 skips step 5 (for a quick local run; CI never sets it).
+# Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_PROPTEST_CASES (default 256).
+# One guest scenario alone: scripts/vm-test.sh --scenario NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,11 +44,7 @@ crash=target/release/lsvd-crash-test
 echo "== property test, more cases"
 LSVD_PROPTEST_CASES="${LSVD_PROPTEST_CASES:-256}" cargo test --release --test proptest_oracle
 
-if [ "${LSVD_SKIP_VM:-0}" = 1 ]; then
-    echo "== QEMU guest tests SKIPPED (LSVD_SKIP_VM=1)"
-else
-    echo "== block device in a QEMU guest (real kernel with ublk)"
-    cargo test --release --test vm -- --ignored --nocapture
-fi
+echo "== block device in a QEMU guest (real kernel with ublk)"
+cargo test --release --test vm -- --ignored --nocapture
 
 echo "== all tests passed"

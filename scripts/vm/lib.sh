@@ -124,6 +124,28 @@ diag() {
     dmesg | tail -n 10 | sed "s/^/INFO $SCENARIO: dmesg /"
 }
 
+# running PID: the process exists and has not exited (kill -0 also succeeds
+# on a zombie that the shell has not reaped yet).
+running() { [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+
+# wait_bg STEP PID SECONDS WHAT: wait up to SECONDS for background job PID
+# to end; pass STEP if it exited 0, else fail (killing it if it is still
+# running). WHAT names the job in messages.
+wait_bg() {
+    local step=$1 pid=$2 limit=$3 what=$4 i=0
+    while running "$pid" && [ $i -lt $((limit * 5)) ]; do sleep 0.2; i=$((i + 1)); done
+    if running "$pid"; then
+        kill -9 "$pid"
+        fail "$step" "$what still running after $limit s"
+        return 1
+    elif wait "$pid"; then
+        pass "$step"
+    else
+        fail "$step" "$what exited non-zero"
+        return 1
+    fi
+}
+
 # wait_for TIMEOUT_S CMD...: poll CMD every 0.2 s until it succeeds.
 wait_for() {
     local limit=$1 i=0
@@ -205,9 +227,7 @@ lsvd() {
     local p i=0
     "$LSVD" "$@" &
     p=$!
-    # kill -0 also succeeds on a zombie, and ash reaps background children
-    # only in `wait`: check the process state instead.
-    while [ -d "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; do
+    while running "$p"; do
         i=$((i + 1))
         if [ "$i" -ge $((LSVD_CMD_TIMEOUT * 10)) ]; then
             echo "INFO $SCENARIO: 'lsvd-ublk $*' (pid $p, $(grep -E '^(State|PPid)' /proc/$p/status 2>/dev/null | tr '\n\t' '  ')) did not exit within ${LSVD_CMD_TIMEOUT}s" >/dev/console

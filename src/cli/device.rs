@@ -471,13 +471,12 @@ pub fn list(json: bool) -> anyhow::Result<()> {
             "DEVICE", "IMAGE", "PID", "STATE"
         ));
         for r in &rows {
-            let state = serde_json::to_value(r.state)?
-                .as_str()
-                .unwrap_or("?")
-                .to_owned();
             text.push_str(&format!(
                 "\n{:<14} {:<30} {:>8} {:<9}",
-                r.device, r.image, r.pid, state
+                r.device,
+                r.image,
+                r.pid,
+                r.state.as_str()
             ));
         }
         print_stdout(&text)?;

@@ -106,6 +106,17 @@ pub enum DevState {
     Dead,
 }
 
+impl DevState {
+    /// The name `list` prints (the same as in its JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DevState::Live => "live",
+            DevState::Quiesced => "quiesced",
+            DevState::Dead => "dead",
+        }
+    }
+}
+
 /// Whether `pid` is a running lsvd-ublk process.
 pub fn server_alive(pid: u32) -> bool {
     let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -224,6 +235,13 @@ mod tests {
         remove(3);
         assert_eq!(find("p/a"), None);
         std::env::remove_var("LSVD_RUN_DIR");
+    }
+
+    #[test]
+    fn state_names_match_the_json() {
+        for s in [DevState::Live, DevState::Quiesced, DevState::Dead] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

@@ -355,11 +355,14 @@ fn queue_main(qid: u16, dev: &UblkDev, ctx: &Arc<DevCtx>) {
 async fn tag_loop(q: &UblkQueue<'_>, tag: u16, ctx: &DevCtx) -> std::result::Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
     let mut waiter = Waiter::new().map_err(UblkError::IOError)?;
+    // The read workers fill this and hand it back, so a read allocates and
+    // zeroes nothing (Volume::read writes every byte of its buffer).
+    let mut spare: Vec<u8> = Vec::new();
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
         let iod = *q.get_iod(tag);
-        let res = handle(&iod, buf.as_mut_slice(), ctx, &mut waiter).await;
+        let res = handle(&iod, buf.as_mut_slice(), ctx, &mut waiter, &mut spare).await;
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
     }
@@ -388,6 +391,7 @@ async fn handle(
     buf: &mut [u8],
     ctx: &DevCtx,
     waiter: &mut Waiter,
+    spare: &mut Vec<u8>,
 ) -> i32 {
     let op = iod.op_flags & 0xff;
     let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
@@ -401,14 +405,16 @@ async fn handle(
             };
             let sig = waiter.arm();
             let v = vol.clone();
+            let mut data = std::mem::take(spare);
+            data.resize(len, 0);
             ctx.reads.run(move || {
-                let mut data = vec![0u8; len];
                 let r = v.read(offset, &mut data).map(|()| data);
                 sig.fire(Outcome::Read(r));
             });
             match waiter.wait().await {
                 Outcome::Read(Ok(data)) => {
                     buf[..len].copy_from_slice(&data);
+                    *spare = data;
                     len as i32
                 }
                 o => done_result(o, -libc::EIO),

@@ -209,6 +209,32 @@ impl Inner {
         }
     }
 
+    /// Hand the operations just pushed (`first` up to the state's next
+    /// sequence) to the journal; `done` is taken once they are appended.
+    fn journal_append(
+        &self,
+        st: &mut State,
+        first: JournalSeq,
+        entries: &[RecordEntry],
+        data: &[u8],
+        fua: bool,
+        done: &mut Option<Completion>,
+    ) -> Result<Option<JournalSeq>> {
+        let last = JournalSeq(st.next_jseq.0 - 1);
+        let Some(j) = st.journal.as_ref() else {
+            return Err(Error::new(ErrorKind::Closed, "journal is not open"));
+        };
+        j.append(Append {
+            first_seq: first,
+            entries,
+            data,
+            fua,
+            done: done.take(),
+        });
+        st.last_sent = last;
+        Ok(Some(last))
+    }
+
     /// Keep an applied batch's buffer for reuse (a few at most).
     fn recycle(&self, buf: crate::io::AlignedBuf) {
         if buf.capacity() < self.config.backend_obj_bytes as usize {
@@ -722,7 +748,6 @@ impl Volume {
                 kind: OpKind::Write,
             });
         }
-        let last = JournalSeq(st.next_jseq.0 - 1);
         inner
             .stats
             .writes
@@ -731,18 +756,7 @@ impl Volume {
             .stats
             .write_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let Some(j) = st.journal.as_ref() else {
-            return Err(Error::new(ErrorKind::Closed, "journal is not open"));
-        };
-        j.append(Append {
-            first_seq: first,
-            entries: &entries,
-            data,
-            fua,
-            done: done.take(),
-        });
-        st.last_sent = last;
-        Ok(Some(last))
+        inner.journal_append(&mut st, first, &entries, data, fua, done)
     }
 
     /// Discard a range (reads as zeros afterwards); journaled like a write.
@@ -809,19 +823,7 @@ impl Volume {
             });
             lba += n;
         }
-        let last = JournalSeq(st.next_jseq.0 - 1);
-        let Some(j) = st.journal.as_ref() else {
-            return Err(Error::new(ErrorKind::Closed, "journal is not open"));
-        };
-        j.append(Append {
-            first_seq: first,
-            entries: &entries,
-            data: &[],
-            fua: false,
-            done: done.take(),
-        });
-        st.last_sent = last;
-        Ok(Some(last))
+        inner.journal_append(&mut st, first, &entries, &[], false, done)
     }
 
     /// FLUSH: every write submitted before it is durable when it returns.

@@ -63,18 +63,11 @@ trap 'kill -9 $FIO 2>/dev/null' EXIT
 w0=$(sectors_written "$DEV")
 i=0
 while [ $(( $(sectors_written "$DEV") - w0 )) -lt 65536 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
-if kill -0 $FIO 2>/dev/null; then pass raw-writer-running; else fail raw-writer-running "fio finished or died before the kill (too fast? see $STATE/fio-bg.log)"; fi
+if running $FIO; then pass raw-writer-running; else fail raw-writer-running "fio finished or died before the kill (too fast? see $STATE/fio-bg.log)"; fi
 crash_and_recover raw $IMG
 # fio must finish on its own with no errors (I/O reissued after recovery).
-i=0
-while kill -0 $FIO 2>/dev/null && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
-if kill -0 $FIO 2>/dev/null; then
-    kill -9 $FIO; fail raw-writer-finished "fio still running 120 s after recovery"
-elif wait $FIO; then
-    pass raw-writer-finished
-else
-    fail raw-writer-finished "fio exited non-zero: $(grep -iE 'error|verify|bad' "$STATE/fio-bg.log" | head -n 3 | tr '\n' ' ')"
-fi
+wait_bg raw-writer-finished $FIO 120 "fio (after recovery)" ||
+    info "fio: $(grep -iE 'error|verify|bad' "$STATE/fio-bg.log" | head -n 3 | tr '\n' ' ')"
 # Independent verify pass of everything the job wrote.
 check raw-verify-only fio --verify_only "$STATE/rec.fio"
 
@@ -101,15 +94,7 @@ BG=$!
 trap 'kill -9 $BG 2>/dev/null' EXIT
 sleep 3
 crash_and_recover fs $IMG
-i=0
-while kill -0 $BG 2>/dev/null && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
-if kill -0 $BG 2>/dev/null; then
-    kill -9 $BG; fail fs-writer-finished "background writer still running 120 s after recovery"
-elif wait $BG; then
-    pass fs-writer-finished
-else
-    fail fs-writer-finished "background writer failed (I/O error on the recovered device?)"
-fi
+wait_bg fs-writer-finished $BG 120 "the background file writer (after recovery; an I/O error on the recovered device?)"
 sums_verify fs-verify-before $MNT "$STATE/before.sums"
 sums_verify fs-verify-during $MNT "$STATE/during.sums"
 # Kernel errors since the start of the scenario (buffer I/O errors or ext4

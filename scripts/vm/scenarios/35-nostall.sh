@@ -22,9 +22,6 @@ unset LSVD_FAULT_GET_DELAY_MS
 grep -q "LSVD_FAULT_GET_DELAY_MS=$DELAY_MS" /run/lsvd-ublk/p-stall.log &&
     pass hook-active || fail hook-active "the server did not report the read delay"
 
-# running PID: the process exists and is not a zombie.
-running() { [ -e "/proc/$1" ] && ! grep -q ') Z' "/proc/$1/stat"; }
-
 dd if="$DEV" of="$STATE/got" bs=4k count=1 iflag=direct 2>/dev/null &
 READER=$!
 sleep 0.5
