@@ -45,7 +45,7 @@ const SIZE_ALIGN: u64 = 4096;
 pub enum BackendKind {
     /// Objects are files under `store_dir/<pool>/`.
     Dir,
-    /// Objects live in a Ceph RADOS pool (not built into this binary yet).
+    /// Objects live in a Ceph RADOS pool (cargo feature `rados`).
     Rados,
 }
 
@@ -119,6 +119,23 @@ pub struct Config {
     /// backend operation be retried, before it fails with an I/O error.
     /// Default: `30000`.
     pub io_timeout_msec: u64,
+    /// The ceph.conf read by the rados backend (monitors, keyring, auth).
+    /// Default: unset (`null`): `$CEPH_CONF` if set, else `/etc/ceph/ceph.conf`.
+    pub ceph_conf: Option<PathBuf>,
+    /// Ceph client id, without the `client.` prefix (`--id` overrides it).
+    /// Default: `admin`.
+    pub ceph_id: String,
+    /// Timeout (seconds) of every RADOS operation and of connecting; a dead
+    /// OSD or monitor turns into an error after this long.
+    /// Default: `30`.
+    pub rados_op_timeout_secs: u64,
+    /// RADOS operations in flight at once per open pool.
+    /// Default: `32`.
+    pub rados_max_inflight: u32,
+    /// RADOS namespace within each pool holding the images (empty: the
+    /// pool's default namespace).
+    /// Default: `""`.
+    pub rados_namespace: String,
 }
 
 impl Default for Config {
@@ -140,6 +157,11 @@ impl Default for Config {
             no_gc: false,
             journal_depth: 4,
             io_timeout_msec: 30000,
+            ceph_conf: None,
+            ceph_id: "admin".to_owned(),
+            rados_op_timeout_secs: 30,
+            rados_max_inflight: 32,
+            rados_namespace: String::new(),
         }
     }
 }
@@ -203,6 +225,31 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "io_timeout_msec",
             "30000",
             "how long (ms) a write may wait for journal space, or close and superblock writes make no backend progress, before failing",
+        ),
+        (
+            "ceph_conf",
+            "null",
+            "ceph.conf of the rados backend; null: $CEPH_CONF if set, else /etc/ceph/ceph.conf",
+        ),
+        (
+            "ceph_id",
+            "admin",
+            "Ceph client id without 'client.' (the --id option overrides it)",
+        ),
+        (
+            "rados_op_timeout_secs",
+            "30",
+            "timeout (s) of every RADOS operation and of connecting (1-3600)",
+        ),
+        (
+            "rados_max_inflight",
+            "32",
+            "RADOS operations in flight at once per open pool (1-1024)",
+        ),
+        (
+            "rados_namespace",
+            "\"\"",
+            "RADOS namespace of the images within each pool (empty: the default namespace)",
         ),
     ]
 }
@@ -294,15 +341,29 @@ impl Config {
     /// Reject values that are out of range or contradict each other; the
     /// message names the key(s).
     pub fn validate(&self) -> Result<()> {
-        if self.backend == BackendKind::Rados {
+        if self.backend == BackendKind::Rados && !cfg!(feature = "rados") {
             return Err(cfg_err(
-                "backend \"rados\" is not built into this binary".to_owned(),
+                "backend \"rados\" is not built into this binary (build it with \
+                 `cargo build --release --features rados`)"
+                    .to_owned(),
             ));
+        }
+        if self.ceph_id.is_empty()
+            || self.ceph_id.starts_with("client.")
+            || self
+                .ceph_id
+                .contains(|c: char| c.is_whitespace() || c == '\0')
+        {
+            return Err(cfg_err(format!(
+                "ceph_id ({:?}) must be a non-empty client id without the 'client.' prefix",
+                self.ceph_id
+            )));
         }
         for (key, path) in [
             ("store_dir", &self.store_dir),
             ("wlog_dir", &self.wlog_dir),
             ("rcache_dir", &self.rcache_dir),
+            ("ceph_conf", &self.ceph_conf_path()),
         ] {
             if path.to_str().is_none() {
                 return Err(cfg_err(format!(
@@ -356,7 +417,29 @@ impl Config {
         )?;
         range_check("flush_msec", self.flush_msec, 1, u64::MAX)?;
         range_check("io_timeout_msec", self.io_timeout_msec, 100, u64::MAX)?;
+        if self.rados_namespace.contains('\0') {
+            return Err(cfg_err("rados_namespace contains NUL".to_owned()));
+        }
+        range_check("rados_op_timeout_secs", self.rados_op_timeout_secs, 1, 3600)?;
+        range_check(
+            "rados_max_inflight",
+            self.rados_max_inflight.into(),
+            1,
+            1024,
+        )?;
         Ok(())
+    }
+
+    /// The ceph.conf to read: `ceph_conf` if set, else `$CEPH_CONF` if set
+    /// and non-empty, else `/etc/ceph/ceph.conf` (like the `rbd` CLI).
+    pub fn ceph_conf_path(&self) -> PathBuf {
+        if let Some(p) = &self.ceph_conf {
+            return p.clone();
+        }
+        match std::env::var_os("CEPH_CONF") {
+            Some(v) if !v.is_empty() => PathBuf::from(v),
+            _ => PathBuf::from("/etc/ceph/ceph.conf"),
+        }
     }
 
     /// The configuration as pretty JSON (sizes as numbers of bytes); loading
@@ -642,7 +725,11 @@ mod tests {
     #[test]
     fn each_validate_rule_names_its_key() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"backend": "rados"}"#, "backend \"rados\""),
+            (r#"{"ceph_id": ""}"#, "ceph_id"),
+            (r#"{"ceph_id": "client.admin"}"#, "ceph_id"),
+            (r#"{"rados_op_timeout_secs": 0}"#, "rados_op_timeout_secs"),
+            (r#"{"rados_max_inflight": 0}"#, "rados_max_inflight"),
+            (r#"{"rados_max_inflight": 1025}"#, "rados_max_inflight"),
             (r#"{"wlog_bytes": 0}"#, "wlog_bytes"),
             (r#"{"wlog_bytes": 1073741825}"#, "wlog_bytes"),
             (r#"{"wlog_chunk_bytes": 0}"#, "wlog_chunk_bytes"),
@@ -681,6 +768,10 @@ mod tests {
             (r#"{"flush_msec": 0}"#, "flush_msec"),
             (r#"{"io_timeout_msec": 99}"#, "io_timeout_msec"),
         ];
+        if !cfg!(feature = "rados") {
+            let m = err_msg(inline(r#"{"backend": "rados"}"#));
+            assert!(m.contains("backend \"rados\""), "{m}");
+        }
         for (json, key) in cases {
             let m = err_msg(inline(json));
             assert!(m.contains(key), "{json}: {m}");

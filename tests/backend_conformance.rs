@@ -291,6 +291,40 @@ fn conformance_counting() {
     assert!(s.puts > 300 && s.put_bytes > 0 && s.gets > 100 && s.deletes > 0);
 }
 
+/// The same suite against a RADOS pool of the test cluster, in a namespace
+/// of its own (so the pool's other objects are invisible). Run by the test
+/// command with the cluster up (`scripts/ceph-test-cluster.sh`).
+#[cfg(feature = "rados")]
+#[test]
+#[ignore = "needs a Ceph cluster: run through scripts/test.sh (or scripts/ceph-test-cluster.sh start + eval env)"]
+fn conformance_rados() {
+    let conf = std::env::var("CEPH_CONF").expect(
+        "CEPH_CONF is not set: start the test cluster (scripts/ceph-test-cluster.sh start) \
+         and eval \"$(scripts/ceph-test-cluster.sh env)\"",
+    );
+    let pool = std::env::var("LSVD_CEPH_POOL").unwrap_or_else(|_| "lsvd".into());
+    let ns = format!("conformance-{}-{}", std::process::id(), rand_suffix());
+    let opts = lsvd::backend::rados::ConnectOptions {
+        conf: conf.into(),
+        id: "admin".into(),
+        op_timeout: Duration::from_secs(30),
+    };
+    let store = lsvd::backend::rados::RadosStore::connect(&opts, &pool, &ns, 16).unwrap();
+    assert_eq!(store.describe(), format!("rados:{pool}/{ns}"));
+    conformance(&store);
+    // Through the wrappers too, as the engine uses it.
+    let counting = CountingStore::new(Arc::new(store));
+    conformance(&counting);
+}
+
+#[cfg(feature = "rados")]
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+}
+
 #[test]
 fn dir_open_missing_is_not_found() {
     let tmp = tempdir();

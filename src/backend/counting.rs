@@ -99,6 +99,14 @@ impl ObjectStore for CountingStore {
         self.inner.lock(name, owner)
     }
 
+    fn lock_holders(&self, name: &str) -> Result<Vec<String>> {
+        self.inner.lock_holders(name)
+    }
+
+    fn break_lock(&self, name: &str) -> Result<Vec<String>> {
+        self.inner.break_lock(name)
+    }
+
     fn describe(&self) -> String {
         format!("counting:{}", self.inner.describe())
     }

@@ -354,6 +354,16 @@ impl ObjectStore for FaultStore {
         self.inner.lock(name, owner)
     }
 
+    fn lock_holders(&self, name: &str) -> Result<Vec<String>> {
+        self.gate(FaultOp::Lock, name)?;
+        self.inner.lock_holders(name)
+    }
+
+    fn break_lock(&self, name: &str) -> Result<Vec<String>> {
+        self.gate(FaultOp::Lock, name)?;
+        self.inner.break_lock(name)
+    }
+
     fn describe(&self) -> String {
         format!("fault:{}", self.inner.describe())
     }

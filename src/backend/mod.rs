@@ -13,6 +13,8 @@ pub mod counting;
 pub mod dir;
 pub mod fault;
 pub mod mem;
+#[cfg(feature = "rados")]
+pub mod rados;
 
 pub use counting::{CountingStore, StoreStats};
 pub use dir::DirStore;
@@ -89,8 +91,36 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Take the exclusive lock `name` (one per image) for fencing. Fails with
     /// kind `Locked`, naming the current holder, if someone else holds it.
-    /// `owner` describes the taker (host, pid, image UUID).
+    /// `owner` describes the taker (host, pid, image UUID). A store may keep
+    /// the lock on an object called `name` and create it, empty, if it does
+    /// not exist (RADOS does: the lock lives on the superblock object).
     fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>>;
+
+    /// Who holds the lock `name`, one description each (host, pid, image
+    /// and, where the store knows it, client and address). Stores whose
+    /// locks are process-local report none.
+    fn lock_holders(&self, _name: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Break the lock `name` held by someone else, fencing the holder first
+    /// so that it can never write again; returns a description of each
+    /// holder broken (none if the lock was free).
+    ///
+    /// Stores whose locks die with the holding process (directory, memory)
+    /// cannot fence a live holder: they report a free lock as nothing to
+    /// break and a held one as an error of kind `Locked`.
+    fn break_lock(&self, name: &str) -> Result<Vec<String>> {
+        match self.lock(name, "lock break probe") {
+            Ok(_probe) => Ok(Vec::new()),
+            Err(e) if e.kind() == crate::error::ErrorKind::Locked => Err(e.prefixed(format!(
+                "{} cannot break a lock held by a live process (it is released when \
+                 that process exits)",
+                self.describe()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
 
     /// A short description for messages, e.g. `dir:/var/lib/lsvd/store/pool`.
     fn describe(&self) -> String;

@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::{open_volume, parse_spec, print_stdout, store_for};
+use crate::backend::ObjectStore;
 use crate::config::Config;
 use crate::ublk::kernel::{self, KernelState};
 use crate::ublk::notify::notify;
@@ -40,6 +41,11 @@ pub struct AttachArgs {
     /// Stay in the foreground (for systemd `Type=notify`: sends READY=1).
     #[arg(long)]
     pub foreground: bool,
+    /// Break the image's lock if another server holds it, fencing that
+    /// server first (rados backend: its address is blocklisted, so it can
+    /// never write again). Only for a holder known to be dead or cut off.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `detach` arguments.
@@ -75,6 +81,8 @@ struct Plan {
     foreground: bool,
     /// The dead server being replaced, for messages.
     replacing: Option<Record>,
+    /// `attach --force`: break another holder's lock.
+    force: bool,
 }
 
 /// `attach POOL/IMAGE`.
@@ -108,6 +116,7 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
         },
         foreground: args.foreground,
         replacing: None,
+        force: args.force,
     };
     if let Some(r) = registry::all().into_iter().find(|r| r.image == spec_text) {
         match registry::state_of(&r) {
@@ -142,8 +151,12 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
             }
         }
     }
-    // Fail early (before forking) on an unknown image.
-    store_for(&plan.config, &spec.pool, false)?;
+    // Fail early (before forking) on an unknown pool. Not for RADOS: a
+    // librados client starts threads, and the server must not fork after
+    // that; the forked server reports those errors itself.
+    if plan.config.backend == crate::config::BackendKind::Dir {
+        store_for(&plan.config, &spec.pool, false)?;
+    }
     start(plan)
 }
 
@@ -193,6 +206,7 @@ fn recover_plan(r: Record) -> anyhow::Result<Plan> {
         },
         foreground: false,
         replacing: Some(r),
+        force: false,
     })
 }
 
@@ -314,11 +328,47 @@ fn start(plan: Plan) -> anyhow::Result<()> {
     r
 }
 
+/// Before opening: with `--force`, break whatever lock is held; when
+/// recovering from a dead server of this host, break the lock it left (and
+/// only that one). Stores whose locks die with their process have nothing
+/// to break in either case.
+fn take_over_lock(store: &dyn ObjectStore, image: &str, plan: &Plan) -> anyhow::Result<()> {
+    let broken = if plan.force {
+        store.break_lock(image).with_context(|| {
+            format!(
+                "attach --force: cannot break the lock of {}",
+                plan.spec_text
+            )
+        })?
+    } else if let Some(old) = &plan.replacing {
+        let mark = format!("{} image ", dead_owner(old.pid));
+        let holders = store.lock_holders(image)?;
+        if holders.is_empty() || !holders.iter().all(|h| h.contains(&mark)) {
+            return Ok(());
+        }
+        store.break_lock(image)?
+    } else {
+        return Ok(());
+    };
+    for b in broken {
+        tracing::warn!("{}: fenced and unlocked {b}", plan.spec_text);
+    }
+    Ok(())
+}
+
+/// The lock owner string a server with `pid` on this host used.
+fn dead_owner(pid: u32) -> String {
+    let mine = crate::volume::image::lock_owner();
+    let host = mine.rsplit_once(" pid ").map(|(h, _)| h).unwrap_or(&mine);
+    format!("{host} pid {pid}")
+}
+
 /// Open the image and serve it until a stop signal.
 fn serve_plan(plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
     let set = block_stop_signals();
     let spec = parse_spec(&plan.spec_text)?;
     let store = store_for(&plan.config, &spec.pool, false)?;
+    take_over_lock(store.as_ref(), &spec.image, &plan)?;
     let volume = open_volume(&plan.config, store, &spec)?;
     let config_json = serde_json::to_value(&plan.config).context("cannot encode configuration")?;
     let spec_text = plan.spec_text.clone();

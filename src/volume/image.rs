@@ -97,9 +97,31 @@ pub fn open_store(config: &Config, pool: &str, create: bool) -> Result<Arc<dyn O
             };
             Ok(with_test_faults(Arc::new(store)))
         }
+        #[cfg(feature = "rados")]
+        BackendKind::Rados => {
+            // A RADOS pool is made by the cluster's administrator (`ceph osd
+            // pool create`), never by us; `create` only needs it to exist.
+            let _ = create;
+            let store = crate::backend::rados::open(config, pool).map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "RADOS pool '{pool}' does not exist (create it with \
+                             'ceph osd pool create {pool}')"
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            Ok(with_test_faults(store))
+        }
+        #[cfg(not(feature = "rados"))]
         BackendKind::Rados => Err(Error::new(
             ErrorKind::Config,
-            "backend \"rados\" is not built into this binary",
+            "backend \"rados\" is not built into this binary (build it with \
+             `cargo build --release --features rados`)",
         )),
     }
 }
@@ -142,17 +164,27 @@ pub fn parse_object_name(image: &str, name: &str) -> Option<ObjSeq> {
 }
 
 /// Read and decode an image's superblock.
+///
+/// A zero-length superblock object is not an image: RADOS creates the
+/// object a lock is taken on, so an interrupted `create` (or the lock of an
+/// `rm`) can leave one behind. It reads as "does not exist".
 pub fn read_superblock(store: &dyn ObjectStore, image: &str) -> Result<Superblock> {
+    let missing = || {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("image '{image}' does not exist in {}", store.describe()),
+        )
+    };
     let buf = store.get(image, 0, 4096).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("image '{image}' does not exist in {}", store.describe()),
-            )
+            missing()
         } else {
             e
         }
     })?;
+    if buf.is_empty() {
+        return Err(missing());
+    }
     Superblock::decode(&buf).map_err(|e| {
         Error::with_source(
             ErrorKind::Corrupt,
@@ -200,7 +232,8 @@ pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Re
     }
     // Hold the image lock so a concurrent create or open cannot interleave.
     let _lock = store.lock(image, &lock_owner())?;
-    if store.stat(image)?.is_some() {
+    // Zero length: only a lock placeholder (see read_superblock).
+    if store.stat(image)?.is_some_and(|n| n > 0) {
         return Err(Error::new(
             ErrorKind::AlreadyExists,
             format!("image '{image}' already exists in {}", store.describe()),

@@ -1,0 +1,785 @@
+//! A small safe wrapper over the librados C API ([`super::ffi`]).
+//!
+//! Why our own: the `ceph` crate (3.2.5, last released 2021) lets an `IoCtx`
+//! outlive its `Rados` (use after free from safe code), frees the cluster
+//! twice after an explicit disconnect, sizes reads from a `Vec`'s capacity
+//! and has no safe asynchronous API. Here the types rule those out:
+//!
+//! - [`Cluster`] and [`Pool`] share the C handles through `Arc`s; a pool
+//!   handle keeps its cluster handle alive, and an operation in flight keeps
+//!   its pool handle alive, so `rados_ioctx_destroy` and `rados_shutdown`
+//!   run exactly once, after the last user, and never under an operation.
+//!   There is no explicit `shutdown`/`disconnect` to call twice.
+//! - Every buffer librados reads or writes asynchronously is owned by the
+//!   operation's shared state, not borrowed from the caller, so a caller that
+//!   gives up waiting (timeout) cannot free memory librados still uses.
+//! - Reads pass the requested length and keep exactly the number of bytes
+//!   librados reports.
+//!
+//! Asynchronous operations (`rados_aio_*`) complete through a callback that
+//! records the result and wakes the waiter. The callers (destage threads,
+//! read workers) wait with a deadline; ublk queue threads never call into
+//! the store. A per-pool window bounds the operations in flight.
+
+use std::cell::UnsafeCell;
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int, c_void};
+use std::path::PathBuf;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::ffi;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The errno librados reports for a blocklisted (fenced) client.
+pub const ESHUTDOWN: i32 = libc::ESHUTDOWN;
+
+/// How to connect to a cluster.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// The ceph.conf to read (monitors, keyring, auth).
+    pub conf: PathBuf,
+    /// Client id without the `client.` prefix, e.g. `admin`.
+    pub id: String,
+    /// Timeout of every OSD and monitor operation, and of the connect.
+    pub op_timeout: Duration,
+}
+
+/// Map a negative librados return value to our error kinds.
+pub fn kind_of(errno: i32) -> ErrorKind {
+    match errno {
+        libc::ENOENT => ErrorKind::NotFound,
+        libc::EEXIST => ErrorKind::AlreadyExists,
+        libc::EBUSY => ErrorKind::Locked,
+        libc::ETIMEDOUT => ErrorKind::Timeout,
+        libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
+        _ => ErrorKind::Io,
+    }
+}
+
+/// An error for librados return value `r` (negative errno) with `context`.
+pub fn rados_error(r: i32, context: impl Into<String>) -> Error {
+    let errno = -r;
+    let mut context = context.into();
+    if errno == ESHUTDOWN {
+        context.push_str(
+            " (this client is blocklisted: another server broke its lock and fenced it; \
+             it can never write to the image again)",
+        );
+    }
+    Error::with_source(
+        kind_of(errno),
+        context,
+        std::io::Error::from_raw_os_error(errno),
+    )
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("{what} '{}' contains NUL", s.escape_debug()),
+        )
+    })
+}
+
+/// The cluster handle; `rados_shutdown` when the last user drops it.
+struct ClusterHandle {
+    raw: ffi::rados_t,
+}
+
+// SAFETY: a librados cluster handle may be used from any thread and by many
+// threads at once (librados locks internally); we never hand out the raw
+// pointer beyond this module.
+unsafe impl Send for ClusterHandle {}
+// SAFETY: as above.
+unsafe impl Sync for ClusterHandle {}
+
+impl Drop for ClusterHandle {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from rados_create2 and this is its only release:
+        // every Pool and in-flight operation holds an Arc on this handle, so
+        // none is left when it drops.
+        unsafe { ffi::rados_shutdown(self.raw) };
+    }
+}
+
+/// A connection to a Ceph cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    h: Arc<ClusterHandle>,
+    op_timeout: Duration,
+}
+
+impl Cluster {
+    /// Read `opts.conf`, set the timeouts and connect as `client.<id>`.
+    pub fn connect(opts: &ConnectOptions) -> Result<Cluster> {
+        let conf_s = opts.conf.to_str().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!("ceph_conf {} is not valid UTF-8", opts.conf.display()),
+            )
+        })?;
+        if !opts.conf.exists() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "ceph configuration {} does not exist (set ceph_conf or CEPH_CONF)",
+                    opts.conf.display()
+                ),
+            ));
+        }
+        let cluster_name = cstring("cluster name", "ceph")?;
+        let name = cstring("ceph id", &format!("client.{}", opts.id))?;
+        let mut raw: ffi::rados_t = ptr::null_mut();
+        // SAFETY: out-pointer to a local; the strings outlive the call.
+        let r = unsafe { ffi::rados_create2(&mut raw, cluster_name.as_ptr(), name.as_ptr(), 0) };
+        if r < 0 {
+            return Err(rados_error(r, format!("rados create client.{}", opts.id)));
+        }
+        // From here the handle is released by Drop, also on errors below.
+        let h = Arc::new(ClusterHandle { raw });
+        let conf_c = cstring("ceph_conf", conf_s)?;
+        // SAFETY: h.raw is a live, unconnected handle; conf_c outlives the call.
+        let r = unsafe { ffi::rados_conf_read_file(h.raw, conf_c.as_ptr()) };
+        if r < 0 {
+            return Err(rados_error(
+                r,
+                format!("cannot read ceph configuration {}", opts.conf.display()),
+            ));
+        }
+        // Timeouts must be set before connecting: without them a dead OSD
+        // or monitor would hang an operation (or the connect) for ever.
+        let secs = opts.op_timeout.as_secs().max(1).to_string();
+        for key in [
+            "rados_osd_op_timeout",
+            "rados_mon_op_timeout",
+            "client_mount_timeout",
+        ] {
+            let k = cstring("option", key)?;
+            let v = cstring("value", &secs)?;
+            // SAFETY: live unconnected handle; strings outlive the call.
+            let r = unsafe { ffi::rados_conf_set(h.raw, k.as_ptr(), v.as_ptr()) };
+            if r < 0 {
+                return Err(rados_error(r, format!("rados conf set {key}={secs}")));
+            }
+        }
+        // SAFETY: live handle, configured above.
+        let r = unsafe { ffi::rados_connect(h.raw) };
+        if r < 0 {
+            let why = match -r {
+                libc::ENOENT => " (no keyring for this client? check 'keyring' in the conf)",
+                libc::EACCES | libc::EPERM => " (authentication refused: wrong key or id?)",
+                libc::ETIMEDOUT => {
+                    " (no monitor accepted us in time: are the monitors in the conf \
+                     reachable, and does the keyring hold a key for this client id?)"
+                }
+                _ => "",
+            };
+            return Err(rados_error(
+                r,
+                format!(
+                    "cannot connect to ceph as client.{} with {}{why}",
+                    opts.id,
+                    opts.conf.display()
+                ),
+            ));
+        }
+        Ok(Cluster {
+            h,
+            op_timeout: opts.op_timeout,
+        })
+    }
+
+    /// Open pool `name` with at most `max_inflight` asynchronous operations
+    /// in flight at once.
+    pub fn pool(&self, name: &str, namespace: &str, max_inflight: usize) -> Result<Pool> {
+        let name_c = cstring("pool name", name)?;
+        let mut io: ffi::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: connected handle; out-pointer to a local.
+        let r = unsafe { ffi::rados_ioctx_create(self.h.raw, name_c.as_ptr(), &mut io) };
+        if r < 0 {
+            if -r == libc::ENOENT {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("RADOS pool '{name}' does not exist"),
+                ));
+            }
+            return Err(rados_error(r, format!("cannot open RADOS pool '{name}'")));
+        }
+        let io = Arc::new(IoCtxHandle {
+            raw: io,
+            _cluster: self.h.clone(),
+        });
+        let mut label = format!("rados:{name}");
+        if !namespace.is_empty() {
+            let ns = cstring("namespace", namespace)?;
+            // SAFETY: the ioctx is live and not yet shared with any other
+            // thread or operation; librados copies the string.
+            unsafe { ffi::rados_ioctx_set_namespace(io.raw, ns.as_ptr()) };
+            label = format!("rados:{name}/{namespace}");
+        }
+        Ok(Pool {
+            io,
+            name: name.to_owned(),
+            label,
+            window: Arc::new(Window {
+                used: Mutex::new(0),
+                cv: Condvar::new(),
+                max: max_inflight.max(1),
+            }),
+            op_timeout: self.op_timeout,
+        })
+    }
+
+    /// This client's address(es) as the OSDs see it, e.g.
+    /// `127.0.0.1:0/3180851234`.
+    pub fn addrs(&self) -> Result<String> {
+        let mut out: *mut c_char = ptr::null_mut();
+        // SAFETY: connected handle; librados allocates *out, freed below.
+        let r = unsafe { ffi::rados_getaddrs(self.h.raw, &mut out) };
+        if r < 0 {
+            return Err(rados_error(r, "rados getaddrs"));
+        }
+        if out.is_null() {
+            return Ok(String::new());
+        }
+        // SAFETY: out is a NUL-terminated string from librados.
+        let s = unsafe { CStr::from_ptr(out) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: out was allocated by librados for us and is freed once.
+        unsafe { ffi::rados_buffer_free(out) };
+        Ok(s)
+    }
+
+    /// Blocklist the exact client address `addr` (for the cluster's default
+    /// time when `expire_secs` is 0) and wait until this client has the OSD
+    /// map that says so: after this returns, our own operations carry a map
+    /// epoch that makes every OSD refuse the fenced client.
+    pub fn blocklist(&self, addr: &str, expire_secs: u32) -> Result<()> {
+        let a = cstring("client address", addr)?;
+        let mut bytes = a.into_bytes_with_nul();
+        // SAFETY: connected handle; the address is a NUL-terminated buffer
+        // that outlives the call (the C API takes a non-const pointer but
+        // does not write through it).
+        let r =
+            unsafe { ffi::rados_blocklist_add(self.h.raw, bytes.as_mut_ptr().cast(), expire_secs) };
+        if r < 0 {
+            return Err(rados_error(r, format!("cannot blocklist client {addr}")));
+        }
+        // SAFETY: connected handle.
+        let r = unsafe { ffi::rados_wait_for_latest_osdmap(self.h.raw) };
+        if r < 0 {
+            return Err(rados_error(r, "wait for the OSD map after blocklisting"));
+        }
+        Ok(())
+    }
+}
+
+/// A pool handle; `rados_ioctx_destroy` when the last user drops it.
+struct IoCtxHandle {
+    raw: ffi::rados_ioctx_t,
+    // Dropped after `raw` is destroyed (Drop runs before fields drop).
+    _cluster: Arc<ClusterHandle>,
+}
+
+// SAFETY: librados I/O contexts are thread-safe for the operations we use
+// (we never change the context's namespace, locator or snapshot).
+unsafe impl Send for IoCtxHandle {}
+// SAFETY: as above.
+unsafe impl Sync for IoCtxHandle {}
+
+impl Drop for IoCtxHandle {
+    fn drop(&mut self) {
+        // SAFETY: raw came from rados_ioctx_create; this is its only release,
+        // and no operation is in flight (each holds an Arc on this handle).
+        unsafe { ffi::rados_ioctx_destroy(self.raw) };
+    }
+}
+
+/// Bounds the operations in flight on one pool.
+struct Window {
+    used: Mutex<usize>,
+    cv: Condvar,
+    max: usize,
+}
+
+/// One slot of a [`Window`], returned when the operation is really over
+/// (its completion fired), not when a caller gave up waiting.
+struct Permit(Arc<Window>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut used = self.0.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= 1;
+        self.0.cv.notify_one();
+    }
+}
+
+impl Window {
+    fn acquire(self: &Arc<Self>, deadline: Instant) -> Option<Permit> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used >= self.max {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            used = self
+                .cv
+                .wait_timeout(used, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *used += 1;
+        Some(Permit(self.clone()))
+    }
+}
+
+/// The shared state of one asynchronous operation: owned by the waiter and
+/// by the completion callback (through a leaked `Arc` handed to librados).
+struct Op {
+    // Keeps the pool (and cluster) alive while librados may call back.
+    _io: Arc<IoCtxHandle>,
+    comp: AtomicPtr<c_void>,
+    result: Mutex<Option<i32>>,
+    cv: Condvar,
+    // Buffers librados reads from or writes into until completion. Only
+    // librados touches them before completion; only the waiter after it.
+    buf: UnsafeCell<Vec<u8>>,
+    size: UnsafeCell<u64>,
+    mtime: UnsafeCell<libc::time_t>,
+    // The write op of a put, released with the operation.
+    write_op: AtomicPtr<c_void>,
+    _permit: Permit,
+}
+
+// SAFETY: the UnsafeCell fields are written by librados only between
+// submission and completion, and read by the waiter only after it has seen
+// the result under `result`'s mutex (which the callback sets after librados
+// finished with them); no two threads access them at once.
+unsafe impl Send for Op {}
+// SAFETY: as above.
+unsafe impl Sync for Op {}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        let w = self.write_op.load(Ordering::Acquire);
+        if !w.is_null() {
+            // SAFETY: w came from rados_create_write_op and is released once,
+            // after the operation completed (or was never submitted).
+            unsafe { ffi::rados_release_write_op(w) };
+        }
+        let c = self.comp.load(Ordering::Acquire);
+        if !c.is_null() {
+            // SAFETY: c came from rados_aio_create_completion2; the last
+            // reference to the operation releases it once. librados keeps
+            // its own reference while it runs the callback.
+            unsafe { ffi::rados_aio_release(c) };
+        }
+    }
+}
+
+/// Completion callback: record the result and wake the waiter.
+///
+/// # Safety
+/// `arg` is the `Arc<Op>` leaked for this completion by [`Pool::start`];
+/// librados calls this exactly once.
+unsafe extern "C" fn on_complete(c: ffi::rados_completion_t, arg: *mut c_void) {
+    // SAFETY: per the contract above, this takes back the callback's reference.
+    let op = unsafe { Arc::from_raw(arg as *const Op) };
+    // SAFETY: c is the live completion this callback belongs to.
+    let r = unsafe { ffi::rados_aio_get_return_value(c) };
+    let mut g = op.result.lock().unwrap_or_else(|e| e.into_inner());
+    *g = Some(r);
+    op.cv.notify_all();
+}
+
+/// An open pool: asynchronous object operations with a bounded window.
+#[derive(Clone)]
+pub struct Pool {
+    io: Arc<IoCtxHandle>,
+    name: String,
+    /// `rados:POOL` or `rados:POOL/NAMESPACE`, for messages.
+    label: String,
+    window: Arc<Window>,
+    op_timeout: Duration,
+}
+
+/// What an operation is, for building and naming it.
+enum Kind {
+    WriteFull,
+    Read { off: u64 },
+    Stat,
+    Remove,
+}
+
+/// A holder of a RADOS lock, from `rados_list_lockers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Locker {
+    /// The client entity, e.g. `client.4127`.
+    pub client: String,
+    /// The cookie it locked with (our cookies describe host, pid, image).
+    pub cookie: String,
+    /// Its exact address, e.g. `127.0.0.1:0/3180851234`.
+    pub addr: String,
+}
+
+impl Pool {
+    /// The pool name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `rados:POOL` or `rados:POOL/NAMESPACE`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Context for an error of `op` on `oid`.
+    fn ctx(&self, op: &str, oid: &str) -> String {
+        format!("{op} {oid} in {}", self.label)
+    }
+
+    /// How long a caller waits for an operation: the librados op timeout
+    /// (after which librados itself fails the operation) plus a margin.
+    fn wait_limit(&self) -> Duration {
+        self.op_timeout + Duration::from_secs(10)
+    }
+
+    /// Submit one operation on `oid` and wait for its result. `buf` is the
+    /// owned data to write or the buffer to read into.
+    fn run(&self, what: &str, oid: &str, kind: Kind, buf: Vec<u8>) -> Result<(i32, Arc<Op>)> {
+        let deadline = Instant::now() + self.wait_limit();
+        let ctx = || self.ctx(what, oid);
+        let oid_c = cstring("object name", oid)?;
+        let permit = self.window.acquire(deadline).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{}: {} operations in flight made no progress for {:?}",
+                    ctx(),
+                    self.window.max,
+                    self.wait_limit()
+                ),
+            )
+        })?;
+        let op = Arc::new(Op {
+            _io: self.io.clone(),
+            comp: AtomicPtr::new(ptr::null_mut()),
+            result: Mutex::new(None),
+            cv: Condvar::new(),
+            buf: UnsafeCell::new(buf),
+            size: UnsafeCell::new(0),
+            mtime: UnsafeCell::new(0),
+            write_op: AtomicPtr::new(ptr::null_mut()),
+            _permit: permit,
+        });
+        let arg = Arc::into_raw(op.clone()) as *mut c_void;
+        let mut comp: ffi::rados_completion_t = ptr::null_mut();
+        // SAFETY: arg is a leaked Arc<Op> that on_complete takes back; the
+        // out-pointer is a local.
+        let r = unsafe { ffi::rados_aio_create_completion2(arg, Some(on_complete), &mut comp) };
+        if r < 0 {
+            // SAFETY: no completion exists, so no callback will take it back.
+            drop(unsafe { Arc::from_raw(arg as *const Op) });
+            return Err(rados_error(r, ctx()));
+        }
+        op.comp.store(comp, Ordering::Release);
+        let io = self.io.raw;
+        // SAFETY: io is live (op holds an Arc on it); oid_c outlives the
+        // call (librados copies the name); the buffers are owned by `op`,
+        // which the callback's reference keeps alive until completion, and
+        // are not touched by us until the result is seen.
+        let r = unsafe {
+            let b = &mut *op.buf.get();
+            match kind {
+                Kind::WriteFull => {
+                    // A write op rather than rados_aio_write_full, for the
+                    // FULL_TRY flag: a full pool fails the put at once with
+                    // ENOSPC/EDQUOT (retried by destage) instead of parking
+                    // it inside librados until the op timeout.
+                    let w = ffi::rados_create_write_op();
+                    if w.is_null() {
+                        -libc::ENOMEM
+                    } else {
+                        op.write_op.store(w, Ordering::Release);
+                        ffi::rados_write_op_write_full(w, b.as_ptr().cast(), b.len());
+                        ffi::rados_aio_write_op_operate(
+                            w,
+                            io,
+                            comp,
+                            oid_c.as_ptr(),
+                            ptr::null_mut(),
+                            ffi::LIBRADOS_OPERATION_FULL_TRY,
+                        )
+                    }
+                }
+                Kind::Read { off } => ffi::rados_aio_read(
+                    io,
+                    oid_c.as_ptr(),
+                    comp,
+                    b.as_mut_ptr().cast(),
+                    b.len(),
+                    off,
+                ),
+                Kind::Stat => {
+                    ffi::rados_aio_stat(io, oid_c.as_ptr(), comp, op.size.get(), op.mtime.get())
+                }
+                Kind::Remove => ffi::rados_aio_remove(io, oid_c.as_ptr(), comp),
+            }
+        };
+        if r < 0 {
+            // SAFETY: submission failed, so librados will not call back;
+            // take back the callback's reference.
+            drop(unsafe { Arc::from_raw(arg as *const Op) });
+            return Err(rados_error(r, ctx()));
+        }
+        let mut g = op.result.lock().unwrap_or_else(|e| e.into_inner());
+        while g.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("{}: no reply in {:?}", ctx(), self.wait_limit()),
+                ));
+            }
+            g = op
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let r = g.unwrap_or(-libc::EIO);
+        drop(g);
+        Ok((r, op))
+    }
+
+    /// Replace object `oid` with `data` in one atomic write.
+    pub fn write_full(&self, oid: &str, data: Vec<u8>) -> Result<()> {
+        let (r, _) = self.run("put", oid, Kind::WriteFull, data)?;
+        if r < 0 {
+            return Err(rados_error(r, self.ctx("put (write_full)", oid)));
+        }
+        Ok(())
+    }
+
+    /// Read up to `len` bytes at `off`; fewer if the object ends first.
+    pub fn read(&self, oid: &str, off: u64, len: usize) -> Result<Vec<u8>> {
+        if len == 0 {
+            // A RADOS read of length 0 means "to the end of the object",
+            // which would overrun the empty buffer: answer it here, after
+            // checking that the object exists, like any other read.
+            return match self.stat(oid)? {
+                Some(_) => Ok(Vec::new()),
+                None => Err(rados_error(-libc::ENOENT, self.ctx("get (read)", oid))),
+            };
+        }
+        let (r, op) = self.run("get", oid, Kind::Read { off }, vec![0u8; len])?;
+        if r < 0 {
+            return Err(rados_error(r, self.ctx("get (read)", oid)));
+        }
+        // SAFETY: the operation completed (r was seen under the result
+        // mutex), so librados no longer touches the buffer.
+        let mut buf = std::mem::take(unsafe { &mut *op.buf.get() });
+        buf.truncate((r as usize).min(len));
+        Ok(buf)
+    }
+
+    /// Size of `oid`, `None` if it does not exist.
+    pub fn stat(&self, oid: &str) -> Result<Option<u64>> {
+        let (r, op) = self.run("stat", oid, Kind::Stat, Vec::new())?;
+        if -r == libc::ENOENT {
+            return Ok(None);
+        }
+        if r < 0 {
+            return Err(rados_error(r, self.ctx("stat", oid)));
+        }
+        // SAFETY: completed, as in `read`.
+        Ok(Some(unsafe { *op.size.get() }))
+    }
+
+    /// Remove `oid`; a missing object is not an error.
+    pub fn remove(&self, oid: &str) -> Result<()> {
+        let (r, _) = self.run("delete", oid, Kind::Remove, Vec::new())?;
+        if r < 0 && -r != libc::ENOENT {
+            return Err(rados_error(r, self.ctx("delete (remove)", oid)));
+        }
+        Ok(())
+    }
+
+    /// Every object name in the pool (default namespace), unsorted.
+    pub fn list_all(&self) -> Result<Vec<String>> {
+        let mut ctx: ffi::rados_list_ctx_t = ptr::null_mut();
+        // SAFETY: live ioctx; out-pointer to a local.
+        let r = unsafe { ffi::rados_nobjects_list_open(self.io.raw, &mut ctx) };
+        if r < 0 {
+            return Err(rados_error(r, format!("list objects in {}", self.label)));
+        }
+        let mut out = Vec::new();
+        let result = loop {
+            let mut entry: *const c_char = ptr::null();
+            // SAFETY: ctx is the open listing; entry is valid until the
+            // next call, and we copy it before then.
+            let r = unsafe {
+                ffi::rados_nobjects_list_next(ctx, &mut entry, ptr::null_mut(), ptr::null_mut())
+            };
+            if r == -libc::ENOENT {
+                break Ok(());
+            }
+            if r < 0 {
+                break Err(rados_error(r, format!("list objects in {}", self.label)));
+            }
+            if !entry.is_null() {
+                // SAFETY: NUL-terminated name owned by the listing.
+                out.push(
+                    unsafe { CStr::from_ptr(entry) }
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        };
+        // SAFETY: ctx was opened above and is closed once.
+        unsafe { ffi::rados_nobjects_list_close(ctx) };
+        result.map(|()| out)
+    }
+
+    /// Take the exclusive lock `name` on `oid` (creating the object if it
+    /// does not exist, as every RADOS lock does). Returns the librados
+    /// return value: 0, or `-EBUSY`/`-EEXIST` if it is held.
+    pub fn lock_exclusive(&self, oid: &str, name: &str, cookie: &str, desc: &str) -> Result<i32> {
+        let (o, n, c, d) = (
+            cstring("object name", oid)?,
+            cstring("lock name", name)?,
+            cstring("lock cookie", cookie)?,
+            cstring("lock description", desc)?,
+        );
+        // SAFETY: live ioctx; strings outlive the (synchronous) call; a null
+        // duration means the lock does not expire.
+        let r = unsafe {
+            ffi::rados_lock_exclusive(
+                self.io.raw,
+                o.as_ptr(),
+                n.as_ptr(),
+                c.as_ptr(),
+                d.as_ptr(),
+                ptr::null_mut(),
+                0,
+            )
+        };
+        if r < 0 && r != -libc::EBUSY && r != -libc::EEXIST {
+            return Err(rados_error(r, self.ctx("lock", oid)));
+        }
+        Ok(r)
+    }
+
+    /// Release lock `name` on `oid` taken with `cookie`; a lock that is
+    /// already gone (broken, or the object removed) is not an error.
+    pub fn unlock(&self, oid: &str, name: &str, cookie: &str) -> Result<()> {
+        let (o, n, c) = (
+            cstring("object name", oid)?,
+            cstring("lock name", name)?,
+            cstring("lock cookie", cookie)?,
+        );
+        // SAFETY: live ioctx; strings outlive the call.
+        let r = unsafe { ffi::rados_unlock(self.io.raw, o.as_ptr(), n.as_ptr(), c.as_ptr()) };
+        if r < 0 && r != -libc::ENOENT {
+            return Err(rados_error(r, self.ctx("unlock", oid)));
+        }
+        Ok(())
+    }
+
+    /// The holders of lock `name` on `oid`.
+    pub fn lockers(&self, oid: &str, name: &str) -> Result<Vec<Locker>> {
+        let (o, n) = (cstring("object name", oid)?, cstring("lock name", name)?);
+        let mut cap = 1024usize;
+        loop {
+            let (mut tag, mut clients, mut cookies, mut addrs) = (
+                vec![0u8; cap],
+                vec![0u8; cap],
+                vec![0u8; cap],
+                vec![0u8; cap],
+            );
+            let (mut tl, mut cl, mut kl, mut al) = (cap, cap, cap, cap);
+            let mut exclusive: c_int = 0;
+            // SAFETY: live ioctx; every buffer is `cap` bytes long and its
+            // length is passed with it; librados writes at most that much
+            // and reports the sizes it needs if they are too small.
+            let r = unsafe {
+                ffi::rados_list_lockers(
+                    self.io.raw,
+                    o.as_ptr(),
+                    n.as_ptr(),
+                    &mut exclusive,
+                    tag.as_mut_ptr().cast(),
+                    &mut tl,
+                    clients.as_mut_ptr().cast(),
+                    &mut cl,
+                    cookies.as_mut_ptr().cast(),
+                    &mut kl,
+                    addrs.as_mut_ptr().cast(),
+                    &mut al,
+                )
+            };
+            if r == -(libc::ERANGE as isize) {
+                let need = tl.max(cl).max(kl).max(al);
+                if need <= cap || cap >= 1 << 24 {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("{}: reply too large", self.ctx("list lockers of", oid)),
+                    ));
+                }
+                cap = need;
+                continue;
+            }
+            if r == -(libc::ENOENT as isize) {
+                return Ok(Vec::new());
+            }
+            if r < 0 {
+                return Err(rados_error(r as i32, self.ctx("list lockers of", oid)));
+            }
+            let split = |b: &[u8], len: usize| -> Vec<String> {
+                b[..len.min(b.len())]
+                    .split(|&c| c == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            };
+            let (cs, ks, ads) = (split(&clients, cl), split(&cookies, kl), split(&addrs, al));
+            let count = r as usize;
+            return Ok((0..count)
+                .map(|i| Locker {
+                    client: cs.get(i).cloned().unwrap_or_default(),
+                    cookie: ks.get(i).cloned().unwrap_or_default(),
+                    addr: ads.get(i).cloned().unwrap_or_default(),
+                })
+                .collect());
+        }
+    }
+
+    /// Remove `locker`'s hold on lock `name` of `oid` (fence it first!).
+    pub fn break_lock(&self, oid: &str, name: &str, locker: &Locker) -> Result<()> {
+        let (o, n, cl, ck) = (
+            cstring("object name", oid)?,
+            cstring("lock name", name)?,
+            cstring("client", &locker.client)?,
+            cstring("cookie", &locker.cookie)?,
+        );
+        // SAFETY: live ioctx; strings outlive the call.
+        let r = unsafe {
+            ffi::rados_break_lock(
+                self.io.raw,
+                o.as_ptr(),
+                n.as_ptr(),
+                cl.as_ptr(),
+                ck.as_ptr(),
+            )
+        };
+        if r < 0 && r != -libc::ENOENT {
+            return Err(rados_error(r, self.ctx("break lock of", oid)));
+        }
+        Ok(())
+    }
+}
