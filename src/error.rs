@@ -32,6 +32,9 @@ pub enum ErrorKind {
     Closed,
     /// Configuration is invalid.
     Config,
+    /// This server was fenced: another server broke its lock and the
+    /// backend refuses its writes for good (RADOS: blocklisted).
+    Fenced,
 }
 
 impl ErrorKind {
@@ -48,6 +51,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::Closed => "volume closed",
             ErrorKind::Config => "configuration error",
+            ErrorKind::Fenced => "fenced",
         }
     }
 
@@ -65,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Timeout => libc::ETIMEDOUT,
             ErrorKind::Closed => libc::ESHUTDOWN,
             ErrorKind::Config => libc::EINVAL,
+            ErrorKind::Fenced => libc::ESHUTDOWN,
         })
     }
 }

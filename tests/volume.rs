@@ -303,3 +303,47 @@ fn unreachable_store_fails_open_clearly() {
     assert_eq!(e.kind(), ErrorKind::Io, "{e}");
     assert!(e.to_string().contains("img"), "{e}");
 }
+
+/// Once the backend says this server is fenced (another server broke its
+/// lock; RADOS answers ESHUTDOWN), nothing is retried: writes, flushes and
+/// close fail at once with kind `Fenced`, and nothing more reaches the store.
+#[test]
+fn fenced_server_fails_fast_and_writes_nothing_more() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create_image(mem.as_ref(), "img", 4 << 20).unwrap();
+    let fault = Arc::new(FaultStore::new(mem.clone(), 3));
+    let store: Arc<dyn ObjectStore> = fault.clone();
+    let c = Config {
+        hard_flush: true,
+        io_timeout_msec: 60_000,
+        ..config()
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    v.write(0, &pattern(1, 65536)).unwrap();
+    v.flush().unwrap();
+    let before =
+        lsvd::volume::image::image_info(mem.as_ref(), &ImageSpec::parse("p/img").unwrap()).unwrap();
+    fault.add_rule(FaultRule::new(
+        FaultOp::Put,
+        FaultAction::Fail(ErrorKind::Fenced),
+    ));
+    let start = std::time::Instant::now();
+    v.write(65536, &pattern(2, 65536)).unwrap();
+    let e = v.flush().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
+    assert!(e.to_string().contains("fenced"), "{e}");
+    let e = v.write(0, &pattern(3, 4096)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
+    let e = v.close().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
+    // Far below io_timeout_msec: a fenced server does not retry.
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    let after = image_info(mem.as_ref(), &ImageSpec::parse("p/img").unwrap()).unwrap();
+    assert_eq!(before.objects, after.objects);
+    assert_eq!(before.stored_bytes, after.stored_bytes);
+}

@@ -84,6 +84,10 @@ pub(crate) fn put_worker(
             match inner.store.put_parts(&job.name, &[&job.head, data]) {
                 Ok(()) => break Ok(()),
                 Err(e) => {
+                    if e.kind() == ErrorKind::Fenced {
+                        inner.mark_fenced(&e);
+                        break Err(e);
+                    }
                     if inner.stopping.load(Ordering::SeqCst) {
                         break Err(e);
                     }
@@ -196,9 +200,23 @@ impl Destager {
                     done(Ok(()));
                 } else {
                     self.applied_waiters.push((upto, done));
+                    self.fail_waiters_if_fenced();
                 }
             }
             DestageMsg::Stop => {}
+        }
+    }
+
+    /// Once fenced, no put of ours can land: fail whoever waits for one.
+    fn fail_waiters_if_fenced(&mut self) {
+        let Some(e) = self.inner.fenced_error() else {
+            return;
+        };
+        for (_, d) in self.applied_waiters.drain(..) {
+            d(Err(e.duplicate()));
+        }
+        for d in self.ckpt_waiters.drain(..) {
+            d(Err(e.duplicate()));
         }
     }
 
@@ -217,8 +235,10 @@ impl Destager {
     fn completed_put(&mut self, seq: ObjSeq, r: Result<()>) {
         self.inflight -= 1;
         if let Err(e) = r {
-            // Only when stopping: the object stays unapplied.
+            // When stopping, or fenced: the object stays unapplied. Fenced,
+            // nothing will ever be applied again: fail every waiter now.
             debug!(object = seq.0, "put abandoned: {e}");
+            self.fail_waiters_if_fenced();
             return;
         }
         self.completed.insert(seq.0);
@@ -440,6 +460,10 @@ impl Inner {
             match self.store.put(name, data) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
+                    if e.kind() == ErrorKind::Fenced {
+                        self.mark_fenced(&e);
+                        return Err(e);
+                    }
                     if self.stopping.load(Ordering::SeqCst)
                         || std::time::Instant::now() + backoff > deadline
                     {

@@ -128,6 +128,10 @@ pub(crate) struct Inner {
     map_extents: AtomicU64,
     stopping: AtomicBool,
     backend_error: Mutex<Option<String>>,
+    /// Set when the backend refused a write because another server broke
+    /// our lock and fenced us: nothing more of ours can ever land, so
+    /// writes, flushes and destage fail at once instead of retrying.
+    fenced: Mutex<Option<String>>,
     stats: Counters,
     destage_tx: Sender<DestageMsg>,
     flusher: (Mutex<bool>, Condvar),
@@ -139,6 +143,31 @@ pub(crate) struct Inner {
 impl Inner {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record that the backend fenced us (see `fenced`).
+    fn mark_fenced(&self, e: &Error) {
+        if let Ok(mut g) = self.fenced.lock() {
+            if g.is_none() {
+                tracing::error!(image = %self.image, "this server was fenced; every later write fails: {e}");
+                *g = Some(format!("{e}"));
+            }
+        }
+    }
+
+    /// The error every operation gets once fenced, if we are.
+    fn fenced_error(&self) -> Option<Error> {
+        let g = self.fenced.lock().ok()?;
+        g.as_ref().map(|why| {
+            Error::new(
+                ErrorKind::Fenced,
+                format!(
+                    "image {} was taken over by another server, which fenced this one \
+                     (its writes are refused for good; detach it): {why}",
+                    self.image
+                ),
+            )
+        })
     }
 
     fn set_backend_error(&self, e: &Error) {
@@ -220,6 +249,9 @@ impl Inner {
         fua: bool,
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
+        if let Some(e) = self.fenced_error() {
+            return Err(e);
+        }
         let last = JournalSeq(st.next_jseq.0 - 1);
         let Some(j) = st.journal.as_ref() else {
             return Err(Error::new(ErrorKind::Closed, "journal is not open"));
@@ -450,6 +482,7 @@ impl Volume {
             backend_jseq: AtomicU64::new(rec.backend_jseq.0),
             stopping: AtomicBool::new(false),
             backend_error: Mutex::new(None),
+            fenced: Mutex::new(None),
             stats: Counters::default(),
             destage_tx,
             flusher: (Mutex::new(false), Condvar::new()),
@@ -845,6 +878,9 @@ impl Volume {
                 ErrorKind::Closed,
                 format!("image {} is closed", inner.image),
             ));
+        }
+        if let Some(e) = inner.fenced_error() {
+            return Err(e);
         }
         let upto = st.last_sent;
         let done: Completion = if inner.config.hard_flush {

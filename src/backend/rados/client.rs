@@ -55,6 +55,7 @@ pub fn kind_of(errno: i32) -> ErrorKind {
         libc::EBUSY => ErrorKind::Locked,
         libc::ETIMEDOUT => ErrorKind::Timeout,
         libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
+        ESHUTDOWN => ErrorKind::Fenced,
         _ => ErrorKind::Io,
     }
 }
