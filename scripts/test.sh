@@ -6,18 +6,24 @@
 #   3. the crash tester (lsvd-crash-test) for a bounded number of iterations,
 #      plain kills, journal wipes and lost objects, with a slow backend,
 #   4. the property test with more cases, in release mode,
-#   5. the block device in a real kernel: a QEMU guest (TCG) boots Debian's
+#   5. the RADOS backend against a single-node Ceph cluster built here
+#      (scripts/ceph-test-cluster.sh; stopped again on exit, also on
+#      failure): the backend conformance suite, fencing, faults (OSD
+#      stopped mid-run, full cluster, bad configuration), the crash tester
+#      and the property test, with bounded iterations,
+#   6. the block device in a real kernel: a QEMU guest (TCG) boots Debian's
 #      6.12 backports kernel with ublk and runs scripts/vm/scenarios/
 #      (tests/vm.rs runs scripts/vm-test.sh, which fetches and caches the
 #      kernel and installs qemu, busybox, fio, e2fsprogs if missing).
-# Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_PROPTEST_CASES (default 256).
+# Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_PROPTEST_CASES (default 256),
+# LSVD_RADOS_CRASH_ITERATIONS (default 40), LSVD_RADOS_PROPTEST_CASES (default 16).
 # One guest scenario alone: scripts/vm-test.sh --scenario NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A C toolchain and libclang (libublk's bindgen), and systemd for
-# systemd-analyze (tests/systemd.rs).
-bash scripts/install-build-deps.sh systemd
+# A C toolchain and libclang (libublk's bindgen), librados-dev (the rados
+# feature links librados), and systemd for systemd-analyze (tests/systemd.rs).
+bash scripts/install-build-deps.sh systemd librados-dev
 
 # Test data must live on a real file system: the journal uses O_DIRECT and
 # tmpfs would hide alignment bugs.
@@ -33,7 +39,7 @@ cargo test --all-features 2>&1 | tee /tmp/lsvd-cargo-test.log
 grep -q "test result: FAILED" /tmp/lsvd-cargo-test.log && exit 1
 
 echo "== crash tester"
-cargo build --release --bin lsvd-crash-test
+cargo build --release --features rados --bin lsvd-crash-test
 iters="${LSVD_CRASH_ITERATIONS:-300}"
 crash=target/release/lsvd-crash-test
 "$crash" --iterations "$iters" --seed 1 --quiet
@@ -43,6 +49,25 @@ crash=target/release/lsvd-crash-test
 
 echo "== property test, more cases"
 LSVD_PROPTEST_CASES="${LSVD_PROPTEST_CASES:-256}" cargo test --release --test proptest_oracle
+
+echo "== RADOS backend on a single-node Ceph test cluster"
+ceph_dir="$TMPDIR/lsvd-ceph-test"
+# Stop our cluster whatever happens from here (the script kills only the
+# daemons named by its own pid files).
+trap 'bash scripts/ceph-test-cluster.sh stop "$ceph_dir" || true' EXIT
+bash scripts/ceph-test-cluster.sh start "$ceph_dir"
+eval "$(bash scripts/ceph-test-cluster.sh env "$ceph_dir")"
+cargo test --release --features rados --test backend_conformance --test rados_fencing \
+    --test rados -- --ignored --nocapture --test-threads 1
+cargo build --release --features rados --bin lsvd-crash-test
+rados_iters="${LSVD_RADOS_CRASH_ITERATIONS:-40}"
+"$crash" --backend rados --iterations "$rados_iters" --seed 5 --quiet
+"$crash" --backend rados --iterations $((rados_iters / 2)) --seed 6 --lose-objects 2 \
+    --lose-objects-every 3 --quiet
+LSVD_PROPTEST_CASES="${LSVD_RADOS_PROPTEST_CASES:-16}" \
+    cargo test --release --features rados --test proptest_oracle -- --ignored --nocapture
+bash scripts/ceph-test-cluster.sh stop "$ceph_dir"
+trap - EXIT
 
 echo "== block device in a QEMU guest (real kernel with ublk)"
 cargo test --release --test vm -- --ignored --nocapture
