@@ -319,6 +319,60 @@ fn rm_refuses_an_open_image() {
     assert_eq!(env.ok_str(&["ls", "pool"]), "busy\n");
 }
 
+/// `lock ls` names the holder of an open image; `lock break` of the dir
+/// backend's lock (an flock of a live process) is refused, naming the
+/// holder, and of a free lock is a no-op; `--id` is checked.
+#[test]
+fn lock_ls_and_break_on_the_dir_backend() {
+    let env = Env::new();
+    env.ok(&["create", "pool/held", "--size", "64M"]);
+    assert_eq!(
+        env.ok_str(&["lock", "ls", "pool/held"]),
+        "pool/held: not locked\n"
+    );
+    assert_eq!(
+        env.ok_str(&["lock", "break", "pool/held"]),
+        "pool/held: not locked; nothing to break\n"
+    );
+    let mut child = env
+        .cmd(&[
+            "bench",
+            "pool/held",
+            "--io-type",
+            "read",
+            "--io-total",
+            "1T",
+            "--io-threads",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let pid = format!("pid {}", child.id());
+    let ls = env.ok_str(&["lock", "ls", "pool/held"]);
+    let e = env.fails(&["lock", "break", "pool/held"], &["live process", &pid]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ls.starts_with("pool/held: locked by host "), "{ls}");
+    assert!(ls.contains(&pid) && ls.contains(" image "), "{ls}");
+    assert!(e.contains("locked"), "{e}");
+    // The holder died: its flock went with it.
+    assert_eq!(
+        env.ok_str(&["lock", "ls", "pool/held"]),
+        "pool/held: not locked\n"
+    );
+    env.fails(&["lock", "ls", "pool/nope"], &["nope", "does not exist"]);
+    env.fails(
+        &["--id", "client.admin", "ls", "pool"],
+        &["ceph_id", "client."],
+    );
+}
+
 /// The device commands on a machine without the ublk driver (like this
 /// project's hosts; the real device is tested in a QEMU guest by
 /// `tests/vm.rs`), and against a private run directory.

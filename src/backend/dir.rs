@@ -373,6 +373,36 @@ impl ObjectStore for DirStore {
         }))
     }
 
+    fn lock_holders(&self, name: &str) -> Result<Vec<String>> {
+        self.check_name("lock", name)?;
+        let ctx = || self.ctx("list lock holders of", name);
+        let path = self.dir.join(format!("{LOCK_PREFIX}{name}"));
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(ctx(), e)),
+        };
+        // A shared probe: it fails only while someone holds the lock (it
+        // could make a concurrent taker see "locked" for an instant).
+        // SAFETY: flock on a descriptor owned by `file`; no memory passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Vec::new()); // free; closing `file` drops the probe
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::io(ctx(), e));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        Ok(vec![if holder.is_empty() {
+            "<unknown>".to_owned()
+        } else {
+            holder.to_owned()
+        }])
+    }
+
     fn describe(&self) -> String {
         format!("dir:{}", self.dir.display())
     }

@@ -210,7 +210,7 @@ fn cmd_lock_ls(config: &Config, image: &str) -> anyhow::Result<()> {
     for h in holders {
         out.push_str(&format!("{spec}: locked by {h}\n"));
     }
-    print_stdout(&out)
+    print_stdout(out.trim_end())
 }
 
 /// `lock break POOL/IMAGE`.
@@ -228,7 +228,7 @@ fn cmd_lock_break(config: &Config, image: &str) -> anyhow::Result<()> {
     for b in broken {
         out.push_str(&format!("{spec}: fenced and unlocked {b}\n"));
     }
-    print_stdout(&out)
+    print_stdout(out.trim_end())
 }
 
 /// Load the layered configuration with `--config` on top.
