@@ -4,13 +4,18 @@
 # one replica. Everything (config, keys, data, logs, sockets, pid files)
 # lives in one directory, so several clusters can coexist on one machine.
 #
-# Usage: scripts/ceph-test-cluster.sh start|stop|env|status [DIR]
-#   start   install missing Debian packages, build and start the cluster
-#           (says so and exits 0 if it is already running; wipes and
-#           rebuilds a DIR left by a dead cluster)
-#   stop    stop this cluster's daemons (by their pid files) and remove DIR
-#   env     print `export CEPH_CONF=...` lines, for `eval "$(... env)"`
-#   status  a rados put/get/rm round trip; exits non-zero if it fails
+# Usage: scripts/ceph-test-cluster.sh start|stop|env|status|osd-stop|osd-start [DIR]
+#   start      install missing Debian packages, build and start the cluster
+#              (says so and exits 0 if it is already running; wipes and
+#              rebuilds a DIR left by a dead cluster)
+#   stop       stop this cluster's daemons (by their pid files) and remove DIR
+#   env        print `export CEPH_CONF=...` lines, for `eval "$(... env)"`
+#   status     a rados put/get/rm round trip; exits non-zero if it fails
+#   osd-stop   stop the OSD only (SIGTERM by its pid file), wait until it has
+#              exited and the monitor marks it down: I/O to the pool then
+#              waits (fault tests); the monitor keeps running
+#   osd-start  start that OSD again with the same arguments as `start` and
+#              wait until the monitor marks it up
 #
 # DIR defaults to /tmp/lsvd-ceph and must be on a real file system (not
 # tmpfs: bluestore uses O_DIRECT on its block file).
@@ -45,7 +50,7 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 start|stop|env|status [DIR]" >&2
+    echo "usage: $0 start|stop|env|status|osd-stop|osd-start [DIR]" >&2
     exit 2
 }
 
@@ -257,6 +262,28 @@ client mount timeout = 30
 EOF
 }
 
+# Start osd.0 (already made by `start`); it forks into the background and
+# writes its pid file. `start` and `osd-start` launch it the same way.
+launch_osd() {
+    timeout 60 ceph-osd -c "$CONF" -i 0 >>"$DIR/log/osd-start.out" 2>&1 ||
+        die "ceph-osd failed to start; see $DIR/log/osd-start.out and osd.0.log"
+}
+
+# Wait up to $2 seconds until the OSD map shows osd.0 as $1 (up or down).
+wait_osd_state() {
+    local want=$1 secs=$2 i dump
+    for ((i = 0; i < secs; i++)); do
+        # Into a variable first: `grep -q` closing the pipe early would
+        # make the pipeline fail under pipefail.
+        dump=$(ceph_ osd dump 2>/dev/null) || dump=
+        if grep -q "^osd\.0 $want " <<<"$dump"; then
+            return 0
+        fi
+        sleep 1
+    done
+    return 1
+}
+
 cmd_start() {
     local store=${LSVD_CEPH_OBJECTSTORE:-bluestore}
     case $store in
@@ -332,8 +359,7 @@ cmd_start() {
     timeout 120 ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" \
         >"$DIR/log/osd-mkfs.out" 2>&1 ||
         die "ceph-osd --mkfs failed; see $DIR/log/osd-mkfs.out and osd.0.log"
-    timeout 60 ceph-osd -c "$CONF" -i 0 >"$DIR/log/osd-start.out" 2>&1 ||
-        die "ceph-osd failed to start; see $DIR/log/osd-start.out and osd.0.log"
+    launch_osd
 
     # The pool (one replica, from the defaults above).
     ceph_ osd pool create "$POOL" 8 8 >/dev/null 2>&1
@@ -370,6 +396,8 @@ cmd_env() {
     # ceph.conf's [client] section names the keyring (client.admin); do
     # not export CEPH_KEYRING: ceph daemons honour it too, over ceph.conf.
     printf 'export LSVD_CEPH_POOL=%q\n' "$POOL"
+    # For tests that stop and start the OSD (osd-stop/osd-start DIR).
+    printf 'export LSVD_CEPH_DIR=%q\n' "$DIR"
 }
 
 cmd_status() {
@@ -393,6 +421,33 @@ cmd_status() {
     echo "ceph test cluster in $DIR is healthy (pool $POOL round trip ok)"
 }
 
+cmd_osd_stop() {
+    [[ -f $DIR/$MARKER && -f $CONF ]] || die "no cluster in $DIR (run: $0 start $DIR)"
+    daemon_pid "$DIR/run/mon.a.pid" >/dev/null || die "mon.a of $DIR is not running"
+    if daemon_pid "$DIR/run/osd.0.pid" >/dev/null; then
+        # SIGTERM: the OSD tells the monitor it is going down, then exits.
+        stop_daemon "$DIR/run/osd.0.pid"
+    fi
+    # A clean exit has already told the monitor. After a SIGKILL nobody
+    # would (one OSD has no peers to report it) until the monitor's report
+    # timeout, so say it ourselves: the process is gone.
+    if ! wait_osd_state down 10; then
+        ceph_ osd down 0 >/dev/null 2>&1 || true
+        wait_osd_state down 20 || die "osd.0 of $DIR exited but the monitor still shows it up"
+    fi
+    echo "osd.0 of $DIR stopped"
+}
+
+cmd_osd_start() {
+    [[ -f $DIR/$MARKER && -f $CONF ]] || die "no cluster in $DIR (run: $0 start $DIR)"
+    daemon_pid "$DIR/run/mon.a.pid" >/dev/null || die "mon.a of $DIR is not running"
+    if ! daemon_pid "$DIR/run/osd.0.pid" >/dev/null; then
+        launch_osd
+    fi
+    wait_osd_state up 60 || die "osd.0 of $DIR is not up after 60 s; logs in $DIR/log"
+    echo "osd.0 of $DIR running"
+}
+
 (($# >= 1 && $# <= 2)) || usage
 DIR=$(cluster_dir "${2:-}")
 CONF=$DIR/ceph.conf
@@ -401,5 +456,7 @@ case $1 in
     stop) cmd_stop ;;
     env) cmd_env ;;
     status) cmd_status ;;
+    osd-stop) cmd_osd_stop ;;
+    osd-start) cmd_osd_start ;;
     *) usage ;;
 esac

@@ -107,6 +107,27 @@ impl Drop for ClusterHandle {
     }
 }
 
+/// The value of configuration option `key` of a cluster handle.
+fn conf_get(h: &ClusterHandle, key: &str) -> Option<String> {
+    let k = CString::new(key).ok()?;
+    let mut len = 256usize;
+    loop {
+        let mut buf = vec![0u8; len];
+        // SAFETY: live handle; buf is `len` bytes and its length is passed
+        // with it; librados NUL-terminates what it writes within that.
+        let r = unsafe { ffi::rados_conf_get(h.raw, k.as_ptr(), buf.as_mut_ptr().cast(), len) };
+        if r == -libc::ENAMETOOLONG && len < 1 << 20 {
+            len *= 4;
+            continue;
+        }
+        if r < 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+        return Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+    }
+}
+
 /// A connection to a Ceph cluster.
 #[derive(Clone)]
 pub struct Cluster {
@@ -146,9 +167,12 @@ impl Cluster {
         // SAFETY: h.raw is a live, unconnected handle; conf_c outlives the call.
         let r = unsafe { ffi::rados_conf_read_file(h.raw, conf_c.as_ptr()) };
         if r < 0 {
-            return Err(rados_error(
-                r,
+            // Always a configuration problem (never "not found": callers
+            // read NotFound from here as a missing pool).
+            return Err(Error::with_source(
+                ErrorKind::Config,
                 format!("cannot read ceph configuration {}", opts.conf.display()),
+                std::io::Error::from_raw_os_error(-r),
             ));
         }
         // Timeouts must be set before connecting: without them a dead OSD
@@ -169,9 +193,24 @@ impl Cluster {
         }
         // SAFETY: live handle, configured above.
         let r = unsafe { ffi::rados_connect(h.raw) };
+        if r == -libc::ENOENT {
+            // librados found no keyring file at all (it says so only in its
+            // log): a configuration error that names the keyring, not
+            // "not found", which callers read as a missing pool.
+            let keyring = conf_get(&h, "keyring").unwrap_or_else(|| "(unknown)".into());
+            return Err(Error::with_source(
+                ErrorKind::Config,
+                format!(
+                    "cannot connect to ceph as client.{} with {}: no keyring found at \
+                     {keyring} (check 'keyring' in the [client] section of the conf)",
+                    opts.id,
+                    opts.conf.display()
+                ),
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
         if r < 0 {
             let why = match -r {
-                libc::ENOENT => " (no keyring for this client? check 'keyring' in the conf)",
                 libc::EACCES | libc::EPERM => " (authentication refused: wrong key or id?)",
                 libc::ETIMEDOUT => {
                     " (no monitor accepted us in time: are the monitors in the conf \
@@ -393,9 +432,44 @@ unsafe extern "C" fn on_complete(c: ffi::rados_completion_t, arg: *mut c_void) {
     let op = unsafe { Arc::from_raw(arg as *const Op) };
     // SAFETY: c is the live completion this callback belongs to.
     let r = unsafe { ffi::rados_aio_get_return_value(c) };
-    let mut g = op.result.lock().unwrap_or_else(|e| e.into_inner());
-    *g = Some(r);
-    op.cv.notify_all();
+    // Our own reference to the pool (and so the cluster) handle, so that
+    // dropping the operation below never releases them here.
+    let io = op._io.clone();
+    {
+        let mut g = op.result.lock().unwrap_or_else(|e| e.into_inner());
+        *g = Some(r);
+        op.cv.notify_all();
+    }
+    drop(op);
+    // A waiter that gave up (timeout) may be gone and its caller may have
+    // dropped every Pool and Cluster: then we hold the last reference
+    // (a waiter that saw the result waits for this callback to return, see
+    // `Pool::run`). Releasing it on this librados thread would run
+    // rados_shutdown, which joins librados' threads, this one included, and
+    // aborts the process ("Resource deadlock avoided"). Release it on a
+    // thread of our own instead.
+    if let Some(h) = Arc::into_inner(io) {
+        release_elsewhere(h);
+    }
+}
+
+/// Drop `h` (the last reference to a pool handle, and perhaps to its
+/// cluster) on a new thread; if no thread can be started, leak it rather
+/// than destroy it on a librados thread.
+fn release_elsewhere(h: IoCtxHandle) {
+    let slot = Arc::new(Mutex::new(Some(h)));
+    let theirs = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lsvd-rados-release".into())
+        .spawn(move || {
+            let h = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(h);
+        });
+    if spawned.is_err() {
+        if let Some(h) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            std::mem::forget(h);
+        }
+    }
 }
 
 /// An open pool: asynchronous object operations with a bounded window.
@@ -529,7 +603,25 @@ impl Pool {
                 Kind::Stat => {
                     ffi::rados_aio_stat(io, oid_c.as_ptr(), comp, op.size.get(), op.mtime.get())
                 }
-                Kind::Remove => ffi::rados_aio_remove(io, oid_c.as_ptr(), comp),
+                Kind::Remove => {
+                    // FULL_FORCE: a removal frees space, so it must work on
+                    // a full pool too (rados rm --force-full does the same).
+                    let w = ffi::rados_create_write_op();
+                    if w.is_null() {
+                        -libc::ENOMEM
+                    } else {
+                        op.write_op.store(w, Ordering::Release);
+                        ffi::rados_write_op_remove(w);
+                        ffi::rados_aio_write_op_operate(
+                            w,
+                            io,
+                            comp,
+                            oid_c.as_ptr(),
+                            ptr::null_mut(),
+                            ffi::LIBRADOS_OPERATION_FULL_FORCE,
+                        )
+                    }
+                }
             }
         };
         if r < 0 {
@@ -555,6 +647,12 @@ impl Pool {
         }
         let r = g.unwrap_or(-libc::EIO);
         drop(g);
+        // The callback has set the result; wait until it has returned too.
+        // Its reference to the operation is gone then and ours is the last,
+        // so a caller that drops the store right after this returns never
+        // leaves the handles' release to the librados thread.
+        // SAFETY: the completion is live (`op` owns it) and complete.
+        unsafe { ffi::rados_aio_wait_for_complete_and_cb(op.comp.load(Ordering::Acquire)) };
         Ok((r, op))
     }
 

@@ -18,6 +18,10 @@ pub type rados_write_op_t = *mut c_void;
 /// Fail a write on a full pool or cluster with -ENOSPC/-EDQUOT at once,
 /// instead of queueing it until space returns.
 pub const LIBRADOS_OPERATION_FULL_TRY: c_int = 64;
+
+/// Perform a write even on a full pool or cluster (for removals, which
+/// free space).
+pub const LIBRADOS_OPERATION_FULL_FORCE: c_int = 128;
 pub type rados_callback_t = Option<unsafe extern "C" fn(cb: rados_completion_t, arg: *mut c_void)>;
 
 #[link(name = "rados")]
@@ -30,6 +34,12 @@ extern "C" {
     ) -> c_int;
     pub fn rados_conf_read_file(cluster: rados_t, path: *const c_char) -> c_int;
     pub fn rados_conf_set(cluster: rados_t, option: *const c_char, value: *const c_char) -> c_int;
+    pub fn rados_conf_get(
+        cluster: rados_t,
+        option: *const c_char,
+        buf: *mut c_char,
+        len: usize,
+    ) -> c_int;
     pub fn rados_connect(cluster: rados_t) -> c_int;
     pub fn rados_shutdown(cluster: rados_t);
     pub fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
@@ -56,8 +66,10 @@ extern "C" {
     ) -> c_int;
     pub fn rados_aio_release(c: rados_completion_t);
     pub fn rados_aio_get_return_value(c: rados_completion_t) -> c_int;
+    pub fn rados_aio_wait_for_complete_and_cb(c: rados_completion_t) -> c_int;
     pub fn rados_create_write_op() -> rados_write_op_t;
     pub fn rados_release_write_op(write_op: rados_write_op_t);
+    pub fn rados_write_op_remove(write_op: rados_write_op_t);
     pub fn rados_write_op_write_full(write_op: rados_write_op_t, buffer: *const c_char, len: usize);
     pub fn rados_aio_write_op_operate(
         write_op: rados_write_op_t,
@@ -74,11 +86,6 @@ extern "C" {
         buf: *mut c_char,
         len: usize,
         off: u64,
-    ) -> c_int;
-    pub fn rados_aio_remove(
-        io: rados_ioctx_t,
-        oid: *const c_char,
-        completion: rados_completion_t,
     ) -> c_int;
     pub fn rados_aio_stat(
         io: rados_ioctx_t,
