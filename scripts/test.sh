@@ -16,7 +16,7 @@
 #      (tests/vm.rs runs scripts/vm-test.sh, which fetches and caches the
 #      kernel and installs qemu, busybox, fio, e2fsprogs if missing).
 # Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_PROPTEST_CASES (default 256),
-# LSVD_RADOS_CRASH_ITERATIONS (default 40), LSVD_RADOS_PROPTEST_CASES (default 16).
+# LSVD_RADOS_CRASH_ITERATIONS (default 40), LSVD_PROPTEST_RADOS_CASES (default 64).
 # One guest scenario alone: scripts/vm-test.sh --scenario NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,14 +58,15 @@ trap 'bash scripts/ceph-test-cluster.sh stop "$ceph_dir" || true' EXIT
 bash scripts/ceph-test-cluster.sh start "$ceph_dir"
 eval "$(bash scripts/ceph-test-cluster.sh env "$ceph_dir")"
 cargo test --release --features rados --test backend_conformance --test rados_fencing \
-    --test rados -- --ignored --nocapture --test-threads 1
+    --test rados --test crash_test -- --ignored --nocapture --test-threads 1
 cargo build --release --features rados --bin lsvd-crash-test
 rados_iters="${LSVD_RADOS_CRASH_ITERATIONS:-40}"
 "$crash" --backend rados --iterations "$rados_iters" --seed 5 --quiet
 "$crash" --backend rados --iterations $((rados_iters / 2)) --seed 6 --lose-objects 2 \
     --lose-objects-every 3 --quiet
-LSVD_PROPTEST_CASES="${LSVD_RADOS_PROPTEST_CASES:-16}" \
-    cargo test --release --features rados --test proptest_oracle -- --ignored --nocapture
+LSVD_PROPTEST_RADOS_CASES="${LSVD_PROPTEST_RADOS_CASES:-64}" \
+    cargo test --release --features rados --test proptest_oracle -- --ignored --nocapture \
+    proptest_rados
 bash scripts/ceph-test-cluster.sh stop "$ceph_dir"
 trap - EXIT
 

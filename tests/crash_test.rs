@@ -73,3 +73,33 @@ fn lost_journal_and_objects_keep_prefix_consistency() {
     assert!(writes > 0, "no write was verified");
     assert!(sectors > 0, "no sector was verified");
 }
+
+/// The same against a RADOS pool of the test cluster (`--backend rados`, a
+/// namespace of the run's own): a killed child's image lock outlives it, so
+/// the tester must break it after every kill.
+#[cfg(feature = "rados")]
+#[test]
+#[ignore = "needs a Ceph cluster: scripts/ceph-test-cluster.sh start DIR, eval its env, run with --ignored"]
+fn kills_on_rados() {
+    assert!(
+        std::env::var_os("CEPH_CONF").is_some_and(|c| !c.is_empty()),
+        "CEPH_CONF is not set: start the test cluster (scripts/ceph-test-cluster.sh start DIR) \
+         and eval \"$(scripts/ceph-test-cluster.sh env DIR)\""
+    );
+    let (writes, sectors) = run_crash_test(&[
+        "--backend",
+        "rados",
+        "--wipe-journal-every",
+        "3",
+        "--lose-objects",
+        "1",
+        "--lose-objects-every",
+        "4",
+        "--iterations",
+        "12",
+        "--seed",
+        "3",
+    ]);
+    assert!(writes > 0, "no write was verified");
+    assert!(sectors > 0, "no sector was verified");
+}

@@ -27,6 +27,22 @@
 //! of each property (for the long CI run); `LSVD_PROPTEST_VERBOSE=1` (with
 //! `--nocapture`) prints what each case exercised (crashes, mutations lost to
 //! a lost journal, objects, checkpoints, replayed records, injected faults).
+//!
+//! `proptest_rados` (cargo feature `rados`, `#[ignore]`d) runs the first
+//! property against a Ceph RADOS pool instead of a [`MemStore`]: each case in
+//! a namespace of its own, deleted when the case ends. It needs `CEPH_CONF`
+//! (it fails, never passes, without it) and takes the pool from
+//! `LSVD_CEPH_POOL` (default `lsvd`) and its case count from
+//! `LSVD_PROPTEST_RADOS_CASES` (default 16):
+//!
+//! ```text
+//! scripts/ceph-test-cluster.sh start DIR && eval "$(scripts/ceph-test-cluster.sh env DIR)"
+//! cargo test --release --features rados --test proptest_oracle proptest_rados -- --ignored
+//! ```
+//!
+//! `Volume::crash()` releases the image lock as it stops (the test's crashes
+//! do not leak the volume), so no RADOS lock is ever left to break between
+//! the crash and the reopen.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -634,6 +650,120 @@ proptest! {
     ) {
         check_ops_with_put_faults(&faults, &ops).map_err(TestCaseError::fail)?;
     }
+}
+
+// ---------------------------------------------------------------------------
+// The first property against RADOS
+
+/// Cases of [`proptest_rados`]: `LSVD_PROPTEST_RADOS_CASES`, or 16 (a case
+/// costs RADOS round trips for every object, checkpoint and superblock).
+#[cfg(feature = "rados")]
+fn rados_cases() -> u32 {
+    std::env::var("LSVD_PROPTEST_RADOS_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16)
+}
+
+/// Delete every object of `store` (a namespace of one case).
+#[cfg(feature = "rados")]
+fn delete_all(store: &dyn ObjectStore) -> Check {
+    for name in store
+        .list("")
+        .map_err(|e| format!("list for cleanup: {e}"))?
+    {
+        store
+            .delete(&name)
+            .map_err(|e| format!("cleanup: delete {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Run `ops` through the full checker on an image in a fresh namespace of
+/// RADOS pool `pool` (cluster from `conf`), then delete the namespace's
+/// objects, whatever the outcome.
+#[cfg(feature = "rados")]
+fn check_ops_rados(conf: &str, pool: &str, ops: &[Op]) -> Check {
+    use lsvd::backend::rados::{ConnectOptions, RadosStore};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CASE: AtomicU64 = AtomicU64::new(0);
+    let ns = format!(
+        "proptest-{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        CASE.fetch_add(1, Ordering::Relaxed)
+    );
+    let opts = ConnectOptions {
+        conf: conf.into(),
+        id: "admin".into(),
+        op_timeout: Duration::from_secs(30),
+    };
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        RadosStore::connect(&opts, pool, &ns, 16)
+            .map_err(|e| format!("connect to RADOS pool {pool} ({conf}): {e}"))?,
+    );
+    let there = store.list("").map_err(|e| format!("list {ns}: {e}"))?;
+    if !there.is_empty() {
+        return Err(format!("namespace {ns} is not new: {there:?}"));
+    }
+    let result = Harness::new(Arc::clone(&store), &*store).and_then(|mut h| {
+        h.run(ops).map_err(|e| {
+            format!(
+                "{e}\nstore: {}\noperations run:{}",
+                store.describe(),
+                h.history()
+            )
+        })
+    });
+    // The harness (and with it any volume a failure left open) is gone.
+    let cleaned = delete_all(&*store);
+    result?;
+    cleaned
+}
+
+/// The oracle property with the image in a Ceph RADOS pool (the test
+/// cluster of `scripts/ceph-test-cluster.sh`), a fresh namespace per case.
+#[cfg(feature = "rados")]
+#[test]
+#[ignore = "needs a Ceph cluster: scripts/ceph-test-cluster.sh start DIR, eval its env, run with --ignored"]
+fn proptest_rados() {
+    let conf = std::env::var("CEPH_CONF")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "CEPH_CONF is not set: start the test cluster (scripts/ceph-test-cluster.sh \
+                 start DIR) and eval \"$(scripts/ceph-test-cluster.sh env DIR)\""
+            )
+        });
+    let pool = std::env::var("LSVD_CEPH_POOL")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "lsvd".into());
+    let cases = rados_cases();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/proptest-regressions/proptest_oracle_rados.txt",
+        ))),
+        // Every shrink step is a RADOS case: bound shrinking by time too.
+        max_shrink_iters: 500,
+        max_shrink_time: 20 * 60 * 1000,
+        ..ProptestConfig::default()
+    });
+    let started = std::time::Instant::now();
+    let result = runner.run(&proptest::collection::vec(any_op(), 1..60), |ops| {
+        check_ops_rados(&conf, &pool, &ops).map_err(TestCaseError::fail)
+    });
+    if let Err(e) = result {
+        panic!("proptest_rados (pool {pool}, {conf}): {e}");
+    }
+    eprintln!(
+        "proptest_rados: {cases} cases on rados:{pool} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The checker itself: prefix matching accepts exactly the prefix states.

@@ -12,6 +12,29 @@
 //! the child's log. Every written sector is stamped (see [`stamp`]), so torn,
 //! misplaced and stale sectors are recognised. The state accumulates over
 //! iterations on the same image.
+//!
+//! # On RADOS
+//!
+//! `--backend rados` (in a binary built with `--features rados`) keeps the
+//! image's objects in a Ceph pool instead of the work directory: the pool
+//! named by `--rados-pool`, else `$LSVD_CEPH_POOL`, else `lsvd`, of the
+//! cluster in `$CEPH_CONF` (else `/etc/ceph/ceph.conf`), in a namespace of
+//! the run's own (`--rados-namespace`, default `crash-<pid>-<seed>`, which
+//! must hold no objects at the start), so concurrent runs never see each
+//! other's objects. The journal, read cache and child logs stay in the work
+//! directory. A RADOS image lock outlives its killed holder, so the tester
+//! breaks the killed child's lock (fencing its address first) after every
+//! kill, before it touches the store, and again before each child starts.
+//! `--lose-objects` and `--backend-delay` go through the
+//! [`ObjectStore`] trait and work on both backends. A passing run deletes
+//! every object of its namespace (unless `--keep`); a failing one keeps them
+//! and prints where. Against the test cluster
+//! (`scripts/ceph-test-cluster.sh`):
+//!
+//! ```text
+//! eval "$(scripts/ceph-test-cluster.sh env DIR)"
+//! lsvd-crash-test --backend rados --iterations 30 --seed 1
+//! ```
 
 pub mod child;
 pub mod oplog;
@@ -19,7 +42,7 @@ pub mod stamp;
 pub mod verify;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +54,8 @@ use rand::{Rng, SeedableRng};
 use crate::backend::{DirStore, FaultAction, FaultOp, FaultRule, FaultStore, ObjectStore};
 use crate::config::{Config, ConfigLayer};
 use crate::units::SECTOR;
-use crate::volume::{image::create_image, Volume, VolumeOptions};
+use crate::volume::image::{create_image, parse_object_name};
+use crate::volume::{Volume, VolumeOptions};
 use oplog::RunLog;
 use stamp::{parse_sector, splitmix64, Stamp};
 use verify::{History, Promises};
@@ -54,6 +78,29 @@ pub enum WipeMode {
     Zero,
     /// Overwrite everything after the 4 KiB journal superblock with zeros.
     Records,
+}
+
+/// Where the image's objects are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// A directory store inside the work directory.
+    Dir,
+    /// A namespace of a Ceph RADOS pool (needs `--features rados`).
+    Rados,
+}
+
+/// The object store of a run, as the tester and its children open it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// `store/pool` inside the work directory.
+    Dir,
+    /// `namespace` of RADOS pool `pool` (cluster from `$CEPH_CONF`).
+    Rados {
+        /// Pool name.
+        pool: String,
+        /// The run's own namespace.
+        namespace: String,
+    },
 }
 
 /// Command line of `lsvd-crash-test`.
@@ -98,6 +145,18 @@ pub struct Args {
     /// the temp dir). Must not be tmpfs: O_DIRECT alignment must be enforced.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Object store: `dir` (in the work directory) or `rados` (a namespace
+    /// of its own in a Ceph pool; see `--rados-pool`, `$CEPH_CONF`).
+    #[arg(long, value_enum, default_value = "dir")]
+    pub backend: Backend,
+    /// RADOS pool for `--backend rados` (default: `$LSVD_CEPH_POOL`, else
+    /// `lsvd`).
+    #[arg(long, value_name = "POOL")]
+    pub rados_pool: Option<String>,
+    /// RADOS namespace for `--backend rados`; it must hold no objects at the
+    /// start (default: `crash-<pid>-<seed>`).
+    #[arg(long, value_name = "NS")]
+    pub rados_namespace: Option<String>,
     /// Extra configuration JSON, layered over the tester's own settings.
     #[arg(long)]
     pub config: Option<String>,
@@ -132,6 +191,8 @@ pub struct Args {
 pub struct Layout {
     /// The work directory.
     pub dir: PathBuf,
+    /// Where the objects are.
+    pub store: StoreSpec,
 }
 
 impl Layout {
@@ -160,7 +221,7 @@ impl Layout {
     /// intervals so that short runs exercise destage, journal wrap and
     /// throttling, checkpoints and GC; `extra` (JSON) is layered on top.
     pub fn config(&self, extra: Option<&str>) -> Result<Config, String> {
-        let base = serde_json::json!({
+        let mut base = serde_json::json!({
             "store_dir": self.store_root(),
             "wlog_dir": self.wlog_root(),
             "rcache_dir": self.dir.join("rcache"),
@@ -172,6 +233,10 @@ impl Layout {
             "checkpoint_interval_objs": 3,
             "flush_msec": 50,
         });
+        if let StoreSpec::Rados { namespace, .. } = &self.store {
+            base["backend"] = "rados".into();
+            base["rados_namespace"] = namespace.as_str().into();
+        }
         let mut layers = vec![ConfigLayer::Inline(base.to_string())];
         if let Some(e) = extra {
             layers.push(ConfigLayer::Inline(e.to_owned()));
@@ -179,8 +244,31 @@ impl Layout {
         Config::load_from(&layers).map_err(|e| format!("config: {e:?}"))
     }
 
-    /// Options to open the image; with `delay_ms > 0` every put first
-    /// sleeps a random time up to that long.
+    /// Open the object store (a new connection for RADOS: connect only in
+    /// the process that uses it, never before a fork).
+    pub fn open_store(&self, config: &Config) -> Result<Arc<dyn ObjectStore>, String> {
+        match &self.store {
+            StoreSpec::Dir => {
+                let dir = DirStore::open(&self.pool_dir()).map_err(|e| format!("{e:?}"))?;
+                Ok(Arc::new(dir))
+            }
+            #[cfg(feature = "rados")]
+            StoreSpec::Rados { pool, .. } => crate::volume::image::open_store(config, pool, false)
+                .map_err(|e| format!("open RADOS pool {pool}: {e}")),
+            #[cfg(not(feature = "rados"))]
+            StoreSpec::Rados { .. } => {
+                let _ = config;
+                Err(
+                    "--backend rados: this binary is built without RADOS support (build it \
+                     with `cargo build --release --features rados`)"
+                        .to_owned(),
+                )
+            }
+        }
+    }
+
+    /// Options to open the image on a store of its own; with `delay_ms > 0`
+    /// every put first sleeps a random time up to that long.
     pub fn volume_options(
         &self,
         extra: Option<&str>,
@@ -188,9 +276,21 @@ impl Layout {
         seed: u64,
     ) -> Result<VolumeOptions, String> {
         let config = self.config(extra)?;
-        let dir = DirStore::open(&self.pool_dir()).map_err(|e| format!("{e:?}"))?;
+        let store = self.open_store(&config)?;
+        self.volume_options_on(store, config, delay_ms, seed)
+    }
+
+    /// Options to open the image on `store` with `config`; see
+    /// [`Layout::volume_options`].
+    pub fn volume_options_on(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        config: Config,
+        delay_ms: u64,
+        seed: u64,
+    ) -> Result<VolumeOptions, String> {
         let store: Arc<dyn ObjectStore> = if delay_ms > 0 {
-            let f = FaultStore::new(Arc::new(dir), seed);
+            let f = FaultStore::new(store, seed);
             f.add_rule(FaultRule::new(
                 FaultOp::Put,
                 FaultAction::DelayRandom {
@@ -199,7 +299,7 @@ impl Layout {
             ));
             Arc::new(f)
         } else {
-            Arc::new(dir)
+            store
         };
         Ok(VolumeOptions {
             config,
@@ -219,8 +319,15 @@ pub fn main() -> i32 {
             eprintln!("--child needs --dir");
             return 2;
         };
+        let store = match store_spec(&args, None) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        };
         return child::run(child::ChildArgs {
-            layout: Layout { dir },
+            layout: Layout { dir, store },
             config: args.config.clone(),
             run: args.run,
             seed: args.child_seed,
@@ -232,6 +339,38 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("lsvd-crash-test: {e}");
             2
+        }
+    }
+}
+
+/// The store named by the command line; `seed` makes the default RADOS
+/// namespace (the child is always given one).
+fn store_spec(args: &Args, seed: Option<u64>) -> Result<StoreSpec, String> {
+    match args.backend {
+        Backend::Dir => {
+            if args.rados_pool.is_some() || args.rados_namespace.is_some() {
+                return Err("--rados-pool and --rados-namespace need --backend rados".to_owned());
+            }
+            Ok(StoreSpec::Dir)
+        }
+        Backend::Rados => {
+            let pool = args.rados_pool.clone().unwrap_or_else(|| {
+                std::env::var("LSVD_CEPH_POOL")
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "lsvd".to_owned())
+            });
+            let namespace = match (&args.rados_namespace, seed) {
+                (Some(ns), _) => ns.clone(),
+                (None, Some(seed)) => format!("crash-{}-{seed}", std::process::id()),
+                (None, None) => return Err("--backend rados needs --rados-namespace".to_owned()),
+            };
+            if namespace.is_empty() || namespace.contains('\0') {
+                return Err(format!(
+                    "--rados-namespace {namespace:?} is not a namespace"
+                ));
+            }
+            Ok(StoreSpec::Rados { pool, namespace })
         }
     }
 }
@@ -249,6 +388,13 @@ struct Totals {
     objects_lost: u32,
     killed_in_open: u32,
     rolled_back: u64,
+    /// Stale RADOS locks of killed children broken.
+    locks_broken: u32,
+    /// Time spent breaking them (fencing included).
+    lock_break_time: Duration,
+    /// Children that reported the volume open, and their time to do so.
+    opens: u32,
+    open_time: Duration,
 }
 
 /// The parent's state.
@@ -257,6 +403,9 @@ struct Tester {
     layout: Layout,
     /// The work dir was made by us (delete it on success unless `--keep`).
     own_dir: bool,
+    /// The tester's own connection to a RADOS store, reused for every
+    /// reopen (`None` for the directory store, opened afresh each time).
+    shared_store: Option<Arc<dyn ObjectStore>>,
     seed: u64,
     rng: SmallRng,
     /// The state verified after the previous iteration.
@@ -311,18 +460,48 @@ impl Tester {
                 return Err(format!("work dir {} is not empty", dir.display()));
             }
         }
-        let layout = Layout { dir };
-        for d in [layout.pool_dir(), layout.logs()] {
+        let store = store_spec(&args, Some(seed))?;
+        let layout = Layout { dir, store };
+        // RADOS: reach the cluster and check the namespace before anything
+        // is created on disk.
+        let shared_store = match &layout.store {
+            StoreSpec::Dir => None,
+            StoreSpec::Rados { .. } => {
+                let config = layout.config(args.config.as_deref())?;
+                let store = layout.open_store(&config)?;
+                // A namespace of the run's own: anything in it is someone
+                // else's (or an earlier run's) and must not be mixed in.
+                let there = store.list("").map_err(|e| format!("{e}"))?;
+                if let Some(first) = there.first() {
+                    return Err(format!(
+                        "{} is not empty ({} objects, e.g. {first}); pick another \
+                         --rados-namespace",
+                        store.describe(),
+                        there.len()
+                    ));
+                }
+                Some(store)
+            }
+        };
+        let mut dirs = vec![layout.logs()];
+        if layout.store == StoreSpec::Dir {
+            dirs.insert(0, layout.pool_dir());
+        }
+        for d in dirs {
             fs::create_dir_all(&d).map_err(|e| format!("create {}: {e}", d.display()))?;
         }
         if let Some(p) = layout.journal().parent() {
             fs::create_dir_all(p).map_err(|e| format!("create {}: {e}", p.display()))?;
         }
         // Fail early on a bad --config rather than in every child.
-        layout.config(args.config.as_deref())?;
-        let store = DirStore::open(&layout.pool_dir()).map_err(|e| format!("{e:?}"))?;
-        create_image(&store, IMAGE, size).map_err(|e| format!("create image: {e:?}"))?;
+        let config = layout.config(args.config.as_deref())?;
+        let store = match &shared_store {
+            Some(s) => Arc::clone(s),
+            None => layout.open_store(&config)?,
+        };
+        create_image(&*store, IMAGE, size).map_err(|e| format!("create image: {e:?}"))?;
         Ok(Tester {
+            shared_store,
             rng: SmallRng::seed_from_u64(seed),
             expected: vec![Stamp::ZERO; (size / SECTOR) as usize],
             history: History::default(),
@@ -335,14 +514,54 @@ impl Tester {
         })
     }
 
+    /// The store, as the tester uses it (verifying reopens, lost objects,
+    /// fresh images).
+    fn store(&self) -> Result<Arc<dyn ObjectStore>, String> {
+        match &self.shared_store {
+            Some(s) => Ok(Arc::clone(s)),
+            None => {
+                let config = self.layout.config(self.args.config.as_deref())?;
+                self.layout.open_store(&config)
+            }
+        }
+    }
+
+    /// RADOS: break (fencing first) the image lock that a killed child
+    /// left behind; a RADOS lock outlives its holder. Nothing to do for the
+    /// directory store, whose lock dies with the process.
+    fn break_stale_lock(&mut self) -> Result<(), String> {
+        let Some(store) = self.shared_store.clone() else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let broken = store
+            .break_lock(IMAGE)
+            .map_err(|e| format!("break the killed child's lock: {e}"))?;
+        if !broken.is_empty() {
+            self.totals.locks_broken += broken.len() as u32;
+            self.totals.lock_break_time += t0.elapsed();
+        }
+        Ok(())
+    }
+
     fn run(&mut self) -> i32 {
-        println!(
-            "lsvd-crash-test: seed {} iterations {} size {} dir {}",
-            self.seed,
-            self.args.iterations,
-            self.size,
-            self.layout.dir.display()
-        );
+        match &self.layout.store {
+            StoreSpec::Dir => println!(
+                "lsvd-crash-test: seed {} iterations {} size {} dir {}",
+                self.seed,
+                self.args.iterations,
+                self.size,
+                self.layout.dir.display()
+            ),
+            StoreSpec::Rados { .. } => println!(
+                "lsvd-crash-test: seed {} iterations {} size {} dir {} store {}",
+                self.seed,
+                self.args.iterations,
+                self.size,
+                self.layout.dir.display(),
+                self.store_label()
+            ),
+        }
         let started = Instant::now();
         for iter in 1..=self.args.iterations {
             let every = self.args.fresh_every;
@@ -382,10 +601,31 @@ impl Tester {
             t.killed_in_open,
             started.elapsed().as_secs_f64()
         );
+        if self.shared_store.is_some() {
+            let avg_ms = |d: Duration, n: u32| d.as_secs_f64() * 1000.0 / f64::from(n.max(1));
+            println!(
+                "rados: {} stale locks of killed children broken ({:.0} ms each), children \
+                 opened the volume in {:.0} ms, {:.0} ms per iteration",
+                t.locks_broken,
+                avg_ms(t.lock_break_time, t.locks_broken),
+                avg_ms(t.open_time, t.opens),
+                avg_ms(started.elapsed(), t.passed + t.failed)
+            );
+        }
         println!("{} passed, {} failed", t.passed, t.failed);
         if t.failed > 0 {
             println!("work dir kept: {}", self.layout.dir.display());
+            if self.shared_store.is_some() {
+                println!("objects kept: {}", self.store_label());
+            }
             return 1;
+        }
+        if let Some(store) = &self.shared_store {
+            if self.args.keep {
+                println!("objects kept: {}", self.store_label());
+            } else if let Err(e) = delete_all(&**store) {
+                eprintln!("cannot delete the objects of {}: {e}", self.store_label());
+            }
         }
         if self.own_dir && !self.args.keep {
             if let Err(e) = fs::remove_dir_all(&self.layout.dir) {
@@ -397,13 +637,21 @@ impl Tester {
         0
     }
 
+    /// `rados:POOL/NAMESPACE` (or the pool directory).
+    fn store_label(&self) -> String {
+        match &self.layout.store {
+            StoreSpec::Dir => self.layout.pool_dir().display().to_string(),
+            StoreSpec::Rados { pool, namespace } => format!("rados:{pool}/{namespace}"),
+        }
+    }
+
     /// Remove the image (objects and journal) and the child logs, create a
     /// new empty image, and expect zeros again.
     fn fresh_image(&mut self) -> Result<(), String> {
-        let store = DirStore::open(&self.layout.pool_dir()).map_err(|e| format!("{e:?}"))?;
-        crate::volume::image::remove_image(&store, IMAGE, Some(&self.layout.journal()))
+        let store = self.store()?;
+        crate::volume::image::remove_image(&*store, IMAGE, Some(&self.layout.journal()))
             .map_err(|e| format!("remove image: {e:?}"))?;
-        create_image(&store, IMAGE, self.size).map_err(|e| format!("create image: {e:?}"))?;
+        create_image(&*store, IMAGE, self.size).map_err(|e| format!("create image: {e:?}"))?;
         let logs = self.layout.logs();
         let _ = fs::remove_dir_all(&logs);
         fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
@@ -451,6 +699,9 @@ impl Tester {
     fn flag_summary(&self) -> String {
         let a = &self.args;
         let mut v = vec![format!("--size {} --max-run-ms {}", a.size, a.max_run_ms)];
+        if let StoreSpec::Rados { pool, .. } = &self.layout.store {
+            v.push(format!("--backend rados --rados-pool {pool}"));
+        }
         if a.wipe_journal {
             v.push("--wipe-journal".into());
         }
@@ -498,6 +749,9 @@ impl Tester {
         let run_ms = self.rng.gen_range(10..=self.args.max_run_ms);
 
         self.run_child(iter, child_seed, kill_in_open, run_ms, info)?;
+        // The child is dead; on RADOS its lock is not: fence and break it
+        // before anyone touches the store.
+        self.break_stale_lock()?;
 
         if wipe {
             self.wipe_journal()?;
@@ -513,9 +767,8 @@ impl Tester {
             flushed: !wipe && lose == 0,
             acked: !wipe && lose == 0 && !self.args.ack_loss_ok,
         };
-        let opts = self
-            .layout
-            .volume_options(self.args.config.as_deref(), 0, 0)?;
+        let config = self.layout.config(self.args.config.as_deref())?;
+        let opts = self.layout.volume_options_on(self.store()?, config, 0, 0)?;
         let vol = Volume::open(opts).map_err(|e| format!("reopen after kill failed: {e:?}"))?;
         let result = self.verify_image(&vol, iter, &info.log, promises);
         // Alternate clean shutdown and crash so the next child recovers
@@ -596,6 +849,9 @@ impl Tester {
             fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let stderr =
             fs::File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
+        // Nobody should hold the lock now (the reopen above released it),
+        // but a child must never fail to open over a stale RADOS lock.
+        self.break_stale_lock()?;
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let mut cmd = Command::new(exe);
         cmd.arg("--child")
@@ -607,6 +863,14 @@ impl Tester {
             .arg(child_seed.to_string())
             .arg("--backend-delay")
             .arg(self.args.backend_delay.to_string());
+        if let StoreSpec::Rados { pool, namespace } = &self.layout.store {
+            cmd.arg("--backend")
+                .arg("rados")
+                .arg("--rados-pool")
+                .arg(pool)
+                .arg("--rados-namespace")
+                .arg(namespace);
+        }
         if let Some(c) = &self.args.config {
             cmd.arg("--config").arg(c);
         }
@@ -625,6 +889,8 @@ impl Tester {
             // Wait for `R`, then let it run.
             loop {
                 if fs::read(&log_path).is_ok_and(|b| b.starts_with(b"R\n")) {
+                    self.totals.opens += 1;
+                    self.totals.open_time += t0.elapsed();
                     break;
                 }
                 if let Ok(Some(st)) = child.try_wait() {
@@ -706,28 +972,21 @@ impl Tester {
     /// Delete the `n` highest-sequence objects of the image; returns their
     /// names with their kind.
     fn lose_objects(&self, n: u32) -> Result<Vec<String>, String> {
-        let dir = self.layout.pool_dir();
-        let rd = fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let prefix = format!("{IMAGE}.");
-        let mut objs: Vec<(u64, PathBuf, String)> = Vec::new();
-        for entry in rd {
-            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(hex) = name.strip_prefix(&prefix) else {
-                continue;
-            };
-            if hex.len() != 16 {
-                continue;
-            }
-            if let Ok(seq) = u64::from_str_radix(hex, 16) {
-                objs.push((seq, entry.path(), name));
-            }
-        }
+        let store = self.store()?;
+        let names = store
+            .list(&format!("{IMAGE}."))
+            .map_err(|e| format!("lose objects: {e}"))?;
+        let mut objs: Vec<(u64, String)> = names
+            .into_iter()
+            .filter_map(|name| parse_object_name(IMAGE, &name).map(|seq| (seq.0, name)))
+            .collect();
         objs.sort();
         let mut lost = Vec::new();
-        for (_, path, name) in objs.iter().rev().take(n as usize) {
-            let kind = object_kind(path);
-            fs::remove_file(path).map_err(|e| format!("lose {}: {e}", path.display()))?;
+        for (_, name) in objs.iter().rev().take(n as usize) {
+            let kind = object_kind(&*store, name);
+            store
+                .delete(name)
+                .map_err(|e| format!("lose {name}: {e}"))?;
             lost.push(format!("{name}({kind})"));
         }
         Ok(lost)
@@ -776,14 +1035,18 @@ impl Tester {
 }
 
 /// "data", "checkpoint" or "?" from an object's magic.
-fn object_kind(path: &Path) -> &'static str {
-    let mut magic = [0u8; 8];
-    let ok = fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok();
-    match (ok, &magic) {
-        (true, b"LSVDOBJ1") => "data",
-        (true, b"LSVDCKP1") => "checkpoint",
+fn object_kind(store: &dyn ObjectStore, name: &str) -> &'static str {
+    match store.get(name, 0, 8).as_deref() {
+        Ok(b"LSVDOBJ1") => "data",
+        Ok(b"LSVDCKP1") => "checkpoint",
         _ => "?",
     }
+}
+
+/// Delete every object of `store` (a RADOS namespace of the run's own).
+fn delete_all(store: &dyn ObjectStore) -> Result<(), String> {
+    for name in store.list("").map_err(|e| format!("{e}"))? {
+        store.delete(&name).map_err(|e| format!("{e}"))?;
+    }
+    Ok(())
 }

@@ -471,23 +471,41 @@ fn open_or_create(opts: &JournalOptions) -> Result<(File, u64, bool)> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create journal directory {}", dir.display()), e))?;
     }
-    let exists = path.exists();
-    let file = open_direct(path, true)?;
-    let len = device_size(&file, path)?;
-    if exists && len > 0 {
-        return Ok((file, len / BLOCK * BLOCK, false));
+    if path.exists() {
+        let file = open_direct(path, false)?;
+        let len = device_size(&file, path)?;
+        if len > 0 {
+            return Ok((file, len / BLOCK * BLOCK, false));
+        }
+        // An empty file holds nothing: replace it with a full journal.
     }
-    // Zero-fill a new journal: writing into allocated-but-unwritten extents
-    // costs an extent conversion per write, halving the fdatasync rate.
+    // Crash-safety ordering: a new journal is zero-filled and synced under a
+    // temporary name and only then renamed into place (and the directory
+    // synced). A kill during the fill leaves only the temporary file, which
+    // the next open replaces, never a short journal at `path`.
+    // Zero-filling (rather than a sparse file) because writing into
+    // allocated-but-unwritten extents costs an extent conversion per write,
+    // halving the fdatasync rate.
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".creating");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("remove {}", tmp.display()), e)),
+    }
+    let file = open_direct(&tmp, true)?;
     let size = opts.size / BLOCK * BLOCK;
     let chunk = AlignedBuf::new(1 << 20);
     let mut off = 0;
     while off < size {
         let n = (size - off).min(chunk.len() as u64) as usize;
-        write_all_at(&file, &chunk[..n], off, path)?;
+        write_all_at(&file, &chunk[..n], off, &tmp)?;
         off += n as u64;
     }
-    datasync(&file, path)?;
+    datasync(&file, &tmp)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))?;
     sync_parent(path);
     Ok((file, size, true))
 }

@@ -210,3 +210,30 @@ fn corrupt_superblock_is_refused() {
     let e = open(&o, uuid, Generation(0), 0).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Corrupt);
 }
+
+/// A kill while a new journal is being zero-filled leaves only the
+/// temporary file: the next open creates a journal of the full size (a
+/// short journal at the real path would make writes wait for space they
+/// can never get). An empty file at the path is replaced the same way.
+#[test]
+fn interrupted_creation_never_leaves_a_short_journal() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let o = opts(dir.path(), 8 << 20);
+    let mut tmp = o.path.as_os_str().to_owned();
+    tmp.push(".creating");
+    // What a kill after the first MiB of the fill leaves.
+    std::fs::write(&tmp, vec![0u8; 1 << 20]).unwrap();
+    let uuid = ImageUuid::new_random();
+    let (j, _, _) = open(&o, uuid, Generation(1), 0).unwrap();
+    assert_eq!(std::fs::metadata(&o.path).unwrap().len(), 8 << 20);
+    assert!(!std::path::Path::new(&tmp).exists());
+    append_wait(&j, 1, 0, 8, 0xAB, true).unwrap();
+    drop(j);
+
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let o = opts(dir.path(), 8 << 20);
+    std::fs::write(&o.path, b"").unwrap();
+    let (j, _, _) = open(&o, uuid, Generation(1), 0).unwrap();
+    assert_eq!(std::fs::metadata(&o.path).unwrap().len(), 8 << 20);
+    drop(j);
+}
