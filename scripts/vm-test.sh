@@ -100,6 +100,15 @@ pick_cached_kernel() {
     echo "$best"
 }
 
+# Whether apt can download package $1. The policy text is captured first:
+# piping it into `grep -q` under pipefail fails at random when grep exits
+# early and apt-cache dies of SIGPIPE.
+has_candidate() {
+    local policy
+    policy=$(apt-cache policy "$1" 2>/dev/null) || return 1
+    [[ $policy == *"Candidate: "[0-9]* ]]
+}
+
 fetch_kernel() {
     # The backports suite carries the 6.12 kernels; add it as a deb822 source.
     local src=/etc/apt/sources.list.d/bookworm-backports.sources
@@ -113,19 +122,29 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
     fi
-    apt-get update -qq
     # Prefer the known-good version; otherwise the newest 6.12 kernel package
     # that apt can actually download (pkgnames also lists names without a
-    # candidate, hence the policy check).
-    local ver="" v
-    if apt-cache policy "linux-image-$preferred_kernel" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-        ver=$preferred_kernel
-    else
-        for v in $(apt-cache pkgnames linux-image-6.12 | sed 's/^linux-image-//' | grep -E "$kernel_pattern" | sort -rV); do
-            if apt-cache policy "linux-image-$v" | grep -q 'Candidate: [0-9]'; then ver=$v; break; fi
-        done
+    # candidate, hence the policy check). apt-get update exits 0 even when
+    # an index failed to download (a warning): retry the update a few times
+    # before giving up, and show its output if all fail.
+    local ver="" v attempt upd
+    for attempt in 1 2 3; do
+        upd=$(apt-get update 2>&1) || true
+        if has_candidate "linux-image-$preferred_kernel"; then
+            ver=$preferred_kernel
+        else
+            for v in $(apt-cache pkgnames linux-image-6.12 | sed 's/^linux-image-//' | grep -E "$kernel_pattern" | sort -rV); do
+                if has_candidate "linux-image-$v"; then ver=$v; break; fi
+            done
+        fi
+        [ -n "$ver" ] && break
+        log "no 6.12 kernel package in the apt indexes yet (attempt $attempt); updating again"
+        sleep $((attempt * 5))
+    done
+    if [ -z "$ver" ]; then
+        printf '%s\n' "$upd" >&2
+        die "no linux-image-6.12.*+deb12-amd64 package available from apt (apt-get update output above)"
     fi
-    [ -n "$ver" ] || die "no linux-image-6.12.*+deb12-amd64 package available from apt"
     log "downloading linux-image-$ver"
     # apt-get download as root warns that _apt cannot write here; harmless.
     (cd "$cache/debs" && apt-get download "linux-image-$ver" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
@@ -324,15 +343,30 @@ qemu_cmd=(timeout -k 10 "$vm_timeout" qemu-system-x86_64
     -drive "file=$disk_a,format=raw,if=virtio,cache=writeback"
     -drive "file=$disk_b,format=raw,if=virtio,cache=writeback"
     -nic none)
-set +e
-if [ "${LSVD_VM_QUIET:-0}" = 1 ]; then
-    "${qemu_cmd[@]}" </dev/null >"$guest_log" 2>&1
-    qemu_rc=$?
-else
-    "${qemu_cmd[@]}" </dev/null 2>&1 | tee "$guest_log"
-    qemu_rc=${PIPESTATUS[0]}
+boot_once() {
+    set +e
+    if [ "${LSVD_VM_QUIET:-0}" = 1 ]; then
+        "${qemu_cmd[@]}" </dev/null >"$guest_log" 2>&1
+        qemu_rc=$?
+    else
+        "${qemu_cmd[@]}" </dev/null 2>&1 | tee "$guest_log"
+        qemu_rc=${PIPESTATUS[0]}
+    fi
+    set -e
+}
+boot_once
+# Under TCG the guest kernel has been seen to panic while booting ("Fatal
+# exception in interrupt", about 1 boot in 7 on a fresh machine), before
+# our init ran. That is the emulator, not lsvd: boot once more, keeping the
+# first log. A panic after our init started is never retried.
+if ! grep -qE '^(PASS|FAIL|INFO|TIME) init' <(tr -d '\r' <"$guest_log") &&
+    grep -q 'Kernel panic' "$guest_log"; then
+    mv "$guest_log" "$guest_log.boot-panic"
+    log "guest kernel panicked before our init ran (log kept: $guest_log.boot-panic); booting once more"
+    truncate -s 0 "$disk_a" "$disk_b"
+    truncate -s "$disk_size" "$disk_a" "$disk_b"
+    boot_once
 fi
-set -e
 boot_secs=$(( $(date +%s) - boot_start ))
 
 # ---------------------------------------------------------------------------
