@@ -341,7 +341,7 @@ fn take_over_lock(store: &dyn ObjectStore, image: &str, plan: &Plan) -> anyhow::
             )
         })?
     } else if let Some(old) = &plan.replacing {
-        let mark = format!("{} image ", dead_owner(old.pid));
+        let mark = format!("{} image ", crate::volume::image::lock_owner_for(old.pid));
         let holders = store.lock_holders(image)?;
         if holders.is_empty() || !holders.iter().all(|h| h.contains(&mark)) {
             return Ok(());
@@ -354,13 +354,6 @@ fn take_over_lock(store: &dyn ObjectStore, image: &str, plan: &Plan) -> anyhow::
         tracing::warn!("{}: fenced and unlocked {b}", plan.spec_text);
     }
     Ok(())
-}
-
-/// The lock owner string a server with `pid` on this host used.
-fn dead_owner(pid: u32) -> String {
-    let mine = crate::volume::image::lock_owner();
-    let host = mine.rsplit_once(" pid ").map(|(h, _)| h).unwrap_or(&mine);
-    format!("{host} pid {pid}")
 }
 
 /// Open the image and serve it until a stop signal.

@@ -328,10 +328,16 @@ pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo
 
 /// Who takes a lock: host and pid.
 pub fn lock_owner() -> String {
+    lock_owner_for(std::process::id())
+}
+
+/// The lock owner string of process `pid` on this host (for recognising
+/// the lock a dead local server left).
+pub fn lock_owner_for(pid: u32) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into());
-    format!("host {host} pid {}", std::process::id())
+    format!("host {host} pid {pid}")
 }
 
 #[cfg(test)]

@@ -131,7 +131,8 @@ pub(crate) struct Inner {
     /// Set when the backend refused a write because another server broke
     /// our lock and fenced us: nothing more of ours can ever land, so
     /// writes, flushes and destage fail at once instead of retrying.
-    fenced: Mutex<Option<String>>,
+    /// Set once; read lock-free on every write.
+    fenced: std::sync::OnceLock<String>,
     stats: Counters,
     destage_tx: Sender<DestageMsg>,
     flusher: (Mutex<bool>, Condvar),
@@ -147,18 +148,14 @@ impl Inner {
 
     /// Record that the backend fenced us (see `fenced`).
     fn mark_fenced(&self, e: &Error) {
-        if let Ok(mut g) = self.fenced.lock() {
-            if g.is_none() {
-                tracing::error!(image = %self.image, "this server was fenced; every later write fails: {e}");
-                *g = Some(format!("{e}"));
-            }
+        if self.fenced.set(format!("{e}")).is_ok() {
+            tracing::error!(image = %self.image, "this server was fenced; every later write fails: {e}");
         }
     }
 
     /// The error every operation gets once fenced, if we are.
     fn fenced_error(&self) -> Option<Error> {
-        let g = self.fenced.lock().ok()?;
-        g.as_ref().map(|why| {
+        self.fenced.get().map(|why| {
             Error::new(
                 ErrorKind::Fenced,
                 format!(
@@ -482,7 +479,7 @@ impl Volume {
             backend_jseq: AtomicU64::new(rec.backend_jseq.0),
             stopping: AtomicBool::new(false),
             backend_error: Mutex::new(None),
-            fenced: Mutex::new(None),
+            fenced: std::sync::OnceLock::new(),
             stats: Counters::default(),
             destage_tx,
             flusher: (Mutex::new(false), Condvar::new()),

@@ -564,6 +564,21 @@ impl Pool {
         }
         op.comp.store(comp, Ordering::Release);
         let io = self.io.raw;
+        // Build a write op with `fill`, owned by `op` (released with it),
+        // and submit it with `flags`.
+        let write_op = |op: &Op, flags: c_int, fill: &dyn Fn(ffi::rados_write_op_t)| {
+            // SAFETY: as for the submission block below; the write op is
+            // stored in `op` and released once, after completion.
+            unsafe {
+                let w = ffi::rados_create_write_op();
+                if w.is_null() {
+                    return -libc::ENOMEM;
+                }
+                op.write_op.store(w, Ordering::Release);
+                fill(w);
+                ffi::rados_aio_write_op_operate(w, io, comp, oid_c.as_ptr(), ptr::null_mut(), flags)
+            }
+        };
         // SAFETY: io is live (op holds an Arc on it); oid_c outlives the
         // call (librados copies the name); the buffers are owned by `op`,
         // which the callback's reference keeps alive until completion, and
@@ -571,27 +586,13 @@ impl Pool {
         let r = unsafe {
             let b = &mut *op.buf.get();
             match kind {
-                Kind::WriteFull => {
-                    // A write op rather than rados_aio_write_full, for the
-                    // FULL_TRY flag: a full pool fails the put at once with
-                    // ENOSPC/EDQUOT (retried by destage) instead of parking
-                    // it inside librados until the op timeout.
-                    let w = ffi::rados_create_write_op();
-                    if w.is_null() {
-                        -libc::ENOMEM
-                    } else {
-                        op.write_op.store(w, Ordering::Release);
-                        ffi::rados_write_op_write_full(w, b.as_ptr().cast(), b.len());
-                        ffi::rados_aio_write_op_operate(
-                            w,
-                            io,
-                            comp,
-                            oid_c.as_ptr(),
-                            ptr::null_mut(),
-                            ffi::LIBRADOS_OPERATION_FULL_TRY,
-                        )
-                    }
-                }
+                // A write op rather than rados_aio_write_full, for the
+                // FULL_TRY flag: a full pool fails the put at once with
+                // ENOSPC/EDQUOT (retried by destage) instead of parking it
+                // inside librados until the op timeout.
+                Kind::WriteFull => write_op(&op, ffi::LIBRADOS_OPERATION_FULL_TRY, &|w| {
+                    ffi::rados_write_op_write_full(w, b.as_ptr().cast(), b.len())
+                }),
                 Kind::Read { off } => ffi::rados_aio_read(
                     io,
                     oid_c.as_ptr(),
@@ -603,25 +604,11 @@ impl Pool {
                 Kind::Stat => {
                     ffi::rados_aio_stat(io, oid_c.as_ptr(), comp, op.size.get(), op.mtime.get())
                 }
-                Kind::Remove => {
-                    // FULL_FORCE: a removal frees space, so it must work on
-                    // a full pool too (rados rm --force-full does the same).
-                    let w = ffi::rados_create_write_op();
-                    if w.is_null() {
-                        -libc::ENOMEM
-                    } else {
-                        op.write_op.store(w, Ordering::Release);
-                        ffi::rados_write_op_remove(w);
-                        ffi::rados_aio_write_op_operate(
-                            w,
-                            io,
-                            comp,
-                            oid_c.as_ptr(),
-                            ptr::null_mut(),
-                            ffi::LIBRADOS_OPERATION_FULL_FORCE,
-                        )
-                    }
-                }
+                // FULL_FORCE: a removal frees space, so it must work on a
+                // full pool too (rados rm --force-full does the same).
+                Kind::Remove => write_op(&op, ffi::LIBRADOS_OPERATION_FULL_FORCE, &|w| {
+                    ffi::rados_write_op_remove(w)
+                }),
             }
         };
         if r < 0 {
