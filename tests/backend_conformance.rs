@@ -1,6 +1,8 @@
 //! One conformance suite for every [`ObjectStore`], plus tests of the fault
 //! injector, the counting wrapper and `DirStore` specifics.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -298,31 +300,14 @@ fn conformance_counting() {
 #[test]
 #[ignore = "needs a Ceph cluster: run through scripts/test.sh (or scripts/ceph-test-cluster.sh start + eval env)"]
 fn conformance_rados() {
-    let conf = std::env::var("CEPH_CONF").expect(
-        "CEPH_CONF is not set: start the test cluster (scripts/ceph-test-cluster.sh start) \
-         and eval \"$(scripts/ceph-test-cluster.sh env)\"",
-    );
-    let pool = std::env::var("LSVD_CEPH_POOL").unwrap_or_else(|_| "lsvd".into());
-    let ns = format!("conformance-{}-{}", std::process::id(), rand_suffix());
-    let opts = lsvd::backend::rados::ConnectOptions {
-        conf: conf.into(),
-        id: "admin".into(),
-        op_timeout: Duration::from_secs(30),
-    };
-    let store = lsvd::backend::rados::RadosStore::connect(&opts, &pool, &ns, 16).unwrap();
-    assert_eq!(store.describe(), format!("rados:{pool}/{ns}"));
+    let ns = common::rados::Namespace::new("conformance");
+    let store = ns.store(30);
+    let pool = common::rados::pool();
+    assert_eq!(store.describe(), format!("rados:{pool}/{}", ns.name));
     conformance(&store);
     // Through the wrappers too, as the engine uses it.
     let counting = CountingStore::new(Arc::new(store));
     conformance(&counting);
-}
-
-#[cfg(feature = "rados")]
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0)
 }
 
 #[test]

@@ -61,6 +61,32 @@ impl Env {
         String::from_utf8(self.ok(args)).unwrap()
     }
 
+    /// A long read-only bench that holds `image` open (and so its lock);
+    /// returns once the volume is open (its header line is out). Kill it.
+    fn hold_open(&self, image: &str) -> std::process::Child {
+        let mut child = self
+            .cmd(&[
+                "bench",
+                image,
+                "--io-type",
+                "read",
+                "--io-total",
+                "1T",
+                "--io-threads",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.contains("OPS/SEC"), "{first}");
+        child
+    }
+
     /// Run and require failure (status 1) with every `needle` in stderr.
     fn fails(&self, args: &[&str], needles: &[&str]) -> String {
         let out = self.run(args);
@@ -289,26 +315,7 @@ fn rm_refuses_an_open_image() {
     env.ok(&["create", "pool/busy", "--size", "64M"]);
     // A long bench holds the image open; its header line appears once the
     // volume is open.
-    let mut child = env
-        .cmd(&[
-            "bench",
-            "pool/busy",
-            "--io-type",
-            "read",
-            "--io-total",
-            "1T",
-            "--io-threads",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert!(first.contains("OPS/SEC"), "{first}");
+    let mut child = env.hold_open("pool/busy");
     let stderr = env.fails(&["rm", "pool/busy"], &["pool/busy"]);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -334,25 +341,7 @@ fn lock_ls_and_break_on_the_dir_backend() {
         env.ok_str(&["lock", "break", "pool/held"]),
         "pool/held: not locked; nothing to break\n"
     );
-    let mut child = env
-        .cmd(&[
-            "bench",
-            "pool/held",
-            "--io-type",
-            "read",
-            "--io-total",
-            "1T",
-            "--io-threads",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut child = env.hold_open("pool/held");
     let pid = format!("pid {}", child.id());
     let ls = env.ok_str(&["lock", "ls", "pool/held"]);
     let e = env.fails(&["lock", "break", "pool/held"], &["live process", &pid]);

@@ -26,13 +26,17 @@
 //! for reading.
 #![cfg(feature = "rados")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use lsvd::backend::rados::{ConnectOptions, RadosStore};
+use common::pattern;
+use common::rados::{ceph_conf, connect_opts, pool, Namespace, NO_CLUSTER};
+use lsvd::backend::rados::RadosStore;
 use lsvd::backend::ObjectStore;
 use lsvd::config::{BackendKind, Config};
 use lsvd::volume::image::{create_image, open_store};
@@ -52,22 +56,6 @@ fn shared() -> RwLockReadGuard<'static, ()> {
 
 fn exclusive() -> RwLockWriteGuard<'static, ()> {
     CLUSTER.write().unwrap_or_else(|e| e.into_inner())
-}
-
-const NO_CLUSTER: &str = "start the test cluster and export its environment: \
-     scripts/ceph-test-cluster.sh start DIR && eval \"$(scripts/ceph-test-cluster.sh env DIR)\" \
-     (scripts/test.sh does both)";
-
-/// `$CEPH_CONF`; the test fails (never passes silently) without it.
-fn ceph_conf() -> PathBuf {
-    match std::env::var_os("CEPH_CONF") {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => panic!("CEPH_CONF is not set: these tests need a Ceph cluster; {NO_CLUSTER}"),
-    }
-}
-
-fn pool() -> String {
-    std::env::var("LSVD_CEPH_POOL").unwrap_or_else(|_| "lsvd".into())
 }
 
 /// `$LSVD_CEPH_DIR`: the test cluster's directory (for osd-stop/osd-start).
@@ -122,65 +110,6 @@ fn ceph(args: &[&str]) -> std::result::Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn connect_opts(conf: PathBuf, id: &str, op_timeout_secs: u64) -> ConnectOptions {
-    ConnectOptions {
-        conf,
-        id: id.into(),
-        op_timeout: Duration::from_secs(op_timeout_secs),
-    }
-}
-
-/// A RADOS namespace of one test; its objects are removed when dropped.
-struct Namespace {
-    name: String,
-}
-
-impl Namespace {
-    fn new(tag: &str) -> Namespace {
-        Namespace {
-            name: format!(
-                "faults-{tag}-{}-{:08x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ),
-        }
-    }
-
-    fn store(&self, op_timeout_secs: u64) -> RadosStore {
-        RadosStore::connect(
-            &connect_opts(ceph_conf(), "admin", op_timeout_secs),
-            &pool(),
-            &self.name,
-            16,
-        )
-        .unwrap_or_else(|e| panic!("connect to the test cluster: {e:?}"))
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        // Best effort, and bounded (a short op timeout): a failed test may
-        // have left the cluster unhealthy. Never panics (a panic while
-        // unwinding would abort the whole test binary).
-        let Some(conf) = std::env::var_os("CEPH_CONF").filter(|v| !v.is_empty()) else {
-            return;
-        };
-        let Ok(store) = RadosStore::connect(
-            &connect_opts(conf.into(), "admin", 10),
-            &pool(),
-            &self.name,
-            16,
-        ) else {
-            return;
-        };
-        if let Ok(names) = store.list("") {
-            for n in names {
-                let _ = store.delete(&n);
-            }
-        }
-    }
-}
-
 fn tempdir() -> tempfile::TempDir {
     // A real file system: the journal uses O_DIRECT.
     tempfile::Builder::new()
@@ -232,18 +161,6 @@ fn cli_failed(args: &[&str], out: &Output, needles: &[&str]) -> String {
     stderr
 }
 
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // 1. Wrong pool.
 
@@ -251,7 +168,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 #[ignore = "needs a Ceph cluster: run through scripts/test.sh"]
 fn wrong_pool_is_not_found_naming_the_pool() {
     let _g = shared();
-    let ns = Namespace::new("pool");
+    let ns = Namespace::new("faults-pool");
     let dir = tempdir();
     let bad = format!("no-such-pool-{:08x}", rand::random::<u32>());
     let config = rados_config(&ns.name, dir.path());
@@ -638,7 +555,7 @@ impl Drop for OsdGuard {
 fn osd_stopped_mid_run_writes_wait_in_the_journal_and_nothing_is_lost() {
     let _g = exclusive();
     cluster_dir();
-    let ns = Namespace::new("osd");
+    let ns = Namespace::new("faults-osd");
     let dir = tempdir();
     let io_timeout = Duration::from_secs(90);
     let config = volume_config(&ns.name, dir.path(), io_timeout.as_millis() as u64);
@@ -809,7 +726,7 @@ fn osd_stopped_mid_run_writes_wait_in_the_journal_and_nothing_is_lost() {
 fn osd_down_longer_than_io_timeout_fails_writes_clearly_and_loses_nothing_acknowledged() {
     let _g = exclusive();
     cluster_dir();
-    let ns = Namespace::new("osdlong");
+    let ns = Namespace::new("faults-osdlong");
     let dir = tempdir();
     let io_timeout = Duration::from_secs(3);
     let config = volume_config(&ns.name, dir.path(), io_timeout.as_millis() as u64);
@@ -1049,7 +966,7 @@ impl Drop for FullGuard {
 #[ignore = "needs a Ceph cluster: run through scripts/test.sh"]
 fn full_cluster_puts_fail_with_no_space_and_destage_resumes_when_space_returns() {
     let _g = exclusive();
-    let ns = Namespace::new("full");
+    let ns = Namespace::new("faults-full");
     let dir = tempdir();
     let raw = ns.store(5);
     let config = volume_config(&ns.name, dir.path(), 90_000);
@@ -1169,7 +1086,7 @@ fn full_cluster_puts_fail_with_no_space_and_destage_resumes_when_space_returns()
 fn stores_dropped_right_after_an_operation_do_not_abort_the_process() {
     let _g = shared();
     ceph_conf();
-    let ns = Namespace::new("drop");
+    let ns = Namespace::new("faults-drop");
     let rounds = std::env::var("LSVD_RADOS_DROP_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -8,7 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lsvd::backend::rados::{ConnectOptions, RadosStore};
+mod common;
+
+use common::rados::Namespace;
+use lsvd::backend::rados::RadosStore;
 use lsvd::backend::ObjectStore;
 use lsvd::config::Config;
 use lsvd::volume::image::{create_image, lock_owner, remove_image};
@@ -16,26 +19,8 @@ use lsvd::volume::{Volume, VolumeOptions};
 use lsvd::ErrorKind;
 
 /// A new client connection (its own address) to the test pool, in `ns`.
-fn connect(ns: &str) -> RadosStore {
-    let conf = std::env::var("CEPH_CONF").expect(
-        "CEPH_CONF is not set: start the test cluster (scripts/ceph-test-cluster.sh start) \
-         and eval \"$(scripts/ceph-test-cluster.sh env)\"",
-    );
-    let pool = std::env::var("LSVD_CEPH_POOL").unwrap_or_else(|_| "lsvd".into());
-    let opts = ConnectOptions {
-        conf: conf.into(),
-        id: "admin".into(),
-        op_timeout: Duration::from_secs(20),
-    };
-    RadosStore::connect(&opts, &pool, ns, 16).unwrap()
-}
-
-fn namespace(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{what}-{}-{nanos}", std::process::id())
+fn connect(ns: &Namespace) -> RadosStore {
+    ns.store(20)
 }
 
 fn config() -> Config {
@@ -62,7 +47,7 @@ fn open(store: Arc<dyn ObjectStore>, journal: std::path::PathBuf) -> lsvd::Resul
 #[test]
 #[ignore = "needs a Ceph cluster: run through scripts/test.sh"]
 fn fenced_writer_cannot_corrupt_the_image() {
-    let ns = namespace("fence");
+    let ns = Namespace::new("fence");
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let a = Arc::new(connect(&ns));
     let a_addr = a.cluster().addrs().unwrap();
@@ -133,7 +118,7 @@ fn fenced_writer_cannot_corrupt_the_image() {
 #[test]
 #[ignore = "needs a Ceph cluster: run through scripts/test.sh"]
 fn lock_is_exclusive_across_clients_and_break_of_a_free_lock_is_a_no_op() {
-    let ns = namespace("lock");
+    let ns = Namespace::new("lock");
     let a = connect(&ns);
     let b = connect(&ns);
     create_image(&a, "img", 1 << 20).unwrap();

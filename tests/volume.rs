@@ -1,5 +1,7 @@
 //! Engine behaviour through the public Volume API.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -8,6 +10,8 @@ use lsvd::config::Config;
 use lsvd::volume::image::{create_image, image_info};
 use lsvd::volume::{ImageSpec, Volume, VolumeOptions};
 use lsvd::ErrorKind;
+
+use common::pattern;
 
 fn config() -> Config {
     Config {
@@ -29,18 +33,6 @@ fn open(store: &Arc<dyn ObjectStore>, dir: &Path, c: &Config) -> lsvd::Result<Vo
         image: "img".into(),
         journal_path: dir.join("img.wlog"),
     })
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn setup(size: u64) -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
