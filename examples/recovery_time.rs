@@ -149,6 +149,7 @@ fn run(dir: &Path, fill_mib: u64) -> Result<(), BoxError> {
     let config = Config {
         store_dir: dir.join("store"),
         wlog_dir: dir.join("wlog"),
+        rcache_dir: dir.join("rcache"),
         wlog_bytes: fill_bytes + fill_bytes / 8,
         ..Config::default()
     };

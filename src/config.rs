@@ -80,13 +80,21 @@ pub struct Config {
     /// Default: `2M`.
     #[serde(deserialize_with = "de_size")]
     pub wlog_chunk_bytes: u64,
-    /// Directory of read-cache files.
+    /// Directory of read-cache files: `<rcache_dir>/<pool>/<image>.rcache`
+    /// (a [`crate::volume::Volume`] opened directly uses
+    /// `<rcache_dir>/<image>.rcache`).
     /// Default: `/var/lib/lsvd/rcache`.
     pub rcache_dir: PathBuf,
-    /// Size of each image's read cache.
+    /// Size of each image's read cache file (at least 128K: one 64 KiB
+    /// chunk and its index).
     /// Default: `1G`.
     #[serde(deserialize_with = "de_size")]
     pub rcache_bytes: u64,
+    /// If true, no read cache is used: every read that misses the
+    /// in-memory batches goes to the backend (tests and benchmarks). An
+    /// existing cache file of the image is removed at open.
+    /// Default: `false`.
+    pub no_rcache: bool,
     /// Target size of a backend data object.
     /// Default: `8M`.
     #[serde(deserialize_with = "de_size")]
@@ -148,6 +156,7 @@ impl Default for Config {
             wlog_chunk_bytes: 2 * MIB,
             rcache_dir: PathBuf::from("/var/lib/lsvd/rcache"),
             rcache_bytes: GIB,
+            no_rcache: false,
             backend_obj_bytes: 8 * MIB,
             backend_write_window: 8,
             checkpoint_interval_objs: 100,
@@ -187,8 +196,17 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "2M",
             "largest atomic write; larger writes are split",
         ),
-        ("rcache_dir", "/var/lib/lsvd/rcache", "read-cache files (reserved: the read cache is not built yet)"),
-        ("rcache_bytes", "1G", "size of each image's read cache (reserved: not built yet)"),
+        (
+            "rcache_dir",
+            "/var/lib/lsvd/rcache",
+            "read-cache files: <rcache_dir>/<pool>/<image>.rcache",
+        ),
+        (
+            "rcache_bytes",
+            "1G",
+            "size of each image's read-cache file (at least 128K)",
+        ),
+        ("no_rcache", "false", "use no read cache (tests, benchmarks)"),
         ("backend_obj_bytes", "8M", "target size of a backend data object"),
         (
             "backend_write_window",
@@ -385,6 +403,7 @@ impl Config {
             }
         }
         range_check("wlog_chunk_bytes", self.wlog_chunk_bytes, 4 * KIB, 64 * MIB)?;
+        range_check("rcache_bytes", self.rcache_bytes, 128 * KIB, u64::MAX)?;
         range_check("backend_obj_bytes", self.backend_obj_bytes, 64 * KIB, GIB)?;
         if self.wlog_chunk_bytes > self.backend_obj_bytes {
             return Err(cfg_err(format!(
@@ -586,6 +605,7 @@ mod tests {
             backend_obj_bytes: 4 * MIB,
             hard_flush: true,
             no_gc: true,
+            no_rcache: true,
             gc_threshold: 75,
             ..Config::default()
         };
@@ -738,6 +758,7 @@ mod tests {
             (r#"{"backend_obj_bytes": 10000}"#, "backend_obj_bytes"),
             (r#"{"rcache_bytes": 0}"#, "rcache_bytes"),
             (r#"{"rcache_bytes": 4097}"#, "rcache_bytes"),
+            (r#"{"rcache_bytes": "64K"}"#, "rcache_bytes"),
             (
                 r#"{"wlog_chunk_bytes": "16M", "backend_obj_bytes": "8M"}"#,
                 "wlog_chunk_bytes",

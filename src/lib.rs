@@ -9,6 +9,7 @@
 //! [`io`], [`backend`], [`map`], [`journal`], [`volume`], [`cli`].
 
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod crashtest;

@@ -22,7 +22,7 @@ impl Env {
             .unwrap();
         let d = dir.path().display();
         let config = format!(
-            r#"{{"store_dir":"{d}/store","wlog_dir":"{d}/wlog","wlog_bytes":"64M","backend_obj_bytes":"1M","wlog_chunk_bytes":"1M"}}"#
+            r#"{{"store_dir":"{d}/store","wlog_dir":"{d}/wlog","rcache_dir":"{d}/rcache","rcache_bytes":"8M","wlog_bytes":"64M","backend_obj_bytes":"1M","wlog_chunk_bytes":"1M"}}"#
         );
         Env { dir, config }
     }
@@ -140,6 +140,7 @@ fn create_ls_info_rm() {
     assert_eq!(info["name"], "pool/disk");
     assert_eq!(info["size_bytes"], 64u64 << 20);
     assert_eq!(info["uuid"].as_str().unwrap().len(), 36);
+    assert!(info["cache"].is_null(), "never opened: no read cache");
 
     assert!(env.ok(&["rm", "pool/disk"]).is_empty());
     assert_eq!(env.ok_str(&["ls", "pool"]), "other\n");
@@ -165,6 +166,22 @@ fn import_export_round_trip() {
     let out = env.path("out.bin");
     env.ok(&["export", "pool/img", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == expected, "export differs");
+
+    // The image's read cache: <rcache_dir>/<pool>/<image>.rcache, shown by info.
+    let info = json(&env.ok(&["info", "pool/img", "--json"]));
+    let cache = &info["cache"];
+    let path = env.path("rcache/pool/img.rcache");
+    assert_eq!(cache["path"], path.to_str().unwrap(), "{info}");
+    assert_eq!(cache["bytes"], 8u64 << 20);
+    assert_eq!(cache["formatted"], true);
+    assert_eq!(cache["owner_match"], true);
+    assert!(cache["valid_chunks"].as_u64().unwrap() > 0, "{info}");
+    assert!(cache["chunks"].as_u64().unwrap() >= cache["valid_chunks"].as_u64().unwrap());
+    for k in ["hits", "misses", "evictions", "inserts", "corrupt"] {
+        assert!(cache["counters"][k].is_u64(), "{k}: {info}");
+    }
+    let text = env.ok_str(&["info", "pool/img"]);
+    assert!(text.contains("read cache"), "{text}");
 
     // Refuses to overwrite without --force, then does it with --force.
     env.fails(

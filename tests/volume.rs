@@ -27,8 +27,13 @@ fn config() -> Config {
 }
 
 fn open(store: &Arc<dyn ObjectStore>, dir: &Path, c: &Config) -> lsvd::Result<Volume> {
+    let mut c = c.clone();
+    if c.rcache_dir == Config::default().rcache_dir {
+        c.rcache_dir = dir.join("rcache");
+        c.rcache_bytes = 4 << 20;
+    }
     Volume::open(VolumeOptions {
-        config: c.clone(),
+        config: c,
         store: store.clone(),
         image: "img".into(),
         journal_path: dir.join("img.wlog"),
@@ -143,7 +148,10 @@ fn second_open_is_refused_and_bad_input_is_rejected() {
     // A journal of another image is refused.
     create_image(store.as_ref(), "other", 1 << 20).unwrap();
     let e = Volume::open(VolumeOptions {
-        config: c,
+        config: Config {
+            rcache_dir: dir.path().join("rcache"),
+            ..c
+        },
         store: store.clone(),
         image: "other".into(),
         journal_path: dir.path().join("img.wlog"),

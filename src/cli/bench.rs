@@ -140,6 +140,16 @@ pub struct BenchReport {
     pub journal_records: u64,
     /// Journal fdatasyncs.
     pub journal_syncs: u64,
+    /// Read-cache hits (per 64 KiB chunk touched) during the run.
+    pub cache_hits: u64,
+    /// Read-cache misses (chunks fetched from the backend).
+    pub cache_misses: u64,
+    /// Read-cache evictions.
+    pub cache_evictions: u64,
+    /// Chunks written into the read cache.
+    pub cache_inserts: u64,
+    /// Corrupt read-cache blocks found (dropped and refetched).
+    pub cache_corrupt: u64,
     /// Backend puts per 10,000 client writes (0 without writes).
     pub backend_puts_per_10k_writes: f64,
     /// Backend bytes put per client byte written (0 without writes).
@@ -511,6 +521,11 @@ fn stats_delta(before: &VolumeStats, after: &VolumeStats) -> VolumeStats {
         map_extents: after.map_extents,
         replayed: after.replayed,
         journal_used_bytes: after.journal_used_bytes,
+        cache_hits: after.cache_hits.saturating_sub(before.cache_hits),
+        cache_misses: after.cache_misses.saturating_sub(before.cache_misses),
+        cache_evictions: after.cache_evictions.saturating_sub(before.cache_evictions),
+        cache_inserts: after.cache_inserts.saturating_sub(before.cache_inserts),
+        cache_corrupt: after.cache_corrupt.saturating_sub(before.cache_corrupt),
     }
 }
 
@@ -585,6 +600,11 @@ fn summarize(
         backend_reads: stats.backend_reads,
         journal_records: stats.journal_records,
         journal_syncs: stats.journal_syncs,
+        cache_hits: stats.cache_hits,
+        cache_misses: stats.cache_misses,
+        cache_evictions: stats.cache_evictions,
+        cache_inserts: stats.cache_inserts,
+        cache_corrupt: stats.cache_corrupt,
         backend_puts_per_10k_writes: ratio(backend_puts as f64 * 10_000.0, write_ops),
         backend_bytes_per_client_byte: ratio(backend_put_bytes as f64, client_write_bytes),
         close_secs,
@@ -598,6 +618,7 @@ fn format_report(r: &BenchReport) -> String {
          latency: avg {:.0} us  p50 {} us  p99 {} us  max {} us\n\
          backend: puts {} ({} data objects + {} checkpoint pieces), {} put; reads {}\n\
          journal: records {}  syncs {}\n\
+         read cache: hits {}  misses {}  evictions {}  inserts {}  corrupt {}\n\
          efficiency: {:.2} backend puts per 10k writes, {:.3} backend bytes per client byte\n\
          close: {:.2} s (not included above)",
         r.elapsed_secs,
@@ -617,6 +638,11 @@ fn format_report(r: &BenchReport) -> String {
         r.backend_reads,
         r.journal_records,
         r.journal_syncs,
+        r.cache_hits,
+        r.cache_misses,
+        r.cache_evictions,
+        r.cache_inserts,
+        r.cache_corrupt,
         r.backend_puts_per_10k_writes,
         r.backend_bytes_per_client_byte,
         r.close_secs,

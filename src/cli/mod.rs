@@ -279,8 +279,12 @@ fn open_volume(
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create journal directory {}", dir.display()))?;
     }
+    // The volume names its read cache `<rcache_dir>/<image>.rcache`;
+    // scoped per pool here, as the journal is.
+    let mut config = config.clone();
+    config.rcache_dir = config.rcache_dir.join(&spec.pool);
     Volume::open(VolumeOptions {
-        config: config.clone(),
+        config,
         store,
         image: spec.image.clone(),
         journal_path,
@@ -302,14 +306,28 @@ fn cmd_create(config: &Config, image: &str, size: u64) -> anyhow::Result<()> {
 fn cmd_info(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
     let spec = parse_spec(image)?;
     let store = store_for(config, &spec.pool, false)?;
-    let info = image::image_info(store.as_ref(), &spec)
+    let mut info = image::image_info(store.as_ref(), &spec)
         .with_context(|| format!("cannot read image {spec}"))?;
+    let uuid = image::read_superblock(store.as_ref(), &spec.image)
+        .with_context(|| format!("cannot read image {spec}"))?
+        .uuid;
+    let cache_path = spec.rcache_path(config);
+    info.cache = cache_info(&cache_path, uuid)?;
     let text = if json {
         serde_json::to_string_pretty(&info).context("cannot encode image info as JSON")?
     } else {
         format_info(&info)
     };
     print_stdout(&text)
+}
+
+/// The read-cache block of `info`: read only, never changed.
+fn cache_info(
+    path: &std::path::Path,
+    uuid: crate::units::ImageUuid,
+) -> anyhow::Result<Option<crate::cache::CacheInfo>> {
+    crate::cache::Cache::inspect(path, uuid)
+        .with_context(|| format!("cannot read the read cache {}", path.display()))
 }
 
 /// The human-readable form of `info`.
@@ -334,7 +352,19 @@ fn format_info(info: &ImageInfo) -> String {
         human_bytes(info.stored_bytes),
         checkpoints,
         format_unix_utc(info.created_unix),
-    )
+    ) + &match &info.cache {
+        None => "\n\tread cache none".to_owned(),
+        Some(c) if !c.formatted || !c.owner_match => format!(
+            "\n\tread cache {} ({}; discarded at the next open)",
+            c.path,
+            if c.formatted { "another image's" } else { "not formatted" }
+        ),
+        Some(c) => format!(
+            "\n\tread cache {}: {} of {} chunks ({} hits, {} misses, {} evictions, {} corrupt)",
+            c.path, c.valid_chunks, c.chunks, c.counters.hits, c.counters.misses,
+            c.counters.evictions, c.counters.corrupt
+        ),
+    }
 }
 
 /// `ls POOL [--json]`.
@@ -356,7 +386,13 @@ fn cmd_rm(config: &Config, image: &str) -> anyhow::Result<()> {
     let store = store_for(config, &spec.pool, false)?;
     let journal: PathBuf = spec.journal_path(config);
     image::remove_image(store.as_ref(), &spec.image, Some(&journal))
-        .with_context(|| format!("cannot remove image {spec}"))
+        .with_context(|| format!("cannot remove image {spec}"))?;
+    let cache = spec.rcache_path(config);
+    match std::fs::remove_file(&cache) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove read cache {}", cache.display())),
+    }
 }
 
 /// Print `text` and a newline (nothing for empty text) to stdout.

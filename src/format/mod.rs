@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod journal;
 pub mod object;
+pub mod rcache;
 pub mod superblock;
 
 use crate::error::{Error, ErrorKind};

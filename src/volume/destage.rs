@@ -69,6 +69,9 @@ pub(crate) struct Job {
     /// Aligned, so a store can write it with O_DIRECT.
     head: AlignedBuf,
     batch: Option<Arc<Batch>>,
+    /// Offer the object to the read cache once put (every object that
+    /// holds data: not checkpoint pieces).
+    cache: bool,
 }
 
 /// Put worker: retries with backoff until the put succeeds or the volume stops.
@@ -100,6 +103,12 @@ pub(crate) fn put_worker(
         };
         if r.is_ok() {
             inner.clear_backend_error();
+            if job.cache {
+                // Read-after-write hits: the object is durable and immutable
+                // now. Never waits (dropped when the cache writer is behind).
+                let data: &[u8] = job.batch.as_ref().map_or(&[], |b| &b.data);
+                inner.offer_to_cache(job.seq, &[&job.head, data]);
+            }
         }
         let seq = job.seq;
         // The job (and its reference to the batch) goes before the
@@ -184,6 +193,7 @@ impl Destager {
                     name: object_name(&self.inner.image, b.obj),
                     head: aligned_copy(&head),
                     batch: Some(b.clone()),
+                    cache: true,
                 });
                 self.items.insert(b.obj.0, Item::Data(b));
             }
@@ -392,6 +402,7 @@ impl Destager {
                 name: object_name(&self.inner.image, seq),
                 head: aligned_copy(&bytes),
                 batch: None,
+                cache: false,
             });
             let waiters = if i + 1 == n {
                 std::mem::take(&mut self.ckpt_waiters)

@@ -64,6 +64,17 @@ impl ImageSpec {
             .join(&self.pool)
             .join(format!("{}.wlog", self.image))
     }
+
+    /// The read-cache file for this image under `config.rcache_dir`:
+    /// `<rcache_dir>/<pool>/<image>.rcache`. (The CLI opens a volume with
+    /// `rcache_dir` set to `<rcache_dir>/<pool>`, and the volume names its
+    /// cache `<image>.rcache` there.)
+    pub fn rcache_path(&self, config: &Config) -> PathBuf {
+        config
+            .rcache_dir
+            .join(&self.pool)
+            .join(format!("{}.rcache", self.image))
+    }
 }
 
 impl std::fmt::Display for ImageSpec {
@@ -213,6 +224,9 @@ pub struct ImageInfo {
     pub checkpoints: Vec<u64>,
     /// Creation time, Unix seconds.
     pub created_unix: u64,
+    /// The image's read-cache file, if there is one (filled in by the
+    /// CLI, which knows the configured `rcache_dir`).
+    pub cache: Option<crate::cache::CacheInfo>,
 }
 
 /// Create an image of `size_bytes` (a positive multiple of 4096). Fails if it exists.
@@ -323,6 +337,7 @@ pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo
         stored_bytes,
         checkpoints: sb.checkpoints.iter().map(|c| c.seq.0).collect(),
         created_unix: sb.created_unix,
+        cache: None,
     })
 }
 

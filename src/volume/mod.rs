@@ -6,11 +6,18 @@
 //!
 //! Threads: callers (any number), the journal writer, the destager (applies
 //! objects in order, writes checkpoints), `backend_write_window` put
-//! workers, and a flusher that closes batches older than `flush_msec`.
+//! workers, a flusher that closes batches older than `flush_msec`, and the
+//! read-cache writer (caches objects as they are put, flushes the cache
+//! index every second).
+//!
+//! Reads are served from the open and in-flight batches, then through the
+//! read cache (`src/cache/`), whose misses read whole 64 KiB chunks from the
+//! backend.
 
 mod batch;
 mod destage;
 pub mod image;
+mod rcache;
 mod recovery;
 
 use std::collections::BTreeMap;
@@ -36,6 +43,7 @@ use crate::units::{ImageUuid, JournalSeq, Lba, ObjSeq, SECTOR};
 use batch::{Batch, PendLoc};
 use destage::{DestageMsg, Destager};
 pub use image::ImageSpec;
+pub use rcache::rcache_path;
 
 /// Called once when an asynchronously submitted operation completes.
 pub type Completion = Box<dyn FnOnce(Result<()>) + Send + 'static>;
@@ -84,6 +92,16 @@ pub struct VolumeStats {
     pub replayed: u64,
     /// Journal bytes in use.
     pub journal_used_bytes: u64,
+    /// Reads (per 64 KiB chunk touched) served from the read cache.
+    pub cache_hits: u64,
+    /// Chunks fetched from the backend because the cache lacked them.
+    pub cache_misses: u64,
+    /// Chunks evicted from the read cache to make room.
+    pub cache_evictions: u64,
+    /// Chunks written into the read cache (misses and destaged objects).
+    pub cache_inserts: u64,
+    /// Corrupt cache blocks or index blocks found, dropped and refetched.
+    pub cache_corrupt: u64,
 }
 
 #[derive(Default)]
@@ -139,6 +157,10 @@ pub(crate) struct Inner {
     /// Data buffers of applied batches, reused so a new batch does not
     /// fault in and zero fresh pages on the write path.
     spare_buffers: Mutex<Vec<crate::io::AlignedBuf>>,
+    /// The read cache (`None` with `no_rcache`, or if it could not open).
+    cache: Option<Arc<crate::cache::Cache>>,
+    /// To the cache writer thread (objects as they are put).
+    cache_tx: Option<crossbeam_channel::Sender<rcache::CacheMsg>>,
 }
 
 impl Inner {
@@ -451,6 +473,16 @@ impl Volume {
         let mut sb = image::read_superblock(store.as_ref(), &image)?;
         let rec = recovery::recover(store.as_ref(), &image, &sb)?;
         sb.checkpoints = rec.checkpoints.clone();
+        // Opened after recovery: entries above the last object it kept are
+        // dropped, since those sequences will be reused.
+        let cache = rcache::open_cache(&config, &image, sb.uuid, rec.last_obj);
+        let (cache_tx, cache_rx) = match &cache {
+            Some(_) => {
+                let (tx, rx) = crossbeam_channel::bounded(rcache::FILL_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let (destage_tx, destage_rx) = unbounded();
         let cap = config.backend_obj_bytes as usize;
         let inner = Arc::new(Inner {
@@ -484,6 +516,8 @@ impl Volume {
             destage_tx,
             flusher: (Mutex::new(false), Condvar::new()),
             spare_buffers: Mutex::new(Vec::new()),
+            cache,
+            cache_tx,
             config,
         });
         let mut vol = Volume {
@@ -492,7 +526,7 @@ impl Volume {
             lock: Some(lock),
             stopped: false,
         };
-        vol.spawn_threads(destage_rx, rec.last_obj)?;
+        vol.spawn_threads(destage_rx, rec.last_obj, cache_rx)?;
 
         let shared = Arc::new(JournalShared::default());
         let _ = inner.journal_shared.set(shared.clone());
@@ -543,6 +577,7 @@ impl Volume {
         &mut self,
         destage_rx: crossbeam_channel::Receiver<DestageMsg>,
         applied: ObjSeq,
+        cache_rx: Option<crossbeam_channel::Receiver<rcache::CacheMsg>>,
     ) -> Result<()> {
         let inner = &self.inner;
         let (jobs_tx, jobs_rx) =
@@ -570,6 +605,12 @@ impl Volume {
         let fi = inner.clone();
         self.threads
             .push(spawn("lsvd-flusher", Box::new(move || flusher(fi)))?);
+        if let (Some(cache), Some(rx)) = (inner.cache.clone(), cache_rx) {
+            self.threads.push(spawn(
+                "lsvd-rcache",
+                Box::new(move || rcache::cache_writer(cache, rx)),
+            )?);
+        }
         Ok(())
     }
 
@@ -656,22 +697,20 @@ impl Volume {
             }
         }
         for (obj, off, b0, bytes) in remote {
-            let name = image::object_name(&inner.image, obj);
-            let data = inner
-                .store
-                .get(&name, off * SECTOR, bytes)
-                .map_err(|e| e.prefixed(format!("read of {} at {offset}", inner.image)))?;
-            inner.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
-            if data.len() != bytes {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "object {name} is shorter than its map says ({} of {bytes} bytes at sector {off})",
-                        data.len()
-                    ),
-                ));
-            }
-            buf[b0..b0 + bytes].copy_from_slice(&data);
+            let out = &mut buf[b0..b0 + bytes];
+            let r = match inner.read_object_range(obj, off * SECTOR, out) {
+                // Garbage collection may delete an object between our map
+                // lookup and the read: look the range up again.
+                Err(e) if e.kind() == ErrorKind::NotFound => inner.reread_moved(
+                    Lba(lba + b0 as u64 / SECTOR),
+                    bytes as u64 / SECTOR,
+                    out,
+                    obj,
+                    e,
+                ),
+                r => r,
+            };
+            r.map_err(|e| e.prefixed(format!("read of {} at {offset}", inner.image)))?;
         }
         Ok(())
     }
@@ -910,6 +949,12 @@ impl Volume {
     pub fn stats(&self) -> VolumeStats {
         let s = &self.inner.stats;
         let js = self.inner.journal_shared.get();
+        let cache = self
+            .inner
+            .cache
+            .as_ref()
+            .map(|c| c.counters())
+            .unwrap_or_default();
         VolumeStats {
             writes: s.writes.load(Ordering::Relaxed),
             write_bytes: s.write_bytes.load(Ordering::Relaxed),
@@ -923,6 +968,11 @@ impl Volume {
             map_extents: self.inner.map_extents.load(Ordering::Relaxed),
             replayed: s.replayed.load(Ordering::Relaxed),
             journal_used_bytes: js.map_or(0, |j| j.used_bytes()),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_evictions: cache.evictions,
+            cache_inserts: cache.inserts,
+            cache_corrupt: cache.corrupt,
         }
     }
 
@@ -989,6 +1039,9 @@ impl Volume {
             let _ = j.shutdown(false);
         }
         let _ = inner.destage_tx.send(DestageMsg::Stop);
+        // A clean close writes the cache index; a crash leaves it as the
+        // last background flush did.
+        inner.stop_cache_writer(clean);
         {
             let (m, cv) = &inner.flusher;
             if let Ok(mut g) = m.lock() {

@@ -1,0 +1,359 @@
+//! The volume's use of the read cache: object reads through it, the
+//! re-lookup when garbage collection deleted an object under a reader, and
+//! the writer thread that caches objects as they are destaged.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
+use tracing::warn;
+
+use super::image::object_name;
+use super::Inner;
+use crate::cache::Cache;
+use crate::error::{Error, ErrorKind, Result};
+use crate::units::{Lba, ObjSeq, SECTOR};
+
+/// Objects waiting for the cache writer; more are dropped (destage never
+/// waits on the cache).
+pub(crate) const FILL_QUEUE: usize = 2;
+/// Index flush interval of the writer thread, and inserts that force one.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+const FLUSH_INSERTS: usize = 256;
+/// Times a read looks the map up again after its object was deleted.
+const MOVED_RETRIES: usize = 3;
+
+pub(crate) enum CacheMsg {
+    /// An object just put: its bytes, header included.
+    Fill(ObjSeq, Vec<u8>),
+    /// Stop; with `flush`, write the index first (a clean close).
+    Stop { flush: bool },
+}
+
+/// The read cache of `image` under `rcache_dir`: `<rcache_dir>/<image>.rcache`.
+pub fn rcache_path(rcache_dir: &std::path::Path, image: &str) -> std::path::PathBuf {
+    rcache_dir.join(format!("{image}.rcache"))
+}
+
+/// Open the cache for a volume; a cache that cannot be opened is logged
+/// and left out (reads then go to the backend), never an open failure.
+pub(crate) fn open_cache(
+    config: &crate::config::Config,
+    image: &str,
+    uuid: crate::units::ImageUuid,
+    last_obj: ObjSeq,
+) -> Option<Arc<Cache>> {
+    let path = rcache_path(&config.rcache_dir, image);
+    // A cache file skipped by this open would miss the drop of entries
+    // above `last_obj` (sequences recovery may reuse): remove it instead,
+    // unless another process holds it (then it is not ours to remove).
+    let remove = |why: &str| match std::fs::remove_file(&path) {
+        Ok(()) => warn!(image, cache = %path.display(), "removed the read cache file ({why})"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(image, cache = %path.display(), "could not remove the read cache file ({why}): {e}")
+        }
+    };
+    if config.no_rcache {
+        remove("no_rcache is set");
+        return None;
+    }
+    match Cache::open(&path, uuid, config.rcache_bytes, last_obj) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            warn!(image, cache = %path.display(), "running without a read cache: {e}");
+            if e.kind() != ErrorKind::Locked {
+                remove("it could not be opened");
+            }
+            None
+        }
+    }
+}
+
+impl Inner {
+    /// Read `out.len()` bytes of object `obj` at object-relative `byte_off`
+    /// (header included, as the map stores offsets): from the read cache
+    /// when it holds them, else from the backend (filling the cache).
+    /// A deleted object fails with `NotFound`.
+    pub(crate) fn read_object_range(
+        &self,
+        obj: ObjSeq,
+        byte_off: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let name = object_name(&self.image, obj);
+        let fetch = |off: u64, len: usize| -> Result<Vec<u8>> {
+            let d = self.store.get(&name, off, len)?;
+            self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
+            Ok(d)
+        };
+        if let Some(c) = &self.cache {
+            return c.read(obj, byte_off, out, &fetch).map_err(|e| {
+                if e.kind() == ErrorKind::Corrupt {
+                    e.prefixed(format!("object {name}"))
+                } else {
+                    e
+                }
+            });
+        }
+        let data = fetch(byte_off, out.len())?;
+        if data.len() != out.len() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "object {name} is shorter than its map says ({} of {} bytes at byte {byte_off})",
+                    data.len(),
+                    out.len()
+                ),
+            ));
+        }
+        out.copy_from_slice(&data);
+        Ok(())
+    }
+
+    /// Read `[lba, lba + len)` from the durable map into `out` after a read
+    /// of `missing` failed with `NotFound` (garbage collection deleted it
+    /// after our lookup, and the map has since moved the data). Fails with
+    /// `err` if the map still names the missing object.
+    pub(crate) fn reread_moved(
+        &self,
+        lba: Lba,
+        sectors: u64,
+        out: &mut [u8],
+        mut missing: ObjSeq,
+        mut err: Error,
+    ) -> Result<()> {
+        let mut pieces = Vec::new();
+        for _ in 0..MOVED_RETRIES {
+            pieces.clear();
+            self.durable
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup(lba, sectors, &mut pieces);
+            if pieces
+                .iter()
+                .any(|(_, _, l)| l.is_some_and(|l| l.obj == missing))
+            {
+                return Err(err);
+            }
+            let mut failed = None;
+            for &(plba, plen, loc) in &pieces {
+                let b0 = ((plba.0 - lba.0) * SECTOR) as usize;
+                let b = &mut out[b0..b0 + (plen * SECTOR) as usize];
+                match loc {
+                    None => b.fill(0),
+                    Some(l) => match self.read_object_range(l.obj, l.offset as u64 * SECTOR, b) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::NotFound => {
+                            failed = Some((l.obj, e));
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                }
+            }
+            match failed {
+                None => return Ok(()),
+                Some((o, e)) => (missing, err) = (o, e),
+            }
+        }
+        Err(err)
+    }
+
+    /// Offer a just-put object to the cache writer (never waits: dropped
+    /// when the writer is behind).
+    pub(crate) fn offer_to_cache(&self, obj: ObjSeq, parts: &[&[u8]]) {
+        let Some(tx) = &self.cache_tx else {
+            return;
+        };
+        if tx.is_full() {
+            return;
+        }
+        let mut v = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            v.extend_from_slice(p);
+        }
+        match tx.try_send(CacheMsg::Fill(obj, v)) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Stop the cache writer (flushing the index on a clean close).
+    pub(crate) fn stop_cache_writer(&self, flush: bool) {
+        if let Some(tx) = &self.cache_tx {
+            let _ = tx.send(CacheMsg::Stop { flush });
+        }
+    }
+}
+
+/// The `lsvd-rcache` thread: caches destaged objects and flushes the index
+/// every second (and after many inserts).
+pub(crate) fn cache_writer(cache: Arc<Cache>, rx: Receiver<CacheMsg>) {
+    let mut last_flush = Instant::now();
+    let flush = |cache: &Cache| {
+        if let Err(e) = cache.flush() {
+            warn!(cache = %cache.path().display(), "read cache index flush failed: {e}");
+        }
+    };
+    loop {
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(CacheMsg::Fill(obj, bytes)) => {
+                if let Err(e) = cache.insert_object(obj, &bytes) {
+                    warn!(cache = %cache.path().display(), object = obj.0, "could not cache a destaged object: {e}");
+                }
+            }
+            Ok(CacheMsg::Stop { flush: f }) => {
+                if f {
+                    flush(&cache);
+                }
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if last_flush.elapsed() >= FLUSH_EVERY || cache.unflushed() >= FLUSH_INSERTS {
+            flush(&cache);
+            last_flush = Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::backend::{MemStore, ObjectStore, StoreLock};
+    use crate::config::Config;
+    use crate::map::ObjLoc;
+    use crate::volume::{Volume, VolumeOptions};
+
+    type Hook = Box<dyn FnOnce() + Send>;
+
+    /// A store that runs a hook at the first get of one object, before
+    /// forwarding it: what a GC that moves and deletes that object right
+    /// after a reader's map lookup looks like to the reader.
+    struct RacingStore {
+        inner: Arc<MemStore>,
+        target: String,
+        hook: Mutex<Option<Hook>>,
+    }
+
+    impl ObjectStore for RacingStore {
+        fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+            self.inner.put(name, data)
+        }
+        fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+            if name == self.target {
+                let hook = self.hook.lock().unwrap().take();
+                if let Some(h) = hook {
+                    h();
+                }
+            }
+            self.inner.get(name, offset, len)
+        }
+        fn stat(&self, name: &str) -> Result<Option<u64>> {
+            self.inner.stat(name)
+        }
+        fn delete(&self, name: &str) -> Result<()> {
+            self.inner.delete(name)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+            self.inner.lock(name, owner)
+        }
+        fn describe(&self) -> String {
+            "racing store".into()
+        }
+    }
+
+    fn moved_object_is_found_again(no_rcache: bool) {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let mem = Arc::new(MemStore::new());
+        let store = Arc::new(RacingStore {
+            inner: mem.clone(),
+            target: object_name("img", ObjSeq(1)),
+            hook: Mutex::new(None),
+        });
+        crate::volume::image::create_image(store.as_ref(), "img", 1 << 20).unwrap();
+        let config = Config {
+            rcache_dir: dir.path().join("rcache"),
+            rcache_bytes: 1 << 20,
+            no_rcache,
+            flush_msec: 20,
+            wlog_bytes: 4 << 20,
+            wlog_chunk_bytes: 64 << 10,
+            backend_obj_bytes: 256 << 10,
+            ..Config::default()
+        };
+        let open = || {
+            Volume::open(VolumeOptions {
+                config: config.clone(),
+                store: store.clone(),
+                image: "img".into(),
+                journal_path: dir.path().join("img.wlog"),
+            })
+            .unwrap()
+        };
+        let v = open();
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        v.write(0, &data).unwrap();
+        v.close().unwrap();
+        // A cold cache, so the read goes to the store.
+        let _ = std::fs::remove_file(rcache_path(&config.rcache_dir, "img"));
+        let v = open();
+        let mut pieces = Vec::new();
+        v.inner
+            .durable
+            .read()
+            .unwrap()
+            .lookup(Lba(0), 128, &mut pieces);
+        assert_eq!(pieces.len(), 1);
+        let loc = pieces[0].2.unwrap();
+        assert_eq!(loc.obj, ObjSeq(1));
+        // "GC": copy object 1 to object 50, remap, delete object 1.
+        let bytes = mem.get(&object_name("img", ObjSeq(1)), 0, 1 << 20).unwrap();
+        mem.put(&object_name("img", ObjSeq(50)), &bytes).unwrap();
+        let (inner, mem2) = (v.inner.clone(), mem.clone());
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ran2 = ran.clone();
+        *store.hook.lock().unwrap() = Some(Box::new(move || {
+            {
+                let mut m = inner.durable.write().unwrap();
+                m.add_object(ObjSeq(50), 128);
+                m.apply_write(
+                    Lba(0),
+                    128,
+                    ObjLoc {
+                        obj: ObjSeq(50),
+                        offset: loc.offset,
+                    },
+                );
+            }
+            mem2.delete(&object_name("img", ObjSeq(1))).unwrap();
+            ran2.store(true, Ordering::SeqCst);
+        }));
+        let mut buf = vec![0u8; 65536];
+        v.read(0, &mut buf).unwrap();
+        assert!(ran.load(Ordering::SeqCst), "the race was staged");
+        assert!(buf == data, "read after the object moved");
+        if no_rcache {
+            // The map still naming a missing object is an error, not zeros.
+            mem.delete(&object_name("img", ObjSeq(50))).unwrap();
+            let e = v.read(0, &mut buf).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        } else {
+            assert!(v.stats().cache_inserts > 0);
+        }
+        v.crash();
+    }
+
+    #[test]
+    fn read_finds_an_object_moved_and_deleted_after_its_lookup() {
+        moved_object_is_found_again(true);
+        moved_object_is_found_again(false);
+    }
+}
