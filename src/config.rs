@@ -117,9 +117,29 @@ pub struct Config {
     /// percentage.
     /// Default: `60`.
     pub gc_threshold: u32,
-    /// If true, garbage collection never runs.
+    /// If true, garbage collection never runs in the background (a forced
+    /// `lsvd-ublk gc` still runs).
     /// Default: `false`.
     pub no_gc: bool,
+    /// Local memory GC may use for data it copies (its temporary space): one
+    /// GC object is built at a time, at most this large and at most
+    /// `backend_obj_bytes`. Must be at least 64K.
+    /// Default: `16M`.
+    #[serde(deserialize_with = "de_size")]
+    pub gc_buffer_bytes: u64,
+    /// GC bytes read plus written per second; `0` means unlimited.
+    /// Default: `32M`.
+    #[serde(deserialize_with = "de_size")]
+    pub gc_rate_bytes: u64,
+    /// GC also copies a fully mapped gap of at most this many bytes between
+    /// two live extents it moves (defragmenting); a multiple of 4096, 0 off.
+    /// Default: `64K`.
+    #[serde(deserialize_with = "de_size")]
+    pub gc_plug_bytes: u64,
+    /// How long (ms) background GC sleeps when no object is below the
+    /// threshold.
+    /// Default: `1000`.
+    pub gc_interval_msec: u64,
     /// Journal records in flight on the io_uring.
     /// Default: `4`.
     pub journal_depth: u32,
@@ -164,6 +184,10 @@ impl Default for Config {
             hard_flush: false,
             gc_threshold: 60,
             no_gc: false,
+            gc_buffer_bytes: 16 * MIB,
+            gc_rate_bytes: 32 * MIB,
+            gc_plug_bytes: 64 * KIB,
+            gc_interval_msec: 1000,
             journal_depth: 4,
             io_timeout_msec: 30000,
             ceph_conf: None,
@@ -231,9 +255,33 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
         (
             "gc_threshold",
             "60",
-            "GC cleans objects whose live percentage is below this (1-99; reserved: GC is not built yet)",
+            "GC cleans objects whose live percentage is below this (1-99)",
         ),
-        ("no_gc", "false", "never run garbage collection (reserved: GC is not built yet)"),
+        (
+            "no_gc",
+            "false",
+            "never run garbage collection in the background (lsvd-ublk gc still can)",
+        ),
+        (
+            "gc_buffer_bytes",
+            "16M",
+            "local memory (temporary space) for data GC copies; at least 64K",
+        ),
+        (
+            "gc_rate_bytes",
+            "32M",
+            "GC bytes read plus written per second (0: unlimited)",
+        ),
+        (
+            "gc_plug_bytes",
+            "64K",
+            "GC also copies mapped gaps up to this size between live extents (multiple of 4096; 0: off)",
+        ),
+        (
+            "gc_interval_msec",
+            "1000",
+            "how long (ms) GC sleeps when no object is below the threshold",
+        ),
         (
             "journal_depth",
             "4",
@@ -428,6 +476,14 @@ impl Config {
         )?;
         range_check("journal_depth", self.journal_depth.into(), 1, 64)?;
         range_check("gc_threshold", self.gc_threshold.into(), 1, 99)?;
+        range_check("gc_buffer_bytes", self.gc_buffer_bytes, 64 * KIB, 16 * GIB)?;
+        if !self.gc_plug_bytes.is_multiple_of(4096) || self.gc_plug_bytes > 64 * MIB {
+            return Err(cfg_err(format!(
+                "gc_plug_bytes ({}) must be a multiple of 4096 and at most 64M",
+                self.gc_plug_bytes
+            )));
+        }
+        range_check("gc_interval_msec", self.gc_interval_msec, 1, 3_600_000)?;
         range_check(
             "checkpoint_interval_objs",
             self.checkpoint_interval_objs,
@@ -607,6 +663,10 @@ mod tests {
             no_gc: true,
             no_rcache: true,
             gc_threshold: 75,
+            gc_buffer_bytes: 4 * MIB,
+            gc_rate_bytes: 0,
+            gc_plug_bytes: 0,
+            gc_interval_msec: 10,
             ..Config::default()
         };
         c.validate().unwrap();
@@ -620,6 +680,9 @@ mod tests {
             "wlog_chunk_bytes",
             "rcache_bytes",
             "backend_obj_bytes",
+            "gc_buffer_bytes",
+            "gc_rate_bytes",
+            "gc_plug_bytes",
         ] {
             // Keep the other sizes consistent with an 8M value in any field.
             let base = r#""wlog_bytes": "1G", "wlog_chunk_bytes": "1M", "backend_obj_bytes": "8M""#;
@@ -782,6 +845,11 @@ mod tests {
             (r#"{"journal_depth": 65}"#, "journal_depth"),
             (r#"{"gc_threshold": 0}"#, "gc_threshold"),
             (r#"{"gc_threshold": 100}"#, "gc_threshold"),
+            (r#"{"gc_buffer_bytes": "32K"}"#, "gc_buffer_bytes"),
+            (r#"{"gc_plug_bytes": 1000}"#, "gc_plug_bytes"),
+            (r#"{"gc_plug_bytes": "128M"}"#, "gc_plug_bytes"),
+            (r#"{"gc_interval_msec": 0}"#, "gc_interval_msec"),
+            (r#"{"gc_rate_bytes": "1Q"}"#, "gc_rate_bytes"),
             (
                 r#"{"checkpoint_interval_objs": 0}"#,
                 "checkpoint_interval_objs",
@@ -804,6 +872,7 @@ mod tests {
             r#"{"backend_write_window": 256, "journal_depth": 64, "gc_threshold": 99}"#,
             r#"{"backend_write_window": 1, "journal_depth": 1, "gc_threshold": 1}"#,
             r#"{"checkpoint_interval_objs": 1, "flush_msec": 1, "io_timeout_msec": 100}"#,
+            r#"{"gc_buffer_bytes": "64K", "gc_rate_bytes": 0, "gc_plug_bytes": 0, "gc_interval_msec": 1}"#,
         ] {
             inline(json).unwrap_or_else(|e| panic!("{json}: {e}"));
         }

@@ -433,3 +433,121 @@ fn device_commands_fail_clearly_without_a_device() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("POOL/IMAGE"), "{err}");
 }
+
+/// `gc` on a detached image cleans, deletes and reports (text and JSON)
+/// without changing the image's contents; it refuses an open image.
+#[test]
+fn gc_cleans_a_detached_image_and_refuses_an_open_one() {
+    let mut env = Env::new();
+    // Background GC off: `export` reads while nothing else deletes.
+    env.config = env
+        .config
+        .replace('}', r#","gc_threshold":90,"no_gc":true}"#);
+    env.ok(&["create", "pool/img", "--size", "4M"]);
+    env.ok(&[
+        "bench",
+        "pool/img",
+        "--io-type",
+        "write",
+        "--io-pattern",
+        "rand",
+        "--io-total",
+        "12M",
+        "--io-threads",
+        "2",
+    ]);
+    let before = env.ok(&["export", "pool/img", "-"]);
+    let stored_before = json(&env.ok(&["info", "pool/img", "--json"]))["stored_bytes"]
+        .as_u64()
+        .unwrap();
+    let r = json(&env.ok(&["gc", "pool/img", "--json"]));
+    for key in [
+        "objects_cleaned",
+        "bytes_copied",
+        "bytes_freed",
+        "objects_deleted",
+    ] {
+        assert!(r[key].as_u64().unwrap() > 0, "{key}: {r}");
+    }
+    let info = json(&env.ok(&["info", "pool/img", "--json"]));
+    assert_eq!(info["clean"], true);
+    assert!(
+        info["stored_bytes"].as_u64().unwrap() < stored_before,
+        "{info} vs {stored_before}"
+    );
+    assert!(
+        env.ok(&["export", "pool/img", "-"]) == before,
+        "GC changed the image"
+    );
+    // Text form; nothing left to clean.
+    let text = env.ok_str(&["gc", "pool/img"]);
+    assert!(text.starts_with("image 'img': cleaned 0 objects"), "{text}");
+
+    let mut child = env.hold_open("pool/img");
+    let stderr = env.fails(&["gc", "pool/img"], &["pool/img"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(stderr.contains("already open"), "{stderr}");
+}
+
+/// A `gc` killed (abort, like a power cut for the store) at each step of a
+/// GC cycle: the image reads back unchanged afterwards, and a later `gc`
+/// finishes the job.
+#[test]
+fn gc_killed_at_every_failpoint_keeps_the_image() {
+    let mut env = Env::new();
+    env.config = env.config.replace(
+        '}',
+        r#","gc_threshold":90,"no_gc":true,"backend_obj_bytes":"256K","wlog_chunk_bytes":"64K"}"#,
+    );
+    env.ok(&["create", "pool/img", "--size", "2M"]);
+    let points = [
+        "gc.selected",
+        "gc.read_done",
+        "gc.seq_allocated",
+        "gc.put_done",
+        "gc.applied",
+        "gc.ckpt_requested",
+        "ckpt.published",
+        "gc.sweep.listed",
+        "gc.delete.each",
+        "gc.delete.each:2",
+    ];
+    for (i, point) in points.iter().enumerate() {
+        let seed = (i + 1).to_string();
+        env.ok(&[
+            "bench",
+            "pool/img",
+            "--io-type",
+            "write",
+            "--io-pattern",
+            "rand",
+            "--io-total",
+            "3M",
+            "--io-threads",
+            "2",
+            "--seed",
+            &seed,
+        ]);
+        let before = env.ok(&["export", "pool/img", "-"]);
+        let out = env
+            .cmd(&["gc", "pool/img"])
+            .env("LSVD_FAILPOINT", point)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("failpoint"),
+            "{point}: the failpoint did not fire: {stderr}"
+        );
+        assert!(
+            env.ok(&["export", "pool/img", "-"]) == before,
+            "{point}: image changed after a crash"
+        );
+        env.ok(&["gc", "pool/img"]);
+        assert!(
+            env.ok(&["export", "pool/img", "-"]) == before,
+            "{point}: image changed after the next gc"
+        );
+    }
+}

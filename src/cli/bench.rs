@@ -130,7 +130,13 @@ pub struct BenchReport {
     pub checkpoint_pieces: u64,
     /// Bytes of those pieces.
     pub checkpoint_bytes: u64,
-    /// Backend puts: data objects + checkpoint pieces.
+    /// GC objects put during the run.
+    pub gc_objects: u64,
+    /// Bytes of those GC objects.
+    pub gc_bytes: u64,
+    /// Objects GC deleted during the run.
+    pub gc_deleted: u64,
+    /// Backend puts: data objects + GC objects + checkpoint pieces.
     pub backend_puts: u64,
     /// Bytes of backend puts.
     pub backend_put_bytes: u64,
@@ -526,6 +532,10 @@ fn stats_delta(before: &VolumeStats, after: &VolumeStats) -> VolumeStats {
         cache_evictions: after.cache_evictions.saturating_sub(before.cache_evictions),
         cache_inserts: after.cache_inserts.saturating_sub(before.cache_inserts),
         cache_corrupt: after.cache_corrupt.saturating_sub(before.cache_corrupt),
+        gc_objects: after.gc_objects.saturating_sub(before.gc_objects),
+        gc_bytes: after.gc_bytes.saturating_sub(before.gc_bytes),
+        gc_deleted: after.gc_deleted.saturating_sub(before.gc_deleted),
+        gc_freed_bytes: after.gc_freed_bytes.saturating_sub(before.gc_freed_bytes),
     }
 }
 
@@ -566,8 +576,8 @@ fn summarize(
     } else {
         lat.iter().map(|&l| f64::from(l)).sum::<f64>() / lat.len() as f64
     };
-    let backend_puts = stats.data_objects + stats.checkpoint_pieces;
-    let backend_put_bytes = stats.data_object_bytes + stats.checkpoint_bytes;
+    let backend_puts = stats.data_objects + stats.gc_objects + stats.checkpoint_pieces;
+    let backend_put_bytes = stats.data_object_bytes + stats.gc_bytes + stats.checkpoint_bytes;
     let client_write_bytes = write_ops * args.io_size;
     let ratio = |num: f64, den: u64| if den == 0 { 0.0 } else { num / den as f64 };
     BenchReport {
@@ -595,6 +605,9 @@ fn summarize(
         data_object_bytes: stats.data_object_bytes,
         checkpoint_pieces: stats.checkpoint_pieces,
         checkpoint_bytes: stats.checkpoint_bytes,
+        gc_objects: stats.gc_objects,
+        gc_bytes: stats.gc_bytes,
+        gc_deleted: stats.gc_deleted,
         backend_puts,
         backend_put_bytes,
         backend_reads: stats.backend_reads,
@@ -616,7 +629,7 @@ fn format_report(r: &BenchReport) -> String {
     format!(
         "elapsed: {:.2} s  ops: {} (reads {}, writes {})  ops/sec: {:.2}  bytes/sec: {:.2} MB/s\n\
          latency: avg {:.0} us  p50 {} us  p99 {} us  max {} us\n\
-         backend: puts {} ({} data objects + {} checkpoint pieces), {} put; reads {}\n\
+         backend: puts {} ({} data objects + {} GC objects + {} checkpoint pieces), {} put; reads {}\n\
          journal: records {}  syncs {}\n\
          read cache: hits {}  misses {}  evictions {}  inserts {}  corrupt {}\n\
          efficiency: {:.2} backend puts per 10k writes, {:.3} backend bytes per client byte\n\
@@ -633,6 +646,7 @@ fn format_report(r: &BenchReport) -> String {
         r.lat_max_us,
         r.backend_puts,
         r.data_objects,
+        r.gc_objects,
         r.checkpoint_pieces,
         super::human_bytes(r.backend_put_bytes),
         r.backend_reads,

@@ -6,6 +6,7 @@
 //! the structure and what is wrong.
 
 pub mod checkpoint;
+pub mod gcobject;
 pub mod journal;
 pub mod object;
 pub mod rcache;

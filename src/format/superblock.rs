@@ -9,7 +9,7 @@
 //! | 12  | 4    | total length in bytes, crc included |
 //! | 16  | 16   | image UUID |
 //! | 32  | 8    | image size in bytes (multiple of 4096) |
-//! | 40  | 8    | incompatible feature bits (none defined; any set bit is refused) |
+//! | 40  | 8    | incompatible feature bits: bit 0 [`INCOMPAT_GC`]; any other set bit is refused by name |
 //! | 48  | 8    | update sequence (bumped on every rewrite) |
 //! | 56  | 8    | creation time, seconds since the Unix epoch |
 //! | 64  | 8    | generation of the journal last attached (0 = none) |
@@ -29,6 +29,14 @@ const WHAT: &str = "superblock";
 pub const MAX_CHECKPOINTS: usize = 4;
 /// Flag: the image was closed cleanly.
 pub const FLAG_CLEAN: u32 = 1;
+/// Incompatible feature: garbage collection has run. GC objects
+/// (`LSVDGCO1`) may exist, and object sequences below the listed
+/// checkpoints may be missing (deleted after cleaning). A reader that does
+/// not know this bit would treat a GC object or a hole as the end of the
+/// log and delete everything above it, so it must refuse the image.
+pub const INCOMPAT_GC: u64 = 1;
+/// Every incompatible feature bit this build understands.
+pub const KNOWN_INCOMPAT: u64 = INCOMPAT_GC;
 
 /// A checkpoint reference: its first object sequence and piece count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +63,8 @@ pub struct Superblock {
     pub journal_gen: Generation,
     /// Flags ([`FLAG_CLEAN`]).
     pub flags: u32,
+    /// Incompatible feature bits ([`INCOMPAT_GC`]).
+    pub incompat: u64,
     /// Checkpoints, newest first.
     pub checkpoints: Vec<CheckpointRef>,
 }
@@ -75,7 +85,7 @@ impl Superblock {
             .u32(len as u32)
             .bytes(&self.uuid.0)
             .u64(self.size_bytes)
-            .u64(0)
+            .u64(self.incompat)
             .u64(self.update_seq)
             .u64(self.created_unix)
             .u64(self.journal_gen.0)
@@ -108,10 +118,10 @@ impl Superblock {
         let uuid = ImageUuid(d.array()?);
         let size_bytes = d.u64()?;
         let incompat = d.u64()?;
-        if incompat != 0 {
+        if incompat & !KNOWN_INCOMPAT != 0 {
             return Err(FormatError::UnsupportedFeatures {
                 what: WHAT,
-                bits: incompat,
+                bits: incompat & !KNOWN_INCOMPAT,
             });
         }
         let update_seq = d.u64()?;
@@ -144,6 +154,7 @@ impl Superblock {
             created_unix,
             journal_gen,
             flags,
+            incompat,
             checkpoints,
         })
     }
@@ -162,6 +173,7 @@ mod tests {
             created_unix: 1_790_000_000,
             journal_gen: Generation(0x1234_5678_9abc),
             flags: FLAG_CLEAN,
+            incompat: 0,
             checkpoints: vec![
                 CheckpointRef {
                     seq: ObjSeq(101),
@@ -201,5 +213,40 @@ mod tests {
     fn golden_vector() {
         let golden = crate::format::testutil::golden("superblock-v1.bin", &sample().encode());
         assert_eq!(Superblock::decode(&golden).unwrap(), sample());
+    }
+
+    fn sample_gc() -> Superblock {
+        Superblock {
+            incompat: INCOMPAT_GC,
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn gc_feature_round_trips_and_has_a_golden_vector() {
+        let sb = sample_gc();
+        assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
+        let golden = crate::format::testutil::golden("superblock-gc-v1.bin", &sb.encode());
+        assert_eq!(Superblock::decode(&golden).unwrap(), sb);
+        assert_rejects_corruption(&sb.encode(), Superblock::decode, &[]);
+    }
+
+    #[test]
+    fn unknown_feature_bits_are_refused_by_name() {
+        for bits in [2u64, 1 << 63, INCOMPAT_GC | 4] {
+            let sb = Superblock {
+                incompat: bits,
+                ..sample()
+            };
+            let e = Superblock::decode(&sb.encode()).unwrap_err();
+            assert_eq!(
+                e,
+                FormatError::UnsupportedFeatures {
+                    what: WHAT,
+                    bits: bits & !KNOWN_INCOMPAT
+                }
+            );
+            assert!(e.to_string().contains("unsupported feature bits"), "{e}");
+        }
     }
 }

@@ -383,6 +383,40 @@ impl<T: Target> ExtentMap<T> {
         removed
     }
 
+    /// Retarget the pieces inside `[lba, lba+len)` that still point exactly
+    /// where `expect` says (sector `lba + i` at `expect.advance(i)`): each
+    /// such piece now points at `new.advance(i)`. Other pieces, and holes,
+    /// stay as they are. Returns the number of sectors retargeted. This is
+    /// the conditional move GC relies on: data written since the copy was
+    /// taken no longer matches `expect` and is never overwritten.
+    pub fn replace_if(&mut self, lba: Lba, len: u64, expect: T, new: T) -> u64 {
+        // Gather first, then update (updating would invalidate the walk).
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        self.for_each_piece(lba, len, |s, l, t| {
+            if t == Some(expect.advance(s.0 - lba.0)) {
+                match runs.last_mut() {
+                    Some(r) if r.1 == s.0 => r.1 += l,
+                    _ => runs.push((s.0, s.0 + l)),
+                }
+            }
+        });
+        let mut moved = 0;
+        let mut displaced = Vec::new();
+        for (s, e) in runs {
+            displaced.clear();
+            self.update(Lba(s), e - s, new.advance(s - lba.0), &mut displaced);
+            moved += e - s;
+        }
+        moved
+    }
+
+    /// Extents in LBA order from the one containing `lba` (or, if none, the
+    /// first after it). The first may start before `lba`.
+    pub fn iter_from(&self, lba: Lba) -> impl Iterator<Item = Extent<T>> + '_ {
+        self.extents_from(lba.0)
+            .skip_while(move |x| x.end() <= lba.0)
+    }
+
     /// Append to `out` the pieces covering `[lba, lba+len)` in order, holes as
     /// `None`, clipped to the range: concatenated they cover it exactly.
     pub fn lookup(&self, lba: Lba, len: u64, out: &mut Vec<(Lba, u64, Option<T>)>) {

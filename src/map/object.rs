@@ -141,6 +141,41 @@ impl ObjectMap {
         }
     }
 
+    /// GC move: where `[lba, lba+len)` still maps exactly to `from` (sector
+    /// `lba + i` at `from.advance(i)`), map it to `to.advance(i)` instead,
+    /// moving those live sectors from `from.obj` to `to.obj`. Pieces that
+    /// were rewritten or trimmed since stay as they are. `to.obj` should be
+    /// registered (as for [`Self::apply_write`]). Returns the sectors moved.
+    pub fn apply_move(&mut self, lba: Lba, len: u64, from: ObjLoc, to: ObjLoc) -> u64 {
+        if len == 0 || from.obj == to.obj {
+            return 0;
+        }
+        let moved = self.map.replace_if(lba, len, from.into(), to.into());
+        if moved == 0 {
+            return 0;
+        }
+        match self.objects.get_mut(&from.obj) {
+            Some(info) => {
+                debug_assert!(info.live_sectors >= moved, "live underflow in {}", from.obj);
+                info.live_sectors = info.live_sectors.saturating_sub(moved);
+            }
+            None => debug_assert!(false, "extent in unknown object {}", from.obj),
+        }
+        debug_assert!(
+            self.objects.contains_key(&to.obj),
+            "move to unregistered object {}",
+            to.obj
+        );
+        self.objects.entry(to.obj).or_default().live_sectors += moved;
+        moved
+    }
+
+    /// Up to `max` extents in LBA order, from the one containing `lba` (or
+    /// the first after it). For scans in slices under a short lock.
+    pub fn extents_from(&self, lba: Lba, max: usize) -> Vec<Extent<ObjLoc>> {
+        self.map.iter_from(lba).take(max).map(unpack).collect()
+    }
+
     /// Append to `out` the pieces covering `[lba, lba+len)`, as
     /// [`ExtentMap::lookup`].
     pub fn lookup(&self, lba: Lba, len: u64, out: &mut Vec<(Lba, u64, Option<ObjLoc>)>) {

@@ -13,8 +13,17 @@
 //!    durable; a retired checkpoint is overwritten by a tombstone (never
 //!    deleted) so the stream stays contiguous for a roll-forward from an
 //!    older checkpoint.
+//! 4. (17) A GC object's sequence is allocated only once the object is
+//!    fully built in memory (`Inner::submit_gc`), so no GC failure can leave
+//!    a sequence that is never put, which would stall every later apply.
+//!    It is then put and applied in order like a data object; its moves are
+//!    conditional, so client data written meanwhile is never overwritten.
+//! 5. (18) Cleaned objects are deleted only when at or below the oldest
+//!    listed checkpoint's `last_obj` and not referenced by its table (see
+//!    `gc::select::deletable`): checkpoints drop rows with no live data, and
+//!    the floor is recorded only after the superblock naming it is durable.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +36,7 @@ use super::image::object_name;
 use super::Inner;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::{split_into_pieces, CkptExtent, CkptObject, EXTENTS_PER_PIECE};
+use crate::format::gcobject::{GcHeader, GcMove};
 use crate::format::object::ObjectHeader;
 use crate::format::superblock::CheckpointRef;
 use crate::io::AlignedBuf;
@@ -42,9 +52,20 @@ fn aligned_copy(b: &[u8]) -> AlignedBuf {
 /// Bytes of a retired checkpoint piece's tombstone: magic + version.
 pub(crate) const TOMBSTONE: &[u8] = b"LSVDCKP1\x01\x00\x00\x00";
 
+/// A GC object, fully built, with its sequence assigned.
+pub(crate) struct GcBatch {
+    pub seq: ObjSeq,
+    pub moves: Vec<GcMove>,
+    pub data: AlignedBuf,
+    /// Run once the object is applied.
+    pub done: std::sync::Mutex<Option<Done>>,
+}
+
 pub(crate) enum DestageMsg {
     /// A sealed batch with its object sequence assigned.
     Batch(Arc<Batch>),
+    /// A GC object with its sequence assigned.
+    Gc(Arc<GcBatch>),
     /// Write a checkpoint now; `done` when the superblock names it.
     Checkpoint(Option<Done>),
     /// Run `done` once every object up to `upto` is applied.
@@ -53,12 +74,23 @@ pub(crate) enum DestageMsg {
     Stop,
 }
 
+/// What the oldest listed checkpoint must tell GC's deletion rule.
+pub(crate) struct CkptFacts {
+    pub last_obj: ObjSeq,
+    /// When its snapshot of the map was taken.
+    pub taken: std::time::Instant,
+    pub live: Arc<BTreeSet<ObjSeq>>,
+    pub bytes: u64,
+}
+
 enum Item {
     Data(Arc<Batch>),
+    Gc(Arc<GcBatch>),
     Piece {
         ckpt: CheckpointRef,
         last: bool,
         waiters: Vec<Done>,
+        facts: Option<CkptFacts>,
     },
 }
 
@@ -72,6 +104,7 @@ pub(crate) struct Job {
     /// Offer the object to the read cache once put (every object that
     /// holds data: not checkpoint pieces).
     cache: bool,
+    gc: Option<Arc<GcBatch>>,
 }
 
 /// Put worker: retries with backoff until the put succeeds or the volume stops.
@@ -83,7 +116,11 @@ pub(crate) fn put_worker(
     for job in jobs.iter() {
         let mut backoff = Duration::from_millis(10);
         let r = loop {
-            let data: &[u8] = job.batch.as_ref().map_or(&[], |b| &b.data);
+            let data: &[u8] = match (&job.batch, &job.gc) {
+                (Some(b), _) => &b.data,
+                (None, Some(g)) => &g.data,
+                (None, None) => &[],
+            };
             match inner.store.put_parts(&job.name, &[&job.head, data]) {
                 Ok(()) => break Ok(()),
                 Err(e) => {
@@ -108,6 +145,9 @@ pub(crate) fn put_worker(
                 // now. Never waits (dropped when the cache writer is behind).
                 let data: &[u8] = job.batch.as_ref().map_or(&[], |b| &b.data);
                 inner.offer_to_cache(job.seq, &[&job.head, data]);
+            }
+            if job.gc.is_some() {
+                crate::failpoint::hit("gc.put_done");
             }
         }
         let seq = job.seq;
@@ -194,8 +234,22 @@ impl Destager {
                     head: aligned_copy(&head),
                     batch: Some(b.clone()),
                     cache: true,
+                    gc: None,
                 });
                 self.items.insert(b.obj.0, Item::Data(b));
+            }
+            DestageMsg::Gc(g) => {
+                let head = GcHeader::encode_header(self.inner.uuid, g.seq, &g.moves, &g.data);
+                self.queue.push_back(Job {
+                    seq: g.seq,
+                    name: object_name(&self.inner.image, g.seq),
+                    head: aligned_copy(&head),
+                    batch: None,
+                    // GC objects are cached too: moved data stays warm.
+                    cache: true,
+                    gc: Some(g.clone()),
+                });
+                self.items.insert(g.seq.0, Item::Gc(g));
             }
             DestageMsg::Checkpoint(done) => {
                 if let Some(d) = done {
@@ -263,11 +317,13 @@ impl Destager {
                         self.inner.recycle(b.data);
                     }
                 }
+                Some(Item::Gc(g)) => self.apply_gc(&g),
                 Some(Item::Piece {
                     ckpt,
                     last: true,
                     waiters,
-                }) => self.checkpoint_durable(ckpt, waiters),
+                    facts,
+                }) => self.checkpoint_durable(ckpt, waiters, facts),
                 Some(Item::Piece { .. }) | None => {}
             }
         }
@@ -341,10 +397,70 @@ impl Destager {
         self.since_ckpt += 1;
     }
 
+    /// Apply a GC object: its moves only retarget what still maps to their
+    /// sources. Unlike data: no overlay, no journal sequence, no journal
+    /// release.
+    fn apply_gc(&mut self, g: &GcBatch) {
+        let header_sectors = GcHeader::header_bytes_for(g.moves.len()) / 512;
+        self.inner
+            .durable
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_object(g.seq, g.data.len() as u64 / 512);
+        for moves in g.moves.chunks(256) {
+            let mut map = self
+                .inner
+                .durable
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            super::recovery::apply_move_list(&mut map, g.seq, header_sectors, moves);
+            self.inner
+                .map_extents
+                .store(map.extent_count() as u64, Ordering::Relaxed);
+        }
+        let st = &self.inner.stats;
+        st.gc_objects.fetch_add(1, Ordering::Relaxed);
+        st.gc_bytes.fetch_add(
+            u64::from(GcHeader::header_bytes_for(g.moves.len())) + g.data.len() as u64,
+            Ordering::Relaxed,
+        );
+        self.since_ckpt += 1;
+        let done = g.done.lock().ok().and_then(|mut d| d.take());
+        if let Some(d) = done {
+            d(Ok(()));
+        }
+    }
+
     fn start_checkpoint(&mut self) {
         self.ckpt_running = true;
         self.since_ckpt = 0;
         let (objects, extents) = {
+            // Rows with no live data are dropped here, from the table and
+            // from the map (nothing refers to them; their objects are left
+            // for GC's deletion rule). This runs on the destager thread, so
+            // no apply interleaves.
+            {
+                let mut map = self
+                    .inner
+                    .durable
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                let dead: Vec<ObjSeq> = map
+                    .objects()
+                    .filter(|(_, i)| i.live_sectors == 0)
+                    .map(|(o, _)| o)
+                    .collect();
+                let mut gc_dead = self.inner.gc_dead.lock().unwrap_or_else(|e| e.into_inner());
+                for o in dead {
+                    if let Some(i) = map.remove_object(o) {
+                        // Only collected when GC may run, so it stays bounded.
+                        if !self.inner.config.no_gc && gc_dead.len() < 1 << 20 {
+                            gc_dead.push((o, i.data_sectors * 512));
+                        }
+                    }
+                }
+            }
+            // The snapshot below is taken under the read lock only.
             let map = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
             let objects: Vec<CkptObject> = map
                 .objects()
@@ -386,9 +502,21 @@ impl Destager {
             pieces: pieces.len() as u32,
         };
         let n = pieces.len();
+        let live: BTreeSet<ObjSeq> = pieces
+            .iter()
+            .flat_map(|p| p.objects.iter().map(|o| o.obj))
+            .collect();
+        let mut facts = Some(CkptFacts {
+            last_obj: self.applied,
+            taken: std::time::Instant::now(),
+            live: Arc::new(live),
+            bytes: 0,
+        });
+        let mut total_bytes = 0u64;
         for (i, p) in pieces.into_iter().enumerate() {
             let seq = ObjSeq(ckpt_seq.0 + i as u64);
             let bytes = p.encode();
+            total_bytes += bytes.len() as u64;
             self.inner
                 .stats
                 .checkpoint_pieces
@@ -403,6 +531,7 @@ impl Destager {
                 head: aligned_copy(&bytes),
                 batch: None,
                 cache: false,
+                gc: None,
             });
             let waiters = if i + 1 == n {
                 std::mem::take(&mut self.ckpt_waiters)
@@ -415,6 +544,14 @@ impl Destager {
                     ckpt,
                     last: i + 1 == n,
                     waiters,
+                    facts: if i + 1 == n {
+                        facts.take().map(|f| CkptFacts {
+                            bytes: total_bytes,
+                            ..f
+                        })
+                    } else {
+                        None
+                    },
                 },
             );
         }
@@ -422,9 +559,18 @@ impl Destager {
 
     /// All pieces of `ckpt` (and everything before them) are durable:
     /// name it in the superblock, retire the checkpoint that falls off.
-    fn checkpoint_durable(&mut self, ckpt: CheckpointRef, waiters: Vec<Done>) {
+    fn checkpoint_durable(
+        &mut self,
+        ckpt: CheckpointRef,
+        waiters: Vec<Done>,
+        facts: Option<CkptFacts>,
+    ) {
         self.ckpt_running = false;
         let r = self.inner.publish_checkpoint(ckpt);
+        if let (Ok(()), Some(f)) = (&r, facts) {
+            // Recorded only once the superblock naming it is durable.
+            self.inner.note_checkpoint(ckpt, f);
+        }
         for d in waiters {
             d(match &r {
                 Ok(()) => Ok(()),
@@ -448,6 +594,7 @@ impl Inner {
             retired = list.split_off(2.min(list.len()));
             sb.checkpoints = list;
         })?;
+        crate::failpoint::hit("ckpt.published");
         for c in retired {
             for s in c.seq.0..c.seq.0 + c.pieces as u64 {
                 // A tombstone keeps the sequence contiguous (see module

@@ -274,6 +274,7 @@ pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Re
             .unwrap_or(0),
         journal_gen: Generation(0),
         flags: crate::format::superblock::FLAG_CLEAN,
+        incompat: 0,
         checkpoints: vec![],
     };
     store.put(image, &sb.encode())?;

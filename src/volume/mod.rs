@@ -13,9 +13,12 @@
 //! Reads are served from the open and in-flight batches, then through the
 //! read cache (`src/cache/`), whose misses read whole 64 KiB chunks from the
 //! backend.
+//! workers, a flusher that closes batches older than `flush_msec`, and
+//! (unless `no_gc`) the GC thread (`src/gc/`, glue in `gchost.rs`).
 
 mod batch;
 mod destage;
+mod gchost;
 pub mod image;
 mod rcache;
 mod recovery;
@@ -102,6 +105,15 @@ pub struct VolumeStats {
     pub cache_inserts: u64,
     /// Corrupt cache blocks or index blocks found, dropped and refetched.
     pub cache_corrupt: u64,
+    /// GC objects put (and applied).
+    pub gc_objects: u64,
+    /// Bytes of GC objects put. Backend bytes written are
+    /// `data_object_bytes + gc_bytes + checkpoint_bytes`.
+    pub gc_bytes: u64,
+    /// Objects GC deleted.
+    pub gc_deleted: u64,
+    /// Bytes of the objects GC deleted.
+    pub gc_freed_bytes: u64,
 }
 
 #[derive(Default)]
@@ -114,6 +126,10 @@ struct Counters {
     checkpoint_bytes: AtomicU64,
     backend_reads: AtomicU64,
     replayed: AtomicU64,
+    gc_objects: AtomicU64,
+    gc_bytes: AtomicU64,
+    gc_deleted: AtomicU64,
+    gc_freed_bytes: AtomicU64,
 }
 
 pub(crate) struct State {
@@ -161,6 +177,21 @@ pub(crate) struct Inner {
     cache: Option<Arc<crate::cache::Cache>>,
     /// To the cache writer thread (objects as they are put).
     cache_tx: Option<crossbeam_channel::Sender<rcache::CacheMsg>>,
+    /// Recent checkpoints published by this session (at most 16, oldest
+    /// first), with what GC's deletion rule needs of them.
+    /// See `gchost::note_checkpoint` and `GcHost::floor`.
+    session_ckpts: Mutex<Vec<(crate::format::superblock::CheckpointRef, destage::CkptFacts)>>,
+    /// The snapshot/clone hook GC consults before cleaning and deleting.
+    retention: Box<dyn crate::gc::Retention>,
+    /// GC state; held for a whole background step or forced run, so they
+    /// never run at once.
+    gc: Mutex<crate::gc::Gc>,
+    /// Objects with no live data that checkpoints dropped from the map, for
+    /// GC to delete (bounded: GC drains it every cycle; without GC it is
+    /// not filled).
+    gc_dead: Mutex<Vec<(ObjSeq, u64)>>,
+    /// Set to stop the GC thread; the condvar wakes it from its idle sleep.
+    gc_stop: (Mutex<bool>, Condvar),
 }
 
 impl Inner {
@@ -401,6 +432,8 @@ impl Inner {
 pub struct Volume {
     inner: Arc<Inner>,
     threads: Vec<JoinHandle<()>>,
+    /// The background GC thread, stopped before everything else.
+    gc_thread: Option<JoinHandle<()>>,
     lock: Option<Box<dyn StoreLock>>,
     stopped: bool,
 }
@@ -518,11 +551,17 @@ impl Volume {
             spare_buffers: Mutex::new(Vec::new()),
             cache,
             cache_tx,
+            session_ckpts: Mutex::new(Vec::new()),
+            retention: Box::new(crate::gc::NoRetention),
+            gc: Mutex::new(crate::gc::Gc::new(config.gc_rate_bytes)),
+            gc_dead: Mutex::new(Vec::new()),
+            gc_stop: (Mutex::new(false), Condvar::new()),
             config,
         });
         let mut vol = Volume {
             inner: inner.clone(),
             threads: Vec::new(),
+            gc_thread: None,
             lock: Some(lock),
             stopped: false,
         };
@@ -570,6 +609,15 @@ impl Volume {
         })?;
         info!(image = %inner.image, replayed = report.replayed, rolled = rec.rolled, deleted = rec.deleted,
             discarded = ?report.discarded, "image opened");
+        if !inner.config.no_gc {
+            let gi = inner.clone();
+            vol.gc_thread = Some(
+                std::thread::Builder::new()
+                    .name("lsvd-gc".into())
+                    .spawn(move || gchost::gc_thread(gi))
+                    .map_err(|e| Error::io("spawn thread lsvd-gc", e))?,
+            );
+        }
         Ok(vol)
     }
 
@@ -973,7 +1021,37 @@ impl Volume {
             cache_evictions: cache.evictions,
             cache_inserts: cache.inserts,
             cache_corrupt: cache.corrupt,
+            gc_objects: s.gc_objects.load(Ordering::Relaxed),
+            gc_bytes: s.gc_bytes.load(Ordering::Relaxed),
+            gc_deleted: s.gc_deleted.load(Ordering::Relaxed),
+            gc_freed_bytes: s.gc_freed_bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Run garbage collection now, in the caller's thread, without a rate
+    /// limit: clean every object below `gc_threshold`, checkpoint twice so
+    /// no listed checkpoint needs the cleaned objects, then delete them and
+    /// sweep orphans. Works with `no_gc` too. Waits for a background GC
+    /// step in progress.
+    pub fn gc_now(&self) -> Result<crate::gc::GcReport> {
+        let inner = &self.inner;
+        let mut g = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
+        g.run_now(inner.as_ref())
+    }
+
+    /// Stop the GC thread (it finishes or abandons its cycle first).
+    fn stop_gc(&mut self) {
+        let Some(t) = self.gc_thread.take() else {
+            return;
+        };
+        {
+            let (m, cv) = &self.inner.gc_stop;
+            if let Ok(mut g) = m.lock() {
+                *g = true;
+            }
+            cv.notify_all();
+        }
+        let _ = t.join();
     }
 
     /// Clean shutdown: destage everything, checkpoint, mark clean, unlock.
@@ -984,6 +1062,9 @@ impl Volume {
     }
 
     fn close_inner(&mut self) -> Result<()> {
+        // 0. GC stops first: nothing of it is queued after the final
+        //    destage and checkpoint below.
+        self.stop_gc();
         let inner = self.inner.clone();
         let upto = {
             let mut st = inner.lock_state();
@@ -1028,8 +1109,10 @@ impl Volume {
             return;
         }
         self.stopped = true;
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        // GC is stopped before the destager, so it never waits on it.
+        self.stop_gc();
         let inner = &self.inner;
-        inner.stopping.store(true, Ordering::SeqCst);
         let j = {
             let mut st = inner.lock_state();
             st.closed = true;

@@ -9,8 +9,9 @@ use super::image::{object_name, parse_object_name};
 use crate::backend::ObjectStore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::CheckpointPiece;
+use crate::format::gcobject::{GcHeader, GcMove};
 use crate::format::object::{ObjOp, ObjectHeader, OpKind, FIXED_BYTES};
-use crate::format::superblock::{CheckpointRef, Superblock};
+use crate::format::superblock::{CheckpointRef, Superblock, INCOMPAT_GC};
 use crate::map::{Extent, ObjInfo, ObjLoc, ObjectMap};
 use crate::units::{JournalSeq, Lba, ObjSeq};
 
@@ -107,6 +108,7 @@ fn load_checkpoint(
 /// What the roll-forward finds at one sequence.
 pub(crate) enum Found {
     Data(ObjectHeader),
+    Gc(GcHeader),
     Checkpoint,
     Missing,
     Invalid(String),
@@ -129,6 +131,25 @@ pub(crate) fn read_object_header(
     };
     if first.len() >= 8 && &first[..8] == b"LSVDCKP1" {
         return Ok(Found::Checkpoint);
+    }
+    if first.len() >= 8 && &first[..8] == crate::format::gcobject::MAGIC {
+        let need = match GcHeader::needed_bytes(&first) {
+            Ok(n) => n,
+            Err(e) => return Ok(Found::Invalid(format!("{name}: {e}"))),
+        };
+        let buf = if need > first.len() {
+            store.get(&name, 0, need)?
+        } else {
+            first
+        };
+        return match GcHeader::decode(&buf) {
+            Ok(h) if h.uuid == sb.uuid && h.seq == seq => Ok(Found::Gc(h)),
+            Ok(h) => Ok(Found::Invalid(format!(
+                "{name}: belongs to image {} object {}",
+                h.uuid, h.seq
+            ))),
+            Err(e) => Ok(Found::Invalid(format!("{name}: {e}"))),
+        };
     }
     if first.len() < FIXED_BYTES {
         return Ok(Found::Invalid(format!(
@@ -180,6 +201,46 @@ pub(crate) fn apply_ops(
     apply_op_list(map, obj, header_sectors, ops);
 }
 
+/// Register GC object `obj` (holding `data_sectors` of copied data, which
+/// starts `header_sectors` into the object) and apply its moves: each moves
+/// only what still maps to its source. Shared by roll-forward and destage.
+pub(crate) fn apply_gc_object(
+    map: &mut ObjectMap,
+    obj: ObjSeq,
+    data_sectors: u64,
+    header_sectors: u32,
+    moves: &[GcMove],
+) -> u64 {
+    map.add_object(obj, data_sectors);
+    apply_move_list(map, obj, header_sectors, moves)
+}
+
+/// Apply moves of GC object `obj` (already registered); returns the
+/// sectors actually moved.
+pub(crate) fn apply_move_list(
+    map: &mut ObjectMap,
+    obj: ObjSeq,
+    header_sectors: u32,
+    moves: &[GcMove],
+) -> u64 {
+    let mut moved = 0;
+    for m in moves {
+        moved += map.apply_move(
+            Lba(m.lba.0),
+            m.sectors as u64,
+            ObjLoc {
+                obj: m.src_obj,
+                offset: m.src_offset,
+            },
+            ObjLoc {
+                obj,
+                offset: header_sectors + m.data_offset,
+            },
+        );
+    }
+    moved
+}
+
 /// Apply operations of object `obj` (already registered) in order.
 pub(crate) fn apply_op_list(map: &mut ObjectMap, obj: ObjSeq, header_sectors: u32, ops: &[ObjOp]) {
     for op in ops {
@@ -216,6 +277,22 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
     let (mut map, mut last_obj, mut backend_jseq, ckpt_index) = match base {
         Some((i, (m, o, j))) => (m, o, j, Some(i)),
         None => {
+            // Crash-safety ordering 21: with GC, objects at or below the
+            // oldest listed checkpoint may be gone. A roll-forward from
+            // object 1 would stop at the first such hole and then delete
+            // everything above it, destroying the image. Refuse instead,
+            // deleting nothing.
+            if sb.incompat & INCOMPAT_GC != 0 {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "image {image}: no usable checkpoint ({} listed) and objects below it \
+                         were garbage collected; refusing to roll forward from the first object \
+                         (nothing was deleted)",
+                        sb.checkpoints.len()
+                    ),
+                ));
+            }
             if !sb.checkpoints.is_empty() {
                 warn!(
                     image,
@@ -258,6 +335,20 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                 }
                 apply_object(&mut map, &h);
                 backend_jseq = backend_jseq.max(h.last_jseq());
+                last_obj = seq;
+                rolled += 1;
+                seq = seq.next();
+            }
+            Found::Gc(h) => {
+                // A GC object carries no journal sequences: backend_jseq
+                // stays as it is.
+                apply_gc_object(
+                    &mut map,
+                    h.seq,
+                    h.data_sectors as u64,
+                    h.data_start_sectors(),
+                    &h.moves,
+                );
                 last_obj = seq;
                 rolled += 1;
                 seq = seq.next();
@@ -314,4 +405,215 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
         rolled,
         deleted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemStore;
+    use crate::format::checkpoint::{split_into_pieces, CkptExtent, CkptObject};
+    use crate::units::{Generation, ImageUuid};
+
+    const IMG: &str = "img";
+    const U: ImageUuid = ImageUuid([9; 16]);
+
+    fn sb(checkpoints: Vec<CheckpointRef>, incompat: u64) -> Superblock {
+        Superblock {
+            uuid: U,
+            size_bytes: 1 << 20,
+            update_seq: 1,
+            created_unix: 0,
+            journal_gen: Generation(0),
+            flags: 0,
+            incompat,
+            checkpoints,
+        }
+    }
+
+    fn op(lba: u64, sectors: u32, data_offset: u32) -> ObjOp {
+        ObjOp {
+            lba: Lba(lba),
+            sectors,
+            kind: OpKind::Write,
+            data_offset,
+        }
+    }
+
+    /// A data object with one write of `sectors` at `lba`, journal seq `j`.
+    fn put_data(store: &MemStore, seq: u64, j: u64, lba: u64, sectors: u32) {
+        let data = vec![seq as u8; sectors as usize * 512];
+        let o = ObjectHeader::encode_object(
+            U,
+            ObjSeq(seq),
+            JournalSeq(j),
+            &[op(lba, sectors, 0)],
+            &data,
+        );
+        store.put(&object_name(IMG, ObjSeq(seq)), &o).unwrap();
+    }
+
+    /// A GC object moving `[lba, lba+sectors)` from `src` (data at sector 8
+    /// + `src_off_in_data` of the source, as a one-op data object has it).
+    fn put_gc(store: &MemStore, seq: u64, lba: u64, sectors: u32, src: u64, src_off: u32) {
+        let m = GcMove {
+            lba: Lba(lba),
+            sectors,
+            data_offset: 0,
+            src_obj: ObjSeq(src),
+            src_offset: 8 + src_off,
+        };
+        let data = vec![src as u8; sectors as usize * 512];
+        let o = GcHeader::encode_object(U, ObjSeq(seq), &[m], &data);
+        store.put(&object_name(IMG, ObjSeq(seq)), &o).unwrap();
+    }
+
+    /// Write a one-piece checkpoint of `map` at `seq`.
+    fn put_ckpt(
+        store: &MemStore,
+        seq: u64,
+        map: &ObjectMap,
+        last_obj: u64,
+        jseq: u64,
+    ) -> CheckpointRef {
+        let objects = map
+            .objects()
+            .filter(|(_, i)| i.live_sectors > 0)
+            .map(|(obj, i)| CkptObject {
+                obj,
+                data_sectors: i.data_sectors,
+                live_sectors: i.live_sectors,
+            })
+            .collect();
+        let extents: Vec<CkptExtent> = map
+            .extents()
+            .map(|x| CkptExtent {
+                lba: x.lba,
+                len: x.len as u32,
+                obj: x.target.obj,
+                offset: x.target.offset,
+            })
+            .collect();
+        let p = split_into_pieces(
+            U,
+            ObjSeq(seq),
+            ObjSeq(last_obj),
+            JournalSeq(jseq),
+            objects,
+            &extents,
+            1 << 20,
+        );
+        store
+            .put(&object_name(IMG, ObjSeq(seq)), &p[0].encode())
+            .unwrap();
+        CheckpointRef {
+            seq: ObjSeq(seq),
+            pieces: 1,
+        }
+    }
+
+    fn at(map: &ObjectMap, lba: u64) -> Option<ObjLoc> {
+        let mut v = Vec::new();
+        map.lookup(Lba(lba), 1, &mut v);
+        v[0].2
+    }
+
+    #[test]
+    fn gc_objects_roll_forward_with_conditional_moves() {
+        let store = MemStore::new();
+        put_data(&store, 1, 1, 0, 8); // obj 1: lba 0..8
+        put_data(&store, 2, 2, 4, 2); // obj 2: lba 4..6, before GC
+        put_gc(&store, 3, 0, 8, 1, 0); // GC: lba 0..8 from obj 1
+        put_data(&store, 4, 3, 0, 2); // obj 4: lba 0..2, after GC
+        let r = recover(&store, IMG, &sb(vec![], 0)).unwrap();
+        assert_eq!(r.rolled, 4);
+        assert_eq!(r.deleted, 0);
+        assert_eq!(r.backend_jseq, JournalSeq(3), "GC objects carry no jseq");
+        let loc = |obj, offset| {
+            Some(ObjLoc {
+                obj: ObjSeq(obj),
+                offset,
+            })
+        };
+        assert_eq!(at(&r.map, 0), loc(4, 8));
+        assert_eq!(at(&r.map, 2), loc(3, 8 + 2));
+        assert_eq!(at(&r.map, 4), loc(2, 8), "newer client data is not moved");
+        assert_eq!(at(&r.map, 6), loc(3, 8 + 6));
+        assert_eq!(r.map.object(ObjSeq(1)).unwrap().live_sectors, 0);
+        assert_eq!(r.map.object(ObjSeq(3)).unwrap().live_sectors, 4);
+        r.map.check().unwrap();
+    }
+
+    #[test]
+    fn fallback_checkpoint_with_gc_holes_below_it() {
+        let store = MemStore::new();
+        let mut map = ObjectMap::new();
+        put_data(&store, 1, 1, 0, 8);
+        put_data(&store, 2, 2, 16, 8);
+        put_gc(&store, 3, 0, 8, 1, 0);
+        for s in 1..=3 {
+            let f = read_object_header(&store, IMG, &sb(vec![], 0), ObjSeq(s)).unwrap();
+            match f {
+                Found::Data(h) => apply_object(&mut map, &h),
+                Found::Gc(h) => {
+                    apply_gc_object(&mut map, h.seq, h.data_sectors.into(), 8, &h.moves);
+                }
+                _ => panic!("object {s}"),
+            }
+        }
+        let older = put_ckpt(&store, 4, &map, 3, 2);
+        put_data(&store, 5, 3, 16, 4);
+        put_data(&store, 6, 4, 40, 4);
+        // The newest checkpoint: its piece is corrupt.
+        let newest = CheckpointRef {
+            seq: ObjSeq(7),
+            pieces: 1,
+        };
+        store
+            .put(&object_name(IMG, ObjSeq(7)), b"LSVDCKP1 corrupt")
+            .unwrap();
+        // Object 1 was cleaned and deleted: it is below the oldest listed
+        // checkpoint's last_obj and not in its table.
+        store.delete(&object_name(IMG, ObjSeq(1))).unwrap();
+        let before = store.list("img.").unwrap();
+        let r = recover(&store, IMG, &sb(vec![newest, older], INCOMPAT_GC)).unwrap();
+        assert_eq!(r.deleted, 0);
+        assert_eq!(store.list("img.").unwrap(), before);
+        let loc = |obj, offset| {
+            Some(ObjLoc {
+                obj: ObjSeq(obj),
+                offset,
+            })
+        };
+        assert_eq!(at(&r.map, 0), loc(3, 8));
+        assert_eq!(at(&r.map, 16), loc(5, 8));
+        assert_eq!(at(&r.map, 20), loc(2, 8 + 4));
+        assert_eq!(at(&r.map, 40), loc(6, 8));
+        assert_eq!(r.last_obj, ObjSeq(7));
+        r.map.check().unwrap();
+    }
+
+    #[test]
+    fn gc_image_without_usable_checkpoint_is_refused_and_nothing_deleted() {
+        let store = MemStore::new();
+        put_data(&store, 2, 2, 0, 8); // object 1 was garbage collected
+        put_data(&store, 3, 3, 8, 8);
+        store.put(&object_name(IMG, ObjSeq(4)), b"junk").unwrap();
+        let ck = CheckpointRef {
+            seq: ObjSeq(4),
+            pieces: 1,
+        };
+        let before = store.list("img.").unwrap();
+        for list in [vec![ck], vec![]] {
+            let e = recover(&store, IMG, &sb(list, INCOMPAT_GC))
+                .err()
+                .expect("must refuse");
+            assert_eq!(e.kind(), ErrorKind::Corrupt);
+            assert!(e.to_string().contains("garbage collected"), "{e}");
+            assert_eq!(store.list("img.").unwrap(), before);
+        }
+        // Without the feature bit the old behaviour stays: roll from 1,
+        // which is missing, so everything above is deleted.
+        let r = recover(&store, IMG, &sb(vec![ck], 0)).unwrap();
+        assert_eq!(r.deleted, 3);
+    }
 }

@@ -1,0 +1,116 @@
+//! Crash failpoints for tests: `LSVD_FAILPOINT=name[:n]` makes the process
+//! abort (no unwinding, no destructors: like a power cut for the backend's
+//! view) on the `n`-th hit (default 1) of the point `name`.
+//!
+//! The variable is read once. When it is unset a hit costs one relaxed
+//! atomic load. Points (see `docs/format.md`, "Crash-safety orderings"):
+//! `gc.selected`, `gc.read_done`, `gc.seq_allocated`, `gc.put_done`,
+//! `gc.applied`, `gc.ckpt_requested`, `ckpt.published`, `gc.delete.each`,
+//! `gc.sweep.listed`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// A parsed `LSVD_FAILPOINT` value.
+#[derive(Debug, PartialEq, Eq)]
+struct Spec {
+    name: String,
+    nth: u64,
+}
+
+/// Parse `name[:n]`; `None` (and a warning) for anything else.
+fn parse(v: &str) -> Option<Spec> {
+    let v = v.trim();
+    let (name, nth) = match v.rsplit_once(':') {
+        Some((name, n)) => (name, n.parse::<u64>().ok().filter(|&n| n > 0)?),
+        None => (v, 1),
+    };
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
+        return None;
+    }
+    Some(Spec {
+        name: name.to_string(),
+        nth,
+    })
+}
+
+static ARMED: AtomicBool = AtomicBool::new(true);
+static SPEC: OnceLock<Option<Spec>> = OnceLock::new();
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+fn spec() -> &'static Option<Spec> {
+    SPEC.get_or_init(|| {
+        let s = std::env::var("LSVD_FAILPOINT").ok()?;
+        let p = parse(&s);
+        if p.is_none() {
+            tracing::warn!("LSVD_FAILPOINT={s:?} is not name[:n] with n >= 1; ignored");
+        }
+        p
+    })
+}
+
+/// A failpoint: abort the process here if `LSVD_FAILPOINT` names it and
+/// this is its `n`-th hit.
+#[inline]
+pub fn hit(name: &'static str) {
+    if !ARMED.load(Ordering::Relaxed) {
+        return;
+    }
+    slow(name);
+}
+
+#[cold]
+fn slow(name: &'static str) {
+    let Some(s) = spec() else {
+        ARMED.store(false, Ordering::Relaxed);
+        return;
+    };
+    if s.name == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == s.nth {
+        eprintln!("lsvd failpoint {name}:{} hit: aborting", s.nth);
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_name_and_count() {
+        assert_eq!(
+            parse("gc.applied"),
+            Some(Spec {
+                name: "gc.applied".into(),
+                nth: 1
+            })
+        );
+        assert_eq!(
+            parse(" gc.delete.each:3 "),
+            Some(Spec {
+                name: "gc.delete.each".into(),
+                nth: 3
+            })
+        );
+        for bad in [
+            "",
+            ":2",
+            "gc.applied:0",
+            "gc.applied:x",
+            "a b",
+            "a:1:2",
+            "gc:-1",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unset_is_a_no_op() {
+        // The test environment does not set LSVD_FAILPOINT.
+        if std::env::var_os("LSVD_FAILPOINT").is_none() {
+            hit("gc.selected");
+            hit("gc.selected");
+            assert!(!ARMED.load(Ordering::Relaxed));
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! GC object: live data copied out of cleaned objects, with where it came
+//! from, so applying it moves only what still points at the source.
+//!
+//! Header layout (little endian), version 1; the header is padded with zeros
+//! to `header_bytes` (a multiple of 4096) and the copied data follows:
+//!
+//! | off | size | field |
+//! |----:|-----:|-------|
+//! | 0   | 8    | magic `LSVDGCO1` |
+//! | 8   | 4    | version = 1 |
+//! | 12  | 4    | header_bytes: header incl. padding; data starts here |
+//! | 16  | 16   | image UUID |
+//! | 32  | 8    | object sequence |
+//! | 40  | 4    | number of moves N (> 0) |
+//! | 44  | 4    | data sectors (512 B) after the header |
+//! | 48  | 4    | crc32c of the data area |
+//! | 52  | 20   | reserved, 0 |
+//! | 72  | 32*N | moves: LBA (8), sectors (4), data offset in sectors from the data start (4), source object sequence (8), source offset in sectors from the start of the source object (4), reserved (4) |
+//! | 72+32N | 4 | crc32c of bytes 0 .. 72+32N |
+//!
+//! Applying a move maps `[lba, lba+sectors)` to this object only where the
+//! map still points at exactly the source location (same object, same
+//! offset): data written after the copy was taken is never overwritten.
+
+use super::{check_magic_version, crc, round_up, Dec, Enc, FormatError};
+use crate::units::{ImageUuid, Lba, ObjSeq, SECTOR};
+
+/// Magic at the start of every GC object.
+pub const MAGIC: &[u8; 8] = b"LSVDGCO1";
+/// Format version this build writes and reads.
+pub const VERSION: u32 = 1;
+const WHAT: &str = "GC object header";
+/// Fixed part of the header.
+pub const FIXED_BYTES: usize = 72;
+/// Bytes per move entry.
+pub const MOVE_BYTES: usize = 32;
+/// Headers are padded to a multiple of this.
+pub const HEADER_ALIGN: u64 = 4096;
+
+/// One relocated run of live data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcMove {
+    /// First sector on the disk.
+    pub lba: Lba,
+    /// Length in sectors (> 0).
+    pub sectors: u32,
+    /// Offset of the data in sectors from the start of the data area.
+    pub data_offset: u32,
+    /// The object the data was copied from.
+    pub src_obj: ObjSeq,
+    /// Offset of the data in the source object, in sectors from its start
+    /// (as the map stores it).
+    pub src_offset: u32,
+}
+
+/// A decoded GC object header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcHeader {
+    /// Image identity.
+    pub uuid: ImageUuid,
+    /// Object sequence.
+    pub seq: ObjSeq,
+    /// Moves, in LBA order.
+    pub moves: Vec<GcMove>,
+    /// Sectors of data.
+    pub data_sectors: u32,
+    /// crc32c of the data area.
+    pub data_crc: u32,
+    /// Header size including padding (data starts here), bytes.
+    pub header_bytes: u32,
+}
+
+impl GcHeader {
+    /// Header size for `n` moves, padded.
+    pub fn header_bytes_for(n: usize) -> u32 {
+        round_up((FIXED_BYTES + MOVE_BYTES * n + 4) as u64, HEADER_ALIGN) as u32
+    }
+
+    /// Offset of the data area in sectors.
+    pub fn data_start_sectors(&self) -> u32 {
+        self.header_bytes / SECTOR as u32
+    }
+
+    /// Encode only the header (padded to `header_bytes`) of the GC object
+    /// whose data area is `data`; the object is this followed by `data`.
+    pub fn encode_header(uuid: ImageUuid, seq: ObjSeq, moves: &[GcMove], data: &[u8]) -> Vec<u8> {
+        let header_bytes = Self::header_bytes_for(moves.len());
+        let mut e = Enc::with_capacity(header_bytes as usize);
+        e.bytes(MAGIC)
+            .u32(VERSION)
+            .u32(header_bytes)
+            .bytes(&uuid.0)
+            .u64(seq.0)
+            .u32(moves.len() as u32)
+            .u32((data.len() as u64 / SECTOR) as u32)
+            .u32(crc(0, data))
+            .zeros(20);
+        for m in moves {
+            e.u64(m.lba.0)
+                .u32(m.sectors)
+                .u32(m.data_offset)
+                .u64(m.src_obj.0)
+                .u32(m.src_offset)
+                .u32(0);
+        }
+        let c = crc(0, &e.buf);
+        e.u32(c);
+        e.pad_to(header_bytes as usize);
+        e.buf
+    }
+
+    /// Encode a complete GC object: header followed by `data`.
+    pub fn encode_object(uuid: ImageUuid, seq: ObjSeq, moves: &[GcMove], data: &[u8]) -> Vec<u8> {
+        let mut v = Self::encode_header(uuid, seq, moves, data);
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// How many bytes of the object must be read to decode the header, given
+    /// its first [`FIXED_BYTES`] or more. Errors if the prefix is not a GC
+    /// object header.
+    pub fn needed_bytes(prefix: &[u8]) -> Result<usize, FormatError> {
+        let mut d = Dec::new(WHAT, prefix);
+        check_magic_version(&mut d, WHAT, MAGIC, VERSION)?;
+        let hb = d.u32()?;
+        if !(hb as u64).is_multiple_of(HEADER_ALIGN) || hb == 0 {
+            return Err(d.invalid(format!("header size {hb} is not a multiple of 4096")));
+        }
+        d.skip(24)?;
+        let n = d.u32()? as usize;
+        let need = (FIXED_BYTES + 4).saturating_add(MOVE_BYTES.saturating_mul(n));
+        if need > hb as usize {
+            return Err(d.invalid(format!("{n} moves do not fit a {hb}-byte header")));
+        }
+        Ok(need)
+    }
+
+    /// Decode and validate a header from the start of an object (`buf` must
+    /// hold at least [`GcHeader::needed_bytes`]).
+    pub fn decode(buf: &[u8]) -> Result<GcHeader, FormatError> {
+        let need = Self::needed_bytes(buf)?;
+        if buf.len() < need {
+            return Err(FormatError::Truncated {
+                what: WHAT,
+                need,
+                have: buf.len(),
+            });
+        }
+        super::check_trailing_crc(WHAT, &buf[..need])?;
+        let mut d = Dec::new(WHAT, buf);
+        d.skip(12)?;
+        let header_bytes = d.u32()?;
+        let uuid = ImageUuid(d.array()?);
+        let seq = ObjSeq(d.u64()?);
+        let n = d.u32()? as usize;
+        let data_sectors = d.u32()?;
+        let data_crc = d.u32()?;
+        d.skip(20)?;
+        if seq.0 == 0 || n == 0 {
+            return Err(d.invalid(format!("object {} with {n} moves", seq.0)));
+        }
+        let mut moves = Vec::with_capacity(n);
+        for i in 0..n {
+            let lba = Lba(d.u64()?);
+            let sectors = d.u32()?;
+            let data_offset = d.u32()?;
+            let src_obj = ObjSeq(d.u64()?);
+            let src_offset = d.u32()?;
+            d.skip(4)?;
+            if sectors == 0 {
+                return Err(d.invalid(format!("move {i}: zero length")));
+            }
+            if data_offset as u64 + sectors as u64 > data_sectors as u64 {
+                return Err(d.invalid(format!("move {i}: data beyond the data area")));
+            }
+            if src_obj.0 == 0 || src_obj >= seq {
+                return Err(d.invalid(format!(
+                    "move {i}: source object {} is not below object {}",
+                    src_obj.0, seq.0
+                )));
+            }
+            if src_offset as u64 + sectors as u64 > u64::from(u32::MAX) {
+                return Err(d.invalid(format!("move {i}: source offset overflows")));
+            }
+            moves.push(GcMove {
+                lba,
+                sectors,
+                data_offset,
+                src_obj,
+                src_offset,
+            });
+        }
+        Ok(GcHeader {
+            uuid,
+            seq,
+            moves,
+            data_sectors,
+            data_crc,
+            header_bytes,
+        })
+    }
+
+    /// Verify the data area of a whole object against the header's crc.
+    pub fn verify_data(&self, object: &[u8]) -> Result<(), FormatError> {
+        let start = self.header_bytes as usize;
+        let end = start + self.data_sectors as usize * SECTOR as usize;
+        if object.len() < end {
+            return Err(FormatError::Truncated {
+                what: "GC object",
+                need: end,
+                have: object.len(),
+            });
+        }
+        let computed = crc(0, &object[start..end]);
+        if computed != self.data_crc {
+            return Err(FormatError::BadChecksum {
+                what: "GC object data",
+                stored: self.data_crc,
+                computed,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::testutil::{assert_rejects_corruption, golden};
+
+    fn moves() -> Vec<GcMove> {
+        vec![
+            GcMove {
+                lba: Lba(8),
+                sectors: 8,
+                data_offset: 0,
+                src_obj: ObjSeq(3),
+                src_offset: 16,
+            },
+            GcMove {
+                lba: Lba(16),
+                sectors: 2,
+                data_offset: 8,
+                src_obj: ObjSeq(7),
+                src_offset: 9,
+            },
+            GcMove {
+                lba: Lba(4000),
+                sectors: 1,
+                data_offset: 10,
+                src_obj: ObjSeq(3),
+                src_offset: 8,
+            },
+        ]
+    }
+
+    fn sample() -> Vec<u8> {
+        let data: Vec<u8> = (0..11 * 512).map(|i| (i % 253) as u8).collect();
+        GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(42), &moves(), &data)
+    }
+
+    #[test]
+    fn round_trip() {
+        let obj = sample();
+        let h = GcHeader::decode(&obj).unwrap();
+        assert_eq!(h.seq, ObjSeq(42));
+        assert_eq!(h.uuid, ImageUuid([5; 16]));
+        assert_eq!(h.moves, moves());
+        assert_eq!(h.header_bytes, 4096);
+        assert_eq!(h.data_start_sectors(), 8);
+        assert_eq!(h.data_sectors, 11);
+        h.verify_data(&obj).unwrap();
+        assert_eq!(GcHeader::needed_bytes(&obj[..72]).unwrap(), 72 + 3 * 32 + 4);
+    }
+
+    #[test]
+    fn corrupt_input_is_rejected() {
+        let obj = sample();
+        let hlen = 72 + 3 * 32 + 4;
+        assert_rejects_corruption(&obj[..hlen], GcHeader::decode, &[]);
+        let h = GcHeader::decode(&obj).unwrap();
+        let mut bad = obj.clone();
+        bad[5000] ^= 1;
+        assert!(h.verify_data(&bad).is_err());
+        assert!(h.verify_data(&obj[..obj.len() - 1]).is_err());
+        // A data object is not a GC object.
+        let mut other = obj.clone();
+        other[..8].copy_from_slice(b"LSVDOBJ1");
+        assert_eq!(
+            GcHeader::decode(&other).unwrap_err(),
+            FormatError::BadMagic { what: WHAT }
+        );
+    }
+
+    #[test]
+    fn impossible_fields_are_refused_with_a_reason() {
+        let data = vec![0u8; 11 * 512];
+        for (m, why) in [
+            (
+                GcMove {
+                    src_obj: ObjSeq(42),
+                    ..moves()[0]
+                },
+                "not below",
+            ),
+            (
+                GcMove {
+                    sectors: 0,
+                    ..moves()[0]
+                },
+                "zero length",
+            ),
+            (
+                GcMove {
+                    data_offset: 10,
+                    ..moves()[0]
+                },
+                "beyond the data area",
+            ),
+        ] {
+            let obj = GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(42), &[m], &data);
+            let e = GcHeader::decode(&obj).unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        let empty = GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(42), &[], &[]);
+        assert!(GcHeader::decode(&empty).is_err());
+        let mut v = sample();
+        v[8] = 2;
+        assert!(GcHeader::decode(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported format version 2"));
+    }
+
+    #[test]
+    fn golden_vector() {
+        let g = golden("gcobject-v1.bin", &sample());
+        assert_eq!(GcHeader::decode(&g).unwrap().moves, moves());
+    }
+}

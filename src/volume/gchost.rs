@@ -1,0 +1,293 @@
+//! The volume side of garbage collection: [`GcHost`] for [`Inner`], the
+//! GC submit path (sequence allocated last), checkpoint facts for the
+//! deletion rule, and the background GC thread.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::destage::{CkptFacts, DestageMsg, GcBatch};
+use super::image::{object_name, parse_object_name};
+use super::Inner;
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::gcobject::GcMove;
+use crate::format::superblock::{CheckpointRef, INCOMPAT_GC};
+use crate::gc::{Floor, GcHost, Retention};
+use crate::io::AlignedBuf;
+use crate::journal::Done;
+use crate::map::{Extent, ObjInfo, ObjLoc};
+use crate::units::{Lba, ObjSeq};
+
+impl Inner {
+    /// Wait for `f`'s completion, giving up when the volume stops (a put
+    /// abandoned at stop never completes).
+    fn wait_gc(&self, what: &str, f: impl FnOnce(Done)) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        f(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => return r,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::new(
+                        ErrorKind::Closed,
+                        format!("volume stopped during GC {what}"),
+                    ))
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return Err(Error::new(
+                            ErrorKind::Closed,
+                            format!("volume stopping during GC {what}"),
+                        ));
+                    }
+                    if let Some(e) = self.fenced_error() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write a checkpoint and wait until the superblock names it.
+    pub(crate) fn checkpoint_wait(&self) -> Result<()> {
+        self.wait_gc("checkpoint", |d| {
+            if let Err(e) = self.destage_tx.send(DestageMsg::Checkpoint(Some(d))) {
+                if let DestageMsg::Checkpoint(Some(d)) = e.0 {
+                    d(Err(Error::new(ErrorKind::Closed, "volume stopped")));
+                }
+            }
+        })
+    }
+
+    /// Set [`INCOMPAT_GC`] in the superblock (once) before the first GC
+    /// object is put: an older binary would take a GC object or a hole
+    /// below a checkpoint for the end of the log and delete everything
+    /// above it. A checkpoint is listed first, so the refusal in recovery
+    /// ("no usable checkpoint") never hits an image GC merely touched.
+    fn ensure_gc_feature(&self) -> Result<()> {
+        let (set, listed) = {
+            let sb = self.sb.lock().unwrap_or_else(|e| e.into_inner());
+            (sb.incompat & INCOMPAT_GC != 0, !sb.checkpoints.is_empty())
+        };
+        if set {
+            return Ok(());
+        }
+        if !listed {
+            self.checkpoint_wait()?;
+        }
+        self.write_superblock(|sb| sb.incompat |= INCOMPAT_GC)
+    }
+
+    /// Submit a fully built GC object and wait until it is applied.
+    ///
+    /// Crash-safety ordering 20: the sequence is allocated only here, after
+    /// every read for the object succeeded. From the allocation on nothing
+    /// can fail before the destager has the object, and its put is retried
+    /// like a data put: an allocated sequence never stays a hole that would
+    /// stall the apply of every later object.
+    fn submit_gc_batch(&self, moves: Vec<GcMove>, data: AlignedBuf) -> Result<()> {
+        if let Some(e) = self.fenced_error() {
+            return Err(e);
+        }
+        self.ensure_gc_feature()?;
+        self.wait_gc("object", |d| {
+            let mut st = self.lock_state();
+            let seq = st.next_obj;
+            st.next_obj = seq.next();
+            crate::failpoint::hit("gc.seq_allocated");
+            let g = Arc::new(GcBatch {
+                seq,
+                moves,
+                data,
+                done: std::sync::Mutex::new(Some(d)),
+            });
+            // Sent under the state lock, like `seal`, so the destager sees
+            // sequences in allocation order.
+            let _ = self.destage_tx.send(DestageMsg::Gc(g));
+        })
+    }
+
+    /// Record a checkpoint the superblock now names, for the deletion rule.
+    /// Retired ones are kept a while: what was deletable under a checkpoint
+    /// that was once the oldest listed stays deletable (see `floor`).
+    pub(crate) fn note_checkpoint(&self, ckpt: CheckpointRef, facts: CkptFacts) {
+        let mut v = self.session_ckpts.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries older than the newest one past the read grace are
+        // dominated by it. When checkpoints come faster than the grace,
+        // one entry just below the newest is dropped instead of growing the
+        // list: the newest two (the listed ones) stay, and the older entries
+        // still age into usable floors.
+        if let Some(i) = v
+            .iter()
+            .rposition(|(_, f)| f.taken.elapsed() >= crate::gc::READ_GRACE)
+        {
+            v.drain(..i);
+        }
+        if v.len() >= 16 {
+            let i = v.len() - 2;
+            v.remove(i);
+        }
+        v.push((ckpt, facts));
+    }
+}
+
+impl GcHost for Inner {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn objects(&self) -> Vec<(ObjSeq, ObjInfo)> {
+        self.durable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .objects()
+            .collect()
+    }
+
+    fn extents_from(&self, lba: Lba, max: usize) -> Vec<Extent<ObjLoc>> {
+        self.durable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .extents_from(lba, max)
+    }
+
+    fn read_object_range(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> Result<()> {
+        Inner::read_object_range(self, obj, byte_off, out)
+    }
+
+    fn submit_gc(&self, moves: Vec<GcMove>, data: AlignedBuf) -> Result<()> {
+        self.submit_gc_batch(moves, data)
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.checkpoint_wait()
+    }
+
+    fn floor(&self, min_age: Duration) -> Option<Floor> {
+        // The superblock as durable (the in-memory copy changes only after
+        // its put succeeded); its oldest checkpoint is the fallback that
+        // recovery could use.
+        let listed = self
+            .sb
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoints
+            .clone();
+        // Any checkpoint of this session at or below the oldest listed one
+        // was the oldest listed at some time. What the rule allowed under it
+        // stays allowed under every later oldest one: its `last_obj` is
+        // lower and live counts of old objects never rise. So the newest
+        // such checkpoint old enough for `min_age` is a valid floor.
+        let oldest = *listed.last()?;
+        let v = self.session_ckpts.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, f) = v
+            .iter()
+            .rev()
+            .find(|(c, f)| c.seq <= oldest.seq && f.taken.elapsed() >= min_age)?;
+        Some(Floor {
+            last_obj: f.last_obj,
+            live: f.live.clone(),
+            listed,
+        })
+    }
+
+    fn list_objects(&self) -> Result<Vec<ObjSeq>> {
+        Ok(self
+            .store
+            .list(&format!("{}.", self.image))?
+            .iter()
+            .filter_map(|n| parse_object_name(&self.image, n))
+            .collect())
+    }
+
+    fn delete_object(&self, obj: ObjSeq) -> Result<Option<u64>> {
+        let name = object_name(&self.image, obj);
+        let Some(size) = self.store.stat(&name)? else {
+            return Ok(None);
+        };
+        match self.store.delete(&name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                if e.kind() == ErrorKind::Fenced {
+                    self.mark_fenced(&e);
+                }
+                return Err(e.prefixed(format!("GC delete of {name}")));
+            }
+        }
+        self.stats.gc_deleted.fetch_add(1, Ordering::Relaxed);
+        self.stats.gc_freed_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(Some(size))
+    }
+
+    fn retention(&self) -> &dyn Retention {
+        self.retention.as_ref()
+    }
+
+    fn should_stop(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+            || self.fenced.get().is_some()
+            || *self.gc_stop.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn client_backlog(&self) -> bool {
+        if self.lock_state().sealed.len() > 1 {
+            return true;
+        }
+        self.journal_shared
+            .get()
+            .is_some_and(|j| j.used_bytes() > self.config.wlog_bytes / 2)
+    }
+
+    fn take_dead(&self) -> Vec<(ObjSeq, u64)> {
+        std::mem::take(&mut *self.gc_dead.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn last_checkpoint_bytes(&self) -> u64 {
+        self.session_ckpts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .map_or(0, |(_, f)| f.bytes)
+    }
+}
+
+/// The background GC thread of an open volume.
+pub(crate) fn gc_thread(inner: Arc<Inner>) {
+    let idle = Duration::from_millis(inner.config.gc_interval_msec);
+    loop {
+        if inner.should_stop() {
+            return;
+        }
+        let worked = {
+            let mut g = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
+            match g.background_step(inner.as_ref()) {
+                Ok(w) => w,
+                Err(e) => {
+                    if !inner.should_stop() {
+                        warn!(image = %inner.image, "GC step failed (retried later): {e:?}");
+                    }
+                    false
+                }
+            }
+        };
+        if worked {
+            continue;
+        }
+        let (m, cv) = &inner.gc_stop;
+        let g = m.lock().unwrap_or_else(|e| e.into_inner());
+        if *g {
+            return;
+        }
+        let _ = cv.wait_timeout(g, idle);
+    }
+}
