@@ -14,23 +14,52 @@
 //!    persisted entry never names unwritten data.
 //! 2. **Invalidate before reuse.** An evicted slot's entry is cleared, and
 //!    its index block written and fdatasynced, before new data lands in the
-//!    slot, so a persisted entry never covers another key's bytes.
+//!    slot, so a persisted entry never covers another key's bytes. A flush
+//!    that fails puts everything it took back (the slots stay unusable, the
+//!    blocks stay dirty), so a slot whose on-disk entry may still name its
+//!    old key is never handed out.
 //!
 //! The per-4 KiB-block crc (which mixes in the cache UUID, image UUID,
-//! object, chunk and block number) is checked on every hit: a block that
-//! fails is counted as corrupt, its entry dropped and the chunk refetched.
+//! object, chunk and block number) is checked on every hit, for the blocks
+//! read only: a block that fails is counted as corrupt, its entry dropped
+//! and the chunk refetched.
 //!
-//! Eviction is CLOCK (a reference bit per slot, in memory). The key index
-//! is sharded 16 ways so concurrent readers rarely share a lock. Concurrent
-//! misses on one chunk wait for a single backend fetch.
+//! Hits take no global lock: the key index is sharded 64 ways behind
+//! reader-writer locks, and each slot's entry is published seqlock-style
+//! (per-slot atomics and an epoch that is odd while the entry changes). A
+//! reader validates the epoch before and after its file read and checks the
+//! crcs outside any lock; only a crc failure takes the slot lock, to clear
+//! the slot. Hit buffers are per thread (or the caller's buffer itself when
+//! it is aligned), so a hit allocates nothing.
+//!
+//! Eviction is CLOCK (a reference bit per slot), bounded per scan, and runs
+//! off the read path: the `lsvd-rcache` thread ([`Cache::maintain`]) keeps a
+//! reserve of free slots whose empty entries are already durable, refilled
+//! when it falls below a low-water mark. A miss that finds no free slot is
+//! served without being cached; it never waits for an fdatasync. (A cache
+//! with no maintainer attached, as in library tests, evicts inline.)
+//!
+//! Concurrent misses on one chunk wait for a single backend fetch, also
+//! when they are part of multi-chunk reads; a leader that fails or panics
+//! hands its waiters an error and clears the flight.
+//!
+//! A failing cache file never fails a read: an I/O error on it is counted,
+//! logged (rate-limited) and served from the backend; after
+//! [`IO_ERRORS_OFF`] of them the cache is turned off for this open.
+//!
+//! The counters in the superblock are written only at format and by
+//! [`Cache::flush`] (clean close), never on the read path.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
+use crossbeam_channel::{Receiver, Sender};
 use tracing::{info, warn};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -44,11 +73,25 @@ use crate::units::{ImageUuid, ObjSeq};
 #[cfg(test)]
 mod tests;
 
-const SHARDS: usize = 16;
-/// Slots freed at once when the cache is full.
-const EVICT_GROUP: usize = 64;
+/// Key-index shards (each on its own cache lines).
+const SHARDS: usize = 64;
+/// Slots a CLOCK scan looks at, at most, per call.
+const SCAN_CAP: usize = 8192;
+/// Largest reserve of free (durably invalidated) slots.
+const RESERVE_MAX: usize = 1024;
 /// Index blocks read or written per I/O at open and format.
 const INDEX_IO_BLOCKS: usize = 256;
+/// Cache-file I/O errors after which the cache is off for this open.
+pub const IO_ERRORS_OFF: u64 = 8;
+/// Seconds between two warnings about cache-file I/O errors.
+const WARN_EVERY_SECS: u64 = 10;
+
+/// Fault injection ([`Cache::inject_faults`]): fail reads, writes, syncs.
+pub const FAULT_READ: u8 = 1;
+/// See [`FAULT_READ`].
+pub const FAULT_WRITE: u8 = 2;
+/// See [`FAULT_READ`].
+pub const FAULT_SYNC: u8 = 4;
 
 /// (object, chunk number).
 type Key = (ObjSeq, u32);
@@ -56,21 +99,26 @@ type Key = (ObjSeq, u32);
 /// Reads `len` bytes of the object at a byte offset (fewer at its end).
 pub type Fetch<'a> = &'a dyn Fn(u64, usize) -> Result<Vec<u8>>;
 
-#[derive(Clone, Copy, Default)]
-struct Slot {
-    entry: IndexEntry,
-    /// Bumped whenever the slot's entry is cleared: a reader that saw the
-    /// same epoch before and after its read knows nothing rewrote the slot.
-    epoch: u64,
-    /// The slot's data is known durable (fdatasynced), so its entry may be
-    /// written to the index.
-    synced: bool,
-    referenced: bool,
+/// A slot's entry, readable without a lock. Written only under the
+/// `slots` mutex, seqlock-style: `epoch` is odd while the fields change and
+/// moves on with every change, so a reader that sees the same even epoch
+/// before and after its read knows nothing rewrote the slot meanwhile.
+#[derive(Default)]
+struct SlotMeta {
+    epoch: AtomicU64,
+    obj: AtomicU64,
+    /// chunk << 32 | valid bytes (0: empty).
+    chunk_len: AtomicU64,
+    crcs: [AtomicU32; BLOCKS_PER_CHUNK],
+    referenced: AtomicBool,
 }
 
+/// Slot bookkeeping of writers (under the `slots` mutex).
 #[derive(Default)]
 struct Slots {
-    v: Vec<Slot>,
+    /// The slot's data is known durable (fdatasynced), so its entry may be
+    /// written to the index.
+    synced: Vec<bool>,
     hand: usize,
     /// Empty slots whose empty entry is durable in the index.
     free: Vec<u32>,
@@ -82,31 +130,122 @@ struct Slots {
     unsynced: Vec<(u32, u64)>,
 }
 
+type FlightResult = Result<Arc<Vec<u8>>>;
+
 #[derive(Default)]
 struct Flight {
-    result: Mutex<Option<Result<Arc<Vec<u8>>>>>,
+    result: Mutex<Option<FlightResult>>,
     cv: Condvar,
+}
+
+impl Flight {
+    fn wait(&self) -> FlightResult {
+        let mut g = lock(&self.result);
+        loop {
+            if let Some(r) = g.as_ref() {
+                return dup(r);
+            }
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn dup(r: &FlightResult) -> FlightResult {
+    match r {
+        Ok(d) => Ok(d.clone()),
+        Err(e) => Err(e.duplicate()),
+    }
+}
+
+/// The leader of a single-flight fetch. Whatever happens to the leader
+/// (an error, a panic in the fetch or the insert), dropping this publishes
+/// a result to the waiters and removes the flight, so no reader of the
+/// chunk waits forever.
+struct Leader<'a> {
+    cache: &'a Cache,
+    key: Key,
+    flight: Arc<Flight>,
+    published: bool,
+}
+
+impl Leader<'_> {
+    fn publish(&mut self, r: &FlightResult) {
+        *lock(&self.flight.result) = Some(dup(r));
+        self.published = true;
+        self.flight.cv.notify_all();
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if !self.published {
+            self.publish(&Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "the backend read of object {} chunk {} was abandoned",
+                    self.key.0, self.key.1
+                ),
+            )));
+        }
+        let mut m = lock(&self.cache.inflight);
+        if m.get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            m.remove(&self.key);
+        }
+    }
+}
+
+enum Join<'a> {
+    Lead(Leader<'a>),
+    Wait(Arc<Flight>),
+}
+
+/// A counter bumped by many threads at once, striped over cache lines.
+#[derive(Default)]
+struct Striped([Padded; 16]);
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Striped {
+    fn add(&self, i: usize) {
+        self.0[i % 16].0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
 }
 
 #[derive(Default)]
 struct Counters {
-    hits: AtomicU64,
+    hits: Striped,
     misses: AtomicU64,
     evictions: AtomicU64,
     inserts: AtomicU64,
     corrupt: AtomicU64,
+    /// Cache-file I/O errors (not persisted).
+    io_errors: AtomicU64,
+    /// Misses not cached because no free slot was ready (not persisted).
+    skipped: AtomicU64,
 }
 
 impl Counters {
     fn get(&self) -> CacheCounters {
         CacheCounters {
-            hits: self.hits.load(Ordering::Relaxed),
+            hits: self.hits.get(),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             inserts: self.inserts.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
         }
     }
+}
+
+thread_local! {
+    /// Per-thread buffer of hits whose destination is not aligned.
+    static HIT_BUF: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
 }
 
 /// An open read-cache file.
@@ -117,24 +256,50 @@ pub struct Cache {
     cache_uuid: [u8; 16],
     generation: u64,
     layout: Layout,
-    shards: Vec<Mutex<HashMap<Key, u32>>>,
+    shards: Vec<Shard>,
+    meta: Vec<SlotMeta>,
     slots: Mutex<Slots>,
     flush_lock: Mutex<()>,
     inflight: Mutex<HashMap<Key, Arc<Flight>>>,
+    /// Free slots the maintainer keeps ready, and the level that wakes it.
+    reserve: usize,
+    low_water: usize,
+    /// A maintainer thread ([`Cache::maintainer`]) refills the free list.
+    background: AtomicBool,
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+    /// Off for this open after repeated I/O errors on the file.
+    off: AtomicBool,
+    faults: AtomicU8,
+    started: Instant,
+    last_warn: AtomicU64,
     /// Counters persisted before this open.
     base: CacheCounters,
     /// Counters of this open.
     counters: Counters,
-    /// `counters` as last written to the superblock.
-    written_counters: Mutex<CacheCounters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// One shard of the key index, alone on its cache lines (readers of
+/// different shards do not bounce a line between them).
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard(RwLock<HashMap<Key, u32>>);
+
+fn read_shard(m: &Shard) -> std::sync::RwLockReadGuard<'_, HashMap<Key, u32>> {
+    m.0.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_shard(m: &Shard) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, u32>> {
+    m.0.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What `info` shows about an image's cache file (read without opening it
-/// for writing; the counters lag an attached server by one index flush).
+/// for writing). The counters are those persisted at the last clean close
+/// (or format): they lag a running server until it closes the image.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CacheInfo {
     /// The file.
@@ -149,7 +314,7 @@ pub struct CacheInfo {
     pub chunks: u64,
     /// Slots holding a chunk according to valid index blocks.
     pub valid_chunks: u64,
-    /// Persisted counters.
+    /// Persisted counters (as of the last clean close).
     pub counters: CacheCounters,
 }
 
@@ -195,9 +360,20 @@ impl Cache {
                     "read cache belongs to image {}, not {image}: discarding it",
                     s.owner
                 ),
+                // A crash during a resize leaves a superblock of the old
+                // size in a file of the new one: its index would name the
+                // wrong slots.
+                Ok(s) if s.layout != layout => warn!(
+                    cache = %path.display(),
+                    "read cache superblock describes a {}-byte file, the file is {size} bytes: reformatting it",
+                    s.layout.file_bytes
+                ),
                 Ok(s) => sup = Some(s),
             }
         }
+        let n = layout.nchunks as usize;
+        let reserve = (n / 16).clamp(1, RESERVE_MAX);
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         let mut cache = Cache {
             path: path.to_path_buf(),
             file,
@@ -205,13 +381,22 @@ impl Cache {
             cache_uuid: [0; 16],
             generation: 0,
             layout,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            meta: (0..n).map(|_| SlotMeta::default()).collect(),
             slots: Mutex::new(Slots::default()),
             flush_lock: Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
+            reserve,
+            low_water: (reserve / 2).max(1),
+            background: AtomicBool::new(false),
+            wake_tx,
+            wake_rx,
+            off: AtomicBool::new(false),
+            faults: AtomicU8::new(0),
+            started: Instant::now(),
+            last_warn: AtomicU64::new(0),
             base: CacheCounters::default(),
             counters: Counters::default(),
-            written_counters: Mutex::new(CacheCounters::default()),
         };
         match sup {
             Some(s) => cache.load(s, last_obj)?,
@@ -227,11 +412,13 @@ impl Cache {
             .set_len(self.layout.file_bytes)
             .map_err(|e| Error::io(format!("resize {}", self.path.display()), e))?;
         self.cache_uuid = *uuid::Uuid::new_v4().as_bytes();
+        // Random per format (not a counter): index blocks of an older
+        // format carry another generation, and their crc another UUID.
         self.generation = u64::from_le_bytes(self.cache_uuid[..8].try_into().unwrap_or_default());
         let n = self.layout.nchunks as usize;
         {
             let mut s = lock(&self.slots);
-            s.v = vec![Slot::default(); n];
+            s.synced = vec![false; n];
             s.free = (0..n as u32).rev().collect();
         }
         let empty = [IndexEntry::default(); ENTRIES_PER_BLOCK];
@@ -269,7 +456,7 @@ impl Cache {
         let n = self.layout.nchunks as usize;
         let blocks = self.layout.index_blocks as usize;
         let mut slots = Slots {
-            v: vec![Slot::default(); n],
+            synced: vec![false; n],
             ..Slots::default()
         };
         let (mut bad, mut stale, mut kept) = (0u64, 0u64, 0u64);
@@ -302,19 +489,15 @@ impl Cache {
                         continue;
                     }
                     let key = (e.obj, e.chunk);
-                    let shard = &mut lock(&self.shards[shard_of(key)]);
+                    let shard = &mut write_shard(&self.shards[shard_of(key)]);
                     if slot >= n || e.obj > last_obj || shard.contains_key(&key) {
                         stale += 1;
                         slots.dirty.insert(no);
                         continue;
                     }
                     shard.insert(key, slot as u32);
-                    slots.v[slot] = Slot {
-                        entry: e,
-                        epoch: 0,
-                        synced: true,
-                        referenced: false,
-                    };
+                    self.set_meta(slot as u32, &e);
+                    slots.synced[slot] = true;
                     kept += 1;
                 }
             }
@@ -322,7 +505,7 @@ impl Cache {
         }
         slots.free = (0..n as u32)
             .rev()
-            .filter(|&i| slots.v[i as usize].entry.is_empty())
+            .filter(|&i| self.meta[i as usize].chunk_len.load(Ordering::Relaxed) as u32 == 0)
             .collect();
         self.counters.corrupt.fetch_add(bad, Ordering::Relaxed);
         let dirty = !slots.dirty.is_empty();
@@ -331,8 +514,9 @@ impl Cache {
         if dirty {
             // The dropped entries are cleared on disk before any slot is
             // reused (the free list's slots are already empty on disk, or
-            // in an undecodable block, which reads as empty).
-            self.flush()?;
+            // in an undecodable block, which reads as empty). A failure
+            // fails the open.
+            self.sync_index()?;
         }
         Ok(())
     }
@@ -347,6 +531,29 @@ impl Cache {
         self.counters.get()
     }
 
+    /// Cache-file I/O errors since this open.
+    pub fn io_errors(&self) -> u64 {
+        self.counters.io_errors.load(Ordering::Relaxed)
+    }
+
+    /// Misses not cached because no free slot was ready.
+    pub fn skipped_inserts(&self) -> u64 {
+        self.counters.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cache was turned off for this open (repeated I/O errors).
+    pub fn is_off(&self) -> bool {
+        self.off.load(Ordering::Relaxed)
+    }
+
+    /// Make the cache file's reads, writes or fdatasyncs fail with EIO
+    /// (a mask of [`FAULT_READ`], [`FAULT_WRITE`], [`FAULT_SYNC`]; 0 to
+    /// stop). For tests.
+    #[doc(hidden)]
+    pub fn inject_faults(&self, mask: u8) {
+        self.faults.store(mask, Ordering::SeqCst);
+    }
+
     /// Chunk slots in the file.
     pub fn chunks(&self) -> u32 {
         self.layout.nchunks
@@ -354,258 +561,444 @@ impl Cache {
 
     /// Chunks held now.
     pub fn valid_chunks(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| read_shard(s).len()).sum()
+    }
+
+    fn fault(&self, bit: u8, what: &str, off: u64) -> Result<()> {
+        if self.faults.load(Ordering::Relaxed) & bit != 0 {
+            return Err(Error::io(
+                format!("{what} {} at {off} (injected)", self.path.display()),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        Ok(())
+    }
+
+    fn pread(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.fault(FAULT_READ, "read", off)?;
+        io::read_exact_at(&self.file, buf, off, &self.path)
+    }
+
+    fn pwrite(&self, buf: &[u8], off: u64) -> Result<()> {
+        self.fault(FAULT_WRITE, "write", off)?;
+        io::write_all_at(&self.file, buf, off, &self.path)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.fault(FAULT_SYNC, "fdatasync", 0)?;
+        io::datasync(&self.file, &self.path)
+    }
+
+    /// Count and (rate-limited) log an I/O error on the cache file; after
+    /// [`IO_ERRORS_OFF`] of them the cache is off for this open.
+    fn io_error(&self, what: &str, e: &Error) {
+        let n = self.counters.io_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_secs() + WARN_EVERY_SECS;
+        let last = self.last_warn.load(Ordering::Relaxed);
+        if n == 1
+            || (now >= last + WARN_EVERY_SECS
+                && self
+                    .last_warn
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok())
+        {
+            self.last_warn.store(now, Ordering::Relaxed);
+            warn!(cache = %self.path.display(), errors = n, "read cache I/O error ({what}; served from the backend): {e}");
+        }
+        if n >= IO_ERRORS_OFF && !self.off.swap(true, Ordering::SeqCst) {
+            warn!(cache = %self.path.display(), errors = n, "read cache turned off for this open after repeated I/O errors");
+        }
     }
 
     /// Read `out.len()` bytes of object `obj` at `byte_off` (object-relative,
     /// header included), from the cache where it holds them and otherwise by
-    /// fetching whole chunks with `fetch` (which are then cached).
+    /// fetching whole chunks with `fetch` (which are then cached). Errors
+    /// of the cache file itself never fail the read.
     pub fn read(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8], fetch: Fetch<'_>) -> Result<()> {
-        // (chunk, offset in chunk, range in `out`) of each chunk touched.
-        let mut pieces = Vec::new();
-        let mut pos = 0usize;
-        while pos < out.len() {
-            let off = byte_off + pos as u64;
-            let chunk = u32::try_from(off / CHUNK_BYTES).map_err(|_| {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let end = byte_off + out.len() as u64;
+        let chunk_of = |off: u64| {
+            u32::try_from(off / CHUNK_BYTES).map_err(|_| {
                 Error::new(
                     ErrorKind::InvalidInput,
                     format!("object offset {off} is beyond the cache's range"),
                 )
-            })?;
+            })
+        };
+        let first = chunk_of(byte_off)?;
+        let last = chunk_of(end - 1)?;
+        if self.is_off() {
+            let data = fetch(byte_off, out.len())?;
+            if data.len() < out.len() {
+                return Err(short(
+                    obj,
+                    first,
+                    data.len() + (byte_off % CHUNK_BYTES) as usize,
+                    (byte_off % CHUNK_BYTES) as usize,
+                    out.len(),
+                ));
+            }
+            out.copy_from_slice(&data[..out.len()]);
+            return Ok(());
+        }
+        if first == last {
+            let within = (byte_off % CHUNK_BYTES) as usize;
+            if self.try_hit((obj, first), within, out) {
+                self.counters.hits.add(first as usize);
+                return Ok(());
+            }
+            let len = out.len();
+            return self.fill_misses(obj, &[(first, within, 0..len)], out, fetch);
+        }
+        // A multi-chunk read: hits first, then the misses (runs of missing
+        // chunks with one backend get each, single flight per chunk).
+        let mut missing = Vec::new();
+        let mut pos = 0usize;
+        while pos < out.len() {
+            let off = byte_off + pos as u64;
+            let chunk = chunk_of(off)?;
             let within = (off % CHUNK_BYTES) as usize;
             let n = (out.len() - pos).min(CHUNK_BYTES as usize - within);
-            pieces.push((chunk, within, pos..pos + n));
-            pos += n;
-        }
-        if pieces.len() == 1 {
-            let (chunk, within, _) = pieces[0];
-            return self.read_in_chunk((obj, chunk), within, out, fetch);
-        }
-        // A multi-chunk read: hits first, then each run of missing chunks
-        // with one backend get (not one per chunk), cached chunk by chunk.
-        let mut missing = Vec::new();
-        for (chunk, within, r) in pieces {
-            if self.try_hit((obj, chunk), within, &mut out[r.clone()])? {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            let r = pos..pos + n;
+            if self.try_hit((obj, chunk), within, &mut out[r.clone()]) {
+                self.counters.hits.add(chunk as usize);
             } else {
                 missing.push((chunk, within, r));
             }
+            pos += n;
         }
-        let mut i = 0;
-        while i < missing.len() {
-            let mut j = i + 1;
-            while j < missing.len() && missing[j].0 == missing[j - 1].0 + 1 {
-                j += 1;
-            }
-            if j - i == 1 {
-                let (chunk, within, r) = missing[i].clone();
-                self.read_in_chunk((obj, chunk), within, &mut out[r], fetch)?;
-            } else {
-                let first = missing[i].0;
-                let n = j - i;
-                let data = fetch(first as u64 * CHUNK_BYTES, n * CHUNK_BYTES as usize)?;
-                self.counters.misses.fetch_add(n as u64, Ordering::Relaxed);
-                for (chunk, within, r) in &missing[i..j] {
-                    let at = (chunk - first) as usize * CHUNK_BYTES as usize;
-                    let c = &data[at.min(data.len())..(at + CHUNK_BYTES as usize).min(data.len())];
-                    if c.len() < within + r.len() {
-                        return Err(short(obj, *chunk, c.len(), *within, r.len()));
-                    }
-                    out[r.clone()].copy_from_slice(&c[*within..within + r.len()]);
-                    if let Err(e) = self.insert((obj, *chunk), c) {
-                        warn!(cache = %self.path.display(), "read cache insert failed (the read is served anyway): {e}");
-                    }
-                }
-            }
-            i = j;
-        }
-        Ok(())
+        self.fill_misses(obj, &missing, out, fetch)
     }
 
-    fn read_in_chunk(
+    /// Become the leader of the fetch of `key`, or join the one in flight.
+    fn join(&self, key: Key) -> Join<'_> {
+        let mut m = lock(&self.inflight);
+        if let Some(f) = m.get(&key) {
+            return Join::Wait(f.clone());
+        }
+        let f = Arc::new(Flight::default());
+        m.insert(key, f.clone());
+        Join::Lead(Leader {
+            cache: self,
+            key,
+            flight: f,
+            published: false,
+        })
+    }
+
+    /// Serve the missing pieces `(chunk, offset in chunk, range of out)`
+    /// (ascending chunks) from the backend: each chunk is fetched once
+    /// however many readers miss on it at the same time (an error reaches
+    /// every one of them); runs of chunks this reader leads share one get.
+    fn fill_misses(
         &self,
-        key: Key,
-        within: usize,
+        obj: ObjSeq,
+        missing: &[(u32, usize, std::ops::Range<usize>)],
         out: &mut [u8],
         fetch: Fetch<'_>,
     ) -> Result<()> {
-        if self.try_hit(key, within, out)? {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        let mut joins: Vec<Join<'_>> = missing.iter().map(|m| self.join((obj, m.0))).collect();
+        let mut results: Vec<Option<FlightResult>> = missing.iter().map(|_| None).collect();
+        // Every chunk we lead is fetched and published before we wait on
+        // another reader's (two readers leading parts of each other's
+        // ranges cannot wait on each other).
+        let mut i = 0;
+        while i < missing.len() {
+            if !matches!(joins[i], Join::Lead(_)) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < missing.len()
+                && matches!(joins[j], Join::Lead(_))
+                && missing[j].0 == missing[j - 1].0 + 1
+            {
+                j += 1;
+            }
+            let first = missing[i].0;
+            let n = j - i;
+            self.counters.misses.fetch_add(n as u64, Ordering::Relaxed);
+            let per_chunk: Vec<FlightResult> =
+                match fetch(first as u64 * CHUNK_BYTES, n * CHUNK_BYTES as usize) {
+                    Ok(data) if n == 1 => vec![Ok(Arc::new(data))],
+                    Ok(data) => missing[i..j]
+                        .iter()
+                        .map(|m| {
+                            let at = (m.0 - first) as usize * CHUNK_BYTES as usize;
+                            let end = (at + CHUNK_BYTES as usize).min(data.len());
+                            Ok(Arc::new(data[at.min(data.len())..end].to_vec()))
+                        })
+                        .collect(),
+                    Err(e) => (i..j).map(|_| Err(e.duplicate())).collect(),
+                };
+            for (k, rk) in (i..j).zip(per_chunk) {
+                if let Join::Lead(l) = &mut joins[k] {
+                    l.publish(&rk);
+                }
+                results[k] = Some(rk);
+            }
+            i = j;
         }
-        let data = self.fetch_chunk(key, fetch)?;
-        if data.len() < within + out.len() {
-            return Err(short(key.0, key.1, data.len(), within, out.len()));
+        let mut err = None;
+        for (k, (chunk, within, r)) in missing.iter().enumerate() {
+            let res = match results[k].take() {
+                Some(x) => x,
+                None => match &joins[k] {
+                    Join::Wait(f) => f.wait(),
+                    Join::Lead(_) => unreachable!("every led chunk was published"),
+                },
+            };
+            match res {
+                Ok(d) => {
+                    if d.len() < within + r.len() {
+                        err.get_or_insert_with(|| short(obj, *chunk, d.len(), *within, r.len()));
+                        continue;
+                    }
+                    out[r.clone()].copy_from_slice(&d[*within..within + r.len()]);
+                    if matches!(joins[k], Join::Lead(_)) {
+                        self.insert((obj, *chunk), &d);
+                    }
+                }
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
         }
-        out.copy_from_slice(&data[within..within + out.len()]);
-        Ok(())
+        // Dropping the leaders removes their flights (after the inserts, so
+        // a reader arriving meanwhile finds the result or the entry).
+        drop(joins);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Serve `out` from the cache if it holds the bytes and they verify.
-    fn try_hit(&self, key: Key, within: usize, out: &mut [u8]) -> Result<bool> {
-        let Some(slot) = lock(&self.shards[shard_of(key)]).get(&key).copied() else {
-            return Ok(false);
+    /// Takes no global lock; an I/O error on the file is a miss.
+    fn try_hit(&self, key: Key, within: usize, out: &mut [u8]) -> bool {
+        let Some(slot) = read_shard(&self.shards[shard_of(key)]).get(&key).copied() else {
+            return false;
         };
-        let (entry, epoch) = {
-            let mut s = lock(&self.slots);
-            let sl = &mut s.v[slot as usize];
-            if sl.entry.is_empty() || (sl.entry.obj, sl.entry.chunk) != key {
-                return Ok(false);
-            }
-            sl.referenced = true;
-            (sl.entry, sl.epoch)
-        };
-        if within + out.len() > entry.len as usize {
-            return Ok(false);
-        }
+        let m = &self.meta[slot as usize];
         let b0 = within / BLOCK_BYTES;
         let b1 = (within + out.len()).div_ceil(BLOCK_BYTES);
-        let mut buf = AlignedBuf::new((b1 - b0) * BLOCK_BYTES);
-        let off = self.layout.slot_off(slot) + (b0 * BLOCK_BYTES) as u64;
-        io::read_exact_at(&self.file, &mut buf, off, &self.path)?;
-        let mut s = lock(&self.slots);
-        if s.v[slot as usize].epoch != epoch {
-            // Evicted and maybe rewritten while we read: just a miss.
-            return Ok(false);
+        // Seqlock read of the entry.
+        let epoch = m.epoch.load(Ordering::Acquire);
+        if epoch & 1 == 1 {
+            return false;
         }
-        for blk in b0..b1 {
-            let valid = (entry.len as usize - blk * BLOCK_BYTES).min(BLOCK_BYTES);
-            let at = (blk - b0) * BLOCK_BYTES;
-            let data = &buf[at..at + valid];
-            let c = block_crc(&self.cache_uuid, self.image, key.0, key.1, blk as u32, data);
-            if c != entry.crcs[blk] {
-                warn!(cache = %self.path.display(), object = key.0 .0, chunk = key.1, block = blk,
-                    "read cache block fails its checksum: dropped and refetched");
-                self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.clear_slot(&mut s, slot);
-                drop(s);
-                let mut shard = lock(&self.shards[shard_of(key)]);
-                if shard.get(&key) == Some(&slot) {
-                    shard.remove(&key);
+        let obj = m.obj.load(Ordering::Relaxed);
+        let cl = m.chunk_len.load(Ordering::Relaxed);
+        let (chunk, len) = ((cl >> 32) as u32, cl as u32 as usize);
+        if len == 0 || (ObjSeq(obj), chunk) != key || within + out.len() > len {
+            return false;
+        }
+        let mut crcs = [0u32; BLOCKS_PER_CHUNK];
+        for (b, c) in crcs.iter_mut().enumerate().take(b1).skip(b0) {
+            *c = m.crcs[b].load(Ordering::Relaxed);
+        }
+        fence(Ordering::Acquire);
+        if m.epoch.load(Ordering::Relaxed) != epoch {
+            return false;
+        }
+        if !m.referenced.load(Ordering::Relaxed) {
+            m.referenced.store(true, Ordering::Relaxed);
+        }
+        let off = self.layout.slot_off(slot) + (b0 * BLOCK_BYTES) as u64;
+        let nbytes = (b1 - b0) * BLOCK_BYTES;
+        let verify = |buf: &[u8]| -> bool {
+            for (blk, &want) in crcs.iter().enumerate().take(b1).skip(b0) {
+                let valid = (len - blk * BLOCK_BYTES).min(BLOCK_BYTES);
+                let at = (blk - b0) * BLOCK_BYTES;
+                let c = block_crc(
+                    &self.cache_uuid,
+                    self.image,
+                    key.0,
+                    key.1,
+                    blk as u32,
+                    &buf[at..at + valid],
+                );
+                if c != want {
+                    self.corrupt_block(key, slot, epoch, blk);
+                    return false;
                 }
-                return Ok(false);
+            }
+            true
+        };
+        let still = || {
+            fence(Ordering::Acquire);
+            m.epoch.load(Ordering::Relaxed) == epoch
+        };
+        // Straight into the caller's buffer when it is whole aligned
+        // blocks; a miss overwrites it anyway.
+        if within.is_multiple_of(BLOCK_BYTES)
+            && out.len().is_multiple_of(BLOCK_BYTES)
+            && (out.as_ptr() as usize).is_multiple_of(BLOCK_BYTES)
+        {
+            if let Err(e) = self.pread(out, off) {
+                self.io_error("hit", &e);
+                return false;
+            }
+            // Evicted (and maybe rewritten) while we read: a miss.
+            return still() && verify(out) && still();
+        }
+        HIT_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            let buf = b.get_or_insert_with(|| AlignedBuf::new(CHUNK_BYTES as usize));
+            let buf = &mut buf[..nbytes];
+            if let Err(e) = self.pread(buf, off) {
+                self.io_error("hit", &e);
+                return false;
+            }
+            if !(still() && verify(buf) && still()) {
+                return false;
+            }
+            let from = within - b0 * BLOCK_BYTES;
+            out.copy_from_slice(&buf[from..from + out.len()]);
+            true
+        })
+    }
+
+    /// Block `blk` of the chunk in `slot` (at `epoch`) failed its crc: drop
+    /// the entry, unless the slot changed since (then the read raced a
+    /// rewrite and is just a miss).
+    fn corrupt_block(&self, key: Key, slot: u32, epoch: u64, blk: usize) {
+        let mut s = lock(&self.slots);
+        if self.meta[slot as usize].epoch.load(Ordering::Relaxed) != epoch {
+            return;
+        }
+        warn!(cache = %self.path.display(), object = key.0 .0, chunk = key.1, block = blk,
+            "read cache block fails its checksum: dropped and refetched");
+        self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut shard = write_shard(&self.shards[shard_of(key)]);
+            if shard.get(&key) == Some(&slot) {
+                shard.remove(&key);
             }
         }
-        drop(s);
-        let from = within - b0 * BLOCK_BYTES;
-        out.copy_from_slice(&buf[from..from + out.len()]);
-        Ok(true)
+        self.clear_slot(&mut s, slot);
+    }
+
+    /// Publish `e` as the entry of `slot` (seqlock write; callers hold the
+    /// `slots` mutex, or own the cache exclusively). Returns the new epoch.
+    fn set_meta(&self, slot: u32, e: &IndexEntry) -> u64 {
+        let m = &self.meta[slot as usize];
+        let ep = m.epoch.load(Ordering::Relaxed);
+        m.epoch.store(ep + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        m.obj.store(e.obj.0, Ordering::Relaxed);
+        m.chunk_len
+            .store(((e.chunk as u64) << 32) | e.len as u64, Ordering::Relaxed);
+        for (a, c) in m.crcs.iter().zip(e.crcs) {
+            a.store(c, Ordering::Relaxed);
+        }
+        m.epoch.store(ep + 2, Ordering::Release);
+        ep + 2
+    }
+
+    /// The entry of `slot` (callers hold the `slots` mutex: no writer).
+    fn entry(&self, slot: usize) -> IndexEntry {
+        let m = &self.meta[slot];
+        let cl = m.chunk_len.load(Ordering::Relaxed);
+        let mut crcs = [0u32; BLOCKS_PER_CHUNK];
+        for (c, a) in crcs.iter_mut().zip(&m.crcs) {
+            *c = a.load(Ordering::Relaxed);
+        }
+        IndexEntry {
+            obj: ObjSeq(m.obj.load(Ordering::Relaxed)),
+            chunk: (cl >> 32) as u32,
+            len: cl as u32,
+            crcs,
+        }
     }
 
     /// Empty `slot` in memory; it becomes reusable only after its index
     /// block is rewritten (rule 2).
     fn clear_slot(&self, s: &mut Slots, slot: u32) {
-        let sl = &mut s.v[slot as usize];
-        sl.entry = IndexEntry::default();
-        sl.epoch += 1;
-        sl.synced = false;
-        sl.referenced = false;
+        self.set_meta(slot, &IndexEntry::default());
+        self.meta[slot as usize]
+            .referenced
+            .store(false, Ordering::Relaxed);
+        s.synced[slot as usize] = false;
         s.dirty.insert(slot / ENTRIES_PER_BLOCK as u32);
         s.pending_free.push(slot);
     }
 
-    /// The whole chunk `key`, fetched once however many readers miss on it
-    /// at the same time; an error reaches every one of them.
-    fn fetch_chunk(&self, key: Key, fetch: Fetch<'_>) -> Result<Arc<Vec<u8>>> {
-        let (flight, leader) = {
-            let mut m = lock(&self.inflight);
-            match m.get(&key) {
-                Some(f) => (f.clone(), false),
-                None => {
-                    let f = Arc::new(Flight::default());
-                    m.insert(key, f.clone());
-                    (f, true)
-                }
-            }
-        };
-        if !leader {
-            let mut g = lock(&flight.result);
-            loop {
-                if let Some(r) = g.as_ref() {
-                    return match r {
-                        Ok(d) => Ok(d.clone()),
-                        Err(e) => Err(e.duplicate()),
-                    };
-                }
-                g = flight.cv.wait(g).unwrap_or_else(|e| e.into_inner());
-            }
-        }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let r = fetch(key.1 as u64 * CHUNK_BYTES, CHUNK_BYTES as usize).map(Arc::new);
-        {
-            let mut g = lock(&flight.result);
-            *g = Some(match &r {
-                Ok(d) => Ok(d.clone()),
-                Err(e) => Err(e.duplicate()),
-            });
-            flight.cv.notify_all();
-        }
-        if let Ok(d) = &r {
-            if let Err(e) = self.insert(key, d) {
-                warn!(cache = %self.path.display(), "read cache insert failed (the read is served anyway): {e}");
-            }
-        }
-        lock(&self.inflight).remove(&key);
-        r
-    }
-
-    /// Cache a whole object (as it was put): every chunk of `bytes`.
+    /// Cache a whole object (as it was put): every chunk of `bytes`. Runs
+    /// on the maintainer thread, so it may refill the free list itself.
     pub fn insert_object(&self, obj: ObjSeq, bytes: &[u8]) -> Result<()> {
         for (i, c) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
-            self.insert((obj, i as u32), c)?;
+            if !self.insert((obj, i as u32), c) && !self.is_off() {
+                self.maintain();
+                self.insert((obj, i as u32), c);
+            }
         }
         Ok(())
     }
 
     /// Cache chunk `key` (its first `data.len()` bytes; shorter than 64 KiB
     /// only at the object's end). A chunk already held is left alone.
-    fn insert(&self, key: Key, data: &[u8]) -> Result<()> {
-        if data.is_empty() || data.len() as u64 > CHUNK_BYTES || !data.len().is_multiple_of(512) {
-            return Ok(());
+    /// Returns false if no free slot was ready (the chunk is not cached).
+    fn insert(&self, key: Key, data: &[u8]) -> bool {
+        if self.is_off()
+            || data.is_empty()
+            || data.len() as u64 > CHUNK_BYTES
+            || !data.len().is_multiple_of(512)
+        {
+            return true;
         }
-        if lock(&self.shards[shard_of(key)]).contains_key(&key) {
-            return Ok(());
+        if read_shard(&self.shards[shard_of(key)]).contains_key(&key) {
+            return true;
         }
-        let slot = self.alloc_slot()?;
+        let Some(slot) = self.take_slot() else {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
         let mut buf = AlignedBuf::new(data.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
         buf[..data.len()].copy_from_slice(data);
         let mut crcs = [0u32; BLOCKS_PER_CHUNK];
         for (blk, d) in data.chunks(BLOCK_BYTES).enumerate() {
             crcs[blk] = block_crc(&self.cache_uuid, self.image, key.0, key.1, blk as u32, d);
         }
-        // Rule 2: `alloc_slot` hands out only slots whose entry is empty in
+        // Rule 2: `take_slot` hands out only slots whose entry is empty in
         // the durable index, so these bytes are named by no persisted entry
         // until a flush has synced them (rule 1).
-        if let Err(e) = io::write_all_at(&self.file, &buf, self.layout.slot_off(slot), &self.path) {
+        if let Err(e) = self.pwrite(&buf, self.layout.slot_off(slot)) {
             lock(&self.slots).free.push(slot);
-            return Err(e);
+            self.io_error("insert", &e);
+            return true;
         }
         {
-            let mut shard = lock(&self.shards[shard_of(key)]);
+            let mut shard = write_shard(&self.shards[shard_of(key)]);
             if shard.contains_key(&key) {
                 drop(shard);
                 // Another thread cached it meanwhile; the slot's durable
                 // entry is still empty.
                 lock(&self.slots).free.push(slot);
-                return Ok(());
+                return true;
             }
             shard.insert(key, slot);
         }
         let mut s = lock(&self.slots);
-        let sl = &mut s.v[slot as usize];
-        sl.entry = IndexEntry {
-            obj: key.0,
-            chunk: key.1,
-            len: data.len() as u32,
-            crcs,
-        };
-        sl.synced = false;
-        sl.referenced = true;
-        let epoch = sl.epoch;
+        let epoch = self.set_meta(
+            slot,
+            &IndexEntry {
+                obj: key.0,
+                chunk: key.1,
+                len: data.len() as u32,
+                crcs,
+            },
+        );
+        self.meta[slot as usize]
+            .referenced
+            .store(true, Ordering::Relaxed);
+        s.synced[slot as usize] = false;
         s.unsynced.push((slot, epoch));
         s.dirty.insert(slot / ENTRIES_PER_BLOCK as u32);
         self.counters.inserts.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        true
     }
 
     /// Inserts not yet covered by a flush.
@@ -613,49 +1006,94 @@ impl Cache {
         lock(&self.slots).unsynced.len()
     }
 
-    /// A slot that is empty in the durable index, evicting (CLOCK) and
-    /// flushing the invalidation first when none is free.
-    fn alloc_slot(&self) -> Result<u32> {
-        for _ in 0..4 {
+    /// A slot that is empty in the durable index, if one is ready. Never
+    /// waits for an fdatasync when a maintainer is attached: it is woken
+    /// when the free list runs low, and a miss without a slot is not cached.
+    fn take_slot(&self) -> Option<u32> {
+        for attempt in 0..2 {
             {
                 let mut s = lock(&self.slots);
                 if let Some(x) = s.free.pop() {
-                    return Ok(x);
-                }
-                if s.pending_free.is_empty() {
-                    self.evict(&mut s);
+                    if s.free.len() < self.low_water {
+                        self.wake();
+                    }
+                    return Some(x);
                 }
             }
-            // Rule 2: the evicted entries are cleared on disk before their
-            // slots move to the free list.
-            self.flush()?;
+            if attempt == 1 || self.background.load(Ordering::Relaxed) {
+                self.wake();
+                return None;
+            }
+            // No maintainer (a bare cache, as in tests): refill inline.
+            self.maintain();
         }
-        Err(Error::new(
-            ErrorKind::NoSpace,
-            format!("read cache {}: no slot could be freed", self.path.display()),
-        ))
+        None
     }
 
-    /// CLOCK: empty up to [`EVICT_GROUP`] slots into `pending_free`.
-    fn evict(&self, s: &mut Slots) {
-        let n = s.v.len();
+    fn wake(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+
+    /// Attach a maintainer thread: from now on readers never evict or
+    /// flush; they signal the returned channel when the free list runs low,
+    /// and the maintainer calls [`Cache::maintain`].
+    pub fn maintainer(&self) -> Receiver<()> {
+        self.background.store(true, Ordering::SeqCst);
+        self.wake_rx.clone()
+    }
+
+    /// Refill the reserve of free slots when it is below the low-water
+    /// mark: evict (CLOCK, a bounded scan) and flush the invalidation
+    /// (rule 2). Returns whether slots were freed.
+    pub fn maintain(&self) -> bool {
+        if self.is_off() {
+            return false;
+        }
+        {
+            let mut s = lock(&self.slots);
+            if s.free.len() >= self.low_water {
+                return false;
+            }
+            let have = s.free.len() + s.pending_free.len();
+            if have < self.reserve {
+                let want = self.reserve - have;
+                self.evict(&mut s, want);
+            }
+            if s.pending_free.is_empty() {
+                return false;
+            }
+        }
+        // Rule 2: the evicted entries are cleared on disk before their
+        // slots move to the free list.
+        self.sync_index().is_ok()
+    }
+
+    /// CLOCK: empty up to `want` slots into `pending_free`, looking at no
+    /// more than [`SCAN_CAP`] slots.
+    fn evict(&self, s: &mut Slots, want: usize) {
+        let n = self.meta.len();
         let mut freed = 0;
-        for _ in 0..2 * n {
-            if freed == EVICT_GROUP {
+        for _ in 0..(2 * n).min(SCAN_CAP) {
+            if freed == want {
                 break;
             }
             let i = s.hand;
             s.hand = (s.hand + 1) % n;
-            let sl = &mut s.v[i];
-            if sl.entry.is_empty() {
+            let m = &self.meta[i];
+            if m.chunk_len.load(Ordering::Relaxed) as u32 == 0 {
                 continue;
             }
-            if sl.referenced {
-                sl.referenced = false;
+            if m.referenced.swap(false, Ordering::Relaxed) {
                 continue;
             }
-            let key = (sl.entry.obj, sl.entry.chunk);
-            lock(&self.shards[shard_of(key)]).remove(&key);
+            let e = self.entry(i);
+            let key = (e.obj, e.chunk);
+            {
+                let mut shard = write_shard(&self.shards[shard_of(key)]);
+                if shard.get(&key) == Some(&(i as u32)) {
+                    shard.remove(&key);
+                }
+            }
             self.clear_slot(s, i as u32);
             freed += 1;
         }
@@ -664,19 +1102,18 @@ impl Cache {
             .fetch_add(freed as u64, Ordering::Relaxed);
     }
 
-    /// Make the index match memory for every entry whose data is durable,
-    /// release slots emptied before this flush, and persist the counters.
-    pub fn flush(&self) -> Result<()> {
+    /// Make the index match memory for every entry whose data is durable
+    /// and release slots emptied before this flush. On failure nothing is
+    /// lost: the entries, emptied slots and dirty blocks are put back for
+    /// the next flush, and no emptied slot is released.
+    pub fn sync_index(&self) -> Result<()> {
+        if self.is_off() {
+            return Ok(());
+        }
         let _g = lock(&self.flush_lock);
         let (unsynced, pending) = {
             let mut s = lock(&self.slots);
             if s.dirty.is_empty() && s.unsynced.is_empty() && s.pending_free.is_empty() {
-                if self.counters.get() != *lock(&self.written_counters) {
-                    // Only counters changed (hits): persist them alone.
-                    drop(s);
-                    self.write_super()?;
-                    return io::datasync(&self.file, &self.path);
-                }
                 return Ok(());
             }
             (
@@ -684,30 +1121,43 @@ impl Cache {
                 std::mem::take(&mut s.pending_free),
             )
         };
+        let fail = |e: Error, unsynced: Vec<(u32, u64)>, pending: Vec<u32>, dirty: Vec<u32>| {
+            let mut s = lock(&self.slots);
+            s.unsynced.extend(unsynced);
+            s.pending_free.extend(pending);
+            s.dirty.extend(dirty);
+            drop(s);
+            self.io_error("index flush", &e);
+            Err(e)
+        };
         // Rule 1: the chunk data written so far is durable before any index
         // block naming it is written.
-        io::datasync(&self.file, &self.path)?;
+        if let Err(e) = self.sync() {
+            return fail(e, unsynced, pending, Vec::new());
+        }
         let blocks: Vec<(u32, Vec<u8>)> = {
             let mut s = lock(&self.slots);
             for (slot, epoch) in unsynced {
-                let sl = &mut s.v[slot as usize];
-                if sl.epoch == epoch && !sl.entry.is_empty() {
-                    sl.synced = true;
+                let m = &self.meta[slot as usize];
+                if m.epoch.load(Ordering::Relaxed) == epoch
+                    && m.chunk_len.load(Ordering::Relaxed) as u32 != 0
+                {
+                    s.synced[slot as usize] = true;
                 }
             }
             let dirty = std::mem::take(&mut s.dirty);
             let mut out = Vec::with_capacity(dirty.len());
             for b in dirty {
                 let first = b as usize * ENTRIES_PER_BLOCK;
-                let last = (first + ENTRIES_PER_BLOCK).min(s.v.len());
+                let last = (first + ENTRIES_PER_BLOCK).min(self.meta.len());
                 let mut still_dirty = false;
-                let entries: Vec<IndexEntry> = s.v[first..last]
-                    .iter()
-                    .map(|sl| {
-                        if sl.synced {
-                            sl.entry
+                let entries: Vec<IndexEntry> = (first..last)
+                    .map(|i| {
+                        let e = self.entry(i);
+                        if s.synced[i] {
+                            e
                         } else {
-                            still_dirty |= !sl.entry.is_empty();
+                            still_dirty |= !e.is_empty();
                             IndexEntry::default()
                         }
                     })
@@ -722,21 +1172,38 @@ impl Cache {
             }
             out
         };
+        let taken = || blocks.iter().map(|(b, _)| *b).collect::<Vec<_>>();
         let mut buf = AlignedBuf::new(BLOCK_BYTES);
-        for (b, bytes) in blocks {
-            buf.copy_from_slice(&bytes);
-            io::write_all_at(&self.file, &buf, self.layout.index_block_off(b), &self.path)?;
+        for (b, bytes) in &blocks {
+            buf.copy_from_slice(bytes);
+            if let Err(e) = self.pwrite(&buf, self.layout.index_block_off(*b)) {
+                return fail(e, Vec::new(), pending, taken());
+            }
         }
-        self.write_super()?;
-        io::datasync(&self.file, &self.path)?;
+        if let Err(e) = self.sync() {
+            return fail(e, Vec::new(), pending, taken());
+        }
         // Rule 2: only now are the emptied slots' cleared entries durable.
         lock(&self.slots).free.extend(pending);
         Ok(())
     }
 
+    /// A clean close's flush: the index ([`Cache::sync_index`]), then the
+    /// counters in the superblock (written nowhere else but at format).
+    pub fn flush(&self) -> Result<()> {
+        self.sync_index()?;
+        if self.is_off() {
+            return Ok(());
+        }
+        let r = self.write_super().and_then(|()| self.sync());
+        if let Err(e) = &r {
+            self.io_error("superblock", e);
+        }
+        r
+    }
+
     fn write_super(&self) -> Result<()> {
         let c = self.counters.get();
-        *lock(&self.written_counters) = c;
         let b = &self.base;
         let sup = CacheSuper {
             cache_uuid: self.cache_uuid,
@@ -753,7 +1220,7 @@ impl Cache {
         };
         let mut buf = AlignedBuf::new(BLOCK_BYTES);
         buf.copy_from_slice(&sup.encode());
-        io::write_all_at(&self.file, &buf, 0, &self.path)
+        self.pwrite(&buf, 0)
     }
 
     /// Describe the cache file at `path` for `image` without changing it.
@@ -815,5 +1282,5 @@ fn short(obj: ObjSeq, chunk: u32, have: usize, within: usize, need: usize) -> Er
 fn shard_of(key: Key) -> usize {
     let h = key.0 .0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ (key.1 as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    (h >> 59) as usize % SHARDS
+    (h >> 58) as usize % SHARDS
 }

@@ -1,4 +1,5 @@
 use std::sync::atomic::AtomicUsize;
+use std::sync::Mutex;
 
 use super::*;
 
@@ -260,21 +261,26 @@ fn concurrent_misses_on_one_chunk_fetch_once() {
         }
     });
     assert_eq!(s.gets(), 1);
-    // An error reaches every waiter.
+    // An error reaches every waiter, from the one fetch.
+    let fetches = AtomicUsize::new(0);
     let failing = |_: u64, _: usize| -> Result<Vec<u8>> {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        fetches.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(200));
         Err(Error::new(ErrorKind::NotFound, "gone"))
     };
+    let barrier = std::sync::Barrier::new(4);
     std::thread::scope(|sc| {
         for _ in 0..4 {
-            let (c, failing) = (&c, &failing);
+            let (c, failing, barrier) = (&c, &failing, &barrier);
             sc.spawn(move || {
                 let mut out = vec![0u8; 512];
+                barrier.wait();
                 let e = c.read(ObjSeq(8), 0, &mut out, failing).unwrap_err();
                 assert_eq!(e.kind(), ErrorKind::NotFound);
             });
         }
     });
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for all four");
 }
 
 #[test]
@@ -323,4 +329,367 @@ fn insert_object_then_hit() {
     c.insert_object(ObjSeq(11), &o).unwrap();
     read(&c, &s, 11, 0, o.len());
     assert_eq!(s.gets(), 0);
+}
+
+/// A maintainer thread like the volume's `lsvd-rcache` writer, until `stop`.
+fn maintainer<'s>(
+    sc: &'s std::thread::Scope<'s, '_>,
+    c: &'s Cache,
+    stop: &'s std::sync::atomic::AtomicBool,
+) {
+    let wake = c.maintainer();
+    sc.spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let _ = wake.recv_timeout(std::time::Duration::from_millis(5));
+            c.maintain();
+        }
+    });
+}
+
+#[test]
+fn eviction_stress_eight_threads() {
+    use rand::{Rng, SeedableRng};
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    for background in [true, false] {
+        let _ = std::fs::remove_file(&p);
+        // 512 KiB: 6 slots.
+        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+        assert!(c.chunks() <= 8);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            if background {
+                maintainer(sc, &c, &stop);
+            }
+            let readers: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let (c, s) = (&c, &s);
+                    sc.spawn(move || {
+                        let mut rng = rand::rngs::SmallRng::seed_from_u64(t);
+                        for _ in 0..300 {
+                            let obj = rng.gen_range(1..=10u64);
+                            let olen = Store::len(ObjSeq(obj)) as u64;
+                            let len = 512 * rng.gen_range(1..=300u64);
+                            let len = len.min(olen);
+                            let off = 512 * rng.gen_range(0..=(olen - len) / 512);
+                            // `read` checks every byte against the oracle.
+                            read(c, s, obj, off, len as usize);
+                        }
+                    })
+                })
+                .collect();
+            for r in readers {
+                r.join().unwrap();
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        let k = c.counters();
+        assert!(k.evictions > 0, "{k:?}");
+        assert_eq!(k.corrupt, 0, "{k:?}");
+        assert!(c.valid_chunks() <= c.chunks() as usize);
+        c.flush().unwrap();
+        drop(c);
+        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+        for obj in 1..=10u64 {
+            read(&c, &s, obj, 0, Store::len(ObjSeq(obj)));
+        }
+        assert_eq!(c.counters().corrupt, 0);
+    }
+}
+
+#[test]
+fn a_panicking_leader_does_not_hang_its_waiters() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let panicking = |_: u64, _: usize| -> Result<Vec<u8>> {
+        fetches.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        panic!("backend exploded");
+    };
+    let barrier = std::sync::Barrier::new(4);
+    let outcomes: Vec<std::thread::Result<Result<()>>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (c, panicking, barrier) = (&c, &panicking, &barrier);
+                sc.spawn(move || {
+                    let mut out = vec![0u8; 4096];
+                    barrier.wait();
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        c.read(ObjSeq(4), 0, &mut out, panicking)
+                    }))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_err()).count(),
+        1,
+        "the leader panicked"
+    );
+    for o in outcomes.iter().filter_map(|o| o.as_ref().ok()) {
+        assert!(o.is_err(), "a waiter gets an error, not data");
+    }
+    assert!(lock(&c.inflight).is_empty());
+    // Later readers fetch afresh and are served.
+    read(&c, &s, 4, 0, 4096);
+    read(&c, &s, 4, 4096, 4096);
+    assert_eq!(s.gets(), 1);
+}
+
+#[test]
+fn multi_chunk_misses_fetch_each_chunk_once() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let fetched = Mutex::new(Vec::new());
+    let slow = |a: u64, n: usize| {
+        fetched.lock().unwrap().push((a, n));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        s.get(ObjSeq(6), a, n)
+    };
+    let barrier = std::sync::Barrier::new(6);
+    std::thread::scope(|sc| {
+        for t in 0..6u64 {
+            let (c, slow, barrier) = (&c, &slow, &barrier);
+            sc.spawn(move || {
+                // Overlapping ranges of two or three chunks.
+                let off = t * 15000;
+                let len = 100_000 + (t as usize % 2) * 30_000;
+                let mut out = vec![0u8; len];
+                barrier.wait();
+                c.read(ObjSeq(6), off, &mut out, slow).unwrap();
+                assert!(out[..] == object(6, Store::len(ObjSeq(6)))[off as usize..][..len]);
+            });
+        }
+    });
+    let mut chunks = Vec::new();
+    for &(a, n) in fetched.lock().unwrap().iter() {
+        assert_eq!(a % CHUNK_BYTES, 0);
+        for k in 0..(n as u64).div_ceil(CHUNK_BYTES) {
+            chunks.push(a / CHUNK_BYTES + k);
+        }
+    }
+    let n = chunks.len();
+    chunks.sort_unstable();
+    chunks.dedup();
+    assert_eq!(chunks.len(), n, "a chunk was fetched twice: {fetched:?}");
+    assert_eq!(c.counters().misses, n as u64);
+}
+
+#[test]
+fn cache_file_io_errors_are_misses_and_turn_the_cache_off() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    read(&c, &s, 3, 0, 3 * 65536);
+    assert_eq!(s.gets(), 1);
+    c.inject_faults(FAULT_READ);
+    // Each read hits EIO on the cache file and is served by the backend.
+    read(&c, &s, 3, 0, 4096);
+    assert_eq!(s.gets(), 2);
+    assert_eq!(c.io_errors(), 1);
+    assert!(!c.is_off());
+    // A write error (the refetched chunk is already held: a new one).
+    c.inject_faults(FAULT_READ | FAULT_WRITE | FAULT_SYNC);
+    read(&c, &s, 4, 8192, 4096);
+    assert_eq!(c.io_errors(), 2, "the insert's write failed");
+    for i in 0..IO_ERRORS_OFF {
+        read(&c, &s, 3, 4096 * (i % 16), 4096);
+    }
+    assert!(c.is_off());
+    // Off: straight to the backend, every read still right.
+    let g = s.gets();
+    read(&c, &s, 3, 65536 - 1024, 4096);
+    read(&c, &s, 3, 0, Store::len(ObjSeq(3)));
+    assert_eq!(s.gets(), g + 2);
+    assert!(c.flush().is_ok(), "an off cache has nothing to flush");
+    // Past the object's end is still an error when off.
+    let mut out = vec![0u8; 4096];
+    let end = Store::len(ObjSeq(3)) as u64;
+    let e = c
+        .read(ObjSeq(3), end - 512, &mut out, &|a, l| {
+            s.get(ObjSeq(3), a, l)
+        })
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    drop(c);
+    // The file is intact for the next open.
+    c_reopen_hits(&p, &s);
+}
+
+fn c_reopen_hits(p: &Path, s: &Store) {
+    let c = Cache::open(p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    read(&c, s, 3, 0, 4096);
+    assert_eq!(c.counters().corrupt, 0);
+}
+
+#[test]
+fn a_failed_flush_loses_nothing_and_frees_no_slot() {
+    let s = Store::new();
+    for mask in [FAULT_SYNC, FAULT_WRITE] {
+        let d = dir();
+        let p = d.path().join("img.rcache");
+        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+        let n = c.chunks() as u64;
+        for obj in 1..=n {
+            read(&c, &s, obj, 0, 4096);
+        }
+        c.flush().unwrap();
+        assert!(lock(&c.slots).free.is_empty());
+        // Misses now need an eviction, whose invalidation flush fails.
+        c.inject_faults(mask);
+        for obj in n + 1..=n + 4 {
+            read(&c, &s, obj, 0, 4096);
+        }
+        {
+            let sl = lock(&c.slots);
+            assert!(sl.free.is_empty(), "no slot freed by a failed flush");
+            assert!(!sl.pending_free.is_empty() && !sl.dirty.is_empty());
+        }
+        assert!(c.io_errors() > 0 && !c.is_off());
+        assert!(c.sync_index().is_err());
+        c.inject_faults(0);
+        // Healed: the retried flush frees the slots, the misses are cached.
+        for obj in n + 1..=n + 4 {
+            read(&c, &s, obj, 0, 4096);
+        }
+        c.sync_index().unwrap();
+        let held = c.valid_chunks();
+        assert!(held > 0);
+        // A crash (no clean flush) and a reopen: every byte still right.
+        drop(c);
+        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+        assert_eq!(c.counters().corrupt, 0);
+        assert_eq!(c.valid_chunks(), held);
+        // Newest first: those are held (older ones get evicted meanwhile).
+        for obj in (1..=n + 4).rev() {
+            read(&c, &s, obj, 0, 4096);
+        }
+        assert_eq!(c.counters().corrupt, 0);
+        assert!(c.counters().hits > 0);
+    }
+}
+
+#[test]
+fn a_superblock_of_another_size_is_reformatted() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    read(&c, &s, 2, 0, 65536);
+    c.flush().unwrap();
+    drop(c);
+    // A crash during a resize to 8 MiB: the file grew, block 0 did not.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let c = Cache::open(&p, IMG, 8 * MIB, ObjSeq(100)).unwrap();
+    assert_eq!(c.valid_chunks(), 0, "reformatted");
+    read(&c, &s, 2, 0, 65536);
+    assert_eq!(s.gets(), 2);
+    c.flush().unwrap();
+    drop(c);
+    let info = Cache::inspect(&p, IMG).unwrap().unwrap();
+    assert!(info.formatted && info.chunks == Layout::for_size(8 * MIB).unwrap().nchunks as u64);
+}
+
+#[test]
+fn counters_are_persisted_at_flush_only() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    read(&c, &s, 2, 0, 4096);
+    read(&c, &s, 2, 0, 4096);
+    c.sync_index().unwrap();
+    let info = Cache::inspect(&p, IMG).unwrap().unwrap();
+    assert_eq!(
+        info.counters,
+        CacheCounters::default(),
+        "block 0 is not rewritten"
+    );
+    assert_eq!(info.valid_chunks, 1);
+    c.flush().unwrap();
+    let info = Cache::inspect(&p, IMG).unwrap().unwrap();
+    assert_eq!((info.counters.hits, info.counters.misses), (1, 1));
+}
+
+/// Warm 4 KiB random hits at 32 threads against 4 KiB random O_DIRECT
+/// preads of the cache file itself (run with `--ignored --nocapture`, in
+/// a release build for meaningful numbers).
+#[test]
+#[ignore]
+fn hit_throughput_vs_raw_preads() {
+    use rand::{Rng, SeedableRng};
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000)).unwrap();
+    let objs = 40u64;
+    for obj in 1..=objs {
+        read(&c, &s, obj, 0, Store::len(ObjSeq(obj)));
+    }
+    let gets = s.gets();
+    let per_thread = 4000;
+    let hits = || {
+        let t0 = std::time::Instant::now();
+        std::thread::scope(|sc| {
+            for t in 0..32u64 {
+                let (c, s) = (&c, &s);
+                sc.spawn(move || {
+                    let mut rng = rand::rngs::SmallRng::seed_from_u64(t);
+                    let mut out = AlignedBuf::new(4096);
+                    for _ in 0..per_thread {
+                        let obj = rng.gen_range(1..=objs);
+                        let off = 4096 * rng.gen_range(0..(Store::len(ObjSeq(obj)) / 4096) as u64);
+                        let o = ObjSeq(obj);
+                        c.read(o, off, &mut out, &|a, n| s.get(o, a, n)).unwrap();
+                    }
+                });
+            }
+        });
+        t0.elapsed()
+    };
+    let f = io::open_direct(&p, false).unwrap();
+    // Slots are handed out from 0: read only filled ones (holes of the
+    // sparse file cost no device read).
+    let slots = c.valid_chunks() as u32;
+    assert!(slots < c.chunks());
+    let raw = || {
+        let t0 = std::time::Instant::now();
+        std::thread::scope(|sc| {
+            for t in 0..32u64 {
+                let (f, c) = (&f, &c);
+                sc.spawn(move || {
+                    let mut rng = rand::rngs::SmallRng::seed_from_u64(t);
+                    let mut out = AlignedBuf::new(4096);
+                    for _ in 0..per_thread {
+                        let off = c.layout.slot_off(rng.gen_range(0..slots))
+                            + 4096 * rng.gen_range(0..16u64);
+                        io::read_exact_at(f, &mut out, off, Path::new("x")).unwrap();
+                    }
+                });
+            }
+        });
+        t0.elapsed()
+    };
+    for _ in 0..2 {
+        let (r, h) = (raw(), hits());
+        eprintln!(
+            "raw preads {r:?}, hits {h:?}: ratio {:.2}",
+            r.as_secs_f64() / h.as_secs_f64()
+        );
+    }
+    assert_eq!(s.gets(), gets, "all hits");
 }

@@ -15,7 +15,7 @@
 //! | 12  | 4    | length in bytes, crc included (= 140; zero padding to 4096 follows) |
 //! | 16  | 16   | cache UUID (random per format) |
 //! | 32  | 16   | owner image UUID |
-//! | 48  | 8    | generation (bumped on every format) |
+//! | 48  | 8    | generation (random, new on every format: the first 8 bytes of the cache UUID) |
 //! | 56  | 8    | file size in bytes |
 //! | 64  | 4    | chunk bytes = 65536 |
 //! | 68  | 4    | number of chunk slots, N |
@@ -23,7 +23,7 @@
 //! | 80  | 4    | index blocks = ceil(N / 51) |
 //! | 84  | 4    | reserved, 0 |
 //! | 88  | 8    | byte offset of slot 0 (multiple of 65536) |
-//! | 96  | 8    | hits (persisted counter) |
+//! | 96  | 8    | hits (persisted counter; counters are written at format and clean close only) |
 //! | 104 | 8    | misses |
 //! | 112 | 8    | evictions |
 //! | 120 | 8    | inserts |
@@ -111,7 +111,8 @@ impl Layout {
     }
 }
 
-/// Persisted counters (cumulative over the life of one format).
+/// Persisted counters (cumulative over the life of one format; written
+/// at format and at a clean close only).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CacheCounters {
     /// Reads served from the cache.
@@ -133,7 +134,8 @@ pub struct CacheSuper {
     pub cache_uuid: [u8; 16],
     /// Image that owns the cached data.
     pub owner: ImageUuid,
-    /// Bumped on every format; index blocks of another generation are stale.
+    /// New (random) on every format; index blocks of another generation
+    /// are stale.
     pub generation: u64,
     /// Geometry.
     pub layout: Layout,

@@ -6,15 +6,15 @@
 //!
 //! Threads: callers (any number), the journal writer, the destager (applies
 //! objects in order, writes checkpoints), `backend_write_window` put
-//! workers, a flusher that closes batches older than `flush_msec`, and the
-//! read-cache writer (caches objects as they are put, flushes the cache
-//! index every second).
+//! workers, a flusher that closes batches older than `flush_msec`, the
+//! read-cache writer (caches objects as they are put, evicts to keep the
+//! cache's reserve of free slots, flushes the cache index every second;
+//! readers never evict or fdatasync the cache), and (unless `no_gc`) the GC
+//! thread (`src/gc/`, glue in `gchost.rs`).
 //!
 //! Reads are served from the open and in-flight batches, then through the
 //! read cache (`src/cache/`), whose misses read whole 64 KiB chunks from the
 //! backend.
-//! workers, a flusher that closes batches older than `flush_msec`, and
-//! (unless `no_gc`) the GC thread (`src/gc/`, glue in `gchost.rs`).
 
 mod batch;
 mod destage;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
+use crossbeam_channel::{Receiver, TrySendError};
 use tracing::warn;
 
 use super::image::object_name;
@@ -82,21 +82,25 @@ impl Inner {
         byte_off: u64,
         out: &mut [u8],
     ) -> Result<()> {
-        let name = object_name(&self.image, obj);
+        // The object name is built only on a backend read (a cache hit
+        // allocates nothing).
         let fetch = |off: u64, len: usize| -> Result<Vec<u8>> {
-            let d = self.store.get(&name, off, len)?;
+            let d = self.store.get(&object_name(&self.image, obj), off, len)?;
             self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
             Ok(d)
         };
         if let Some(c) = &self.cache {
+            // Errors of the cache file itself never come back from here
+            // (the cache serves those reads from the backend).
             return c.read(obj, byte_off, out, &fetch).map_err(|e| {
                 if e.kind() == ErrorKind::Corrupt {
-                    e.prefixed(format!("object {name}"))
+                    e.prefixed(format!("object {}", object_name(&self.image, obj)))
                 } else {
                     e
                 }
             });
         }
+        let name = object_name(&self.image, obj);
         let data = fetch(byte_off, out.len())?;
         if data.len() != out.len() {
             return Err(Error::new(
@@ -187,33 +191,42 @@ impl Inner {
     }
 }
 
-/// The `lsvd-rcache` thread: caches destaged objects and flushes the index
-/// every second (and after many inserts).
+/// The `lsvd-rcache` thread: caches destaged objects, keeps the cache's
+/// reserve of free slots filled (eviction and its invalidation flush happen
+/// here, never on a reader), and flushes the index every second (and after
+/// many inserts). The superblock counters are written only at a clean stop.
 pub(crate) fn cache_writer(cache: Arc<Cache>, rx: Receiver<CacheMsg>) {
+    let wake = cache.maintainer();
     let mut last_flush = Instant::now();
-    let flush = |cache: &Cache| {
-        if let Err(e) = cache.flush() {
+    let sync_index = |cache: &Cache| {
+        if let Err(e) = cache.sync_index() {
             warn!(cache = %cache.path().display(), "read cache index flush failed: {e}");
         }
     };
     loop {
-        match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(CacheMsg::Fill(obj, bytes)) => {
-                if let Err(e) = cache.insert_object(obj, &bytes) {
-                    warn!(cache = %cache.path().display(), object = obj.0, "could not cache a destaged object: {e}");
+        crossbeam_channel::select! {
+            recv(rx) -> m => match m {
+                Ok(CacheMsg::Fill(obj, bytes)) => {
+                    if let Err(e) = cache.insert_object(obj, &bytes) {
+                        warn!(cache = %cache.path().display(), object = obj.0, "could not cache a destaged object: {e}");
+                    }
                 }
-            }
-            Ok(CacheMsg::Stop { flush: f }) => {
-                if f {
-                    flush(&cache);
+                Ok(CacheMsg::Stop { flush: f }) => {
+                    if f {
+                        if let Err(e) = cache.flush() {
+                            warn!(cache = %cache.path().display(), "read cache flush at close failed: {e}");
+                        }
+                    }
+                    return;
                 }
-                return;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+                Err(_) => return,
+            },
+            recv(wake) -> _ => {}
+            default(FLUSH_EVERY) => {}
         }
+        cache.maintain();
         if last_flush.elapsed() >= FLUSH_EVERY || cache.unflushed() >= FLUSH_INSERTS {
-            flush(&cache);
+            sync_index(&cache);
             last_flush = Instant::now();
         }
     }
@@ -349,6 +362,53 @@ mod tests {
             assert!(v.stats().cache_inserts > 0);
         }
         v.crash();
+    }
+
+    #[test]
+    fn a_failing_cache_file_does_not_fail_reads() {
+        use crate::cache::{FAULT_READ, FAULT_SYNC, FAULT_WRITE, IO_ERRORS_OFF};
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let store = Arc::new(MemStore::new());
+        crate::volume::image::create_image(store.as_ref(), "img", 1 << 20).unwrap();
+        let config = Config {
+            rcache_dir: dir.path().join("rcache"),
+            rcache_bytes: 1 << 20,
+            flush_msec: 20,
+            wlog_bytes: 4 << 20,
+            wlog_chunk_bytes: 64 << 10,
+            backend_obj_bytes: 256 << 10,
+            ..Config::default()
+        };
+        let open = || {
+            Volume::open(VolumeOptions {
+                config: config.clone(),
+                store: store.clone(),
+                image: "img".into(),
+                journal_path: dir.path().join("img.wlog"),
+            })
+            .unwrap()
+        };
+        let v = open();
+        let data: Vec<u8> = (0..(512u32 << 10)).map(|i| (i * 13 % 253) as u8).collect();
+        v.write(0, &data).unwrap();
+        v.close().unwrap();
+        let v = open();
+        let mut buf = vec![0u8; data.len()];
+        v.read(0, &mut buf).unwrap();
+        assert!(buf == data);
+        let c = v.inner.cache.clone().unwrap();
+        // The cache device fails (EIO on everything): reads go on, right.
+        c.inject_faults(FAULT_READ | FAULT_WRITE | FAULT_SYNC);
+        for round in 0..4 {
+            for off in (0..data.len()).step_by(4096) {
+                let mut b = vec![0u8; 4096];
+                v.read(off as u64, &mut b).unwrap();
+                assert!(b[..] == data[off..off + 4096], "round {round} at {off}");
+            }
+        }
+        assert!(c.is_off(), "turned off after repeated errors");
+        assert!(c.io_errors() >= IO_ERRORS_OFF);
+        v.close().unwrap();
     }
 
     #[test]
