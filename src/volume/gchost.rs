@@ -112,6 +112,39 @@ impl Inner {
         })
     }
 
+    /// At open: the oldest checkpoint the superblock lists is a valid floor
+    /// for the deletion rule at once (ordering 21 needs only that it is
+    /// listed and durable, not that this session wrote it), so an image
+    /// that is reopened often is still collected. Its facts come from its
+    /// piece 0; if that cannot be read, GC waits for this session's own
+    /// checkpoints, as before.
+    pub(crate) fn note_listed_checkpoint(&self, sb: &crate::format::superblock::Superblock) {
+        let Some(&oldest) = sb.checkpoints.last() else {
+            return;
+        };
+        match super::recovery::checkpoint_table(self.store.as_ref(), &self.image, sb, oldest) {
+            Ok((last_obj, live)) => {
+                let now = std::time::Instant::now();
+                // No read of this open can be racing a delete yet.
+                let taken = now.checked_sub(crate::gc::READ_GRACE).unwrap_or(now);
+                self.note_checkpoint(
+                    oldest,
+                    super::destage::CkptFacts {
+                        last_obj,
+                        taken,
+                        live: Arc::new(live),
+                        bytes: 0,
+                    },
+                );
+            }
+            Err(e) => warn!(
+                image = %self.image,
+                checkpoint = oldest.seq.0,
+                "cannot read the oldest listed checkpoint's table; GC deletes nothing until this session checkpoints: {e:?}"
+            ),
+        }
+    }
+
     /// Record a checkpoint the superblock now names, for the deletion rule.
     /// Retired ones are kept a while: what was deletable under a checkpoint
     /// that was once the oldest listed stays deletable (see `floor`).
@@ -214,6 +247,9 @@ impl GcHost for Inner {
         let Some(size) = self.store.stat(&name)? else {
             return Ok(None);
         };
+        // A hole below a checkpoint must never meet a recovery that would
+        // roll forward from object 1 (ordering 21): the bit goes first.
+        self.ensure_gc_feature()?;
         match self.store.delete(&name) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),

@@ -566,6 +566,7 @@ impl Volume {
             stopped: false,
         };
         vol.spawn_threads(destage_rx, rec.last_obj, cache_rx)?;
+        vol.inner.note_listed_checkpoint(&sb);
 
         let shared = Arc::new(JournalShared::default());
         let _ = inner.journal_shared.set(shared.clone());

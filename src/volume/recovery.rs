@@ -105,6 +105,38 @@ fn load_checkpoint(
     Ok((map, last_obj, max_jseq))
 }
 
+/// The deletion-rule facts of a listed checkpoint, from its piece 0 (which
+/// holds the whole object table): its last object and every object its
+/// table lists (rows with no live data included: conservative).
+pub(crate) fn checkpoint_table(
+    store: &dyn ObjectStore,
+    image: &str,
+    sb: &Superblock,
+    c: CheckpointRef,
+) -> Result<(ObjSeq, std::collections::BTreeSet<ObjSeq>)> {
+    let name = object_name(image, c.seq);
+    let size = store.stat(&name)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("checkpoint piece {name} is missing"),
+        )
+    })?;
+    let buf = store.get(&name, 0, size as usize)?;
+    let p = CheckpointPiece::decode(&buf).map_err(|e| {
+        Error::with_source(ErrorKind::Corrupt, format!("checkpoint piece {name}"), e)
+    })?;
+    if p.uuid != sb.uuid || p.ckpt_seq != c.seq || p.index != 0 || p.count != c.pieces {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "checkpoint piece {name} is not piece 0 of checkpoint {} of this image",
+                c.seq
+            ),
+        ));
+    }
+    Ok((p.last_obj_seq, p.objects.iter().map(|o| o.obj).collect()))
+}
+
 /// What the roll-forward finds at one sequence.
 pub(crate) enum Found {
     Data(ObjectHeader),
