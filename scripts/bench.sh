@@ -15,7 +15,14 @@
 #   c. 4K random reads QD32 through `lsvd-ublk bench` after the writes, vs.
 #      fio 4K random reads QD32 of the fio file;
 #   d. map memory (examples/map_memory.rs, 10M extents, run once: deterministic);
-#   e. recovery time of a full 1 GiB journal (examples/recovery_time.rs).
+#   e. recovery time of a full 1 GiB journal (examples/recovery_time.rs);
+#   f. read cache: 4K random reads QD32 of a 1 GiB image held entirely in the
+#      read cache (warm) vs. fio 4K random reads QD32 (O_DIRECT) of the cache
+#      file itself; and with the cache file deleted first (cold) vs. the
+#      backend's own 4K ranged reads (examples/backend_reads.rs);
+#   g. garbage collection (examples/write_amp.rs, run once): fill 80% of an
+#      image, 4K random overwrites of 3x its size; write amplification,
+#      stored bytes per live byte, and write IOPS with GC on vs. off.
 # The table goes to stdout and docs/benchmarks.md. Environment:
 #   CARGO_TARGET_DIR  build directory (default: <repo>/target)
 #   REPS              repetitions (default 3)
@@ -36,7 +43,8 @@ if ! command -v fio >/dev/null; then
 fi
 
 log "building release (target dir $CARGO_TARGET_DIR)"
-cargo build --release --bin lsvd-ublk --example map_memory --example recovery_time >&2
+cargo build --release --bin lsvd-ublk --example map_memory --example recovery_time \
+    --example backend_reads --example write_amp >&2
 BIN=$CARGO_TARGET_DIR/release/lsvd-ublk
 EX=$CARGO_TARGET_DIR/release/examples
 
@@ -51,7 +59,7 @@ R=$T/results
 mkdir -p "$R"
 log "working in $T ($FSTYPE), $REPS repetitions"
 
-CFG="{\"store_dir\":\"$T/store\",\"wlog_dir\":\"$T/wlog\",\"wlog_bytes\":\"2G\"}"
+CFG="{\"store_dir\":\"$T/store\",\"wlog_dir\":\"$T/wlog\",\"wlog_bytes\":\"2G\",\"rcache_dir\":\"$T/rcache\",\"rcache_bytes\":\"2G\"}"
 IMG=bench/img
 IMG_SIZE=1G
 "$BIN" --config "$CFG" create "$IMG" --size "$IMG_SIZE"
@@ -82,6 +90,37 @@ for i in $(seq 1 "$REPS"); do
     log "read $i/$REPS: lsvd-ublk bench rand read"
     $LSVD_R >"$R/lsvd_r_$i.json"
 done
+# f. Read cache. A second image written sequentially, so its live data fits
+# the 2 GiB cache; a sequential read pass makes sure every chunk is cached.
+WIMG=bench/warm
+"$BIN" --config "$CFG" create "$WIMG" --size 1G
+"$BIN" --config "$CFG" bench "$WIMG" --io-type write --io-pattern seq --io-size 1M --io-total 1G --json >"$R/warm_fill.json"
+"$BIN" --config "$CFG" bench "$WIMG" --io-type read --io-pattern seq --io-size 64K --io-total 1G --json >"$R/warm_pass.json"
+CACHE_FILE=$(ls -S "$T"/rcache/bench/* 2>/dev/null | head -1 || true)
+[[ -n "$CACHE_FILE" ]] || CACHE_FILE=$(find "$T/rcache" -type f -size +1M | head -1)
+[[ -n "$CACHE_FILE" ]] || { echo "bench.sh: no read-cache file under $T/rcache" >&2; exit 1; }
+FIO_C="fio --name=c --filename=$CACHE_FILE --size=1G --rw=randread --bs=4k --iodepth=32 --direct=1 --ioengine=io_uring --runtime=10 --time_based=1 --readonly"
+LSVD_WARM="$BIN --config $CFG bench $WIMG --io-type read --io-size 4K --io-pattern rand --io-threads 32 --io-total 1G --json"
+LSVD_COLD="$BIN --config $CFG bench $WIMG --io-type read --io-size 4K --io-pattern rand --io-threads 32 --io-total 64M --json"
+BREADS="$EX/backend_reads $CFG $WIMG 32 16384"
+for i in $(seq 1 "$REPS"); do
+    log "cache $i/$REPS: fio rand read of the cache file (baseline)"
+    $FIO_C --output-format=json --output="$R/fio_c_$i.json" >/dev/null
+    log "cache $i/$REPS: lsvd-ublk bench rand read, warm cache"
+    $LSVD_WARM >"$R/lsvd_warm_$i.json"
+done
+for i in $(seq 1 "$REPS"); do
+    log "cache $i/$REPS: backend 4K ranged reads (baseline)"
+    $BREADS >"$R/breads_$i.txt"
+    log "cache $i/$REPS: lsvd-ublk bench rand read, cache file deleted (cold)"
+    rm -f "$CACHE_FILE"
+    $LSVD_COLD >"$R/lsvd_cold_$i.json"
+done
+# g. Garbage collection (one run: it takes minutes).
+WA_SIZE_MIB=${WA_SIZE_MIB:-1024}
+WAMP="$EX/write_amp $T/wa $WA_SIZE_MIB off,60,70"
+log "gc: write amplification and space, ${WA_SIZE_MIB} MiB image, modes off,60,70"
+$WAMP >"$R/wamp.txt"
 log "map memory (10M extents)"
 $MAPMEM >"$R/map.txt"
 for i in $(seq 1 "$REPS"); do
@@ -94,7 +133,7 @@ for i in $(seq 1 "$REPS"); do
 done
 
 DOC=$ROOT/docs/benchmarks.md
-export FIO_W FIO_R LSVD_W LSVD_R MAPMEM DD_R BIN EX CFG IMG IMG_SIZE
+export FIO_W FIO_R LSVD_W LSVD_R MAPMEM DD_R BIN EX CFG IMG IMG_SIZE FIO_C LSVD_WARM LSVD_COLD BREADS WAMP
 "$PY" - "$R" "$REPS" "$T" "$FSTYPE" <<'PYEOF' >"$R/table.md"
 import json, os, re, subprocess, sys, datetime, platform
 
@@ -182,6 +221,41 @@ for i in runs:
 rows.append(("e. baseline: journal file read, O_DIRECT 2M QD1 (GiB/s)", cmd(env["DD_R"] + f" if={T}/recN/wlog/img.wlog"), rng(dd, "{:.2f}"), "", ""))
 rows.append(("e. replay rate / baseline read rate", "pairs of the two rows above", rng([r["gib_per_sec"] / d for r, d in zip(rec, dd)], "{:.2f}"), "", ""))
 rows.append(("e. close after recovery (destage all) secs", "same", rng([r["close_secs"] for r in rec], "{:.2f}"), "", ""))
+fc = [load(f"fio_c_{i}.json")["jobs"][0]["read"]["iops"] for i in runs]
+lwarm = [load(f"lsvd_warm_{i}.json") for i in runs]
+lcold = [load(f"lsvd_cold_{i}.json") for i in runs]
+br = [kv(f"breads_{i}.txt")["iops"] for i in runs]
+def hitrate(x):
+    h, m = x.get("cache_hits", 0), x.get("cache_misses", 0)
+    return h / max(h + m, 1)
+rows.append(("f. fio 4K rand read QD32 of the cache file (baseline)", cmd(env["FIO_C"]), rng(fc), "", ""))
+rows.append(("f. lsvd 4K rand read QD32, warm cache", cmd(env["LSVD_WARM"]), rng([x["ops_per_sec"] for x in lwarm]), "", ""))
+wr = [x["ops_per_sec"] / b for x, b in zip(lwarm, fc)]
+rows.append(("**f. warm read IOPS ratio lsvd / fio on the cache file**", "pairs of the two rows above", rng(wr, "{:.2f}"), ">= 0.8", ok(wr, 0.8, True)))
+rows.append(("f. warm: cache hit rate / backend reads per client read", "same bench JSON",
+             rng([hitrate(x) for x in lwarm], "{:.3f}") + " / " + rng([x["backend_reads"] / max(x["read_ops"], 1) for x in lwarm], "{:.3f}"), "", ""))
+rows.append(("f. backend 4K ranged reads, 32 threads (baseline)", cmd(env["BREADS"]), rng(br), "", ""))
+rows.append(("f. lsvd 4K rand read QD32, cache file deleted first (cold)", cmd("rm CACHE_FILE; " + env["LSVD_COLD"]), rng([x["ops_per_sec"] for x in lcold]), "", ""))
+rows.append(("f. cold read IOPS ratio lsvd / backend reads", "pairs of the two rows above", rng([x["ops_per_sec"] / b for x, b in zip(lcold, br)], "{:.2f}"), "", ""))
+rows.append(("f. cold: cache hit rate within the run (64K chunks fetched per miss)", "same bench JSON", rng([hitrate(x) for x in lcold], "{:.3f}"), "", ""))
+wa = {}
+for line in open(os.path.join(R, "wamp.txt")):
+    m = dict(re.findall(r"(\w+)=([0-9.]+|off)", line))
+    if "mode" in m:
+        wa[m["mode"]] = m
+for mode in ("60", "70"):
+    if mode not in wa:
+        continue
+    m = wa[mode]
+    w, se, sm = float(m["wa"]), float(m["space_end"]), float(m["space_max"])
+    rows.append((f"**g. write amplification, gc_threshold {mode}** (data + GC + checkpoint bytes put / client bytes)", cmd(env["WAMP"]),
+                 f"{w:.2f} (data {float(m['wa_data']):.2f}, GC {float(m['wa_gc']):.2f}, checkpoints {float(m['wa_ckpt']):.2f})", "<= 1.5", ok([w], 1.5, False)))
+    rows.append((f"**g. stored bytes per live byte, gc_threshold {mode}** (end; largest sample)", "same", f"{se:.2f}; {sm:.2f}", "<= 1.3", ok([se], 1.3, False)))
+    if "iops_ratio_vs_off" in m:
+        r_ = float(m["iops_ratio_vs_off"])
+        rows.append((f"**g. write IOPS with GC (threshold {mode}) / GC off**", "same", f"{r_:.2f} ({float(m['iops']):.0f} vs {float(wa['off']['iops']):.0f})", ">= 0.9", ok([r_], 0.9, True)))
+if "off" in wa:
+    rows.append(("g. GC off: stored bytes per live byte at the end", "same", f"{float(wa['off']['space_end']):.2f}", "", ""))
 
 def sh(*a):
     try:

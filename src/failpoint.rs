@@ -11,6 +11,41 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+/// The environment variable naming the failpoint.
+pub const ENV: &str = "LSVD_FAILPOINT";
+
+/// Every failpoint, in the order a GC cycle reaches them.
+pub const POINTS: &[&str] = &[
+    "gc.selected",
+    "gc.read_done",
+    "gc.seq_allocated",
+    "gc.put_done",
+    "gc.applied",
+    "gc.ckpt_requested",
+    "ckpt.published",
+    "gc.sweep.listed",
+    "gc.delete.each",
+];
+
+/// Check a `NAME[:N]` value: a known point and N >= 1.
+pub fn validate(v: &str) -> Result<(), String> {
+    let s = parse(v).ok_or_else(|| format!("{v:?} is not NAME[:N] with N >= 1"))?;
+    if !POINTS.contains(&s.name.as_str()) {
+        return Err(format!(
+            "unknown failpoint {:?} (known: {})",
+            s.name,
+            POINTS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// What a process prints on stderr right before it aborts at point `name`
+/// (followed by the hit count).
+pub fn message_prefix(name: &str) -> String {
+    format!("lsvd failpoint {name}:")
+}
+
 /// A parsed `LSVD_FAILPOINT` value.
 #[derive(Debug, PartialEq, Eq)]
 struct Spec {
@@ -40,7 +75,7 @@ static HITS: AtomicU64 = AtomicU64::new(0);
 
 fn spec() -> &'static Option<Spec> {
     SPEC.get_or_init(|| {
-        let s = std::env::var("LSVD_FAILPOINT").ok()?;
+        let s = std::env::var(ENV).ok()?;
         let p = parse(&s);
         if p.is_none() {
             tracing::warn!("LSVD_FAILPOINT={s:?} is not name[:n] with n >= 1; ignored");
@@ -66,7 +101,7 @@ fn slow(name: &'static str) {
         return;
     };
     if s.name == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == s.nth {
-        eprintln!("lsvd failpoint {name}:{} hit: aborting", s.nth);
+        eprintln!("{}{} hit: aborting", message_prefix(name), s.nth);
         std::process::abort();
     }
 }
@@ -101,6 +136,33 @@ mod tests {
             "gc:-1",
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validate_knows_every_point() {
+        for p in POINTS {
+            assert_eq!(validate(p), Ok(()));
+            assert_eq!(validate(&format!("{p}:3")), Ok(()));
+        }
+        let e = validate("gc.nope").unwrap_err();
+        assert!(
+            e.contains("unknown failpoint") && e.contains("gc.applied"),
+            "{e}"
+        );
+        assert!(validate("gc.applied:0").is_err());
+        // Every point is really in the code.
+        let src = [
+            include_str!("gc/mod.rs"),
+            include_str!("volume/gchost.rs"),
+            include_str!("volume/destage.rs"),
+        ]
+        .concat();
+        for p in POINTS {
+            assert!(
+                src.contains(&format!("hit(\"{p}\")")),
+                "{p} is not hit anywhere"
+            );
         }
     }
 

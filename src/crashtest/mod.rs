@@ -160,6 +160,21 @@ pub struct Args {
     /// Extra configuration JSON, layered over the tester's own settings.
     #[arg(long)]
     pub config: Option<String>,
+    /// Run the garbage collector aggressively in every child and reopen
+    /// (`gc_threshold` 90, no rate limit, 10 ms idle sleep; `--config` is
+    /// layered on top), and check that the store stays bounded.
+    #[arg(long)]
+    pub gc: bool,
+    /// Make each child abort itself at the N-th hit of a failpoint
+    /// (`NAME[:N]`, see `LSVD_FAILPOINT` in the README); a child that
+    /// aborts there is expected, not a failure.
+    #[arg(long, value_name = "NAME[:N]")]
+    pub failpoint: Option<String>,
+    /// Fail when the image's objects ever hold more than R times the image
+    /// size after a verify (0: only report the largest; use with `--gc` and
+    /// `--fresh-every 0` to check that collection keeps the store bounded).
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub max_stored_ratio: f64,
     /// Do not require that acknowledged but unflushed ops survive a kill
     /// (the contract promises only flushed and FUA writes).
     #[arg(long)]
@@ -395,6 +410,10 @@ struct Totals {
     /// Children that reported the volume open, and their time to do so.
     opens: u32,
     open_time: Duration,
+    /// Children that aborted themselves at `--failpoint`.
+    failpoint_aborts: u32,
+    /// Largest stored bytes of the image seen after a verify.
+    max_stored: u64,
 }
 
 /// The parent's state.
@@ -427,8 +446,42 @@ struct IterInfo {
     child_status: String,
 }
 
+/// Configuration of `--gc`: collect everything that is overwritten, at once.
+pub const GC_CONFIG: &str =
+    r#"{"no_gc": false, "gc_threshold": 90, "gc_rate_bytes": 0, "gc_interval_msec": 10}"#;
+
+/// `base` with the keys of `over` put on top (both JSON objects).
+fn merge_json(base: &str, over: Option<&str>) -> Result<String, String> {
+    let mut b: serde_json::Value =
+        serde_json::from_str(base).map_err(|e| format!("config {base}: {e}"))?;
+    if let Some(o) = over {
+        let o: serde_json::Value =
+            serde_json::from_str(o).map_err(|e| format!("--config {o}: {e}"))?;
+        let (Some(bm), Some(om)) = (b.as_object_mut(), o.as_object()) else {
+            return Err(format!("--config {o}: expected a JSON object"));
+        };
+        for (k, v) in om {
+            bm.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(b.to_string())
+}
+
 impl Tester {
-    fn new(args: Args) -> Result<Tester, String> {
+    fn new(mut args: Args) -> Result<Tester, String> {
+        if std::env::var_os(crate::failpoint::ENV).is_some() {
+            return Err(format!(
+                "{} is set: it would abort the tester itself; use --failpoint",
+                crate::failpoint::ENV
+            ));
+        }
+        if let Some(fp) = &args.failpoint {
+            crate::failpoint::validate(fp).map_err(|e| format!("--failpoint: {e}"))?;
+        }
+        if args.gc {
+            // The children get the merged configuration through --config.
+            args.config = Some(merge_json(GC_CONFIG, args.config.as_deref())?);
+        }
         let seed = args.seed.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -612,6 +665,18 @@ impl Tester {
                 avg_ms(started.elapsed(), t.passed + t.failed)
             );
         }
+        println!(
+            "store: at most {:.1} MiB of objects after a verify ({:.2}x the image size)",
+            t.max_stored as f64 / (1 << 20) as f64,
+            t.max_stored as f64 / self.size as f64
+        );
+        if self.args.failpoint.is_some() {
+            println!(
+                "failpoint {}: {} children aborted there",
+                self.args.failpoint.as_deref().unwrap_or_default(),
+                t.failpoint_aborts
+            );
+        }
         println!("{} passed, {} failed", t.passed, t.failed);
         if t.failed > 0 {
             println!("work dir kept: {}", self.layout.dir.display());
@@ -723,8 +788,21 @@ impl Tester {
         if a.ack_loss_ok {
             v.push("--ack-loss-ok".into());
         }
+        if a.max_stored_ratio > 0.0 {
+            v.push(format!("--max-stored-ratio {}", a.max_stored_ratio));
+        }
+        if a.fresh_every != 200 {
+            v.push(format!("--fresh-every {}", a.fresh_every));
+        }
         if let Some(c) = &a.config {
+            // With --gc this is already the merged configuration.
             v.push(format!("--config '{c}'"));
+        }
+        if a.gc {
+            v.push("--gc".into());
+        }
+        if let Some(fp) = &a.failpoint {
+            v.push(format!("--failpoint {fp}"));
         }
         v.join(" ")
     }
@@ -748,6 +826,7 @@ impl Tester {
         let kill_in_open = self.rng.gen_range(0..8u32) == 0;
         let run_ms = self.rng.gen_range(10..=self.args.max_run_ms);
 
+        let mut extra_fp = false;
         self.run_child(iter, child_seed, kill_in_open, run_ms, info)?;
         // The child is dead; on RADOS its lock is not: fence and break it
         // before anyone touches the store.
@@ -781,6 +860,16 @@ impl Tester {
         };
         let (v, found) = result?;
         closing?;
+        let stored = stored_bytes(&*self.store()?)?;
+        self.totals.max_stored = self.totals.max_stored.max(stored);
+        let ratio = stored as f64 / self.size as f64;
+        if self.args.max_stored_ratio > 0.0 && ratio > self.args.max_stored_ratio {
+            return Err(format!(
+                "the image's objects hold {stored} bytes, {ratio:.2}x the image size \
+                 (bound --max-stored-ratio {})",
+                self.args.max_stored_ratio
+            ));
+        }
         // The verified image is the base the next iteration is checked against.
         self.expected = found;
         self.history.commit(v.keep, iter, &info.log);
@@ -788,7 +877,11 @@ impl Tester {
             return Err(format!("the child reported an error: {e}"));
         }
         if !info.child_status.is_empty() {
-            return Err(format!("the child exited by itself: {}", info.child_status));
+            if !self.failpoint_abort(iter) {
+                return Err(format!("the child exited by itself: {}", info.child_status));
+            }
+            self.totals.failpoint_aborts += 1;
+            extra_fp = true;
         }
         self.totals.ops += info.log.ops.len() as u64;
         self.totals.writes_verified += info
@@ -805,6 +898,9 @@ impl Tester {
         }
         let l = &info.log;
         let mut extra = String::new();
+        if extra_fp {
+            extra.push_str(" [aborted at the failpoint]");
+        }
         if info.killed_in_open {
             extra.push_str(" [killed in open]");
         }
@@ -831,6 +927,18 @@ impl Tester {
             v.stamped_sectors,
             v.run_sectors,
         ))
+    }
+
+    /// Did child `iter` abort itself at `--failpoint` (it says so on stderr
+    /// just before it aborts)?
+    fn failpoint_abort(&self, iter: u32) -> bool {
+        let Some(fp) = &self.args.failpoint else {
+            return false;
+        };
+        let name = fp.split(':').next().unwrap_or(fp);
+        let err_path = self.layout.logs().join(format!("run-{iter}.stderr"));
+        fs::read_to_string(err_path)
+            .is_ok_and(|s| s.contains(&crate::failpoint::message_prefix(name)))
     }
 
     /// Spawn the child, let it run, kill it, and read its log into `info`.
@@ -873,6 +981,9 @@ impl Tester {
         }
         if let Some(c) = &self.args.config {
             cmd.arg("--config").arg(c);
+        }
+        if let Some(fp) = &self.args.failpoint {
+            cmd.env(crate::failpoint::ENV, fp);
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -981,6 +1092,22 @@ impl Tester {
             .filter_map(|name| parse_object_name(IMAGE, &name).map(|seq| (seq.0, name)))
             .collect();
         objs.sort();
+        if self.args.gc {
+            // With GC, objects at or below a published checkpoint may be the
+            // only copy of moved data whose sources are gone: a store that
+            // acknowledged them and then lost them has lost data, which no
+            // recovery can undo. Lose only what could still have been in
+            // flight: objects above the newest checkpoint the superblock names.
+            let sb = crate::volume::image::read_superblock(&*store, IMAGE)
+                .map_err(|e| format!("lose objects: read superblock: {e}"))?;
+            let floor = sb
+                .checkpoints
+                .iter()
+                .map(|c| c.seq.0 + u64::from(c.pieces).saturating_sub(1))
+                .max()
+                .unwrap_or(0);
+            objs.retain(|(seq, _)| *seq > floor);
+        }
         let mut lost = Vec::new();
         for (_, name) in objs.iter().rev().take(n as usize) {
             let kind = object_kind(&*store, name);
@@ -1039,8 +1166,26 @@ fn object_kind(store: &dyn ObjectStore, name: &str) -> &'static str {
     match store.get(name, 0, 8).as_deref() {
         Ok(b"LSVDOBJ1") => "data",
         Ok(b"LSVDCKP1") => "checkpoint",
+        Ok(b"LSVDGCO1") => "gc",
         _ => "?",
     }
+}
+
+/// Bytes of the image's objects (superblock excluded), as `info` counts them.
+fn stored_bytes(store: &dyn ObjectStore) -> Result<u64, String> {
+    let mut total = 0;
+    let names = store
+        .list(&format!("{IMAGE}."))
+        .map_err(|e| format!("list objects: {e}"))?;
+    for name in names {
+        if parse_object_name(IMAGE, &name).is_some() {
+            total += store
+                .stat(&name)
+                .map_err(|e| format!("stat {name}: {e}"))?
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
 }
 
 /// Delete every object of `store` (a RADOS namespace of the run's own).

@@ -1,0 +1,80 @@
+//! A crash at every step of a GC cycle: `lsvd-crash-test --gc --failpoint
+//! NAME:N` makes each child abort itself at the N-th hit of a failpoint of
+//! the collector (or of the checkpoint publish it waits for), then the
+//! parent reopens and verifies the image as after any kill.
+//!
+//! The full sweep (every point, N = 1..3) is `#[ignore]`d and run by the
+//! test command (`scripts/test.sh`) in release; the default `cargo test`
+//! runs one point.
+
+use std::process::Command;
+
+/// Run the crash tester; assert it passed; return how many children aborted
+/// at the failpoint.
+fn run(point: &str, nth: u32, iterations: u32, seed: u64) -> u32 {
+    let fp = format!("{point}:{nth}");
+    let iters = iterations.to_string();
+    let seed = seed.to_string();
+    let args = [
+        "--gc",
+        "--failpoint",
+        &fp,
+        "--iterations",
+        &iters,
+        "--seed",
+        &seed,
+        "--max-run-ms",
+        "1500",
+        "--size",
+        "32M",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_lsvd-crash-test"))
+        .args(args)
+        .env_remove("LSVD_FAILPOINT")
+        .output()
+        .expect("run lsvd-crash-test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "lsvd-crash-test {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == format!("{iterations} passed, 0 failed")),
+        "no summary line in:\n{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("failpoint {fp}:")))
+        .unwrap_or_else(|| panic!("no failpoint line in:\n{stdout}"));
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"))
+}
+
+#[test]
+fn crash_when_a_gc_object_is_applied() {
+    let aborts = run("gc.applied", 1, 3, 11);
+    assert!(aborts > 0, "no child reached gc.applied");
+}
+
+#[test]
+#[ignore = "minutes: run by scripts/test.sh in release"]
+fn crash_at_every_gc_step() {
+    let mut never = Vec::new();
+    for (i, point) in lsvd::failpoint::POINTS.iter().enumerate() {
+        let mut aborts = 0;
+        for nth in 1..=3 {
+            aborts += run(point, nth, 4, 100 + (i as u64) * 10 + u64::from(nth));
+        }
+        eprintln!("{point}: {aborts} children aborted there");
+        if aborts == 0 {
+            never.push(*point);
+        }
+    }
+    assert!(never.is_empty(), "no child ever reached {never:?}");
+}
