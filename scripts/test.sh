@@ -5,6 +5,9 @@
 #   2. the default `cargo test` suite (unit, integration, property tests),
 #   3. the crash tester (lsvd-crash-test) for a bounded number of iterations,
 #      plain kills, journal wipes and lost objects, with a slow backend,
+#      then with aggressive garbage collection (--gc: store size bounded,
+#      with journal wipes and lost objects too) and a crash at every step
+#      of a GC cycle (tests/gc_failpoints.rs),
 #   4. the property test with more cases, in release mode,
 #   5. the RADOS backend against a single-node Ceph cluster built here
 #      (scripts/ceph-test-cluster.sh; stopped again on exit, also on
@@ -16,7 +19,8 @@
 #      (tests/vm.rs runs scripts/vm-test.sh, which fetches and caches the
 #      kernel and installs qemu, busybox, fio, e2fsprogs if missing).
 # Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_PROPTEST_CASES (default 256),
-# LSVD_RADOS_CRASH_ITERATIONS (default 40), LSVD_PROPTEST_RADOS_CASES (default 64).
+# LSVD_GC_CRASH_ITERATIONS (default 150), LSVD_RADOS_CRASH_ITERATIONS (default 40),
+# LSVD_PROPTEST_RADOS_CASES (default 64).
 # One guest scenario alone: scripts/vm-test.sh --scenario NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +51,15 @@ crash=target/release/lsvd-crash-test
 "$crash" --iterations $((iters / 3)) --seed 3 --lose-objects 2 --lose-objects-every 3 --quiet
 "$crash" --iterations $((iters / 3)) --seed 4 --backend-delay 5 --quiet
 
+echo "== crash tester with aggressive garbage collection"
+gc_iters="${LSVD_GC_CRASH_ITERATIONS:-150}"
+# One image for the whole run: GC must keep the store bounded.
+"$crash" --gc --iterations "$gc_iters" --seed 7 --fresh-every 0 --max-stored-ratio 4 --quiet
+"$crash" --gc --iterations $((gc_iters / 3)) --seed 8 --fresh-every 0 --max-stored-ratio 4 \
+    --wipe-journal-every 5 --lose-objects 1 --lose-objects-every 7 --quiet
+echo "== a crash at every step of a GC cycle"
+cargo test --release --test gc_failpoints -- --ignored --nocapture
+
 echo "== property test, more cases"
 LSVD_PROPTEST_CASES="${LSVD_PROPTEST_CASES:-256}" cargo test --release --test proptest_oracle
 
@@ -64,6 +77,8 @@ rados_iters="${LSVD_RADOS_CRASH_ITERATIONS:-40}"
 "$crash" --backend rados --iterations "$rados_iters" --seed 5 --quiet
 "$crash" --backend rados --iterations $((rados_iters / 2)) --seed 6 --lose-objects 2 \
     --lose-objects-every 3 --quiet
+"$crash" --backend rados --gc --iterations $((rados_iters / 2)) --seed 9 --fresh-every 0 \
+    --max-stored-ratio 4 --quiet
 LSVD_PROPTEST_RADOS_CASES="${LSVD_PROPTEST_RADOS_CASES:-64}" \
     cargo test --release --features rados --test proptest_oracle -- --ignored --nocapture \
     proptest_rados
