@@ -11,7 +11,8 @@ use lsvd::backend::{
 };
 use lsvd::config::Config;
 use lsvd::format::rcache::{decode_index_block, CacheSuper, CHUNK_BYTES};
-use lsvd::volume::image::{create_image, object_name};
+use lsvd::units::ObjSeq;
+use lsvd::volume::image::{create_image, object_name, parse_object_name, read_superblock};
 use lsvd::volume::{Volume, VolumeOptions};
 use lsvd::ErrorKind;
 
@@ -344,4 +345,150 @@ fn no_rcache_reads_the_backend_and_a_missing_object_is_a_clear_error() {
     let e = v.read(0, &mut b).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     v.crash();
+}
+
+/// Data objects of `image` in the store, by sequence.
+fn object_seqs(env: &Env, image: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = env
+        .store
+        .list(&format!("{image}."))
+        .unwrap()
+        .iter()
+        .filter_map(|n| parse_object_name(image, n))
+        .map(|s| s.0)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// This host caches objects and crashes; another host attaches the image
+/// with its own journal and its own cache, its recovery deletes the objects
+/// above a gap and its writes reuse their sequences; this host attaches
+/// again with its old cache file. The image's journal generation changed
+/// meanwhile, so the cache drops everything: the reused sequences are
+/// never served from it (their crcs would validate: they cover the key and
+/// the data, not which object of that sequence the data came from).
+#[test]
+fn an_attach_with_another_journal_drops_the_cache() {
+    let env = Env::new();
+    let dir = env.dir.path();
+    let a = Config {
+        // No checkpoint among this host's objects, so a gap in them is
+        // where recovery stops; no GC objects.
+        checkpoint_interval_objs: 1000,
+        no_gc: true,
+        hard_flush: true,
+        ..config(dir)
+    };
+    let path = env.cache_path("img");
+    // Host A: write half the disk, read it all back (cached), crash.
+    let v = env.open_with("img", &a);
+    let old = pattern(21, SIZE as usize / 2);
+    for (i, c) in old.chunks(256 << 10).enumerate() {
+        v.write(i as u64 * (256 << 10), c).unwrap();
+    }
+    v.flush().unwrap();
+    read_all(&v, &old);
+    let seqs = object_seqs(&env, "img");
+    assert!(seqs.len() >= 6 && seqs[0] == 1, "{seqs:?}");
+    let last_a = *seqs.last().unwrap();
+    // Wait for the writer thread's index flush to name every object.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, entries) = cache_entries(&path);
+        let cached: std::collections::BTreeSet<u64> =
+            entries.iter().map(|(_, e)| e.obj.0).collect();
+        if seqs.iter().all(|s| cached.contains(s)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cached {cached:?} of {seqs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    v.crash();
+    let gen_a = read_superblock(env.store.as_ref(), "img")
+        .unwrap()
+        .journal_gen;
+    // What the cache holds for the objects from the gap up.
+    let gap = 3u64;
+    let file = std::fs::read(&path).unwrap();
+    let (s, entries) = cache_entries(&path);
+    let held: Vec<(u64, u32, Vec<u8>)> = entries
+        .iter()
+        .filter(|(_, e)| e.obj.0 >= gap)
+        .map(|(slot, e)| {
+            let at = s.layout.slot_off(*slot) as usize;
+            (e.obj.0, e.chunk, file[at..at + e.len as usize].to_vec())
+        })
+        .collect();
+    assert!(!held.is_empty());
+
+    // Host B: object `gap` was lost (say its put never completed); B has
+    // its own journal and cache directory. Recovery deletes the objects
+    // above the gap, B's writes take their sequences with other data.
+    env.store.delete(&object_name("img", ObjSeq(gap))).unwrap();
+    let b = Config {
+        rcache_dir: dir.join("rcache-b"),
+        ..a.clone()
+    };
+    let vb = Volume::open(VolumeOptions {
+        config: b,
+        store: env.store.clone(),
+        image: "img".into(),
+        journal_path: dir.join("img-b.wlog"),
+    })
+    .unwrap();
+    let new = pattern(22, SIZE as usize);
+    for (i, c) in new.chunks(256 << 10).enumerate() {
+        vb.write(i as u64 * (256 << 10), c).unwrap();
+    }
+    vb.close().unwrap();
+    let gen_b = read_superblock(env.store.as_ref(), "img")
+        .unwrap()
+        .journal_gen;
+    assert_ne!(gen_a, gen_b, "B's journal has another generation");
+    assert!(
+        *object_seqs(&env, "img").last().unwrap() > last_a,
+        "B's objects reach past A's: the drop above the last object does not apply"
+    );
+    // The test has teeth: A's cache names chunks of sequences that now hold
+    // other objects, under entries whose crcs are valid. Served, they would
+    // be stale.
+    let stale = held
+        .iter()
+        .filter(|(obj, chunk, bytes)| {
+            let now = env
+                .store
+                .get(
+                    &object_name("img", ObjSeq(*obj)),
+                    *chunk as u64 * CHUNK_BYTES,
+                    bytes.len(),
+                )
+                .unwrap();
+            now.len() == bytes.len() && now != *bytes
+        })
+        .count();
+    assert!(stale > 0, "no cached chunk of a reused sequence differs");
+
+    // Host A again, with its old journal (stale now) and its old cache.
+    let v = env.open_with("img", &a);
+    // Every entry was dropped, durably, before anything was read; the
+    // cache now records the generation of this attach.
+    let (s, entries) = cache_entries(&path);
+    assert!(entries.is_empty(), "{} entries kept", entries.len());
+    let gen_now = read_superblock(env.store.as_ref(), "img")
+        .unwrap()
+        .journal_gen;
+    assert_ne!(gen_now, gen_b);
+    assert_eq!(s.journal_gen, gen_now.0);
+    read_all(&v, &new);
+    read_all(&v, &new);
+    let st = v.stats();
+    assert!(st.cache_hits > 0, "{st:?}");
+    v.close().unwrap();
+    // And after a clean reopen by the same host, the cache serves again.
+    let v = env.open_with("img", &a);
+    let gets = env.gets();
+    read_all(&v, &new);
+    assert_eq!(env.gets(), gets, "{:?}", v.stats());
+    v.close().unwrap();
 }

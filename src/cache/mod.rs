@@ -3,9 +3,22 @@
 //!
 //! Chunks are keyed by (object sequence, object-relative offset / 64 KiB)
 //! of the owner image. Objects are immutable once put, so a cached chunk
-//! can never be stale; recovery may delete objects above a gap and reuse
-//! their sequences, so [`Cache::open`] drops every entry above the last
-//! object recovery kept.
+//! can never be stale, except that recovery may delete objects above a gap
+//! and reuse their sequences. Two rules cover that:
+//! - [`Cache::open`] drops every entry above the last object the recovery
+//!   of this open kept (the file is in use while that recovery runs);
+//! - the superblock records the image's journal generation of the attach
+//!   that last used the file ([`Cache::set_journal_gen`]). An attach with
+//!   another journal (another host, a wiped journal) changes the image's
+//!   generation, and its recovery may have reused sequences this file
+//!   holds: when the image's generation at open differs from the file's,
+//!   [`Cache::open`] drops every entry.
+//!
+//! Not detected: on one host and one journal (so one generation), an open
+//! with another `rcache_dir` whose recovery deletes objects above a gap,
+//! then an open with this file again. Only the drop above the last object
+//! applies then, which misses sequences already reused by the time the
+//! file is used again.
 //!
 //! Crash ordering (see also `docs/format.md`, "Read cache"):
 //! 1. **Index after data.** A chunk's data is written (O_DIRECT) and the
@@ -48,7 +61,9 @@
 //! [`IO_ERRORS_OFF`] of them the cache is turned off for this open.
 //!
 //! The counters in the superblock are written only at format and by
-//! [`Cache::flush`] (clean close), never on the read path.
+//! [`Cache::flush`] (clean close), never on the read path. Block 0 is also
+//! rewritten once per open by [`Cache::set_journal_gen`], with the counters
+//! as they were persisted.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -273,6 +288,11 @@ pub struct Cache {
     faults: AtomicU8,
     started: Instant,
     last_warn: AtomicU64,
+    /// The image journal generation the superblock records (or will, at
+    /// the next superblock write).
+    journal_gen: AtomicU64,
+    /// Entries [`Cache::open`] dropped, by reason.
+    open_drops: OpenDrops,
     /// Counters persisted before this open.
     base: CacheCounters,
     /// Counters of this open.
@@ -295,6 +315,19 @@ fn read_shard(m: &Shard) -> std::sync::RwLockReadGuard<'_, HashMap<Key, u32>> {
 
 fn write_shard(m: &Shard) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, u32>> {
     m.0.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Entries [`Cache::open`] dropped from a valid index, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenDrops {
+    /// Above the last object recovery kept (sequences it may reuse), or
+    /// duplicate or out-of-range entries.
+    pub stale: u64,
+    /// Every entry, because the image's journal generation differed from
+    /// the file's (another attach may have reused their sequences).
+    pub journal_gen: u64,
+    /// The image's journal generation differed from the file's.
+    pub journal_gen_changed: bool,
 }
 
 /// What `info` shows about an image's cache file (read without opening it
@@ -321,8 +354,19 @@ pub struct CacheInfo {
 impl Cache {
     /// Open (or create, or reformat) the cache file at `path` for `image`,
     /// `bytes` long. Entries for objects above `last_obj` are dropped:
-    /// recovery may reuse those sequences for new objects.
-    pub fn open(path: &Path, image: ImageUuid, bytes: u64, last_obj: ObjSeq) -> Result<Cache> {
+    /// recovery may reuse those sequences for new objects. `journal_gen` is
+    /// the image superblock's journal generation as read at this open
+    /// (before this attach records its own): if the file records another
+    /// one, the image was attached with another journal since the file was
+    /// last used, and every entry is dropped. Either drop is durable before
+    /// this returns.
+    pub fn open(
+        path: &Path,
+        image: ImageUuid,
+        bytes: u64,
+        last_obj: ObjSeq,
+        journal_gen: u64,
+    ) -> Result<Cache> {
         let layout = Layout::for_size(bytes).ok_or_else(|| {
             Error::new(
                 ErrorKind::Config,
@@ -395,11 +439,13 @@ impl Cache {
             faults: AtomicU8::new(0),
             started: Instant::now(),
             last_warn: AtomicU64::new(0),
+            journal_gen: AtomicU64::new(journal_gen),
+            open_drops: OpenDrops::default(),
             base: CacheCounters::default(),
             counters: Counters::default(),
         };
         match sup {
-            Some(s) => cache.load(s, last_obj)?,
+            Some(s) => cache.load(s, last_obj, journal_gen)?,
             None => cache.format()?,
         }
         Ok(cache)
@@ -448,8 +494,15 @@ impl Cache {
         io::datasync(&self.file, &self.path)
     }
 
-    /// Load the index of a valid superblock of ours.
-    fn load(&mut self, s: CacheSuper, last_obj: ObjSeq) -> Result<()> {
+    /// Load the index of a valid superblock of ours, dropping the entries
+    /// above `last_obj`, or all of them if the file's journal generation is
+    /// not `journal_gen` (the image's at this open).
+    fn load(&mut self, s: CacheSuper, last_obj: ObjSeq, journal_gen: u64) -> Result<()> {
+        // Another attach with another journal happened since this file was
+        // last used: its recovery may have deleted objects above a gap and
+        // reused their sequences for other data, which the crcs (over key
+        // and data) cannot tell. Nothing here is trusted.
+        let gen_changed = s.journal_gen != journal_gen;
         self.cache_uuid = s.cache_uuid;
         self.generation = s.generation;
         self.base = s.counters;
@@ -459,7 +512,7 @@ impl Cache {
             synced: vec![false; n],
             ..Slots::default()
         };
-        let (mut bad, mut stale, mut kept) = (0u64, 0u64, 0u64);
+        let (mut bad, mut stale, mut gen_dropped, mut kept) = (0u64, 0u64, 0u64, 0u64);
         let mut b0 = 0;
         while b0 < blocks {
             let k = (blocks - b0).min(INDEX_IO_BLOCKS);
@@ -488,6 +541,11 @@ impl Cache {
                     if e.is_empty() {
                         continue;
                     }
+                    if gen_changed {
+                        gen_dropped += 1;
+                        slots.dirty.insert(no);
+                        continue;
+                    }
                     let key = (e.obj, e.chunk);
                     let shard = &mut write_shard(&self.shards[shard_of(key)]);
                     if slot >= n || e.obj > last_obj || shard.contains_key(&key) {
@@ -508,14 +566,24 @@ impl Cache {
             .filter(|&i| self.meta[i as usize].chunk_len.load(Ordering::Relaxed) as u32 == 0)
             .collect();
         self.counters.corrupt.fetch_add(bad, Ordering::Relaxed);
+        self.open_drops = OpenDrops {
+            stale,
+            journal_gen: gen_dropped,
+            journal_gen_changed: gen_changed,
+        };
+        if gen_changed {
+            warn!(cache = %self.path.display(), cache_journal_gen = s.journal_gen, image_journal_gen = journal_gen, dropped = gen_dropped,
+                "read cache was last used by an attach with another journal generation than the image records now (the image was attached with another journal since: another host, or a wiped journal), and that attach's recovery may have reused object sequences it holds: dropping all its entries");
+        }
         let dirty = !slots.dirty.is_empty();
         *lock(&self.slots) = slots;
-        info!(cache = %self.path.display(), chunks = kept, bad_index_blocks = bad, dropped = stale, "read cache opened");
+        info!(cache = %self.path.display(), chunks = kept, bad_index_blocks = bad, dropped = stale + gen_dropped, "read cache opened");
         if dirty {
             // The dropped entries are cleared on disk before any slot is
             // reused (the free list's slots are already empty on disk, or
-            // in an undecodable block, which reads as empty). A failure
-            // fails the open.
+            // in an undecodable block, which reads as empty), and before
+            // `set_journal_gen` can record a generation under which they
+            // would be trusted again. A failure fails the open.
             self.sync_index()?;
         }
         Ok(())
@@ -524,6 +592,37 @@ impl Cache {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Entries this open dropped from the index, by reason.
+    pub fn open_drops(&self) -> OpenDrops {
+        self.open_drops
+    }
+
+    /// The image journal generation the file records (or will record at
+    /// its next superblock write).
+    pub fn journal_gen(&self) -> u64 {
+        self.journal_gen.load(Ordering::SeqCst)
+    }
+
+    /// Record `gen`, the image journal generation of this attach, in the
+    /// superblock: one write and one fdatasync, with the counters as they
+    /// were persisted (they still change only at format and clean close).
+    /// Call it only once the image superblock records `gen` (crash-safety
+    /// ordering 22, see `Volume::open`). On failure the file keeps the
+    /// generation it had, which the next open finds differing from the
+    /// image's: everything is dropped then, which is safe.
+    pub fn set_journal_gen(&self, gen: u64) -> Result<()> {
+        self.journal_gen.store(gen, Ordering::SeqCst);
+        if self.is_off() {
+            return Ok(());
+        }
+        let _g = lock(&self.flush_lock);
+        let r = self.write_super_with(self.base).and_then(|()| self.sync());
+        if let Err(e) = &r {
+            self.io_error("superblock", e);
+        }
+        r
     }
 
     /// Counters since this open.
@@ -1202,21 +1301,27 @@ impl Cache {
         r
     }
 
+    /// Write the superblock with the counters up to now.
     fn write_super(&self) -> Result<()> {
         let c = self.counters.get();
         let b = &self.base;
+        self.write_super_with(CacheCounters {
+            hits: b.hits + c.hits,
+            misses: b.misses + c.misses,
+            evictions: b.evictions + c.evictions,
+            inserts: b.inserts + c.inserts,
+            corrupt: b.corrupt + c.corrupt,
+        })
+    }
+
+    fn write_super_with(&self, counters: CacheCounters) -> Result<()> {
         let sup = CacheSuper {
             cache_uuid: self.cache_uuid,
             owner: self.image,
             generation: self.generation,
             layout: self.layout,
-            counters: CacheCounters {
-                hits: b.hits + c.hits,
-                misses: b.misses + c.misses,
-                evictions: b.evictions + c.evictions,
-                inserts: b.inserts + c.inserts,
-                corrupt: b.corrupt + c.corrupt,
-            },
+            counters,
+            journal_gen: self.journal_gen.load(Ordering::SeqCst),
         };
         let mut buf = AlignedBuf::new(BLOCK_BYTES);
         buf.copy_from_slice(&sup.encode());

@@ -66,7 +66,7 @@ fn miss_then_hit_and_persisted_after_flush() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 3, 4096, 8192);
     assert_eq!(s.gets(), 1);
     read(&c, &s, 3, 0, 65536);
@@ -90,7 +90,7 @@ fn miss_then_hit_and_persisted_after_flush() {
     let n = s.gets();
     c.flush().unwrap();
     drop(c);
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     assert_eq!(c.valid_chunks(), 4);
     read(&c, &s, 3, 0, 3 * 65536);
     read(&c, &s, 3, end - 1024, 1024);
@@ -112,10 +112,10 @@ fn unflushed_inserts_are_lost_not_wrong() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 5, 0, 4096);
     drop(c);
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     assert_eq!(c.valid_chunks(), 0);
     read(&c, &s, 5, 0, 4096);
     assert_eq!(s.gets(), 2);
@@ -126,7 +126,7 @@ fn corrupt_chunk_block_is_dropped_and_refetched() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 9, 0, 4096);
     c.flush().unwrap();
     let layout = c.layout;
@@ -143,7 +143,7 @@ fn corrupt_chunk_block_is_dropped_and_refetched() {
     b[0] ^= 0x40;
     std::os::unix::fs::FileExt::write_all_at(&f, &b, at).unwrap();
     drop(f);
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 9, 0, 4096);
     assert_eq!(s.gets(), 1, "an intact block is a hit");
     read(&c, &s, 9, 3 * 4096, 4096);
@@ -159,29 +159,29 @@ fn foreign_wrong_size_and_blank_files_are_reformatted() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 2, 0, 4096);
     c.flush().unwrap();
     drop(c);
     let other = ImageUuid([8; 16]);
     let info = Cache::inspect(&p, other).unwrap().unwrap();
     assert!(info.formatted && !info.owner_match);
-    let c = Cache::open(&p, other, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, other, 4 * MIB, ObjSeq(100), 0).unwrap();
     assert_eq!(c.valid_chunks(), 0, "another image's cache is discarded");
     read(&c, &s, 2, 0, 4096);
     assert_eq!(s.gets(), 2);
     c.flush().unwrap();
     drop(c);
-    let c = Cache::open(&p, other, 8 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, other, 8 * MIB, ObjSeq(100), 0).unwrap();
     assert_eq!(c.valid_chunks(), 0, "resized: reformatted");
     drop(c);
     std::fs::write(&p, vec![0u8; 4 << 20]).unwrap();
-    let c = Cache::open(&p, other, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, other, 4 * MIB, ObjSeq(100), 0).unwrap();
     assert_eq!(c.valid_chunks(), 0);
     read(&c, &s, 2, 0, 4096);
     drop(c);
     assert!(
-        Cache::open(&p, IMG, 64 * 1024, ObjSeq(1)).is_err(),
+        Cache::open(&p, IMG, 64 * 1024, ObjSeq(1), 0).is_err(),
         "too small"
     );
 }
@@ -191,7 +191,7 @@ fn bad_index_block_loses_only_its_entries() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000)).unwrap();
+    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000), 0).unwrap();
     // Slots are handed out 0, 1, 2, ...: 60 chunks span index blocks 0 and 1.
     for obj in 1..=60u64 {
         read(&c, &s, obj, 0, 4096);
@@ -207,7 +207,7 @@ fn bad_index_block_loses_only_its_entries() {
     let at = layout.index_block_off(1) + 100;
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xff, 0xee], at).unwrap();
     drop(f);
-    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000)).unwrap();
+    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000), 0).unwrap();
     assert_eq!(c.valid_chunks(), ENTRIES_PER_BLOCK);
     assert_eq!(c.counters().corrupt, 1);
     let before = s.gets();
@@ -218,7 +218,7 @@ fn bad_index_block_loses_only_its_entries() {
     c.flush().unwrap();
     drop(c);
     // The bad block was rewritten: nothing is corrupt on the next open.
-    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000)).unwrap();
+    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000), 0).unwrap();
     assert_eq!(c.counters().corrupt, 0);
     assert_eq!(c.valid_chunks(), 60);
 }
@@ -228,16 +228,112 @@ fn entries_above_the_last_object_are_dropped() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 4, 0, 4096);
     read(&c, &s, 6, 0, 4096);
     c.flush().unwrap();
     drop(c);
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(5)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(5), 0).unwrap();
     assert_eq!(c.valid_chunks(), 1);
     drop(c);
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     assert_eq!(c.valid_chunks(), 1, "the drop was durable");
+}
+
+/// The superblock as on disk.
+fn super_on_disk(p: &Path) -> CacheSuper {
+    let f = std::fs::read(p).unwrap();
+    CacheSuper::decode(&f[..BLOCK_BYTES]).unwrap()
+}
+
+#[test]
+fn a_journal_generation_change_drops_every_entry() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    // A new file records the generation it was opened with.
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 5).unwrap();
+    assert_eq!(super_on_disk(&p).journal_gen, 5);
+    assert_eq!(c.journal_gen(), 5);
+    read(&c, &s, 3, 0, 4096);
+    read(&c, &s, 4, 0, 4096);
+    c.flush().unwrap();
+    drop(c);
+    // The same generation (the same journal attached again): kept.
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 5).unwrap();
+    assert_eq!(c.valid_chunks(), 2);
+    assert_eq!(c.open_drops(), OpenDrops::default());
+    let n = s.gets();
+    read(&c, &s, 3, 0, 4096);
+    assert_eq!(s.gets(), n, "a hit");
+    c.flush().unwrap();
+    drop(c);
+    // The image was attached with another journal meanwhile (generation
+    // 7): every entry is dropped before anything is served, even below
+    // the last object.
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 7).unwrap();
+    assert_eq!(c.valid_chunks(), 0);
+    assert_eq!(
+        c.open_drops(),
+        OpenDrops {
+            stale: 0,
+            journal_gen: 2,
+            journal_gen_changed: true
+        }
+    );
+    read(&c, &s, 3, 0, 4096);
+    assert_eq!(s.gets(), n + 1, "a miss");
+    // A crash before the new generation is recorded (no flush, no
+    // set_journal_gen): the file still records 5.
+    drop(c);
+    assert_eq!(super_on_disk(&p).journal_gen, 5);
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 7).unwrap();
+    assert_eq!(c.valid_chunks(), 0);
+    let drops = c.open_drops();
+    assert!(drops.journal_gen_changed);
+    assert_eq!(drops.journal_gen, 0, "the first drop was durable");
+    // This attach records its own generation: one superblock write, the
+    // persisted counters unchanged.
+    let before = super_on_disk(&p);
+    c.set_journal_gen(9).unwrap();
+    assert_eq!(c.journal_gen(), 9);
+    let after = super_on_disk(&p);
+    assert_eq!(after.journal_gen, 9);
+    assert_eq!(after.counters, before.counters);
+    assert_eq!(after.generation, before.generation);
+    read(&c, &s, 6, 0, 4096);
+    c.flush().unwrap();
+    assert_eq!(super_on_disk(&p).journal_gen, 9, "kept by the close flush");
+    drop(c);
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 9).unwrap();
+    assert_eq!(c.valid_chunks(), 1, "kept under the recorded generation");
+    assert!(!c.open_drops().journal_gen_changed);
+    drop(c);
+    // A generation change drops everything even when the last object would
+    // also drop some: both are counted.
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(1), 11).unwrap();
+    assert_eq!(c.valid_chunks(), 0);
+    assert_eq!(c.open_drops().journal_gen, 1);
+}
+
+#[test]
+fn a_version_1_file_is_reformatted() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 5).unwrap();
+    read(&c, &s, 3, 0, 4096);
+    c.flush().unwrap();
+    drop(c);
+    // What a version 1 build would have left: the version field says 1.
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &1u32.to_le_bytes(), 8).unwrap();
+    drop(f);
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 5).unwrap();
+    assert_eq!(c.valid_chunks(), 0, "reformatted, not trusted");
+    drop(c);
+    let sup = super_on_disk(&p);
+    assert_eq!(sup.journal_gen, 5);
 }
 
 #[test]
@@ -245,7 +341,7 @@ fn concurrent_misses_on_one_chunk_fetch_once() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     let slow = |a: u64, n: usize| {
         std::thread::sleep(std::time::Duration::from_millis(50));
         s.get(ObjSeq(7), a, n)
@@ -289,7 +385,7 @@ fn eviction_keeps_reads_correct() {
     let p = d.path().join("img.rcache");
     let s = Store::new();
     // 512 KiB: 6 slots after the superblock and index.
-    let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+    let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000), 0).unwrap();
     let slots = c.chunks() as u64;
     assert!(slots >= 4);
     for round in 0..3 {
@@ -303,7 +399,7 @@ fn eviction_keeps_reads_correct() {
     assert!(c.valid_chunks() as u64 <= slots);
     c.flush().unwrap();
     drop(c);
-    let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+    let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000), 0).unwrap();
     for obj in 1..=20u64 {
         read(&c, &s, obj, 0, 8192);
     }
@@ -314,8 +410,8 @@ fn eviction_keeps_reads_correct() {
 fn a_second_open_of_the_same_file_is_refused() {
     let d = dir();
     let p = d.path().join("img.rcache");
-    let _c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(1)).unwrap();
-    let e = Cache::open(&p, IMG, 4 * MIB, ObjSeq(1)).err().unwrap();
+    let _c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(1), 0).unwrap();
+    let e = Cache::open(&p, IMG, 4 * MIB, ObjSeq(1), 0).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Locked);
 }
 
@@ -324,7 +420,7 @@ fn insert_object_then_hit() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     let o = object(11, Store::len(ObjSeq(11)));
     c.insert_object(ObjSeq(11), &o).unwrap();
     read(&c, &s, 11, 0, o.len());
@@ -355,7 +451,7 @@ fn eviction_stress_eight_threads() {
     for background in [true, false] {
         let _ = std::fs::remove_file(&p);
         // 512 KiB: 6 slots.
-        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000), 0).unwrap();
         assert!(c.chunks() <= 8);
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|sc| {
@@ -390,7 +486,7 @@ fn eviction_stress_eight_threads() {
         assert!(c.valid_chunks() <= c.chunks() as usize);
         c.flush().unwrap();
         drop(c);
-        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000), 0).unwrap();
         for obj in 1..=10u64 {
             read(&c, &s, obj, 0, Store::len(ObjSeq(obj)));
         }
@@ -403,7 +499,7 @@ fn a_panicking_leader_does_not_hang_its_waiters() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     let fetches = AtomicUsize::new(0);
     let panicking = |_: u64, _: usize| -> Result<Vec<u8>> {
         fetches.fetch_add(1, Ordering::SeqCst);
@@ -447,7 +543,7 @@ fn multi_chunk_misses_fetch_each_chunk_once() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     let fetched = Mutex::new(Vec::new());
     let slow = |a: u64, n: usize| {
         fetched.lock().unwrap().push((a, n));
@@ -488,7 +584,7 @@ fn cache_file_io_errors_are_misses_and_turn_the_cache_off() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 3, 0, 3 * 65536);
     assert_eq!(s.gets(), 1);
     c.inject_faults(FAULT_READ);
@@ -526,7 +622,7 @@ fn cache_file_io_errors_are_misses_and_turn_the_cache_off() {
 }
 
 fn c_reopen_hits(p: &Path, s: &Store) {
-    let c = Cache::open(p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, s, 3, 0, 4096);
     assert_eq!(c.counters().corrupt, 0);
 }
@@ -537,7 +633,7 @@ fn a_failed_flush_loses_nothing_and_frees_no_slot() {
     for mask in [FAULT_SYNC, FAULT_WRITE] {
         let d = dir();
         let p = d.path().join("img.rcache");
-        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000), 0).unwrap();
         let n = c.chunks() as u64;
         for obj in 1..=n {
             read(&c, &s, obj, 0, 4096);
@@ -566,7 +662,7 @@ fn a_failed_flush_loses_nothing_and_frees_no_slot() {
         assert!(held > 0);
         // A crash (no clean flush) and a reopen: every byte still right.
         drop(c);
-        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000)).unwrap();
+        let c = Cache::open(&p, IMG, 512 * 1024, ObjSeq(1000), 0).unwrap();
         assert_eq!(c.counters().corrupt, 0);
         assert_eq!(c.valid_chunks(), held);
         // Newest first: those are held (older ones get evicted meanwhile).
@@ -583,7 +679,7 @@ fn a_superblock_of_another_size_is_reformatted() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 2, 0, 65536);
     c.flush().unwrap();
     drop(c);
@@ -594,7 +690,7 @@ fn a_superblock_of_another_size_is_reformatted() {
         .unwrap()
         .set_len(8 * MIB)
         .unwrap();
-    let c = Cache::open(&p, IMG, 8 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 8 * MIB, ObjSeq(100), 0).unwrap();
     assert_eq!(c.valid_chunks(), 0, "reformatted");
     read(&c, &s, 2, 0, 65536);
     assert_eq!(s.gets(), 2);
@@ -609,7 +705,7 @@ fn counters_are_persisted_at_flush_only() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100)).unwrap();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     read(&c, &s, 2, 0, 4096);
     read(&c, &s, 2, 0, 4096);
     c.sync_index().unwrap();
@@ -635,7 +731,7 @@ fn hit_throughput_vs_raw_preads() {
     let d = dir();
     let p = d.path().join("img.rcache");
     let s = Store::new();
-    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000)).unwrap();
+    let c = Cache::open(&p, IMG, 16 * MIB, ObjSeq(1000), 0).unwrap();
     let objs = 40u64;
     for obj in 1..=objs {
         read(&c, &s, obj, 0, Store::len(ObjSeq(obj)));

@@ -6,13 +6,13 @@
 //! Slot `i` is described by entry `i % ENTRIES_PER_BLOCK` of index block
 //! `i / ENTRIES_PER_BLOCK`.
 //!
-//! Superblock (block 0, little endian), version 1:
+//! Superblock (block 0, little endian), version 2:
 //!
 //! | off | size | field |
 //! |----:|-----:|-------|
 //! | 0   | 8    | magic `LSVDRC01` |
-//! | 8   | 4    | version = 1 |
-//! | 12  | 4    | length in bytes, crc included (= 140; zero padding to 4096 follows) |
+//! | 8   | 4    | version = 2 |
+//! | 12  | 4    | length in bytes, crc included (= 148; zero padding to 4096 follows) |
 //! | 16  | 16   | cache UUID (random per format) |
 //! | 32  | 16   | owner image UUID |
 //! | 48  | 8    | generation (random, new on every format: the first 8 bytes of the cache UUID) |
@@ -28,7 +28,11 @@
 //! | 112 | 8    | evictions |
 //! | 120 | 8    | inserts |
 //! | 128 | 8    | corrupt blocks and index blocks found |
-//! | 136 | 4    | crc32c of every preceding byte |
+//! | 136 | 8    | journal generation: the image's `journal_gen` of the attach that last used the file |
+//! | 144 | 4    | crc32c of every preceding byte |
+//!
+//! Version 1 (without the journal generation) is not read: such a file is
+//! reformatted, like any superblock that does not decode.
 //!
 //! Index block (4096 bytes):
 //!
@@ -48,7 +52,7 @@ use crate::units::{ImageUuid, ObjSeq};
 
 const MAGIC: &[u8; 8] = b"LSVDRC01";
 /// Format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const WHAT: &str = "read-cache superblock";
 const WHAT_INDEX: &str = "read-cache index block";
 /// Bytes of one cached chunk.
@@ -60,7 +64,7 @@ pub const BLOCKS_PER_CHUNK: usize = CHUNK_BYTES as usize / BLOCK_BYTES;
 /// Index entries in one index block.
 pub const ENTRIES_PER_BLOCK: usize = 51;
 const ENTRY_BYTES: usize = 80;
-const SUPER_LEN: usize = 140;
+const SUPER_LEN: usize = 148;
 
 /// Where things are in a cache file of a given size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +145,13 @@ pub struct CacheSuper {
     pub layout: Layout,
     /// Counters.
     pub counters: CacheCounters,
+    /// The image superblock's `journal_gen` of the attach that last used
+    /// this file. Object sequences are reused only by a recovery, and an
+    /// attach with another journal (another host, a wiped journal) changes
+    /// the image's generation: a file whose generation differs from the
+    /// image's at open may hold chunks of reused sequences, so all its
+    /// entries are dropped.
+    pub journal_gen: u64,
 }
 
 impl CacheSuper {
@@ -166,7 +177,8 @@ impl CacheSuper {
             .u64(c.misses)
             .u64(c.evictions)
             .u64(c.inserts)
-            .u64(c.corrupt);
+            .u64(c.corrupt)
+            .u64(self.journal_gen);
         let crc = super::crc(0, &e.buf);
         e.u32(crc);
         e.pad_to(BLOCK_BYTES);
@@ -200,6 +212,7 @@ impl CacheSuper {
             inserts: d.u64()?,
             corrupt: d.u64()?,
         };
+        let journal_gen = d.u64()?;
         if chunk as u64 != CHUNK_BYTES {
             return Err(d.invalid(format!("chunk size {chunk}, expected {CHUNK_BYTES}")));
         }
@@ -221,6 +234,7 @@ impl CacheSuper {
             generation,
             layout,
             counters,
+            journal_gen,
         })
     }
 }
@@ -368,6 +382,7 @@ mod tests {
                 inserts: 5,
                 corrupt: 0,
             },
+            journal_gen: 0x0123_4567_89ab_cdef,
         }
     }
 
@@ -438,6 +453,18 @@ mod tests {
     }
 
     #[test]
+    fn version_1_is_refused() {
+        // Version 1 had no journal generation: its files are reformatted.
+        let mut b = sample().encode();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let e = CacheSuper::decode(&b).unwrap_err();
+        assert!(
+            e.to_string().contains("unsupported format version 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn block_crc_covers_the_key() {
         let u = [1; 16];
         let img = ImageUuid([2; 16]);
@@ -453,7 +480,7 @@ mod tests {
 
     #[test]
     fn golden_vectors() {
-        let g = golden("rcache-super-v1.bin", &sample().encode());
+        let g = golden("rcache-super-v2.bin", &sample().encode());
         assert_eq!(CacheSuper::decode(&g).unwrap(), sample());
         let u = sample().cache_uuid;
         let g = golden(

@@ -507,8 +507,12 @@ impl Volume {
         let rec = recovery::recover(store.as_ref(), &image, &sb)?;
         sb.checkpoints = rec.checkpoints.clone();
         // Opened after recovery: entries above the last object it kept are
-        // dropped, since those sequences will be reused.
-        let cache = rcache::open_cache(&config, &image, sb.uuid, rec.last_obj);
+        // dropped, since those sequences will be reused. Opened with the
+        // journal generation the image recorded before this attach: a file
+        // last used under another one (an attach with another journal came
+        // in between, whose recovery may have reused sequences the file
+        // holds) drops everything.
+        let cache = rcache::open_cache(&config, &image, sb.uuid, rec.last_obj, sb.journal_gen.0);
         let (cache_tx, cache_rx) = match &cache {
             Some(_) => {
                 let (tx, rx) = crossbeam_channel::bounded(rcache::FILL_QUEUE);
@@ -608,6 +612,18 @@ impl Volume {
             sb.journal_gen = report.generation;
             sb.flags &= !FLAG_CLEAN;
         })?;
+        // Crash-safety ordering 22: the read cache records the new journal
+        // generation only after the image superblock does (one write and
+        // fdatasync of the cache superblock). A crash in between leaves the
+        // cache with the generation this open started from, which the next
+        // open finds differing from the image's: it drops every entry
+        // (safe, only cold). A failure here is the same case.
+        if let Some(c) = &inner.cache {
+            if let Err(e) = c.set_journal_gen(report.generation.0) {
+                warn!(image = %inner.image, cache = %c.path().display(),
+                    "could not record the journal generation in the read cache (the next open drops its entries): {e}");
+            }
+        }
         info!(image = %inner.image, replayed = report.replayed, rolled = rec.rolled, deleted = rec.deleted,
             discarded = ?report.discarded, "image opened");
         if !inner.config.no_gc {

@@ -38,11 +38,14 @@ pub fn rcache_path(rcache_dir: &std::path::Path, image: &str) -> std::path::Path
 
 /// Open the cache for a volume; a cache that cannot be opened is logged
 /// and left out (reads then go to the backend), never an open failure.
+/// `journal_gen` is the image superblock's journal generation as read at
+/// this open, before this attach records its own (see [`Cache::open`]).
 pub(crate) fn open_cache(
     config: &crate::config::Config,
     image: &str,
     uuid: crate::units::ImageUuid,
     last_obj: ObjSeq,
+    journal_gen: u64,
 ) -> Option<Arc<Cache>> {
     let path = rcache_path(&config.rcache_dir, image);
     // A cache file skipped by this open would miss the drop of entries
@@ -59,7 +62,7 @@ pub(crate) fn open_cache(
         remove("no_rcache is set");
         return None;
     }
-    match Cache::open(&path, uuid, config.rcache_bytes, last_obj) {
+    match Cache::open(&path, uuid, config.rcache_bytes, last_obj, journal_gen) {
         Ok(c) => Some(Arc::new(c)),
         Err(e) => {
             warn!(image, cache = %path.display(), "running without a read cache: {e}");
