@@ -109,7 +109,14 @@ pub(crate) struct Gc {
     swept: bool,
     /// Minimum age of the floor checkpoint used for deletion.
     grace: Duration,
+    /// Background steps in a row that found nothing to clean.
+    idle_steps: u32,
 }
+
+/// Idle background steps after which cleaned data waiting for deletion is
+/// freed even below the [`Gc::wants_checkpoints`] amount (two checkpoints
+/// cost little when clients are quiet).
+const IDLE_STEPS_BEFORE_FREEING: u32 = 5;
 
 impl Gc {
     /// `rate`: bytes per second read plus written; 0 = unlimited.
@@ -122,6 +129,7 @@ impl Gc {
             moved_bytes: 0,
             swept: false,
             grace: READ_GRACE,
+            idle_steps: 0,
         }
     }
 
@@ -249,9 +257,10 @@ impl Gc {
     }
 
     /// True when enough cleaned data waits that two checkpoints are worth
-    /// their bytes: 5% of the image, or 4 checkpoint sizes.
+    /// their bytes: 8% of the image, or 8 checkpoint sizes (so checkpoints
+    /// requested by GC cost at most a quarter of the bytes they free).
     pub(crate) fn wants_checkpoints(&self, host: &dyn GcHost) -> bool {
-        let want = (host.size_bytes() / 20).max(4 * host.last_checkpoint_bytes());
+        let want = (host.size_bytes() / 12).max(8 * host.last_checkpoint_bytes());
         !self.pending.is_empty() && self.pending_bytes >= want
     }
 
@@ -352,8 +361,14 @@ impl Gc {
     pub(crate) fn background_step(&mut self, host: &dyn GcHost) -> Result<bool> {
         let mut report = GcReport::default();
         let worked = self.cycle(host, &mut report)?;
+        self.idle_steps = if worked {
+            0
+        } else {
+            self.idle_steps.saturating_add(1)
+        };
+        let idle = self.idle_steps == IDLE_STEPS_BEFORE_FREEING;
         if self.wants_checkpoints(host) || (!worked && !self.pending.is_empty()) {
-            if self.wants_checkpoints(host) {
+            if self.wants_checkpoints(host) || idle {
                 self.checkpoint_twice(host)?;
             }
             self.delete(host, false, &mut report)?;
