@@ -288,9 +288,11 @@ for r in rows:
     print("| " + " | ".join(r) + " |")
 print()
 print("Notes: (a) the local directory backend shares the disk with the journal, so every client byte is written "
-      "twice to the same device (journal, then object); fio writes it once. (c) objects are written with O_DIRECT but "
-      "read with buffered preads, so repeated reads of the same objects hit the page cache, while fio reads O_DIRECT: "
-      "the read ratio is not like for like (the read cache of a later issue replaces this). (e) `Volume::open` "
+      "twice to the same device (journal, then object); fio writes it once. (c) reads go through the read cache "
+      "(2 GiB, filled as objects are destaged and on misses), misses read objects with buffered preads that may hit "
+      "the page cache, while fio reads O_DIRECT: the read ratio is not like for like; (f) is the like-for-like cache "
+      "measure. (g) runs with the default `gc_rate_bytes` (32M/s), so GC falls behind during the overwrites "
+      "(largest sample) and catches up when they stop (end). (e) `Volume::open` "
       "replays the journal while the destager already puts the replayed objects, so the open time includes most "
       "of the destage; `close` then has little left to do.")
 PYEOF

@@ -111,6 +111,10 @@ pub(crate) struct Gc {
     grace: Duration,
     /// Background steps in a row that found nothing to clean.
     idle_steps: u32,
+    /// When the background last wrote two checkpoints for deletion. Their
+    /// floor is usable only after the read grace; asking again before that
+    /// would only write more checkpoints.
+    last_ckpt_request: Option<Instant>,
 }
 
 /// Idle background steps after which cleaned data waiting for deletion is
@@ -130,6 +134,7 @@ impl Gc {
             swept: false,
             grace: READ_GRACE,
             idle_steps: 0,
+            last_ckpt_request: None,
         }
     }
 
@@ -368,8 +373,12 @@ impl Gc {
         };
         let idle = self.idle_steps == IDLE_STEPS_BEFORE_FREEING;
         if self.wants_checkpoints(host) || (!worked && !self.pending.is_empty()) {
-            if self.wants_checkpoints(host) || idle {
+            let due = self
+                .last_ckpt_request
+                .is_none_or(|t| t.elapsed() >= self.grace);
+            if due && (self.wants_checkpoints(host) || idle) {
                 self.checkpoint_twice(host)?;
+                self.last_ckpt_request = Some(Instant::now());
             }
             self.delete(host, false, &mut report)?;
         } else if !self.swept {
