@@ -13,8 +13,8 @@
 //! 2. writes 4 KiB random overwrites inside that 80%, totalling 3x the image
 //!    size, 32 in flight, sampling the stored bytes (every object of the
 //!    image, as `info` counts them) ten times along the way;
-//! 3. flushes, waits up to `SETTLE_SECS` (default 30) for the collector to
-//!    reach its steady state (stored bytes not shrinking over three 2 s
+//! 3. flushes, waits up to `SETTLE_SECS` (default 60) for the collector to
+//!    reach its steady state (stored bytes not shrinking over five 2 s
 //!    samples), and samples once more.
 //!
 //! Prints one line per mode:
@@ -201,12 +201,12 @@ fn run_mode(dir: &Path, size: u64, mode: &str, extra: Option<&str>) -> Result<Ou
     let settle: u64 = std::env::var("SETTLE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(60);
     let deadline = Instant::now() + Duration::from_secs(settle);
     let mut last = stored_bytes(&*store)?;
     let mut flat = 0;
-    // Settled: no shrinking over three samples in a row.
-    while mode != "off" && Instant::now() < deadline && flat < 3 {
+    // Settled: no shrinking over five samples in a row.
+    while mode != "off" && Instant::now() < deadline && flat < 5 {
         std::thread::sleep(Duration::from_secs(2));
         let now = stored_bytes(&*store)?;
         flat = if now >= last { flat + 1 } else { 0 };

@@ -127,7 +127,8 @@ pub struct Config {
     /// Default: `16M`.
     #[serde(deserialize_with = "de_size")]
     pub gc_buffer_bytes: u64,
-    /// GC bytes read plus written per second; `0` means unlimited.
+    /// GC bytes read plus written per second; `0` means unlimited. Lifted
+    /// while the objects hold more than 1.5x the live data (GC is behind).
     /// Default: `32M`.
     #[serde(deserialize_with = "de_size")]
     pub gc_rate_bytes: u64,
@@ -270,7 +271,7 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
         (
             "gc_rate_bytes",
             "32M",
-            "GC bytes read plus written per second (0: unlimited)",
+            "GC bytes read plus written per second (0: unlimited); lifted while objects hold more than 1.5x the live data",
         ),
         (
             "gc_plug_bytes",

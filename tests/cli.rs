@@ -501,18 +501,11 @@ fn gc_killed_at_every_failpoint_keeps_the_image() {
         r#","gc_threshold":90,"no_gc":true,"backend_obj_bytes":"256K","wlog_chunk_bytes":"64K"}"#,
     );
     env.ok(&["create", "pool/img", "--size", "2M"]);
-    let points = [
-        "gc.selected",
-        "gc.read_done",
-        "gc.seq_allocated",
-        "gc.put_done",
-        "gc.applied",
-        "gc.ckpt_requested",
-        "ckpt.published",
-        "gc.sweep.listed",
-        "gc.delete.each",
-        "gc.delete.each:2",
-    ];
+    let points: Vec<String> = lsvd::failpoint::POINTS
+        .iter()
+        .map(|p| p.to_string())
+        .chain(["gc.delete.each:2".to_string()])
+        .collect();
     for (i, point) in points.iter().enumerate() {
         let seed = (i + 1).to_string();
         env.ok(&[

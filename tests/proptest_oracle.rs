@@ -16,11 +16,21 @@
 //!   to be in the backend (prefix consistency, chunk atomicity); the oracle
 //!   then becomes that state.
 //!
+//! Read-cache steps stop the volume (crash or clean close), then delete the
+//! read cache file or flip a byte in it (in a listed chunk's data, an index
+//! block or the superblock), and reopen: every read must still equal the
+//! oracle (corruption is detected and the data refetched, never served).
+//!
 //! The image is read in full after every crash and reopen.
 //!
 //! A second, smaller property runs the same checker over a [`FaultStore`]
 //! that delays puts and fails some of them transiently: the engine must
 //! retry, and everything acknowledged must survive.
+//!
+//! Each property sums what its cases exercised ([`Tally`]) and checks over
+//! the whole run (at the default case count or more) that reads were served
+//! from the read cache and that cache corruption steps ran; the first
+//! property also checks that the engine found some of the corruption.
 //!
 //! Shrunk failures are saved in `tests/proptest-regressions/` and also kept
 //! below as named `#[test]`s. `LSVD_PROPTEST_CASES` sets the number of cases
@@ -99,6 +109,15 @@ enum Op {
     Sleep { ms: u64 },
     /// Force a garbage collection run (`Volume::gc_now`), then compare.
     Gc,
+    /// Stop the volume (`crash()` or a clean `close()`), delete its read
+    /// cache file, reopen and compare.
+    CacheDrop { crash: bool },
+    /// Stop the volume (`crash()` or a clean `close()`), flip a byte of its
+    /// read cache file, reopen and compare. `seed` picks the place (see
+    /// [`corrupt_cache`]): mostly the valid bytes of a chunk the index lists,
+    /// sometimes an index block or the superblock. The corruption must be
+    /// detected and the data refetched, never served.
+    CacheCorrupt { seed: u64, crash: bool },
 }
 
 use Op::*;
@@ -141,6 +160,8 @@ fn any_op() -> impl Strategy<Value = Op> {
         2 => any::<bool>().prop_map(|lose_journal| Crash { lose_journal }),
         1 => Just(Reopen),
         2 => Just(Gc),
+        1 => any::<bool>().prop_map(|crash| CacheDrop { crash }),
+        1 => (any::<u64>(), any::<bool>()).prop_map(|(seed, crash)| CacheCorrupt { seed, crash }),
     ]
 }
 
@@ -151,6 +172,8 @@ fn fault_op() -> impl Strategy<Value = Op> {
         1 => Just(Crash { lose_journal: false }),
         1 => Just(Reopen),
         1 => Just(Gc),
+        1 => any::<bool>().prop_map(|crash| CacheDrop { crash }),
+        1 => (any::<u64>(), any::<bool>()).prop_map(|(seed, crash)| CacheCorrupt { seed, crash }),
     ]
 }
 
@@ -293,6 +316,38 @@ struct Tally {
     gc_runs: u64,
     gc_objects: u64,
     gc_deleted: u64,
+    cache_drops: u64,
+    /// `CacheCorrupt` steps, and those of them that hit the valid bytes of
+    /// a listed chunk, an index block or the superblock (rather than bytes
+    /// nothing reads).
+    cache_corrupt_steps: u64,
+    cache_corruptions: u64,
+    /// Engine counters: chunks served from the read cache, and corrupt
+    /// cache blocks or index blocks it found (and dropped).
+    cache_hits: u64,
+    cache_corrupt_found: u64,
+}
+
+impl Tally {
+    /// Add another case's counts (for the totals over a property run).
+    fn add(&mut self, o: &Tally) {
+        self.crashes_keeping_journal += o.crashes_keeping_journal;
+        self.crashes_losing_journal += o.crashes_losing_journal;
+        self.mutations_lost += o.mutations_lost;
+        self.reopens += o.reopens;
+        self.data_objects += o.data_objects;
+        self.checkpoint_pieces += o.checkpoint_pieces;
+        self.backend_reads += o.backend_reads;
+        self.replayed += o.replayed;
+        self.gc_runs += o.gc_runs;
+        self.gc_objects += o.gc_objects;
+        self.gc_deleted += o.gc_deleted;
+        self.cache_drops += o.cache_drops;
+        self.cache_corrupt_steps += o.cache_corrupt_steps;
+        self.cache_corruptions += o.cache_corruptions;
+        self.cache_hits += o.cache_hits;
+        self.cache_corrupt_found += o.cache_corrupt_found;
+    }
 }
 
 type Check = Result<(), String>;
@@ -360,6 +415,8 @@ impl Harness {
         self.tally.replayed += st.replayed;
         self.tally.gc_objects += st.gc_objects;
         self.tally.gc_deleted += st.gc_deleted;
+        self.tally.cache_hits += st.cache_hits;
+        self.tally.cache_corrupt_found += st.cache_corrupt;
         vol
     }
 
@@ -474,6 +531,27 @@ impl Harness {
                 // Everything is in the backend now.
                 self.undo.clear();
             }
+            CacheDrop { crash } => {
+                self.tally.cache_drops += 1;
+                self.stop(crash)?;
+                let path = self.cache_file();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("remove {}: {e}", path.display())),
+                }
+                self.open("dropping the read cache")?;
+                self.verify_exact("dropping the read cache and reopening")?;
+            }
+            CacheCorrupt { seed, crash } => {
+                self.tally.cache_corrupt_steps += 1;
+                self.stop(crash)?;
+                if corrupt_cache(&self.cache_file(), seed)? {
+                    self.tally.cache_corruptions += 1;
+                }
+                self.open("corrupting the read cache")?;
+                self.verify_exact("corrupting the read cache and reopening")?;
+            }
             Crash { lose_journal } => {
                 if lose_journal {
                     self.tally.crashes_losing_journal += 1;
@@ -494,6 +572,25 @@ impl Harness {
             }
         }
         Ok(())
+    }
+
+    /// Stop the volume for a step on its cache file: `crash()` (the
+    /// journal is kept) or a clean `close()` (everything is in the backend
+    /// then).
+    fn stop(&mut self, crash: bool) -> Check {
+        let vol = self.take_vol();
+        if crash {
+            vol.crash();
+        } else {
+            vol.close().map_err(|e| format!("close: {e:?}"))?;
+            self.undo.clear();
+        }
+        Ok(())
+    }
+
+    /// The volume's read cache file.
+    fn cache_file(&self) -> PathBuf {
+        lsvd::volume::rcache_path(&self.config.rcache_dir, IMAGE)
     }
 
     /// Run `ops`, then close cleanly, reopen and compare the whole image.
@@ -518,6 +615,93 @@ impl Harness {
         }
         s
     }
+}
+
+/// Geometry of a read cache file (docs/format.md, "Read cache file").
+const RC_BLOCK: usize = 4096;
+const RC_SUPER_LEN: usize = 148;
+const RC_ENTRIES_PER_BLOCK: usize = 51;
+const RC_ENTRY: usize = 80;
+const RC_ENTRIES_OFF: usize = 16;
+
+fn le_u32(b: &[u8], off: usize) -> usize {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap()) as usize
+}
+
+fn le_u64(b: &[u8], off: usize) -> usize {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap()) as usize
+}
+
+/// Flip one byte of the (closed) read cache file at `path`, at a place
+/// picked from `seed`: 1 in 16 in the superblock, 2 in 16 in an index block
+/// (one that lists a chunk, if any does), otherwise in the valid bytes of a
+/// chunk the index lists (anywhere in the data area if it lists none).
+/// Whether the flip hit something the cache reads and checks (`false` for a
+/// missing or undecodable file, left alone, or a flip in unlisted data).
+fn corrupt_cache(path: &Path, seed: u64) -> Result<bool, String> {
+    let mut file = match std::fs::read(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("read {}: {e}", path.display())),
+    };
+    if file.len() < RC_BLOCK || &file[0..8] != b"LSVDRC01" {
+        return Ok(false);
+    }
+    let slots = le_u32(&file, 68);
+    let index_off = le_u64(&file, 72);
+    let index_blocks = le_u32(&file, 80);
+    let data_off = le_u64(&file, 88);
+    let chunk = le_u32(&file, 64);
+    if index_off + index_blocks * RC_BLOCK > data_off
+        || data_off + slots * chunk > file.len()
+        || slots > index_blocks * RC_ENTRIES_PER_BLOCK
+    {
+        return Err(format!(
+            "read cache {}: superblock geometry does not fit the file \
+             (slots {slots}, index at {index_off} x {index_blocks}, data at {data_off}, \
+             chunk {chunk}, file {})",
+            path.display(),
+            file.len()
+        ));
+    }
+    // Slots the index lists, with their valid bytes.
+    let valid: Vec<(usize, usize)> = (0..slots)
+        .filter_map(|i| {
+            let e = index_off
+                + (i / RC_ENTRIES_PER_BLOCK) * RC_BLOCK
+                + RC_ENTRIES_OFF
+                + (i % RC_ENTRIES_PER_BLOCK) * RC_ENTRY;
+            let bytes = le_u32(&file, e + 12);
+            (bytes > 0 && bytes <= chunk).then_some((i, bytes))
+        })
+        .collect();
+    let r = splitmix64(seed);
+    let pick = (r >> 8) as usize;
+    let flip = ((r >> 40) as u8) | 1;
+    let (pos, hit) = match seed % 16 {
+        0 => (pick % RC_SUPER_LEN, true),
+        1 | 2 => {
+            let block = match valid.is_empty() {
+                true => pick % index_blocks.max(1),
+                false => valid[pick % valid.len()].0 / RC_ENTRIES_PER_BLOCK,
+            };
+            (
+                index_off + block * RC_BLOCK + (r >> 32) as usize % RC_BLOCK,
+                true,
+            )
+        }
+        _ if valid.is_empty() => (data_off + pick % (slots * chunk).max(1), false),
+        _ => {
+            let (slot, bytes) = valid[pick % valid.len()];
+            (data_off + slot * chunk + (r >> 32) as usize % bytes, true)
+        }
+    };
+    if pos >= file.len() {
+        return Ok(false);
+    }
+    file[pos] ^= flip;
+    std::fs::write(path, &file).map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(hit)
 }
 
 /// How many of the newest mutations in `undo` must be undone from `oracle`
@@ -557,9 +741,15 @@ impl Drop for Harness {
 
 /// Run `ops` on a fresh [`MemStore`] image through the full checker.
 fn check_ops(ops: &[Op]) -> Check {
+    check_ops_tally(ops).map(drop)
+}
+
+/// [`check_ops`], returning what the case exercised.
+fn check_ops_tally(ops: &[Op]) -> Result<Tally, String> {
     let mut h = Harness::mem()?;
     h.run(ops)
-        .map_err(|e| format!("{e}\noperations run:{}", h.history()))
+        .map_err(|e| format!("{e}\noperations run:{}", h.history()))?;
+    Ok(h.tally.clone())
 }
 
 /// Like [`check_ops`], but panic with the message (for named tests).
@@ -590,13 +780,55 @@ fn proptest_config(default_cases: u32, file: &'static str) -> ProptestConfig {
     }
 }
 
-proptest! {
-    #![proptest_config(proptest_config(64, "tests/proptest-regressions/proptest_oracle.txt"))]
-
-    #[test]
-    fn engine_matches_oracle(ops in proptest::collection::vec(any_op(), 1..60)) {
-        check_ops(&ops).map_err(TestCaseError::fail)?;
+/// Run property `name` over `strategy` with `config`; panic on a failure
+/// (after shrinking). Returns the tallies of every case run, summed, so
+/// that the caller can check that the run as a whole exercised what it is
+/// meant to (a single case may legitimately exercise little).
+fn run_property<S: Strategy>(
+    name: &str,
+    config: ProptestConfig,
+    strategy: &S,
+    case: impl Fn(S::Value) -> Result<Tally, String>,
+) -> Tally {
+    let total = std::sync::Mutex::new(Tally::default());
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(strategy, |v| {
+        let t = case(v).map_err(TestCaseError::fail)?;
+        total.lock().unwrap().add(&t);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
     }
+    let total = total.into_inner().unwrap();
+    if std::env::var_os("LSVD_PROPTEST_VERBOSE").is_some() {
+        eprintln!("{name}: over the run: {total:?}");
+    }
+    total
+}
+
+#[test]
+fn engine_matches_oracle() {
+    let t = run_property(
+        "engine_matches_oracle",
+        proptest_config(64, "tests/proptest-regressions/proptest_oracle.txt"),
+        &proptest::collection::vec(any_op(), 1..60),
+        |ops| check_ops_tally(&ops),
+    );
+    // The run as a whole read from the read cache, and corrupted it in
+    // places the cache checks, which it found (and refetched: every read
+    // matched the oracle). Not checked over a run shorter than the default,
+    // where each of these may legitimately be zero.
+    if cases(64) < 64 {
+        return;
+    }
+    assert!(t.cache_hits > 0, "no read served from the cache: {t:?}");
+    assert!(t.cache_drops > 0, "no cache drop: {t:?}");
+    assert!(t.cache_corruptions > 0, "no cache corruption: {t:?}");
+    assert!(
+        t.cache_corrupt_found > 0,
+        "no cache corruption found: {t:?}"
+    );
 }
 
 /// Put faults for one fault-store case.
@@ -624,8 +856,9 @@ fn put_faults() -> impl Strategy<Value = PutFaults> {
 
 /// Run `ops` over a [`FaultStore`] (on a [`MemStore`]) that delays puts at
 /// random and fails some transiently; everything acknowledged must read back
-/// and survive crashes that keep the journal and a clean reopen.
-fn check_ops_with_put_faults(faults: &PutFaults, ops: &[Op]) -> Check {
+/// and survive crashes that keep the journal and a clean reopen. Returns
+/// what the case exercised.
+fn check_ops_with_put_faults(faults: &PutFaults, ops: &[Op]) -> Result<Tally, String> {
     let mem = Arc::new(MemStore::new());
     let fault = Arc::new(FaultStore::new(mem.clone(), faults.seed));
     fault.add_rule(
@@ -659,19 +892,22 @@ fn check_ops_with_put_faults(faults: &PutFaults, ops: &[Op]) -> Check {
             c.injected_for(FaultOp::Put)
         );
     }
-    Ok(())
+    Ok(h.tally.clone())
 }
 
-proptest! {
-    #![proptest_config(proptest_config(16, "tests/proptest-regressions/proptest_oracle_faults.txt"))]
-
-    #[test]
-    fn engine_retries_transient_put_failures(
-        faults in put_faults(),
-        ops in proptest::collection::vec(fault_op(), 1..40),
-    ) {
-        check_ops_with_put_faults(&faults, &ops).map_err(TestCaseError::fail)?;
+#[test]
+fn engine_retries_transient_put_failures() {
+    let t = run_property(
+        "engine_retries_transient_put_failures",
+        proptest_config(16, "tests/proptest-regressions/proptest_oracle_faults.txt"),
+        &(put_faults(), proptest::collection::vec(fault_op(), 1..40)),
+        |(faults, ops)| check_ops_with_put_faults(&faults, &ops),
+    );
+    if cases(16) < 16 {
+        return;
     }
+    assert!(t.cache_hits > 0, "no read served from the cache: {t:?}");
+    assert!(t.cache_corrupt_steps > 0, "no cache corruption step: {t:?}");
 }
 
 // ---------------------------------------------------------------------------

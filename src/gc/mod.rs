@@ -115,7 +115,15 @@ pub(crate) struct Gc {
     /// floor is usable only after the read grace; asking again before that
     /// would only write more checkpoints.
     last_ckpt_request: Option<Instant>,
+    /// GC has fallen behind: the objects hold more than [`BEHIND_RATIO`]
+    /// times the live data. The rate limit is lifted until it catches up
+    /// (the yield to client backlog stays), so sustained overwrites cannot
+    /// grow the store without bound.
+    behind: bool,
 }
+
+/// Stored data per live data above which GC ignores `gc_rate_bytes`.
+pub(crate) const BEHIND_RATIO: f64 = 1.5;
 
 /// Idle background steps after which cleaned data waiting for deletion is
 /// freed even below the [`Gc::wants_checkpoints`] amount (two checkpoints
@@ -135,6 +143,7 @@ impl Gc {
             grace: READ_GRACE,
             idle_steps: 0,
             last_ckpt_request: None,
+            behind: false,
         }
     }
 
@@ -157,7 +166,7 @@ impl Gc {
                 return false;
             }
             let backlog = host.client_backlog() && t0.elapsed() < MAX_YIELD;
-            let ahead = if self.rate == 0 {
+            let ahead = if self.rate == 0 || self.behind {
                 Duration::ZERO
             } else {
                 let due = Duration::from_secs_f64(self.moved_bytes as f64 / self.rate as f64);
@@ -176,6 +185,10 @@ impl Gc {
         let cap = cfg.gc_buffer_bytes.min(cfg.backend_obj_bytes);
         self.collect_dead(host);
         let objects = host.objects();
+        let (data, live) = objects.iter().fold((0u64, 0u64), |(d, l), (_, i)| {
+            (d + i.data_sectors, l + i.live_sectors)
+        });
+        self.behind = live > 0 && data as f64 > BEHIND_RATIO * live as f64;
         let victims = select::select_victims(&objects, cfg.gc_threshold, cap, |o| {
             host.retention().pinned(o) || self.pending.contains_key(&o)
         });

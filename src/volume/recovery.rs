@@ -30,6 +30,19 @@ pub(crate) struct Recovered {
     pub deleted: u64,
 }
 
+/// Read and decode one checkpoint piece.
+fn read_piece(store: &dyn ObjectStore, name: &str) -> Result<CheckpointPiece> {
+    let size = store.stat(name)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("checkpoint piece {name} is missing"),
+        )
+    })?;
+    let buf = store.get(name, 0, size as usize)?;
+    CheckpointPiece::decode(&buf)
+        .map_err(|e| Error::with_source(ErrorKind::Corrupt, format!("checkpoint piece {name}"), e))
+}
+
 /// Load one checkpoint (all its pieces) into a map.
 fn load_checkpoint(
     store: &dyn ObjectStore,
@@ -42,16 +55,7 @@ fn load_checkpoint(
     let mut header: Option<(ObjSeq, JournalSeq, u64)> = None;
     for i in 0..c.pieces {
         let name = object_name(image, ObjSeq(c.seq.0 + i as u64));
-        let size = store.stat(&name)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("checkpoint piece {name} is missing"),
-            )
-        })?;
-        let buf = store.get(&name, 0, size as usize)?;
-        let p = CheckpointPiece::decode(&buf).map_err(|e| {
-            Error::with_source(ErrorKind::Corrupt, format!("checkpoint piece {name}"), e)
-        })?;
+        let p = read_piece(store, &name)?;
         if p.uuid != sb.uuid || p.ckpt_seq != c.seq || p.index != i || p.count != c.pieces {
             return Err(Error::new(
                 ErrorKind::Corrupt,
@@ -115,16 +119,7 @@ pub(crate) fn checkpoint_table(
     c: CheckpointRef,
 ) -> Result<(ObjSeq, std::collections::BTreeSet<ObjSeq>)> {
     let name = object_name(image, c.seq);
-    let size = store.stat(&name)?.ok_or_else(|| {
-        Error::new(
-            ErrorKind::NotFound,
-            format!("checkpoint piece {name} is missing"),
-        )
-    })?;
-    let buf = store.get(&name, 0, size as usize)?;
-    let p = CheckpointPiece::decode(&buf).map_err(|e| {
-        Error::with_source(ErrorKind::Corrupt, format!("checkpoint piece {name}"), e)
-    })?;
+    let p = read_piece(store, &name)?;
     if p.uuid != sb.uuid || p.ckpt_seq != c.seq || p.index != 0 || p.count != c.pieces {
         return Err(Error::new(
             ErrorKind::Corrupt,
