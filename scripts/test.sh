@@ -54,8 +54,8 @@ crash=target/release/lsvd-crash-test
 echo "== crash tester with aggressive garbage collection"
 gc_iters="${LSVD_GC_CRASH_ITERATIONS:-150}"
 # One image for the whole run: GC must keep the store bounded.
-"$crash" --gc --iterations "$gc_iters" --seed 7 --fresh-every 0 --max-stored-ratio 4 --quiet
-"$crash" --gc --iterations $((gc_iters / 3)) --seed 8 --fresh-every 0 --max-stored-ratio 4 \
+"$crash" --gc --iterations "$gc_iters" --seed 7 --fresh-every 0 --max-stored-ratio 8 --quiet
+"$crash" --gc --iterations $((gc_iters / 3)) --seed 8 --fresh-every 0 --max-stored-ratio 8 \
     --wipe-journal-every 5 --lose-objects 1 --lose-objects-every 7 --quiet
 echo "== a crash at every step of a GC cycle"
 cargo test --release --test gc_failpoints -- --ignored --nocapture
@@ -78,7 +78,7 @@ rados_iters="${LSVD_RADOS_CRASH_ITERATIONS:-40}"
 "$crash" --backend rados --iterations $((rados_iters / 2)) --seed 6 --lose-objects 2 \
     --lose-objects-every 3 --quiet
 "$crash" --backend rados --gc --iterations $((rados_iters / 2)) --seed 9 --fresh-every 0 \
-    --max-stored-ratio 4 --quiet
+    --max-stored-ratio 8 --quiet
 LSVD_PROPTEST_RADOS_CASES="${LSVD_PROPTEST_RADOS_CASES:-64}" \
     cargo test --release --features rados --test proptest_oracle -- --ignored --nocapture \
     proptest_rados

@@ -378,6 +378,12 @@ impl Gc {
     /// (the caller then sleeps `gc_interval_msec`).
     pub(crate) fn background_step(&mut self, host: &dyn GcHost) -> Result<bool> {
         let mut report = GcReport::default();
+        if !self.swept {
+            // First the orphans an earlier run left (a crash between a
+            // checkpoint publish and its deletes), as soon as a floor is
+            // known: a busy GC might otherwise not sweep for a long time.
+            self.delete(host, false, &mut report)?;
+        }
         let worked = self.cycle(host, &mut report)?;
         self.idle_steps = if worked {
             0
