@@ -299,6 +299,10 @@ PYEOF
 
 cat "$R/table.md"
 if [[ "${NO_DOC:-0}" != 1 ]]; then
-    cp "$R/table.md" "$DOC"
+    # The hand-written sections below the table (from the first "## "
+    # heading on: the guest, RADOS, GC and cache runs) are kept.
+    rest=$(grep -n '^## ' "$DOC" 2>/dev/null | head -1 | cut -d: -f1 || true)
+    { cat "$R/table.md"; if [[ -n "$rest" ]]; then echo; tail -n +"$rest" "$DOC"; fi; } >"$R/doc.md"
+    cp "$R/doc.md" "$DOC"
     log "wrote $DOC"
 fi
