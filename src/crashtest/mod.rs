@@ -126,7 +126,8 @@ pub struct Args {
     /// How the journal is destroyed.
     #[arg(long, value_enum, default_value = "delete")]
     pub wipe_mode: WipeMode,
-    /// Delete the N highest-sequence backend objects after a kill.
+    /// Delete the N highest-sequence backend objects after a kill (once GC
+    /// has run: only objects above the oldest listed checkpoint).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub lose_objects: u32,
     /// Lose objects only after every K-th kill (default: every kill).
@@ -1092,19 +1093,21 @@ impl Tester {
             .filter_map(|name| parse_object_name(IMAGE, &name).map(|seq| (seq.0, name)))
             .collect();
         objs.sort();
-        if self.args.gc {
-            // With GC, objects at or below a published checkpoint may be the
-            // only copy of moved data whose sources are gone: a store that
-            // acknowledged them and then lost them has lost data, which no
-            // recovery can undo. Lose only what could still have been in
-            // flight: objects above the newest checkpoint the superblock names.
-            let sb = crate::volume::image::read_superblock(&*store, IMAGE)
-                .map_err(|e| format!("lose objects: read superblock: {e}"))?;
+        let sb = crate::volume::image::read_superblock(&*store, IMAGE)
+            .map_err(|e| format!("lose objects: read superblock: {e}"))?;
+        if sb.incompat & crate::format::superblock::INCOMPAT_GC != 0 {
+            // Once GC has run (it does by default, not only with --gc),
+            // objects below the oldest listed checkpoint may be gone, so a
+            // recovery that loses every listed checkpoint cannot roll
+            // forward from object 1 and rightly refuses the image. Losing
+            // the oldest listed checkpoint is losing puts acknowledged long
+            // ago, not puts in flight: lose only objects above its pieces
+            // (the newest checkpoint, and what follows, may still go).
             let floor = sb
                 .checkpoints
                 .iter()
                 .map(|c| c.seq.0 + u64::from(c.pieces).saturating_sub(1))
-                .max()
+                .min()
                 .unwrap_or(0);
             objs.retain(|(seq, _)| *seq > floor);
         }
