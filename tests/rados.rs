@@ -558,7 +558,13 @@ fn osd_stopped_mid_run_writes_wait_in_the_journal_and_nothing_is_lost() {
     let ns = Namespace::new("faults-osd");
     let dir = tempdir();
     let io_timeout = Duration::from_secs(90);
-    let config = volume_config(&ns.name, dir.path(), io_timeout.as_millis() as u64);
+    let config = Config {
+        // The data written before the outage must be only in the backend
+        // (the read cache would hold it since its destage: read-after-write
+        // hits), so the read while the OSD is down really goes to RADOS.
+        no_rcache: true,
+        ..volume_config(&ns.name, dir.path(), io_timeout.as_millis() as u64)
+    };
     let store = open_store(&config, &pool(), false).unwrap();
     let size = 32 * MIB;
     create_image(store.as_ref(), "img", size).unwrap();
