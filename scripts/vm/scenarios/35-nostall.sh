@@ -17,7 +17,9 @@ must write-a dd if="$STATE/a" of="$DEV" bs=1M oflag=direct conv=fsync
 detach detach $IMG
 
 export LSVD_FAULT_GET_DELAY_MS=$DELAY_MS
-attach slow-attach $IMG --queues 1 || finish
+# No read cache: it holds the data since its destage (read-after-write), and
+# the read must go to the delayed backend.
+attach slow-attach $IMG --queues 1 --config '{"no_rcache": true}' || finish
 unset LSVD_FAULT_GET_DELAY_MS
 grep -q "LSVD_FAULT_GET_DELAY_MS=$DELAY_MS" /run/lsvd-ublk/p-stall.log &&
     pass hook-active || fail hook-active "the server did not report the read delay"
