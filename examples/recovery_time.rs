@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use lsvd::backend::{DirStore, FaultAction, FaultOp, FaultRule, FaultStore, ObjectStore};
@@ -38,45 +38,11 @@ const IN_FLIGHT: u64 = 64;
 /// Largest write.
 const MAX_WRITE: u64 = MIB;
 
+#[path = "common/inflight.rs"]
+mod inflight;
+use inflight::InFlight;
+
 type BoxError = Box<dyn std::error::Error>;
-
-/// Counts writes in flight and the first error any of them reported.
-#[derive(Default)]
-struct InFlight {
-    state: Mutex<(u64, Option<lsvd::Error>)>,
-    cv: Condvar,
-}
-
-impl InFlight {
-    /// Wait until fewer than `max` are in flight, then count one more.
-    fn acquire(&self, max: u64) -> lsvd::Result<()> {
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while g.0 >= max && g.1.is_none() {
-            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-        if let Some(e) = g.1.take() {
-            return Err(e);
-        }
-        g.0 += 1;
-        Ok(())
-    }
-
-    fn release(&self, r: lsvd::Result<()>) {
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 -= 1;
-        if let Err(e) = r {
-            g.1.get_or_insert(e);
-        }
-        self.cv.notify_all();
-    }
-
-    /// Wait until nothing is in flight.
-    fn drain(&self) -> lsvd::Result<()> {
-        self.acquire(1)?;
-        self.release(Ok(()));
-        Ok(())
-    }
-}
 
 fn options(config: &Config, store: Arc<dyn ObjectStore>, dir: &Path) -> VolumeOptions {
     VolumeOptions {

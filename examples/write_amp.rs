@@ -28,7 +28,7 @@
 //! `$LSVD_CONFIG_EXTRA` (for example `{"gc_rate_bytes": "64M"}`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lsvd::backend::{DirStore, ObjectStore};
@@ -43,43 +43,11 @@ const MIB: u64 = 1 << 20;
 const IN_FLIGHT: u64 = 32;
 const BS: u64 = 4096;
 
+#[path = "common/inflight.rs"]
+mod inflight;
+use inflight::InFlight;
+
 type BoxError = Box<dyn std::error::Error>;
-
-/// Counts writes in flight and the first error any of them reported.
-#[derive(Default)]
-struct InFlight {
-    state: Mutex<(u64, Option<lsvd::Error>)>,
-    cv: Condvar,
-}
-
-impl InFlight {
-    fn acquire(&self, max: u64) -> lsvd::Result<()> {
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while g.0 >= max && g.1.is_none() {
-            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-        if let Some(e) = g.1.take() {
-            return Err(e);
-        }
-        g.0 += 1;
-        Ok(())
-    }
-
-    fn release(&self, r: lsvd::Result<()>) {
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 -= 1;
-        if let Err(e) = r {
-            g.1.get_or_insert(e);
-        }
-        self.cv.notify_all();
-    }
-
-    fn drain(&self) -> lsvd::Result<()> {
-        self.acquire(1)?;
-        self.release(Ok(()));
-        Ok(())
-    }
-}
 
 /// Bytes of every object of the image (superblock excluded), as `info`
 /// counts them.

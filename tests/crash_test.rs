@@ -1,33 +1,14 @@
 //! Runs `lsvd-crash-test` end to end: a child writing to a volume is killed
 //! at random moments, and the parent verifies the recovered image each time.
 
-use std::process::Command;
+mod common;
+
+use common::run_crash_tester;
 
 /// Run the crash tester with `args`, assert it passed, and return how many
 /// writes and sectors it verified.
 fn run_crash_test(args: &[&str]) -> (u64, u64) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lsvd-crash-test"))
-        .args(args)
-        .output()
-        .expect("run lsvd-crash-test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "lsvd-crash-test {args:?} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    let iterations: u64 = args
-        .windows(2)
-        .find(|w| w[0] == "--iterations")
-        .and_then(|w| w[1].parse().ok())
-        .expect("--iterations in args");
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l == format!("{iterations} passed, 0 failed")),
-        "no summary line in:\n{stdout}"
-    );
+    let stdout = run_crash_tester(args);
     let totals = stdout
         .lines()
         .find(|l| l.starts_with("totals:"))

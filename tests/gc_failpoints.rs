@@ -7,7 +7,9 @@
 //! test command (`scripts/test.sh`) in release; the default `cargo test`
 //! runs one point.
 
-use std::process::Command;
+mod common;
+
+use common::run_crash_tester;
 
 /// Run the crash tester; assert it passed; return how many children aborted
 /// at the failpoint.
@@ -28,24 +30,7 @@ fn run(point: &str, nth: u32, iterations: u32, seed: u64) -> u32 {
         "--size",
         "32M",
     ];
-    let out = Command::new(env!("CARGO_BIN_EXE_lsvd-crash-test"))
-        .args(args)
-        .env_remove("LSVD_FAILPOINT")
-        .output()
-        .expect("run lsvd-crash-test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "lsvd-crash-test {args:?} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l == format!("{iterations} passed, 0 failed")),
-        "no summary line in:\n{stdout}"
-    );
+    let stdout = run_crash_tester(&args);
     let line = stdout
         .lines()
         .find(|l| l.starts_with(&format!("failpoint {fp}:")))

@@ -286,6 +286,31 @@ mod tests {
         }
     }
 
+    /// A small test config with the cache under `dir`.
+    fn test_config(dir: &std::path::Path, no_rcache: bool) -> Config {
+        Config {
+            rcache_dir: dir.join("rcache"),
+            rcache_bytes: 1 << 20,
+            no_rcache,
+            flush_msec: 20,
+            wlog_bytes: 4 << 20,
+            wlog_chunk_bytes: 64 << 10,
+            backend_obj_bytes: 256 << 10,
+            ..Config::default()
+        }
+    }
+
+    /// Open image `img` of `store` with `config`, journal under `dir`.
+    fn open_img(config: &Config, store: Arc<dyn ObjectStore>, dir: &std::path::Path) -> Volume {
+        Volume::open(VolumeOptions {
+            config: config.clone(),
+            store,
+            image: "img".into(),
+            journal_path: dir.join("img.wlog"),
+        })
+        .unwrap()
+    }
+
     fn moved_object_is_found_again(no_rcache: bool) {
         let dir = tempfile::tempdir_in("/tmp").unwrap();
         let mem = Arc::new(MemStore::new());
@@ -295,25 +320,8 @@ mod tests {
             hook: Mutex::new(None),
         });
         crate::volume::image::create_image(store.as_ref(), "img", 1 << 20).unwrap();
-        let config = Config {
-            rcache_dir: dir.path().join("rcache"),
-            rcache_bytes: 1 << 20,
-            no_rcache,
-            flush_msec: 20,
-            wlog_bytes: 4 << 20,
-            wlog_chunk_bytes: 64 << 10,
-            backend_obj_bytes: 256 << 10,
-            ..Config::default()
-        };
-        let open = || {
-            Volume::open(VolumeOptions {
-                config: config.clone(),
-                store: store.clone(),
-                image: "img".into(),
-                journal_path: dir.path().join("img.wlog"),
-            })
-            .unwrap()
-        };
+        let config = test_config(dir.path(), no_rcache);
+        let open = || open_img(&config, store.clone(), dir.path());
         let v = open();
         let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
         v.write(0, &data).unwrap();
@@ -373,24 +381,8 @@ mod tests {
         let dir = tempfile::tempdir_in("/tmp").unwrap();
         let store = Arc::new(MemStore::new());
         crate::volume::image::create_image(store.as_ref(), "img", 1 << 20).unwrap();
-        let config = Config {
-            rcache_dir: dir.path().join("rcache"),
-            rcache_bytes: 1 << 20,
-            flush_msec: 20,
-            wlog_bytes: 4 << 20,
-            wlog_chunk_bytes: 64 << 10,
-            backend_obj_bytes: 256 << 10,
-            ..Config::default()
-        };
-        let open = || {
-            Volume::open(VolumeOptions {
-                config: config.clone(),
-                store: store.clone(),
-                image: "img".into(),
-                journal_path: dir.path().join("img.wlog"),
-            })
-            .unwrap()
-        };
+        let config = test_config(dir.path(), false);
+        let open = || open_img(&config, store.clone(), dir.path());
         let v = open();
         let data: Vec<u8> = (0..(512u32 << 10)).map(|i| (i * 13 % 253) as u8).collect();
         v.write(0, &data).unwrap();
