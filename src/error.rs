@@ -35,6 +35,11 @@ pub enum ErrorKind {
     /// This server was fenced: another server broke its lock and the
     /// backend refuses its writes for good (RADOS: blocklisted).
     Fenced,
+    /// A write to something read-only (a snapshot, a read-only export).
+    ReadOnly,
+    /// Still needed by something else (a snapshot with clones, an image
+    /// with snapshots).
+    InUse,
 }
 
 impl ErrorKind {
@@ -52,6 +57,8 @@ impl ErrorKind {
             ErrorKind::Closed => "volume closed",
             ErrorKind::Config => "configuration error",
             ErrorKind::Fenced => "fenced",
+            ErrorKind::ReadOnly => "read-only",
+            ErrorKind::InUse => "in use",
         }
     }
 
@@ -70,6 +77,8 @@ impl ErrorKind {
             ErrorKind::Closed => libc::ESHUTDOWN,
             ErrorKind::Config => libc::EINVAL,
             ErrorKind::Fenced => libc::ESHUTDOWN,
+            ErrorKind::ReadOnly => libc::EROFS,
+            ErrorKind::InUse => libc::EBUSY,
         })
     }
 }

@@ -6,7 +6,8 @@
 //! atomic load. Points (see `docs/format.md`, "Crash-safety orderings"):
 //! `gc.selected`, `gc.read_done`, `gc.seq_allocated`, `gc.put_done`,
 //! `gc.applied`, `gc.ckpt_requested`, `ckpt.published`, `gc.delete.each`,
-//! `gc.sweep.listed`.
+//! `gc.sweep.listed`; and for snapshots and clones ([`LIFECYCLE_POINTS`]):
+//! `snap.before_superblock`, `flatten.before_superblock`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -27,14 +28,18 @@ pub const POINTS: &[&str] = &[
     "gc.delete.each",
 ];
 
+/// Failpoints of `snap create` and `flatten` (not reached by a GC cycle).
+pub const LIFECYCLE_POINTS: &[&str] = &["snap.before_superblock", "flatten.before_superblock"];
+
 /// Check a `NAME[:N]` value: a known point and N >= 1.
 pub fn validate(v: &str) -> Result<(), String> {
     let s = parse(v).ok_or_else(|| format!("{v:?} is not NAME[:N] with N >= 1"))?;
-    if !POINTS.contains(&s.name.as_str()) {
+    if !POINTS.contains(&s.name.as_str()) && !LIFECYCLE_POINTS.contains(&s.name.as_str()) {
         return Err(format!(
-            "unknown failpoint {:?} (known: {})",
+            "unknown failpoint {:?} (known: {}, {})",
             s.name,
-            POINTS.join(", ")
+            POINTS.join(", "),
+            LIFECYCLE_POINTS.join(", ")
         ));
     }
     Ok(())
@@ -156,9 +161,10 @@ mod tests {
             include_str!("gc/mod.rs"),
             include_str!("volume/gchost.rs"),
             include_str!("volume/destage.rs"),
+            include_str!("volume/snapshot.rs"),
         ]
         .concat();
-        for p in POINTS {
+        for p in POINTS.iter().chain(LIFECYCLE_POINTS) {
             assert!(
                 src.contains(&format!("hit(\"{p}\")")),
                 "{p} is not hit anywhere"

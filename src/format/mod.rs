@@ -170,6 +170,9 @@ impl<'a> Dec<'a> {
     pub fn u64(&mut self) -> Result<u64, FormatError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
     pub fn skip(&mut self, n: usize) -> Result<(), FormatError> {
         self.bytes(n).map(|_| ())
     }

@@ -17,13 +17,38 @@
 //! | 76  | 4    | number of checkpoints listed, N <= 4 |
 //! | 80  | 16*N | checkpoints, newest first: first object sequence (8), piece count (4), reserved (4) |
 //! | ... | 4    | crc32c of every preceding byte |
+//!
+//! Version 2 (written only when the image has snapshots or a parent, so a
+//! plain image stays readable by version-1 builds) has the same fields up to
+//! the checkpoints, then:
+//!
+//! | size | field |
+//! |-----:|-------|
+//! | 4    | number of snapshots S <= [`MAX_SNAPSHOTS`] |
+//! | ...  | S snapshots, oldest first: checkpoint sequence (8), piece count (4), flags (4, bit 0: being removed), last object sequence (8), size in bytes (8), creation time (8), name length (2), name |
+//! | 4    | 1 if the image is a clone, else 0 |
+//! | ...  | if a clone: parent UUID (16), parent snapshot's checkpoint sequence (8), piece count (4), reserved (4), last object sequence (8), size in bytes (8), parent image name length (2), name, snapshot name length (2), name |
+//! | 4    | crc32c of every preceding byte |
+//!
+//! Names are 1 to 96 bytes of `[A-Za-z0-9_-]`.
 
 use super::{check_magic_version, check_trailing_crc, Dec, Enc, FormatError};
 use crate::units::{Generation, ImageUuid, ObjSeq};
 
 const MAGIC: &[u8; 8] = b"LSVDSUP1";
-/// Format version this build writes and reads.
+/// Format version of a plain image (no snapshots, no parent).
 pub const VERSION: u32 = 1;
+/// Format version of an image with snapshots or a parent.
+pub const VERSION_2: u32 = 2;
+/// Most snapshots an image keeps.
+pub const MAX_SNAPSHOTS: usize = 128;
+/// Longest image or snapshot name.
+pub const MAX_NAME: usize = 96;
+/// Snapshot flag: `snap rm` has begun (no new clone may link to it).
+pub const SNAP_REMOVING: u32 = 1;
+/// Largest encoded superblock (what [`crate::volume::image::read_superblock`] reads).
+pub const MAX_ENCODED: usize =
+    80 + 16 * MAX_CHECKPOINTS + 4 + MAX_SNAPSHOTS * (42 + MAX_NAME) + 4 + (52 + 2 * MAX_NAME) + 4;
 const WHAT: &str = "superblock";
 /// Most checkpoints a superblock lists.
 pub const MAX_CHECKPOINTS: usize = 4;
@@ -47,6 +72,43 @@ pub struct CheckpointRef {
     pub pieces: u32,
 }
 
+/// A snapshot: the image as of its checkpoint, which reflects every object
+/// up to `last_obj` (and nothing of the journal beyond it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRef {
+    /// Name, unique within the image.
+    pub name: String,
+    /// The checkpoint holding the snapshot's map. Its pieces and every
+    /// object its table lists are kept by GC while the snapshot exists.
+    pub ckpt: CheckpointRef,
+    /// Last object sequence the snapshot reflects.
+    pub last_obj: ObjSeq,
+    /// Image size when the snapshot was taken.
+    pub size_bytes: u64,
+    /// Creation time (Unix seconds).
+    pub created_unix: u64,
+    /// Flags ([`SNAP_REMOVING`]).
+    pub flags: u32,
+}
+
+/// A clone's link to the snapshot it was forked from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentRef {
+    /// Parent image name (same pool).
+    pub image: String,
+    /// Parent image UUID (checked when the parent is opened).
+    pub uuid: ImageUuid,
+    /// Parent snapshot name.
+    pub snap: String,
+    /// The snapshot's checkpoint (copied, so a renamed or rewritten
+    /// snapshot list cannot silently change what the clone reads).
+    pub ckpt: CheckpointRef,
+    /// The snapshot's last object sequence.
+    pub last_obj: ObjSeq,
+    /// The snapshot's size: the clone reads through below it only.
+    pub size_bytes: u64,
+}
+
 /// The image superblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -67,6 +129,10 @@ pub struct Superblock {
     pub incompat: u64,
     /// Checkpoints, newest first.
     pub checkpoints: Vec<CheckpointRef>,
+    /// Snapshots, oldest first.
+    pub snapshots: Vec<SnapshotRef>,
+    /// The snapshot this image is a clone of.
+    pub parent: Option<ParentRef>,
 }
 
 impl Superblock {
@@ -75,13 +141,29 @@ impl Superblock {
         self.flags & FLAG_CLEAN != 0
     }
 
-    /// Encode to bytes.
+    /// A snapshot by name.
+    pub fn snapshot(&self, name: &str) -> Option<&SnapshotRef> {
+        self.snapshots.iter().find(|s| s.name == name)
+    }
+
+    /// Encode to bytes: version 1 for a plain image, version 2 with
+    /// snapshots or a parent.
     pub fn encode(&self) -> Vec<u8> {
         let n = self.checkpoints.len().min(MAX_CHECKPOINTS);
-        let len = 80 + 16 * n + 4;
+        let v2 = !self.snapshots.is_empty() || self.parent.is_some();
+        let mut len = 80 + 16 * n + 4;
+        if v2 {
+            len += 4 + 4;
+            for s in &self.snapshots[..self.snapshots.len().min(MAX_SNAPSHOTS)] {
+                len += 42 + s.name.len();
+            }
+            if let Some(p) = &self.parent {
+                len += 52 + p.image.len() + p.snap.len();
+            }
+        }
         let mut e = Enc::with_capacity(len);
         e.bytes(MAGIC)
-            .u32(VERSION)
+            .u32(if v2 { VERSION_2 } else { VERSION })
             .u32(len as u32)
             .bytes(&self.uuid.0)
             .u64(self.size_bytes)
@@ -94,6 +176,39 @@ impl Superblock {
         for c in &self.checkpoints[..n] {
             e.u64(c.seq.0).u32(c.pieces).u32(0);
         }
+        if v2 {
+            let snaps = &self.snapshots[..self.snapshots.len().min(MAX_SNAPSHOTS)];
+            e.u32(snaps.len() as u32);
+            for s in snaps {
+                e.u64(s.ckpt.seq.0)
+                    .u32(s.ckpt.pieces)
+                    .u32(s.flags)
+                    .u64(s.last_obj.0)
+                    .u64(s.size_bytes)
+                    .u64(s.created_unix)
+                    .u16(s.name.len() as u16)
+                    .bytes(s.name.as_bytes());
+            }
+            match &self.parent {
+                None => {
+                    e.u32(0);
+                }
+                Some(p) => {
+                    e.u32(1)
+                        .bytes(&p.uuid.0)
+                        .u64(p.ckpt.seq.0)
+                        .u32(p.ckpt.pieces)
+                        .u32(0)
+                        .u64(p.last_obj.0)
+                        .u64(p.size_bytes)
+                        .u16(p.image.len() as u16)
+                        .bytes(p.image.as_bytes())
+                        .u16(p.snap.len() as u16)
+                        .bytes(p.snap.as_bytes());
+                }
+            }
+        }
+        debug_assert_eq!(e.buf.len() + 4, len);
         let crc = super::crc(0, &e.buf);
         e.u32(crc);
         e.buf
@@ -102,9 +217,21 @@ impl Superblock {
     /// Decode and validate.
     pub fn decode(buf: &[u8]) -> Result<Superblock, FormatError> {
         let mut d = Dec::new(WHAT, buf);
-        check_magic_version(&mut d, WHAT, MAGIC, VERSION)?;
+        // Version 1 or 2: peek at the version, then check it as usual.
+        let version = if buf.len() >= 12 && &buf[..8] == MAGIC {
+            u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]])
+        } else {
+            VERSION
+        };
+        let v2 = version == VERSION_2;
+        check_magic_version(&mut d, WHAT, MAGIC, if v2 { VERSION_2 } else { VERSION })?;
         let len = d.u32()? as usize;
-        if !(84..=80 + 16 * MAX_CHECKPOINTS + 4).contains(&len) {
+        let max = if v2 {
+            MAX_ENCODED
+        } else {
+            80 + 16 * MAX_CHECKPOINTS + 4
+        };
+        if !(84..=max).contains(&len) {
             return Err(d.invalid(format!("length {len} out of range")));
         }
         if buf.len() < len {
@@ -129,7 +256,7 @@ impl Superblock {
         let journal_gen = Generation(d.u64()?);
         let flags = d.u32()?;
         let n = d.u32()? as usize;
-        if n > MAX_CHECKPOINTS || len != 80 + 16 * n + 4 {
+        if n > MAX_CHECKPOINTS || (!v2 && len != 80 + 16 * n + 4) {
             return Err(d.invalid(format!("{n} checkpoints do not fit length {len}")));
         }
         let mut checkpoints = Vec::with_capacity(n);
@@ -142,7 +269,64 @@ impl Superblock {
             }
             checkpoints.push(CheckpointRef { seq, pieces });
         }
-        if size_bytes == 0 || !size_bytes.is_multiple_of(4096) {
+        let mut snapshots = Vec::new();
+        let mut parent = None;
+        if v2 {
+            let ns = d.u32()? as usize;
+            if ns > MAX_SNAPSHOTS {
+                return Err(d.invalid(format!("{ns} snapshots (at most {MAX_SNAPSHOTS})")));
+            }
+            for _ in 0..ns {
+                let ckpt = ckpt_ref(&mut d)?;
+                let flags = d.u32()?;
+                let last_obj = ObjSeq(d.u64()?);
+                let size_bytes = d.u64()?;
+                let created_unix = d.u64()?;
+                let name = name(&mut d, "snapshot")?;
+                if snapshots.iter().any(|s: &SnapshotRef| s.name == name) {
+                    return Err(d.invalid(format!("snapshot '{name}' listed twice")));
+                }
+                if last_obj.0 >= ckpt.seq.0 || !valid_size(size_bytes) {
+                    return Err(d.invalid(format!("snapshot '{name}' is inconsistent")));
+                }
+                snapshots.push(SnapshotRef {
+                    name,
+                    ckpt,
+                    last_obj,
+                    size_bytes,
+                    created_unix,
+                    flags,
+                });
+            }
+            match d.u32()? {
+                0 => {}
+                1 => {
+                    let uuid = ImageUuid(d.array()?);
+                    let ckpt = ckpt_ref(&mut d)?;
+                    d.skip(4)?;
+                    let last_obj = ObjSeq(d.u64()?);
+                    let size_bytes = d.u64()?;
+                    let image = name(&mut d, "parent image")?;
+                    let snap = name(&mut d, "parent snapshot")?;
+                    if last_obj.0 >= ckpt.seq.0 || !valid_size(size_bytes) {
+                        return Err(d.invalid(format!("parent '{image}@{snap}' is inconsistent")));
+                    }
+                    parent = Some(ParentRef {
+                        image,
+                        uuid,
+                        snap,
+                        ckpt,
+                        last_obj,
+                        size_bytes,
+                    });
+                }
+                x => return Err(d.invalid(format!("parent marker {x} is not 0 or 1"))),
+            }
+            if d.pos() + 4 != len {
+                return Err(d.invalid(format!("fields end at {} but length is {len}", d.pos())));
+            }
+        }
+        if !valid_size(size_bytes) {
             return Err(d.invalid(format!(
                 "image size {size_bytes} is not a positive multiple of 4096"
             )));
@@ -156,8 +340,39 @@ impl Superblock {
             flags,
             incompat,
             checkpoints,
+            snapshots,
+            parent,
         })
     }
+}
+
+fn valid_size(size_bytes: u64) -> bool {
+    size_bytes != 0 && size_bytes.is_multiple_of(4096)
+}
+
+fn ckpt_ref(d: &mut Dec<'_>) -> Result<CheckpointRef, FormatError> {
+    let seq = ObjSeq(d.u64()?);
+    let pieces = d.u32()?;
+    if seq.0 == 0 || pieces == 0 {
+        return Err(d.invalid("checkpoint reference with zero sequence or pieces"));
+    }
+    Ok(CheckpointRef { seq, pieces })
+}
+
+fn name(d: &mut Dec<'_>, what: &str) -> Result<String, FormatError> {
+    let n = d.u16()? as usize;
+    let b = d.bytes(n)?;
+    if n == 0
+        || n > MAX_NAME
+        || !b
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+    {
+        return Err(d.invalid(format!(
+            "{what} name is empty, too long or has bad characters"
+        )));
+    }
+    Ok(String::from_utf8_lossy(b).into_owned())
 }
 
 #[cfg(test)]
@@ -184,7 +399,106 @@ mod tests {
                     pieces: 1,
                 },
             ],
+            snapshots: vec![],
+            parent: None,
         }
+    }
+
+    fn sample_v2() -> Superblock {
+        Superblock {
+            snapshots: vec![
+                SnapshotRef {
+                    name: "monday".into(),
+                    ckpt: CheckpointRef {
+                        seq: ObjSeq(40),
+                        pieces: 1,
+                    },
+                    last_obj: ObjSeq(39),
+                    size_bytes: 8 << 30,
+                    created_unix: 1_790_000_100,
+                    flags: 0,
+                },
+                SnapshotRef {
+                    name: "tue-1".into(),
+                    ckpt: CheckpointRef {
+                        seq: ObjSeq(90),
+                        pieces: 3,
+                    },
+                    last_obj: ObjSeq(88),
+                    size_bytes: 10 << 30,
+                    created_unix: 1_790_000_200,
+                    flags: SNAP_REMOVING,
+                },
+            ],
+            parent: Some(ParentRef {
+                image: "golden".into(),
+                uuid: ImageUuid([9; 16]),
+                snap: "v1".into(),
+                ckpt: CheckpointRef {
+                    seq: ObjSeq(12),
+                    pieces: 1,
+                },
+                last_obj: ObjSeq(11),
+                size_bytes: 4 << 30,
+            }),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn v2_round_trips_with_a_golden_vector_and_rejects_corruption() {
+        let sb = sample_v2();
+        let b = sb.encode();
+        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), VERSION_2);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        let golden = crate::format::testutil::golden("superblock-v2.bin", &b);
+        assert_eq!(Superblock::decode(&golden).unwrap(), sb);
+        assert_rejects_corruption(&b, Superblock::decode, &[]);
+        // Snapshots only, and parent only, round-trip too.
+        for sb in [
+            Superblock {
+                parent: None,
+                ..sample_v2()
+            },
+            Superblock {
+                snapshots: vec![],
+                ..sample_v2()
+            },
+        ] {
+            assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
+        }
+        // A plain image is still written as version 1.
+        assert_eq!(sample().encode()[8], 1);
+    }
+
+    #[test]
+    fn v2_bad_fields_are_named() {
+        let mut sb = sample_v2();
+        sb.snapshots[1].name = "monday".into();
+        let e = Superblock::decode(&sb.encode()).unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let mut sb = sample_v2();
+        sb.snapshots[0].name = "a b".into();
+        let e = Superblock::decode(&sb.encode()).unwrap_err();
+        assert!(e.to_string().contains("bad characters"), "{e}");
+        let mut sb = sample_v2();
+        sb.snapshots[0].last_obj = ObjSeq(40);
+        let e = Superblock::decode(&sb.encode()).unwrap_err();
+        assert!(e.to_string().contains("inconsistent"), "{e}");
+        // The largest superblock fits what read_superblock reads.
+        let mut sb = sample_v2();
+        sb.snapshots = (0..MAX_SNAPSHOTS)
+            .map(|i| SnapshotRef {
+                name: format!("{i:0>96}"),
+                ..sample_v2().snapshots[0].clone()
+            })
+            .collect();
+        sb.parent.as_mut().unwrap().image = "i".repeat(MAX_NAME);
+        sb.parent.as_mut().unwrap().snap = "s".repeat(MAX_NAME);
+        sb.checkpoints = vec![sample().checkpoints[0]; MAX_CHECKPOINTS];
+        let b = sb.encode();
+        assert_eq!(b.len(), MAX_ENCODED);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::format::gcobject::GcMove;
 use crate::io::AlignedBuf;
 use crate::map::{Extent, ObjInfo, ObjLoc};
 use crate::units::{Lba, ObjSeq, SECTOR};
-pub use retain::{NoRetention, Retention};
+pub use retain::{NoRetention, Retention, SnapshotPins};
 pub use select::Floor;
 
 /// What a forced GC run did.

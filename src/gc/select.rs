@@ -137,7 +137,10 @@ impl<'a> Gatherer<'a> {
             self.push(x);
             return;
         }
-        if !self.gap_ok {
+        // A clone's zero marker is never copied: it names no object.
+        if !self.gap_ok || x.target.is_zero() {
+            self.gap.clear();
+            self.gap_ok = false;
             return;
         }
         let expected = self

@@ -15,8 +15,25 @@ pub struct ObjLoc {
     pub offset: u32,
 }
 
+impl ObjLoc {
+    /// The zero marker of a clone's map: the range reads as zeros and hides
+    /// the parent (object sequence 0 never names an object).
+    pub const ZERO: ObjLoc = ObjLoc {
+        obj: ObjSeq(0),
+        offset: 0,
+    };
+
+    /// Whether this is [`ObjLoc::ZERO`].
+    pub fn is_zero(&self) -> bool {
+        self.obj.0 == 0
+    }
+}
+
 impl Target for ObjLoc {
     fn advance(self, sectors: u64) -> Self {
+        if self.is_zero() {
+            return self;
+        }
         ObjLoc {
             obj: self.obj,
             offset: self.offset + sectors as u32,
@@ -52,6 +69,9 @@ impl From<PackedLoc> for ObjLoc {
 
 impl Target for PackedLoc {
     fn advance(self, sectors: u64) -> Self {
+        if self.obj == [0, 0] {
+            return self;
+        }
         PackedLoc {
             obj: self.obj,
             offset: self.offset + sectors as u32,
@@ -83,6 +103,9 @@ pub struct ObjectMap {
     map: ExtentMap<PackedLoc>,
     objects: BTreeMap<ObjSeq, ObjInfo>,
     scratch: Vec<Extent<PackedLoc>>,
+    /// A clone's map: trims leave [`ObjLoc::ZERO`] markers instead of
+    /// holes, since a hole reads through to the parent.
+    markers: bool,
 }
 
 impl ObjectMap {
@@ -119,11 +142,27 @@ impl ObjectMap {
         self.scratch = displaced;
     }
 
-    /// Unmap `[lba, lba+len)` (trim).
+    /// Make trims leave zero markers (a clone's map), or holes (default).
+    pub fn set_trim_markers(&mut self, on: bool) {
+        self.markers = on;
+    }
+
+    /// Whether trims leave zero markers.
+    pub fn trim_markers(&self) -> bool {
+        self.markers
+    }
+
+    /// Unmap `[lba, lba+len)` (trim). In a clone's map the range is mapped
+    /// to [`ObjLoc::ZERO`] instead, so it no longer reads through.
     pub fn apply_trim(&mut self, lba: Lba, len: u64) {
         let mut displaced = std::mem::take(&mut self.scratch);
         displaced.clear();
-        self.map.remove(lba, len, &mut displaced);
+        if self.markers {
+            self.map
+                .update(lba, len, ObjLoc::ZERO.into(), &mut displaced);
+        } else {
+            self.map.remove(lba, len, &mut displaced);
+        }
         self.debit(&displaced);
         self.scratch = displaced;
     }
@@ -131,6 +170,9 @@ impl ObjectMap {
     fn debit(&mut self, displaced: &[Extent<PackedLoc>]) {
         for d in displaced {
             let obj = ObjLoc::from(d.target).obj;
+            if obj.0 == 0 {
+                continue;
+            }
             match self.objects.get_mut(&obj) {
                 Some(info) => {
                     debug_assert!(info.live_sectors >= d.len, "live underflow in {obj}");
@@ -251,6 +293,11 @@ impl ObjectMap {
             if u64::from(x.target.offset) + x.len > u64::from(u32::MAX) + 1 {
                 return Err(format!("extent #{n} at {} runs past offset 2^32", x.lba));
             }
+            if x.target.is_zero() {
+                map.push_back(x.lba.0, x.len, x.target.into());
+                prev_end = end;
+                continue;
+            }
             if !table.contains_key(&x.target.obj) {
                 return Err(format!(
                     "extent #{n} at {} references unknown object {}",
@@ -274,6 +321,7 @@ impl ObjectMap {
             map,
             objects: table,
             scratch: Vec::new(),
+            markers: false,
         })
     }
 
@@ -281,7 +329,7 @@ impl ObjectMap {
     /// object's live count equals the sectors mapped to it.
     pub fn check(&self) -> Result<(), String> {
         let mut live: BTreeMap<ObjSeq, u64> = BTreeMap::new();
-        for x in self.extents() {
+        for x in self.extents().filter(|x| !x.target.is_zero()) {
             if !self.objects.contains_key(&x.target.obj) {
                 return Err(format!(
                     "extent at {} references unknown object {}",

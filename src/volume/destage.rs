@@ -75,6 +75,7 @@ pub(crate) enum DestageMsg {
 }
 
 /// What the oldest listed checkpoint must tell GC's deletion rule.
+#[derive(Clone)]
 pub(crate) struct CkptFacts {
     pub last_obj: ObjSeq,
     /// When its snapshot of the map was taken.
@@ -596,6 +597,13 @@ impl Inner {
         })?;
         crate::failpoint::hit("ckpt.published");
         for c in retired {
+            // A snapshot's checkpoint (or, while `snap create` runs, one
+            // that may become a snapshot's) keeps its pieces.
+            if self.snap_hold.load(Ordering::SeqCst) > 0
+                || crate::gc::Retention::pinned(self.retention.as_ref(), c.seq)
+            {
+                continue;
+            }
             for s in c.seq.0..c.seq.0 + c.pieces as u64 {
                 // A tombstone keeps the sequence contiguous (see module
                 // docs). If it fails the old piece simply stays: it is still

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::backend::{DirStore, ObjectStore};
 use crate::config::{BackendKind, Config};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::superblock::Superblock;
+use crate::format::superblock::{ParentRef, Superblock};
 use crate::units::{Generation, ImageUuid, ObjSeq};
 
 /// Largest image size accepted (1 PiB).
@@ -21,7 +21,7 @@ pub struct ImageSpec {
     pub image: String,
 }
 
-fn check_name(what: &str, s: &str, full: &str) -> Result<()> {
+pub(crate) fn check_name(what: &str, s: &str, full: &str) -> Result<()> {
     if s.is_empty() || s.len() > 96 {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -186,13 +186,19 @@ pub fn read_superblock(store: &dyn ObjectStore, image: &str) -> Result<Superbloc
             format!("image '{image}' does not exist in {}", store.describe()),
         )
     };
-    let buf = store.get(image, 0, 4096).map_err(|e| {
-        if e.kind() == ErrorKind::NotFound {
-            missing()
-        } else {
-            e
-        }
-    })?;
+    let buf = store
+        .get(
+            image,
+            0,
+            crate::format::superblock::MAX_ENCODED.next_multiple_of(4096),
+        )
+        .map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                missing()
+            } else {
+                e
+            }
+        })?;
     if buf.is_empty() {
         return Err(missing());
     }
@@ -231,6 +237,16 @@ pub struct ImageInfo {
 
 /// Create an image of `size_bytes` (a positive multiple of 4096). Fails if it exists.
 pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Result<ImageUuid> {
+    create_image_with(store, image, size_bytes, None)
+}
+
+/// Create an image, a clone of `parent` if given.
+pub(crate) fn create_image_with(
+    store: &dyn ObjectStore,
+    image: &str,
+    size_bytes: u64,
+    parent: Option<ParentRef>,
+) -> Result<ImageUuid> {
     check_name("image", image, image)?;
     if size_bytes == 0 || !size_bytes.is_multiple_of(4096) {
         return Err(Error::new(
@@ -276,6 +292,8 @@ pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Re
         flags: crate::format::superblock::FLAG_CLEAN,
         incompat: 0,
         checkpoints: vec![],
+        snapshots: vec![],
+        parent,
     };
     store.put(image, &sb.encode())?;
     Ok(uuid)
@@ -285,7 +303,26 @@ pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Re
 /// Fails with `Locked` if it is open.
 pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>) -> Result<()> {
     let _lock = store.lock(image, &lock_owner())?;
-    read_superblock(store, image)?;
+    let sb = read_superblock(store, image)?;
+    if !sb.snapshots.is_empty() {
+        let clones = super::find_clones(store, image, sb.uuid, None).unwrap_or_default();
+        return Err(Error::new(
+            ErrorKind::InUse,
+            format!(
+                "image '{image}' has snapshots ({}){}; remove them first (snap rm)",
+                sb.snapshots
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if clones.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and clones depend on it: {}", clones.join(", "))
+                }
+            ),
+        ));
+    }
     // The superblock goes first: a crash midway leaves stray objects that
     // `create` reports, never an image whose objects are half gone.
     store.delete(image)?;

@@ -22,6 +22,7 @@ mod gchost;
 pub mod image;
 mod rcache;
 mod recovery;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ use batch::{Batch, PendLoc};
 use destage::{DestageMsg, Destager};
 pub use image::ImageSpec;
 pub use rcache::rcache_path;
+pub use snapshot::{clone_image, find_clones, FlattenReport, Parent};
 
 /// Called once when an asynchronously submitted operation completes.
 pub type Completion = Box<dyn FnOnce(Result<()>) + Send + 'static>;
@@ -181,8 +183,17 @@ pub(crate) struct Inner {
     /// first), with what GC's deletion rule needs of them.
     /// See `gchost::note_checkpoint` and `GcHost::floor`.
     session_ckpts: Mutex<Vec<(crate::format::superblock::CheckpointRef, destage::CkptFacts)>>,
-    /// The snapshot/clone hook GC consults before cleaning and deleting.
-    retention: Box<dyn crate::gc::Retention>,
+    /// The snapshot/clone hook GC consults before cleaning and deleting:
+    /// the objects this image's snapshots need.
+    retention: Arc<crate::gc::SnapshotPins>,
+    /// A read-only view (a snapshot): no journal, no destage, no GC.
+    read_only: bool,
+    /// Non-zero while `snap create` runs: retired checkpoints are not
+    /// tombstoned (one may be about to become a snapshot).
+    snap_hold: std::sync::atomic::AtomicU32,
+    /// A clone's parent (a read-only snapshot view) and the size below
+    /// which holes of this image read through to it.
+    parent: Option<Parent>,
     /// GC state; held for a whole background step or forced run, so they
     /// never run at once.
     gc: Mutex<crate::gc::Gc>,
@@ -385,6 +396,16 @@ impl Inner {
         Ok(())
     }
 
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                format!("{} is a read-only snapshot", self.image),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_range(&self, what: &str, offset: u64, len: u64) -> Result<()> {
         if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
             return Err(Error::new(
@@ -425,6 +446,73 @@ impl Inner {
             .map_err(|e| e.prefixed(format!("write superblock of {}", self.image)))?;
         *guard = sb;
         Ok(())
+    }
+}
+
+/// What [`Inner::build`] needs.
+struct InnerInit {
+    image: String,
+    sb: Superblock,
+    size_bytes: u64,
+    map: ObjectMap,
+    last_obj: ObjSeq,
+    backend_jseq: JournalSeq,
+    store: Arc<dyn ObjectStore>,
+    cache: Option<Arc<crate::cache::Cache>>,
+    cache_tx: Option<crossbeam_channel::Sender<rcache::CacheMsg>>,
+    destage_tx: Sender<DestageMsg>,
+    read_only: bool,
+    parent: Option<Parent>,
+    pins: Arc<crate::gc::SnapshotPins>,
+    config: Config,
+}
+
+impl Inner {
+    fn build(i: InnerInit) -> Inner {
+        let cap = i.config.backend_obj_bytes as usize;
+        Inner {
+            image: i.image,
+            uuid: i.sb.uuid,
+            size_bytes: i.size_bytes,
+            store: i.store,
+            state: Mutex::new(State {
+                next_jseq: i.backend_jseq.next(),
+                last_sent: i.backend_jseq,
+                open: Batch::new(0, cap),
+                sealed: BTreeMap::new(),
+                overlay: ExtentMap::new(),
+                next_batch_id: 1,
+                next_obj: i.last_obj.next(),
+                journal: None,
+                closed: false,
+                scratch: Vec::new(),
+            }),
+            state_cv: Condvar::new(),
+            map_extents: AtomicU64::new(i.map.extent_count() as u64),
+            durable: RwLock::new(i.map),
+            sb: Mutex::new(i.sb),
+            journal_shared: OnceLock::new(),
+            applied_obj: AtomicU64::new(i.last_obj.0),
+            backend_jseq: AtomicU64::new(i.backend_jseq.0),
+            stopping: AtomicBool::new(false),
+            backend_error: Mutex::new(None),
+            fenced: std::sync::OnceLock::new(),
+            stats: Counters::default(),
+            destage_tx: i.destage_tx,
+            flusher: (Mutex::new(false), Condvar::new()),
+            spare_buffers: Mutex::new(Vec::new()),
+            cache: i.cache,
+            cache_tx: i.cache_tx,
+            session_ckpts: Mutex::new(Vec::new()),
+            retention: i.pins,
+            read_only: i.read_only,
+            snap_hold: std::sync::atomic::AtomicU32::new(0),
+            parent: i.parent,
+            gc: Mutex::new(crate::gc::Gc::new(i.config.gc_rate_bytes)),
+            gc_dead: Mutex::new(Vec::new()),
+            gc_stop: (Mutex::new(false), Condvar::new()),
+            config: i.config,
+        }
     }
 }
 
@@ -521,47 +609,24 @@ impl Volume {
             None => (None, None),
         };
         let (destage_tx, destage_rx) = unbounded();
-        let cap = config.backend_obj_bytes as usize;
-        let inner = Arc::new(Inner {
+        let parent = snapshot::open_parent(&config, &store, &sb, 0)?;
+        let pins = snapshot::pins_for(store.as_ref(), &image, &sb);
+        let inner = Arc::new(Inner::build(InnerInit {
             image: image.clone(),
-            uuid: sb.uuid,
+            sb: sb.clone(),
             size_bytes: sb.size_bytes,
+            map: rec.map,
+            last_obj: rec.last_obj,
+            backend_jseq: rec.backend_jseq,
             store: store.clone(),
-            state: Mutex::new(State {
-                next_jseq: rec.backend_jseq.next(),
-                last_sent: rec.backend_jseq,
-                open: Batch::new(0, cap),
-                sealed: BTreeMap::new(),
-                overlay: ExtentMap::new(),
-                next_batch_id: 1,
-                next_obj: rec.last_obj.next(),
-                journal: None,
-                closed: false,
-                scratch: Vec::new(),
-            }),
-            state_cv: Condvar::new(),
-            map_extents: AtomicU64::new(rec.map.extent_count() as u64),
-            durable: RwLock::new(rec.map),
-            sb: Mutex::new(sb.clone()),
-            journal_shared: OnceLock::new(),
-            applied_obj: AtomicU64::new(rec.last_obj.0),
-            backend_jseq: AtomicU64::new(rec.backend_jseq.0),
-            stopping: AtomicBool::new(false),
-            backend_error: Mutex::new(None),
-            fenced: std::sync::OnceLock::new(),
-            stats: Counters::default(),
-            destage_tx,
-            flusher: (Mutex::new(false), Condvar::new()),
-            spare_buffers: Mutex::new(Vec::new()),
             cache,
             cache_tx,
-            session_ckpts: Mutex::new(Vec::new()),
-            retention: Box::new(crate::gc::NoRetention),
-            gc: Mutex::new(crate::gc::Gc::new(config.gc_rate_bytes)),
-            gc_dead: Mutex::new(Vec::new()),
-            gc_stop: (Mutex::new(false), Condvar::new()),
+            destage_tx,
+            read_only: false,
+            parent,
+            pins,
             config,
-        });
+        }));
         let mut vol = Volume {
             inner: inner.clone(),
             threads: Vec::new(),
@@ -697,6 +762,8 @@ impl Volume {
         let n = buf.len() as u64 / SECTOR;
         // (object, offset in sectors, buffer offset, bytes)
         let mut remote: Vec<(ObjSeq, u64, usize, usize)> = Vec::new();
+        // (byte offset in the parent, buffer offset, bytes)
+        let mut parent_reads: Vec<(u64, usize, usize)> = Vec::new();
         let mut holes = Vec::new();
         {
             let st = inner.lock_state();
@@ -743,7 +810,19 @@ impl Volume {
                         let b0 = hoff + ((plba.0 - hlba.0) * SECTOR) as usize;
                         let bytes = (plen * SECTOR) as usize;
                         match loc {
-                            None => buf[b0..b0 + bytes].fill(0),
+                            None => match &inner.parent {
+                                // A clone's hole reads through to its
+                                // parent below the parent's size.
+                                Some(p) if plba.0 < p.sectors => {
+                                    let through = plen.min(p.sectors - plba.0);
+                                    let tb = (through * SECTOR) as usize;
+                                    parent_reads.push((plba.0 * SECTOR, b0, tb));
+                                    buf[b0 + tb..b0 + bytes].fill(0);
+                                }
+                                _ => buf[b0..b0 + bytes].fill(0),
+                            },
+                            // A clone's zero marker.
+                            Some(l) if l.is_zero() => buf[b0..b0 + bytes].fill(0),
                             Some(l) => {
                                 if let Some(last) = remote.last_mut() {
                                     if last.0 == l.obj
@@ -776,6 +855,16 @@ impl Volume {
                 r => r,
             };
             r.map_err(|e| e.prefixed(format!("read of {} at {offset}", inner.image)))?;
+        }
+        if let Some(p) = &inner.parent {
+            for (poff, b0, bytes) in parent_reads {
+                p.volume.read(poff, &mut buf[b0..b0 + bytes]).map_err(|e| {
+                    e.prefixed(format!(
+                        "read of {} at {offset} from its parent",
+                        inner.image
+                    ))
+                })?;
+            }
         }
         Ok(())
     }
@@ -868,6 +957,7 @@ impl Volume {
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
         let inner = &self.inner;
+        inner.check_writable()?;
         inner.check_range("write", offset, data.len() as u64)?;
         let chunk = inner.config.wlog_chunk_bytes as usize;
         let Some(mut st) = inner.room(wait)? else {
@@ -941,6 +1031,7 @@ impl Volume {
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
         let inner = &self.inner;
+        inner.check_writable()?;
         inner.check_range(if zero { "write-zeroes" } else { "trim" }, offset, len)?;
         let kind = if zero { OpKind::Zero } else { OpKind::Trim };
         let Some(mut st) = inner.room(wait)? else {
@@ -973,6 +1064,11 @@ impl Volume {
     /// `hard_flush`, it also waits until the backend holds everything.
     pub fn submit_flush(&self, done: Completion) -> Result<()> {
         let inner = &self.inner;
+        if inner.read_only {
+            // Nothing to make durable: a snapshot never changes.
+            done(Ok(()));
+            return Ok(());
+        }
         let mut st = inner.lock_state();
         if st.closed {
             return Err(Error::new(
@@ -1052,6 +1148,7 @@ impl Volume {
     /// step in progress.
     pub fn gc_now(&self) -> Result<crate::gc::GcReport> {
         let inner = &self.inner;
+        inner.check_writable()?;
         let mut g = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
         g.run_now(inner.as_ref())
     }
@@ -1073,6 +1170,10 @@ impl Volume {
 
     /// Clean shutdown: destage everything, checkpoint, mark clean, unlock.
     pub fn close(mut self) -> Result<()> {
+        if self.inner.read_only {
+            self.stop(true);
+            return Ok(());
+        }
         let r = self.close_inner();
         self.stop(r.is_ok());
         r

@@ -44,7 +44,7 @@ fn read_piece(store: &dyn ObjectStore, name: &str) -> Result<CheckpointPiece> {
 }
 
 /// Load one checkpoint (all its pieces) into a map.
-fn load_checkpoint(
+pub(crate) fn load_checkpoint(
     store: &dyn ObjectStore,
     image: &str,
     sb: &Superblock,
@@ -329,6 +329,8 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             (ObjectMap::new(), ObjSeq(0), JournalSeq(0), None)
         }
     };
+    // A clone's trims leave zero markers (holes read through to the parent).
+    map.set_trim_markers(sb.parent.is_some());
     if let Some(i) = ckpt_index {
         info!(
             image,
@@ -454,6 +456,8 @@ mod tests {
             flags: 0,
             incompat,
             checkpoints,
+            snapshots: vec![],
+            parent: None,
         }
     }
 

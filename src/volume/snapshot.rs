@@ -1,0 +1,527 @@
+//! Snapshots, clones and flatten.
+//!
+//! A snapshot is a checkpoint the superblock keeps by name: the image as of
+//! every write acknowledged before `snap create`, in objects up to its
+//! `last_obj`. Reading it loads that checkpoint into a read-only volume (no
+//! journal, no lock). GC keeps every object the snapshot's table lists and
+//! its pieces ([`crate::gc::SnapshotPins`]).
+//!
+//! A clone is an image whose superblock links to a parent snapshot. Its
+//! own map starts empty; a hole reads through to the parent (below the
+//! parent's size), and a trim leaves a zero marker ([`ObjLoc::ZERO`]) that
+//! hides the parent. Clone creation writes one superblock: its time and
+//! size do not depend on the parent's.
+//!
+//! Crash-safety orderings (numbers continue docs/format.md):
+//! - (23) `snap create`: every acknowledged write is applied into durable
+//!   objects and a checkpoint of that map is durable and listed before the
+//!   superblock names the snapshot; retired checkpoint pieces are not
+//!   tombstoned while a snapshot is being created, and the new snapshot's
+//!   objects are pinned (under the GC lock) before GC can run again.
+//! - (24) `snap rm` and `clone` race through the parent's superblock:
+//!   `snap rm` first marks the snapshot as being removed (durable), then
+//!   looks for clones; `clone` first writes the child's superblock, then
+//!   re-reads the parent's and undoes itself if the snapshot is gone or
+//!   being removed. With a linearizable store, either the removal sees the
+//!   clone or the clone sees the mark, so no clone is ever left without
+//!   its parent snapshot.
+//! - (25) `flatten`: every byte copied from the parent is in durable objects
+//!   named by a listed checkpoint before the superblock drops the link.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::destage::DestageMsg;
+use super::image::{self, read_superblock};
+use super::{recovery, wait_done, Inner, InnerInit, Volume};
+use crate::backend::ObjectStore;
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::superblock::{ParentRef, SnapshotRef, Superblock, MAX_SNAPSHOTS, SNAP_REMOVING};
+use crate::gc::SnapshotPins;
+use crate::units::{ImageUuid, Lba, ObjSeq, SECTOR};
+
+/// Deepest clone chain followed (a clone of a clone of ...).
+pub const MAX_CHAIN: usize = 16;
+
+/// A clone's parent: a read-only view of the snapshot it was made from.
+pub struct Parent {
+    pub(crate) volume: Arc<Volume>,
+    /// The parent's size in sectors: holes below it read through.
+    pub(crate) sectors: u64,
+}
+
+/// What `flatten` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlattenReport {
+    /// Bytes copied from the parent.
+    pub copied_bytes: u64,
+    /// Bytes of holes whose parent data was all zeros (nothing to copy).
+    pub zero_bytes: u64,
+}
+
+fn check_snap_name(image: &str, name: &str) -> Result<()> {
+    image::check_name("snapshot", name, &format!("{image}@{name}"))
+}
+
+fn no_such_snapshot(image: &str, sb: &Superblock, snap: &str) -> Error {
+    let names: Vec<&str> = sb.snapshots.iter().map(|s| s.name.as_str()).collect();
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "image {image} has no snapshot '{snap}' (snapshots: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ),
+    )
+}
+
+/// Open the parent snapshot of a clone, checking it is the one the clone
+/// was made from.
+pub(crate) fn open_parent(
+    config: &Config,
+    store: &Arc<dyn ObjectStore>,
+    sb: &Superblock,
+    depth: usize,
+) -> Result<Option<Parent>> {
+    let Some(p) = &sb.parent else {
+        return Ok(None);
+    };
+    if depth >= MAX_CHAIN {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "clone chain deeper than {MAX_CHAIN} images at {}@{}",
+                p.image, p.snap
+            ),
+        ));
+    }
+    let what = format!("parent snapshot {}@{}", p.image, p.snap);
+    let v = Volume::open_snapshot_at(config.clone(), store.clone(), &p.image, &p.snap, depth + 1)
+        .map_err(|e| e.prefixed(what.clone()))?;
+    let found = v.inner.sb_copy();
+    let s = found.snapshot(&p.snap).cloned();
+    if v.uuid() != p.uuid || s.as_ref().map(|s| s.ckpt) != Some(p.ckpt) {
+        return Err(Error::new(
+            ErrorKind::Mismatch,
+            format!(
+                "{what} is not the one this clone was made from (image {} checkpoint {}, found image {} checkpoint {:?})",
+                p.uuid,
+                p.ckpt.seq,
+                v.uuid(),
+                s.map(|s| s.ckpt.seq.0)
+            ),
+        ));
+    }
+    Ok(Some(Parent {
+        volume: Arc::new(v),
+        sectors: p.size_bytes / SECTOR,
+    }))
+}
+
+/// The pin set of `sb`'s snapshots: each one's checkpoint table and pieces.
+/// A table that cannot be read pins everything (GC then deletes nothing).
+pub(crate) fn pins_for(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> Arc<SnapshotPins> {
+    let pins = Arc::new(SnapshotPins::default());
+    let (all, set) = pin_set(store, image, sb);
+    pins.set(all, set);
+    pins
+}
+
+fn pin_set(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> (bool, BTreeSet<ObjSeq>) {
+    let mut set = BTreeSet::new();
+    for s in &sb.snapshots {
+        set.extend((s.ckpt.seq.0..s.ckpt.seq.0 + u64::from(s.ckpt.pieces)).map(ObjSeq));
+        match recovery::checkpoint_table(store, image, sb, s.ckpt) {
+            Ok((_, table)) => set.extend(table),
+            Err(e) => {
+                warn!(image, snapshot = %s.name, "cannot read the snapshot's checkpoint table; GC deletes nothing: {e:?}");
+                return (true, set);
+            }
+        }
+    }
+    (false, set)
+}
+
+/// The images of the pool that are clones of `image` (of snapshot `snap`,
+/// or of any snapshot), sorted.
+pub fn find_clones(
+    store: &dyn ObjectStore,
+    image: &str,
+    uuid: ImageUuid,
+    snap: Option<&str>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for name in image::list_images(store)? {
+        let Ok(sb) = read_superblock(store, &name) else {
+            continue;
+        };
+        if let Some(p) = &sb.parent {
+            if p.image == image && p.uuid == uuid && snap.is_none_or(|s| s == p.snap) {
+                out.push(match snap {
+                    Some(_) => name,
+                    None => format!("{name} (of @{})", p.snap),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Create `child` as a clone of `parent@snap` in the same pool: one
+/// superblock, whatever the parent's size. See ordering (24).
+pub fn clone_image(
+    store: &dyn ObjectStore,
+    parent: &str,
+    snap: &str,
+    child: &str,
+) -> Result<ImageUuid> {
+    let link = |sb: &Superblock| -> Result<ParentRef> {
+        let s = sb
+            .snapshot(snap)
+            .ok_or_else(|| no_such_snapshot(parent, sb, snap))?;
+        if s.flags & SNAP_REMOVING != 0 {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!("snapshot {parent}@{snap} is being removed"),
+            ));
+        }
+        Ok(ParentRef {
+            image: parent.to_string(),
+            uuid: sb.uuid,
+            snap: snap.to_string(),
+            ckpt: s.ckpt,
+            last_obj: s.last_obj,
+            size_bytes: s.size_bytes,
+        })
+    };
+    let want = link(&read_superblock(store, parent)?)?;
+    let uuid = image::create_image_with(store, child, want.size_bytes, Some(want.clone()))?;
+    // Ordering (24): the child's superblock is durable; now the snapshot
+    // must still be there and not being removed, or the clone is undone.
+    let again = read_superblock(store, parent).and_then(|sb| link(&sb));
+    match again {
+        Ok(p) if p == want => Ok(uuid),
+        r => {
+            let why = match r {
+                Ok(_) => Error::new(
+                    ErrorKind::Mismatch,
+                    format!("snapshot {parent}@{snap} changed while the clone was made"),
+                ),
+                Err(e) => e,
+            };
+            if let Err(e) = image::remove_image(store, child, None) {
+                warn!(child, "could not undo the clone: {e:?}");
+            }
+            Err(why.prefixed(format!("clone {child} undone")))
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn sb_copy(&self) -> Superblock {
+        self.sb.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Volume {
+    /// Open snapshot `snap` of `image` read-only: its checkpoint's map, no
+    /// journal, no lock (its objects are immutable and kept by GC while the
+    /// snapshot exists). Reads of a removed snapshot fail with `NotFound`.
+    pub fn open_snapshot(
+        config: Config,
+        store: Arc<dyn ObjectStore>,
+        image: &str,
+        snap: &str,
+    ) -> Result<Volume> {
+        Self::open_snapshot_at(config, store, image, snap, 0)
+    }
+
+    fn open_snapshot_at(
+        config: Config,
+        store: Arc<dyn ObjectStore>,
+        image: &str,
+        snap: &str,
+        depth: usize,
+    ) -> Result<Volume> {
+        config.validate()?;
+        let sb = read_superblock(store.as_ref(), image)?;
+        let s = sb
+            .snapshot(snap)
+            .cloned()
+            .ok_or_else(|| no_such_snapshot(image, &sb, snap))?;
+        let (mut map, last_obj, jseq) =
+            recovery::load_checkpoint(store.as_ref(), image, &sb, s.ckpt)
+                .map_err(|e| e.prefixed(format!("snapshot {image}@{snap}")))?;
+        map.set_trim_markers(sb.parent.is_some());
+        let parent = open_parent(&config, &store, &sb, depth)?;
+        // Its own cache file, `<image>@<snap>.rcache`, shared by every
+        // clone of the snapshot that opens it (one process at a time): the
+        // snapshot's objects never change and their sequences are never
+        // reused, so its entries stay valid for good (generation 0).
+        let cache =
+            super::rcache::open_cache(&config, &format!("{image}@{snap}"), sb.uuid, s.last_obj, 0);
+        let (cache_tx, cache_rx) = match &cache {
+            Some(_) => {
+                let (tx, rx) = crossbeam_channel::bounded(super::rcache::FILL_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let (destage_tx, _) = crossbeam_channel::unbounded();
+        let inner = Arc::new(Inner::build(InnerInit {
+            image: image.to_string(),
+            sb,
+            size_bytes: s.size_bytes,
+            map,
+            last_obj,
+            backend_jseq: jseq,
+            store,
+            cache,
+            cache_tx,
+            destage_tx,
+            read_only: true,
+            parent,
+            pins: Arc::new(SnapshotPins::default()),
+            config,
+        }));
+        let mut vol = Volume {
+            inner,
+            threads: Vec::new(),
+            gc_thread: None,
+            lock: None,
+            stopped: false,
+        };
+        if let (Some(c), Some(rx)) = (vol.inner.cache.clone(), cache_rx) {
+            vol.threads.push(
+                std::thread::Builder::new()
+                    .name("lsvd-rcache".into())
+                    .spawn(move || super::rcache::cache_writer(c, rx))
+                    .map_err(|e| Error::io("spawn thread lsvd-rcache", e))?,
+            );
+        }
+        info!(image, snapshot = snap, "snapshot opened read-only");
+        Ok(vol)
+    }
+
+    /// True for a read-only snapshot view.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// The image's snapshots, oldest first.
+    pub fn snapshots(&self) -> Vec<SnapshotRef> {
+        self.inner.sb_copy().snapshots
+    }
+
+    /// The parent link of a clone.
+    pub fn parent_ref(&self) -> Option<ParentRef> {
+        self.inner.sb_copy().parent
+    }
+
+    /// Objects kept for snapshots (`None`: all, a table was unreadable).
+    pub fn pinned_objects(&self) -> Option<usize> {
+        self.inner.retention.count()
+    }
+
+    /// Take snapshot `name`: every write acknowledged before this call is
+    /// in it. See ordering (23).
+    pub fn snapshot_create(&self, name: &str) -> Result<SnapshotRef> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        check_snap_name(&inner.image, name)?;
+        // No GC step (no clean, no delete) while the pin set changes.
+        let _gc = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let sb = inner.sb.lock().unwrap_or_else(|e| e.into_inner());
+            if sb.snapshot(name).is_some() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("snapshot {}@{name} already exists", inner.image),
+                ));
+            }
+            if sb.snapshots.len() >= MAX_SNAPSHOTS {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "image {} already has {MAX_SNAPSHOTS} snapshots, the most it can keep",
+                        inner.image
+                    ),
+                ));
+            }
+        }
+        inner.snap_hold.fetch_add(1, Ordering::SeqCst);
+        let r = self.snapshot_checkpoint(name);
+        inner.snap_hold.fetch_sub(1, Ordering::SeqCst);
+        let s = r?;
+        info!(image = %inner.image, snapshot = name, last_obj = s.last_obj.0, "snapshot created");
+        Ok(s)
+    }
+
+    fn snapshot_checkpoint(&self, name: &str) -> Result<SnapshotRef> {
+        let inner = &self.inner;
+        self.flush_to_backend("snapshot")?;
+        // The newest checkpoint noted (ours, or a later one that reflects
+        // even more): listed and durable.
+        let (ckpt, facts) = inner
+            .session_ckpts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .map(|(c, f)| (*c, f.clone()))
+            .ok_or_else(|| Error::new(ErrorKind::Io, "snapshot checkpoint was not recorded"))?;
+        let snap = SnapshotRef {
+            name: name.to_string(),
+            ckpt,
+            last_obj: facts.last_obj,
+            size_bytes: self.size_bytes(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            flags: 0,
+        };
+        // Pinned before the superblock names it (GC is held off anyway).
+        let (all, mut set) = pin_set(inner.store.as_ref(), &inner.image, &inner.sb_copy());
+        set.extend(facts.live.iter().copied());
+        set.extend((ckpt.seq.0..ckpt.seq.0 + u64::from(ckpt.pieces)).map(ObjSeq));
+        inner.retention.set(all, set);
+        crate::failpoint::hit("snap.before_superblock");
+        inner.write_superblock(|sb| sb.snapshots.push(snap.clone()))?;
+        Ok(snap)
+    }
+
+    /// Remove snapshot `name`. Fails, naming them, while clones depend on
+    /// it. Its objects are freed by later GC cycles. See ordering (24).
+    pub fn snapshot_remove(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        let _gc = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
+        let sb = inner.sb_copy();
+        if sb.snapshot(name).is_none() {
+            return Err(no_such_snapshot(&inner.image, &sb, name));
+        }
+        let mark = |on: bool| {
+            inner.write_superblock(|sb| {
+                for s in sb.snapshots.iter_mut().filter(|s| s.name == name) {
+                    if on {
+                        s.flags |= SNAP_REMOVING;
+                    } else {
+                        s.flags &= !SNAP_REMOVING;
+                    }
+                }
+            })
+        };
+        mark(true)?;
+        let clones = match find_clones(inner.store.as_ref(), &inner.image, inner.uuid, Some(name)) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = mark(false);
+                return Err(e.prefixed("cannot look for clones"));
+            }
+        };
+        if !clones.is_empty() {
+            mark(false)?;
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "snapshot {}@{name} has clones: {}; flatten or remove them first",
+                    inner.image,
+                    clones.join(", ")
+                ),
+            ));
+        }
+        inner.write_superblock(|sb| sb.snapshots.retain(|s| s.name != name))?;
+        let (all, set) = pin_set(inner.store.as_ref(), &inner.image, &inner.sb_copy());
+        inner.retention.set(all, set);
+        info!(image = %inner.image, snapshot = name, "snapshot removed");
+        Ok(())
+    }
+
+    /// Copy from the parent everything this clone still reads through to,
+    /// then cut the link. Only on an image opened exclusively (not
+    /// attached): a client write racing the copy could be overwritten.
+    /// See ordering (25).
+    pub fn flatten(&self) -> Result<FlattenReport> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        let Some(parent) = &inner.parent else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("image {} is not a clone", inner.image),
+            ));
+        };
+        let sb = inner.sb_copy();
+        if !sb.snapshots.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "image {} has snapshots ({}) that read through to its parent; remove them before flattening",
+                    inner.image,
+                    sb.snapshots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        // Everything written so far is in the durable map.
+        self.flush_to_backend("flatten")?;
+        const STEP: u64 = (1 << 20) / SECTOR;
+        let end = parent.sectors.min(self.size_bytes() / SECTOR);
+        let mut report = FlattenReport::default();
+        let mut pieces = Vec::new();
+        let mut buf = vec![0u8; (STEP * SECTOR) as usize];
+        let mut lba = 0;
+        while lba < end {
+            let n = STEP.min(end - lba);
+            pieces.clear();
+            inner
+                .durable
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup(Lba(lba), n, &mut pieces);
+            for &(plba, plen, loc) in &pieces {
+                if loc.is_some() {
+                    continue;
+                }
+                let b = &mut buf[..(plen * SECTOR) as usize];
+                parent.volume.read(plba.0 * SECTOR, b)?;
+                if b.iter().all(|&x| x == 0) {
+                    report.zero_bytes += b.len() as u64;
+                } else {
+                    self.write(plba.0 * SECTOR, b)?;
+                    report.copied_bytes += b.len() as u64;
+                }
+            }
+            lba += n;
+        }
+        // Ordering (25): copies durable in objects and a listed checkpoint
+        // before the link goes.
+        self.flush_to_backend("flatten")?;
+        crate::failpoint::hit("flatten.before_superblock");
+        inner.write_superblock(|sb| sb.parent = None)?;
+        info!(image = %inner.image, copied = report.copied_bytes, "clone flattened");
+        Ok(report)
+    }
+
+    /// FLUSH, then destage every batch and write a checkpoint naming it.
+    fn flush_to_backend(&self, what: &str) -> Result<()> {
+        let inner = &self.inner;
+        self.flush()?;
+        let target = {
+            let mut st = inner.lock_state();
+            inner.seal(&mut st);
+            ObjSeq(st.next_obj.0 - 1)
+        };
+        wait_done(inner, &format!("{what} destage"), |d| {
+            let _ = inner.destage_tx.send(DestageMsg::WaitApplied(target, d));
+        })?;
+        wait_done(inner, &format!("{what} checkpoint"), |d| {
+            let _ = inner.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
+        })
+    }
+}

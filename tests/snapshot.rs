@@ -1,0 +1,309 @@
+//! Snapshots, clones and flatten through the public Volume API: content,
+//! isolation, GC safety and removal rules.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lsvd::backend::{MemStore, ObjectStore};
+use lsvd::config::Config;
+use lsvd::volume::image::{create_image, remove_image};
+use lsvd::volume::{clone_image, find_clones, Volume, VolumeOptions};
+use lsvd::ErrorKind;
+
+use common::pattern;
+
+const SIZE: u64 = 8 << 20;
+
+fn config(dir: &Path) -> Config {
+    Config {
+        backend_obj_bytes: 256 << 10,
+        wlog_chunk_bytes: 64 << 10,
+        wlog_bytes: 4 << 20,
+        checkpoint_interval_objs: 3,
+        flush_msec: 20,
+        backend_write_window: 3,
+        io_timeout_msec: 5000,
+        no_gc: true,
+        gc_threshold: 90,
+        rcache_dir: dir.join("rcache"),
+        rcache_bytes: 4 << 20,
+        ..Config::default()
+    }
+}
+
+fn open(store: &Arc<dyn ObjectStore>, dir: &Path, image: &str) -> Volume {
+    Volume::open(VolumeOptions {
+        config: config(dir),
+        store: store.clone(),
+        image: image.into(),
+        journal_path: dir.join(format!("{image}.wlog")),
+    })
+    .unwrap()
+}
+
+fn snap(store: &Arc<dyn ObjectStore>, dir: &Path, image: &str, s: &str) -> Volume {
+    Volume::open_snapshot(config(dir), store.clone(), image, s).unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create_image(store.as_ref(), "base", SIZE).unwrap();
+    (dir, store)
+}
+
+/// Write `n` random 4K..16K pieces of seed `seed` to `v` and `model`.
+fn scribble(v: &Volume, model: &mut [u8], seed: u64, n: u64) {
+    for i in 0..n {
+        let blocks = (model.len() / 4096) as u64;
+        let off = ((i * 7919 + seed * 104_729) % (blocks - 4)) * 4096;
+        let len = 4096 * (1 + ((i + seed) as usize % 4));
+        let d = pattern(seed * 100_000 + i, len);
+        v.write(off, &d).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&d);
+    }
+}
+
+fn assert_reads(v: &Volume, model: &[u8], what: &str) {
+    let mut buf = vec![7u8; model.len()];
+    v.read(0, &mut buf).unwrap();
+    if buf != model {
+        let i = buf.iter().zip(model).position(|(a, b)| a != b).unwrap();
+        panic!("{what}: first difference at byte {i}");
+    }
+}
+
+fn stored_bytes(store: &Arc<dyn ObjectStore>) -> u64 {
+    store
+        .list("")
+        .unwrap()
+        .iter()
+        .map(|n| store.stat(n).unwrap().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn snapshots_keep_their_content_across_writes_crashes_and_gc() {
+    let (dir, store) = setup();
+    let d = dir.path();
+    let v = open(&store, d, "base");
+    let mut m0 = vec![0u8; SIZE as usize];
+    scribble(&v, &mut m0, 1, 300);
+    // Unflushed, unsynced writes are in the snapshot too: it covers every
+    // acknowledged write.
+    let s1 = v.snapshot_create("s1").unwrap();
+    assert_eq!(s1.size_bytes, SIZE);
+    let e = v.snapshot_create("s1").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    for bad in ["", "a/b", "a@b", &"x".repeat(97)] {
+        let e = v.snapshot_create(bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad:?}: {e}");
+    }
+    let mut m1 = m0.clone();
+    scribble(&v, &mut m1, 2, 300);
+    v.trim(0, 256 << 10).unwrap();
+    m1[..256 << 10].fill(0);
+    v.snapshot_create("s2").unwrap();
+    let mut m2 = m1.clone();
+    scribble(&v, &mut m2, 3, 300);
+    assert_reads(&snap(&store, d, "base", "s1"), &m0, "s1 while live");
+    assert_reads(&snap(&store, d, "base", "s2"), &m1, "s2 while live");
+    assert_reads(&v, &m2, "live image");
+    // A snapshot is read-only.
+    let s = snap(&store, d, "base", "s1");
+    assert!(s.is_read_only());
+    for e in [
+        s.write(0, &[1u8; 4096]).unwrap_err(),
+        s.trim(0, 4096).unwrap_err(),
+        s.write_zeroes(0, 4096).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    }
+    s.flush().unwrap();
+    s.close().unwrap();
+    let e = Volume::open_snapshot(config(d), store.clone(), "base", "nope")
+        .err()
+        .expect("no such snapshot");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.to_string().contains("s1, s2"), "{e}");
+    // Crash, reopen: snapshots and pins come back from the superblock.
+    v.flush().unwrap();
+    v.crash();
+    let v = open(&store, d, "base");
+    assert_eq!(
+        v.snapshots()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["s1", "s2"]
+    );
+    assert!(v.pinned_objects().unwrap() > 0);
+    // Overwrite everything twice and collect: the snapshots keep their data.
+    let mut m3 = m2.clone();
+    scribble(&v, &mut m3, 4, 600);
+    scribble(&v, &mut m3, 5, 600);
+    v.flush().unwrap();
+    let r = v.gc_now().unwrap();
+    assert!(r.objects_cleaned > 0, "{r:?}");
+    v.gc_now().unwrap();
+    assert_reads(&snap(&store, d, "base", "s1"), &m0, "s1 after GC");
+    assert_reads(&snap(&store, d, "base", "s2"), &m1, "s2 after GC");
+    assert_reads(&v, &m3, "live after GC");
+    // Removing the snapshots frees their objects.
+    let before = stored_bytes(&store);
+    v.snapshot_remove("s1").unwrap();
+    v.snapshot_remove("s2").unwrap();
+    let e = v.snapshot_remove("s2").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert_eq!(v.pinned_objects(), Some(0));
+    // Checkpoints advance GC's deletion floor past the old objects.
+    for _ in 0..3 {
+        scribble(&v, &mut m3, 6, 50);
+        v.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        v.gc_now().unwrap();
+    }
+    let after = stored_bytes(&store);
+    assert!(
+        after < before * 3 / 4,
+        "stored bytes {before} with snapshots, {after} after removing them"
+    );
+    assert_reads(&v, &m3, "live after snapshot removal and GC");
+    v.close().unwrap();
+    let v = open(&store, d, "base");
+    assert_reads(&v, &m3, "after reopen");
+    v.close().unwrap();
+}
+
+#[test]
+fn clones_read_through_stay_isolated_and_follow_the_removal_rules() {
+    let (dir, store) = setup();
+    let d = dir.path();
+    let base = open(&store, d, "base");
+    let mut mb = vec![0u8; SIZE as usize];
+    scribble(&base, &mut mb, 1, 400);
+    base.snapshot_create("gold").unwrap();
+    let gold = mb.clone();
+    // Clone creation writes one object (the child's superblock).
+    let objects = store.list("").unwrap().len();
+    clone_image(store.as_ref(), "base", "gold", "child").unwrap();
+    assert_eq!(store.list("").unwrap().len(), objects + 1);
+    let e = clone_image(store.as_ref(), "base", "gold", "child").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    let e = clone_image(store.as_ref(), "base", "nope", "other").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    clone_image(store.as_ref(), "base", "gold", "child2").unwrap();
+
+    let child = open(&store, d, "child");
+    assert_reads(&child, &gold, "fresh clone");
+    assert_eq!(child.parent_ref().unwrap().image, "base");
+    // The base keeps changing; the clone does not see it.
+    scribble(&base, &mut mb, 2, 200);
+    let mut mc = gold.clone();
+    scribble(&child, &mut mc, 3, 200);
+    child.trim(1 << 20, 512 << 10).unwrap();
+    mc[1 << 20..(1 << 20) + (512 << 10)].fill(0);
+    child.write_zeroes(3 << 20, 64 << 10).unwrap();
+    mc[3 << 20..(3 << 20) + (64 << 10)].fill(0);
+    assert_reads(&child, &mc, "clone after writes and trims");
+    assert_reads(&base, &mb, "base after clone writes");
+    assert_reads(
+        &snap(&store, d, "base", "gold"),
+        &gold,
+        "snapshot after clone writes",
+    );
+    // Trims survive destage, checkpoint and a crash: they still hide the parent.
+    child.flush().unwrap();
+    child.crash();
+    let child = open(&store, d, "child");
+    assert_reads(&child, &mc, "clone after crash");
+    child.close().unwrap();
+    let child = open(&store, d, "child");
+    assert_reads(&child, &mc, "clone after close and reopen");
+    // A clone of a snapshot of the clone: a chain of two.
+    child.snapshot_create("c1").unwrap();
+    clone_image(store.as_ref(), "child", "c1", "grandchild").unwrap();
+    let g = open(&store, d, "grandchild");
+    assert_reads(&g, &mc, "grandchild");
+    let mut mg = mc.clone();
+    scribble(&g, &mut mg, 4, 100);
+    assert_reads(&g, &mg, "grandchild after writes");
+    assert_reads(&child, &mc, "child after grandchild writes");
+    g.close().unwrap();
+
+    // Removal rules: a snapshot with clones, an image with snapshots.
+    let e = base.snapshot_remove("gold").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
+    assert!(e.to_string().contains("child, child2"), "{e}");
+    // The refused removal left no mark: new clones still work.
+    clone_image(store.as_ref(), "base", "gold", "child3").unwrap();
+    base.close().unwrap();
+    let e = remove_image(store.as_ref(), "base", None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
+    assert!(
+        e.to_string().contains("gold") && e.to_string().contains("child"),
+        "{e}"
+    );
+    let uuid = lsvd::volume::image::read_superblock(store.as_ref(), "base")
+        .unwrap()
+        .uuid;
+    assert_eq!(
+        find_clones(store.as_ref(), "base", uuid, Some("gold")).unwrap(),
+        ["child", "child2", "child3"]
+    );
+
+    // Flatten: a clone with snapshots is refused, then the copy cuts the link.
+    let e = child.flatten().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
+    let e = child.snapshot_remove("c1").unwrap_err();
+    assert!(e.to_string().contains("grandchild"), "{e}");
+    child.close().unwrap();
+    remove_image(store.as_ref(), "grandchild", None).unwrap();
+    let child = open(&store, d, "child");
+    child.snapshot_remove("c1").unwrap();
+    let r = child.flatten().unwrap();
+    assert!(r.copied_bytes > 0, "{r:?}");
+    assert!(child.parent_ref().is_none());
+    assert_reads(&child, &mc, "flattened clone");
+    child.close().unwrap();
+    for c in ["child2", "child3"] {
+        remove_image(store.as_ref(), c, None).unwrap();
+    }
+    // Now the snapshot and the base can go; the flattened clone stands alone.
+    let base = open(&store, d, "base");
+    base.snapshot_remove("gold").unwrap();
+    base.close().unwrap();
+    remove_image(store.as_ref(), "base", None).unwrap();
+    let child = open(&store, d, "child");
+    assert_reads(&child, &mc, "flattened clone without its base");
+    let e = child.flatten().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    child.close().unwrap();
+}
+
+#[test]
+fn clone_of_a_snapshot_being_removed_is_refused() {
+    let (dir, store) = setup();
+    let d = dir.path();
+    let base = open(&store, d, "base");
+    base.write(0, &pattern(1, 4096)).unwrap();
+    base.snapshot_create("s").unwrap();
+    base.close().unwrap();
+    // Mark the snapshot as being removed, as an interrupted `snap rm` would.
+    let mut sb = lsvd::volume::image::read_superblock(store.as_ref(), "base").unwrap();
+    sb.snapshots[0].flags |= lsvd::format::superblock::SNAP_REMOVING;
+    store.put("base", &sb.encode()).unwrap();
+    let e = clone_image(store.as_ref(), "base", "s", "c").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
+    assert!(lsvd::volume::image::read_superblock(store.as_ref(), "c").is_err());
+    // The snapshot still reads, and `snap rm` finishes the removal.
+    let mut buf = vec![0u8; 4096];
+    snap(&store, d, "base", "s").read(0, &mut buf).unwrap();
+    assert_eq!(buf, pattern(1, 4096));
+    let base = open(&store, d, "base");
+    base.snapshot_remove("s").unwrap();
+    assert!(base.snapshots().is_empty());
+    base.close().unwrap();
+}
