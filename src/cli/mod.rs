@@ -8,6 +8,7 @@
 
 mod bench;
 mod device;
+mod snap;
 mod transfer;
 
 use std::io::{IsTerminal, Write};
@@ -100,6 +101,23 @@ pub enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Snapshots: create, list, remove (POOL/IMAGE@SNAP).
+    #[command(subcommand)]
+    Snap(snap::SnapCommand),
+    /// Make POOL/CHILD a clone of POOL/IMAGE@SNAP: it reads the snapshot
+    /// until written; creating it takes constant time and space.
+    Clone {
+        /// Parent snapshot as POOL/IMAGE@SNAP.
+        snap: String,
+        /// New image as POOL/CHILD (same pool).
+        child: String,
+    },
+    /// Copy into a clone everything it still reads from its parent, then
+    /// cut the link (the image must not be attached).
+    Flatten {
+        /// Clone as POOL/IMAGE.
+        image: String,
     },
     /// Serve an image as a block device (/dev/ublkbN) and print its path.
     Attach(device::AttachArgs),
@@ -196,6 +214,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => transfer::export(&config, &args),
         Command::Bench(args) => bench::bench(&config, &args),
         Command::Gc { image, json } => cmd_gc(&config, &image, json),
+        Command::Snap(cmd) => snap::cmd_snap(&config, &cmd),
+        Command::Clone { snap, child } => snap::cmd_clone(&config, &snap, &child),
+        Command::Flatten { image } => snap::cmd_flatten(&config, &image),
         Command::Attach(args) => device::attach(&config, &args),
         Command::Detach(args) => device::detach(&args),
         Command::List { json } => device::list(json),
@@ -374,7 +395,33 @@ fn format_info(info: &ImageInfo) -> String {
             c.path, c.valid_chunks, c.chunks, c.counters.hits, c.counters.misses,
             c.counters.evictions, c.counters.corrupt
         ),
+    } + &format_lineage(info)
+}
+
+/// The snapshot and parent lines of `info`.
+fn format_lineage(info: &ImageInfo) -> String {
+    let mut out = String::new();
+    if !info.parents.is_empty() {
+        out.push_str(&format!("\n\tparent {}", info.parents.join(" <- ")));
     }
+    if info.snapshots.is_empty() {
+        out.push_str("\n\tsnapshots none");
+    }
+    for s in &info.snapshots {
+        out.push_str(&format!(
+            "\n\tsnapshot {} ({}, {}{}){}",
+            s.name,
+            human_bytes(s.size_bytes),
+            format_unix_utc(s.created_unix),
+            if s.removing { ", being removed" } else { "" },
+            if s.clones.is_empty() {
+                String::new()
+            } else {
+                format!(" clones: {}", s.clones.join(", "))
+            }
+        ));
+    }
+    out
 }
 
 /// `gc POOL/IMAGE [--json]`: open (which refuses an attached image through

@@ -44,7 +44,7 @@ pub struct ImportArgs {
 /// Arguments of `export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Image to read, as POOL/IMAGE.
+    /// Image to read, as POOL/IMAGE, or a snapshot as POOL/IMAGE@SNAP.
     pub image: String,
     /// Output file, or `-` for stdout.
     pub file: String,
@@ -255,7 +255,11 @@ impl Output {
 
 /// `export POOL/IMAGE FILE [--force]`.
 pub fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<()> {
-    let spec = parse_spec(&args.image)?;
+    let (spec, snap) = super::snap::parse_snap_spec(&args.image, false)?;
+    let spec_text = match &snap {
+        Some(s) => format!("{spec}@{s}"),
+        None => spec.to_string(),
+    };
     let to_stdout = args.file == "-";
     let path = PathBuf::from(&args.file);
     if !to_stdout && !args.force && path.symlink_metadata().is_ok() {
@@ -265,8 +269,12 @@ pub fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<()> {
         );
     }
     let store = store_for(config, &spec.pool, false)?;
-    let vol = open_volume(config, store, &spec)?;
+    let vol = match &snap {
+        None => open_volume(config, store, &spec)?,
+        Some(s) => super::snap::open_snapshot(config, store, &spec, s)?,
+    };
     let size = vol.size_bytes();
+    let spec = spec_text;
 
     let result = open_output(&path, to_stdout, args.force).and_then(|mut out| {
         let pb = progress_bar(size, &format!("exporting {spec}"));

@@ -233,6 +233,62 @@ pub struct ImageInfo {
     /// The image's read-cache file, if there is one (filled in by the
     /// CLI, which knows the configured `rcache_dir`).
     pub cache: Option<crate::cache::CacheInfo>,
+    /// Snapshots, oldest first.
+    pub snapshots: Vec<SnapInfo>,
+    /// A clone's chain of parents, nearest first, as `image@snap`.
+    pub parents: Vec<String>,
+}
+
+/// One snapshot as `info` and `snap ls` show it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SnapInfo {
+    /// Name.
+    pub name: String,
+    /// Image size when it was taken.
+    pub size_bytes: u64,
+    /// Creation time, Unix seconds.
+    pub created_unix: u64,
+    /// Last object sequence it reflects.
+    pub last_obj: u64,
+    /// `snap rm` has begun and not finished.
+    pub removing: bool,
+    /// Images cloned from it.
+    pub clones: Vec<String>,
+}
+
+/// The snapshots of `image` (superblock `sb`) with their clones.
+pub fn snapshot_infos(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> Result<Vec<SnapInfo>> {
+    let mut out = Vec::new();
+    for s in &sb.snapshots {
+        out.push(SnapInfo {
+            name: s.name.clone(),
+            size_bytes: s.size_bytes,
+            created_unix: s.created_unix,
+            last_obj: s.last_obj.0,
+            removing: s.flags & crate::format::superblock::SNAP_REMOVING != 0,
+            clones: super::find_clones(store, image, sb.uuid, Some(&s.name))?,
+        });
+    }
+    Ok(out)
+}
+
+/// A clone's parents, nearest first, as `image@snap` (a parent that cannot
+/// be read ends the chain with a note).
+pub fn parent_chain(store: &dyn ObjectStore, sb: &Superblock) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut next = sb.parent.clone();
+    while let Some(p) = next.take() {
+        out.push(format!("{}@{}", p.image, p.snap));
+        if out.len() > super::snapshot::MAX_CHAIN {
+            break;
+        }
+        match read_superblock(store, &p.image) {
+            Ok(psb) if psb.uuid == p.uuid => next = psb.parent,
+            Ok(_) => out.push(format!("({} was replaced by another image)", p.image)),
+            Err(e) => out.push(format!("({} unreadable: {e})", p.image)),
+        }
+    }
+    out
 }
 
 /// Create an image of `size_bytes` (a positive multiple of 4096). Fails if it exists.
@@ -376,6 +432,8 @@ pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo
         checkpoints: sb.checkpoints.iter().map(|c| c.seq.0).collect(),
         created_unix: sb.created_unix,
         cache: None,
+        snapshots: snapshot_infos(store, &spec.image, &sb)?,
+        parents: parent_chain(store, &sb),
     })
 }
 

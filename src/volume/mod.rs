@@ -22,7 +22,7 @@ mod gchost;
 pub mod image;
 mod rcache;
 mod recovery;
-mod snapshot;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -1269,6 +1269,11 @@ impl Volume {
 
 impl Drop for Volume {
     fn drop(&mut self) {
+        if !self.stopped && self.inner.read_only {
+            // Nothing to lose: a snapshot view only stops its cache writer.
+            self.stop(true);
+            return;
+        }
         if !self.stopped {
             warn!(image = %self.inner.image, "volume dropped without close(): stopping like a crash; the journal keeps every acknowledged write");
             self.stop(false);
