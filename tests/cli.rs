@@ -544,3 +544,140 @@ fn gc_killed_at_every_failpoint_keeps_the_image() {
         );
     }
 }
+
+#[test]
+fn snapshots_clones_and_flatten_from_the_command_line() {
+    let env = Env::new();
+    let data = env.path("data.bin");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut bytes = vec![0u8; 3 << 20];
+    rng.fill(&mut bytes[..]);
+    std::fs::write(&data, bytes).unwrap();
+    env.ok(&["import", data.to_str().unwrap(), "pool/base"]);
+    let v1 = env.ok(&["export", "pool/base", "-"]);
+    let out = env.ok_str(&["snap", "create", "pool/base@v1"]);
+    assert!(out.contains("snapshot pool/base@v1 created"), "{out}");
+    // Bad names and duplicates are refused by name.
+    for (args, want) in [
+        (vec!["snap", "create", "pool/base@v1"], "already exists"),
+        (vec!["snap", "create", "pool/base"], "names no snapshot"),
+        (vec!["snap", "create", "pool/base@a b"], "contains ' '"),
+        (
+            vec!["snap", "rm", "pool/base@nope"],
+            "no snapshot 'nope' (snapshots: v1)",
+        ),
+        (vec!["snap", "create", "pool/nope@x"], "does not exist"),
+        (
+            vec!["clone", "pool/base@v1", "other/c"],
+            "in its parent's pool",
+        ),
+        (
+            vec!["clone", "pool/base@nope", "pool/c"],
+            "no snapshot 'nope'",
+        ),
+        (vec!["flatten", "pool/base"], "is not a clone"),
+    ] {
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+    // Overwrite the base; the snapshot and a clone of it keep v1.
+    env.ok(&[
+        "bench",
+        "pool/base",
+        "--io-type",
+        "write",
+        "--io-total",
+        "2M",
+        "--seed",
+        "5",
+    ]);
+    let later = env.ok(&["export", "pool/base", "-"]);
+    assert!(later != v1);
+    assert!(env.ok(&["export", "pool/base@v1", "-"]) == v1);
+    env.ok(&["clone", "pool/base@v1", "pool/child"]);
+    assert!(env.ok(&["export", "pool/child", "-"]) == v1);
+    let info = env.ok_str(&["info", "pool/child"]);
+    assert!(info.contains("parent base@v1"), "{info}");
+    let ls = env.ok_str(&["snap", "ls", "pool/base"]);
+    assert!(
+        ls.starts_with("v1\t") && ls.contains("clones: child"),
+        "{ls}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok_str(&["snap", "ls", "pool/base", "--json"])).unwrap();
+    assert_eq!(json[0]["clones"][0], "child");
+    // Writes to the clone never show in the base or the snapshot.
+    env.ok(&[
+        "bench",
+        "pool/child",
+        "--io-type",
+        "write",
+        "--io-total",
+        "1M",
+        "--seed",
+        "9",
+    ]);
+    let child = env.ok(&["export", "pool/child", "-"]);
+    assert!(child != v1);
+    assert!(env.ok(&["export", "pool/base@v1", "-"]) == v1);
+    assert!(env.ok(&["export", "pool/base", "-"]) == later);
+    // Removal rules name the dependants.
+    let out = env.run(&["snap", "rm", "pool/base@v1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("has clones: child"),
+        "{err}"
+    );
+    let out = env.run(&["rm", "pool/base"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("has snapshots (v1)"),
+        "{err}"
+    );
+    // An open image refuses a snapshot with a hint.
+    let mut holder = env.hold_open("pool/base");
+    let out = env.run(&["snap", "create", "pool/base@v2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("detach it first"),
+        "{err}"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // A crash before the superblock names the snapshot: no snapshot, the
+    // image is intact, and the next attempt works.
+    let out = env
+        .cmd(&["snap", "create", "pool/base@v2"])
+        .env("LSVD_FAILPOINT", "snap.before_superblock")
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("failpoint"));
+    assert!(!env.ok_str(&["snap", "ls", "pool/base"]).contains("v2"));
+    assert!(env.ok(&["export", "pool/base", "-"]) == later);
+    env.ok(&["snap", "create", "pool/base@v2"]);
+    assert!(env.ok(&["export", "pool/base@v2", "-"]) == later);
+    // A crash before flatten cuts the link: still a clone, same content;
+    // flatten again finishes.
+    let out = env
+        .cmd(&["flatten", "pool/child"])
+        .env("LSVD_FAILPOINT", "flatten.before_superblock")
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("failpoint"));
+    assert!(env
+        .ok_str(&["info", "pool/child"])
+        .contains("parent base@v1"));
+    assert!(env.ok(&["export", "pool/child", "-"]) == child);
+    let out = env.ok_str(&["flatten", "pool/child"]);
+    assert!(out.contains("flattened"), "{out}");
+    assert!(!env.ok_str(&["info", "pool/child"]).contains("parent"));
+    env.ok(&["snap", "rm", "pool/base@v1"]);
+    env.ok(&["snap", "rm", "pool/base@v2"]);
+    env.ok(&["gc", "pool/base"]);
+    env.ok(&["rm", "pool/base"]);
+    assert!(env.ok(&["export", "pool/child", "-"]) == child);
+}

@@ -52,7 +52,8 @@ pub fn parse_snap_spec(s: &str, need: bool) -> anyhow::Result<(ImageSpec, Option
         )
     })?;
     if let Some(n) = snap {
-        image::check_name("snapshot", n, s).with_context(|| format!("bad snapshot name in '{s}'"))?;
+        image::check_name("snapshot", n, s)
+            .with_context(|| format!("bad snapshot name in '{s}'"))?;
     } else if need {
         bail!("'{s}' names no snapshot (expected POOL/IMAGE@SNAP)");
     }
@@ -115,7 +116,12 @@ pub fn cmd_snap(config: &Config, cmd: &SnapCommand) -> anyhow::Result<()> {
             let (spec, name) = parse_snap_spec(snap, true)?;
             let name = name.unwrap_or_default();
             let vol = open_detached(config, &spec, "take a snapshot")?;
-            let s = with_volume(vol, &spec, |v| v.snapshot_create(&name), &format!("snap create {snap}"))?;
+            let s = with_volume(
+                vol,
+                &spec,
+                |v| v.snapshot_create(&name),
+                &format!("snap create {snap}"),
+            )?;
             print_stdout(&format!(
                 "snapshot {spec}@{} created ({}, up to object {})",
                 s.name,
@@ -127,7 +133,12 @@ pub fn cmd_snap(config: &Config, cmd: &SnapCommand) -> anyhow::Result<()> {
             let (spec, name) = parse_snap_spec(snap, true)?;
             let name = name.unwrap_or_default();
             let vol = open_detached(config, &spec, "remove a snapshot")?;
-            with_volume(vol, &spec, |v| v.snapshot_remove(&name), &format!("snap rm {snap}"))?;
+            with_volume(
+                vol,
+                &spec,
+                |v| v.snapshot_remove(&name),
+                &format!("snap rm {snap}"),
+            )?;
             // Its read-cache file is no use to anyone now.
             let cache = config
                 .rcache_dir

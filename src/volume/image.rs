@@ -257,7 +257,11 @@ pub struct SnapInfo {
 }
 
 /// The snapshots of `image` (superblock `sb`) with their clones.
-pub fn snapshot_infos(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> Result<Vec<SnapInfo>> {
+pub fn snapshot_infos(
+    store: &dyn ObjectStore,
+    image: &str,
+    sb: &Superblock,
+) -> Result<Vec<SnapInfo>> {
     let mut out = Vec::new();
     for s in &sb.snapshots {
         out.push(SnapInfo {
