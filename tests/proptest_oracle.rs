@@ -118,9 +118,17 @@ enum Op {
     /// sometimes an index block or the superblock. The corruption must be
     /// detected and the data refetched, never served.
     CacheCorrupt { seed: u64, crash: bool },
+    /// Take a snapshot (the oldest is removed first when three exist), or
+    /// with `rm` remove the oldest one if there is one. Every snapshot is
+    /// compared with the oracle as of its creation after each `Gc`, `Crash`
+    /// and at the end.
+    Snap { rm: bool },
 }
 
 use Op::*;
+
+/// Snapshots a harness keeps at once.
+const MAX_SNAPS: usize = 3;
 
 /// A range: length biased to small (512 B .. 128 KiB), offset anywhere or in
 /// a small hot region (so writes overlap), clamped to the disk.
@@ -162,6 +170,7 @@ fn any_op() -> impl Strategy<Value = Op> {
         2 => Just(Gc),
         1 => any::<bool>().prop_map(|crash| CacheDrop { crash }),
         1 => (any::<u64>(), any::<bool>()).prop_map(|(seed, crash)| CacheCorrupt { seed, crash }),
+        2 => any::<bool>().prop_map(|rm| Snap { rm }),
     ]
 }
 
@@ -299,6 +308,10 @@ struct Harness {
     last_lost: usize,
     /// What happened, to show the test exercised the engine.
     tally: Tally,
+    /// Snapshots taken and not removed: name and content.
+    snaps: Vec<(String, Vec<u8>)>,
+    /// Snapshots taken so far (for names).
+    snap_count: u64,
 }
 
 /// Counts over one case (engine counters summed over every open).
@@ -326,6 +339,9 @@ struct Tally {
     /// cache blocks or index blocks it found (and dropped).
     cache_hits: u64,
     cache_corrupt_found: u64,
+    snaps_taken: u64,
+    snaps_removed: u64,
+    snap_checks: u64,
 }
 
 impl Tally {
@@ -347,6 +363,9 @@ impl Tally {
         self.cache_corruptions += o.cache_corruptions;
         self.cache_hits += o.cache_hits;
         self.cache_corrupt_found += o.cache_corrupt_found;
+        self.snaps_taken += o.snaps_taken;
+        self.snaps_removed += o.snaps_removed;
+        self.snap_checks += o.snap_checks;
     }
 }
 
@@ -376,9 +395,89 @@ impl Harness {
             done: Vec::new(),
             last_lost: 0,
             tally: Tally::default(),
+            snaps: Vec::new(),
+            snap_count: 0,
         };
         h.open("initial open")?;
         Ok(h)
+    }
+
+    /// A fresh [`MemStore`] harness whose image is a clone: a base image
+    /// gets `seed`-patterned writes (and a trim), a snapshot of it is
+    /// cloned, and the clone starts with the base's content as its oracle.
+    fn mem_clone(seed: u64) -> Result<Harness, String> {
+        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let dir = tempfile::Builder::new()
+            .prefix("lsvd-prop-base-")
+            .tempdir_in("/tmp")
+            .map_err(|e| format!("tempdir: {e}"))?;
+        create_image(store.as_ref(), "base", DISK).map_err(|e| format!("create base: {e:?}"))?;
+        let base = Volume::open(VolumeOptions {
+            config: test_config(dir.path()),
+            store: store.clone(),
+            image: "base".into(),
+            journal_path: dir.path().join("base.wlog"),
+        })
+        .map_err(|e| format!("open base: {e:?}"))?;
+        let mut content = vec![0u8; DISK as usize];
+        for i in 0..24u64 {
+            let x = splitmix64(seed ^ i);
+            let len = (1 + x % 128) * SECTOR;
+            let off = (x >> 20) % (DISK_SECTORS - len / SECTOR) * SECTOR;
+            let data = pattern(x, off, len);
+            base.write(off, &data).map_err(|e| format!("base write: {e:?}"))?;
+            content[off as usize..(off + len) as usize].copy_from_slice(&data);
+        }
+        base.trim(64 * KIB, 64 * KIB)
+            .map_err(|e| format!("base trim: {e:?}"))?;
+        content[(64 * KIB) as usize..(128 * KIB) as usize].fill(0);
+        base.snapshot_create("gold")
+            .map_err(|e| format!("base snapshot: {e:?}"))?;
+        // The base changes after the snapshot: the clone must not see it.
+        base.write(0, &pattern(seed, 0, 256 * KIB))
+            .map_err(|e| format!("base write: {e:?}"))?;
+        base.close().map_err(|e| format!("close base: {e:?}"))?;
+        lsvd::volume::clone_image(store.as_ref(), "base", "gold", IMAGE)
+            .map_err(|e| format!("clone: {e:?}"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("lsvd-prop-")
+            .tempdir_in("/tmp")
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let config = test_config(dir.path());
+        let journal = dir.path().join(format!("{IMAGE}.wlog"));
+        let mut h = Harness {
+            _dir: dir,
+            config,
+            store,
+            journal,
+            vol: None,
+            oracle: content,
+            undo: Vec::new(),
+            done: Vec::new(),
+            last_lost: 0,
+            tally: Tally::default(),
+            snaps: Vec::new(),
+            snap_count: 0,
+        };
+        h.open("initial open of the clone")?;
+        h.verify_exact("cloning")?;
+        Ok(h)
+    }
+
+    /// Every snapshot reads exactly as the oracle did when it was taken.
+    fn verify_snaps(&mut self, what: &str) -> Check {
+        for (name, want) in &self.snaps {
+            let v = Volume::open_snapshot(self.config.clone(), self.store.clone(), IMAGE, name)
+                .map_err(|e| format!("open snapshot {name} after {what}: {e:?}"))?;
+            let mut img = vec![0u8; DISK as usize];
+            v.read(0, &mut img)
+                .map_err(|e| format!("read snapshot {name} after {what}: {e:?}"))?;
+            if let Some(d) = first_diff(&img, want) {
+                return Err(format!("snapshot {name} differs after {what}: {d}"));
+            }
+            self.tally.snap_checks += 1;
+        }
+        Ok(())
     }
 
     /// A fresh [`MemStore`] harness.
@@ -521,6 +620,31 @@ impl Harness {
                 self.tally.gc_runs += 1;
                 self.vol().gc_now().map_err(|e| format!("gc: {e:?}"))?;
                 self.verify_exact("gc")?;
+                self.verify_snaps("gc")?;
+            }
+            Snap { rm } => {
+                if rm || self.snaps.len() >= MAX_SNAPS {
+                    if self.snaps.is_empty() {
+                        return Ok(());
+                    }
+                    let (name, _) = self.snaps.remove(0);
+                    self.vol()
+                        .snapshot_remove(&name)
+                        .map_err(|e| format!("snap rm {name}: {e:?}"))?;
+                    self.tally.snaps_removed += 1;
+                    if rm {
+                        return self.verify_snaps("snap rm");
+                    }
+                }
+                self.snap_count += 1;
+                let name = format!("s{}", self.snap_count);
+                self.vol()
+                    .snapshot_create(&name)
+                    .map_err(|e| format!("snap create {name}: {e:?}"))?;
+                self.tally.snaps_taken += 1;
+                self.snaps.push((name, self.oracle.clone()));
+                // Everything acknowledged is in the backend now.
+                self.undo.clear();
             }
             Reopen => {
                 self.tally.reopens += 1;
@@ -569,6 +693,7 @@ impl Harness {
                     self.open("crash")?;
                     self.verify_exact("crash keeping the journal")?;
                 }
+                self.verify_snaps("crash")?;
             }
         }
         Ok(())
@@ -599,6 +724,7 @@ impl Harness {
             self.step(op)?;
         }
         self.step(&Reopen)?;
+        self.verify_snaps("the final reopen")?;
         let vol = self.take_vol();
         vol.close().map_err(|e| format!("final close: {e:?}"))?;
         if std::env::var_os("LSVD_PROPTEST_VERBOSE").is_some() {
@@ -829,6 +955,32 @@ fn engine_matches_oracle() {
         t.cache_corrupt_found > 0,
         "no cache corruption found: {t:?}"
     );
+    assert!(
+        t.snaps_taken > 0 && t.snaps_removed > 0 && t.snap_checks > 0,
+        "snapshots not exercised: {t:?}"
+    );
+}
+
+/// The same operations on an image that is a clone: holes read through to
+/// the base snapshot, trims and write-zeroes must hide it (zero markers)
+/// through destage, checkpoints, GC, crashes and journal loss.
+#[test]
+fn clone_matches_oracle() {
+    let t = run_property(
+        "clone_matches_oracle",
+        proptest_config(24, "tests/proptest-regressions/proptest_oracle_clone.txt"),
+        &(any::<u64>(), proptest::collection::vec(any_op(), 1..60)),
+        |(seed, ops)| {
+            let mut h = Harness::mem_clone(seed)?;
+            h.run(&ops)
+                .map_err(|e| format!("{e}\noperations run on the clone:{}", h.history()))?;
+            Ok(h.tally.clone())
+        },
+    );
+    if cases(24) < 24 {
+        return;
+    }
+    assert!(t.snaps_taken > 0 && t.snap_checks > 0, "no snapshot checked: {t:?}");
 }
 
 /// Put faults for one fault-store case.
