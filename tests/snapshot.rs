@@ -28,7 +28,7 @@ fn config(dir: &Path) -> Config {
         no_gc: true,
         gc_threshold: 90,
         rcache_dir: dir.join("rcache"),
-        rcache_bytes: 4 << 20,
+        rcache_bytes: 32 << 20,
         ..Config::default()
     }
 }
@@ -306,4 +306,43 @@ fn clone_of_a_snapshot_being_removed_is_refused() {
     base.snapshot_remove("s").unwrap();
     assert!(base.snapshots().is_empty());
     base.close().unwrap();
+}
+
+#[test]
+fn clones_share_the_base_snapshots_read_cache() {
+    let (dir, store) = setup();
+    let d = dir.path();
+    let base = open(&store, d, "base");
+    let mut mb = vec![0u8; SIZE as usize];
+    scribble(&base, &mut mb, 1, 400);
+    base.snapshot_create("gold").unwrap();
+    base.close().unwrap();
+    let uuid = lsvd::volume::image::read_superblock(store.as_ref(), "base")
+        .unwrap()
+        .uuid;
+    let shared = d.join("rcache").join("base@gold.rcache");
+    let hits = || {
+        lsvd::cache::Cache::inspect(&shared, uuid)
+            .unwrap()
+            .expect("the snapshot's cache file exists")
+            .counters
+            .hits
+    };
+    clone_image(store.as_ref(), "base", "gold", "a").unwrap();
+    clone_image(store.as_ref(), "base", "gold", "b").unwrap();
+    let a = open(&store, d, "a");
+    assert_reads(&a, &mb, "clone a");
+    a.close().unwrap();
+    let after_a = hits();
+    // The second clone's base reads hit the chunks the first one fetched:
+    // no ranged get reaches the store.
+    let counting = Arc::new(lsvd::backend::CountingStore::new(store.clone()));
+    let cs: Arc<dyn ObjectStore> = counting.clone();
+    let b = open(&cs, d, "b");
+    let before = counting.stats();
+    assert_reads(&b, &mb, "clone b");
+    let after = counting.stats();
+    assert_eq!(after.gets, before.gets, "clone b's base reads went to the store");
+    b.close().unwrap();
+    assert!(hits() > after_a, "no shared-cache hits: {after_a} -> {}", hits());
 }
