@@ -425,7 +425,8 @@ impl Harness {
             let len = (1 + x % 128) * SECTOR;
             let off = (x >> 20) % (DISK_SECTORS - len / SECTOR) * SECTOR;
             let data = pattern(x, off, len);
-            base.write(off, &data).map_err(|e| format!("base write: {e:?}"))?;
+            base.write(off, &data)
+                .map_err(|e| format!("base write: {e:?}"))?;
             content[off as usize..(off + len) as usize].copy_from_slice(&data);
         }
         base.trim(64 * KIB, 64 * KIB)
@@ -980,7 +981,10 @@ fn clone_matches_oracle() {
     if cases(24) < 24 {
         return;
     }
-    assert!(t.snaps_taken > 0 && t.snap_checks > 0, "no snapshot checked: {t:?}");
+    assert!(
+        t.snaps_taken > 0 && t.snap_checks > 0,
+        "no snapshot checked: {t:?}"
+    );
 }
 
 /// Put faults for one fault-store case.

@@ -342,7 +342,14 @@ fn clones_share_the_base_snapshots_read_cache() {
     let before = counting.stats();
     assert_reads(&b, &mb, "clone b");
     let after = counting.stats();
-    assert_eq!(after.gets, before.gets, "clone b's base reads went to the store");
+    assert_eq!(
+        after.gets, before.gets,
+        "clone b's base reads went to the store"
+    );
     b.close().unwrap();
-    assert!(hits() > after_a, "no shared-cache hits: {after_a} -> {}", hits());
+    assert!(
+        hits() > after_a,
+        "no shared-cache hits: {after_a} -> {}",
+        hits()
+    );
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::{open_volume, parse_spec, print_stdout, store_for};
+use super::{open_volume, print_stdout, store_for};
 use crate::backend::ObjectStore;
 use crate::config::Config;
 use crate::ublk::kernel::{self, KernelState};
@@ -27,7 +27,8 @@ use crate::ublk::server::{self, LiveDevice, ServeOptions};
 /// `attach` arguments.
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    /// Image as POOL/IMAGE.
+    /// Image as POOL/IMAGE, or POOL/IMAGE@SNAP for a read-only device of a
+    /// snapshot.
     pub image: String,
     /// Hardware queues, one thread and io_uring each (default: CPUs, at most 4).
     #[arg(long)]
@@ -87,7 +88,10 @@ struct Plan {
 
 /// `attach POOL/IMAGE`.
 pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
-    let spec = parse_spec(&args.image)?;
+    let (spec, snap) = super::snap::parse_snap_spec(&args.image, false)?;
+    if snap.is_some() && args.force {
+        bail!("--force breaks an image's lock; a snapshot is attached read-only without one");
+    }
     kernel::check_driver()?;
     kernel::check_root("attach")?;
     let queues = args.queues.unwrap_or_else(|| {
@@ -104,7 +108,10 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
             args.logical_block_size
         );
     }
-    let spec_text = spec.to_string();
+    let spec_text = match &snap {
+        Some(s) => format!("{spec}@{s}"),
+        None => spec.to_string(),
+    };
     let mut plan = Plan {
         spec_text: spec_text.clone(),
         config: config.clone(),
@@ -359,10 +366,16 @@ fn take_over_lock(store: &dyn ObjectStore, image: &str, plan: &Plan) -> anyhow::
 /// Open the image and serve it until a stop signal.
 fn serve_plan(plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
     let set = block_stop_signals();
-    let spec = parse_spec(&plan.spec_text)?;
+    let (spec, snap) = super::snap::parse_snap_spec(&plan.spec_text, false)?;
     let store = store_for(&plan.config, &spec.pool, false)?;
-    take_over_lock(store.as_ref(), &spec.image, &plan)?;
-    let volume = open_volume(&plan.config, store, &spec)?;
+    // A snapshot is served read-only, without the image's lock.
+    let volume = match &snap {
+        Some(s) => super::snap::open_snapshot(&plan.config, store, &spec, s)?,
+        None => {
+            take_over_lock(store.as_ref(), &spec.image, &plan)?;
+            open_volume(&plan.config, store, &spec)?
+        }
+    };
     let config_json = serde_json::to_value(&plan.config).context("cannot encode configuration")?;
     let spec_text = plan.spec_text.clone();
     let logical_block = plan.opts.logical_block;

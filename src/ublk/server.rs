@@ -189,6 +189,12 @@ pub fn serve(
     );
 
     let size = volume.size_bytes();
+    // A snapshot: the kernel refuses writes before they reach us.
+    let read_only = if volume.is_read_only() {
+        sys::UBLK_ATTR_READ_ONLY
+    } else {
+        0
+    };
     let volume = Arc::new(volume);
     let ctx = Arc::new(DevCtx {
         volume: volume.clone(),
@@ -205,7 +211,7 @@ pub fn serve(
         dev.tgt.params = sys::ublk_params {
             types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
             basic: sys::ublk_param_basic {
-                attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
+                attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA | read_only,
                 logical_bs_shift: lbs_shift,
                 physical_bs_shift: 12,
                 io_opt_shift: 12,
