@@ -61,8 +61,8 @@ must write-b sh -c "echo b > $MNT/b/only-b"
 check sync-clones sync
 check umount-a umount $MNT/a
 check umount-b umount $MNT/b
-detach detach-a p/vm-a
-detach detach-b p/vm-b
+DEV=$DEVA detach detach-a p/vm-a
+DEV=$DEVB detach detach-b p/vm-b
 attach reattach-b p/vm-b || finish
 must remount-b mount -t ext4 "$DEV" $MNT/b
 [ -e $MNT/b/only-b ] && [ ! -e $MNT/b/only-a ] && [ -e $MNT/b/gold/f1 ] &&
