@@ -6,8 +6,9 @@
 //! atomic load. Points (see `docs/format.md`, "Crash-safety orderings"):
 //! `gc.selected`, `gc.read_done`, `gc.seq_allocated`, `gc.put_done`,
 //! `gc.applied`, `gc.ckpt_requested`, `ckpt.published`, `gc.delete.each`,
-//! `gc.sweep.listed`; and for snapshots and clones ([`LIFECYCLE_POINTS`]):
-//! `snap.before_superblock`, `flatten.before_superblock`.
+//! `gc.sweep.listed`; for snapshots and clones ([`LIFECYCLE_POINTS`]):
+//! `snap.before_superblock`, `flatten.before_superblock`; and those of a
+//! resize ([`RESIZE_POINTS`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -30,16 +31,28 @@ pub const POINTS: &[&str] = &[
 
 /// Failpoints of `snap create` and `flatten` (not reached by a GC cycle).
 pub const LIFECYCLE_POINTS: &[&str] = &["snap.before_superblock", "flatten.before_superblock"];
+/// The failpoints of `Volume::resize`, in the order it reaches them
+/// (crash-safety ordering 26): the tail trim journaled, the trim applied in
+/// the backend, the superblock with the new size written.
+pub const RESIZE_POINTS: &[&str] = &[
+    "resize.trim_journaled",
+    "resize.trim_applied",
+    "resize.sb_written",
+];
 
 /// Check a `NAME[:N]` value: a known point and N >= 1.
 pub fn validate(v: &str) -> Result<(), String> {
     let s = parse(v).ok_or_else(|| format!("{v:?} is not NAME[:N] with N >= 1"))?;
-    if !POINTS.contains(&s.name.as_str()) && !LIFECYCLE_POINTS.contains(&s.name.as_str()) {
+    if !POINTS.contains(&s.name.as_str())
+        && !LIFECYCLE_POINTS.contains(&s.name.as_str())
+        && !RESIZE_POINTS.contains(&s.name.as_str())
+    {
         return Err(format!(
-            "unknown failpoint {:?} (known: {}, {})",
+            "unknown failpoint {:?} (known: {}, {}, {})",
             s.name,
             POINTS.join(", "),
-            LIFECYCLE_POINTS.join(", ")
+            LIFECYCLE_POINTS.join(", "),
+            RESIZE_POINTS.join(", ")
         ));
     }
     Ok(())
@@ -162,9 +175,10 @@ mod tests {
             include_str!("volume/gchost.rs"),
             include_str!("volume/destage.rs"),
             include_str!("volume/snapshot.rs"),
+            include_str!("volume/mod.rs"),
         ]
         .concat();
-        for p in POINTS.iter().chain(LIFECYCLE_POINTS) {
+        for p in POINTS.iter().chain(LIFECYCLE_POINTS).chain(RESIZE_POINTS) {
             assert!(
                 src.contains(&format!("hit(\"{p}\")")),
                 "{p} is not hit anywhere"

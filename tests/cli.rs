@@ -681,3 +681,248 @@ fn snapshots_clones_and_flatten_from_the_command_line() {
     env.ok(&["rm", "pool/base"]);
     assert!(env.ok(&["export", "pool/child", "-"]) == child);
 }
+
+/// Run `env`'s binary with `LSVD_RUN_DIR` pointing into the scratch
+/// directory (no host device records are seen).
+fn run_isolated(env: &Env, args: &[&str]) -> Output {
+    env.cmd(args)
+        .env("LSVD_RUN_DIR", env.path("run"))
+        .output()
+        .unwrap()
+}
+
+fn ok_isolated(env: &Env, args: &[&str]) -> String {
+    let out = run_isolated(env, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Run and require failure (1; 2 for a bad argument clap refuses) with
+/// every `needle` in stderr.
+fn fails_isolated(env: &Env, args: &[&str], needles: &[&str]) -> String {
+    let out = run_isolated(env, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "{args:?}: {stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "{args:?}: {n:?} not in: {stderr}");
+    }
+    stderr
+}
+
+fn size_of(env: &Env, image: &str) -> u64 {
+    json(&env.ok(&["info", image, "--json"]))["size_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `resize` of a detached image: grow (the new range reads as zeros), a
+/// shrink refused without `--allow-shrink`, a shrink with it (the tail
+/// reads as zeros once grown back), the same size as a no-op, bad sizes
+/// refused; `info` shows each new size.
+#[test]
+fn resize_a_detached_image() {
+    const M: usize = 1 << 20;
+    let env = Env::new();
+    let mut data = vec![0u8; 4 * M];
+    rand::rngs::StdRng::seed_from_u64(11).fill(&mut data[..]);
+    std::fs::write(env.path("in.raw"), &data).unwrap();
+    env.ok(&["import", env.path("in.raw").to_str().unwrap(), "p/img"]);
+    assert_eq!(size_of(&env, "p/img"), 4 << 20);
+
+    let out = ok_isolated(&env, &["resize", "p/img", "--size", "8M"]);
+    assert_eq!(
+        out.trim(),
+        "image p/img resized from 4 MiB (4194304 bytes) to 8 MiB (8388608 bytes)"
+    );
+    assert_eq!(size_of(&env, "p/img"), 8 << 20);
+    assert!(env
+        .ok_str(&["info", "p/img"])
+        .contains("size 8 MiB (8388608 bytes)"));
+    let mut model = data.clone();
+    model.resize(8 * M, 0);
+    assert!(env.ok(&["export", "p/img", "-"]) == model, "after grow");
+
+    fails_isolated(
+        &env,
+        &["resize", "p/img", "--size", "2M"],
+        &["--allow-shrink", "8388608", "2097152", "p/img"],
+    );
+    assert_eq!(size_of(&env, "p/img"), 8 << 20);
+    let out = ok_isolated(&env, &["resize", "p/img", "-s", "2M", "--allow-shrink"]);
+    assert!(out.contains("resized from 8 MiB"), "{out}");
+    assert_eq!(size_of(&env, "p/img"), 2 << 20);
+    assert!(
+        env.ok(&["export", "p/img", "-"]) == model[..2 * M],
+        "after shrink"
+    );
+    let out = ok_isolated(&env, &["resize", "p/img", "-s", "2M"]);
+    assert_eq!(
+        out.trim(),
+        "image p/img is already 2 MiB (2097152 bytes): nothing to do"
+    );
+    ok_isolated(&env, &["resize", "p/img", "-s", "4M"]);
+    model[2 * M..].fill(0);
+    assert!(
+        env.ok(&["export", "p/img", "-"]) == model[..4 * M],
+        "the discarded tail came back"
+    );
+    for (size, needle) in [
+        ("0", "size 0"),
+        ("1000", "not a multiple of 4096"),
+        ("2P", "limit is 1P"),
+        ("12X", "12X"),
+    ] {
+        fails_isolated(&env, &["resize", "p/img", "--size", size], &[needle]);
+    }
+    fails_isolated(&env, &["resize", "p/nosuch", "--size", "8M"], &["nosuch"]);
+    // An open image (its lock held by another process) is refused.
+    let mut child = env.hold_open("p/img");
+    fails_isolated(
+        &env,
+        &["resize", "p/img", "--size", "8M"],
+        &["already open"],
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(size_of(&env, "p/img"), 4 << 20);
+}
+
+/// A `resize` killed (abort) at each step of ordering 26, shrinking and
+/// growing: the image keeps its head, has the old or the new size, and a
+/// repeated `resize` finishes the job with the discarded tail reading as
+/// zeros.
+#[test]
+fn resize_killed_at_every_failpoint_keeps_the_image() {
+    const M: usize = 1 << 20;
+    let mut env = Env::new();
+    env.config = env.config.replace(
+        '}',
+        r#","backend_obj_bytes":"256K","wlog_chunk_bytes":"64K"}"#,
+    );
+    let mut data = vec![0u8; 2 * M];
+    rand::rngs::StdRng::seed_from_u64(12).fill(&mut data[..]);
+    std::fs::write(env.path("in.raw"), &data).unwrap();
+    env.ok(&["import", env.path("in.raw").to_str().unwrap(), "p/img"]);
+    for point in lsvd::failpoint::RESIZE_POINTS {
+        for (from, to, flag) in [(2 * M, M, "--allow-shrink"), (M, 2 * M, "--timeout=60")] {
+            assert_eq!(size_of(&env, "p/img"), from as u64);
+            let size = to.to_string();
+            let out = env
+                .cmd(&["resize", "p/img", "--size", &size, flag])
+                .env("LSVD_RUN_DIR", env.path("run"))
+                .env("LSVD_FAILPOINT", point)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains("failpoint"),
+                "{point} {from}->{to}: the failpoint did not fire: {stderr}"
+            );
+            let now = size_of(&env, "p/img") as usize;
+            let want = if *point == "resize.sb_written" {
+                to
+            } else {
+                from
+            };
+            assert_eq!(now, want, "{point} {from}->{to}: size after the crash");
+            let head = from.min(to);
+            let image = env.ok(&["export", "p/img", "-"]);
+            assert!(
+                image[..head] == data[..head],
+                "{point} {from}->{to}: head changed"
+            );
+            assert!(
+                image[head..].iter().all(|&b| b == 0),
+                "{point} {from}->{to}: the range beyond {head} is not zeros"
+            );
+            ok_isolated(&env, &["resize", "p/img", "--size", &size, flag]);
+            assert_eq!(size_of(&env, "p/img"), to as u64);
+        }
+        // The tail was discarded for good.
+        data[M..].fill(0);
+        assert!(
+            env.ok(&["export", "p/img", "-"]) == data,
+            "{point}: at the end"
+        );
+    }
+}
+
+/// `resize` of an attached image goes to its server's control socket
+/// (here a stand-in that answers one request, with a live lsvd-ublk
+/// process as the recorded server) and prints the server's message; an
+/// error reply, a missing socket and a dead server are clear errors.
+#[test]
+fn resize_an_attached_image_asks_its_server() {
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+    let env = Env::new();
+    env.ok(&["create", "p/img", "--size", "4M"]);
+    let run = env.path("run");
+    std::fs::create_dir_all(&run).unwrap();
+    // Any running lsvd-ublk process passes for the server.
+    let mut server = env.hold_open("p/img");
+    let record = |pid: u32| {
+        let r = serde_json::json!({
+            "dev_id": 7, "device": "/dev/ublkb7", "image": "p/img", "pid": pid,
+            "queues": 1, "depth": 64, "logical_block": 512, "config": {}, "started": 0,
+        });
+        std::fs::write(run.join("ublkb7.json"), r.to_string()).unwrap();
+    };
+    record(server.id());
+    fails_isolated(
+        &env,
+        &["resize", "p/img", "--size", "8M"],
+        &["/dev/ublkb7", "no control socket", "detach"],
+    );
+    let answer = |reply: &'static str| {
+        let listener = UnixListener::bind(run.join("ublkb7.sock")).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(reply.as_bytes()).unwrap();
+            line
+        })
+    };
+    let t = answer(
+        "{\"status\":\"resized\",\"old_size\":4194304,\"new_size\":8388608,\"device_size\":4194304,\"message\":\"resized; /dev/ublkb7 keeps its size\"}\n",
+    );
+    let out = ok_isolated(&env, &["resize", "p/img", "--size", "8M"]);
+    assert_eq!(
+        out.trim(),
+        "image p/img resized; /dev/ublkb7 keeps its size"
+    );
+    assert_eq!(
+        t.join().unwrap().trim(),
+        r#"{"op":"resize","size":8388608,"allow_shrink":false}"#
+    );
+    std::fs::remove_file(run.join("ublkb7.sock")).unwrap();
+    let t = answer("{\"status\":\"error\",\"error\":\"cannot shrink attached image p/img\"}\n");
+    fails_isolated(
+        &env,
+        &["resize", "p/img", "--size", "2M", "--allow-shrink"],
+        &["/dev/ublkb7", "cannot shrink attached image p/img"],
+    );
+    assert!(t.join().unwrap().contains(r#""allow_shrink":true"#));
+    // The shrink check comes first, without asking the server.
+    fails_isolated(
+        &env,
+        &["resize", "p/img", "--size", "2M"],
+        &["--allow-shrink"],
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // A dead server: recover or detach --force first.
+    fails_isolated(
+        &env,
+        &["resize", "p/img", "--size", "8M"],
+        &["not running", "recover", "detach --force"],
+    );
+}

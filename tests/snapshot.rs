@@ -353,3 +353,45 @@ fn clones_share_the_base_snapshots_read_cache() {
         hits()
     );
 }
+
+#[test]
+fn resized_clones_and_snapshots_keep_their_sizes_and_content() {
+    let (dir, store) = setup();
+    let d = dir.path();
+    let base = open(&store, d, "base");
+    let mut mb = vec![0u8; SIZE as usize];
+    scribble(&base, &mut mb, 1, 300);
+    base.snapshot_create("small").unwrap();
+    // The base grows; the old snapshot keeps its size, a new one the new.
+    base.resize(2 * SIZE, false).unwrap();
+    mb.resize(2 * SIZE as usize, 0);
+    base.write(SIZE + 4096, &pattern(5, 4096)).unwrap();
+    mb[(SIZE + 4096) as usize..(SIZE + 8192) as usize].copy_from_slice(&pattern(5, 4096));
+    base.snapshot_create("big").unwrap();
+    let small = snap(&store, d, "base", "small");
+    assert_eq!(small.size_bytes(), SIZE);
+    assert_reads(&small, &mb[..SIZE as usize], "small snapshot");
+    let e = small.resize(SIZE / 2, true).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    assert_reads(&snap(&store, d, "base", "big"), &mb, "big snapshot");
+    base.close().unwrap();
+    // A clone grown past its parent reads zeros there; one shrunk and grown
+    // back reads zeros in the tail, not the parent's data.
+    clone_image(store.as_ref(), "base", "small", "c").unwrap();
+    let c = open(&store, d, "c");
+    assert_eq!(c.size_bytes(), SIZE);
+    c.resize(3 * SIZE, false).unwrap();
+    let mut mc = mb[..SIZE as usize].to_vec();
+    mc.resize(3 * SIZE as usize, 0);
+    assert_reads(&c, &mc, "grown clone");
+    c.resize(SIZE / 2, true).unwrap();
+    c.resize(SIZE, false).unwrap();
+    mc.truncate(SIZE as usize);
+    mc[(SIZE / 2) as usize..].fill(0);
+    assert_reads(&c, &mc, "clone shrunk and grown back");
+    c.flush().unwrap();
+    c.crash();
+    let c = open(&store, d, "c");
+    assert_reads(&c, &mc, "clone after crash");
+    c.close().unwrap();
+}

@@ -511,3 +511,283 @@ fn background_gc_runs_and_keeps_data() {
     assert!(buf == model, "after reopen");
     v.close().unwrap();
 }
+
+/// Resize: read all of `v` and compare with `model` (which must have the
+/// volume's size).
+fn assert_reads(v: &Volume, model: &[u8], what: &str) {
+    assert_eq!(v.size_bytes(), model.len() as u64, "{what}: size");
+    let mut buf = vec![1u8; model.len()];
+    v.read(0, &mut buf).unwrap();
+    if buf != model {
+        let first = buf.iter().zip(model).position(|(a, b)| a != b).unwrap();
+        panic!("{what}: first difference at byte {first}");
+    }
+}
+
+/// Grow: the new range reads as zeros, writes past the old end work, and
+/// the new size and data survive close, crash and a lost journal.
+#[test]
+fn resize_grow_then_write_past_the_old_end() {
+    let (dir, store) = setup(4 << 20);
+    let c = config();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut model = pattern(1, 4 << 20);
+    v.write(0, &model).unwrap();
+    // Beyond the end: refused before the grow.
+    let e = v.write(4 << 20, &[7u8; 4096]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let r = v.resize(8 << 20, false).unwrap();
+    assert_eq!(
+        (r.old_bytes, r.new_bytes, r.changed()),
+        (4 << 20, 8 << 20, true)
+    );
+    model.resize(8 << 20, 0);
+    assert_reads(&v, &model, "after grow");
+    let d = pattern(2, 64 << 10);
+    let off = (8 << 20) - (64 << 10) - 4096;
+    v.write(off as u64, &d).unwrap();
+    model[off..off + d.len()].copy_from_slice(&d);
+    assert_reads(&v, &model, "after write past the old end");
+    // The superblock has the new size before anything past the old end
+    // was accepted: a crash keeps both.
+    v.flush().unwrap();
+    v.crash();
+    let info = image_info(store.as_ref(), &ImageSpec::parse("p/img").unwrap()).unwrap();
+    assert_eq!(info.size_bytes, 8 << 20);
+    let v = open(&store, dir.path(), &c).unwrap();
+    assert_reads(&v, &model, "after crash");
+    v.close().unwrap();
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    assert_reads(&v, &model, "after close and a lost journal");
+    v.close().unwrap();
+}
+
+/// Bad sizes and a shrink without `allow_shrink` are refused with clear
+/// errors and change nothing; the same size is a no-op.
+#[test]
+fn resize_refuses_bad_sizes_and_an_unallowed_shrink() {
+    let (dir, store) = setup(4 << 20);
+    let v = open(&store, dir.path(), &config()).unwrap();
+    for (size, needle) in [
+        (0, "positive multiple of 4096"),
+        (4 << 20 | 512, "positive multiple of 4096"),
+        ((1 << 50) + 4096, "1 PiB"),
+    ] {
+        let e = v.resize(size, true).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        let m = e.to_string();
+        assert!(m.contains(needle) && m.contains("resize image img"), "{m}");
+    }
+    let e = v.resize(2 << 20, false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("--allow-shrink")
+            && m.contains(&(4u64 << 20).to_string())
+            && m.contains(&(2u64 << 20).to_string()),
+        "{m}"
+    );
+    assert_eq!(v.size_bytes(), 4 << 20);
+    let r = v.resize(4 << 20, false).unwrap();
+    assert!(!r.changed(), "{r:?}");
+    let before = store.get("img", 0, 4096).unwrap();
+    let r = v.resize(4 << 20, true).unwrap();
+    assert!(!r.changed(), "{r:?}");
+    assert_eq!(
+        store.get("img", 0, 4096).unwrap(),
+        before,
+        "a no-op rewrote the superblock"
+    );
+    v.close().unwrap();
+    let info = image_info(store.as_ref(), &ImageSpec::parse("p/img").unwrap()).unwrap();
+    assert_eq!(info.size_bytes, 4 << 20);
+}
+
+/// How a shrunk volume is left before it is grown again.
+#[derive(Clone, Copy, Debug)]
+enum AfterShrink {
+    Nothing,
+    Close,
+    Crash,
+    CrashAndLoseJournal,
+    Gc,
+    GcThenCrash,
+}
+
+/// Shrink discards the tail: after growing back, the tail reads as zeros
+/// (the head is intact), in the same session, after close, after a crash,
+/// after a crash that also loses the journal (the trim was in the backend
+/// before the smaller size was written), and after GC.
+#[test]
+fn resize_shrink_discards_the_tail() {
+    for how in [
+        AfterShrink::Nothing,
+        AfterShrink::Close,
+        AfterShrink::Crash,
+        AfterShrink::CrashAndLoseJournal,
+        AfterShrink::Gc,
+        AfterShrink::GcThenCrash,
+    ] {
+        let size = 2usize << 20;
+        let small = 768usize << 10;
+        let (dir, store) = setup(size as u64);
+        let c = Config {
+            no_gc: true,
+            gc_threshold: 90,
+            ..config()
+        };
+        let v = open(&store, dir.path(), &c).unwrap();
+        let mut model = pattern(3, size);
+        v.write(0, &model).unwrap();
+        // Overwrite part of the head so GC has something to clean.
+        for i in 0..16 {
+            let d = pattern(100 + i, 16 << 10);
+            let off = (i as usize * 7 % 48) * (16 << 10);
+            v.write(off as u64, &d).unwrap();
+            model[off..off + d.len()].copy_from_slice(&d);
+        }
+        // Acknowledged, not flushed: the shrink must order itself after it.
+        let r = v.resize(small as u64, true).unwrap();
+        assert_eq!(
+            (r.old_bytes, r.new_bytes),
+            (size as u64, small as u64),
+            "{how:?}"
+        );
+        model.truncate(small);
+        assert_reads(&v, &model, &format!("{how:?}: after shrink"));
+        let mut b = vec![0u8; 4096];
+        assert_eq!(
+            v.read(small as u64, &mut b).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            v.write(small as u64, &b).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            v.trim(0, small as u64 + 4096).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        let info = image_info(store.as_ref(), &ImageSpec::parse("p/img").unwrap()).unwrap();
+        assert_eq!(info.size_bytes, small as u64, "{how:?}: superblock");
+        let v = match how {
+            AfterShrink::Nothing => v,
+            AfterShrink::Close => {
+                v.close().unwrap();
+                open(&store, dir.path(), &c).unwrap()
+            }
+            AfterShrink::Crash => {
+                v.crash();
+                open(&store, dir.path(), &c).unwrap()
+            }
+            AfterShrink::CrashAndLoseJournal => {
+                v.crash();
+                std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+                open(&store, dir.path(), &c).unwrap()
+            }
+            AfterShrink::Gc | AfterShrink::GcThenCrash => {
+                v.flush().unwrap();
+                let r = v.gc_now().unwrap();
+                assert!(r.objects_cleaned > 0, "{how:?}: {r:?}");
+                if matches!(how, AfterShrink::GcThenCrash) {
+                    v.crash();
+                    open(&store, dir.path(), &c).unwrap()
+                } else {
+                    v
+                }
+            }
+        };
+        assert_reads(&v, &model, &format!("{how:?}: before the grow"));
+        v.resize(size as u64, false).unwrap();
+        model.resize(size, 0);
+        assert_reads(&v, &model, &format!("{how:?}: grown back"));
+        v.crash();
+        let v = open(&store, dir.path(), &c).unwrap();
+        assert_reads(&v, &model, &format!("{how:?}: grown back, crashed"));
+        v.close().unwrap();
+    }
+}
+
+/// A crash after each step of a shrink-grow cycle (tail written, shrunk,
+/// grown, written again), each time reopened from the journal: every step
+/// keeps what it acknowledged and the discarded tail never comes back.
+#[test]
+fn resize_crash_after_each_step() {
+    let (dir, store) = setup(4 << 20);
+    let c = config();
+    let mut model = vec![0u8; 4 << 20];
+    let v = open(&store, dir.path(), &c).unwrap();
+    let tail = pattern(5, 1 << 20);
+    v.write(3 << 20, &tail).unwrap();
+    model[3 << 20..].copy_from_slice(&tail);
+    v.flush().unwrap();
+    v.crash();
+    let v = open(&store, dir.path(), &c).unwrap();
+    assert_reads(&v, &model, "tail written");
+    v.resize(2 << 20, true).unwrap();
+    model.truncate(2 << 20);
+    v.crash();
+    let v = open(&store, dir.path(), &c).unwrap();
+    assert_reads(&v, &model, "shrunk");
+    v.resize(6 << 20, false).unwrap();
+    model.resize(6 << 20, 0);
+    v.crash();
+    let v = open(&store, dir.path(), &c).unwrap();
+    assert_reads(&v, &model, "grown");
+    let d = pattern(6, 2 << 20);
+    v.write(4 << 20, &d).unwrap();
+    model[4 << 20..].copy_from_slice(&d);
+    v.flush().unwrap();
+    v.crash();
+    let v = open(&store, dir.path(), &c).unwrap();
+    assert_reads(&v, &model, "written past the old end");
+    v.close().unwrap();
+}
+
+/// The safety net at open: data beyond the superblock's size, in the
+/// backend's map or in journal records (as a shrink that never trimmed,
+/// or a lost trim, would leave) is never readable, and a later grow shows
+/// zeros there.
+#[test]
+fn resize_open_clips_map_and_journal_beyond_the_end() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create_image(mem.as_ref(), "img", 8 << 20).unwrap();
+    let c = config();
+    // In the backend: written and closed.
+    let v = open(&mem, dir.path(), &c).unwrap();
+    let all = pattern(7, 8 << 20);
+    v.write(0, &all).unwrap();
+    v.close().unwrap();
+    // In the journal only: the backend refuses every data put, then a
+    // crash.
+    let fault = Arc::new(FaultStore::new(mem.clone(), 1));
+    fault.add_rule(FaultRule::fail(FaultOp::Put, ErrorKind::Io).matching("img."));
+    let faulty: Arc<dyn ObjectStore> = fault.clone();
+    let v = open(&faulty, dir.path(), &c).unwrap();
+    let late = pattern(8, 2 << 20);
+    v.write(5 << 20, &late).unwrap();
+    v.flush().unwrap();
+    v.crash();
+    // The superblock says 4 MiB: as if shrunk without a trim.
+    let mut sb = lsvd::volume::image::read_superblock(mem.as_ref(), "img").unwrap();
+    sb.size_bytes = 4 << 20;
+    sb.update_seq += 1;
+    mem.put("img", &sb.encode()).unwrap();
+    let v = open(&mem, dir.path(), &c).unwrap();
+    assert_eq!(
+        v.stats().replayed,
+        (2 << 20) / c.wlog_chunk_bytes,
+        "the journal writes were replayed"
+    );
+    let mut model = all[..4 << 20].to_vec();
+    assert_reads(&v, &model, "clipped");
+    v.resize(8 << 20, false).unwrap();
+    model.resize(8 << 20, 0);
+    assert_reads(&v, &model, "grown over the clipped range");
+    v.crash();
+    let v = open(&mem, dir.path(), &c).unwrap();
+    assert_reads(&v, &model, "grown, crashed");
+    v.close().unwrap();
+}

@@ -1,13 +1,17 @@
 //! The `lsvd-ublk` command line: image lifecycle (`create`, `info`, `ls`,
-//! `rm`), data transfer (`import`, `export`) and `bench`, modelled on `rbd`.
+//! `rm`, `resize`), data transfer (`import`, `export`) and `bench`, modelled
+//! on `rbd`.
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
 //! cause chain and exits with status 1. Commands that change state print
-//! nothing on success (like `rbd`); `info`, `ls` and `bench` print to stdout.
+//! nothing on success (like `rbd`), except `resize`, which says what it did
+//! (and whether an attached device followed); `info`, `ls` and `bench`
+//! print to stdout.
 
 mod bench;
 mod device;
+mod resize;
 mod snap;
 mod transfer;
 
@@ -81,6 +85,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change an image's size, attached or not (a shrink needs
+    /// --allow-shrink and discards the tail).
+    Resize(resize::ResizeArgs),
     /// Remove an image, its objects and its journal.
     #[command(alias = "remove")]
     Rm {
@@ -210,6 +217,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info { image, json } => cmd_info(&config, &image, json),
         Command::Ls { pool, json } => cmd_ls(&config, &pool, json),
         Command::Rm { image } => cmd_rm(&config, &image),
+        Command::Resize(args) => resize::resize(&config, &args),
         Command::Import(args) => transfer::import(&config, &args),
         Command::Export(args) => transfer::export(&config, &args),
         Command::Bench(args) => bench::bench(&config, &args),
@@ -576,5 +584,8 @@ mod tests {
         let cli = Cli::try_parse_from(["lsvd-ublk", "ls", "p", "--config", "{}"]).unwrap();
         assert_eq!(cli.config.as_deref(), Some("{}"));
         assert!(Cli::try_parse_from(["lsvd-ublk", "create", "p/i", "--size", "12X"]).is_err());
+        let cli = Cli::try_parse_from(["lsvd-ublk", "resize", "p/i", "-s", "2G", "--allow-shrink"])
+            .unwrap();
+        assert!(matches!(cli.command, Command::Resize(a) if a.size == 2 << 30 && a.allow_shrink));
     }
 }

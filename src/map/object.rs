@@ -152,6 +152,16 @@ impl ObjectMap {
         self.markers
     }
 
+    /// Unmap `[lba, lba+len)`, zero markers included, whatever
+    /// [`Self::trim_markers`] says (for ranges beyond the end of the disk).
+    pub fn unmap(&mut self, lba: Lba, len: u64) {
+        let mut displaced = std::mem::take(&mut self.scratch);
+        displaced.clear();
+        self.map.remove(lba, len, &mut displaced);
+        self.debit(&displaced);
+        self.scratch = displaced;
+    }
+
     /// Unmap `[lba, lba+len)` (trim). In a clone's map the range is mapped
     /// to [`ObjLoc::ZERO`] instead, so it no longer reads through.
     pub fn apply_trim(&mut self, lba: Lba, len: u64) {

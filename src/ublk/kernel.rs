@@ -180,6 +180,65 @@ pub fn delete_device(id: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether the driver can change a live device's size
+/// (`UBLK_F_UPDATE_SIZE`, Linux 6.16 and later) according to its feature
+/// bits (`None`: too old to report them, so no).
+pub fn can_update_size(features: Option<u64>) -> bool {
+    features.is_some_and(|f| f & sys::UBLK_F_UPDATE_SIZE as u64 != 0)
+}
+
+/// A live device as the control channel's resize sees it (see
+/// [`super::control::DeviceSize`]).
+pub struct KernelDevice {
+    /// Device number N.
+    pub dev_id: u32,
+    /// Whether the driver has `UBLK_F_UPDATE_SIZE`.
+    pub update_size: bool,
+}
+
+impl super::control::DeviceSize for KernelDevice {
+    fn path(&self) -> String {
+        format!("/dev/ublkb{}", self.dev_id)
+    }
+
+    /// From `/sys/block/ublkbN/size` (512-byte sectors): the capacity the
+    /// block layer really uses, whatever size the server last set.
+    fn size(&self) -> Result<u64> {
+        let p = format!("/sys/block/ublkb{}/size", self.dev_id);
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(format!("read {p}"), e))?;
+        text.trim()
+            .parse::<u64>()
+            .map(|sectors| sectors << 9)
+            .map_err(|e| Error::with_source(ErrorKind::Corrupt, format!("{p}: {text:?}"), e))
+    }
+
+    fn can_resize(&self) -> bool {
+        self.update_size
+    }
+
+    fn set_size(&self, bytes: u64) -> Result<()> {
+        let id = i32::try_from(self.dev_id).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("bad device id {}", self.dev_id),
+            )
+        })?;
+        with_deadline("UPDATE_SIZE", || {
+            UblkCtrl::new_simple(id).and_then(|c| c.update_size(bytes))
+        })
+        .map(|_| ())
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "UPDATE_SIZE of ublk device {} to {bytes} bytes: {e}",
+                    self.dev_id
+                ),
+            )
+        })
+    }
+}
+
 /// Names of the feature bits we care about, for messages.
 pub fn describe_flags(flags: u64) -> String {
     let names = [

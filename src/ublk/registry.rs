@@ -6,7 +6,9 @@
 //! detach removes it. It holds what `recover` needs to serve the same image
 //! the same way: the image, queues, depth, block size and the complete
 //! configuration. It is runtime state in tmpfs, not a persistent format:
-//! the kernel's device state is the truth, and `list` checks both.
+//! the kernel's device state is the truth, and `list` checks both. Next to
+//! each record, the live server's control socket `ublkb<N>.sock`
+//! ([`control_path`]).
 
 use std::path::PathBuf;
 
@@ -47,6 +49,12 @@ pub fn run_dir() -> PathBuf {
 
 fn record_path(dev_id: u32) -> PathBuf {
     run_dir().join(format!("ublkb{dev_id}.json"))
+}
+
+/// The control socket of device `dev_id`'s server (see
+/// [`super::control`]): `<run dir>/ublkb<N>.sock`.
+pub fn control_path(dev_id: u32) -> PathBuf {
+    run_dir().join(format!("ublkb{dev_id}.sock"))
 }
 
 /// Write (or replace) a record.

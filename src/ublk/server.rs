@@ -33,8 +33,10 @@ use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags};
 
+use super::control::{self, Control, ControlServer};
 use super::kernel::{self, with_deadline, KernelState, Watchdog};
 use super::pool::Pool;
+use super::registry;
 use super::wake::{Outcome, Signal, Waiter};
 use crate::error::{Error, ErrorKind, Result};
 use crate::volume::{Completion, Volume};
@@ -260,8 +262,13 @@ pub fn serve(
             depth: info.queue_depth,
             flags: info.flags,
         };
+        // The control channel (live resize) exists once the device is
+        // live and before `attach` returns; it is stopped (its thread
+        // joined, so it holds no volume reference) before the device is.
+        let mut control = start_control(&dctx.volume, info.dev_id, features);
         if let Err(e) = on_live(&live) {
             *live_err2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            drop(control);
             let _ = with_deadline("STOP_DEV", || c.kill_dev());
             return;
         }
@@ -272,10 +279,12 @@ pub fn serve(
             }
             if should_stop(Duration::from_millis(200)) {
                 tracing::info!("stopping ublk device {}", info.dev_id);
+                drop(control.take());
                 let _ = with_deadline("STOP_DEV", || c.kill_dev());
                 break;
             }
         }
+        drop(control);
         drop(dctx);
     };
 
@@ -314,6 +323,38 @@ pub fn serve(
     }
     run?;
     close
+}
+
+/// Serve device `dev_id`'s control socket ([`super::control`]). A failure
+/// is logged, not fatal: the device serves I/O without it, and `resize`
+/// then says that the server does not answer.
+fn start_control(
+    volume: &Arc<Volume>,
+    dev_id: u32,
+    features: Option<u64>,
+) -> Option<ControlServer> {
+    let path = registry::control_path(dev_id);
+    let dev = kernel::KernelDevice {
+        dev_id,
+        update_size: kernel::can_update_size(features),
+    };
+    let vol = volume.clone();
+    let handler = move |req: Control| {
+        tracing::info!("control request: {req:?}");
+        let reply = control::handle(&vol, &dev, req);
+        tracing::info!("control reply: {reply:?}");
+        reply
+    };
+    match std::fs::create_dir_all(registry::run_dir())
+        .map_err(|e| Error::io(format!("create {}", registry::run_dir().display()), e))
+        .and_then(|()| ControlServer::start(&path, handler))
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("no control socket for ublk device {dev_id} (resize of the attached image is unavailable): {e}");
+            None
+        }
+    }
 }
 
 fn ublk_error(what: &str, e: UblkError) -> Error {

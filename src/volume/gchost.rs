@@ -175,7 +175,7 @@ impl GcHost for Inner {
     }
 
     fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.size_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn objects(&self) -> Vec<(ObjSeq, ObjInfo)> {

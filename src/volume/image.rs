@@ -295,6 +295,24 @@ pub fn parent_chain(store: &dyn ObjectStore, sb: &Superblock) -> Vec<String> {
     out
 }
 
+/// Check an image size (for `create` and `resize`): a positive multiple of
+/// 4096, at most [`MAX_IMAGE_BYTES`].
+pub fn check_image_size(size_bytes: u64) -> Result<()> {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(4096) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("size {size_bytes} is not a positive multiple of 4096"),
+        ));
+    }
+    if size_bytes > MAX_IMAGE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("size {size_bytes} exceeds the limit of 1 PiB ({MAX_IMAGE_BYTES} bytes)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Create an image of `size_bytes` (a positive multiple of 4096). Fails if it exists.
 pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Result<ImageUuid> {
     create_image_with(store, image, size_bytes, None)
@@ -308,18 +326,7 @@ pub(crate) fn create_image_with(
     parent: Option<ParentRef>,
 ) -> Result<ImageUuid> {
     check_name("image", image, image)?;
-    if size_bytes == 0 || !size_bytes.is_multiple_of(4096) {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("size {size_bytes} is not a positive multiple of 4096"),
-        ));
-    }
-    if size_bytes > MAX_IMAGE_BYTES {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("size {size_bytes} exceeds the limit of 1 PiB ({MAX_IMAGE_BYTES} bytes)"),
-        ));
-    }
+    check_image_size(size_bytes)?;
     // Hold the image lock so a concurrent create or open cannot interleave.
     let _lock = store.lock(image, &lock_owner())?;
     // Zero length: only a lock placeholder (see read_superblock).

@@ -70,6 +70,22 @@ pub struct VolumeOptions {
     pub journal_path: PathBuf,
 }
 
+/// What [`Volume::resize`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Resized {
+    /// Size before, in bytes.
+    pub old_bytes: u64,
+    /// Size now, in bytes (equal to `old_bytes`: nothing changed).
+    pub new_bytes: u64,
+}
+
+impl Resized {
+    /// Whether the size changed.
+    pub fn changed(&self) -> bool {
+        self.old_bytes != self.new_bytes
+    }
+}
+
 /// Counters for `info` and `bench`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VolumeStats {
@@ -151,7 +167,12 @@ pub(crate) struct State {
 pub(crate) struct Inner {
     image: String,
     uuid: ImageUuid,
-    size_bytes: u64,
+    /// The disk size, as `check_range` sees it. Changed only by
+    /// [`Volume::resize`] (a shrink stores it under the state lock together
+    /// with the trim of the tail; see ordering 26 there).
+    size_bytes: AtomicU64,
+    /// Held for a whole [`Volume::resize`], so two never interleave.
+    resize_lock: Mutex<()>,
     config: Config,
     store: Arc<dyn ObjectStore>,
     state: Mutex<State>,
@@ -388,9 +409,37 @@ impl Inner {
         }
     }
 
+    /// Push a trim or write-zeroes of `[offset, offset+len)` (bytes) as
+    /// operations of at most `MAX_DISCARD_SECTORS`; returns their journal
+    /// entries. No range check: the caller has done it.
+    fn push_discard(
+        &self,
+        st: &mut State,
+        offset: u64,
+        len: u64,
+        kind: OpKind,
+    ) -> Vec<RecordEntry> {
+        let mut entries = Vec::new();
+        let mut lba = offset / SECTOR;
+        let end = (offset + len) / SECTOR;
+        while lba < end {
+            let n = (end - lba).min(MAX_DISCARD_SECTORS);
+            let seq = st.next_jseq;
+            self.push_op(st, seq, kind, Lba(lba), n as u32, &[]);
+            entries.push(RecordEntry {
+                lba: Lba(lba),
+                sectors: n as u32,
+                kind,
+            });
+            lba += n;
+        }
+        entries
+    }
+
     fn replay_entry(&self, e: ReplayEntry<'_>) -> Result<()> {
+        let (kind, sectors, data) = self.clip_replayed(&e);
         let mut st = self.wait_for_room()?;
-        self.push_op(&mut st, e.seq, e.kind, e.lba, e.sectors, e.data);
+        self.push_op(&mut st, e.seq, kind, e.lba, sectors, data);
         st.last_sent = e.seq;
         self.stats.replayed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -406,6 +455,32 @@ impl Inner {
         Ok(())
     }
 
+    /// A replayed journal entry, clipped to the disk's end. The resize
+    /// ordering (26) mean no replayed entry should reach past the end (a
+    /// shrink's tail trim is applied in the backend before the smaller size
+    /// is written, so the writes it covers are never replayed); this is the
+    /// safety net that keeps the map empty beyond the end whatever the
+    /// journal holds. A write wholly beyond the end becomes a trim of its
+    /// range (same sequence, no data); one that crosses the end keeps only
+    /// its part below it. Trims beyond the end are harmless and kept.
+    fn clip_replayed<'a>(&self, e: &ReplayEntry<'a>) -> (OpKind, u32, &'a [u8]) {
+        let end = self.size_bytes.load(Ordering::SeqCst) / SECTOR;
+        if e.kind != OpKind::Write || e.lba.0 + e.sectors as u64 <= end {
+            return (e.kind, e.sectors, e.data);
+        }
+        warn!(image = %self.image, seq = e.seq.0, lba = e.lba.0, sectors = e.sectors, end,
+            "journal write reaches past the end of the disk: replayed clipped to the end");
+        if e.lba.0 >= end {
+            return (OpKind::Trim, e.sectors, &[]);
+        }
+        let keep = end - e.lba.0;
+        (
+            OpKind::Write,
+            keep as u32,
+            &e.data[..(keep * SECTOR) as usize],
+        )
+    }
+
     fn check_range(&self, what: &str, offset: u64, len: u64) -> Result<()> {
         if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
             return Err(Error::new(
@@ -419,15 +494,12 @@ impl Inner {
                 format!("{what} at {offset}: zero length"),
             ));
         }
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.size_bytes)
-        {
+        let size = self.size_bytes.load(Ordering::SeqCst);
+        if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(
-                    "{what} at {offset} of {len} bytes runs past the end of the {}-byte disk",
-                    self.size_bytes
+                    "{what} at {offset} of {len} bytes runs past the end of the {size}-byte disk"
                 ),
             ));
         }
@@ -473,7 +545,8 @@ impl Inner {
         Inner {
             image: i.image,
             uuid: i.sb.uuid,
-            size_bytes: i.size_bytes,
+            size_bytes: AtomicU64::new(i.size_bytes),
+            resize_lock: Mutex::new(()),
             store: i.store,
             state: Mutex::new(State {
                 next_jseq: i.backend_jseq.next(),
@@ -569,6 +642,35 @@ fn wait_done(inner: &Inner, what: &str, f: impl FnOnce(Done)) -> Result<()> {
     }
 }
 
+/// Drop whatever the recovered map holds at or beyond the disk's end (the
+/// safety net of ordering 26: a shrink applies the trim of its tail in the
+/// backend before the smaller size is written, so nothing should be there).
+/// In memory only; the next checkpoint persists it, and a roll-forward from
+/// an older checkpoint clips again at the next open.
+fn clip_map_to_size(image: &str, map: &mut ObjectMap, size_bytes: u64) {
+    let end = Lba(size_bytes / SECTOR);
+    let beyond = map.extents_from(end, usize::MAX);
+    if beyond.is_empty() {
+        return;
+    }
+    // A clone's zero markers beyond the end (its shrink trimmed the tail)
+    // are expected; data is not.
+    let data: Vec<_> = beyond.iter().filter(|x| !x.target.is_zero()).collect();
+    if !data.is_empty() {
+        let sectors: u64 = data.iter().map(|x| x.end() - x.lba.0.max(end.0)).sum();
+        warn!(
+            image,
+            extents = data.len(),
+            sectors,
+            end = end.0,
+            "the map holds data beyond the end of the disk: dropped"
+        );
+    }
+    // Unmapped, not trimmed: in a clone's map a trim of the whole range
+    // beyond the end would be one zero marker per 2^32 sectors.
+    map.unmap(end, u64::MAX - end.0);
+}
+
 impl Volume {
     /// Open an existing image: lock it, recover (checkpoint + roll-forward +
     /// journal replay) and start the background threads.
@@ -592,8 +694,9 @@ impl Volume {
             }
         })?;
         let mut sb = image::read_superblock(store.as_ref(), &image)?;
-        let rec = recovery::recover(store.as_ref(), &image, &sb)?;
+        let mut rec = recovery::recover(store.as_ref(), &image, &sb)?;
         sb.checkpoints = rec.checkpoints.clone();
+        clip_map_to_size(&image, &mut rec.map, sb.size_bytes);
         // Opened after recovery: entries above the last object it kept are
         // dropped, since those sequences will be reused. Opened with the
         // journal generation the image recorded before this attach: a file
@@ -746,7 +849,12 @@ impl Volume {
 
     /// Disk size in bytes.
     pub fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes
+        self.inner.size_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Image name within its pool.
+    pub fn name(&self) -> &str {
+        &self.inner.image
     }
 
     /// Image identity.
@@ -963,6 +1071,10 @@ impl Volume {
         let Some(mut st) = inner.room(wait)? else {
             return Ok(None);
         };
+        // Again under the state lock: a shrink stores the smaller size and
+        // journals the trim of the tail under this lock, so a write checked
+        // against the old size cannot land after that trim.
+        inner.check_range("write", offset, data.len() as u64)?;
         let first = st.next_jseq;
         let mut entries = Vec::with_capacity(data.len().div_ceil(chunk));
         for (i, piece) in data.chunks(chunk).enumerate() {
@@ -1032,26 +1144,16 @@ impl Volume {
     ) -> Result<Option<JournalSeq>> {
         let inner = &self.inner;
         inner.check_writable()?;
-        inner.check_range(if zero { "write-zeroes" } else { "trim" }, offset, len)?;
+        let what = if zero { "write-zeroes" } else { "trim" };
+        inner.check_range(what, offset, len)?;
         let kind = if zero { OpKind::Zero } else { OpKind::Trim };
         let Some(mut st) = inner.room(wait)? else {
             return Ok(None);
         };
+        // Again under the state lock, as in `write_op`.
+        inner.check_range(what, offset, len)?;
         let first = st.next_jseq;
-        let mut entries = Vec::new();
-        let mut lba = offset / SECTOR;
-        let end = (offset + len) / SECTOR;
-        while lba < end {
-            let n = (end - lba).min(MAX_DISCARD_SECTORS);
-            let seq = st.next_jseq;
-            inner.push_op(&mut st, seq, kind, Lba(lba), n as u32, &[]);
-            entries.push(RecordEntry {
-                lba: Lba(lba),
-                sectors: n as u32,
-                kind,
-            });
-            lba += n;
-        }
+        let entries = inner.push_discard(&mut st, offset, len, kind);
         inner.journal_append(&mut st, first, &entries, &[], false, done)
     }
 
@@ -1104,6 +1206,118 @@ impl Volume {
             }
             None => Err(Error::new(ErrorKind::Closed, "journal is not open")),
         }
+    }
+
+    /// Check a resize to `new_size` bytes without doing it: the size rules
+    /// of `create` (positive multiple of 4096, at most 1 PiB), and a shrink
+    /// only with `allow_shrink`.
+    pub fn check_resize(&self, new_size: u64, allow_shrink: bool) -> Result<()> {
+        image::check_image_size(new_size)
+            .map_err(|e| e.prefixed(format!("cannot resize image {}", self.inner.image)))?;
+        let old = self.size_bytes();
+        if new_size < old && !allow_shrink {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "shrinking image {} from {old} to {new_size} bytes discards its last {} \
+                     bytes; pass --allow-shrink (allow_shrink) to do it",
+                    self.inner.image,
+                    old - new_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Change the disk size to `new_size` bytes (see [`Volume::check_resize`]
+    /// for the rules; the same size changes nothing). The range that leaves
+    /// or enters the disk is trimmed first, so a shrunk tail reads as zeros
+    /// if the disk grows again, also after a crash at any point.
+    ///
+    /// Crash-safety ordering 26 (also `docs/format.md`):
+    /// - Shrink: under the state lock, the smaller size takes effect for
+    ///   new requests and a trim of the tail `[new, old)` is journaled (so
+    ///   no write checked against the old size lands after the trim); then
+    ///   the object holding that trim is durable and applied in the backend
+    ///   (not only in the journal: a lost journal must not bring the tail
+    ///   back); only then is the superblock with the smaller size written.
+    ///   A crash before that leaves the old size with the tail possibly
+    ///   zeroed; after it, the backend no longer maps the tail.
+    /// - Grow: a trim of `[old, new)` (beyond the current end, so no client
+    ///   request can touch it) is durable and applied in the backend first;
+    ///   then the superblock with the bigger size is written; only then do
+    ///   requests beyond the old end pass `check_range`. Whatever an earlier
+    ///   shrink or crash left in that range is therefore never exposed.
+    /// - Safety net at open: the recovered map and replayed journal writes
+    ///   are clipped to the superblock's size (`clip_map_to_size`,
+    ///   `Inner::clip_replayed`).
+    ///
+    /// On failure the superblock keeps the old size and so does the volume;
+    /// after a failed shrink the tail may already read as zeros.
+    pub fn resize(&self, new_size: u64, allow_shrink: bool) -> Result<Resized> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        let _serial = inner.resize_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_resize(new_size, allow_shrink)?;
+        let old = self.size_bytes();
+        let done = Resized {
+            old_bytes: old,
+            new_bytes: new_size,
+        };
+        if new_size == old {
+            return Ok(done);
+        }
+        let what = |e: Error| {
+            e.prefixed(format!(
+                "resize of image {} from {old} to {new_size} bytes (it keeps {old} bytes)",
+                inner.image
+            ))
+        };
+        let shrink = new_size < old;
+        let (from, to) = if shrink {
+            (new_size, old)
+        } else {
+            (old, new_size)
+        };
+        if let Err(e) = self.trim_durably(from, to, shrink.then_some(new_size)) {
+            inner.size_bytes.store(old, Ordering::SeqCst);
+            return Err(what(e));
+        }
+        if let Err(e) = inner.write_superblock(|sb| sb.size_bytes = new_size) {
+            inner.size_bytes.store(old, Ordering::SeqCst);
+            return Err(what(e));
+        }
+        crate::failpoint::hit("resize.sb_written");
+        inner.size_bytes.store(new_size, Ordering::SeqCst);
+        info!(image = %inner.image, old, new = new_size, "image resized");
+        Ok(done)
+    }
+
+    /// Journal a trim of `[from, to)` (bytes; it may lie beyond the end)
+    /// and wait until the object holding it is durable and applied in the
+    /// backend. With `new_size`, that size takes effect under the same
+    /// state lock as the trim is queued (a shrink; ordering 26).
+    fn trim_durably(&self, from: u64, to: u64, new_size: Option<u64>) -> Result<()> {
+        let inner = &self.inner;
+        let mut target = ObjSeq(0);
+        self.sync_submit(|d| {
+            let mut st = inner.wait_for_room()?;
+            if let Some(n) = new_size {
+                inner.size_bytes.store(n, Ordering::SeqCst);
+            }
+            let first = st.next_jseq;
+            let entries = inner.push_discard(&mut st, from, to - from, OpKind::Trim);
+            inner.journal_append(&mut st, first, &entries, &[], false, &mut Some(d))?;
+            inner.seal(&mut st);
+            target = ObjSeq(st.next_obj.0 - 1);
+            Ok(())
+        })?;
+        crate::failpoint::hit("resize.trim_journaled");
+        wait_done(inner, "destage of the resize trim", |d| {
+            let _ = inner.destage_tx.send(DestageMsg::WaitApplied(target, d));
+        })?;
+        crate::failpoint::hit("resize.trim_applied");
+        Ok(())
     }
 
     /// Counters.
