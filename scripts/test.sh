@@ -9,12 +9,16 @@
 #      with journal wipes and lost objects too) and a crash at every step
 #      of a GC cycle (tests/gc_failpoints.rs),
 #   4. the property test with more cases, in release mode,
-#   5. the RADOS backend against a single-node Ceph cluster built here
+#   5. the NBD export against real clients (scripts/nbd-test.sh: nbdinfo,
+#      qemu-io and qemu-img compare, fio --ioengine=nbd with verify, and
+#      ext4 through nbdfuse and a loop device across a kill -9 of the
+#      server),
+#   6. the RADOS backend against a single-node Ceph cluster built here
 #      (scripts/ceph-test-cluster.sh; stopped again on exit, also on
 #      failure): the backend conformance suite, fencing, faults (OSD
 #      stopped mid-run, full cluster, bad configuration), the crash tester
 #      and the property test, with bounded iterations,
-#   6. the block device in a real kernel: a QEMU guest (TCG) boots Debian's
+#   7. the block device in a real kernel: a QEMU guest (TCG) boots Debian's
 #      6.12 backports kernel with ublk and runs scripts/vm/scenarios/
 #      (tests/vm.rs runs scripts/vm-test.sh, which fetches and caches the
 #      kernel and installs qemu, busybox, fio, e2fsprogs if missing).
@@ -62,6 +66,9 @@ cargo test --release --test gc_failpoints -- --ignored --nocapture
 
 echo "== property test, more cases"
 LSVD_PROPTEST_CASES="${LSVD_PROPTEST_CASES:-256}" cargo test --release --test proptest_oracle
+
+echo "== NBD export with real clients"
+bash scripts/nbd-test.sh
 
 echo "== RADOS backend on a single-node Ceph test cluster"
 ceph_dir="$TMPDIR/lsvd-ceph-test"

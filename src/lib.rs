@@ -6,7 +6,8 @@
 //! consistency guarantees.
 //!
 //! Layers, lowest first: [`units`]/[`error`], [`format`] (pure layouts),
-//! [`io`], [`backend`], [`map`], [`journal`], [`volume`], [`cli`].
+//! [`io`], [`backend`], [`map`], [`journal`], [`volume`], the front ends
+//! [`ublk`] and [`nbd`], [`cli`].
 
 pub mod backend;
 pub mod cache;
@@ -20,6 +21,7 @@ pub mod gc;
 pub mod io;
 pub mod journal;
 pub mod map;
+pub mod nbd;
 pub mod ublk;
 pub mod units;
 pub mod volume;

@@ -233,7 +233,7 @@ fn stop_signals() -> libc::sigset_t {
 
 /// Block the stop signals in this thread and every thread it starts, so
 /// that only [`wait_signal`] sees them.
-fn block_stop_signals() -> libc::sigset_t {
+pub(super) fn block_stop_signals() -> libc::sigset_t {
     let set = stop_signals();
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     unsafe {
@@ -243,7 +243,7 @@ fn block_stop_signals() -> libc::sigset_t {
 }
 
 /// Wait up to `d` for a stop signal.
-fn wait_signal(set: &libc::sigset_t, d: Duration) -> bool {
+pub(super) fn wait_signal(set: &libc::sigset_t, d: Duration) -> bool {
     let ts = libc::timespec {
         tv_sec: d.as_secs() as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -251,7 +251,7 @@ fn wait_signal(set: &libc::sigset_t, d: Duration) -> bool {
     // SAFETY: `set` and `ts` are valid for the call; a null siginfo is allowed.
     let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     if r > 0 {
-        tracing::info!("signal {r} received: detaching");
+        tracing::info!("signal {r} received: shutting down cleanly");
         true
     } else {
         false

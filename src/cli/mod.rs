@@ -1,6 +1,7 @@
 //! The `lsvd-ublk` command line: image lifecycle (`create`, `info`, `ls`,
-//! `rm`, `resize`), data transfer (`import`, `export`) and `bench`, modelled
-//! on `rbd`.
+//! `rm`, `resize`, `snap`, `clone`, `flatten`), data transfer (`import`,
+//! `export`) and `bench`, modelled on `rbd`; the block device (`attach`,
+//! `detach`, `list`, `recover`) and the NBD export (`serve-nbd`).
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
@@ -11,6 +12,7 @@
 
 mod bench;
 mod device;
+mod nbd;
 mod resize;
 mod snap;
 mod transfer;
@@ -138,6 +140,9 @@ pub enum Command {
     },
     /// Take over a device whose server died (the file system stays mounted).
     Recover(device::RecoverArgs),
+    /// Serve an image over NBD (TCP or a unix socket) in the foreground
+    /// until SIGTERM/SIGINT, then close it cleanly. Unauthenticated.
+    ServeNbd(nbd::ServeNbdArgs),
     /// Show or break an image's exclusive lock (fencing).
     #[command(subcommand)]
     Lock(LockCommand),
@@ -164,7 +169,10 @@ pub enum LockCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A device server logs its life cycle (attach, recovery, detach).
-    let serving = matches!(cli.command, Command::Attach(_) | Command::Recover(_));
+    let serving = matches!(
+        cli.command,
+        Command::Attach(_) | Command::Recover(_) | Command::ServeNbd(_)
+    );
     // A background server logs to a file: no colour codes there.
     let background = match &cli.command {
         Command::Attach(a) => !a.foreground,
@@ -229,6 +237,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach(args) => device::detach(&args),
         Command::List { json } => device::list(json),
         Command::Recover(args) => device::recover(&args),
+        Command::ServeNbd(args) => nbd::serve_nbd(&config, &args),
         Command::Lock(LockCommand::Ls { image }) => cmd_lock_ls(&config, &image),
         Command::Lock(LockCommand::Break { image }) => cmd_lock_break(&config, &image),
     }

@@ -136,7 +136,9 @@ fn resize_attached(spec: &ImageSpec, r: &Record, args: &ResizeArgs) -> anyhow::R
             )
         })?;
     match reply {
-        Reply::Resized { message, .. } => print_stdout(&format!("image {spec} {message}")),
+        Reply::Resized { message, .. } | Reply::Done { message } => {
+            print_stdout(&format!("image {spec} {message}"))
+        }
         Reply::Error { error } => bail!(
             "the server of {} (pid {}) could not resize image {spec}: {error}",
             r.device,

@@ -9,14 +9,17 @@ use super::{human_bytes, open_volume, parse_spec, print_stdout, store_for};
 use crate::backend::ObjectStore;
 use crate::config::Config;
 use crate::error::ErrorKind;
+use crate::ublk::control::{self, Control, Reply};
+use crate::ublk::registry::{self, DevState};
 use crate::volume::image;
 use crate::volume::{clone_image, ImageSpec, Volume};
+use std::time::Duration;
 
 /// `snap` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum SnapCommand {
-    /// Take a snapshot of every write acknowledged so far (the image must
-    /// not be attached; detach it, or snapshot it before attaching).
+    /// Take a snapshot of every write acknowledged so far (of an attached
+    /// image through its server; an image open otherwise is refused).
     Create {
         /// Snapshot as POOL/IMAGE@SNAP.
         snap: String,
@@ -109,12 +112,50 @@ fn with_volume<T>(
     Ok(t)
 }
 
+/// If `spec` is attached as a block device, send `req` to its server and
+/// return what it says; `None` when it is not attached.
+fn ask_server(spec: &ImageSpec, req: Control) -> Option<anyhow::Result<String>> {
+    let name = spec.to_string();
+    let r = registry::all().into_iter().find(|r| r.image == name)?;
+    Some((|| {
+        if registry::state_of(&r).0 != DevState::Live {
+            bail!(
+                "image {spec} is attached as {} but its server (pid {}) is not running: \
+                 `lsvd-ublk recover {}` takes the device over first",
+                r.device,
+                r.pid,
+                r.device
+            );
+        }
+        let path = registry::control_path(r.dev_id);
+        let reply = control::request(&path, &req, Duration::from_secs(600)).with_context(|| {
+            format!(
+                "cannot reach the server of {} (pid {}) through {}",
+                r.device,
+                r.pid,
+                path.display()
+            )
+        })?;
+        match reply {
+            Reply::Done { message } | Reply::Resized { message, .. } => {
+                Ok(format!("{spec}{message}"))
+            }
+            Reply::Error { error } => bail!("the server of {} (pid {}): {error}", r.device, r.pid),
+        }
+    })())
+}
+
 /// `snap ...`.
 pub fn cmd_snap(config: &Config, cmd: &SnapCommand) -> anyhow::Result<()> {
     match cmd {
         SnapCommand::Create { snap } => {
             let (spec, name) = parse_snap_spec(snap, true)?;
             let name = name.unwrap_or_default();
+            // An attached image: its server takes the snapshot.
+            if let Some(r) = ask_server(&spec, Control::SnapCreate { name: name.clone() }) {
+                let msg = r.with_context(|| format!("snap create {snap} failed"))?;
+                return print_stdout(&format!("snapshot {msg}"));
+            }
             let vol = open_detached(config, &spec, "take a snapshot")?;
             let s = with_volume(
                 vol,
@@ -132,13 +173,17 @@ pub fn cmd_snap(config: &Config, cmd: &SnapCommand) -> anyhow::Result<()> {
         SnapCommand::Rm { snap } => {
             let (spec, name) = parse_snap_spec(snap, true)?;
             let name = name.unwrap_or_default();
-            let vol = open_detached(config, &spec, "remove a snapshot")?;
-            with_volume(
-                vol,
-                &spec,
-                |v| v.snapshot_remove(&name),
-                &format!("snap rm {snap}"),
-            )?;
+            if let Some(r) = ask_server(&spec, Control::SnapRemove { name: name.clone() }) {
+                r.with_context(|| format!("snap rm {snap} failed"))?;
+            } else {
+                let vol = open_detached(config, &spec, "remove a snapshot")?;
+                with_volume(
+                    vol,
+                    &spec,
+                    |v| v.snapshot_remove(&name),
+                    &format!("snap rm {snap}"),
+                )?;
+            }
             // Its read-cache file is no use to anyone now.
             let cache = config
                 .rcache_dir

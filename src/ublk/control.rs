@@ -54,6 +54,17 @@ pub enum Control {
         #[serde(default)]
         allow_shrink: bool,
     },
+    /// Take snapshot `name` of the attached image (every write acknowledged
+    /// before the request is in it).
+    SnapCreate {
+        /// Snapshot name.
+        name: String,
+    },
+    /// Remove snapshot `name` (refused while clones depend on it).
+    SnapRemove {
+        /// Snapshot name.
+        name: String,
+    },
 }
 
 /// The answer to one request.
@@ -71,6 +82,11 @@ pub enum Reply {
         device_size: u64,
         /// What happened, for the user, to follow `image POOL/IMAGE `
         /// (the server knows the image only by its name in the pool).
+        message: String,
+    },
+    /// A snapshot request succeeded.
+    Done {
+        /// What happened, for the user.
         message: String,
     },
     /// The request failed; nothing or part of it was done, as `error` says.
@@ -119,6 +135,21 @@ pub fn handle(volume: &Volume, dev: &dyn DeviceSize, req: Control) -> Reply {
         Control::Resize { size, allow_shrink } => {
             resize(volume, dev, size, allow_shrink).unwrap_or_else(|e| Reply::error(chain(&e)))
         }
+        Control::SnapCreate { name } => match volume.snapshot_create(&name) {
+            Ok(s) => Reply::Done {
+                message: format!(
+                    "@{} created ({} bytes, up to object {})",
+                    s.name, s.size_bytes, s.last_obj.0
+                ),
+            },
+            Err(e) => Reply::error(chain(&e)),
+        },
+        Control::SnapRemove { name } => match volume.snapshot_remove(&name) {
+            Ok(()) => Reply::Done {
+                message: format!("@{name} removed"),
+            },
+            Err(e) => Reply::error(chain(&e)),
+        },
     }
 }
 
@@ -491,7 +522,7 @@ mod tests {
 
     fn message(r: &Reply) -> &str {
         match r {
-            Reply::Resized { message, .. } => message,
+            Reply::Resized { message, .. } | Reply::Done { message } => message,
             Reply::Error { error } => error,
         }
     }
@@ -642,6 +673,29 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_of_the_served_image() {
+        let (_d, v) = volume(4 * MIB);
+        let dev = FakeDevice::new(4 * MIB, false);
+        v.write(0, &[7u8; 4096]).unwrap();
+        let req: Control = serde_json::from_str(r#"{"op":"snap_create","name":"s1"}"#).unwrap();
+        let r = handle(&v, &dev, req);
+        assert!(
+            matches!(&r, Reply::Done { message } if message.starts_with("@s1 created")),
+            "{r:?}"
+        );
+        assert_eq!(v.snapshots()[0].name, "s1");
+        let r = handle(&v, &dev, Control::SnapCreate { name: "s1".into() });
+        assert!(message(&r).contains("already exists"), "{r:?}");
+        let r = handle(&v, &dev, Control::SnapCreate { name: "a b".into() });
+        assert!(message(&r).contains("contains ' '"), "{r:?}");
+        let r = handle(&v, &dev, Control::SnapRemove { name: "s1".into() });
+        assert!(matches!(&r, Reply::Done { .. }), "{r:?}");
+        let r = handle(&v, &dev, Control::SnapRemove { name: "s1".into() });
+        assert!(message(&r).contains("no snapshot 's1'"), "{r:?}");
+        close(v);
+    }
+
+    #[test]
     fn socket_serves_requests_then_goes_away() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ublkb9.sock");
@@ -658,6 +712,7 @@ mod tests {
                     device_size: 4096,
                     message: "ok".into(),
                 },
+                _ => Reply::error("not in this test"),
             }
         })
         .unwrap();

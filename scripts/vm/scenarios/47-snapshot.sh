@@ -1,5 +1,6 @@
 #!/bin/sh
 # Snapshots and clones on real devices: a golden ext4 image is snapshotted;
+# an attached clone is snapshotted through its server;
 # the snapshot attaches read-only (the kernel marks the device read-only and
 # its content is the golden one); two clones of it attach at once, each
 # mounts the golden file system, gets its own files, and neither sees the
@@ -61,6 +62,15 @@ must write-b sh -c "echo b > $MNT/b/only-b"
 check sync-clones sync
 check umount-a umount $MNT/a
 check umount-b umount $MNT/b
+# A snapshot of an attached image, taken by its server.
+must live-snap lsvd snap create p/vm-b@live
+attach attach-live p/vm-b@live || finish
+must mount-live mount -t ext4 -o ro,noload "$DEV" $MNT/s
+[ -e $MNT/s/only-b ] && [ -e $MNT/s/gold/f1 ] && pass live-snap-content ||
+    fail live-snap-content "the live snapshot lacks clone b's files"
+check umount-live umount $MNT/s
+detach detach-live p/vm-b@live
+must live-snap-rm lsvd snap rm p/vm-b@live
 DEV=$DEVA detach detach-a p/vm-a
 DEV=$DEVB detach detach-b p/vm-b
 attach reattach-b p/vm-b || finish

@@ -1,0 +1,216 @@
+//! `serve-nbd`: serve an image over NBD (see [`crate::nbd`]) in the
+//! foreground until SIGTERM, SIGINT or SIGHUP, then close it cleanly
+//! (destage, checkpoint, mark clean), as `detach` does for a device.
+//!
+//! NBD has no authentication and no encryption, so listening anywhere but
+//! on a loopback address or a unix socket needs `--allow-remote`.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::device::{block_stop_signals, wait_signal};
+use super::{open_volume, print_stdout, store_for};
+use crate::config::Config;
+use crate::nbd::{self, Export, Listener, ServeOptions};
+
+/// `serve-nbd` arguments.
+#[derive(Debug, Args)]
+pub struct ServeNbdArgs {
+    /// Image as POOL/IMAGE.
+    pub image: String,
+    /// Where to listen: HOST:PORT for TCP, or unix:PATH for a unix socket.
+    #[arg(
+        long,
+        value_name = "HOST:PORT|unix:PATH",
+        default_value = "127.0.0.1:10809"
+    )]
+    pub listen: String,
+    /// Refuse writes, trims and write-zeroes (clients see a read-only export).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Allow listening on a non-loopback address. NBD is unauthenticated
+    /// and unencrypted: anyone who reaches the port can read and write the
+    /// image.
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+/// A parsed `--listen`.
+#[derive(Debug, PartialEq, Eq)]
+enum ListenAddr {
+    Tcp(Vec<SocketAddr>),
+    Unix(PathBuf),
+}
+
+fn parse_listen(s: &str, allow_remote: bool) -> anyhow::Result<ListenAddr> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            bail!("--listen unix: needs a path, e.g. unix:/run/lsvd-nbd.sock");
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(path)));
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .with_context(|| format!("bad --listen '{s}' (expected HOST:PORT or unix:PATH)"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("--listen '{s}' resolves to no address");
+    }
+    if !allow_remote {
+        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            bail!(
+                "refusing to listen on {a}: it is not a loopback address, and NBD has no \
+                 authentication or encryption (anyone who reaches it can read and write the \
+                 image); pass --allow-remote to serve it anyway"
+            );
+        }
+    }
+    Ok(ListenAddr::Tcp(addrs))
+}
+
+/// Removes the unix socket when serving ends (also on errors).
+struct SocketFile(Option<PathBuf>);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// Bind a unix socket at `path`: refuse a path that exists and is not a
+/// socket, or a socket a live server answers on; remove a stale socket.
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket: refusing to replace it",
+                path.display()
+            );
+        }
+        if UnixStream::connect(path).is_ok() {
+            bail!("{} is in use: a server is listening on it", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
+}
+
+/// `serve-nbd POOL/IMAGE --listen ADDR`.
+pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
+    let (spec, snap) = super::snap::parse_snap_spec(&args.image, false)?;
+    // The export name: the image, or IMAGE@SNAP for a snapshot.
+    let name = match &snap {
+        Some(s) => format!("{}@{s}", spec.image),
+        None => spec.image.clone(),
+    };
+    let listen = parse_listen(&args.listen, args.allow_remote)?;
+    // Before any thread exists (the volume's, librados'), so that only the
+    // main thread's `wait_signal` ever sees a stop signal.
+    let set = block_stop_signals();
+    let mut socket_file = SocketFile(None);
+    let (listener, uri) = match &listen {
+        ListenAddr::Tcp(addrs) => {
+            let l = TcpListener::bind(&addrs[..])
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let local = l
+                .local_addr()
+                .context("cannot read the listening address")?;
+            (Listener::Tcp(l), format!("nbd://{local}/{name}"))
+        }
+        ListenAddr::Unix(path) => {
+            let path = std::path::absolute(path)
+                .with_context(|| format!("bad socket path {}", path.display()))?;
+            let l = bind_unix(&path)?;
+            socket_file.0 = Some(path.clone());
+            (
+                Listener::Unix(l),
+                format!("nbd+unix:///{name}?socket={}", path.display()),
+            )
+        }
+    };
+    let store = store_for(config, &spec.pool, false)?;
+    // A snapshot is served read-only without the image's lock.
+    let volume = Arc::new(match &snap {
+        Some(s) => super::snap::open_snapshot(config, store, &spec, s)?,
+        None => open_volume(config, store, &spec)?,
+    });
+    let read_only = args.read_only || volume.is_read_only();
+    let opts = ServeOptions {
+        aliases: vec![String::new(), format!("{}/{name}", spec.pool)],
+        name,
+        read_only,
+    };
+    let spec = format!("{}/{}", spec.pool, opts.name);
+    tracing::info!(
+        "serving image {spec} over NBD at {uri}{}",
+        if read_only { " (read-only)" } else { "" }
+    );
+    // The address, once clients can connect: scripts wait for this line.
+    let printed = print_stdout(&uri);
+    let served = match printed {
+        Ok(()) => nbd::serve(
+            volume.clone() as Arc<dyn Export>,
+            listener,
+            opts,
+            move |d| wait_signal(&set, d),
+        )
+        .with_context(|| format!("serving image {spec} over NBD failed")),
+        Err(e) => Err(e),
+    };
+    // Every connection has ended: the volume is ours alone again.
+    let closed = match Arc::try_unwrap(volume) {
+        Ok(v) => v
+            .close()
+            .with_context(|| format!("cannot close image {spec} cleanly")),
+        Err(_) => Err(anyhow::anyhow!(
+            "image {spec} is still in use after the NBD server stopped; the journal keeps every write"
+        )),
+    };
+    drop(socket_file);
+    served?;
+    closed?;
+    tracing::info!("image {spec} closed cleanly");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("unix:/tmp/x.sock", false).unwrap(),
+            ListenAddr::Unix("/tmp/x.sock".into())
+        );
+        assert!(parse_listen("unix:", false).is_err());
+        assert!(matches!(
+            parse_listen("127.0.0.1:10809", false).unwrap(),
+            ListenAddr::Tcp(_)
+        ));
+        assert!(matches!(
+            parse_listen("[::1]:0", false).unwrap(),
+            ListenAddr::Tcp(_)
+        ));
+        let m = parse_listen("0.0.0.0:10809", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("--allow-remote") && m.contains("authentication"),
+            "{m}"
+        );
+        assert!(parse_listen("0.0.0.0:10809", true).is_ok());
+        assert!(parse_listen("no-port", false).is_err());
+    }
+}

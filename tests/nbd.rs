@@ -1,0 +1,843 @@
+//! `lsvd-ublk serve-nbd` end to end: the built binary serves an image of a
+//! dir-backend store in a temporary directory (on ext4, `/tmp`) on a unix
+//! socket, and a small NBD client written here from the protocol
+//! description (not the server's own encoder) drives it: negotiation,
+//! I/O against an in-memory oracle, read-only refusal, hostile input while
+//! another connection keeps working, several connections sharing FLUSH,
+//! SIGKILL and restart, SIGTERM as a clean close, and the `--listen` checks.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+
+mod common;
+
+const SIZE: u64 = 64 << 20;
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const REPLY_MAGIC: u32 = 0x6744_6698;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
+const FLAG_FUA: u16 = 1;
+
+const EPERM: u32 = 1;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+// Transmission flags.
+const HAS_FLAGS: u16 = 1;
+const READ_ONLY: u16 = 2;
+const SEND_FLUSH: u16 = 4;
+const SEND_FUA: u16 = 8;
+const SEND_TRIM: u16 = 32;
+const SEND_WRITE_ZEROES: u16 = 64;
+const CAN_MULTI_CONN: u16 = 256;
+
+/// A scratch store with one 64 MiB image `p/img`.
+struct Env {
+    dir: tempfile::TempDir,
+    config: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("lsvd-nbd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            r#"{{"store_dir":"{d}/store","wlog_dir":"{d}/wlog","rcache_dir":"{d}/rcache","rcache_bytes":"8M","wlog_bytes":"64M","backend_obj_bytes":"1M","wlog_chunk_bytes":"1M"}}"#
+        );
+        let env = Env { dir, config };
+        let out = env
+            .cmd(&["create", "p/img", "--size", &SIZE.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        env
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("nbd.sock")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"));
+        c.current_dir(self.dir.path())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("LSVD_LOG");
+        c
+    }
+
+    /// Start `serve-nbd p/img` on the unix socket (plus `extra` flags) and
+    /// wait for its address line.
+    fn serve(&self, extra: &[&str]) -> Server {
+        let listen = format!("unix:{}", self.sock().display());
+        let mut args = vec!["serve-nbd", "p/img", "--listen", &listen];
+        args.extend_from_slice(extra);
+        self.serve_args(&args)
+    }
+
+    fn serve_args(&self, args: &[&str]) -> Server {
+        let log = self.dir.path().join("server.log");
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            !line.is_empty(),
+            "serve-nbd printed no address: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Server {
+            child,
+            uri: line.trim().to_owned(),
+            log,
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    uri: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the server died: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// SIGTERM and wait; returns whether it exited 0.
+    fn stop(mut self) -> bool {
+        self.signal(libc::SIGTERM);
+        let st = self.child.wait().unwrap();
+        if !st.success() {
+            eprintln!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+        st.success()
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes(b[i..i + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes(b[i..i + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from_be_bytes(b[i..i + 8].try_into().unwrap())
+}
+
+/// A hand-written NBD client.
+struct Client {
+    s: UnixStream,
+    size: u64,
+    tflags: u16,
+}
+
+/// Negotiation state before transmission.
+struct Nego {
+    s: UnixStream,
+}
+
+impl Nego {
+    /// Connect and exchange the greeting; `no_zeroes`: the client flag.
+    fn connect(sock: &Path, no_zeroes: bool) -> Nego {
+        let mut s = UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(u64_at(&g, 0), NBDMAGIC);
+        assert_eq!(u64_at(&g, 8), IHAVEOPT);
+        // FIXED_NEWSTYLE | NO_ZEROES.
+        assert_eq!(u16_at(&g, 16), 3);
+        let cflags: u32 = if no_zeroes { 3 } else { 1 };
+        s.write_all(&cflags.to_be_bytes()).unwrap();
+        Nego { s }
+    }
+
+    fn send_opt(&mut self, opt: u32, data: &[u8]) {
+        let mut b = IHAVEOPT.to_be_bytes().to_vec();
+        b.extend_from_slice(&opt.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        self.s.write_all(&b).unwrap();
+    }
+
+    /// One option reply: (option, type, data).
+    fn reply(&mut self) -> (u32, u32, Vec<u8>) {
+        let mut h = [0u8; 20];
+        self.s.read_exact(&mut h).unwrap();
+        assert_eq!(u64_at(&h, 0), OPT_REPLY_MAGIC);
+        let mut d = vec![0u8; u32_at(&h, 16) as usize];
+        self.s.read_exact(&mut d).unwrap();
+        (u32_at(&h, 8), u32_at(&h, 12), d)
+    }
+
+    fn info_data(name: &str, reqs: &[u16]) -> Vec<u8> {
+        let mut b = (name.len() as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&(reqs.len() as u16).to_be_bytes());
+        for r in reqs {
+            b.extend_from_slice(&r.to_be_bytes());
+        }
+        b
+    }
+
+    /// INFO or GO: the replies up to ACK or an error. Returns the info
+    /// replies (type -> data), or the error type and message.
+    fn info(&mut self, opt: u32, name: &str, reqs: &[u16]) -> InfoResult {
+        self.send_opt(opt, &Self::info_data(name, reqs));
+        let mut infos = Vec::new();
+        loop {
+            let (o, t, d) = self.reply();
+            assert_eq!(o, opt);
+            match t {
+                REP_INFO => infos.push((u16_at(&d, 0), d[2..].to_vec())),
+                REP_ACK => return Ok(infos),
+                e => return Err((e, String::from_utf8_lossy(&d).into_owned())),
+            }
+        }
+    }
+
+    fn go(mut self, name: &str) -> Client {
+        let infos = self.info(OPT_GO, name, &[3]).unwrap();
+        let (_, exp) = infos.iter().find(|(t, _)| *t == 0).unwrap();
+        Client {
+            size: u64_at(exp, 0),
+            tflags: u16_at(exp, 8),
+            s: self.s,
+        }
+    }
+}
+
+/// Info replies of INFO/GO (type, data), or the error reply (type, message).
+type InfoResult = Result<Vec<(u16, Vec<u8>)>, (u32, String)>;
+
+/// A simple reply: (error, cookie, data).
+type Reply = (u32, u64, Vec<u8>);
+
+impl Client {
+    fn open(sock: &Path) -> Client {
+        Nego::connect(sock, true).go("img")
+    }
+
+    fn send(&mut self, kind: u16, flags: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
+        let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&kind.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(payload);
+        self.s.write_all(&b).unwrap();
+    }
+
+    /// Read one reply; `read_len(cookie)` says how much data follows a
+    /// successful reply to that cookie.
+    fn recv(&mut self, read_len: impl Fn(u64) -> usize) -> Reply {
+        let mut h = [0u8; 16];
+        self.s.read_exact(&mut h).unwrap();
+        assert_eq!(u32_at(&h, 0), REPLY_MAGIC);
+        let (err, cookie) = (u32_at(&h, 4), u64_at(&h, 8));
+        let mut d = Vec::new();
+        if err == 0 {
+            d.resize(read_len(cookie), 0);
+            self.s.read_exact(&mut d).unwrap();
+        }
+        (err, cookie, d)
+    }
+
+    fn call(&mut self, kind: u16, flags: u16, offset: u64, len: u32, payload: &[u8]) -> Reply {
+        self.send(kind, flags, 99, offset, len, payload);
+        let n = if kind == CMD_READ { len as usize } else { 0 };
+        let r = self.recv(|_| n);
+        assert_eq!(r.1, 99);
+        r
+    }
+
+    fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
+        match self.call(CMD_READ, 0, offset, len, &[]) {
+            (0, _, d) => Ok(d),
+            (e, _, _) => Err(e),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> u32 {
+        let flags = if fua { FLAG_FUA } else { 0 };
+        self.call(CMD_WRITE, flags, offset, data.len() as u32, data)
+            .0
+    }
+
+    fn flush(&mut self) -> u32 {
+        self.call(CMD_FLUSH, 0, 0, 0, &[]).0
+    }
+
+    fn discard(&mut self, kind: u16, offset: u64, len: u32) -> u32 {
+        self.call(kind, 0, offset, len, &[]).0
+    }
+
+    /// The server closed the connection (EOF or reset, no more replies).
+    fn assert_closed(&mut self) {
+        let mut b = [0u8; 1];
+        match self.s.read(&mut b) {
+            Ok(0) | Err(_) => {}
+            Ok(_) => panic!("the server kept the connection open"),
+        }
+    }
+
+    /// A write then a read back of a fresh pattern at `offset`.
+    fn round_trip(&mut self, offset: u64, seed: u64) {
+        let data = common::pattern(seed, 8192);
+        assert_eq!(self.write(offset, &data, false), 0);
+        assert!(
+            self.read(offset, 8192).unwrap() == data,
+            "round trip at {offset}"
+        );
+    }
+}
+
+#[test]
+fn negotiation_options() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let sock = env.sock();
+    assert_eq!(
+        server.uri,
+        format!("nbd+unix:///img?socket={}", sock.display())
+    );
+
+    let mut n = Nego::connect(&sock, true);
+    // LIST: one export, the image name.
+    n.send_opt(OPT_LIST, &[]);
+    let (o, t, d) = n.reply();
+    assert_eq!((o, t), (OPT_LIST, REP_SERVER));
+    assert_eq!(u32_at(&d, 0), 3);
+    assert_eq!(&d[4..], b"img");
+    assert_eq!(n.reply().1, REP_ACK);
+    // LIST with data is malformed.
+    n.send_opt(OPT_LIST, b"x");
+    assert_eq!(n.reply().1, REP_ERR_INVALID);
+    // Unknown options and structured replies are refused, not fatal.
+    n.send_opt(4242, b"whatever");
+    assert_eq!(
+        n.reply(),
+        (4242, REP_ERR_UNSUP, n_msg("option 4242 is not supported"))
+    );
+    n.send_opt(OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(n.reply().1, REP_ERR_UNSUP);
+    // A wrong name: ERR_UNKNOWN naming what is served.
+    let (e, msg) = n.info(OPT_INFO, "nope", &[]).unwrap_err();
+    assert_eq!(e, REP_ERR_UNKNOWN);
+    assert!(msg.contains("'nope'") && msg.contains("'img'"), "{msg}");
+    let (e, _) = n.info(OPT_GO, "p/other", &[]).unwrap_err();
+    assert_eq!(e, REP_ERR_UNKNOWN);
+    // Malformed INFO data (name length past the end).
+    n.send_opt(OPT_INFO, &[0, 0, 1, 0, b'i']);
+    assert_eq!(n.reply().1, REP_ERR_INVALID);
+    // INFO: size, flags, block sizes, name.
+    let infos = n.info(OPT_INFO, "img", &[3, 1]).unwrap();
+    let get = |t: u16| infos.iter().find(|(x, _)| *x == t).map(|(_, d)| d.clone());
+    let exp = get(0).expect("NBD_INFO_EXPORT");
+    assert_eq!(u64_at(&exp, 0), SIZE);
+    assert_eq!(
+        u16_at(&exp, 8),
+        HAS_FLAGS | SEND_FLUSH | SEND_FUA | SEND_TRIM | SEND_WRITE_ZEROES | CAN_MULTI_CONN
+    );
+    let bs = get(3).expect("NBD_INFO_BLOCK_SIZE");
+    assert_eq!(
+        (u32_at(&bs, 0), u32_at(&bs, 4), u32_at(&bs, 8)),
+        (512, 4096, 32 << 20)
+    );
+    assert_eq!(get(1).expect("NBD_INFO_NAME"), b"img");
+    // Then GO on the same connection, under each accepted name.
+    let mut c = n.go("img");
+    assert_eq!(c.size, SIZE);
+    c.round_trip(0, 1);
+    for name in ["", "p/img"] {
+        let mut c = Nego::connect(&sock, true).go(name);
+        c.round_trip(4096, 2);
+    }
+
+    // Old-style EXPORT_NAME, with and without the 124 zero bytes.
+    for no_zeroes in [true, false] {
+        let mut n = Nego::connect(&sock, no_zeroes);
+        n.send_opt(OPT_EXPORT_NAME, b"img");
+        let mut b = vec![0u8; if no_zeroes { 10 } else { 134 }];
+        n.s.read_exact(&mut b).unwrap();
+        assert_eq!(u64_at(&b, 0), SIZE);
+        assert!(b[10..].iter().all(|&x| x == 0));
+        let mut c = Client {
+            size: SIZE,
+            tflags: u16_at(&b, 8),
+            s: n.s,
+        };
+        assert_ne!(c.tflags & CAN_MULTI_CONN, 0);
+        c.round_trip(8192, 3);
+        c.send(CMD_DISC, 0, 1, 0, 0, &[]);
+        c.assert_closed();
+    }
+    // EXPORT_NAME with a wrong name: closed (it has no error reply).
+    let mut n = Nego::connect(&sock, true);
+    n.send_opt(OPT_EXPORT_NAME, b"wrong");
+    let mut b = [0u8; 1];
+    assert!(matches!(n.s.read(&mut b), Ok(0) | Err(_)));
+    // ABORT: acknowledged, then closed.
+    let mut n = Nego::connect(&sock, true);
+    n.send_opt(OPT_ABORT, &[]);
+    assert_eq!(n.reply().1, REP_ACK);
+    assert!(matches!(n.s.read(&mut b), Ok(0) | Err(_)));
+    assert!(server.stop());
+}
+
+fn n_msg(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+#[test]
+fn io_matches_an_oracle() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let mut c = Client::open(&env.sock());
+    let mut oracle = vec![0u8; SIZE as usize];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // Unwritten space reads as zeros.
+    assert_eq!(c.read(0, 1 << 20).unwrap(), vec![0u8; 1 << 20]);
+    for i in 0..400u64 {
+        let sectors = rng.gen_range(1..=256u64);
+        let len = sectors * 512;
+        let off = rng.gen_range(0..(SIZE - len) / 512) * 512;
+        match rng.gen_range(0..10) {
+            0..=3 => {
+                let data = common::pattern(i, len as usize);
+                assert_eq!(c.write(off, &data, rng.gen_bool(0.3)), 0);
+                oracle[off as usize..(off + len) as usize].copy_from_slice(&data);
+            }
+            4 => {
+                assert_eq!(c.discard(CMD_TRIM, off, len as u32), 0);
+                oracle[off as usize..(off + len) as usize].fill(0);
+            }
+            5 => {
+                assert_eq!(c.discard(CMD_WRITE_ZEROES, off, len as u32), 0);
+                oracle[off as usize..(off + len) as usize].fill(0);
+            }
+            6 => assert_eq!(c.flush(), 0),
+            _ => {
+                let got = c.read(off, len as u32).unwrap();
+                assert!(
+                    got == oracle[off as usize..(off + len) as usize],
+                    "op {i}: read at {off} of {len} differs from the oracle"
+                );
+            }
+        }
+    }
+    // Pipelined: 32 writes in flight, then 32 reads in flight, replies
+    // matched by cookie (they may come back in any order).
+    let mut expect = std::collections::HashMap::new();
+    for k in 0..32u64 {
+        let off = k * 65536 + 512;
+        let data = common::pattern(1000 + k, 65536);
+        oracle[off as usize..off as usize + 65536].copy_from_slice(&data);
+        c.send(CMD_WRITE, 0, k, off, 65536, &data);
+    }
+    for _ in 0..32 {
+        let (e, cookie, _) = c.recv(|_| 0);
+        assert_eq!(e, 0);
+        assert!(cookie < 32);
+    }
+    for k in 0..32u64 {
+        let off = k * 65536;
+        expect.insert(100 + k, off);
+        c.send(CMD_READ, 0, 100 + k, off, 65536 + 1024, &[]);
+    }
+    for _ in 0..32 {
+        let (e, cookie, d) = c.recv(|_| 65536 + 1024);
+        assert_eq!(e, 0);
+        let off = expect.remove(&cookie).expect("a reply to a request sent") as usize;
+        assert!(
+            d == oracle[off..off + 65536 + 1024],
+            "pipelined read {cookie}"
+        );
+    }
+    // A maximal 32 MiB write and read.
+    let big = common::pattern(77, 32 << 20);
+    assert_eq!(c.write(SIZE - (32 << 20), &big, true), 0);
+    assert!(c.read(SIZE - (32 << 20), 32 << 20).unwrap() == big);
+    oracle[(SIZE as usize - (32 << 20))..].copy_from_slice(&big);
+    assert_eq!(c.flush(), 0);
+    // Everything, once more, in 1 MiB reads.
+    for off in (0..SIZE).step_by(1 << 20) {
+        assert!(c.read(off, 1 << 20).unwrap() == oracle[off as usize..off as usize + (1 << 20)]);
+    }
+    // Misaligned I/O is refused (the advertised minimum is 512).
+    assert_eq!(c.read(100, 512), Err(EINVAL));
+    assert_eq!(c.write(512, &[1u8; 100], false), EINVAL);
+    c.send(CMD_DISC, 0, 0, 0, 0, &[]);
+    c.assert_closed();
+    assert!(server.stop());
+}
+
+#[test]
+fn read_only_export_refuses_writes() {
+    let env = Env::new();
+    // Some data first, through a writable server.
+    let server = env.serve(&[]);
+    let mut c = Client::open(&env.sock());
+    let data = common::pattern(5, 4096);
+    assert_eq!(c.write(0, &data, true), 0);
+    drop(c);
+    assert!(server.stop());
+
+    let mut server = env.serve(&["--read-only"]);
+    let mut c = Client::open(&env.sock());
+    assert_eq!(
+        c.tflags,
+        HAS_FLAGS | READ_ONLY | SEND_FLUSH | SEND_FUA | CAN_MULTI_CONN
+    );
+    assert_eq!(c.write(0, &[9u8; 4096], false), EPERM);
+    assert_eq!(c.write(0, &[9u8; 4096], true), EPERM);
+    assert_eq!(c.discard(CMD_TRIM, 0, 4096), EPERM);
+    assert_eq!(c.discard(CMD_WRITE_ZEROES, 0, 4096), EPERM);
+    assert_eq!(c.flush(), 0);
+    // The refused payload was consumed: the stream is still in step.
+    assert_eq!(c.read(0, 4096).unwrap(), data);
+    server.assert_alive();
+    assert!(server.stop());
+}
+
+#[test]
+fn hostile_input_leaves_other_connections_working() {
+    let env = Env::new();
+    let mut server = env.serve(&[]);
+    let sock = env.sock();
+    let mut good = Client::open(&sock);
+    good.round_trip(0, 1);
+
+    let mut c = Client::open(&sock);
+    // Out of range: EINVAL for reads, ENOSPC for writes (whose payload is
+    // still consumed), trims and write-zeroes.
+    assert_eq!(c.read(SIZE - 512, 1024), Err(EINVAL));
+    assert_eq!(c.read(SIZE, 512), Err(EINVAL));
+    assert_eq!(c.write(SIZE - 512, &[1u8; 1024], false), ENOSPC);
+    assert_eq!(c.discard(CMD_TRIM, SIZE, 4096), ENOSPC);
+    assert_eq!(c.discard(CMD_WRITE_ZEROES, SIZE - 4096, 8192), ENOSPC);
+    // offset + length overflows u64: EINVAL, the payload consumed.
+    let top = u64::MAX - 511;
+    assert_eq!(c.read(top, 4096), Err(EINVAL));
+    assert_eq!(c.write(top, &[2u8; 4096], false), EINVAL);
+    assert_eq!(c.discard(CMD_TRIM, top, 4096), EINVAL);
+    // Unknown commands (and BLOCK_STATUS, CACHE: not negotiated).
+    for kind in [5u16, 7, 42, u16::MAX] {
+        assert_eq!(c.call(kind, 0, 0, 4096, &[]).0, EINVAL, "command {kind}");
+    }
+    // A read longer than the advertised maximum: EINVAL, still connected.
+    assert_eq!(c.read(0, 64 << 20), Err(EINVAL));
+    c.round_trip(1 << 20, 2);
+    // A write longer than the maximum: EINVAL, and the connection closes
+    // (its payload is not read).
+    c.send(CMD_WRITE, 0, 7, 0, 64 << 20, &[0u8; 4096]);
+    let (e, cookie, _) = c.recv(|_| 0);
+    assert_eq!((e, cookie), (EINVAL, 7));
+    c.assert_closed();
+    good.round_trip(8192, 3);
+
+    // A bad request magic: closed.
+    let mut c = Client::open(&sock);
+    c.s.write_all(&[0xde; 28]).unwrap();
+    c.assert_closed();
+    good.round_trip(16384, 4);
+
+    // The client vanishes mid-payload, and mid-header.
+    let mut c = Client::open(&sock);
+    c.send(CMD_WRITE, 0, 1, 0, 1 << 20, &[7u8; 1000]);
+    drop(c);
+    let mut c = Client::open(&sock);
+    c.s.write_all(&REQUEST_MAGIC.to_be_bytes()).unwrap();
+    drop(c);
+    // Requests in flight when the client vanishes (writes to a region of
+    // their own: they may still complete).
+    let mut c = Client::open(&sock);
+    for k in 0..16 {
+        c.send(CMD_WRITE, 0, k, (8 << 20) + k * 4096, 4096, &[5u8; 4096]);
+        c.send(CMD_READ, 0, 100 + k, 0, 1 << 20, &[]);
+    }
+    drop(c);
+    good.round_trip(32768, 5);
+
+    // Negotiation garbage: a bad option magic, an unknown client flag, a
+    // huge option length, a bare connect and close.
+    let mut n = Nego::connect(&sock, true);
+    n.s.write_all(&[0x55; 16]).unwrap();
+    let mut b = [0u8; 1];
+    assert!(matches!(n.s.read(&mut b), Ok(0) | Err(_)));
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    s.write_all(&0x8000_0001u32.to_be_bytes()).unwrap();
+    assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+    let mut n = Nego::connect(&sock, true);
+    let mut h = IHAVEOPT.to_be_bytes().to_vec();
+    h.extend_from_slice(&OPT_GO.to_be_bytes());
+    h.extend_from_slice(&u32::MAX.to_be_bytes());
+    n.s.write_all(&h).unwrap();
+    assert!(matches!(n.s.read(&mut b), Ok(0) | Err(_)));
+    drop(UnixStream::connect(&sock).unwrap());
+
+    // The first connection never noticed; the server is alive and stops
+    // cleanly.
+    good.round_trip(65536, 6);
+    assert_eq!(good.flush(), 0);
+    server.assert_alive();
+    drop(good);
+    assert!(server.stop());
+}
+
+#[test]
+fn connections_share_flush_and_data_survive_sigkill() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let sock = env.sock();
+    const CONNS: u64 = 4;
+    const WRITES: u64 = 32;
+    const LEN: u64 = 64 << 10;
+    // Each connection writes its own region, pipelined.
+    let writers: Vec<_> = (0..CONNS)
+        .map(|k| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::open(&sock);
+                for i in 0..WRITES {
+                    let off = (k * WRITES + i) * LEN;
+                    c.send(
+                        CMD_WRITE,
+                        0,
+                        i,
+                        off,
+                        LEN as u32,
+                        &common::pattern(k * 1000 + i, LEN as usize),
+                    );
+                }
+                for _ in 0..WRITES {
+                    assert_eq!(c.recv(|_| 0).0, 0);
+                }
+                c
+            })
+        })
+        .collect();
+    let mut clients: Vec<Client> = writers.into_iter().map(|t| t.join().unwrap()).collect();
+    // One FLUSH, on the last connection, covers every connection's writes
+    // (CAN_MULTI_CONN); a read on another connection sees all of them.
+    assert_eq!(clients[3].flush(), 0);
+    let check = |c: &mut Client| {
+        for k in 0..CONNS {
+            for i in 0..WRITES {
+                let off = (k * WRITES + i) * LEN;
+                assert!(
+                    c.read(off, LEN as u32).unwrap() == common::pattern(k * 1000 + i, LEN as usize),
+                    "connection {k} write {i}"
+                );
+            }
+        }
+    };
+    check(&mut clients[0]);
+    // A FUA write is durable without a flush.
+    let fua = common::pattern(4242, 4096);
+    assert_eq!(clients[1].write(SIZE - 4096, &fua, true), 0);
+    // Kill -9 with the connections open; a new server recovers from the
+    // journal.
+    server.kill();
+    drop(clients);
+    let server = env.serve(&[]);
+    let mut c = Client::open(&sock);
+    check(&mut c);
+    assert_eq!(c.read(SIZE - 4096, 4096).unwrap(), fua);
+    drop(c);
+    // SIGTERM: exit 0 with the image marked clean, the socket removed.
+    assert!(server.stop());
+    assert!(!sock.exists(), "the socket must be removed at exit");
+    let out = env.cmd(&["info", "p/img"]).output().unwrap();
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(info.contains("clean yes"), "{info}");
+}
+
+#[test]
+fn stop_finishes_requests_in_flight() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let mut c = Client::open(&env.sock());
+    let data = common::pattern(9, 1 << 20);
+    for k in 0..8u64 {
+        c.send(CMD_WRITE, 0, k, k << 20, 1 << 20, &data);
+    }
+    c.send(CMD_FLUSH, 0, 8, 0, 0, &[]);
+    server.signal(libc::SIGTERM);
+    // Every request read before the stop is answered.
+    let mut seen = Vec::new();
+    for _ in 0..9 {
+        let (e, cookie, _) = c.recv(|_| 0);
+        assert_eq!(e, 0);
+        seen.push(cookie);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..9).collect::<Vec<_>>());
+    let mut server = server;
+    assert!(server.child.wait().unwrap().success());
+    // Written and closed cleanly.
+    let server = env.serve(&[]);
+    let mut c = Client::open(&env.sock());
+    for k in 0..8u64 {
+        assert!(c.read(k << 20, 1 << 20).unwrap() == data);
+    }
+    drop(c);
+    assert!(server.stop());
+}
+
+#[test]
+fn listen_checks() {
+    let env = Env::new();
+    let run = |args: &[&str]| {
+        let out = env.cmd(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let m = run(&["serve-nbd", "p/img", "--listen", "0.0.0.0:0"]);
+    assert!(
+        m.contains("--allow-remote") && m.contains("authentication"),
+        "{m}"
+    );
+    let m = run(&["serve-nbd", "p/img@snap1", "--listen", "127.0.0.1:0"]);
+    assert!(m.contains("no snapshot 'snap1'"), "{m}");
+    let m = run(&["serve-nbd", "p/nope", "--listen", "127.0.0.1:0"]);
+    assert!(m.contains("p/nope"), "{m}");
+    // A path that is not a socket is never replaced.
+    let file = env.dir.path().join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let m = run(&[
+        "serve-nbd",
+        "p/img",
+        "--listen",
+        &format!("unix:{}", file.display()),
+    ]);
+    assert!(m.contains("is not a socket"), "{m}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    // A stale socket (nobody listening) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(env.sock()).unwrap());
+    assert!(env.sock().exists());
+    let server = env.serve(&[]);
+    // A live one is not: a second server is refused (the socket answers).
+    let m = run(&[
+        "serve-nbd",
+        "p/img",
+        "--listen",
+        &format!("unix:{}", env.sock().display()),
+    ]);
+    assert!(m.contains("in use"), "{m}");
+    Client::open(&env.sock()).round_trip(0, 1);
+    assert!(server.stop());
+    // TCP on loopback, an ephemeral port: the printed address is usable.
+    let server = env.serve_args(&["serve-nbd", "p/img", "--listen", "127.0.0.1:0"]);
+    let rest = server
+        .uri
+        .strip_prefix("nbd://127.0.0.1:")
+        .expect(&server.uri);
+    let port: u16 = rest
+        .strip_suffix("/img")
+        .expect(&server.uri)
+        .parse()
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    assert_eq!(u64_at(&g, 0), NBDMAGIC);
+    drop(s);
+    assert!(server.stop());
+}
+
+/// A snapshot is served read-only, without the image's lock: beside a
+/// writable export of the image itself, it keeps the snapshot's content.
+#[test]
+fn snapshot_export_is_read_only_and_isolated() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let mut c = Client::open(&env.sock());
+    let data = common::pattern(7, 1 << 20);
+    assert_eq!(c.write(0, &data, true), 0);
+    drop(c);
+    assert!(server.stop());
+    let out = env.cmd(&["snap", "create", "p/img@s1"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The image, writable, on one socket; its snapshot on another.
+    let server = env.serve(&[]);
+    let snap_sock = env.dir.path().join("snap.sock");
+    let listen = format!("unix:{}", snap_sock.display());
+    let mut snap_server = env.serve_args(&["serve-nbd", "p/img@s1", "--listen", &listen]);
+    assert!(
+        snap_server.uri.contains("/img@s1?socket="),
+        "{}",
+        snap_server.uri
+    );
+    let mut live = Client::open(&env.sock());
+    assert_eq!(live.write(0, &common::pattern(8, 1 << 20), true), 0);
+    let mut s = Nego::connect(&snap_sock, true).go("img@s1");
+    assert_eq!(s.tflags & READ_ONLY, READ_ONLY);
+    assert_eq!(s.write(0, &[1u8; 4096], false), EPERM);
+    assert_eq!(s.discard(CMD_TRIM, 0, 4096), EPERM);
+    assert!(s.read(0, 1 << 20).unwrap() == data, "the snapshot changed");
+    assert!(live.read(0, 1 << 20).unwrap() == common::pattern(8, 1 << 20));
+    drop(s);
+    drop(live);
+    snap_server.assert_alive();
+    assert!(snap_server.stop());
+    assert!(server.stop());
+}
