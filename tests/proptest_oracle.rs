@@ -383,23 +383,33 @@ impl Harness {
             .map_err(|e| format!("tempdir: {e}"))?;
         let config = test_config(dir.path());
         create_image(create_store, IMAGE, DISK).map_err(|e| format!("create_image: {e:?}"))?;
+        let mut h = Harness::with(dir, config, store, vec![0; DISK as usize]);
+        h.open("initial open")?;
+        Ok(h)
+    }
+
+    /// A harness (not yet open) on `store` with its journal in `dir`.
+    fn with(
+        dir: tempfile::TempDir,
+        config: Config,
+        store: Arc<dyn ObjectStore>,
+        oracle: Vec<u8>,
+    ) -> Harness {
         let journal = dir.path().join(format!("{IMAGE}.wlog"));
-        let mut h = Harness {
+        Harness {
             _dir: dir,
             config,
             store,
             journal,
             vol: None,
-            oracle: vec![0; DISK as usize],
+            oracle,
             undo: Vec::new(),
             done: Vec::new(),
             last_lost: 0,
             tally: Tally::default(),
             snaps: Vec::new(),
             snap_count: 0,
-        };
-        h.open("initial open")?;
-        Ok(h)
+        }
     }
 
     /// A fresh [`MemStore`] harness whose image is a clone: a base image
@@ -445,21 +455,7 @@ impl Harness {
             .tempdir_in("/tmp")
             .map_err(|e| format!("tempdir: {e}"))?;
         let config = test_config(dir.path());
-        let journal = dir.path().join(format!("{IMAGE}.wlog"));
-        let mut h = Harness {
-            _dir: dir,
-            config,
-            store,
-            journal,
-            vol: None,
-            oracle: content,
-            undo: Vec::new(),
-            done: Vec::new(),
-            last_lost: 0,
-            tally: Tally::default(),
-            snaps: Vec::new(),
-            snap_count: 0,
-        };
+        let mut h = Harness::with(dir, config, store, content);
         h.open("initial open of the clone")?;
         h.verify_exact("cloning")?;
         Ok(h)

@@ -54,6 +54,17 @@ fn setup() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
     (dir, store)
 }
 
+/// A base image with 400 random writes and a snapshot `gold` of them:
+/// (dir, store, the open base, its content).
+fn gold_base() -> (tempfile::TempDir, Arc<dyn ObjectStore>, Volume, Vec<u8>) {
+    let (dir, store) = setup();
+    let base = open(&store, dir.path(), "base");
+    let mut mb = vec![0u8; SIZE as usize];
+    scribble(&base, &mut mb, 1, 400);
+    base.snapshot_create("gold").unwrap();
+    (dir, store, base, mb)
+}
+
 /// Write `n` random 4K..16K pieces of seed `seed` to `v` and `model`.
 fn scribble(v: &Volume, model: &mut [u8], seed: u64, n: u64) {
     for i in 0..n {
@@ -179,12 +190,8 @@ fn snapshots_keep_their_content_across_writes_crashes_and_gc() {
 
 #[test]
 fn clones_read_through_stay_isolated_and_follow_the_removal_rules() {
-    let (dir, store) = setup();
+    let (dir, store, base, mut mb) = gold_base();
     let d = dir.path();
-    let base = open(&store, d, "base");
-    let mut mb = vec![0u8; SIZE as usize];
-    scribble(&base, &mut mb, 1, 400);
-    base.snapshot_create("gold").unwrap();
     let gold = mb.clone();
     // Clone creation writes one object (the child's superblock).
     let objects = store.list("").unwrap().len();
@@ -310,12 +317,8 @@ fn clone_of_a_snapshot_being_removed_is_refused() {
 
 #[test]
 fn clones_share_the_base_snapshots_read_cache() {
-    let (dir, store) = setup();
+    let (dir, store, base, mb) = gold_base();
     let d = dir.path();
-    let base = open(&store, d, "base");
-    let mut mb = vec![0u8; SIZE as usize];
-    scribble(&base, &mut mb, 1, 400);
-    base.snapshot_create("gold").unwrap();
     base.close().unwrap();
     let uuid = lsvd::volume::image::read_superblock(store.as_ref(), "base")
         .unwrap()
