@@ -274,15 +274,23 @@ fn clones_read_through_stay_isolated_and_follow_the_removal_rules() {
     assert!(r.copied_bytes > 0, "{r:?}");
     assert!(child.parent_ref().is_none());
     assert_reads(&child, &mc, "flattened clone");
-    child.close().unwrap();
+    // A flattened clone keeps the zero-marker feature bit.
+    let sb = lsvd::volume::image::read_superblock(store.as_ref(), "child").unwrap();
+    assert_ne!(
+        sb.incompat & lsvd::format::superblock::INCOMPAT_ZERO_MARKERS,
+        0
+    );
     for c in ["child2", "child3"] {
         remove_image(store.as_ref(), c, None).unwrap();
     }
-    // Now the snapshot and the base can go; the flattened clone stands alone.
+    // Now the snapshot and the base can go; the flattened clone stands
+    // alone, also while it stays open.
     let base = open(&store, d, "base");
     base.snapshot_remove("gold").unwrap();
     base.close().unwrap();
     remove_image(store.as_ref(), "base", None).unwrap();
+    assert_reads(&child, &mc, "open flattened clone without its base");
+    child.close().unwrap();
     let child = open(&store, d, "child");
     assert_reads(&child, &mc, "flattened clone without its base");
     let e = child.flatten().unwrap_err();
@@ -397,4 +405,61 @@ fn resized_clones_and_snapshots_keep_their_sizes_and_content() {
     let c = open(&store, d, "c");
     assert_reads(&c, &mc, "clone after crash");
     c.close().unwrap();
+}
+
+#[test]
+fn snap_rm_refuses_when_a_superblock_cannot_be_read() {
+    let (dir, store, base, _) = gold_base();
+    // An image whose superblock does not decode might be a clone.
+    store.put("junk", b"LSVDSUP1 not really").unwrap();
+    let e = base.snapshot_remove("gold").unwrap_err();
+    assert!(
+        e.to_string().contains("cannot tell whether image junk"),
+        "{e}"
+    );
+    assert_eq!(base.snapshots().len(), 1);
+    assert_eq!(base.snapshots()[0].flags, 0, "the removal mark was left");
+    store.delete("junk").unwrap();
+    base.snapshot_remove("gold").unwrap();
+    base.close().unwrap();
+    drop(dir);
+}
+
+/// Objects a snapshot keeps are not "waiting for deletion": background GC
+/// does not keep writing checkpoints that can never free them.
+#[test]
+fn pinned_objects_do_not_make_gc_checkpoint_forever() {
+    let (dir, store) = setup();
+    let d = dir.path();
+    let v = Volume::open(VolumeOptions {
+        config: Config {
+            no_gc: false,
+            gc_interval_msec: 50,
+            gc_rate_bytes: 0,
+            ..config(d)
+        },
+        store: store.clone(),
+        image: "base".into(),
+        journal_path: d.join("base.wlog"),
+    })
+    .unwrap();
+    let mut m = vec![0u8; SIZE as usize];
+    scribble(&v, &mut m, 1, 600);
+    v.snapshot_create("s").unwrap();
+    // Overwrite everything: every object the snapshot keeps is dead now.
+    for i in 0..(SIZE / (64 << 10)) {
+        v.write(i * (64 << 10), &pattern(i, 64 << 10)).unwrap();
+    }
+    v.flush().unwrap();
+    // Let GC settle, then watch it idle.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let before = v.stats().checkpoint_pieces;
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let after = v.stats().checkpoint_pieces;
+    assert!(
+        after - before <= 2,
+        "{} checkpoint pieces written in 8 s of idling",
+        after - before
+    );
+    v.close().unwrap();
 }

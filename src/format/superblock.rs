@@ -9,7 +9,7 @@
 //! | 12  | 4    | total length in bytes, crc included |
 //! | 16  | 16   | image UUID |
 //! | 32  | 8    | image size in bytes (multiple of 4096) |
-//! | 40  | 8    | incompatible feature bits: bit 0 [`INCOMPAT_GC`]; any other set bit is refused by name |
+//! | 40  | 8    | incompatible feature bits: bit 0 [`INCOMPAT_GC`], bit 1 [`INCOMPAT_ZERO_MARKERS`]; any other set bit is refused by name |
 //! | 48  | 8    | update sequence (bumped on every rewrite) |
 //! | 56  | 8    | creation time, seconds since the Unix epoch |
 //! | 64  | 8    | generation of the journal last attached (0 = none) |
@@ -60,8 +60,13 @@ pub const FLAG_CLEAN: u32 = 1;
 /// not know this bit would treat a GC object or a hole as the end of the
 /// log and delete everything above it, so it must refuse the image.
 pub const INCOMPAT_GC: u64 = 1;
+/// Incompatible feature: the image is, or was, a clone, so its checkpoints
+/// may hold zero markers (extents naming object 0). Set at clone creation
+/// and kept after `flatten` (which writes version 1 again): a build without
+/// markers would refuse every such checkpoint as naming an unknown object.
+pub const INCOMPAT_ZERO_MARKERS: u64 = 2;
 /// Every incompatible feature bit this build understands.
-pub const KNOWN_INCOMPAT: u64 = INCOMPAT_GC;
+pub const KNOWN_INCOMPAT: u64 = INCOMPAT_GC | INCOMPAT_ZERO_MARKERS;
 
 /// A checkpoint reference: its first object sequence and piece count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -547,7 +552,7 @@ mod tests {
 
     #[test]
     fn unknown_feature_bits_are_refused_by_name() {
-        for bits in [2u64, 1 << 63, INCOMPAT_GC | 4] {
+        for bits in [4u64, 1 << 63, INCOMPAT_GC | 8] {
             let sb = Superblock {
                 incompat: bits,
                 ..sample()

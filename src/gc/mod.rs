@@ -266,7 +266,14 @@ impl Gc {
     /// Objects that died without GC (all their data overwritten or
     /// trimmed) also wait for deletion.
     fn collect_dead(&mut self, host: &dyn GcHost) {
+        let retention = host.retention();
         for (o, bytes) in host.take_dead() {
+            // Kept for a snapshot: not pending (it would keep asking for
+            // checkpoints that can never free it); the sweep after its
+            // `snap rm` finds it.
+            if retention.pinned(o) {
+                continue;
+            }
             if let std::collections::btree_map::Entry::Vacant(e) = self.pending.entry(o) {
                 e.insert(bytes);
                 self.pending_bytes += bytes;
@@ -280,6 +287,12 @@ impl Gc {
     pub(crate) fn wants_checkpoints(&self, host: &dyn GcHost) -> bool {
         let want = (host.size_bytes() / 12).max(8 * host.last_checkpoint_bytes());
         !self.pending.is_empty() && self.pending_bytes >= want
+    }
+
+    /// Sweep the whole store again at the next deletion (after `snap rm`:
+    /// what only the snapshot kept is found only by a sweep).
+    pub(crate) fn resweep(&mut self) {
+        self.swept = false;
     }
 
     /// Two checkpoints, so that the oldest listed one postdates the cleaning.
@@ -312,6 +325,14 @@ impl Gc {
         for s in cands {
             if host.should_stop() {
                 break;
+            }
+            // Pinned by a snapshot: dropped from pending (see
+            // `collect_dead`).
+            if retention.pinned(s) {
+                if let Some(b) = self.pending.remove(&s) {
+                    self.pending_bytes = self.pending_bytes.saturating_sub(b);
+                }
+                continue;
             }
             // The rule is checked right before each delete (ordering 21).
             if !select::deletable(s, &floor, |o| retention.pinned(o)) {

@@ -357,7 +357,11 @@ pub(crate) fn create_image_with(
             .unwrap_or(0),
         journal_gen: Generation(0),
         flags: crate::format::superblock::FLAG_CLEAN,
-        incompat: 0,
+        incompat: if parent.is_some() {
+            crate::format::superblock::INCOMPAT_ZERO_MARKERS
+        } else {
+            0
+        },
         checkpoints: vec![],
         snapshots: vec![],
         parent,

@@ -215,6 +215,8 @@ pub(crate) struct Inner {
     /// A clone's parent (a read-only snapshot view) and the size below
     /// which holes of this image read through to it.
     parent: Option<Parent>,
+    /// Set by `flatten` once the link is cut: holes no longer read through.
+    parent_cut: AtomicBool,
     /// GC state; held for a whole background step or forced run, so they
     /// never run at once.
     gc: Mutex<crate::gc::Gc>,
@@ -445,6 +447,31 @@ impl Inner {
         Ok(())
     }
 
+    /// Fill `out` for the hole `[lba, lba+sectors)` of the durable map:
+    /// from a clone's parent below its size, zeros elsewhere.
+    pub(crate) fn read_hole(&self, lba: Lba, sectors: u64, out: &mut [u8]) -> Result<()> {
+        match self.live_parent() {
+            Some(p) if lba.0 < p.sectors => {
+                let n = sectors.min(p.sectors - lba.0);
+                let (through, rest) = out.split_at_mut((n * SECTOR) as usize);
+                rest.fill(0);
+                p.volume.read(lba.0 * SECTOR, through)
+            }
+            _ => {
+                out.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// The parent holes read through to (none once `flatten` cut it).
+    fn live_parent(&self) -> Option<&Parent> {
+        if self.parent_cut.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.parent.as_ref()
+    }
+
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::new(
@@ -581,6 +608,7 @@ impl Inner {
             read_only: i.read_only,
             snap_hold: std::sync::atomic::AtomicU32::new(0),
             parent: i.parent,
+            parent_cut: AtomicBool::new(false),
             gc: Mutex::new(crate::gc::Gc::new(i.config.gc_rate_bytes)),
             gc_dead: Mutex::new(Vec::new()),
             gc_stop: (Mutex::new(false), Condvar::new()),
@@ -918,7 +946,7 @@ impl Volume {
                         let b0 = hoff + ((plba.0 - hlba.0) * SECTOR) as usize;
                         let bytes = (plen * SECTOR) as usize;
                         match loc {
-                            None => match &inner.parent {
+                            None => match inner.live_parent() {
                                 // A clone's hole reads through to its
                                 // parent below the parent's size.
                                 Some(p) if plba.0 < p.sectors => {
@@ -964,7 +992,7 @@ impl Volume {
             };
             r.map_err(|e| e.prefixed(format!("read of {} at {offset}", inner.image)))?;
         }
-        if let Some(p) = &inner.parent {
+        if let Some(p) = inner.live_parent() {
             for (poff, b0, bytes) in parent_reads {
                 p.volume.read(poff, &mut buf[b0..b0 + bytes]).map_err(|e| {
                     e.prefixed(format!(
@@ -1212,6 +1240,7 @@ impl Volume {
     /// of `create` (positive multiple of 4096, at most 1 PiB), and a shrink
     /// only with `allow_shrink`.
     pub fn check_resize(&self, new_size: u64, allow_shrink: bool) -> Result<()> {
+        self.inner.check_writable()?;
         image::check_image_size(new_size)
             .map_err(|e| e.prefixed(format!("cannot resize image {}", self.inner.image)))?;
         let old = self.size_bytes();

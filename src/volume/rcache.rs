@@ -149,7 +149,9 @@ impl Inner {
                 let b0 = ((plba.0 - lba.0) * SECTOR) as usize;
                 let b = &mut out[b0..b0 + (plen * SECTOR) as usize];
                 match loc {
-                    None => b.fill(0),
+                    // A clone's hole reads through, as in `Volume::read`.
+                    None => self.read_hole(plba, plen, b)?,
+                    Some(l) if l.is_zero() => b.fill(0),
                     Some(l) => match self.read_object_range(l.obj, l.offset as u64 * SECTOR, b) {
                         Ok(()) => {}
                         Err(e) if e.kind() == ErrorKind::NotFound => {

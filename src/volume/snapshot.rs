@@ -158,9 +158,21 @@ pub fn find_clones(
     snap: Option<&str>,
 ) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for name in image::list_images(store)? {
-        let Ok(sb) = read_superblock(store, &name) else {
+    for name in store.list("")? {
+        if name.contains('.') {
             continue;
+        }
+        // Only a missing (or placeholder) superblock is skipped: an image
+        // that cannot be read might be a clone, and a snapshot removed
+        // under it would be lost to it.
+        let sb = match read_superblock(store, &name) {
+            Ok(sb) => sb,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e.prefixed(format!(
+                    "cannot tell whether image {name} is a clone of {image}"
+                )))
+            }
         };
         if let Some(p) = &sb.parent {
             if p.image == image && p.uuid == uuid && snap.is_none_or(|s| s == p.snap) {
@@ -216,10 +228,15 @@ pub fn clone_image(
                 ),
                 Err(e) => e,
             };
-            if let Err(e) = image::remove_image(store, child, None) {
-                warn!(child, "could not undo the clone: {e:?}");
+            match image::remove_image(store, child, None) {
+                Ok(()) => Err(why.prefixed(format!("clone {child} undone"))),
+                Err(e) => {
+                    warn!(child, "could not undo the clone: {e:?}");
+                    Err(why.prefixed(format!(
+                        "clone {child} could NOT be undone ({e}); remove it with `rm`"
+                    )))
+                }
             }
-            Err(why.prefixed(format!("clone {child} undone")))
         }
     }
 }
@@ -402,7 +419,7 @@ impl Volume {
     pub fn snapshot_remove(&self, name: &str) -> Result<()> {
         let inner = &self.inner;
         inner.check_writable()?;
-        let _gc = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gc = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
         let sb = inner.sb_copy();
         if sb.snapshot(name).is_none() {
             return Err(no_such_snapshot(&inner.image, &sb, name));
@@ -440,6 +457,9 @@ impl Volume {
         inner.write_superblock(|sb| sb.snapshots.retain(|s| s.name != name))?;
         let (all, set) = pin_set(inner.store.as_ref(), &inner.image, &inner.sb_copy());
         inner.retention.set(all, set);
+        // What only this snapshot kept (its pieces, objects that died while
+        // pinned) is found by a sweep of the store.
+        gc.resweep();
         info!(image = %inner.image, snapshot = name, "snapshot removed");
         Ok(())
     }
@@ -504,6 +524,8 @@ impl Volume {
         self.flush_to_backend("flatten")?;
         crate::failpoint::hit("flatten.before_superblock");
         inner.write_superblock(|sb| sb.parent = None)?;
+        // No more reads through: the parent snapshot may be removed now.
+        inner.parent_cut.store(true, Ordering::SeqCst);
         info!(image = %inner.image, copied = report.copied_bytes, "clone flattened");
         Ok(report)
     }
