@@ -3,45 +3,16 @@
 //! (`/tmp`, not tmpfs, so O_DIRECT alignment is really enforced).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use rand::{Rng, SeedableRng};
 
-/// A scratch store, journal directory and config for one test.
-struct Env {
-    dir: tempfile::TempDir,
-    config: String,
-}
+mod common;
+
+use common::CliEnv as Env;
 
 impl Env {
-    fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("lsvd-cli-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let d = dir.path().display();
-        let config = format!(
-            r#"{{"store_dir":"{d}/store","wlog_dir":"{d}/wlog","rcache_dir":"{d}/rcache","rcache_bytes":"8M","wlog_bytes":"64M","backend_obj_bytes":"1M","wlog_chunk_bytes":"1M"}}"#
-        );
-        Env { dir, config }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"));
-        // Run in the scratch directory so no stray ./lsvd.json is picked up.
-        c.current_dir(self.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("LSVD_LOG");
-        c
-    }
-
     fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }

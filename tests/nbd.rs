@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -58,23 +58,12 @@ const SEND_TRIM: u16 = 32;
 const SEND_WRITE_ZEROES: u16 = 64;
 const CAN_MULTI_CONN: u16 = 256;
 
-/// A scratch store with one 64 MiB image `p/img`.
-struct Env {
-    dir: tempfile::TempDir,
-    config: String,
-}
+use common::CliEnv as Env;
 
 impl Env {
-    fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("lsvd-nbd-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let d = dir.path().display();
-        let config = format!(
-            r#"{{"store_dir":"{d}/store","wlog_dir":"{d}/wlog","rcache_dir":"{d}/rcache","rcache_bytes":"8M","wlog_bytes":"64M","backend_obj_bytes":"1M","wlog_chunk_bytes":"1M"}}"#
-        );
-        let env = Env { dir, config };
+    /// A scratch environment with the image `p/img` of [`SIZE`] bytes.
+    fn with_image() -> Env {
+        let env = Env::new();
         let out = env
             .cmd(&["create", "p/img", "--size", &SIZE.to_string()])
             .output()
@@ -85,16 +74,6 @@ impl Env {
 
     fn sock(&self) -> PathBuf {
         self.dir.path().join("nbd.sock")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"));
-        c.current_dir(self.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("LSVD_LOG");
-        c
     }
 
     /// Start `serve-nbd p/img` on the unix socket (plus `extra` flags) and
@@ -348,7 +327,7 @@ impl Client {
 
 #[test]
 fn negotiation_options() {
-    let env = Env::new();
+    let env = Env::with_image();
     let server = env.serve(&[]);
     let sock = env.sock();
     assert_eq!(
@@ -445,7 +424,7 @@ fn n_msg(s: &str) -> Vec<u8> {
 
 #[test]
 fn io_matches_an_oracle() {
-    let env = Env::new();
+    let env = Env::with_image();
     let server = env.serve(&[]);
     let mut c = Client::open(&env.sock());
     let mut oracle = vec![0u8; SIZE as usize];
@@ -528,7 +507,7 @@ fn io_matches_an_oracle() {
 
 #[test]
 fn read_only_export_refuses_writes() {
-    let env = Env::new();
+    let env = Env::with_image();
     // Some data first, through a writable server.
     let server = env.serve(&[]);
     let mut c = Client::open(&env.sock());
@@ -556,7 +535,7 @@ fn read_only_export_refuses_writes() {
 
 #[test]
 fn hostile_input_leaves_other_connections_working() {
-    let env = Env::new();
+    let env = Env::with_image();
     let mut server = env.serve(&[]);
     let sock = env.sock();
     let mut good = Client::open(&sock);
@@ -644,7 +623,7 @@ fn hostile_input_leaves_other_connections_working() {
 
 #[test]
 fn connections_share_flush_and_data_survive_sigkill() {
-    let env = Env::new();
+    let env = Env::with_image();
     let server = env.serve(&[]);
     let sock = env.sock();
     const CONNS: u64 = 4;
@@ -712,7 +691,7 @@ fn connections_share_flush_and_data_survive_sigkill() {
 
 #[test]
 fn stop_finishes_requests_in_flight() {
-    let env = Env::new();
+    let env = Env::with_image();
     let server = env.serve(&[]);
     let mut c = Client::open(&env.sock());
     let data = common::pattern(9, 1 << 20);
@@ -744,7 +723,7 @@ fn stop_finishes_requests_in_flight() {
 
 #[test]
 fn listen_checks() {
-    let env = Env::new();
+    let env = Env::with_image();
     let run = |args: &[&str]| {
         let out = env.cmd(args).output().unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
@@ -808,7 +787,7 @@ fn listen_checks() {
 /// writable export of the image itself, it keeps the snapshot's content.
 #[test]
 fn snapshot_export_is_read_only_and_isolated() {
-    let env = Env::new();
+    let env = Env::with_image();
     let server = env.serve(&[]);
     let mut c = Client::open(&env.sock());
     let data = common::pattern(7, 1 << 20);

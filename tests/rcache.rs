@@ -28,16 +28,9 @@ struct Env {
 
 fn config(dir: &Path) -> Config {
     Config {
-        backend_obj_bytes: 256 << 10,
-        wlog_chunk_bytes: 64 << 10,
-        wlog_bytes: 4 << 20,
-        checkpoint_interval_objs: 3,
-        flush_msec: 20,
-        backend_write_window: 3,
-        io_timeout_msec: 5000,
         rcache_dir: dir.join("rcache"),
         rcache_bytes: 8 << 20,
-        ..Config::default()
+        ..common::small_config()
     }
 }
 

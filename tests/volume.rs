@@ -14,16 +14,7 @@ use lsvd::ErrorKind;
 use common::pattern;
 
 fn config() -> Config {
-    Config {
-        backend_obj_bytes: 256 << 10,
-        wlog_chunk_bytes: 64 << 10,
-        wlog_bytes: 4 << 20,
-        checkpoint_interval_objs: 3,
-        flush_msec: 20,
-        backend_write_window: 3,
-        io_timeout_msec: 5000,
-        ..Config::default()
-    }
+    common::small_config()
 }
 
 fn open(store: &Arc<dyn ObjectStore>, dir: &Path, c: &Config) -> lsvd::Result<Volume> {

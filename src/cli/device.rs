@@ -539,3 +539,57 @@ pub fn list(json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// If `spec` is attached as a block device, send `req` to its server over
+/// its control socket and return the server's message (`None` when the
+/// image is not attached). `what` names the request for errors ("resize
+/// image p/img"). A dead server, a missing socket and an error reply are
+/// clear errors.
+pub(super) fn ask_attached(
+    spec: &crate::volume::ImageSpec,
+    req: &crate::ublk::control::Control,
+    timeout: Duration,
+    what: &str,
+) -> Option<anyhow::Result<String>> {
+    use crate::ublk::control::{self, Reply};
+    let name = spec.to_string();
+    let r = registry::all().into_iter().find(|r| r.image == name)?;
+    Some((|| {
+        if registry::state_of(&r).0 != DevState::Live {
+            bail!(
+                "image {spec} is attached as {} but its server (pid {}) is not running: \
+                 `lsvd-ublk recover {}` takes the device over (then {what}), `lsvd-ublk \
+                 detach --force {}` removes it",
+                r.device,
+                r.pid,
+                r.device,
+                r.device
+            );
+        }
+        let path = registry::control_path(r.dev_id);
+        if !path.exists() {
+            bail!(
+                "image {spec} is attached as {}, but its server (pid {}) has no control socket {} \
+                 (a server that predates it, or one that could not create it; see its log): \
+                 detach the image, {what}, attach it again",
+                r.device,
+                r.pid,
+                path.display()
+            );
+        }
+        let reply = control::request(&path, req, timeout).with_context(|| {
+            format!(
+                "cannot get the server of {} (pid {}) to {what}",
+                r.device, r.pid
+            )
+        })?;
+        match reply {
+            Reply::Resized { message, .. } | Reply::Done { message } => Ok(message),
+            Reply::Error { error } => bail!(
+                "the server of {} (pid {}) could not {what}: {error}",
+                r.device,
+                r.pid
+            ),
+        }
+    })())
+}

@@ -340,6 +340,23 @@ fn open_volume(
     .with_context(|| format!("cannot open image {spec}"))
 }
 
+/// Run `f` on the opened image `vol`, then close it cleanly (also after
+/// an error, which comes back with `context`).
+fn with_volume<T>(
+    vol: Volume,
+    spec: &ImageSpec,
+    f: impl FnOnce(&Volume) -> crate::error::Result<T>,
+    context: &str,
+) -> anyhow::Result<T> {
+    let r = f(&vol);
+    let closed = vol
+        .close()
+        .with_context(|| format!("cannot close image {spec}"));
+    let t = r.with_context(|| context.to_string())?;
+    closed?;
+    Ok(t)
+}
+
 /// `create POOL/IMAGE --size N`.
 fn cmd_create(config: &Config, image: &str, size: u64) -> anyhow::Result<()> {
     let spec = parse_spec(image)?;
@@ -450,15 +467,7 @@ fn cmd_gc(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
     // The forced run does the work; no background thread besides it.
     config.no_gc = true;
     let vol = open_volume(&config, store, &spec)?;
-    let report = match vol.gc_now() {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = vol.close();
-            return Err(anyhow::Error::new(e).context(format!("GC of {spec} failed")));
-        }
-    };
-    vol.close()
-        .with_context(|| format!("cannot close image {spec} after GC"))?;
+    let report = with_volume(vol, &spec, |v| v.gc_now(), &format!("GC of {spec} failed"))?;
     let text = if json {
         serde_json::to_string_pretty(&report).context("cannot encode the GC report as JSON")?
     } else {

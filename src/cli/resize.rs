@@ -12,14 +12,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::device::ask_attached;
 use super::{
-    check_image_size, human_bytes, open_volume, parse_size_arg, parse_spec, print_stdout, store_for,
+    check_image_size, human_bytes, open_volume, parse_size_arg, parse_spec, print_stdout,
+    store_for, with_volume,
 };
 use crate::config::Config;
-use crate::ublk::control::{self, Control, Reply};
-use crate::ublk::registry::{self, DevState, Record};
+use crate::ublk::control::Control;
 use crate::volume::image;
-use crate::volume::ImageSpec;
 
 /// `resize` arguments.
 #[derive(Debug, Args)]
@@ -63,20 +63,13 @@ pub fn resize(config: &Config, args: &ResizeArgs) -> anyhow::Result<()> {
             human_bytes(old - args.size)
         );
     }
-    let name = spec.to_string();
-    if let Some(r) = registry::all().into_iter().find(|r| r.image == name) {
-        return match registry::state_of(&r).0 {
-            DevState::Live => resize_attached(&spec, &r, args),
-            _ => bail!(
-                "image {spec} is attached as {} but its server (pid {}) is not running: \
-                 `lsvd-ublk recover {}` takes the device over (then resize), `lsvd-ublk \
-                 detach --force {}` removes it",
-                r.device,
-                r.pid,
-                r.device,
-                r.device
-            ),
-        };
+    let req = Control::Resize {
+        size: args.size,
+        allow_shrink: args.allow_shrink,
+    };
+    let what = format!("resize image {spec}");
+    if let Some(r) = ask_attached(&spec, &req, Duration::from_secs(args.timeout), &what) {
+        return print_stdout(&format!("image {spec} {}", r?));
     }
     if args.size == old {
         return print_stdout(&format!(
@@ -88,15 +81,12 @@ pub fn resize(config: &Config, args: &ResizeArgs) -> anyhow::Result<()> {
     // The resize does its own work; no background GC besides it.
     config.no_gc = true;
     let vol = open_volume(&config, store, &spec)?;
-    let done = match vol.resize(args.size, args.allow_shrink) {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = vol.close();
-            return Err(anyhow::Error::new(e).context(format!("cannot resize image {spec}")));
-        }
-    };
-    vol.close()
-        .with_context(|| format!("cannot close image {spec} after resizing it"))?;
+    let done = with_volume(
+        vol,
+        &spec,
+        |v| v.resize(args.size, args.allow_shrink),
+        &format!("cannot resize image {spec}"),
+    )?;
     print_stdout(&if done.changed() {
         format!(
             "image {spec} resized from {} to {}",
@@ -109,40 +99,4 @@ pub fn resize(config: &Config, args: &ResizeArgs) -> anyhow::Result<()> {
             both(done.old_bytes)
         )
     })
-}
-
-/// Ask the server of attached image `spec` (record `r`) to resize it.
-fn resize_attached(spec: &ImageSpec, r: &Record, args: &ResizeArgs) -> anyhow::Result<()> {
-    let path = registry::control_path(r.dev_id);
-    if !path.exists() {
-        bail!(
-            "image {spec} is attached as {}, but its server (pid {}) has no control socket {} \
-             (a server that predates live resize, or one that could not create it; see its \
-             log): detach the image, resize it, attach it again",
-            r.device,
-            r.pid,
-            path.display()
-        );
-    }
-    let req = Control::Resize {
-        size: args.size,
-        allow_shrink: args.allow_shrink,
-    };
-    let reply =
-        control::request(&path, &req, Duration::from_secs(args.timeout)).with_context(|| {
-            format!(
-                "cannot get the server of {} (pid {}) to resize image {spec}",
-                r.device, r.pid
-            )
-        })?;
-    match reply {
-        Reply::Resized { message, .. } | Reply::Done { message } => {
-            print_stdout(&format!("image {spec} {message}"))
-        }
-        Reply::Error { error } => bail!(
-            "the server of {} (pid {}) could not resize image {spec}: {error}",
-            r.device,
-            r.pid
-        ),
-    }
 }

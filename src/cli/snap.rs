@@ -5,12 +5,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 
-use super::{human_bytes, open_volume, parse_spec, print_stdout, store_for};
+use super::device::ask_attached;
+use super::{human_bytes, open_volume, parse_spec, print_stdout, store_for, with_volume};
 use crate::backend::ObjectStore;
 use crate::config::Config;
 use crate::error::ErrorKind;
-use crate::ublk::control::{self, Control, Reply};
-use crate::ublk::registry::{self, DevState};
+use crate::ublk::control::Control;
 use crate::volume::image;
 use crate::volume::{clone_image, ImageSpec, Volume};
 use std::time::Duration;
@@ -96,55 +96,6 @@ fn open_detached(config: &Config, spec: &ImageSpec, what: &str) -> anyhow::Resul
     })
 }
 
-/// Run `f` on the opened image, then close it cleanly (also after an error).
-fn with_volume<T>(
-    vol: Volume,
-    spec: &ImageSpec,
-    f: impl FnOnce(&Volume) -> crate::error::Result<T>,
-    what: &str,
-) -> anyhow::Result<T> {
-    let r = f(&vol);
-    let closed = vol
-        .close()
-        .with_context(|| format!("cannot close image {spec}"));
-    let t = r.with_context(|| format!("{what} failed"))?;
-    closed?;
-    Ok(t)
-}
-
-/// If `spec` is attached as a block device, send `req` to its server and
-/// return what it says; `None` when it is not attached.
-fn ask_server(spec: &ImageSpec, req: Control) -> Option<anyhow::Result<String>> {
-    let name = spec.to_string();
-    let r = registry::all().into_iter().find(|r| r.image == name)?;
-    Some((|| {
-        if registry::state_of(&r).0 != DevState::Live {
-            bail!(
-                "image {spec} is attached as {} but its server (pid {}) is not running: \
-                 `lsvd-ublk recover {}` takes the device over first",
-                r.device,
-                r.pid,
-                r.device
-            );
-        }
-        let path = registry::control_path(r.dev_id);
-        let reply = control::request(&path, &req, Duration::from_secs(600)).with_context(|| {
-            format!(
-                "cannot reach the server of {} (pid {}) through {}",
-                r.device,
-                r.pid,
-                path.display()
-            )
-        })?;
-        match reply {
-            Reply::Done { message } | Reply::Resized { message, .. } => {
-                Ok(format!("{spec}{message}"))
-            }
-            Reply::Error { error } => bail!("the server of {} (pid {}): {error}", r.device, r.pid),
-        }
-    })())
-}
-
 /// `snap ...`.
 pub fn cmd_snap(config: &Config, cmd: &SnapCommand) -> anyhow::Result<()> {
     match cmd {
@@ -152,16 +103,18 @@ pub fn cmd_snap(config: &Config, cmd: &SnapCommand) -> anyhow::Result<()> {
             let (spec, name) = parse_snap_spec(snap, true)?;
             let name = name.unwrap_or_default();
             // An attached image: its server takes the snapshot.
-            if let Some(r) = ask_server(&spec, Control::SnapCreate { name: name.clone() }) {
+            let req = Control::SnapCreate { name: name.clone() };
+            let what = format!("snapshot image {spec}");
+            if let Some(r) = ask_attached(&spec, &req, Duration::from_secs(600), &what) {
                 let msg = r.with_context(|| format!("snap create {snap} failed"))?;
-                return print_stdout(&format!("snapshot {msg}"));
+                return print_stdout(&format!("snapshot {spec}{msg}"));
             }
             let vol = open_detached(config, &spec, "take a snapshot")?;
             let s = with_volume(
                 vol,
                 &spec,
                 |v| v.snapshot_create(&name),
-                &format!("snap create {snap}"),
+                &format!("snap create {snap} failed"),
             )?;
             print_stdout(&format!(
                 "snapshot {spec}@{} created ({}, up to object {})",
@@ -173,7 +126,9 @@ pub fn cmd_snap(config: &Config, cmd: &SnapCommand) -> anyhow::Result<()> {
         SnapCommand::Rm { snap } => {
             let (spec, name) = parse_snap_spec(snap, true)?;
             let name = name.unwrap_or_default();
-            if let Some(r) = ask_server(&spec, Control::SnapRemove { name: name.clone() }) {
+            let req = Control::SnapRemove { name: name.clone() };
+            let what = format!("remove snapshot {snap}");
+            if let Some(r) = ask_attached(&spec, &req, Duration::from_secs(600), &what) {
                 r.with_context(|| format!("snap rm {snap} failed"))?;
             } else {
                 let vol = open_detached(config, &spec, "remove a snapshot")?;
@@ -181,7 +136,7 @@ pub fn cmd_snap(config: &Config, cmd: &SnapCommand) -> anyhow::Result<()> {
                     vol,
                     &spec,
                     |v| v.snapshot_remove(&name),
-                    &format!("snap rm {snap}"),
+                    &format!("snap rm {snap} failed"),
                 )?;
             }
             // Its read-cache file is no use to anyone now.
@@ -245,7 +200,12 @@ pub fn cmd_clone(config: &Config, from: &str, to: &str) -> anyhow::Result<()> {
 pub fn cmd_flatten(config: &Config, image: &str) -> anyhow::Result<()> {
     let spec = parse_spec(image)?;
     let vol = open_detached(config, &spec, "flatten")?;
-    let r = with_volume(vol, &spec, |v| v.flatten(), &format!("flatten {spec}"))?;
+    let r = with_volume(
+        vol,
+        &spec,
+        |v| v.flatten(),
+        &format!("flatten {spec} failed"),
+    )?;
     print_stdout(&format!(
         "image {spec} flattened: copied {} from its parent ({} of parent holes were zeros)",
         human_bytes(r.copied_bytes),

@@ -114,6 +114,13 @@ pub struct ParentRef {
     pub size_bytes: u64,
 }
 
+impl CheckpointRef {
+    /// The sequences of its pieces.
+    pub fn piece_seqs(&self) -> impl Iterator<Item = ObjSeq> {
+        (self.seq.0..self.seq.0 + u64::from(self.pieces)).map(ObjSeq)
+    }
+}
+
 /// The image superblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {

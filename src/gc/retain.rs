@@ -46,6 +46,12 @@ impl SnapshotPins {
         *g = PinSet { all, objects };
     }
 
+    /// Pin `objects` too (a new snapshot's).
+    pub fn add(&self, objects: impl IntoIterator<Item = ObjSeq>) {
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        g.objects.extend(objects);
+    }
+
     /// Number of pinned objects (for `info` and tests), `None` when
     /// everything is pinned.
     pub fn count(&self) -> Option<usize> {

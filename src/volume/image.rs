@@ -262,6 +262,11 @@ pub fn snapshot_infos(
     image: &str,
     sb: &Superblock,
 ) -> Result<Vec<SnapInfo>> {
+    let all = if sb.snapshots.is_empty() {
+        Vec::new()
+    } else {
+        super::find_clones(store, image, sb.uuid)?
+    };
     let mut out = Vec::new();
     for s in &sb.snapshots {
         out.push(SnapInfo {
@@ -270,7 +275,11 @@ pub fn snapshot_infos(
             created_unix: s.created_unix,
             last_obj: s.last_obj.0,
             removing: s.flags & crate::format::superblock::SNAP_REMOVING != 0,
-            clones: super::find_clones(store, image, sb.uuid, Some(&s.name))?,
+            clones: all
+                .iter()
+                .filter(|(_, snap)| *snap == s.name)
+                .map(|(c, _)| c.clone())
+                .collect(),
         });
     }
     Ok(out)
@@ -376,7 +385,11 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
     let _lock = store.lock(image, &lock_owner())?;
     let sb = read_superblock(store, image)?;
     if !sb.snapshots.is_empty() {
-        let clones = super::find_clones(store, image, sb.uuid, None).unwrap_or_default();
+        let clones: Vec<String> = super::find_clones(store, image, sb.uuid)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(c, snap)| format!("{c} (of @{snap})"))
+            .collect();
         return Err(Error::new(
             ErrorKind::InUse,
             format!(
@@ -415,15 +428,27 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
 /// Images in a pool, sorted.
 pub fn list_images(store: &dyn ObjectStore) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for name in store.list("")? {
-        if name.contains('.') {
-            continue;
+    each_superblock(store, |name, sb| {
+        if sb.is_ok() {
+            out.push(name.to_string());
         }
-        if read_superblock(store, &name).is_ok() {
-            out.push(name);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Call `f` with the name and the superblock (or why it could not be read)
+/// of every object of the pool that may be an image's, sorted by name.
+pub(crate) fn each_superblock(
+    store: &dyn ObjectStore,
+    mut f: impl FnMut(&str, Result<Superblock>) -> Result<()>,
+) -> Result<()> {
+    for name in store.list("")? {
+        if !name.contains('.') {
+            f(&name, read_superblock(store, &name))?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Describe an image without opening it.

@@ -464,6 +464,23 @@ impl Inner {
         }
     }
 
+    /// Seal the open batch, wait until every object up to it is applied
+    /// in the backend, then write a checkpoint and wait until the
+    /// superblock names it. `what` names the step in a timeout error.
+    fn destage_and_checkpoint(&self, what: &str) -> Result<()> {
+        let target = {
+            let mut st = self.lock_state();
+            self.seal(&mut st);
+            ObjSeq(st.next_obj.0 - 1)
+        };
+        wait_done(self, &format!("{what} destage"), |d| {
+            let _ = self.destage_tx.send(DestageMsg::WaitApplied(target, d));
+        })?;
+        wait_done(self, &format!("{what} checkpoint"), |d| {
+            let _ = self.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
+        })
+    }
+
     /// The parent holes read through to (none once `flatten` cut it).
     fn live_parent(&self) -> Option<&Parent> {
         if self.parent_cut.load(Ordering::Relaxed) {
@@ -1440,19 +1457,9 @@ impl Volume {
                 None => d(Err(Error::new(ErrorKind::Closed, "journal is not open"))),
             }
         })?;
-        // 2. Everything is in the backend, applied in order.
-        let target = {
-            let mut st = inner.lock_state();
-            inner.seal(&mut st);
-            ObjSeq(st.next_obj.0 - 1)
-        };
-        wait_done(&inner, "destage", |d| {
-            let _ = inner.destage_tx.send(DestageMsg::WaitApplied(target, d));
-        })?;
-        // 3. A checkpoint of the final map, named by the superblock.
-        wait_done(&inner, "final checkpoint", |d| {
-            let _ = inner.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
-        })?;
+        // 2. Everything is in the backend, applied in order; 3. a
+        //    checkpoint of the final map, named by the superblock.
+        inner.destage_and_checkpoint("final")?;
         // 4. Marked clean only after the checkpoint is named.
         inner.write_superblock(|sb| sb.flags |= FLAG_CLEAN)?;
         // 5. The journal's chain is empty: its start moves to its head.

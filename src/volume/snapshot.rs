@@ -34,9 +34,8 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::destage::DestageMsg;
 use super::image::{self, read_superblock};
-use super::{recovery, wait_done, Inner, InnerInit, Volume};
+use super::{recovery, Inner, InnerInit, Volume};
 use crate::backend::ObjectStore;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
@@ -137,7 +136,7 @@ pub(crate) fn pins_for(store: &dyn ObjectStore, image: &str, sb: &Superblock) ->
 fn pin_set(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> (bool, BTreeSet<ObjSeq>) {
     let mut set = BTreeSet::new();
     for s in &sb.snapshots {
-        set.extend((s.ckpt.seq.0..s.ckpt.seq.0 + u64::from(s.ckpt.pieces)).map(ObjSeq));
+        set.extend(s.ckpt.piece_seqs());
         match recovery::checkpoint_table(store, image, sb, s.ckpt) {
             Ok((_, table)) => set.extend(table),
             Err(e) => {
@@ -149,40 +148,34 @@ fn pin_set(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> (bool, BTre
     (false, set)
 }
 
-/// The images of the pool that are clones of `image` (of snapshot `snap`,
-/// or of any snapshot), sorted.
+/// The clones of `image` in its pool, as (clone, parent snapshot), sorted
+/// by clone name. One scan of the pool's superblocks.
 pub fn find_clones(
     store: &dyn ObjectStore,
     image: &str,
     uuid: ImageUuid,
-    snap: Option<&str>,
-) -> Result<Vec<String>> {
+) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for name in store.list("")? {
-        if name.contains('.') {
-            continue;
-        }
+    image::each_superblock(store, |name, sb| {
         // Only a missing (or placeholder) superblock is skipped: an image
         // that cannot be read might be a clone, and a snapshot removed
         // under it would be lost to it.
-        let sb = match read_superblock(store, &name) {
+        let sb = match sb {
             Ok(sb) => sb,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 return Err(e.prefixed(format!(
                     "cannot tell whether image {name} is a clone of {image}"
                 )))
             }
         };
-        if let Some(p) = &sb.parent {
-            if p.image == image && p.uuid == uuid && snap.is_none_or(|s| s == p.snap) {
-                out.push(match snap {
-                    Some(_) => name,
-                    None => format!("{name} (of @{})", p.snap),
-                });
+        if let Some(p) = sb.parent {
+            if p.image == image && p.uuid == uuid {
+                out.push((name.to_string(), p.snap));
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -405,10 +398,9 @@ impl Volume {
             flags: 0,
         };
         // Pinned before the superblock names it (GC is held off anyway).
-        let (all, mut set) = pin_set(inner.store.as_ref(), &inner.image, &inner.sb_copy());
-        set.extend(facts.live.iter().copied());
-        set.extend((ckpt.seq.0..ckpt.seq.0 + u64::from(ckpt.pieces)).map(ObjSeq));
-        inner.retention.set(all, set);
+        inner
+            .retention
+            .add(facts.live.iter().copied().chain(ckpt.piece_seqs()));
         crate::failpoint::hit("snap.before_superblock");
         inner.write_superblock(|sb| sb.snapshots.push(snap.clone()))?;
         Ok(snap)
@@ -436,8 +428,12 @@ impl Volume {
             })
         };
         mark(true)?;
-        let clones = match find_clones(inner.store.as_ref(), &inner.image, inner.uuid, Some(name)) {
-            Ok(c) => c,
+        let clones = match find_clones(inner.store.as_ref(), &inner.image, inner.uuid) {
+            Ok(c) => c
+                .into_iter()
+                .filter(|(_, s)| s == name)
+                .map(|(c, _)| c)
+                .collect::<Vec<_>>(),
             Err(e) => {
                 let _ = mark(false);
                 return Err(e.prefixed("cannot look for clones"));
@@ -532,18 +528,7 @@ impl Volume {
 
     /// FLUSH, then destage every batch and write a checkpoint naming it.
     fn flush_to_backend(&self, what: &str) -> Result<()> {
-        let inner = &self.inner;
         self.flush()?;
-        let target = {
-            let mut st = inner.lock_state();
-            inner.seal(&mut st);
-            ObjSeq(st.next_obj.0 - 1)
-        };
-        wait_done(inner, &format!("{what} destage"), |d| {
-            let _ = inner.destage_tx.send(DestageMsg::WaitApplied(target, d));
-        })?;
-        wait_done(inner, &format!("{what} checkpoint"), |d| {
-            let _ = inner.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
-        })
+        self.inner.destage_and_checkpoint(what)
     }
 }
