@@ -51,6 +51,14 @@ newtype_u64!(
     Generation
 );
 
+newtype_u64!(
+    /// Journal epoch: bumped (and made durable in the journal superblock)
+    /// at every open before the first new record is written, and recorded
+    /// in every record, so a record left after a hole that replay cut can
+    /// never be taken for part of a later chain in the same generation.
+    Epoch
+);
+
 impl Lba {
     /// Byte offset of this sector.
     pub const fn bytes(self) -> u64 {

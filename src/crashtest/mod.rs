@@ -76,7 +76,8 @@ pub enum WipeMode {
     Delete,
     /// Overwrite the whole journal file with zeros (superblock included).
     Zero,
-    /// Overwrite everything after the 4 KiB journal superblock with zeros.
+    /// Overwrite everything after the journal superblock's two 4 KiB slots
+    /// with zeros.
     Records,
 }
 
@@ -1060,7 +1061,7 @@ impl Tester {
                     return Ok(());
                 };
                 let skip = if self.args.wipe_mode == WipeMode::Records {
-                    4096
+                    crate::format::journal::SLOTS * crate::format::journal::BLOCK
                 } else {
                     0
                 };

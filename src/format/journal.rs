@@ -1,66 +1,99 @@
-//! Journal layouts: the journal superblock (block 0) and records.
+//! Journal layouts: the journal superblock (two slots, blocks 0 and 1) and
+//! records.
 //!
 //! The journal is a file or block device of `size` bytes in 4096-byte
-//! blocks. Block 0 is the superblock; records fill `[4096, size)` circularly.
+//! blocks. Version 2 (written by this build): blocks 0 and 1 are the two
+//! superblock slots, written alternately; records fill `[8192, size)`
+//! circularly. Version 1 (read only, upgraded at open): block 0 is the only
+//! superblock; records fill `[4096, size)`.
 //!
-//! Superblock (version 1), padded with zeros to 4096 bytes:
+//! Superblock slot (version 2), padded with zeros to 4096 bytes:
 //!
 //! | off | size | field |
 //! |----:|-----:|-------|
 //! | 0   | 8    | magic `LSVDJNL1` |
-//! | 8   | 4    | version = 1 |
+//! | 8   | 4    | version = 2 |
 //! | 12  | 4    | block size = 4096 |
 //! | 16  | 16   | UUID of the image this journal belongs to |
 //! | 32  | 8    | generation (random at format; mixed into every record checksum) |
 //! | 40  | 8    | journal size in bytes |
 //! | 48  | 8    | replay start: byte offset of the oldest record still needed |
 //! | 56  | 8    | replay start: journal sequence expected there |
-//! | 64  | 8    | update sequence (bumped on every rewrite) |
-//! | 72  | 4    | crc32c of bytes 0..72 |
+//! | 64  | 8    | update sequence (the valid slot with the higher one wins) |
+//! | 72  | 8    | epoch: of the session writing now; no record has a higher one |
+//! | 80  | 8    | start epoch: the lowest epoch a record at the replay start may have |
+//! | 88  | 4    | slot: the block (0 or 1) this copy belongs in |
+//! | 92  | 4    | crc32c of bytes 0..92 |
 //!
-//! Record: a header of `header_bytes` (a multiple of 4096) followed by the
-//! data of its write entries, padded with zeros to a multiple of 4096.
+//! Version 1 has the fields up to the update sequence, then the crc32c of
+//! bytes 0..72 at 72 (no epochs, one slot).
+//!
+//! Record (version 2): a header of `header_bytes` (a multiple of 4096)
+//! followed by the data of its write entries, padded with zeros to a
+//! multiple of 4096.
 //!
 //! | off | size | field |
 //! |----:|-----:|-------|
 //! | 0   | 4    | magic `LSJR` |
-//! | 4   | 2    | version = 1 |
-//! | 6   | 2    | kind: 1 = entries, 2 = wrap (continue at offset 4096) |
+//! | 4   | 2    | version = 2 |
+//! | 6   | 2    | kind: 1 = entries, 2 = wrap (continue at the record area's start) |
 //! | 8   | 4    | header_bytes |
 //! | 12  | 4    | data bytes (sum of write entry lengths) |
 //! | 16  | 8    | journal sequence of the first entry (for wrap: the next sequence) |
 //! | 24  | 4    | number of entries N |
 //! | 28  | 4    | crc32c: seeded with the generation (8 bytes LE), over the header with this field zero, then the data |
-//! | 32  | 16*N | entries: LBA (8), sectors (4), kind (1: write, 2: trim, 3: write-zeroes), 3 reserved |
+//! | 32  | 8    | epoch of the session that wrote it |
+//! | 40  | 16*N | entries: LBA (8), sectors (4), kind (1: write, 2: trim, 3: write-zeroes), 3 reserved |
+//!
+//! Version 1 records have no epoch: the entries start at 32.
 //!
 //! Entry i has journal sequence `first + i`. Because the generation seeds
 //! the checksum, a record left by an earlier format of the same space never
 //! validates; because replay demands consecutive sequences, a stale record
-//! from an earlier lap never does either.
+//! from an earlier lap never does either; because replay demands epochs
+//! that never decrease along the chain (from the superblock's start epoch),
+//! a record that followed a hole which an earlier open cut never validates
+//! after the records a later session wrote over the hole.
 
-use super::{check_magic_version, crc, round_up, Dec, Enc, FormatError};
-use crate::units::{Generation, ImageUuid, JournalSeq, Lba, SECTOR};
+use super::{crc, round_up, Dec, Enc, FormatError};
+use crate::units::{Epoch, Generation, ImageUuid, JournalSeq, Lba, SECTOR};
 
 use super::object::OpKind;
 
 /// Journal block size: alignment of records and of O_DIRECT I/O.
 pub const BLOCK: u64 = 4096;
+/// Superblock slots of a version 2 journal (blocks 0 and 1).
+pub const SLOTS: u64 = 2;
 const SB_MAGIC: &[u8; 8] = b"LSVDJNL1";
-/// Superblock format version.
-pub const SB_VERSION: u32 = 1;
+/// Superblock format version written by this build.
+pub const SB_VERSION: u32 = 2;
+/// The superblock version of journals written by earlier builds (one slot,
+/// records without epochs); read, replayed and then reformatted.
+pub const SB_VERSION_LEGACY: u32 = 1;
+/// Significant bytes of a version 2 superblock slot (crc included).
+const SB_LEN: usize = 96;
+/// Significant bytes of a version 1 superblock (crc included).
+const SB_LEN_V1: usize = 76;
 const SB_WHAT: &str = "journal superblock";
 const REC_MAGIC: &[u8; 4] = b"LSJR";
-/// Record format version.
-pub const REC_VERSION: u16 = 1;
+/// Record format version written by this build.
+pub const REC_VERSION: u16 = 2;
+/// Record version of journals written by earlier builds.
+pub const REC_VERSION_LEGACY: u16 = 1;
 const REC_WHAT: &str = "journal record";
-/// Fixed part of a record header.
-pub const REC_FIXED: usize = 32;
+/// Fixed part of a record header (version 2).
+pub const REC_FIXED: usize = 40;
+/// Fixed part of a version 1 record header.
+const REC_FIXED_V1: usize = 32;
 /// Bytes per record entry.
 pub const REC_ENTRY: usize = 16;
 
 /// The journal superblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalSuper {
+    /// Format version: [`SB_VERSION`], or [`SB_VERSION_LEGACY`] as decoded
+    /// from an earlier build's journal (never encoded).
+    pub version: u32,
     /// Image the journal belongs to.
     pub uuid: ImageUuid,
     /// Generation, mixed into record checksums.
@@ -71,13 +104,34 @@ pub struct JournalSuper {
     pub start_offset: u64,
     /// Sequence expected at `start_offset`.
     pub start_seq: JournalSeq,
-    /// Bumped on every rewrite.
+    /// Bumped on every rewrite; the valid slot with the higher one wins.
     pub update_seq: u64,
+    /// Epoch of the session now writing (0 for version 1).
+    pub epoch: Epoch,
+    /// Lowest epoch the record at `start_offset` may carry (0 for version 1).
+    pub start_epoch: Epoch,
 }
 
 impl JournalSuper {
-    /// Encode to one 4096-byte block.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Byte offset where the record area starts: after the two slots (one
+    /// block for version 1).
+    pub fn data_start(&self) -> u64 {
+        Self::data_start_of(self.version)
+    }
+
+    /// [`JournalSuper::data_start`] of a version.
+    pub fn data_start_of(version: u32) -> u64 {
+        if version == SB_VERSION_LEGACY {
+            BLOCK
+        } else {
+            SLOTS * BLOCK
+        }
+    }
+
+    /// Encode (always version 2) as the copy for slot `slot` (0 or 1), one
+    /// 4096-byte block.
+    pub fn encode(&self, slot: u32) -> Vec<u8> {
+        debug_assert_eq!(self.version, SB_VERSION, "version 1 is never written");
         let mut e = Enc::with_capacity(BLOCK as usize);
         e.bytes(SB_MAGIC)
             .u32(SB_VERSION)
@@ -87,24 +141,43 @@ impl JournalSuper {
             .u64(self.size)
             .u64(self.start_offset)
             .u64(self.start_seq.0)
-            .u64(self.update_seq);
+            .u64(self.update_seq)
+            .u64(self.epoch.0)
+            .u64(self.start_epoch.0)
+            .u32(slot);
         let c = crc(0, &e.buf);
         e.u32(c);
         e.pad_to(BLOCK as usize);
         e.buf
     }
 
-    /// Whether a block is all zeros (a never-written or wiped journal).
+    /// Whether a block is all zeros (a never-written or wiped slot).
     pub fn is_blank(block: &[u8]) -> bool {
         block.iter().all(|&b| b == 0)
     }
 
-    /// Decode and validate.
-    pub fn decode(buf: &[u8]) -> Result<JournalSuper, FormatError> {
+    /// Decode and validate the block read from slot `slot` (block 0 may
+    /// also hold a version 1 superblock; block 1 only a version 2 copy).
+    pub fn decode_slot(buf: &[u8], slot: u32) -> Result<JournalSuper, FormatError> {
         let mut d = Dec::new(SB_WHAT, buf);
-        check_magic_version(&mut d, SB_WHAT, SB_MAGIC, SB_VERSION)?;
-        d.need(76 - 12)?;
-        super::check_trailing_crc(SB_WHAT, &buf[..76])?;
+        let m = d.bytes(8)?;
+        if m != SB_MAGIC {
+            return Err(FormatError::BadMagic { what: SB_WHAT });
+        }
+        let version = d.u32()?;
+        let len = match version {
+            SB_VERSION => SB_LEN,
+            SB_VERSION_LEGACY if slot == 0 => SB_LEN_V1,
+            _ => {
+                return Err(FormatError::UnsupportedVersion {
+                    what: SB_WHAT,
+                    version,
+                    supported: SB_VERSION,
+                })
+            }
+        };
+        d.need(len - 12)?;
+        super::check_trailing_crc(SB_WHAT, &buf[..len])?;
         let block = d.u32()?;
         if block as u64 != BLOCK {
             return Err(d.invalid(format!("block size {block}, expected {BLOCK}")));
@@ -115,22 +188,46 @@ impl JournalSuper {
         let start_offset = d.u64()?;
         let start_seq = JournalSeq(d.u64()?);
         let update_seq = d.u64()?;
-        if size < 4 * BLOCK || !size.is_multiple_of(BLOCK) {
+        let (epoch, start_epoch) = if version == SB_VERSION {
+            let epoch = Epoch(d.u64()?);
+            let start_epoch = Epoch(d.u64()?);
+            let found = d.u32()?;
+            if found != slot {
+                return Err(d.invalid(format!("copy for slot {found} found in slot {slot}")));
+            }
+            if epoch.0 == 0 || start_epoch > epoch {
+                return Err(d.invalid(format!("start epoch {start_epoch} above epoch {epoch}")));
+            }
+            (epoch, start_epoch)
+        } else {
+            (Epoch(0), Epoch(0))
+        };
+        let data_start = Self::data_start_of(version);
+        if size < data_start + 3 * BLOCK || !size.is_multiple_of(BLOCK) {
             return Err(d.invalid(format!(
-                "size {size} is not a multiple of 4096 of at least 16 KiB"
+                "size {size} is not a multiple of 4096 of at least {} KiB",
+                (data_start + 3 * BLOCK) >> 10
             )));
         }
-        if start_offset < BLOCK || start_offset > size || !start_offset.is_multiple_of(BLOCK) {
+        if start_offset < data_start || start_offset > size || !start_offset.is_multiple_of(BLOCK) {
             return Err(d.invalid(format!("replay start {start_offset} outside the journal")));
         }
         Ok(JournalSuper {
+            version,
             uuid,
             generation,
             size,
             start_offset,
             start_seq,
             update_seq,
+            epoch,
+            start_epoch,
         })
+    }
+
+    /// Decode block 0 (either version).
+    pub fn decode(buf: &[u8]) -> Result<JournalSuper, FormatError> {
+        Self::decode_slot(buf, 0)
     }
 }
 
@@ -161,13 +258,15 @@ impl RecordEntry {
 pub enum RecordKind {
     /// Carries entries.
     Entries,
-    /// Marks that the next record is at the start of the journal.
+    /// Marks that the next record is at the start of the record area.
     Wrap,
 }
 
 /// A decoded record header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
+    /// Format version ([`REC_VERSION`] or [`REC_VERSION_LEGACY`]).
+    pub version: u16,
     /// Kind.
     pub kind: RecordKind,
     /// Header size in bytes (multiple of 4096).
@@ -176,6 +275,8 @@ pub struct RecordHeader {
     pub data_bytes: u32,
     /// Sequence of the first entry.
     pub first_seq: JournalSeq,
+    /// Epoch of the session that wrote it (0 for version 1).
+    pub epoch: Epoch,
     /// Entries.
     pub entries: Vec<RecordEntry>,
     /// Stored checksum.
@@ -199,6 +300,7 @@ impl RecordHeader {
     pub fn encode_into(
         out: &mut Vec<u8>,
         generation: Generation,
+        epoch: Epoch,
         kind: RecordKind,
         first_seq: JournalSeq,
         entries: &[RecordEntry],
@@ -209,7 +311,7 @@ impl RecordHeader {
         out.clear();
         out.resize(total, 0);
         out[header_bytes..header_bytes + data.len()].copy_from_slice(data);
-        Self::encode_in_place(out, generation, kind, first_seq, entries, data.len());
+        Self::encode_in_place(out, generation, epoch, kind, first_seq, entries, data.len());
     }
 
     /// Encode a record in `buf` whose data (`data_len` bytes, the
@@ -220,33 +322,22 @@ impl RecordHeader {
     pub fn encode_in_place(
         buf: &mut [u8],
         generation: Generation,
+        epoch: Epoch,
         kind: RecordKind,
         first_seq: JournalSeq,
         entries: &[RecordEntry],
         data_len: usize,
     ) {
-        let header_bytes = Self::header_bytes_for(entries.len()) as usize;
-        let mut e = Enc::with_capacity(REC_FIXED + REC_ENTRY * entries.len());
-        e.bytes(REC_MAGIC)
-            .u16(REC_VERSION)
-            .u16(match kind {
-                RecordKind::Entries => 1,
-                RecordKind::Wrap => 2,
-            })
-            .u32(header_bytes as u32)
-            .u32(data_len as u32)
-            .u64(first_seq.0)
-            .u32(entries.len() as u32)
-            .u32(0);
-        for x in entries {
-            e.u64(x.lba.0).u32(x.sectors).u8(x.kind.code()).zeros(3);
-        }
-        buf[..e.len()].copy_from_slice(&e.buf);
-        buf[e.len()..header_bytes].fill(0);
-        let mut c = crc(0, &generation.0.to_le_bytes());
-        c = crc(c, &buf[..header_bytes]);
-        c = crc(c, &buf[header_bytes..header_bytes + data_len]);
-        buf[28..32].copy_from_slice(&c.to_le_bytes());
+        encode_record(
+            buf,
+            REC_VERSION,
+            generation,
+            epoch,
+            kind,
+            first_seq,
+            entries,
+            data_len,
+        );
     }
 
     /// Decode the header from the record's first block(s). `buf` must hold
@@ -261,13 +352,17 @@ impl RecordHeader {
             return Err(FormatError::BadMagic { what: REC_WHAT });
         }
         let version = d.u16()?;
-        if version != REC_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: REC_WHAT,
-                version: version as u32,
-                supported: REC_VERSION as u32,
-            });
-        }
+        let fixed = match version {
+            REC_VERSION => REC_FIXED,
+            REC_VERSION_LEGACY => REC_FIXED_V1,
+            _ => {
+                return Err(FormatError::UnsupportedVersion {
+                    what: REC_WHAT,
+                    version: version as u32,
+                    supported: REC_VERSION as u32,
+                })
+            }
+        };
         let kind = match d.u16()? {
             1 => RecordKind::Entries,
             2 => RecordKind::Wrap,
@@ -278,16 +373,22 @@ impl RecordHeader {
         let first_seq = JournalSeq(d.u64()?);
         let n = d.u32()? as usize;
         let crc = d.u32()?;
+        let epoch = if version == REC_VERSION {
+            Epoch(d.u64()?)
+        } else {
+            Epoch(0)
+        };
         if !(header_bytes as u64).is_multiple_of(BLOCK)
             || header_bytes == 0
-            || (REC_FIXED + REC_ENTRY * n) as u64 > header_bytes as u64
+            || (fixed as u64).saturating_add((REC_ENTRY as u64).saturating_mul(n as u64))
+                > header_bytes as u64
         {
             return Err(d.invalid(format!("header size {header_bytes} for {n} entries")));
         }
         if !(data_bytes as u64).is_multiple_of(SECTOR) {
             return Err(d.invalid(format!("data size {data_bytes} is not sector aligned")));
         }
-        d.need(header_bytes as usize - REC_FIXED)?;
+        d.need(header_bytes as usize - fixed)?;
         let mut entries = Vec::with_capacity(n);
         let mut sum = 0u64;
         for i in 0..n {
@@ -313,10 +414,12 @@ impl RecordHeader {
             return Err(d.invalid("wrap record with entries"));
         }
         Ok(RecordHeader {
+            version,
             kind,
             header_bytes,
             data_bytes,
             first_seq,
+            epoch,
             entries,
             crc,
         })
@@ -350,24 +453,134 @@ impl RecordHeader {
     }
 }
 
+/// Write a record header of `version` (and its checksum) in `buf`, whose
+/// data already sits after the header.
+#[allow(clippy::too_many_arguments)]
+fn encode_record(
+    buf: &mut [u8],
+    version: u16,
+    generation: Generation,
+    epoch: Epoch,
+    kind: RecordKind,
+    first_seq: JournalSeq,
+    entries: &[RecordEntry],
+    data_len: usize,
+) {
+    let fixed = if version == REC_VERSION {
+        REC_FIXED
+    } else {
+        REC_FIXED_V1
+    };
+    let header_bytes = round_up((fixed + REC_ENTRY * entries.len()) as u64, BLOCK) as usize;
+    let mut e = Enc::with_capacity(fixed + REC_ENTRY * entries.len());
+    e.bytes(REC_MAGIC)
+        .u16(version)
+        .u16(match kind {
+            RecordKind::Entries => 1,
+            RecordKind::Wrap => 2,
+        })
+        .u32(header_bytes as u32)
+        .u32(data_len as u32)
+        .u64(first_seq.0)
+        .u32(entries.len() as u32)
+        .u32(0);
+    if version == REC_VERSION {
+        e.u64(epoch.0);
+    }
+    for x in entries {
+        e.u64(x.lba.0).u32(x.sectors).u8(x.kind.code()).zeros(3);
+    }
+    buf[..e.len()].copy_from_slice(&e.buf);
+    buf[e.len()..header_bytes].fill(0);
+    let mut c = crc(0, &generation.0.to_le_bytes());
+    c = crc(c, &buf[..header_bytes]);
+    c = crc(c, &buf[header_bytes..header_bytes + data_len]);
+    buf[28..32].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Encoders of the version 1 layouts that earlier builds wrote, for tests
+/// of the upgrade path (this build never writes them).
+#[cfg(test)]
+pub(crate) mod legacy {
+    use super::*;
+
+    /// A version 1 superblock block (the fields up to `update_seq`).
+    pub(crate) fn encode_super_v1(sb: &JournalSuper) -> Vec<u8> {
+        let mut e = Enc::with_capacity(BLOCK as usize);
+        e.bytes(SB_MAGIC)
+            .u32(SB_VERSION_LEGACY)
+            .u32(BLOCK as u32)
+            .bytes(&sb.uuid.0)
+            .u64(sb.generation.0)
+            .u64(sb.size)
+            .u64(sb.start_offset)
+            .u64(sb.start_seq.0)
+            .u64(sb.update_seq);
+        let c = crc(0, &e.buf);
+        e.u32(c);
+        e.pad_to(BLOCK as usize);
+        e.buf
+    }
+
+    /// A version 1 record (entries from byte 32, no epoch).
+    pub(crate) fn encode_record_v1(
+        out: &mut Vec<u8>,
+        generation: Generation,
+        kind: RecordKind,
+        first_seq: JournalSeq,
+        entries: &[RecordEntry],
+        data: &[u8],
+    ) {
+        let header_bytes =
+            round_up((REC_FIXED_V1 + REC_ENTRY * entries.len()) as u64, BLOCK) as usize;
+        let total = header_bytes + round_up(data.len() as u64, BLOCK) as usize;
+        out.clear();
+        out.resize(total, 0);
+        out[header_bytes..header_bytes + data.len()].copy_from_slice(data);
+        encode_record(
+            out,
+            REC_VERSION_LEGACY,
+            generation,
+            Epoch(0),
+            kind,
+            first_seq,
+            entries,
+            data.len(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::legacy::{encode_record_v1, encode_super_v1};
     use super::*;
     use crate::format::testutil::{assert_rejects_corruption, golden};
 
     fn sb() -> JournalSuper {
         JournalSuper {
+            version: SB_VERSION,
             uuid: ImageUuid([5; 16]),
             generation: Generation(0xdead_beef),
             size: 1 << 20,
             start_offset: 8192,
             start_seq: JournalSeq(17),
             update_seq: 4,
+            epoch: Epoch(3),
+            start_epoch: Epoch(2),
         }
     }
 
-    fn record(gen: Generation) -> Vec<u8> {
-        let entries = [
+    fn sb_v1() -> JournalSuper {
+        JournalSuper {
+            version: SB_VERSION_LEGACY,
+            epoch: Epoch(0),
+            start_epoch: Epoch(0),
+            ..sb()
+        }
+    }
+
+    fn entries() -> [RecordEntry; 3] {
+        [
             RecordEntry {
                 lba: Lba(16),
                 sectors: 8,
@@ -383,16 +596,36 @@ mod tests {
                 sectors: 1,
                 kind: OpKind::Write,
             },
-        ];
-        let data: Vec<u8> = (0..9 * 512).map(|i| (i * 7 % 256) as u8).collect();
+        ]
+    }
+
+    fn data() -> Vec<u8> {
+        (0..9 * 512).map(|i| (i * 7 % 256) as u8).collect()
+    }
+
+    fn record(gen: Generation) -> Vec<u8> {
         let mut out = Vec::new();
         RecordHeader::encode_into(
             &mut out,
             gen,
+            Epoch(6),
             RecordKind::Entries,
             JournalSeq(17),
-            &entries,
-            &data,
+            &entries(),
+            &data(),
+        );
+        out
+    }
+
+    fn record_v1(gen: Generation) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record_v1(
+            &mut out,
+            gen,
+            RecordKind::Entries,
+            JournalSeq(17),
+            &entries(),
+            &data(),
         );
         out
     }
@@ -405,12 +638,54 @@ mod tests {
 
     #[test]
     fn superblock_round_trip_and_corruption() {
-        let b = sb().encode();
-        assert_eq!(b.len(), 4096);
-        assert_eq!(JournalSuper::decode(&b).unwrap(), sb());
-        assert_rejects_corruption(&b[..76], JournalSuper::decode, &[]);
+        for slot in [0, 1] {
+            let b = sb().encode(slot);
+            assert_eq!(b.len(), 4096);
+            assert_eq!(JournalSuper::decode_slot(&b, slot).unwrap(), sb());
+            assert_rejects_corruption(&b[..SB_LEN], |x| JournalSuper::decode_slot(x, slot), &[]);
+            // A copy in the wrong block is refused.
+            let e = JournalSuper::decode_slot(&b, 1 - slot).unwrap_err();
+            assert!(e.to_string().contains("found in slot"), "{e}");
+        }
         assert!(JournalSuper::is_blank(&[0u8; 4096]));
-        assert!(!JournalSuper::is_blank(&b));
+        assert!(!JournalSuper::is_blank(&sb().encode(0)));
+        assert_eq!(sb().data_start(), 8192);
+    }
+
+    #[test]
+    fn superblock_refuses_impossible_epochs_and_unknown_versions() {
+        let mut s = sb();
+        s.start_epoch = Epoch(4);
+        let e = JournalSuper::decode_slot(&s.encode(0), 0).unwrap_err();
+        assert!(e.to_string().contains("start epoch"), "{e}");
+        s.start_epoch = Epoch(0);
+        s.epoch = Epoch(0);
+        assert!(JournalSuper::decode_slot(&s.encode(0), 0).is_err());
+        // A start inside the slots.
+        let mut s = sb();
+        s.start_offset = 4096;
+        let e = JournalSuper::decode_slot(&s.encode(0), 0).unwrap_err();
+        assert!(e.to_string().contains("outside the journal"), "{e}");
+        // Version 3 is refused by name.
+        let mut b = sb().encode(0);
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let e = JournalSuper::decode_slot(&b, 0).unwrap_err();
+        assert!(
+            matches!(e, FormatError::UnsupportedVersion { version: 3, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn legacy_superblock_decodes_in_block_zero_only() {
+        let b = encode_super_v1(&sb_v1());
+        assert_eq!(JournalSuper::decode(&b).unwrap(), sb_v1());
+        assert_eq!(sb_v1().data_start(), 4096);
+        assert_rejects_corruption(&b[..SB_LEN_V1], JournalSuper::decode, &[]);
+        assert!(matches!(
+            JournalSuper::decode_slot(&b, 1),
+            Err(FormatError::UnsupportedVersion { version: 1, .. })
+        ));
     }
 
     #[test]
@@ -419,10 +694,16 @@ mod tests {
         let r = record(gen);
         assert_eq!(r.len(), 4096 + 8192);
         let h = decode_verified(&r, gen).unwrap();
+        assert_eq!(h.version, REC_VERSION);
         assert_eq!(h.first_seq, JournalSeq(17));
+        assert_eq!(h.epoch, Epoch(6));
         assert_eq!(h.entries.len(), 3);
         assert_eq!(h.data_bytes, 9 * 512);
         assert_eq!(h.total_bytes(), r.len() as u64);
+        // Version 1 records still decode, with epoch 0.
+        let h = decode_verified(&record_v1(gen), gen).unwrap();
+        assert_eq!((h.version, h.epoch), (REC_VERSION_LEGACY, Epoch(0)));
+        assert_eq!(h.entries, entries());
     }
 
     #[test]
@@ -435,19 +716,37 @@ mod tests {
     }
 
     #[test]
+    fn epoch_is_covered_by_the_checksum() {
+        let gen = Generation(5);
+        let mut r = record(gen);
+        r[32] ^= 1;
+        let h = RecordHeader::decode(&r).unwrap();
+        assert_eq!(h.epoch, Epoch(7));
+        assert!(matches!(
+            h.verify(&r, gen),
+            Err(FormatError::BadChecksum { .. })
+        ));
+    }
+
+    #[test]
     fn corrupt_records_are_rejected() {
         let gen = Generation(99);
-        let r = record(gen);
         let used = 4096 + 9 * 512;
         // Flips in the header padding are covered by the crc too; only the
         // record's trailing padding after the data is outside it.
-        assert_rejects_corruption(&r[..used], |b| decode_verified(b, gen), &[]);
+        assert_rejects_corruption(&record(gen)[..used], |b| decode_verified(b, gen), &[]);
+        assert_rejects_corruption(&record_v1(gen)[..used], |b| decode_verified(b, gen), &[]);
     }
 
     #[test]
     fn golden_vectors() {
-        golden("journal-super-v1.bin", &sb().encode());
-        let g = golden("journal-record-v1.bin", &record(Generation(99)));
+        golden("journal-super-v2.bin", &sb().encode(1));
+        let g = golden("journal-record-v2.bin", &record(Generation(99)));
+        decode_verified(&g, Generation(99)).unwrap();
+        // The layouts earlier builds wrote still decode.
+        let g = golden("journal-super-v1.bin", &encode_super_v1(&sb_v1()));
+        assert_eq!(JournalSuper::decode(&g).unwrap(), sb_v1());
+        let g = golden("journal-record-v1.bin", &record_v1(Generation(99)));
         decode_verified(&g, Generation(99)).unwrap();
     }
 }

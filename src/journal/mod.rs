@@ -28,12 +28,12 @@ use crossbeam_channel::{unbounded, Sender};
 use tracing::{info, warn};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::journal::{JournalSuper, RecordEntry, BLOCK};
+use crate::format::journal::{JournalSuper, RecordEntry, BLOCK, SB_VERSION, SLOTS};
 use crate::format::object::OpKind;
 use crate::io::{
     datasync, device_size, is_block_device, open_direct, read_exact_at, write_all_at, AlignedBuf,
 };
-use crate::units::{Generation, ImageUuid, JournalSeq, Lba};
+use crate::units::{Epoch, Generation, ImageUuid, JournalSeq, Lba};
 
 /// Called once when a journal operation completes.
 pub type Done = Box<dyn FnOnce(Result<()>) + Send + 'static>;
@@ -183,6 +183,11 @@ pub enum Discarded {
 pub struct OpenReport {
     /// The journal's generation (record it in the image superblock).
     pub generation: Generation,
+    /// This session's epoch (every record it writes carries it).
+    pub epoch: Epoch,
+    /// The journal was written by an earlier build and was reformatted in
+    /// the current layout (after its replayed entries were destaged).
+    pub upgraded: bool,
     /// Next journal sequence to assign.
     pub next_seq: JournalSeq,
     /// Operations handed to the replay callback.
@@ -206,6 +211,10 @@ impl Journal {
     /// whose generation differs from `image_gen` (when that is non-zero) is
     /// stale and is reformatted instead of replayed; so is one whose first
     /// replayable entry is not `backend_seq + 1`.
+    ///
+    /// A journal written by an earlier build (superblock version 1) is
+    /// replayed, then `make_durable` must make every replayed entry durable
+    /// in the backend before it is reformatted in the current layout.
     pub fn open(
         opts: &JournalOptions,
         uuid: ImageUuid,
@@ -213,61 +222,61 @@ impl Journal {
         backend_seq: JournalSeq,
         shared: Arc<JournalShared>,
         on_entry: &mut dyn FnMut(ReplayEntry<'_>) -> Result<()>,
+        make_durable: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Journal, OpenReport)> {
         let path = &opts.path;
         let (file, size, created) = open_or_create(opts)?;
-        let mut block = AlignedBuf::new(BLOCK as usize);
-        read_exact_at(&file, &mut block, 0, path)?;
+        let found = read_supers(&file, path)?;
         let mut discarded = Discarded::No;
-        let existing = if JournalSuper::is_blank(&block) {
-            if !created {
-                warn!(journal = %path.display(), "journal is blank: starting a new one (operations not yet in the backend, if any, are lost)");
+        let (existing, slot, max_update) = match found {
+            Supers::Blank { torn } => {
+                if torn {
+                    warn!(journal = %path.display(), "journal superblock torn before its first copy was complete: starting a new journal (no record can have been written under it)");
+                } else if !created {
+                    warn!(journal = %path.display(), "journal is blank: starting a new one (operations not yet in the backend, if any, are lost)");
+                }
+                discarded = Discarded::Blank;
+                // The first copy goes to slot 0.
+                (None, 1, 0)
             }
-            discarded = Discarded::Blank;
-            None
-        } else {
-            let sb = JournalSuper::decode(&block).map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "journal {} has a bad superblock; if its image's data is safe in the backend, delete the file to start a new journal",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?;
-            if sb.uuid != uuid {
-                return Err(Error::new(
-                    ErrorKind::Mismatch,
-                    format!(
-                        "journal {} belongs to image {}, not to image {uuid}; move it away (or delete it if that image is gone)",
-                        path.display(),
-                        sb.uuid
-                    ),
-                ));
-            }
-            if sb.size != size {
-                return Err(Error::new(
-                    ErrorKind::Mismatch,
-                    format!(
-                        "journal {} was formatted for {} bytes but is {size} bytes",
-                        path.display(),
-                        sb.size
-                    ),
-                ));
-            }
-            if image_gen.0 != 0 && sb.generation != image_gen {
-                warn!(journal = %path.display(), found = sb.generation.0, expected = image_gen.0,
-                    "journal is from an earlier attach of this image: not replaying it");
-                discarded = Discarded::Stale;
-                None
-            } else {
-                Some(sb)
+            Supers::Valid {
+                sb,
+                slot,
+                max_update,
+            } => {
+                if sb.uuid != uuid {
+                    return Err(Error::new(
+                        ErrorKind::Mismatch,
+                        format!(
+                            "journal {} belongs to image {}, not to image {uuid}; move it away (or delete it if that image is gone)",
+                            path.display(),
+                            sb.uuid
+                        ),
+                    ));
+                }
+                if sb.size != size {
+                    return Err(Error::new(
+                        ErrorKind::Mismatch,
+                        format!(
+                            "journal {} was formatted for {} bytes but is {size} bytes",
+                            path.display(),
+                            sb.size
+                        ),
+                    ));
+                }
+                if image_gen.0 != 0 && sb.generation != image_gen {
+                    warn!(journal = %path.display(), found = sb.generation.0, expected = image_gen.0,
+                        "journal is from an earlier attach of this image: not replaying it");
+                    discarded = Discarded::Stale;
+                    (None, slot, max_update)
+                } else {
+                    (Some(sb), slot, max_update)
+                }
             }
         };
 
         let mut replayed = 0u64;
-        let (sb, scan) = match existing {
+        let replay = match existing {
             Some(sb) => {
                 // First pass without side effects decides whether the chain
                 // continues the backend; only then are entries handed over.
@@ -287,7 +296,7 @@ impl Journal {
                             backend: backend_seq,
                             journal: s,
                         };
-                        (None, None)
+                        None
                     }
                     _ => {
                         let scan = replay::scan(&file, path, &sb, &mut |first, entries, data| {
@@ -300,52 +309,45 @@ impl Journal {
                             Ok(true)
                         })?;
                         info!(journal = %path.display(), replayed, records = scan.records.len(),
-                            start = sb.start_offset, start_seq = sb.start_seq.0, next_seq = scan.next_seq.0,
-                            stop = %scan.stop_reason, "journal replayed");
-                        (Some(sb), Some(scan))
+                            start = sb.start_offset, start_seq = sb.start_seq.0, epoch = sb.epoch.0,
+                            next_seq = scan.next_seq.0, stop = %scan.stop_reason, "journal replayed");
+                        Some((sb, scan))
                     }
                 }
             }
-            None => (None, None),
+            None => None,
         };
 
-        let (sb, scan) = match (sb, scan) {
-            (Some(sb), Some(scan)) => (sb, scan),
-            _ => {
-                // Crash ordering: the new superblock (new generation, start
-                // at the first block) is durable before any record of the
-                // new generation is written; records of the old generation
-                // can never validate under it.
-                let sb = JournalSuper {
-                    uuid,
-                    generation: new_generation(),
-                    size,
-                    start_offset: BLOCK,
-                    start_seq: backend_seq.next(),
-                    update_seq: 1,
-                };
-                write_super(&file, path, &sb)?;
-                let scan = replay::ScanResult {
-                    records: vec![],
-                    head_v: 0,
-                    start_v: 0,
-                    next_seq: backend_seq.next(),
-                    stop_reason: "new journal".into(),
-                };
-                (sb, scan)
+        let next_seq = match &replay {
+            Some((_, scan)) if scan.next_seq > backend_seq => scan.next_seq,
+            _ => backend_seq.next(),
+        };
+        let mut upgraded = false;
+        let start = match replay {
+            Some((sb, scan)) if sb.version == SB_VERSION => {
+                continue_chain(&file, path, sb, scan, slot, max_update, next_seq)?
+            }
+            other => {
+                if let Some((sb, _)) = &other {
+                    // A journal of an earlier build (one slot, records
+                    // without epochs). Crash-safety ordering: every entry
+                    // it replayed is durable in the backend before it is
+                    // reformatted; a crash before that replays it again.
+                    info!(journal = %path.display(), version = sb.version,
+                        "journal written by an earlier build: destaging what it replayed, then reformatting it");
+                    make_durable()?;
+                    upgraded = true;
+                }
+                format(&file, path, uuid, size, slot, max_update, next_seq)?
             }
         };
-
-        let next_seq = if scan.next_seq > backend_seq {
-            scan.next_seq
-        } else {
-            backend_seq.next()
-        };
         let report = OpenReport {
-            generation: sb.generation,
+            generation: start.sb.generation,
+            epoch: start.sb.epoch,
             next_seq,
             replayed,
             discarded,
+            upgraded,
         };
         let (tx, rx) = unbounded();
         let staging = Arc::new(staging::Staging::new(
@@ -353,11 +355,9 @@ impl Journal {
         ));
         let w = writer::Writer::new(
             (file, path.clone()),
-            sb,
-            scan,
+            start,
             opts,
             shared.clone(),
-            next_seq,
             staging.clone(),
         )?;
         let thread = std::thread::Builder::new()
@@ -518,11 +518,196 @@ fn sync_parent(path: &Path) {
     }
 }
 
-pub(crate) fn write_super(file: &File, path: &Path, sb: &JournalSuper) -> Result<()> {
+/// Write `sb` as the copy in slot `slot` (block `slot`) and fdatasync it.
+/// Callers always write the slot that does not hold the copy they loaded or
+/// last wrote, so a write torn by a power cut leaves the other, valid copy.
+pub(crate) fn write_super(file: &File, path: &Path, sb: &JournalSuper, slot: u32) -> Result<()> {
     let mut b = AlignedBuf::new(BLOCK as usize);
-    b.copy_from_slice(&sb.encode());
-    write_all_at(file, &b, 0, path)?;
+    b.copy_from_slice(&sb.encode(slot));
+    write_all_at(file, &b, slot as u64 * BLOCK, path)?;
     datasync(file, path)
+}
+
+/// What the superblock slots hold.
+enum Supers {
+    /// No valid copy, and none can have had records written under it: both
+    /// slots blank, or one blank and the other torn (`torn`) by a power cut
+    /// during the first write of a new journal.
+    Blank { torn: bool },
+    /// The valid copy with the highest update sequence, its slot, and the
+    /// highest update sequence of any valid copy.
+    Valid {
+        sb: JournalSuper,
+        slot: u32,
+        max_update: u64,
+    },
+}
+
+/// Read both superblock slots and pick the valid copy with the higher
+/// update sequence. Block 0 may hold a version 1 superblock of an earlier
+/// build (then block 1 holds records, unless an upgrade wrote a version 2
+/// copy there, which then wins by its higher update sequence).
+fn read_supers(file: &File, path: &Path) -> Result<Supers> {
+    let mut blocks = AlignedBuf::new((SLOTS * BLOCK) as usize);
+    read_exact_at(file, &mut blocks, 0, path)?;
+    let mut best: Option<(JournalSuper, u32)> = None;
+    let mut errors = Vec::new();
+    let mut blank = 0;
+    for slot in 0..SLOTS as u32 {
+        let b = &blocks[(slot as u64 * BLOCK) as usize..((slot as u64 + 1) * BLOCK) as usize];
+        if JournalSuper::is_blank(b) {
+            blank += 1;
+            continue;
+        }
+        match JournalSuper::decode_slot(b, slot) {
+            Ok(sb) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| sb.update_seq > b.update_seq)
+                {
+                    best = Some((sb, slot));
+                }
+            }
+            Err(e) => errors.push((slot, e)),
+        }
+    }
+    match best {
+        Some((sb, slot)) => {
+            for (s, e) in &errors {
+                // A version 1 journal's block 1 holds records, not a copy.
+                if sb.version == SB_VERSION {
+                    warn!(journal = %path.display(), slot = s, "journal superblock copy is invalid (torn by a power cut?), using the other one: {e}");
+                }
+            }
+            let max_update = sb.update_seq;
+            Ok(Supers::Valid {
+                sb,
+                slot,
+                max_update,
+            })
+        }
+        None if blank == SLOTS as usize => Ok(Supers::Blank { torn: false }),
+        // `format` writes both copies before any record, so one torn copy
+        // beside a blank slot means no record was ever written under it.
+        None if blank == 1 => Ok(Supers::Blank { torn: true }),
+        None => {
+            let (_, e) = errors.swap_remove(0);
+            Err(Error::with_source(
+                ErrorKind::Corrupt,
+                format!(
+                    "journal {} has no valid superblock copy (both slots are corrupt); if its image's data is safe in the backend, delete the file to start a new journal",
+                    path.display()
+                ),
+                e,
+            ))
+        }
+    }
+}
+
+/// Where the writer starts: the superblock as durable now, its slot, the
+/// chain it inherits and the head.
+pub(crate) struct WriterStart {
+    pub sb: JournalSuper,
+    pub slot: u32,
+    pub records: Vec<replay::ScannedRecord>,
+    pub head_v: u64,
+    pub persisted_start_v: u64,
+    pub next_seq: JournalSeq,
+}
+
+/// Format a new journal (new generation, epoch 1, an empty chain starting
+/// at `next_seq`): write the new superblock to the slot other than `slot`,
+/// then to `slot` too.
+///
+/// Crash ordering: both copies are durable before any record of the new
+/// generation is written. Records of the old generation can never validate
+/// under the new one. A write torn by a power cut leaves the other slot:
+/// the old journal (found again and discarded again), or blank beside the
+/// torn copy, which `read_supers` then knows to be a format that never
+/// completed (no record can have been written under it). From here on at
+/// most one slot is being written at a time, so one valid copy always
+/// remains.
+fn format(
+    file: &File,
+    path: &Path,
+    uuid: ImageUuid,
+    size: u64,
+    slot: u32,
+    max_update: u64,
+    next_seq: JournalSeq,
+) -> Result<WriterStart> {
+    let mut sb = JournalSuper {
+        version: SB_VERSION,
+        uuid,
+        generation: new_generation(),
+        size,
+        start_offset: JournalSuper::data_start_of(SB_VERSION),
+        start_seq: next_seq,
+        update_seq: max_update + 1,
+        epoch: Epoch(1),
+        start_epoch: Epoch(1),
+    };
+    write_super(file, path, &sb, 1 - slot)?;
+    sb.update_seq += 1;
+    write_super(file, path, &sb, slot)?;
+    Ok(WriterStart {
+        sb,
+        slot,
+        records: Vec::new(),
+        head_v: 0,
+        persisted_start_v: 0,
+        next_seq,
+    })
+}
+
+/// Continue a replayed chain in a new epoch.
+///
+/// Crash-safety ordering (journal epochs, `docs/format.md`): the superblock
+/// naming the new epoch is durable before any record of this session is
+/// written, every record this session writes carries it, and replay
+/// accepts along the chain only epochs that never decrease. So when replay
+/// cut the chain at a hole (a record lost or torn by a power cut), the
+/// records this session writes from the hole on can never be followed by a
+/// record of the old chain that lay beyond the hole, whatever the record
+/// sizes, wraps and reused sequences: its epoch is lower.
+///
+/// If the backend already holds the whole chain (the newest record was torn
+/// after its object was written), the chain is re-based at the head in the
+/// same superblock write: start at the head, `start_seq = next_seq`, start
+/// epoch = the new epoch.
+fn continue_chain(
+    file: &File,
+    path: &Path,
+    mut sb: JournalSuper,
+    scan: replay::ScanResult,
+    slot: u32,
+    max_update: u64,
+    next_seq: JournalSeq,
+) -> Result<WriterStart> {
+    let data_start = sb.data_start();
+    let data_size = sb.size - data_start;
+    sb.epoch = Epoch(sb.epoch.0.max(scan.last_epoch.0) + 1);
+    sb.update_seq = max_update + 1;
+    let mut start = WriterStart {
+        sb: sb.clone(),
+        slot: 1 - slot,
+        records: scan.records,
+        head_v: scan.head_v,
+        persisted_start_v: scan.start_v,
+        next_seq,
+    };
+    if scan.next_seq != next_seq {
+        let head_phys = data_start + scan.head_v % data_size;
+        sb.start_offset = head_phys;
+        sb.start_seq = next_seq;
+        sb.start_epoch = sb.epoch;
+        start.sb = sb.clone();
+        start.records.clear();
+        start.head_v = head_phys - data_start;
+        start.persisted_start_v = start.head_v;
+    }
+    write_super(file, path, &sb, start.slot)?;
+    Ok(start)
 }
 
 /// Sequence of the first entry the chain would replay above `backend_seq`,

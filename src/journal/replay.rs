@@ -1,14 +1,19 @@
 //! Journal replay: walk the record chain from the superblock's start and
 //! hand every valid entry to the caller, stopping at the first record that
-//! is missing, torn, from another generation or out of sequence.
+//! is missing, torn, from another generation, out of sequence or from an
+//! older epoch than the record before it (or than the superblock's start
+//! epoch).
 
 use std::fs::File;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::format::journal::{JournalSuper, RecordEntry, RecordHeader, RecordKind, BLOCK};
+use crate::format::journal::{
+    JournalSuper, RecordEntry, RecordHeader, RecordKind, BLOCK, REC_VERSION, REC_VERSION_LEGACY,
+    SB_VERSION_LEGACY,
+};
 use crate::io::{read_exact_at, AlignedBuf};
-use crate::units::{JournalSeq, Lba};
+use crate::units::{Epoch, JournalSeq, Lba};
 
 use super::ReplayEntry;
 
@@ -25,6 +30,8 @@ pub(crate) struct ScannedRecord {
     pub first_seq: JournalSeq,
     /// Number of entries.
     pub entries: u64,
+    /// Epoch of the session that wrote it.
+    pub epoch: Epoch,
 }
 
 /// What the scan found.
@@ -39,6 +46,8 @@ pub(crate) struct ScanResult {
     pub next_seq: JournalSeq,
     /// Why the scan stopped (for the log).
     pub stop_reason: String,
+    /// Epoch of the chain's last record (the start epoch if it is empty).
+    pub last_epoch: Epoch,
 }
 
 /// Scan the chain. `on_record` gets each valid record's entries with their
@@ -50,13 +59,23 @@ pub(crate) fn scan(
     sb: &JournalSuper,
     on_record: &mut OnRecord<'_>,
 ) -> Result<ScanResult> {
-    let data_size = sb.size - BLOCK;
+    let data_start = sb.data_start();
+    let data_size = sb.size - data_start;
     // Virtual positions start at the superblock's physical start so that
-    // phys(v) = BLOCK + (v - BLOCK) % data_size.
-    let start_v = sb.start_offset - BLOCK;
-    let phys = |v: u64| BLOCK + v % data_size;
+    // phys(v) = data_start + (v - start_v') % data_size.
+    let start_v = sb.start_offset - data_start;
+    let phys = |v: u64| data_start + v % data_size;
     let mut v = start_v;
     let mut expect = sb.start_seq;
+    // Epochs never decrease along a chain: a record of an older epoch after
+    // the start (or after a newer record) was left behind a hole that an
+    // earlier open cut, and the chain ends there.
+    let mut floor = sb.start_epoch;
+    let record_version = if sb.version == SB_VERSION_LEGACY {
+        REC_VERSION_LEGACY
+    } else {
+        REC_VERSION
+    };
     let mut records = Vec::new();
     let mut win = Window {
         file,
@@ -96,6 +115,13 @@ pub(crate) fn scan(
                 break;
             }
         };
+        if h.version != record_version {
+            stop_reason = format!(
+                "record at offset {p} has version {}, the journal's records are version {record_version}",
+                h.version
+            );
+            break;
+        }
         let total = h.total_bytes();
         if p + total > sb.size {
             stop_reason = format!("record at offset {p} runs past the journal end");
@@ -113,6 +139,16 @@ pub(crate) fn scan(
             stop_reason = format!("record at offset {p}: {e}");
             break;
         }
+        // Checked after the crc, so the epoch read is the one written.
+        if h.epoch < floor || h.epoch > sb.epoch {
+            stop_reason = format!(
+                "record at offset {p} (sequence {}) has epoch {}, outside [{floor}, {}]: \
+                 left behind a hole an earlier open cut",
+                h.first_seq, h.epoch, sb.epoch
+            );
+            break;
+        }
+        floor = h.epoch;
         match h.kind {
             RecordKind::Wrap => {
                 let vlen = sb.size - p;
@@ -120,6 +156,7 @@ pub(crate) fn scan(
                     vpos: v,
                     first_seq: h.first_seq,
                     entries: 0,
+                    epoch: h.epoch,
                 });
                 v += vlen;
             }
@@ -134,6 +171,7 @@ pub(crate) fn scan(
                     vpos: v,
                     first_seq: h.first_seq,
                     entries: h.entries.len() as u64,
+                    epoch: h.epoch,
                 });
                 expect = JournalSeq(h.first_seq.0.saturating_add(h.entries.len() as u64));
                 v += total;
@@ -150,6 +188,7 @@ pub(crate) fn scan(
         start_v,
         next_seq: expect,
         stop_reason,
+        last_epoch: floor,
     })
 }
 

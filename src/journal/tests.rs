@@ -39,6 +39,7 @@ fn open(
             seen.push((e.seq.0, e.kind, e.lba.0, e.data.to_vec()));
             Ok(())
         },
+        &mut || Ok(()),
     )?;
     Ok((j, r, seen))
 }
@@ -152,7 +153,7 @@ fn torn_tail_stops_replay() {
         .write(true)
         .open(&o.path)
         .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55], 4096 + 2 * 8192 + 4096 + 100).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55], 8192 + 2 * 8192 + 4096 + 100).unwrap();
     drop(f);
     let (j, r2, seen) = open(&o, uuid, r.generation, 0).unwrap();
     assert_eq!(r2.replayed, 2);
@@ -205,10 +206,18 @@ fn corrupt_superblock_is_refused() {
         .write(true)
         .open(&o.path)
         .unwrap();
+    // One bad copy: the other slot is used.
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xff], 20).unwrap();
+    let (j, r, _) = open(&o, uuid, Generation(0), 0).unwrap();
+    assert_eq!(r.discarded, Discarded::No);
+    drop(j);
+    // Both bad: refused.
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xff], 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xff], 4096 + 20).unwrap();
     drop(f);
     let e = open(&o, uuid, Generation(0), 0).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.to_string().contains("no valid superblock copy"), "{e}");
 }
 
 /// A kill while a new journal is being zero-filled leaves only the
@@ -236,4 +245,195 @@ fn interrupted_creation_never_leaves_a_short_journal() {
     let (j, _, _) = open(&o, uuid, Generation(1), 0).unwrap();
     assert_eq!(std::fs::metadata(&o.path).unwrap().len(), 8 << 20);
     drop(j);
+}
+
+/// Overwrite `len` bytes at `off` of the journal file with zeros (a write
+/// that never reached the disk).
+fn zero_range(path: &Path, off: u64, len: usize) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; len], off).unwrap();
+}
+
+/// Issue 13's reproduction: record 5 of 12 never reached the disk (a power
+/// cut with a volatile cache), records 6..12 did. The next open replays
+/// 1..4 and stops at the hole; a new write W lands in record 5's place
+/// (same size, same sequence) and is flushed. Reopened, the old record 6
+/// (same generation, the expected sequence, a valid crc) follows W: it and
+/// the rest of the old chain must not replay, or old write 7 would
+/// overwrite W. They carry an older epoch than W.
+#[test]
+fn stale_record_after_a_hole_never_replays_over_newer_data() {
+    for clean in [false, true] {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let o = opts(dir.path(), 1 << 20);
+        let uuid = ImageUuid([8; 16]);
+        let (j, r, _) = open(&o, uuid, Generation(0), 0).unwrap();
+        // Writes 1..12, one 8 KiB record each (4 KiB header + 4 KiB data),
+        // write i at LBA 8 * i.
+        for i in 1..=12u64 {
+            append_wait(&j, i, i * 8, 8, i as u8, false).unwrap();
+        }
+        j.shutdown(false).unwrap();
+        zero_range(&o.path, 8192 + 4 * 8192, 8192);
+
+        let (j, r2, seen) = open(&o, uuid, r.generation, 0).unwrap();
+        assert_eq!(r2.replayed, 4);
+        assert_eq!(r2.next_seq, JournalSeq(5));
+        assert_eq!(seen.len(), 4);
+        // W: at old write 7's LBA, FUA, then FLUSH.
+        append_wait(&j, 5, 7 * 8, 8, 0xEE, true).unwrap();
+        flush_wait(&j, 5).unwrap();
+        if clean {
+            // As a clean close does: the backend holds 1..5, the chain's
+            // start moves to the head.
+            j.shared().release(JournalSeq(5));
+            j.shutdown(true).unwrap();
+        } else {
+            j.shutdown(false).unwrap();
+        }
+        let backend = if clean { 5 } else { 0 };
+        let (_j, r3, seen) = open(&o, uuid, r.generation, backend).unwrap();
+        let seqs: Vec<u64> = seen.iter().map(|s| s.0).collect();
+        let want: Vec<u64> = if clean { vec![] } else { vec![1, 2, 3, 4, 5] };
+        assert_eq!(
+            seqs, want,
+            "clean close {clean}: only the new chain replays"
+        );
+        assert_eq!(r3.next_seq, JournalSeq(6));
+        if !clean {
+            assert!(seen[4].3.iter().all(|&b| b == 0xEE), "W replays");
+        }
+    }
+}
+
+/// The same through a wrap record: the wrap record at the end of the
+/// journal is lost, the next session's first record wraps too and lands
+/// exactly where the old chain continued after its wrap; the old record
+/// that follows must not replay.
+#[test]
+fn stale_record_after_a_lost_wrap_never_replays() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    // Ten 8 KiB records and 4 KiB to spare in the record area.
+    let size = 8192 + 10 * 8192 + 4096;
+    let o = opts(dir.path(), size);
+    let uuid = ImageUuid([9; 16]);
+    let (j, r, _) = open(&o, uuid, Generation(0), 0).unwrap();
+    for i in 1..=10u64 {
+        append_wait(&j, i, i * 8, 8, i as u8, false).unwrap();
+    }
+    // The backend holds 1..6: their space may be reused.
+    j.shared().release(JournalSeq(6));
+    // 11 does not fit in the last 4 KiB: a wrap record there, then 11 and
+    // 12 at the start of the record area.
+    append_wait(&j, 11, 11 * 8, 8, 11, false).unwrap();
+    append_wait(&j, 12, 12 * 8, 8, 12, false).unwrap();
+    j.shutdown(false).unwrap();
+    // The wrap record never reached the disk.
+    zero_range(&o.path, size - 4096, 4096);
+
+    let (j, r2, seen) = open(&o, uuid, r.generation, 6).unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(seqs, vec![7, 8, 9, 10]);
+    assert_eq!(r2.next_seq, JournalSeq(11));
+    // W takes sequence 11: a new wrap record at the end, W at the start,
+    // exactly over old record 11; old record 12 follows it.
+    append_wait(&j, 11, 12 * 8, 8, 0xEE, true).unwrap();
+    j.shutdown(false).unwrap();
+    let (_j, r3, seen) = open(&o, uuid, r.generation, 6).unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(seqs, vec![7, 8, 9, 10, 11], "old record 12 must not replay");
+    assert!(seen[4].3.iter().all(|&b| b == 0xEE));
+    assert_eq!(r3.next_seq, JournalSeq(12));
+}
+
+/// A journal written by an earlier build (superblock and records of
+/// version 1) replays, its entries are made durable in the backend, and it
+/// is reformatted in the current layout.
+#[test]
+fn legacy_journal_replays_and_is_upgraded() {
+    use crate::format::journal::legacy::{encode_record_v1, encode_super_v1};
+    use crate::format::journal::{RecordKind, SB_VERSION_LEGACY};
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let o = opts(dir.path(), 1 << 20);
+    let uuid = ImageUuid([10; 16]);
+    let gen = Generation(77);
+    let sb = JournalSuper {
+        version: SB_VERSION_LEGACY,
+        uuid,
+        generation: gen,
+        size: 1 << 20,
+        start_offset: 4096,
+        start_seq: JournalSeq(1),
+        update_seq: 3,
+        epoch: Epoch(0),
+        start_epoch: Epoch(0),
+    };
+    let mut file = encode_super_v1(&sb);
+    for i in 1..=3u64 {
+        let mut rec = Vec::new();
+        let data = vec![i as u8; 4096];
+        encode_record_v1(
+            &mut rec,
+            gen,
+            RecordKind::Entries,
+            JournalSeq(i),
+            &[write_entry(i * 8, 8)],
+            &data,
+        );
+        file.extend_from_slice(&rec);
+    }
+    file.resize(1 << 20, 0);
+    std::fs::write(&o.path, &file).unwrap();
+
+    let mut durable_calls = 0;
+    let mut seen = Vec::new();
+    let (j, r) = Journal::open(
+        &o,
+        uuid,
+        gen,
+        JournalSeq(0),
+        Arc::new(JournalShared::default()),
+        &mut |e| {
+            seen.push(e.seq.0);
+            Ok(())
+        },
+        &mut || {
+            durable_calls += 1;
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(seen, vec![1, 2, 3]);
+    assert_eq!(durable_calls, 1, "replayed entries made durable first");
+    assert!(r.upgraded);
+    assert_ne!(r.generation, gen, "reformatted");
+    assert_eq!(r.next_seq, JournalSeq(4));
+    append_wait(&j, 4, 0, 8, 4, true).unwrap();
+    j.shutdown(false).unwrap();
+    // Now a version 2 journal: the new write replays, the old chain not.
+    let (_j, r2, seen) = open(&o, uuid, r.generation, 3).unwrap();
+    assert!(!r2.upgraded);
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![4]);
+    let mut b0 = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&o.path).unwrap(), &mut b0, 0)
+        .unwrap();
+    assert_eq!(JournalSuper::decode(&b0).unwrap().version, 2);
+
+    // A failure to destage keeps the old journal for the next open.
+    std::fs::write(&o.path, &file).unwrap();
+    let e = Journal::open(
+        &o,
+        uuid,
+        gen,
+        JournalSeq(0),
+        Arc::new(JournalShared::default()),
+        &mut |_| Ok(()),
+        &mut || Err(Error::new(ErrorKind::Timeout, "backend down")),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    let (_j, r3, seen) = open(&o, uuid, gen, 0).unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(r3.upgraded);
 }

@@ -2,8 +2,9 @@
 //! fdatasync for FLUSH/FUA, circular space management.
 //!
 //! Positions are virtual (`v`): they only grow; the physical offset is
-//! `BLOCK + v % data_size`. A record never straddles the end: when it does
-//! not fit, a wrap record is written and the record goes to the start.
+//! `data_start + v % data_size` (the record area starts after the two
+//! superblock slots). A record never straddles the end: when it does not
+//! fit, a wrap record is written and the record goes to the start.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -17,14 +18,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use io_uring::{opcode, types, IoUring};
 use tracing::{error, warn};
 
-use super::replay::ScanResult;
 use super::staging::Staging;
-use super::{write_super, Done, JournalOptions, JournalShared, Msg};
+use super::{write_super, Done, JournalOptions, JournalShared, Msg, WriterStart};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::journal::{JournalSuper, RecordHeader, RecordKind, BLOCK};
 use crate::format::round_up;
 use crate::io::AlignedBuf;
-use crate::units::JournalSeq;
+use crate::units::{Epoch, JournalSeq};
 
 const FSYNC_ID: u64 = u64::MAX;
 
@@ -33,6 +33,8 @@ struct Rec {
     vpos: u64,
     first_seq: JournalSeq,
     entries: u64,
+    /// Epoch of the session that wrote it.
+    epoch: Epoch,
     done: bool,
     buf: Option<AlignedBuf>,
     acks: Vec<(bool, Done)>,
@@ -49,7 +51,11 @@ pub(crate) struct Writer {
     file: File,
     path: PathBuf,
     ring: IoUring,
+    /// The superblock as durable in slot `slot`.
     sb: JournalSuper,
+    /// Slot of the last superblock write; the next goes to the other one.
+    slot: u32,
+    data_start: u64,
     data_size: u64,
     persisted_start_v: u64,
     head_v: u64,
@@ -75,57 +81,51 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// `dev` is the journal file or device and its path.
+    /// `dev` is the journal file or device and its path; `start` is the
+    /// durable superblock (this session's epoch) and the chain it inherits.
     pub(crate) fn new(
         dev: (File, PathBuf),
-        mut sb: JournalSuper,
-        scan: ScanResult,
+        start: WriterStart,
         opts: &JournalOptions,
         shared: Arc<JournalShared>,
-        next_seq: JournalSeq,
         staging: Arc<Staging>,
     ) -> Result<Writer> {
         let (file, path) = dev;
-        let data_size = sb.size - BLOCK;
+        let WriterStart {
+            sb,
+            slot,
+            records: scanned,
+            head_v,
+            persisted_start_v,
+            next_seq,
+        } = start;
+        let data_start = sb.data_start();
+        let data_size = sb.size - data_start;
         let depth = opts.depth.max(1) as usize;
         let ring = IoUring::new((depth as u32 * 2 + 4).next_power_of_two())
             .map_err(|e| Error::io("create journal io_uring", e))?;
         let mut records = VecDeque::new();
         let mut next_id = 1;
-        let mut persisted_start_v = scan.start_v;
-        let mut head_v = scan.head_v;
-        if scan.next_seq != next_seq {
-            // Every record of the chain is already in the backend (the
-            // backend is ahead of the journal's tail, e.g. the newest record
-            // was torn after its object was written). Re-base the chain at
-            // the head so new records continue from `next_seq`; the
-            // superblock must say so before any such record is written.
-            let head_phys = BLOCK + head_v % data_size;
-            sb.start_offset = head_phys;
-            sb.start_seq = next_seq;
-            sb.update_seq += 1;
-            write_super(&file, &path, &sb)?;
-            head_v = head_phys - BLOCK;
-            persisted_start_v = head_v;
-        } else {
-            for r in &scan.records {
-                records.push_back(Rec {
-                    id: next_id,
-                    vpos: r.vpos,
-                    first_seq: r.first_seq,
-                    entries: r.entries,
-                    done: true,
-                    buf: None,
-                    acks: vec![],
-                });
-                next_id += 1;
-            }
+        for r in &scanned {
+            records.push_back(Rec {
+                id: next_id,
+                vpos: r.vpos,
+                first_seq: r.first_seq,
+                entries: r.entries,
+                epoch: r.epoch,
+                done: true,
+                buf: None,
+                acks: vec![],
+            });
+            next_id += 1;
         }
         let w = Writer {
             file,
             path,
             ring,
             sb,
+            slot,
+            data_start,
             data_size,
             persisted_start_v,
             head_v,
@@ -230,7 +230,7 @@ impl Writer {
     }
 
     fn phys(&self, v: u64) -> u64 {
-        BLOCK + v % self.data_size
+        self.data_start + v % self.data_size
     }
 
     fn publish_usage(&self) {
@@ -267,15 +267,26 @@ impl Writer {
         if tail_v == self.persisted_start_v {
             return Ok(());
         }
-        let seq = self.records.front().map_or(self.next_seq, |r| r.first_seq);
+        let (seq, epoch) = self
+            .records
+            .front()
+            .map_or((self.next_seq, self.sb.epoch), |r| (r.first_seq, r.epoch));
         let mut sb = self.sb.clone();
         sb.start_offset = self.phys(tail_v);
         sb.start_seq = seq;
+        // The record at the new start (or, for an empty chain, the next
+        // one this session writes) has exactly this epoch: a stale record
+        // of an older session found there later never validates.
+        sb.start_epoch = epoch;
         sb.update_seq += 1;
         // Crash ordering: the new start is durable (write + fdatasync)
-        // before any record is written into the space it frees.
-        write_super(&self.file, &self.path, &sb)?;
+        // before any record is written into the space it frees. It goes to
+        // the other slot, so a torn write leaves the previous start, whose
+        // space nothing has overwritten yet.
+        let slot = 1 - self.slot;
+        write_super(&self.file, &self.path, &sb, slot)?;
         self.sb = sb;
+        self.slot = slot;
         self.persisted_start_v = tail_v;
         Ok(())
     }
@@ -356,6 +367,7 @@ impl Writer {
             vpos: self.head_v,
             first_seq,
             entries,
+            epoch: self.sb.epoch,
             done: false,
             buf: Some(buf),
             acks,
@@ -406,6 +418,7 @@ impl Writer {
                 RecordHeader::encode_in_place(
                     &mut buf,
                     self.sb.generation,
+                    self.sb.epoch,
                     RecordKind::Wrap,
                     self.next_seq,
                     &[],
@@ -421,6 +434,7 @@ impl Writer {
             RecordHeader::encode_in_place(
                 &mut st.buf,
                 self.sb.generation,
+                self.sb.epoch,
                 RecordKind::Entries,
                 st.first_seq,
                 &st.entries,
@@ -495,7 +509,7 @@ impl Writer {
             rec.done = true;
             self.inflight_writes -= 1;
             let len = rec.buf.as_ref().map_or(0, |b| b.len());
-            let phys = BLOCK + rec.vpos % self.data_size;
+            let phys = self.data_start + rec.vpos % self.data_size;
             if let Some(b) = rec.buf.take() {
                 self.staging.recycle(b);
             }

@@ -468,6 +468,15 @@ impl Inner {
     /// in the backend, then write a checkpoint and wait until the
     /// superblock names it. `what` names the step in a timeout error.
     fn destage_and_checkpoint(&self, what: &str) -> Result<()> {
+        self.destage_all(what)?;
+        wait_done(self, &format!("{what} checkpoint"), |d| {
+            let _ = self.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
+        })
+    }
+
+    /// Seal the open batch and wait until every object up to it is applied
+    /// in the backend. `what` names the step in a timeout error.
+    fn destage_all(&self, what: &str) -> Result<()> {
         let target = {
             let mut st = self.lock_state();
             self.seal(&mut st);
@@ -475,10 +484,13 @@ impl Inner {
         };
         wait_done(self, &format!("{what} destage"), |d| {
             let _ = self.destage_tx.send(DestageMsg::WaitApplied(target, d));
-        })?;
-        wait_done(self, &format!("{what} checkpoint"), |d| {
-            let _ = self.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
         })
+    }
+
+    /// What the journal replayed is durable in the backend (before a
+    /// journal of an earlier build is reformatted).
+    fn destage_replayed(&self) -> Result<()> {
+        self.destage_all("replayed journal")
     }
 
     /// The parent holes read through to (none once `flatten` cut it).
@@ -811,6 +823,7 @@ impl Volume {
             rec.backend_jseq,
             shared,
             &mut |e| inner.replay_entry(e),
+            &mut || inner.destage_replayed(),
         )?;
         {
             let mut st = inner.lock_state();
