@@ -50,6 +50,7 @@ fn options(config: &Config, store: Arc<dyn ObjectStore>, dir: &Path) -> VolumeOp
         store,
         image: IMAGE.into(),
         journal_path: dir.join("wlog").join(format!("{IMAGE}.wlog")),
+        io_log: None,
     }
 }
 

@@ -119,6 +119,7 @@ fn run_mode(dir: &Path, size: u64, mode: &str, extra: Option<&str>) -> Result<Ou
         store: store.clone(),
         image: IMAGE.into(),
         journal_path: root.join("wlog").join(format!("{IMAGE}.wlog")),
+        io_log: None,
     })?;
     let live = size / 10 * 8 / BS * BS;
     let mut rng = SmallRng::seed_from_u64(7);
@@ -142,6 +143,7 @@ fn run_mode(dir: &Path, size: u64, mode: &str, extra: Option<&str>) -> Result<Ou
         store: store.clone(),
         image: IMAGE.into(),
         journal_path: root.join("wlog").join(format!("{IMAGE}.wlog")),
+        io_log: None,
     })?;
     let before = vol.stats();
 

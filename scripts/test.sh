@@ -5,6 +5,8 @@
 #   2. the default `cargo test` suite (unit, integration, property tests),
 #   3. the crash tester (lsvd-crash-test) for a bounded number of iterations,
 #      plain kills, journal wipes and lost objects, with a slow backend,
+#      power cuts (--power-loss: what no flush covered lost or torn), also
+#      with a slow backend and with GC on one image,
 #      then with aggressive garbage collection (--gc: store size bounded,
 #      with journal wipes and lost objects too) and a crash at every step
 #      of a GC cycle (tests/gc_failpoints.rs),
@@ -22,7 +24,8 @@
 #      6.12 backports kernel with ublk and runs scripts/vm/scenarios/
 #      (tests/vm.rs runs scripts/vm-test.sh, which fetches and caches the
 #      kernel and installs qemu, busybox, fio, e2fsprogs if missing).
-# Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_PROPTEST_CASES (default 256),
+# Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_POWER_CRASH_ITERATIONS (default 100),
+# LSVD_PROPTEST_CASES (default 256),
 # LSVD_GC_CRASH_ITERATIONS (default 150), LSVD_RADOS_CRASH_ITERATIONS (default 40),
 # LSVD_PROPTEST_RADOS_CASES (default 64).
 # One guest scenario alone: scripts/vm-test.sh --scenario NAME.
@@ -54,6 +57,14 @@ crash=target/release/lsvd-crash-test
 "$crash" --iterations $((iters / 3)) --seed 2 --wipe-journal-every 2 --quiet
 "$crash" --iterations $((iters / 3)) --seed 3 --lose-objects 2 --lose-objects-every 3 --quiet
 "$crash" --iterations $((iters / 3)) --seed 4 --backend-delay 5 --quiet
+
+echo "== crash tester with power cuts (lsvd::powercut: unflushed writes and directory changes lost or torn)"
+power_iters="${LSVD_POWER_CRASH_ITERATIONS:-100}"
+"$crash" --power-loss --iterations "$power_iters" --seed 10 --quiet
+"$crash" --power-loss --iterations $((power_iters / 2)) --seed 11 --backend-delay 5 --quiet
+# Several cuts in a row on one image, with GC collecting between them.
+"$crash" --power-loss --gc --iterations $((power_iters / 2)) --seed 12 --fresh-every 0 \
+    --max-stored-ratio 8 --quiet
 
 echo "== crash tester with aggressive garbage collection"
 gc_iters="${LSVD_GC_CRASH_ITERATIONS:-150}"

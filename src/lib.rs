@@ -22,6 +22,7 @@ pub mod io;
 pub mod journal;
 pub mod map;
 pub mod nbd;
+pub mod powercut;
 pub mod ublk;
 pub mod units;
 pub mod volume;

@@ -55,6 +55,27 @@ fn lost_journal_and_objects_keep_prefix_consistency() {
     assert!(sectors > 0, "no sector was verified");
 }
 
+/// `--power-loss`: after each kill, what no completed flush covered is
+/// kept, lost or torn (journal writes, store files, directory changes);
+/// flushed and FUA writes must survive and the image must be a prefix.
+#[test]
+fn power_cuts_keep_flushed_writes_and_prefix_consistency() {
+    let stdout = run_crash_tester(&[
+        "--power-loss",
+        "--iterations",
+        "12",
+        "--seed",
+        "3",
+        "--quiet",
+    ]);
+    let cuts = stdout
+        .lines()
+        .find(|l| l.starts_with("power cuts: "))
+        .unwrap_or_else(|| panic!("no power-cut summary in:\n{stdout}"));
+    assert!(cuts.starts_with("power cuts: 12:"), "{cuts}");
+    assert!(!cuts.contains("journal writes durable 0 "), "{cuts}");
+}
+
 /// The same against a RADOS pool of the test cluster (`--backend rados`, a
 /// namespace of the run's own): a killed child's image lock outlives it, so
 /// the tester must break it after every kill.

@@ -438,6 +438,7 @@ fn open_volume(config: &Config, journal: &Path) -> lsvd::Result<Volume> {
         store,
         image: "img".into(),
         journal_path: journal.to_path_buf(),
+        io_log: None,
     })
 }
 

@@ -41,6 +41,7 @@ fn open(store: Arc<dyn ObjectStore>, journal: std::path::PathBuf) -> lsvd::Resul
         store,
         image: "img".into(),
         journal_path: journal,
+        io_log: None,
     })
 }
 

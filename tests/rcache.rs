@@ -61,6 +61,7 @@ impl Env {
             store: self.store.clone(),
             image: image.into(),
             journal_path: self.dir.path().join(format!("{image}.wlog")),
+            io_log: None,
         })
         .unwrap()
     }
@@ -428,6 +429,7 @@ fn an_attach_with_another_journal_drops_the_cache() {
         store: env.store.clone(),
         image: "img".into(),
         journal_path: dir.join("img-b.wlog"),
+        io_log: None,
     })
     .unwrap();
     let new = pattern(22, SIZE as usize);

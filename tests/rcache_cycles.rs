@@ -53,6 +53,7 @@ fn open(store: &Arc<dyn ObjectStore>, dir: &Path, c: &Config) -> Volume {
         store: store.clone(),
         image: "img".into(),
         journal_path: dir.join("img.wlog"),
+        io_log: None,
     })
     .expect("open")
 }

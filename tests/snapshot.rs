@@ -32,6 +32,7 @@ fn open(store: &Arc<dyn ObjectStore>, dir: &Path, image: &str) -> Volume {
         store: store.clone(),
         image: image.into(),
         journal_path: dir.join(format!("{image}.wlog")),
+        io_log: None,
     })
     .unwrap()
 }
@@ -434,6 +435,7 @@ fn pinned_objects_do_not_make_gc_checkpoint_forever() {
         store: store.clone(),
         image: "base".into(),
         journal_path: d.join("base.wlog"),
+        io_log: None,
     })
     .unwrap();
     let mut m = vec![0u8; SIZE as usize];

@@ -28,6 +28,7 @@ fn open(store: &Arc<dyn ObjectStore>, dir: &Path, c: &Config) -> lsvd::Result<Vo
         store: store.clone(),
         image: "img".into(),
         journal_path: dir.join("img.wlog"),
+        io_log: None,
     })
 }
 
@@ -132,6 +133,7 @@ fn second_open_is_refused_and_bad_input_is_rejected() {
         store: store.clone(),
         image: "nope".into(),
         journal_path: dir.path().join("nope.wlog"),
+        io_log: None,
     })
     .err()
     .unwrap();
@@ -146,6 +148,7 @@ fn second_open_is_refused_and_bad_input_is_rejected() {
         store: store.clone(),
         image: "other".into(),
         journal_path: dir.path().join("img.wlog"),
+        io_log: None,
     })
     .err()
     .unwrap();

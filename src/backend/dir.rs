@@ -19,10 +19,11 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{check_object_name, ObjectStore, StoreLock};
 use crate::error::{Error, ErrorKind, Result};
+use crate::powercut::IoLog;
 
 /// Prefix of temp files written by `put`.
 const TMP_PREFIX: &str = ".tmp.";
@@ -66,6 +67,10 @@ pub struct DirStore {
     dir: PathBuf,
     /// The directory itself, opened once, for fsyncing renames and unlinks.
     dir_file: File,
+    /// Test hook: the power-cut recorder (`crate::powercut`), which sees
+    /// every file created, written and synced, every rename and unlink and
+    /// every directory sync. `None` in production.
+    io_log: Option<Arc<IoLog>>,
 }
 
 impl DirStore {
@@ -87,7 +92,15 @@ impl DirStore {
         Ok(DirStore {
             dir: dir.to_path_buf(),
             dir_file,
+            io_log: None,
         })
+    }
+
+    /// Record every file and directory operation in `log` (the power-cut
+    /// model of the tests; see `crate::powercut`).
+    pub fn with_io_log(mut self, log: Arc<IoLog>) -> DirStore {
+        self.io_log = Some(log);
+        self
     }
 
     /// Create `dir` (and its parents) if needed, then [`open`](Self::open) it.
@@ -118,7 +131,21 @@ impl DirStore {
 
     /// Make the directory's entries (renames, unlinks) durable.
     fn sync_dir(&self) -> io::Result<()> {
-        self.dir_file.sync_all()
+        let id = self.io_log.as_ref().map(|l| l.dir_sync_start());
+        self.dir_file.sync_all()?;
+        if let (Some(l), Some(id)) = (&self.io_log, id) {
+            l.dir_sync_done(id);
+        }
+        Ok(())
+    }
+
+    /// Unlink `path` (named `fname` in the directory), telling the
+    /// recorder first.
+    fn unlink(&self, fname: &str, path: &Path) -> io::Result<()> {
+        if let Some(l) = &self.io_log {
+            l.unlink(fname);
+        }
+        fs::remove_file(path)
     }
 
     /// Write `data` to the temp file `tmp_path` and rename it to `path`.
@@ -128,7 +155,12 @@ impl DirStore {
     /// O_DIRECT: no copy into the page cache, which costs more CPU than the
     /// rest of the write path. Other puts, and file systems that refuse
     /// O_DIRECT, use ordinary buffered writes.
-    fn put_via_temp(&self, tmp_path: &Path, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    fn put_via_temp(
+        &self,
+        (tmp_name, tmp_path): (&str, &Path),
+        (name, path): (&str, &Path),
+        parts: &[&[u8]],
+    ) -> io::Result<()> {
         let aligned = parts
             .iter()
             .all(|p| (p.as_ptr() as usize).is_multiple_of(512) && p.len().is_multiple_of(512));
@@ -147,20 +179,34 @@ impl DirStore {
             }
             r => r?,
         };
+        let log = self.io_log.as_deref();
+        let ino = log.map(|l| l.file_created(tmp_name, tmp_path));
         // In slices of 1 MiB: one huge O_DIRECT write fills the device queue
         // and stalls latency-sensitive I/O (the journal) sharing the disk.
+        let mut off = 0u64;
         for data in parts {
             for piece in data.chunks(1 << 20) {
                 f.write_all(piece)?;
+                if let (Some(l), Some(ino)) = (log, ino) {
+                    l.file_write(ino, off, piece.len() as u64);
+                }
+                off += piece.len() as u64;
             }
         }
         // Crash ordering: the file's data must be durable before the rename
         // makes it visible under the object's name; otherwise a crash could
         // leave `<name>` pointing at a short or zero-filled file.
+        let sync = log.zip(ino).map(|(l, ino)| l.file_sync_start(ino));
         f.sync_all()?;
+        if let (Some(l), Some(id)) = (log, sync) {
+            l.file_sync_done(id);
+        }
         drop(f);
         // rename(2) atomically replaces any old object: a reader opens either
         // the old file or the new one, never a mix.
+        if let Some(l) = log {
+            l.rename(tmp_name, name);
+        }
         fs::rename(tmp_path, path)?;
         // Crash ordering: the rename must be durable before we return Ok, as
         // the caller may then drop its own copy (e.g. trim its journal).
@@ -194,7 +240,7 @@ impl DirStore {
             if !stale {
                 continue;
             }
-            match fs::remove_file(entry.path()) {
+            match self.unlink(&fname, &entry.path()) {
                 Ok(()) => {
                     removed += 1;
                     tracing::info!(
@@ -249,8 +295,8 @@ impl ObjectStore for DirStore {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp_name = format!("{TMP_PREFIX}{name}.{}.{n}", std::process::id());
         let tmp_path = self.dir.join(&tmp_name);
-        let _in_flight = InFlight::new(tmp_name);
-        self.put_via_temp(&tmp_path, &self.dir.join(name), parts)
+        let _in_flight = InFlight::new(tmp_name.clone());
+        self.put_via_temp((&tmp_name, &tmp_path), (name, &self.dir.join(name)), parts)
             .map_err(|e| {
                 // Best effort: after a successful rename this finds nothing.
                 let _ = fs::remove_file(&tmp_path);
@@ -291,7 +337,7 @@ impl ObjectStore for DirStore {
 
     fn delete(&self, name: &str) -> Result<()> {
         self.check_name("delete", name)?;
-        match fs::remove_file(self.dir.join(name)) {
+        match self.unlink(name, &self.dir.join(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io(self.ctx("delete", name), e)),

@@ -336,6 +336,7 @@ fn open_volume(
         store,
         image: spec.image.clone(),
         journal_path,
+        io_log: None,
     })
     .with_context(|| format!("cannot open image {spec}"))
 }

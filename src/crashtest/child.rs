@@ -40,6 +40,8 @@ pub struct ChildArgs {
     pub seed: u64,
     /// Random delay (ms, upper bound) injected before every backend put.
     pub backend_delay_ms: u64,
+    /// Record the journal's and the store's I/O here (power-cut model).
+    pub power_log: Option<std::path::PathBuf>,
 }
 
 /// One line to stdout with one `write(2)`.
@@ -110,17 +112,18 @@ pub fn run(args: ChildArgs) -> i32 {
             return 2;
         }
     };
-    let opts =
-        match args
-            .layout
-            .volume_options(args.config.as_deref(), args.backend_delay_ms, args.seed)
-        {
-            Ok(o) => o,
-            Err(e) => {
-                emit_error(&out, "setup", &e);
-                return 2;
-            }
-        };
+    let opts = match args.layout.volume_options(
+        args.config.as_deref(),
+        args.backend_delay_ms,
+        args.seed,
+        args.power_log.as_deref(),
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            emit_error(&out, "setup", &e);
+            return 2;
+        }
+    };
     let vol = match Volume::open(opts) {
         Ok(v) => v,
         Err(e) => {

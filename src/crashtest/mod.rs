@@ -181,6 +181,15 @@ pub struct Args {
     /// (the contract promises only flushed and FUA writes).
     #[arg(long)]
     pub ack_loss_ok: bool,
+    /// Cut the power instead of only killing the child: the child records
+    /// every journal write and fdatasync and every store file write, fsync,
+    /// rename and unlink (`lsvd::powercut`); after the kill, every write
+    /// and directory change no completed flush covered is kept, lost or
+    /// torn at 4 KiB, in any order (the state a volatile write cache may
+    /// leave). Only flushed and FUA writes must then survive. Directory
+    /// store only.
+    #[arg(long)]
+    pub power_loss: bool,
     /// Start over with a new, empty image every N iterations (0: never).
     /// Without garbage collection the store only grows; this bounds the
     /// disk space a long run needs.
@@ -201,6 +210,9 @@ pub struct Args {
     /// Internal: the child's workload seed.
     #[arg(long, hide = true, default_value_t = 0)]
     pub child_seed: u64,
+    /// Internal: the child records its I/O for the power-cut model here.
+    #[arg(long, hide = true)]
+    pub power_log: Option<PathBuf>,
 }
 
 /// Where things live in the work directory.
@@ -232,6 +244,10 @@ impl Layout {
     /// Child logs.
     pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
+    }
+    /// The power-cut recording of iteration `iter` (`--power-loss`).
+    pub fn power_rec(&self, iter: u32) -> PathBuf {
+        self.dir.join("powercut").join(format!("run-{iter}"))
     }
 
     /// The tester's configuration: small objects, a small journal and short
@@ -286,15 +302,30 @@ impl Layout {
 
     /// Options to open the image on a store of its own; with `delay_ms > 0`
     /// every put first sleeps a random time up to that long.
+    /// With `power_log`, the journal and the directory store record their
+    /// I/O there for the power-cut model.
     pub fn volume_options(
         &self,
         extra: Option<&str>,
         delay_ms: u64,
         seed: u64,
+        power_log: Option<&std::path::Path>,
     ) -> Result<VolumeOptions, String> {
         let config = self.config(extra)?;
-        let store = self.open_store(&config)?;
-        self.volume_options_on(store, config, delay_ms, seed)
+        let Some(rec) = power_log else {
+            let store = self.open_store(&config)?;
+            return self.volume_options_on(store, config, delay_ms, seed);
+        };
+        if self.store != StoreSpec::Dir {
+            return Err("the power-cut model covers the directory store only".to_owned());
+        }
+        let log = crate::powercut::IoLog::create(rec).map_err(|e| format!("{e:?}"))?;
+        let dir = DirStore::open(&self.pool_dir())
+            .map_err(|e| format!("{e:?}"))?
+            .with_io_log(log.clone());
+        let mut opts = self.volume_options_on(Arc::new(dir), config, delay_ms, seed)?;
+        opts.io_log = Some(log);
+        Ok(opts)
     }
 
     /// Options to open the image on `store` with `config`; see
@@ -323,6 +354,7 @@ impl Layout {
             store,
             image: IMAGE.to_owned(),
             journal_path: self.journal(),
+            io_log: None,
         })
     }
 }
@@ -349,6 +381,7 @@ pub fn main() -> i32 {
             run: args.run,
             seed: args.child_seed,
             backend_delay_ms: args.backend_delay,
+            power_log: args.power_log.clone(),
         });
     }
     match Tester::new(args) {
@@ -416,6 +449,9 @@ struct Totals {
     failpoint_aborts: u32,
     /// Largest stored bytes of the image seen after a verify.
     max_stored: u64,
+    /// Power cuts made (`--power-loss`) and what they did, summed.
+    cuts: u32,
+    cut: crate::powercut::cut::CutReport,
 }
 
 /// The parent's state.
@@ -446,6 +482,8 @@ struct IterInfo {
     lost: Vec<String>,
     log: RunLog,
     child_status: String,
+    /// What the power cut did (`--power-loss`).
+    cut: Option<crate::powercut::cut::CutReport>,
 }
 
 /// Configuration of `--gc`: collect everything that is overwritten, at once.
@@ -496,6 +534,12 @@ impl Tester {
         }
         if args.max_run_ms < 10 {
             return Err("--max-run-ms must be at least 10".to_owned());
+        }
+        if args.power_loss && args.backend != Backend::Dir {
+            return Err(
+                "--power-loss models the journal and the directory store; it needs --backend dir"
+                    .to_owned(),
+            );
         }
         let (dir, own_dir) = match &args.dir {
             Some(d) => (d.clone(), false),
@@ -672,6 +716,9 @@ impl Tester {
             t.max_stored as f64 / (1 << 20) as f64,
             t.max_stored as f64 / self.size as f64
         );
+        if self.args.power_loss {
+            println!("power cuts: {}: {}", t.cuts, t.cut.summary());
+        }
         if self.args.failpoint.is_some() {
             println!(
                 "failpoint {}: {} children aborted there",
@@ -747,6 +794,18 @@ impl Tester {
         );
         for e in &l.errors {
             println!("  child error: {e}");
+        }
+        if let Some(c) = &info.cut {
+            println!("  power cut ({}): {}", c.mode, c.summary());
+            println!(
+                "  uncovered journal writes: {}",
+                c.journal_detail.join(", ")
+            );
+            println!("  uncovered directory changes: {}", c.dir_detail.join(", "));
+            println!(
+                "  recording kept: {}",
+                self.layout.power_rec(iter).display()
+            );
         }
         for line in report.lines() {
             println!("  {line}");
@@ -829,10 +888,34 @@ impl Tester {
         let run_ms = self.rng.gen_range(10..=self.args.max_run_ms);
 
         let mut extra_fp = false;
+        let rec = self.layout.power_rec(iter);
+        if self.args.power_loss {
+            // What is durable now: the base the cut starts from.
+            crate::powercut::cut::capture_baseline(
+                &rec,
+                &self.layout.journal(),
+                &self.layout.pool_dir(),
+            )
+            .map_err(|e| format!("power-cut baseline: {e:?}"))?;
+        }
         self.run_child(iter, child_seed, kill_in_open, run_ms, info)?;
         // The child is dead; on RADOS its lock is not: fence and break it
         // before anyone touches the store.
         self.break_stale_lock()?;
+        if self.args.power_loss {
+            // The power goes with the child: what no flush covered may be
+            // lost or torn.
+            let cut = crate::powercut::cut::apply(
+                &rec,
+                &self.layout.journal(),
+                &self.layout.pool_dir(),
+                &mut self.rng,
+            )
+            .map_err(|e| format!("power cut: {e:?}"))?;
+            self.totals.cuts += 1;
+            self.totals.cut.add(&cut);
+            info.cut = Some(cut);
+        }
 
         if wipe {
             self.wipe_journal()?;
@@ -846,7 +929,8 @@ impl Tester {
 
         let promises = Promises {
             flushed: !wipe && lose == 0,
-            acked: !wipe && lose == 0 && !self.args.ack_loss_ok,
+            // A power cut may lose what no flush covered.
+            acked: !wipe && lose == 0 && !self.args.ack_loss_ok && !self.args.power_loss,
         };
         let config = self.layout.config(self.args.config.as_deref())?;
         let opts = self.layout.volume_options_on(self.store()?, config, 0, 0)?;
@@ -915,6 +999,20 @@ impl Tester {
         if v.rolled_back > 0 {
             extra.push_str(&format!(" [rolled back {} earlier ops]", v.rolled_back));
         }
+        if let Some(c) = &info.cut {
+            extra.push_str(&format!(
+                " [power cut {}: journal writes lost {} torn {}, file writes lost {} torn {}, \
+                 directory changes lost {}]",
+                c.mode.split(' ').next().unwrap_or_default(),
+                c.journal_dropped,
+                c.journal_torn,
+                c.file_dropped,
+                c.file_torn,
+                c.dir_dropped
+            ));
+            // Verified: the recording is no longer needed.
+            let _ = fs::remove_dir_all(self.layout.power_rec(iter));
+        }
         self.totals.rolled_back += v.rolled_back as u64;
         Ok(format!(
             "iter {iter}: ran {}ms, ops {} acked {} flushes {}/{} K={} | P={} P'={} stamped {} (run {}) ok{extra}",
@@ -973,6 +1071,9 @@ impl Tester {
             .arg(child_seed.to_string())
             .arg("--backend-delay")
             .arg(self.args.backend_delay.to_string());
+        if self.args.power_loss {
+            cmd.arg("--power-log").arg(self.layout.power_rec(iter));
+        }
         if let StoreSpec::Rados { pool, namespace } = &self.layout.store {
             cmd.arg("--backend")
                 .arg("rados")

@@ -85,7 +85,9 @@ pub struct RunLog {
     pub flushes: Vec<u32>,
     /// Ops acknowledged (`A` lines), indexed by `w - 1`.
     pub acked: Vec<bool>,
-    /// The highest op covered by a completed flush (0 if none).
+    /// The highest op covered by a completed flush or an acknowledged FUA
+    /// write (0 if none): a FUA write, like a FLUSH, returns only once it
+    /// and every op submitted before it are durable.
     pub flushed_through: u32,
     /// Flushes completed.
     pub flushes_done: u32,
@@ -189,6 +191,9 @@ impl RunLog {
                     .and_then(|i| self.acked.get_mut(i))
                     .ok_or_else(|| format!("ack of unknown op {w}"))?;
                 *slot = true;
+                if self.ops.get(w as usize - 1).is_some_and(|o| o.fua) {
+                    self.flushed_through = self.flushed_through.max(w);
+                }
             }
             "D" => {
                 want(1)?;
@@ -223,6 +228,10 @@ mod tests {
         assert_eq!(log.max_acked(), 2);
         assert_eq!(log.acked_count(), 2);
         assert_eq!(log.ops[0].line(), "W 1 8 8 0\n");
+        // An acknowledged FUA write covers itself and every op before it.
+        let text = "R\nW 1 8 8 0\nT 2 0 16\nF 1 2\nA 2\nW 3 16 8 1\nD 1\nA 1\nZ 4 0 8\nA 3\n";
+        let log = RunLog::parse(text).unwrap();
+        assert_eq!(log.flushed_through, 3);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct JournalOptions {
     pub max_record_data: u64,
     /// How long an append may wait for space before it fails.
     pub io_timeout: Duration,
+    /// Test hook: record every write and fdatasync for the power-cut model
+    /// (`crate::powercut`). `None` in production.
+    pub io_log: Option<Arc<crate::powercut::IoLog>>,
 }
 
 /// One operation found during replay.
@@ -323,9 +326,14 @@ impl Journal {
             _ => backend_seq.next(),
         };
         let mut upgraded = false;
+        let dev = Dev {
+            file: &file,
+            path,
+            log: opts.io_log.as_deref(),
+        };
         let start = match replay {
             Some((sb, scan)) if sb.version == SB_VERSION => {
-                continue_chain(&file, path, sb, scan, slot, max_update, next_seq)?
+                continue_chain(&dev, sb, scan, slot, max_update, next_seq)?
             }
             other => {
                 if let Some((sb, _)) = &other {
@@ -338,7 +346,7 @@ impl Journal {
                     make_durable()?;
                     upgraded = true;
                 }
-                format(&file, path, uuid, size, slot, max_update, next_seq)?
+                format(&dev, uuid, size, slot, max_update, next_seq)?
             }
         };
         let report = OpenReport {
@@ -507,6 +515,9 @@ fn open_or_create(opts: &JournalOptions) -> Result<(File, u64, bool)> {
     std::fs::rename(&tmp, path)
         .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))?;
     sync_parent(path);
+    if let Some(l) = &opts.io_log {
+        l.journal_created(size);
+    }
     Ok((file, size, true))
 }
 
@@ -521,11 +532,28 @@ fn sync_parent(path: &Path) {
 /// Write `sb` as the copy in slot `slot` (block `slot`) and fdatasync it.
 /// Callers always write the slot that does not hold the copy they loaded or
 /// last wrote, so a write torn by a power cut leaves the other, valid copy.
-pub(crate) fn write_super(file: &File, path: &Path, sb: &JournalSuper, slot: u32) -> Result<()> {
+pub(crate) fn write_super(dev: &Dev<'_>, sb: &JournalSuper, slot: u32) -> Result<()> {
     let mut b = AlignedBuf::new(BLOCK as usize);
     b.copy_from_slice(&sb.encode(slot));
-    write_all_at(file, &b, slot as u64 * BLOCK, path)?;
-    datasync(file, path)
+    let off = slot as u64 * BLOCK;
+    let id = dev.log.map(|l| l.journal_write(off, &b));
+    write_all_at(dev.file, &b, off, dev.path)?;
+    if let (Some(l), Some(id)) = (dev.log, id) {
+        l.journal_write_done(id);
+    }
+    let sync = dev.log.map(|l| l.journal_sync_start());
+    datasync(dev.file, dev.path)?;
+    if let (Some(l), Some(id)) = (dev.log, sync) {
+        l.journal_sync_done(id);
+    }
+    Ok(())
+}
+
+/// The journal device as the superblock writers need it.
+pub(crate) struct Dev<'a> {
+    pub file: &'a File,
+    pub path: &'a Path,
+    pub log: Option<&'a crate::powercut::IoLog>,
 }
 
 /// What the superblock slots hold.
@@ -628,8 +656,7 @@ pub(crate) struct WriterStart {
 /// most one slot is being written at a time, so one valid copy always
 /// remains.
 fn format(
-    file: &File,
-    path: &Path,
+    dev: &Dev<'_>,
     uuid: ImageUuid,
     size: u64,
     slot: u32,
@@ -647,9 +674,9 @@ fn format(
         epoch: Epoch(1),
         start_epoch: Epoch(1),
     };
-    write_super(file, path, &sb, 1 - slot)?;
+    write_super(dev, &sb, 1 - slot)?;
     sb.update_seq += 1;
-    write_super(file, path, &sb, slot)?;
+    write_super(dev, &sb, slot)?;
     Ok(WriterStart {
         sb,
         slot,
@@ -676,8 +703,7 @@ fn format(
 /// same superblock write: start at the head, `start_seq = next_seq`, start
 /// epoch = the new epoch.
 fn continue_chain(
-    file: &File,
-    path: &Path,
+    dev: &Dev<'_>,
     mut sb: JournalSuper,
     scan: replay::ScanResult,
     slot: u32,
@@ -706,7 +732,7 @@ fn continue_chain(
         start.head_v = head_phys - data_start;
         start.persisted_start_v = start.head_v;
     }
-    write_super(file, path, &sb, start.slot)?;
+    write_super(dev, &sb, start.slot)?;
     Ok(start)
 }
 

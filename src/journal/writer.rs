@@ -19,7 +19,7 @@ use io_uring::{opcode, types, IoUring};
 use tracing::{error, warn};
 
 use super::staging::Staging;
-use super::{write_super, Done, JournalOptions, JournalShared, Msg, WriterStart};
+use super::{write_super, Dev, Done, JournalOptions, JournalShared, Msg, WriterStart};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::journal::{JournalSuper, RecordHeader, RecordKind, BLOCK};
 use crate::format::round_up;
@@ -38,6 +38,8 @@ struct Rec {
     done: bool,
     buf: Option<AlignedBuf>,
     acks: Vec<(bool, Done)>,
+    /// Its id in the power-cut log, if one records.
+    log_id: Option<u64>,
 }
 
 impl Rec {
@@ -78,6 +80,10 @@ pub(crate) struct Writer {
     blocked_since: Option<Instant>,
     last_space_request: Option<Instant>,
     shutdown: Option<(bool, crossbeam_channel::Sender<Result<()>>)>,
+    /// Test hook: the power-cut recorder.
+    io_log: Option<Arc<crate::powercut::IoLog>>,
+    /// The power-cut log's id of the fdatasync in flight.
+    fsync_log_id: Option<u64>,
 }
 
 impl Writer {
@@ -116,6 +122,7 @@ impl Writer {
                 done: true,
                 buf: None,
                 acks: vec![],
+                log_id: None,
             });
             next_id += 1;
         }
@@ -146,6 +153,8 @@ impl Writer {
             blocked_since: None,
             last_space_request: None,
             shutdown: None,
+            io_log: opts.io_log.clone(),
+            fsync_log_id: None,
         };
         w.publish_usage();
         Ok(w)
@@ -284,7 +293,12 @@ impl Writer {
         // the other slot, so a torn write leaves the previous start, whose
         // space nothing has overwritten yet.
         let slot = 1 - self.slot;
-        write_super(&self.file, &self.path, &sb, slot)?;
+        let dev = Dev {
+            file: &self.file,
+            path: &self.path,
+            log: self.io_log.as_deref(),
+        };
+        write_super(&dev, &sb, slot)?;
         self.sb = sb;
         self.slot = slot;
         self.persisted_start_v = tail_v;
@@ -317,7 +331,10 @@ impl Writer {
         Some((self.head_v, wrap))
     }
 
-    fn submit(&mut self, rec: Rec, phys: u64) {
+    fn submit(&mut self, mut rec: Rec, phys: u64) {
+        if let (Some(l), Some(b)) = (&self.io_log, rec.buf.as_ref()) {
+            rec.log_id = Some(l.journal_write(phys, b));
+        }
         let buf = rec.buf.as_ref().expect("record buffer");
         let sqe = opcode::Write::new(
             types::Fd(self.file.as_raw_fd()),
@@ -371,6 +388,7 @@ impl Writer {
             done: false,
             buf: Some(buf),
             acks,
+            log_id: None,
         };
         self.head_v += vlen;
         self.submit(rec, phys);
@@ -468,6 +486,7 @@ impl Writer {
         // Crash ordering: only records already completed are covered; an
         // fdatasync submitted after their completion makes them durable.
         self.fsync_inflight = Some(self.durable_seq);
+        self.fsync_log_id = self.io_log.as_ref().map(|l| l.journal_sync_start());
     }
 
     fn reap(&mut self) {
@@ -485,6 +504,9 @@ impl Writer {
                         std::io::Error::from_raw_os_error(-res),
                     ));
                     continue;
+                }
+                if let (Some(l), Some(id)) = (&self.io_log, self.fsync_log_id.take()) {
+                    l.journal_sync_done(id);
                 }
                 self.shared.syncs.fetch_add(1, Ordering::Relaxed);
                 self.synced_seq = self.synced_seq.max(covered);
@@ -512,6 +534,11 @@ impl Writer {
             let phys = self.data_start + rec.vpos % self.data_size;
             if let Some(b) = rec.buf.take() {
                 self.staging.recycle(b);
+            }
+            if res >= 0 && res as usize == len {
+                if let (Some(l), Some(id)) = (&self.io_log, rec.log_id) {
+                    l.journal_write_done(id);
+                }
             }
             if res < 0 || res as usize != len {
                 let e = if res < 0 {

@@ -507,6 +507,7 @@ mod tests {
             store,
             image: "img".into(),
             journal_path: dir.path().join("img.wlog"),
+            io_log: None,
         })
         .unwrap();
         (dir, Arc::new(v))

@@ -68,6 +68,10 @@ pub struct VolumeOptions {
     pub image: String,
     /// Journal file or block device.
     pub journal_path: PathBuf,
+    /// Test hook: record the journal's writes and fdatasyncs for the
+    /// power-cut model (`crate::powercut`; give the same log to the
+    /// store, `DirStore::with_io_log`). `None` in production.
+    pub io_log: Option<Arc<crate::powercut::IoLog>>,
 }
 
 /// What [`Volume::resize`] did.
@@ -737,6 +741,7 @@ impl Volume {
             store,
             image,
             journal_path,
+            io_log,
         } = opts;
         config.validate()?;
         // The lock's owner names host, pid and image UUID (read once before
@@ -815,6 +820,7 @@ impl Volume {
             depth: inner.config.journal_depth,
             max_record_data: inner.config.wlog_chunk_bytes,
             io_timeout: Duration::from_millis(inner.config.io_timeout_msec),
+            io_log,
         };
         let (journal, report) = Journal::open(
             &jopts,

@@ -309,6 +309,7 @@ mod tests {
             store,
             image: "img".into(),
             journal_path: dir.join("img.wlog"),
+            io_log: None,
         })
         .unwrap()
     }
