@@ -21,6 +21,36 @@
 //! flag. `Inner::cancel` is cancelled when the volume stops; GC's flag
 //! (`Inner::gc_cancel`) is its child, cancelled on its own by `stop_gc`
 //! (the first step of `close`) and when the server is fenced.
+//!
+//! Lock order (a lock may be taken while holding the ones above it, never
+//! the other way round; locks on one line are never held together):
+//! 1. `resize_lock` / `gc` - held for a whole resize / GC step, forced GC
+//!    run, snapshot create or remove, *across I/O and waits* (puts, gets,
+//!    deletes, waits for destage and checkpoints): deliberate, they
+//!    serialise those operations. No thread holds both.
+//! 2. `sb` / `state` / `durable` (RwLock) - never two of them at once.
+//!    `sb` is held *across the superblock put* (deliberate: two rewrites
+//!    never land in the opposite order; the put is bounded by
+//!    `io_timeout_msec` and the caller's cancel flag). `state` and
+//!    `durable` are never held across I/O or a wait (`room` waits on
+//!    `state_cv`, which releases `state`); readers drop `state` before
+//!    taking `durable` (see `Volume::read`).
+//! 3. Leaves, which take no other volume lock: `spare_buffers` (under
+//!    `state`, in `seal`), the journal's staging lock and channel (under
+//!    `state`, in `journal_append`), `gc_dead` (under `durable` written,
+//!    in `start_checkpoint`, or under `gc`), `session_ckpts`,
+//!    `backend_error`, `flusher` (also under the journal's `space_wanted`
+//!    lock, on the journal thread), the snapshot pins (`retention`), a GC
+//!    object's `done`, the locks inside [`crate::wait`] (cancel flags and
+//!    completion slots), and the read cache's own locks (its order:
+//!    `flush_lock`, held across the cache file's writes and fdatasyncs,
+//!    then `slots`, then one key shard; `inflight` and a fetch's result
+//!    alone), which are taken under `gc` (GC reads) or under no volume lock.
+//!
+//! Completions (`Done`, [`Completion`]) may run under `state` (an append to
+//! a failed journal, a flush of a stopped one): they must take no volume
+//! lock. A clone's parent is another volume, whose locks are taken with
+//! none of this one's held.
 
 mod batch;
 mod destage;
