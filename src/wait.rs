@@ -31,10 +31,13 @@
 //!   has a deadline or a cancel, so the join ends; a join is never
 //!   abandoned, since a detached thread that can still put would write
 //!   after the image's lock is released;
-//! - work-queue receives of long-lived threads (destage, put workers,
-//!   journal writer, read-cache writer, NBD and ublk worker pools, the
-//!   volume's flusher and GC's idle timer): they wait for work, not for an
-//!   operation, and end when their queue closes or their stop flag is set;
+//! - work-queue receives and poll loops of long-lived threads (destage,
+//!   put workers, journal writer, read-cache writer, the volume's flusher,
+//!   NBD and ublk worker pools, the NBD accept loop, the control socket):
+//!   they wait for work, not for an operation, and end when their queue
+//!   closes or their stop flag is set;
+//! - GC's rate-limit pause (`gc::Gc::pace`): sleeps of at most 50 ms that
+//!   check `GcHost::should_stop` (GC's cancel flag) in between;
 //! - the journal writer's `io_uring` submit-and-wait (device I/O cannot be
 //!   cancelled; a full journal fails appends after `io_timeout_msec`);
 //! - a ublk queue's async wait on its ring (`ublk::wake`): its completion
