@@ -144,8 +144,10 @@ pub struct Config {
     /// Journal records in flight on the io_uring.
     /// Default: `4`.
     pub journal_depth: u32,
-    /// How long (milliseconds) a write may wait for journal space, or a
-    /// backend operation be retried, before it fails with an I/O error.
+    /// How long (milliseconds) a write may wait for journal space, a
+    /// superblock put be retried, or `close`, a `hard_flush` FLUSH, resize,
+    /// snapshot and GC wait without the backend applying an object, before
+    /// failing with an error.
     /// Default: `30000`.
     pub io_timeout_msec: u64,
     /// The ceph.conf read by the rados backend (monitors, keyring, auth).
@@ -291,7 +293,7 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
         (
             "io_timeout_msec",
             "30000",
-            "how long (ms) a write may wait for journal space, or close and superblock writes make no backend progress, before failing",
+            "how long (ms) a write may wait for journal space, a superblock put be retried, or close, a hard_flush FLUSH and GC see no backend progress, before failing",
         ),
         (
             "ceph_conf",

@@ -5,7 +5,8 @@
 //! `docs/format.md` for every persistent layout and `README.md` for the
 //! consistency guarantees.
 //!
-//! Layers, lowest first: [`units`]/[`error`], [`format`] (pure layouts),
+//! Layers, lowest first: [`units`]/[`error`]/[`wait`] (every wait's one
+//! shape: deadline and cancel flag), [`format`] (pure layouts),
 //! [`io`], [`backend`], [`map`], [`journal`], [`volume`], the front ends
 //! [`ublk`] and [`nbd`], [`cli`].
 
@@ -26,5 +27,6 @@ pub mod powercut;
 pub mod ublk;
 pub mod units;
 pub mod volume;
+pub mod wait;
 
 pub use error::{Error, ErrorKind, Result};

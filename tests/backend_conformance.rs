@@ -462,6 +462,24 @@ fn fault_name_filter_and_clear() {
 }
 
 #[test]
+fn fault_data_filter_targets_puts_by_their_bytes() {
+    let store = FaultStore::new(Arc::new(MemStore::new()), 1);
+    store.add_rule(FaultRule::fail(FaultOp::Put, ErrorKind::Io).data_starting_with(b"GC"));
+    // A data filter never matches an operation without data.
+    store.add_rule(FaultRule::fail(FaultOp::Delete, ErrorKind::Io).data_starting_with(b""));
+    assert_eq!(kind(store.put("img.1", b"GCobject")), ErrorKind::Io);
+    assert_eq!(
+        kind(store.put_parts("img.1", &[b"G", b"Cobject"])),
+        ErrorKind::Io
+    );
+    store.put("img.1", b"DATA").unwrap();
+    store.put("img.2", b"G").unwrap();
+    store.delete("img.2").unwrap();
+    assert_eq!(store.get("img.1", 0, 4).unwrap(), b"DATA");
+    assert_eq!(store.counts().injected_for(FaultOp::Put), 2);
+}
+
+#[test]
 fn fault_drop_put_and_delete() {
     let mem = Arc::new(MemStore::new());
     let store = FaultStore::new(mem.clone(), 1);

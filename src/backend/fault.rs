@@ -94,6 +94,10 @@ pub struct FaultRule {
     /// Only objects (or list prefixes, or lock names) containing this string;
     /// `None` matches all.
     pub name_contains: Option<String>,
+    /// Only puts whose data starts with these bytes (for example a
+    /// format's magic, to target one kind of object); `None` matches all.
+    /// A rule with this filter never matches other operations.
+    pub data_starts_with: Option<Vec<u8>>,
     /// What it does when it fires.
     pub action: FaultAction,
     /// How many times it may fire; `None` means forever.
@@ -111,6 +115,7 @@ impl FaultRule {
         FaultRule {
             op,
             name_contains: None,
+            data_starts_with: None,
             action,
             times: None,
             probability: 1.0,
@@ -128,6 +133,12 @@ impl FaultRule {
         self
     }
 
+    /// Only fire on puts whose data starts with `prefix`.
+    pub fn data_starting_with(mut self, prefix: &[u8]) -> FaultRule {
+        self.data_starts_with = Some(prefix.to_vec());
+        self
+    }
+
     /// Fire at most `n` times.
     pub fn times(mut self, n: u64) -> FaultRule {
         self.times = Some(n);
@@ -140,13 +151,18 @@ impl FaultRule {
         self
     }
 
-    fn matches(&self, op: FaultOp, name: &str) -> bool {
+    /// `data`: a put's bytes (`None` for every other operation).
+    fn matches(&self, op: FaultOp, name: &str, data: Option<&[u8]>) -> bool {
         self.op == op
             && self.times != Some(0)
             && self
                 .name_contains
                 .as_deref()
                 .is_none_or(|s| name.contains(s))
+            && self
+                .data_starts_with
+                .as_deref()
+                .is_none_or(|p| data.is_some_and(|d| d.starts_with(p)))
     }
 }
 
@@ -233,14 +249,15 @@ impl FaultStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Count `op` on `name` and decide what to do with it.
-    fn decide(&self, op: FaultOp, name: &str) -> Decision {
+    /// Count `op` on `name` (with a put's `data`) and decide what to do
+    /// with it.
+    fn decide(&self, op: FaultOp, name: &str, data: Option<&[u8]>) -> Decision {
         let mut guard = self.state();
         let st = &mut *guard;
         st.counts.ops[op.index()] += 1;
         let mut fired = None;
         for rule in st.rules.iter_mut() {
-            if !rule.matches(op, name) {
+            if !rule.matches(op, name, data) {
                 continue;
             }
             let p = rule.probability;
@@ -290,7 +307,7 @@ impl FaultStore {
     /// Apply the decision for an operation other than put/delete: returns
     /// `Err` to fail it, `Ok` to go on with it.
     fn gate(&self, op: FaultOp, name: &str) -> Result<()> {
-        match self.decide(op, name) {
+        match self.decide(op, name, None) {
             Decision::Proceed => Ok(()),
             Decision::Sleep(d) => {
                 std::thread::sleep(d);
@@ -301,10 +318,11 @@ impl FaultStore {
         }
     }
 
-    /// Apply the decision for put/delete: `Ok(false)` to skip the operation
-    /// and report success (a dropped write), `Ok(true)` to perform it.
-    fn gate_mutation(&self, op: FaultOp, name: &str) -> Result<bool> {
-        match self.decide(op, name) {
+    /// Apply the decision for put/delete (`data`: a put's bytes):
+    /// `Ok(false)` to skip the operation and report success (a dropped
+    /// write), `Ok(true)` to perform it.
+    fn gate_mutation(&self, op: FaultOp, name: &str, data: Option<&[u8]>) -> Result<bool> {
+        match self.decide(op, name, data) {
             Decision::Proceed => Ok(true),
             Decision::Sleep(d) => {
                 std::thread::sleep(d);
@@ -321,7 +339,7 @@ impl FaultStore {
 
 impl ObjectStore for FaultStore {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        if self.gate_mutation(FaultOp::Put, name)? {
+        if self.gate_mutation(FaultOp::Put, name, Some(data))? {
             self.inner.put(name, data)?;
         }
         Ok(())
@@ -338,7 +356,7 @@ impl ObjectStore for FaultStore {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        if self.gate_mutation(FaultOp::Delete, name)? {
+        if self.gate_mutation(FaultOp::Delete, name, None)? {
             self.inner.delete(name)?;
         }
         Ok(())

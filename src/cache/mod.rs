@@ -84,6 +84,7 @@ use crate::format::rcache::{
 };
 use crate::io::{self, AlignedBuf};
 use crate::units::{ImageUuid, ObjSeq};
+use crate::wait::{self, Cancel, Deadline};
 
 #[cfg(test)]
 mod tests;
@@ -154,13 +155,30 @@ struct Flight {
 }
 
 impl Flight {
-    fn wait(&self) -> FlightResult {
-        let mut g = lock(&self.result);
-        loop {
-            if let Some(r) = g.as_ref() {
-                return dup(r);
-            }
-            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+    /// The leader's result. No deadline of its own (see the reason below);
+    /// `cancel` ends the wait when the cache's volume stops.
+    fn wait(&self, key: Key, cancel: &Cancel) -> FlightResult {
+        let g = wait::wait_until(
+            lock(&self.result),
+            &self.cv,
+            &format!(
+                "read of object {} chunk {} (fetched by another reader)",
+                key.0 .0, key.1
+            ),
+            cancel,
+            Deadline::Unbounded(
+                "as long as the leading reader's backend get, which the store bounds \
+                 (rados_op_timeout_secs; a local read for the directory store); \
+                 the leader publishes a result on every path, also when it fails or panics",
+            ),
+            |r| r.is_some(),
+        )?;
+        match g.as_ref() {
+            Some(r) => dup(r),
+            None => Err(Error::new(
+                ErrorKind::Io,
+                "read cache flight ended without a result",
+            )),
         }
     }
 }
@@ -276,6 +294,9 @@ pub struct Cache {
     slots: Mutex<Slots>,
     flush_lock: Mutex<()>,
     inflight: Mutex<HashMap<Key, Arc<Flight>>>,
+    /// Cancels readers waiting for another reader's fetch (the volume
+    /// using the cache cancels it when it stops).
+    cancel: Cancel,
     /// Free slots the maintainer keeps ready, and the level that wakes it.
     reserve: usize,
     low_water: usize,
@@ -430,6 +451,7 @@ impl Cache {
             slots: Mutex::new(Slots::default()),
             flush_lock: Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
+            cancel: Cancel::new(),
             reserve,
             low_water: (reserve / 2).max(1),
             background: AtomicBool::new(false),
@@ -623,6 +645,11 @@ impl Cache {
             self.io_error("superblock", e);
         }
         r
+    }
+
+    /// The cancel flag of readers waiting for another reader's fetch.
+    pub fn cancel(&self) -> &Cancel {
+        &self.cancel
     }
 
     /// Counters since this open.
@@ -845,7 +872,7 @@ impl Cache {
             let res = match results[k].take() {
                 Some(x) => x,
                 None => match &joins[k] {
-                    Join::Wait(f) => f.wait(),
+                    Join::Wait(f) => f.wait((obj, *chunk), &self.cancel),
                     Join::Lead(_) => unreachable!("every led chunk was published"),
                 },
             };

@@ -26,7 +26,6 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 use tracing::{debug, warn};
@@ -42,6 +41,7 @@ use crate::format::superblock::CheckpointRef;
 use crate::io::AlignedBuf;
 use crate::journal::Done;
 use crate::units::{JournalSeq, Lba, ObjSeq};
+use crate::wait::{self, Cancel, Deadline};
 
 fn aligned_copy(b: &[u8]) -> AlignedBuf {
     let mut a = AlignedBuf::new(b.len());
@@ -108,37 +108,43 @@ pub(crate) struct Job {
     gc: Option<Arc<GcBatch>>,
 }
 
-/// Put worker: retries with backoff until the put succeeds or the volume stops.
+/// Why a destage put (data, GC or checkpoint piece) is retried without a
+/// deadline.
+const DESTAGE_PUT: &str = "an object sequence that is never put would stall the apply of \
+     every later object (orderings 1 and 4), so a destage put is retried until it lands; \
+     the waits of writers, flushes, close and GC (io_timeout_msec) bound what callers see, \
+     and a stopping volume cancels it";
+
+/// Put worker: retries with backoff until the put succeeds, the store says
+/// this server is fenced, or the volume stops (its cancel flag also cuts a
+/// backoff sleep short).
 pub(crate) fn put_worker(
     inner: Arc<Inner>,
     jobs: Receiver<Job>,
     done: Sender<(ObjSeq, Result<()>)>,
 ) {
     for job in jobs.iter() {
-        let mut backoff = Duration::from_millis(10);
-        let r = loop {
-            let data: &[u8] = match (&job.batch, &job.gc) {
-                (Some(b), _) => &b.data,
-                (None, Some(g)) => &g.data,
-                (None, None) => &[],
-            };
-            match inner.store.put_parts(&job.name, &[&job.head, data]) {
-                Ok(()) => break Ok(()),
-                Err(e) => {
-                    if e.kind() == ErrorKind::Fenced {
-                        inner.mark_fenced(&e);
-                        break Err(e);
-                    }
-                    if inner.stopping.load(Ordering::SeqCst) {
-                        break Err(e);
-                    }
-                    warn!(object = %job.name, store = %inner.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
-                    inner.set_backend_error(&e);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+        let data: &[u8] = match (&job.batch, &job.gc) {
+            (Some(b), _) => &b.data,
+            (None, Some(g)) => &g.data,
+            (None, None) => &[],
         };
+        let r = wait::retry(
+            &format!("put {}", job.name),
+            &inner.cancel,
+            Deadline::Unbounded(DESTAGE_PUT),
+            || inner.store.put_parts(&job.name, &[&job.head, data]),
+            |e| e.kind() == ErrorKind::Fenced,
+            |e, backoff| {
+                warn!(object = %job.name, store = %inner.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
+                inner.set_backend_error(e);
+            },
+        );
+        if let Err(e) = &r {
+            if e.kind() == ErrorKind::Fenced {
+                inner.mark_fenced(e);
+            }
+        }
         if r.is_ok() {
             inner.clear_backend_error();
             if job.cache {
@@ -609,7 +615,7 @@ impl Inner {
                 // docs). If it fails the old piece simply stays: it is still
                 // a valid checkpoint object that roll-forward skips.
                 let name = object_name(&self.image, ObjSeq(s));
-                if let Err(e) = self.put_bounded(&name, TOMBSTONE) {
+                if let Err(e) = self.put_bounded(&name, TOMBSTONE, &self.cancel) {
                     warn!(object = %name, "could not tombstone a retired checkpoint piece (harmless): {e:?}");
                 }
             }
@@ -617,29 +623,24 @@ impl Inner {
         Ok(())
     }
 
-    /// Put with retries for at most `io_timeout_msec`.
-    pub(crate) fn put_bounded(&self, name: &str, data: &[u8]) -> Result<()> {
-        let deadline =
-            std::time::Instant::now() + Duration::from_millis(self.config.io_timeout_msec);
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            match self.store.put(name, data) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    if e.kind() == ErrorKind::Fenced {
-                        self.mark_fenced(&e);
-                        return Err(e);
-                    }
-                    if self.stopping.load(Ordering::SeqCst)
-                        || std::time::Instant::now() + backoff > deadline
-                    {
-                        return Err(e);
-                    }
-                    warn!(object = %name, store = %self.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
+    /// Put with retries for at most `io_timeout_msec`, given up (with the
+    /// last error) when `cancel` is set.
+    pub(crate) fn put_bounded(&self, name: &str, data: &[u8], cancel: &Cancel) -> Result<()> {
+        let r = wait::retry(
+            &format!("put {name}"),
+            cancel,
+            Deadline::After(self.io_timeout()),
+            || self.store.put(name, data),
+            |e| e.kind() == ErrorKind::Fenced,
+            |e, backoff| {
+                warn!(object = %name, store = %self.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
+            },
+        );
+        if let Err(e) = &r {
+            if e.kind() == ErrorKind::Fenced {
+                self.mark_fenced(e);
             }
         }
+        r
     }
 }

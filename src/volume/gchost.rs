@@ -22,35 +22,12 @@ use crate::map::{Extent, ObjInfo, ObjLoc};
 use crate::units::{Lba, ObjSeq};
 
 impl Inner {
-    /// Wait for `f`'s completion, giving up when the volume stops (a put
-    /// abandoned at stop never completes).
+    /// Wait for `f`'s completion under GC's cancel flag (set by `stop_gc`,
+    /// by the volume stopping and when fenced), giving up once no object
+    /// has been applied for `io_timeout_msec`. What GC gave up on stays
+    /// queued in the destager (an allocated sequence must still be put).
     fn wait_gc(&self, what: &str, f: impl FnOnce(Done)) -> Result<()> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        f(Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(r) => return r,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::new(
-                        ErrorKind::Closed,
-                        format!("volume stopped during GC {what}"),
-                    ))
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if self.stopping.load(Ordering::SeqCst) {
-                        return Err(Error::new(
-                            ErrorKind::Closed,
-                            format!("volume stopping during GC {what}"),
-                        ));
-                    }
-                    if let Some(e) = self.fenced_error() {
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        self.wait_backend(&format!("GC {what}"), &self.gc_cancel, f)
     }
 
     /// Write a checkpoint and wait until the superblock names it.
@@ -80,7 +57,7 @@ impl Inner {
         if !listed {
             self.checkpoint_wait()?;
         }
-        self.write_superblock(|sb| sb.incompat |= INCOMPAT_GC)
+        self.write_superblock_until(&self.gc_cancel, |sb| sb.incompat |= INCOMPAT_GC)
     }
 
     /// Submit a fully built GC object and wait until it is applied.
@@ -95,10 +72,20 @@ impl Inner {
             return Err(e);
         }
         self.ensure_gc_feature()?;
+        // At most one GC object waits for the backend: one whose wait gave
+        // up is still queued, and another would only pile up behind it.
+        let prev = ObjSeq(self.gc_last_obj.load(Ordering::SeqCst));
+        if prev.0 > self.applied_obj.load(Ordering::SeqCst) {
+            self.wait_gc("wait for the previous GC object", |d| {
+                // A stopped destager drops `d`: the wait ends (abandoned).
+                let _ = self.destage_tx.send(DestageMsg::WaitApplied(prev, d));
+            })?;
+        }
         self.wait_gc("object", |d| {
             let mut st = self.lock_state();
             let seq = st.next_obj;
             st.next_obj = seq.next();
+            self.gc_last_obj.store(seq.0, Ordering::SeqCst);
             crate::failpoint::hit("gc.seq_allocated");
             let g = Arc::new(GcBatch {
                 seq,
@@ -270,9 +257,8 @@ impl GcHost for Inner {
     }
 
     fn should_stop(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-            || self.fenced.get().is_some()
-            || *self.gc_stop.0.lock().unwrap_or_else(|e| e.into_inner())
+        // The volume's cancel and fencing both cancel GC's flag too.
+        self.gc_cancel.is_cancelled() || self.fenced.get().is_some()
     }
 
     fn client_backlog(&self) -> bool {
@@ -319,11 +305,8 @@ pub(crate) fn gc_thread(inner: Arc<Inner>) {
         if worked {
             continue;
         }
-        let (m, cv) = &inner.gc_stop;
-        let g = m.lock().unwrap_or_else(|e| e.into_inner());
-        if *g {
+        if inner.gc_cancel.sleep("GC idle", idle).is_err() {
             return;
         }
-        let _ = cv.wait_timeout(g, idle);
     }
 }

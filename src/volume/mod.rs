@@ -15,6 +15,42 @@
 //! Reads are served from the open and in-flight batches, then through the
 //! read cache (`src/cache/`), whose misses read whole 64 KiB chunks from the
 //! backend.
+//!
+//! Waits: every wait (for the journal, the destager, a put, a condition on
+//! the state) goes through [`crate::wait`] with a deadline and a cancel
+//! flag. `Inner::cancel` is cancelled when the volume stops; GC's flag
+//! (`Inner::gc_cancel`) is its child, cancelled on its own by `stop_gc`
+//! (the first step of `close`) and when the server is fenced.
+//!
+//! Lock order (a lock may be taken while holding the ones above it, never
+//! the other way round; locks on one line are never held together):
+//! 1. `resize_lock` / `gc` - held for a whole resize / GC step, forced GC
+//!    run, snapshot create or remove, *across I/O and waits* (puts, gets,
+//!    deletes, waits for destage and checkpoints): deliberate, they
+//!    serialise those operations. No thread holds both.
+//! 2. `sb` / `state` / `durable` (RwLock) - never two of them at once.
+//!    `sb` is held *across the superblock put* (deliberate: two rewrites
+//!    never land in the opposite order; the put is bounded by
+//!    `io_timeout_msec` and the caller's cancel flag). `state` and
+//!    `durable` are never held across I/O or a wait (`room` waits on
+//!    `state_cv`, which releases `state`); readers drop `state` before
+//!    taking `durable` (see `Volume::read`).
+//! 3. Leaves, which take no other volume lock: `spare_buffers` (under
+//!    `state`, in `seal`), the journal's staging lock and channel (under
+//!    `state`, in `journal_append`), `gc_dead` (under `durable` written,
+//!    in `start_checkpoint`, or under `gc`), `session_ckpts`,
+//!    `backend_error`, `flusher` (also under the journal's `space_wanted`
+//!    lock, on the journal thread), the snapshot pins (`retention`), a GC
+//!    object's `done`, the locks inside [`crate::wait`] (cancel flags and
+//!    completion slots), and the read cache's own locks (its order:
+//!    `flush_lock`, held across the cache file's writes and fdatasyncs,
+//!    then `slots`, then one key shard; `inflight` and a fetch's result
+//!    alone), which are taken under `gc` (GC reads) or under no volume lock.
+//!
+//! Completions (`Done`, [`Completion`]) may run under `state` (an append to
+//! a failed journal, a flush of a stopped one): they must take no volume
+//! lock. A clone's parent is another volume, whose locks are taken with
+//! none of this one's held.
 
 mod batch;
 mod destage;
@@ -29,7 +65,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Sender};
 use tracing::{info, warn};
@@ -43,6 +79,7 @@ use crate::format::superblock::{Superblock, FLAG_CLEAN};
 use crate::journal::{Append, Done, Journal, JournalOptions, JournalShared, ReplayEntry};
 use crate::map::{ExtentMap, ObjectMap};
 use crate::units::{ImageUuid, JournalSeq, Lba, ObjSeq, SECTOR};
+use crate::wait::{self, Cancel, Deadline};
 
 use batch::{Batch, PendLoc};
 use destage::{DestageMsg, Destager};
@@ -57,6 +94,12 @@ pub type Completion = Box<dyn FnOnce(Result<()>) + Send + 'static>;
 const MAX_BATCH_OPS: usize = 65536;
 /// Largest single trim/zero operation in sectors.
 const MAX_DISCARD_SECTORS: u64 = 1 << 31;
+
+/// Why a client's synchronous write, trim, write-zeroes or (without
+/// `hard_flush`) flush has no deadline of its own.
+const JOURNAL_BOUNDS: &str = "the journal acknowledges or fails every append and flush; \
+     one waiting for journal space fails after io_timeout_msec, and only the journal \
+     device's own I/O is unbounded";
 
 /// Everything [`Volume::open`] needs.
 pub struct VolumeOptions {
@@ -187,7 +230,9 @@ pub(crate) struct Inner {
     applied_obj: AtomicU64,
     backend_jseq: AtomicU64,
     map_extents: AtomicU64,
-    stopping: AtomicBool,
+    /// Cancelled when the volume stops (`Volume::stop`): every wait and put
+    /// retry of the volume observes it.
+    cancel: Cancel,
     backend_error: Mutex<Option<String>>,
     /// Set when the backend refused a write because another server broke
     /// our lock and fenced us: nothing more of ours can ever land, so
@@ -228,8 +273,13 @@ pub(crate) struct Inner {
     /// GC to delete (bounded: GC drains it every cycle; without GC it is
     /// not filled).
     gc_dead: Mutex<Vec<(ObjSeq, u64)>>,
-    /// Set to stop the GC thread; the condvar wakes it from its idle sleep.
-    gc_stop: (Mutex<bool>, Condvar),
+    /// GC's cancel flag, a child of `cancel`: cancelled on its own by
+    /// `stop_gc` (close stops GC first, then drains) and when fenced. Every
+    /// GC wait, sleep and superblock put observes it.
+    gc_cancel: Cancel,
+    /// The sequence of the last GC object submitted (0: none), so a GC
+    /// object whose wait gave up is waited for before the next one.
+    gc_last_obj: AtomicU64,
 }
 
 impl Inner {
@@ -242,6 +292,51 @@ impl Inner {
         if self.fenced.set(format!("{e}")).is_ok() {
             tracing::error!(image = %self.image, "this server was fenced; every later write fails: {e}");
         }
+        // Nothing GC could write would land: its waits end now.
+        self.gc_cancel.cancel(
+            ErrorKind::Fenced,
+            format!("image {} was fenced by another server: {e}", self.image),
+        );
+    }
+
+    fn io_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.io_timeout_msec)
+    }
+
+    /// Start a background step with `start` (which hands its `Done` to the
+    /// destager or the journal) and wait for it under `cancel`, giving up
+    /// once no object has been applied for `io_timeout_msec` (progress
+    /// resets the deadline: a slow backend that drains is waited for).
+    fn wait_backend(&self, what: &str, cancel: &Cancel, start: impl FnOnce(Done)) -> Result<()> {
+        let progress = || self.applied_obj.load(Ordering::SeqCst);
+        wait::for_completion(
+            what,
+            cancel,
+            Deadline::NoProgress(self.io_timeout(), &progress),
+            |d| {
+                start(d);
+                Ok(())
+            },
+        )
+        .map_err(|e| self.with_backend_cause(e))
+    }
+
+    /// A timeout waiting on the backend, with the image and the last
+    /// backend error; other errors unchanged.
+    fn with_backend_cause(&self, e: Error) -> Error {
+        if e.kind() != ErrorKind::Timeout {
+            return e;
+        }
+        let cause = self.backend_error.lock().ok().and_then(|g| g.clone());
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "image {}: {} (last backend error: {})",
+                self.image,
+                e.context(),
+                cause.unwrap_or_else(|| "none".into())
+            ),
+        )
     }
 
     /// The error every operation gets once fenced, if we are.
@@ -289,41 +384,48 @@ impl Inner {
     /// The locked state once a batch can be added. With `wait == false`,
     /// `Ok(None)` instead of waiting when there is no room.
     fn room(&self, wait: bool) -> Result<Option<MutexGuard<'_, State>>> {
-        let deadline = Instant::now() + Duration::from_millis(self.config.io_timeout_msec);
-        let mut st = self.lock_state();
-        loop {
-            if st.closed {
-                return Err(Error::new(
-                    ErrorKind::Closed,
-                    format!("image {} is closed", self.image),
-                ));
+        let max = self.max_sealed();
+        let st = self.lock_state();
+        let st = if st.closed || st.sealed.len() < max {
+            st
+        } else if !wait {
+            return Ok(None);
+        } else {
+            // The destager frees room as objects are applied (and notifies
+            // `state_cv`); a closing volume ends the wait as well.
+            let r = wait::wait_until(
+                st,
+                &self.state_cv,
+                &format!("image {}: room for new writes", self.image),
+                &self.cancel,
+                Deadline::After(self.io_timeout()),
+                |st| st.closed || st.sealed.len() < max,
+            );
+            match r {
+                Ok(st) => st,
+                Err(e) if e.kind() == ErrorKind::Timeout => {
+                    let waiting = self.lock_state().sealed.len();
+                    let last = self.backend_error.lock().ok().and_then(|g| g.clone());
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "image {}: {waiting} objects waiting for the backend for {} ms (last backend error: {})",
+                            self.image,
+                            self.config.io_timeout_msec,
+                            last.unwrap_or_else(|| "none, it is slow".into())
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
             }
-            if st.sealed.len() < self.max_sealed() {
-                return Ok(Some(st));
-            }
-            if !wait {
-                return Ok(None);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let last = self.backend_error.lock().ok().and_then(|g| g.clone());
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "image {}: {} objects waiting for the backend for {} ms (last backend error: {})",
-                        self.image,
-                        st.sealed.len(),
-                        self.config.io_timeout_msec,
-                        last.unwrap_or_else(|| "none, it is slow".into())
-                    ),
-                ));
-            }
-            st = self
-                .state_cv
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        };
+        if st.closed {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!("image {} is closed", self.image),
+            ));
         }
+        Ok(Some(st))
     }
 
     /// Hand the operations just pushed (`first` up to the state's next
@@ -568,13 +670,24 @@ impl Inner {
 
     /// Change and rewrite the superblock. The lock is held across the put
     /// so two rewrites can never land in the opposite order; on failure the
-    /// in-memory copy stays as the store has it.
+    /// in-memory copy stays as the store has it. The put is retried for at
+    /// most `io_timeout_msec`, and given up when the volume stops.
     fn write_superblock(&self, f: impl FnOnce(&mut Superblock)) -> Result<()> {
+        self.write_superblock_until(&self.cancel, f)
+    }
+
+    /// [`Inner::write_superblock`] under another cancel flag (GC's, so a
+    /// GC stopping does not sit out the put's retries holding the lock).
+    fn write_superblock_until(
+        &self,
+        cancel: &Cancel,
+        f: impl FnOnce(&mut Superblock),
+    ) -> Result<()> {
         let mut guard = self.sb.lock().unwrap_or_else(|e| e.into_inner());
         let mut sb = guard.clone();
         f(&mut sb);
         sb.update_seq += 1;
-        self.put_bounded(&self.image, &sb.encode())
+        self.put_bounded(&self.image, &sb.encode(), cancel)
             .map_err(|e| e.prefixed(format!("write superblock of {}", self.image)))?;
         *guard = sb;
         Ok(())
@@ -602,6 +715,7 @@ struct InnerInit {
 impl Inner {
     fn build(i: InnerInit) -> Inner {
         let cap = i.config.backend_obj_bytes as usize;
+        let cancel = Cancel::new();
         Inner {
             image: i.image,
             uuid: i.sb.uuid,
@@ -627,7 +741,9 @@ impl Inner {
             journal_shared: OnceLock::new(),
             applied_obj: AtomicU64::new(i.last_obj.0),
             backend_jseq: AtomicU64::new(i.backend_jseq.0),
-            stopping: AtomicBool::new(false),
+            gc_cancel: cancel.child(),
+            gc_last_obj: AtomicU64::new(0),
+            cancel,
             backend_error: Mutex::new(None),
             fenced: std::sync::OnceLock::new(),
             stats: Counters::default(),
@@ -644,7 +760,6 @@ impl Inner {
             parent_cut: AtomicBool::new(false),
             gc: Mutex::new(crate::gc::Gc::new(i.config.gc_rate_bytes)),
             gc_dead: Mutex::new(Vec::new()),
-            gc_stop: (Mutex::new(false), Condvar::new()),
             config: i.config,
         }
     }
@@ -660,47 +775,24 @@ pub struct Volume {
     stopped: bool,
 }
 
-/// Wait for a background step of `close`. It may take long while the
-/// backend drains, but it gives up once no object has been applied for
-/// `io_timeout_msec`: the journal still holds everything, so the next open
+/// Wait for a background step of `close` (or of resize, snapshot and
+/// flatten). It may take long while the backend drains, but it gives up
+/// once no object has been applied for `io_timeout_msec`, or at once when
+/// the volume stops: the journal still holds everything, so the next open
 /// replays it.
 fn wait_done(inner: &Inner, what: &str, f: impl FnOnce(Done)) -> Result<()> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    f(Box::new(move |r| {
-        let _ = tx.send(r);
-    }));
-    let limit = Duration::from_millis(inner.config.io_timeout_msec);
-    let mut last = inner.applied_obj.load(Ordering::SeqCst);
-    let mut since = Instant::now();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(r) => return r,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(Error::new(
-                    ErrorKind::Closed,
-                    format!("volume stopped during {what}"),
-                ))
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                let now = inner.applied_obj.load(Ordering::SeqCst);
-                if now != last {
-                    last = now;
-                    since = Instant::now();
-                } else if since.elapsed() > limit {
-                    let cause = inner.backend_error.lock().ok().and_then(|g| g.clone());
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "{what} of image {}: no progress for {} ms (last backend error: {}); the journal keeps every write for the next open",
-                            inner.image,
-                            inner.config.io_timeout_msec,
-                            cause.unwrap_or_else(|| "none".into())
-                        ),
-                    ));
-                }
-            }
-        }
-    }
+    inner
+        .wait_backend(what, &inner.cancel, f)
+        .map_err(|e| match e.kind() {
+            ErrorKind::Timeout => Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{}; the journal keeps every write for the next open",
+                    e.context()
+                ),
+            ),
+            _ => e,
+        })
 }
 
 /// Drop whatever the recovered map holds at or beyond the disk's end (the
@@ -1043,51 +1135,31 @@ impl Volume {
 
     /// Write and wait for the journal (not a FLUSH).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.sync_submit(|d| self.submit_write(offset, data, false, d).map(|_| ()))
+        self.sync_submit("write", |d| {
+            self.submit_write(offset, data, false, d).map(|_| ())
+        })
     }
 
     /// Write with FUA: durable across a host crash when it returns.
     pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.sync_submit(|d| self.submit_write(offset, data, true, d).map(|_| ()))
+        self.sync_submit("FUA write", |d| {
+            self.submit_write(offset, data, true, d).map(|_| ())
+        })
     }
 
-    /// Submit through `f` and sleep until the completion runs. The waiter
-    /// parks on a condition variable: a spinning channel receive would burn
-    /// the CPU the journal thread needs when many callers wait at once.
-    fn sync_submit(&self, f: impl FnOnce(Completion) -> Result<()>) -> Result<()> {
-        struct Slot {
-            result: Mutex<Option<Result<()>>>,
-            cv: Condvar,
-        }
-        let slot = Arc::new(Slot {
-            result: Mutex::new(None),
-            cv: Condvar::new(),
-        });
-        let s2 = slot.clone();
-        f(Box::new(move |r| {
-            let mut g = s2.result.lock().unwrap_or_else(|e| e.into_inner());
-            *g = Some(r);
-            s2.cv.notify_one();
-        }))?;
-        let mut g = slot.result.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(r) = g.take() {
-                return r;
-            }
-            // A completion dropped without running (the journal thread died)
-            // leaves only our reference.
-            if Arc::strong_count(&slot) == 1 {
-                return Err(Error::new(
-                    ErrorKind::Closed,
-                    "volume stopped before the operation completed",
-                ));
-            }
-            g = slot
-                .cv
-                .wait_timeout(g, Duration::from_millis(200))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+    /// Submit `what` through `f` and sleep until the completion runs, the
+    /// volume stops, or the completion is dropped without running. No
+    /// deadline of its own ([`JOURNAL_BOUNDS`]). The waiter parks on a
+    /// condition variable (`wait::Pending`): a spinning channel receive
+    /// would burn the CPU the journal thread needs when many callers wait
+    /// at once.
+    fn sync_submit(&self, what: &str, f: impl FnOnce(Completion) -> Result<()>) -> Result<()> {
+        wait::for_completion(
+            &format!("{what} to image {}", self.inner.image),
+            &self.inner.cancel,
+            Deadline::Unbounded(JOURNAL_BOUNDS),
+            f,
+        )
     }
 
     /// Submit a write without waiting; `done` runs when it is acknowledged.
@@ -1165,12 +1237,16 @@ impl Volume {
 
     /// Discard a range (reads as zeros afterwards); journaled like a write.
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.sync_submit(|d| self.submit_discard(offset, len, false, d).map(|_| ()))
+        self.sync_submit("trim", |d| {
+            self.submit_discard(offset, len, false, d).map(|_| ())
+        })
     }
 
     /// Zero a range; journaled like a write.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.sync_submit(|d| self.submit_discard(offset, len, true, d).map(|_| ()))
+        self.sync_submit("write-zeroes", |d| {
+            self.submit_discard(offset, len, true, d).map(|_| ())
+        })
     }
 
     /// Submit a trim (`zero = false`) or write-zeroes (`zero = true`).
@@ -1222,8 +1298,21 @@ impl Volume {
     }
 
     /// FLUSH: every write submitted before it is durable when it returns.
+    /// With `hard_flush` it also waits for the backend, and gives up once
+    /// no object has been applied for `io_timeout_msec`.
     pub fn flush(&self) -> Result<()> {
-        self.sync_submit(|d| self.submit_flush(d))
+        let inner = &self.inner;
+        if inner.config.hard_flush && !inner.read_only {
+            let progress = || inner.applied_obj.load(Ordering::SeqCst);
+            return wait::for_completion(
+                &format!("flush of image {} to the backend", inner.image),
+                &inner.cancel,
+                Deadline::NoProgress(inner.io_timeout(), &progress),
+                |d| self.submit_flush(d),
+            )
+            .map_err(|e| inner.with_backend_cause(e));
+        }
+        self.sync_submit("flush", |d| self.submit_flush(d))
     }
 
     /// Submit a FLUSH covering every write submitted before it. With
@@ -1365,7 +1454,7 @@ impl Volume {
     fn trim_durably(&self, from: u64, to: u64, new_size: Option<u64>) -> Result<()> {
         let inner = &self.inner;
         let mut target = ObjSeq(0);
-        self.sync_submit(|d| {
+        self.sync_submit("resize trim", |d| {
             let mut st = inner.wait_for_room()?;
             if let Some(n) = new_size {
                 inner.size_bytes.store(n, Ordering::SeqCst);
@@ -1432,19 +1521,20 @@ impl Volume {
         g.run_now(inner.as_ref())
     }
 
-    /// Stop the GC thread (it finishes or abandons its cycle first).
+    /// Stop the GC thread: its cancel flag ends every wait, sleep and
+    /// superblock put of GC at once (a GC object whose put never succeeds
+    /// included: that object stays queued for the destager), so the join
+    /// does not wait for the backend. The join itself has no deadline: a
+    /// GC thread left running could still delete or put after the lock is
+    /// released.
     fn stop_gc(&mut self) {
-        let Some(t) = self.gc_thread.take() else {
-            return;
-        };
-        {
-            let (m, cv) = &self.inner.gc_stop;
-            if let Ok(mut g) = m.lock() {
-                *g = true;
-            }
-            cv.notify_all();
+        self.inner.gc_cancel.cancel(
+            ErrorKind::Closed,
+            format!("GC of image {} is stopping", self.inner.image),
+        );
+        if let Some(t) = self.gc_thread.take() {
+            let _ = t.join();
         }
-        let _ = t.join();
     }
 
     /// Clean shutdown: destage everything, checkpoint, mark clean, unlock.
@@ -1496,7 +1586,13 @@ impl Volume {
             return;
         }
         self.stopped = true;
-        self.inner.stopping.store(true, Ordering::SeqCst);
+        // Every wait and put retry of the volume ends now (GC's flag is a
+        // child of this one).
+        let why = format!("image {} is stopping", self.inner.image);
+        self.inner.cancel.cancel(ErrorKind::Closed, why.clone());
+        if let Some(c) = &self.inner.cache {
+            c.cancel().cancel(ErrorKind::Closed, why);
+        }
         // GC is stopped before the destager, so it never waits on it.
         self.stop_gc();
         let inner = &self.inner;
@@ -1562,7 +1658,7 @@ fn flusher(inner: Arc<Inner>) {
             let (mut g, _) = cv.wait_timeout(g, tick).unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *g)
         };
-        if inner.stopping.load(Ordering::SeqCst) {
+        if inner.cancel.is_cancelled() {
             return;
         }
         let mut st = inner.lock_state();
