@@ -304,6 +304,71 @@ fn lost_piece_of_the_newest_checkpoint_deletes_nothing_above_it() {
     assert_eq!(after, before, "no object may be deleted");
 }
 
+/// A checkpoint that does not load leaves the superblock's list at the open
+/// that falls back past it. Listed, it would push the good fallback out at
+/// the next publish (whose pieces are then tombstoned), and an image GC has
+/// run on would be refused once the new checkpoint went bad too.
+#[test]
+fn unloadable_checkpoint_leaves_the_list_and_keeps_the_fallback() {
+    let size = 4u64 << 20;
+    let (dir, store) = setup(size);
+    let c = Config {
+        no_gc: true,
+        gc_threshold: 90,
+        // Checkpoints only where the test says (GC, close).
+        checkpoint_interval_objs: 1000,
+        ..config()
+    };
+    let spec = ImageSpec::parse("p/img").unwrap();
+    let listed = || image_info(store.as_ref(), &spec).unwrap().checkpoints;
+    let corrupt = |seq: u64| {
+        let name = format!("img.{seq:016x}");
+        let mut bytes = store.get(&name, 0, 1 << 30).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        store.put(&name, &bytes).unwrap();
+    };
+    let mut model = vec![0u8; size as usize];
+    let mut scribble = |v: &Volume, seed: u64| {
+        for i in 0..100u64 {
+            let off = (i % 300) * 4096;
+            let d = pattern(seed * 1000 + i, 4096);
+            v.write(off, &d).unwrap();
+            model[off as usize..off as usize + 4096].copy_from_slice(&d);
+        }
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    for round in 0..3 {
+        scribble(&v, round);
+    }
+    // GC has run: without a usable checkpoint the image is refused.
+    v.gc_now().unwrap();
+    v.close().unwrap();
+    let first = listed();
+    assert_eq!(first.len(), 2, "{first:?}");
+    corrupt(first[0]);
+    let v = open(&store, dir.path(), &c).unwrap();
+    assert_eq!(
+        listed(),
+        [first[1]],
+        "the unloadable checkpoint is unlisted"
+    );
+    scribble(&v, 3);
+    v.close().unwrap();
+    let second = listed();
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert_eq!(second[1], first[1], "the good fallback stays listed");
+    // The new checkpoint goes bad too: the fallback still opens the image.
+    corrupt(second[0]);
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut buf = vec![0u8; size as usize];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf == model, "the fallback + roll-forward give the image");
+    v.close().unwrap();
+    assert!(!listed().contains(&second[0]), "{:?}", listed());
+}
+
 #[test]
 fn corrupt_superblock_is_a_clear_error() {
     let (dir, store) = setup(1 << 20);

@@ -454,8 +454,20 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             }
         }
     }
-    let checkpoints = sb
-        .checkpoints
+    // Listed checkpoints that failed to load are dropped (ordering 27):
+    // still listed, one would push the good fallback out of the list at
+    // the next publish, which then tombstones the fallback's pieces. Their
+    // pieces below the gap were checked (or tombstoned) above, so a later
+    // roll-forward passes them as unlisted checkpoint objects.
+    let usable = &sb.checkpoints[ckpt_index.unwrap_or(sb.checkpoints.len())..];
+    for c in &sb.checkpoints[..sb.checkpoints.len() - usable.len()] {
+        warn!(
+            image,
+            checkpoint = c.seq.0,
+            "unloadable checkpoint dropped from the superblock's list"
+        );
+    }
+    let checkpoints = usable
         .iter()
         .copied()
         .filter(|c| c.seq.0 + c.pieces as u64 <= gap.0)
