@@ -369,6 +369,46 @@ fn unloadable_checkpoint_leaves_the_list_and_keeps_the_fallback() {
     assert!(!listed().contains(&second[0]), "{:?}", listed());
 }
 
+/// FUA on a trim or write-zeroes makes it durable across a host crash
+/// when it completes, like FUA on a write: it completes only after a
+/// journal fdatasync (without FUA none is issued). Also through the
+/// non-blocking submit the ublk queues use.
+#[test]
+fn fua_trim_and_write_zeroes_complete_after_a_journal_sync() {
+    let (dir, store) = setup(1 << 20);
+    let v = open(&store, dir.path(), &config()).unwrap();
+    v.write(0, &pattern(1, 256 << 10)).unwrap();
+    let syncs = || v.stats().journal_syncs;
+    let s0 = syncs();
+    v.trim(0, 4096).unwrap();
+    v.write_zeroes(4096, 4096).unwrap();
+    assert_eq!(syncs(), s0, "no journal sync without FUA");
+    v.trim_fua(8192, 4096).unwrap();
+    let s1 = syncs();
+    assert!(s1 > s0, "a FUA trim waits for a journal sync");
+    v.write_zeroes_fua(3 * 4096, 4096).unwrap();
+    let s2 = syncs();
+    assert!(s2 > s1, "a FUA write-zeroes waits for a journal sync");
+    for zero in [false, true] {
+        let before = syncs();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut done: Option<lsvd::volume::Completion> = Some(Box::new(move |r| {
+            tx.send(r).unwrap();
+        }));
+        let off = if zero { 5 * 4096 } else { 4 * 4096 };
+        let submitted = v
+            .try_submit_discard(off, 4096, zero, true, &mut done)
+            .unwrap();
+        assert!(submitted.is_some() && done.is_none());
+        rx.recv().unwrap().unwrap();
+        assert!(syncs() > before, "zero {zero}: completed before a sync");
+    }
+    let mut buf = vec![1u8; 6 * 4096];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    v.close().unwrap();
+}
+
 #[test]
 fn corrupt_superblock_is_a_clear_error() {
     let (dir, store) = setup(1 << 20);

@@ -1240,24 +1240,40 @@ impl Volume {
 
     /// Discard a range (reads as zeros afterwards); journaled like a write.
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.sync_submit(|d| self.submit_discard(offset, len, false, d).map(|_| ()))
+        self.sync_submit(|d| {
+            self.submit_discard(offset, len, false, false, d)
+                .map(|_| ())
+        })
+    }
+
+    /// Trim with FUA: durable across a host crash when it returns.
+    pub fn trim_fua(&self, offset: u64, len: u64) -> Result<()> {
+        self.sync_submit(|d| self.submit_discard(offset, len, false, true, d).map(|_| ()))
     }
 
     /// Zero a range; journaled like a write.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.sync_submit(|d| self.submit_discard(offset, len, true, d).map(|_| ()))
+        self.sync_submit(|d| self.submit_discard(offset, len, true, false, d).map(|_| ()))
+    }
+
+    /// Write-zeroes with FUA: durable across a host crash when it returns.
+    pub fn write_zeroes_fua(&self, offset: u64, len: u64) -> Result<()> {
+        self.sync_submit(|d| self.submit_discard(offset, len, true, true, d).map(|_| ()))
     }
 
     /// Submit a trim (`zero = false`) or write-zeroes (`zero = true`).
+    /// With `fua`, `done` runs only once it is durable across a host crash,
+    /// as for a FUA write.
     pub fn submit_discard(
         &self,
         offset: u64,
         len: u64,
         zero: bool,
+        fua: bool,
         done: Completion,
     ) -> Result<JournalSeq> {
         let mut done = Some(done);
-        self.discard_op(offset, len, zero, true, &mut done)
+        self.discard_op(offset, len, zero, fua, true, &mut done)
             .map(|s| s.expect("a blocking submit always submits"))
     }
 
@@ -1268,9 +1284,10 @@ impl Volume {
         offset: u64,
         len: u64,
         zero: bool,
+        fua: bool,
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
-        self.discard_op(offset, len, zero, false, done)
+        self.discard_op(offset, len, zero, fua, false, done)
     }
 
     fn discard_op(
@@ -1278,6 +1295,7 @@ impl Volume {
         offset: u64,
         len: u64,
         zero: bool,
+        fua: bool,
         wait: bool,
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
@@ -1293,7 +1311,7 @@ impl Volume {
         inner.check_range(what, offset, len)?;
         let first = st.next_jseq;
         let entries = inner.push_discard(&mut st, offset, len, kind);
-        inner.journal_append(&mut st, first, &entries, &[], false, done)
+        inner.journal_append(&mut st, first, &entries, &[], fua, done)
     }
 
     /// FLUSH: every write submitted before it is durable when it returns.
