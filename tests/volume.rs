@@ -409,6 +409,50 @@ fn fua_trim_and_write_zeroes_complete_after_a_journal_sync() {
     v.close().unwrap();
 }
 
+/// With `hard_flush`, FUA means what FLUSH means there: a FUA write, trim
+/// or write-zeroes returns only once the backend holds it (and everything
+/// before it), so it survives the loss of the journal. Batches are never
+/// closed by age here: only the FUA itself can have put them.
+#[test]
+fn hard_flush_fua_returns_once_the_backend_holds_it() {
+    let (dir, store) = setup(1 << 20);
+    let c = Config {
+        hard_flush: true,
+        flush_msec: 600_000,
+        ..config()
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut model = vec![0u8; 1 << 20];
+    let d = pattern(1, 64 << 10);
+    v.write(0, &d).unwrap();
+    model[..64 << 10].copy_from_slice(&d);
+    let d = pattern(2, 8192);
+    v.write_fua(256 << 10, &d).unwrap();
+    model[256 << 10..(256 << 10) + 8192].copy_from_slice(&d);
+    v.crash();
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut buf = vec![1u8; 1 << 20];
+    v.read(0, &mut buf).unwrap();
+    assert!(
+        buf == model,
+        "a FUA write (and what came before) is in the backend"
+    );
+    v.trim_fua(0, 4096).unwrap();
+    v.write_zeroes_fua(256 << 10, 4096).unwrap();
+    model[..4096].fill(0);
+    model[256 << 10..(256 << 10) + 4096].fill(0);
+    v.crash();
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    v.read(0, &mut buf).unwrap();
+    assert!(
+        buf == model,
+        "a FUA trim and write-zeroes are in the backend"
+    );
+    v.close().unwrap();
+}
+
 #[test]
 fn corrupt_superblock_is_a_clear_error() {
     let (dir, store) = setup(1 << 20);

@@ -21,7 +21,8 @@
 //! cache (a write is acknowledged once it is in the journal, and made
 //! durable by the next FLUSH) and supports FUA (a FUA write, discard or
 //! write-zeroes is acknowledged after the journal fdatasync that covers
-//! it), so the kernel sends the FLUSH and FUA requests we rely on.
+//! it; with `hard_flush`, once the backend holds it), so the kernel sends
+//! the FLUSH and FUA requests we rely on.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -356,6 +356,38 @@ impl Inner {
         Ok(Some(last))
     }
 
+    /// `hard_flush`: close the open batch and return a completion that,
+    /// once the journal is done, waits until every object up to it is
+    /// applied in the backend before it runs `done`. So a FLUSH, or a FUA
+    /// request just pushed, completes only when the backend holds it and
+    /// everything before it.
+    fn then_in_backend(&self, st: &mut State, done: Completion) -> Completion {
+        self.seal(st);
+        let target = ObjSeq(st.next_obj.0 - 1);
+        let tx = self.destage_tx.clone();
+        Box::new(move |r: Result<()>| match r {
+            Ok(()) => {
+                if let Err(e) = tx.send(DestageMsg::WaitApplied(target, done)) {
+                    if let DestageMsg::WaitApplied(_, d) = e.0 {
+                        d(Err(Error::new(ErrorKind::Closed, "volume stopped")));
+                    }
+                }
+            }
+            Err(e) => done(Err(e)),
+        })
+    }
+
+    /// A FUA request was just pushed: with `hard_flush` it completes only
+    /// once the backend holds it, as a FLUSH does (see `then_in_backend`).
+    fn hard_fua(&self, st: &mut State, fua: bool, done: &mut Option<Completion>) {
+        if !(fua && self.config.hard_flush) {
+            return;
+        }
+        if let Some(d) = done.take() {
+            *done = Some(self.then_in_backend(st, d));
+        }
+    }
+
     /// Keep an applied batch's buffer for reuse (a few at most).
     fn recycle(&self, buf: crate::io::AlignedBuf) {
         if buf.capacity() < self.config.backend_obj_bytes as usize {
@@ -1121,7 +1153,8 @@ impl Volume {
         self.sync_submit(|d| self.submit_write(offset, data, false, d).map(|_| ()))
     }
 
-    /// Write with FUA: durable across a host crash when it returns.
+    /// Write with FUA: durable across a host crash when it returns (with
+    /// `hard_flush`, also in the backend, so it survives losing the journal).
     pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.sync_submit(|d| self.submit_write(offset, data, true, d).map(|_| ()))
     }
@@ -1235,6 +1268,7 @@ impl Volume {
             .stats
             .write_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        inner.hard_fua(&mut st, fua, done);
         inner.journal_append(&mut st, first, &entries, data, fua, done)
     }
 
@@ -1262,8 +1296,8 @@ impl Volume {
     }
 
     /// Submit a trim (`zero = false`) or write-zeroes (`zero = true`).
-    /// With `fua`, `done` runs only once it is durable across a host crash,
-    /// as for a FUA write.
+    /// With `fua`, `done` runs only once it is durable across a host crash
+    /// (and, with `hard_flush`, in the backend), as for a FUA write.
     pub fn submit_discard(
         &self,
         offset: u64,
@@ -1311,6 +1345,7 @@ impl Volume {
         inner.check_range(what, offset, len)?;
         let first = st.next_jseq;
         let entries = inner.push_discard(&mut st, offset, len, kind);
+        inner.hard_fua(&mut st, fua, done);
         inner.journal_append(&mut st, first, &entries, &[], fua, done)
     }
 
@@ -1340,19 +1375,7 @@ impl Volume {
         }
         let upto = st.last_sent;
         let done: Completion = if inner.config.hard_flush {
-            inner.seal(&mut st);
-            let target = ObjSeq(st.next_obj.0 - 1);
-            let tx = inner.destage_tx.clone();
-            Box::new(move |r: Result<()>| match r {
-                Ok(()) => {
-                    if let Err(e) = tx.send(DestageMsg::WaitApplied(target, done)) {
-                        if let DestageMsg::WaitApplied(_, d) = e.0 {
-                            d(Err(Error::new(ErrorKind::Closed, "volume stopped")));
-                        }
-                    }
-                }
-                Err(e) => done(Err(e)),
-            })
+            inner.then_in_backend(&mut st, done)
         } else {
             done
         };
