@@ -505,6 +505,15 @@ impl Inner {
     /// in the backend, then write a checkpoint and wait until the
     /// superblock names it. `what` names the step in a timeout error.
     fn destage_and_checkpoint(&self, what: &str) -> Result<()> {
+        self.destage_and_checkpoint_with(what, false)
+    }
+
+    /// Like [`Inner::destage_and_checkpoint`]; with `if_changed`, no new
+    /// checkpoint when the newest listed one already reflects every applied
+    /// object (a close after nothing changed, such as `export` or a `gc`
+    /// that already checkpointed: a new one would only retire, and leave a
+    /// tombstone of, a checkpoint that is as good).
+    fn destage_and_checkpoint_with(&self, what: &str, if_changed: bool) -> Result<()> {
         let target = {
             let mut st = self.lock_state();
             self.seal(&mut st);
@@ -514,7 +523,11 @@ impl Inner {
             let _ = self.destage_tx.send(DestageMsg::WaitApplied(target, d));
         })?;
         wait_done(self, &format!("{what} checkpoint"), |d| {
-            let _ = self.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
+            let _ = self.destage_tx.send(if if_changed {
+                DestageMsg::CheckpointIfChanged(d)
+            } else {
+                DestageMsg::Checkpoint(Some(d))
+            });
         })
     }
 
@@ -818,11 +831,12 @@ fn wait_done(inner: &Inner, what: &str, f: impl FnOnce(Done)) -> Result<()> {
 /// backend before the smaller size is written, so nothing should be there).
 /// In memory only; the next checkpoint persists it, and a roll-forward from
 /// an older checkpoint clips again at the next open.
-fn clip_map_to_size(image: &str, map: &mut ObjectMap, size_bytes: u64) {
+/// Returns whether it dropped anything.
+fn clip_map_to_size(image: &str, map: &mut ObjectMap, size_bytes: u64) -> bool {
     let end = Lba(size_bytes / SECTOR);
     let beyond = map.extents_from(end, usize::MAX);
     if beyond.is_empty() {
-        return;
+        return false;
     }
     // A clone's zero markers beyond the end (its shrink trimmed the tail)
     // are expected; data is not.
@@ -840,6 +854,7 @@ fn clip_map_to_size(image: &str, map: &mut ObjectMap, size_bytes: u64) {
     // Unmapped, not trimmed: in a clone's map a trim of the whole range
     // beyond the end would be one zero marker per 2^32 sectors.
     map.unmap(end, u64::MAX - end.0);
+    true
 }
 
 impl Volume {
@@ -867,7 +882,10 @@ impl Volume {
         let mut sb = image::read_superblock(store.as_ref(), &image)?;
         let mut rec = recovery::recover(store.as_ref(), &image, &sb)?;
         sb.checkpoints = rec.checkpoints.clone();
-        clip_map_to_size(&image, &mut rec.map, sb.size_bytes);
+        let clipped = clip_map_to_size(&image, &mut rec.map, sb.size_bytes);
+        // The newest listed checkpoint reflects the recovered map: it was
+        // loaded, nothing was rolled forward past it, and nothing clipped.
+        let ckpt_current = !rec.checkpoints.is_empty() && rec.rolled == 0 && !clipped;
         // Opened after recovery: entries above the last object it kept are
         // dropped, since those sequences will be reused. Opened with the
         // journal generation the image recorded before this attach: a file
@@ -908,7 +926,7 @@ impl Volume {
             lock: Some(lock),
             stopped: false,
         };
-        vol.spawn_threads(destage_rx, rec.last_obj, cache_rx)?;
+        vol.spawn_threads(destage_rx, rec.last_obj, ckpt_current, cache_rx)?;
         vol.inner.note_listed_checkpoint(&sb);
 
         let shared = Arc::new(JournalShared::default());
@@ -981,6 +999,7 @@ impl Volume {
         &mut self,
         destage_rx: crossbeam_channel::Receiver<DestageMsg>,
         applied: ObjSeq,
+        ckpt_current: bool,
         cache_rx: Option<crossbeam_channel::Receiver<rcache::CacheMsg>>,
     ) -> Result<()> {
         let inner = &self.inner;
@@ -1001,7 +1020,7 @@ impl Volume {
             )?);
         }
         drop(done_tx);
-        let d = Destager::new(inner.clone(), applied, jobs_tx);
+        let d = Destager::new(inner.clone(), applied, ckpt_current, jobs_tx);
         self.threads.push(spawn(
             "lsvd-destage",
             Box::new(move || d.run(destage_rx, done_rx)),
@@ -1593,8 +1612,9 @@ impl Volume {
             }
         })?;
         // 2. Everything is in the backend, applied in order; 3. a
-        //    checkpoint of the final map, named by the superblock.
-        inner.destage_and_checkpoint("final")?;
+        //    checkpoint of the final map, named by the superblock (the
+        //    newest listed one if it already is such a checkpoint).
+        inner.destage_and_checkpoint_with("final", true)?;
         // 4. Marked clean only after the checkpoint is named.
         inner.write_superblock(|sb| sb.flags |= FLAG_CLEAN)?;
         // 5. The journal's chain is empty: its start moves to its head.
