@@ -110,7 +110,9 @@ pub struct Config {
     /// Default: `2000`.
     pub flush_msec: u64,
     /// If true, FLUSH waits until the backend holds everything written
-    /// before it (not just the journal).
+    /// before it (not just the journal), and so does a FUA write, trim or
+    /// write-zeroes (for itself and everything before it; it closes its
+    /// batch, so FUA on every write makes one object per write).
     /// Default: `false`.
     pub hard_flush: bool,
     /// Garbage collection cleans objects whose live fraction is below this

@@ -480,6 +480,28 @@ fn fault_data_filter_targets_puts_by_their_bytes() {
 }
 
 #[test]
+fn fault_apply_then_fail_lands_and_named_matches_exactly() {
+    let mem = Arc::new(MemStore::new());
+    let store = FaultStore::new(mem.clone(), 1);
+    store.add_rule(
+        FaultRule::new(FaultOp::Put, FaultAction::ApplyThenFail(ErrorKind::Timeout)).named("img"),
+    );
+    store.add_rule(
+        FaultRule::new(FaultOp::Delete, FaultAction::ApplyThenFail(ErrorKind::Io)).times(1),
+    );
+    // The error reaches the caller, but the put took effect.
+    assert_eq!(kind(store.put("img", b"new")), ErrorKind::Timeout);
+    assert_eq!(mem.get("img", 0, 16).unwrap(), b"new");
+    // `named` matches the name itself only, not the image's objects.
+    store.put("img.0000000000000001", b"o").unwrap();
+    assert_eq!(kind(store.delete("img.0000000000000001")), ErrorKind::Io);
+    assert_eq!(mem.stat("img.0000000000000001").unwrap(), None);
+    let c = store.counts();
+    assert_eq!(c.injected_for(FaultOp::Put), 1);
+    assert_eq!(c.injected_for(FaultOp::Delete), 1);
+}
+
+#[test]
 fn fault_drop_put_and_delete() {
     let mem = Arc::new(MemStore::new());
     let store = FaultStore::new(mem.clone(), 1);

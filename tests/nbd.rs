@@ -621,6 +621,77 @@ fn hostile_input_leaves_other_connections_working() {
     assert!(server.stop());
 }
 
+/// FUA on TRIM and WRITE_ZEROES is honoured like FUA on WRITE: the reply
+/// comes only after a journal fdatasync. Served in process (the same
+/// `lsvd::nbd::serve` as `serve-nbd`) so the volume's counters can be read.
+#[test]
+fn fua_trim_and_write_zeroes_reply_after_a_journal_sync() {
+    use lsvd::backend::{MemStore, ObjectStore};
+    use lsvd::nbd::{Export, Listener, ServeOptions};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    lsvd::volume::image::create_image(store.as_ref(), "img", 4 << 20).unwrap();
+    let vol = Arc::new(
+        lsvd::volume::Volume::open(lsvd::volume::VolumeOptions {
+            config: lsvd::config::Config {
+                rcache_dir: dir.path().join("rcache"),
+                rcache_bytes: 4 << 20,
+                ..common::small_config()
+            },
+            store,
+            image: "img".into(),
+            journal_path: dir.path().join("img.wlog"),
+            io_log: None,
+        })
+        .unwrap(),
+    );
+    let sock = dir.path().join("nbd.sock");
+    let listener = Listener::Unix(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (export, stop) = (vol.clone() as Arc<dyn Export>, stop.clone());
+        let opts = ServeOptions {
+            name: "img".into(),
+            aliases: vec![],
+            read_only: false,
+        };
+        std::thread::spawn(move || {
+            lsvd::nbd::serve(export, listener, opts, |wait| {
+                std::thread::sleep(wait.min(Duration::from_millis(20)));
+                stop.load(Ordering::SeqCst)
+            })
+        })
+    };
+    let mut c = Client::open(&sock);
+    assert_eq!(c.write(0, &common::pattern(1, 64 << 10), false), 0);
+    let syncs = || vol.stats().journal_syncs;
+    let s0 = syncs();
+    assert_eq!(c.discard(CMD_TRIM, 0, 4096), 0);
+    assert_eq!(c.discard(CMD_WRITE_ZEROES, 4096, 4096), 0);
+    assert_eq!(syncs(), s0, "no journal sync without FUA");
+    for (i, kind) in [CMD_TRIM, CMD_WRITE_ZEROES].into_iter().enumerate() {
+        let before = syncs();
+        let off = (2 + i as u64) * 4096;
+        assert_eq!(c.call(kind, FLAG_FUA, off, 4096, &[]).0, 0);
+        assert!(
+            syncs() > before,
+            "command {kind} with FUA: replied before a sync"
+        );
+    }
+    assert_eq!(c.read(0, 4 * 4096).unwrap(), vec![0u8; 4 * 4096]);
+    drop(c);
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap().unwrap();
+    Arc::try_unwrap(vol)
+        .ok()
+        .expect("the server let go of the volume")
+        .close()
+        .unwrap();
+}
+
 #[test]
 fn connections_share_flush_and_data_survive_sigkill() {
     let env = Env::with_image();

@@ -1512,7 +1512,10 @@ fn prefix_matcher_accepts_only_prefix_states() {
             Ok(states.len() - 1 - i)
         );
         // A floor refuses states that lost a durable mutation.
-        assert_eq!(match_prefix(&oracle, &undo, st, i), Ok(states.len() - 1 - i));
+        assert_eq!(
+            match_prefix(&oracle, &undo, st, i),
+            Ok(states.len() - 1 - i)
+        );
         assert!(match_prefix(&oracle, &undo, st, i + 1).is_err());
     }
     // The last write without the one before it is no prefix state.

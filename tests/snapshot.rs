@@ -6,9 +6,9 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use lsvd::backend::{MemStore, ObjectStore};
+use lsvd::backend::{FaultAction, FaultOp, FaultRule, FaultStore, MemStore, ObjectStore};
 use lsvd::config::Config;
-use lsvd::volume::image::{create_image, remove_image};
+use lsvd::volume::image::{create_image, read_superblock, remove_image};
 use lsvd::volume::{clone_image, find_clones, Volume, VolumeOptions};
 use lsvd::ErrorKind;
 
@@ -456,5 +456,115 @@ fn pinned_objects_do_not_make_gc_checkpoint_forever() {
         "{} checkpoint pieces written in 8 s of idling",
         after - before
     );
+    v.close().unwrap();
+}
+
+/// Snapshot names in `sb`, oldest first.
+fn snap_names(snaps: &[lsvd::format::superblock::SnapshotRef]) -> Vec<String> {
+    snaps.iter().map(|s| s.name.clone()).collect()
+}
+
+/// Make the next superblock put of `image` go through, and every later one
+/// land in the store but fail (a RADOS `write_full` that timed out after
+/// the OSD applied it).
+fn land_then_fail_after_one(fault: &FaultStore, image: &str) {
+    fault.add_rule(
+        FaultRule::new(FaultOp::Put, FaultAction::Delay(std::time::Duration::ZERO))
+            .named(image)
+            .times(1),
+    );
+    fault.add_rule(
+        FaultRule::new(FaultOp::Put, FaultAction::ApplyThenFail(ErrorKind::Timeout)).named(image),
+    );
+}
+
+/// A superblock put that fails may have landed. What landed is never
+/// dropped by the next rewrite: the volume reads the superblock back at
+/// once (and reports success if its put did land), and when it cannot, it
+/// re-reads it before the next rewrite. Clone creation reads its put back
+/// too.
+#[test]
+fn a_superblock_put_that_lands_but_fails_drops_no_snapshot() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let d = dir.path();
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create_image(mem.as_ref(), "base", SIZE).unwrap();
+    let fault = Arc::new(FaultStore::new(mem.clone(), 1));
+    let store: Arc<dyn ObjectStore> = fault.clone();
+    let c = Config {
+        io_timeout_msec: 300,
+        ..config(d)
+    };
+    let v = Volume::open(VolumeOptions {
+        config: c.clone(),
+        store: store.clone(),
+        image: "base".into(),
+        journal_path: d.join("base.wlog"),
+        io_log: None,
+    })
+    .unwrap();
+    let mut models = Vec::new();
+    let mut m = vec![0u8; SIZE as usize];
+    scribble(&v, &mut m, 1, 200);
+    // From here on, with no background checkpoint due, `snapshot_create`
+    // writes the superblock twice: its checkpoint, then the entry.
+    v.snapshot_create("warm").unwrap();
+    models.push(m.clone());
+
+    // 1. The entry's put lands and fails; the read-back finds it.
+    scribble(&v, &mut m, 2, 50);
+    land_then_fail_after_one(&fault, "base");
+    let r = v.snapshot_create("s1");
+    fault.clear_rules();
+    r.expect("the entry landed: the snapshot exists");
+    models.push(m.clone());
+    assert_eq!(snap_names(&v.snapshots()), ["warm", "s1"]);
+
+    // 2. The entry's put lands and fails, and so does the read-back.
+    scribble(&v, &mut m, 3, 50);
+    land_then_fail_after_one(&fault, "base");
+    fault.add_rule(FaultRule::fail(FaultOp::Get, ErrorKind::Io).named("base"));
+    let e = v.snapshot_create("s2").unwrap_err();
+    fault.clear_rules();
+    models.push(m.clone());
+    let stored = read_superblock(mem.as_ref(), "base").unwrap();
+    assert_eq!(snap_names(&stored.snapshots), ["warm", "s1", "s2"], "{e}");
+    // The volume looks at the store before it trusts its own copy again.
+    let e = v.snapshot_create("s2").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    // Another rewrite keeps the entry that landed.
+    scribble(&v, &mut m, 4, 50);
+    v.snapshot_create("s3").unwrap();
+    models.push(m.clone());
+    let stored = read_superblock(mem.as_ref(), "base").unwrap();
+    assert_eq!(snap_names(&stored.snapshots), ["warm", "s1", "s2", "s3"]);
+    assert_eq!(
+        v.snapshots(),
+        stored.snapshots,
+        "memory agrees with the store"
+    );
+
+    // 3. A clone whose superblock put lands and fails exists, linked.
+    fault.add_rule(
+        FaultRule::new(FaultOp::Put, FaultAction::ApplyThenFail(ErrorKind::Timeout)).named("kid"),
+    );
+    let r = clone_image(store.as_ref(), "base", "s2", "kid");
+    fault.clear_rules();
+    r.expect("the clone's superblock landed: the clone exists");
+    assert_eq!(
+        find_clones(mem.as_ref(), "base", v.uuid()).unwrap(),
+        [("kid".to_string(), "s2".to_string())]
+    );
+    scribble(&v, &mut m, 5, 50);
+    v.close().unwrap();
+
+    let v = open(&mem, d, "base");
+    assert_reads(&v, &m, "base after reopen");
+    for (name, want) in ["warm", "s1", "s2", "s3"].iter().zip(&models) {
+        assert_reads(&snap(&mem, d, "base", name), want, name);
+    }
+    let kid = open(&mem, d, "kid");
+    assert_reads(&kid, &models[2], "clone of s2");
+    kid.close().unwrap();
     v.close().unwrap();
 }

@@ -239,6 +239,223 @@ fn corrupt_newest_checkpoint_falls_back_to_the_older_one() {
     v.close().unwrap();
 }
 
+/// The newer of two listed checkpoints has lost a piece. Recovery falls
+/// back to the older one and rolls forward past the lost piece (it holds
+/// no data: the superblock named it only once everything below it was
+/// durable), so nothing above it is deleted and nothing is lost, also with
+/// the journal gone.
+#[test]
+fn lost_piece_of_the_newest_checkpoint_deletes_nothing_above_it() {
+    let (dir, store) = setup(4 << 20);
+    let c = config();
+    let mut model = vec![0u8; 4 << 20];
+    let mut scribble = |v: &Volume, seed: u64, n: u64| {
+        for i in 0..n {
+            let off = ((i * 17 + seed * 5) % 1000) * 4096;
+            let d = pattern(seed * 1000 + i, 8192);
+            v.write(off, &d).unwrap();
+            model[off as usize..off as usize + 8192].copy_from_slice(&d);
+        }
+    };
+    for round in 0..2 {
+        let v = open(&store, dir.path(), &c).unwrap();
+        scribble(&v, round, 100);
+        v.close().unwrap();
+    }
+    let spec = ImageSpec::parse("p/img").unwrap();
+    let listed = image_info(store.as_ref(), &spec).unwrap().checkpoints;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    // Objects above the newest checkpoint, applied in the backend (FLUSH
+    // waits for it), and no further checkpoint.
+    let c3 = Config {
+        hard_flush: true,
+        checkpoint_interval_objs: 1000,
+        ..c.clone()
+    };
+    let v = open(&store, dir.path(), &c3).unwrap();
+    scribble(&v, 2, 200);
+    v.flush().unwrap();
+    v.crash();
+    assert_eq!(
+        image_info(store.as_ref(), &spec).unwrap().checkpoints,
+        listed
+    );
+    let newest = format!("img.{:016x}", listed[0]);
+    let above = store
+        .list("img.")
+        .unwrap()
+        .into_iter()
+        .filter(|n| *n > newest)
+        .count();
+    assert!(above >= 3, "{above} objects above the newest checkpoint");
+    store.delete(&newest).unwrap();
+    let mut before = store.list("img.").unwrap();
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    v.read(0, &mut buf).unwrap();
+    assert!(
+        buf == model,
+        "older checkpoint + roll-forward past the lost piece"
+    );
+    v.crash();
+    // Nothing deleted; the lost piece's sequence holds a tombstone now.
+    before.push(newest);
+    before.sort();
+    let mut after = store.list("img.").unwrap();
+    after.retain(|n| before.contains(n));
+    assert_eq!(after, before, "no object may be deleted");
+}
+
+/// A checkpoint that does not load leaves the superblock's list at the open
+/// that falls back past it. Listed, it would push the good fallback out at
+/// the next publish (whose pieces are then tombstoned), and an image GC has
+/// run on would be refused once the new checkpoint went bad too.
+#[test]
+fn unloadable_checkpoint_leaves_the_list_and_keeps_the_fallback() {
+    let size = 4u64 << 20;
+    let (dir, store) = setup(size);
+    let c = Config {
+        no_gc: true,
+        gc_threshold: 90,
+        // Checkpoints only where the test says (GC, close).
+        checkpoint_interval_objs: 1000,
+        ..config()
+    };
+    let spec = ImageSpec::parse("p/img").unwrap();
+    let listed = || image_info(store.as_ref(), &spec).unwrap().checkpoints;
+    let corrupt = |seq: u64| {
+        let name = format!("img.{seq:016x}");
+        let mut bytes = store.get(&name, 0, 1 << 30).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        store.put(&name, &bytes).unwrap();
+    };
+    let mut model = vec![0u8; size as usize];
+    let mut scribble = |v: &Volume, seed: u64| {
+        for i in 0..100u64 {
+            let off = (i % 300) * 4096;
+            let d = pattern(seed * 1000 + i, 4096);
+            v.write(off, &d).unwrap();
+            model[off as usize..off as usize + 4096].copy_from_slice(&d);
+        }
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    for round in 0..3 {
+        scribble(&v, round);
+    }
+    // GC has run: without a usable checkpoint the image is refused.
+    v.gc_now().unwrap();
+    v.close().unwrap();
+    let first = listed();
+    assert_eq!(first.len(), 2, "{first:?}");
+    corrupt(first[0]);
+    let v = open(&store, dir.path(), &c).unwrap();
+    assert_eq!(
+        listed(),
+        [first[1]],
+        "the unloadable checkpoint is unlisted"
+    );
+    scribble(&v, 3);
+    v.close().unwrap();
+    let second = listed();
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert_eq!(second[1], first[1], "the good fallback stays listed");
+    // The new checkpoint goes bad too: the fallback still opens the image.
+    corrupt(second[0]);
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut buf = vec![0u8; size as usize];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf == model, "the fallback + roll-forward give the image");
+    v.close().unwrap();
+    assert!(!listed().contains(&second[0]), "{:?}", listed());
+}
+
+/// FUA on a trim or write-zeroes makes it durable across a host crash
+/// when it completes, like FUA on a write: it completes only after a
+/// journal fdatasync (without FUA none is issued). Also through the
+/// non-blocking submit the ublk queues use.
+#[test]
+fn fua_trim_and_write_zeroes_complete_after_a_journal_sync() {
+    let (dir, store) = setup(1 << 20);
+    let v = open(&store, dir.path(), &config()).unwrap();
+    v.write(0, &pattern(1, 256 << 10)).unwrap();
+    let syncs = || v.stats().journal_syncs;
+    let s0 = syncs();
+    v.trim(0, 4096).unwrap();
+    v.write_zeroes(4096, 4096).unwrap();
+    assert_eq!(syncs(), s0, "no journal sync without FUA");
+    v.trim_fua(8192, 4096).unwrap();
+    let s1 = syncs();
+    assert!(s1 > s0, "a FUA trim waits for a journal sync");
+    v.write_zeroes_fua(3 * 4096, 4096).unwrap();
+    let s2 = syncs();
+    assert!(s2 > s1, "a FUA write-zeroes waits for a journal sync");
+    for zero in [false, true] {
+        let before = syncs();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut done: Option<lsvd::volume::Completion> = Some(Box::new(move |r| {
+            tx.send(r).unwrap();
+        }));
+        let off = if zero { 5 * 4096 } else { 4 * 4096 };
+        let submitted = v
+            .try_submit_discard(off, 4096, zero, true, &mut done)
+            .unwrap();
+        assert!(submitted.is_some() && done.is_none());
+        rx.recv().unwrap().unwrap();
+        assert!(syncs() > before, "zero {zero}: completed before a sync");
+    }
+    let mut buf = vec![1u8; 6 * 4096];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    v.close().unwrap();
+}
+
+/// With `hard_flush`, FUA means what FLUSH means there: a FUA write, trim
+/// or write-zeroes returns only once the backend holds it (and everything
+/// before it), so it survives the loss of the journal. Batches are never
+/// closed by age here: only the FUA itself can have put them.
+#[test]
+fn hard_flush_fua_returns_once_the_backend_holds_it() {
+    let (dir, store) = setup(1 << 20);
+    let c = Config {
+        hard_flush: true,
+        flush_msec: 600_000,
+        ..config()
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut model = vec![0u8; 1 << 20];
+    let d = pattern(1, 64 << 10);
+    v.write(0, &d).unwrap();
+    model[..64 << 10].copy_from_slice(&d);
+    let d = pattern(2, 8192);
+    v.write_fua(256 << 10, &d).unwrap();
+    model[256 << 10..(256 << 10) + 8192].copy_from_slice(&d);
+    v.crash();
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut buf = vec![1u8; 1 << 20];
+    v.read(0, &mut buf).unwrap();
+    assert!(
+        buf == model,
+        "a FUA write (and what came before) is in the backend"
+    );
+    v.trim_fua(0, 4096).unwrap();
+    v.write_zeroes_fua(256 << 10, 4096).unwrap();
+    model[..4096].fill(0);
+    model[256 << 10..(256 << 10) + 4096].fill(0);
+    v.crash();
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    v.read(0, &mut buf).unwrap();
+    assert!(
+        buf == model,
+        "a FUA trim and write-zeroes are in the backend"
+    );
+    v.close().unwrap();
+}
+
 #[test]
 fn corrupt_superblock_is_a_clear_error() {
     let (dir, store) = setup(1 << 20);

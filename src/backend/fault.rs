@@ -1,5 +1,5 @@
 //! [`FaultStore`]: a wrapper that fails, delays or drops chosen operations of
-//! another store, for tests.
+//! another store, or performs them and then fails them, for tests.
 //!
 //! Faults are described by [`FaultRule`]s. For each operation the rules are
 //! tried in the order they were added; the first one that matches (same
@@ -84,6 +84,10 @@ pub enum FaultAction {
     /// Lose the operation: a `put` or `delete` reports success without doing
     /// anything; any other operation fails like `Fail(ErrorKind::Io)`.
     Drop,
+    /// Perform the operation, then fail it with an error of this kind: the
+    /// caller sees an error although the operation took effect (a RADOS
+    /// `write_full` that times out after the OSD applied it).
+    ApplyThenFail(ErrorKind),
 }
 
 /// One fault to inject.
@@ -98,6 +102,9 @@ pub struct FaultRule {
     /// format's magic, to target one kind of object); `None` matches all.
     /// A rule with this filter never matches other operations.
     pub data_starts_with: Option<Vec<u8>>,
+    /// Only the object (or list prefix, or lock name) exactly this; `None`
+    /// matches all.
+    pub name_is: Option<String>,
     /// What it does when it fires.
     pub action: FaultAction,
     /// How many times it may fire; `None` means forever.
@@ -116,6 +123,7 @@ impl FaultRule {
             op,
             name_contains: None,
             data_starts_with: None,
+            name_is: None,
             action,
             times: None,
             probability: 1.0,
@@ -136,6 +144,13 @@ impl FaultRule {
     /// Only fire on puts whose data starts with `prefix`.
     pub fn data_starting_with(mut self, prefix: &[u8]) -> FaultRule {
         self.data_starts_with = Some(prefix.to_vec());
+        self
+    }
+
+    /// Only fire on the name `s` itself (an image's superblock `IMG`, not
+    /// its objects `IMG.<seq>`).
+    pub fn named(mut self, s: impl Into<String>) -> FaultRule {
+        self.name_is = Some(s.into());
         self
     }
 
@@ -163,6 +178,7 @@ impl FaultRule {
                 .data_starts_with
                 .as_deref()
                 .is_none_or(|p| data.is_some_and(|d| d.starts_with(p)))
+            && self.name_is.as_deref().is_none_or(|s| name == s)
     }
 }
 
@@ -202,6 +218,17 @@ enum Decision {
     Sleep(Duration),
     Fail(ErrorKind),
     Drop,
+    ApplyThenFail(ErrorKind),
+}
+
+/// What to do with one operation, after any delay.
+enum Gate {
+    /// Perform it.
+    Run,
+    /// Skip it and report success (a dropped put or delete).
+    Skip,
+    /// Perform it, then fail with this kind.
+    RunThenFail(ErrorKind),
 }
 
 /// An [`ObjectStore`] that forwards to another one, injecting faults.
@@ -291,6 +318,7 @@ impl FaultStore {
                 Decision::Sleep(Duration::from_nanos(st.rng.gen_range(0..=nanos)))
             }
             FaultAction::Drop => Decision::Drop,
+            FaultAction::ApplyThenFail(kind) => Decision::ApplyThenFail(kind),
         }
     }
 
@@ -304,34 +332,54 @@ impl FaultStore {
         )
     }
 
-    /// Apply the decision for an operation other than put/delete: returns
-    /// `Err` to fail it, `Ok` to go on with it.
-    fn gate(&self, op: FaultOp, name: &str) -> Result<()> {
+    /// Apply the decision for an operation other than put/delete: `Err` to
+    /// fail it, otherwise whether to fail it after performing it.
+    fn gate(&self, op: FaultOp, name: &str) -> Result<Gate> {
         match self.decide(op, name, None) {
-            Decision::Proceed => Ok(()),
+            Decision::Proceed => Ok(Gate::Run),
             Decision::Sleep(d) => {
                 std::thread::sleep(d);
-                Ok(())
+                Ok(Gate::Run)
             }
             Decision::Fail(kind) => Err(self.injected(op, name, kind, "fail")),
             Decision::Drop => Err(self.injected(op, name, ErrorKind::Io, "drop")),
+            Decision::ApplyThenFail(kind) => Ok(Gate::RunThenFail(kind)),
         }
     }
 
-    /// Apply the decision for put/delete (`data`: a put's bytes):
-    /// `Ok(false)` to skip the operation and report success (a dropped
-    /// write), `Ok(true)` to perform it.
-    fn gate_mutation(&self, op: FaultOp, name: &str, data: Option<&[u8]>) -> Result<bool> {
+    /// Apply the decision for put/delete (`data`: a put's bytes): like
+    /// [`gate`](Self::gate), and a dropped one is skipped and reported as a
+    /// success.
+    fn gate_mutation(&self, op: FaultOp, name: &str, data: Option<&[u8]>) -> Result<Gate> {
         match self.decide(op, name, data) {
-            Decision::Proceed => Ok(true),
-            Decision::Sleep(d) => {
-                std::thread::sleep(d);
-                Ok(true)
-            }
-            Decision::Fail(kind) => Err(self.injected(op, name, kind, "fail")),
             Decision::Drop => {
                 tracing::debug!(store = %self.describe(), %op, name, "injected fault: dropped");
-                Ok(false)
+                Ok(Gate::Skip)
+            }
+            Decision::Proceed => Ok(Gate::Run),
+            Decision::Sleep(d) => {
+                std::thread::sleep(d);
+                Ok(Gate::Run)
+            }
+            Decision::Fail(kind) => Err(self.injected(op, name, kind, "fail")),
+            Decision::ApplyThenFail(kind) => Ok(Gate::RunThenFail(kind)),
+        }
+    }
+
+    /// Run `f` as `gate` decided.
+    fn run<T: Default>(
+        &self,
+        op: FaultOp,
+        name: &str,
+        gate: Gate,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        match gate {
+            Gate::Run => f(),
+            Gate::Skip => Ok(T::default()),
+            Gate::RunThenFail(kind) => {
+                f()?;
+                Err(self.injected(op, name, kind, "applied, then failed"))
             }
         }
     }
@@ -339,47 +387,50 @@ impl FaultStore {
 
 impl ObjectStore for FaultStore {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        if self.gate_mutation(FaultOp::Put, name, Some(data))? {
-            self.inner.put(name, data)?;
-        }
-        Ok(())
+        let g = self.gate_mutation(FaultOp::Put, name, Some(data))?;
+        self.run(FaultOp::Put, name, g, || self.inner.put(name, data))
     }
 
     fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.gate(FaultOp::Get, name)?;
-        self.inner.get(name, offset, len)
+        let g = self.gate(FaultOp::Get, name)?;
+        self.run(FaultOp::Get, name, g, || self.inner.get(name, offset, len))
     }
 
     fn stat(&self, name: &str) -> Result<Option<u64>> {
-        self.gate(FaultOp::Stat, name)?;
-        self.inner.stat(name)
+        let g = self.gate(FaultOp::Stat, name)?;
+        self.run(FaultOp::Stat, name, g, || self.inner.stat(name))
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        if self.gate_mutation(FaultOp::Delete, name, None)? {
-            self.inner.delete(name)?;
-        }
-        Ok(())
+        let g = self.gate_mutation(FaultOp::Delete, name, None)?;
+        self.run(FaultOp::Delete, name, g, || self.inner.delete(name))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        self.gate(FaultOp::List, prefix)?;
-        self.inner.list(prefix)
+        let g = self.gate(FaultOp::List, prefix)?;
+        self.run(FaultOp::List, prefix, g, || self.inner.list(prefix))
     }
 
     fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
-        self.gate(FaultOp::Lock, name)?;
-        self.inner.lock(name, owner)
+        // A lock taken and then failed would be held by nobody: drop it
+        // (which releases it) before the error.
+        match self.gate(FaultOp::Lock, name)? {
+            Gate::RunThenFail(kind) => {
+                drop(self.inner.lock(name, owner)?);
+                Err(self.injected(FaultOp::Lock, name, kind, "applied, then failed"))
+            }
+            _ => self.inner.lock(name, owner),
+        }
     }
 
     fn lock_holders(&self, name: &str) -> Result<Vec<String>> {
-        self.gate(FaultOp::Lock, name)?;
-        self.inner.lock_holders(name)
+        let g = self.gate(FaultOp::Lock, name)?;
+        self.run(FaultOp::Lock, name, g, || self.inner.lock_holders(name))
     }
 
     fn break_lock(&self, name: &str) -> Result<Vec<String>> {
-        self.gate(FaultOp::Lock, name)?;
-        self.inner.break_lock(name)
+        let g = self.gate(FaultOp::Lock, name)?;
+        self.run(FaultOp::Lock, name, g, || self.inner.break_lock(name))
     }
 
     fn describe(&self) -> String {

@@ -199,8 +199,8 @@ pub fn run(args: ChildArgs) -> i32 {
                 let data = stamped_buffer(op.lba, op.sectors, Stamp::new(args.run, op.w));
                 vol.submit_write(offset, &data, op.fua, done)
             }
-            OpKind::Trim => vol.submit_discard(offset, len, false, done),
-            OpKind::Zero => vol.submit_discard(offset, len, true, done),
+            OpKind::Trim => vol.submit_discard(offset, len, false, false, done),
+            OpKind::Zero => vol.submit_discard(offset, len, true, false, done),
         };
         if let Err(e) = res {
             emit_error(&out, &format!("submit {}", op.w), &format!("{e:?}"));

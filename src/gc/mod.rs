@@ -378,9 +378,14 @@ impl Gc {
                 break;
             }
         }
+        // Two checkpoints when they let this run free more: cleaned or dead
+        // objects wait for them, or the store holds objects that are dead
+        // now but that the oldest listed checkpoint still keeps (it
+        // predates their death). Otherwise only the next run would free
+        // those, after this run's close had moved the floor.
         if !self.pending.is_empty()
-            || host.floor(Duration::ZERO).is_none()
             || report.objects_cleaned > 0
+            || self.dead_kept_by_floor(host)?
         {
             self.checkpoint_twice(host)?;
         }
@@ -393,6 +398,26 @@ impl Gc {
             "GC run"
         );
         Ok(report)
+    }
+
+    /// Whether the store holds an object that is dead now but that the
+    /// deletion rule keeps under the current floor (see
+    /// [`select::dead_but_kept`]); true without a floor.
+    fn dead_kept_by_floor(&self, host: &dyn GcHost) -> Result<bool> {
+        let Some(floor) = host.floor(Duration::ZERO) else {
+            return Ok(true);
+        };
+        let live_now: BTreeSet<ObjSeq> = host
+            .objects()
+            .into_iter()
+            .filter(|(_, i)| i.live_sectors > 0)
+            .map(|(o, _)| o)
+            .collect();
+        let retention = host.retention();
+        Ok(host
+            .list_objects()?
+            .into_iter()
+            .any(|s| select::dead_but_kept(s, &floor, &live_now, |o| retention.pinned(o))))
     }
 
     /// Background work for one wake-up: false if there was nothing to do

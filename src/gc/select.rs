@@ -214,13 +214,32 @@ pub struct Floor {
 /// monotonicity by no newer one either), not a listed checkpoint's piece,
 /// and not pinned by a snapshot or clone.
 pub fn deletable(s: ObjSeq, floor: &Floor, pinned: impl Fn(ObjSeq) -> bool) -> bool {
-    s <= floor.last_obj
-        && !floor.live.contains(&s)
-        && !floor
-            .listed
-            .iter()
-            .any(|c| s.0 >= c.seq.0 && s.0 < c.seq.0 + u64::from(c.pieces))
-        && !pinned(s)
+    s <= floor.last_obj && !floor.live.contains(&s) && !listed_piece(s, floor) && !pinned(s)
+}
+
+/// Whether object `s` is dead now (no live data in the current map:
+/// `live_now` lacks it) but kept by the rule under `floor`: live in the
+/// oldest listed checkpoint, or newer than it. Two checkpoints taken now
+/// would move the floor past it, so a forced run writes them (crash-safety
+/// ordering 21 still decides each delete). A listed checkpoint's piece and
+/// a pinned object do not count: checkpoints would not free them (the
+/// pieces only leave the list with the checkpoints that replace them, which
+/// would make a forced run checkpoint every time).
+pub fn dead_but_kept(
+    s: ObjSeq,
+    floor: &Floor,
+    live_now: &BTreeSet<ObjSeq>,
+    pinned: impl Fn(ObjSeq) -> bool,
+) -> bool {
+    !live_now.contains(&s) && !listed_piece(s, floor) && !pinned(s) && !deletable(s, floor, &pinned)
+}
+
+/// Whether `s` is a piece of a checkpoint `floor` lists.
+fn listed_piece(s: ObjSeq, floor: &Floor) -> bool {
+    floor
+        .listed
+        .iter()
+        .any(|c| s.0 >= c.seq.0 && s.0 < c.seq.0 + u64::from(c.pieces))
 }
 
 #[cfg(test)]
@@ -371,6 +390,25 @@ mod tests {
             (151, false),
         ] {
             assert_eq!(deletable(ObjSeq(s), &floor, pinned), want, "object {s}");
+        }
+        // Dead now but kept by this floor: only checkpoints free it.
+        let live_now: BTreeSet<ObjSeq> = [ObjSeq(10), ObjSeq(120)].into();
+        for (s, want) in [
+            (1, false),   // deletable already
+            (10, false),  // live now
+            (20, false),  // pinned
+            (50, true),   // live in the floor's table, dead now
+            (91, false),  // a listed checkpoint's piece
+            (101, true),  // newer than the floor, dead now
+            (120, false), // newer than the floor, live now
+            (150, false), // a listed checkpoint's piece
+            (152, true),
+        ] {
+            assert_eq!(
+                dead_but_kept(ObjSeq(s), &floor, &live_now, pinned),
+                want,
+                "object {s}"
+            );
         }
     }
 }

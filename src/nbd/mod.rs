@@ -40,10 +40,11 @@ pub trait Export: Send + Sync + 'static {
     fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()>;
     /// Make every earlier write durable.
     fn flush(&self) -> Result<()>;
-    /// Discard a range (reads as zeros afterwards).
-    fn trim(&self, offset: u64, len: u64) -> Result<()>;
-    /// Zero a range.
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()>;
+    /// Discard a range (reads as zeros afterwards); with `fua`, durable
+    /// when it returns.
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<()>;
+    /// Zero a range; with `fua`, durable when it returns.
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()>;
     /// Start a write without waiting: `data` is copied before this returns
     /// and `done` runs once the write is acknowledged. An error returned
     /// here means `done` was not called. The default waits.
@@ -103,12 +104,20 @@ impl Export for Volume {
         Volume::flush(self)
     }
 
-    fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        Volume::trim(self, offset, len)
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        if fua {
+            Volume::trim_fua(self, offset, len)
+        } else {
+            Volume::trim(self, offset, len)
+        }
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        Volume::write_zeroes(self, offset, len)
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        if fua {
+            Volume::write_zeroes_fua(self, offset, len)
+        } else {
+            Volume::write_zeroes(self, offset, len)
+        }
     }
 
     fn submit_write(&self, offset: u64, data: &[u8], fua: bool, done: Completion) -> Result<()> {

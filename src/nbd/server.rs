@@ -484,6 +484,8 @@ enum Job {
         offset: u64,
         len: u64,
         zero: bool,
+        /// Durable when answered (`NBD_CMD_FLAG_FUA`).
+        fua: bool,
     },
 }
 
@@ -696,11 +698,12 @@ fn run_job(shared: &Shared, job: Job, replies: &QSender<Reply>) {
             offset,
             len,
             zero,
+            fua,
         } => {
             let r = if zero {
-                export.write_zeroes(offset, len)
+                export.write_zeroes(offset, len, fua)
             } else {
-                export.trim(offset, len)
+                export.trim(offset, len, fua)
             };
             Reply {
                 cookie,
@@ -895,6 +898,7 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
                         offset: req.offset,
                         len,
                         zero: req.kind == proto::CMD_WRITE_ZEROES,
+                        fua: req.flags & proto::CMD_FLAG_FUA != 0,
                     });
                 }
             }

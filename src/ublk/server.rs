@@ -4,8 +4,8 @@
 //! (libublk's async API). A task fetches a request, handles it and commits
 //! the result together with fetching the next one:
 //!
-//! - WRITE (with or without FUA), DISCARD and WRITE_ZEROES are copied into
-//!   the journal's staging record on the queue thread itself
+//! - WRITE, DISCARD and WRITE_ZEROES (each with or without FUA) are copied
+//!   into the journal's staging record on the queue thread itself
 //!   ([`Volume::try_submit_write`]); the journal writer acknowledges them
 //!   once durable and the queue's ring is woken through the tag's eventfd
 //!   ([`super::wake`]). When the journal has no room (the backend is behind),
@@ -19,9 +19,10 @@
 //!
 //! Device attributes (DESIGN contract point 8): the device has a volatile
 //! cache (a write is acknowledged once it is in the journal, and made
-//! durable by the next FLUSH) and supports FUA (a FUA write is acknowledged
-//! after the journal fdatasync that covers it), so the kernel sends the
-//! FLUSH and FUA requests we rely on.
+//! durable by the next FLUSH) and supports FUA (a FUA write, discard or
+//! write-zeroes is acknowledged after the journal fdatasync that covers
+//! it; with `hard_flush`, once the backend holds it), so the kernel sends
+//! the FLUSH and FUA requests we rely on.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -505,13 +506,13 @@ async fn handle(
         sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => {
             let zero = op == sys::UBLK_IO_OP_WRITE_ZEROES;
             let mut done = Some(completion(waiter.arm()));
-            match vol.try_submit_discard(offset, bytes, zero, &mut done) {
+            match vol.try_submit_discard(offset, bytes, zero, fua, &mut done) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     let v = vol.clone();
                     let d = done.take().expect("not submitted");
                     ctx.slow.run(move || {
-                        if let Err(e) = v.submit_discard(offset, bytes, zero, d) {
+                        if let Err(e) = v.submit_discard(offset, bytes, zero, fua, d) {
                             tracing::warn!("discard at {offset}: {e}");
                         }
                     });

@@ -68,6 +68,9 @@ pub(crate) enum DestageMsg {
     Gc(Arc<GcBatch>),
     /// Write a checkpoint now; `done` when the superblock names it.
     Checkpoint(Option<Done>),
+    /// Like `Checkpoint`, but `done` at once if the newest listed checkpoint
+    /// already reflects every applied object (clean close).
+    CheckpointIfChanged(Done),
     /// Run `done` once every object up to `upto` is applied.
     WaitApplied(ObjSeq, Done),
     /// Stop. `clean`: everything queued is finished first.
@@ -178,13 +181,23 @@ pub(crate) struct Destager {
     applied: ObjSeq,
     since_ckpt: u64,
     ckpt_running: bool,
+    /// The newest checkpoint the superblock lists reflects every applied
+    /// object: no data or GC object was applied after its map was taken.
+    current: bool,
     ckpt_waiters: Vec<Done>,
     applied_waiters: Vec<(ObjSeq, Done)>,
     jobs: Sender<Job>,
 }
 
 impl Destager {
-    pub(crate) fn new(inner: Arc<Inner>, applied: ObjSeq, jobs: Sender<Job>) -> Destager {
+    /// `current`: the newest listed checkpoint reflects `applied` (see the
+    /// field).
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        applied: ObjSeq,
+        current: bool,
+        jobs: Sender<Job>,
+    ) -> Destager {
         let window = inner.config.backend_write_window.max(1) as usize;
         Destager {
             inner,
@@ -196,6 +209,7 @@ impl Destager {
             applied,
             since_ckpt: 0,
             ckpt_running: false,
+            current,
             ckpt_waiters: Vec::new(),
             applied_waiters: Vec::new(),
             jobs,
@@ -257,6 +271,12 @@ impl Destager {
                     gc: Some(g.clone()),
                 });
                 self.items.insert(g.seq.0, Item::Gc(g));
+            }
+            DestageMsg::CheckpointIfChanged(done) if self.current && !self.ckpt_running => {
+                done(Ok(()));
+            }
+            DestageMsg::CheckpointIfChanged(done) => {
+                self.handle(DestageMsg::Checkpoint(Some(done)))
             }
             DestageMsg::Checkpoint(done) => {
                 if let Some(d) = done {
@@ -402,6 +422,7 @@ impl Destager {
             js.release(b.last_jseq);
         }
         self.since_ckpt += 1;
+        self.current = false;
     }
 
     /// Apply a GC object: its moves only retarget what still maps to their
@@ -432,6 +453,7 @@ impl Destager {
             Ordering::Relaxed,
         );
         self.since_ckpt += 1;
+        self.current = false;
         let done = g.done.lock().ok().and_then(|mut d| d.take());
         if let Some(d) = done {
             d(Ok(()));
@@ -574,6 +596,10 @@ impl Destager {
     ) {
         self.ckpt_running = false;
         let r = self.inner.publish_checkpoint(ckpt);
+        if r.is_ok() {
+            // Nothing applied since its map was taken: it reflects all.
+            self.current = self.since_ckpt == 0;
+        }
         if let (Ok(()), Some(f)) = (&r, facts) {
             // Recorded only once the superblock naming it is durable.
             self.inner.note_checkpoint(ckpt, f);

@@ -194,8 +194,10 @@ impl GcHost for Inner {
 
     fn floor(&self, min_age: Duration) -> Option<Floor> {
         // The superblock as durable (the in-memory copy changes only after
-        // its put succeeded); its oldest checkpoint is the fallback that
-        // recovery could use.
+        // its put succeeded or was read back from the store); its oldest
+        // checkpoint is the fallback that recovery could use. After a put
+        // that failed the store may list a newer pair: this older floor is
+        // then still valid, only more conservative.
         let listed = self
             .sb
             .lock()

@@ -375,7 +375,19 @@ pub(crate) fn create_image_with(
         snapshots: vec![],
         parent,
     };
-    store.put(image, &sb.encode())?;
+    // A put that fails may still have landed (a RADOS `write_full` that
+    // timed out after the OSD applied it): read it back. If the store holds
+    // this superblock, the image exists and is reported created (a clone
+    // then goes on to its ordering-24 check; an error here would skip it
+    // and leave a linked clone its caller thinks was never made).
+    if let Err(e) = store.put(image, &sb.encode()) {
+        match read_superblock(store, image) {
+            Ok(stored) if stored == sb => {
+                tracing::warn!(image, "the superblock put reported an error but landed (read back): taken as done: {e}");
+            }
+            _ => return Err(e),
+        }
+    }
     Ok(uuid)
 }
 

@@ -225,7 +225,12 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     state_cv: Condvar,
     durable: RwLock<ObjectMap>,
+    /// The superblock as the store has it (see `write_superblock_with`).
     sb: Mutex<Superblock>,
+    /// A put of the superblock failed since the last good rewrite: the
+    /// store may hold it or the copy in `sb`. Read and written only under
+    /// the `sb` lock.
+    sb_unsure: AtomicBool,
     journal_shared: OnceLock<Arc<JournalShared>>,
     applied_obj: AtomicU64,
     backend_jseq: AtomicU64,
@@ -457,6 +462,38 @@ impl Inner {
         Ok(Some(last))
     }
 
+    /// `hard_flush`: close the open batch and return a completion that,
+    /// once the journal is done, waits until every object up to it is
+    /// applied in the backend before it runs `done`. So a FLUSH, or a FUA
+    /// request just pushed, completes only when the backend holds it and
+    /// everything before it.
+    fn then_in_backend(&self, st: &mut State, done: Completion) -> Completion {
+        self.seal(st);
+        let target = ObjSeq(st.next_obj.0 - 1);
+        let tx = self.destage_tx.clone();
+        Box::new(move |r: Result<()>| match r {
+            Ok(()) => {
+                if let Err(e) = tx.send(DestageMsg::WaitApplied(target, done)) {
+                    if let DestageMsg::WaitApplied(_, d) = e.0 {
+                        d(Err(Error::new(ErrorKind::Closed, "volume stopped")));
+                    }
+                }
+            }
+            Err(e) => done(Err(e)),
+        })
+    }
+
+    /// A FUA request was just pushed: with `hard_flush` it completes only
+    /// once the backend holds it, as a FLUSH does (see `then_in_backend`).
+    fn hard_fua(&self, st: &mut State, fua: bool, done: &mut Option<Completion>) {
+        if !(fua && self.config.hard_flush) {
+            return;
+        }
+        if let Some(d) = done.take() {
+            *done = Some(self.then_in_backend(st, d));
+        }
+    }
+
     /// Keep an applied batch's buffer for reuse (a few at most).
     fn recycle(&self, buf: crate::io::AlignedBuf) {
         if buf.capacity() < self.config.backend_obj_bytes as usize {
@@ -574,9 +611,22 @@ impl Inner {
     /// in the backend, then write a checkpoint and wait until the
     /// superblock names it. `what` names the step in a timeout error.
     fn destage_and_checkpoint(&self, what: &str) -> Result<()> {
+        self.destage_and_checkpoint_with(what, false)
+    }
+
+    /// Like [`Inner::destage_and_checkpoint`]; with `if_changed`, no new
+    /// checkpoint when the newest listed one already reflects every applied
+    /// object (a close after nothing changed, such as `export` or a `gc`
+    /// that already checkpointed: a new one would only retire, and leave a
+    /// tombstone of, a checkpoint that is as good).
+    fn destage_and_checkpoint_with(&self, what: &str, if_changed: bool) -> Result<()> {
         self.destage_all(what)?;
         wait_done(self, &format!("{what} checkpoint"), |d| {
-            let _ = self.destage_tx.send(DestageMsg::Checkpoint(Some(d)));
+            let _ = self.destage_tx.send(if if_changed {
+                DestageMsg::CheckpointIfChanged(d)
+            } else {
+                DestageMsg::Checkpoint(Some(d))
+            });
         })
     }
 
@@ -670,8 +720,9 @@ impl Inner {
 
     /// Change and rewrite the superblock. The lock is held across the put
     /// so two rewrites can never land in the opposite order; on failure the
-    /// in-memory copy stays as the store has it. The put is retried for at
-    /// most `io_timeout_msec`, and given up when the volume stops.
+    /// in-memory copy stays as the store has it (see
+    /// [`Inner::write_superblock_with`]). The put is retried for at most
+    /// `io_timeout_msec`, and given up when the volume stops.
     fn write_superblock(&self, f: impl FnOnce(&mut Superblock)) -> Result<()> {
         self.write_superblock_until(&self.cancel, f)
     }
@@ -683,14 +734,110 @@ impl Inner {
         cancel: &Cancel,
         f: impl FnOnce(&mut Superblock),
     ) -> Result<()> {
+        self.write_superblock_with_until(cancel, |sb| {
+            f(sb);
+            Ok(())
+        })
+    }
+
+    /// Like [`Inner::write_superblock`], with a change that may refuse
+    /// (checked against the superblock as the store has it).
+    pub(crate) fn write_superblock_with(
+        &self,
+        f: impl FnOnce(&mut Superblock) -> Result<()>,
+    ) -> Result<()> {
+        self.write_superblock_with_until(&self.cancel, f)
+    }
+
+    /// The rewrite itself.
+    ///
+    /// A put that fails may still have landed, or may land later (a RADOS
+    /// `write_full` that timed out after the OSD applied it). Ordering 6
+    /// therefore also says: after a failed put the superblock is read back
+    /// at once. If the store holds what was written, the change took effect
+    /// and this returns `Ok`. Otherwise the copy in memory is *unsure*, and
+    /// the next rewrite starts from the superblock re-read from the store,
+    /// never from memory, so a change that landed (a snapshot entry a
+    /// clone may already link to) is never silently dropped.
+    fn write_superblock_with_until(
+        &self,
+        cancel: &Cancel,
+        f: impl FnOnce(&mut Superblock) -> Result<()>,
+    ) -> Result<()> {
         let mut guard = self.sb.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_superblock_locked(&mut guard)?;
         let mut sb = guard.clone();
-        f(&mut sb);
+        f(&mut sb)?;
         sb.update_seq += 1;
-        self.put_bounded(&self.image, &sb.encode(), cancel)
-            .map_err(|e| e.prefixed(format!("write superblock of {}", self.image)))?;
-        *guard = sb;
+        let Err(e) = self.put_bounded(&self.image, &sb.encode(), cancel) else {
+            *guard = sb;
+            return Ok(());
+        };
+        let e = e.prefixed(format!("write superblock of {}", self.image));
+        // A fenced put never lands (and a read would fail the same way).
+        if e.kind() == ErrorKind::Fenced {
+            return Err(e);
+        }
+        match image::read_superblock(self.store.as_ref(), &self.image) {
+            Ok(stored) if stored == sb => {
+                warn!(image = %self.image, update_seq = sb.update_seq,
+                    "the superblock put reported an error but landed (read back): taken as done: {e}");
+                *guard = sb;
+                Ok(())
+            }
+            Ok(_) => {
+                // Not landed yet; it may still land.
+                self.sb_unsure.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+            Err(re) => {
+                warn!(image = %self.image,
+                    "cannot read the superblock back after a failed put (re-read before the next rewrite): {re}");
+                self.sb_unsure.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// If a superblock put failed since the last good rewrite, take the
+    /// store's superblock as the copy in memory (see
+    /// [`Inner::write_superblock_with`]). The live disk size stays this
+    /// volume's: a failed resize keeps (or went back to) it, and it is the
+    /// size written next.
+    fn refresh_superblock_locked(&self, cur: &mut Superblock) -> Result<()> {
+        if !self.sb_unsure.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut stored = image::read_superblock(self.store.as_ref(), &self.image).map_err(|e| {
+            e.prefixed(format!(
+                "re-read superblock of {} after a failed write (nothing rewritten)",
+                self.image
+            ))
+        })?;
+        if stored.uuid != cur.uuid {
+            return Err(Error::new(
+                ErrorKind::Mismatch,
+                format!(
+                    "superblock of {} now names image {} (this volume is {}): nothing rewritten",
+                    self.image, stored.uuid, cur.uuid
+                ),
+            ));
+        }
+        if stored != *cur {
+            info!(image = %self.image, update_seq = stored.update_seq,
+                "superblock re-read after a failed write: the store's copy is newer");
+        }
+        stored.size_bytes = cur.size_bytes;
+        *cur = stored;
+        self.sb_unsure.store(false, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Re-read the superblock now if a put of it failed since the last good
+    /// rewrite (before a check against the copy in memory).
+    pub(crate) fn refresh_superblock(&self) -> Result<()> {
+        let mut guard = self.sb.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_superblock_locked(&mut guard)
     }
 }
 
@@ -738,6 +885,7 @@ impl Inner {
             map_extents: AtomicU64::new(i.map.extent_count() as u64),
             durable: RwLock::new(i.map),
             sb: Mutex::new(i.sb),
+            sb_unsure: AtomicBool::new(false),
             journal_shared: OnceLock::new(),
             applied_obj: AtomicU64::new(i.last_obj.0),
             backend_jseq: AtomicU64::new(i.backend_jseq.0),
@@ -800,11 +948,12 @@ fn wait_done(inner: &Inner, what: &str, f: impl FnOnce(Done)) -> Result<()> {
 /// backend before the smaller size is written, so nothing should be there).
 /// In memory only; the next checkpoint persists it, and a roll-forward from
 /// an older checkpoint clips again at the next open.
-fn clip_map_to_size(image: &str, map: &mut ObjectMap, size_bytes: u64) {
+/// Returns whether it dropped anything.
+fn clip_map_to_size(image: &str, map: &mut ObjectMap, size_bytes: u64) -> bool {
     let end = Lba(size_bytes / SECTOR);
     let beyond = map.extents_from(end, usize::MAX);
     if beyond.is_empty() {
-        return;
+        return false;
     }
     // A clone's zero markers beyond the end (its shrink trimmed the tail)
     // are expected; data is not.
@@ -822,6 +971,7 @@ fn clip_map_to_size(image: &str, map: &mut ObjectMap, size_bytes: u64) {
     // Unmapped, not trimmed: in a clone's map a trim of the whole range
     // beyond the end would be one zero marker per 2^32 sectors.
     map.unmap(end, u64::MAX - end.0);
+    true
 }
 
 impl Volume {
@@ -850,7 +1000,10 @@ impl Volume {
         let mut sb = image::read_superblock(store.as_ref(), &image)?;
         let mut rec = recovery::recover(store.as_ref(), &image, &sb)?;
         sb.checkpoints = rec.checkpoints.clone();
-        clip_map_to_size(&image, &mut rec.map, sb.size_bytes);
+        let clipped = clip_map_to_size(&image, &mut rec.map, sb.size_bytes);
+        // The newest listed checkpoint reflects the recovered map: it was
+        // loaded, nothing was rolled forward past it, and nothing clipped.
+        let ckpt_current = !rec.checkpoints.is_empty() && rec.rolled == 0 && !clipped;
         // Opened after recovery: entries above the last object it kept are
         // dropped, since those sequences will be reused. Opened with the
         // journal generation the image recorded before this attach: a file
@@ -891,7 +1044,7 @@ impl Volume {
             lock: Some(lock),
             stopped: false,
         };
-        vol.spawn_threads(destage_rx, rec.last_obj, cache_rx)?;
+        vol.spawn_threads(destage_rx, rec.last_obj, ckpt_current, cache_rx)?;
         vol.inner.note_listed_checkpoint(&sb);
 
         let shared = Arc::new(JournalShared::default());
@@ -966,6 +1119,7 @@ impl Volume {
         &mut self,
         destage_rx: crossbeam_channel::Receiver<DestageMsg>,
         applied: ObjSeq,
+        ckpt_current: bool,
         cache_rx: Option<crossbeam_channel::Receiver<rcache::CacheMsg>>,
     ) -> Result<()> {
         let inner = &self.inner;
@@ -986,7 +1140,7 @@ impl Volume {
             )?);
         }
         drop(done_tx);
-        let d = Destager::new(inner.clone(), applied, jobs_tx);
+        let d = Destager::new(inner.clone(), applied, ckpt_current, jobs_tx);
         self.threads.push(spawn(
             "lsvd-destage",
             Box::new(move || d.run(destage_rx, done_rx)),
@@ -1140,7 +1294,8 @@ impl Volume {
         })
     }
 
-    /// Write with FUA: durable across a host crash when it returns.
+    /// Write with FUA: durable across a host crash when it returns (with
+    /// `hard_flush`, also in the backend, so it survives losing the journal).
     pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.sync_submit("FUA write", |d| {
             self.submit_write(offset, data, true, d).map(|_| ())
@@ -1232,33 +1387,52 @@ impl Volume {
             .stats
             .write_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        inner.hard_fua(&mut st, fua, done);
         inner.journal_append(&mut st, first, &entries, data, fua, done)
     }
 
     /// Discard a range (reads as zeros afterwards); journaled like a write.
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
         self.sync_submit("trim", |d| {
-            self.submit_discard(offset, len, false, d).map(|_| ())
+            self.submit_discard(offset, len, false, false, d)
+                .map(|_| ())
+        })
+    }
+
+    /// Trim with FUA: durable across a host crash when it returns.
+    pub fn trim_fua(&self, offset: u64, len: u64) -> Result<()> {
+        self.sync_submit("FUA trim", |d| {
+            self.submit_discard(offset, len, false, true, d).map(|_| ())
         })
     }
 
     /// Zero a range; journaled like a write.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.sync_submit("write-zeroes", |d| {
-            self.submit_discard(offset, len, true, d).map(|_| ())
+            self.submit_discard(offset, len, true, false, d).map(|_| ())
+        })
+    }
+
+    /// Write-zeroes with FUA: durable across a host crash when it returns.
+    pub fn write_zeroes_fua(&self, offset: u64, len: u64) -> Result<()> {
+        self.sync_submit("FUA write-zeroes", |d| {
+            self.submit_discard(offset, len, true, true, d).map(|_| ())
         })
     }
 
     /// Submit a trim (`zero = false`) or write-zeroes (`zero = true`).
+    /// With `fua`, `done` runs only once it is durable across a host crash
+    /// (and, with `hard_flush`, in the backend), as for a FUA write.
     pub fn submit_discard(
         &self,
         offset: u64,
         len: u64,
         zero: bool,
+        fua: bool,
         done: Completion,
     ) -> Result<JournalSeq> {
         let mut done = Some(done);
-        self.discard_op(offset, len, zero, true, &mut done)
+        self.discard_op(offset, len, zero, fua, true, &mut done)
             .map(|s| s.expect("a blocking submit always submits"))
     }
 
@@ -1269,9 +1443,10 @@ impl Volume {
         offset: u64,
         len: u64,
         zero: bool,
+        fua: bool,
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
-        self.discard_op(offset, len, zero, false, done)
+        self.discard_op(offset, len, zero, fua, false, done)
     }
 
     fn discard_op(
@@ -1279,6 +1454,7 @@ impl Volume {
         offset: u64,
         len: u64,
         zero: bool,
+        fua: bool,
         wait: bool,
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
@@ -1294,7 +1470,8 @@ impl Volume {
         inner.check_range(what, offset, len)?;
         let first = st.next_jseq;
         let entries = inner.push_discard(&mut st, offset, len, kind);
-        inner.journal_append(&mut st, first, &entries, &[], false, done)
+        inner.hard_fua(&mut st, fua, done);
+        inner.journal_append(&mut st, first, &entries, &[], fua, done)
     }
 
     /// FLUSH: every write submitted before it is durable when it returns.
@@ -1336,19 +1513,7 @@ impl Volume {
         }
         let upto = st.last_sent;
         let done: Completion = if inner.config.hard_flush {
-            inner.seal(&mut st);
-            let target = ObjSeq(st.next_obj.0 - 1);
-            let tx = inner.destage_tx.clone();
-            Box::new(move |r: Result<()>| match r {
-                Ok(()) => {
-                    if let Err(e) = tx.send(DestageMsg::WaitApplied(target, done)) {
-                        if let DestageMsg::WaitApplied(_, d) = e.0 {
-                            d(Err(Error::new(ErrorKind::Closed, "volume stopped")));
-                        }
-                    }
-                }
-                Err(e) => done(Err(e)),
-            })
+            inner.then_in_backend(&mut st, done)
         } else {
             done
         };
@@ -1567,8 +1732,9 @@ impl Volume {
             }
         })?;
         // 2. Everything is in the backend, applied in order; 3. a
-        //    checkpoint of the final map, named by the superblock.
-        inner.destage_and_checkpoint("final")?;
+        //    checkpoint of the final map, named by the superblock (the
+        //    newest listed one if it already is such a checkpoint).
+        inner.destage_and_checkpoint_with("final", true)?;
         // 4. Marked clean only after the checkpoint is named.
         inner.write_superblock(|sb| sb.flags |= FLAG_CLEAN)?;
         // 5. The journal's chain is empty: its start moves to its head.

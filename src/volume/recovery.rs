@@ -285,6 +285,29 @@ pub(crate) fn apply_op_list(map: &mut ObjectMap, obj: ObjSeq, header_sectors: u3
     }
 }
 
+/// A piece of a listed checkpoint that failed to load, met by the
+/// roll-forward (ordering 29): if it is missing or not a checkpoint object
+/// any more, overwrite it with a tombstone, so this and every later
+/// roll-forward passes it.
+fn repair_failed_piece(store: &dyn ObjectStore, image: &str, seq: ObjSeq) -> Result<()> {
+    let name = object_name(image, seq);
+    let why = match store.get(&name, 0, 8) {
+        Ok(b) if b.starts_with(b"LSVDCKP1") => return Ok(()),
+        Ok(_) => "is not a checkpoint object",
+        Err(e) if e.kind() == ErrorKind::NotFound => "is missing",
+        Err(e) => return Err(e),
+    };
+    warn!(
+        image,
+        object = %name,
+        "piece of a listed checkpoint that failed to load {why}: replaced by a tombstone \
+         (it holds no data; the roll-forward goes on past it)"
+    );
+    store
+        .put(&name, super::destage::TOMBSTONE)
+        .map_err(|e| e.prefixed(format!("tombstone for checkpoint piece {name}")))
+}
+
 /// Recover the backend state of `image`.
 pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> Result<Recovered> {
     let mut base = None;
@@ -345,9 +368,28 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
         .iter()
         .flat_map(|c| c.seq.0..c.seq.0 + c.pieces as u64)
         .collect();
+    // The pieces of the listed checkpoints newer than the one loaded (they
+    // failed to load).
+    let failed: BTreeSet<u64> = sb.checkpoints[..ckpt_index.unwrap_or(sb.checkpoints.len())]
+        .iter()
+        .flat_map(|c| c.seq.0..c.seq.0 + c.pieces as u64)
+        .collect();
     let mut rolled = 0;
     let mut seq = last_obj.next();
     let gap = loop {
+        if failed.contains(&seq.0) {
+            // Crash-safety ordering 29: the superblock named this
+            // checkpoint only once its pieces and everything below them
+            // were durable, so this sequence held a piece, never data. If
+            // it is lost (or no longer a checkpoint object) it is no gap:
+            // a tombstone fills it, durably, before anything else is
+            // written, and the roll-forward goes on. Otherwise every
+            // object above it would be deleted.
+            repair_failed_piece(store, image, seq)?;
+            last_obj = seq;
+            seq = seq.next();
+            continue;
+        }
         if known.contains(&seq.0) {
             if store.stat(&object_name(image, seq))?.is_none() {
                 break seq;
@@ -412,8 +454,20 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             }
         }
     }
-    let checkpoints = sb
-        .checkpoints
+    // Listed checkpoints that failed to load are dropped (ordering 29):
+    // still listed, one would push the good fallback out of the list at
+    // the next publish, which then tombstones the fallback's pieces. Their
+    // pieces below the gap were checked (or tombstoned) above, so a later
+    // roll-forward passes them as unlisted checkpoint objects.
+    let usable = &sb.checkpoints[ckpt_index.unwrap_or(sb.checkpoints.len())..];
+    for c in &sb.checkpoints[..sb.checkpoints.len() - usable.len()] {
+        warn!(
+            image,
+            checkpoint = c.seq.0,
+            "unloadable checkpoint dropped from the superblock's list"
+        );
+    }
+    let checkpoints = usable
         .iter()
         .copied()
         .filter(|c| c.seq.0 + c.pieces as u64 <= gap.0)

@@ -81,6 +81,24 @@ fn no_such_snapshot(image: &str, sb: &Superblock, snap: &str) -> Error {
     )
 }
 
+/// Whether snapshot `name` can be added to `sb`: not there yet, and room
+/// for one more.
+fn can_add_snapshot(image: &str, sb: &Superblock, name: &str) -> Result<()> {
+    if sb.snapshot(name).is_some() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("snapshot {image}@{name} already exists"),
+        ));
+    }
+    if sb.snapshots.len() >= MAX_SNAPSHOTS {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("image {image} already has {MAX_SNAPSHOTS} snapshots, the most it can keep"),
+        ));
+    }
+    Ok(())
+}
+
 /// Open the parent snapshot of a clone, checking it is the one the clone
 /// was made from.
 pub(crate) fn open_parent(
@@ -348,24 +366,9 @@ impl Volume {
         check_snap_name(&inner.image, name)?;
         // No GC step (no clean, no delete) while the pin set changes.
         let _gc = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let sb = inner.sb.lock().unwrap_or_else(|e| e.into_inner());
-            if sb.snapshot(name).is_some() {
-                return Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    format!("snapshot {}@{name} already exists", inner.image),
-                ));
-            }
-            if sb.snapshots.len() >= MAX_SNAPSHOTS {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "image {} already has {MAX_SNAPSHOTS} snapshots, the most it can keep",
-                        inner.image
-                    ),
-                ));
-            }
-        }
+        // The store's list, if a superblock put failed (it may have landed).
+        inner.refresh_superblock()?;
+        can_add_snapshot(&inner.image, &inner.sb_copy(), name)?;
         inner.snap_hold.fetch_add(1, Ordering::SeqCst);
         let r = self.snapshot_checkpoint(name);
         inner.snap_hold.fetch_sub(1, Ordering::SeqCst);
@@ -402,7 +405,11 @@ impl Volume {
             .retention
             .add(facts.live.iter().copied().chain(ckpt.piece_seqs()));
         crate::failpoint::hit("snap.before_superblock");
-        inner.write_superblock(|sb| sb.snapshots.push(snap.clone()))?;
+        inner.write_superblock_with(|sb| {
+            can_add_snapshot(&inner.image, sb, name)?;
+            sb.snapshots.push(snap.clone());
+            Ok(())
+        })?;
         Ok(snap)
     }
 
@@ -412,6 +419,7 @@ impl Volume {
         let inner = &self.inner;
         inner.check_writable()?;
         let mut gc = inner.gc.lock().unwrap_or_else(|e| e.into_inner());
+        inner.refresh_superblock()?;
         let sb = inner.sb_copy();
         if sb.snapshot(name).is_none() {
             return Err(no_such_snapshot(&inner.image, &sb, name));
@@ -473,6 +481,7 @@ impl Volume {
                 format!("image {} is not a clone", inner.image),
             ));
         };
+        inner.refresh_superblock()?;
         let sb = inner.sb_copy();
         if !sb.snapshots.is_empty() {
             return Err(Error::new(
