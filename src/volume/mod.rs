@@ -999,6 +999,9 @@ impl Volume {
         })?;
         let mut sb = image::read_superblock(store.as_ref(), &image)?;
         let mut rec = recovery::recover(store.as_ref(), &image, &sb)?;
+        if let Some(written) = rec.superblock.take() {
+            sb = written;
+        }
         sb.checkpoints = rec.checkpoints.clone();
         let clipped = clip_map_to_size(&image, &mut rec.map, sb.size_bytes);
         // The newest listed checkpoint reflects the recovered map: it was

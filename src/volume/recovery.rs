@@ -28,6 +28,9 @@ pub(crate) struct Recovered {
     pub rolled: u64,
     /// Objects deleted above the gap.
     pub deleted: u64,
+    /// The superblock as recovery rewrote it (its checkpoint list filtered,
+    /// before anything above the gap was deleted), if it had to.
+    pub superblock: Option<Superblock>,
 }
 
 /// Read and decode one checkpoint piece.
@@ -286,17 +289,14 @@ pub(crate) fn apply_op_list(map: &mut ObjectMap, obj: ObjSeq, header_sectors: u3
 }
 
 /// A piece of a listed checkpoint that failed to load, met by the
-/// roll-forward (ordering 29): if it is missing or not a checkpoint object
-/// any more, overwrite it with a tombstone, so this and every later
-/// roll-forward passes it.
-fn repair_failed_piece(store: &dyn ObjectStore, image: &str, seq: ObjSeq) -> Result<()> {
+/// roll-forward (ordering 29) missing or neither a checkpoint object nor a
+/// valid data or GC object of this image: overwrite it with a tombstone, so
+/// this and every later roll-forward passes it. (A valid data or GC object
+/// there is rolled forward like any other: ordering 29 keeps a listed
+/// checkpoint's sequences from being reused, but an image left by a build
+/// without that ordering may hold one, and it is data.)
+fn repair_failed_piece(store: &dyn ObjectStore, image: &str, seq: ObjSeq, why: &str) -> Result<()> {
     let name = object_name(image, seq);
-    let why = match store.get(&name, 0, 8) {
-        Ok(b) if b.starts_with(b"LSVDCKP1") => return Ok(()),
-        Ok(_) => "is not a checkpoint object",
-        Err(e) if e.kind() == ErrorKind::NotFound => "is missing",
-        Err(e) => return Err(e),
-    };
     warn!(
         image,
         object = %name,
@@ -317,11 +317,24 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                 base = Some((i, r));
                 break;
             }
-            Err(e) => warn!(
+            // Only a checkpoint that is missing or corrupt is unusable. A
+            // store that fails to answer (I/O error, timeout) fails the
+            // open, changing nothing: falling back to an older checkpoint
+            // would roll forward over objects the newer one made
+            // unnecessary to read, and one rotten header among them would
+            // become a gap that deletes everything above it.
+            Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => warn!(
                 image,
                 checkpoint = c.seq.0,
                 "checkpoint unusable, trying an older one: {e:?}"
             ),
+            Err(e) => {
+                return Err(e.prefixed(format!(
+                    "image {image}: cannot read checkpoint {} (nothing was changed; the open \
+                     can be retried)",
+                    c.seq
+                )))
+            }
         }
     }
     let (mut map, mut last_obj, mut backend_jseq, ckpt_index) = match base {
@@ -380,17 +393,31 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
         if failed.contains(&seq.0) {
             // Crash-safety ordering 29: the superblock named this
             // checkpoint only once its pieces and everything below them
-            // were durable, so this sequence held a piece, never data. If
-            // it is lost (or no longer a checkpoint object) it is no gap:
-            // a tombstone fills it, durably, before anything else is
-            // written, and the roll-forward goes on. Otherwise every
-            // object above it would be deleted.
-            repair_failed_piece(store, image, seq)?;
-            last_obj = seq;
-            seq = seq.next();
-            continue;
+            // were durable, so this sequence held a piece, never data, and
+            // it is never reused while listed (the filtered list is
+            // persisted below before anything above a gap is deleted). If
+            // it is lost (or garbage) it is no gap: a tombstone fills it,
+            // durably, before anything else is written, and the
+            // roll-forward goes on. Otherwise every object above it would
+            // be deleted.
+            let why = match read_object_header(store, image, sb, seq)? {
+                Found::Missing => Some("is missing".to_string()),
+                Found::Invalid(e) => Some(format!("is not a valid object ({e})")),
+                Found::Checkpoint => None,
+                Found::Data(_) | Found::Gc(_) => {
+                    warn!(image, object = seq.0,
+                        "piece of a listed checkpoint that failed to load holds a data object: rolled forward as one");
+                    None
+                }
+            };
+            if let Some(why) = why {
+                repair_failed_piece(store, image, seq, &why)?;
+                last_obj = seq;
+                seq = seq.next();
+                continue;
+            }
         }
-        if known.contains(&seq.0) {
+        if known.contains(&seq.0) && !failed.contains(&seq.0) {
             if store.stat(&object_name(image, seq))?.is_none() {
                 break seq;
             }
@@ -439,6 +466,45 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             }
         }
     };
+    // Listed checkpoints that failed to load are dropped (ordering 29):
+    // still listed, one would push the good fallback out of the list at
+    // the next publish, which then tombstones the fallback's pieces. Their
+    // pieces below the gap were checked (or tombstoned) above, so a later
+    // roll-forward passes them as unlisted checkpoint objects. So are
+    // listed checkpoints with pieces at or above the gap (deleted below).
+    let usable = &sb.checkpoints[ckpt_index.unwrap_or(sb.checkpoints.len())..];
+    for c in &sb.checkpoints[..sb.checkpoints.len() - usable.len()] {
+        warn!(
+            image,
+            checkpoint = c.seq.0,
+            "unloadable checkpoint dropped from the superblock's list"
+        );
+    }
+    let checkpoints: Vec<CheckpointRef> = usable
+        .iter()
+        .copied()
+        .filter(|c| c.seq.0 + c.pieces as u64 <= gap.0)
+        .collect();
+    // Crash-safety ordering 29 (and 4): the superblock stops listing them
+    // durably *before* anything above the gap is deleted and its sequences
+    // are reused for new objects. Otherwise a crash after the reuse would
+    // leave a listed checkpoint naming a sequence that now holds data,
+    // which the next recovery would take for a lost piece.
+    let mut rewritten = None;
+    if checkpoints != sb.checkpoints {
+        let mut new = sb.clone();
+        new.checkpoints = checkpoints.clone();
+        new.update_seq += 1;
+        store.put(image, &new.encode()).map_err(|e| {
+            e.prefixed(format!(
+                "image {image}: write the superblock without its unusable checkpoints \
+                 (nothing above the gap was deleted yet)"
+            ))
+        })?;
+        info!(image, checkpoints = ?checkpoints.iter().map(|c| c.seq.0).collect::<Vec<_>>(),
+            "superblock's checkpoint list filtered");
+        rewritten = Some(new);
+    }
     // Objects above the gap were written out of order before a crash (or
     // the gap is a lost object): applying them would break prefix
     // consistency, and leaving them would let a later roll-forward run into
@@ -454,24 +520,6 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             }
         }
     }
-    // Listed checkpoints that failed to load are dropped (ordering 29):
-    // still listed, one would push the good fallback out of the list at
-    // the next publish, which then tombstones the fallback's pieces. Their
-    // pieces below the gap were checked (or tombstoned) above, so a later
-    // roll-forward passes them as unlisted checkpoint objects.
-    let usable = &sb.checkpoints[ckpt_index.unwrap_or(sb.checkpoints.len())..];
-    for c in &sb.checkpoints[..sb.checkpoints.len() - usable.len()] {
-        warn!(
-            image,
-            checkpoint = c.seq.0,
-            "unloadable checkpoint dropped from the superblock's list"
-        );
-    }
-    let checkpoints = usable
-        .iter()
-        .copied()
-        .filter(|c| c.seq.0 + c.pieces as u64 <= gap.0)
-        .collect();
     info!(
         image,
         rolled,
@@ -487,6 +535,7 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
         checkpoints,
         rolled,
         deleted,
+        superblock: rewritten,
     })
 }
 
