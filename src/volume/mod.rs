@@ -200,6 +200,11 @@ pub(crate) struct Inner {
     cache: Option<Arc<crate::cache::Cache>>,
     /// To the cache writer thread (objects as they are put).
     cache_tx: Option<crossbeam_channel::Sender<rcache::CacheMsg>>,
+    /// The superblock carries `INCOMPAT_CHUNK_CRCS` (set before the first
+    /// version-2 object is put; see `destage::put_worker`).
+    chunk_crcs_marked: AtomicBool,
+    /// Held while that bit is being set (taken before `sb`).
+    chunk_crcs_lock: Mutex<()>,
     /// Recent checkpoints published by this session (at most 16, oldest
     /// first), with what GC's deletion rule needs of them.
     /// See `gchost::note_checkpoint` and `GcHost::floor`.
@@ -586,6 +591,7 @@ struct InnerInit {
 impl Inner {
     fn build(i: InnerInit) -> Inner {
         let cap = i.config.backend_obj_bytes as usize;
+        let crcs_marked = i.sb.incompat & crate::format::superblock::INCOMPAT_CHUNK_CRCS != 0;
         Inner {
             image: i.image,
             uuid: i.sb.uuid,
@@ -620,6 +626,8 @@ impl Inner {
             spare_buffers: Mutex::new(Vec::new()),
             cache: i.cache,
             cache_tx: i.cache_tx,
+            chunk_crcs_marked: AtomicBool::new(crcs_marked),
+            chunk_crcs_lock: Mutex::new(()),
             session_ckpts: Mutex::new(Vec::new()),
             retention: i.pins,
             read_only: i.read_only,
