@@ -261,14 +261,18 @@ impl Destager {
     fn handle(&mut self, m: DestageMsg) {
         match m {
             DestageMsg::Batch(b) => {
-                let head = ObjectHeader::encode_header(
+                let (head, crcs) = ObjectHeader::encode_header_and_crcs(
                     self.inner.uuid,
                     b.obj,
                     b.first_jseq,
                     &b.ops,
                     &b.data,
                 );
-
+                // Reads of this object verify against these without
+                // reading its header back.
+                self.inner
+                    .chunk_tables
+                    .insert(b.obj, super::verify::ObjCheck::Chunks(crcs));
                 self.queue.push_back(Job {
                     seq: b.obj,
                     name: object_name(&self.inner.image, b.obj),
@@ -280,8 +284,11 @@ impl Destager {
                 self.items.insert(b.obj.0, Item::Data(b));
             }
             DestageMsg::Gc(g) => {
-                let head = GcHeader::encode_header(self.inner.uuid, g.seq, &g.moves, &g.data);
-
+                let (head, crcs) =
+                    GcHeader::encode_header_and_crcs(self.inner.uuid, g.seq, &g.moves, &g.data);
+                self.inner
+                    .chunk_tables
+                    .insert(g.seq, super::verify::ObjCheck::Chunks(crcs));
                 self.queue.push_back(Job {
                     seq: g.seq,
                     name: object_name(&self.inner.image, g.seq),
