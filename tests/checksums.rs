@@ -263,3 +263,56 @@ fn a_flipped_bit_in_a_gc_object_is_an_error() {
     assert!(rest[..] == model[65536..]);
     v.close().unwrap();
 }
+
+/// Scrub beside an open image whose GC deletes objects and whose
+/// checkpoints retire pieces meanwhile: never a false "bad" (what went away
+/// is counted as vanished), and once closed it scrubs clean and unchanged.
+#[test]
+fn scrub_beside_an_open_image_reports_no_false_corruption() {
+    use lsvd::volume::scrub::Scrub;
+    let (dir, store) = setup();
+    let c = config(false);
+    let v = open(&store, dir.path(), &c);
+    v.write(0, &pattern(4, 2 << 20)).unwrap();
+    v.flush().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let off = (i * 7919 % 500) * 4096;
+                let d = pattern(100 + i, 4096);
+                v.write(off, &d).unwrap();
+                if i % 50 == 49 {
+                    v.flush().unwrap();
+                    v.gc_now().unwrap();
+                }
+                i += 1;
+            }
+        });
+        // Scrub until GC has written a few objects (and so retired
+        // checkpoints and deleted objects) meanwhile.
+        let t0 = std::time::Instant::now();
+        let mut scrubs = 0;
+        while scrubs < 10
+            || (v.stats().gc_objects < 3 && t0.elapsed() < std::time::Duration::from_secs(60))
+        {
+            let r = Scrub::plan(store.clone(), "img", "p/img")
+                .unwrap()
+                .run(2, &|_| {})
+                .unwrap();
+            assert!(r.clean(), "{r:?}");
+            assert!(r.objects > 0, "{r:?}");
+            scrubs += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(v.stats().gc_objects > 0, "GC ran during the scrubs");
+    v.close().unwrap();
+    let r = Scrub::plan(store.clone(), "img", "p/img")
+        .unwrap()
+        .run(1, &|_| {})
+        .unwrap();
+    assert!(r.clean() && !r.changed && r.vanished == 0, "{r:?}");
+    assert!(r.chunks > 0 && r.checkpoints > 0, "{r:?}");
+}

@@ -22,6 +22,7 @@ mod gchost;
 pub mod image;
 mod rcache;
 mod recovery;
+pub mod scrub;
 pub mod snapshot;
 mod verify;
 
