@@ -197,10 +197,9 @@ fn sparse_first_object(v: &Volume) -> Vec<u8> {
 /// A bit flipped in live data of a GC victim: a forced GC refuses to copy
 /// it (error naming the object; no GC object copies from it), the victim is
 /// kept, and the data stays detectably bad, also after a reopen.
-#[test]
-fn gc_refuses_to_copy_a_bad_chunk_and_it_stays_detectable() {
+fn gc_refuses_a_bad_chunk(no_rcache: bool) {
     let (dir, store) = setup();
-    let c = config(false);
+    let c = config(no_rcache);
     let v = open(&store, dir.path(), &c);
     let model = sparse_first_object(&v);
     let (victim, off) = object_holding(&store, 1000);
@@ -232,6 +231,16 @@ fn gc_refuses_to_copy_a_bad_chunk_and_it_stays_detectable() {
     assert_eq!(v.read(0, &mut buf).unwrap_err().kind(), ErrorKind::Corrupt);
     assert!(v.stats().corrupt_chunks > 0);
     v.close().unwrap();
+}
+
+#[test]
+fn gc_refuses_to_copy_a_bad_chunk_and_it_stays_detectable() {
+    gc_refuses_a_bad_chunk(false);
+}
+
+#[test]
+fn gc_without_a_cache_refuses_to_copy_a_bad_chunk() {
+    gc_refuses_a_bad_chunk(true);
 }
 
 /// The same victim without the flip is cleaned into a GC object; a bit
@@ -315,4 +324,30 @@ fn scrub_beside_an_open_image_reports_no_false_corruption() {
         .unwrap();
     assert!(r.clean() && !r.changed && r.vanished == 0, "{r:?}");
     assert!(r.chunks > 0 && r.checkpoints > 0, "{r:?}");
+}
+
+/// GC without a read cache (each read widened to whole chunks and
+/// checked): everything it copies reads back exactly.
+#[test]
+fn gc_without_a_cache_copies_exactly() {
+    let (dir, store) = setup();
+    let c = config(true);
+    let v = open(&store, dir.path(), &c);
+    let mut model = pattern(5, 2 << 20);
+    v.write(0, &model).unwrap();
+    for i in 0..300u64 {
+        let off = (i * 7919 % 512) * 4096;
+        let d = pattern(1000 + i, 4096);
+        v.write(off, &d).unwrap();
+        model[off as usize..off as usize + 4096].copy_from_slice(&d);
+    }
+    v.flush().unwrap();
+    let r = v.gc_now().unwrap();
+    assert!(r.objects_cleaned > 0 && r.bytes_copied > 0, "{r:?}");
+    let v = reopen_cold(v, &store, dir.path(), &c);
+    let mut buf = vec![0u8; 2 << 20];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf == model, "after GC without a cache");
+    assert!(v.stats().chunks_verified > 0);
+    v.close().unwrap();
 }
