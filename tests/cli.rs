@@ -975,3 +975,112 @@ fn resize_an_attached_image_asks_its_server() {
         &["not running", "recover", "detach --force"],
     );
 }
+
+/// `scrub`: a clean image scrubs clean with counts; a byte flipped in a
+/// data object, a GC object, a checkpoint piece and the superblock in turn
+/// each makes it exit 1 naming the object.
+#[test]
+fn scrub_finds_a_flipped_byte_in_each_kind_of_object() {
+    use lsvd::format::checkpoint::CheckpointPiece;
+    use lsvd::format::gcobject::GcHeader;
+    use lsvd::format::object::ObjectHeader;
+
+    let mut env = Env::new();
+    env.config = env
+        .config
+        .replace('}', r#","gc_threshold":90,"no_gc":true}"#);
+    env.ok(&["create", "pool/img", "--size", "4M"]);
+    env.ok(&[
+        "bench",
+        "pool/img",
+        "--io-type",
+        "write",
+        "--io-pattern",
+        "rand",
+        "--io-total",
+        "12M",
+        "--io-threads",
+        "2",
+    ]);
+    env.ok(&["gc", "pool/img"]);
+    // Data objects written after the GC (which cleaned every one before).
+    env.ok(&[
+        "bench",
+        "pool/img",
+        "--io-type",
+        "write",
+        "--io-pattern",
+        "seq",
+        "--io-total",
+        "2M",
+        "--io-size",
+        "64K",
+    ]);
+    let r = json(&env.ok(&["scrub", "pool/img", "--json"]));
+    assert_eq!(r["bad"], serde_json::json!([]), "{r}");
+    for key in [
+        "objects",
+        "bytes",
+        "checkpoints",
+        "checkpoint_pieces",
+        "chunks",
+    ] {
+        assert!(r[key].as_u64().unwrap() > 0, "{key}: {r}");
+    }
+    assert_eq!(r["legacy_objects"], 0, "{r}");
+    let text = env.ok_str(&["scrub", "pool/img"]);
+    assert!(
+        text.starts_with("image 'pool/img': ") && text.trim_end().ends_with("clean"),
+        "{text}"
+    );
+
+    // The objects the newest checkpoint names, by kind.
+    let dir = env.path("store/pool");
+    let info = json(&env.ok(&["info", "pool/img", "--json"]));
+    let ckpt = format!("img.{:016x}", info["checkpoints"][0].as_u64().unwrap());
+    let piece = CheckpointPiece::decode(&std::fs::read(dir.join(&ckpt)).unwrap()).unwrap();
+    let (mut data_obj, mut gc_obj) = (None, None);
+    for o in &piece.objects {
+        let name = format!("img.{:016x}", o.obj.0);
+        let bytes = std::fs::read(dir.join(&name)).unwrap();
+        if let Ok(h) = ObjectHeader::decode(&bytes) {
+            data_obj.get_or_insert((name, u64::from(h.header_bytes) + 1000));
+        } else if let Ok(h) = GcHeader::decode(&bytes) {
+            gc_obj.get_or_insert((name, u64::from(h.header_bytes) + 1000));
+        }
+    }
+    let data_obj = data_obj.expect("a data object is still needed");
+    let gc_obj = gc_obj.expect("GC wrote a GC object");
+    let flip = |name: &str, off: u64| {
+        let p = dir.join(name);
+        let mut b = std::fs::read(&p).unwrap();
+        b[off as usize] ^= 0x20;
+        std::fs::write(&p, &b).unwrap();
+    };
+    let piece_mid = std::fs::metadata(dir.join(&ckpt)).unwrap().len() / 2;
+    for (name, off, what) in [
+        (data_obj.0.as_str(), data_obj.1, "fails its checksum"),
+        (gc_obj.0.as_str(), gc_obj.1, "fails its checksum"),
+        (ckpt.as_str(), piece_mid, "checkpoint: checksum mismatch"),
+        ("img", 50, "superblock: checksum mismatch"),
+    ] {
+        flip(name, off);
+        let out = env.run(&["scrub", "pool/img", "--json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(what),
+            "{name}: {stderr}"
+        );
+        let r = json(&out.stdout);
+        let bad = r["bad"].as_array().unwrap();
+        assert_eq!(bad.len(), 1, "{name}: {r}");
+        assert_eq!(bad[0]["object"], name, "{r}");
+        if name != "img" {
+            // A bad piece does not hide the rest of the image.
+            assert!(r["objects"].as_u64().unwrap() > 0, "{r}");
+        }
+        flip(name, off);
+    }
+    env.ok(&["scrub", "pool/img"]);
+}

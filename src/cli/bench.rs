@@ -532,6 +532,8 @@ fn stats_delta(before: &VolumeStats, after: &VolumeStats) -> VolumeStats {
         cache_evictions: after.cache_evictions.saturating_sub(before.cache_evictions),
         cache_inserts: after.cache_inserts.saturating_sub(before.cache_inserts),
         cache_corrupt: after.cache_corrupt.saturating_sub(before.cache_corrupt),
+        chunks_verified: after.chunks_verified.saturating_sub(before.chunks_verified),
+        corrupt_chunks: after.corrupt_chunks.saturating_sub(before.corrupt_chunks),
         gc_objects: after.gc_objects.saturating_sub(before.gc_objects),
         gc_bytes: after.gc_bytes.saturating_sub(before.gc_bytes),
         gc_deleted: after.gc_deleted.saturating_sub(before.gc_deleted),

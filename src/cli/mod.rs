@@ -1,6 +1,6 @@
 //! The `lsvd-ublk` command line: image lifecycle (`create`, `info`, `ls`,
 //! `rm`, `resize`, `snap`, `clone`, `flatten`), data transfer (`import`,
-//! `export`) and `bench`, modelled on `rbd`; the block device (`attach`,
+//! `export`), `gc`, `scrub` and `bench`, modelled on `rbd`; the block device (`attach`,
 //! `detach`, `list`, `recover`) and the NBD export (`serve-nbd`).
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
@@ -14,6 +14,7 @@ mod bench;
 mod device;
 mod nbd;
 mod resize;
+mod scrub;
 mod snap;
 mod transfer;
 
@@ -111,6 +112,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read and verify every object, checkpoint and superblock the image
+    /// needs (like `ceph pg deep-scrub`); exit status 1 if any is bad.
+    Scrub(scrub::ScrubArgs),
     /// Snapshots: create, list, remove (POOL/IMAGE@SNAP).
     #[command(subcommand)]
     Snap(snap::SnapCommand),
@@ -230,6 +234,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => transfer::export(&config, &args),
         Command::Bench(args) => bench::bench(&config, &args),
         Command::Gc { image, json } => cmd_gc(&config, &image, json),
+        Command::Scrub(args) => scrub::scrub(&config, &args),
         Command::Snap(cmd) => snap::cmd_snap(&config, &cmd),
         Command::Clone { snap, child } => snap::cmd_clone(&config, &snap, &child),
         Command::Flatten { image } => snap::cmd_flatten(&config, &image),

@@ -54,7 +54,7 @@ pub struct ExportArgs {
 }
 
 /// A byte-counting progress bar on stderr, hidden unless stderr is a terminal.
-fn progress_bar(total: u64, what: &str) -> ProgressBar {
+pub(super) fn progress_bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

@@ -1,34 +1,42 @@
 //! GC object: live data copied out of cleaned objects, with where it came
 //! from, so applying it moves only what still points at the source.
 //!
-//! Header layout (little endian), version 1; the header is padded with zeros
+//! Header layout (little endian), version 2; the header is padded with zeros
 //! to `header_bytes` (a multiple of 4096) and the copied data follows:
 //!
 //! | off | size | field |
 //! |----:|-----:|-------|
 //! | 0   | 8    | magic `LSVDGCO1` |
-//! | 8   | 4    | version = 1 |
+//! | 8   | 4    | version = 2 (1: see below) |
 //! | 12  | 4    | header_bytes: header incl. padding; data starts here |
 //! | 16  | 16   | image UUID |
 //! | 32  | 8    | object sequence |
 //! | 40  | 4    | number of moves N (> 0) |
 //! | 44  | 4    | data sectors (512 B) after the header |
-//! | 48  | 4    | crc32c of the data area |
+//! | 48  | 4    | number of chunk crcs C (exactly [`ChunkCrcs::count`]) |
 //! | 52  | 20   | reserved, 0 |
 //! | 72  | 32*N | moves: LBA (8), sectors (4), data offset in sectors from the data start (4), source object sequence (8), source offset in sectors from the start of the source object (4), reserved (4) |
-//! | 72+32N | 4 | crc32c of bytes 0 .. 72+32N |
+//! | 72+32N | 4*C | crc32c of the data in each 64 KiB chunk of the object, in order (see [`super::chunks`]) |
+//! | 72+32N+4C | 4 | crc32c of bytes 0 .. 72+32N+4C |
+//!
+//! Version 1 (written before chunk checksums; still read) has one crc32c of
+//! the whole data area at 48 and no chunk table: its header crc sits at
+//! 72+32N.
 //!
 //! Applying a move maps `[lba, lba+sectors)` to this object only where the
 //! map still points at exactly the source location (same object, same
 //! offset): data written after the copy was taken is never overwritten.
 
-use super::{check_magic_version, crc, round_up, Dec, Enc, FormatError};
+use super::chunks::{ChunkCrcs, DataCheck};
+use super::{check_magic_versions, crc, round_up, Dec, Enc, FormatError};
 use crate::units::{ImageUuid, Lba, ObjSeq, SECTOR};
 
-/// Magic at the start of every GC object.
+/// Magic at the start of every GC object (both versions).
 pub const MAGIC: &[u8; 8] = b"LSVDGCO1";
-/// Format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// Format version this build writes (it reads 1 too).
+pub const VERSION: u32 = 2;
+/// The first version, without chunk checksums.
+pub const VERSION_1: u32 = 1;
 const WHAT: &str = "GC object header";
 /// Fixed part of the header.
 pub const FIXED_BYTES: usize = 72;
@@ -64,16 +72,20 @@ pub struct GcHeader {
     pub moves: Vec<GcMove>,
     /// Sectors of data.
     pub data_sectors: u32,
-    /// crc32c of the data area.
-    pub data_crc: u32,
+    /// The data checksums: per chunk (version 2) or whole (version 1).
+    pub data_check: DataCheck,
     /// Header size including padding (data starts here), bytes.
     pub header_bytes: u32,
 }
 
 impl GcHeader {
-    /// Header size for `n` moves, padded.
-    pub fn header_bytes_for(n: usize) -> u32 {
-        round_up((FIXED_BYTES + MOVE_BYTES * n + 4) as u64, HEADER_ALIGN) as u32
+    /// Header size (padded) for `n` moves and `data_bytes` of data: room
+    /// for the chunk crcs however the data falls on chunks.
+    pub fn header_bytes_for(n: usize, data_bytes: u64) -> u32 {
+        round_up(
+            (FIXED_BYTES + MOVE_BYTES * n + 4 * ChunkCrcs::max_count(data_bytes) + 4) as u64,
+            HEADER_ALIGN,
+        ) as u32
     }
 
     /// Offset of the data area in sectors.
@@ -81,10 +93,29 @@ impl GcHeader {
         self.header_bytes / SECTOR as u32
     }
 
+    /// The chunk crcs (version 2), or `None` (version 1).
+    pub fn chunk_crcs(&self) -> Option<&ChunkCrcs> {
+        match &self.data_check {
+            DataCheck::Chunks(t) => Some(t),
+            DataCheck::Whole(_) => None,
+        }
+    }
+
     /// Encode only the header (padded to `header_bytes`) of the GC object
     /// whose data area is `data`; the object is this followed by `data`.
     pub fn encode_header(uuid: ImageUuid, seq: ObjSeq, moves: &[GcMove], data: &[u8]) -> Vec<u8> {
-        let header_bytes = Self::header_bytes_for(moves.len());
+        Self::encode_header_and_crcs(uuid, seq, moves, data).0
+    }
+
+    /// [`GcHeader::encode_header`], also returning the chunk crcs it wrote.
+    pub fn encode_header_and_crcs(
+        uuid: ImageUuid,
+        seq: ObjSeq,
+        moves: &[GcMove],
+        data: &[u8],
+    ) -> (Vec<u8>, ChunkCrcs) {
+        let header_bytes = Self::header_bytes_for(moves.len(), data.len() as u64);
+        let chunks = ChunkCrcs::compute(header_bytes, data);
         let mut e = Enc::with_capacity(header_bytes as usize);
         e.bytes(MAGIC)
             .u32(VERSION)
@@ -93,20 +124,16 @@ impl GcHeader {
             .u64(seq.0)
             .u32(moves.len() as u32)
             .u32((data.len() as u64 / SECTOR) as u32)
-            .u32(crc(0, data))
+            .u32(chunks.crcs().len() as u32)
             .zeros(20);
-        for m in moves {
-            e.u64(m.lba.0)
-                .u32(m.sectors)
-                .u32(m.data_offset)
-                .u64(m.src_obj.0)
-                .u32(m.src_offset)
-                .u32(0);
+        encode_moves(&mut e, moves);
+        for &c in chunks.crcs() {
+            e.u32(c);
         }
         let c = crc(0, &e.buf);
         e.u32(c);
         e.pad_to(header_bytes as usize);
-        e.buf
+        (e.buf, chunks)
     }
 
     /// Encode a complete GC object: header followed by `data`.
@@ -116,19 +143,66 @@ impl GcHeader {
         v
     }
 
+    /// The version-1 encoding (one crc of the whole data area), as builds
+    /// before chunk checksums wrote it: for tests that old objects still
+    /// read.
+    #[cfg(test)]
+    pub(crate) fn encode_object_v1(
+        uuid: ImageUuid,
+        seq: ObjSeq,
+        moves: &[GcMove],
+        data: &[u8],
+    ) -> Vec<u8> {
+        let header_bytes = round_up(
+            (FIXED_BYTES + MOVE_BYTES * moves.len() + 4) as u64,
+            HEADER_ALIGN,
+        ) as u32;
+        let mut e = Enc::with_capacity(header_bytes as usize + data.len());
+        e.bytes(MAGIC)
+            .u32(VERSION_1)
+            .u32(header_bytes)
+            .bytes(&uuid.0)
+            .u64(seq.0)
+            .u32(moves.len() as u32)
+            .u32((data.len() as u64 / SECTOR) as u32)
+            .u32(crc(0, data))
+            .zeros(20);
+        encode_moves(&mut e, moves);
+        let c = crc(0, &e.buf);
+        e.u32(c);
+        e.pad_to(header_bytes as usize);
+        e.bytes(data);
+        e.buf
+    }
+
     /// How many bytes of the object must be read to decode the header, given
     /// its first [`FIXED_BYTES`] or more. Errors if the prefix is not a GC
     /// object header.
     pub fn needed_bytes(prefix: &[u8]) -> Result<usize, FormatError> {
         let mut d = Dec::new(WHAT, prefix);
-        check_magic_version(&mut d, WHAT, MAGIC, VERSION)?;
+        let version = check_magic_versions(&mut d, WHAT, MAGIC, &[VERSION_1, VERSION])?;
         let hb = d.u32()?;
         if !(hb as u64).is_multiple_of(HEADER_ALIGN) || hb == 0 {
             return Err(d.invalid(format!("header size {hb} is not a multiple of 4096")));
         }
         d.skip(24)?;
         let n = d.u32()? as usize;
-        let need = (FIXED_BYTES + 4).saturating_add(MOVE_BYTES.saturating_mul(n));
+        let data_sectors = d.u32()?;
+        let c = d.u32()? as usize;
+        let c = if version == VERSION_1 {
+            0
+        } else {
+            let want = ChunkCrcs::count(hb, u64::from(data_sectors) * SECTOR);
+            if c != want {
+                return Err(d.invalid(format!(
+                    "{c} chunk checksums for {data_sectors} data sectors after a {hb}-byte header (expected {want})"
+                )));
+            }
+            c
+        };
+        let need = (FIXED_BYTES + 4)
+            .saturating_add(MOVE_BYTES.saturating_mul(n))
+            .saturating_add(4 * c);
         if need > hb as usize {
             return Err(d.invalid(format!("{n} moves do not fit a {hb}-byte header")));
         }
@@ -148,13 +222,14 @@ impl GcHeader {
         }
         super::check_trailing_crc(WHAT, &buf[..need])?;
         let mut d = Dec::new(WHAT, buf);
-        d.skip(12)?;
+        d.skip(8)?;
+        let version = d.u32()?;
         let header_bytes = d.u32()?;
         let uuid = ImageUuid(d.array()?);
         let seq = ObjSeq(d.u64()?);
         let n = d.u32()? as usize;
         let data_sectors = d.u32()?;
-        let data_crc = d.u32()?;
+        let crc_or_count = d.u32()?;
         d.skip(20)?;
         if seq.0 == 0 || n == 0 {
             return Err(d.invalid(format!("object {} with {n} moves", seq.0)));
@@ -190,36 +265,47 @@ impl GcHeader {
                 src_offset,
             });
         }
+        let data_check = if version == VERSION_1 {
+            DataCheck::Whole(crc_or_count)
+        } else {
+            let crcs = (0..crc_or_count)
+                .map(|_| d.u32())
+                .collect::<Result<Vec<_>, _>>()?;
+            let t = ChunkCrcs::from_parts(header_bytes, u64::from(data_sectors) * SECTOR, crcs)
+                .ok_or_else(|| d.invalid("chunk checksum count does not match the data"))?;
+            DataCheck::Chunks(t)
+        };
         Ok(GcHeader {
             uuid,
             seq,
             moves,
             data_sectors,
-            data_crc,
+            data_check,
             header_bytes,
         })
     }
 
-    /// Verify the data area of a whole object against the header's crc.
+    /// Verify the data area of a whole object: every chunk crc (version 2)
+    /// or the crc of the whole area (version 1).
     pub fn verify_data(&self, object: &[u8]) -> Result<(), FormatError> {
-        let start = self.header_bytes as usize;
-        let end = start + self.data_sectors as usize * SECTOR as usize;
-        if object.len() < end {
-            return Err(FormatError::Truncated {
-                what: "GC object",
-                need: end,
-                have: object.len(),
-            });
-        }
-        let computed = crc(0, &object[start..end]);
-        if computed != self.data_crc {
-            return Err(FormatError::BadChecksum {
-                what: "GC object data",
-                stored: self.data_crc,
-                computed,
-            });
-        }
-        Ok(())
+        self.data_check.verify_object(
+            "GC object data",
+            self.header_bytes,
+            self.data_sectors,
+            object,
+        )
+    }
+}
+
+/// The move entries of a header.
+fn encode_moves(e: &mut Enc, moves: &[GcMove]) {
+    for m in moves {
+        e.u64(m.lba.0)
+            .u32(m.sectors)
+            .u32(m.data_offset)
+            .u64(m.src_obj.0)
+            .u32(m.src_offset)
+            .u32(0);
     }
 }
 
@@ -254,9 +340,17 @@ mod tests {
         ]
     }
 
+    fn sample_data() -> Vec<u8> {
+        (0..11 * 512).map(|i| (i % 253) as u8).collect()
+    }
+
     fn sample() -> Vec<u8> {
-        let data: Vec<u8> = (0..11 * 512).map(|i| (i % 253) as u8).collect();
-        GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(42), &moves(), &data)
+        GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(42), &moves(), &sample_data())
+    }
+
+    /// The sample as builds before chunk checksums wrote it.
+    fn sample_v1() -> Vec<u8> {
+        GcHeader::encode_object_v1(ImageUuid([5; 16]), ObjSeq(42), &moves(), &sample_data())
     }
 
     #[test]
@@ -269,14 +363,48 @@ mod tests {
         assert_eq!(h.header_bytes, 4096);
         assert_eq!(h.data_start_sectors(), 8);
         assert_eq!(h.data_sectors, 11);
+        assert_eq!(h.chunk_crcs().unwrap().crcs(), &[crc(0, &sample_data())]);
         h.verify_data(&obj).unwrap();
-        assert_eq!(GcHeader::needed_bytes(&obj[..72]).unwrap(), 72 + 3 * 32 + 4);
+        assert_eq!(
+            GcHeader::needed_bytes(&obj[..72]).unwrap(),
+            72 + 3 * 32 + 4 + 4
+        );
+    }
+
+    #[test]
+    fn chunk_crcs_find_a_flip_with_its_offset() {
+        let data: Vec<u8> = (0..300 * 1024).map(|i| (i * 3 % 241) as u8).collect();
+        let m = GcMove {
+            sectors: 600,
+            ..moves()[0]
+        };
+        let obj = GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(42), &[m], &data);
+        let h = GcHeader::decode(&obj).unwrap();
+        assert_eq!(h.chunk_crcs().unwrap().crcs().len(), 5);
+        h.verify_data(&obj).unwrap();
+        let mut bad = obj.clone();
+        bad[65536 + 7] ^= 0x80;
+        let e = h.verify_data(&bad).unwrap_err();
+        assert!(e.to_string().contains("chunk at byte 65536"), "{e}");
+    }
+
+    #[test]
+    fn version_1_objects_still_decode() {
+        let obj = sample_v1();
+        let h = GcHeader::decode(&obj).unwrap();
+        assert_eq!(h.moves, moves());
+        assert_eq!(h.data_check, DataCheck::Whole(crc(0, &sample_data())));
+        h.verify_data(&obj).unwrap();
+        let mut bad = obj.clone();
+        bad[5000] ^= 1;
+        assert!(h.verify_data(&bad).is_err());
+        assert_rejects_corruption(&obj[..72 + 3 * 32 + 4], GcHeader::decode, &[]);
     }
 
     #[test]
     fn corrupt_input_is_rejected() {
         let obj = sample();
-        let hlen = 72 + 3 * 32 + 4;
+        let hlen = 72 + 3 * 32 + 4 + 4;
         assert_rejects_corruption(&obj[..hlen], GcHeader::decode, &[]);
         let h = GcHeader::decode(&obj).unwrap();
         let mut bad = obj.clone();
@@ -325,16 +453,33 @@ mod tests {
         let empty = GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(42), &[], &[]);
         assert!(GcHeader::decode(&empty).is_err());
         let mut v = sample();
-        v[8] = 2;
+        v[8] = 3;
         assert!(GcHeader::decode(&v)
             .unwrap_err()
             .to_string()
-            .contains("unsupported format version 2"));
+            .contains("unsupported format version 3"));
+        let mut v = sample();
+        v[48] = 2;
+        assert!(GcHeader::decode(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("2 chunk checksums"));
     }
 
     #[test]
     fn golden_vector() {
-        let g = golden("gcobject-v1.bin", &sample());
-        assert_eq!(GcHeader::decode(&g).unwrap().moves, moves());
+        let g = golden("gcobject-v2.bin", &sample());
+        let h = GcHeader::decode(&g).unwrap();
+        assert_eq!(h.moves, moves());
+        h.verify_data(&g).unwrap();
+    }
+
+    #[test]
+    fn golden_vector_v1() {
+        // The old encoding is unchanged, and this build still reads it.
+        let g = golden("gcobject-v1.bin", &sample_v1());
+        let h = GcHeader::decode(&g).unwrap();
+        assert_eq!(h.moves, moves());
+        h.verify_data(&g).unwrap();
     }
 }

@@ -6,6 +6,7 @@
 //! the structure and what is wrong.
 
 pub mod checkpoint;
+pub mod chunks;
 pub mod gcobject;
 pub mod journal;
 pub mod object;
@@ -60,6 +61,14 @@ pub enum FormatError {
         stored: u32,
         /// Computed crc.
         computed: u32,
+    },
+    /// A chunk of an object's data fails its checksum (or is cut short).
+    #[error("{what}: {err}")]
+    BadChunk {
+        /// Structure name.
+        what: &'static str,
+        /// Which chunk and how.
+        err: chunks::ChunkError,
     },
     /// A field holds an impossible value.
     #[error("{what}: {reason}")]
@@ -204,6 +213,30 @@ pub(crate) fn check_magic_version(
         });
     }
     Ok(())
+}
+
+/// Check the magic and the version at the start of `d`, accepting any of
+/// `supported` (ascending); returns the version found. An unknown version
+/// is named in the error, with the newest this build reads.
+pub(crate) fn check_magic_versions(
+    d: &mut Dec<'_>,
+    what: &'static str,
+    magic: &[u8; 8],
+    supported: &[u32],
+) -> Result<u32, FormatError> {
+    let m = d.bytes(8)?;
+    if m != magic {
+        return Err(FormatError::BadMagic { what });
+    }
+    let version = d.u32()?;
+    if !supported.contains(&version) {
+        return Err(FormatError::UnsupportedVersion {
+            what,
+            version,
+            supported: supported.last().copied().unwrap_or(0),
+        });
+    }
+    Ok(version)
 }
 
 /// Verify a trailing crc32c stored in the last 4 bytes of `buf[..len]`.

@@ -9,7 +9,7 @@
 //! | 12  | 4    | total length in bytes, crc included |
 //! | 16  | 16   | image UUID |
 //! | 32  | 8    | image size in bytes (multiple of 4096) |
-//! | 40  | 8    | incompatible feature bits: bit 0 [`INCOMPAT_GC`], bit 1 [`INCOMPAT_ZERO_MARKERS`]; any other set bit is refused by name |
+//! | 40  | 8    | incompatible feature bits: bit 0 [`INCOMPAT_GC`], bit 1 [`INCOMPAT_ZERO_MARKERS`], bit 2 [`INCOMPAT_CHUNK_CRCS`]; any other set bit is refused by name |
 //! | 48  | 8    | update sequence (bumped on every rewrite) |
 //! | 56  | 8    | creation time, seconds since the Unix epoch |
 //! | 64  | 8    | generation of the journal last attached (0 = none) |
@@ -65,8 +65,13 @@ pub const INCOMPAT_GC: u64 = 1;
 /// and kept after `flatten` (which writes version 1 again): a build without
 /// markers would refuse every such checkpoint as naming an unknown object.
 pub const INCOMPAT_ZERO_MARKERS: u64 = 2;
+/// Incompatible feature: data and GC objects of format version 2 (per-chunk
+/// data checksums) may exist. Set before the first such object is put; a
+/// build that reads only version 1 would take one for the end of the log
+/// and delete everything above it, so it must refuse the image.
+pub const INCOMPAT_CHUNK_CRCS: u64 = 4;
 /// Every incompatible feature bit this build understands.
-pub const KNOWN_INCOMPAT: u64 = INCOMPAT_GC | INCOMPAT_ZERO_MARKERS;
+pub const KNOWN_INCOMPAT: u64 = INCOMPAT_GC | INCOMPAT_ZERO_MARKERS | INCOMPAT_CHUNK_CRCS;
 
 /// A checkpoint reference: its first object sequence and piece count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,8 +563,25 @@ mod tests {
     }
 
     #[test]
+    fn chunk_crc_feature_round_trips_and_has_a_golden_vector() {
+        let sb = Superblock {
+            incompat: INCOMPAT_GC | INCOMPAT_CHUNK_CRCS,
+            ..sample()
+        };
+        assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
+        let golden = crate::format::testutil::golden("superblock-crc-v1.bin", &sb.encode());
+        assert_eq!(Superblock::decode(&golden).unwrap(), sb);
+        // What a build that knows only bits 0 and 1 sees: the bit named.
+        let e = FormatError::UnsupportedFeatures {
+            what: WHAT,
+            bits: sb.incompat & !(INCOMPAT_GC | INCOMPAT_ZERO_MARKERS),
+        };
+        assert_eq!(e.to_string(), "superblock: unsupported feature bits 0x4");
+    }
+
+    #[test]
     fn unknown_feature_bits_are_refused_by_name() {
-        for bits in [4u64, 1 << 63, INCOMPAT_GC | 8] {
+        for bits in [8u64, 1 << 63, INCOMPAT_GC | 16, INCOMPAT_CHUNK_CRCS | 8] {
             let sb = Superblock {
                 incompat: bits,
                 ..sample()

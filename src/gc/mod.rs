@@ -22,10 +22,10 @@ pub mod select;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::failpoint;
 use crate::format::gcobject::GcMove;
 use crate::io::AlignedBuf;
@@ -115,6 +115,11 @@ pub(crate) struct Gc {
     /// floor is usable only after the read grace; asking again before that
     /// would only write more checkpoints.
     last_ckpt_request: Option<Instant>,
+    /// Objects a GC read found a corrupt chunk in (`ErrorKind::Corrupt`):
+    /// never cleaned or plugged from again in this open, so their bad
+    /// bytes are never copied into a GC object with a valid checksum, and
+    /// the objects (and the error on reading them) stay.
+    corrupt: BTreeSet<ObjSeq>,
     /// GC has fallen behind: the objects hold more than [`BEHIND_RATIO`]
     /// times the live data. The rate limit is lifted until it catches up
     /// (the yield to client backlog stays), so sustained overwrites cannot
@@ -143,6 +148,7 @@ impl Gc {
             grace: READ_GRACE,
             idle_steps: 0,
             last_ckpt_request: None,
+            corrupt: BTreeSet::new(),
             behind: false,
         }
     }
@@ -190,14 +196,15 @@ impl Gc {
         });
         self.behind = live > 0 && data as f64 > BEHIND_RATIO * live as f64;
         let victims = select::select_victims(&objects, cfg.gc_threshold, cap, |o| {
-            host.retention().pinned(o) || self.pending.contains_key(&o)
+            host.retention().pinned(o) || self.pending.contains_key(&o) || self.corrupt.contains(&o)
         });
         if victims.is_empty() {
             return Ok(false);
         }
         failpoint::hit("gc.selected");
         let vset: BTreeSet<ObjSeq> = victims.iter().copied().collect();
-        let mut g = select::Gatherer::new(&vset, cfg.gc_plug_bytes / SECTOR);
+        let mut g =
+            select::Gatherer::new(&vset, cfg.gc_plug_bytes / SECTOR).excluding(&self.corrupt);
         let mut pos = Lba(0);
         loop {
             let slice = host.extents_from(pos, SCAN_SLICE);
@@ -229,11 +236,21 @@ impl Gc {
                     return Ok(true);
                 }
                 let b0 = (u64::from(m.data_offset) * SECTOR) as usize;
-                host.read_object_range(
+                if let Err(e) = host.read_object_range(
                     m.src_obj,
                     u64::from(m.src_offset) * SECTOR,
                     &mut data[b0..b0 + (len * SECTOR) as usize],
-                )?;
+                ) {
+                    // A bad chunk: this object is skipped from now on (the
+                    // batch being built is dropped, nothing is submitted).
+                    if e.kind() == ErrorKind::Corrupt && self.corrupt.insert(m.src_obj) {
+                        warn!(
+                            object = m.src_obj.0,
+                            "GC skips an object with corrupt data: {e}"
+                        );
+                    }
+                    return Err(e);
+                }
                 i = j;
             }
             failpoint::hit("gc.read_done");
@@ -373,8 +390,20 @@ impl Gc {
         // Bounded: plugging can lower other objects' live fractions, so in
         // theory cycles could chase each other.
         let max_cycles = 16 + 2 * host.objects().len();
+        // A corrupt object does not stop the run: it is skipped (the cycle
+        // that found it is retried without it) and the run fails at the
+        // end, naming it, after everything else is cleaned and deleted.
+        let mut corrupt = None;
         for _ in 0..max_cycles {
-            if !self.cycle(host, &mut report)? || host.should_stop() {
+            match self.cycle(host, &mut report) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    corrupt.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+            if host.should_stop() {
                 break;
             }
         }
@@ -397,6 +426,18 @@ impl Gc {
             freed = report.bytes_freed,
             "GC run"
         );
+        if let Some(e) = corrupt {
+            let skipped: Vec<String> = self
+                .corrupt
+                .iter()
+                .map(|o| format!("{:016x}", o.0))
+                .collect();
+            return Err(e.prefixed(format!(
+                "GC cleaned {} objects but skipped objects {} with corrupt data (left as they are)",
+                report.objects_cleaned,
+                skipped.join(", ")
+            )));
+        }
         Ok(report)
     }
 
@@ -465,6 +506,8 @@ mod tests {
         objects: Vec<(ObjSeq, ObjInfo)>,
         extents: Vec<Extent<ObjLoc>>,
         fail_reads: bool,
+        /// Reads of this object fail as corrupt (a bad chunk).
+        corrupt: Option<ObjSeq>,
         reads: Mutex<u64>,
         submitted: Mutex<Vec<(Vec<GcMove>, Vec<u8>)>>,
     }
@@ -491,6 +534,12 @@ mod tests {
             *self.reads.lock().unwrap() += 1;
             if self.fail_reads {
                 return Err(Error::new(ErrorKind::Io, "injected"));
+            }
+            if self.corrupt == Some(obj) {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("object {}: chunk fails its checksum", obj.0),
+                ));
             }
             out.fill(obj.0 as u8);
             Ok(())
@@ -570,6 +619,7 @@ mod tests {
                 x(500, 892, 2, 16),
             ],
             fail_reads,
+            corrupt: None,
             reads: Mutex::new(0),
             submitted: Mutex::new(vec![]),
         }
@@ -614,6 +664,50 @@ mod tests {
         assert!(*m.reads.lock().unwrap() > 0);
         assert!(m.submitted.lock().unwrap().is_empty());
         assert!(gc.pending.is_empty());
+    }
+
+    /// A corrupt plug source: the cycle that meets it submits nothing;
+    /// the next one cleans the victim without plugging from it, so none
+    /// of its bytes are ever copied.
+    #[test]
+    fn a_corrupt_plug_source_is_never_copied() {
+        let m = Mock {
+            corrupt: Some(ObjSeq(2)),
+            ..mock(false)
+        };
+        let mut gc = Gc::new(0);
+        let mut r = GcReport::default();
+        let e = gc.cycle(&m, &mut r).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(m.submitted.lock().unwrap().is_empty());
+        assert!(gc.corrupt.contains(&ObjSeq(2)));
+        assert!(gc.cycle(&m, &mut r).unwrap());
+        let sub = m.submitted.lock().unwrap();
+        assert!(!sub.is_empty());
+        for (mv, data) in sub.iter() {
+            assert!(mv.iter().all(|m| m.src_obj == ObjSeq(1)), "{mv:?}");
+            assert!(data.iter().all(|&b| b == 1));
+        }
+        assert_eq!(r.objects_cleaned, 1);
+    }
+
+    /// A corrupt victim: a forced run skips it (nothing copied, not
+    /// pending deletion) and fails naming it.
+    #[test]
+    fn a_forced_run_skips_a_corrupt_victim_and_fails_naming_it() {
+        let m = Mock {
+            corrupt: Some(ObjSeq(1)),
+            ..mock(false)
+        };
+        let mut gc = Gc::new(0);
+        let e = gc.run_now(&m).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        let msg = e.to_string();
+        assert!(msg.contains("skipped objects 0000000000000001"), "{msg}");
+        assert!(m.submitted.lock().unwrap().is_empty());
+        assert!(!gc.pending.contains_key(&ObjSeq(1)));
+        // Background steps go on without it.
+        assert!(!gc.background_step(&m).unwrap());
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub const PLUG_SHARE: u64 = 4;
 /// stay within 1/[`PLUG_SHARE`] of the victim sectors gathered.
 pub struct Gatherer<'a> {
     victims: &'a BTreeSet<ObjSeq>,
+    /// Objects never plugged from (their data failed a checksum).
+    excluded: Option<&'a BTreeSet<ObjSeq>>,
     plug: u64,
     runs: Vec<Run>,
     /// Extents since the last victim extent, while they could still plug.
@@ -85,6 +87,7 @@ impl<'a> Gatherer<'a> {
     pub fn new(victims: &'a BTreeSet<ObjSeq>, plug: u64) -> Self {
         Gatherer {
             victims,
+            excluded: None,
             plug,
             runs: Vec::new(),
             gap: Vec::new(),
@@ -92,6 +95,13 @@ impl<'a> Gatherer<'a> {
             victim_sectors: 0,
             plugged_sectors: 0,
         }
+    }
+
+    /// Never plug with data of the objects in `set` (GC found a chunk of
+    /// theirs corrupt: nothing of them is copied).
+    pub fn excluding(mut self, set: &'a BTreeSet<ObjSeq>) -> Self {
+        self.excluded = Some(set);
+        self
     }
 
     fn push(&mut self, x: Extent<ObjLoc>) {
@@ -137,8 +147,12 @@ impl<'a> Gatherer<'a> {
             self.push(x);
             return;
         }
-        // A clone's zero marker is never copied: it names no object.
-        if !self.gap_ok || x.target.is_zero() {
+        // A clone's zero marker is never copied: it names no object. Nor is
+        // data of an excluded object.
+        if !self.gap_ok
+            || x.target.is_zero()
+            || self.excluded.is_some_and(|e| e.contains(&x.target.obj))
+        {
             self.gap.clear();
             self.gap_ok = false;
             return;

@@ -22,6 +22,9 @@
 //!    listed checkpoint's `last_obj` and not referenced by its table (see
 //!    `gc::select::deletable`): checkpoints drop rows with no live data, and
 //!    the floor is recorded only after the superblock naming it is durable.
+//! 6. (30) The superblock carries `INCOMPAT_CHUNK_CRCS` before the first
+//!    data or GC object (format version 2) is put (`put_worker`,
+//!    `Inner::ensure_chunk_crc_feature`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -37,7 +40,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::{split_into_pieces, CkptExtent, CkptObject, EXTENTS_PER_PIECE};
 use crate::format::gcobject::{GcHeader, GcMove};
 use crate::format::object::ObjectHeader;
-use crate::format::superblock::CheckpointRef;
+use crate::format::superblock::{CheckpointRef, INCOMPAT_CHUNK_CRCS};
 use crate::io::AlignedBuf;
 use crate::journal::Done;
 use crate::units::{JournalSeq, Lba, ObjSeq};
@@ -111,6 +114,32 @@ pub(crate) struct Job {
     gc: Option<Arc<GcBatch>>,
 }
 
+impl Inner {
+    /// Set [`INCOMPAT_CHUNK_CRCS`] in the superblock (once) before the first
+    /// version-2 data or GC object is put (ordering 30): a build that reads
+    /// only version 1 would take such an object for the end of the log and
+    /// delete everything above it, so it must refuse the image by name
+    /// instead. `chunk_crcs_lock` is taken before the superblock lock and
+    /// held across that one superblock put, so concurrent first puts write
+    /// it once.
+    pub(crate) fn ensure_chunk_crc_feature(&self) -> Result<()> {
+        if self.chunk_crcs_marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self
+            .chunk_crcs_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let set =
+            self.sb.lock().unwrap_or_else(|e| e.into_inner()).incompat & INCOMPAT_CHUNK_CRCS != 0;
+        if !set {
+            self.write_superblock(|sb| sb.incompat |= INCOMPAT_CHUNK_CRCS)?;
+        }
+        self.chunk_crcs_marked.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
 /// Why a destage put (data, GC or checkpoint piece) is retried without a
 /// deadline.
 const DESTAGE_PUT: &str = "an object sequence that is never put would stall the apply of \
@@ -136,7 +165,18 @@ pub(crate) fn put_worker(
             &format!("put {}", job.name),
             &inner.cancel,
             Deadline::Unbounded(DESTAGE_PUT),
-            || inner.store.put_parts(&job.name, &[&job.head, data]),
+            || {
+                // Ordering 30: data and GC objects are format version 2,
+                // and the superblock says so (INCOMPAT_CHUNK_CRCS) before
+                // the first one is put, so a build that reads only version
+                // 1 refuses the image instead of taking such an object for
+                // the end of the log. A failure here is retried like a
+                // failed put.
+                if job.batch.is_some() || job.gc.is_some() {
+                    inner.ensure_chunk_crc_feature()?;
+                }
+                inner.store.put_parts(&job.name, &[&job.head, data])
+            },
             |e| e.kind() == ErrorKind::Fenced,
             |e, backoff| {
                 warn!(object = %job.name, store = %inner.store.describe(), "put failed, retrying in {backoff:?}: {e:?}");
@@ -242,13 +282,18 @@ impl Destager {
     fn handle(&mut self, m: DestageMsg) {
         match m {
             DestageMsg::Batch(b) => {
-                let head = ObjectHeader::encode_header(
+                let (head, crcs) = ObjectHeader::encode_header_and_crcs(
                     self.inner.uuid,
                     b.obj,
                     b.first_jseq,
                     &b.ops,
                     &b.data,
                 );
+                // Reads of this object verify against these without
+                // reading its header back.
+                self.inner
+                    .chunk_tables
+                    .insert(b.obj, super::verify::ObjCheck::Chunks(crcs));
                 self.queue.push_back(Job {
                     seq: b.obj,
                     name: object_name(&self.inner.image, b.obj),
@@ -260,7 +305,11 @@ impl Destager {
                 self.items.insert(b.obj.0, Item::Data(b));
             }
             DestageMsg::Gc(g) => {
-                let head = GcHeader::encode_header(self.inner.uuid, g.seq, &g.moves, &g.data);
+                let (head, crcs) =
+                    GcHeader::encode_header_and_crcs(self.inner.uuid, g.seq, &g.moves, &g.data);
+                self.inner
+                    .chunk_tables
+                    .insert(g.seq, super::verify::ObjCheck::Chunks(crcs));
                 self.queue.push_back(Job {
                     seq: g.seq,
                     name: object_name(&self.inner.image, g.seq),
@@ -373,7 +422,8 @@ impl Destager {
     }
 
     fn apply_data(&mut self, b: &Batch) {
-        let header_sectors = ObjectHeader::header_bytes_for(b.ops.len()) / 512;
+        let header_bytes = ObjectHeader::header_bytes_for(b.ops.len(), b.data.len() as u64);
+        let header_sectors = header_bytes / 512;
         // Applied in slices so readers and writers never wait long for a
         // lock. A half-applied object is invisible: every range it touches
         // is still in the overlay until the overlay entries go below.
@@ -413,7 +463,7 @@ impl Destager {
             .data_objects
             .fetch_add(1, Ordering::Relaxed);
         self.inner.stats.data_object_bytes.fetch_add(
-            ObjectHeader::header_bytes_for(b.ops.len()) as u64 + b.data.len() as u64,
+            u64::from(header_bytes) + b.data.len() as u64,
             Ordering::Relaxed,
         );
         // The backend now holds every operation up to b.last_jseq (and all
@@ -429,7 +479,8 @@ impl Destager {
     /// sources. Unlike data: no overlay, no journal sequence, no journal
     /// release.
     fn apply_gc(&mut self, g: &GcBatch) {
-        let header_sectors = GcHeader::header_bytes_for(g.moves.len()) / 512;
+        let header_bytes = GcHeader::header_bytes_for(g.moves.len(), g.data.len() as u64);
+        let header_sectors = header_bytes / 512;
         self.inner
             .durable
             .write()
@@ -449,7 +500,7 @@ impl Destager {
         let st = &self.inner.stats;
         st.gc_objects.fetch_add(1, Ordering::Relaxed);
         st.gc_bytes.fetch_add(
-            u64::from(GcHeader::header_bytes_for(g.moves.len())) + g.data.len() as u64,
+            u64::from(header_bytes) + g.data.len() as u64,
             Ordering::Relaxed,
         );
         self.since_ckpt += 1;

@@ -181,6 +181,9 @@ impl GcHost for Inner {
     }
 
     fn read_object_range(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> Result<()> {
+        // Never copy unverified bytes into a GC object: a version-1 source
+        // is checked whole first (every read of a version-2 one is).
+        self.verify_legacy_once(obj)?;
         Inner::read_object_range(self, obj, byte_off, out)
     }
 
@@ -249,6 +252,7 @@ impl GcHost for Inner {
                 return Err(e.prefixed(format!("GC delete of {name}")));
             }
         }
+        self.chunk_tables.remove(obj);
         self.stats.gc_deleted.fetch_add(1, Ordering::Relaxed);
         self.stats.gc_freed_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(Some(size))

@@ -2,7 +2,6 @@
 //! re-lookup when garbage collection deleted an object under a reader, and
 //! the writer thread that caches objects as they are destaged.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,13 +84,12 @@ impl Inner {
         byte_off: u64,
         out: &mut [u8],
     ) -> Result<()> {
-        // The object name is built only on a backend read (a cache hit
-        // allocates nothing).
-        let fetch = |off: u64, len: usize| -> Result<Vec<u8>> {
-            let d = self.store.get(&object_name(&self.image, obj), off, len)?;
-            self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
-            Ok(d)
-        };
+        // Every backend read is verified against the object's chunk crcs
+        // before the cache (or the caller) sees it: a bad chunk is an
+        // error, never cached (`verify.rs`). The object name is built only
+        // on a backend read (a cache hit allocates nothing).
+        let fetch =
+            |off: u64, len: usize| -> Result<Vec<u8>> { self.fetch_verified(obj, off, len) };
         if let Some(c) = &self.cache {
             // Errors of the cache file itself never come back from here
             // (the cache serves those reads from the backend).
@@ -239,6 +237,7 @@ pub(crate) fn cache_writer(cache: Arc<Cache>, rx: Receiver<CacheMsg>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::sync::Mutex;
 
     use super::*;
@@ -341,9 +340,19 @@ mod tests {
         assert_eq!(pieces.len(), 1);
         let loc = pieces[0].2.unwrap();
         assert_eq!(loc.obj, ObjSeq(1));
-        // "GC": copy object 1 to object 50, remap, delete object 1.
+        // "GC": copy object 1 to object 50 (the same object renumbered, so
+        // its header names object 50 and offsets stay), remap, delete
+        // object 1.
         let bytes = mem.get(&object_name("img", ObjSeq(1)), 0, 1 << 20).unwrap();
-        mem.put(&object_name("img", ObjSeq(50)), &bytes).unwrap();
+        let h = crate::format::object::ObjectHeader::decode(&bytes).unwrap();
+        let moved = crate::format::object::ObjectHeader::encode_object(
+            h.uuid,
+            ObjSeq(50),
+            h.first_jseq,
+            &h.ops,
+            &bytes[h.header_bytes as usize..],
+        );
+        mem.put(&object_name("img", ObjSeq(50)), &moved).unwrap();
         let (inner, mem2) = (v.inner.clone(), mem.clone());
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ran2 = ran.clone();
