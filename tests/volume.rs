@@ -1037,8 +1037,8 @@ fn rot(store: &MemStore, seq: u64, at: usize) {
 }
 
 /// Found by review (ordering 29): the newest listed checkpoint is corrupt
-/// and a data object between it and the older one has a rotten header. The
-/// open that falls back finds the gap there; if it deleted the objects
+/// and a data object between it and the older one is lost. The open that
+/// falls back finds the gap there; if it deleted the objects
 /// above it and reused their sequences (the journal replays into new
 /// objects) before persisting the filtered checkpoint list, a crash before
 /// that superblock write left the corrupt checkpoint listed over a
@@ -1065,7 +1065,11 @@ fn fallback_open_that_dies_before_its_superblock_write_loses_nothing() {
     let g = older.seq.0 + older.pieces as u64;
     assert!(g < newest.seq.0);
     rot(&mem, newest.seq.0, 100);
-    rot(&mem, g, 40);
+    mem.delete(&lsvd::volume::image::object_name(
+        "img",
+        lsvd::units::ObjSeq(g),
+    ))
+    .unwrap();
 
     // The open that falls back dies at its first superblock write.
     let fault = Arc::new(FaultStore::new(store.clone(), 1));
@@ -1138,4 +1142,55 @@ fn transient_error_loading_the_newest_checkpoint_fails_the_open_and_deletes_noth
         .count();
     v.close().unwrap();
     assert!(good >= 41, "{good} of 42 writes read back");
+}
+
+/// Bit rot in the header of an object the roll-forward must pass: the
+/// open is refused naming it, and nothing is deleted (taking it for the end
+/// of the log would delete every later object, acknowledged writes long
+/// out of the journal). Deleting the object gives it up, and the next open
+/// keeps the image as it was before that object.
+#[test]
+fn rotten_object_in_the_roll_forward_refuses_the_open_and_deletes_nothing() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    create_image(store.as_ref(), "img", 8 << 20).unwrap();
+    // No checkpoint until the close: every object is rolled forward.
+    let c = Config {
+        checkpoint_interval_objs: 1000,
+        ..one_object_per_write()
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    let model = forty_two_objects(&v);
+    v.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    v.crash();
+    // The journal is gone too: only the objects hold the data.
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let names = mem.list("img.").unwrap();
+    assert!(names.len() >= 42, "{names:?}");
+    rot(&mem, 20, 40);
+    let e = open(&store, dir.path(), &c).err().expect("refused");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("img.0000000000000014") && msg.contains("Nothing was deleted"),
+        "{msg}"
+    );
+    assert_eq!(mem.list("img.").unwrap(), names, "nothing deleted");
+    // The operator gives the object up: the image is what it was before it.
+    mem.delete("img.0000000000000014").unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut img = vec![0u8; 8 << 20];
+    v.read(0, &mut img).unwrap();
+    v.close().unwrap();
+    let w = 64usize << 10;
+    assert!(
+        img[..19 * w] == model[..19 * w],
+        "the writes before it are kept"
+    );
+    assert!(
+        img[19 * w..].iter().all(|&b| b == 0),
+        "a prefix: nothing after it"
+    );
 }

@@ -457,12 +457,31 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             }
             Found::Missing => break seq,
             Found::Invalid(why) => {
-                warn!(
-                    image,
-                    object = seq.0,
-                    "invalid object ends the roll-forward: {why}"
-                );
-                break seq;
+                // An object that exists but is not a valid object of this
+                // image at this sequence is not a put that never landed
+                // (puts are atomic: a temp file renamed, a RADOS
+                // write_full): it rotted, or it is foreign. Taking it for
+                // the end of the log would delete every object above it,
+                // acknowledged writes long out of the journal. Refuse the
+                // open instead, deleting nothing.
+                let above = store
+                    .list(&format!("{image}."))?
+                    .iter()
+                    .filter_map(|n| parse_object_name(image, n))
+                    .filter(|s| *s > seq)
+                    .count();
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "image {image}: object {} is corrupt ({why}); it cannot be rolled \
+                         forward, and taking it for the end of the log would delete the \
+                         {above} objects above it. Nothing was deleted. Check the image with \
+                         `lsvd-ublk scrub`; restore the object, or delete it to give up its \
+                         writes and every later one (the next open then keeps the image as \
+                         it was before that object)",
+                        object_name(image, seq)
+                    ),
+                ));
             }
         }
     };
