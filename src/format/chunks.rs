@@ -127,6 +127,28 @@ impl DataCheck {
 }
 
 impl ChunkCrcs {
+    /// The chunk count `c` a header of format version 2 states, checked
+    /// against what its header size and data sectors need (`d` names the
+    /// structure in the error); 0 for version 1, which has none.
+    pub(crate) fn checked_count(
+        d: &super::Dec<'_>,
+        v2: bool,
+        c: usize,
+        header_bytes: u32,
+        data_sectors: u32,
+    ) -> Result<usize, super::FormatError> {
+        if !v2 {
+            return Ok(0);
+        }
+        let want = Self::count(header_bytes, u64::from(data_sectors) * crate::units::SECTOR);
+        if c != want {
+            return Err(d.invalid(format!(
+                "{c} chunk checksums for {data_sectors} data sectors after a {header_bytes}-byte header (expected {want})"
+            )));
+        }
+        Ok(c)
+    }
+
     /// Number of chunk crcs of an object whose data area of `data_bytes`
     /// starts at `header_bytes`.
     pub fn count(header_bytes: u32, data_bytes: u64) -> usize {

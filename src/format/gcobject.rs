@@ -189,17 +189,7 @@ impl GcHeader {
         let n = d.u32()? as usize;
         let data_sectors = d.u32()?;
         let c = d.u32()? as usize;
-        let c = if version == VERSION_1 {
-            0
-        } else {
-            let want = ChunkCrcs::count(hb, u64::from(data_sectors) * SECTOR);
-            if c != want {
-                return Err(d.invalid(format!(
-                    "{c} chunk checksums for {data_sectors} data sectors after a {hb}-byte header (expected {want})"
-                )));
-            }
-            c
-        };
+        let c = ChunkCrcs::checked_count(&d, version != VERSION_1, c, hb, data_sectors)?;
         let need = (FIXED_BYTES + 4)
             .saturating_add(MOVE_BYTES.saturating_mul(n))
             .saturating_add(4 * c);

@@ -132,23 +132,24 @@ impl JournalSuper {
     /// 4096-byte block.
     pub fn encode(&self, slot: u32) -> Vec<u8> {
         debug_assert_eq!(self.version, SB_VERSION, "version 1 is never written");
+        let mut e = self.encode_common(SB_VERSION);
+        e.u64(self.epoch.0).u64(self.start_epoch.0).u32(slot);
+        seal_block(e)
+    }
+
+    /// The fields both versions share, up to the update sequence.
+    fn encode_common(&self, version: u32) -> Enc {
         let mut e = Enc::with_capacity(BLOCK as usize);
         e.bytes(SB_MAGIC)
-            .u32(SB_VERSION)
+            .u32(version)
             .u32(BLOCK as u32)
             .bytes(&self.uuid.0)
             .u64(self.generation.0)
             .u64(self.size)
             .u64(self.start_offset)
             .u64(self.start_seq.0)
-            .u64(self.update_seq)
-            .u64(self.epoch.0)
-            .u64(self.start_epoch.0)
-            .u32(slot);
-        let c = crc(0, &e.buf);
-        e.u32(c);
-        e.pad_to(BLOCK as usize);
-        e.buf
+            .u64(self.update_seq);
+        e
     }
 
     /// Whether a block is all zeros (a never-written or wiped slot).
@@ -229,6 +230,14 @@ impl JournalSuper {
     pub fn decode(buf: &[u8]) -> Result<JournalSuper, FormatError> {
         Self::decode_slot(buf, 0)
     }
+}
+
+/// Append the crc of what `e` holds, pad to one block.
+fn seal_block(mut e: Enc) -> Vec<u8> {
+    let c = crc(0, &e.buf);
+    e.u32(c);
+    e.pad_to(BLOCK as usize);
+    e.buf
 }
 
 /// One entry of a record.
@@ -506,20 +515,7 @@ pub(crate) mod legacy {
 
     /// A version 1 superblock block (the fields up to `update_seq`).
     pub(crate) fn encode_super_v1(sb: &JournalSuper) -> Vec<u8> {
-        let mut e = Enc::with_capacity(BLOCK as usize);
-        e.bytes(SB_MAGIC)
-            .u32(SB_VERSION_LEGACY)
-            .u32(BLOCK as u32)
-            .bytes(&sb.uuid.0)
-            .u64(sb.generation.0)
-            .u64(sb.size)
-            .u64(sb.start_offset)
-            .u64(sb.start_seq.0)
-            .u64(sb.update_seq);
-        let c = crc(0, &e.buf);
-        e.u32(c);
-        e.pad_to(BLOCK as usize);
-        e.buf
+        seal_block(sb.encode_common(SB_VERSION_LEGACY))
     }
 
     /// A version 1 record (entries from byte 32, no epoch).
