@@ -491,8 +491,10 @@ fn a_superblock_put_that_lands_but_fails_drops_no_snapshot() {
     create_image(mem.as_ref(), "base", SIZE).unwrap();
     let fault = Arc::new(FaultStore::new(mem.clone(), 1));
     let store: Arc<dyn ObjectStore> = fault.clone();
+    // Short enough that a superblock put failing for good gives up soon,
+    // long enough that a loaded machine's checkpoint is not a timeout.
     let c = Config {
-        io_timeout_msec: 300,
+        io_timeout_msec: 2000,
         ..config(d)
     };
     let v = Volume::open(VolumeOptions {

@@ -1194,3 +1194,134 @@ fn rotten_object_in_the_roll_forward_refuses_the_open_and_deletes_nothing() {
         "a prefix: nothing after it"
     );
 }
+
+/// A closed image (no GC, no cache, hard_flush) with 2 MiB written at 0.
+fn closed_image_with_data() -> (
+    tempfile::TempDir,
+    Arc<MemStore>,
+    Arc<dyn ObjectStore>,
+    Config,
+) {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    create_image(store.as_ref(), "img", 8 << 20).unwrap();
+    let c = Config {
+        no_gc: true,
+        no_rcache: true,
+        hard_flush: true,
+        ..config()
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    v.write(0, &pattern(1, 2 << 20)).unwrap();
+    v.flush().unwrap();
+    v.close().unwrap();
+    (dir, mem, store, c)
+}
+
+/// Found by review: a GC object in the roll-forward whose header rotted
+/// refused the open, and giving it up (deleting it) made the next open
+/// delete every later data object. A GC object carries no writes of its
+/// own and rule 21 keeps its sources while a roll-forward from a listed
+/// checkpoint can meet it, so recovery now skips it (a tombstone keeps the
+/// sequence) and loses nothing.
+#[test]
+fn rotten_gc_object_in_the_roll_forward_is_skipped_and_loses_nothing() {
+    use lsvd::format::gcobject::{GcHeader, GcMove};
+    use lsvd::format::object::ObjectHeader;
+    use lsvd::units::{Lba, ObjSeq};
+    use lsvd::volume::image::{object_name, parse_object_name, read_superblock};
+    let (dir, mem, store, c) = closed_image_with_data();
+    let sb = read_superblock(store.as_ref(), "img").unwrap();
+    let top = mem
+        .list("img.")
+        .unwrap()
+        .iter()
+        .filter_map(|n| parse_object_name("img", n))
+        .max()
+        .unwrap();
+    // Object 1 holds LBA 0: a GC object moving LBA 0..8 out of it.
+    let b1 = mem.get(&object_name("img", ObjSeq(1)), 0, 1 << 24).unwrap();
+    let h1 = ObjectHeader::decode(&b1).unwrap();
+    assert_eq!(h1.ops[0].lba, Lba(0));
+    let src_off = h1.header_bytes / 512 + h1.ops[0].data_offset;
+    let data = b1[(src_off as usize) * 512..(src_off as usize + 8) * 512].to_vec();
+    let g = ObjSeq(top.0 + 1);
+    let gname = object_name("img", g);
+    let gobj = GcHeader::encode_object(
+        sb.uuid,
+        g,
+        &[GcMove {
+            lba: Lba(0),
+            sectors: 8,
+            data_offset: 0,
+            src_obj: ObjSeq(1),
+            src_offset: src_off,
+        }],
+        &data,
+    );
+    mem.put(&gname, &gobj).unwrap();
+    // An open rolls it forward; client writes follow it; no checkpoint.
+    let c = Config {
+        checkpoint_interval_objs: 1000,
+        ..c
+    };
+    let v = open(&store, dir.path(), &c).unwrap();
+    let later = pattern(9, 256 << 10);
+    v.write(6 << 20, &later).unwrap();
+    v.flush().unwrap();
+    v.crash();
+    // The journal has long moved on (emulated: it is gone), and the GC
+    // object's header rots.
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let mut rotten = mem.get(&gname, 0, 1 << 24).unwrap();
+    rotten[40] ^= 1;
+    mem.put(&gname, &rotten).unwrap();
+    let v = open(&store, dir.path(), &c).expect("a rotten GC object is skipped");
+    let mut back = vec![0u8; later.len()];
+    v.read(6 << 20, &mut back).unwrap();
+    let mut first = vec![0u8; 2 << 20];
+    v.read(0, &mut first).unwrap();
+    v.close().unwrap();
+    assert!(first == pattern(1, 2 << 20), "LBA 0 reads from its source");
+    assert!(back == later, "the writes after the GC object are kept");
+    assert_eq!(
+        &mem.get(&gname, 0, 8).unwrap()[..],
+        b"LSVDCKP1",
+        "a tombstone keeps the sequence"
+    );
+}
+
+/// Found by review: a store that keeps failing to read a piece of the
+/// newest checkpoint (a media error: RADOS answers EIO when every replica
+/// fails its checksum) makes every open fail. The error names the pieces
+/// and what to do; removing them makes the next open fall back to the
+/// older listed checkpoint, with nothing lost.
+#[test]
+fn persistent_error_reading_the_newest_checkpoint_names_the_remedy() {
+    let (dir, mem, store, c) = closed_image_with_data();
+    let v = open(&store, dir.path(), &c).unwrap();
+    v.write(4 << 20, &pattern(2, 64 << 10)).unwrap();
+    v.close().unwrap();
+    let sb = lsvd::volume::image::read_superblock(store.as_ref(), "img").unwrap();
+    assert!(sb.checkpoints.len() >= 2, "{:?}", sb.checkpoints);
+    let piece = lsvd::volume::image::object_name("img", sb.checkpoints[0].seq);
+    let fault = Arc::new(FaultStore::new(mem.clone(), 1));
+    fault.add_rule(FaultRule::fail(FaultOp::Get, ErrorKind::Io).named(piece.clone()));
+    let f: Arc<dyn ObjectStore> = fault.clone();
+    let e = open(&f, dir.path(), &c).err().expect("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&piece) && msg.contains("remove those pieces"),
+        "{msg}"
+    );
+    // The operator removes the unreadable piece.
+    mem.delete(&piece).unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut a = vec![0u8; 2 << 20];
+    v.read(0, &mut a).unwrap();
+    let mut b = vec![0u8; 64 << 10];
+    v.read(4 << 20, &mut b).unwrap();
+    v.close().unwrap();
+    assert!(a == pattern(1, 2 << 20) && b == pattern(2, 64 << 10));
+}

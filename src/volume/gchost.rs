@@ -182,9 +182,9 @@ impl GcHost for Inner {
 
     fn read_object_range(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> Result<()> {
         // Never copy unverified bytes into a GC object: a version-1 source
-        // is checked whole first (every read of a version-2 one is).
-        self.verify_legacy_once(obj)?;
-        Inner::read_object_range(self, obj, byte_off, out)
+        // is copied from a verified whole copy (every read of a version-2
+        // one is verified).
+        self.read_for_copy(obj, byte_off, out)
     }
 
     fn submit_gc(&self, moves: Vec<GcMove>, data: AlignedBuf) -> Result<()> {

@@ -1199,6 +1199,20 @@ impl Volume {
 
     /// Read `buf.len()` bytes at `offset`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_mode(offset, buf, false)
+    }
+
+    /// Read `buf.len()` bytes at `offset` to copy them into new objects
+    /// (`flatten` reads its parent so): like [`Volume::read`], but data of
+    /// a version-1 object comes from a copy of it read whole and checked
+    /// against its data crc, never from an unverifiable ranged read
+    /// (`Inner::read_for_copy`), so rot is never laundered into an object
+    /// with valid chunk crcs.
+    pub fn read_for_copy(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_mode(offset, buf, true)
+    }
+
+    fn read_mode(&self, offset: u64, buf: &mut [u8], copy: bool) -> Result<()> {
         let inner = &self.inner;
         inner.check_range("read", offset, buf.len() as u64)?;
         let lba = offset / SECTOR;
@@ -1285,7 +1299,12 @@ impl Volume {
         }
         for (obj, off, b0, bytes) in remote {
             let out = &mut buf[b0..b0 + bytes];
-            let r = match inner.read_object_range(obj, off * SECTOR, out) {
+            let r = if copy {
+                inner.read_for_copy(obj, off * SECTOR, out)
+            } else {
+                inner.read_object_range(obj, off * SECTOR, out)
+            };
+            let r = match r {
                 // Garbage collection may delete an object between our map
                 // lookup and the read: look the range up again.
                 Err(e) if e.kind() == ErrorKind::NotFound => inner.reread_moved(
@@ -1301,12 +1320,14 @@ impl Volume {
         }
         if let Some(p) = inner.live_parent() {
             for (poff, b0, bytes) in parent_reads {
-                p.volume.read(poff, &mut buf[b0..b0 + bytes]).map_err(|e| {
-                    e.prefixed(format!(
-                        "read of {} at {offset} from its parent",
-                        inner.image
-                    ))
-                })?;
+                p.volume
+                    .read_mode(poff, &mut buf[b0..b0 + bytes], copy)
+                    .map_err(|e| {
+                        e.prefixed(format!(
+                            "read of {} at {offset} from its parent",
+                            inner.image
+                        ))
+                    })?;
             }
         }
         Ok(())

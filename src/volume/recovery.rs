@@ -206,6 +206,44 @@ pub(crate) fn read_object_header(
     }
 }
 
+/// What kind of invalid object sits at a sequence (a rare path: it reads
+/// the object's first bytes again).
+enum Bad {
+    /// No object magic at all (a rotten checkpoint piece's magic, garbage).
+    Garbage,
+    /// A GC object whose header fails its checks: its moves are optional
+    /// (rule 21 keeps every source of a GC object that a roll-forward from
+    /// a listed checkpoint meets), so it can be skipped.
+    RottenGc,
+    /// A data object that fails its checks, or an object of another image
+    /// or sequence: its writes cannot be recovered or skipped.
+    Object,
+}
+
+fn classify_invalid(store: &dyn ObjectStore, image: &str, seq: ObjSeq) -> Result<Bad> {
+    let name = object_name(image, seq);
+    let first = store.get(&name, 0, 4096)?;
+    if first.starts_with(crate::format::gcobject::MAGIC) {
+        // A header that decodes (it belongs to another image or sequence)
+        // is no rot: refused like a data object.
+        let whole = match GcHeader::needed_bytes(&first) {
+            Ok(n) if n > first.len() => store.get(&name, 0, n)?,
+            _ => first,
+        };
+        return Ok(if GcHeader::decode(&whole).is_ok() {
+            Bad::Object
+        } else {
+            Bad::RottenGc
+        });
+    }
+    let data_magic = ObjectHeader::needed_bytes(&first).is_ok() || first.starts_with(b"LSVDOBJ");
+    Ok(if data_magic {
+        Bad::Object
+    } else {
+        Bad::Garbage
+    })
+}
+
 /// Apply a data object's operations to the map, in order.
 pub(crate) fn apply_object(map: &mut ObjectMap, h: &ObjectHeader) {
     apply_ops(
@@ -329,11 +367,15 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                 "checkpoint unusable, trying an older one: {e:?}"
             ),
             Err(e) => {
+                let pieces: Vec<String> = c.piece_seqs().map(|s| object_name(image, s)).collect();
                 return Err(e.prefixed(format!(
-                    "image {image}: cannot read checkpoint {} (nothing was changed; the open \
-                     can be retried)",
-                    c.seq
-                )))
+                    "image {image}: cannot read checkpoint {} (pieces {}); nothing was \
+                     changed. The open can be retried; if the store keeps failing to read \
+                     it (a media error), remove those pieces from the store: the next open \
+                     then falls back to the older listed checkpoint",
+                    c.seq,
+                    pieces.join(", ")
+                )));
             }
         }
     }
@@ -402,7 +444,13 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             // be deleted.
             let why = match read_object_header(store, image, sb, seq)? {
                 Found::Missing => Some("is missing".to_string()),
-                Found::Invalid(e) => Some(format!("is not a valid object ({e})")),
+                // A data object there that rotted is refused below like
+                // any other (never overwritten); anything else, a rotten
+                // piece or GC object included, holds no data of its own.
+                Found::Invalid(e) => match classify_invalid(store, image, seq)? {
+                    Bad::Object => None,
+                    Bad::Garbage | Bad::RottenGc => Some(format!("is not a valid object ({e})")),
+                },
                 Found::Checkpoint => None,
                 Found::Data(_) | Found::Gc(_) => {
                     warn!(image, object = seq.0,
@@ -460,16 +508,35 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                 // An object that exists but is not a valid object of this
                 // image at this sequence is not a put that never landed
                 // (puts are atomic: a temp file renamed, a RADOS
-                // write_full): it rotted, or it is foreign. Taking it for
-                // the end of the log would delete every object above it,
-                // acknowledged writes long out of the journal. Refuse the
-                // open instead, deleting nothing.
+                // write_full): it rotted, or it is foreign.
+                if let Bad::RottenGc = classify_invalid(store, image, seq)? {
+                    // Its moves are optional: the map keeps pointing at
+                    // their sources, which rule 21 keeps. A tombstone
+                    // keeps the sequence occupied for every later
+                    // roll-forward (deleting it would make it a gap).
+                    warn!(image, object = seq.0,
+                        "GC object is corrupt ({why}): skipped (its sources still hold the data) and replaced by a tombstone");
+                    store
+                        .put(&object_name(image, seq), super::destage::TOMBSTONE)
+                        .map_err(|e| e.prefixed("tombstone for a corrupt GC object"))?;
+                    last_obj = seq;
+                    seq = seq.next();
+                    continue;
+                }
+                // Taking it for the end of the log would delete every
+                // object above it, acknowledged writes long out of the
+                // journal. Refuse the open instead, deleting nothing.
                 let above = store
-                    .list(&format!("{image}."))?
-                    .iter()
-                    .filter_map(|n| parse_object_name(image, n))
-                    .filter(|s| *s > seq)
-                    .count();
+                    .list(&format!("{image}."))
+                    .map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|n| parse_object_name(image, n))
+                            .filter(|s| *s > seq)
+                            .count()
+                            .to_string()
+                    })
+                    .unwrap_or_else(|_| "?".into());
                 return Err(Error::new(
                     ErrorKind::Corrupt,
                     format!(

@@ -514,7 +514,9 @@ impl Volume {
                     continue;
                 }
                 let b = &mut buf[..(plen * SECTOR) as usize];
-                parent.volume.read(plba.0 * SECTOR, b)?;
+                // Copied into this clone's new objects: a version-1 parent
+                // object is checked whole first (never laundered).
+                parent.volume.read_for_copy(plba.0 * SECTOR, b)?;
                 if b.iter().all(|&x| x == 0) {
                     report.zero_bytes += b.len() as u64;
                 } else {

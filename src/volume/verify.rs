@@ -14,17 +14,19 @@
 //!   NBD), logged with the image, object, offset and the `corrupt_chunks`
 //!   counter. Nothing of it reaches a reader, the cache or a GC object.
 //! - Version-1 objects have one crc of the whole data area: ranged reads of
-//!   them are served unverified, as before. GC copies out of one only after
-//!   reading it whole once and checking that crc
-//!   ([`Inner::verify_legacy_once`]), so old objects are not laundered
-//!   either.
+//!   them are served unverified, as before. What is *copied* into a new
+//!   object (GC, `flatten`) never comes from such a read: it comes from a
+//!   copy of the whole object read and checked against that crc
+//!   ([`Inner::read_for_copy`]; the last few such copies are kept), so rot
+//!   in an old object is never laundered into a new one with valid crcs,
+//!   whenever it happened.
 //!
-//! Locks: `ChunkTables::map`, `loading`, `legacy_ok` and `last_log` are
+//! Locks: `ChunkTables::map`, `loading`, `legacy` and `last_log` are
 //! leaves, never held across I/O or while taking another lock. A per-object
 //! mutex from `loading` is held across that object's header read (and
 //! while taking the leaves).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,6 +48,11 @@ pub(crate) const MAX_TABLES: usize = 65536;
 /// per [`LOG_EVERY`] (the counter counts every one).
 const LOG_FIRST: u64 = 16;
 const LOG_EVERY: Duration = Duration::from_secs(1);
+/// Verified whole copies of version-1 objects kept for copying out of
+/// (GC reads the live extents of a few victims in LBA order, alternating
+/// between them): at most this many objects' data in memory, only while
+/// an image still has version-1 objects to copy from.
+const LEGACY_COPIES: usize = 4;
 
 /// How an object's data can be checked.
 #[derive(Debug)]
@@ -73,15 +80,15 @@ impl ObjCheck {
     }
 }
 
-/// The crc tables of objects this open has read or written, and the
-/// version-1 objects already verified whole (for GC).
+/// The crc tables of objects this open has read or written, and verified
+/// whole copies of the version-1 objects copied out of last.
 #[derive(Default)]
 pub(crate) struct ChunkTables {
     map: Mutex<HashMap<ObjSeq, Arc<ObjCheck>>>,
     /// One header read per object at a time: concurrent first readers of
     /// an object wait on its entry's mutex for the first one's table.
     loading: Mutex<HashMap<ObjSeq, Arc<Mutex<()>>>>,
-    legacy_ok: Mutex<HashSet<ObjSeq>>,
+    legacy: Mutex<VecDeque<(ObjSeq, Arc<Vec<u8>>)>>,
     last_log: Mutex<Option<Instant>>,
 }
 
@@ -112,7 +119,7 @@ impl ChunkTables {
     /// Forget `obj` (deleted).
     pub(crate) fn remove(&self, obj: ObjSeq) {
         lock(&self.map).remove(&obj);
-        lock(&self.legacy_ok).remove(&obj);
+        lock(&self.legacy).retain(|(o, _)| *o != obj);
     }
 
     /// Tables held.
@@ -222,11 +229,13 @@ impl Inner {
         }
     }
 
-    /// For GC: a version-1 object is read whole once and its data crc
-    /// checked before anything is copied out of it (a ranged read of it
-    /// cannot be verified). Version-2 objects need nothing here: every
-    /// read of them is verified.
-    pub(crate) fn verify_legacy_once(&self, obj: ObjSeq) -> Result<()> {
+    /// Read `out.len()` bytes of object `obj` at object-relative
+    /// `byte_off` for copying into a new object (GC, `flatten`): a
+    /// version-2 object as every read (each chunk verified, through the
+    /// read cache); a version-1 object from a copy of it read whole and
+    /// checked against its data crc now or for a recent copy (never from a
+    /// ranged read, which cannot be verified). A bad one is `Corrupt`.
+    pub(crate) fn read_for_copy(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> Result<()> {
         let check = self.object_check(obj)?;
         let ObjCheck::Whole {
             header_bytes,
@@ -234,30 +243,52 @@ impl Inner {
             crc,
         } = *check
         else {
-            return Ok(());
+            return self.read_object_range(obj, byte_off, out);
         };
-        if lock(&self.chunk_tables.legacy_ok).contains(&obj) {
-            return Ok(());
-        }
         let name = object_name(&self.image, obj);
-        let end = u64::from(header_bytes) + u64::from(data_sectors) * SECTOR;
-        let bytes = self.store.get(&name, 0, end as usize)?;
-        self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
-        DataCheck::Whole(crc)
-            .verify_object("data", header_bytes, data_sectors, &bytes)
-            .map_err(|e| {
-                self.note_corrupt(&name, u64::from(header_bytes), &e.to_string());
-                Error::new(
-                    ErrorKind::Corrupt,
-                    format!("object {name} (format version 1): {e}"),
-                )
-            })?;
-        let mut ok = lock(&self.chunk_tables.legacy_ok);
-        if ok.len() >= MAX_TABLES {
-            ok.clear();
+        let kept = lock(&self.chunk_tables.legacy)
+            .iter()
+            .find(|(o, _)| *o == obj)
+            .map(|(_, b)| b.clone());
+        let bytes = match kept {
+            Some(b) => b,
+            None => {
+                let end = u64::from(header_bytes) + u64::from(data_sectors) * SECTOR;
+                let bytes = self.store.get(&name, 0, end as usize)?;
+                self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
+                DataCheck::Whole(crc)
+                    .verify_object("data", header_bytes, data_sectors, &bytes)
+                    .map_err(|e| {
+                        self.note_corrupt(&name, u64::from(header_bytes), &e.to_string());
+                        Error::new(
+                            ErrorKind::Corrupt,
+                            format!("object {name} (format version 1): {e}"),
+                        )
+                    })?;
+                let bytes = Arc::new(bytes);
+                let mut l = lock(&self.chunk_tables.legacy);
+                if l.len() >= LEGACY_COPIES {
+                    l.pop_back();
+                }
+                l.push_front((obj, bytes.clone()));
+                bytes
+            }
+        };
+        let a = byte_off as usize;
+        match bytes.get(a..a + out.len()) {
+            Some(src) => {
+                out.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "object {name} is shorter than its map says ({} bytes at byte {byte_off}, it has {})",
+                    out.len(),
+                    bytes.len()
+                ),
+            )),
         }
-        ok.insert(obj);
-        Ok(())
     }
 
     /// The error for a bad chunk of object `name` (counted and logged).
@@ -441,5 +472,170 @@ mod tests {
         assert_eq!(v.inner.chunk_tables.len(), 1);
         assert_eq!(v.stats().chunks_verified, 2);
         v.close().unwrap();
+    }
+
+    /// Found by review: a version-1 object checked whole once (here as a
+    /// GC plug source) was trusted for the rest of the open; rot that
+    /// landed afterwards was copied by a later GC run through unverified
+    /// ranged reads into a version-2 GC object with valid chunk crcs, and
+    /// served as good data. Now GC copies only from a verified whole copy:
+    /// the read returns the original bytes or an error, never the rotten
+    /// byte.
+    #[test]
+    fn later_rot_in_a_version_1_object_is_never_laundered_by_gc() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let mem = Arc::new(MemStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let uuid = create_image(store.as_ref(), "img", 8 << 20).unwrap();
+        let op = |lba: u64, sectors: u32, kind: OpKind, data_offset: u32| ObjOp {
+            lba: Lba(lba),
+            sectors,
+            kind,
+            data_offset,
+        };
+        // X (object 1): LBA 0..2048, mostly live throughout.
+        let a = bytes(1, 2048 * 512);
+        let ox = ObjectHeader::encode_object_v1(
+            uuid,
+            ObjSeq(1),
+            JournalSeq(1),
+            &[op(0, 2048, OpKind::Write, 0)],
+            &a,
+        );
+        // Y (object 2): LBA 0..64 and 72..136 live (X's 64..72 between
+        // them is a plug), plus 2048 dead sectors: a victim.
+        let b = bytes(2, 2176 * 512);
+        let oy = ObjectHeader::encode_object_v1(
+            uuid,
+            ObjSeq(2),
+            JournalSeq(2),
+            &[
+                op(0, 64, OpKind::Write, 0),
+                op(72, 64, OpKind::Write, 64),
+                op(2048, 2048, OpKind::Write, 128),
+                op(2048, 2048, OpKind::Trim, 0),
+            ],
+            &b,
+        );
+        store.put(&object_name("img", ObjSeq(1)), &ox).unwrap();
+        store.put(&object_name("img", ObjSeq(2)), &oy).unwrap();
+        let mut model = a.clone();
+        model[..64 * 512].copy_from_slice(&b[..64 * 512]);
+        model[72 * 512..136 * 512].copy_from_slice(&b[64 * 512..128 * 512]);
+        let c = Config {
+            gc_threshold: 60,
+            ..config(dir.path())
+        };
+        let v = Volume::open(VolumeOptions {
+            config: c,
+            store: store.clone(),
+            image: "img".into(),
+            journal_path: dir.path().join("img.wlog"),
+            io_log: None,
+        })
+        .unwrap();
+        // GC run 1 cleans Y, plugging with X's 64..72: X is checked whole.
+        let r = v.gc_now().unwrap();
+        assert!(r.objects_cleaned >= 1, "{r:?}");
+        assert!(
+            super::lock(&v.inner.chunk_tables.legacy)
+                .iter()
+                .any(|(o, _)| *o == ObjSeq(1)),
+            "X checked whole (plug source)"
+        );
+        // Later in the same open, a bit of X's live data rots at rest.
+        let hb = 4096usize;
+        let name1 = object_name("img", ObjSeq(1));
+        let mut rotten = mem.get(&name1, 0, 1 << 24).unwrap();
+        rotten[hb + 1500 * 512 + 7] ^= 0x40;
+        store.put(&name1, &rotten).unwrap();
+        // Clients overwrite most of X: it becomes a victim.
+        let w = bytes(3, (1100 - 136) * 512);
+        v.write(136 * 512, &w).unwrap();
+        v.flush().unwrap();
+        model[136 * 512..1100 * 512].copy_from_slice(&w);
+        // GC run 2 copies X's live data (ranged reads, never re-checked).
+        let r2 = v.gc_now();
+        let mut sector = vec![0u8; 512];
+        let read = v.read(1500 * 512, &mut sector);
+        let gc_copied_rot = mem.list("img.").unwrap().iter().any(|n| {
+            let o = mem.get(n, 0, 1 << 24).unwrap();
+            o.len() >= 8
+                && &o[..8] == gcobject::MAGIC
+                && GcHeader::decode(&o).unwrap().moves.iter().any(|m| {
+                    m.src_obj == ObjSeq(1) && m.lba.0 <= 1500 && 1500 < m.lba.0 + m.sectors as u64
+                })
+        });
+        eprintln!(
+            "gc run 2: {r2:?}; read: {read:?}; corrupt_chunks {}; GC object holds X's LBA 1500: {gc_copied_rot}",
+            v.stats().corrupt_chunks
+        );
+        match read {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}"),
+            Ok(()) => assert!(
+                sector[..] == model[1500 * 512..1501 * 512],
+                "rotten byte of a version-1 object laundered by GC into a version-2 GC object \
+                 and served as verified data (gc run 2: {r2:?})"
+            ),
+        }
+        v.close().unwrap();
+    }
+
+    /// Found by review: `flatten` copied a clone's parent data through
+    /// ranged reads of the parent; a version-1 parent object (snapshot
+    /// objects are pinned, so they stay version 1 after an upgrade) was
+    /// read unverified and its rotten bytes written into the clone's new
+    /// version-2 objects with valid chunk crcs. Now flatten reads for
+    /// copying (a version-1 object checked whole) and refuses.
+    #[test]
+    fn flatten_refuses_rot_in_a_version_1_parent() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let mem = Arc::new(MemStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let uuid = create_image(store.as_ref(), "base", 8 << 20).unwrap();
+        let a = bytes(5, 256 << 10);
+        let o1 = ObjectHeader::encode_object_v1(
+            uuid,
+            ObjSeq(1),
+            JournalSeq(1),
+            &[ObjOp {
+                lba: Lba(0),
+                sectors: 512,
+                kind: OpKind::Write,
+                data_offset: 0,
+            }],
+            &a,
+        );
+        let name1 = object_name("base", ObjSeq(1));
+        store.put(&name1, &o1).unwrap();
+        let opts = |image: &str| VolumeOptions {
+            config: config(dir.path()),
+            store: store.clone(),
+            image: image.into(),
+            journal_path: dir.path().join(format!("{image}.wlog")),
+            io_log: None,
+        };
+        let base = Volume::open(opts("base")).unwrap();
+        base.snapshot_create("gold").unwrap();
+        base.close().unwrap();
+        crate::volume::clone_image(store.as_ref(), "base", "gold", "child").unwrap();
+        // The parent's version-1 object rots at rest.
+        let mut bad = o1.clone();
+        bad[4096 + 100 * 512 + 3] ^= 0x20;
+        store.put(&name1, &bad).unwrap();
+        let child = Volume::open(opts("child")).unwrap();
+        let f = child.flatten();
+        let mut sector = vec![0u8; 512];
+        let read = child.read(100 * 512, &mut sector);
+        eprintln!(
+            "flatten: {:?}; child read: {read:?}; child chunks_verified {}",
+            f.as_ref().map(|r| r.copied_bytes),
+            child.stats().chunks_verified
+        );
+        child.close().unwrap();
+        assert!(
+            f.is_err(),
+            "flatten copied unverified version-1 parent bytes into version-2 objects"
+        );
     }
 }
