@@ -857,6 +857,16 @@ impl Cache {
                             Ok(Arc::new(data[at.min(data.len())..end].to_vec()))
                         })
                         .collect(),
+                    // A bad chunk fails the whole run's get: fetch each
+                    // chunk of the run on its own, so that the good ones
+                    // (and the readers that joined them) get their data and
+                    // only the bad one carries the error.
+                    Err(e) if n > 1 && e.kind() == ErrorKind::Corrupt => missing[i..j]
+                        .iter()
+                        .map(|m| {
+                            fetch(m.0 as u64 * CHUNK_BYTES, CHUNK_BYTES as usize).map(Arc::new)
+                        })
+                        .collect(),
                     Err(e) => (i..j).map(|_| Err(e.duplicate())).collect(),
                 };
             for (k, rk) in (i..j).zip(per_chunk) {

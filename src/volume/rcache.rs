@@ -93,9 +93,14 @@ impl Inner {
         if let Some(c) = &self.cache {
             // Errors of the cache file itself never come back from here
             // (the cache serves those reads from the backend).
+            // The cache's own errors name the object by sequence only: add
+            // its name (a verify error from `fetch` already starts with it).
             return c.read(obj, byte_off, out, &fetch).map_err(|e| {
-                if e.kind() == ErrorKind::Corrupt {
-                    e.prefixed(format!("object {}", object_name(&self.image, obj)))
+                let name = object_name(&self.image, obj);
+                if e.kind() == ErrorKind::Corrupt
+                    && !e.context().starts_with(&format!("object {name}"))
+                {
+                    e.prefixed(format!("object {name}"))
                 } else {
                     e
                 }

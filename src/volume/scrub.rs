@@ -5,21 +5,29 @@
 //! and of every snapshot's checkpoint; every object those checkpoints'
 //! tables and extents name; and the objects a recovery would roll forward
 //! after the newest usable listed checkpoint (consecutive sequences up to
-//! the first missing one). Each object is read whole: its header must
+//! the first missing one; an invalid object among them is reported and
+//! the walk goes on past it, as a recovery refuses the open there and
+//! keeps everything above). Each object is read whole: its header must
 //! decode (crc), belong to the image and sequence, and match the object's
 //! length; each 64 KiB chunk of a version-2 object must match its crc (a
 //! version-1 object's data is checked against its one crc). A bad
 //! superblock still leaves the objects to check: then every object named
 //! `IMAGE.<seq>` is checked on its own.
 //!
+//! A store error on one object or piece (an EIO: RADOS returns one when
+//! BlueStore's own checksum fails on every replica) is reported as a bad
+//! piece and the scrub goes on; only a failure to read the superblock or
+//! to list the objects ends it with an error.
+//!
 //! A clone's parent image is not read (scrub it on its own).
 //!
 //! On an attached image the scrub runs beside the server: objects are
 //! immutable once put, so reading them concurrently is safe. The server may
-//! retire checkpoints and its GC may delete objects meanwhile; so when the
+//! retire checkpoints and its GC may delete objects meanwhile. So when the
 //! superblock has changed by the end of the scrub, an object or piece that
-//! went missing (or became a tombstone) is counted as `vanished`, not bad.
-//! A checksum mismatch is always bad.
+//! went missing (or became a tombstone) is judged by the superblock as it
+//! is at the end ([`Needs`]): if that still needs it, it is bad; if not,
+//! it is counted as `vanished`. A checksum mismatch is always bad.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::destage::TOMBSTONE;
-use super::image::{object_name, parse_object_name};
+use super::image::{object_name, parse_object_name, read_superblock};
 use super::recovery::{read_object_header, Found};
 use crate::backend::ObjectStore;
 use crate::error::{Error, ErrorKind, Result};
@@ -66,8 +74,10 @@ pub struct ScrubReport {
     pub chunks: u64,
     /// Version-1 objects verified whole against their one data crc.
     pub legacy_objects: u64,
-    /// Objects or pieces that went missing while the scrub ran on an image
-    /// that changed meanwhile (an attached image's GC or checkpoints).
+    /// Objects or pieces that went missing (or became tombstones) while
+    /// the scrub ran on an image that changed meanwhile, and that the
+    /// superblock at the end no longer needs (an attached image's GC or
+    /// checkpoints).
     pub vanished: u64,
     /// The superblock changed while the scrub ran (the image is attached).
     pub changed: bool,
@@ -88,9 +98,15 @@ impl ScrubReport {
 /// sectors (0 where only an extent names it).
 type CkptObjects = (ObjSeq, Vec<(ObjSeq, u64)>);
 
-/// What a faulty piece looked like: missing ones may have vanished.
+/// What a faulty piece looked like.
 enum Fault {
-    Missing(BadPiece),
+    /// Missing, or (a checkpoint piece) a tombstone: on an image that
+    /// changed meanwhile it may have been retired ([`Needs::needs`]).
+    Gone {
+        seq: ObjSeq,
+        tombstone: bool,
+        piece: BadPiece,
+    },
     Bad(BadPiece),
 }
 
@@ -102,12 +118,22 @@ fn bad(object: &str, offset: Option<u64>, error: impl Into<String>) -> Fault {
     })
 }
 
-fn missing(object: &str, error: impl Into<String>) -> Fault {
-    Fault::Missing(BadPiece {
-        object: object.to_owned(),
-        offset: None,
-        error: error.into(),
-    })
+fn gone(object: &str, seq: ObjSeq, tombstone: bool, error: impl Into<String>) -> Fault {
+    Fault::Gone {
+        seq,
+        tombstone,
+        piece: BadPiece {
+            object: object.to_owned(),
+            offset: None,
+            error: error.into(),
+        },
+    }
+}
+
+/// A store error on reading `object` (at `offset`, if a ranged read): a
+/// bad piece, with the error and its cause.
+fn unreadable(object: &str, offset: Option<u64>, e: &Error) -> Fault {
+    bad(object, offset, format!("cannot be read: {}", e.duplicate()))
 }
 
 /// A scrub after its plan: the objects to read. [`Scrub::run`] reads them.
@@ -126,7 +152,10 @@ pub struct Scrub {
 
 impl Scrub {
     /// Read the superblock and checkpoints of `image` and list the objects
-    /// to check. Fails only if the image does not exist or the store fails.
+    /// to check. Fails only if the image does not exist, or if its
+    /// superblock cannot be read (or, when it is bad, its objects cannot
+    /// be listed). A piece that cannot be read is a bad piece of the
+    /// report.
     pub fn plan(store: Arc<dyn ObjectStore>, image: &str, label: &str) -> Result<Scrub> {
         let mut s = Scrub {
             store,
@@ -151,7 +180,7 @@ impl Scrub {
         s.report.bytes += raw.len() as u64;
         match Superblock::decode(&raw) {
             Ok(sb) => {
-                s.plan_from(&sb)?;
+                s.plan_from(&sb);
                 s.sb = Some(sb);
             }
             Err(e) => {
@@ -179,27 +208,29 @@ impl Scrub {
         self.estimate
     }
 
-    fn plan_from(&mut self, sb: &Superblock) -> Result<()> {
+    fn plan_from(&mut self, sb: &Superblock) {
         let mut needed: BTreeSet<ObjSeq> = BTreeSet::new();
         let mut estimate = 0u64;
         let mut roll_from = None;
         let snaps: Vec<CheckpointRef> = sb.snapshots.iter().map(|s| s.ckpt).collect();
         for (i, c) in sb.checkpoints.iter().chain(snaps.iter()).enumerate() {
-            match self.checkpoint(sb, *c)? {
-                Some((last_obj, rows)) => {
-                    self.report.checkpoints += 1;
-                    for (obj, data_sectors) in rows {
-                        if needed.insert(obj) {
-                            estimate += data_sectors * SECTOR + 4096;
-                        }
-                    }
-                    // The newest usable listed one is where a recovery rolls
-                    // forward from.
-                    if i < sb.checkpoints.len() && roll_from.is_none() {
-                        roll_from = Some(last_obj.next());
-                    }
+            let got = read_checkpoint(self.store.as_ref(), &self.image, sb.uuid, *c);
+            self.report.bytes += got.bytes;
+            self.report.checkpoint_pieces += got.pieces;
+            self.faults.extend(got.faults);
+            let Some((last_obj, rows)) = got.objects else {
+                continue;
+            };
+            self.report.checkpoints += 1;
+            for (obj, data_sectors) in rows {
+                if needed.insert(obj) {
+                    estimate += data_sectors * SECTOR + 4096;
                 }
-                None => continue,
+            }
+            // The newest usable listed one is where a recovery rolls
+            // forward from.
+            if i < sb.checkpoints.len() && roll_from.is_none() {
+                roll_from = Some(last_obj.next());
             }
         }
         // The objects after it, as a recovery would roll them forward.
@@ -215,116 +246,57 @@ impl Scrub {
                 seq = seq.next();
                 continue;
             }
-            match read_object_header(self.store.as_ref(), &self.image, sb, seq)? {
-                Found::Missing => break,
-                Found::Checkpoint => {}
-                Found::Data(h) => {
+            match read_object_header(self.store.as_ref(), &self.image, sb, seq) {
+                Ok(Found::Missing) => break,
+                Ok(Found::Checkpoint) => {}
+                Ok(Found::Data(h)) => {
                     if needed.insert(seq) {
                         estimate += u64::from(h.header_bytes) + u64::from(h.data_sectors) * SECTOR;
                     }
                 }
-                Found::Gc(h) => {
+                Ok(Found::Gc(h)) => {
                     if needed.insert(seq) {
                         estimate += u64::from(h.header_bytes) + u64::from(h.data_sectors) * SECTOR;
                     }
                 }
-                Found::Invalid(_) => {
-                    // A recovery would stop here (and delete everything
+                Ok(Found::Invalid(_)) => {
+                    // A recovery refuses the open here (and keeps what is
                     // above): the object is read below, which names what
-                    // is wrong with it.
+                    // is wrong with it, and the walk goes on.
                     needed.insert(seq);
-                    break;
+                }
+                Err(e) => {
+                    // Does it exist? Then it is read (and reported) below
+                    // like any other; if not, the log ends here. If that
+                    // cannot be told either, say so and stop the walk.
+                    let name = object_name(&self.image, seq);
+                    match self.store.stat(&name) {
+                        Ok(Some(_)) => {
+                            needed.insert(seq);
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            self.faults.push(unreadable(&name, Some(0), &e));
+                            break;
+                        }
+                    }
                 }
             }
             seq = seq.next();
         }
         self.objects = needed.into_iter().collect();
         self.estimate = estimate;
-        Ok(())
-    }
-
-    /// Read and check every piece of checkpoint `c`: its last object and
-    /// the objects it names with their data sectors, or `None` if a piece
-    /// is bad (recorded).
-    fn checkpoint(&mut self, sb: &Superblock, c: CheckpointRef) -> Result<Option<CkptObjects>> {
-        let mut rows = Vec::new();
-        let mut last_obj = None;
-        let mut ok = true;
-        for (i, seq) in c.piece_seqs().enumerate() {
-            let name = object_name(&self.image, seq);
-            let Some(size) = self.store.stat(&name)? else {
-                self.faults
-                    .push(missing(&name, "checkpoint piece is missing"));
-                ok = false;
-                continue;
-            };
-            let buf = match self.store.get(&name, 0, size as usize) {
-                Ok(b) => b,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    self.faults
-                        .push(missing(&name, "checkpoint piece is missing"));
-                    ok = false;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            self.report.bytes += buf.len() as u64;
-            self.report.checkpoint_pieces += 1;
-            if buf == TOMBSTONE {
-                self.faults.push(missing(
-                    &name,
-                    "checkpoint piece is a tombstone (retired checkpoint)",
-                ));
-                ok = false;
-                continue;
-            }
-            let p = match CheckpointPiece::decode(&buf) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.faults.push(bad(&name, None, e.to_string()));
-                    ok = false;
-                    continue;
-                }
-            };
-            if p.uuid != sb.uuid
-                || p.ckpt_seq != c.seq
-                || p.index as usize != i
-                || p.count != c.pieces
-            {
-                self.faults.push(bad(
-                    &name,
-                    None,
-                    format!(
-                        "checkpoint piece does not belong to checkpoint {} of this image",
-                        c.seq
-                    ),
-                ));
-                ok = false;
-                continue;
-            }
-            last_obj = Some(p.last_obj_seq);
-            rows.extend(p.objects.iter().map(|o| (o.obj, o.data_sectors)));
-            rows.extend(
-                p.extents
-                    .iter()
-                    .filter(|x| x.obj.0 != 0)
-                    .map(|x| (x.obj, 0)),
-            );
-        }
-        Ok(match (ok, last_obj) {
-            (true, Some(l)) => Some((l, rows)),
-            _ => None,
-        })
     }
 
     /// Read and check the planned objects with `threads` readers;
     /// `progress` gets the bytes of each object read. Then re-read the
-    /// superblock to tell vanished pieces from missing ones.
-    pub fn run(mut self, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<ScrubReport> {
+    /// superblock to tell vanished pieces from missing ones. A store error
+    /// on an object is a bad piece of the report, never the end of the
+    /// scrub.
+    pub fn run(mut self, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> ScrubReport {
         let next = AtomicUsize::new(0);
         let faults = Mutex::new(Vec::new());
         let counts = Counts::default();
-        let first_err: Mutex<Option<Error>> = Mutex::new(None);
         let uuid = self.sb.as_ref().map(|sb| sb.uuid);
         std::thread::scope(|sc| {
             for _ in 0..threads.max(1) {
@@ -333,30 +305,16 @@ impl Scrub {
                     let Some(&seq) = self.objects.get(i) else {
                         return;
                     };
-                    match check_object(self.store.as_ref(), &self.image, uuid, seq, &counts) {
-                        Ok((n, found)) => {
-                            progress(n);
-                            faults
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .extend(found);
-                        }
-                        Err(e) => {
-                            first_err
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get_or_insert(e);
-                            // Stop the others.
-                            next.store(usize::MAX / 2, Ordering::Relaxed);
-                            return;
-                        }
-                    }
+                    let (n, found) =
+                        check_object(self.store.as_ref(), &self.image, uuid, seq, &counts);
+                    progress(n);
+                    faults
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(found);
                 });
             }
         });
-        if let Some(e) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(e);
-        }
         self.faults
             .extend(faults.into_inner().unwrap_or_else(|e| e.into_inner()));
         let r = &mut self.report;
@@ -365,25 +323,240 @@ impl Scrub {
         r.chunks += counts.chunks.load(Ordering::Relaxed);
         r.legacy_objects += counts.legacy.load(Ordering::Relaxed);
         r.checkpoint_pieces += counts.pieces.load(Ordering::Relaxed);
-        // Did the image change meanwhile (an attached server)?
-        r.changed = match (
-            &self.sb,
-            crate::volume::image::read_superblock(self.store.as_ref(), &self.image),
-        ) {
-            (Some(a), Ok(b)) => a.update_seq != b.update_seq,
-            _ => false,
-        };
+        // Did the image change meanwhile (an attached server)? Then what
+        // went missing is judged by what the image needs now.
+        let mut needs = None;
+        if let Some(start) = &self.sb {
+            match read_superblock(self.store.as_ref(), &self.image) {
+                Ok(end) if end.update_seq != start.update_seq => {
+                    r.changed = true;
+                    if self.faults.iter().any(|f| matches!(f, Fault::Gone { .. })) {
+                        let (n, bytes) = Needs::at_end(self.store.as_ref(), &self.image, end);
+                        r.bytes += bytes;
+                        needs = Some(n);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => r.bad.push(BadPiece {
+                    object: self.image.clone(),
+                    offset: None,
+                    error: format!(
+                        "superblock cannot be read again at the end of the scrub: {}",
+                        e.duplicate()
+                    ),
+                }),
+            }
+        }
         for f in self.faults {
             match f {
-                Fault::Missing(_) if r.changed => r.vanished += 1,
-                Fault::Missing(p) | Fault::Bad(p) => r.bad.push(p),
+                Fault::Bad(p) => r.bad.push(p),
+                Fault::Gone {
+                    seq,
+                    tombstone,
+                    mut piece,
+                } => match &needs {
+                    Some(n) if !n.needs(seq, tombstone) => r.vanished += 1,
+                    Some(_) => {
+                        piece
+                            .error
+                            .push_str(" (the superblock at the end of the scrub still needs it)");
+                        r.bad.push(piece);
+                    }
+                    None => r.bad.push(piece),
+                },
             }
         }
         r.bad
             .sort_by(|a, b| (&a.object, a.offset).cmp(&(&b.object, b.offset)));
         r.seconds = self.started.elapsed().as_secs_f64();
-        Ok(self.report)
+        self.report
     }
+}
+
+/// What a superblock needs of the store, to judge a piece that went
+/// missing during a scrub of a changing image:
+/// - the pieces of its listed and snapshot checkpoints;
+/// - the objects those checkpoints name (tables and extents);
+/// - every object above the oldest listed checkpoint's last object: a
+///   roll-forward from a listed checkpoint visits each (a missing one is
+///   a gap that ends the log), and GC deletes none of them (ordering 21).
+///
+/// Retired checkpoints' pieces become tombstones (never needed unless
+/// listed again) and GC deletes objects at or below that floor that no
+/// listed checkpoint names; those count as vanished.
+struct Needs {
+    pieces: BTreeSet<ObjSeq>,
+    objects: BTreeSet<ObjSeq>,
+    /// Every object above this is needed; `None` when one of the
+    /// superblock's checkpoints could not be read, so what it names is
+    /// unknown: then every missing object is taken as needed.
+    floor: Option<ObjSeq>,
+}
+
+impl Needs {
+    /// What `sb` needs, reading its checkpoints; also whether every one
+    /// could be read, and the bytes read.
+    fn of(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> (Needs, bool, u64) {
+        let snaps = sb.snapshots.iter().map(|s| s.ckpt);
+        let all: Vec<CheckpointRef> = sb.checkpoints.iter().copied().chain(snaps).collect();
+        let mut n = Needs {
+            pieces: all.iter().flat_map(|c| c.piece_seqs()).collect(),
+            objects: BTreeSet::new(),
+            floor: None,
+        };
+        // No listed checkpoint: a recovery rolls forward from object 1.
+        let mut floor = if sb.checkpoints.is_empty() {
+            Some(ObjSeq(0))
+        } else {
+            None
+        };
+        let mut complete = true;
+        let mut bytes = 0;
+        for (i, c) in all.iter().enumerate() {
+            let got = read_checkpoint(store, image, sb.uuid, *c);
+            bytes += got.bytes;
+            let Some((last_obj, rows)) = got.objects else {
+                complete = false;
+                continue;
+            };
+            n.objects.extend(rows.into_iter().map(|(o, _)| o));
+            if i < sb.checkpoints.len() {
+                floor = Some(floor.map_or(last_obj, |f: ObjSeq| f.min(last_obj)));
+            }
+        }
+        if complete {
+            n.floor = floor;
+        }
+        (n, complete, bytes)
+    }
+
+    /// What the superblock read at the end of a scrub (`end`) needs. A
+    /// checkpoint of it that cannot be read may just have been retired by
+    /// the server: then a newer superblock is read and used, a few times.
+    fn at_end(store: &dyn ObjectStore, image: &str, mut end: Superblock) -> (Needs, u64) {
+        let mut bytes = 0;
+        let mut tries = 0;
+        loop {
+            let (n, complete, b) = Needs::of(store, image, &end);
+            bytes += b;
+            tries += 1;
+            if complete || tries == 4 {
+                return (n, bytes);
+            }
+            match read_superblock(store, image) {
+                Ok(newer) if newer.update_seq != end.update_seq => end = newer,
+                _ => return (n, bytes),
+            }
+        }
+    }
+
+    /// Is object `seq`, found missing (or a tombstone), still needed?
+    fn needs(&self, seq: ObjSeq, tombstone: bool) -> bool {
+        if self.pieces.contains(&seq) {
+            return true;
+        }
+        // A tombstone is a retired piece: only a listed one is needed.
+        if tombstone {
+            return false;
+        }
+        self.objects.contains(&seq) || self.floor.is_none_or(|f| seq > f)
+    }
+}
+
+/// What reading one checkpoint found.
+#[derive(Default)]
+struct CkptRead {
+    /// Its last object and the objects it names, if every piece is good.
+    objects: Option<CkptObjects>,
+    faults: Vec<Fault>,
+    bytes: u64,
+    pieces: u64,
+}
+
+/// Read and check every piece of checkpoint `c` of image `image` (`uuid`).
+fn read_checkpoint(
+    store: &dyn ObjectStore,
+    image: &str,
+    uuid: ImageUuid,
+    c: CheckpointRef,
+) -> CkptRead {
+    let mut got = CkptRead::default();
+    let mut rows = Vec::new();
+    let mut last_obj = None;
+    let mut ok = true;
+    for (i, seq) in c.piece_seqs().enumerate() {
+        let name = object_name(image, seq);
+        let missing = || gone(&name, seq, false, "checkpoint piece is missing");
+        let size = match store.stat(&name) {
+            Ok(Some(size)) => size,
+            Ok(None) => {
+                got.faults.push(missing());
+                ok = false;
+                continue;
+            }
+            Err(e) => {
+                got.faults.push(unreadable(&name, None, &e));
+                ok = false;
+                continue;
+            }
+        };
+        let buf = match store.get(&name, 0, size as usize) {
+            Ok(b) => b,
+            Err(e) => {
+                got.faults.push(if e.kind() == ErrorKind::NotFound {
+                    missing()
+                } else {
+                    unreadable(&name, None, &e)
+                });
+                ok = false;
+                continue;
+            }
+        };
+        got.bytes += buf.len() as u64;
+        got.pieces += 1;
+        if buf == TOMBSTONE {
+            got.faults.push(gone(
+                &name,
+                seq,
+                true,
+                "checkpoint piece is a tombstone (retired checkpoint)",
+            ));
+            ok = false;
+            continue;
+        }
+        let p = match CheckpointPiece::decode(&buf) {
+            Ok(p) => p,
+            Err(e) => {
+                got.faults.push(bad(&name, None, e.to_string()));
+                ok = false;
+                continue;
+            }
+        };
+        if p.uuid != uuid || p.ckpt_seq != c.seq || p.index as usize != i || p.count != c.pieces {
+            got.faults.push(bad(
+                &name,
+                None,
+                format!(
+                    "checkpoint piece does not belong to checkpoint {} of this image",
+                    c.seq
+                ),
+            ));
+            ok = false;
+            continue;
+        }
+        last_obj = Some(p.last_obj_seq);
+        rows.extend(p.objects.iter().map(|o| (o.obj, o.data_sectors)));
+        rows.extend(
+            p.extents
+                .iter()
+                .filter(|x| x.obj.0 != 0)
+                .map(|x| (x.obj, 0)),
+        );
+    }
+    if let (true, Some(l)) = (ok, last_obj) {
+        got.objects = Some((l, rows));
+    }
+    got
 }
 
 #[derive(Default)]
@@ -401,43 +574,62 @@ struct Counts {
 const PIECE: u64 = 1 << 20;
 
 /// Read object `seq` whole (in pieces) and check it: the bytes read and
-/// what is bad. `uuid`: the image's, if the superblock was readable. Only
-/// an error of the store itself (not a missing object) fails.
+/// what is wrong. `uuid`: the image's, if the superblock was readable. A
+/// store error ends the object's check with a bad piece (what was checked
+/// before it stays reported).
 fn check_object(
     store: &dyn ObjectStore,
     image: &str,
     uuid: Option<ImageUuid>,
     seq: ObjSeq,
     counts: &Counts,
-) -> Result<(u64, Vec<Fault>)> {
+) -> (u64, Vec<Fault>) {
     let name = object_name(image, seq);
-    let gone = || Ok((0, vec![missing(&name, "object is missing")]));
-    let Some(size) = store.stat(&name)? else {
-        return gone();
+    let mut n = 0;
+    let mut found = Vec::new();
+    if let Err(f) = read_and_check(store, &name, uuid, seq, counts, &mut n, &mut found) {
+        found.push(f);
+    }
+    counts.bytes.fetch_add(n, Ordering::Relaxed);
+    (n, found)
+}
+
+/// The body of [`check_object`]: `n` counts the bytes read, `found` what
+/// is wrong; an error is the fault that ends the check.
+fn read_and_check(
+    store: &dyn ObjectStore,
+    name: &str,
+    uuid: Option<ImageUuid>,
+    seq: ObjSeq,
+    counts: &Counts,
+    n: &mut u64,
+    found: &mut Vec<Fault>,
+) -> Result<(), Fault> {
+    let missing = || gone(name, seq, false, "object is missing");
+    let size = match store.stat(name) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(missing()),
+        Err(e) => return Err(unreadable(name, None, &e)),
     };
-    let get = |off: u64, len: u64| match store.get(&name, off, len as usize) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    let get = |off: u64, len: u64| match store.get(name, off, len as usize) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(missing()),
+        Err(e) => Err(unreadable(name, Some(off), &e)),
     };
-    let Some(mut first) = get(0, PIECE.min(size))? else {
-        return gone();
-    };
-    let mut n = first.len() as u64;
+    let mut first = get(0, PIECE.min(size))?;
+    *n += first.len() as u64;
     let magic = first.get(..8).unwrap_or(&[]);
     let is_gc = magic == gcobject::MAGIC;
     if !is_gc && magic != object::MAGIC {
         let bytes = if (first.len() as u64) < size {
-            match get(0, size)? {
-                Some(b) => b,
-                None => return gone(),
-            }
+            let b = get(0, size)?;
+            *n += b.len() as u64;
+            b
         } else {
             first
         };
-        let n = bytes.len() as u64;
-        counts.bytes.fetch_add(n, Ordering::Relaxed);
-        return Ok((n, check_other(&name, uuid, &bytes, counts)));
+        found.extend(check_other(name, uuid, &bytes, counts));
+        return Ok(());
     }
     // The header, read further if it is longer than the first piece.
     let need = if is_gc {
@@ -447,13 +639,8 @@ fn check_object(
     };
     if let Ok(need) = need {
         if need > first.len() {
-            match get(0, need as u64)? {
-                Some(b) => {
-                    n += b.len() as u64;
-                    first = b;
-                }
-                None => return gone(),
-            }
+            first = get(0, need as u64)?;
+            *n += first.len() as u64;
         }
     }
     let decoded = if is_gc {
@@ -465,30 +652,19 @@ fn check_object(
             .map(|h| (h.uuid, h.seq, h.header_bytes, h.data_sectors, h.data_check))
             .map_err(|e| e.to_string())
     };
-    let (hu, hs, header_bytes, data_sectors, check) = match decoded {
-        Ok(d) => d,
-        Err(e) => {
-            counts.bytes.fetch_add(n, Ordering::Relaxed);
-            return Ok((n, vec![bad(&name, Some(0), e)]));
-        }
-    };
+    let (hu, hs, header_bytes, data_sectors, check) = decoded.map_err(|e| bad(name, Some(0), e))?;
     if uuid.is_some_and(|u| u != hu) || hs != seq {
-        counts.bytes.fetch_add(n, Ordering::Relaxed);
-        return Ok((
-            n,
-            vec![bad(
-                &name,
-                Some(0),
-                format!("header names image {hu} object {hs}, not this one"),
-            )],
+        return Err(bad(
+            name,
+            Some(0),
+            format!("header names image {hu} object {hs}, not this one"),
         ));
     }
     counts.objects.fetch_add(1, Ordering::Relaxed);
     let end = u64::from(header_bytes) + u64::from(data_sectors) * SECTOR;
-    let mut found = Vec::new();
     if size != end {
         found.push(bad(
-            &name,
+            name,
             Some(size.min(end)),
             format!("object is {size} bytes, its header says {end}"),
         ));
@@ -501,19 +677,17 @@ fn check_object(
     while at < size.min(end) {
         let bytes = match piece.take() {
             Some(b) => b,
-            None => match get(at, PIECE.min(size - at))? {
-                Some(b) => {
-                    n += b.len() as u64;
-                    b
-                }
-                None => return gone(),
-            },
+            None => {
+                let b = get(at, PIECE.min(size - at))?;
+                *n += b.len() as u64;
+                b
+            }
         };
         if bytes.is_empty() {
             break;
         }
         match &check {
-            DataCheck::Chunks(t) => check_chunks(&name, t, at, &bytes, counts, &mut found),
+            DataCheck::Chunks(t) => check_chunks(name, t, at, &bytes, counts, found),
             DataCheck::Whole(_) => {
                 let lo = u64::from(header_bytes).max(at);
                 let hi = end.min(at + bytes.len() as u64);
@@ -529,14 +703,13 @@ fn check_object(
         counts.legacy.fetch_add(1, Ordering::Relaxed);
         if at >= end && whole != stored {
             found.push(bad(
-                &name,
+                name,
                 Some(u64::from(header_bytes)),
                 format!("data: checksum mismatch (stored {stored:#010x}, computed {whole:#010x})"),
             ));
         }
     }
-    counts.bytes.fetch_add(n, Ordering::Relaxed);
-    Ok((n, found))
+    Ok(())
 }
 
 /// An object that is neither a data nor a GC object: after a bad
@@ -603,7 +776,6 @@ mod tests {
         Scrub::plan(store.clone(), "img", "p/img")
             .unwrap()
             .run(2, &|_| {})
-            .unwrap()
     }
 
     fn flip(store: &Arc<dyn ObjectStore>, name: &str, off: usize) {
