@@ -88,6 +88,10 @@ pub struct Error {
     kind: ErrorKind,
     context: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// For a `Corrupt` error of one 64 KiB chunk of an object's data: the
+    /// object-relative offset of that chunk's first data byte, so that a
+    /// reader of several chunks can tell the bad one from the good ones.
+    bad_chunk: Option<u64>,
 }
 
 /// Shorthand used throughout the crate.
@@ -100,6 +104,7 @@ impl Error {
             kind,
             context: context.into(),
             source: None,
+            bad_chunk: None,
         }
     }
 
@@ -113,6 +118,7 @@ impl Error {
             kind,
             context: context.into(),
             source: Some(Box::new(source)),
+            bad_chunk: None,
         }
     }
 
@@ -144,6 +150,20 @@ impl Error {
         self
     }
 
+    /// The same error marked as the failure of the one data chunk at
+    /// object-relative byte `offset` (see [`Error::bad_chunk`]).
+    pub fn in_chunk(mut self, offset: u64) -> Error {
+        self.bad_chunk = Some(offset);
+        self
+    }
+
+    /// The chunk this error is about, if it is a `Corrupt` error of one
+    /// data chunk (a checksum mismatch): the object-relative offset of its
+    /// first data byte. `None` for everything else, a bad header included.
+    pub fn bad_chunk(&self) -> Option<u64> {
+        self.bad_chunk
+    }
+
     /// A copy for fanning one failure out to many waiters (the source is
     /// flattened into the message).
     pub fn duplicate(&self) -> Error {
@@ -151,7 +171,10 @@ impl Error {
         if let Some(s) = &self.source {
             context = format!("{context}: {s}");
         }
-        Error::new(self.kind, context)
+        Error {
+            bad_chunk: self.bad_chunk,
+            ..Error::new(self.kind, context)
+        }
     }
 }
 

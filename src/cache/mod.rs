@@ -857,16 +857,25 @@ impl Cache {
                             Ok(Arc::new(data[at.min(data.len())..end].to_vec()))
                         })
                         .collect(),
-                    // A bad chunk fails the whole run's get: fetch each
-                    // chunk of the run on its own, so that the good ones
-                    // (and the readers that joined them) get their data and
-                    // only the bad one carries the error.
-                    Err(e) if n > 1 && e.kind() == ErrorKind::Corrupt => missing[i..j]
-                        .iter()
-                        .map(|m| {
-                            fetch(m.0 as u64 * CHUNK_BYTES, CHUNK_BYTES as usize).map(Arc::new)
-                        })
-                        .collect(),
+                    // One bad chunk fails the whole run's get: it gets the
+                    // error, and every other chunk of the run is fetched on
+                    // its own, so that the good ones (and the readers that
+                    // joined them) get their data. Any other error (a bad
+                    // header, a short object, the store) is the whole run's.
+                    Err(e) if n > 1 && e.bad_chunk().is_some() => {
+                        let bad = e.bad_chunk().map(|off| off / CHUNK_BYTES);
+                        missing[i..j]
+                            .iter()
+                            .map(|m| {
+                                if bad == Some(u64::from(m.0)) {
+                                    Err(e.duplicate())
+                                } else {
+                                    fetch(u64::from(m.0) * CHUNK_BYTES, CHUNK_BYTES as usize)
+                                        .map(Arc::new)
+                                }
+                            })
+                            .collect()
+                    }
                     Err(e) => (i..j).map(|_| Err(e.duplicate())).collect(),
                 };
             for (k, rk) in (i..j).zip(per_chunk) {

@@ -27,7 +27,10 @@
 //! superblock has changed by the end of the scrub, an object or piece that
 //! went missing (or became a tombstone) is judged by the superblock as it
 //! is at the end ([`Needs`]): if that still needs it, it is bad; if not,
-//! it is counted as `vanished`. A checksum mismatch is always bad.
+//! it is counted as `vanished`. A listed checkpoint retired while the plan
+//! reads it would leave what it names unchecked: the plan is then made
+//! again from the newer superblock ([`Scrub::plan`]). A checksum mismatch
+//! is always bad.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -179,10 +182,7 @@ impl Scrub {
         }
         s.report.bytes += raw.len() as u64;
         match Superblock::decode(&raw) {
-            Ok(sb) => {
-                s.plan_from(&sb);
-                s.sb = Some(sb);
-            }
+            Ok(sb) => s.plan_from_current(sb),
             Err(e) => {
                 s.faults.push(bad(image, None, e.to_string()));
                 // Nothing says which objects are needed: check every one.
@@ -206,6 +206,54 @@ impl Scrub {
     /// sectors plus a 4 KiB header for the others).
     pub fn estimated_bytes(&self) -> u64 {
         self.estimate
+    }
+
+    /// Plan from superblock `sb`, as it was just read. A checkpoint piece
+    /// it lists that is missing or a tombstone may have been retired by an
+    /// attached server while we read it: then everything that checkpoint
+    /// names would go unchecked (and count as vanished), so the plan is made
+    /// again from the newer superblock, a few times. An image that keeps
+    /// changing that fast is reported (the scrub could not plan), never
+    /// taken as clean.
+    fn plan_from_current(&mut self, mut sb: Superblock) {
+        const TRIES: usize = 4;
+        for attempt in 1..=TRIES {
+            let (faults, checkpoints, pieces) = (
+                self.faults.len(),
+                self.report.checkpoints,
+                self.report.checkpoint_pieces,
+            );
+            self.plan_from(&sb);
+            let raced = self.faults[faults..]
+                .iter()
+                .any(|f| matches!(f, Fault::Gone { .. }));
+            if !raced {
+                break;
+            }
+            let newer = match read_superblock(self.store.as_ref(), &self.image) {
+                Ok(n) if n.update_seq != sb.update_seq => n,
+                // Unchanged: the piece is lost, not retired (bad at the end).
+                _ => break,
+            };
+            if attempt == TRIES {
+                self.faults.push(bad(
+                    &self.image,
+                    None,
+                    format!(
+                        "the image changed {TRIES} times while the scrub read its checkpoints, \
+                         so what they name may be unchecked: scrub again, or detach the image first"
+                    ),
+                ));
+                break;
+            }
+            // Forget this plan (the bytes read stay counted) and plan again.
+            self.report.changed = true;
+            self.faults.truncate(faults);
+            self.report.checkpoints = checkpoints;
+            self.report.checkpoint_pieces = pieces;
+            sb = newer;
+        }
+        self.sb = Some(sb);
     }
 
     fn plan_from(&mut self, sb: &Superblock) {

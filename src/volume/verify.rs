@@ -294,7 +294,13 @@ impl Inner {
     /// The error for a bad chunk of object `name` (counted and logged).
     fn bad_chunk(&self, name: &str, e: &ChunkError) -> Error {
         self.note_corrupt(name, e.offset(), &e.to_string());
-        Error::new(ErrorKind::Corrupt, format!("object {name}: {e}"))
+        let err = Error::new(ErrorKind::Corrupt, format!("object {name}: {e}"));
+        match e {
+            // One chunk's bytes are bad: the others of a run may be good.
+            ChunkError::Mismatch { offset, .. } => err.in_chunk(*offset),
+            // The object ends early: every later chunk is short too.
+            _ => err,
+        }
     }
 
     /// Count a corrupt chunk (or header) and log it: the first ones always,
