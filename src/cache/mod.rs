@@ -234,6 +234,25 @@ enum Join<'a> {
     Wait(Arc<Flight>),
 }
 
+/// A cache hit found but not yet read ([`Cache::plan_hit`]).
+pub struct HitPlan {
+    key: Key,
+    slot: u32,
+    epoch: u64,
+    /// Valid bytes of the chunk.
+    valid: usize,
+    /// Blocks `b0..b1` of the chunk are read.
+    b0: usize,
+    b1: usize,
+    crcs: [u32; BLOCKS_PER_CHUNK],
+    /// Where in the cache file to read.
+    pub file_off: u64,
+    /// How many bytes to read there (whole blocks).
+    pub nbytes: usize,
+    /// Where the wanted bytes start within those read.
+    skip: usize,
+}
+
 /// A counter bumped by many threads at once, striped over cache lines.
 #[derive(Default)]
 struct Striped([Padded; 16]);
@@ -923,22 +942,55 @@ impl Cache {
     /// Serve `out` from the cache if it holds the bytes and they verify.
     /// Takes no global lock; an I/O error on the file is a miss.
     fn try_hit(&self, key: Key, within: usize, out: &mut [u8]) -> bool {
-        let Some(slot) = read_shard(&self.shards[shard_of(key)]).get(&key).copied() else {
+        let Some(p) = self.lookup_hit(key, within, out.len()) else {
             return false;
         };
+        // Straight into the caller's buffer when it is whole aligned
+        // blocks; a miss overwrites it anyway.
+        if p.skip == 0
+            && out.len() == p.nbytes
+            && (out.as_ptr() as usize).is_multiple_of(BLOCK_BYTES)
+        {
+            if let Err(e) = self.pread(out, p.file_off) {
+                self.io_error("hit", &e);
+                return false;
+            }
+            return self.check_hit(&p, out);
+        }
+        HIT_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            let buf = b.get_or_insert_with(|| AlignedBuf::new(CHUNK_BYTES as usize));
+            let buf = &mut buf[..p.nbytes];
+            if let Err(e) = self.pread(buf, p.file_off) {
+                self.io_error("hit", &e);
+                return false;
+            }
+            if !self.check_hit(&p, buf) {
+                return false;
+            }
+            out.copy_from_slice(&buf[p.skip..p.skip + out.len()]);
+            true
+        })
+    }
+
+    /// Find the entry for `len` bytes at `within` of chunk `key`: where its
+    /// blocks are in the file and the crcs they must have, as one
+    /// consistent (seqlock) snapshot of the slot. No I/O, no global lock.
+    fn lookup_hit(&self, key: Key, within: usize, len: usize) -> Option<HitPlan> {
+        let slot = read_shard(&self.shards[shard_of(key)]).get(&key).copied()?;
         let m = &self.meta[slot as usize];
         let b0 = within / BLOCK_BYTES;
-        let b1 = (within + out.len()).div_ceil(BLOCK_BYTES);
+        let b1 = (within + len).div_ceil(BLOCK_BYTES);
         // Seqlock read of the entry.
         let epoch = m.epoch.load(Ordering::Acquire);
         if epoch & 1 == 1 {
-            return false;
+            return None;
         }
         let obj = m.obj.load(Ordering::Relaxed);
         let cl = m.chunk_len.load(Ordering::Relaxed);
-        let (chunk, len) = ((cl >> 32) as u32, cl as u32 as usize);
-        if len == 0 || (ObjSeq(obj), chunk) != key || within + out.len() > len {
-            return false;
+        let (chunk, valid) = ((cl >> 32) as u32, cl as u32 as usize);
+        if valid == 0 || (ObjSeq(obj), chunk) != key || within + len > valid {
+            return None;
         }
         let mut crcs = [0u32; BLOCKS_PER_CHUNK];
         for (b, c) in crcs.iter_mut().enumerate().take(b1).skip(b0) {
@@ -946,64 +998,133 @@ impl Cache {
         }
         fence(Ordering::Acquire);
         if m.epoch.load(Ordering::Relaxed) != epoch {
-            return false;
+            return None;
         }
         if !m.referenced.load(Ordering::Relaxed) {
             m.referenced.store(true, Ordering::Relaxed);
         }
-        let off = self.layout.slot_off(slot) + (b0 * BLOCK_BYTES) as u64;
-        let nbytes = (b1 - b0) * BLOCK_BYTES;
-        let verify = |buf: &[u8]| -> bool {
-            for (blk, &want) in crcs.iter().enumerate().take(b1).skip(b0) {
-                let valid = (len - blk * BLOCK_BYTES).min(BLOCK_BYTES);
-                let at = (blk - b0) * BLOCK_BYTES;
-                let c = block_crc(
-                    &self.cache_uuid,
-                    self.image,
-                    key.0,
-                    key.1,
-                    blk as u32,
-                    &buf[at..at + valid],
-                );
-                if c != want {
-                    self.corrupt_block(key, slot, epoch, blk);
-                    return false;
-                }
-            }
-            true
-        };
+        Some(HitPlan {
+            key,
+            slot,
+            epoch,
+            valid,
+            b0,
+            b1,
+            crcs,
+            file_off: self.layout.slot_off(slot) + (b0 * BLOCK_BYTES) as u64,
+            nbytes: (b1 - b0) * BLOCK_BYTES,
+            skip: within - b0 * BLOCK_BYTES,
+        })
+    }
+
+    /// Whether `buf` (the `p.nbytes` read at `p.file_off`) is the entry
+    /// `p` looked up: the slot was not rewritten before or during the read
+    /// (the epoch is unchanged after it), and every block verifies. A block
+    /// that fails drops the entry.
+    fn check_hit(&self, p: &HitPlan, buf: &[u8]) -> bool {
+        let m = &self.meta[p.slot as usize];
         let still = || {
             fence(Ordering::Acquire);
-            m.epoch.load(Ordering::Relaxed) == epoch
+            m.epoch.load(Ordering::Relaxed) == p.epoch
         };
-        // Straight into the caller's buffer when it is whole aligned
-        // blocks; a miss overwrites it anyway.
-        if within.is_multiple_of(BLOCK_BYTES)
-            && out.len().is_multiple_of(BLOCK_BYTES)
-            && (out.as_ptr() as usize).is_multiple_of(BLOCK_BYTES)
-        {
-            if let Err(e) = self.pread(out, off) {
-                self.io_error("hit", &e);
-                return false;
-            }
-            // Evicted (and maybe rewritten) while we read: a miss.
-            return still() && verify(out) && still();
+        if buf.len() < p.nbytes || !still() {
+            return false;
         }
-        HIT_BUF.with(|b| {
-            let mut b = b.borrow_mut();
-            let buf = b.get_or_insert_with(|| AlignedBuf::new(CHUNK_BYTES as usize));
-            let buf = &mut buf[..nbytes];
-            if let Err(e) = self.pread(buf, off) {
-                self.io_error("hit", &e);
+        for blk in p.b0..p.b1 {
+            let valid = (p.valid - blk * BLOCK_BYTES).min(BLOCK_BYTES);
+            let at = (blk - p.b0) * BLOCK_BYTES;
+            let c = block_crc(
+                &self.cache_uuid,
+                self.image,
+                p.key.0,
+                p.key.1,
+                blk as u32,
+                &buf[at..at + valid],
+            );
+            if c != p.crcs[blk] {
+                self.corrupt_block(p.key, p.slot, p.epoch, blk);
                 return false;
             }
-            if !(still() && verify(buf) && still()) {
-                return false;
-            }
-            let from = within - b0 * BLOCK_BYTES;
-            out.copy_from_slice(&buf[from..from + out.len()]);
-            true
-        })
+        }
+        // Evicted (and maybe rewritten) while we checked: a miss.
+        still()
+    }
+
+    /// A hit the caller reads itself (for example with an io_uring READ on
+    /// its own ring, [`Cache::raw_fd`]) straight into its buffer: `len`
+    /// bytes of object `obj` at `byte_off`, within one chunk, in whole
+    /// aligned blocks. `None` when the cache does not hold them, or they
+    /// are not whole blocks of one chunk, or the cache is off. The caller
+    /// reads `nbytes` at `file_off` into a block-aligned buffer and passes
+    /// the result to [`Cache::finish_hit`], which alone makes it a hit.
+    pub fn plan_hit(&self, obj: ObjSeq, byte_off: u64, len: usize) -> Option<HitPlan> {
+        if len == 0
+            || self.is_off()
+            || !byte_off.is_multiple_of(BLOCK_BYTES as u64)
+            || !len.is_multiple_of(BLOCK_BYTES)
+        {
+            return None;
+        }
+        let chunk = u32::try_from(byte_off / CHUNK_BYTES).ok()?;
+        let within = (byte_off % CHUNK_BYTES) as usize;
+        if within + len > CHUNK_BYTES as usize {
+            return None;
+        }
+        let p = self.lookup_hit((obj, chunk), within, len)?;
+        debug_assert!(p.skip == 0 && p.nbytes == len);
+        Some(p)
+    }
+
+    /// [`Cache::plan_hit`] for a range of any length: one plan per chunk
+    /// the range touches, each with its part's offset in the range; `None`
+    /// unless every part is a hit.
+    pub fn plan_hits(
+        &self,
+        obj: ObjSeq,
+        byte_off: u64,
+        len: usize,
+    ) -> Option<Vec<(usize, HitPlan)>> {
+        let mut parts = Vec::new();
+        let mut pos = 0usize;
+        while pos < len {
+            let off = byte_off + pos as u64;
+            let n = (len - pos).min((CHUNK_BYTES - off % CHUNK_BYTES) as usize);
+            parts.push((pos, self.plan_hit(obj, off, n)?));
+            pos += n;
+        }
+        Some(parts)
+    }
+
+    /// The cache file's descriptor (opened with O_DIRECT) for the reads of
+    /// [`Cache::plan_hit`]. Valid while the cache lives.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Finish a hit of [`Cache::plan_hit`]: `read` is what the read of
+    /// `p.nbytes` at `p.file_off` into `buf` returned (bytes, or a negative
+    /// errno). True when `buf` now holds the data, verified; false is a miss
+    /// (the caller reads the range another way), and an I/O error on the
+    /// file is counted as one.
+    pub fn finish_hit(&self, p: &HitPlan, read: i32, buf: &[u8]) -> bool {
+        let read = if self.faults.load(Ordering::Relaxed) & FAULT_READ != 0 {
+            -libc::EIO
+        } else {
+            read
+        };
+        if read < 0 {
+            let e = Error::io(
+                format!("read {} at {}", self.path.display(), p.file_off),
+                std::io::Error::from_raw_os_error(-read),
+            );
+            self.io_error("hit", &e);
+            return false;
+        }
+        if read as usize != p.nbytes || !self.check_hit(p, &buf[..p.nbytes.min(buf.len())]) {
+            return false;
+        }
+        self.counters.hits.add(p.key.1 as usize);
+        true
     }
 
     /// Block `blk` of the chunk in `slot` (at `epoch`) failed its crc: drop

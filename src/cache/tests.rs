@@ -720,3 +720,93 @@ fn counters_are_persisted_at_flush_only() {
     let info = Cache::inspect(&p, IMG).unwrap().unwrap();
     assert_eq!((info.counters.hits, info.counters.misses), (1, 1));
 }
+
+/// Read a planned hit the way a ublk queue does: one io_uring READ of the
+/// cache file (O_DIRECT) into an aligned buffer; returns the CQE result.
+fn ring_read(c: &Cache, h: &HitPlan, buf: &mut AlignedBuf) -> i32 {
+    let mut ring = io_uring::IoUring::new(4).unwrap();
+    let sqe = io_uring::opcode::Read::new(
+        io_uring::types::Fd(c.raw_fd()),
+        buf.as_mut_ptr(),
+        h.nbytes as u32,
+    )
+    .offset(h.file_off)
+    .build();
+    // SAFETY: `buf` outlives the read: we wait for its completion here.
+    unsafe { ring.submission().push(&sqe).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let r = ring.completion().next().unwrap().result();
+    r
+}
+
+#[test]
+fn a_planned_hit_read_with_io_uring_verifies_in_place() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
+    let o = ObjSeq(5);
+    let want = object(5, Store::len(o));
+    // Not cached yet: no plan.
+    assert!(c.plan_hit(o, 8192, 8192).is_none());
+    read(&c, &s, 5, 0, 4096);
+    let hits = c.counters().hits;
+    let mut buf = AlignedBuf::new(CHUNK_BYTES as usize);
+    let h = c.plan_hit(o, 8192, 8192).expect("cached");
+    assert_eq!(h.nbytes, 8192);
+    let r = ring_read(&c, &h, &mut buf);
+    assert!(c.finish_hit(&h, r, &buf[..]));
+    assert_eq!(&buf[..8192], &want[8192..16384]);
+    assert_eq!(c.counters().hits, hits + 1);
+    // Not whole blocks, or across two chunks: not planned (the caller reads
+    // those another way).
+    assert!(c.plan_hit(o, 512, 4096).is_none());
+    assert!(c.plan_hit(o, 4096, 1024).is_none());
+    assert!(c.plan_hit(o, CHUNK_BYTES - 4096, 8192).is_none());
+    assert!(c.plan_hit(o, 0, 0).is_none());
+    // A failed or short read is a miss, and a failed one is counted.
+    let h = c.plan_hit(o, 0, 4096).unwrap();
+    assert!(!c.finish_hit(&h, -libc::EIO, &buf[..]));
+    assert_eq!(c.io_errors(), 1);
+    assert!(!c.finish_hit(&h, 2048, &buf[..]));
+    assert_eq!(s.gets(), 1);
+}
+
+#[test]
+fn a_planned_hit_fails_on_rot_and_on_a_slot_rewritten_under_it() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
+    let o = ObjSeq(9);
+    read(&c, &s, 9, 0, 4096);
+    let mut buf = AlignedBuf::new(CHUNK_BYTES as usize);
+    // Rot in block 2 of the slot: the check fails, the entry is dropped and
+    // counted, and the next read refetches it.
+    let h = c.plan_hit(o, 2 * 4096, 4096).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xa5; 64], h.file_off + 100).unwrap();
+    drop(f);
+    let r = ring_read(&c, &h, &mut buf);
+    assert!(!c.finish_hit(&h, r, &buf[..]));
+    assert_eq!(c.counters().corrupt, 1);
+    assert!(c.plan_hit(o, 2 * 4096, 4096).is_none(), "entry dropped");
+    read(&c, &s, 9, 2 * 4096, 4096);
+    assert_eq!(s.gets(), 2);
+    // A slot whose entry changes between the plan and the check (evicted
+    // and refilled by another reader): a miss, whatever the bytes say.
+    let h = c.plan_hit(o, 0, 4096).unwrap();
+    let r = ring_read(&c, &h, &mut buf);
+    {
+        let mut sl = lock(&c.slots);
+        c.clear_slot(&mut sl, h.slot);
+    }
+    assert!(!c.finish_hit(&h, r, &buf[..]));
+    assert_eq!(c.counters().corrupt, 1, "a rewrite is not rot");
+    // Injected read faults reach ring reads too.
+    read(&c, &s, 9, 16 * 4096, 4096);
+    let h = c.plan_hit(o, 16 * 4096, 4096).unwrap();
+    let r = ring_read(&c, &h, &mut buf);
+    c.inject_faults(FAULT_READ);
+    assert!(!c.finish_hit(&h, r, &buf[..]));
+}

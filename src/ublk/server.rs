@@ -11,8 +11,14 @@
 //!   ([`super::wake`]). When the journal has no room (the backend is behind),
 //!   the request is handed to a worker that waits for room, so the queue
 //!   keeps serving other requests.
-//! - READ runs on a read worker (it may go to the backend) and is copied
-//!   into the request buffer when done.
+//! - READ is served on the queue thread from memory (open and sealed
+//!   batches, zeros) and from the read cache, whose hits are io_uring READs
+//!   on the queue's own ring straight into the request buffer, checked
+//!   against their crcs in place. Only cache misses (and a clone's reads
+//!   from its parent) go to a read worker, which fetches from the backend,
+//!   fills the cache and hands the bytes back; there are as many workers as
+//!   requests can be in flight (up to [`MAX_READ_WORKERS`]), so a miss
+//!   never queues behind another.
 //! - FLUSH is queued behind every write submitted before it and completes
 //!   after the journal's fdatasync (with `hard_flush`, after the backend
 //!   holds everything).
@@ -39,15 +45,20 @@ use super::kernel::{self, with_deadline, KernelState, Watchdog};
 use super::pool::Pool;
 use super::registry;
 use super::wake::{Outcome, Signal, Waiter};
+use crate::cache::{Cache, HitPlan};
 use crate::error::{Error, ErrorKind, Result};
-use crate::volume::{Completion, Volume};
+use crate::format::rcache::BLOCK_BYTES;
+use crate::volume::{Completion, ReadPlan, RemotePiece, Volume};
 
 /// Largest request, in bytes (the device's max_sectors).
 pub const IO_BUF_BYTES: u32 = 1 << 20;
 /// Largest single discard or write-zeroes request, in 512-byte sectors.
 const MAX_DISCARD_SECTORS: u32 = 1 << 30;
-/// Read workers per device.
-const READ_WORKERS: usize = 8;
+/// Read workers per device: one per request that can be in flight
+/// (queues x depth), at least [`MIN_READ_WORKERS`] and at most this.
+const MAX_READ_WORKERS: usize = 256;
+/// See [`MAX_READ_WORKERS`].
+const MIN_READ_WORKERS: usize = 8;
 /// Workers for writes that wait for journal space.
 const SLOW_WORKERS: usize = 2;
 
@@ -201,8 +212,11 @@ pub fn serve(
     let volume = Arc::new(volume);
     let ctx = Arc::new(DevCtx {
         volume: volume.clone(),
-        reads: Pool::new("lsvd-read", READ_WORKERS)
-            .map_err(|e| Error::with_source(ErrorKind::Io, "cannot start read workers", e))?,
+        reads: Pool::new(
+            "lsvd-read",
+            read_workers(info.nr_hw_queues, info.queue_depth),
+        )
+        .map_err(|e| Error::with_source(ErrorKind::Io, "cannot start read workers", e))?,
         slow: Pool::new("lsvd-wait", SLOW_WORKERS)
             .map_err(|e| Error::with_source(ErrorKind::Io, "cannot start write workers", e))?,
         live_queues: AtomicUsize::new(info.nr_hw_queues as usize),
@@ -410,7 +424,7 @@ async fn tag_loop(q: &UblkQueue<'_>, tag: u16, ctx: &DevCtx) -> std::result::Res
         .await?;
     loop {
         let iod = *q.get_iod(tag);
-        let res = handle(&iod, buf.as_mut_slice(), ctx, &mut waiter, &mut spare).await;
+        let res = handle(q, &iod, buf.as_mut_slice(), ctx, &mut waiter, &mut spare).await;
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
     }
@@ -435,6 +449,7 @@ fn done_result(o: Outcome, ok: i32) -> i32 {
 
 /// Handle one request; returns the result for the kernel.
 async fn handle(
+    q: &UblkQueue<'_>,
     iod: &sys::ublksrv_io_desc,
     buf: &mut [u8],
     ctx: &DevCtx,
@@ -451,22 +466,7 @@ async fn handle(
             let Some(len) = fits(bytes, buf.len()) else {
                 return -libc::EINVAL;
             };
-            let sig = waiter.arm();
-            let v = vol.clone();
-            let mut data = std::mem::take(spare);
-            data.resize(len, 0);
-            ctx.reads.run(move || {
-                let r = v.read(offset, &mut data).map(|()| data);
-                sig.fire(Outcome::Read(r));
-            });
-            match waiter.wait().await {
-                Outcome::Read(Ok(data)) => {
-                    buf[..len].copy_from_slice(&data);
-                    *spare = data;
-                    len as i32
-                }
-                o => done_result(o, -libc::EIO),
-            }
+            read(q, offset, &mut buf[..len], ctx, waiter, spare).await
         }
         sys::UBLK_IO_OP_WRITE => {
             let Some(len) = fits(bytes, buf.len()) else {
@@ -526,6 +526,123 @@ async fn handle(
         }
         _ => -libc::EOPNOTSUPP,
     }
+}
+
+/// A READ: what memory holds is copied straight into the request buffer
+/// on this thread ([`Volume::plan_read`]); what the read cache holds is
+/// read with io_uring on this queue's ring into the same buffer and
+/// checked here ([`ring_hits`]); only the rest (cache misses, a clone's
+/// parent) goes to a read worker, so a read served from memory or the
+/// cache never waits behind one that goes to the backend.
+async fn read(
+    q: &UblkQueue<'_>,
+    offset: u64,
+    buf: &mut [u8],
+    ctx: &DevCtx,
+    waiter: &mut Waiter,
+    spare: &mut Vec<u8>,
+) -> i32 {
+    let vol = &ctx.volume;
+    let len = buf.len();
+    let mut plan = match vol.plan_read(offset, buf) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("read at {offset} of {len} bytes: {e}");
+            return e.kind().errno();
+        }
+    };
+    if !plan.is_done() {
+        if let Some(cache) = vol.read_cache() {
+            ring_hits(q, cache, &mut plan, buf).await;
+        }
+    }
+    if plan.is_done() {
+        return len as i32;
+    }
+    // The worker fills its own buffer (the request buffer belongs to this
+    // task), at the same offsets; only the ranges it reads are copied back.
+    let ranges: Vec<(usize, usize)> = plan.pending_ranges().collect();
+    let sig = waiter.arm();
+    let v = vol.clone();
+    let mut data = std::mem::take(spare);
+    data.resize(len, 0);
+    ctx.reads.run(move || {
+        let r = v.finish_read(plan, &mut data, false).map(|()| data);
+        sig.fire(Outcome::Read(r));
+    });
+    match waiter.wait().await {
+        Outcome::Read(Ok(data)) => {
+            for (at, n) in ranges {
+                buf[at..at + n].copy_from_slice(&data[at..at + n]);
+            }
+            *spare = data;
+            len as i32
+        }
+        o => done_result(o, -libc::EIO),
+    }
+}
+
+/// Serve the remote pieces of `plan` that the read cache holds: one
+/// io_uring READ per chunk part on this queue's ring, straight into `buf`
+/// (page-aligned: the tag's buffer) at the piece's place, all in flight at
+/// once; each is then checked against its block crcs
+/// ([`Cache::finish_hit`]). A piece served whole is dropped from the plan;
+/// a piece with any part not cached, not block-aligned, failing its crc or
+/// its read stays in the plan for the worker (which reads all of it).
+async fn ring_hits(q: &UblkQueue<'_>, cache: &Cache, plan: &mut ReadPlan, buf: &mut [u8]) {
+    let base = buf.as_mut_ptr();
+    let mut reads: Vec<(RemotePiece, Vec<(usize, HitPlan)>)> = Vec::new();
+    for p in plan.remote() {
+        // O_DIRECT: the destination must be block-aligned too (the parts
+        // of a hit are whole blocks, so the piece's start is enough).
+        if !(base as usize + p.at).is_multiple_of(BLOCK_BYTES) {
+            continue;
+        }
+        if let Some(parts) = cache.plan_hits(p.obj, p.byte_off, p.len) {
+            reads.push((*p, parts));
+        }
+    }
+    if reads.is_empty() {
+        return;
+    }
+    let fd = io_uring::types::Fd(cache.raw_fd());
+    let mut inflight = Vec::new();
+    for (p, (at, h)) in reads
+        .iter()
+        .flat_map(|(p, parts)| parts.iter().map(move |x| (p, x)))
+    {
+        // SAFETY: `p.at + at + h.nbytes` is within `buf` (a part of a
+        // piece of this read), and `buf` outlives the read: every future is
+        // awaited below before `buf` is touched again or returned.
+        let dst = unsafe { base.add(p.at + at) };
+        let sqe = io_uring::opcode::Read::new(fd, dst, h.nbytes as u32)
+            .offset(h.file_off)
+            .build();
+        inflight.push(q.ublk_submit_sqe(sqe));
+    }
+    let mut results = Vec::with_capacity(inflight.len());
+    for f in inflight {
+        results.push(f.await);
+    }
+    let mut results = results.into_iter();
+    let mut served = Vec::new();
+    for (p, parts) in &reads {
+        let mut whole = true;
+        for (at, h) in parts {
+            let r = results.next().unwrap_or(-libc::EIO);
+            let at = p.at + at;
+            whole &= cache.finish_hit(h, r, &buf[at..at + h.nbytes]);
+        }
+        if whole {
+            served.push(*p);
+        }
+    }
+    plan.retain_remote(|p| !served.contains(p));
+}
+
+/// Read workers for a device of `queues` x `depth` requests in flight.
+fn read_workers(queues: u16, depth: u16) -> usize {
+    (usize::from(queues) * usize::from(depth)).clamp(MIN_READ_WORKERS, MAX_READ_WORKERS)
 }
 
 /// `bytes` as a length if it fits the request buffer.

@@ -57,6 +57,7 @@ mod destage;
 mod gchost;
 pub mod image;
 mod rcache;
+mod readplan;
 mod recovery;
 pub mod scrub;
 pub mod snapshot;
@@ -87,6 +88,7 @@ use batch::{Batch, PendLoc};
 use destage::{DestageMsg, Destager};
 pub use image::ImageSpec;
 pub use rcache::rcache_path;
+pub use readplan::{ReadPlan, RemotePiece};
 pub use snapshot::{clone_image, find_clones, FlattenReport, Parent};
 
 /// Called once when an asynchronously submitted operation completes.
