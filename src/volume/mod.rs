@@ -22,35 +22,93 @@
 //! (`Inner::gc_cancel`) is its child, cancelled on its own by `stop_gc`
 //! (the first step of `close`) and when the server is fenced.
 //!
-//! Lock order (a lock may be taken while holding the ones above it, never
-//! the other way round; locks on one line are never held together):
-//! 1. `resize_lock` / `gc` - held for a whole resize / GC step, forced GC
-//!    run, snapshot create or remove, *across I/O and waits* (puts, gets,
-//!    deletes, waits for destage and checkpoints): deliberate, they
-//!    serialise those operations. No thread holds both.
-//! 2. `sb` / `state` / `durable` (RwLock) - never two of them at once.
-//!    `sb` is held *across the superblock put* (deliberate: two rewrites
-//!    never land in the opposite order; the put is bounded by
-//!    `io_timeout_msec` and the caller's cancel flag). `state` and
-//!    `durable` are never held across I/O or a wait (`room` waits on
-//!    `state_cv`, which releases `state`); readers drop `state` before
-//!    taking `durable` (see `Volume::read`).
-//! 3. Leaves, which take no other volume lock: `spare_buffers` (under
-//!    `state`, in `seal`), the journal's staging lock and channel (under
-//!    `state`, in `journal_append`), `gc_dead` (under `durable` written,
-//!    in `start_checkpoint`, or under `gc`), `session_ckpts`,
-//!    `backend_error`, `flusher` (also under the journal's `space_wanted`
-//!    lock, on the journal thread), the snapshot pins (`retention`), a GC
-//!    object's `done`, the locks inside [`crate::wait`] (cancel flags and
-//!    completion slots), and the read cache's own locks (its order:
-//!    `flush_lock`, held across the cache file's writes and fdatasyncs,
-//!    then `slots`, then one key shard; `inflight` and a fetch's result
-//!    alone), which are taken under `gc` (GC reads) or under no volume lock.
+//! Files: `mod.rs` holds the types, this doc and the helpers every path
+//! uses; `write.rs` the write path (writes, trims, FLUSH, batches, the
+//! flusher thread); `read.rs` the read path; `lifecycle.rs` open (recovery
+//! hand-off, replay, threads), resize, forced GC, close, stop and drop;
+//! `superblock.rs` the superblock rewrite. The read cache glue is in
+//! `rcache.rs`, checksums in `verify.rs`, the destager in `destage.rs`.
+//!
+//! # Lock hierarchy
+//!
+//! Levels from the top: a lock may be taken while holding locks of higher
+//! levels, never the other way round. Locks on one level are never held
+//! together. `Volume` itself has no lock (its threads and store lock are
+//! touched only through `&mut self` in close, stop and drop); every lock
+//! is in `Inner` or reached from it.
+//!
+//! 1. Operation locks, held *across I/O and waits* (puts, gets, deletes,
+//!    waits for the journal, destage and checkpoints). Deliberate: they
+//!    serialise these operations. Neither is taken by the destager, the
+//!    put workers, the journal writer or the flusher, so waiting for those
+//!    threads under it cannot deadlock. No thread holds both.
+//!    - `resize_lock` (`Mutex<()>`): one [`Volume::resize`] at a time
+//!      (`lifecycle.rs`), across the journaled tail trim (which waits for
+//!      room on `state_cv`), the wait for its destage and the superblock
+//!      put. Under it: `state`, `sb`.
+//!    - `gc` (`Mutex<Gc>`): GC's state, held for a whole background step
+//!      (`gchost::gc_thread`), a forced run ([`Volume::gc_now`]),
+//!      `snapshot_create` and `snapshot_remove` (`snapshot.rs`). Under it:
+//!      `sb` (GC's feature bit, snapshot lists), `state` (GC object
+//!      sequence, `client_backlog`, the flush of a snapshot), `durable`
+//!      (read), `session_ckpts`, `gc_dead`, `retention`, and GC's object
+//!      reads (chunk tables, read cache).
+//! 2. `chunk_crcs_lock` (`Mutex<()>`): a put worker sets
+//!    `INCOMPAT_CHUNK_CRCS` once (`destage::ensure_chunk_crc_feature`),
+//!    holding it across that superblock put. Taken with no other volume
+//!    lock held; under it: `sb`.
+//! 3. The core locks, never two of them at once:
+//!    - `sb` (`Mutex<Superblock>`, with `sb_unsure`): the superblock as
+//!      the store has it. Held *across the superblock put* and, after a
+//!      failed one, the read-back and re-read gets (`superblock.rs`).
+//!      Deliberate: two rewrites never land in the opposite order; the put
+//!      is bounded by `io_timeout_msec` and the caller's cancel flag.
+//!      Under it: only `put_bounded`'s fencing mark (`fenced`, GC's cancel
+//!      flag).
+//!    - `state` (`Mutex<State>`) with `state_cv`: the open and sealed
+//!      batches, the overlay, the sequence counters, the journal handle,
+//!      `closed`. Never held across I/O or a wait: `room` (`write.rs`)
+//!      waits on `state_cv`, which releases it; the destager notifies
+//!      `state_cv` after a sealed batch leaves (`destage::apply_data`,
+//!      `state` already released), `stop` after closing. Under it:
+//!      `spare_buffers` (`seal`), the destager's channel (`seal`, and a
+//!      GC object's submission: sent under `state` so the destager sees
+//!      sequences in allocation order), the journal's staging lock and
+//!      channel (`journal_append`, `submit_flush`, `close_inner`).
+//!    - `durable` (`RwLock<ObjectMap>`): the applied map. Written only by
+//!      the destager, in slices (`apply_data`, `apply_gc`), and in
+//!      `start_checkpoint`, which takes `gc_dead` under it. Read by
+//!      readers after they dropped `state` (`read.rs`,
+//!      `rcache::reread_moved`), by GC, `flatten` and the checkpoint.
+//!      Never held across I/O, and never read-locked twice by one thread
+//!      (std's `RwLock` may queue a second read behind a waiting writer).
+//! 4. Leaves, which take no other lock of the volume:
+//!    - `spare_buffers`, `gc_dead`, `session_ckpts` (the destager's
+//!      `note_checkpoint`; `floor` and snapshot create under `gc`),
+//!      `backend_error` (put workers; `room` after releasing `state`),
+//!      the snapshot pins `retention` (`gc::SnapshotPins`, an `RwLock`),
+//!      a GC object's `done` (`destage::GcBatch`), and the set-once
+//!      `fenced` and `journal_shared`.
+//!    - `flusher` (`Mutex<bool>` with its `Condvar`): taken by the flusher
+//!      thread (released before it takes `state`), by `stop`, and under
+//!      the journal's `space_wanted` lock on the journal writer thread.
+//!    - The chunk tables (`verify.rs`): `map`, `loading`, `legacy`,
+//!      `last_log` are leaves; a per-object mutex from `loading` is held
+//!      across that object's header get, taking only those leaves.
+//!    - The journal's own: staging, `JournalShared::tx`, `space_wanted`
+//!      (under which `flusher`).
+//!    - The read cache's own (its order: `flush_lock`, held across the
+//!      cache file's writes and fdatasyncs, then `slots`, then one key
+//!      shard; `inflight` and a fetch's `result` with its `Condvar`
+//!      alone), taken under `gc` (GC reads) or under no volume lock.
+//!    - The locks inside [`crate::wait`]: cancel flags (a parent's, then
+//!      each child's, one at a time) and completion slots.
 //!
 //! Completions (`Done`, [`Completion`]) may run under `state` (an append to
 //! a failed journal, a flush of a stopped one): they must take no volume
 //! lock. A clone's parent is another volume, whose locks are taken with
-//! none of this one's held.
+//! none of this one's held (`read.rs` reads through to it after dropping
+//! `durable`).
 
 mod batch;
 mod destage;
