@@ -176,6 +176,7 @@ mod tests {
             include_str!("volume/destage.rs"),
             include_str!("volume/snapshot.rs"),
             include_str!("volume/mod.rs"),
+            include_str!("volume/lifecycle.rs"),
         ]
         .concat();
         for p in POINTS.iter().chain(LIFECYCLE_POINTS).chain(RESIZE_POINTS) {

@@ -1,5 +1,9 @@
-//! A read in two halves, so that a ublk queue serves what it can on its own
-//! thread ([`crate::ublk`]):
+//! The read path: the open and in-flight batches (the overlay), then the
+//! durable map, whose extents are read through the read cache or from the
+//! backend (`rcache.rs`, `verify.rs`), and a clone's parent for its holes.
+//!
+//! A read runs in two halves, so that a ublk queue serves what it can on
+//! its own thread ([`crate::ublk`]):
 //!
 //! 1. [`Volume::plan_read`] never does I/O. Under the state lock it copies
 //!    what memory holds (the open batch and sealed batches not yet applied
@@ -28,7 +32,7 @@
 //! block layer promises nothing more).
 
 use super::batch::PendLoc;
-use super::Volume;
+use super::{Inner, Volume};
 use crate::error::{Error, ErrorKind, Result};
 use crate::units::{Lba, ObjSeq, SECTOR};
 
@@ -85,7 +89,46 @@ impl ReadPlan {
     }
 }
 
+impl Inner {
+    /// Fill `out` for the hole `[lba, lba+sectors)` of the durable map:
+    /// from a clone's parent below its size, zeros elsewhere.
+    pub(crate) fn read_hole(&self, lba: Lba, sectors: u64, out: &mut [u8]) -> Result<()> {
+        match self.live_parent() {
+            Some(p) if lba.0 < p.sectors => {
+                let n = sectors.min(p.sectors - lba.0);
+                let (through, rest) = out.split_at_mut((n * SECTOR) as usize);
+                rest.fill(0);
+                p.volume.read(lba.0 * SECTOR, through)
+            }
+            _ => {
+                out.fill(0);
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Volume {
+    /// Read `buf.len()` bytes at `offset`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_mode(offset, buf, false)
+    }
+
+    /// Read `buf.len()` bytes at `offset` to copy them into new objects
+    /// (`flatten` reads its parent so): like [`Volume::read`], but data of
+    /// a version-1 object comes from a copy of it read whole and checked
+    /// against its data crc, never from an unverifiable ranged read
+    /// (`Inner::read_for_copy`), so rot is never laundered into an object
+    /// with valid chunk crcs.
+    pub fn read_for_copy(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_mode(offset, buf, true)
+    }
+
+    pub(super) fn read_mode(&self, offset: u64, buf: &mut [u8], copy: bool) -> Result<()> {
+        let plan = self.plan_read(offset, buf)?;
+        self.finish_read(plan, buf, copy)
+    }
+
     /// The first half of a read of `buf.len()` bytes at `offset` (module
     /// doc): fills `buf` from memory and returns what is left to read. No
     /// I/O; takes the state lock and the durable map's read lock briefly.
@@ -209,26 +252,23 @@ impl Volume {
             };
             r.map_err(|e| e.prefixed(format!("read of {} at {offset}", inner.image)))?;
         }
-        if !plan.parent.is_empty() {
-            let Some(p) = inner.live_parent() else {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "internal error: read of {} at {offset} planned parent reads without a parent",
-                        inner.image
-                    ),
-                ));
+        for (poff, b0, bytes) in plan.parent {
+            let out = &mut buf[b0..b0 + bytes];
+            let r = match inner.live_parent() {
+                Some(p) => p.volume.read_mode(poff, out, copy),
+                // Flattened since the plan: every byte the parent held there
+                // is now in this clone's own objects (flatten copies before
+                // it cuts the link, and the parent may be removed after), so
+                // the range is read again from this volume. (A clone's
+                // offsets are its parent's.)
+                None => self.read_mode(poff, out, copy),
             };
-            for (poff, b0, bytes) in plan.parent {
-                p.volume
-                    .read_mode(poff, &mut buf[b0..b0 + bytes], copy)
-                    .map_err(|e| {
-                        e.prefixed(format!(
-                            "read of {} at {offset} from its parent",
-                            inner.image
-                        ))
-                    })?;
-            }
+            r.map_err(|e| {
+                e.prefixed(format!(
+                    "read of {} at {offset} from its parent",
+                    inner.image
+                ))
+            })?;
         }
         Ok(())
     }
@@ -367,6 +407,52 @@ mod tests {
         v.read(0, &mut one).unwrap();
         assert!(one == expect);
         v.close().unwrap();
+    }
+
+    /// A clone's read planned with parent reads, then the clone flattened
+    /// and the parent snapshot's objects gone (removable after the cut):
+    /// the rest of the read comes from the clone's own copy, not from the
+    /// parent (an error) and not left unwritten (stale bytes).
+    #[test]
+    fn a_clone_read_planned_before_a_flatten_finishes_from_the_copy() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let mem = Arc::new(MemStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        crate::volume::image::create_image(store.as_ref(), "img", 4 << 20).unwrap();
+        let base = open(dir.path(), store.clone(), true);
+        let a = pattern(3, 65536);
+        base.write(0, &a).unwrap();
+        base.snapshot_create("gold").unwrap();
+        base.close().unwrap();
+        crate::volume::clone_image(store.as_ref(), "img", "gold", "child").unwrap();
+        let mut opts = VolumeOptions {
+            config: Config {
+                no_rcache: true,
+                wlog_bytes: 4 << 20,
+                wlog_chunk_bytes: 64 << 10,
+                backend_obj_bytes: 256 << 10,
+                ..Config::default()
+            },
+            store: store.clone(),
+            image: "child".into(),
+            journal_path: dir.path().join("child.wlog"),
+            io_log: None,
+        };
+        opts.config.rcache_dir = dir.path().join("rcache");
+        let child = Volume::open(opts).unwrap();
+        let mut buf = vec![0xeeu8; 65536];
+        let plan = child.plan_read(0, &mut buf).unwrap();
+        assert_eq!(plan.pending_ranges().collect::<Vec<_>>(), vec![(0, 65536)]);
+        child.flatten().unwrap();
+        // The parent's data objects are gone (as after `snap rm` and GC).
+        for n in mem.list("img.").unwrap() {
+            if !n.ends_with(".super") && n != "img" {
+                mem.delete(&n).unwrap();
+            }
+        }
+        child.finish_read(plan, &mut buf, false).unwrap();
+        assert!(buf == a);
+        child.close().unwrap();
     }
 
     #[test]
