@@ -7,11 +7,13 @@
 //!
 //! Layers, lowest first: [`units`]/[`error`]/[`wait`] (every wait's one
 //! shape: deadline and cancel flag), [`format`] (pure layouts),
-//! [`io`], [`backend`], [`map`], [`journal`], [`volume`], the front ends
+//! [`io`], [`backend`], [`map`], [`journal`], [`catalog`] (images in a
+//! pool, without opening one), [`volume`], the front ends
 //! [`ublk`] and [`nbd`], [`cli`].
 
 pub mod backend;
 pub mod cache;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod crashtest;

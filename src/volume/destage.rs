@@ -34,8 +34,8 @@ use crossbeam_channel::{select, Receiver, Sender};
 use tracing::{debug, warn};
 
 use super::batch::Batch;
-use super::image::object_name;
 use super::Inner;
+use crate::catalog::image::object_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::{split_into_pieces, CkptExtent, CkptObject, EXTENTS_PER_PIECE};
 use crate::format::gcobject::{GcHeader, GcMove};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::destage::{CkptFacts, DestageMsg, GcBatch};
-use super::image::{object_name, parse_object_name};
 use super::Inner;
+use crate::catalog::image::{object_name, parse_object_name};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gcobject::GcMove;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::unbounded;
 use tracing::{info, warn};
 
+use crate::catalog::image;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::object::OpKind;
 use crate::format::superblock::FLAG_CLEAN;
@@ -21,8 +22,8 @@ use super::batch::Batch;
 use super::destage::{self, DestageMsg, Destager};
 use super::write::flusher;
 use super::{
-    gchost, image, rcache, recovery, snapshot, verify, wait_done, Counters, Inner, InnerInit,
-    Resized, State, Volume, VolumeOptions,
+    gchost, rcache, recovery, snapshot, verify, wait_done, Counters, Inner, InnerInit, Resized,
+    State, Volume, VolumeOptions,
 };
 
 impl Inner {

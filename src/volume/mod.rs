@@ -28,6 +28,9 @@
 //! hand-off, replay, threads), resize, forced GC, close, stop and drop;
 //! `superblock.rs` the superblock rewrite. The read cache glue is in
 //! `rcache.rs`, checksums in `verify.rs`, the destager in `destage.rs`.
+//! Images that are not open (create, remove, list, clone) are
+//! [`crate::catalog`]'s, re-exported here as `image`, `clone_image` and
+//! `find_clones`.
 //!
 //! # Lock hierarchy
 //!
@@ -113,7 +116,6 @@
 mod batch;
 mod destage;
 mod gchost;
-pub mod image;
 mod lifecycle;
 mod rcache;
 mod read;
@@ -142,6 +144,7 @@ use crate::map::{ExtentMap, ObjectMap};
 use crate::units::{ImageUuid, JournalSeq, ObjSeq, SECTOR};
 use crate::wait::{self, Cancel, Deadline};
 
+pub use crate::catalog::image;
 use batch::{Batch, PendLoc};
 use destage::DestageMsg;
 pub use image::ImageSpec;

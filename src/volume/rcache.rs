@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TrySendError};
 use tracing::warn;
 
-use super::image::object_name;
 use super::Inner;
 use crate::cache::Cache;
+use crate::catalog::image::object_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::units::{Lba, ObjSeq, SECTOR};
 

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
-use super::image::{object_name, parse_object_name};
 use crate::backend::ObjectStore;
+use crate::catalog::image::{object_name, parse_object_name};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::CheckpointPiece;
 use crate::format::gcobject::{GcHeader, GcMove};

@@ -38,9 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::destage::TOMBSTONE;
-use super::image::{object_name, parse_object_name, read_superblock};
 use super::recovery::{read_object_header, Found};
 use crate::backend::ObjectStore;
+use crate::catalog::image::{object_name, parse_object_name, read_superblock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::CheckpointPiece;
 use crate::format::chunks::{ChunkCrcs, DataCheck};

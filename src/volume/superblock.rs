@@ -4,11 +4,12 @@ use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
+use crate::catalog::image;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::superblock::Superblock;
 use crate::wait::Cancel;
 
-use super::{image, Inner};
+use super::Inner;
 
 impl Inner {
     /// Change and rewrite the superblock. The lock is held across the put

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
-use super::image::object_name;
 use super::Inner;
+use crate::catalog::image::object_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::chunks::{ChunkCrcs, ChunkError, DataCheck};
 use crate::format::gcobject::{self, GcHeader};

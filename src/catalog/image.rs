@@ -292,7 +292,7 @@ pub fn parent_chain(store: &dyn ObjectStore, sb: &Superblock) -> Vec<String> {
     let mut next = sb.parent.clone();
     while let Some(p) = next.take() {
         out.push(format!("{}@{}", p.image, p.snap));
-        if out.len() > super::snapshot::MAX_CHAIN {
+        if out.len() > super::MAX_CHAIN {
             break;
         }
         match read_superblock(store, &p.image) {
