@@ -1105,7 +1105,9 @@ impl Cache {
     /// `p.nbytes` at `p.file_off` into `buf` returned (bytes, or a negative
     /// errno). True when `buf` now holds the data, verified; false is a miss
     /// (the caller reads the range another way), and an I/O error on the
-    /// file is counted as one.
+    /// file is counted as one (a retry of the range through the cache that
+    /// fails again counts again: each is a failed read of the file). Hits
+    /// are counted by [`Cache::count_hit`].
     pub fn finish_hit(&self, p: &HitPlan, read: i32, buf: &[u8]) -> bool {
         let read = if self.faults.load(Ordering::Relaxed) & FAULT_READ != 0 {
             -libc::EIO
@@ -1120,11 +1122,14 @@ impl Cache {
             self.io_error("hit", &e);
             return false;
         }
-        if read as usize != p.nbytes || !self.check_hit(p, &buf[..p.nbytes.min(buf.len())]) {
-            return false;
-        }
+        read as usize == p.nbytes && self.check_hit(p, &buf[..p.nbytes.min(buf.len())])
+    }
+
+    /// Count a hit of [`Cache::plan_hit`] that served its caller (after
+    /// [`Cache::finish_hit`]; a part of a range the caller then reads
+    /// another way anyway is not counted, as that read counts it).
+    pub fn count_hit(&self, p: &HitPlan) {
         self.counters.hits.add(p.key.1 as usize);
-        true
     }
 
     /// Block `blk` of the chunk in `slot` (at `epoch`) failed its crc: drop

@@ -757,6 +757,8 @@ fn a_planned_hit_read_with_io_uring_verifies_in_place() {
     let r = ring_read(&c, &h, &mut buf);
     assert!(c.finish_hit(&h, r, &buf[..]));
     assert_eq!(&buf[..8192], &want[8192..16384]);
+    assert_eq!(c.counters().hits, hits, "counted by the caller");
+    c.count_hit(&h);
     assert_eq!(c.counters().hits, hits + 1);
     // Not whole blocks, or across two chunks: not planned (the caller reads
     // those another way).

@@ -17,8 +17,11 @@
 //!   against their crcs in place. Only cache misses (and a clone's reads
 //!   from its parent) go to a read worker, which fetches from the backend,
 //!   fills the cache and hands the bytes back; there are as many workers as
-//!   requests can be in flight (up to [`MAX_READ_WORKERS`]), so a miss
-//!   never queues behind another.
+//!   requests can be in flight (up to [`MAX_READ_WORKERS`]), so below that
+//!   a miss never queues behind another. One request may have many cache
+//!   READs in flight on the ring (one per 64 KiB chunk part); the ring's
+//!   completion queue is the queue depth, and the kernel keeps completions
+//!   beyond it on its overflow list (IORING_FEAT_NODROP, Linux 5.5).
 //! - FLUSH is queued behind every write submitted before it and completes
 //!   after the journal's fdatasync (with `hard_flush`, after the backend
 //!   holds everything).
@@ -544,11 +547,20 @@ async fn read(
 ) -> i32 {
     let vol = &ctx.volume;
     let len = buf.len();
-    let mut plan = match vol.plan_read(offset, buf) {
-        Ok(p) => p,
-        Err(e) => {
+    // A panic here would end this tag's task and leave the request
+    // uncommitted for good (on a worker it only failed the request): catch
+    // it and fail the request, as before.
+    let planned =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vol.plan_read(offset, buf)));
+    let mut plan = match planned {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
             tracing::warn!("read at {offset} of {len} bytes: {e}");
             return e.kind().errno();
+        }
+        Err(_) => {
+            tracing::error!("read at {offset} of {len} bytes: internal error (panic)");
+            return -libc::EIO;
         }
     };
     if !plan.is_done() {
@@ -631,9 +643,14 @@ async fn ring_hits(q: &UblkQueue<'_>, cache: &Cache, plan: &mut ReadPlan, buf: &
         for (at, h) in parts {
             let r = results.next().unwrap_or(-libc::EIO);
             let at = p.at + at;
-            whole &= cache.finish_hit(h, r, &buf[at..at + h.nbytes]);
+            // After a part fails the rest are not checked: the worker
+            // reads the whole piece again.
+            whole = whole && cache.finish_hit(h, r, &buf[at..at + h.nbytes]);
         }
         if whole {
+            for (_, h) in parts {
+                cache.count_hit(h);
+            }
             served.push(*p);
         }
     }
