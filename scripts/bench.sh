@@ -23,6 +23,13 @@
 #   g. garbage collection (examples/write_amp.rs, run once): fill 80% of an
 #      image, 4K random overwrites of 3x its size; write amplification,
 #      stored bytes per live byte, and write IOPS with GC on vs. off.
+# CPU per operation is put beside each baseline's in (a), (c) and (f):
+# lsvd's is user + system CPU of the whole bench process over the measured
+# phase (getrusage: the journal, destage, GC and cache threads count; open
+# and close do not), divided by its operations; fio's is (usr_cpu + sys_cpu)
+# / 100 x job_runtime / I/Os of its job; backend_reads' is the CPU of the
+# example process less that of the same process doing no reads (its start
+# and object listing), divided by its reads.
 # The table goes to stdout and docs/benchmarks.md. Environment:
 #   CARGO_TARGET_DIR  build directory (default: <repo>/target)
 #   REPS              repetitions (default 3)
@@ -36,6 +43,17 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 REPS=${REPS:-3}
 PY=$(command -v python3)
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+# with_cpu FILE CMD...: run CMD (stdout and stderr untouched) and write the
+# user and system CPU seconds it and its children used to FILE as key=value.
+with_cpu() {
+    "$PY" -c '
+import resource, subprocess, sys
+rc = subprocess.run(sys.argv[2:]).returncode
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as f:
+    print(f"cpu_user_secs={u.ru_utime:.6f} cpu_sys_secs={u.ru_stime:.6f}", file=f)
+sys.exit(rc)' "$@"
+}
 
 if ! command -v fio >/dev/null; then
     log "installing fio"
@@ -103,6 +121,8 @@ FIO_C="fio --name=c --filename=$CACHE_FILE --size=1G --rw=randread --bs=4k --iod
 LSVD_WARM="$BIN --config $CFG bench $WIMG --io-type read --io-size 4K --io-pattern rand --io-threads 32 --io-total 1G --json"
 LSVD_COLD="$BIN --config $CFG bench $WIMG --io-type read --io-size 4K --io-pattern rand --io-threads 32 --io-total 64M --json"
 BREADS="$EX/backend_reads $CFG $WIMG 32 16384"
+# The same with no reads: its CPU (start, object listing) is taken off.
+BREADS0="$EX/backend_reads $CFG $WIMG 32 0"
 for i in $(seq 1 "$REPS"); do
     log "cache $i/$REPS: fio rand read of the cache file (baseline)"
     $FIO_C --output-format=json --output="$R/fio_c_$i.json" >/dev/null
@@ -111,7 +131,8 @@ for i in $(seq 1 "$REPS"); do
 done
 for i in $(seq 1 "$REPS"); do
     log "cache $i/$REPS: backend 4K ranged reads (baseline)"
-    $BREADS >"$R/breads_$i.txt"
+    with_cpu "$R/breads0_cpu_$i.txt" $BREADS0 >/dev/null
+    with_cpu "$R/breads_cpu_$i.txt" $BREADS >"$R/breads_$i.txt"
     log "cache $i/$REPS: lsvd-ublk bench rand read, cache file deleted (cold)"
     rm -f "$CACHE_FILE"
     $LSVD_COLD >"$R/lsvd_cold_$i.json"
@@ -133,7 +154,7 @@ for i in $(seq 1 "$REPS"); do
 done
 
 DOC=$ROOT/docs/benchmarks.md
-export FIO_W FIO_R LSVD_W LSVD_R MAPMEM DD_R BIN EX CFG IMG IMG_SIZE FIO_C LSVD_WARM LSVD_COLD BREADS WAMP
+export FIO_W FIO_R LSVD_W LSVD_R MAPMEM DD_R BIN EX CFG IMG IMG_SIZE FIO_C LSVD_WARM LSVD_COLD BREADS BREADS0 WAMP
 "$PY" - "$R" "$REPS" "$T" "$FSTYPE" <<'PYEOF' >"$R/table.md"
 import json, os, re, subprocess, sys, datetime, platform
 
@@ -159,9 +180,19 @@ def rng(vals, fmt="{:.0f}"):
     return f"{fmt.format(vals[0])} - {fmt.format(vals[-1])} (median {fmt.format(mid)})"
 
 runs = range(1, reps + 1)
-fw = [load(f"fio_w_{i}.json")["jobs"][0]["write"]["iops"] for i in runs]
+
+def fio_cpu_us_per_op(j, rw):
+    # fio's usr_cpu/sys_cpu are percent of one CPU over the job's runtime (ms).
+    job = j["jobs"][0]
+    ios = job[rw]["total_ios"]
+    return (job["usr_cpu"] + job["sys_cpu"]) / 100 * job["job_runtime"] * 1000 / max(ios, 1)
+
+def fio_load(prefix, rw):
+    js = [load(f"{prefix}_{i}.json") for i in runs]
+    return [j["jobs"][0][rw]["iops"] for j in js], [fio_cpu_us_per_op(j, rw) for j in js]
+fw, fwc = fio_load("fio_w", "write")
 lw = [load(f"lsvd_w_{i}.json") for i in runs]
-fr = [load(f"fio_r_{i}.json")["jobs"][0]["read"]["iops"] for i in runs]
+fr, frc = fio_load("fio_r", "read")
 lr = [load(f"lsvd_r_{i}.json") for i in runs]
 rec = [kv(f"rec_{i}.txt") for i in runs]
 lwi = [x["ops_per_sec"] for x in lw]
@@ -192,6 +223,11 @@ rows = []
 rows.append(("a. fio 4K seq write QD32 IOPS (baseline)", cmd(c["FIO_W"]), rng(fw), "", ""))
 rows.append(("a. lsvd 4K rand write QD32 IOPS", cmd(c["LSVD_W"]), rng(lwi), "", ""))
 rows.append(("**a. write IOPS ratio lsvd / fio**", "pairs of the two rows above", rng(wratio, "{:.2f}"), ">= 1.0", ok(wratio, 1.0, True)))
+lwc = [x["cpu_us_per_op"] for x in lw]
+def cpu_pair(l, b):
+    return " ; ".join(f"{x:.1f} / {y:.1f}" for x, y in zip(l, b))
+rows.append(("a. CPU us per write, lsvd / fio (per pair; lsvd: whole process incl. background threads)", "same runs: bench JSON cpu_us_per_op; fio (usr_cpu+sys_cpu)/100 x job_runtime / total_ios", cpu_pair(lwc, fwc), "", ""))
+rows.append(("**a. CPU per write ratio lsvd / fio**", "pairs of the row above", rng([a / b for a, b in zip(lwc, fwc)], "{:.2f}"), "", ""))
 rows.append(("a. lsvd write latency p50 / p99 (us)", "same bench JSON", " ; ".join(f"{x['lat_p50_us']} / {x['lat_p99_us']}" for x in lw), "", ""))
 rows.append(("a. client writes per journal record (group commit)", "same bench JSON: write_ops / journal_records", rng(batch, "{:.1f}"), "", ""))
 p10k = [x["backend_puts_per_10k_writes"] for x in lw]
@@ -202,6 +238,9 @@ rows.append(("b. close after the write run (s)", "same bench JSON: close_secs", 
 rows.append(("c. fio 4K rand read QD32 IOPS (baseline)", cmd(c["FIO_R"]), rng(fr), "", ""))
 rows.append(("c. lsvd 4K rand read QD32 IOPS (after the writes)", cmd(c["LSVD_R"]), rng(lri), "", ""))
 rows.append(("c. read IOPS ratio lsvd / fio", "pairs of the two rows above", rng(rratio, "{:.2f}"), "", ""))
+lrc = [x["cpu_us_per_op"] for x in lr]
+rows.append(("c. CPU us per read, lsvd / fio", "same runs", cpu_pair(lrc, frc), "", ""))
+rows.append(("c. CPU per read ratio lsvd / fio", "pairs of the row above", rng([a / b for a, b in zip(lrc, frc)], "{:.2f}"), "", ""))
 rows.append(("c. backend reads per client read", "same bench JSON", rng([x["backend_reads"] / max(x["read_ops"], 1) for x in lr], "{:.2f}"), "", ""))
 om = [mapmem.get(("ObjectMap", o)) for o in ("random", "sequential")]
 rows.append(("**d. map bytes per extent, ObjectMap, 10M extents (random / sequential)**", cmd(c["MAPMEM"]),
@@ -221,10 +260,15 @@ for i in runs:
 rows.append(("e. baseline: journal file read, O_DIRECT 2M QD1 (GiB/s)", cmd(env["DD_R"] + f" if={T}/recN/wlog/img.wlog"), rng(dd, "{:.2f}"), "", ""))
 rows.append(("e. replay rate / baseline read rate", "pairs of the two rows above", rng([r["gib_per_sec"] / d for r, d in zip(rec, dd)], "{:.2f}"), "", ""))
 rows.append(("e. close after recovery (destage all) secs", "same", rng([r["close_secs"] for r in rec], "{:.2f}"), "", ""))
-fc = [load(f"fio_c_{i}.json")["jobs"][0]["read"]["iops"] for i in runs]
+fc, fcc = fio_load("fio_c", "read")
 lwarm = [load(f"lsvd_warm_{i}.json") for i in runs]
 lcold = [load(f"lsvd_cold_{i}.json") for i in runs]
 br = [kv(f"breads_{i}.txt")["iops"] for i in runs]
+brc = []
+for i in runs:
+    b, t, t0 = kv(f"breads_{i}.txt"), kv(f"breads_cpu_{i}.txt"), kv(f"breads0_cpu_{i}.txt")
+    cpu_s = lambda t: t["cpu_user_secs"] + t["cpu_sys_secs"]
+    brc.append(max(cpu_s(t) - cpu_s(t0), 0.0) * 1e6 / max(b["ops"], 1))
 def hitrate(x):
     h, m = x.get("cache_hits", 0), x.get("cache_misses", 0)
     return h / max(h + m, 1)
@@ -232,11 +276,17 @@ rows.append(("f. fio 4K rand read QD32 of the cache file (baseline)", cmd(env["F
 rows.append(("f. lsvd 4K rand read QD32, warm cache", cmd(env["LSVD_WARM"]), rng([x["ops_per_sec"] for x in lwarm]), "", ""))
 wr = [x["ops_per_sec"] / b for x, b in zip(lwarm, fc)]
 rows.append(("**f. warm read IOPS ratio lsvd / fio on the cache file**", "pairs of the two rows above", rng(wr, "{:.2f}"), ">= 0.8", ok(wr, 0.8, True)))
+lwarmc = [x["cpu_us_per_op"] for x in lwarm]
+rows.append(("f. warm: CPU us per read, lsvd / fio on the cache file", "same runs", cpu_pair(lwarmc, fcc), "", ""))
+rows.append(("f. warm: CPU per read ratio lsvd / fio", "pairs of the row above", rng([a / b for a, b in zip(lwarmc, fcc)], "{:.2f}"), "", ""))
 rows.append(("f. warm: cache hit rate / backend reads per client read", "same bench JSON",
              rng([hitrate(x) for x in lwarm], "{:.3f}") + " / " + rng([x["backend_reads"] / max(x["read_ops"], 1) for x in lwarm], "{:.3f}"), "", ""))
 rows.append(("f. backend 4K ranged reads, 32 threads (baseline; dir store: buffered preads, mostly page cache)", cmd(env["BREADS"]), rng(br), "", ""))
 rows.append(("f. lsvd 4K rand read QD32, cache file deleted first (cold)", cmd("rm CACHE_FILE; " + env["LSVD_COLD"]), rng([x["ops_per_sec"] for x in lcold]), "", ""))
 rows.append(("f. cold read IOPS ratio lsvd / backend reads", "pairs of the two rows above", rng([x["ops_per_sec"] / b for x, b in zip(lcold, br)], "{:.2f}"), "", ""))
+lcoldc = [x["cpu_us_per_op"] for x in lcold]
+rows.append(("f. cold: CPU us per read, lsvd / backend reads (backend_reads: process CPU less that of a run with no reads)", "same runs; no-read run: " + cmd(env["BREADS0"]), cpu_pair(lcoldc, brc), "", ""))
+rows.append(("f. cold: CPU per read ratio lsvd / backend reads", "pairs of the row above", rng([a / b for a, b in zip(lcoldc, brc)], "{:.2f}"), "", ""))
 rows.append(("f. cold: cache hit rate within the run (64K chunks fetched per miss)", "same bench JSON", rng([hitrate(x) for x in lcold], "{:.3f}"), "", ""))
 wa = {}
 for line in open(os.path.join(R, "wamp.txt")):
@@ -291,7 +341,10 @@ print("Notes: (a) the local directory backend shares the disk with the journal, 
       "twice to the same device (journal, then object); fio writes it once. (c) reads go through the read cache "
       "(2 GiB, filled as objects are destaged and on misses), misses read objects with buffered preads that may hit "
       "the page cache, while fio reads O_DIRECT: the read ratio is not like for like; (f) is the like-for-like cache "
-      "measure. (g) runs with the default `gc_rate_bytes` (32M/s), so GC falls behind during the overwrites "
+      "measure. CPU per operation: lsvd's is getrusage(RUSAGE_SELF) of the whole bench process over the measured phase "
+      "(every thread: submitters, journal, destage, checkpoint, GC, cache fill; open and close excluded) divided by "
+      "its operations; fio's comes from its JSON (usr_cpu + sys_cpu, percent of one CPU over job_runtime); neither "
+      "counts the kernel's block-layer and interrupt work done outside the process. (g) runs with the default `gc_rate_bytes` (32M/s), so GC falls behind during the overwrites "
       "(largest sample) and catches up when they stop (end). (e) `Volume::open` "
       "replays the journal while the destager already puts the replayed objects, so the open time includes most "
       "of the destage; `close` then has little left to do.")

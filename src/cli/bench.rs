@@ -9,6 +9,13 @@
 //! [`Volume::stats`] before and after the run (before close, so the final
 //! destage at close is not counted); closing is timed separately and is not
 //! part of the IOPS.
+//!
+//! CPU per operation is the process-wide user + system time
+//! (`getrusage(RUSAGE_SELF)`) over the same measured phase divided by the
+//! operations done: it counts every thread of the process, the engine's
+//! background threads (journal, destage, checkpoint, GC, cache fill) as well
+//! as the bench's own submitters, and, like the backend counters, not the
+//! work left for `close`.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -122,6 +129,19 @@ pub struct BenchReport {
     pub lat_p99_us: u32,
     /// Maximum latency, microseconds.
     pub lat_max_us: u32,
+    /// User CPU seconds of the whole process during the run (all threads,
+    /// background ones included; `close` excluded).
+    pub cpu_user_secs: f64,
+    /// System CPU seconds of the whole process during the run.
+    pub cpu_sys_secs: f64,
+    /// User + system CPU microseconds per operation (0 without operations).
+    pub cpu_us_per_op: f64,
+    /// Of which user.
+    pub cpu_user_us_per_op: f64,
+    /// Of which system.
+    pub cpu_sys_us_per_op: f64,
+    /// CPUs kept busy on average: CPU seconds / elapsed seconds.
+    pub cpu_busy_cores: f64,
     /// Data objects put during the run.
     pub data_objects: u64,
     /// Bytes of those data objects.
@@ -246,7 +266,9 @@ pub fn bench(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
         rw_mix_read,
     };
     let before = vol.stats();
+    let cpu_before = CpuTimes::now();
     let run = run_workers(&plan, args.io_threads, seed, !args.json);
+    let cpu_after = CpuTimes::now();
     let after = vol.stats();
 
     let close_start = Instant::now();
@@ -256,6 +278,7 @@ pub fn bench(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     let close_secs = close_start.elapsed().as_secs_f64();
     let (elapsed, results) = run?;
     closed?;
+    let cpu = cpu_after?.since(cpu_before?);
 
     let report = summarize(
         args,
@@ -265,6 +288,7 @@ pub fn bench(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
         elapsed,
         results,
         &stats_delta(&before, &after),
+        cpu,
         close_secs,
     );
     let text = if args.json {
@@ -506,6 +530,78 @@ fn worker(plan: &Plan<'_>, t: u32, threads: u32, seed: u64) -> anyhow::Result<Wo
     Ok(res)
 }
 
+/// CPU time used by the whole process (every thread), in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct CpuTimes {
+    /// User time.
+    user_us: u64,
+    /// System time.
+    sys_us: u64,
+}
+
+impl CpuTimes {
+    /// The process's CPU time so far (`getrusage(RUSAGE_SELF)`).
+    fn now() -> anyhow::Result<Self> {
+        // SAFETY: rusage is plain old data; all-zero is a valid value.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `ru` is a valid, writable rusage that outlives the call.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("getrusage failed");
+        }
+        let us = |tv: libc::timeval| {
+            let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
+            let usecs = u64::try_from(tv.tv_usec).unwrap_or(0);
+            secs.saturating_mul(1_000_000).saturating_add(usecs)
+        };
+        Ok(Self {
+            user_us: us(ru.ru_utime),
+            sys_us: us(ru.ru_stime),
+        })
+    }
+
+    /// `self - earlier`, field by field.
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            user_us: self.user_us.saturating_sub(earlier.user_us),
+            sys_us: self.sys_us.saturating_sub(earlier.sys_us),
+        }
+    }
+}
+
+/// CPU cost of a run: what `bench` reports about CPU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuCost {
+    user_secs: f64,
+    sys_secs: f64,
+    /// User + system microseconds per operation.
+    us_per_op: f64,
+    user_us_per_op: f64,
+    sys_us_per_op: f64,
+    /// CPU seconds per elapsed second.
+    busy_cores: f64,
+}
+
+/// CPU cost of `ops` operations that used `used` CPU time in `elapsed`
+/// (per-operation figures are 0 without operations).
+fn cpu_cost(used: CpuTimes, ops: u64, elapsed: Duration) -> CpuCost {
+    let per_op = |us: u64| {
+        if ops == 0 {
+            0.0
+        } else {
+            us as f64 / ops as f64
+        }
+    };
+    let total = used.user_us + used.sys_us;
+    CpuCost {
+        user_secs: used.user_us as f64 / 1e6,
+        sys_secs: used.sys_us as f64 / 1e6,
+        us_per_op: per_op(total),
+        user_us_per_op: per_op(used.user_us),
+        sys_us_per_op: per_op(used.sys_us),
+        busy_cores: total as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9),
+    }
+}
+
 /// `after - before`, counter by counter (the gauges are taken from `after`).
 fn stats_delta(before: &VolumeStats, after: &VolumeStats) -> VolumeStats {
     VolumeStats {
@@ -560,6 +656,7 @@ fn summarize(
     elapsed: Duration,
     results: Vec<WorkerResult>,
     stats: &VolumeStats,
+    cpu_used: CpuTimes,
     close_secs: f64,
 ) -> BenchReport {
     let mut lat: Vec<u32> = Vec::with_capacity(results.iter().map(|r| r.lat_us.len()).sum());
@@ -582,6 +679,7 @@ fn summarize(
     let backend_put_bytes = stats.data_object_bytes + stats.gc_bytes + stats.checkpoint_bytes;
     let client_write_bytes = write_ops * args.io_size;
     let ratio = |num: f64, den: u64| if den == 0 { 0.0 } else { num / den as f64 };
+    let cpu = cpu_cost(cpu_used, ops, elapsed);
     BenchReport {
         image: image.to_owned(),
         io_type: args.io_type,
@@ -603,6 +701,12 @@ fn summarize(
         lat_p50_us: percentile(&lat, 0.50),
         lat_p99_us: percentile(&lat, 0.99),
         lat_max_us: lat.last().copied().unwrap_or(0),
+        cpu_user_secs: cpu.user_secs,
+        cpu_sys_secs: cpu.sys_secs,
+        cpu_us_per_op: cpu.us_per_op,
+        cpu_user_us_per_op: cpu.user_us_per_op,
+        cpu_sys_us_per_op: cpu.sys_us_per_op,
+        cpu_busy_cores: cpu.busy_cores,
         data_objects: stats.data_objects,
         data_object_bytes: stats.data_object_bytes,
         checkpoint_pieces: stats.checkpoint_pieces,
@@ -631,6 +735,8 @@ fn format_report(r: &BenchReport) -> String {
     format!(
         "elapsed: {:.2} s  ops: {} (reads {}, writes {})  ops/sec: {:.2}  bytes/sec: {:.2} MB/s\n\
          latency: avg {:.0} us  p50 {} us  p99 {} us  max {} us\n\
+         cpu: {:.1} us/op (user {:.1}, sys {:.1}), {:.2} cores busy \
+         (whole process: background threads included, close excluded)\n\
          backend: puts {} ({} data objects + {} GC objects + {} checkpoint pieces), {} put; reads {}\n\
          journal: records {}  syncs {}\n\
          read cache: hits {}  misses {}  evictions {}  inserts {}  corrupt {}\n\
@@ -646,6 +752,10 @@ fn format_report(r: &BenchReport) -> String {
         r.lat_p50_us,
         r.lat_p99_us,
         r.lat_max_us,
+        r.cpu_us_per_op,
+        r.cpu_user_us_per_op,
+        r.cpu_sys_us_per_op,
+        r.cpu_busy_cores,
         r.backend_puts,
         r.data_objects,
         r.gc_objects,
@@ -719,6 +829,10 @@ mod tests {
             Duration::from_secs(2),
             results,
             &stats,
+            CpuTimes {
+                user_us: 3_000_000,
+                sys_us: 1_000_000,
+            },
             0.5,
         );
         assert_eq!(r.ops, 8);
@@ -731,5 +845,56 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["io_type"], "write");
         assert_eq!(v["close_secs"], 0.5);
+        assert_eq!(r.cpu_us_per_op, 500_000.0);
+        assert_eq!(v["cpu_us_per_op"], 500_000.0);
+        assert_eq!(v["cpu_busy_cores"], 2.0);
+        assert!(format_report(&r).contains("cpu: 500000.0 us/op (user 375000.0, sys 125000.0)"));
+    }
+
+    #[test]
+    fn cpu_cost_divides_the_rusage_delta_by_the_ops() {
+        let before = CpuTimes {
+            user_us: 1_000_000,
+            sys_us: 250_000,
+        };
+        let after = CpuTimes {
+            user_us: 1_300_000,
+            sys_us: 350_000,
+        };
+        let used = after.since(before);
+        assert_eq!(
+            used,
+            CpuTimes {
+                user_us: 300_000,
+                sys_us: 100_000
+            }
+        );
+        let c = cpu_cost(used, 20_000, Duration::from_millis(500));
+        assert_eq!(c.user_secs, 0.3);
+        assert_eq!(c.sys_secs, 0.1);
+        assert_eq!(c.us_per_op, 20.0);
+        assert_eq!(c.user_us_per_op, 15.0);
+        assert_eq!(c.sys_us_per_op, 5.0);
+        assert_eq!(c.busy_cores, 0.8);
+        // No operations: no per-op cost, and no division by zero.
+        let idle = cpu_cost(used, 0, Duration::ZERO);
+        assert_eq!(idle.us_per_op, 0.0);
+        assert_eq!(idle.user_us_per_op, 0.0);
+        assert!(idle.busy_cores.is_finite());
+        // A clock that went backwards (it cannot, but) gives 0, not a wrap.
+        assert_eq!(before.since(after), CpuTimes::default());
+    }
+
+    #[test]
+    fn cpu_times_now_is_monotonic() {
+        let a = CpuTimes::now().unwrap();
+        // Burn a little CPU so user time can advance.
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let b = CpuTimes::now().unwrap();
+        assert!(b.user_us + b.sys_us >= a.user_us + a.sys_us);
     }
 }
