@@ -24,6 +24,11 @@
 #   LSVD_VM_EXTRA="P1 P2"     extra host programs to put in the guest's
 #                             /usr/bin (with their libraries), e.g. debug tools
 #
+# Host packages it needs (qemu-system-x86, busybox-static, e2fsprogs, fio,
+# cpio, xz-utils) are installed through scripts/install-build-deps.sh when
+# missing: QEMU from the suite the installed QEMU comes from, and nothing
+# is ever removed.
+#
 # Exit status: 0 only if the guest printed "VM-RESULT: PASS" and no FAIL line.
 set -euo pipefail
 
@@ -41,7 +46,7 @@ while [ $# -gt 0 ]; do
         --scenario) scenarios+=("$2"); shift 2 ;;
         --scenario=*) scenarios+=("${1#--scenario=}"); shift ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "vm-test: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -73,9 +78,10 @@ command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # QEMU from the suite of the QEMU already here (qemu-utils 10.0 from
+    # bookworm-backports must not be replaced by bookworm's 7.2, which
+    # would take qemu-io and qemu-img away); nothing is ever removed.
+    bash scripts/install-build-deps.sh --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 # ---------------------------------------------------------------------------
