@@ -21,14 +21,18 @@
 #      stopped mid-run, full cluster, bad configuration), the crash tester
 #      and the property test, with bounded iterations,
 #   7. the block device in a real kernel: a QEMU guest (TCG) boots Debian's
-#      6.12 backports kernel with ublk and runs scripts/vm/scenarios/
-#      (tests/vm.rs runs scripts/vm-test.sh, which fetches and caches the
-#      kernel and installs qemu, busybox, fio, e2fsprogs if missing).
+#      6.12 backports kernel with ublk and runs scripts/vm/scenarios/, then
+#      the same on the newest 7.x kernel the Debian mirror has (live resize
+#      with UPDATE_SIZE); an unreachable mirror with no cached 7.x kernel
+#      fails the run (tests/vm.rs runs scripts/vm-test.sh once per kernel;
+#      it fetches and caches the kernels with a private apt configuration
+#      and installs qemu, busybox, fio, e2fsprogs if missing).
 # Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_POWER_CRASH_ITERATIONS (default 100),
 # LSVD_PROPTEST_CASES (default 256),
 # LSVD_GC_CRASH_ITERATIONS (default 150), LSVD_RADOS_CRASH_ITERATIONS (default 40),
 # LSVD_PROPTEST_RADOS_CASES (default 64).
-# One guest scenario alone: scripts/vm-test.sh --scenario NAME.
+# LSVD_VM_KERNELS (default 6.12.95+deb12-amd64,7: the guest kernels).
+# One guest scenario alone: scripts/vm-test.sh [--kernel 7] --scenario NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

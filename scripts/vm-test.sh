@@ -2,7 +2,19 @@
 # Boot a QEMU guest (TCG, no KVM) with a ublk-capable Debian kernel and run the
 # lsvd-ublk guest scenarios from scripts/vm/scenarios/ inside it.
 #
-# Usage: scripts/vm-test.sh [--binary PATH] [--scenario NAME ...] [--keep]
+# Usage: scripts/vm-test.sh [--kernel K] [--binary PATH] [--scenario NAME ...] [--keep]
+#   --kernel K       the guest kernel (overrides LSVD_VM_KERNEL, below):
+#                    a Debian kernel version, e.g. 6.12.95+deb12-amd64 or
+#                    7.3.4+deb13-amd64 (if the mirror no longer has it, the
+#                    newest of its series, e.g. 6.12.*+deb12-amd64), or a
+#                    series, e.g. 7 or 7.3: the newest such kernel the
+#                    mirror has (bookworm-backports, trixie-backports, sid).
+#                    For a series the mirror is always asked; if it cannot
+#                    be reached the newest cached kernel of the series is
+#                    used (with a warning), and with none cached the run
+#                    fails. Kernels are fetched with a private apt
+#                    configuration under LSVD_VM_CACHE (the host's apt
+#                    sources are left alone), unpacked, never installed.
 #   --binary PATH    lsvd-ublk binary to test (default: build it with
 #                    `cargo build --release --bin lsvd-ublk`)
 #   --scenario NAME  run only this scenario (repeatable). NAME is the part of
@@ -13,16 +25,21 @@
 # Environment knobs:
 #   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 540)
 #   LSVD_VM_SCENARIO_TIMEOUT  per-scenario bound inside the guest (default 240)
-#   LSVD_VM_CACHE             kernel/.deb cache dir (default /var/cache/lsvd-vm)
-#   LSVD_VM_KERNEL            preferred kernel package version string
-#                             (default 6.12.95+deb12-amd64); any other
-#                             linux-image-6.12.*+deb12-amd64 is used if it is gone
+#   LSVD_VM_CACHE             kernel/.deb/apt cache dir (default /var/cache/lsvd-vm)
+#   LSVD_VM_KERNEL            the guest kernel, as --kernel (default
+#                             6.12.95+deb12-amd64); tests/vm.rs runs every
+#                             kernel in LSVD_VM_KERNELS instead
 #   LSVD_VM_DISK_SIZE         size of each (sparse) virtio disk (default 8G)
 #   LSVD_VM_MEM               guest memory (default 1G)
 #   LSVD_VM_LOG=debug         LSVD_LOG level for lsvd-ublk in the guest (default warn)
 #   LSVD_VM_QUIET=1           do not echo the guest console while it runs
 #   LSVD_VM_EXTRA="P1 P2"     extra host programs to put in the guest's
 #                             /usr/bin (with their libraries), e.g. debug tools
+#
+# Host packages it needs (qemu-system-x86, busybox-static, e2fsprogs, fio,
+# cpio, xz-utils) are installed through scripts/install-build-deps.sh when
+# missing: QEMU from the suite the installed QEMU comes from, and nothing
+# is ever removed.
 #
 # Exit status: 0 only if the guest printed "VM-RESULT: PASS" and no FAIL line.
 set -euo pipefail
@@ -32,16 +49,19 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 binary=""
+kernel_arg=""
 scenarios=()
 keep=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --binary) binary=$2; shift 2 ;;
         --binary=*) binary=${1#--binary=}; shift ;;
+        --kernel) kernel_arg=$2; shift 2 ;;
+        --kernel=*) kernel_arg=${1#--kernel=}; shift ;;
         --scenario) scenarios+=("$2"); shift 2 ;;
         --scenario=*) scenarios+=("${1#--scenario=}"); shift ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
         *) echo "vm-test: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -49,7 +69,7 @@ done
 vm_timeout=${LSVD_VM_TIMEOUT:-540}
 scenario_timeout=${LSVD_VM_SCENARIO_TIMEOUT:-240}
 cache=${LSVD_VM_CACHE:-/var/cache/lsvd-vm}
-preferred_kernel=${LSVD_VM_KERNEL:-6.12.95+deb12-amd64}
+kernel_arg=${kernel_arg:-${LSVD_VM_KERNEL:-6.12.95+deb12-amd64}}
 disk_size=${LSVD_VM_DISK_SIZE:-8G}
 mem=${LSVD_VM_MEM:-1G}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
@@ -71,116 +91,226 @@ command -v fio >/dev/null 2>&1 || need+=(fio)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
+# util-linux's flock serialises runs that share the kernel cache.
+command -v flock >/dev/null 2>&1 || need+=(util-linux)
+# dpkg-deb unpacks the kernel .debs; apt fetches them.
+command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb is required (a Debian host)"
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # QEMU from the suite of the QEMU already here (qemu-utils 10.0 from
+    # bookworm-backports must not be replaced by bookworm's 7.2, which
+    # would take qemu-io and qemu-img away); nothing is ever removed.
+    bash scripts/install-build-deps.sh --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 # ---------------------------------------------------------------------------
-# 2. Kernel: a bookworm(-backports) 6.12 kernel, which has CONFIG_BLK_DEV_UBLK=m
-#    (bookworm's own 6.1 has no ublk). Cached extracted under $cache/kernel-VER
-#    so later runs need no network. Never installed on the host.
+# 2. Kernel, chosen by --kernel / LSVD_VM_KERNEL, never installed on the
+#    host. Debian packages it two ways: 6.12 (bookworm-backports) as one
+#    linux-image-VER .deb with boot/vmlinuz-VER and lib/modules/VER; 7.x
+#    (trixie-backports, sid) as a linux-image-VER meta package over
+#    linux-binary-VER (usr/lib/modules/VER/vmlinuz) and linux-modules-VER.
+#    Whichever it is, the .debs are fetched with a private apt
+#    configuration (its own sources list, indexes and cache under
+#    $cache/apt: the host's apt sources are not touched) and unpacked with
+#    dpkg-deb -x into $cache/kernel-VER, so later runs need no network.
 # ---------------------------------------------------------------------------
 mkdir -p "$cache/debs"
-kernel_pattern='^6\.12\.[0-9]+\+deb12-amd64$'
+if [[ $kernel_arg =~ ^([0-9]+)\.([0-9]+)\.[0-9]+\+deb([0-9]+)-amd64$ ]]; then
+    # An exact version; another of its series if that one is gone.
+    want_newest=0
+    preferred_kernel=$kernel_arg
+    kernel_pattern="^${BASH_REMATCH[1]}\\.${BASH_REMATCH[2]}\\.[0-9]+\\+deb${BASH_REMATCH[3]}-amd64\$"
+    series="${BASH_REMATCH[1]}.${BASH_REMATCH[2]}.*+deb${BASH_REMATCH[3]}-amd64"
+elif [[ $kernel_arg =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+    # A series ("7", "7.3"): the newest of it that the mirror has.
+    want_newest=1
+    preferred_kernel=""
+    kernel_pattern="^${kernel_arg//./\\.}\\.[0-9]+(\\.[0-9]+)?\\+deb[0-9]+-amd64\$"
+    series="$kernel_arg.*+debN-amd64"
+else
+    die "--kernel/LSVD_VM_KERNEL '$kernel_arg': want a version like 6.12.95+deb12-amd64 or a series like 7 (the newest 7.x)"
+fi
 
-# Pick a cached, fully extracted kernel: the preferred one, else the newest.
+# Newest cached, fully extracted kernel of the series (the preferred one
+# first, when given).
 pick_cached_kernel() {
-    if [ -f "$cache/kernel-$preferred_kernel/.complete" ]; then
+    if [ -n "$preferred_kernel" ] && [ -f "$cache/kernel-$preferred_kernel/.complete" ]; then
         echo "$preferred_kernel"; return
     fi
-    local d v best=""
+    local d v
     for d in "$cache"/kernel-*/; do
         [ -f "$d/.complete" ] || continue
         v=$(basename "$d"); v=${v#kernel-}
-        [[ $v =~ $kernel_pattern ]] && best=$(printf '%s\n%s\n' "$best" "$v" | sed '/^$/d' | sort -V | tail -1)
-    done
-    echo "$best"
+        [[ $v =~ $kernel_pattern ]] && echo "$v"
+    done | sort -V | tail -1
 }
 
-# Whether apt can download package $1. The policy text is captured first:
-# piping it into `grep -q` under pipefail fails at random when grep exits
-# early and apt-cache dies of SIGPIPE.
+# The private apt configuration. Suites: bookworm-backports (6.12),
+# trixie-backports (7.3) and sid (7.2 and whatever is newest); all signed
+# by keys in Debian's archive keyring. No preferences or default release
+# from the host: the newest version wins.
+apt_dir=$cache/apt
+apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list"
+    -o "Dir::Etc::sourceparts=$apt_dir/sources.list.d"
+    -o "Dir::Etc::preferences=$apt_dir/preferences"
+    -o "Dir::Etc::preferencesparts=$apt_dir/preferences.d"
+    -o "Dir::State::Lists=$apt_dir/lists"
+    -o "Dir::State::status=$apt_dir/status"
+    -o "Dir::Cache=$apt_dir/cache"
+    -o "APT::Default-Release="
+    -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false")
+kapt_setup() {
+    mkdir -p "$apt_dir"/{sources.list.d,preferences.d,lists/partial,cache/archives/partial}
+    : >"$apt_dir/status"
+    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg s
+    [ -f "$keyring" ] || die "$keyring missing (package debian-archive-keyring)"
+    for s in bookworm-backports trixie-backports sid; do
+        echo "deb [signed-by=$keyring] http://deb.debian.org/debian $s main"
+    done >"$apt_dir/sources.list"
+}
+
+# Whether the private apt can download package $1. The policy text is
+# captured first: piping it into `grep -q` under pipefail fails at random
+# when grep exits early and apt-cache dies of SIGPIPE.
 has_candidate() {
     local policy
-    policy=$(apt-cache policy "$1" 2>/dev/null) || return 1
+    policy=$(apt-cache "${apt_opts[@]}" policy "$1" 2>/dev/null) || return 1
     [[ $policy == *"Candidate: "[0-9]* ]]
 }
 
-fetch_kernel() {
-    # The backports suite carries the 6.12 kernels; add it as a deb822 source.
-    local src=/etc/apt/sources.list.d/bookworm-backports.sources
-    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        log "adding bookworm-backports apt source"
-        cat >"$src" <<'EOF'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-    fi
-    # Prefer the known-good version; otherwise the newest 6.12 kernel package
-    # that apt can actually download (pkgnames also lists names without a
-    # candidate, hence the policy check). apt-get update exits 0 even when
-    # an index failed to download (a warning): retry the update a few times
-    # before giving up, and show its output if all fail.
-    local ver="" v attempt upd
+# Kernel versions of the series the private indexes offer, newest first
+# (pkgnames also lists names without a candidate, hence the policy check).
+offered_kernels() {
+    local v prefix=${kernel_arg%%.*}
+    for v in $(apt-cache "${apt_opts[@]}" pkgnames "linux-image-$prefix" 2>/dev/null |
+        sed 's/^linux-image-//' | grep -E "$kernel_pattern" | sort -rV); do
+        has_candidate "linux-image-$v" && echo "$v"
+    done
+}
+
+# Refresh the private indexes and print the version to use: the preferred
+# one, else the newest of the series. apt-get update exits 0 even when an
+# index failed to download (a warning): retry a few times; print nothing
+# (and leave the update output in $kapt_log) if there is none.
+kapt_log=$cache/apt/update.log
+kapt_choose() {
+    local attempt ver
     for attempt in 1 2 3; do
-        upd=$(apt-get update 2>&1) || true
-        if has_candidate "linux-image-$preferred_kernel"; then
-            ver=$preferred_kernel
-        else
-            for v in $(apt-cache pkgnames linux-image-6.12 | sed 's/^linux-image-//' | grep -E "$kernel_pattern" | sort -rV); do
-                if has_candidate "linux-image-$v"; then ver=$v; break; fi
-            done
+        apt-get "${apt_opts[@]}" update >"$kapt_log" 2>&1 || true
+        grep -qE '^(W|E): Failed to fetch' "$kapt_log" &&
+            log "WARNING: apt-get update could not fetch every index (the mirror is unreachable?); indexes from an earlier run are used where there are any"
+        if [ -n "$preferred_kernel" ] && has_candidate "linux-image-$preferred_kernel"; then
+            echo "$preferred_kernel"; return
         fi
-        [ -n "$ver" ] && break
-        log "no 6.12 kernel package in the apt indexes yet (attempt $attempt); updating again"
+        ver=$(offered_kernels | head -1)
+        [ -n "$ver" ] && { echo "$ver"; return; }
+        log "no $series kernel package in the apt indexes (attempt $attempt); updating again"
         sleep $((attempt * 5))
     done
-    if [ -z "$ver" ]; then
-        printf '%s\n' "$upd" >&2
-        die "no linux-image-6.12.*+deb12-amd64 package available from apt (apt-get update output above)"
+}
+
+# The .debs of kernel $1 in $cache/debs (newest build of each name).
+kernel_debs() {
+    local name deb
+    for name in linux-image linux-binary linux-modules; do
+        deb=$(ls "$cache/debs/$name-${1}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
+        [ -n "$deb" ] && echo "$deb"
+    done
+}
+
+kernel_download() {
+    local ver=$1 pkgs
+    # 7.x: the image is a meta package; the kernel and modules are in
+    # linux-binary-VER and linux-modules-VER.
+    if has_candidate "linux-binary-$ver"; then
+        pkgs=("linux-binary-$ver" "linux-modules-$ver")
+    else
+        pkgs=("linux-image-$ver")
     fi
-    log "downloading linux-image-$ver"
+    log "downloading ${pkgs[*]}"
     # apt-get download as root warns that _apt cannot write here; harmless.
-    (cd "$cache/debs" && apt-get download "linux-image-$ver" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
-    local deb
-    deb=$(ls -t "$cache/debs/linux-image-${ver}_"*.deb 2>/dev/null | head -1)
-    [ -n "$deb" ] || die "apt-get download linux-image-$ver produced no .deb"
-    extract_kernel "$deb" "$ver"
-    echo "$ver"
+    (cd "$cache/debs" && apt-get "${apt_opts[@]}" download "${pkgs[@]}" 2>&1 |
+        grep -v '^W: Download is performed unsandboxed' || true)
+    local p
+    for p in "${pkgs[@]}"; do
+        ls "$cache/debs/${p}_"*.deb >/dev/null 2>&1 || { log "apt-get download $p produced no .deb"; return 1; }
+    done
+}
+
+# Paths inside an extracted kernel $1 (either layout).
+kernel_vmlinuz() {
+    local r=$cache/kernel-$1 f
+    for f in "$r/boot/vmlinuz-$1" "$r/usr/lib/modules/$1/vmlinuz"; do
+        [ -f "$f" ] && { echo "$f"; return; }
+    done
+}
+kernel_mods() {
+    local r=$cache/kernel-$1 d
+    for d in "$r/lib/modules/$1/kernel" "$r/usr/lib/modules/$1/kernel"; do
+        [ -d "$d" ] && { echo "$d"; return; }
+    done
 }
 
 extract_kernel() {
-    local deb=$1 ver=$2 out="$cache/kernel-$2"
-    log "extracting $(basename "$deb")"
+    local ver=$1 out="$cache/kernel-$1" deb debs
+    mapfile -t debs < <(kernel_debs "$ver")
+    [ ${#debs[@]} -gt 0 ] || die "no cached .deb for kernel $ver"
     rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-    dpkg-deb -x "$deb" "$out.tmp"
-    [ -f "$out.tmp/boot/vmlinuz-$ver" ] || die "no vmlinuz in $deb"
-    [ -f "$out.tmp/lib/modules/$ver/kernel/drivers/block/ublk_drv.ko.xz" ] ||
-        die "$deb has no ublk_drv module"
+    for deb in "${debs[@]}"; do
+        log "extracting $(basename "$deb")"
+        dpkg-deb -x "$deb" "$out.tmp"
+    done
     rm -rf "$out" && mv "$out.tmp" "$out"
+    [ -n "$(kernel_vmlinuz "$ver")" ] || die "no vmlinuz for $ver in ${debs[*]}"
+    [ -n "$(find "$(kernel_mods "$ver")/drivers/block" -name 'ublk_drv.ko*' 2>/dev/null)" ] ||
+        die "the $ver packages have no ublk_drv module"
     touch "$out/.complete"
 }
 
-kver=$(pick_cached_kernel)
-if [ -z "$kver" ]; then
-    # A .deb may be cached without its extraction (e.g. an interrupted run).
-    deb=$(ls "$cache"/debs/linux-image-6.12.*+deb12-amd64_*.deb 2>/dev/null | sort -V | tail -1 || true)
-    if [ -n "$deb" ]; then
-        kver=$(basename "$deb" | sed -E 's/^linux-image-([^_]+)_.*/\1/')
-        extract_kernel "$deb" "$kver"
-    else
-        kver=$(fetch_kernel | tail -1)
+# One run at a time fetches or unpacks (runs may share the cache).
+exec 9>"$cache/.lock"
+flock 9
+kver=""
+if [ "$want_newest" = 1 ]; then
+    kapt_setup
+    kver=$(kapt_choose)
+    # Indexes kept from an earlier run may name a kernel the mirror cannot
+    # deliver now: then a cached one will do.
+    if [ -n "$kver" ] && [ ! -f "$cache/kernel-$kver/.complete" ] &&
+        [ -z "$(kernel_debs "$kver")" ] && ! kernel_download "$kver"; then
+        kver=""
+    fi
+    if [ -z "$kver" ]; then
+        kver=$(pick_cached_kernel)
+        [ -n "$kver" ] || {
+            cat "$kapt_log" >&2
+            die "cannot fetch a $series kernel (apt-get update output above: is deb.debian.org reachable?) and none is cached under $cache"
+        }
+        log "WARNING: cannot fetch a $series kernel from the mirror; using the newest cached one, $kver"
+    fi
+else
+    kver=$(pick_cached_kernel)
+    if [ -z "$kver" ] && [ -n "$preferred_kernel" ] && [ -n "$(kernel_debs "$preferred_kernel")" ]; then
+        kver=$preferred_kernel   # .debs cached, extraction interrupted
+    fi
+    if [ -z "$kver" ]; then
+        kapt_setup
+        kver=$(kapt_choose)
+        [ -n "$kver" ] || {
+            cat "$kapt_log" >&2
+            die "no $series kernel package available from apt (apt-get update output above)"
+        }
     fi
 fi
+if [ ! -f "$cache/kernel-$kver/.complete" ]; then
+    [ -n "$(kernel_debs "$kver")" ] || kernel_download "$kver" || die "cannot download kernel $kver"
+    extract_kernel "$kver"
+fi
+flock -u 9
 kroot=$cache/kernel-$kver
-vmlinuz=$kroot/boot/vmlinuz-$kver
-kmods=$kroot/lib/modules/$kver/kernel
+vmlinuz=$(kernel_vmlinuz "$kver")
+kmods=$(kernel_mods "$kver")
 log "kernel $kver ($(elapsed)s)"
 
 # ---------------------------------------------------------------------------
@@ -250,36 +380,58 @@ done
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"
 
 # Kernel modules: resolve "depends=" (and softdep "pre:") from each module's
-# .modinfo section directly -- the .deb ships no modules.dep and the host may
-# have no kmod. Output is dependency-first, each module once.
+# .modinfo section directly -- the .debs ship no modules.dep and the host may
+# have no kmod. Output is dependency-first, each module once. Names differ
+# between kernels (6.12's crc32c_generic is 7.x's crc32c-cryptoapi, whose
+# alias is crypto-crc32c), so a name that is no file name is looked up in
+# an index of every module's name= and alias= lines, built on first need
+# and kept beside the extracted kernel.
+mod_index=$kroot/.module-index
 find_module() {
     local name=${1//-/_} f
-    name=${name#crypto_}   # softdep "crypto-crc32c" means the crc32c algorithm
-    for f in "$name" "${name}_generic"; do
-        f=$(find "$kmods" -name "$f.ko.xz" -o -name "$f.ko" | head -1)
+    for f in "$name" "${name#crypto_}" "${name#crypto_}_generic"; do
+        f=$(find "$kmods" \( -name "$f.ko.xz" -o -name "$f.ko" \) | head -1)
         [ -n "$f" ] && { echo "$f"; return; }
     done
+    if [ ! -f "$mod_index" ]; then
+        log "indexing the module aliases of $kver (once)"
+        find "$kmods" -name '*.ko*' | while read -r f; do
+            xz -dcf "$f" | tr '\0' '\n' | grep -a -E '^(name|alias)=' |
+                sed 's/^[a-z]*=//; s/-/_/g' | sed "s|\$| ${f#"$kmods"/}|"
+        done >"$mod_index.tmp.$$"
+        mv "$mod_index.tmp.$$" "$mod_index"
+    fi
+    f=$(awk -v n="$name" '$1 == n { print $2; exit }' "$mod_index")
+    [ -n "$f" ] && echo "$kmods/$f"
 }
 declare -A mod_seen=()
 mod_order=()
+# resolve_module NAME [soft]: a soft dependency that no module provides is
+# built in or gone (modprobe skips those too); a hard one is an error.
 resolve_module() {
-    local name=$1 f info dep
+    local name=$1 soft=${2:-} f info dep
     [ -n "${mod_seen[$name]:-}" ] && return
     mod_seen[$name]=1
     f=$(find_module "$name")
-    [ -n "$f" ] || die "kernel module $name not found under $kmods"
+    if [ -z "$f" ]; then
+        [ -n "$soft" ] && { log "soft dependency $name: no module (built in?)"; return; }
+        die "kernel module $name not found under $kmods"
+    fi
     # Several names (crc32c, crypto-crc32c, crc32c_generic) can be one file.
     [ -n "${mod_seen[$f]:-}" ] && return
     mod_seen[$f]=1
     info=$(xz -dcf "$f" | tr '\0' '\n' | grep -a -E '^(depends|softdep)=' || true)
-    for dep in $(echo "$info" | sed -n 's/^softdep=.*pre: *//p') \
-               $(echo "$info" | sed -n 's/^depends=//p' | tr ',' ' '); do
+    for dep in $(echo "$info" | sed -n 's/^softdep=.*pre: *//p' | sed 's/ post:.*//'); do
+        resolve_module "$dep" soft
+    done
+    for dep in $(echo "$info" | sed -n 's/^depends=//p' | tr ',' ' '); do
         resolve_module "$dep"
     done
     mod_order+=("$f")
 }
-# virtio_blk is a module in Debian's 6.12 (virtio and virtio_pci are built in).
-for m in virtio_blk crc32c_generic ext4 ublk_drv; do resolve_module "$m"; done
+# virtio_blk is a module in Debian's kernels (virtio and virtio_pci are
+# built in); ext4's crc32c comes in as a softdep of ext4 (6.12) or jbd2 (7.x).
+for m in virtio_blk ext4 ublk_drv; do resolve_module "$m"; done
 : >"$root/lib/modules/load-order"
 for f in "${mod_order[@]}"; do
     b=$(basename "$f"); b=${b%.xz}
@@ -330,7 +482,7 @@ truncate -s "$disk_size" "$disk_a" "$disk_b"
 #    SIGTERM at the bound, SIGKILL 10 s later.
 # ---------------------------------------------------------------------------
 stamp=$(date +%Y%m%d-%H%M%S)
-guest_log=$vm_dir/guest-$stamp-$$.log
+guest_log=$vm_dir/guest-$kver-$stamp-$$.log
 append="console=ttyS0 panic=-1 loglevel=4 rdinit=/init"
 append+=" lsvd.scenarios=$scenario_arg lsvd.scenario_timeout=$scenario_timeout"
 append+=" lsvd.log=${LSVD_VM_LOG:-warn}"

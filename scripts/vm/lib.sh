@@ -214,8 +214,9 @@ LSVD_CONFIG_FILE=/usr/local/etc/lsvd.json
 #   lsvd-ublk recover POOL/IMG|/dev/ublkbN   restart a server for a quiesced
 #       device (ublk USER_RECOVERY); the device node stays.
 #   lsvd-ublk list --json
-#       [{"image":"p/x","device":"/dev/ublkb0","pid":123,"state":"live"},...]
-#       state is live|quiesced|dead.
+#       [{"image":"p/x","device":"/dev/ublkb0","pid":123,"state":"live",
+#         "flags":["user-recovery","reissue"]},...]
+#       state is live|quiesced|dead; flags are the device's ublk flags.
 # ---------------------------------------------------------------------------
 LSVD_CMD_TIMEOUT=${LSVD_CMD_TIMEOUT:-60}
 
@@ -298,6 +299,22 @@ list_field() {
         sed -n "s/.*\"$2\" *: *\"\{0,1\}\([^\",}]*\)\"\{0,1\}.*/\1/p"
 }
 dev_state() { list_field "$1" state; }
+# dev_flags DEV: DEV's ublk flags from `list --json`, comma separated
+# (e.g. "user-recovery,reissue,update-size").
+dev_flags() {
+    lsvd list --json 2>/dev/null | tr -d '\n' | sed 's/}/}\n/g' |
+        grep "\"device\" *: *\"$1\"" | head -1 |
+        sed -n 's/.*"flags" *: *\[\([^]]*\)\].*/\1/p' | tr -d ' "'
+}
+
+# kernel_at_least MAJOR MINOR: whether the guest kernel is MAJOR.MINOR or
+# newer (from uname -r, e.g. 7.3.4+deb13-amd64).
+kernel_at_least() {
+    local maj min
+    maj=$(uname -r | cut -d. -f1)
+    min=$(uname -r | cut -d. -f2 | sed 's/[^0-9].*//')
+    [ "$maj" -gt "$1" ] || { [ "$maj" -eq "$1" ] && [ "$min" -ge "$2" ]; }
+}
 
 # server_pid DEV: pid of the server for DEV (list --json, else pidof when
 # exactly one lsvd-ublk process runs).

@@ -502,11 +502,15 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         state: DevState,
         queues: u16,
         depth: u16,
+        /// The device's ublk flags by name (the mode it runs in: e.g.
+        /// "user-recovery", "reissue", "update-size"); empty when the
+        /// kernel has no such device.
+        flags: Vec<&'static str>,
     }
     let rows: Vec<Row> = registry::all()
         .into_iter()
         .map(|r| {
-            let (state, _) = registry::state_of(&r);
+            let (state, _, flags) = registry::status_of(&r);
             Row {
                 device: r.device,
                 image: r.image,
@@ -514,6 +518,7 @@ pub fn list(json: bool) -> anyhow::Result<()> {
                 state,
                 queues: r.queues,
                 depth: r.depth,
+                flags: flags.map(kernel::flag_names).unwrap_or_default(),
             }
         })
         .collect();
@@ -523,12 +528,17 @@ pub fn list(json: bool) -> anyhow::Result<()> {
     let mut text = String::new();
     if !rows.is_empty() {
         text.push_str(&format!(
-            "{:<14} {:<30} {:>8} {:<9}",
+            "{:<14} {:<30} {:>8} {:<9} FLAGS",
             "DEVICE", "IMAGE", "PID", "STATE"
         ));
         for r in &rows {
+            let flags = if r.flags.is_empty() {
+                "-".to_string()
+            } else {
+                r.flags.join(",")
+            };
             text.push_str(&format!(
-                "\n{:<14} {:<30} {:>8} {:<9}",
+                "\n{:<14} {:<30} {:>8} {:<9} {flags}",
                 r.device,
                 r.image,
                 r.pid,

@@ -136,7 +136,8 @@ pub enum Command {
     Attach(device::AttachArgs),
     /// Detach a device cleanly: drain, destage, checkpoint, delete it.
     Detach(device::DetachArgs),
-    /// List attached devices: image, device, server pid and state.
+    /// List attached devices: image, device, server pid, state and the
+    /// device's ublk flags (its mode: user-recovery, reissue, update-size).
     List {
         /// Print a JSON array.
         #[arg(long)]

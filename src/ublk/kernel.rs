@@ -19,12 +19,42 @@ pub const CONTROL_PATH: &str = "/dev/ublk-control";
 /// resources are released, so this is longer.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// The flags we ask for: user recovery with re-issue, so a server killed by
-/// SIGKILL leaves a quiesced device whose in-flight I/O is re-issued to the
-/// next server (the journal makes re-issued writes harmless: they rewrite
-/// the same data).
-pub const WANTED_FLAGS: u64 =
+/// The flags recovery needs: user recovery with re-issue, so a server killed
+/// by SIGKILL leaves a quiesced device whose in-flight I/O is re-issued to
+/// the next server (the journal makes re-issued writes harmless: they
+/// rewrite the same data).
+pub const RECOVERY_FLAGS: u64 =
     (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64;
+
+/// Flags asked for only when the driver reports them in its features
+/// (`UBLK_U_CMD_GET_FEATURES`), so an older driver never sees a flag it does
+/// not know: `UBLK_F_UPDATE_SIZE` (Linux 6.16), which `resize` uses to change
+/// an attached device's size ([`KernelDevice::set_size`]).
+///
+/// The 6.16+ driver does not check this device flag when it handles
+/// `UPDATE_SIZE` (the feature bit is what tells a server the command
+/// exists); we ask for it anyway so the device's flags, which `list` shows,
+/// say what the server will do, and the server decides from the device's
+/// flags, not from the driver's features.
+///
+/// Not `UBLK_F_QUIESCE`: it is for a server that sends
+/// `UBLK_U_CMD_QUIESCE_DEV` to hand the device to its successor, and ours
+/// never does (an upgrade is a kill and `recover`), so the flag would claim
+/// a mode we do not implement.
+pub const OPTIONAL_FLAGS: u64 = sys::UBLK_F_UPDATE_SIZE as u64;
+
+/// Every flag we may ask for (the mask for a recovered device's flags).
+pub const WANTED_FLAGS: u64 = RECOVERY_FLAGS | OPTIONAL_FLAGS;
+
+/// The flags to ask for at device add, given the driver's features
+/// (`None`: a driver before Linux 6.5 that cannot report them, which has
+/// user recovery since 6.0 and none of the optional flags).
+pub fn wanted_flags(features: Option<u64>) -> u64 {
+    match features {
+        Some(f) => f & WANTED_FLAGS,
+        None => RECOVERY_FLAGS,
+    }
+}
 
 /// Fail clearly when the driver is missing.
 pub fn check_driver() -> Result<()> {
@@ -180,11 +210,11 @@ pub fn delete_device(id: u32) -> Result<()> {
     Ok(())
 }
 
-/// Whether the driver can change a live device's size
-/// (`UBLK_F_UPDATE_SIZE`, Linux 6.16 and later) according to its feature
-/// bits (`None`: too old to report them, so no).
-pub fn can_update_size(features: Option<u64>) -> bool {
-    features.is_some_and(|f| f & sys::UBLK_F_UPDATE_SIZE as u64 != 0)
+/// Whether a device with these flags (`ublksrv_ctrl_dev_info::flags`, or
+/// the driver's feature bits; `None`: unknown, so no) can change its size
+/// while live (`UBLK_F_UPDATE_SIZE`, Linux 6.16 and later).
+pub fn can_update_size(flags: Option<u64>) -> bool {
+    flags.is_some_and(|f| f & sys::UBLK_F_UPDATE_SIZE as u64 != 0)
 }
 
 /// A live device as the control channel's resize sees it (see
@@ -239,6 +269,30 @@ impl super::control::DeviceSize for KernelDevice {
     }
 }
 
+/// Short names of a device's flags for `lsvd-ublk list`, in bit order:
+/// the modes an operator cares about ("user-recovery", "reissue",
+/// "update-size", "quiesce", ...). Bits without a name here are left out.
+pub fn flag_names(flags: u64) -> Vec<&'static str> {
+    let names = [
+        (sys::UBLK_F_SUPPORT_ZERO_COPY, "zero-copy"),
+        (sys::UBLK_F_USER_RECOVERY, "user-recovery"),
+        (sys::UBLK_F_USER_RECOVERY_REISSUE, "reissue"),
+        (sys::UBLK_F_UNPRIVILEGED_DEV, "unprivileged"),
+        (sys::UBLK_F_USER_COPY, "user-copy"),
+        (sys::UBLK_F_ZONED, "zoned"),
+        (sys::UBLK_F_USER_RECOVERY_FAIL_IO, "fail-io"),
+        (sys::UBLK_F_UPDATE_SIZE, "update-size"),
+        (sys::UBLK_F_AUTO_BUF_REG, "auto-buf-reg"),
+        (sys::UBLK_F_QUIESCE, "quiesce"),
+        (sys::UBLK_F_PER_IO_DAEMON, "per-io-daemon"),
+    ];
+    names
+        .iter()
+        .filter(|(b, _)| flags & u64::from(*b) != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
 /// Names of the feature bits we care about, for messages.
 pub fn describe_flags(flags: u64) -> String {
     let names = [
@@ -276,4 +330,51 @@ pub fn device_busy(path: &str) -> bool {
             .open(path),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_names_render_the_modes_in_bit_order() {
+        assert!(flag_names(0).is_empty());
+        assert_eq!(flag_names(RECOVERY_FLAGS), vec!["user-recovery", "reissue"]);
+        assert_eq!(
+            flag_names(WANTED_FLAGS),
+            vec!["user-recovery", "reissue", "update-size"]
+        );
+        let all = (sys::UBLK_F_QUIESCE
+            | sys::UBLK_F_UPDATE_SIZE
+            | sys::UBLK_F_USER_COPY
+            | sys::UBLK_F_SUPPORT_ZERO_COPY) as u64;
+        assert_eq!(
+            flag_names(all),
+            vec!["zero-copy", "user-copy", "update-size", "quiesce"]
+        );
+        // A bit we have no name for is left out, not shown as a number.
+        assert_eq!(flag_names(1 << 63), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn wanted_flags_never_exceed_the_drivers_features() {
+        // What Debian's 6.12 reports: recovery, but no UPDATE_SIZE/QUIESCE.
+        let f612 = (sys::UBLK_F_USER_RECOVERY
+            | sys::UBLK_F_USER_RECOVERY_REISSUE
+            | sys::UBLK_F_USER_COPY
+            | sys::UBLK_F_UNPRIVILEGED_DEV
+            | sys::UBLK_F_ZONED) as u64;
+        assert_eq!(wanted_flags(Some(f612)), RECOVERY_FLAGS);
+        // A 6.16+ driver: UPDATE_SIZE too, and still no QUIESCE.
+        let f7 = f612 | (sys::UBLK_F_UPDATE_SIZE | sys::UBLK_F_QUIESCE) as u64;
+        assert_eq!(
+            wanted_flags(Some(f7)),
+            RECOVERY_FLAGS | sys::UBLK_F_UPDATE_SIZE as u64
+        );
+        // Before 6.5 (no GET_FEATURES): recovery only.
+        assert_eq!(wanted_flags(None), RECOVERY_FLAGS);
+        assert!(can_update_size(Some(wanted_flags(Some(f7)))));
+        assert!(!can_update_size(Some(wanted_flags(Some(f612)))));
+        assert!(!can_update_size(None));
+    }
 }

@@ -158,7 +158,16 @@ pub fn server_alive(pid: u32) -> bool {
 
 /// The state of a recorded device.
 pub fn state_of(r: &Record) -> (DevState, KernelState) {
-    let (k, _) = kernel::device_state(r.dev_id);
+    let (s, k, _) = status_of(r);
+    (s, k)
+}
+
+/// The state of a recorded device and, when the kernel has the device, the
+/// ublk flags it was added with (`ublksrv_ctrl_dev_info::flags`, the mode
+/// `list` shows; see [`kernel::flag_names`]).
+pub fn status_of(r: &Record) -> (DevState, KernelState, Option<u64>) {
+    let (k, info) = kernel::device_state(r.dev_id);
+    let flags = info.map(|i| i.flags);
     let alive = server_alive(r.pid);
     let s = match k {
         KernelState::Live if alive => DevState::Live,
@@ -168,7 +177,7 @@ pub fn state_of(r: &Record) -> (DevState, KernelState) {
         _ if alive => DevState::Live,
         _ => DevState::Dead,
     };
-    (s, k)
+    (s, k, flags)
 }
 
 /// Find the record for `target`: `POOL/IMAGE`, `/dev/ublkbN` or `ublkbN`.

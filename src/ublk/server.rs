@@ -121,19 +121,15 @@ pub fn serve(
         ));
     }
     let features = kernel::driver_features();
-    let wanted = match features {
-        Some(f) => {
-            if f & kernel::WANTED_FLAGS != kernel::WANTED_FLAGS {
-                tracing::warn!(
-                    "the ublk driver lacks {}: a killed server cannot be recovered",
-                    kernel::describe_flags(kernel::WANTED_FLAGS & !f)
-                );
-            }
-            f & kernel::WANTED_FLAGS
-        }
-        // Before Linux 6.5 there is no GET_FEATURES; recovery exists since 6.0.
-        None => kernel::WANTED_FLAGS,
-    };
+    // Masked by the driver's features: an older driver never gets a flag it
+    // does not know (UPDATE_SIZE on 6.12).
+    let wanted = kernel::wanted_flags(features);
+    if wanted & kernel::RECOVERY_FLAGS != kernel::RECOVERY_FLAGS {
+        tracing::warn!(
+            "the ublk driver lacks {}: a killed server cannot be recovered",
+            kernel::describe_flags(kernel::RECOVERY_FLAGS & !wanted)
+        );
+    }
 
     let ctrl = match opts.recover {
         None => with_deadline("ADD_DEV", || {
@@ -189,11 +185,19 @@ pub fn serve(
     let info = ctrl.dev_info();
     // libublk drops flags the driver does not know without saying so: look
     // at what the device really has.
-    if info.flags & wanted != wanted {
+    let lacks = wanted & !info.flags;
+    if lacks & kernel::RECOVERY_FLAGS != 0 {
         tracing::warn!(
             "ublk device {} lacks {}: a killed server cannot be recovered",
             info.dev_id,
-            kernel::describe_flags(wanted & !info.flags)
+            kernel::describe_flags(lacks & kernel::RECOVERY_FLAGS)
+        );
+    }
+    if lacks & !kernel::RECOVERY_FLAGS != 0 {
+        tracing::warn!(
+            "ublk device {} lacks {} although the driver offers it",
+            info.dev_id,
+            kernel::describe_flags(lacks & !kernel::RECOVERY_FLAGS)
         );
     }
     tracing::info!(
@@ -283,7 +287,7 @@ pub fn serve(
         // The control channel (live resize) exists once the device is
         // live and before `attach` returns; it is stopped (its thread
         // joined, so it holds no volume reference) before the device is.
-        let mut control = start_control(&dctx.volume, info.dev_id, features);
+        let mut control = start_control(&dctx.volume, info.dev_id, info.flags);
         if let Err(e) = on_live(&live) {
             *live_err2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             drop(control);
@@ -346,15 +350,13 @@ pub fn serve(
 /// Serve device `dev_id`'s control socket ([`super::control`]). A failure
 /// is logged, not fatal: the device serves I/O without it, and `resize`
 /// then says that the server does not answer.
-fn start_control(
-    volume: &Arc<Volume>,
-    dev_id: u32,
-    features: Option<u64>,
-) -> Option<ControlServer> {
+fn start_control(volume: &Arc<Volume>, dev_id: u32, flags: u64) -> Option<ControlServer> {
     let path = registry::control_path(dev_id);
+    // The device's own flags decide (what `list` shows): a device added
+    // without UPDATE_SIZE keeps its size until it is attached again.
     let dev = kernel::KernelDevice {
         dev_id,
-        update_size: kernel::can_update_size(features),
+        update_size: kernel::can_update_size(Some(flags)),
     };
     let vol = volume.clone();
     let handler = move |req: Control| {
