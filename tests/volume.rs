@@ -1107,14 +1107,29 @@ fn transient_error_loading_the_newest_checkpoint_fails_the_open_and_deletes_noth
     let mem = Arc::new(MemStore::new());
     let store: Arc<dyn ObjectStore> = mem.clone();
     create_image(store.as_ref(), "img", 8 << 20).unwrap();
-    let c = one_object_per_write();
+    // The two newest checkpoints must have data objects between them. A
+    // background checkpoint that happens to run after the last destage
+    // (a loaded machine) leaves none before the close's: so no background
+    // checkpoints, and two sessions, each closed with its checkpoint.
+    let c = Config {
+        checkpoint_interval_objs: 1 << 40,
+        ..one_object_per_write()
+    };
     let v = open(&store, dir.path(), &c).unwrap();
-    let model = forty_two_objects(&v);
+    let first = forty_two_objects(&v);
+    v.close().unwrap();
+    let v = open(&store, dir.path(), &c).unwrap();
+    let mut model = first.clone();
+    for i in 0..21u64 {
+        let d = pattern(100 + i, 64 << 10);
+        v.write(i * (64 << 10), &d).unwrap();
+        model[(i * (64 << 10)) as usize..((i + 1) * (64 << 10)) as usize].copy_from_slice(&d);
+    }
     v.close().unwrap();
     let sb = lsvd::volume::image::read_superblock(store.as_ref(), "img").unwrap();
     let (newest, older) = (sb.checkpoints[0], sb.checkpoints[1]);
     let g = older.seq.0 + older.pieces as u64;
-    assert!(g < newest.seq.0);
+    assert!(g < newest.seq.0, "{:?}", sb.checkpoints);
     rot(&mem, g, 40);
     let objects = mem.list("img.").unwrap().len();
 
