@@ -456,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_of_a_closed_volume_or_out_of_range_is_an_error() {
+    fn a_plan_out_of_range_is_an_error_and_no_rcache_has_no_cache() {
         let dir = tempfile::tempdir_in("/tmp").unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
         crate::volume::image::create_image(store.as_ref(), "img", 1 << 20).unwrap();
