@@ -349,6 +349,25 @@ impl RecordHeader {
         );
     }
 
+    /// Write a record's header block in `head` (exactly the header bytes
+    /// for `entries`), with a checksum over it and the record's data, given
+    /// as `parts` in order: for a record written with `writev` from buffers
+    /// that are not after its header in memory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_header(
+        head: &mut [u8],
+        generation: Generation,
+        epoch: Epoch,
+        kind: RecordKind,
+        first_seq: JournalSeq,
+        entries: &[RecordEntry],
+        parts: &[&[u8]],
+    ) {
+        let data_len = parts.iter().map(|p| p.len()).sum();
+        let hb = encode_head(head, REC_VERSION, epoch, kind, first_seq, entries, data_len);
+        seal_record(&mut head[..hb], generation, parts);
+    }
+
     /// Decode the header from the record's first block(s). `buf` must hold
     /// at least `header_bytes` (the first 4096 bytes tell how many; if fewer
     /// are present an error of kind `Truncated` says how many are needed).
@@ -475,6 +494,22 @@ fn encode_record(
     entries: &[RecordEntry],
     data_len: usize,
 ) {
+    let header_bytes = encode_head(buf, version, epoch, kind, first_seq, entries, data_len);
+    let (head, data) = buf.split_at_mut(header_bytes);
+    seal_record(head, generation, &[&data[..data_len]]);
+}
+
+/// Write a record header of `version` without its checksum in `buf`;
+/// returns its length in bytes (whole blocks).
+fn encode_head(
+    buf: &mut [u8],
+    version: u16,
+    epoch: Epoch,
+    kind: RecordKind,
+    first_seq: JournalSeq,
+    entries: &[RecordEntry],
+    data_len: usize,
+) -> usize {
     let fixed = if version == REC_VERSION {
         REC_FIXED
     } else {
@@ -501,10 +536,18 @@ fn encode_record(
     }
     buf[..e.len()].copy_from_slice(&e.buf);
     buf[e.len()..header_bytes].fill(0);
+    header_bytes
+}
+
+/// Put the checksum in a record's encoded header `head` (its header bytes),
+/// computed over it and the record's data `parts`, in order.
+fn seal_record(head: &mut [u8], generation: Generation, parts: &[&[u8]]) {
     let mut c = crc(0, &generation.0.to_le_bytes());
-    c = crc(c, &buf[..header_bytes]);
-    c = crc(c, &buf[header_bytes..header_bytes + data_len]);
-    buf[28..32].copy_from_slice(&c.to_le_bytes());
+    c = crc(c, head);
+    for p in parts {
+        c = crc(c, p);
+    }
+    head[28..32].copy_from_slice(&c.to_le_bytes());
 }
 
 /// Encoders of the version 1 layouts that earlier builds wrote, for tests
@@ -700,6 +743,25 @@ mod tests {
         let h = decode_verified(&record_v1(gen), gen).unwrap();
         assert_eq!((h.version, h.epoch), (REC_VERSION_LEGACY, Epoch(0)));
         assert_eq!(h.entries, entries());
+    }
+
+    #[test]
+    fn a_header_sealed_over_separate_parts_is_the_contiguous_record() {
+        let gen = Generation(99);
+        let r = record(gen);
+        let d = data();
+        let mut head = vec![0xAAu8; 4096];
+        let parts: [&[u8]; 3] = [&d[..512], &d[512..3000], &d[3000..]];
+        RecordHeader::encode_header(
+            &mut head,
+            gen,
+            Epoch(6),
+            RecordKind::Entries,
+            JournalSeq(17),
+            &entries(),
+            &parts,
+        );
+        assert_eq!(&head[..], &r[..4096]);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Low-level I/O: aligned buffers for O_DIRECT and file helpers.
 
 mod aligned;
+mod append;
 
 pub use aligned::AlignedBuf;
+pub use append::{AppendBuf, Span};
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};

@@ -1,9 +1,12 @@
 //! The write journal: a circular log on a file or block device, opened with
 //! O_DIRECT and written through io_uring, with group commit.
 //!
-//! One writer thread owns the device. Callers copy their operations
-//! ([`Append`]s, in journal-sequence order) straight into the record being
-//! filled; the writer takes whole records (group commit), keeps up to `depth`
+//! One writer thread owns the device. Callers add their operations
+//! ([`Append`]s, in journal-sequence order) to the record being filled, by
+//! reference: the data stays in the caller's batch buffer ([`Span`]s) and
+//! the record is written from there with `writev`, so write data is copied
+//! once in user space (into the batch). The writer takes whole records
+//! (group commit), keeps up to `depth`
 //! records in flight and acknowledges them strictly in order, so an
 //! acknowledged record never has a hole below it. A FLUSH (or a FUA write)
 //! completes after every record up to it has completed *and* an fdatasync
@@ -32,6 +35,7 @@ use crate::format::journal::{JournalSuper, RecordEntry, BLOCK, SB_VERSION, SLOTS
 use crate::format::object::OpKind;
 use crate::io::{
     datasync, device_size, is_block_device, open_direct, read_exact_at, write_all_at, AlignedBuf,
+    Span,
 };
 use crate::units::{Epoch, Generation, ImageUuid, JournalSeq, Lba};
 
@@ -77,8 +81,11 @@ pub struct Append<'a> {
     pub first_seq: JournalSeq,
     /// Entries (each at most `max_record_data` of data).
     pub entries: &'a [RecordEntry],
-    /// Concatenated data of the write entries (copied before `append` returns).
-    pub data: &'a [u8],
+    /// Data of the write entries, one span per entry that has data, in
+    /// entry order. Not copied: the record is written from the spans
+    /// (`writev`) when they are aligned for O_DIRECT, or copied once into a
+    /// record buffer by the writer thread when they are not.
+    pub data: &'a [Span],
     /// Acknowledge only once durable across a host crash.
     pub fua: bool,
     /// Runs when the last entry is acknowledged.
@@ -102,6 +109,9 @@ pub struct JournalShared {
     released: AtomicU64,
     used_bytes: AtomicU64,
     records: AtomicU64,
+    /// Records whose data was copied into a record buffer (not block
+    /// aligned) rather than written from the batch.
+    copied: AtomicU64,
     syncs: AtomicU64,
     space_wanted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     tx: Mutex<Option<Sender<Msg>>>,
@@ -113,6 +123,7 @@ impl Default for JournalShared {
             released: AtomicU64::new(0),
             used_bytes: AtomicU64::new(0),
             records: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             space_wanted: Mutex::new(None),
             tx: Mutex::new(None),
@@ -155,6 +166,11 @@ impl JournalShared {
     /// Records written.
     pub fn records(&self) -> u64 {
         self.records.load(Ordering::Relaxed)
+    }
+    /// Records written from a copy of their data (writes of partial
+    /// blocks), not straight from the batch.
+    pub fn copied_records(&self) -> u64 {
+        self.copied.load(Ordering::Relaxed)
     }
     /// fdatasyncs completed.
     pub fn syncs(&self) -> u64 {

@@ -1,5 +1,6 @@
-//! Staging: callers copy their operations straight into record buffers, in
-//! sequence order; the writer thread takes whole records from here.
+//! Staging: callers add their operations to records, in sequence order,
+//! by reference (the data stays in their batch buffers as [`Span`]s); the
+//! writer thread takes whole records from here.
 //!
 //! This is the group commit: while records are in flight, new operations
 //! accumulate in the current record, which the writer takes as soon as it
@@ -12,7 +13,7 @@ use std::sync::Mutex;
 
 use crate::error::Error;
 use crate::format::journal::{RecordEntry, BLOCK, REC_ENTRY, REC_FIXED};
-use crate::io::AlignedBuf;
+use crate::io::{AlignedBuf, Span};
 use crate::units::JournalSeq;
 
 use super::Done;
@@ -24,8 +25,8 @@ const POOL: usize = 16;
 
 /// A record being filled or waiting for the writer.
 pub(crate) struct Staged {
-    /// Header block (written by the writer) followed by the data.
-    pub buf: AlignedBuf,
+    /// The data, in order; adjacent spans of one buffer are joined.
+    pub segs: Vec<Span>,
     pub first_seq: JournalSeq,
     pub entries: Vec<RecordEntry>,
     pub data_len: usize,
@@ -36,7 +37,10 @@ pub(crate) struct Staged {
 struct State {
     cur: Option<Staged>,
     ready: VecDeque<Staged>,
+    /// Buffers for copied records, and header blocks for written-from-spans
+    /// ones.
     pool: Vec<AlignedBuf>,
+    heads: Vec<AlignedBuf>,
     failed: Option<Error>,
 }
 
@@ -52,6 +56,7 @@ impl Staging {
                 cur: None,
                 ready: VecDeque::new(),
                 pool: Vec::new(),
+                heads: Vec::new(),
                 failed: None,
             }),
             max_data,
@@ -62,12 +67,13 @@ impl Staging {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Copy an append's entries in. Appends must arrive in sequence order.
+    /// Add an append's entries (`data` holds one span per entry with
+    /// data). Appends must arrive in sequence order.
     pub(crate) fn append(
         &self,
         first_seq: JournalSeq,
         entries: &[RecordEntry],
-        data: &[u8],
+        data: &[Span],
         fua: bool,
         done: Option<Done>,
     ) {
@@ -80,7 +86,7 @@ impl Staging {
             }
             return;
         }
-        let mut off = 0usize;
+        let mut spans = data.iter();
         let mut seq = first_seq;
         for x in entries {
             let d = x.data_bytes() as usize;
@@ -92,13 +98,8 @@ impl Staging {
                 if let Some(c) = st.cur.take() {
                     st.ready.push_back(c);
                 }
-                let cap = BLOCK as usize + self.max_data.max(d);
-                let buf = match st.pool.pop() {
-                    Some(b) if b.capacity() >= cap => b,
-                    _ => AlignedBuf::new(cap),
-                };
                 st.cur = Some(Staged {
-                    buf: buf.with_len(cap),
+                    segs: Vec::new(),
                     first_seq: seq,
                     entries: Vec::with_capacity(64),
                     data_len: 0,
@@ -106,11 +107,16 @@ impl Staging {
                 });
             }
             let Some(c) = st.cur.as_mut() else { return };
-            let at = BLOCK as usize + c.data_len;
-            c.buf[at..at + d].copy_from_slice(&data[off..off + d]);
+            if d > 0 {
+                let span = spans.next().expect("one span per entry with data");
+                assert_eq!(span.len(), d, "span length matches its entry");
+                match c.segs.last_mut() {
+                    Some(last) if last.continued_by(span) => last.join(span),
+                    _ => c.segs.push(span.clone()),
+                }
+            }
             c.data_len += d;
             c.entries.push(*x);
-            off += d;
             seq = seq.next();
         }
         if let (Some(c), Some(d)) = (st.cur.as_mut(), done) {
@@ -138,11 +144,32 @@ impl Staging {
         st.ready.is_empty() && st.cur.as_ref().is_none_or(|c| c.entries.is_empty())
     }
 
+    /// A record buffer of at least `cap` bytes (the header block, and for
+    /// a record that is copied, its data).
+    pub(crate) fn buffer(&self, cap: usize) -> AlignedBuf {
+        let found = {
+            let mut st = self.lock();
+            let pool = if cap <= BLOCK as usize {
+                &mut st.heads
+            } else {
+                &mut st.pool
+            };
+            let i = pool.iter().position(|b| b.capacity() >= cap);
+            i.map(|i| pool.swap_remove(i))
+        };
+        found.unwrap_or_else(|| AlignedBuf::new(cap)).with_len(cap)
+    }
+
     /// Return a record buffer for reuse.
     pub(crate) fn recycle(&self, buf: AlignedBuf) {
         let mut st = self.lock();
-        if st.pool.len() < POOL && buf.capacity() >= BLOCK as usize + self.max_data {
-            st.pool.push(buf);
+        let pool = if buf.capacity() <= BLOCK as usize {
+            &mut st.heads
+        } else {
+            &mut st.pool
+        };
+        if pool.len() < POOL && buf.capacity() <= BLOCK as usize + self.max_data {
+            pool.push(buf);
         }
     }
 

@@ -23,7 +23,7 @@ use super::{write_super, Dev, Done, JournalOptions, JournalShared, Msg, WriterSt
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::journal::{JournalSuper, RecordHeader, RecordKind, BLOCK};
 use crate::format::round_up;
-use crate::io::AlignedBuf;
+use crate::io::{AlignedBuf, Span};
 use crate::units::{Epoch, JournalSeq};
 
 const FSYNC_ID: u64 = u64::MAX;
@@ -36,10 +36,67 @@ struct Rec {
     /// Epoch of the session that wrote it.
     epoch: Epoch,
     done: bool,
-    buf: Option<AlignedBuf>,
+    /// What its write reads from, until it completes.
+    io: Option<RecIo>,
     acks: Vec<(bool, Done)>,
     /// Its id in the power-cut log, if one records.
     log_id: Option<u64>,
+}
+
+/// The memory a record is written from.
+enum RecIo {
+    /// One buffer: the header, the data copied after it, zero padding.
+    Copied(AlignedBuf),
+    /// The header block, then the data straight from the batch buffers it
+    /// sits in (`writev`): every span is block-aligned in memory and length,
+    /// as O_DIRECT needs, so the record needs no padding.
+    Vectored {
+        head: AlignedBuf,
+        segs: Vec<Span>,
+        iov: IoVecs,
+    },
+}
+
+/// The iovec array of a vectored record write.
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the iovecs point into the header and spans owned by the same
+// `RecIo`, which moves with them; they are only read (by the kernel).
+unsafe impl Send for IoVecs {}
+
+impl RecIo {
+    /// Bytes the write covers.
+    fn len(&self) -> usize {
+        match self {
+            RecIo::Copied(b) => b.len(),
+            RecIo::Vectored { head, segs, .. } => {
+                head.len() + segs.iter().map(|s| s.len()).sum::<usize>()
+            }
+        }
+    }
+
+    /// The bytes as one buffer (for the power-cut log).
+    fn gather(&self) -> Vec<u8> {
+        match self {
+            RecIo::Copied(b) => b.to_vec(),
+            RecIo::Vectored { head, segs, .. } => {
+                let mut v = head.to_vec();
+                for s in segs {
+                    v.extend_from_slice(s);
+                }
+                v
+            }
+        }
+    }
+}
+
+/// Whether `segs` can be written as they are with O_DIRECT: every span
+/// starts on a block boundary in memory and is whole blocks long (sound on
+/// 512-byte and 4 KiB logical-block devices alike).
+fn direct_ok(segs: &[Span]) -> bool {
+    let b = BLOCK as usize;
+    segs.iter()
+        .all(|s| (s.as_ptr() as usize).is_multiple_of(b) && s.len().is_multiple_of(b))
 }
 
 impl Rec {
@@ -120,7 +177,7 @@ impl Writer {
                 entries: r.entries,
                 epoch: r.epoch,
                 done: true,
-                buf: None,
+                io: None,
                 acks: vec![],
                 log_id: None,
             });
@@ -332,22 +389,27 @@ impl Writer {
     }
 
     fn submit(&mut self, mut rec: Rec, phys: u64) {
-        if let (Some(l), Some(b)) = (&self.io_log, rec.buf.as_ref()) {
-            rec.log_id = Some(l.journal_write(phys, b));
+        if let (Some(l), Some(io)) = (&self.io_log, rec.io.as_ref()) {
+            rec.log_id = Some(l.journal_write(phys, &io.gather()));
         }
-        let buf = rec.buf.as_ref().expect("record buffer");
-        let sqe = opcode::Write::new(
-            types::Fd(self.file.as_raw_fd()),
-            buf.as_ptr(),
-            buf.len() as u32,
-        )
-        .offset(phys)
-        .build()
+        let fd = types::Fd(self.file.as_raw_fd());
+        let sqe = match rec.io.as_ref().expect("record memory") {
+            RecIo::Copied(buf) => opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
+                .offset(phys)
+                .build(),
+            RecIo::Vectored { iov, .. } => {
+                opcode::Writev::new(fd, iov.0.as_ptr(), iov.0.len() as u32)
+                    .offset(phys)
+                    .build()
+            }
+        }
         .user_data(rec.id);
         self.records.push_back(rec);
-        // SAFETY: the buffer is owned by the record in `self.records` and is
-        // neither freed nor reused until this write's completion is reaped
-        // (`reap`, or `abandon_ring` which waits for completions first).
+        // SAFETY: the buffers (and the iovec array naming them) are owned by
+        // the record in `self.records` (spans keep their batch buffers
+        // allocated and unchanged) and are neither freed nor reused until
+        // this write's completion is reaped (`reap`, or `abandon_ring`
+        // which waits for completions first).
         let pushed = unsafe { self.ring.submission().push(&sqe) };
         if pushed.is_err() {
             // The queue is sized for depth + wrap + fsync; flush it and retry.
@@ -365,14 +427,14 @@ impl Writer {
         self.shared.records.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Submit `buf` as the record at the head, which then advances by
+    /// Submit `io` as the record at the head, which then advances by
     /// `vlen` (the record's size, or for a wrap record the rest of the
     /// journal up to its end).
     fn place(
         &mut self,
         first_seq: JournalSeq,
         entries: u64,
-        buf: AlignedBuf,
+        io: RecIo,
         acks: Vec<(bool, Done)>,
         vlen: u64,
     ) {
@@ -386,7 +448,7 @@ impl Writer {
             entries,
             epoch: self.sb.epoch,
             done: false,
-            buf: Some(buf),
+            io: Some(io),
             acks,
             log_id: None,
         };
@@ -397,7 +459,7 @@ impl Writer {
     /// Submit staged records while depth and space allow.
     fn fill(&mut self) {
         while self.failed.is_none() && self.inflight_writes < self.depth {
-            let Some(mut st) = self.staging.take() else {
+            let Some(st) = self.staging.take() else {
                 return;
             };
             let total = BLOCK + round_up(st.data_len as u64, BLOCK);
@@ -432,7 +494,7 @@ impl Writer {
                 return;
             }
             if let Some(wrap_len) = wrap {
-                let mut buf = AlignedBuf::new(BLOCK as usize);
+                let mut buf = self.staging.buffer(BLOCK as usize);
                 RecordHeader::encode_in_place(
                     &mut buf,
                     self.sb.generation,
@@ -442,26 +504,65 @@ impl Writer {
                     &[],
                     0,
                 );
-                self.place(self.next_seq, 0, buf, vec![], wrap_len);
+                self.place(self.next_seq, 0, RecIo::Copied(buf), vec![], wrap_len);
             }
             let n = st.entries.len();
             debug_assert_eq!(RecordHeader::header_bytes_for(n) as u64, BLOCK);
-            let end = BLOCK as usize + st.data_len;
-            st.buf[end..total as usize].fill(0);
-            st.buf.set_len(total as usize);
-            RecordHeader::encode_in_place(
-                &mut st.buf,
-                self.sb.generation,
-                self.sb.epoch,
+            let io = self.record_io(&st, total as usize);
+            self.next_seq = JournalSeq(st.first_seq.0 + n as u64);
+            self.place(st.first_seq, n as u64, io, st.acks, total);
+            self.publish_usage();
+        }
+    }
+
+    /// Encode staged record `st` (`total` bytes on disk): written from its
+    /// spans when they are aligned for O_DIRECT, else copied once into a
+    /// record buffer here, on the writer thread (writes of partial blocks).
+    fn record_io(&self, st: &super::staging::Staged, total: usize) -> RecIo {
+        let (generation, epoch) = (self.sb.generation, self.sb.epoch);
+        if direct_ok(&st.segs) {
+            let mut head = self.staging.buffer(BLOCK as usize);
+            let parts: Vec<&[u8]> = st.segs.iter().map(|s| &s[..]).collect();
+            RecordHeader::encode_header(
+                &mut head,
+                generation,
+                epoch,
                 RecordKind::Entries,
                 st.first_seq,
                 &st.entries,
-                st.data_len,
+                &parts,
             );
-            self.next_seq = JournalSeq(st.first_seq.0 + n as u64);
-            self.place(st.first_seq, n as u64, st.buf, st.acks, total);
-            self.publish_usage();
+            let mut iov = Vec::with_capacity(st.segs.len() + 1);
+            for p in std::iter::once(&head[..]).chain(parts) {
+                iov.push(libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                });
+            }
+            return RecIo::Vectored {
+                head,
+                segs: st.segs.clone(),
+                iov: IoVecs(iov),
+            };
         }
+        self.shared.copied.fetch_add(1, Ordering::Relaxed);
+        let mut buf = self.staging.buffer(total);
+        let mut at = BLOCK as usize;
+        for s in &st.segs {
+            buf[at..at + s.len()].copy_from_slice(s);
+            at += s.len();
+        }
+        buf[at..].fill(0);
+        RecordHeader::encode_in_place(
+            &mut buf,
+            generation,
+            epoch,
+            RecordKind::Entries,
+            st.first_seq,
+            &st.entries,
+            st.data_len,
+        );
+        RecIo::Copied(buf)
     }
 
     fn maybe_fsync(&mut self) {
@@ -530,10 +631,13 @@ impl Writer {
             };
             rec.done = true;
             self.inflight_writes -= 1;
-            let len = rec.buf.as_ref().map_or(0, |b| b.len());
+            let len = rec.io.as_ref().map_or(0, |b| b.len());
             let phys = self.data_start + rec.vpos % self.data_size;
-            if let Some(b) = rec.buf.take() {
-                self.staging.recycle(b);
+            match rec.io.take() {
+                Some(RecIo::Copied(b)) | Some(RecIo::Vectored { head: b, .. }) => {
+                    self.staging.recycle(b)
+                }
+                None => {}
             }
             if res >= 0 && res as usize == len {
                 if let (Some(l), Some(id)) = (&self.io_log, rec.log_id) {
@@ -641,7 +745,7 @@ impl Writer {
         if self.inflight_writes > 0 {
             // Leak the buffers rather than free memory the kernel may write.
             for r in self.records.iter_mut() {
-                if let Some(b) = r.buf.take() {
+                if let Some(b) = r.io.take() {
                     std::mem::forget(b);
                 }
             }

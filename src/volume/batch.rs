@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::format::object::{ObjOp, OpKind};
-use crate::io::AlignedBuf;
+use crate::io::{AlignedBuf, AppendBuf, Span};
 use crate::map::Target;
 use crate::units::{JournalSeq, Lba, ObjSeq, SECTOR};
 
@@ -47,8 +47,10 @@ pub(crate) struct Batch {
     pub last_jseq: JournalSeq,
     pub ops: Vec<ObjOp>,
     /// Write data, in an aligned buffer so the object can be written with
-    /// O_DIRECT straight from it.
-    pub data: AlignedBuf,
+    /// O_DIRECT straight from it. Append-only: the journal writes its
+    /// records from spans of it (the one user-space copy of write data is
+    /// the one into this buffer).
+    pub data: AppendBuf,
     pub created: Instant,
 }
 
@@ -65,7 +67,7 @@ impl Batch {
             first_jseq: JournalSeq(0),
             last_jseq: JournalSeq(0),
             ops: Vec::new(),
-            data: buf.with_len(0),
+            data: AppendBuf::from_buf(buf),
             created: Instant::now(),
         }
     }
@@ -75,7 +77,7 @@ impl Batch {
     }
 
     /// Append an operation with sequence `seq` (consecutive with the last);
-    /// returns where its data went.
+    /// returns where its data went and, for a write, the span holding it.
     pub(crate) fn push(
         &mut self,
         seq: JournalSeq,
@@ -83,7 +85,7 @@ impl Batch {
         lba: Lba,
         sectors: u32,
         data: &[u8],
-    ) -> PendLoc {
+    ) -> (PendLoc, Option<Span>) {
         if self.ops.is_empty() {
             self.first_jseq = seq;
             self.created = Instant::now();
@@ -91,21 +93,15 @@ impl Batch {
         debug_assert!(self.ops.is_empty() || seq.0 == self.last_jseq.0 + 1);
         self.last_jseq = seq;
         let offset = (self.data.len() as u64 / SECTOR) as u32;
-        let loc = if kind == OpKind::Write {
-            let at = self.data.len();
-            if at + data.len() > self.data.capacity() {
-                let mut bigger = AlignedBuf::new((at + data.len()).max(2 * self.data.capacity()));
-                bigger[..at].copy_from_slice(&self.data);
-                self.data = bigger.with_len(at);
-            }
-            self.data.set_len(at + data.len());
-            self.data[at..].copy_from_slice(data);
-            PendLoc::Data {
+        let (loc, span) = if kind == OpKind::Write {
+            let at = self.data.append(data);
+            let loc = PendLoc::Data {
                 batch: self.id,
                 offset,
-            }
+            };
+            (loc, Some(self.data.span(at, data.len())))
         } else {
-            PendLoc::Zero { batch: self.id }
+            (PendLoc::Zero { batch: self.id }, None)
         };
         self.ops.push(ObjOp {
             lba,
@@ -113,7 +109,7 @@ impl Batch {
             kind,
             data_offset: if kind == OpKind::Write { offset } else { 0 },
         });
-        loc
+        (loc, span)
     }
 
     /// Data bytes held.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::journal::RecordEntry;
 use crate::format::object::OpKind;
+use crate::io::{AppendBuf, Span};
 use crate::journal::Append;
 use crate::units::{JournalSeq, Lba, ObjSeq, SECTOR};
 use crate::wait::{self, Deadline};
@@ -100,7 +101,7 @@ impl Inner {
         st: &mut State,
         first: JournalSeq,
         entries: &[RecordEntry],
-        data: &[u8],
+        data: &[Span],
         fua: bool,
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
@@ -154,8 +155,12 @@ impl Inner {
         }
     }
 
-    /// Keep an applied batch's buffer for reuse (a few at most).
-    pub(super) fn recycle(&self, buf: crate::io::AlignedBuf) {
+    /// Keep an applied batch's buffer for reuse (a few at most), unless a
+    /// journal record still being written holds part of it.
+    pub(super) fn recycle(&self, buf: AppendBuf) {
+        let Some(buf) = buf.into_buf() else {
+            return;
+        };
         if buf.capacity() < self.config.backend_obj_bytes as usize {
             return;
         }
@@ -186,7 +191,8 @@ impl Inner {
         let _ = self.destage_tx.send(DestageMsg::Batch(b));
     }
 
-    /// Add one operation to the open batch and the overlay.
+    /// Add one operation to the open batch and the overlay; returns the
+    /// span holding a write's data, which the journal writes from.
     pub(super) fn push_op(
         &self,
         st: &mut State,
@@ -195,7 +201,7 @@ impl Inner {
         lba: Lba,
         sectors: u32,
         data: &[u8],
-    ) {
+    ) -> Option<Span> {
         let obj_bytes = self.config.backend_obj_bytes;
         if !st.open.is_empty()
             && (st.open.data_bytes() + data.len() as u64 > obj_bytes
@@ -203,7 +209,7 @@ impl Inner {
         {
             self.seal(st);
         }
-        let loc = st.open.push(seq, kind, lba, sectors, data);
+        let (loc, span) = st.open.push(seq, kind, lba, sectors, data);
         let mut scratch = std::mem::take(&mut st.scratch);
         scratch.clear();
         st.overlay.update(lba, sectors as u64, loc, &mut scratch);
@@ -212,6 +218,7 @@ impl Inner {
         if st.open.data_bytes() >= obj_bytes {
             self.seal(st);
         }
+        span
     }
 
     /// Push a trim or write-zeroes of `[offset, offset+len)` (bytes) as
@@ -328,11 +335,12 @@ impl Volume {
         inner.check_range("write", offset, data.len() as u64)?;
         let first = st.next_jseq;
         let mut entries = Vec::with_capacity(data.len().div_ceil(chunk));
+        let mut spans = Vec::with_capacity(entries.capacity());
         for (i, piece) in data.chunks(chunk).enumerate() {
             let lba = Lba(offset / SECTOR + (i * chunk) as u64 / SECTOR);
             let sectors = (piece.len() as u64 / SECTOR) as u32;
             let seq = st.next_jseq;
-            inner.push_op(&mut st, seq, OpKind::Write, lba, sectors, piece);
+            spans.extend(inner.push_op(&mut st, seq, OpKind::Write, lba, sectors, piece));
             entries.push(RecordEntry {
                 lba,
                 sectors,
@@ -348,7 +356,7 @@ impl Volume {
             .write_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         inner.hard_fua(&mut st, fua, done);
-        inner.journal_append(&mut st, first, &entries, data, fua, done)
+        inner.journal_append(&mut st, first, &entries, &spans, fua, done)
     }
 
     /// Discard a range (reads as zeros afterwards); journaled like a write.
