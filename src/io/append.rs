@@ -78,7 +78,7 @@ impl AppendBuf {
     /// Share `[off, off + len)` of the filled part.
     pub fn span(&self, off: usize, len: usize) -> Span {
         assert!(
-            off + len <= self.len,
+            len <= self.len && off <= self.len - len,
             "span {off}+{len} beyond the filled {} bytes",
             self.len
         );
@@ -177,5 +177,13 @@ mod tests {
         let mut b = AppendBuf::new(4096);
         b.append(&[0; 10]);
         let _ = b.span(8, 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond the filled")]
+    fn a_span_whose_end_wraps_is_refused() {
+        let mut b = AppendBuf::new(4096);
+        b.append(&[0; 10]);
+        let _ = b.span(usize::MAX, 2);
     }
 }

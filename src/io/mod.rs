@@ -12,6 +12,35 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// The direct-I/O alignment `file` needs, as `(memory, offset and
+/// length)` in bytes, from `statx(STATX_DIOALIGN)` (Linux 6.1+, for
+/// regular files on file systems that report it; block devices from 6.11).
+/// `None` when the kernel or file system does not say.
+pub fn dio_alignment(file: &File) -> Option<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `statx` is plain old data, for which all zeros is valid.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx writes only into `st`, a local of the right type; the
+    // empty path with AT_EMPTY_PATH names `file`'s open descriptor.
+    let r = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut st,
+        )
+    };
+    if r != 0 || st.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return None;
+    }
+    let (mem, off) = (
+        st.stx_dio_mem_align as usize,
+        st.stx_dio_offset_align as usize,
+    );
+    (mem > 0 && off > 0).then_some((mem, off))
+}
+
 /// Open `path` for reading and writing with O_DIRECT (and create it if
 /// `create`). Fails with a clear message if the file system refuses O_DIRECT.
 pub fn open_direct(path: &Path, create: bool) -> Result<File> {

@@ -402,8 +402,9 @@ impl Journal {
         ))
     }
 
-    /// Queue an append: its data is copied into the record being filled
-    /// (group commit) before this returns. Appends must be queued in
+    /// Queue an append: its entries join the record being filled (group
+    /// commit) before this returns; its data spans are kept, not copied,
+    /// until that record's write completes. Appends must be queued in
     /// sequence order.
     pub fn append(&self, a: Append<'_>) {
         self.staging

@@ -157,18 +157,29 @@ impl Staging {
             let i = pool.iter().position(|b| b.capacity() >= cap);
             i.map(|i| pool.swap_remove(i))
         };
-        found.unwrap_or_else(|| AlignedBuf::new(cap)).with_len(cap)
+        // A record buffer is always made full size, so that every pooled
+        // one fits any record (a pool of small ones would turn big records
+        // away and refuse their buffers back).
+        let size = if cap <= BLOCK as usize {
+            BLOCK as usize
+        } else {
+            cap.max(BLOCK as usize + self.max_data)
+        };
+        found.unwrap_or_else(|| AlignedBuf::new(size)).with_len(cap)
     }
 
     /// Return a record buffer for reuse.
     pub(crate) fn recycle(&self, buf: AlignedBuf) {
         let mut st = self.lock();
-        let pool = if buf.capacity() <= BLOCK as usize {
+        let full = BLOCK as usize + self.max_data;
+        let pool = if buf.capacity() == BLOCK as usize {
             &mut st.heads
-        } else {
+        } else if buf.capacity() == full {
             &mut st.pool
+        } else {
+            return;
         };
-        if pool.len() < POOL && buf.capacity() <= BLOCK as usize + self.max_data {
+        if pool.len() < POOL {
             pool.push(buf);
         }
     }

@@ -80,31 +80,57 @@ fn records_from_aligned_and_unaligned_spans_replay_exactly() {
         })
         .collect();
     let other = Span::copy_of(&[9u8; 4096]);
+    // One byte off any memory alignment: always copied (unless the journal
+    // takes any address).
+    let mut odd = AppendBuf::new(4096);
+    odd.append(&[0]);
+    odd.append(&[7u8; 512]);
+    let odd = odd.span(1, 512);
     let e = |lba: u64, n: usize| write_entry(lba, (n / 512) as u32);
-    // Record 1: a whole block and a partial one (copied).
-    append_spans(&j, 1, &[e(0, 4096), e(100, 512)], &spans[..2]).unwrap();
-    // Record 2: an unaligned start (copied).
-    append_spans(&j, 3, &[e(200, 3584)], &spans[2..3]).unwrap();
-    // Record 3: two aligned spans of different buffers (written from them).
-    append_spans(
-        &j,
-        4,
-        &[e(300, 8192), e(400, 4096)],
-        &[spans[3].clone(), other],
-    )
-    .unwrap();
-    assert_eq!(j.shared().copied_records(), 2);
-    assert_eq!(j.shared().records(), 3);
-    flush_wait(&j, 5).unwrap();
+    let records: [(u64, Vec<RecordEntry>, Vec<Span>); 4] = [
+        // A whole block and a partial one (joined: 4.5 KiB from an aligned
+        // address).
+        (1, vec![e(0, 4096), e(100, 512)], spans[..2].to_vec()),
+        // A start 512 bytes past a block boundary.
+        (3, vec![e(200, 3584)], spans[2..3].to_vec()),
+        // Two aligned spans of different buffers.
+        (
+            4,
+            vec![e(300, 8192), e(400, 4096)],
+            vec![spans[3].clone(), other],
+        ),
+        (6, vec![e(500, 512)], vec![odd]),
+    ];
+    let dio = writer::journal_dio(&std::fs::File::open(&o.path).unwrap());
+    let mut copied = 0;
+    for (seq, entries, data) in &records {
+        append_spans(&j, *seq, entries, data).unwrap();
+        let mut joined: Vec<Span> = Vec::new();
+        for s in data {
+            match joined.last_mut() {
+                Some(l) if l.continued_by(s) => l.join(s),
+                _ => joined.push(s.clone()),
+            }
+        }
+        copied += u64::from(!writer::direct_ok(&joined, dio));
+    }
+    assert_eq!(j.shared().copied_records(), copied, "alignment {dio:?}");
+    assert_eq!(j.shared().records(), 4);
+    if dio.0 > 1 {
+        assert!(copied >= 1, "the copy path ran");
+    }
+    assert!(copied < 4, "the writev path ran");
+    flush_wait(&j, 6).unwrap();
     j.shutdown(false).unwrap();
     let (_j, r2, seen) = open(&o, uuid, r.generation, 0).unwrap();
-    assert_eq!(r2.replayed, 5);
-    let want: [(u64, u64, usize, u8); 5] = [
+    assert_eq!(r2.replayed, 6);
+    let want: [(u64, u64, usize, u8); 6] = [
         (1, 0, 4096, 1),
         (2, 100, 512, 2),
         (3, 200, 3584, 3),
         (4, 300, 8192, 4),
         (5, 400, 4096, 9),
+        (6, 500, 512, 7),
     ];
     for (s, w) in seen.iter().zip(want) {
         assert_eq!((s.0, s.2, s.3.len()), (w.0, w.1, w.2));
@@ -616,4 +642,24 @@ fn torn_superblock_write_at_every_moment_leaves_an_openable_journal() {
         replay_of(&after, backend_of(&after));
     }
     assert!(replayed_something >= 3, "the states tried hold chains");
+}
+
+/// Every pooled record buffer fits any record (review of b470545: a
+/// first-fit pool filled with small buffers turned big records away, and
+/// refused their buffers back, so each big copied record allocated).
+#[test]
+fn the_record_buffer_pool_keeps_full_size_buffers_after_small_ones() {
+    let max = 2 << 20;
+    let s = staging::Staging::new(max);
+    let full = BLOCK as usize + max;
+    let small: Vec<AlignedBuf> = (0..16).map(|_| s.buffer(8192)).collect();
+    for mut b in small {
+        b[0] = 0xAB;
+        s.recycle(b);
+    }
+    for _ in 0..16 {
+        let b = s.buffer(full);
+        assert_eq!(b[0], 0xAB, "a fresh buffer was allocated");
+        assert_eq!(b.len(), full);
+    }
 }

@@ -48,14 +48,20 @@ enum RecIo {
     /// One buffer: the header, the data copied after it, zero padding.
     Copied(AlignedBuf),
     /// The header block, then the data straight from the batch buffers it
-    /// sits in (`writev`): every span is block-aligned in memory and length,
-    /// as O_DIRECT needs, so the record needs no padding.
+    /// sits in (`writev`), then `pad` bytes of [`ZERO_BLOCK`]: every span is
+    /// aligned in memory and length as the journal's O_DIRECT needs.
     Vectored {
         head: AlignedBuf,
         segs: Vec<Span>,
+        pad: usize,
         iov: IoVecs,
     },
 }
+
+/// A record's zero padding, written from here (never written to).
+#[repr(C, align(4096))]
+struct ZeroBlock([u8; BLOCK as usize]);
+static ZERO_BLOCK: ZeroBlock = ZeroBlock([0; BLOCK as usize]);
 
 /// The iovec array of a vectored record write.
 struct IoVecs(Vec<libc::iovec>);
@@ -69,9 +75,9 @@ impl RecIo {
     fn len(&self) -> usize {
         match self {
             RecIo::Copied(b) => b.len(),
-            RecIo::Vectored { head, segs, .. } => {
-                head.len() + segs.iter().map(|s| s.len()).sum::<usize>()
-            }
+            RecIo::Vectored {
+                head, segs, pad, ..
+            } => head.len() + segs.iter().map(|s| s.len()).sum::<usize>() + pad,
         }
     }
 
@@ -79,24 +85,38 @@ impl RecIo {
     fn gather(&self) -> Vec<u8> {
         match self {
             RecIo::Copied(b) => b.to_vec(),
-            RecIo::Vectored { head, segs, .. } => {
+            RecIo::Vectored {
+                head, segs, pad, ..
+            } => {
                 let mut v = head.to_vec();
                 for s in segs {
                     v.extend_from_slice(s);
                 }
+                v.resize(v.len() + pad, 0);
                 v
             }
         }
     }
 }
 
-/// Whether `segs` can be written as they are with O_DIRECT: every span
-/// starts on a block boundary in memory and is whole blocks long (sound on
-/// 512-byte and 4 KiB logical-block devices alike).
-fn direct_ok(segs: &[Span]) -> bool {
-    let b = BLOCK as usize;
+/// Whether `segs` can be written as they are with O_DIRECT, given the
+/// journal's alignment `dio` (memory, length): each segment of a direct
+/// write must start on the memory alignment and be a multiple of the
+/// logical block size in length. Padding to 4096 is then a multiple too.
+pub(super) fn direct_ok(segs: &[Span], dio: (usize, usize)) -> bool {
     segs.iter()
-        .all(|s| (s.as_ptr() as usize).is_multiple_of(b) && s.len().is_multiple_of(b))
+        .all(|s| (s.as_ptr() as usize).is_multiple_of(dio.0) && s.len().is_multiple_of(dio.1))
+}
+
+/// The journal's direct-I/O alignment (memory, length), from `statx`, or
+/// 4096 for both when the kernel does not say (sound on 512-byte and 4 KiB
+/// logical-block devices alike).
+pub(super) fn journal_dio(file: &File) -> (usize, usize) {
+    let ok = |a: usize| a.is_power_of_two() && a <= BLOCK as usize;
+    match crate::io::dio_alignment(file) {
+        Some((m, o)) if ok(m) && ok(o) => (m, o),
+        _ => (BLOCK as usize, BLOCK as usize),
+    }
 }
 
 impl Rec {
@@ -137,6 +157,8 @@ pub(crate) struct Writer {
     blocked_since: Option<Instant>,
     last_space_request: Option<Instant>,
     shutdown: Option<(bool, crossbeam_channel::Sender<Result<()>>)>,
+    /// Direct-I/O alignment (memory, length) of the journal file.
+    dio: (usize, usize),
     /// Test hook: the power-cut recorder.
     io_log: Option<Arc<crate::powercut::IoLog>>,
     /// The power-cut log's id of the fdatasync in flight.
@@ -184,6 +206,7 @@ impl Writer {
             next_id += 1;
         }
         let w = Writer {
+            dio: journal_dio(&file),
             file,
             path,
             ring,
@@ -516,11 +539,13 @@ impl Writer {
     }
 
     /// Encode staged record `st` (`total` bytes on disk): written from its
-    /// spans when they are aligned for O_DIRECT, else copied once into a
-    /// record buffer here, on the writer thread (writes of partial blocks).
+    /// spans when they meet the journal's direct-I/O alignment, else copied
+    /// once into a record buffer here, on the writer thread (512-byte
+    /// writes on a journal with 4 KiB blocks, or a kernel that does not
+    /// report the alignment, so 4096 is assumed).
     fn record_io(&self, st: &super::staging::Staged, total: usize) -> RecIo {
         let (generation, epoch) = (self.sb.generation, self.sb.epoch);
-        if direct_ok(&st.segs) {
+        if direct_ok(&st.segs, self.dio) {
             let mut head = self.staging.buffer(BLOCK as usize);
             let parts: Vec<&[u8]> = st.segs.iter().map(|s| &s[..]).collect();
             RecordHeader::encode_header(
@@ -532,16 +557,21 @@ impl Writer {
                 &st.entries,
                 &parts,
             );
-            let mut iov = Vec::with_capacity(st.segs.len() + 1);
-            for p in std::iter::once(&head[..]).chain(parts) {
-                iov.push(libc::iovec {
-                    iov_base: p.as_ptr() as *mut libc::c_void,
-                    iov_len: p.len(),
-                });
+            let pad = total - BLOCK as usize - st.data_len;
+            let mut iov = Vec::with_capacity(st.segs.len() + 2);
+            let zeros = &ZERO_BLOCK.0[..pad];
+            for p in std::iter::once(&head[..]).chain(parts).chain([zeros]) {
+                if !p.is_empty() {
+                    iov.push(libc::iovec {
+                        iov_base: p.as_ptr() as *mut libc::c_void,
+                        iov_len: p.len(),
+                    });
+                }
             }
             return RecIo::Vectored {
                 head,
                 segs: st.segs.clone(),
+                pad,
                 iov: IoVecs(iov),
             };
         }
