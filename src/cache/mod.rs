@@ -146,6 +146,9 @@ struct Slots {
     unsynced: Vec<(u32, u64)>,
 }
 
+/// Fetched chunks waiting for the maintainer to cache them (4 MiB).
+const MAX_DEFERRED: usize = 64;
+
 type FlightResult = Result<Arc<Vec<u8>>>;
 
 #[derive(Default)]
@@ -319,8 +322,16 @@ pub struct Cache {
     /// Free slots the maintainer keeps ready, and the level that wakes it.
     reserve: usize,
     low_water: usize,
-    /// A maintainer thread ([`Cache::maintainer`]) refills the free list.
+    /// A maintainer thread ([`Cache::maintainer`]) refills the free list
+    /// and writes the chunks readers fetched (`deferred`).
     background: AtomicBool,
+    /// Chunks a reader fetched and verified, waiting for the maintainer to
+    /// write them to the cache file, so that a miss returns without that
+    /// write (at most [`MAX_DEFERRED`]; beyond, the reader writes it). A
+    /// chunk leaves this list only after it is in the index, and readers
+    /// that miss look here first, so a chunk fetched once is not fetched
+    /// again while it waits.
+    deferred: Mutex<Vec<(Key, Arc<Vec<u8>>)>>,
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
     /// Off for this open after repeated I/O errors on the file.
@@ -474,6 +485,7 @@ impl Cache {
             reserve,
             low_water: (reserve / 2).max(1),
             background: AtomicBool::new(false),
+            deferred: Mutex::new(Vec::new()),
             wake_tx,
             wake_rx,
             off: AtomicBool::new(false),
@@ -790,7 +802,9 @@ impl Cache {
         }
         if first == last {
             let within = (byte_off % CHUNK_BYTES) as usize;
-            if self.try_hit((obj, first), within, out) {
+            if self.try_hit((obj, first), within, out)
+                || self.deferred_hit((obj, first), within, out)
+            {
                 self.counters.hits.add(first as usize);
                 return Ok(());
             }
@@ -807,7 +821,9 @@ impl Cache {
             let within = (off % CHUNK_BYTES) as usize;
             let n = (out.len() - pos).min(CHUNK_BYTES as usize - within);
             let r = pos..pos + n;
-            if self.try_hit((obj, chunk), within, &mut out[r.clone()]) {
+            if self.try_hit((obj, chunk), within, &mut out[r.clone()])
+                || self.deferred_hit((obj, chunk), within, &mut out[r.clone()])
+            {
                 self.counters.hits.add(chunk as usize);
             } else {
                 missing.push((chunk, within, r));
@@ -922,7 +938,7 @@ impl Cache {
                     }
                     out[r.clone()].copy_from_slice(&d[*within..within + r.len()]);
                     if matches!(joins[k], Join::Lead(_)) {
-                        self.insert((obj, *chunk), &d);
+                        self.insert_soon((obj, *chunk), d);
                     }
                 }
                 Err(e) => {
@@ -930,8 +946,9 @@ impl Cache {
                 }
             }
         }
-        // Dropping the leaders removes their flights (after the inserts, so
-        // a reader arriving meanwhile finds the result or the entry).
+        // Dropping the leaders removes their flights (after the inserts or
+        // their deferral, so a reader arriving meanwhile finds the result,
+        // the deferred chunk or the entry).
         drop(joins);
         match err {
             Some(e) => Err(e),
@@ -1207,6 +1224,53 @@ impl Cache {
             }
         }
         Ok(())
+    }
+
+    /// Cache chunk `key`, fetched and verified by a reader: through the
+    /// maintainer when there is one and its list has room, else now.
+    fn insert_soon(&self, key: Key, data: Arc<Vec<u8>>) {
+        if self.background.load(Ordering::SeqCst) {
+            let mut d = lock(&self.deferred);
+            if d.len() < MAX_DEFERRED {
+                d.push((key, data));
+                drop(d);
+                let _ = self.wake_tx.try_send(());
+                return;
+            }
+        }
+        self.insert(key, &data);
+    }
+
+    /// Serve `out` from a deferred chunk (see `deferred`).
+    fn deferred_hit(&self, key: Key, within: usize, out: &mut [u8]) -> bool {
+        let d = lock(&self.deferred);
+        match d.iter().find(|(k, _)| *k == key) {
+            Some((_, data)) if data.len() >= within + out.len() => {
+                out.copy_from_slice(&data[within..within + out.len()]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Chunks fetched by readers and not yet written by the maintainer.
+    pub fn pending_inserts(&self) -> usize {
+        lock(&self.deferred).len()
+    }
+
+    /// Write the chunks readers fetched (the maintainer's part of
+    /// `insert_soon`). Each leaves the list once it is in the index (or
+    /// could not be cached), never before.
+    pub fn insert_deferred(&self) {
+        let todo: Vec<(Key, Arc<Vec<u8>>)> = lock(&self.deferred).clone();
+        for (key, data) in &todo {
+            if !self.insert(*key, data) && !self.is_off() {
+                self.maintain();
+                self.insert(*key, data);
+            }
+        }
+        let mut d = lock(&self.deferred);
+        d.retain(|(k, data)| !todo.iter().any(|(t, x)| t == k && Arc::ptr_eq(x, data)));
     }
 
     /// Cache chunk `key` (its first `data.len()` bytes; shorter than 64 KiB

@@ -437,6 +437,7 @@ fn maintainer<'s>(
     sc.spawn(move || {
         while !stop.load(Ordering::SeqCst) {
             let _ = wake.recv_timeout(std::time::Duration::from_millis(5));
+            c.insert_deferred();
             c.maintain();
         }
     });
@@ -811,4 +812,38 @@ fn a_planned_hit_fails_on_rot_and_on_a_slot_rewritten_under_it() {
     let r = ring_read(&c, &h, &mut buf);
     c.inject_faults(FAULT_READ);
     assert!(!c.finish_hit(&h, r, &buf[..]));
+}
+
+/// With a maintainer, a reader's miss returns before its chunk is written
+/// to the cache file; until the maintainer writes it, readers are served
+/// from the fetched copy (no second fetch), and afterwards from the file.
+#[test]
+fn a_miss_leaves_its_cache_write_to_the_maintainer() {
+    let d = dir();
+    let p = d.path().join("img.rcache");
+    let s = Store::new();
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
+    let _wake = c.maintainer();
+    read(&c, &s, 5, 4096, 8192);
+    assert_eq!(s.gets(), 1);
+    assert_eq!(c.counters().inserts, 0, "not written by the reader");
+    assert_eq!(c.valid_chunks(), 0);
+    read(&c, &s, 5, 0, 65536);
+    read(&c, &s, 5, 60000 & !511, 512);
+    assert_eq!(s.gets(), 1, "served from the fetched chunk");
+    c.insert_deferred();
+    assert_eq!(c.counters().inserts, 1);
+    assert_eq!(c.valid_chunks(), 1);
+    let hits = c.counters().hits;
+    read(&c, &s, 5, 512, 4096);
+    assert_eq!(s.gets(), 1);
+    assert_eq!(c.counters().hits, hits + 1);
+    // Only the file serves it now: the list is empty.
+    assert!(lock(&c.deferred).is_empty());
+    // Without a maintainer the reader writes at once (as before).
+    drop(c);
+    let _ = std::fs::remove_file(&p);
+    let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
+    read(&c, &s, 6, 0, 4096);
+    assert_eq!(c.counters().inserts, 1);
 }

@@ -221,6 +221,7 @@ pub(crate) fn cache_writer(cache: Arc<Cache>, rx: Receiver<CacheMsg>) {
                 }
                 Ok(CacheMsg::Stop { flush: f }) => {
                     if f {
+                        cache.insert_deferred();
                         if let Err(e) = cache.flush() {
                             warn!(cache = %cache.path().display(), "read cache flush at close failed: {e}");
                         }
@@ -232,6 +233,7 @@ pub(crate) fn cache_writer(cache: Arc<Cache>, rx: Receiver<CacheMsg>) {
             recv(wake) -> _ => {}
             default(FLUSH_EVERY) => {}
         }
+        cache.insert_deferred();
         cache.maintain();
         if last_flush.elapsed() >= FLUSH_EVERY || cache.unflushed() >= FLUSH_INSERTS {
             sync_index(&cache);
@@ -387,6 +389,11 @@ mod tests {
             let e = v.read(0, &mut buf).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
         } else {
+            // The maintainer thread caches what the read fetched.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while v.stats().cache_inserts == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             assert!(v.stats().cache_inserts > 0);
         }
         v.crash();

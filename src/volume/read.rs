@@ -389,9 +389,17 @@ mod tests {
         let mut expect = a.clone();
         expect[8192..12288].copy_from_slice(&b);
         // Cold cache: every piece goes to finish_read (the backend).
+        let inserts = v.stats().cache_inserts;
         let (got, planned, served) = queue_read(&v, 0, 65536);
         assert_eq!((planned, served), (2, 0));
         assert!(got == expect);
+        // The cache's maintainer thread writes the fetched chunks.
+        let cache = v.inner.cache.clone().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cache.pending_inserts() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(v.stats().cache_inserts > inserts);
         // Now cached: the same pieces are served by cache-file reads, the
         // way a queue serves them, and the rest of the read is untouched.
         let (got, planned, served) = queue_read(&v, 0, 65536);
