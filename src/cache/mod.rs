@@ -1218,10 +1218,7 @@ impl Cache {
     /// on the maintainer thread, so it may refill the free list itself.
     pub fn insert_object(&self, obj: ObjSeq, bytes: &[u8]) -> Result<()> {
         for (i, c) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
-            if !self.insert((obj, i as u32), c) && !self.is_off() {
-                self.maintain();
-                self.insert((obj, i as u32), c);
-            }
+            self.insert_retrying((obj, i as u32), c);
         }
         Ok(())
     }
@@ -1238,7 +1235,57 @@ impl Cache {
                 return;
             }
         }
-        self.insert(key, &data);
+        if !self.insert(key, &data) {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Insert on the maintainer thread: when no free slot is ready, refill
+    /// the free list and try once more; only then is it counted skipped.
+    fn insert_retrying(&self, key: Key, data: &[u8]) {
+        if !self.insert(key, data)
+            && (self.is_off()
+                || !{
+                    self.maintain();
+                    self.insert(key, data)
+                })
+        {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Copy `out.len()` bytes of object `obj` at `byte_off` from chunks
+    /// waiting in `deferred`, if they hold all of them (for the ublk
+    /// queue, which otherwise serves only what the cache file holds);
+    /// counted as hits.
+    pub fn copy_deferred(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> bool {
+        let d = lock(&self.deferred);
+        if d.is_empty() {
+            return false;
+        }
+        let mut chunks = Vec::new();
+        let mut pos = 0usize;
+        while pos < out.len() {
+            let off = byte_off + pos as u64;
+            let Ok(chunk) = u32::try_from(off / CHUNK_BYTES) else {
+                return false;
+            };
+            let within = (off % CHUNK_BYTES) as usize;
+            let n = (out.len() - pos).min(CHUNK_BYTES as usize - within);
+            match d.iter().find(|(k, _)| *k == (obj, chunk)) {
+                Some((_, data)) if data.len() >= within + n => {
+                    out[pos..pos + n].copy_from_slice(&data[within..within + n]);
+                }
+                _ => return false,
+            }
+            chunks.push(chunk);
+            pos += n;
+        }
+        drop(d);
+        for c in chunks {
+            self.counters.hits.add(c as usize);
+        }
+        true
     }
 
     /// Serve `out` from a deferred chunk (see `deferred`).
@@ -1264,10 +1311,7 @@ impl Cache {
     pub fn insert_deferred(&self) {
         let todo: Vec<(Key, Arc<Vec<u8>>)> = lock(&self.deferred).clone();
         for (key, data) in &todo {
-            if !self.insert(*key, data) && !self.is_off() {
-                self.maintain();
-                self.insert(*key, data);
-            }
+            self.insert_retrying(*key, data);
         }
         let mut d = lock(&self.deferred);
         d.retain(|(k, data)| !todo.iter().any(|(t, x)| t == k && Arc::ptr_eq(x, data)));
@@ -1275,7 +1319,8 @@ impl Cache {
 
     /// Cache chunk `key` (its first `data.len()` bytes; shorter than 64 KiB
     /// only at the object's end). A chunk already held is left alone.
-    /// Returns false if no free slot was ready (the chunk is not cached).
+    /// Returns false if no free slot was ready (the chunk is not cached;
+    /// the caller counts it skipped).
     fn insert(&self, key: Key, data: &[u8]) -> bool {
         if self.is_off()
             || data.is_empty()
@@ -1288,7 +1333,6 @@ impl Cache {
             return true;
         }
         let Some(slot) = self.take_slot() else {
-            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             return false;
         };
         let mut buf = AlignedBuf::new(data.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES);

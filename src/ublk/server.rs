@@ -596,14 +596,25 @@ async fn read(
     }
 }
 
-/// Serve the remote pieces of `plan` that the read cache holds: one
-/// io_uring READ per chunk part on this queue's ring, straight into `buf`
-/// (page-aligned: the tag's buffer) at the piece's place, all in flight at
-/// once; each is then checked against its block crcs
+/// Serve the remote pieces of `plan` that the read cache holds: those a
+/// miss fetched and the cache's maintainer has not written yet are copied
+/// from memory; the others take one io_uring READ per chunk part on this
+/// queue's ring, straight into `buf` (page-aligned: the tag's buffer) at
+/// the piece's place, all in flight at once; each is then checked against
+/// its block crcs
 /// ([`Cache::finish_hit`]). A piece served whole is dropped from the plan;
 /// a piece with any part not cached, not block-aligned, failing its crc or
 /// its read stays in the plan for the worker (which reads all of it).
 async fn ring_hits(q: &UblkQueue<'_>, cache: &Cache, plan: &mut ReadPlan, buf: &mut [u8]) {
+    // Chunks a miss just fetched wait in memory for the cache's
+    // maintainer to write them: copied from there, no I/O.
+    let mut copied = Vec::new();
+    for p in plan.remote() {
+        if cache.copy_deferred(p.obj, p.byte_off, &mut buf[p.at..p.at + p.len]) {
+            copied.push(*p);
+        }
+    }
+    plan.retain_remote(|p| !copied.contains(p));
     let base = buf.as_mut_ptr();
     let mut reads: Vec<(RemotePiece, Vec<(usize, HitPlan)>)> = Vec::new();
     for p in plan.remote() {

@@ -102,8 +102,9 @@
 //!      (under which `flusher`).
 //!    - The read cache's own (its order: `flush_lock`, held across the
 //!      cache file's writes and fdatasyncs, then `slots`, then one key
-//!      shard; `inflight` and a fetch's `result` with its `Condvar`
-//!      alone), taken under `gc` (GC reads) or under no volume lock.
+//!      shard; `inflight`, `deferred` and a fetch's `result` with its
+//!      `Condvar` alone), taken under `gc` (GC reads) or under no volume
+//!      lock.
 //!    - The locks inside [`crate::wait`]: cancel flags (a parent's, then
 //!      each child's, one at a time) and completion slots.
 //!
