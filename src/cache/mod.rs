@@ -803,7 +803,7 @@ impl Cache {
         if first == last {
             let within = (byte_off % CHUNK_BYTES) as usize;
             if self.try_hit((obj, first), within, out)
-                || self.deferred_hit((obj, first), within, out)
+                || self.fill_from_deferred(obj, byte_off, out).is_some()
             {
                 self.counters.hits.add(first as usize);
                 return Ok(());
@@ -822,7 +822,9 @@ impl Cache {
             let n = (out.len() - pos).min(CHUNK_BYTES as usize - within);
             let r = pos..pos + n;
             if self.try_hit((obj, chunk), within, &mut out[r.clone()])
-                || self.deferred_hit((obj, chunk), within, &mut out[r.clone()])
+                || self
+                    .fill_from_deferred(obj, off, &mut out[r.clone()])
+                    .is_some()
             {
                 self.counters.hits.add(chunk as usize);
             } else {
@@ -1259,45 +1261,39 @@ impl Cache {
     /// queue, which otherwise serves only what the cache file holds);
     /// counted as hits.
     pub fn copy_deferred(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> bool {
-        let d = lock(&self.deferred);
-        if d.is_empty() {
+        let Some(chunks) = self.fill_from_deferred(obj, byte_off, out) else {
             return false;
-        }
-        let mut chunks = Vec::new();
-        let mut pos = 0usize;
-        while pos < out.len() {
-            let off = byte_off + pos as u64;
-            let Ok(chunk) = u32::try_from(off / CHUNK_BYTES) else {
-                return false;
-            };
-            let within = (off % CHUNK_BYTES) as usize;
-            let n = (out.len() - pos).min(CHUNK_BYTES as usize - within);
-            match d.iter().find(|(k, _)| *k == (obj, chunk)) {
-                Some((_, data)) if data.len() >= within + n => {
-                    out[pos..pos + n].copy_from_slice(&data[within..within + n]);
-                }
-                _ => return false,
-            }
-            chunks.push(chunk);
-            pos += n;
-        }
-        drop(d);
+        };
         for c in chunks {
             self.counters.hits.add(c as usize);
         }
         true
     }
 
-    /// Serve `out` from a deferred chunk (see `deferred`).
-    fn deferred_hit(&self, key: Key, within: usize, out: &mut [u8]) -> bool {
+    /// Fill `out` (object `obj` at `byte_off`) from chunks waiting in
+    /// `deferred`; the chunks used, or `None` (and `out` partly written)
+    /// unless they hold all of it. Not counted.
+    fn fill_from_deferred(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> Option<Vec<u32>> {
         let d = lock(&self.deferred);
-        match d.iter().find(|(k, _)| *k == key) {
-            Some((_, data)) if data.len() >= within + out.len() => {
-                out.copy_from_slice(&data[within..within + out.len()]);
-                true
-            }
-            _ => false,
+        if d.is_empty() {
+            return None;
         }
+        let mut chunks = Vec::new();
+        let mut pos = 0usize;
+        while pos < out.len() {
+            let off = byte_off + pos as u64;
+            let chunk = u32::try_from(off / CHUNK_BYTES).ok()?;
+            let within = (off % CHUNK_BYTES) as usize;
+            let n = (out.len() - pos).min(CHUNK_BYTES as usize - within);
+            let (_, data) = d.iter().find(|(k, _)| *k == (obj, chunk))?;
+            if data.len() < within + n {
+                return None;
+            }
+            out[pos..pos + n].copy_from_slice(&data[within..within + n]);
+            chunks.push(chunk);
+            pos += n;
+        }
+        Some(chunks)
     }
 
     /// Chunks fetched by readers and not yet written by the maintainer.

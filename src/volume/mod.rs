@@ -586,3 +586,30 @@ impl Volume {
         }
     }
 }
+
+/// A small volume for unit tests: 1 MiB read cache (or none), 4 MiB
+/// journal `img.wlog`, 256 KiB objects, no age-based sealing, under `dir`.
+#[cfg(test)]
+pub(crate) fn test_open(
+    dir: &std::path::Path,
+    store: Arc<dyn ObjectStore>,
+    no_rcache: bool,
+) -> Volume {
+    Volume::open(VolumeOptions {
+        config: Config {
+            rcache_dir: dir.join("rcache"),
+            rcache_bytes: 1 << 20,
+            no_rcache,
+            flush_msec: 60_000,
+            wlog_bytes: 4 << 20,
+            wlog_chunk_bytes: 64 << 10,
+            backend_obj_bytes: 256 << 10,
+            ..Config::default()
+        },
+        store,
+        image: "img".into(),
+        journal_path: dir.join("img.wlog"),
+        io_log: None,
+    })
+    .unwrap()
+}

@@ -290,25 +290,7 @@ mod tests {
     use crate::io::AlignedBuf;
     use crate::volume::VolumeOptions;
 
-    fn open(dir: &std::path::Path, store: Arc<dyn ObjectStore>, no_rcache: bool) -> Volume {
-        Volume::open(VolumeOptions {
-            config: Config {
-                rcache_dir: dir.join("rcache"),
-                rcache_bytes: 1 << 20,
-                no_rcache,
-                flush_msec: 60_000,
-                wlog_bytes: 4 << 20,
-                wlog_chunk_bytes: 64 << 10,
-                backend_obj_bytes: 256 << 10,
-                ..Config::default()
-            },
-            store,
-            image: "img".into(),
-            journal_path: dir.join("img.wlog"),
-            io_log: None,
-        })
-        .unwrap()
-    }
+    use crate::volume::test_open as open;
 
     fn pattern(seed: u8, len: usize) -> Vec<u8> {
         (0..len)

@@ -522,8 +522,6 @@ mod tests {
     use std::sync::Arc;
 
     use crate::backend::{MemStore, ObjectStore};
-    use crate::config::Config;
-    use crate::volume::{Volume, VolumeOptions};
 
     /// Which records the journal copies instead of writing them from the
     /// batch: none when the journal takes 512-byte alignment (what
@@ -536,23 +534,7 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
         crate::volume::image::create_image(store.as_ref(), "img", 4 << 20).unwrap();
         let journal_path = dir.path().join("img.wlog");
-        let v = Volume::open(VolumeOptions {
-            config: Config {
-                rcache_dir: dir.path().join("rcache"),
-                rcache_bytes: 1 << 20,
-                no_rcache: true,
-                flush_msec: 60_000,
-                wlog_bytes: 4 << 20,
-                wlog_chunk_bytes: 64 << 10,
-                backend_obj_bytes: 256 << 10,
-                ..Config::default()
-            },
-            store,
-            image: "img".into(),
-            journal_path: journal_path.clone(),
-            io_log: None,
-        })
-        .unwrap();
+        let v = crate::volume::test_open(dir.path(), store, true);
         let js = v.inner.journal_shared.get().unwrap().clone();
         for i in 0..4u64 {
             v.write((1 << 20) + i * 4096, &[i as u8 + 1; 4096]).unwrap();
