@@ -7,7 +7,8 @@
 //! - WRITE, DISCARD and WRITE_ZEROES (each with or without FUA) are copied
 //!   into the journal's staging record on the queue thread itself
 //!   ([`Volume::try_submit_write`]); the journal writer acknowledges them
-//!   once durable and the queue's ring is woken through the tag's eventfd
+//!   once durable and the queue's ring is woken through the queue's
+//!   eventfd, once for all the completions that arrived while it slept
 //!   ([`super::wake`]). When the journal has no room (the backend is behind),
 //!   the request is handed to a worker that waits for room, so the queue
 //!   keeps serving other requests.
@@ -47,7 +48,7 @@ use super::control::{self, Control, ControlServer};
 use super::kernel::{self, with_deadline, KernelState, Watchdog};
 use super::pool::Pool;
 use super::registry;
-use super::wake::{Outcome, Signal, Waiter};
+use super::wake::{Notifier, Outcome, Signal, Waiter};
 use crate::cache::{Cache, HitPlan};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::rcache::BLOCK_BYTES;
@@ -396,13 +397,27 @@ fn queue_main(qid: u16, dev: &UblkDev, ctx: &Arc<DevCtx>) {
             return;
         }
     };
+    let notifier = match Notifier::new() {
+        Ok(n) => Rc::new(n),
+        Err(e) => {
+            tracing::error!("cannot set up ublk queue {qid}: eventfd: {e}");
+            return;
+        }
+    };
     let exe = Rc::new(smol::LocalExecutor::new());
+    // Not among `tasks`: it polls until the ring goes away, and is dropped
+    // with the executor once every tag's task has ended.
+    let _notify = {
+        let n = notifier.clone();
+        exe.spawn(async move { n.run().await })
+    };
     let mut tasks = Vec::new();
     for tag in q.tags() {
         let q = q.clone();
         let ctx = ctx.clone();
+        let waiter = notifier.waiter();
         tasks.push(exe.spawn(async move {
-            match tag_loop(&q, tag, &ctx).await {
+            match tag_loop(&q, tag, &ctx, waiter).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => tracing::error!("queue {qid} tag {tag}: {e}"),
             }
@@ -416,12 +431,18 @@ fn queue_main(qid: u16, dev: &UblkDev, ctx: &Arc<DevCtx>) {
             tracing::error!("queue {qid}: {e}");
         }
     }));
+    let (completions, wakeups) = notifier.counts();
+    tracing::debug!(qid, completions, wakeups, "queue stopped");
 }
 
 /// Serve one tag until the queue goes down.
-async fn tag_loop(q: &UblkQueue<'_>, tag: u16, ctx: &DevCtx) -> std::result::Result<(), UblkError> {
+async fn tag_loop(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    ctx: &DevCtx,
+    mut waiter: Waiter,
+) -> std::result::Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
-    let mut waiter = Waiter::new().map_err(UblkError::IOError)?;
     // The read workers fill this and hand it back, so a read allocates and
     // zeroes nothing (Volume::read writes every byte of its buffer).
     let mut spare: Vec<u8> = Vec::new();

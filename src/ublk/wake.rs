@@ -1,22 +1,49 @@
 //! Handing an operation to another thread and waking the queue's ring when
-//! it is done.
+//! it is done, with at most one wake-up for any number of completions.
 //!
 //! A ublk queue thread sleeps in `io_uring_enter` on its own ring, so a
 //! result produced on another thread (the journal writer, a read worker)
-//! must arrive as a completion on that ring. Each tag owns a [`Waiter`]: an
-//! eventfd plus a result slot. The other thread stores the result in the
-//! slot and writes the eventfd; the tag's task has a `POLL_ADD` on the
-//! eventfd in flight on the queue ring, so the kernel posts a completion and
-//! the executor resumes the task. `POLL_ADD` takes no user buffer, so no
-//! memory is lent to the kernel.
+//! must arrive as a completion on that ring. Each queue has one
+//! [`Notifier`]: an eventfd, a `kicked` flag, and a task on the queue's
+//! executor that keeps one `POLL_ADD` on the eventfd in flight on the queue
+//! ring. Each tag owns a [`Waiter`]: a result slot and the waker of the
+//! tag's task while it sleeps.
+//!
+//! A completion on another thread ([`Signal::fire`]):
+//! 1. stores the result in the tag's slot and takes the task's waker, both
+//!    under the slot's lock;
+//! 2. wakes the task (this only queues it on the executor, which is safe
+//!    from any thread; the queue thread runs it);
+//! 3. kicks the notifier: only the first kick after the queue last woke up
+//!    writes the eventfd (`kicked.swap(true)` was false).
+//!
+//! So the journal writer acknowledging a record of 32 writes costs one
+//! eventfd write, one `POLL_ADD` completion and one eventfd read, not 32 of
+//! each. On the queue thread, the poll's completion wakes the notifier task,
+//! which reads the eventfd (clearing it) and then clears `kicked`, in that
+//! order: cleared the other way round, a kick landing between the two would
+//! leave the counter read away and `kicked` set, and no later completion
+//! would ever write the eventfd again (a lost wake-up). A completion that
+//! sees `kicked` still set after the read has its task queued before the
+//! notifier's `swap(false)` (which synchronizes with its `swap(true)`), and
+//! the executor runs every queued task after the notifier's, before the
+//! ring sleeps again.
+//!
+//! A task whose result is already there when it waits never sleeps, and a
+//! completion that finds no waker registered (the task has not waited yet)
+//! does not kick: the task checks the slot, under the same lock, before it
+//! registers.
 //!
 //! Results are tagged with a generation number: [`Waiter::arm`] starts a
 //! new operation, and a late or duplicate signal from an earlier one (for
-//! example a [`Signal`] dropped after its operation already failed) only
-//! causes a spurious wake-up, never a wrong result.
+//! example a [`Signal`] dropped after its operation already failed) is
+//! ignored, never taken for a later operation's result. `POLL_ADD` takes
+//! no user buffer, so no memory is lent to the kernel.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 use io_uring::{opcode, types};
 use libublk::uring_async::ublk_submit_sqe_async;
@@ -32,20 +59,67 @@ pub enum Outcome {
     Read(Result<Vec<u8>>),
 }
 
-struct Shared {
-    efd: OwnedFd,
-    slot: Mutex<(u64, Option<Outcome>)>,
+/// A tag's slot: the current generation, its outcome once posted, and the
+/// task's waker while it sleeps.
+#[derive(Default)]
+struct Slot {
+    generation: u64,
+    outcome: Option<Outcome>,
+    waker: Option<Waker>,
 }
 
-impl Shared {
+/// One tag's half, shared with the [`Signal`]s of its operations.
+struct TagShared {
+    slot: Mutex<Slot>,
+    notify: Arc<NotifyShared>,
+}
+
+impl TagShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn post(&self, generation: u64, outcome: Outcome) {
-        {
-            let mut g = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-            if g.0 != generation {
+        let waker = {
+            let mut g = self.lock();
+            if g.generation != generation {
                 return;
             }
-            g.1 = Some(outcome);
+            g.outcome = Some(outcome);
+            g.waker.take()
+        };
+        self.notify.completions.fetch_add(1, Ordering::Relaxed);
+        // No waker: the task has not gone to sleep on this operation yet,
+        // and finds the outcome when it waits.
+        if let Some(w) = waker {
+            w.wake();
+            self.notify.kick();
         }
+    }
+}
+
+/// The queue's half, shared with every tag and signal of the queue.
+struct NotifyShared {
+    efd: OwnedFd,
+    /// An eventfd write is pending that the queue has not consumed yet.
+    kicked: AtomicBool,
+    /// The notifier's poll failed: waiters give up rather than sleep.
+    failed: AtomicBool,
+    /// Every tag's shared half, to wake them all if the poll fails.
+    tags: Mutex<Vec<Arc<TagShared>>>,
+    /// Outcomes posted, and eventfd writes (wake-ups) they cost.
+    completions: AtomicU64,
+    kicks: AtomicU64,
+}
+
+impl NotifyShared {
+    /// Make sure the queue ring wakes up: write the eventfd unless a write
+    /// is already pending.
+    fn kick(&self) {
+        if self.kicked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.kicks.fetch_add(1, Ordering::Relaxed);
         let one: u64 = 1;
         // SAFETY: `efd` is an open eventfd owned by `self`; we pass a valid
         // pointer to 8 readable bytes, as eventfd writes require.
@@ -58,8 +132,140 @@ impl Shared {
         };
         if r != 8 {
             // Only possible if the counter would overflow (2^64 - 2 pending
-            // signals): the task is already awake in that case.
+            // signals): the queue is already due to wake up in that case.
             tracing::debug!("eventfd write returned {r}");
+        }
+    }
+
+    /// The queue woke up on the eventfd: consume it, then allow the next
+    /// kick (this order; see the module documentation).
+    fn consume(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes into a local u64 from our own
+        // non-blocking eventfd; EAGAIN (nothing pending) is fine.
+        unsafe {
+            libc::read(
+                self.efd.as_raw_fd(),
+                (&mut v as *mut u64).cast::<libc::c_void>(),
+                8,
+            );
+        }
+        // Tests widen the window between the two steps, where a kick
+        // arriving in between must not be lost (the reverse order fails
+        // `racing_completions_are_never_lost` with it).
+        #[cfg(test)]
+        std::thread::sleep(std::time::Duration::from_micros(20));
+        self.kicked.swap(false, Ordering::AcqRel);
+    }
+
+    /// The poll cannot be kept: wake every sleeping task, which then gives
+    /// up with an error instead of sleeping for good.
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        let tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        for t in tags.iter() {
+            if let Some(w) = t.lock().waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// One queue's wake-up channel; see the module documentation.
+pub struct Notifier {
+    shared: Arc<NotifyShared>,
+}
+
+impl Notifier {
+    /// A new notifier with its own non-blocking eventfd.
+    pub fn new() -> std::io::Result<Notifier> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        let efd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Notifier {
+            shared: Arc::new(NotifyShared {
+                efd,
+                kicked: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
+                tags: Mutex::new(Vec::new()),
+                completions: AtomicU64::new(0),
+                kicks: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A waiter for one tag of this queue.
+    pub fn waiter(&self) -> Waiter {
+        let tag = Arc::new(TagShared {
+            slot: Mutex::new(Slot::default()),
+            notify: self.shared.clone(),
+        });
+        self.shared
+            .tags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tag.clone());
+        Waiter {
+            shared: tag,
+            generation: 0,
+        }
+    }
+
+    /// Outcomes posted so far, and the eventfd writes they cost.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.completions.load(Ordering::Relaxed),
+            self.shared.kicks.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The queue's notifier task: keep a `POLL_ADD` on the eventfd in
+    /// flight on the queue ring and consume each wake-up. Runs until the
+    /// poll fails (the ring is going away); then every waiter of the queue
+    /// gets an error instead of sleeping.
+    pub async fn run(&self) {
+        let fd = types::Fd(self.shared.efd.as_raw_fd());
+        loop {
+            let sqe = opcode::PollAdd::new(fd, libc::POLLIN as u32).build();
+            match ublk_submit_sqe_async(sqe, UblkUringData::Target as u64).await {
+                Ok(r) if r >= 0 || r == -libc::EINTR || r == -libc::EAGAIN => self.shared.consume(),
+                Ok(r) => {
+                    if r != -libc::ECANCELED {
+                        tracing::error!("poll on the queue ring failed: errno {}", -r);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("cannot poll on the queue ring: {e}");
+                    break;
+                }
+            }
+        }
+        self.shared.fail();
+    }
+
+    /// The same loop as [`Notifier::run`], with a blocking `poll(2)` in
+    /// place of the ring and the executor driven here (tests).
+    #[cfg(test)]
+    fn drive(&self, exe: &smol::LocalExecutor, done: impl Fn() -> bool) {
+        while !done() {
+            while exe.try_tick() {}
+            if done() {
+                break;
+            }
+            let mut p = libc::pollfd {
+                fd: self.shared.efd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let r = unsafe { libc::poll(&mut p, 1, 10_000) };
+            assert!(r > 0, "no wake-up within 10 s (poll returned {r})");
+            self.shared.consume();
         }
     }
 }
@@ -68,7 +274,7 @@ impl Shared {
 /// calling [`Signal::fire`] delivers a `Closed` error, so a task can never
 /// wait forever on an operation that was abandoned.
 pub struct Signal {
-    shared: Arc<Shared>,
+    shared: Arc<TagShared>,
     generation: u64,
     fired: bool,
 }
@@ -97,35 +303,19 @@ impl Drop for Signal {
 
 /// One tag's wake-up channel; see the module documentation.
 pub struct Waiter {
-    shared: Arc<Shared>,
+    shared: Arc<TagShared>,
     generation: u64,
 }
 
 impl Waiter {
-    /// A new waiter with its own non-blocking eventfd.
-    pub fn new() -> std::io::Result<Waiter> {
-        // SAFETY: plain syscall; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        let efd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Waiter {
-            shared: Arc::new(Shared {
-                efd,
-                slot: Mutex::new((0, None)),
-            }),
-            generation: 0,
-        })
-    }
-
     /// Start a new operation: returns the [`Signal`] its worker fires.
     pub fn arm(&mut self) -> Signal {
         self.generation += 1;
         {
-            let mut g = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
-            *g = (self.generation, None);
+            let mut g = self.shared.lock();
+            g.generation = self.generation;
+            g.outcome = None;
+            g.waker = None;
         }
         Signal {
             shared: self.shared.clone(),
@@ -134,54 +324,162 @@ impl Waiter {
         }
     }
 
-    fn take(&self) -> Option<Outcome> {
-        let mut g = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 == self.generation {
-            g.1.take()
-        } else {
-            None
-        }
-    }
-
-    fn drain_eventfd(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reading 8 bytes into a local u64 from our own
-        // non-blocking eventfd; EAGAIN (nothing pending) is fine.
-        unsafe {
-            libc::read(
-                self.shared.efd.as_raw_fd(),
-                (&mut v as *mut u64).cast::<libc::c_void>(),
-                8,
-            );
-        }
-    }
-
     /// Wait on the queue's ring for the current operation's outcome.
     pub async fn wait(&self) -> Outcome {
-        loop {
-            if let Some(o) = self.take() {
-                self.drain_eventfd();
-                return o;
-            }
-            let sqe =
-                opcode::PollAdd::new(types::Fd(self.shared.efd.as_raw_fd()), libc::POLLIN as u32)
-                    .build();
-            match ublk_submit_sqe_async(sqe, UblkUringData::Target as u64).await {
-                Ok(r) if r >= 0 || r == -libc::EINTR || r == -libc::EAGAIN => {}
-                Ok(r) => return ring_failure(r),
-                Err(e) => {
-                    tracing::error!("cannot wait on the queue ring: {e}");
-                    return ring_failure(-libc::EIO);
+        std::future::poll_fn(|cx| {
+            let mut g = self.shared.lock();
+            if g.generation == self.generation {
+                if let Some(o) = g.outcome.take() {
+                    g.waker = None;
+                    return Poll::Ready(o);
                 }
             }
-            self.drain_eventfd();
-        }
+            if self.shared.notify.failed.load(Ordering::Acquire) {
+                g.waker = None;
+                return Poll::Ready(Outcome::Done(Err(Error::new(
+                    ErrorKind::Io,
+                    "the queue ring can no longer be woken",
+                ))));
+            }
+            g.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 }
 
-fn ring_failure(r: i32) -> Outcome {
-    Outcome::Done(Err(Error::new(
-        ErrorKind::Io,
-        format!("poll on the queue ring failed: errno {}", -r),
-    )))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    fn done_ok(o: &Outcome) -> bool {
+        matches!(o, Outcome::Done(Ok(())))
+    }
+
+    /// Completions that arrive while the queue sleeps cost one eventfd
+    /// write between them, however many there are.
+    #[test]
+    fn many_completions_while_the_queue_sleeps_wake_it_once() {
+        let n = Notifier::new().unwrap();
+        let exe = smol::LocalExecutor::new();
+        let finished = Rc::new(Cell::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let mut w = n.waiter();
+            let tx = tx.clone();
+            let finished = finished.clone();
+            tasks.push(exe.spawn(async move {
+                tx.send(w.arm()).unwrap();
+                assert!(done_ok(&w.wait().await));
+                finished.set(finished.get() + 1);
+            }));
+        }
+        drop(tx);
+        // Every task runs up to its wait and sleeps.
+        while exe.try_tick() {}
+        let sigs: Vec<Signal> = rx.try_iter().collect();
+        assert_eq!(sigs.len(), 32);
+        // Another thread completes all 32 while the queue sleeps.
+        std::thread::spawn(move || {
+            for s in sigs {
+                s.fire(Outcome::Done(Ok(())));
+            }
+        })
+        .join()
+        .unwrap();
+        n.drive(&exe, || finished.get() == 32);
+        assert_eq!(n.counts(), (32, 1), "32 completions, one wake-up");
+    }
+
+    /// An outcome posted before the task waits is taken without sleeping
+    /// and without any wake-up.
+    #[test]
+    fn an_outcome_posted_before_the_wait_costs_no_wake_up() {
+        let n = Notifier::new().unwrap();
+        let mut w = n.waiter();
+        let s = w.arm();
+        s.fire(Outcome::Done(Ok(())));
+        assert!(done_ok(&smol::block_on(w.wait())));
+        assert_eq!(n.counts(), (1, 0));
+    }
+
+    /// A late signal of an earlier operation is never taken for the
+    /// current one's outcome; a dropped signal reports an error.
+    #[test]
+    fn a_stale_signal_is_ignored_and_a_dropped_one_fails_its_operation() {
+        let n = Notifier::new().unwrap();
+        let mut w = n.waiter();
+        let old = w.arm();
+        let cur = w.arm();
+        old.fire(Outcome::Done(Err(Error::new(ErrorKind::Io, "stale"))));
+        cur.fire(Outcome::Done(Ok(())));
+        assert!(done_ok(&smol::block_on(w.wait())));
+        let dropped = w.arm();
+        drop(dropped);
+        match smol::block_on(w.wait()) {
+            Outcome::Done(Err(e)) => assert_eq!(e.kind(), ErrorKind::Closed),
+            _ => panic!("a dropped signal must fail its operation"),
+        }
+    }
+
+    /// Tags and completer threads racing for many rounds: every operation
+    /// gets its own outcome, none is lost (the drive loop would time out),
+    /// and wake-ups never exceed completions.
+    #[test]
+    fn racing_completions_are_never_lost() {
+        const TAGS: usize = 16;
+        const ROUNDS: u64 = 20_000;
+        let n = Notifier::new().unwrap();
+        let exe = smol::LocalExecutor::new();
+        let finished = Rc::new(Cell::new(0usize));
+        let (tx, rx) = crossbeam_channel::unbounded::<(Signal, u64)>();
+        let completers: Vec<_> = (0..2)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    for (s, v) in rx.iter() {
+                        let r = if v % 7 == 0 {
+                            Err(Error::new(ErrorKind::Io, format!("{v}")))
+                        } else {
+                            Ok(())
+                        };
+                        s.fire(Outcome::Done(r));
+                    }
+                })
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for t in 0..TAGS {
+            let mut w = n.waiter();
+            let tx = tx.clone();
+            let finished = finished.clone();
+            tasks.push(exe.spawn(async move {
+                for i in 0..ROUNDS {
+                    let v = i * TAGS as u64 + t as u64;
+                    tx.send((w.arm(), v)).unwrap();
+                    match w.wait().await {
+                        Outcome::Done(Ok(())) => assert_ne!(v % 7, 0, "op {v}"),
+                        Outcome::Done(Err(e)) => {
+                            assert_eq!(v % 7, 0, "op {v}: {e}");
+                            assert!(e.to_string().contains(&v.to_string()), "op {v}: {e}");
+                        }
+                        Outcome::Read(_) => panic!("op {v}: a read outcome"),
+                    }
+                }
+                finished.set(finished.get() + 1);
+            }));
+        }
+        drop(tx);
+        drop(rx);
+        n.drive(&exe, || finished.get() == TAGS);
+        for c in completers {
+            c.join().unwrap();
+        }
+        let (completions, kicks) = n.counts();
+        assert_eq!(completions, TAGS as u64 * ROUNDS);
+        assert!(kicks <= completions, "{kicks} wake-ups for {completions}");
+    }
 }
