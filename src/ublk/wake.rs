@@ -42,7 +42,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, Waker};
 
 use io_uring::{opcode, types};
@@ -58,6 +58,9 @@ pub enum Outcome {
     /// A read: the bytes, or the error.
     Read(Result<Vec<u8>>),
 }
+
+/// Failed polls in a row after which [`Notifier::run`] gives up.
+const MAX_POLL_FAILURES: u32 = 8;
 
 /// A tag's slot: the current generation, its outcome once posted, and the
 /// task's waker while it sleeps.
@@ -105,8 +108,9 @@ struct NotifyShared {
     kicked: AtomicBool,
     /// The notifier's poll failed: waiters give up rather than sleep.
     failed: AtomicBool,
-    /// Every tag's shared half, to wake them all if the poll fails.
-    tags: Mutex<Vec<Arc<TagShared>>>,
+    /// Every tag's shared half, to wake them all if the poll fails (weak:
+    /// each tag holds this struct, and the pair must not keep itself alive).
+    tags: Mutex<Vec<Weak<TagShared>>>,
     /// Outcomes posted, and eventfd writes (wake-ups) they cost.
     completions: AtomicU64,
     kicks: AtomicU64,
@@ -163,8 +167,10 @@ impl NotifyShared {
     fn fail(&self) {
         self.failed.store(true, Ordering::Release);
         let tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
-        for t in tags.iter() {
-            if let Some(w) = t.lock().waker.take() {
+        for t in tags.iter().filter_map(Weak::upgrade) {
+            // Taken out of the lock before waking.
+            let waker = t.lock().waker.take();
+            if let Some(w) = waker {
                 w.wake();
             }
         }
@@ -208,7 +214,7 @@ impl Notifier {
             .tags
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(tag.clone());
+            .push(Arc::downgrade(&tag));
         Waiter {
             shared: tag,
             generation: 0,
@@ -224,27 +230,37 @@ impl Notifier {
     }
 
     /// The queue's notifier task: keep a `POLL_ADD` on the eventfd in
-    /// flight on the queue ring and consume each wake-up. Runs until the
-    /// poll fails (the ring is going away); then every waiter of the queue
-    /// gets an error instead of sleeping.
+    /// flight on the queue ring and consume each wake-up. A failed poll is
+    /// polled again (and the eventfd consumed, in case it was readable);
+    /// only after [`MAX_POLL_FAILURES`] failures in a row, or when the ring
+    /// takes no more submissions, does it give up for good: then every
+    /// waiter of the queue, now and later, gets an error instead of
+    /// sleeping (its operation may still complete; it is no longer heard).
     pub async fn run(&self) {
         let fd = types::Fd(self.shared.efd.as_raw_fd());
+        let mut failures = 0;
         loop {
             let sqe = opcode::PollAdd::new(fd, libc::POLLIN as u32).build();
             match ublk_submit_sqe_async(sqe, UblkUringData::Target as u64).await {
-                Ok(r) if r >= 0 || r == -libc::EINTR || r == -libc::EAGAIN => self.shared.consume(),
+                Ok(r) if r >= 0 || r == -libc::EINTR || r == -libc::EAGAIN => failures = 0,
                 Ok(r) => {
-                    if r != -libc::ECANCELED {
-                        tracing::error!("poll on the queue ring failed: errno {}", -r);
+                    failures += 1;
+                    tracing::warn!(
+                        "poll on the queue ring failed ({failures} in a row): errno {}",
+                        -r
+                    );
+                    if failures >= MAX_POLL_FAILURES {
+                        break;
                     }
-                    break;
                 }
                 Err(e) => {
                     tracing::error!("cannot poll on the queue ring: {e}");
                     break;
                 }
             }
+            self.shared.consume();
         }
+        tracing::error!("the queue ring can no longer be woken: its waiting requests fail");
         self.shared.fail();
     }
 
@@ -423,6 +439,47 @@ mod tests {
             Outcome::Done(Err(e)) => assert_eq!(e.kind(), ErrorKind::Closed),
             _ => panic!("a dropped signal must fail its operation"),
         }
+    }
+
+    /// A queue's notifier and its tags free each other (no reference
+    /// cycle keeps the eventfd open).
+    #[test]
+    fn a_finished_queue_frees_its_notifier() {
+        let n = Notifier::new().unwrap();
+        let weak = Arc::downgrade(&n.shared);
+        let mut w = n.waiter();
+        let s = w.arm();
+        drop(w);
+        drop(n);
+        assert!(weak.upgrade().is_some(), "an unfired signal keeps it");
+        s.fire(Outcome::Done(Ok(())));
+        assert!(weak.upgrade().is_none(), "eventfd and tag slots leaked");
+    }
+
+    /// Once the notifier gave up, a sleeping waiter is woken with an error
+    /// rather than left asleep, and so is a later one.
+    #[test]
+    fn a_notifier_that_gave_up_fails_its_waiters_instead_of_hanging() {
+        let n = Notifier::new().unwrap();
+        let exe = smol::LocalExecutor::new();
+        let got = Rc::new(Cell::new(0));
+        let mut w = n.waiter();
+        let _sig = w.arm();
+        let g = got.clone();
+        let t = exe.spawn(async move {
+            for _ in 0..2 {
+                if let Outcome::Done(Err(e)) = w.wait().await {
+                    assert_eq!(e.kind(), ErrorKind::Io);
+                    g.set(g.get() + 1);
+                }
+            }
+        });
+        while exe.try_tick() {}
+        assert_eq!(got.get(), 0, "asleep");
+        n.shared.fail();
+        while exe.try_tick() {}
+        assert_eq!(got.get(), 2);
+        assert!(t.is_finished());
     }
 
     /// Tags and completer threads racing for many rounds: every operation
