@@ -198,6 +198,21 @@ fio_sync_iops() {
     echo "$out" | awk -F';' 'NF > 50 { printf "%d\n", $49; found = 1 } END { exit !found }'
 }
 
+# fio_read_lat_qd1 DEV [SECONDS] [SIZE]: 4 KiB random O_DIRECT reads at QD1;
+# prints "lat_us=MEAN p99_us=P99 iops=N" (terse v3: field 8 is read IOPS,
+# 40 the mean total latency in µs, 30 the 99th percentile of completion
+# latency as "99.000000%=N").
+fio_read_lat_qd1() {
+    local dev=$1 rt=${2:-8} size=${3:-$FIO_MEASURE_SIZE} out
+    out=$(fio --name=measure-lat --filename="$dev" --ioengine=psync --direct=1 \
+        --rw=randread --bs=4k --iodepth=1 --size="$size" --time_based --runtime="$rt" \
+        --ramp_time=1 --randrepeat=0 --norandommap \
+        --output-format=terse --terse-version=3) || return 1
+    echo "$out" | awk -F';' 'NF > 50 {
+        split($30, p, "="); printf "lat_us=%d p99_us=%d iops=%d\n", $40, p[2], $8; found = 1 }
+        END { exit !found }'
+}
+
 # Leave the lsvd-ublk config for the guest in one place.
 LSVD_CONFIG_FILE=/usr/local/etc/lsvd.json
 

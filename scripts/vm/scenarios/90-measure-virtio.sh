@@ -5,6 +5,7 @@
 #   MEASURE virtio randwrite iops=N engine=E
 #   MEASURE virtio randread iops=N engine=E
 #   MEASURE virtio syncwrite-qd1 iops=N   (O_SYNC 4 KiB writes at QD1)
+#   MEASURE virtio randread-qd1 lat_us=N p99_us=N iops=N   (4 KiB reads at QD1)
 # Reads follow the writes on the same region so they are not all holes.
 . /lib/lsvd-vm-lib.sh
 
@@ -19,6 +20,13 @@ for rw in randwrite randread; do
         fail "$rw" "fio $rw on $DEV failed"
     fi
 done
+# Read latency: 4 KiB random reads at QD1 over the region written above.
+if res=$(fio_read_lat_qd1 $DEV); then
+    echo "MEASURE virtio randread-qd1 $res"
+    pass readlat
+else
+    fail readlat "fio QD1 reads on $DEV failed"
+fi
 # Durable-write latency: O_SYNC writes at QD1 (FUA on a FUA device).
 snap=$(io_snapshot $DEV)
 if res=$(fio_sync_iops $DEV); then

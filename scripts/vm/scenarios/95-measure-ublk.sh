@@ -4,6 +4,7 @@
 #   MEASURE ublk randwrite iops=N engine=E
 #   MEASURE ublk randread iops=N engine=E
 #   MEASURE ublk syncwrite-qd1 iops=N   (O_SYNC 4 KiB writes at QD1)
+#   MEASURE ublk randread-qd1 lat_us=N p99_us=N iops=N   (4 KiB reads at QD1)
 # The store and journal are on /dev/vda (ext4), so compare with the virtio
 # numbers for the cost of the ublk round trip plus lsvd itself.
 # CLI contract assumed: create / attach (prints /dev/ublkbN) / detach, see
@@ -24,6 +25,13 @@ for rw in randwrite randread; do
         fail "$rw" "fio $rw on $DEV failed"
     fi
 done
+# Read latency: 4 KiB random reads at QD1 over the region written above.
+if res=$(fio_read_lat_qd1 "$DEV"); then
+    echo "MEASURE ublk randread-qd1 $res"
+    pass readlat
+else
+    fail readlat "fio QD1 reads on $DEV failed"
+fi
 # Durable-write latency: O_SYNC writes at QD1 (FUA on a FUA device).
 snap=$(io_snapshot "$DEV")
 if res=$(fio_sync_iops "$DEV"); then
