@@ -68,13 +68,23 @@ fn gc_stuck_on_a_put(
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut i = 0u64;
     // Overwrites make sparse objects until GC tries to put its first one.
+    // Every 8th write goes to a block of the upper three quarters, each
+    // written once per 6,144 writes: every object keeps some live data, so
+    // GC must copy it into a GC object rather than only delete objects that
+    // died whole (with overwrites alone, a fast machine kills every object
+    // before GC looks at it, and no GC object is ever put).
     while fault.counts().injected_for(FaultOp::Put) == 0 {
         assert!(
             Instant::now() < deadline,
             "GC never put an object: {:?}",
             v.stats()
         );
-        let off = (i * 7919 % 256) * 4096;
+        let block = if i % 8 == 7 {
+            256 + (i / 8) % 768
+        } else {
+            i * 7919 % 256
+        };
+        let off = block * 4096;
         let d = pattern(i, 4096);
         v.write(off, &d).unwrap();
         model[off as usize..off as usize + 4096].copy_from_slice(&d);
