@@ -210,6 +210,7 @@ fn bench_reports_json() {
         "backend_puts",
         "backend_put_bytes",
         "journal_syncs",
+        "journal_dsync_writes",
         "backend_puts_per_10k_writes",
         "backend_bytes_per_client_byte",
         "close_secs",

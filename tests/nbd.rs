@@ -667,7 +667,11 @@ fn fua_trim_and_write_zeroes_reply_after_a_journal_sync() {
     };
     let mut c = Client::open(&sock);
     assert_eq!(c.write(0, &common::pattern(1, 64 << 10), false), 0);
-    let syncs = || vol.stats().journal_syncs;
+    // Durability points: fdatasyncs and RWF_DSYNC record writes.
+    let syncs = || {
+        let s = vol.stats();
+        s.journal_syncs + s.journal_dsync_writes
+    };
     let s0 = syncs();
     assert_eq!(c.discard(CMD_TRIM, 0, 4096), 0);
     assert_eq!(c.discard(CMD_WRITE_ZEROES, 4096, 4096), 0);

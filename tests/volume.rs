@@ -374,14 +374,19 @@ fn unloadable_checkpoint_leaves_the_list_and_keeps_the_fallback() {
 
 /// FUA on a trim or write-zeroes makes it durable across a host crash
 /// when it completes, like FUA on a write: it completes only after a
-/// journal fdatasync (without FUA none is issued). Also through the
-/// non-blocking submit the ublk queues use.
+/// journal fdatasync, or after its record was written with RWF_DSYNC
+/// once everything before it was synced (without FUA neither happens).
+/// Also through the non-blocking submit the ublk queues use.
 #[test]
 fn fua_trim_and_write_zeroes_complete_after_a_journal_sync() {
     let (dir, store) = setup(1 << 20);
     let v = open(&store, dir.path(), &config()).unwrap();
     v.write(0, &pattern(1, 256 << 10)).unwrap();
-    let syncs = || v.stats().journal_syncs;
+    // Durability points: fdatasyncs and RWF_DSYNC record writes.
+    let syncs = || {
+        let s = v.stats();
+        s.journal_syncs + s.journal_dsync_writes
+    };
     let s0 = syncs();
     v.trim(0, 4096).unwrap();
     v.write_zeroes(4096, 4096).unwrap();

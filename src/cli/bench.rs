@@ -81,6 +81,11 @@ pub struct BenchArgs {
     /// Seed for random offsets and the read/write mix (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Every write is FUA: durable when acknowledged, as an O_DSYNC or
+    /// O_SYNC write reaches a disk (with `--io-threads 1`, fio's
+    /// `--sync=1 --iodepth=1`).
+    #[arg(long)]
+    pub fua: bool,
     /// Print the summary as one JSON object (no per-second lines).
     #[arg(long)]
     pub json: bool,
@@ -99,6 +104,8 @@ pub struct BenchReport {
     pub io_size: u64,
     /// Threads.
     pub io_threads: u32,
+    /// Every write was FUA.
+    pub fua: bool,
     /// Bytes requested.
     pub io_total: u64,
     /// Read percentage (rw only; 100 or 0 otherwise).
@@ -166,6 +173,9 @@ pub struct BenchReport {
     pub journal_records: u64,
     /// Journal fdatasyncs.
     pub journal_syncs: u64,
+    /// Journal records written with `RWF_DSYNC` (FUA writes that needed
+    /// no fdatasync).
+    pub journal_dsync_writes: u64,
     /// Read-cache hits (per 64 KiB chunk touched) during the run.
     pub cache_hits: u64,
     /// Read-cache misses (chunks fetched from the backend).
@@ -212,6 +222,8 @@ struct Plan<'a> {
     /// Set on the first error.
     stop: AtomicBool,
     rw_mix_read: u8,
+    /// Every write is FUA.
+    fua: bool,
 }
 
 /// `bench POOL/IMAGE ...`.
@@ -264,6 +276,7 @@ pub fn bench(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
         done: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         rw_mix_read,
+        fua: args.fua,
     };
     let before = vol.stats();
     let cpu_before = CpuTimes::now();
@@ -442,7 +455,7 @@ fn async_writer(plan: &Plan<'_>, depth: u32, seed: u64) -> anyhow::Result<Worker
                 .submit_write(
                     off,
                     &buf,
-                    false,
+                    plan.fua,
                     Box::new(move |r| {
                         let _ = tx.send((t0, r));
                     }),
@@ -518,9 +531,12 @@ fn worker(plan: &Plan<'_>, t: u32, threads: u32, seed: u64) -> anyhow::Result<Wo
         } else {
             // Vary the data a little so no two writes are identical.
             buf[..8].copy_from_slice(&off.to_le_bytes());
-            plan.vol
-                .write(off, &buf)
-                .with_context(|| format!("write of {io_size} bytes at offset {off} failed"))?;
+            let r = if plan.fua {
+                plan.vol.write_fua(off, &buf)
+            } else {
+                plan.vol.write(off, &buf)
+            };
+            r.with_context(|| format!("write of {io_size} bytes at offset {off} failed"))?;
             res.writes += 1;
         }
         let us = t0.elapsed().as_micros();
@@ -609,6 +625,9 @@ fn stats_delta(before: &VolumeStats, after: &VolumeStats) -> VolumeStats {
         write_bytes: after.write_bytes.saturating_sub(before.write_bytes),
         journal_records: after.journal_records.saturating_sub(before.journal_records),
         journal_syncs: after.journal_syncs.saturating_sub(before.journal_syncs),
+        journal_dsync_writes: after
+            .journal_dsync_writes
+            .saturating_sub(before.journal_dsync_writes),
         data_objects: after.data_objects.saturating_sub(before.data_objects),
         data_object_bytes: after
             .data_object_bytes
@@ -686,6 +705,7 @@ fn summarize(
         io_pattern: args.io_pattern,
         io_size: args.io_size,
         io_threads: args.io_threads,
+        fua: args.fua,
         io_total: args.io_total,
         rw_mix_read,
         seed,
@@ -719,6 +739,7 @@ fn summarize(
         backend_reads: stats.backend_reads,
         journal_records: stats.journal_records,
         journal_syncs: stats.journal_syncs,
+        journal_dsync_writes: stats.journal_dsync_writes,
         cache_hits: stats.cache_hits,
         cache_misses: stats.cache_misses,
         cache_evictions: stats.cache_evictions,
@@ -738,7 +759,7 @@ fn format_report(r: &BenchReport) -> String {
          cpu: {:.1} us/op (user {:.1}, sys {:.1}), {:.2} cores busy \
          (whole process: background threads included, close excluded)\n\
          backend: puts {} ({} data objects + {} GC objects + {} checkpoint pieces), {} put; reads {}\n\
-         journal: records {}  syncs {}\n\
+         journal: records {}  syncs {}  dsync writes {}\n\
          read cache: hits {}  misses {}  evictions {}  inserts {}  corrupt {}\n\
          efficiency: {:.2} backend puts per 10k writes, {:.3} backend bytes per client byte\n\
          close: {:.2} s (not included above)",
@@ -764,6 +785,7 @@ fn format_report(r: &BenchReport) -> String {
         r.backend_reads,
         r.journal_records,
         r.journal_syncs,
+        r.journal_dsync_writes,
         r.cache_hits,
         r.cache_misses,
         r.cache_evictions,
@@ -800,6 +822,7 @@ mod tests {
             io_total: 8 * 4096,
             rw_mix_read: 70,
             seed: Some(1),
+            fua: false,
             json: true,
         };
         let results = vec![

@@ -113,6 +113,9 @@ pub struct JournalShared {
     /// aligned) rather than written from the batch.
     copied: AtomicU64,
     syncs: AtomicU64,
+    /// Records written with `RWF_DSYNC`: durable at completion, no
+    /// fdatasync needed for the FUA writes they hold.
+    dsync: AtomicU64,
     space_wanted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     tx: Mutex<Option<Sender<Msg>>>,
 }
@@ -125,6 +128,7 @@ impl Default for JournalShared {
             records: AtomicU64::new(0),
             copied: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            dsync: AtomicU64::new(0),
             space_wanted: Mutex::new(None),
             tx: Mutex::new(None),
         }
@@ -175,6 +179,11 @@ impl JournalShared {
     /// fdatasyncs completed.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+    /// Records written with `RWF_DSYNC` (a FUA write after everything
+    /// before it was synced: durable at completion, no fdatasync).
+    pub fn dsync_records(&self) -> u64 {
+        self.dsync.load(Ordering::Relaxed)
     }
 }
 

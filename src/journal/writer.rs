@@ -41,6 +41,10 @@ struct Rec {
     acks: Vec<(bool, Done)>,
     /// Its id in the power-cut log, if one records.
     log_id: Option<u64>,
+    /// Written with `RWF_DSYNC`, submitted when every record before it was
+    /// already synced: once it completes, it and everything before it are
+    /// durable without an fdatasync.
+    dsync: bool,
 }
 
 /// The memory a record is written from.
@@ -202,6 +206,7 @@ impl Writer {
                 io: None,
                 acks: vec![],
                 log_id: None,
+                dsync: false,
             });
             next_id += 1;
         }
@@ -416,13 +421,16 @@ impl Writer {
             rec.log_id = Some(l.journal_write(phys, &io.gather()));
         }
         let fd = types::Fd(self.file.as_raw_fd());
+        let flags = if rec.dsync { libc::RWF_DSYNC } else { 0 };
         let sqe = match rec.io.as_ref().expect("record memory") {
             RecIo::Copied(buf) => opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
                 .offset(phys)
+                .rw_flags(flags)
                 .build(),
             RecIo::Vectored { iov, .. } => {
                 opcode::Writev::new(fd, iov.0.as_ptr(), iov.0.len() as u32)
                     .offset(phys)
+                    .rw_flags(flags)
                     .build()
             }
         }
@@ -460,6 +468,7 @@ impl Writer {
         io: RecIo,
         acks: Vec<(bool, Done)>,
         vlen: u64,
+        dsync: bool,
     ) {
         let id = self.next_id;
         self.next_id += 1;
@@ -474,6 +483,7 @@ impl Writer {
             io: Some(io),
             acks,
             log_id: None,
+            dsync,
         };
         self.head_v += vlen;
         self.submit(rec, phys);
@@ -527,13 +537,21 @@ impl Writer {
                     &[],
                     0,
                 );
-                self.place(self.next_seq, 0, RecIo::Copied(buf), vec![], wrap_len);
+                self.place(
+                    self.next_seq,
+                    0,
+                    RecIo::Copied(buf),
+                    vec![],
+                    wrap_len,
+                    false,
+                );
             }
             let n = st.entries.len();
             debug_assert_eq!(RecordHeader::header_bytes_for(n) as u64, BLOCK);
             let io = self.record_io(&st, total as usize);
+            let dsync = wrap.is_none() && self.dsync_ok(&st.acks);
             self.next_seq = JournalSeq(st.first_seq.0 + n as u64);
-            self.place(st.first_seq, n as u64, io, st.acks, total);
+            self.place(st.first_seq, n as u64, io, st.acks, total, dsync);
             self.publish_usage();
         }
     }
@@ -595,6 +613,38 @@ impl Writer {
         RecIo::Copied(buf)
     }
 
+    /// Whether the record about to be placed, holding `acks`, is written
+    /// with `RWF_DSYNC`: it holds a FUA write, and every record before it
+    /// completed and was covered by a completed fdatasync (or was itself
+    /// such a write). Then the record's own completion makes the whole
+    /// chain up to it durable, and its FUA writes are acknowledged without
+    /// an fdatasync: one journal I/O on the writer's ring instead of a
+    /// write, then an fdatasync after it completes. A wrap record placed
+    /// just before it is still in flight, so it is refused then (the
+    /// caller also checks): an unsynced wrap would break the chain replay
+    /// follows.
+    fn dsync_ok(&self, acks: &[(bool, Done)]) -> bool {
+        acks.iter().any(|(fua, _)| *fua)
+            && self.inflight_writes == 0
+            && self.fsync_inflight.is_none()
+            && self.durable_id == self.next_id
+            && self.synced_seq.0 + 1 >= self.next_seq.0
+    }
+
+    /// Acknowledge the flushes every completed sync covers.
+    fn complete_synced_flushes(&mut self) {
+        let synced = self.synced_seq;
+        let mut i = 0;
+        while i < self.flushes.len() {
+            if self.flushes[i].0 <= synced {
+                let (_, d) = self.flushes.swap_remove(i);
+                d(Ok(()));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn maybe_fsync(&mut self) {
         if self.failed.is_some() || self.fsync_inflight.is_some() {
             return;
@@ -641,16 +691,7 @@ impl Writer {
                 }
                 self.shared.syncs.fetch_add(1, Ordering::Relaxed);
                 self.synced_seq = self.synced_seq.max(covered);
-                let synced = self.synced_seq;
-                let mut i = 0;
-                while i < self.flushes.len() {
-                    if self.flushes[i].0 <= synced {
-                        let (_, d) = self.flushes.swap_remove(i);
-                        d(Ok(()));
-                    } else {
-                        i += 1;
-                    }
-                }
+                self.complete_synced_flushes();
                 continue;
             }
             let Some(front) = self.records.front().map(|r| r.id) else {
@@ -671,7 +712,11 @@ impl Writer {
             }
             if res >= 0 && res as usize == len {
                 if let (Some(l), Some(id)) = (&self.io_log, rec.log_id) {
-                    l.journal_write_done(id);
+                    if rec.dsync {
+                        l.journal_write_durable(id);
+                    } else {
+                        l.journal_write_done(id);
+                    }
                 }
             }
             if res < 0 || res as usize != len {
@@ -711,6 +756,13 @@ impl Writer {
                 self.durable_seq = rec.last_seq();
             }
             let last = rec.last_seq();
+            if rec.dsync {
+                // Crash ordering: submitted only when everything before it
+                // was synced (`dsync_ok`), and an RWF_DSYNC write is durable
+                // when it completes, so the chain through `last` is.
+                self.synced_seq = self.synced_seq.max(last);
+                self.shared.dsync.fetch_add(1, Ordering::Relaxed);
+            }
             for (fua, d) in rec.acks.drain(..) {
                 if fua {
                     self.flushes.push((last, d));
@@ -720,6 +772,7 @@ impl Writer {
             }
             self.durable_id += 1;
         }
+        self.complete_synced_flushes();
     }
 
     fn check_timeout(&mut self) {

@@ -315,6 +315,14 @@ fn cut_journal(
             _ => None,
         })
         .collect();
+    // RWF_DSYNC writes that completed: durable by themselves.
+    let durable_alone: HashSet<u64> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::JournalWriteDurable { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
     let created = evs
         .iter()
         .position(|e| matches!(e, Event::JournalCreated { .. }));
@@ -339,10 +347,11 @@ fn cut_journal(
         let Event::JournalWrite { id, off, data } = e else {
             continue;
         };
-        let durable = match (done.get(id), covered) {
-            (Some(&d), Some(c)) => d < c,
-            _ => false,
-        };
+        let durable = durable_alone.contains(id)
+            || match (done.get(id), covered) {
+                (Some(&d), Some(c)) => d < c,
+                _ => false,
+            };
         if durable {
             report.journal_durable += 1;
             let Some(c) = content.as_mut() else {
@@ -703,6 +712,42 @@ mod tests {
             "an unsynced unlink is undone sometimes"
         );
         assert!(seen_torn_journal, "an uncovered journal write was torn");
+    }
+
+    /// A journal write submitted with `RWF_DSYNC` lands whole in every cut
+    /// once its completion is logged, with no sync after it; it makes no
+    /// other write durable (one that completed just before it may still be
+    /// lost), and one whose completion was never logged may be lost.
+    #[test]
+    fn a_completed_dsync_write_always_lands_and_covers_nothing_else() {
+        let (mut lost_plain, mut lost_unfinished) = (false, false);
+        for seed in 0..64u64 {
+            let dir = tempfile::tempdir_in("/tmp").unwrap();
+            let root = dir.path();
+            let (rec, journal, store) = (root.join("rec"), root.join("j"), root.join("store"));
+            fs::create_dir_all(&store).unwrap();
+            fs::write(&journal, vec![0u8; 8 * 4096]).unwrap();
+            capture_baseline(&rec, &journal, &store).unwrap();
+            let log = IoLog::create(&rec).unwrap();
+            let plain = log.journal_write(0, &[1u8; 4096]);
+            log.journal_write_done(plain);
+            let d = log.journal_write(4096, &[2u8; 2 * 4096]);
+            log.journal_write_durable(d);
+            // In flight at the cut: its completion is never logged.
+            log.journal_write(3 * 4096, &[3u8; 4096]);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let r = apply(&rec, &journal, &store, &mut rng).unwrap();
+            let j = fs::read(&journal).unwrap();
+            assert!(
+                j[4096..3 * 4096].iter().all(|&b| b == 2),
+                "seed {seed}: a completed RWF_DSYNC write was lost or torn"
+            );
+            assert_eq!(r.journal_durable, 1, "seed {seed}");
+            lost_plain |= j[0] == 0;
+            lost_unfinished |= j[3 * 4096] == 0;
+        }
+        assert!(lost_plain, "a DSYNC write made an earlier write durable");
+        assert!(lost_unfinished, "an unfinished DSYNC write always landed");
     }
 
     /// A file renamed into place before its data was synced (the ordering

@@ -20,9 +20,10 @@
 //! completion), from the thread doing the I/O, so the order of the log is
 //! the order of cause and effect:
 //!
-//! - journal: a write (offset and data), its completion, the start of an
-//!   fdatasync and its completion, and the creation of the journal file
-//!   (zero-filled and synced under a temporary name, then renamed);
+//! - journal: a write (offset and data), its completion (marked durable
+//!   for a write submitted with `RWF_DSYNC`), the start of an fdatasync and
+//!   its completion, and the creation of the journal file (zero-filled and
+//!   synced under a temporary name, then renamed);
 //! - store files: a file created (its name; the file is also hard-linked to
 //!   `<dir>/ino/<n>` so its content stays readable whatever happens to the
 //!   name), each write to it (offset, length; the data is the file's), the
@@ -33,7 +34,9 @@
 //! An fdatasync covers the writes whose completion was logged before it
 //! started; an fsync of a file covers the writes to that file logged before
 //! it started; an fsync of the directory covers the creates, renames and
-//! unlinks logged before it started. A write whose completion was never
+//! unlinks logged before it started. An `RWF_DSYNC` journal write whose
+//! completion was logged is durable by itself (it is a FUA write), and
+//! makes no other write durable. A write whose completion was never
 //! logged (in flight, failed, or the process died first) is never covered.
 //!
 //! The log is framed (length, crc32c) so a frame cut short by the kill is
@@ -62,7 +65,7 @@ pub const EVENTS: &str = "events";
 /// Directory (in a recording directory) of hard links to created files.
 pub const INODES: &str = "ino";
 const MAGIC: &[u8; 8] = b"LSVDPCUT";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// One recorded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +81,13 @@ pub enum Event {
     },
     /// Journal write `id` completed successfully.
     JournalWriteDone {
+        /// Write id.
+        id: u64,
+    },
+    /// Journal write `id`, submitted with `RWF_DSYNC`, completed
+    /// successfully: it is durable by itself (a FUA write), whatever syncs
+    /// follow. It makes no other write durable.
+    JournalWriteDurable {
         /// Write id.
         id: u64,
     },
@@ -225,6 +235,10 @@ impl Event {
                 out.push(14);
                 u64s(out, &[*n]);
             }
+            Event::JournalWriteDurable { id } => {
+                out.push(15);
+                u64s(out, &[*id]);
+            }
         }
     }
 
@@ -271,6 +285,7 @@ impl Event {
             12 => Event::DirSyncStart { id: u()? },
             13 => Event::DirSyncDone { id: u()? },
             14 => Event::Mark { n: u()? },
+            15 => Event::JournalWriteDurable { id: u()? },
             _ => return None,
         };
         Some(ev)
@@ -285,6 +300,9 @@ impl std::fmt::Display for Event {
                 write!(f, "journal write #{id} at {off}, {} bytes", data.len())
             }
             Event::JournalWriteDone { id } => write!(f, "journal write #{id} done"),
+            Event::JournalWriteDurable { id } => {
+                write!(f, "journal write #{id} done, durable (RWF_DSYNC)")
+            }
             Event::JournalSyncStart { id } => write!(f, "journal fdatasync #{id} starts"),
             Event::JournalSyncDone { id } => write!(f, "journal fdatasync #{id} done"),
             Event::JournalCreated { size } => write!(f, "journal created, {size} bytes"),
@@ -394,6 +412,12 @@ impl IoLog {
     /// Journal write `id` completed successfully.
     pub fn journal_write_done(&self, id: u64) {
         self.push(Event::JournalWriteDone { id });
+    }
+
+    /// Journal write `id`, submitted with `RWF_DSYNC`, completed
+    /// successfully: it is durable by itself.
+    pub fn journal_write_durable(&self, id: u64) {
+        self.push(Event::JournalWriteDurable { id });
     }
 
     /// An fdatasync of the journal is about to be submitted; returns its id.
@@ -562,9 +586,11 @@ mod tests {
         let ds = log.dir_sync_start();
         log.dir_sync_done(ds);
         log.mark(7);
+        log.journal_write_durable(w);
         let evs = read_events(&d).unwrap();
-        assert_eq!(evs.len(), 14);
+        assert_eq!(evs.len(), 15);
         assert_eq!(evs[13], Event::Mark { n: 7 });
+        assert_eq!(evs[14], Event::JournalWriteDurable { id: w });
         assert_eq!(
             evs[0],
             Event::JournalWrite {

@@ -199,6 +199,9 @@ pub struct VolumeStats {
     pub journal_records: u64,
     /// Journal fdatasyncs.
     pub journal_syncs: u64,
+    /// Journal records written with `RWF_DSYNC` (FUA writes that needed
+    /// no fdatasync).
+    pub journal_dsync_writes: u64,
     /// Data objects put to the backend.
     pub data_objects: u64,
     /// Bytes of data objects put.
@@ -564,6 +567,7 @@ impl Volume {
             write_bytes: s.write_bytes.load(Ordering::Relaxed),
             journal_records: js.map_or(0, |j| j.records()),
             journal_syncs: js.map_or(0, |j| j.syncs()),
+            journal_dsync_writes: js.map_or(0, |j| j.dsync_records()),
             data_objects: s.data_objects.load(Ordering::Relaxed),
             data_object_bytes: s.data_object_bytes.load(Ordering::Relaxed),
             checkpoint_pieces: s.checkpoint_pieces.load(Ordering::Relaxed),
