@@ -179,9 +179,21 @@ pub fn run(args: ChildArgs) -> i32 {
             in_flight += 1;
             continue;
         }
+        let op = gen_op(&mut rng, w + 1, disk_sectors);
+        if op.fua && rng.gen_bool(0.5) {
+            // Half the FUA writes go out alone, as an O_SYNC writer's do:
+            // with nothing in flight before them, the journal writes their
+            // record with RWF_DSYNC instead of following it with an
+            // fdatasync, and both ways are tested.
+            while in_flight > 0 {
+                match rx.recv() {
+                    Ok(true) => in_flight -= 1,
+                    Ok(false) | Err(_) => return 5,
+                }
+            }
+        }
         w += 1;
         since_flush += 1;
-        let op = gen_op(&mut rng, w, disk_sectors);
         emit(&out, &op.line());
         let ww = op.w;
         let done: crate::volume::Completion = Box::new(move |r| {

@@ -112,8 +112,11 @@ enum Fate {
 pub struct CutReport {
     /// The mode, for messages.
     pub mode: String,
-    /// Journal writes covered by a completed fdatasync.
+    /// Journal writes covered by a completed fdatasync, or completed
+    /// `RWF_DSYNC` writes.
     pub journal_durable: u64,
+    /// Of those, the `RWF_DSYNC` writes.
+    pub journal_dsync: u64,
     /// Uncovered journal writes: kept whole, lost, torn.
     pub journal_kept: u64,
     /// See `journal_kept`.
@@ -140,6 +143,7 @@ impl CutReport {
     /// Add another cut's counts.
     pub fn add(&mut self, o: &CutReport) {
         self.journal_durable += o.journal_durable;
+        self.journal_dsync += o.journal_dsync;
         self.journal_kept += o.journal_kept;
         self.journal_dropped += o.journal_dropped;
         self.journal_torn += o.journal_torn;
@@ -153,9 +157,11 @@ impl CutReport {
     /// One line of counts.
     pub fn summary(&self) -> String {
         format!(
-            "journal writes durable {} / uncovered kept {} lost {} torn {}; store file writes \
-             uncovered kept {} lost {} torn {}; directory changes uncovered kept {} lost {}",
+            "journal writes durable {} ({} RWF_DSYNC) / uncovered kept {} lost {} torn {}; store \
+             file writes uncovered kept {} lost {} torn {}; directory changes uncovered kept {} \
+             lost {}",
             self.journal_durable,
+            self.journal_dsync,
             self.journal_kept,
             self.journal_dropped,
             self.journal_torn,
@@ -354,6 +360,7 @@ fn cut_journal(
             };
         if durable {
             report.journal_durable += 1;
+            report.journal_dsync += u64::from(durable_alone.contains(id));
             let Some(c) = content.as_mut() else {
                 return Err(Error::new(
                     crate::error::ErrorKind::Corrupt,
@@ -742,7 +749,7 @@ mod tests {
                 j[4096..3 * 4096].iter().all(|&b| b == 2),
                 "seed {seed}: a completed RWF_DSYNC write was lost or torn"
             );
-            assert_eq!(r.journal_durable, 1, "seed {seed}");
+            assert_eq!((r.journal_durable, r.journal_dsync), (1, 1), "seed {seed}");
             lost_plain |= j[0] == 0;
             lost_unfinished |= j[3 * 4096] == 0;
         }
