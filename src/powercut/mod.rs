@@ -614,13 +614,13 @@ mod tests {
         let p = d.join(EVENTS);
         let whole = std::fs::read(&p).unwrap();
         std::fs::write(&p, &whole[..whole.len() - 3]).unwrap();
-        assert_eq!(read_events(&d).unwrap().len(), 13);
+        assert_eq!(read_events(&d).unwrap().len(), 14);
         // So does a frame whose crc fails.
         let mut b = whole.clone();
         let at = b.len() - 2;
         b[at] ^= 1;
         std::fs::write(&p, &b).unwrap();
-        assert_eq!(read_events(&d).unwrap().len(), 13);
+        assert_eq!(read_events(&d).unwrap().len(), 14);
         // Not a log at all.
         let mut other = 12u32.to_le_bytes().to_vec();
         other.extend_from_slice(&crc32c::crc32c(b"NOTALOG!\x01\0\0\0").to_le_bytes());
