@@ -22,7 +22,10 @@
 #      backend's own 4K ranged reads (examples/backend_reads.rs);
 #   g. garbage collection (examples/write_amp.rs, run once): fill 80% of an
 #      image, 4K random overwrites of 3x its size; write amplification,
-#      stored bytes per live byte, and write IOPS with GC on vs. off.
+#      stored bytes per live byte, and write IOPS with GC on vs. off;
+#   h. FUA 4K random writes at QD1 through `lsvd-ublk bench --fua` (what an
+#      O_SYNC writer sends a disk) vs. fio 4K random O_DSYNC writes at QD1
+#      on the fio file.
 # CPU per operation is put beside each baseline's in (a), (c) and (f):
 # lsvd's is user + system CPU of the whole bench process over the measured
 # phase (getrusage: the journal, destage, GC and cache threads count; open
@@ -108,6 +111,15 @@ for i in $(seq 1 "$REPS"); do
     log "read $i/$REPS: lsvd-ublk bench rand read"
     $LSVD_R >"$R/lsvd_r_$i.json"
 done
+# h. FUA writes at QD1 against O_DSYNC writes at QD1, interleaved.
+FIO_S="fio --name=s --filename=$T/fio.dat --size=2G --rw=randwrite --bs=4k --iodepth=1 --direct=1 --sync=dsync --ioengine=psync --runtime=8 --time_based=1"
+LSVD_S="$BIN --config $CFG bench $IMG --io-type write --io-size 4K --io-pattern rand --io-threads 1 --fua --io-total 24M --json"
+for i in $(seq 1 "$REPS"); do
+    log "fua $i/$REPS: fio O_DSYNC rand write QD1 baseline"
+    $FIO_S --output-format=json --output="$R/fio_s_$i.json" >/dev/null
+    log "fua $i/$REPS: lsvd-ublk bench rand FUA write QD1"
+    $LSVD_S >"$R/lsvd_s_$i.json"
+done
 # f. Read cache. A second image written sequentially, so its live data fits
 # the 2 GiB cache; a sequential read pass makes sure every chunk is cached.
 WIMG=bench/warm
@@ -154,7 +166,7 @@ for i in $(seq 1 "$REPS"); do
 done
 
 DOC=$ROOT/docs/benchmarks.md
-export FIO_W FIO_R LSVD_W LSVD_R MAPMEM DD_R BIN EX CFG IMG IMG_SIZE FIO_C LSVD_WARM LSVD_COLD BREADS BREADS0 WAMP
+export FIO_S LSVD_S FIO_W FIO_R LSVD_W LSVD_R MAPMEM DD_R BIN EX CFG IMG IMG_SIZE FIO_C LSVD_WARM LSVD_COLD BREADS BREADS0 WAMP
 "$PY" - "$R" "$REPS" "$T" "$FSTYPE" <<'PYEOF' >"$R/table.md"
 import json, os, re, subprocess, sys, datetime, platform
 
@@ -306,6 +318,18 @@ for mode in ("60", "70"):
         rows.append((f"**g. write IOPS with GC (threshold {mode}) / GC off**", "same", f"{r_:.2f} ({float(m['iops']):.0f} vs {float(wa['off']['iops']):.0f})", ">= 0.9", ok([r_], 0.9, True)))
 if "off" in wa:
     rows.append(("g. GC off: stored bytes per live byte at the end", "same", f"{float(wa['off']['space_end']):.2f}", "", ""))
+
+fs_, fsc = fio_load("fio_s", "write")
+ls_ = [load(f"lsvd_s_{i}.json") for i in runs]
+lsi = [x["ops_per_sec"] for x in ls_]
+rows.append(("h. fio 4K rand write O_DSYNC QD1 IOPS (baseline)", cmd(env["FIO_S"]), rng(fs_), "", ""))
+rows.append(("h. lsvd 4K rand FUA write QD1 IOPS", cmd(env["LSVD_S"]), rng(lsi), "", ""))
+sratio = [a / b for a, b in zip(lsi, fs_)]
+rows.append(("**h. FUA QD1 IOPS ratio lsvd / fio O_DSYNC**", "pairs of the two rows above", rng(sratio, "{:.2f}"), "", ""))
+lsc = [x["cpu_us_per_op"] for x in ls_]
+rows.append(("h. CPU us per FUA write, lsvd / fio", "same runs", cpu_pair(lsc, fsc), "", ""))
+rows.append(("h. lsvd journal fdatasyncs / RWF_DSYNC records / writes", "same bench JSON",
+             " ; ".join(f"{x['journal_syncs']} / {x.get('journal_dsync_writes', 0)} / {x['write_ops']}" for x in ls_), "", ""))
 
 def sh(*a):
     try:
