@@ -213,6 +213,35 @@ fio_read_lat_qd1() {
         END { exit !found }'
 }
 
+# cpu_snapshot DEV [PID]: print "busy ios server" for cpu_per_io: busy
+# clock ticks of the whole guest (/proc/stat: user, nice, system, irq,
+# softirq, steal; not idle or iowait), reads plus writes completed on DEV
+# (/sys/block/DEV/stat fields 1 and 5), and the user + system ticks of
+# process PID (0 without one).
+cpu_snapshot() {
+    local busy ios srv=0
+    busy=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat)
+    ios=$(awk '{ print $1 + $5 }' "/sys/block/$(dev_name "$1")/stat")
+    # Fields 14 and 15 of /proc/PID/stat (comm holds no space here).
+    [ -n "${2:-}" ] && srv=$(awk '{ print $14 + $15 }' "/proc/$2/stat" 2>/dev/null || echo 0)
+    echo "$busy $ios ${srv:-0}"
+}
+
+# cpu_per_io DEV SNAPSHOT [PID]: print "cpu_us_per_io=N server_us_per_io=M
+# ios=K" since SNAPSHOT (from cpu_snapshot): the whole guest's busy CPU per
+# I/O completed on DEV (fio, the block layer, the driver and, for ublk, the
+# server and the virtio disk under it), and the server's own share. Ticks
+# are USER_HZ, 100 per second on x86 (busybox has no getconf).
+cpu_per_io() {
+    local dev=$1 snap=$2 pid=${3:-}
+    set -- $snap
+    local b0=$1 i0=$2 s0=$3
+    set -- $(cpu_snapshot "$dev" "$pid")
+    awk -v b="$(($1 - b0))" -v i="$(($2 - i0))" -v s="$(($3 - s0))" 'BEGIN {
+        if (i <= 0) { print "cpu_us_per_io=0 server_us_per_io=0 ios=0"; exit }
+        printf "cpu_us_per_io=%.1f server_us_per_io=%.1f ios=%d\n", b * 10000 / i, s * 10000 / i, i }'
+}
+
 # Leave the lsvd-ublk config for the guest in one place.
 LSVD_CONFIG_FILE=/usr/local/etc/lsvd.json
 

@@ -1,10 +1,13 @@
 #!/bin/sh
 # 4 KiB random write and read IOPS at QD32 on an lsvd-ublk device, with the
 # same fio parameters as 90-measure-virtio.sh (fio_iops in lib.sh). Prints
-#   MEASURE ublk randwrite iops=N engine=E
-#   MEASURE ublk randread iops=N engine=E
-#   MEASURE ublk syncwrite-qd1 iops=N   (O_SYNC 4 KiB writes at QD1)
+#   MEASURE ublk randwrite iops=N engine=E cpu_us_per_io=C server_us_per_io=S ios=K
+#   MEASURE ublk randread iops=N engine=E cpu_us_per_io=C server_us_per_io=S ios=K
+#   MEASURE ublk syncwrite-qd1 iops=N cpu_us_per_io=C server_us_per_io=S ios=K
+#     (O_SYNC 4 KiB writes at QD1)
 #   MEASURE ublk randread-qd1 lat_us=N p99_us=N iops=N   (4 KiB reads at QD1)
+# cpu_us_per_io is the whole guest's busy CPU per I/O on the device (see
+# cpu_per_io in lib.sh); server_us_per_io the lsvd-ublk server's share.
 # The store and journal are on /dev/vda (ext4), so compare with the virtio
 # numbers for the cost of the ublk round trip plus lsvd itself.
 # CLI contract assumed: create / attach (prints /dev/ublkbN) / detach, see
@@ -15,10 +18,12 @@
 IMG=p/measure
 must create lsvd create $IMG --size 2G
 attach attach $IMG || finish
+SRV=$(server_pid "$DEV")
 for rw in randwrite randread; do
     snap=$(io_snapshot "$DEV")
+    csnap=$(cpu_snapshot "$DEV" "$SRV")
     if res=$(fio_iops "$DEV" $rw); then
-        echo "MEASURE ublk $rw iops=$res"
+        echo "MEASURE ublk $rw iops=$res $(cpu_per_io "$DEV" "$csnap" "$SRV")"
         case $rw in randwrite) io_moved "$rw-io" "$DEV" "$snap" w ;; *) io_moved "$rw-io" "$DEV" "$snap" r ;; esac
         pass "$rw"
     else
@@ -34,8 +39,9 @@ else
 fi
 # Durable-write latency: O_SYNC writes at QD1 (FUA on a FUA device).
 snap=$(io_snapshot "$DEV")
+csnap=$(cpu_snapshot "$DEV" "$SRV")
 if res=$(fio_sync_iops "$DEV"); then
-    echo "MEASURE ublk syncwrite-qd1 iops=$res"
+    echo "MEASURE ublk syncwrite-qd1 iops=$res $(cpu_per_io "$DEV" "$csnap" "$SRV")"
     io_moved syncwrite-io "$DEV" "$snap" w
     pass syncwrite
 else
