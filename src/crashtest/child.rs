@@ -181,10 +181,12 @@ pub fn run(args: ChildArgs) -> i32 {
         }
         let op = gen_op(&mut rng, w + 1, disk_sectors);
         if op.fua && rng.gen_bool(0.5) {
-            // Half the FUA writes go out alone, as an O_SYNC writer's do:
-            // with nothing in flight before them, the journal writes their
-            // record with RWF_DSYNC instead of following it with an
-            // fdatasync, and both ways are tested.
+            // Half the FUA writes go out alone, as an O_SYNC writer's do.
+            // Alone is not enough for RWF_DSYNC: the journal uses it only
+            // when every record before this one is already synced (by a
+            // FLUSH or an earlier FUA write), so after plain writes the
+            // record is still followed by an fdatasync. Both ways occur
+            // (a power-loss run counts its RWF_DSYNC writes).
             while in_flight > 0 {
                 match rx.recv() {
                     Ok(true) => in_flight -= 1,

@@ -10,7 +10,9 @@
 //! records in flight and acknowledges them strictly in order, so an
 //! acknowledged record never has a hole below it. A FLUSH (or a FUA write)
 //! completes after every record up to it has completed *and* an fdatasync
-//! issued after those completions has completed.
+//! issued after those completions has completed; or, for a FUA write whose
+//! record was written with `RWF_DSYNC` while every record before it was
+//! already durable, when that record completes (`Writer::dsync_ok`).
 //!
 //! Space is reused once the volume reports (via [`JournalShared::release`])
 //! that the backend durably holds the records' operations. The superblock's

@@ -31,7 +31,8 @@
 //! cache (a write is acknowledged once it is in the journal, and made
 //! durable by the next FLUSH) and supports FUA (a FUA write, discard or
 //! write-zeroes is acknowledged after the journal fdatasync that covers
-//! it; with `hard_flush`, once the backend holds it), so the kernel sends
+//! it, or once its record, written with `RWF_DSYNC` after a synced chain,
+//! completes; with `hard_flush`, once the backend holds it), so the kernel sends
 //! the FLUSH and FUA requests we rely on.
 
 use std::rc::Rc;
