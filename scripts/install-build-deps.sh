@@ -40,6 +40,37 @@ qemu_suite() {
     done
 }
 
+# When the installed QEMU is a backport (version ~bpoNN) but no configured
+# source has backports (a machine whose QEMU came from an image, not from
+# its apt sources), the backports suite of this release, e.g.
+# bookworm-backports; empty otherwise.
+qemu_backports() {
+    local p v codename
+    for p in qemu-utils qemu-system-x86 qemu-system-common qemu-block-extra; do
+        v=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null) || continue
+        [[ $v == *~bpo[0-9]* ]] || return
+        codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+        [ -n "$codename" ] && echo "$codename-backports"
+        return
+    done
+}
+
+# Add SUITE (a backports suite) to apt's sources. Backports are never
+# installed unless asked for with -t, so nothing else on the machine moves.
+add_backports_source() {
+    local f=/etc/apt/sources.list.d/lsvd-$1.sources
+    [ -e "$f" ] && return
+    echo "== adding $1 to apt's sources ($f) for QEMU"
+    cat >"$f" <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: $1
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get update -qq
+}
+
 # apt_install [-t SUITE] PKG...: simulate, refuse removals, then install.
 apt_install() {
     local target=() sim removed
@@ -69,6 +100,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     [ ${#other[@]} -gt 0 ] && apt_install "${other[@]}"
     if [ ${#qemu[@]} -gt 0 ]; then
         suite=$(qemu_suite)
+        if [ -z "$suite" ]; then
+            suite=$(qemu_backports)
+            [ -n "$suite" ] && add_backports_source "$suite"
+        fi
         if [ -n "$suite" ]; then
             echo "== ${qemu[*]} from $suite (where the installed QEMU comes from)"
             apt_install -t "$suite" "${qemu[@]}"

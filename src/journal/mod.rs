@@ -1,26 +1,32 @@
 //! The write journal: a circular log on a file or block device, opened with
 //! O_DIRECT and written through io_uring, with group commit.
 //!
-//! One writer thread owns the device. Callers add their operations
+//! One state machine (`writer::Core`) owns the log; the journal thread
+//! and any number of lanes ([`Lane`]: threads with their own ring, as ublk
+//! queues are meant to be) submit its I/O. Callers add their operations
 //! ([`Append`]s, in journal-sequence order) to the record being filled, by
 //! reference: the data stays in the caller's batch buffer ([`Span`]s) and
 //! the record is written from there with `writev`, so write data is copied
-//! once in user space (into the batch). The writer takes whole records
+//! once in user space (into the batch). A driver takes whole records
 //! (group commit), keeps up to `depth`
 //! records in flight and acknowledges them strictly in order, so an
 //! acknowledged record never has a hole below it. A FLUSH (or a FUA write)
 //! completes after every record up to it has completed *and* an fdatasync
 //! issued after those completions has completed; or, for a FUA write whose
 //! record was written with `RWF_DSYNC` while every record before it was
-//! already durable, when that record completes (`Writer::dsync_ok`).
+//! already durable, when that record completes (`Core::dsync_ok`).
 //!
 //! Space is reused once the volume reports (via [`JournalShared::release`])
 //! that the backend durably holds the records' operations. The superblock's
 //! replay start is persisted before any released space is overwritten.
 
+mod lane;
 mod replay;
 mod staging;
 mod writer;
+
+pub use lane::{Lane, LaneGuard, RingLane};
+pub use writer::Sub;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -86,7 +92,7 @@ pub struct Append<'a> {
     /// Data of the write entries, one span per entry that has data, in
     /// entry order. Not copied: the record is written from the spans
     /// (`writev`) when they are aligned for O_DIRECT, or copied once into a
-    /// record buffer by the writer thread when they are not.
+    /// record buffer by the driver that places the record when they are not.
     pub data: &'a [Span],
     /// Acknowledge only once durable across a host crash.
     pub fua: bool,
@@ -232,6 +238,7 @@ pub struct Journal {
     staging: Arc<staging::Staging>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<JournalShared>,
+    core: Arc<writer::CoreCell>,
 }
 
 impl Journal {
@@ -388,13 +395,14 @@ impl Journal {
         let staging = Arc::new(staging::Staging::new(
             opts.max_record_data.max(BLOCK) as usize
         ));
-        let w = writer::Writer::new(
+        let core = Arc::new(writer::Core::new_cell(
             (file, path.clone()),
             start,
             opts,
             shared.clone(),
             staging.clone(),
-        )?;
+        ));
+        let w = writer::Writer::new(core.clone(), opts.depth, path.clone())?;
         let thread = std::thread::Builder::new()
             .name("lsvd-journal".into())
             .spawn(move || w.run(rx))
@@ -408,6 +416,7 @@ impl Journal {
                 staging,
                 thread: Some(thread),
                 shared,
+                core,
             },
             report,
         ))
@@ -420,16 +429,31 @@ impl Journal {
     pub fn append(&self, a: Append<'_>) {
         self.staging
             .append(a.first_seq, a.entries, a.data, a.fua, a.done);
-        let _ = self.tx.send(Msg::Wake);
+        // On a lane's thread the lane submits it (`Lane::pump`), on its
+        // own ring; otherwise the journal thread does.
+        if !lane::is_current(&self.core) {
+            let _ = self.tx.send(Msg::Wake);
+        }
     }
 
     /// Queue a flush covering every sequence up to `upto`.
     pub fn flush(&self, upto: JournalSeq, done: Done) {
+        // On a lane's thread the lane takes it at its next pump (not here:
+        // the caller may hold the volume's state lock).
+        let Some(done) = lane::defer_flush(&self.core, upto, done) else {
+            return;
+        };
         if let Err(e) = self.tx.send(Msg::Flush { upto, done }) {
             if let Msg::Flush { done, .. } = e.0 {
                 done(Err(Error::new(ErrorKind::Closed, "journal is shut down")));
             }
         }
+    }
+
+    /// A driver for a thread with its own io_uring (a ublk queue): the
+    /// records and fdatasyncs it pumps go out on that ring. See [`Lane`].
+    pub fn lane(&self) -> Lane {
+        Lane::new(self.core.clone(), self.tx.clone())
     }
 
     /// Shared counters and the release hook.

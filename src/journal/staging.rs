@@ -1,6 +1,6 @@
 //! Staging: callers add their operations to records, in sequence order,
 //! by reference (the data stays in their batch buffers as [`Span`]s); the
-//! writer thread takes whole records from here.
+//! driver (the journal thread or a lane) takes whole records from here.
 //!
 //! This is the group commit: while records are in flight, new operations
 //! accumulate in the current record, which the writer takes as soon as it
@@ -186,6 +186,15 @@ impl Staging {
 
     /// Fail everything waiting and every later append with `e`.
     pub(crate) fn fail(&self, e: &Error) {
+        for d in self.fail_take(e) {
+            d(Err(e.duplicate()));
+        }
+    }
+
+    /// Like [`Staging::fail`], but hand back the completions to run (with
+    /// `e`) instead of running them: the caller holds a lock they must not
+    /// run under.
+    pub(crate) fn fail_take(&self, e: &Error) -> Vec<Done> {
         let victims: Vec<Staged> = {
             let mut st = self.lock();
             if st.failed.is_none() {
@@ -195,10 +204,9 @@ impl Staging {
             v.extend(st.cur.take());
             v
         };
-        for r in victims {
-            for (_, d) in r.acks {
-                d(Err(e.duplicate()));
-            }
-        }
+        victims
+            .into_iter()
+            .flat_map(|r| r.acks.into_iter().map(|(_, d)| d))
+            .collect()
     }
 }

@@ -1,5 +1,20 @@
-//! The journal writer thread: group commit, in-order acknowledgement,
-//! fdatasync for FLUSH/FUA, circular space management.
+//! The journal's state machine ([`Core`]: group commit, in-order
+//! acknowledgement, fdatasync or `RWF_DSYNC` for FLUSH/FUA, circular space
+//! management) and the journal thread that drives it on its own ring.
+//!
+//! The core owns no ring. A *driver* locks it, lets it place staged
+//! records and an fdatasync ([`Core::pump`]), takes the submissions it
+//! produced ([`Sub`]) and pushes them on its own io_uring; whichever driver
+//! reaps a completion hands it back ([`Core::complete`]). The journal
+//! thread is one driver (for appends from threads without a ring of their
+//! own, and for space waits and timeouts); a ublk queue is another
+//! ([`super::Lane`]), so its writes' records and its FLUSH's fdatasync go
+//! out on the queue's own ring. Every decision is taken under the core's
+//! lock, so the record chain, the durable frontier and the sync state are
+//! one, whichever ring carries an I/O. Completions (`Done`) are collected
+//! under the lock and run after it is released ([`CoreCell::with`]): a
+//! completion may take volume locks, and the volume holds its state lock
+//! while it appends.
 //!
 //! Positions are virtual (`v`): they only grow; the physical offset is
 //! `data_start + v % data_size` (the record area starts after the two
@@ -11,11 +26,11 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 use tracing::{error, warn};
 
 use super::staging::Staging;
@@ -27,6 +42,35 @@ use crate::io::{AlignedBuf, Span};
 use crate::units::{Epoch, JournalSeq};
 
 const FSYNC_ID: u64 = u64::MAX;
+
+/// One journal I/O a driver must push on its ring: a record write or an
+/// fdatasync. Its completion goes back through [`Core::complete`] with
+/// [`Sub::id`] and the result.
+pub struct Sub {
+    sqe: squeue::Entry,
+    id: u64,
+}
+
+impl Sub {
+    /// Which I/O this is, for [`super::Lane::complete`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The submission entry (its user data is free for the driver).
+    ///
+    /// # Safety
+    /// The entry names memory the journal owns (the record's header,
+    /// padding and the batch buffers its data sits in). It stays allocated
+    /// and unchanged until [`super::Lane::complete`] is called with this
+    /// id; the caller must push the entry on a ring that it keeps alive,
+    /// and report the completion, before the journal is dropped. The
+    /// journal leaks, rather than frees, records whose completion was never
+    /// reported.
+    pub unsafe fn into_sqe(self) -> squeue::Entry {
+        self.sqe
+    }
+}
 
 struct Rec {
     id: u64,
@@ -130,10 +174,9 @@ impl Rec {
     }
 }
 
-pub(crate) struct Writer {
+pub(crate) struct Core {
     file: File,
     path: PathBuf,
-    ring: IoUring,
     /// The superblock as durable in slot `slot`.
     sb: JournalSuper,
     /// Slot of the last superblock write; the next goes to the other one.
@@ -151,6 +194,7 @@ pub(crate) struct Writer {
     durable_seq: JournalSeq,
     synced_seq: JournalSeq,
     fsync_inflight: Option<JournalSeq>,
+    /// Record writes in flight, on every driver's ring.
     inflight_writes: usize,
     staging: Arc<Staging>,
     flushes: Vec<(JournalSeq, Done)>,
@@ -160,25 +204,68 @@ pub(crate) struct Writer {
     failed: Option<Error>,
     blocked_since: Option<Instant>,
     last_space_request: Option<Instant>,
-    shutdown: Option<(bool, crossbeam_channel::Sender<Result<()>>)>,
     /// Direct-I/O alignment (memory, length) of the journal file.
     dio: (usize, usize),
     /// Test hook: the power-cut recorder.
     io_log: Option<Arc<crate::powercut::IoLog>>,
     /// The power-cut log's id of the fdatasync in flight.
     fsync_log_id: Option<u64>,
+    /// Submissions made under the current lock, for the driver holding it.
+    subs: Vec<Sub>,
+    /// Completions to run once the lock is released.
+    out: Vec<(Done, Result<()>)>,
+    /// Shut down: nothing more is placed.
+    closed: bool,
 }
 
-impl Writer {
+/// The core behind its lock.
+pub(crate) struct CoreCell(Mutex<Core>);
+
+impl CoreCell {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `f` on the locked core; then, with the lock released, run the
+    /// completions it produced. Returns `f`'s result and the submissions
+    /// it produced, which the caller must push on its ring.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Core) -> T) -> (T, Vec<Sub>) {
+        let (t, subs, out) = {
+            let mut c = self.lock();
+            let t = f(&mut c);
+            (t, std::mem::take(&mut c.subs), std::mem::take(&mut c.out))
+        };
+        for (d, r) in out {
+            d(r);
+        }
+        (t, subs)
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if self.inflight_writes > 0 {
+            // A driver never reported these completions: the kernel may
+            // still read the memory, so leak it rather than free it.
+            for r in self.records.iter_mut() {
+                if let Some(b) = r.io.take() {
+                    std::mem::forget(b);
+                }
+            }
+        }
+    }
+}
+
+impl Core {
     /// `dev` is the journal file or device and its path; `start` is the
     /// durable superblock (this session's epoch) and the chain it inherits.
-    pub(crate) fn new(
+    pub(crate) fn new_cell(
         dev: (File, PathBuf),
         start: WriterStart,
         opts: &JournalOptions,
         shared: Arc<JournalShared>,
         staging: Arc<Staging>,
-    ) -> Result<Writer> {
+    ) -> CoreCell {
         let (file, path) = dev;
         let WriterStart {
             sb,
@@ -191,8 +278,6 @@ impl Writer {
         let data_start = sb.data_start();
         let data_size = sb.size - data_start;
         let depth = opts.depth.max(1) as usize;
-        let ring = IoUring::new((depth as u32 * 2 + 4).next_power_of_two())
-            .map_err(|e| Error::io("create journal io_uring", e))?;
         let mut records = VecDeque::new();
         let mut next_id = 1;
         for r in &scanned {
@@ -210,11 +295,10 @@ impl Writer {
             });
             next_id += 1;
         }
-        let w = Writer {
+        let c = Core {
             dio: journal_dio(&file),
             file,
             path,
-            ring,
             sb,
             slot,
             data_start,
@@ -237,90 +321,53 @@ impl Writer {
             failed: None,
             blocked_since: None,
             last_space_request: None,
-            shutdown: None,
             io_log: opts.io_log.clone(),
             fsync_log_id: None,
+            subs: Vec::new(),
+            out: Vec::new(),
+            closed: false,
         };
-        w.publish_usage();
-        Ok(w)
+        c.publish_usage();
+        CoreCell(Mutex::new(c))
     }
 
-    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
-        loop {
-            // A FLUSH or FUA write whose records are all written needs its
-            // fdatasync now, not after the idle wait below.
-            let sync_ready = self.fsync_inflight.is_none()
-                && self.flushes.iter().any(|(u, _)| *u <= self.durable_seq);
-            let busy = self.inflight_writes > 0 || self.fsync_inflight.is_some() || sync_ready;
-            if !busy {
-                let wait = if self.blocked_since.is_some() {
-                    Duration::from_millis(5)
-                } else {
-                    Duration::from_millis(500)
-                };
-                match rx.recv_timeout(wait) {
-                    Ok(m) => self.handle(m),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {
-                        if self.shutdown.is_none() {
-                            let (tx, _rx) = crossbeam_channel::bounded(1);
-                            self.shutdown = Some((false, tx));
-                        }
-                    }
-                }
-            }
-            while let Ok(m) = rx.try_recv() {
-                self.handle(m);
-            }
-            self.pop_released();
-            if let Some((clean, _)) = &self.shutdown {
-                if !*clean {
-                    // Crash: nothing queued is written.
-                    let e = Error::new(ErrorKind::Closed, "volume crashed (test)");
-                    self.fail_pending(&e);
-                }
-            }
-            self.fill();
-            self.maybe_fsync();
-            self.check_timeout();
-            if self.inflight_writes > 0 || self.fsync_inflight.is_some() {
-                if let Err(e) = self.ring.submit_and_wait(1) {
-                    if e.raw_os_error() != Some(libc::EINTR) {
-                        self.fail(Error::io(
-                            format!("io_uring submit for {}", self.path.display()),
-                            e,
-                        ));
-                        self.abandon_ring();
-                    }
-                }
-                self.reap();
-            } else if let Some((clean, _)) = &self.shutdown {
-                if self.staging.is_empty() || self.failed.is_some() || !*clean {
-                    let clean = *clean;
-                    let r = self.finish(clean);
-                    if let Some((_, tx)) = self.shutdown.take() {
-                        let _ = tx.send(r);
-                    }
-                    return;
-                }
-            }
+    /// Place what can be placed: drop released records, submit staged
+    /// records while depth and space allow, and the fdatasync a FLUSH or
+    /// FUA write waits for. The submissions land in `subs` for the driver.
+    pub(crate) fn pump(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.pop_released();
+        self.fill();
+        self.maybe_fsync();
+    }
+
+    /// A FLUSH covering every sequence up to `upto`.
+    pub(crate) fn add_flush(&mut self, upto: JournalSeq, done: Done) {
+        if let Some(e) = &self.failed {
+            self.out.push((done, Err(e.duplicate())));
+        } else if self.closed {
+            self.out.push((
+                done,
+                Err(Error::new(ErrorKind::Closed, "journal is shut down")),
+            ));
+        } else if upto <= self.synced_seq {
+            self.out.push((done, Ok(())));
+        } else {
+            self.flushes.push((upto, done));
         }
     }
 
-    fn handle(&mut self, m: Msg) {
-        match m {
-            Msg::Flush { upto, done } => {
-                if let Some(e) = &self.failed {
-                    done(Err(e.duplicate()));
-                } else if upto <= self.synced_seq {
-                    done(Ok(()));
-                } else {
-                    self.flushes.push((upto, done));
-                }
-            }
-            Msg::Wake => {}
-            Msg::Shutdown { clean, done } => self.shutdown = Some((clean, done)),
-        }
+    /// Whether any journal I/O is in flight, on any ring.
+    pub(crate) fn busy(&self) -> bool {
+        self.inflight_writes > 0 || self.fsync_inflight.is_some()
+    }
+
+    /// Whether a FLUSH or FUA write waits for an fdatasync that could be
+    /// submitted now.
+    fn sync_ready(&self) -> bool {
+        self.fsync_inflight.is_none() && self.flushes.iter().any(|(u, _)| *u <= self.durable_seq)
     }
 
     fn phys(&self, v: u64) -> u64 {
@@ -400,7 +447,7 @@ impl Writer {
             None
         };
         let need = len + wrap.unwrap_or(0);
-        let fits = |w: &Writer| w.data_size - (w.head_v - w.persisted_start_v) >= need;
+        let fits = |w: &Core| w.data_size - (w.head_v - w.persisted_start_v) >= need;
         if !fits(self) {
             if self.data_size - (self.head_v - self.tail_v()) < need {
                 return None;
@@ -433,27 +480,15 @@ impl Writer {
                     .rw_flags(flags)
                     .build()
             }
-        }
-        .user_data(rec.id);
+        };
+        let id = rec.id;
         self.records.push_back(rec);
-        // SAFETY: the buffers (and the iovec array naming them) are owned by
-        // the record in `self.records` (spans keep their batch buffers
+        // The buffers (and the iovec array naming them) are owned by the
+        // record in `self.records` (spans keep their batch buffers
         // allocated and unchanged) and are neither freed nor reused until
-        // this write's completion is reaped (`reap`, or `abandon_ring`
-        // which waits for completions first).
-        let pushed = unsafe { self.ring.submission().push(&sqe) };
-        if pushed.is_err() {
-            // The queue is sized for depth + wrap + fsync; flush it and retry.
-            let _ = self.ring.submit();
-            // SAFETY: as above.
-            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
-                self.fail(Error::new(
-                    ErrorKind::Io,
-                    "journal io_uring submission queue full",
-                ));
-                return;
-            }
-        }
+        // this write's completion is reported (`complete`); see
+        // `Sub::into_sqe`.
+        self.subs.push(Sub { sqe, id });
         self.inflight_writes += 1;
         self.shared.records.fetch_add(1, Ordering::Relaxed);
     }
@@ -558,7 +593,7 @@ impl Writer {
 
     /// Encode staged record `st` (`total` bytes on disk): written from its
     /// spans when they meet the journal's direct-I/O alignment, else copied
-    /// once into a record buffer here, on the writer thread (512-byte
+    /// once into a record buffer here, by the driver placing it (512-byte
     /// writes on a journal with 4 KiB blocks, or a kernel that does not
     /// report the alignment, so 4096 is assumed).
     fn record_io(&self, st: &super::staging::Staged, total: usize) -> RecIo {
@@ -638,7 +673,7 @@ impl Writer {
         while i < self.flushes.len() {
             if self.flushes[i].0 <= synced {
                 let (_, d) = self.flushes.swap_remove(i);
-                d(Ok(()));
+                self.out.push((d, Ok(())));
             } else {
                 i += 1;
             }
@@ -654,88 +689,81 @@ impl Writer {
         }
         let sqe = opcode::Fsync::new(types::Fd(self.file.as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(FSYNC_ID);
-        // SAFETY: fsync references no user memory.
-        if unsafe { self.ring.submission().push(&sqe) }.is_err() {
-            let _ = self.ring.submit();
-            // SAFETY: as above.
-            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
-                return;
-            }
-        }
+            .build();
+        // An fdatasync references no user memory.
+        self.subs.push(Sub { sqe, id: FSYNC_ID });
         // Crash ordering: only records already completed are covered; an
         // fdatasync submitted after their completion makes them durable.
         self.fsync_inflight = Some(self.durable_seq);
         self.fsync_log_id = self.io_log.as_ref().map(|l| l.journal_sync_start());
     }
 
-    fn reap(&mut self) {
-        let cqes: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (id, res) in cqes {
-            if id == FSYNC_ID {
-                let covered = self.fsync_inflight.take().unwrap_or(JournalSeq(0));
-                if res < 0 {
-                    self.fail(Error::io(
-                        format!("fdatasync journal {}", self.path.display()),
-                        std::io::Error::from_raw_os_error(-res),
-                    ));
-                    continue;
-                }
-                if let (Some(l), Some(id)) = (&self.io_log, self.fsync_log_id.take()) {
-                    l.journal_sync_done(id);
-                }
-                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-                self.synced_seq = self.synced_seq.max(covered);
-                self.complete_synced_flushes();
-                continue;
+    /// The completion of submission `id` (a [`Sub`]) with result `res`,
+    /// reaped by whichever driver's ring carried it.
+    pub(crate) fn complete(&mut self, id: u64, res: i32) {
+        if id == FSYNC_ID {
+            let covered = self.fsync_inflight.take().unwrap_or(JournalSeq(0));
+            if res < 0 {
+                self.fail(Error::io(
+                    format!("fdatasync journal {}", self.path.display()),
+                    std::io::Error::from_raw_os_error(-res),
+                ));
+                return;
             }
-            let Some(front) = self.records.front().map(|r| r.id) else {
-                continue;
-            };
-            let Some(rec) = self.records.get_mut((id - front) as usize) else {
-                continue;
-            };
-            rec.done = true;
-            self.inflight_writes -= 1;
-            let len = rec.io.as_ref().map_or(0, |b| b.len());
-            let phys = self.data_start + rec.vpos % self.data_size;
-            match rec.io.take() {
-                Some(RecIo::Copied(b)) | Some(RecIo::Vectored { head: b, .. }) => {
-                    self.staging.recycle(b)
-                }
-                None => {}
+            if let (Some(l), Some(id)) = (&self.io_log, self.fsync_log_id.take()) {
+                l.journal_sync_done(id);
             }
-            if res >= 0 && res as usize == len {
-                if let (Some(l), Some(id)) = (&self.io_log, rec.log_id) {
-                    if rec.dsync {
-                        l.journal_write_durable(id);
-                    } else {
-                        l.journal_write_done(id);
-                    }
-                }
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            self.synced_seq = self.synced_seq.max(covered);
+            self.complete_synced_flushes();
+            return;
+        }
+        let Some(front) = self.records.front().map(|r| r.id) else {
+            return;
+        };
+        let Some(rec) = id
+            .checked_sub(front)
+            .and_then(|i| self.records.get_mut(i as usize))
+        else {
+            return;
+        };
+        if rec.done {
+            return;
+        }
+        rec.done = true;
+        self.inflight_writes -= 1;
+        let len = rec.io.as_ref().map_or(0, |b| b.len());
+        let phys = self.data_start + rec.vpos % self.data_size;
+        match rec.io.take() {
+            Some(RecIo::Copied(b)) | Some(RecIo::Vectored { head: b, .. }) => {
+                self.staging.recycle(b)
             }
-            if res < 0 || res as usize != len {
-                let e = if res < 0 {
-                    Error::io(
-                        format!("write journal {} at {phys}", self.path.display()),
-                        std::io::Error::from_raw_os_error(-res),
-                    )
+            None => {}
+        }
+        if res >= 0 && res as usize == len {
+            if let (Some(l), Some(id)) = (&self.io_log, rec.log_id) {
+                if rec.dsync {
+                    l.journal_write_durable(id);
                 } else {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!(
-                            "short write to journal {} at {phys}: {res} of {len} bytes",
-                            self.path.display()
-                        ),
-                    )
-                };
-                self.fail(e);
+                    l.journal_write_done(id);
+                }
             }
+        } else {
+            let e = if res < 0 {
+                Error::io(
+                    format!("write journal {} at {phys}", self.path.display()),
+                    std::io::Error::from_raw_os_error(-res),
+                )
+            } else {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "short write to journal {} at {phys}: {res} of {len} bytes",
+                        self.path.display()
+                    ),
+                )
+            };
+            self.fail(e);
         }
         self.advance_durable();
     }
@@ -767,7 +795,7 @@ impl Writer {
                 if fua {
                     self.flushes.push((last, d));
                 } else {
-                    d(Ok(()));
+                    self.out.push((d, Ok(())));
                 }
             }
             self.durable_id += 1;
@@ -775,7 +803,7 @@ impl Writer {
         self.complete_synced_flushes();
     }
 
-    fn check_timeout(&mut self) {
+    pub(crate) fn check_timeout(&mut self) {
         if let Some(t) = self.blocked_since {
             if t.elapsed() > self.io_timeout {
                 let e = Error::new(
@@ -792,50 +820,47 @@ impl Writer {
         }
     }
 
-    fn fail_pending(&mut self, e: &Error) {
-        self.staging.fail(e);
+    pub(crate) fn fail_pending(&mut self, e: &Error) {
+        let victims = self.staging.fail_take(e);
+        self.out
+            .extend(victims.into_iter().map(|d| (d, Err(e.duplicate()))));
     }
 
     /// Enter the failed state: every waiter and every later request fails.
-    fn fail(&mut self, e: Error) {
+    pub(crate) fn fail(&mut self, e: Error) {
         if self.failed.is_none() {
             error!("journal failed: {e:?}");
         }
         self.fail_pending(&e);
         for r in self.records.iter_mut() {
             for (_, d) in r.acks.drain(..) {
-                d(Err(e.duplicate()));
+                self.out.push((d, Err(e.duplicate())));
             }
         }
         for (_, d) in self.flushes.drain(..) {
-            d(Err(e.duplicate()));
+            self.out.push((d, Err(e.duplicate())));
         }
         if self.failed.is_none() {
             self.failed = Some(e);
         }
     }
 
-    /// After a submit error, wait (bounded) for whatever is still in the
-    /// kernel so no buffer is freed under it.
-    fn abandon_ring(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (self.inflight_writes > 0 || self.fsync_inflight.is_some())
-            && Instant::now() < deadline
-        {
-            let _ = self.ring.submit_and_wait(1);
-            self.reap();
-        }
-        if self.inflight_writes > 0 {
-            // Leak the buffers rather than free memory the kernel may write.
-            for r in self.records.iter_mut() {
-                if let Some(b) = r.io.take() {
-                    std::mem::forget(b);
-                }
-            }
-        }
+    /// Whether a clean shutdown may finish: nothing in flight, and nothing
+    /// staged unless it can never be written.
+    pub(crate) fn can_finish(&self, clean: bool) -> bool {
+        !self.busy() && (self.staging.is_empty() || self.failed.is_some() || !clean)
     }
 
-    fn finish(&mut self, clean: bool) -> Result<()> {
+    /// Shut down: nothing more is placed by any driver. A clean finish
+    /// persists the replay start at the oldest record not yet released.
+    pub(crate) fn finish(&mut self, clean: bool) -> Result<()> {
+        self.closed = true;
+        for (_, d) in self.flushes.drain(..) {
+            self.out.push((
+                d,
+                Err(Error::new(ErrorKind::Closed, "journal is shut down")),
+            ));
+        }
         if !clean {
             return Ok(());
         }
@@ -851,5 +876,201 @@ impl Writer {
             );
         }
         self.persist_start()
+    }
+}
+
+/// The journal thread: a driver on its own ring for appends from threads
+/// without one, FLUSHes sent to it, released space, space waits and
+/// timeouts, and shutdown.
+pub(crate) struct Writer {
+    core: Arc<CoreCell>,
+    ring: IoUring,
+    /// This ring's submissions in flight.
+    inflight: usize,
+    path: PathBuf,
+    shutdown: Option<(bool, crossbeam_channel::Sender<Result<()>>)>,
+    /// When the shutdown was asked for.
+    shutdown_since: Option<Instant>,
+}
+
+/// How long a shutdown waits for journal I/O in flight on other drivers'
+/// rings (a ublk queue waits for its own before it exits, so this only
+/// bounds a lane that lost its ring).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(60);
+
+impl Writer {
+    pub(crate) fn new(core: Arc<CoreCell>, depth: u32, path: PathBuf) -> Result<Writer> {
+        // Room for `depth` records, a wrap record before each, and an
+        // fdatasync.
+        let ring = IoUring::new((depth.max(1) * 2 + 4).next_power_of_two())
+            .map_err(|e| Error::io("create journal io_uring", e))?;
+        Ok(Writer {
+            core,
+            ring,
+            inflight: 0,
+            path,
+            shutdown: None,
+            shutdown_since: None,
+        })
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let (sync_ready, blocked, busy) = self
+                .core
+                .with(|c| (c.sync_ready(), c.blocked_since.is_some(), c.busy()))
+                .0;
+            if self.inflight == 0 && !sync_ready {
+                let wait = if blocked {
+                    Duration::from_millis(5)
+                } else if busy && self.shutdown.is_some() {
+                    // Another driver's I/O: look again soon, to finish the
+                    // shutdown once it completes.
+                    Duration::from_millis(1)
+                } else {
+                    Duration::from_millis(500)
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(m) => self.handle(m),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        if self.shutdown.is_none() {
+                            let (tx, _rx) = crossbeam_channel::bounded(1);
+                            self.shutdown = Some((false, tx));
+                            self.shutdown_since = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+            while let Ok(m) = rx.try_recv() {
+                self.handle(m);
+            }
+            if let Some(since) = self.shutdown_since {
+                if since.elapsed() > SHUTDOWN_WAIT {
+                    // Another driver's I/O never came back (a lane whose
+                    // ring went away): the core leaks its memory when
+                    // dropped; the close fails instead of hanging.
+                    let e = Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "journal {}: I/O submitted on a queue's ring did not complete within {SHUTDOWN_WAIT:?}",
+                            self.path.display()
+                        ),
+                    );
+                    error!("{e}");
+                    self.core.with(|c| c.fail(e.duplicate()));
+                    if let Some((_, tx)) = self.shutdown.take() {
+                        let _ = tx.send(Err(e));
+                    }
+                    return;
+                }
+            }
+            let crash = matches!(self.shutdown, Some((false, _)));
+            let clean = self.shutdown.as_ref().map(|(c, _)| *c);
+            let (finish, subs) = self.core.with(|c| {
+                if crash {
+                    // Crash: nothing queued is written.
+                    let e = Error::new(ErrorKind::Closed, "volume crashed (test)");
+                    c.fail_pending(&e);
+                }
+                c.pump();
+                c.check_timeout();
+                match clean {
+                    Some(clean) if c.can_finish(clean) => Some(c.finish(clean)),
+                    _ => None,
+                }
+            });
+            self.push(subs);
+            if let Some(r) = finish {
+                if let Some((_, tx)) = self.shutdown.take() {
+                    let _ = tx.send(r);
+                }
+                return;
+            }
+            if self.inflight > 0 {
+                if let Err(e) = self.ring.submit_and_wait(1) {
+                    if e.raw_os_error() != Some(libc::EINTR) {
+                        let e =
+                            Error::io(format!("io_uring submit for {}", self.path.display()), e);
+                        self.core.with(|c| c.fail(e));
+                        self.abandon_ring();
+                    }
+                }
+                self.reap();
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Flush { upto, done } => {
+                self.core.with(|c| c.add_flush(upto, done));
+            }
+            Msg::Wake => {}
+            Msg::Shutdown { clean, done } => {
+                self.shutdown = Some((clean, done));
+                self.shutdown_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// Push the core's submissions on this ring.
+    fn push(&mut self, subs: Vec<Sub>) {
+        for sub in subs {
+            let id = sub.id();
+            // SAFETY: the ring is this thread's and outlives the I/O
+            // (`abandon_ring` waits for completions before giving up, and
+            // the core leaks what never completed), and every completion
+            // is reported to the core (`reap`).
+            let sqe = unsafe { sub.into_sqe() }.user_data(id);
+            // SAFETY: as above.
+            let mut pushed = unsafe { self.ring.submission().push(&sqe) }.is_ok();
+            if !pushed {
+                // The queue is sized for depth + wraps + fsync; flush it
+                // and retry.
+                let _ = self.ring.submit();
+                // SAFETY: as above.
+                pushed = unsafe { self.ring.submission().push(&sqe) }.is_ok();
+            }
+            if pushed {
+                self.inflight += 1;
+            } else {
+                let e = Error::new(ErrorKind::Io, "journal io_uring submission queue full");
+                // Never submitted: complete it as failed so the core does
+                // not wait for it.
+                self.core.with(|c| {
+                    c.fail(e);
+                    c.complete(id, -libc::EIO);
+                });
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        if cqes.is_empty() {
+            return;
+        }
+        self.inflight -= cqes.len();
+        self.core.with(|c| {
+            for (id, res) in cqes {
+                c.complete(id, res);
+            }
+        });
+    }
+
+    /// After a submit error, wait (bounded) for whatever is still in the
+    /// kernel so no buffer is freed under it (the core leaks the records
+    /// of any still in flight when it is dropped).
+    fn abandon_ring(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.inflight > 0 && Instant::now() < deadline {
+            let _ = self.ring.submit_and_wait(1);
+            self.reap();
+        }
     }
 }

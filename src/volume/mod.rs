@@ -94,12 +94,19 @@
 //!      `fenced` and `journal_shared`.
 //!    - `flusher` (`Mutex<bool>` with its `Condvar`): taken by the flusher
 //!      thread (released before it takes `state`), by `stop`, and under
-//!      the journal's `space_wanted` lock on the journal writer thread.
+//!      the journal's `space_wanted` lock by a journal driver (the journal
+//!      thread, or a lane) placing records under the journal
+//!      core's lock.
 //!    - The chunk tables (`verify.rs`): `map`, `loading`, `legacy`,
 //!      `last_log` are leaves; a per-object mutex from `loading` is held
 //!      across that object's header get, taking only those leaves.
 //!    - The journal's own: staging, `JournalShared::tx`, `space_wanted`
-//!      (under which `flusher`).
+//!      (under which `flusher`). The journal core's lock
+//!      (`journal::writer::CoreCell`) is taken only by its drivers, with
+//!      no volume lock held (an append or flush under `state` touches only
+//!      staging, the channel and a thread-local of the lane); under it:
+//!      staging, `space_wanted`, the power-cut log. Its completions run
+//!      after it is released.
 //!    - The read cache's own (its order: `flush_lock`, held across the
 //!      cache file's writes and fdatasyncs, then `slots`, then one key
 //!      shard; `inflight`, `deferred` and a fetch's `result` with its
