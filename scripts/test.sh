@@ -61,11 +61,14 @@ crash=target/release/lsvd-crash-test
 "$crash" --iterations $((iters / 3)) --seed 2 --wipe-journal-every 2 --quiet
 "$crash" --iterations $((iters / 3)) --seed 3 --lose-objects 2 --lose-objects-every 3 --quiet
 "$crash" --iterations $((iters / 3)) --seed 4 --backend-delay 5 --quiet
+"$crash" --iterations $((iters / 3)) --seed 5 --lane --quiet
 
 echo "== crash tester with power cuts (lsvd::powercut: unflushed writes and directory changes lost or torn)"
 power_iters="${LSVD_POWER_CRASH_ITERATIONS:-100}"
 "$crash" --power-loss --iterations "$power_iters" --seed 10 --quiet
 "$crash" --power-loss --iterations $((power_iters / 2)) --seed 11 --backend-delay 5 --quiet
+# The journal driven from the writer's own ring (a lane, as a ublk queue does).
+"$crash" --power-loss --lane --iterations $((power_iters / 2)) --seed 13 --quiet
 # Several cuts in a row on one image, with GC collecting between them.
 "$crash" --power-loss --gc --iterations $((power_iters / 2)) --seed 12 --fresh-every 0 \
     --max-stored-ratio 8 --quiet

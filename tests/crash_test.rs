@@ -76,6 +76,28 @@ fn power_cuts_keep_flushed_writes_and_prefix_consistency() {
     assert!(!cuts.contains("journal writes durable 0 "), "{cuts}");
 }
 
+/// `--lane --power-loss`: the child drives the journal from its own ring,
+/// as a ublk queue does (a journal lane), and power cuts still keep every
+/// flushed and FUA write and a prefix.
+#[test]
+fn power_cuts_with_the_journal_on_the_writers_ring() {
+    let stdout = run_crash_tester(&[
+        "--power-loss",
+        "--lane",
+        "--iterations",
+        "8",
+        "--seed",
+        "4",
+        "--quiet",
+    ]);
+    let cuts = stdout
+        .lines()
+        .find(|l| l.starts_with("power cuts: "))
+        .unwrap_or_else(|| panic!("no power-cut summary in:\n{stdout}"));
+    assert!(cuts.starts_with("power cuts: 8:"), "{cuts}");
+    assert!(!cuts.contains("journal writes durable 0 "), "{cuts}");
+}
+
 /// The same against a RADOS pool of the test cluster (`--backend rados`, a
 /// namespace of the run's own): a killed child's image lock outlives it, so
 /// the tester must break it after every kill.

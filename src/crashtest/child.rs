@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use super::oplog::{Op, OpKind};
 use super::stamp::{stamped_buffer, Stamp};
 use super::Layout;
+use crate::journal::RingLane;
 use crate::units::SECTOR;
 use crate::volume::Volume;
 
@@ -42,6 +43,36 @@ pub struct ChildArgs {
     pub backend_delay_ms: u64,
     /// Record the journal's and the store's I/O here (power-cut model).
     pub power_log: Option<std::path::PathBuf>,
+    /// Drive the journal from this thread's own ring (a journal lane), as
+    /// a ublk queue does.
+    pub lane: bool,
+}
+
+/// Wait for one completion message. With a lane, this thread drives the
+/// lane's ring meanwhile: the records its writes were staged in are placed
+/// and completed here, so nothing else would.
+fn recv_one(rx: &mpsc::Receiver<bool>, lane: &mut Option<RingLane>) -> Option<bool> {
+    let Some(l) = lane.as_mut() else {
+        return rx.recv().ok();
+    };
+    loop {
+        if let Ok(v) = rx.try_recv() {
+            return Some(v);
+        }
+        let busy = l.inflight() > 0;
+        l.run(busy).ok()?;
+        if let Ok(v) = rx.try_recv() {
+            return Some(v);
+        }
+        if l.inflight() == 0 {
+            // Acknowledgements of records the journal thread carries.
+            match rx.recv_timeout(Duration::from_millis(1)) {
+                Ok(v) => return Some(v),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
 }
 
 /// One line to stdout with one `write(2)`.
@@ -131,6 +162,21 @@ pub fn run(args: ChildArgs) -> i32 {
             return 3;
         }
     };
+    let mut lane = if args.lane {
+        let Some(l) = vol.journal_lane() else {
+            emit_error(&out, "lane", "the volume has no journal");
+            return 3;
+        };
+        match RingLane::new(&l, 64) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                emit_error(&out, "lane", &format!("{e:?}"));
+                return 3;
+            }
+        }
+    } else {
+        None
+    };
     emit(&out, "R\n");
     let disk_sectors = vol.size_bytes() / SECTOR;
     let mut rng = SmallRng::seed_from_u64(args.seed);
@@ -143,9 +189,9 @@ pub fn run(args: ChildArgs) -> i32 {
     let mut since_flush = 0u32;
     loop {
         while in_flight >= MAX_IN_FLIGHT {
-            match rx.recv() {
-                Ok(true) => in_flight -= 1,
-                Ok(false) | Err(_) => return 5,
+            match recv_one(&rx, &mut lane) {
+                Some(true) => in_flight -= 1,
+                Some(false) | None => return 5,
             }
         }
         while let Ok(ok) = rx.try_recv() {
@@ -177,6 +223,11 @@ pub fn run(args: ChildArgs) -> i32 {
                 return 5;
             }
             in_flight += 1;
+            if let Some(l) = lane.as_mut() {
+                if l.run(false).is_err() {
+                    return 5;
+                }
+            }
             continue;
         }
         let op = gen_op(&mut rng, w + 1, disk_sectors);
@@ -188,9 +239,9 @@ pub fn run(args: ChildArgs) -> i32 {
             // record is still followed by an fdatasync. Both ways occur
             // (a power-loss run counts its RWF_DSYNC writes).
             while in_flight > 0 {
-                match rx.recv() {
-                    Ok(true) => in_flight -= 1,
-                    Ok(false) | Err(_) => return 5,
+                match recv_one(&rx, &mut lane) {
+                    Some(true) => in_flight -= 1,
+                    Some(false) | None => return 5,
                 }
             }
         }
@@ -221,6 +272,11 @@ pub fn run(args: ChildArgs) -> i32 {
             return 5;
         }
         in_flight += 1;
+        if let Some(l) = lane.as_mut() {
+            if l.run(false).is_err() {
+                return 5;
+            }
+        }
     }
 }
 

@@ -190,6 +190,10 @@ pub struct Args {
     /// store only.
     #[arg(long)]
     pub power_loss: bool,
+    /// The child drives the journal from its own io_uring (a journal lane,
+    /// as a ublk queue does) instead of through the journal thread.
+    #[arg(long)]
+    pub lane: bool,
     /// Start over with a new, empty image every N iterations (0: never).
     /// Without garbage collection the store only grows; this bounds the
     /// disk space a long run needs.
@@ -382,6 +386,7 @@ pub fn main() -> i32 {
             seed: args.child_seed,
             backend_delay_ms: args.backend_delay,
             power_log: args.power_log.clone(),
+            lane: args.lane,
         });
     }
     match Tester::new(args) {
@@ -837,6 +842,9 @@ impl Tester {
         if a.wipe_journal || a.wipe_journal_every > 0 {
             v.push(format!("--wipe-mode {:?}", a.wipe_mode).to_lowercase());
         }
+        if a.lane {
+            v.push("--lane".into());
+        }
         if a.lose_objects > 0 {
             v.push(format!("--lose-objects {}", a.lose_objects));
         }
@@ -1073,6 +1081,9 @@ impl Tester {
             .arg(self.args.backend_delay.to_string());
         if self.args.power_loss {
             cmd.arg("--power-log").arg(self.layout.power_rec(iter));
+        }
+        if self.args.lane {
+            cmd.arg("--lane");
         }
         if let StoreSpec::Rados { pool, namespace } = &self.layout.store {
             cmd.arg("--backend")

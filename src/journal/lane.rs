@@ -1,8 +1,5 @@
 //! Lanes: journal drivers on their callers' own rings.
 //!
-//! (The ublk queues do not use lanes yet: the guest suite has not passed
-//! with them. The tests drive lanes through [`RingLane`].)
-//!
 //! A ublk queue thread sleeps in its own io_uring. Rather than hand its
 //! writes to the journal thread (a wake-up there, and one back when they
 //! are durable), it drives the journal itself: it [`Lane::enter`]s a lane

@@ -2,8 +2,8 @@
 //! O_DIRECT and written through io_uring, with group commit.
 //!
 //! One state machine (`writer::Core`) owns the log; the journal thread
-//! and any number of lanes ([`Lane`]: threads with their own ring, as ublk
-//! queues are meant to be) submit its I/O. Callers add their operations
+//! and any number of lanes ([`Lane`]: threads with their own ring, such as
+//! the ublk queues) submit its I/O. Callers add their operations
 //! ([`Append`]s, in journal-sequence order) to the record being filled, by
 //! reference: the data stays in the caller's batch buffer ([`Span`]s) and
 //! the record is written from there with `writev`, so write data is copied

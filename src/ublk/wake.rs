@@ -96,7 +96,12 @@ impl TagShared {
         // and finds the outcome when it waits.
         if let Some(w) = waker {
             w.wake();
-            self.notify.kick();
+            // On the queue's own thread (a journal completion reaped from
+            // the queue ring, see `Lane`), the executor runs the woken task
+            // before the ring sleeps again: no wake-up needed.
+            if std::thread::current().id() != self.notify.owner {
+                self.notify.kick();
+            }
         }
     }
 }
@@ -104,6 +109,8 @@ impl TagShared {
 /// The queue's half, shared with every tag and signal of the queue.
 struct NotifyShared {
     efd: OwnedFd,
+    /// The queue thread (the one that made the notifier).
+    owner: std::thread::ThreadId,
     /// An eventfd write is pending that the queue has not consumed yet.
     kicked: AtomicBool,
     /// The notifier's poll failed: waiters give up rather than sleep.
@@ -177,7 +184,9 @@ impl NotifyShared {
     }
 }
 
-/// One queue's wake-up channel; see the module documentation.
+/// One queue's wake-up channel; see the module documentation. Made on
+/// the queue's thread: a completion posted on that thread itself wakes
+/// its task without a kick.
 pub struct Notifier {
     shared: Arc<NotifyShared>,
 }
@@ -195,6 +204,7 @@ impl Notifier {
         Ok(Notifier {
             shared: Arc::new(NotifyShared {
                 efd,
+                owner: std::thread::current().id(),
                 kicked: AtomicBool::new(false),
                 failed: AtomicBool::new(false),
                 tags: Mutex::new(Vec::new()),

@@ -460,6 +460,14 @@ impl Volume {
         self.sync_submit("flush", |d| self.submit_flush(d))
     }
 
+    /// A driver for the journal on the caller's own io_uring (a ublk
+    /// queue's): see [`crate::journal::Lane`]. `None` for a read-only or
+    /// closed volume.
+    pub fn journal_lane(&self) -> Option<crate::journal::Lane> {
+        let st = self.inner.lock_state();
+        st.journal.as_ref().map(|j| j.lane())
+    }
+
     /// Submit a FLUSH covering every write submitted before it. With
     /// `hard_flush`, it also waits until the backend holds everything.
     pub fn submit_flush(&self, done: Completion) -> Result<()> {
