@@ -72,6 +72,9 @@ pub struct Lane {
 /// While alive, the thread that made it drives its lane.
 pub struct LaneGuard {
     tx: Sender<Msg>,
+    /// The core this guard registered, if it did (the first lane entered
+    /// on a thread; a later one, while that is alive, registers nothing).
+    core: Option<Arc<CoreCell>>,
     // Not Send: it stands for this thread's registration.
     _not_send: std::marker::PhantomData<*const ()>,
 }
@@ -82,28 +85,26 @@ impl Lane {
     }
 
     /// Drive this lane from the current thread until the guard is
-    /// dropped. A thread drives at most one lane at a time: entering a
-    /// second one hands the first one's pending FLUSHes to its journal
-    /// thread.
+    /// dropped. A thread drives at most one lane: while one is entered,
+    /// entering another (or the same again) registers nothing, so that
+    /// journal's appends and FLUSHes from this thread still go to its
+    /// journal thread, and only the first guard's drop ends the
+    /// registration.
     pub fn enter(&self) -> LaneGuard {
-        let old = CURRENT.with(|c| {
-            c.borrow_mut().replace(Current {
+        let registered = CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_some() {
+                return false;
+            }
+            *c = Some(Current {
                 core: self.core.clone(),
                 flushes: Vec::new(),
-            })
+            });
+            true
         });
-        if let Some(old) = old {
-            // The old lane's journal thread has no sender here; its FLUSHes
-            // fail rather than wait for a pump that never comes.
-            for (_, d) in old.flushes {
-                d(Err(crate::error::Error::new(
-                    crate::error::ErrorKind::Closed,
-                    "journal lane left",
-                )));
-            }
-        }
         LaneGuard {
             tx: self.tx.clone(),
+            core: registered.then(|| self.core.clone()),
             _not_send: std::marker::PhantomData,
         }
     }
@@ -136,7 +137,16 @@ impl Lane {
 
 impl Drop for LaneGuard {
     fn drop(&mut self) {
-        let cur = CURRENT.with(|c| c.borrow_mut().take());
+        let cur = self.core.as_ref().and_then(|core| {
+            CURRENT.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.as_ref().is_some_and(|cur| Arc::ptr_eq(&cur.core, core)) {
+                    c.take()
+                } else {
+                    None
+                }
+            })
+        });
         if let Some(cur) = cur {
             for (upto, done) in cur.flushes {
                 if let Err(e) = self.tx.send(Msg::Flush { upto, done }) {

@@ -946,7 +946,9 @@ impl Writer {
                 self.handle(m);
             }
             if let Some(since) = self.shutdown_since {
-                if since.elapsed() > SHUTDOWN_WAIT {
+                // Only other drivers' I/O is given up on: this ring's own
+                // is waited for below, as before lanes.
+                if self.inflight == 0 && since.elapsed() > SHUTDOWN_WAIT {
                     // Another driver's I/O never came back (a lane whose
                     // ring went away): the core leaks its memory when
                     // dropped; the close fails instead of hanging.

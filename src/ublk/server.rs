@@ -512,7 +512,26 @@ async fn tag_loop(
         .await?;
     loop {
         let iod = *q.get_iod(tag);
-        let res = handle(q, &iod, buf.as_mut_slice(), ctx, &mut waiter, &mut spare).await;
+        // A panic while handling one request fails that request, not the
+        // queue: the queue thread must live on to report the journal I/O
+        // it has in flight on its ring (every later acknowledgement, on
+        // every queue, waits for it).
+        let res = smol::future::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handle(
+            q,
+            &iod,
+            buf.as_mut_slice(),
+            ctx,
+            &mut waiter,
+            &mut spare,
+        )))
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(
+                "queue {} tag {tag}: request handler panicked: failing it",
+                q.get_qid()
+            );
+            -libc::EIO
+        });
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
     }
