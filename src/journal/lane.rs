@@ -123,7 +123,7 @@ impl Lane {
                 for (upto, d) in flushes {
                     c.add_flush(upto, d);
                 }
-                c.pump();
+                c.pump_lane();
             })
             .1
     }

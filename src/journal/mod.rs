@@ -124,6 +124,9 @@ pub struct JournalShared {
     /// Records written with `RWF_DSYNC`: durable at completion, no
     /// fdatasync needed for the FUA writes they hold.
     dsync: AtomicU64,
+    /// Records a lane left to the journal thread because the replay start
+    /// had to move first.
+    pub(crate) lane_deferrals: AtomicU64,
     space_wanted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     tx: Mutex<Option<Sender<Msg>>>,
 }
@@ -137,6 +140,7 @@ impl Default for JournalShared {
             copied: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             dsync: AtomicU64::new(0),
+            lane_deferrals: AtomicU64::new(0),
             space_wanted: Mutex::new(None),
             tx: Mutex::new(None),
         }
@@ -148,6 +152,11 @@ impl JournalShared {
     /// space may be reused.
     pub fn release(&self, seq: JournalSeq) {
         self.released.fetch_max(seq.0, Ordering::SeqCst);
+        self.wake_writer();
+    }
+
+    /// Wake the journal thread (work a lane left to it).
+    pub(crate) fn wake_writer(&self) {
         if let Ok(g) = self.tx.lock() {
             if let Some(tx) = g.as_ref() {
                 let _ = tx.send(Msg::Wake);

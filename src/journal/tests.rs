@@ -880,6 +880,10 @@ fn lanes_on_their_own_rings_keep_the_chain_through_power_cuts() {
         t.join().unwrap();
     }
     assert!(on_lanes.load(Ordering::Relaxed) > 0, "lanes carried I/O");
+    assert!(
+        j.shared().lane_deferrals.load(Ordering::Relaxed) > 0,
+        "lanes left replay-start moves to the journal thread"
+    );
     assert!(j.shared().syncs() + j.shared().dsync_records() >= 5);
     let j = Arc::try_unwrap(j).ok().unwrap();
     j.shutdown(false).unwrap();

@@ -216,6 +216,11 @@ pub(crate) struct Core {
     out: Vec<(Done, Result<()>)>,
     /// Shut down: nothing more is placed.
     closed: bool,
+    /// Pumping for a lane (`pump_lane`).
+    lane_pump: bool,
+    /// A lane's placement stopped at a replay-start move, left to the
+    /// journal thread.
+    deferred: bool,
 }
 
 /// The core behind its lock.
@@ -326,6 +331,8 @@ impl Core {
             subs: Vec::new(),
             out: Vec::new(),
             closed: false,
+            lane_pump: false,
+            deferred: false,
         };
         c.publish_usage();
         CoreCell(Mutex::new(c))
@@ -341,6 +348,14 @@ impl Core {
         self.pop_released();
         self.fill();
         self.maybe_fsync();
+    }
+
+    /// [`Core::pump`] for a lane: the same, except that a record needing
+    /// the replay start moved first is left to the journal thread.
+    pub(crate) fn pump_lane(&mut self) {
+        self.lane_pump = true;
+        self.pump();
+        self.lane_pump = false;
     }
 
     /// A FLUSH covering every sequence up to `upto`.
@@ -452,6 +467,14 @@ impl Core {
             if self.data_size - (self.head_v - self.tail_v()) < need {
                 return None;
             }
+            if self.lane_pump {
+                // The space is free but the replay start must move first
+                // (a superblock write and fdatasync): not on a lane, whose
+                // queue thread and every other driver would wait under the
+                // lock. The journal thread does it and places the record.
+                self.deferred = true;
+                return None;
+            }
             if let Err(e) = self.persist_start() {
                 self.fail(e);
                 return None;
@@ -534,6 +557,11 @@ impl Core {
             let Some((_, wrap)) = self.reserve(total) else {
                 self.staging.unget(st);
                 if self.failed.is_some() {
+                    return;
+                }
+                if std::mem::take(&mut self.deferred) {
+                    self.shared.lane_deferrals.fetch_add(1, Ordering::Relaxed);
+                    self.shared.wake_writer();
                     return;
                 }
                 if self.blocked_since.is_none() {
