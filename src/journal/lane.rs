@@ -224,6 +224,12 @@ impl RingLane {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) => return Err(crate::error::Error::io("journal lane submit", e)),
         }
+        self.reap();
+        Ok(())
+    }
+
+    /// Report every completion waiting on the ring.
+    fn reap(&mut self) {
         let cqes: Vec<(u64, i32)> = self
             .ring
             .completion()
@@ -233,7 +239,6 @@ impl RingLane {
         for (id, res) in cqes {
             self.lane.complete(id, res);
         }
-        Ok(())
     }
 
     /// Submissions in flight on this ring.
@@ -249,15 +254,7 @@ impl Drop for RingLane {
             if self.ring.submit_and_wait(1).is_err() {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            self.inflight -= cqes.len();
-            for (id, res) in cqes {
-                self.lane.complete(id, res);
-            }
+            self.reap();
         }
     }
 }

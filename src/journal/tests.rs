@@ -698,6 +698,87 @@ fn a_fua_write_after_synced_records_is_one_dsync_write() {
     }
 }
 
+/// A new 128 KiB journal in `dir` whose I/O is recorded in `dir/rec` for
+/// the power-cut model ([`replay_every_cut`]).
+fn open_recorded(
+    dir: &Path,
+    uuid: ImageUuid,
+) -> (Journal, OpenReport, Arc<crate::powercut::IoLog>) {
+    use crate::powercut::{cut, IoLog};
+    let (rec, store) = (dir.join("rec"), dir.join("store"));
+    std::fs::create_dir_all(&store).unwrap();
+    let mut o = opts(dir, 128 << 10);
+    cut::capture_baseline(&rec, &o.path, &store).unwrap();
+    let log = IoLog::create(&rec).unwrap();
+    o.io_log = Some(log.clone());
+    let (j, r, _) = open(&o, uuid, Generation(0), 0).unwrap();
+    (j, r, log)
+}
+
+/// For a session recorded in `dir/rec` (a 128 KiB journal, writes of 16
+/// sectors at lba = 16 x seq filled with seq as a byte), apply a power cut
+/// at every event, `tries` times each: the replay must open, reach the
+/// highest sequence marked acknowledged-durable before the cut, have no
+/// hole above the backend (what the durable superblock's start says the
+/// journal no longer needs), and give every entry its own lba and data.
+/// Returns the cuts where the journal held an acknowledged sequence.
+fn replay_every_cut(dir: &Path, uuid: ImageUuid, gen: Generation, seed: u64, tries: u32) -> usize {
+    use crate::format::journal::JournalSuper;
+    use crate::powercut::{cut, read_events, Event};
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+    let (rec, store) = (dir.join("rec"), dir.join("store"));
+    let evs = read_events(&rec).unwrap();
+    let trial = dir.join("trial.wlog");
+    let mut t = opts(dir, 128 << 10);
+    t.path = trial.clone();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut needed = 0;
+    for upto in 0..=evs.len() {
+        let floor = evs[..upto]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Mark { n } => Some(*n),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        for _ in 0..tries {
+            let _ = std::fs::remove_file(&trial);
+            cut::apply_at(&rec, &trial, &store, Some(upto), &mut rng).unwrap();
+            let backend = std::fs::read(&trial).ok().map_or(0, |f| {
+                (0..2u32)
+                    .filter_map(|s| {
+                        let b = f.get(s as usize * 4096..(s as usize + 1) * 4096)?;
+                        JournalSuper::decode_slot(b, s).ok()
+                    })
+                    .max_by_key(|sb| sb.update_seq)
+                    .map_or(0, |sb| sb.start_seq.0 - 1)
+            });
+            let (jt, _, seen) = open(&t, uuid, gen, backend)
+                .unwrap_or_else(|e| panic!("cut at event {upto}: open failed: {e:?}"));
+            drop(jt);
+            let last = seen.last().map_or(backend, |e| e.0);
+            assert!(
+                last >= floor,
+                "cut at event {upto}: sequence {floor} was acknowledged durable, replay ends \
+                 at {last} (backend {backend})"
+            );
+            needed += usize::from(floor > backend);
+            for (i, e) in seen.iter().enumerate() {
+                assert_eq!(e.0, backend + 1 + i as u64, "cut at event {upto}: a hole");
+                assert_eq!(e.2, e.0 * 16, "cut at event {upto}: entry {} lba", e.0);
+                assert!(
+                    e.3.iter().all(|&b| b == e.0 as u8),
+                    "cut at event {upto}: entry {} data",
+                    e.0
+                );
+            }
+        }
+    }
+    needed
+}
+
 /// Power cuts (the `powercut` model: anything no completed fdatasync or
 /// RWF_DSYNC write covers may be lost or torn, in any order) at every
 /// moment of a session mixing plain and FUA writes, DSYNC and fdatasync
@@ -705,19 +786,9 @@ fn a_fua_write_after_synced_records_is_one_dsync_write() {
 /// acknowledged FUA write, and every entry it replays holds its own data.
 #[test]
 fn acknowledged_fua_writes_survive_a_power_cut_at_every_moment() {
-    use crate::format::journal::JournalSuper;
-    use crate::powercut::{cut, read_events, Event, IoLog};
-    use rand::rngs::SmallRng;
-    use rand::SeedableRng;
     let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let (rec, store) = (dir.path().join("rec"), dir.path().join("store"));
-    std::fs::create_dir_all(&store).unwrap();
-    let mut o = opts(dir.path(), 128 << 10);
-    cut::capture_baseline(&rec, &o.path, &store).unwrap();
-    let log = IoLog::create(&rec).unwrap();
-    o.io_log = Some(log.clone());
     let uuid = ImageUuid([13; 16]);
-    let (j, r, _) = open(&o, uuid, Generation(0), 0).unwrap();
+    let (j, r, log) = open_recorded(dir.path(), uuid);
     // 60 records of 8 KiB in a 120 KiB record area (several wraps); every
     // third is FUA, and 20..30 all are (DSYNC writes back to back).
     for i in 1..=60u64 {
@@ -734,55 +805,7 @@ fn acknowledged_fua_writes_survive_a_power_cut_at_every_moment() {
     assert!(j.shared().syncs() >= 3, "the fdatasync path ran");
     j.shutdown(false).unwrap();
     drop(log);
-    let evs = read_events(&rec).unwrap();
-    let trial = dir.path().join("trial.wlog");
-    let mut t = opts(dir.path(), 128 << 10);
-    t.path = trial.clone();
-    let mut rng = SmallRng::seed_from_u64(20261204);
-    let mut replayed_fua = 0;
-    for upto in 0..=evs.len() {
-        let floor = evs[..upto]
-            .iter()
-            .filter_map(|e| match e {
-                Event::Mark { n } => Some(*n),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        for _ in 0..2 {
-            let _ = std::fs::remove_file(&trial);
-            cut::apply_at(&rec, &trial, &store, Some(upto), &mut rng).unwrap();
-            // The backend holds what the durable superblock's start says
-            // the journal no longer needs.
-            let backend = std::fs::read(&trial).ok().map_or(0, |f| {
-                (0..2u32)
-                    .filter_map(|s| {
-                        let b = f.get(s as usize * 4096..(s as usize + 1) * 4096)?;
-                        JournalSuper::decode_slot(b, s).ok()
-                    })
-                    .max_by_key(|sb| sb.update_seq)
-                    .map_or(0, |sb| sb.start_seq.0 - 1)
-            });
-            let (jt, _, seen) = open(&t, uuid, r.generation, backend)
-                .unwrap_or_else(|e| panic!("cut at event {upto}: open failed: {e:?}"));
-            drop(jt);
-            let last = seen.last().map_or(backend, |e| e.0);
-            assert!(
-                last >= floor,
-                "cut at event {upto}: FUA write {floor} was acknowledged, replay ends at {last} \
-                 (backend {backend})"
-            );
-            replayed_fua += usize::from(floor > backend);
-            for e in &seen {
-                assert_eq!(e.2, e.0 * 16, "cut at event {upto}: entry {} lba", e.0);
-                assert!(
-                    e.3.iter().all(|&b| b == e.0 as u8),
-                    "cut at event {upto}: entry {} data",
-                    e.0
-                );
-            }
-        }
-    }
+    let replayed_fua = replay_every_cut(dir.path(), uuid, r.generation, 20261204, 2);
     assert!(replayed_fua > 100, "{replayed_fua} cuts needed the journal");
 }
 
@@ -794,20 +817,10 @@ fn acknowledged_fua_writes_survive_a_power_cut_at_every_moment() {
 /// acknowledged FUA write or FLUSH, with every entry holding its own data.
 #[test]
 fn lanes_on_their_own_rings_keep_the_chain_through_power_cuts() {
-    use crate::format::journal::JournalSuper;
-    use crate::powercut::{cut, read_events, Event, IoLog};
-    use rand::rngs::SmallRng;
-    use rand::SeedableRng;
     use std::sync::atomic::AtomicUsize;
     let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let (rec, store) = (dir.path().join("rec"), dir.path().join("store"));
-    std::fs::create_dir_all(&store).unwrap();
-    let mut o = opts(dir.path(), 128 << 10);
-    cut::capture_baseline(&rec, &o.path, &store).unwrap();
-    let log = IoLog::create(&rec).unwrap();
-    o.io_log = Some(log.clone());
     let uuid = ImageUuid([14; 16]);
-    let (j, r, _) = open(&o, uuid, Generation(0), 0).unwrap();
+    let (j, r, log) = open_recorded(dir.path(), uuid);
     let j = Arc::new(j);
     // The volume's state lock: sequences are assigned and appended in order.
     let next = Arc::new(Mutex::new(1u64));
@@ -888,52 +901,7 @@ fn lanes_on_their_own_rings_keep_the_chain_through_power_cuts() {
     let j = Arc::try_unwrap(j).ok().unwrap();
     j.shutdown(false).unwrap();
     drop(log);
-    let evs = read_events(&rec).unwrap();
-    let trial = dir.path().join("trial.wlog");
-    let mut t = opts(dir.path(), 128 << 10);
-    t.path = trial.clone();
-    let mut rng = SmallRng::seed_from_u64(20261205);
-    let mut needed = 0;
-    for upto in 0..=evs.len() {
-        let floor = evs[..upto]
-            .iter()
-            .filter_map(|e| match e {
-                Event::Mark { n } => Some(*n),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        let _ = std::fs::remove_file(&trial);
-        cut::apply_at(&rec, &trial, &store, Some(upto), &mut rng).unwrap();
-        let backend = std::fs::read(&trial).ok().map_or(0, |f| {
-            (0..2u32)
-                .filter_map(|s| {
-                    let b = f.get(s as usize * 4096..(s as usize + 1) * 4096)?;
-                    JournalSuper::decode_slot(b, s).ok()
-                })
-                .max_by_key(|sb| sb.update_seq)
-                .map_or(0, |sb| sb.start_seq.0 - 1)
-        });
-        let (jt, _, seen) = open(&t, uuid, r.generation, backend)
-            .unwrap_or_else(|e| panic!("cut at event {upto}: open failed: {e:?}"));
-        drop(jt);
-        let last = seen.last().map_or(backend, |e| e.0);
-        assert!(
-            last >= floor,
-            "cut at event {upto}: sequence {floor} was acknowledged durable, replay ends at \
-             {last} (backend {backend})"
-        );
-        needed += usize::from(floor > backend);
-        for (i, e) in seen.iter().enumerate() {
-            assert_eq!(e.0, backend + 1 + i as u64, "cut at event {upto}: a hole");
-            assert_eq!(e.2, e.0 * 16, "cut at event {upto}: entry {} lba", e.0);
-            assert!(
-                e.3.iter().all(|&b| b == e.0 as u8),
-                "cut at event {upto}: entry {} data",
-                e.0
-            );
-        }
-    }
+    let needed = replay_every_cut(dir.path(), uuid, r.generation, 20261205, 1);
     assert!(needed > 50, "{needed} cuts needed the journal");
 }
 

@@ -441,7 +441,7 @@ fn queue_main(qid: u16, dev: &UblkDev, ctx: &Arc<DevCtx>) {
     let jios = journal_ios.clone();
     smol::block_on(exe.run(async move {
         let run_ops = || {
-            run_round(&exe2, lane.as_ref(), |sub| {
+            run_round(&exe2, lane.as_ref(), |lane, sub| {
                 let id = sub.id();
                 // SAFETY: the queue thread does not leave before every
                 // journal I/O on its ring has completed and been reported
@@ -452,9 +452,7 @@ fn queue_main(qid: u16, dev: &UblkDev, ctx: &Arc<DevCtx>) {
                 let (lane, jios) = (lane.clone(), jios.clone());
                 exe2.spawn(async move {
                     let res = f.await;
-                    if let Some(lane) = lane {
-                        lane.complete(id, res);
-                    }
+                    lane.complete(id, res);
                     jios.set(jios.get() - 1);
                 })
                 .detach();
@@ -479,7 +477,7 @@ fn queue_main(qid: u16, dev: &UblkDev, ctx: &Arc<DevCtx>) {
 fn run_round(
     exe: &smol::LocalExecutor<'_>,
     lane: Option<&crate::journal::Lane>,
-    mut submit: impl FnMut(crate::journal::Sub),
+    mut submit: impl FnMut(&crate::journal::Lane, crate::journal::Sub),
 ) {
     loop {
         while exe.try_tick() {}
@@ -492,7 +490,7 @@ fn run_round(
             return;
         }
         for sub in subs {
-            submit(sub);
+            submit(lane, sub);
         }
     }
 }
@@ -829,7 +827,7 @@ mod tests {
             f2.set(true);
         })
         .detach();
-        run_round(&exe, Some(&lane), |_| panic!("no journal I/O expected"));
+        run_round(&exe, Some(&lane), |_, _| panic!("no journal I/O expected"));
         let (posted, kicks) = notifier.counts();
         assert_eq!(posted, 1, "the FLUSH completed");
         assert_eq!(kicks, 0, "on its own thread, without a wake-up");
