@@ -187,6 +187,27 @@ fio_iops() {
         END { exit !found }'
 }
 
+# fio_fill DEV [SIZE]: write the first SIZE bytes of DEV sequentially, then
+# read them back sequentially (1 MiB O_DIRECT I/O at QD8), so the read
+# phase after it finds every block written, and on lsvd in the read cache
+# (its steady state: hot data on the local tier), on every device alike.
+# The random-write phase before it is time-based: a faster device writes
+# more of the region, and on lsvd a block never written reads as zeros from
+# memory, so without the fill the read ratios would depend on how fast the
+# writes were; and a block lsvd has destaged but not cached is a backend
+# fetch of its 64 KiB chunk, which the cold-read benchmark measures, not
+# this one.
+FIO_READ_SIZE=${FIO_READ_SIZE:-512M}
+fio_fill() {
+    local dev=$1 size=${2:-$FIO_READ_SIZE} rw engine
+    engine=$(fio_engine "$dev")
+    for rw in write read; do
+        fio --name=fill --filename="$dev" --ioengine="$engine" --direct=1 \
+            --rw=$rw --bs=1M --iodepth=8 --size="$size" --output-format=terse \
+            --terse-version=3 >/dev/null || return 1
+    done
+}
+
 # fio_sync_iops DEV [SECONDS]: 4 KiB random O_SYNC writes at QD1 (each one
 # a FUA write on a device that supports FUA, a write plus FLUSH otherwise):
 # the latency of a durable write. Prints the IOPS (integer).

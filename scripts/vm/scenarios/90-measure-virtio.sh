@@ -9,14 +9,22 @@
 #   MEASURE virtio randread-qd1 lat_us=N p99_us=N iops=N   (4 KiB reads at QD1)
 # cpu_us_per_io is the whole guest's busy CPU per I/O on the device (see
 # cpu_per_io in lib.sh) (server_us_per_io is 0: no server).
-# Reads follow the writes on the same region so they are not all holes.
+# Reads cover a region written whole and read once just before (fio_fill),
+# as on ublk.
 . /lib/lsvd-vm-lib.sh
 
 DEV=/dev/vdb
 for rw in randwrite randread; do
+    # The reads cover a region every device has written whole and read
+    # once just before (fio_fill).
+    size=$FIO_MEASURE_SIZE
+    if [ $rw = randread ]; then
+        fio_fill $DEV || fail fill "fio sequential fill of $DEV failed"
+        size=$FIO_READ_SIZE
+    fi
     snap=$(io_snapshot $DEV)
     csnap=$(cpu_snapshot $DEV)
-    if res=$(fio_iops $DEV $rw); then
+    if res=$(fio_iops $DEV $rw "" "$size"); then
         echo "MEASURE virtio $rw iops=$res $(cpu_per_io $DEV "$csnap")"
         case $rw in randwrite) io_moved "$rw-io" $DEV "$snap" w ;; *) io_moved "$rw-io" $DEV "$snap" r ;; esac
         pass "$rw"
@@ -24,8 +32,8 @@ for rw in randwrite randread; do
         fail "$rw" "fio $rw on $DEV failed"
     fi
 done
-# Read latency: 4 KiB random reads at QD1 over the region written above.
-if res=$(fio_read_lat_qd1 $DEV); then
+# Read latency: 4 KiB random reads at QD1 over the region filled above.
+if res=$(fio_read_lat_qd1 $DEV "" "$FIO_READ_SIZE"); then
     echo "MEASURE virtio randread-qd1 $res"
     pass readlat
 else

@@ -20,9 +20,16 @@ must create lsvd create $IMG --size 2G
 attach attach $IMG || finish
 SRV=$(server_pid "$DEV")
 for rw in randwrite randread; do
+    # The reads cover a region every device has written whole and read
+    # once just before (fio_fill).
+    size=$FIO_MEASURE_SIZE
+    if [ $rw = randread ]; then
+        fio_fill "$DEV" || fail fill "fio sequential fill of $DEV failed"
+        size=$FIO_READ_SIZE
+    fi
     snap=$(io_snapshot "$DEV")
     csnap=$(cpu_snapshot "$DEV" "$SRV")
-    if res=$(fio_iops "$DEV" $rw); then
+    if res=$(fio_iops "$DEV" $rw "" "$size"); then
         echo "MEASURE ublk $rw iops=$res $(cpu_per_io "$DEV" "$csnap" "$SRV")"
         case $rw in randwrite) io_moved "$rw-io" "$DEV" "$snap" w ;; *) io_moved "$rw-io" "$DEV" "$snap" r ;; esac
         pass "$rw"
@@ -30,8 +37,8 @@ for rw in randwrite randread; do
         fail "$rw" "fio $rw on $DEV failed"
     fi
 done
-# Read latency: 4 KiB random reads at QD1 over the region written above.
-if res=$(fio_read_lat_qd1 "$DEV"); then
+# Read latency: 4 KiB random reads at QD1 over the region filled above.
+if res=$(fio_read_lat_qd1 "$DEV" "" "$FIO_READ_SIZE"); then
     echo "MEASURE ublk randread-qd1 $res"
     pass readlat
 else
