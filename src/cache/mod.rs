@@ -79,8 +79,8 @@ use tracing::{info, warn};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::rcache::{
-    block_crc, decode_index_block, encode_index_block, CacheCounters, CacheSuper, IndexEntry,
-    Layout, BLOCKS_PER_CHUNK, BLOCK_BYTES, CHUNK_BYTES, ENTRIES_PER_BLOCK,
+    block_crc, block_crc_from_plain, decode_index_block, encode_index_block, CacheCounters,
+    CacheSuper, IndexEntry, Layout, BLOCKS_PER_CHUNK, BLOCK_BYTES, CHUNK_BYTES, ENTRIES_PER_BLOCK,
 };
 use crate::io::{self, AlignedBuf};
 use crate::units::{ImageUuid, ObjSeq};
@@ -1216,11 +1216,58 @@ impl Cache {
         s.pending_free.push(slot);
     }
 
-    /// Cache a whole object (as it was put): every chunk of `bytes`. Runs
-    /// on the maintainer thread, so it may refill the free list itself.
-    pub fn insert_object(&self, obj: ObjSeq, bytes: &[u8]) -> Result<()> {
-        for (i, c) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
-            self.insert_retrying((obj, i as u32), c);
+    /// Cache a whole object as it was put: `head` followed by `data`, every
+    /// chunk of it. Runs on the maintainer thread, so it may refill the free
+    /// list itself. A chunk that lies within `head` or within `data` is
+    /// written from there (no copy when it is block-aligned, as the
+    /// destager's buffers are); only a chunk that straddles the two is put
+    /// together in a buffer first. `blocks`, if given, are the plain crcs of
+    /// `data`'s 4 KiB blocks (`format::block_crcs`), which the block crcs of
+    /// the data are joined from instead of reading it again; the header's
+    /// blocks are read.
+    pub fn insert_object(
+        &self,
+        obj: ObjSeq,
+        head: &[u8],
+        data: &[u8],
+        blocks: Option<&[u32]>,
+    ) -> Result<()> {
+        let h = head.len();
+        let end = h + data.len();
+        // The data's blocks are the cache's blocks only when the header is
+        // whole blocks (every encoder pads it so).
+        let blocks = blocks.filter(|b| {
+            h.is_multiple_of(BLOCK_BYTES) && b.len() == data.len().div_ceil(BLOCK_BYTES)
+        });
+        // The data's block crcs are the cache's block crcs only with the
+        // same block size.
+        const _: () = assert!(BLOCK_BYTES == crate::format::CRC_BLOCK);
+        let mut stitched: Option<AlignedBuf> = None;
+        for (i, at) in (0..end).step_by(CHUNK_BYTES as usize).enumerate() {
+            let to = (at + CHUNK_BYTES as usize).min(end);
+            let chunk: &[u8] = if to <= h {
+                &head[at..to]
+            } else if at >= h {
+                &data[at - h..to - h]
+            } else {
+                let b = stitched.get_or_insert_with(|| AlignedBuf::new(CHUNK_BYTES as usize));
+                b[..h - at].copy_from_slice(&head[at..]);
+                b[h - at..to - at].copy_from_slice(&data[..to - h]);
+                &b[..to - at]
+            };
+            let plain = blocks.map(|b| {
+                let mut p = [0u32; BLOCKS_PER_CHUNK];
+                for (j, d) in chunk.chunks(BLOCK_BYTES).enumerate() {
+                    let off = at + j * BLOCK_BYTES;
+                    p[j] = if off >= h {
+                        b[(off - h) / BLOCK_BYTES]
+                    } else {
+                        crate::format::crc(0, d)
+                    };
+                }
+                p
+            });
+            self.insert_retrying((obj, i as u32), chunk, plain.as_ref());
         }
         Ok(())
     }
@@ -1237,19 +1284,19 @@ impl Cache {
                 return;
             }
         }
-        if !self.insert(key, &data) {
+        if !self.insert(key, &data, None) {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Insert on the maintainer thread: when no free slot is ready, refill
     /// the free list and try once more; only then is it counted skipped.
-    fn insert_retrying(&self, key: Key, data: &[u8]) {
-        if !self.insert(key, data)
+    fn insert_retrying(&self, key: Key, data: &[u8], plain: Option<&[u32; BLOCKS_PER_CHUNK]>) {
+        if !self.insert(key, data, plain)
             && (self.is_off()
                 || !{
                     self.maintain();
-                    self.insert(key, data)
+                    self.insert(key, data, plain)
                 })
         {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
@@ -1307,7 +1354,7 @@ impl Cache {
     pub fn insert_deferred(&self) {
         let todo: Vec<(Key, Arc<Vec<u8>>)> = lock(&self.deferred).clone();
         for (key, data) in &todo {
-            self.insert_retrying(*key, data);
+            self.insert_retrying(*key, data, None);
         }
         let mut d = lock(&self.deferred);
         d.retain(|(k, data)| !todo.iter().any(|(t, x)| t == k && Arc::ptr_eq(x, data)));
@@ -1315,9 +1362,11 @@ impl Cache {
 
     /// Cache chunk `key` (its first `data.len()` bytes; shorter than 64 KiB
     /// only at the object's end). A chunk already held is left alone.
+    /// `plain`, if given, holds the plain crc32c of each 4 KiB block of
+    /// `data`, from which the blocks' crcs are joined without reading them.
     /// Returns false if no free slot was ready (the chunk is not cached;
     /// the caller counts it skipped).
-    fn insert(&self, key: Key, data: &[u8]) -> bool {
+    fn insert(&self, key: Key, data: &[u8], plain: Option<&[u32; BLOCKS_PER_CHUNK]>) -> bool {
         if self.is_off()
             || data.is_empty()
             || data.len() as u64 > CHUNK_BYTES
@@ -1331,16 +1380,39 @@ impl Cache {
         let Some(slot) = self.take_slot() else {
             return false;
         };
-        let mut buf = AlignedBuf::new(data.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
-        buf[..data.len()].copy_from_slice(data);
+        // O_DIRECT writes whole blocks from a block-aligned buffer: `data`
+        // itself when it is that (a destaged object's chunks are), else a
+        // copy padded with zeros.
+        let copy;
+        let io: &[u8] = if (data.as_ptr() as usize).is_multiple_of(BLOCK_BYTES)
+            && data.len().is_multiple_of(BLOCK_BYTES)
+        {
+            data
+        } else {
+            let mut buf = AlignedBuf::new(data.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
+            buf[..data.len()].copy_from_slice(data);
+            copy = buf;
+            &copy
+        };
         let mut crcs = [0u32; BLOCKS_PER_CHUNK];
         for (blk, d) in data.chunks(BLOCK_BYTES).enumerate() {
-            crcs[blk] = block_crc(&self.cache_uuid, self.image, key.0, key.1, blk as u32, d);
+            crcs[blk] = match plain {
+                Some(p) => block_crc_from_plain(
+                    &self.cache_uuid,
+                    self.image,
+                    key.0,
+                    key.1,
+                    blk as u32,
+                    p[blk],
+                    d.len(),
+                ),
+                None => block_crc(&self.cache_uuid, self.image, key.0, key.1, blk as u32, d),
+            };
         }
         // Rule 2: `take_slot` hands out only slots whose entry is empty in
         // the durable index, so these bytes are named by no persisted entry
         // until a flush has synced them (rule 1).
-        if let Err(e) = self.pwrite(&buf, self.layout.slot_off(slot)) {
+        if let Err(e) = self.pwrite(io, self.layout.slot_off(slot)) {
             lock(&self.slots).free.push(slot);
             self.io_error("insert", &e);
             return true;

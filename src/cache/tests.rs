@@ -422,9 +422,68 @@ fn insert_object_then_hit() {
     let s = Store::new();
     let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
     let o = object(11, Store::len(ObjSeq(11)));
-    c.insert_object(ObjSeq(11), &o).unwrap();
+    c.insert_object(ObjSeq(11), &[], &o, None).unwrap();
     read(&c, &s, 11, 0, o.len());
     assert_eq!(s.gets(), 0);
+}
+
+/// A destaged object is offered as its header and its data buffer, not as
+/// one copy: wherever the header ends (within the first chunk, at a chunk
+/// boundary, past it), every chunk is cached with the object's bytes, from
+/// aligned buffers (written as they are) and unaligned ones (copied), with
+/// block crcs read from the bytes or joined from the destager's block crcs.
+#[test]
+fn insert_object_from_header_and_data_caches_every_chunk() {
+    let d = dir();
+    let s = Store::new();
+    let len = Store::len(ObjSeq(11));
+    let o = object(11, len);
+    let mut n = 0;
+    for h in [4096usize, 65536, 69632, 131072 + 8192] {
+        let blocks = crate::format::block_crcs(&o[h..]);
+        for aligned in [true, false] {
+            for given in [false, true] {
+                n += 1;
+                let p = d.path().join(format!("img{n}.rcache"));
+                let c = Cache::open(&p, IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
+                let mut head = AlignedBuf::new(h);
+                head.copy_from_slice(&o[..h]);
+                let mut data_a = AlignedBuf::new(len - h);
+                data_a.copy_from_slice(&o[h..]);
+                // One byte in, so the data is not block-aligned.
+                let data_u: Vec<u8> = std::iter::once(0).chain(o[h..].iter().copied()).collect();
+                let data: &[u8] = if aligned { &data_a } else { &data_u[1..] };
+                let b = given.then_some(&blocks[..]);
+                c.insert_object(ObjSeq(11), &head, data, b).unwrap();
+                assert_eq!(
+                    c.counters().inserts,
+                    len.div_ceil(65536) as u64,
+                    "header {h}"
+                );
+                read(&c, &s, 11, 0, len);
+                assert_eq!(s.gets(), 0, "header {h}: every byte from the cache");
+            }
+        }
+    }
+}
+
+/// The block crcs handed in are the ones the cache keeps: crcs of other
+/// bytes make every data block fail its check, so the reads go to the
+/// store (and return the right bytes), never the cached ones.
+#[test]
+fn insert_object_keeps_the_block_crcs_it_is_given() {
+    let d = dir();
+    let s = Store::new();
+    let len = Store::len(ObjSeq(11));
+    let o = object(11, len);
+    let h = 8192;
+    let wrong = crate::format::block_crcs(&object(12, len - h));
+    let c = Cache::open(&d.path().join("img.rcache"), IMG, 4 * MIB, ObjSeq(100), 0).unwrap();
+    c.insert_object(ObjSeq(11), &o[..h], &o[h..], Some(&wrong))
+        .unwrap();
+    read(&c, &s, 11, h as u64, 4096);
+    assert_eq!(s.gets(), 1, "a block with a wrong crc is not served");
+    assert!(c.counters().corrupt > 0, "and is counted corrupt");
 }
 
 /// A maintainer thread like the volume's `lsvd-rcache` writer, until `stop`.

@@ -171,19 +171,59 @@ impl ChunkCrcs {
 
     /// Compute the crcs of `data`, the data area starting at `header_bytes`.
     pub fn compute(header_bytes: u32, data: &[u8]) -> ChunkCrcs {
-        let end = u64::from(header_bytes) + data.len() as u64;
+        Self::from_blocks(header_bytes, data.len() as u64, &super::block_crcs(data)).unwrap_or_else(
+            || {
+                // A header not block-aligned (no encoder makes one): each
+                // chunk's bytes read again.
+                let mut t = ChunkCrcs {
+                    header_bytes,
+                    end: u64::from(header_bytes) + data.len() as u64,
+                    crcs: Vec::new(),
+                };
+                for i in 0..Self::count(header_bytes, data.len() as u64) {
+                    let r = t.chunk_range(i);
+                    let d = &data[(r.start - u64::from(header_bytes)) as usize
+                        ..(r.end - u64::from(header_bytes)) as usize];
+                    t.crcs.push(super::crc(0, d));
+                }
+                t
+            },
+        )
+    }
+
+    /// The crcs of a data area of `data_bytes` starting at `header_bytes`
+    /// (a multiple of [`super::CRC_BLOCK`]), from the crcs of its
+    /// [`super::CRC_BLOCK`]-byte blocks ([`super::block_crcs`]): chunk
+    /// boundaries are block boundaries of the data area, so each chunk's
+    /// crc joins those of its blocks ([`super::crc_concat`]) and no byte is
+    /// read again. The destager keeps the block crcs for the read cache,
+    /// whose block crcs follow from them the same way. `None` if
+    /// `header_bytes` is not block-aligned or `blocks` does not cover
+    /// `data_bytes`.
+    pub fn from_blocks(header_bytes: u32, data_bytes: u64, blocks: &[u32]) -> Option<ChunkCrcs> {
+        const B: u64 = super::CRC_BLOCK as u64;
+        if !u64::from(header_bytes).is_multiple_of(B)
+            || blocks.len() as u64 != data_bytes.div_ceil(B)
+        {
+            return None;
+        }
+        let hb = u64::from(header_bytes);
         let mut t = ChunkCrcs {
             header_bytes,
-            end,
-            crcs: Vec::with_capacity(Self::count(header_bytes, data.len() as u64)),
+            end: hb + data_bytes,
+            crcs: Vec::with_capacity(Self::count(header_bytes, data_bytes)),
         };
-        for i in 0..Self::count(header_bytes, data.len() as u64) {
+        for i in 0..Self::count(header_bytes, data_bytes) {
             let r = t.chunk_range(i);
-            let d = &data[(r.start - u64::from(header_bytes)) as usize
-                ..(r.end - u64::from(header_bytes)) as usize];
-            t.crcs.push(super::crc(0, d));
+            let (first, last) = ((r.start - hb) / B, (r.end - hb).div_ceil(B));
+            let mut c = blocks[first as usize];
+            for b in first + 1..last {
+                let len = (r.end - hb - b * B).min(B) as usize;
+                c = super::crc_concat(c, blocks[b as usize], len);
+            }
+            t.crcs.push(c);
         }
-        t
+        Some(t)
     }
 
     /// The table as decoded: `crcs` must have [`ChunkCrcs::count`] entries.
@@ -288,6 +328,27 @@ mod tests {
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 253) as u8).collect()
+    }
+
+    proptest::proptest! {
+        /// The crcs joined from block crcs are those of each chunk's bytes,
+        /// wherever the block-aligned header ends and however long the data.
+        #[test]
+        fn chunk_crcs_from_block_crcs_are_the_chunks_crcs(
+            hblocks in 1u32..40,
+            sectors in 1usize..600,
+            seed in proptest::prelude::any::<u8>(),
+        ) {
+            let hb = hblocks * 4096;
+            let d: Vec<u8> = (0..sectors * 512).map(|i| (i * 7 + seed as usize) as u8).collect();
+            let t = ChunkCrcs::compute(hb, &d);
+            proptest::prop_assert_eq!(t.crcs().len(), ChunkCrcs::count(hb, d.len() as u64));
+            for (i, &c) in t.crcs().iter().enumerate() {
+                let r = t.chunk_range(i);
+                let bytes = &d[(r.start - u64::from(hb)) as usize..(r.end - u64::from(hb)) as usize];
+                proptest::prop_assert_eq!(c, crate::format::crc(0, bytes));
+            }
+        }
     }
 
     #[test]

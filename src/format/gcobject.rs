@@ -107,15 +107,20 @@ impl GcHeader {
         Self::encode_header_and_crcs(uuid, seq, moves, data).0
     }
 
-    /// [`GcHeader::encode_header`], also returning the chunk crcs it wrote.
+    /// [`GcHeader::encode_header`], also returning the chunk crcs it wrote
+    /// and the data's 4 KiB block crcs they were joined from.
     pub fn encode_header_and_crcs(
         uuid: ImageUuid,
         seq: ObjSeq,
         moves: &[GcMove],
         data: &[u8],
-    ) -> (Vec<u8>, ChunkCrcs) {
+    ) -> (Vec<u8>, ChunkCrcs, Vec<u32>) {
         let header_bytes = Self::header_bytes_for(moves.len(), data.len() as u64);
-        let chunks = ChunkCrcs::compute(header_bytes, data);
+        // One pass over the data: the block crcs (kept by the destager for
+        // the read cache) give the chunk crcs.
+        let blocks = super::block_crcs(data);
+        let chunks = ChunkCrcs::from_blocks(header_bytes, data.len() as u64, &blocks)
+            .unwrap_or_else(|| ChunkCrcs::compute(header_bytes, data));
         let mut e = Enc::with_capacity(header_bytes as usize);
         e.bytes(MAGIC)
             .u32(VERSION)
@@ -133,7 +138,7 @@ impl GcHeader {
         let c = crc(0, &e.buf);
         e.u32(c);
         e.pad_to(header_bytes as usize);
-        (e.buf, chunks)
+        (e.buf, chunks, blocks)
     }
 
     /// Encode a complete GC object: header followed by `data`.

@@ -91,6 +91,50 @@ pub fn crc(crc: u32, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, data)
 }
 
+/// Bytes of the block whose crcs [`crc_concat`] joins fastest: the read
+/// cache's block and the unit the destager computes crcs in.
+pub const CRC_BLOCK: usize = 4096;
+
+/// The crc32c of `A || B` from `crc32c(A)`, `crc32c(B)` and `len_b`, the
+/// length of `B` (as `crc(a, B)` would give, without reading `B` again).
+/// For `len_b == CRC_BLOCK` it is four table lookups: the operator that
+/// appends that many zero bytes to a crc is linear over GF(2), so it is
+/// tabulated once per byte of its input; other lengths take the general
+/// (slower) combine of the crc32c crate.
+pub fn crc_concat(a: u32, b: u32, len_b: usize) -> u32 {
+    if len_b != CRC_BLOCK {
+        return crc32c::crc32c_combine(a, b, len_b);
+    }
+    static TABLES: std::sync::OnceLock<[[u32; 256]; 4]> = std::sync::OnceLock::new();
+    let t = TABLES.get_or_init(|| {
+        // The operator's image of each input bit, then of each byte value.
+        let bit: Vec<u32> = (0..32)
+            .map(|i| crc32c::crc32c_combine(1 << i, 0, CRC_BLOCK))
+            .collect();
+        let mut t = [[0u32; 256]; 4];
+        for (k, tk) in t.iter_mut().enumerate() {
+            for (v, e) in tk.iter_mut().enumerate() {
+                *e = (0..8)
+                    .filter(|b| v & (1 << b) != 0)
+                    .fold(0, |acc, b| acc ^ bit[8 * k + b]);
+            }
+        }
+        t
+    });
+    let z = t[0][(a & 0xff) as usize]
+        ^ t[1][((a >> 8) & 0xff) as usize]
+        ^ t[2][((a >> 16) & 0xff) as usize]
+        ^ t[3][(a >> 24) as usize];
+    z ^ b
+}
+
+/// The crc32c of every [`CRC_BLOCK`]-byte block of `data` (the last one
+/// may be shorter): one pass over the bytes, from which the crc of any run
+/// of whole blocks follows by [`crc_concat`].
+pub fn block_crcs(data: &[u8]) -> Vec<u32> {
+    data.chunks(CRC_BLOCK).map(|b| crc(0, b)).collect()
+}
+
 /// Little-endian writer into a growable buffer.
 #[derive(Default)]
 pub(crate) struct Enc {
@@ -316,6 +360,49 @@ pub(crate) mod testutil {
                     "bit {bit} of byte {i} flipped still decoded"
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod crc_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Joining crcs is reading the bytes again, for the fast block
+        /// length and for any other (as the cache's last, short block).
+        #[test]
+        fn crc_concat_is_the_crc_of_the_concatenation(
+            a in proptest::collection::vec(any::<u8>(), 0..100),
+            b in proptest::collection::vec(any::<u8>(), 1..9000),
+            seed in any::<u32>(),
+            block in any::<bool>(),
+        ) {
+            let b = if block {
+                let mut x = b.repeat(CRC_BLOCK / b.len() + 1);
+                x.truncate(CRC_BLOCK);
+                x
+            } else {
+                b
+            };
+            let whole = crc(crc(seed, &a), &b);
+            prop_assert_eq!(crc_concat(crc(seed, &a), crc(0, &b), b.len()), whole);
+        }
+
+        /// The crc of a run of whole blocks from the blocks' crcs.
+        #[test]
+        fn block_crcs_fold_to_the_crc_of_the_run(
+            data in proptest::collection::vec(any::<u8>(), 1..5 * CRC_BLOCK),
+        ) {
+            let blocks = block_crcs(&data);
+            prop_assert_eq!(blocks.len(), data.len().div_ceil(CRC_BLOCK));
+            let mut c = blocks[0];
+            for (i, &b) in blocks.iter().enumerate().skip(1) {
+                let len = (data.len() - i * CRC_BLOCK).min(CRC_BLOCK);
+                c = crc_concat(c, b, len);
+            }
+            prop_assert_eq!(c, crc(0, &data));
         }
     }
 }

@@ -163,16 +163,21 @@ impl ObjectHeader {
     }
 
     /// [`ObjectHeader::encode_header`], also returning the chunk crcs it
-    /// wrote (a reader of the object needs them).
+    /// wrote (a reader of the object needs them) and the crcs of the data's
+    /// 4 KiB blocks they were joined from (the read cache's come from them).
     pub fn encode_header_and_crcs(
         uuid: ImageUuid,
         seq: ObjSeq,
         first_jseq: JournalSeq,
         ops: &[ObjOp],
         data: &[u8],
-    ) -> (Vec<u8>, ChunkCrcs) {
+    ) -> (Vec<u8>, ChunkCrcs, Vec<u32>) {
         let header_bytes = Self::header_bytes_for(ops.len(), data.len() as u64);
-        let chunks = ChunkCrcs::compute(header_bytes, data);
+        // One pass over the data: the block crcs (kept by the destager for
+        // the read cache) give the chunk crcs.
+        let blocks = super::block_crcs(data);
+        let chunks = ChunkCrcs::from_blocks(header_bytes, data.len() as u64, &blocks)
+            .unwrap_or_else(|| ChunkCrcs::compute(header_bytes, data));
         let mut e = Enc::with_capacity(header_bytes as usize);
         let last = first_jseq.0 + ops.len() as u64 - 1;
         e.bytes(MAGIC)
@@ -193,7 +198,7 @@ impl ObjectHeader {
         let c = crc(0, &e.buf);
         e.u32(c);
         e.pad_to(header_bytes as usize);
-        (e.buf, chunks)
+        (e.buf, chunks, blocks)
     }
 
     /// The version-1 encoding (one crc of the whole data area), as builds

@@ -355,13 +355,32 @@ pub fn block_crc(
     blk: u32,
     data: &[u8],
 ) -> u32 {
+    super::crc(key_crc(cache_uuid, image, obj, chunk, blk), data)
+}
+
+/// [`block_crc`] of a block of `len` bytes whose plain crc32c is `plain`,
+/// without reading the block (the destager computed `plain`).
+pub fn block_crc_from_plain(
+    cache_uuid: &[u8; 16],
+    image: ImageUuid,
+    obj: ObjSeq,
+    chunk: u32,
+    blk: u32,
+    plain: u32,
+    len: usize,
+) -> u32 {
+    super::crc_concat(key_crc(cache_uuid, image, obj, chunk, blk), plain, len)
+}
+
+/// The crc32c of a block's key, which its [`block_crc`] continues from.
+fn key_crc(cache_uuid: &[u8; 16], image: ImageUuid, obj: ObjSeq, chunk: u32, blk: u32) -> u32 {
     let mut key = [0u8; 48];
     key[..16].copy_from_slice(cache_uuid);
     key[16..32].copy_from_slice(&image.0);
     key[32..40].copy_from_slice(&obj.0.to_le_bytes());
     key[40..44].copy_from_slice(&chunk.to_le_bytes());
     key[44..48].copy_from_slice(&blk.to_le_bytes());
-    super::crc(super::crc(0, &key), data)
+    super::crc(0, &key)
 }
 
 #[cfg(test)]
@@ -470,6 +489,26 @@ mod tests {
         let img = ImageUuid([2; 16]);
         let d = [9u8; 4096];
         let c = block_crc(&u, img, ObjSeq(3), 4, 5, &d);
+        assert_eq!(
+            block_crc_from_plain(&u, img, ObjSeq(3), 4, 5, crate::format::crc(0, &d), d.len()),
+            c,
+            "from the plain crc, without the bytes"
+        );
+        for len in (512..4096).step_by(512) {
+            assert_eq!(
+                block_crc_from_plain(
+                    &u,
+                    img,
+                    ObjSeq(3),
+                    4,
+                    5,
+                    crate::format::crc(0, &d[..len]),
+                    len
+                ),
+                block_crc(&u, img, ObjSeq(3), 4, 5, &d[..len]),
+                "a short last block of {len} bytes"
+            );
+        }
         assert_ne!(c, block_crc(&[0; 16], img, ObjSeq(3), 4, 5, &d));
         assert_ne!(c, block_crc(&u, ImageUuid([3; 16]), ObjSeq(3), 4, 5, &d));
         assert_ne!(c, block_crc(&u, img, ObjSeq(4), 4, 5, &d));

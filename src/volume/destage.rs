@@ -34,6 +34,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use tracing::{debug, warn};
 
 use super::batch::Batch;
+use super::rcache::PutObject;
 use super::Inner;
 use crate::catalog::image::object_name;
 use crate::error::{Error, ErrorKind, Result};
@@ -108,9 +109,13 @@ pub(crate) struct Job {
     /// Aligned, so a store can write it with O_DIRECT.
     head: AlignedBuf,
     batch: Option<Arc<Batch>>,
-    /// Offer the object to the read cache once put (every object that
-    /// holds data: not checkpoint pieces).
+    /// Offer the object to the read cache once put (data objects: not GC
+    /// objects or checkpoint pieces).
     cache: bool,
+    /// The crcs of the data's 4 KiB blocks (`format::block_crcs`), which
+    /// the chunk crcs were joined from: the cache joins its block crcs from
+    /// them instead of reading the data again.
+    blocks: Vec<u32>,
     gc: Option<Arc<GcBatch>>,
 }
 
@@ -155,7 +160,7 @@ pub(crate) fn put_worker(
     jobs: Receiver<Job>,
     done: Sender<(ObjSeq, Result<()>)>,
 ) {
-    for job in jobs.iter() {
+    for mut job in jobs.iter() {
         let data: &[u8] = match (&job.batch, &job.gc) {
             (Some(b), _) => &b.data,
             (None, Some(g)) => &g.data,
@@ -193,8 +198,19 @@ pub(crate) fn put_worker(
             if job.cache {
                 // Read-after-write hits: the object is durable and immutable
                 // now. Never waits (dropped when the cache writer is behind).
-                let data: &[u8] = job.batch.as_ref().map_or(&[], |b| &b.data);
-                inner.offer_to_cache(job.seq, &[&job.head, data]);
+                // The writer shares the header and the batch (no copy).
+                if let Some(batch) = job.batch.clone() {
+                    let head = std::mem::replace(&mut job.head, AlignedBuf::new(0));
+                    let blocks = std::mem::take(&mut job.blocks);
+                    inner.offer_to_cache(
+                        job.seq,
+                        PutObject {
+                            head,
+                            batch,
+                            blocks,
+                        },
+                    );
+                }
             }
             if job.gc.is_some() {
                 crate::failpoint::hit("gc.put_done");
@@ -282,7 +298,7 @@ impl Destager {
     fn handle(&mut self, m: DestageMsg) {
         match m {
             DestageMsg::Batch(b) => {
-                let (head, crcs) = ObjectHeader::encode_header_and_crcs(
+                let (head, crcs, blocks) = ObjectHeader::encode_header_and_crcs(
                     self.inner.uuid,
                     b.obj,
                     b.first_jseq,
@@ -300,12 +316,13 @@ impl Destager {
                     head: aligned_copy(&head),
                     batch: Some(b.clone()),
                     cache: true,
+                    blocks,
                     gc: None,
                 });
                 self.items.insert(b.obj.0, Item::Data(b));
             }
             DestageMsg::Gc(g) => {
-                let (head, crcs) =
+                let (head, crcs, _) =
                     GcHeader::encode_header_and_crcs(self.inner.uuid, g.seq, &g.moves, &g.data);
                 self.inner
                     .chunk_tables
@@ -315,8 +332,15 @@ impl Destager {
                     name: object_name(&self.inner.image, g.seq),
                     head: aligned_copy(&head),
                     batch: None,
-                    // GC objects are cached too: moved data stays warm.
-                    cache: true,
+                    // Not cached: a GC object holds whatever live data its
+                    // victims had, mostly data nobody has rewritten or read
+                    // for a while; caching all of it would cost a cache
+                    // write of every GC object and evict hot chunks. Moved
+                    // data that is hot comes back on its next miss. (An
+                    // earlier build offered a GC object's header alone,
+                    // which only left a short, useless entry.)
+                    cache: false,
+                    blocks: Vec::new(),
                     gc: Some(g.clone()),
                 });
                 self.items.insert(g.seq.0, Item::Gc(g));
@@ -611,6 +635,7 @@ impl Destager {
                 head: aligned_copy(&bytes),
                 batch: None,
                 cache: false,
+                blocks: Vec::new(),
                 gc: None,
             });
             let waiters = if i + 1 == n {

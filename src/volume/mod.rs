@@ -322,8 +322,10 @@ pub(crate) struct Inner {
     destage_tx: Sender<DestageMsg>,
     flusher: (Mutex<bool>, Condvar),
     /// Data buffers of applied batches, reused so a new batch does not
-    /// fault in and zero fresh pages on the write path.
-    spare_buffers: Mutex<Vec<crate::io::AlignedBuf>>,
+    /// fault in and zero fresh pages on the write path. Shared with the
+    /// cache writer: whichever of it and the destager lets go of a batch
+    /// last gives its buffer back ([`write::recycle`]).
+    spare_buffers: Arc<Mutex<Vec<crate::io::AlignedBuf>>>,
     /// The read cache (`None` with `no_rcache`, or if it could not open).
     cache: Option<Arc<crate::cache::Cache>>,
     /// To the cache writer thread (objects as they are put).

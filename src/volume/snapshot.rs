@@ -225,10 +225,12 @@ impl Volume {
             stopped: false,
         };
         if let (Some(c), Some(rx)) = (vol.inner.cache.clone(), cache_rx) {
+            // A read-only view destages nothing: no buffers come back.
+            let spare = (vol.inner.spare_buffers.clone(), 0);
             vol.threads.push(
                 std::thread::Builder::new()
                     .name("lsvd-rcache".into())
-                    .spawn(move || super::rcache::cache_writer(c, rx))
+                    .spawn(move || super::rcache::cache_writer(c, rx, spare))
                     .map_err(|e| Error::io("spawn thread lsvd-rcache", e))?,
             );
         }
