@@ -86,7 +86,8 @@
 //!      Never held across I/O, and never read-locked twice by one thread
 //!      (std's `RwLock` may queue a second read behind a waiting writer).
 //! 4. Leaves, which take no other lock of the volume:
-//!    - `spare_buffers`, `gc_dead`, `session_ckpts` (the destager's
+//!    - `spare_buffers` (also the cache writer's, `rcache::cache_writer`),
+//!      `gc_dead`, `session_ckpts` (the destager's
 //!      `note_checkpoint`; `floor` and snapshot create under `gc`),
 //!      `backend_error` (put workers; `room` after releasing `state`),
 //!      the snapshot pins `retention` (`gc::SnapshotPins`, an `RwLock`),

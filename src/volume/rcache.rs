@@ -467,13 +467,10 @@ mod tests {
         panic!("the cache writer never settled");
     }
 
-    /// GC objects are not offered to the cache (their data is mostly cold;
-    /// see the destager): a GC cycle adds no cache entry, and what it moved
-    /// reads back right, from the backend. (An earlier build offered a GC
-    /// object's header alone, which left a short entry per GC object.)
-    #[test]
-    fn gc_objects_are_not_cached_and_moved_data_reads_back() {
-        let dir = tempfile::tempdir_in("/tmp").unwrap();
+    /// A 4 MiB image with a 32 MiB cache under `dir`; a flush waits for the
+    /// backend (so objects are put, and offered to the cache, by then); GC
+    /// runs only when asked, and takes any object with garbage.
+    fn open_cached(dir: &std::path::Path) -> Volume {
         let store = Arc::new(MemStore::new());
         crate::volume::image::create_image(store.as_ref(), "img", 4 << 20).unwrap();
         let config = Config {
@@ -481,9 +478,19 @@ mod tests {
             hard_flush: true,
             no_gc: true,
             gc_threshold: 90,
-            ..test_config(dir.path(), false)
+            ..test_config(dir, false)
         };
-        let v = open_img(&config, store.clone(), dir.path());
+        open_img(&config, store, dir)
+    }
+
+    /// GC objects are not offered to the cache (their data is mostly cold;
+    /// see the destager): a GC cycle adds no cache entry, and what it moved
+    /// reads back right, from the backend. (An earlier build offered a GC
+    /// object's header alone, which left a short entry per GC object.)
+    #[test]
+    fn gc_objects_are_not_cached_and_moved_data_reads_back() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let v = open_cached(dir.path());
         let pattern = |i: usize, gen: u8| -> Vec<u8> {
             (0..64 << 10)
                 .map(|b| (b as u8).wrapping_mul(3) ^ i as u8 ^ gen)
@@ -521,15 +528,7 @@ mod tests {
     #[test]
     fn batch_buffers_are_reused_with_the_cache_on() {
         let dir = tempfile::tempdir_in("/tmp").unwrap();
-        let store = Arc::new(MemStore::new());
-        crate::volume::image::create_image(store.as_ref(), "img", 4 << 20).unwrap();
-        let config = Config {
-            rcache_bytes: 32 << 20,
-            hard_flush: true,
-            no_gc: true,
-            ..test_config(dir.path(), false)
-        };
-        let v = open_img(&config, store.clone(), dir.path());
+        let v = open_cached(dir.path());
         let d = vec![7u8; 256 << 10];
         for i in 0..12u64 {
             v.write((i % 8) * (256 << 10), &d).unwrap();
