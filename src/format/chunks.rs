@@ -171,24 +171,32 @@ impl ChunkCrcs {
 
     /// Compute the crcs of `data`, the data area starting at `header_bytes`.
     pub fn compute(header_bytes: u32, data: &[u8]) -> ChunkCrcs {
-        Self::from_blocks(header_bytes, data.len() as u64, &super::block_crcs(data)).unwrap_or_else(
-            || {
-                // A header not block-aligned (no encoder makes one): each
-                // chunk's bytes read again.
-                let mut t = ChunkCrcs {
-                    header_bytes,
-                    end: u64::from(header_bytes) + data.len() as u64,
-                    crcs: Vec::new(),
-                };
-                for i in 0..Self::count(header_bytes, data.len() as u64) {
-                    let r = t.chunk_range(i);
-                    let d = &data[(r.start - u64::from(header_bytes)) as usize
-                        ..(r.end - u64::from(header_bytes)) as usize];
-                    t.crcs.push(super::crc(0, d));
-                }
-                t
-            },
-        )
+        Self::compute_with_blocks(header_bytes, data).0
+    }
+
+    /// [`ChunkCrcs::compute`], also returning the crcs of the data's
+    /// [`super::CRC_BLOCK`]-byte blocks ([`super::block_crcs`]) the chunk
+    /// crcs were joined from: one pass over the data gives both (the
+    /// destager keeps the block crcs for the read cache).
+    pub fn compute_with_blocks(header_bytes: u32, data: &[u8]) -> (ChunkCrcs, Vec<u32>) {
+        let blocks = super::block_crcs(data);
+        let t = Self::from_blocks(header_bytes, data.len() as u64, &blocks).unwrap_or_else(|| {
+            // A header not block-aligned (no encoder makes one): each
+            // chunk's bytes read again.
+            let mut t = ChunkCrcs {
+                header_bytes,
+                end: u64::from(header_bytes) + data.len() as u64,
+                crcs: Vec::new(),
+            };
+            for i in 0..Self::count(header_bytes, data.len() as u64) {
+                let r = t.chunk_range(i);
+                let d = &data[(r.start - u64::from(header_bytes)) as usize
+                    ..(r.end - u64::from(header_bytes)) as usize];
+                t.crcs.push(super::crc(0, d));
+            }
+            t
+        });
+        (t, blocks)
     }
 
     /// The crcs of a data area of `data_bytes` starting at `header_bytes`
@@ -200,7 +208,7 @@ impl ChunkCrcs {
     /// whose block crcs follow from them the same way. `None` if
     /// `header_bytes` is not block-aligned or `blocks` does not cover
     /// `data_bytes`.
-    pub fn from_blocks(header_bytes: u32, data_bytes: u64, blocks: &[u32]) -> Option<ChunkCrcs> {
+    fn from_blocks(header_bytes: u32, data_bytes: u64, blocks: &[u32]) -> Option<ChunkCrcs> {
         const B: u64 = super::CRC_BLOCK as u64;
         if !u64::from(header_bytes).is_multiple_of(B)
             || blocks.len() as u64 != data_bytes.div_ceil(B)

@@ -116,11 +116,7 @@ impl GcHeader {
         data: &[u8],
     ) -> (Vec<u8>, ChunkCrcs, Vec<u32>) {
         let header_bytes = Self::header_bytes_for(moves.len(), data.len() as u64);
-        // One pass over the data: the block crcs (kept by the destager for
-        // the read cache) give the chunk crcs.
-        let blocks = super::block_crcs(data);
-        let chunks = ChunkCrcs::from_blocks(header_bytes, data.len() as u64, &blocks)
-            .unwrap_or_else(|| ChunkCrcs::compute(header_bytes, data));
+        let (chunks, blocks) = ChunkCrcs::compute_with_blocks(header_bytes, data);
         let mut e = Enc::with_capacity(header_bytes as usize);
         e.bytes(MAGIC)
             .u32(VERSION)

@@ -1,6 +1,7 @@
 //! In-memory batches: operations journaled but not yet applied from a
 //! durable backend object, and the overlay map that points into them.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::format::object::{ObjOp, OpKind};
@@ -35,6 +36,56 @@ impl Target for PendLoc {
             },
             z => z,
         }
+    }
+}
+
+/// Data buffers of applied batches, kept (a few) for new batches, so a new
+/// batch does not fault in and zero fresh pages on the write path. Shared
+/// by the destager and the cache writer: whichever lets go of a batch last
+/// gives its buffer back.
+pub(crate) struct SpareBuffers {
+    bufs: Mutex<Vec<AlignedBuf>>,
+    /// Smaller buffers (none hold a whole object) are not kept.
+    min_capacity: usize,
+}
+
+impl SpareBuffers {
+    /// Most buffers kept.
+    const KEEP: usize = 4;
+
+    pub(crate) fn new(min_capacity: usize) -> SpareBuffers {
+        SpareBuffers {
+            bufs: Mutex::new(Vec::new()),
+            min_capacity,
+        }
+    }
+
+    /// A kept buffer, if any.
+    pub(crate) fn take(&self) -> Option<AlignedBuf> {
+        self.bufs.lock().ok().and_then(|mut v| v.pop())
+    }
+
+    /// Keep the buffer of a batch no one else holds, unless a journal
+    /// record still being written holds part of it, it is too small, or
+    /// enough are kept.
+    pub(crate) fn put(&self, buf: AppendBuf) {
+        let Some(buf) = buf.into_buf() else {
+            return;
+        };
+        if buf.capacity() < self.min_capacity {
+            return;
+        }
+        if let Ok(mut v) = self.bufs.lock() {
+            if v.len() < Self::KEEP {
+                v.push(buf);
+            }
+        }
+    }
+
+    /// Buffers kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.bufs.lock().unwrap().len()
     }
 }
 

@@ -108,14 +108,12 @@ pub(crate) struct Job {
     /// The object is `head` followed by the batch's data (if any).
     /// Aligned, so a store can write it with O_DIRECT.
     head: AlignedBuf,
-    batch: Option<Arc<Batch>>,
-    /// Offer the object to the read cache once put (data objects: not GC
-    /// objects or checkpoint pieces).
-    cache: bool,
-    /// The crcs of the data's 4 KiB blocks (`format::block_crcs`), which
-    /// the chunk crcs were joined from: the cache joins its block crcs from
-    /// them instead of reading the data again.
-    blocks: Vec<u32>,
+    /// A data object's batch, with the crcs of its data's 4 KiB blocks
+    /// (`format::block_crcs`) the chunk crcs were joined from. Once put, a
+    /// data object is offered to the read cache, which joins its block
+    /// crcs from these instead of reading the data again. GC objects and
+    /// checkpoint pieces are not offered.
+    batch: Option<(Arc<Batch>, Vec<u32>)>,
     gc: Option<Arc<GcBatch>>,
 }
 
@@ -160,9 +158,9 @@ pub(crate) fn put_worker(
     jobs: Receiver<Job>,
     done: Sender<(ObjSeq, Result<()>)>,
 ) {
-    for mut job in jobs.iter() {
+    for job in jobs.iter() {
         let data: &[u8] = match (&job.batch, &job.gc) {
-            (Some(b), _) => &b.data,
+            (Some((b, _)), _) => &b.data,
             (None, Some(g)) => &g.data,
             (None, None) => &[],
         };
@@ -193,17 +191,24 @@ pub(crate) fn put_worker(
                 inner.mark_fenced(e);
             }
         }
-        if r.is_ok() {
-            inner.clear_backend_error();
-            if job.cache {
-                // Read-after-write hits: the object is durable and immutable
-                // now. Never waits (dropped when the cache writer is behind).
-                // The writer shares the header and the batch (no copy).
-                if let Some(batch) = job.batch.clone() {
-                    let head = std::mem::replace(&mut job.head, AlignedBuf::new(0));
-                    let blocks = std::mem::take(&mut job.blocks);
+        let seq = job.seq;
+        {
+            // The job's parts (and its reference to the batch, unless the
+            // cache writer takes it) go at the end of this block, before
+            // the completion, so the destager can recycle the batch's
+            // buffer.
+            let Job {
+                head, batch, gc, ..
+            } = job;
+            if r.is_ok() {
+                inner.clear_backend_error();
+                if let Some((batch, blocks)) = batch {
+                    // Read-after-write hits: the object is durable and
+                    // immutable now. Never waits (dropped when the cache
+                    // writer is behind). The writer shares the header and
+                    // the batch (no copy).
                     inner.offer_to_cache(
-                        job.seq,
+                        seq,
                         PutObject {
                             head,
                             batch,
@@ -211,15 +216,11 @@ pub(crate) fn put_worker(
                         },
                     );
                 }
-            }
-            if job.gc.is_some() {
-                crate::failpoint::hit("gc.put_done");
+                if gc.is_some() {
+                    crate::failpoint::hit("gc.put_done");
+                }
             }
         }
-        let seq = job.seq;
-        // The job (and its reference to the batch) goes before the
-        // completion, so the destager can recycle the batch's buffer.
-        drop(job);
         if done.send((seq, r)).is_err() {
             return;
         }
@@ -314,9 +315,7 @@ impl Destager {
                     seq: b.obj,
                     name: object_name(&self.inner.image, b.obj),
                     head: aligned_copy(&head),
-                    batch: Some(b.clone()),
-                    cache: true,
-                    blocks,
+                    batch: Some((b.clone(), blocks)),
                     gc: None,
                 });
                 self.items.insert(b.obj.0, Item::Data(b));
@@ -331,16 +330,14 @@ impl Destager {
                     seq: g.seq,
                     name: object_name(&self.inner.image, g.seq),
                     head: aligned_copy(&head),
-                    batch: None,
-                    // Not cached: a GC object holds whatever live data its
+                    // Not offered to the cache: a GC object holds whatever live data its
                     // victims had, mostly data nobody has rewritten or read
                     // for a while; caching all of it would cost a cache
                     // write of every GC object and evict hot chunks. Moved
                     // data that is hot comes back on its next miss. (An
                     // earlier build offered a GC object's header alone,
                     // which only left a short, useless entry.)
-                    cache: false,
-                    blocks: Vec::new(),
+                    batch: None,
                     gc: Some(g.clone()),
                 });
                 self.items.insert(g.seq.0, Item::Gc(g));
@@ -414,7 +411,7 @@ impl Destager {
                 Some(Item::Data(b)) => {
                     self.apply_data(&b);
                     if let Ok(b) = Arc::try_unwrap(b) {
-                        self.inner.recycle(b.data);
+                        self.inner.spare_buffers.put(b.data);
                     }
                 }
                 Some(Item::Gc(g)) => self.apply_gc(&g),
@@ -634,8 +631,6 @@ impl Destager {
                 name: object_name(&self.inner.image, seq),
                 head: aligned_copy(&bytes),
                 batch: None,
-                cache: false,
-                blocks: Vec::new(),
                 gc: None,
             });
             let waiters = if i + 1 == n {

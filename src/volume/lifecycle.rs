@@ -65,7 +65,7 @@ impl Inner {
             stats: Counters::default(),
             destage_tx: i.destage_tx,
             flusher: (Mutex::new(false), Condvar::new()),
-            spare_buffers: Arc::new(Mutex::new(Vec::new())),
+            spare_buffers: Arc::new(super::batch::SpareBuffers::new(cap)),
             cache: i.cache,
             cache_tx: i.cache_tx,
             chunk_tables: verify::ChunkTables::default(),
@@ -372,10 +372,7 @@ impl Volume {
         self.threads
             .push(spawn("lsvd-flusher", Box::new(move || flusher(fi)))?);
         if let (Some(cache), Some(rx)) = (inner.cache.clone(), cache_rx) {
-            let spare = (
-                inner.spare_buffers.clone(),
-                inner.config.backend_obj_bytes as usize,
-            );
+            let spare = inner.spare_buffers.clone();
             self.threads.push(spawn(
                 "lsvd-rcache",
                 Box::new(move || rcache::cache_writer(cache, rx, spare)),

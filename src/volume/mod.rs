@@ -322,11 +322,9 @@ pub(crate) struct Inner {
     stats: Counters,
     destage_tx: Sender<DestageMsg>,
     flusher: (Mutex<bool>, Condvar),
-    /// Data buffers of applied batches, reused so a new batch does not
-    /// fault in and zero fresh pages on the write path. Shared with the
-    /// cache writer: whichever of it and the destager lets go of a batch
-    /// last gives its buffer back ([`write::recycle`]).
-    spare_buffers: Arc<Mutex<Vec<crate::io::AlignedBuf>>>,
+    /// Data buffers of applied batches, reused by new ones (shared with
+    /// the cache writer).
+    spare_buffers: Arc<batch::SpareBuffers>,
     /// The read cache (`None` with `no_rcache`, or if it could not open).
     cache: Option<Arc<crate::cache::Cache>>,
     /// To the cache writer thread (objects as they are put).

@@ -212,7 +212,7 @@ impl Inner {
 pub(crate) fn cache_writer(
     cache: Arc<Cache>,
     rx: Receiver<CacheMsg>,
-    spare: (Arc<std::sync::Mutex<Vec<crate::io::AlignedBuf>>>, usize),
+    spare: Arc<super::batch::SpareBuffers>,
 ) {
     let wake = cache.maintainer();
     let mut last_flush = Instant::now();
@@ -232,7 +232,7 @@ pub(crate) fn cache_writer(
                     // if it holds the last reference; if this was it, the
                     // buffer goes back from here.
                     if let Ok(b) = Arc::try_unwrap(o.batch) {
-                        super::write::recycle(&spare.0, spare.1, b.data);
+                        spare.put(b.data);
                     }
                 }
                 Ok(CacheMsg::Stop { flush: f }) => {
@@ -536,7 +536,7 @@ mod tests {
         }
         cache_settled(&v);
         assert!(v.stats().cache_inserts > 0);
-        let spare = v.inner.spare_buffers.lock().unwrap().len();
+        let spare = v.inner.spare_buffers.len();
         assert!(spare > 0, "no batch buffer came back");
         v.close().unwrap();
     }

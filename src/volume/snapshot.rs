@@ -226,7 +226,7 @@ impl Volume {
         };
         if let (Some(c), Some(rx)) = (vol.inner.cache.clone(), cache_rx) {
             // A read-only view destages nothing: no buffers come back.
-            let spare = (vol.inner.spare_buffers.clone(), 0);
+            let spare = vol.inner.spare_buffers.clone();
             vol.threads.push(
                 std::thread::Builder::new()
                     .name("lsvd-rcache".into())

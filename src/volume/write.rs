@@ -4,13 +4,13 @@
 //! seals old ones).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::journal::RecordEntry;
 use crate::format::object::OpKind;
-use crate::io::{AlignedBuf, AppendBuf, Span};
+use crate::io::Span;
 use crate::journal::Append;
 use crate::units::{JournalSeq, Lba, ObjSeq, SECTOR};
 use crate::wait::{self, Deadline};
@@ -29,23 +29,6 @@ const MAX_DISCARD_SECTORS: u64 = 1 << 31;
 const JOURNAL_BOUNDS: &str = "the journal acknowledges or fails every append and flush; \
      one waiting for journal space fails after io_timeout_msec, and only the journal \
      device's own I/O is unbounded";
-
-/// Keep `buf`, the buffer of a batch no one else holds, in `spare` (a few
-/// at most) if it can hold a whole object of `obj_bytes`, unless a journal
-/// record still being written holds part of it.
-pub(super) fn recycle(spare: &Mutex<Vec<AlignedBuf>>, obj_bytes: usize, buf: AppendBuf) {
-    let Some(buf) = buf.into_buf() else {
-        return;
-    };
-    if buf.capacity() < obj_bytes {
-        return;
-    }
-    if let Ok(mut v) = spare.lock() {
-        if v.len() < 4 {
-            v.push(buf);
-        }
-    }
-}
 
 impl Inner {
     /// Sealed batches allowed to wait for the backend. Their data is also
@@ -172,16 +155,6 @@ impl Inner {
         }
     }
 
-    /// Keep an applied batch's buffer for reuse (a few at most), unless a
-    /// journal record still being written holds part of it.
-    pub(super) fn recycle(&self, buf: AppendBuf) {
-        recycle(
-            &self.spare_buffers,
-            self.config.backend_obj_bytes as usize,
-            buf,
-        );
-    }
-
     /// Close the open batch and hand it to the destager.
     pub(super) fn seal(&self, st: &mut State) {
         if st.open.is_empty() {
@@ -190,7 +163,7 @@ impl Inner {
         let id = st.next_batch_id;
         st.next_batch_id += 1;
         let cap = self.config.backend_obj_bytes as usize;
-        let fresh = match self.spare_buffers.lock().ok().and_then(|mut v| v.pop()) {
+        let fresh = match self.spare_buffers.take() {
             Some(buf) => Batch::with_buffer(id, buf),
             None => Batch::new(id, cap),
         };
