@@ -1389,8 +1389,8 @@ impl Cache {
         {
             data
         } else {
-            let mut buf = AlignedBuf::new(data.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
-            buf[..data.len()].copy_from_slice(data);
+            let mut buf = AlignedBuf::copy_of(data);
+            buf.set_len(data.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
             copy = buf;
             &copy
         };

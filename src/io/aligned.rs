@@ -1,6 +1,6 @@
 //! One RAII buffer type that does all O_DIRECT alignment math.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
@@ -31,6 +31,29 @@ impl AlignedBuf {
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, cap, len }
+    }
+
+    /// A copy of `data` (length `data.len()`), its capacity's padding
+    /// zeroed. Unlike [`AlignedBuf::new`] followed by a copy, the bytes are
+    /// written once (no memset of the part the copy overwrites).
+    pub fn copy_of(data: &[u8]) -> AlignedBuf {
+        let cap = data.len().max(1).div_ceil(ALIGN) * ALIGN;
+        let layout = Layout::from_size_align(cap, ALIGN).expect("aligned layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // SAFETY: `ptr` is valid for `cap` bytes, does not overlap `data`,
+        // and every byte up to `cap` is initialised here (the copy, then
+        // zeros), as `Deref` and `set_len` require.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), data.len());
+            std::ptr::write_bytes(ptr.as_ptr().add(data.len()), 0, cap - data.len());
+        }
+        AlignedBuf {
+            ptr,
+            cap,
+            len: data.len(),
+        }
     }
 
     /// The same buffer with its length set to `len` (see [`AlignedBuf::set_len`]).
@@ -98,5 +121,19 @@ mod tests {
         b[4999] = 7;
         b.set_len(8192);
         assert_eq!(b[4999], 7);
+    }
+
+    #[test]
+    fn a_copy_is_aligned_and_its_padding_zero() {
+        for n in [0usize, 1, 4095, 4096, 4097, 65536] {
+            let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8 + 1).collect();
+            let mut b = AlignedBuf::copy_of(&data);
+            assert_eq!(&b[..], &data[..]);
+            assert_eq!(b.as_mut_ptr() as usize % ALIGN, 0);
+            assert_eq!(b.capacity(), n.max(1).div_ceil(ALIGN) * ALIGN);
+            let cap = b.capacity();
+            b.set_len(cap);
+            assert!(b[n..].iter().all(|&x| x == 0), "padding of {n} bytes");
+        }
     }
 }
