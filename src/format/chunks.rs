@@ -171,15 +171,28 @@ impl ChunkCrcs {
 
     /// Compute the crcs of `data`, the data area starting at `header_bytes`.
     pub fn compute(header_bytes: u32, data: &[u8]) -> ChunkCrcs {
-        Self::compute_with_blocks(header_bytes, data).0
+        Self::compute_with_blocks(header_bytes, data, None).0
     }
 
     /// [`ChunkCrcs::compute`], also returning the crcs of the data's
     /// [`super::CRC_BLOCK`]-byte blocks ([`super::block_crcs`]) the chunk
     /// crcs were joined from: one pass over the data gives both (the
-    /// destager keeps the block crcs for the read cache).
-    pub fn compute_with_blocks(header_bytes: u32, data: &[u8]) -> (ChunkCrcs, Vec<u32>) {
-        let blocks = super::block_crcs(data);
+    /// destager keeps the block crcs for the read cache). `known`: those
+    /// block crcs, if the caller has them (a batch whose writes brought
+    /// them), so that the data is not read at all; they must be right.
+    pub fn compute_with_blocks(
+        header_bytes: u32,
+        data: &[u8],
+        known: Option<Vec<u32>>,
+    ) -> (ChunkCrcs, Vec<u32>) {
+        let blocks = known
+            .filter(|b| b.len() == data.len().div_ceil(super::CRC_BLOCK))
+            .unwrap_or_else(|| super::block_crcs(data));
+        debug_assert_eq!(
+            blocks,
+            super::block_crcs(data),
+            "known block crcs are right"
+        );
         let t = Self::from_blocks(header_bytes, data.len() as u64, &blocks).unwrap_or_else(|| {
             // A header not block-aligned (no encoder makes one): each
             // chunk's bytes read again.

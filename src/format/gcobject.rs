@@ -116,7 +116,7 @@ impl GcHeader {
         data: &[u8],
     ) -> (Vec<u8>, ChunkCrcs, Vec<u32>) {
         let header_bytes = Self::header_bytes_for(moves.len(), data.len() as u64);
-        let (chunks, blocks) = ChunkCrcs::compute_with_blocks(header_bytes, data);
+        let (chunks, blocks) = ChunkCrcs::compute_with_blocks(header_bytes, data, None);
         let mut e = Enc::with_capacity(header_bytes as usize);
         e.bytes(MAGIC)
             .u32(VERSION)

@@ -55,7 +55,7 @@
 //! a record that followed a hole which an earlier open cut never validates
 //! after the records a later session wrote over the hole.
 
-use super::{crc, round_up, Dec, Enc, FormatError};
+use super::{crc, round_up, CrcSource, Dec, Enc, FormatError};
 use crate::units::{Epoch, Generation, ImageUuid, JournalSeq, Lba, SECTOR};
 
 use super::object::OpKind;
@@ -354,16 +354,16 @@ impl RecordHeader {
     /// as `parts` in order: for a record written with `writev` from buffers
     /// that are not after its header in memory.
     #[allow(clippy::too_many_arguments)]
-    pub fn encode_header(
+    pub fn encode_header<P: CrcSource>(
         head: &mut [u8],
         generation: Generation,
         epoch: Epoch,
         kind: RecordKind,
         first_seq: JournalSeq,
         entries: &[RecordEntry],
-        parts: &[&[u8]],
+        parts: &[P],
     ) {
-        let data_len = parts.iter().map(|p| p.len()).sum();
+        let data_len = parts.iter().map(|p| p.byte_len()).sum();
         let hb = encode_head(head, REC_VERSION, epoch, kind, first_seq, entries, data_len);
         seal_record(&mut head[..hb], generation, parts);
     }
@@ -540,12 +540,13 @@ fn encode_head(
 }
 
 /// Put the checksum in a record's encoded header `head` (its header bytes),
-/// computed over it and the record's data `parts`, in order.
-fn seal_record(head: &mut [u8], generation: Generation, parts: &[&[u8]]) {
+/// computed over it and the record's data `parts`, in order (a part that
+/// knows its blocks' crcs joins them without reading its bytes).
+fn seal_record<P: CrcSource>(head: &mut [u8], generation: Generation, parts: &[P]) {
     let mut c = crc(0, &generation.0.to_le_bytes());
     c = crc(c, head);
     for p in parts {
-        c = crc(c, p);
+        c = p.crc_from(c);
     }
     head[28..32].copy_from_slice(&c.to_le_bytes());
 }

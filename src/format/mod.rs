@@ -135,6 +135,25 @@ pub fn block_crcs(data: &[u8]) -> Vec<u32> {
     data.chunks(CRC_BLOCK).map(|b| crc(0, b)).collect()
 }
 
+/// Bytes a checksum runs over, which may know the crcs of their blocks
+/// already (a batch span: the write path took them once, and the journal
+/// record's crc joins them instead of reading the bytes again).
+pub trait CrcSource {
+    /// `crc(seed, bytes)`.
+    fn crc_from(&self, seed: u32) -> u32;
+    /// How many bytes.
+    fn byte_len(&self) -> usize;
+}
+
+impl CrcSource for &[u8] {
+    fn crc_from(&self, seed: u32) -> u32 {
+        crc(seed, self)
+    }
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Little-endian writer into a growable buffer.
 #[derive(Default)]
 pub(crate) struct Enc {

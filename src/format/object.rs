@@ -159,21 +159,24 @@ impl ObjectHeader {
         ops: &[ObjOp],
         data: &[u8],
     ) -> Vec<u8> {
-        Self::encode_header_and_crcs(uuid, seq, first_jseq, ops, data).0
+        Self::encode_header_and_crcs(uuid, seq, first_jseq, ops, data, None).0
     }
 
     /// [`ObjectHeader::encode_header`], also returning the chunk crcs it
     /// wrote (a reader of the object needs them) and the crcs of the data's
     /// 4 KiB blocks they were joined from (the read cache's come from them).
+    /// `blocks`: those block crcs, if known (see
+    /// [`ChunkCrcs::compute_with_blocks`]).
     pub fn encode_header_and_crcs(
         uuid: ImageUuid,
         seq: ObjSeq,
         first_jseq: JournalSeq,
         ops: &[ObjOp],
         data: &[u8],
+        blocks: Option<Vec<u32>>,
     ) -> (Vec<u8>, ChunkCrcs, Vec<u32>) {
         let header_bytes = Self::header_bytes_for(ops.len(), data.len() as u64);
-        let (chunks, blocks) = ChunkCrcs::compute_with_blocks(header_bytes, data);
+        let (chunks, blocks) = ChunkCrcs::compute_with_blocks(header_bytes, data, blocks);
         let mut e = Enc::with_capacity(header_bytes as usize);
         let last = first_jseq.0 + ops.len() as u64 - 1;
         e.bytes(MAGIC)

@@ -628,7 +628,8 @@ impl Core {
         let (generation, epoch) = (self.sb.generation, self.sb.epoch);
         if direct_ok(&st.segs, self.dio) {
             let mut head = self.staging.buffer(BLOCK as usize);
-            let parts: Vec<&[u8]> = st.segs.iter().map(|s| &s[..]).collect();
+            // The crc joins the block crcs the write path took where the
+            // spans know them (`AppendBuf`), and reads the rest.
             RecordHeader::encode_header(
                 &mut head,
                 generation,
@@ -636,8 +637,9 @@ impl Core {
                 RecordKind::Entries,
                 st.first_seq,
                 &st.entries,
-                &parts,
+                &st.segs,
             );
+            let parts = st.segs.iter().map(|s| &s[..]);
             let pad = total - BLOCK as usize - st.data_len;
             let mut iov = Vec::with_capacity(st.segs.len() + 2);
             let zeros = &ZERO_BLOCK.0[..pad];

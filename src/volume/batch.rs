@@ -129,6 +129,8 @@ impl Batch {
 
     /// Append an operation with sequence `seq` (consecutive with the last);
     /// returns where its data went and, for a write, the span holding it.
+    /// `blocks`: the crc32c of each 4 KiB block of `data`, if the caller
+    /// took them ([`AppendBuf::append_with_crcs`]).
     pub(crate) fn push(
         &mut self,
         seq: JournalSeq,
@@ -136,6 +138,7 @@ impl Batch {
         lba: Lba,
         sectors: u32,
         data: &[u8],
+        blocks: Option<&[u32]>,
     ) -> (PendLoc, Option<Span>) {
         if self.ops.is_empty() {
             self.first_jseq = seq;
@@ -145,7 +148,7 @@ impl Batch {
         self.last_jseq = seq;
         let offset = (self.data.len() as u64 / SECTOR) as u32;
         let (loc, span) = if kind == OpKind::Write {
-            let at = self.data.append(data);
+            let at = self.data.append_with_crcs(data, blocks);
             let loc = PendLoc::Data {
                 batch: self.id,
                 offset,

@@ -299,12 +299,15 @@ impl Destager {
     fn handle(&mut self, m: DestageMsg) {
         match m {
             DestageMsg::Batch(b) => {
+                // The block crcs the writes brought (the rest read now):
+                // the chunk crcs join them without reading the data again.
                 let (head, crcs, blocks) = ObjectHeader::encode_header_and_crcs(
                     self.inner.uuid,
                     b.obj,
                     b.first_jseq,
                     &b.ops,
                     &b.data,
+                    Some(b.data.block_crcs()),
                 );
                 // Reads of this object verify against these without
                 // reading its header back.

@@ -88,7 +88,7 @@ impl Inner {
     pub(super) fn replay_entry(&self, e: ReplayEntry<'_>) -> Result<()> {
         let (kind, sectors, data) = self.clip_replayed(&e);
         let mut st = self.wait_for_room()?;
-        self.push_op(&mut st, e.seq, kind, e.lba, sectors, data);
+        self.push_op(&mut st, e.seq, kind, e.lba, sectors, data, None);
         st.last_sent = e.seq;
         self.stats.replayed.fetch_add(1, Ordering::Relaxed);
         Ok(())
