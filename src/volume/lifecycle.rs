@@ -66,6 +66,7 @@ impl Inner {
             destage_tx: i.destage_tx,
             flusher: (Mutex::new(false), Condvar::new()),
             spare_buffers: Arc::new(super::batch::SpareBuffers::new(cap)),
+            open_aligned: std::sync::atomic::AtomicBool::new(true),
             cache: i.cache,
             cache_tx: i.cache_tx,
             chunk_tables: verify::ChunkTables::default(),

@@ -325,6 +325,12 @@ pub(crate) struct Inner {
     /// Data buffers of applied batches, reused by new ones (shared with
     /// the cache writer).
     spare_buffers: Arc<batch::SpareBuffers>,
+    /// Whether the open batch's data ends on a 4 KiB boundary, as of the
+    /// last push (set under `state`, read without it): a write's block
+    /// crcs are taken before the lock only when they can be kept
+    /// (`write_op`). A stale value costs a wasted or a skipped pass, never
+    /// a wrong crc.
+    open_aligned: std::sync::atomic::AtomicBool,
     /// The read cache (`None` with `no_rcache`, or if it could not open).
     cache: Option<Arc<crate::cache::Cache>>,
     /// To the cache writer thread (objects as they are put).

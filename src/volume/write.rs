@@ -169,6 +169,7 @@ impl Inner {
             None => Batch::new(id, cap),
         };
         let mut b = std::mem::replace(&mut st.open, fresh);
+        self.open_aligned.store(true, Ordering::Relaxed);
         b.obj = st.next_obj;
         st.next_obj = st.next_obj.next();
         let b = Arc::new(b);
@@ -207,6 +208,10 @@ impl Inner {
         if st.open.data_bytes() >= obj_bytes {
             self.seal(st);
         }
+        self.open_aligned.store(
+            st.open.data_bytes().is_multiple_of(CRC_BLOCK as u64),
+            Ordering::Relaxed,
+        );
         span
     }
 
@@ -318,10 +323,13 @@ impl Volume {
         // The crc of each 4 KiB block, taken once here, outside the state
         // lock: the journal record's crc and the object's chunk crcs join
         // them instead of reading the data again (`AppendBuf`). Only for
-        // whole blocks; they are used where the batch holds them at a block
-        // boundary.
-        let blocks = (data.len().is_multiple_of(CRC_BLOCK) && chunk.is_multiple_of(CRC_BLOCK))
-            .then(|| format::block_crcs(data));
+        // whole blocks, and only while the open batch ends on a block
+        // boundary (after a 512-byte write it does not until it is sealed,
+        // and crcs taken then would be dropped).
+        let blocks = (data.len().is_multiple_of(CRC_BLOCK)
+            && chunk.is_multiple_of(CRC_BLOCK)
+            && inner.open_aligned.load(Ordering::Relaxed))
+        .then(|| format::block_crcs(data));
         let Some(mut st) = inner.room(wait)? else {
             return Ok(None);
         };
@@ -612,6 +620,25 @@ mod tests {
             48,
             "blocks after the 512-byte write are read, not taken"
         );
+        assert!(
+            !v.inner
+                .open_aligned
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "no crcs are taken while the open batch is off a block boundary"
+        );
+        // 64 KiB more does not fit the 256 KiB batch: it is sealed, and the
+        // next batch takes crcs again (from the write after the one that
+        // found it misaligned).
+        writes.push(((3 << 20) + 65536, pattern(32, 64 << 10)));
+        writes.push(((3 << 20) + 2 * 65536, pattern(33, 8192)));
+        for (off, d) in &writes[writes.len() - 2..] {
+            v.write(*off, d).unwrap();
+        }
+        assert!(v
+            .inner
+            .open_aligned
+            .load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(v.inner.lock_state().open.data.known_blocks(), 2);
         let check = |v: &crate::volume::Volume| {
             for (off, d) in &writes {
                 let mut b = vec![0; d.len()];
