@@ -115,14 +115,6 @@ pub struct Config {
     /// batch, so FUA on every write makes one object per write).
     /// Default: `false`.
     pub hard_flush: bool,
-    /// If true, each ublk queue's thread runs only on the CPUs the kernel
-    /// maps to that queue (libublk's and ublksrv's default). If false, the
-    /// queue threads may run on any CPU the server may use, so a request
-    /// is served on an idle CPU while its submitter keeps its own (with as
-    /// many queues as CPUs, a pinned queue shares its one CPU with the
-    /// process that submits to it).
-    /// Default: `false`.
-    pub ublk_pin_queues: bool,
     /// Garbage collection cleans objects whose live fraction is below this
     /// percentage.
     /// Default: `60`.
@@ -195,7 +187,6 @@ impl Default for Config {
             checkpoint_interval_objs: 100,
             flush_msec: 2000,
             hard_flush: false,
-            ublk_pin_queues: false,
             gc_threshold: 60,
             no_gc: false,
             gc_buffer_bytes: 16 * MIB,
@@ -265,11 +256,6 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "hard_flush",
             "false",
             "FLUSH waits until the backend holds everything, not just the journal",
-        ),
-        (
-            "ublk_pin_queues",
-            "false",
-            "pin each ublk queue thread to the CPUs the kernel maps to its queue (false: any CPU)",
         ),
         (
             "gc_threshold",

@@ -120,7 +120,6 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
             depth: args.depth,
             logical_block: args.logical_block_size,
             recover: None,
-            pin_queues: config.ublk_pin_queues,
         },
         foreground: args.foreground,
         replacing: None,
@@ -203,7 +202,6 @@ fn recover_plan(r: Record) -> anyhow::Result<Plan> {
     let config: Config = serde_json::from_value(r.config.clone())
         .with_context(|| format!("the record of {} has an unreadable configuration", r.device))?;
     config.validate()?;
-    let pin_queues = config.ublk_pin_queues;
     Ok(Plan {
         spec_text: r.image.clone(),
         config,
@@ -212,7 +210,6 @@ fn recover_plan(r: Record) -> anyhow::Result<Plan> {
             depth: r.depth,
             logical_block: r.logical_block,
             recover: Some(r.dev_id),
-            pin_queues,
         },
         foreground: false,
         replacing: Some(r),

@@ -82,9 +82,6 @@ pub struct ServeOptions {
     pub logical_block: u32,
     /// Take over this quiesced device instead of adding a new one.
     pub recover: Option<u32>,
-    /// Keep each queue thread on the CPUs the kernel maps to its queue
-    /// (config `ublk_pin_queues`); otherwise they may run on any CPU.
-    pub pin_queues: bool,
 }
 
 /// A device that is serving I/O.
@@ -107,38 +104,6 @@ struct DevCtx {
     reads: Pool,
     slow: Pool,
     live_queues: AtomicUsize,
-    /// Thread ids of the queue threads, for `unpin_queues`.
-    queue_tids: Mutex<Vec<libc::pid_t>>,
-}
-
-/// Let the queue threads `tids` run on every CPU this process may use.
-/// libublk pins each queue thread to the CPUs the kernel maps to its queue
-/// before the device starts. With as many queues as CPUs that is one CPU,
-/// which the queue then shares with the process submitting to it while the
-/// other CPUs idle (in the 2-CPU test guest, a single fio job left the
-/// guest half idle). Unpinned, the scheduler runs the queue thread on an
-/// idle CPU, and keeps it near its submitter when that pays.
-fn unpin_queues(tids: &[libc::pid_t]) {
-    // SAFETY: `cpu_set_t` is plain data; both calls get its exact size.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a valid, writable cpu_set_t of `size` bytes.
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        tracing::warn!(
-            "ublk queues stay pinned: sched_getaffinity failed: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
-    for &tid in tids {
-        // SAFETY: as above; `tid` is a thread of this process.
-        if unsafe { libc::sched_setaffinity(tid, size, &set) } != 0 {
-            tracing::warn!(
-                "ublk queue thread {tid} stays pinned: sched_setaffinity failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
 }
 
 /// Serve `volume` as a ublk device until `should_stop` returns true (it is
@@ -269,7 +234,6 @@ pub fn serve(
         slow: Pool::new("lsvd-wait", SLOW_WORKERS)
             .map_err(|e| Error::with_source(ErrorKind::Io, "cannot start write workers", e))?,
         live_queues: AtomicUsize::new(info.nr_hw_queues as usize),
-        queue_tids: Mutex::new(Vec::new()),
     });
 
     let lbs_shift = opts.logical_block.trailing_zeros() as u8;
@@ -303,12 +267,6 @@ pub fn serve(
 
     let qctx = ctx.clone();
     let q_fn = move |qid: u16, dev: &UblkDev| {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        qctx.queue_tids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tid);
         queue_main(qid, dev, &qctx);
         qctx.live_queues.fetch_sub(1, Ordering::SeqCst);
     };
@@ -323,20 +281,9 @@ pub fn serve(
     } else {
         "START_DEV"
     });
-    let pin_queues = opts.pin_queues;
     let device_fn = move |c: &UblkCtrl| {
         drop(start_watchdog);
         let info = c.dev_info();
-        // run_target pinned the queue threads before START_DEV, which waits
-        // for every queue's first FETCH: each has registered its id by now.
-        if !pin_queues {
-            let tids = dctx
-                .queue_tids
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            unpin_queues(&tids);
-        }
         let live = LiveDevice {
             dev_id: info.dev_id,
             path: c.get_bdev_path(),

@@ -2,8 +2,7 @@
 # The device tells the kernel what we implement (DESIGN contract point 8):
 # a volatile write cache and FUA, 4096-byte physical blocks, 512-byte (or,
 # with --logical-block-size 4096, 4096-byte) logical blocks, requests of at
-# least 1 MiB, discard and write-zeroes limits; and where the queue threads
-# may run (ublk_pin_queues).
+# least 1 MiB, discard and write-zeroes limits.
 . /lib/lsvd-vm-lib.sh
 
 IMG=p/params
@@ -39,34 +38,5 @@ for lbs in 512 4096; do
     check big-write-$lbs dd if=/dev/zero of="$DEV" bs=1M count=1 oflag=direct
     detach detach-$lbs $IMG
 done
-
-# Queue threads (ublk_pin_queues): by default every server thread may run on
-# every CPU (libublk pins each queue thread to its queue's CPUs; the server
-# lifts that once the device is live); with the key set, the queue threads
-# keep the kernel's mapping, one CPU each when there are as many queues as
-# CPUs.
-# cpus_of_server: the Cpus_allowed_list of each thread of $DEV's server.
-cpus_of_server() {
-    local srv t
-    srv=$(server_pid "$DEV")
-    for t in /proc/$srv/task/*; do
-        awk '/^Cpus_allowed_list/ { print $2 }' "$t/status"
-    done
-}
-ALL=$(awk '/^Cpus_allowed_list/ { print $2 }' /proc/self/status)
-NCPU=$(nproc)
-attach attach-unpinned $IMG --queues "$NCPU" || finish
-bad=$(cpus_of_server | grep -vx "$ALL" | tr '\n' ' ')
-[ -z "$bad" ] && pass unpinned || fail unpinned "server threads limited to CPUs '$bad' (all: $ALL)"
-detach detach-unpinned $IMG
-attach attach-pinned $IMG --queues "$NCPU" --config '{"ublk_pin_queues": true}' || finish
-if [ "$NCPU" -gt 1 ]; then
-    pinned=$(cpus_of_server | grep -cvx "$ALL")
-    [ "$pinned" -ge "$NCPU" ] && pass pinned ||
-        fail pinned "$pinned threads pinned with ublk_pin_queues, expected the $NCPU queue threads"
-else
-    info "one CPU: nothing to pin"
-fi
-detach detach-pinned $IMG
 lsvd rm $IMG >/dev/null 2>&1 || info "lsvd-ublk rm $IMG failed"
 finish
