@@ -185,8 +185,13 @@ impl ChunkCrcs {
         data: &[u8],
         known: Option<Vec<u32>>,
     ) -> (ChunkCrcs, Vec<u32>) {
+        let want = data.len().div_ceil(super::CRC_BLOCK);
+        debug_assert!(
+            known.as_ref().is_none_or(|b| b.len() == want),
+            "known block crcs cover the data"
+        );
         let blocks = known
-            .filter(|b| b.len() == data.len().div_ceil(super::CRC_BLOCK))
+            .filter(|b| b.len() == want)
             .unwrap_or_else(|| super::block_crcs(data));
         debug_assert_eq!(
             blocks,

@@ -58,8 +58,14 @@ impl Raw {
                     continue;
                 }
             }
-            // Up to the next block boundary (or the end), read.
-            let end = ((at / CRC_BLOCK + 1) * CRC_BLOCK - off).min(len);
+            // Read up to the next whole block with a known crc (or the
+            // end), in one call: a run without known crcs (a batch off a
+            // block boundary, replayed data) costs one pass, as before.
+            let mut end = ((at / CRC_BLOCK + 1) * CRC_BLOCK - off).min(len);
+            while len - end >= CRC_BLOCK && self.known((off + end) / CRC_BLOCK).is_none() {
+                end += CRC_BLOCK;
+            }
+            let end = if len - end < CRC_BLOCK { len } else { end };
             c = crc(c, &bytes[pos..end]);
             pos = end;
         }
@@ -124,10 +130,12 @@ impl AppendBuf {
         let at = self.len;
         if at + data.len() > self.capacity() {
             let mut bigger = AppendBuf::new((at + data.len()).max(2 * self.capacity()));
-            // The moved blocks keep (or now get) their crcs. Batches are
-            // sealed before they outgrow their buffer, so this is rare.
-            let old = self.block_crcs();
-            bigger.append_with_crcs(self, Some(&old));
+            bigger.append(self);
+            // The moved blocks keep the crcs they had (same block indices:
+            // the move starts at 0); the others are read when needed.
+            for (to, from) in bigger.raw.crcs.iter().zip(self.raw.crcs.iter()) {
+                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
             *self = bigger;
         }
         // SAFETY: `[at, at + data.len())` lies within the allocation (checked
@@ -305,6 +313,15 @@ mod tests {
         let joined = crc_concat(crc_concat(5, 7, CRC_BLOCK), 8, CRC_BLOCK);
         assert_eq!(s.crc_from(5), joined);
         assert_ne!(s.crc_from(5), crc(5, &s), "the given crcs were used");
+
+        // Growth keeps the known crcs (the wrong ones show again) and
+        // reads nothing for the others.
+        let mut g = AppendBuf::new(2 * CRC_BLOCK);
+        g.append_with_crcs(&d, Some(&[7, 8]));
+        g.append_with_crcs(&d[..CRC_BLOCK], Some(&[9]));
+        assert!(g.capacity() > 2 * CRC_BLOCK);
+        assert_eq!(g.known_blocks(), 3);
+        assert_eq!(g.block_crcs(), vec![7, 8, 9]);
     }
 
     proptest::proptest! {
