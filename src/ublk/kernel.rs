@@ -41,6 +41,18 @@ pub const RECOVERY_FLAGS: u64 =
 /// `UBLK_U_CMD_QUIESCE_DEV` to hand the device to its successor, and ours
 /// never does (an upgrade is a kill and `recover`), so the flag would claim
 /// a mode we do not implement.
+///
+/// Not zero copy (`UBLK_F_SUPPORT_ZERO_COPY`, 6.15; `UBLK_F_AUTO_BUF_REG`,
+/// 6.16): with it the request's pages are only reachable as an io_uring
+/// fixed buffer, never as bytes in our memory. Every write's 4 KiB blocks
+/// must be checksummed (the journal record's crc is what tells a torn
+/// record after a power cut) and kept in the open batch until they are
+/// packed into an object; every read-cache hit is checked against its
+/// block crc before it is returned. Both need the bytes in user space, so
+/// zero copy would either drop those checks or read the data back, a copy
+/// by another name. Not `UBLK_F_PER_IO_DAEMON` (6.16) either: each queue
+/// already has one thread serving all its tags, which is what the flag
+/// would let us leave.
 pub const OPTIONAL_FLAGS: u64 = sys::UBLK_F_UPDATE_SIZE as u64;
 
 /// Every flag we may ask for (the mask for a recovered device's flags).
