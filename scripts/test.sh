@@ -3,7 +3,9 @@
 # fresh Debian machine. Installs what it needs, then runs, in order:
 #   1. formatting and lints,
 #   2. the default `cargo test` suite (unit, integration, property tests),
-#   3. the crash tester (lsvd-crash-test) for a bounded number of iterations,
+#   3. every fuzz target (scripts/fuzz.sh, fuzz/) for LSVD_FUZZ_SECONDS
+#      each (default 20),
+#   3b. the crash tester (lsvd-crash-test) for a bounded number of iterations,
 #      plain kills, journal wipes and lost objects, with a slow backend,
 #      power cuts (--power-loss: what no flush covered lost or torn), also
 #      with a slow backend and with GC on one image,
@@ -27,7 +29,7 @@
 #      fails the run (tests/vm.rs runs scripts/vm-test.sh once per kernel;
 #      it fetches and caches the kernels with a private apt configuration
 #      and installs qemu, busybox, fio, e2fsprogs if missing).
-# Knobs: LSVD_CRASH_ITERATIONS (default 300), LSVD_POWER_CRASH_ITERATIONS (default 100),
+# Knobs: LSVD_FUZZ_SECONDS (default 20), LSVD_CRASH_ITERATIONS (default 300), LSVD_POWER_CRASH_ITERATIONS (default 100),
 # LSVD_PROPTEST_CASES (default 256),
 # LSVD_GC_CRASH_ITERATIONS (default 150), LSVD_RADOS_CRASH_ITERATIONS (default 40),
 # LSVD_PROPTEST_RADOS_CASES (default 64).
@@ -46,12 +48,16 @@ export TMPDIR="${TMPDIR:-/tmp}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 echo "== cargo clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
 cargo test --all-features 2>&1 | tee /tmp/lsvd-cargo-test.log
 grep -q "test result: FAILED" /tmp/lsvd-cargo-test.log && exit 1
+
+echo "== fuzzing (scripts/fuzz.sh: every target for a bounded time)"
+bash scripts/fuzz.sh "${LSVD_FUZZ_SECONDS:-20}"
 
 echo "== crash tester"
 cargo build --release --features rados --bin lsvd-crash-test

@@ -200,6 +200,15 @@ impl GcHeader {
         Ok(need)
     }
 
+    /// For fuzzing: rewrite the header crc after the header's bytes were
+    /// changed (where it is follows from the counts, as for a decode).
+    #[doc(hidden)]
+    pub fn reseal(buf: &mut [u8]) {
+        if let Ok(need) = Self::needed_bytes(buf) {
+            super::reseal_trailing(buf, need);
+        }
+    }
+
     /// Decode and validate a header from the start of an object (`buf` must
     /// hold at least [`GcHeader::needed_bytes`]).
     pub fn decode(buf: &[u8]) -> Result<GcHeader, FormatError> {

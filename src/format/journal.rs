@@ -157,6 +157,20 @@ impl JournalSuper {
         block.iter().all(|&b| b == 0)
     }
 
+    /// For fuzzing: rewrite the crc of a superblock block after its bytes
+    /// were changed (the version says where it is).
+    #[doc(hidden)]
+    pub fn reseal(buf: &mut [u8]) {
+        match buf
+            .get(8..12)
+            .map(|v| u32::from_le_bytes(v.try_into().expect("4 bytes")))
+        {
+            Some(SB_VERSION) => super::reseal_trailing(buf, SB_LEN),
+            Some(SB_VERSION_LEGACY) => super::reseal_trailing(buf, SB_LEN_V1),
+            _ => {}
+        }
+    }
+
     /// Decode and validate the block read from slot `slot` (block 0 may
     /// also hold a version 1 superblock; block 1 only a version 2 copy).
     pub fn decode_slot(buf: &[u8], slot: u32) -> Result<JournalSuper, FormatError> {
@@ -451,6 +465,29 @@ impl RecordHeader {
             entries,
             crc,
         })
+    }
+
+    /// For fuzzing: rewrite the crc of a record (header and data, under
+    /// `generation`) after its bytes were changed, where the header decodes
+    /// and the record fits `buf`.
+    #[doc(hidden)]
+    pub fn reseal(buf: &mut [u8], generation: Generation) {
+        let Ok(h) = RecordHeader::decode(buf) else {
+            return;
+        };
+        let hb = h.header_bytes as usize;
+        let Some(end) = hb.checked_add(h.data_bytes as usize) else {
+            return;
+        };
+        if buf.len() < end {
+            return;
+        }
+        let mut c = crc(0, &generation.0.to_le_bytes());
+        c = crc(c, &buf[..28]);
+        c = crc(c, &[0u8; 4]);
+        c = crc(c, &buf[32..hb]);
+        c = crc(c, &buf[hb..end]);
+        buf[28..32].copy_from_slice(&c.to_le_bytes());
     }
 
     /// Verify the checksum of a whole record (`buf` starts at the header and

@@ -185,6 +185,13 @@ impl CacheSuper {
         e.buf
     }
 
+    /// For fuzzing: rewrite the crc after the superblock's bytes were
+    /// changed.
+    #[doc(hidden)]
+    pub fn reseal(buf: &mut [u8]) {
+        super::reseal_trailing(buf, SUPER_LEN);
+    }
+
     /// Decode and validate (the geometry must be the one [`Layout::for_size`]
     /// gives for the recorded file size).
     pub fn decode(buf: &[u8]) -> Result<CacheSuper, FormatError> {
@@ -282,6 +289,18 @@ pub fn encode_index_block(
     let crc = super::crc(super::crc(0, cache_uuid), &e.buf);
     e.buf[12..16].copy_from_slice(&crc.to_le_bytes());
     e.buf
+}
+
+/// For fuzzing: rewrite the crc of an index block (seeded with
+/// `cache_uuid`) after its bytes were changed.
+#[doc(hidden)]
+pub fn reseal_index_block(buf: &mut [u8], cache_uuid: &[u8; 16]) {
+    if buf.len() < BLOCK_BYTES {
+        return;
+    }
+    buf[12..16].fill(0);
+    let crc = super::crc(super::crc(0, cache_uuid), &buf[..BLOCK_BYTES]);
+    buf[12..16].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Decode index block `block_no`; it must be of `generation` and carry a

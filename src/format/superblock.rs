@@ -231,6 +231,16 @@ impl Superblock {
         e.buf
     }
 
+    /// For fuzzing: rewrite the crc of an encoded superblock after its
+    /// bytes were changed (the length at offset 12 says where it is).
+    #[doc(hidden)]
+    pub fn reseal(buf: &mut [u8]) {
+        if let Some(l) = buf.get(12..16) {
+            let len = u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize;
+            super::reseal_trailing(buf, len);
+        }
+    }
+
     /// Decode and validate.
     pub fn decode(buf: &[u8]) -> Result<Superblock, FormatError> {
         let mut d = Dec::new(WHAT, buf);
