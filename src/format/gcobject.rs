@@ -234,6 +234,13 @@ impl GcHeader {
         if seq.0 == 0 || n == 0 {
             return Err(d.invalid(format!("object {} with {n} moves", seq.0)));
         }
+        // Map locations are u32 sectors from the object's start.
+        if u64::from(header_bytes) / SECTOR + u64::from(data_sectors) > u64::from(u32::MAX) {
+            return Err(d.invalid(format!(
+                "{data_sectors} data sectors after a {header_bytes}-byte header end beyond \
+                 32-bit sector offsets"
+            )));
+        }
         let mut moves = Vec::with_capacity(n);
         for i in 0..n {
             let lba = Lba(d.u64()?);
@@ -311,6 +318,21 @@ fn encode_moves(e: &mut Enc, moves: &[GcMove]) {
 
 #[cfg(test)]
 mod tests {
+
+    /// As for data objects: a data area beyond 32-bit sector offsets from
+    /// the object's start is refused (map locations would wrap).
+    #[test]
+    fn a_gc_object_beyond_32_bit_sector_offsets_is_rejected() {
+        let mut b = sample_v1();
+        // data sectors (offset 44) = u32::MAX; the first move's data
+        // offset (at 72 + 12) at u32::MAX - its sectors.
+        b[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
+        let sectors = u32::from_le_bytes(b[80..84].try_into().unwrap());
+        b[84..88].copy_from_slice(&(u32::MAX - sectors).to_le_bytes());
+        GcHeader::reseal(&mut b);
+        let e = GcHeader::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("32-bit"), "{e}");
+    }
     use super::*;
     use crate::format::testutil::{assert_rejects_corruption, golden};
 

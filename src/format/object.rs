@@ -298,6 +298,13 @@ impl ObjectHeader {
                 seq.0
             )));
         }
+        // Map locations are u32 sectors from the object's start.
+        if u64::from(header_bytes) / SECTOR + u64::from(data_sectors) > u64::from(u32::MAX) {
+            return Err(d.invalid(format!(
+                "{data_sectors} data sectors after a {header_bytes}-byte header end beyond \
+                 32-bit sector offsets"
+            )));
+        }
         let mut ops = Vec::with_capacity(n);
         for i in 0..n {
             let lba = Lba(d.u64()?);
@@ -368,6 +375,28 @@ fn encode_ops(e: &mut Enc, ops: &[ObjOp]) {
 
 #[cfg(test)]
 mod tests {
+
+    /// A header (crc valid) whose data area ends beyond what a 32-bit
+    /// sector offset from the object's start can address: recovery's map
+    /// locations (`header sectors + data offset`, u32) would wrap and point
+    /// into the header. Found while writing the fuzz targets.
+    #[test]
+    fn an_object_beyond_32_bit_sector_offsets_is_rejected() {
+        let mut b = sample_v1();
+        // data sectors (offset 60) = u32::MAX; the first operation (a
+        // write, at 72) has its data at u32::MAX - 8.
+        b[60..64].copy_from_slice(&u32::MAX.to_le_bytes());
+        let at = 72 + 16;
+        b[at..at + 4].copy_from_slice(&(u32::MAX - 8).to_le_bytes());
+        assert_eq!(
+            u32::from_le_bytes(b[80..84].try_into().unwrap()),
+            8,
+            "op sectors"
+        );
+        ObjectHeader::reseal(&mut b);
+        let e = ObjectHeader::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("32-bit"), "{e}");
+    }
     use super::*;
     use crate::format::testutil::{assert_rejects_corruption, golden};
 
