@@ -52,6 +52,10 @@ pub const MAX_ENCODED: usize =
 const WHAT: &str = "superblock";
 /// Most checkpoints a superblock lists.
 pub const MAX_CHECKPOINTS: usize = 4;
+/// Most pieces a checkpoint can have: a 1 PiB image (the largest `create`
+/// makes) has at most 2^41 extents, 2^20 to a piece
+/// (`checkpoint::EXTENTS_PER_PIECE`). A reference with more is refused.
+pub const MAX_PIECES: u32 = 1 << 21;
 /// Flag: the image was closed cleanly.
 pub const FLAG_CLEAN: u32 = 1;
 /// Incompatible feature: garbage collection has run. GC objects
@@ -288,13 +292,8 @@ impl Superblock {
         }
         let mut checkpoints = Vec::with_capacity(n);
         for _ in 0..n {
-            let seq = ObjSeq(d.u64()?);
-            let pieces = d.u32()?;
+            checkpoints.push(ckpt_ref(&mut d)?);
             d.skip(4)?;
-            if seq.0 == 0 || pieces == 0 {
-                return Err(d.invalid("checkpoint reference with zero sequence or pieces"));
-            }
-            checkpoints.push(CheckpointRef { seq, pieces });
         }
         let mut snapshots = Vec::new();
         let mut parent = None;
@@ -383,6 +382,12 @@ fn ckpt_ref(d: &mut Dec<'_>) -> Result<CheckpointRef, FormatError> {
     if seq.0 == 0 || pieces == 0 {
         return Err(d.invalid("checkpoint reference with zero sequence or pieces"));
     }
+    if pieces > MAX_PIECES || seq.0.checked_add(u64::from(pieces)).is_none() {
+        return Err(d.invalid(format!(
+            "checkpoint {} with {pieces} pieces (at most {MAX_PIECES}, within the sequences)",
+            seq.0
+        )));
+    }
     Ok(CheckpointRef { seq, pieces })
 }
 
@@ -404,6 +409,33 @@ fn name(d: &mut Dec<'_>, what: &str) -> Result<String, FormatError> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A checkpoint reference (crc valid) with more pieces than any image's
+    /// map can need, or whose pieces run past the last sequence: recovery
+    /// gathered every piece sequence into a set (4 billion of them OOMed
+    /// the fuzz target) and tombstones missing ones one by one.
+    #[test]
+    fn a_checkpoint_reference_with_impossible_pieces_is_rejected() {
+        for (seq, pieces) in [(5, MAX_PIECES + 1), (5, u32::MAX), (u64::MAX - 1, 4)] {
+            let mut sb = sample();
+            sb.checkpoints = vec![CheckpointRef {
+                seq: ObjSeq(seq),
+                pieces,
+            }];
+            let e = Superblock::decode(&sb.encode()).unwrap_err();
+            assert!(e.to_string().contains("pieces"), "{seq} {pieces}: {e}");
+        }
+        let mut sb = sample();
+        sb.checkpoints = vec![CheckpointRef {
+            seq: ObjSeq(5),
+            pieces: MAX_PIECES,
+        }];
+        assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
+        // The bound covers the largest image's map.
+        let most = crate::catalog::image::MAX_IMAGE_BYTES / crate::units::SECTOR;
+        let per = crate::format::checkpoint::EXTENTS_PER_PIECE as u64;
+        assert!(most.div_ceil(per) <= u64::from(MAX_PIECES));
+    }
     use super::*;
     use crate::format::testutil::assert_rejects_corruption;
 

@@ -129,6 +129,8 @@ mod lifecycle;
 mod rcache;
 mod read;
 mod recovery;
+#[doc(hidden)]
+pub use recovery::fuzz_recover;
 pub mod scrub;
 pub mod snapshot;
 mod superblock;
