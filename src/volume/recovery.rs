@@ -778,6 +778,80 @@ mod tests {
         assert_eq!(store.stat(&object_name(IMG, ObjSeq(4))).unwrap(), Some(t));
     }
 
+
+    /// Review: a garbage (existing) piece of a failed listed checkpoint with
+    /// nothing above it is still tombstoned (it is the highest object).
+    #[test]
+    fn review_garbage_piece_with_nothing_above_is_tombstoned() {
+        let store = MemStore::new();
+        put_data(&store, 1, 1, 0, 8);
+        put_data(&store, 2, 2, 8, 8);
+        store.put(&object_name(IMG, ObjSeq(3)), b"junk junk").unwrap();
+        let ck = CheckpointRef { seq: ObjSeq(3), pieces: 4 };
+        let r = recover(&store, IMG, &sb(vec![ck], 0)).unwrap();
+        let t = super::super::destage::TOMBSTONE.len() as u64;
+        assert_eq!(store.stat(&object_name(IMG, ObjSeq(3))).unwrap(), Some(t));
+        assert_eq!((r.last_obj, r.rolled, r.deleted), (ObjSeq(3), 2, 0));
+        assert!(r.checkpoints.is_empty());
+        assert!(r.superblock.unwrap().checkpoints.is_empty());
+        assert_eq!(store.stat(&object_name(IMG, ObjSeq(4))).unwrap(), None);
+    }
+
+    /// Review: the superblock write fails (crash before it): nothing at or
+    /// above the gap was touched; a retry recovers the same; objects then
+    /// written at the gap's sequences roll forward with the rewritten
+    /// superblock and even with the old one (as if its write were lost).
+    #[test]
+    fn review_break_at_failed_piece_then_reuse_is_read_back() {
+        use crate::backend::{FaultAction, FaultOp, FaultRule, FaultStore};
+        let mem = std::sync::Arc::new(MemStore::new());
+        put_data(&mem, 1, 1, 0, 8);
+        put_data(&mem, 2, 2, 8, 8);
+        // Failed checkpoint at 3..7: piece 3 is a (stale) checkpoint piece,
+        // 4.. missing.
+        put_ckpt(&mem, 3, &ObjectMap::new(), 2, 2);
+        let ck = CheckpointRef { seq: ObjSeq(3), pieces: 4 };
+        let old_sb = sb(vec![ck], 0);
+        mem.put(IMG, &old_sb.encode()).unwrap();
+        let f = FaultStore::new(mem.clone(), 0);
+        f.add_rule(FaultRule::new(FaultOp::Put, FaultAction::Fail(ErrorKind::Io)).named(IMG));
+        let before = mem.list("img.").unwrap();
+        assert!(recover(&f, IMG, &old_sb).is_err());
+        assert_eq!(mem.list("img.").unwrap(), before, "nothing written or deleted");
+        let r = recover(mem.as_ref(), IMG, &old_sb).unwrap();
+        assert_eq!(r.last_obj, ObjSeq(3));
+        let new_sb = r.superblock.clone().unwrap();
+        assert!(new_sb.checkpoints.is_empty());
+        assert_eq!(crate::catalog::image::read_superblock(mem.as_ref(), IMG).unwrap(), new_sb);
+        // New objects at the gap's sequences 4, 5 (beyond the old pieces: 8).
+        put_data(&mem, 4, 3, 100, 8);
+        put_data(&mem, 5, 4, 200, 8);
+        for s in 6..=8 {
+            put_data(&mem, s, s - 1, 300 + s * 8, 8);
+        }
+        for (which, s) in [("rewritten", &new_sb), ("old", &old_sb)] {
+            let r = recover(mem.as_ref(), IMG, s).unwrap();
+            assert_eq!((r.last_obj, r.rolled, r.deleted), (ObjSeq(8), 7, 0), "{which}");
+            for (lba, obj) in [(0, 1), (8, 2), (100, 4), (200, 5), (348, 6), (364, 8)] {
+                assert_eq!(at(&r.map, lba).map(|l| l.obj), Some(ObjSeq(obj)), "{which} {lba}");
+            }
+        }
+    }
+
+    /// Review: objects of other images sharing a name prefix are not counted.
+    #[test]
+    fn review_highest_object_ignores_other_images() {
+        let store = MemStore::new();
+        put_data(&store, 2, 1, 0, 8);
+        for n in ["img-2.0000000000000009", "img_b.0000000000000009", "imgx.0000000000000009",
+                  "img.0000000000000009.tmp", "img.lock"] {
+            store.put(n, b"x").unwrap();
+        }
+        assert_eq!(highest_object(&store, IMG).unwrap(), 2);
+        assert_eq!(parse_object_name("a", "a.b.0000000000000001"), None);
+        assert_eq!(parse_object_name("a", "ab.0000000000000001"), None);
+    }
+
     /// A data object with one write of `sectors` at `lba`, journal seq `j`.
     fn put_data(store: &MemStore, seq: u64, j: u64, lba: u64, sectors: u32) {
         let data = vec![seq as u8; sectors as usize * 512];
