@@ -326,8 +326,9 @@ pub(crate) fn apply_op_list(map: &mut ObjectMap, obj: ObjSeq, header_sectors: u3
 
 /// A piece of a listed checkpoint that failed to load, met by the
 /// roll-forward (ordering 29) missing or neither a checkpoint object nor a
-/// valid data or GC object of this image: overwrite it with a tombstone, so
-/// this and every later roll-forward passes it. (A valid data or GC object
+/// valid data or GC object of this image, with objects above it or as the
+/// checkpoint's first piece: overwrite it with a tombstone, so this and
+/// every later roll-forward passes it. (A valid data or GC object
 /// there is rolled forward like any other: ordering 29 keeps a listed
 /// checkpoint's sequences from being reused, but an image left by a build
 /// without that ordering may hold one, and it is data.)
@@ -363,6 +364,11 @@ impl Pieces<'_> {
         self.0
             .iter()
             .any(|c| *seq >= c.seq.0 && *seq - c.seq.0 < u64::from(c.pieces))
+    }
+
+    /// Whether `seq` is the first piece of one of them.
+    fn starts_at(&self, seq: u64) -> bool {
+        self.0.iter().any(|c| c.seq.0 == seq)
     }
 }
 
@@ -458,7 +464,11 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             // it is lost (or garbage) it is no gap: a tombstone fills it,
             // durably, before anything else is written, and the
             // roll-forward goes on. Otherwise every object above it would
-            // be deleted.
+            // be deleted. With no object above it, it ends the log instead
+            // (no tombstone per sequence of a huge piece count), except the
+            // first piece: a snapshot or a clone's parent link may still
+            // name this checkpoint, and a new checkpoint written at its
+            // first sequence would answer for it.
             let why = match read_object_header(store, image, sb, seq)? {
                 Found::Missing => Some("is missing".to_string()),
                 // A data object there that rotted is refused below like
@@ -476,15 +486,15 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                 }
             };
             if let Some(why) = why {
-                // Nothing above it: the log ends here, no tombstone needed
-                // (a listed reference's piece count bounds this loop only
-                // by `MAX_PIECES`, so do not write one per sequence past
-                // the last object).
+                // Nothing above it (and not a first piece): the log ends
+                // here (a listed reference's piece count bounds this loop
+                // only by `MAX_PIECES`; no tombstone per sequence past the
+                // last object).
                 let top = match top {
                     Some(t) => t,
                     None => *top.insert(highest_object(store, image)?),
                 };
-                if seq.0 > top {
+                if seq.0 > top && !failed.starts_at(seq.0) {
                     break seq;
                 }
                 repair_failed_piece(store, image, seq, &why)?;
@@ -653,8 +663,11 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
     })
 }
 
-/// For fuzzing (`fuzz/fuzz_targets/recovery.rs`): recover `image`'s map
-/// from `store` as an open does (without the journal; a listed checkpoint
+/// For fuzzing only (`fuzz/fuzz_targets/recovery.rs`), never on a live
+/// image: it takes no image lock, may write tombstones and the superblock
+/// and delete objects as an open does, and panics on a finding. It
+/// recovers `image`'s map from `store` as an open does (without the
+/// journal; a listed checkpoint
 /// piece that fails to load may be tombstoned and objects above a gap
 /// deleted, as an open does) and check every mapped extent against the
 /// header of its object in the store: it must lie inside the data area
@@ -750,12 +763,14 @@ mod tests {
 
     /// A listed checkpoint that failed to load and whose pieces run far
     /// past the last object (a piece count as large as the superblock
-    /// allows): the roll-forward stops at its first missing piece with
-    /// nothing above, instead of writing a tombstone per sequence (the
-    /// recovery fuzz target timed out there, and before the superblock
-    /// bounded piece counts it ran out of memory gathering them).
+    /// allows): its first piece gets a tombstone (a snapshot may name the
+    /// checkpoint) and the roll-forward stops at the next missing piece
+    /// with nothing above, instead of writing a tombstone per sequence
+    /// (the recovery fuzz target timed out there, and before the
+    /// superblock bounded piece counts it ran out of memory gathering
+    /// them).
     #[test]
-    fn a_failed_checkpoint_past_the_last_object_writes_no_tombstones() {
+    fn a_failed_checkpoint_past_the_last_object_writes_one_tombstone() {
         let store = MemStore::new();
         put_data(&store, 1, 1, 0, 8);
         put_data(&store, 2, 2, 8, 8);
@@ -766,28 +781,33 @@ mod tests {
         let t = std::time::Instant::now();
         let r = recover(&store, IMG, &sb(vec![ck], 0)).unwrap();
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
-        assert_eq!((r.last_obj, r.rolled, r.deleted), (ObjSeq(2), 2, 0));
+        assert_eq!((r.last_obj, r.rolled, r.deleted), (ObjSeq(3), 2, 0));
         assert!(r.checkpoints.is_empty());
-        assert_eq!(store.list("img.").unwrap().len(), 2, "no tombstone written");
+        assert_eq!(store.list("img.").unwrap().len(), 3, "one tombstone");
+        let t = super::super::destage::TOMBSTONE.len() as u64;
+        assert_eq!(store.stat(&object_name(IMG, ObjSeq(3))).unwrap(), Some(t));
         // A missing piece with an object above it is still tombstoned.
         put_data(&store, 5, 3, 16, 8);
         let r = recover(&store, IMG, &sb(vec![ck], 0)).unwrap();
         assert_eq!((r.last_obj, r.rolled), (ObjSeq(5), 3));
-        let t = super::super::destage::TOMBSTONE.len() as u64;
         assert_eq!(store.stat(&object_name(IMG, ObjSeq(3))).unwrap(), Some(t));
         assert_eq!(store.stat(&object_name(IMG, ObjSeq(4))).unwrap(), Some(t));
     }
 
-
-    /// Review: a garbage (existing) piece of a failed listed checkpoint with
+    /// A garbage (existing) piece of a failed listed checkpoint with
     /// nothing above it is still tombstoned (it is the highest object).
     #[test]
-    fn review_garbage_piece_with_nothing_above_is_tombstoned() {
+    fn a_garbage_failed_piece_with_nothing_above_is_tombstoned() {
         let store = MemStore::new();
         put_data(&store, 1, 1, 0, 8);
         put_data(&store, 2, 2, 8, 8);
-        store.put(&object_name(IMG, ObjSeq(3)), b"junk junk").unwrap();
-        let ck = CheckpointRef { seq: ObjSeq(3), pieces: 4 };
+        store
+            .put(&object_name(IMG, ObjSeq(3)), b"junk junk")
+            .unwrap();
+        let ck = CheckpointRef {
+            seq: ObjSeq(3),
+            pieces: 4,
+        };
         let r = recover(&store, IMG, &sb(vec![ck], 0)).unwrap();
         let t = super::super::destage::TOMBSTONE.len() as u64;
         assert_eq!(store.stat(&object_name(IMG, ObjSeq(3))).unwrap(), Some(t));
@@ -797,12 +817,12 @@ mod tests {
         assert_eq!(store.stat(&object_name(IMG, ObjSeq(4))).unwrap(), None);
     }
 
-    /// Review: the superblock write fails (crash before it): nothing at or
+    /// The superblock write fails (crash before it): nothing at or
     /// above the gap was touched; a retry recovers the same; objects then
     /// written at the gap's sequences roll forward with the rewritten
     /// superblock and even with the old one (as if its write were lost).
     #[test]
-    fn review_break_at_failed_piece_then_reuse_is_read_back() {
+    fn a_gap_at_a_failed_piece_then_reuse_rolls_forward() {
         use crate::backend::{FaultAction, FaultOp, FaultRule, FaultStore};
         let mem = std::sync::Arc::new(MemStore::new());
         put_data(&mem, 1, 1, 0, 8);
@@ -810,19 +830,29 @@ mod tests {
         // Failed checkpoint at 3..7: piece 3 is a (stale) checkpoint piece,
         // 4.. missing.
         put_ckpt(&mem, 3, &ObjectMap::new(), 2, 2);
-        let ck = CheckpointRef { seq: ObjSeq(3), pieces: 4 };
+        let ck = CheckpointRef {
+            seq: ObjSeq(3),
+            pieces: 4,
+        };
         let old_sb = sb(vec![ck], 0);
         mem.put(IMG, &old_sb.encode()).unwrap();
         let f = FaultStore::new(mem.clone(), 0);
         f.add_rule(FaultRule::new(FaultOp::Put, FaultAction::Fail(ErrorKind::Io)).named(IMG));
         let before = mem.list("img.").unwrap();
         assert!(recover(&f, IMG, &old_sb).is_err());
-        assert_eq!(mem.list("img.").unwrap(), before, "nothing written or deleted");
+        assert_eq!(
+            mem.list("img.").unwrap(),
+            before,
+            "nothing written or deleted"
+        );
         let r = recover(mem.as_ref(), IMG, &old_sb).unwrap();
         assert_eq!(r.last_obj, ObjSeq(3));
         let new_sb = r.superblock.clone().unwrap();
         assert!(new_sb.checkpoints.is_empty());
-        assert_eq!(crate::catalog::image::read_superblock(mem.as_ref(), IMG).unwrap(), new_sb);
+        assert_eq!(
+            crate::catalog::image::read_superblock(mem.as_ref(), IMG).unwrap(),
+            new_sb
+        );
         // New objects at the gap's sequences 4, 5 (beyond the old pieces: 8).
         put_data(&mem, 4, 3, 100, 8);
         put_data(&mem, 5, 4, 200, 8);
@@ -831,25 +861,94 @@ mod tests {
         }
         for (which, s) in [("rewritten", &new_sb), ("old", &old_sb)] {
             let r = recover(mem.as_ref(), IMG, s).unwrap();
-            assert_eq!((r.last_obj, r.rolled, r.deleted), (ObjSeq(8), 7, 0), "{which}");
+            assert_eq!(
+                (r.last_obj, r.rolled, r.deleted),
+                (ObjSeq(8), 7, 0),
+                "{which}"
+            );
             for (lba, obj) in [(0, 1), (8, 2), (100, 4), (200, 5), (348, 6), (364, 8)] {
-                assert_eq!(at(&r.map, lba).map(|l| l.obj), Some(ObjSeq(obj)), "{which} {lba}");
+                assert_eq!(
+                    at(&r.map, lba).map(|l| l.obj),
+                    Some(ObjSeq(obj)),
+                    "{which} {lba}"
+                );
             }
         }
     }
 
-    /// Review: objects of other images sharing a name prefix are not counted.
+    /// Objects of other images sharing a name prefix are not counted.
     #[test]
-    fn review_highest_object_ignores_other_images() {
+    fn the_highest_object_ignores_other_images() {
         let store = MemStore::new();
         put_data(&store, 2, 1, 0, 8);
-        for n in ["img-2.0000000000000009", "img_b.0000000000000009", "imgx.0000000000000009",
-                  "img.0000000000000009.tmp", "img.lock"] {
+        for n in [
+            "img-2.0000000000000009",
+            "img_b.0000000000000009",
+            "imgx.0000000000000009",
+            "img.0000000000000009.tmp",
+            "img.lock",
+        ] {
             store.put(n, b"x").unwrap();
         }
         assert_eq!(highest_object(&store, IMG).unwrap(), 2);
         assert_eq!(parse_object_name("a", "a.b.0000000000000001"), None);
         assert_eq!(parse_object_name("a", "ab.0000000000000001"), None);
+    }
+
+    /// A lost first piece of a listed checkpoint that a snapshot names,
+    /// with nothing above it: it still gets a tombstone, so the next
+    /// checkpoint (written at the next free sequence) cannot answer for
+    /// the snapshot's and give it other contents; the snapshot fails to
+    /// open, loudly. (Found by review: without the tombstone the snapshot
+    /// read a write from after it.)
+    #[test]
+    fn a_lost_snapshot_piece_is_not_rebound_to_a_new_checkpoint() {
+        use crate::format::superblock::{SnapshotRef, INCOMPAT_CHUNK_CRCS};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let uuid = crate::catalog::image::create_image(store.as_ref(), IMG, 4 << 20).unwrap();
+        for (seq, byte) in [(1u64, 0x11u8), (2, 0x22)] {
+            let o = ObjectHeader::encode_object(
+                uuid,
+                ObjSeq(seq),
+                JournalSeq(seq),
+                &[op(0, 8, 0)],
+                &[byte; 4096],
+            );
+            store.put(&object_name(IMG, ObjSeq(seq)), &o).unwrap();
+        }
+        let a = CheckpointRef {
+            seq: ObjSeq(3),
+            pieces: 1,
+        };
+        let mut s = crate::catalog::image::read_superblock(store.as_ref(), IMG).unwrap();
+        s.incompat |= INCOMPAT_CHUNK_CRCS;
+        s.checkpoints = vec![a];
+        s.snapshots = vec![SnapshotRef {
+            name: "s".into(),
+            ckpt: a,
+            last_obj: ObjSeq(1),
+            size_bytes: s.size_bytes,
+            created_unix: 0,
+            flags: 0,
+        }];
+        store.put(IMG, &s.encode()).unwrap();
+        // Piece 3 is lost. Open (recovery) and close (a final checkpoint).
+        let v = crate::volume::test_open(dir.path(), store.clone(), true);
+        v.close().unwrap();
+        let cfg = crate::config::Config {
+            no_rcache: true,
+            ..Default::default()
+        };
+        match crate::volume::Volume::open_snapshot(cfg, store.clone(), IMG, "s") {
+            Err(e) => assert!(e.to_string().contains("checkpoint"), "{e}"),
+            Ok(snap) => {
+                let mut buf = vec![0u8; 4096];
+                snap.read(0, &mut buf).unwrap();
+                assert_ne!(buf[0], 0x22, "snapshot s reads a write from after it");
+            }
+        }
     }
 
     /// A data object with one write of `sectors` at `lba`, journal seq `j`.
