@@ -69,6 +69,8 @@ echo "== fuzz: building ${#targets[@]} targets (debug assertions on)"
 fail=0
 for t in "${targets[@]}"; do
     echo "== fuzz: $t for ${secs}s"
+    # (A target with no seeds starts from an empty corpus.)
+    mkdir -p "fuzz/corpus/$t"
     log=$(mktemp)
     if (cd fuzz && cargo +nightly fuzz run -O -a "$t" "corpus/$t" -- \
         -max_total_time="$secs" -max_len=262144 -malloc_limit_mb=64 \
