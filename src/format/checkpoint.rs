@@ -163,6 +163,9 @@ impl CheckpointPiece {
             if len == 0 {
                 return Err(d.invalid("zero-length extent"));
             }
+            if super::beyond_max(lba, u64::from(len)) {
+                return Err(d.invalid(format!("extent {lba}+{len} beyond any image")));
+            }
             extents.push(CkptExtent {
                 lba,
                 len,

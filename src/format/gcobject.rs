@@ -252,6 +252,9 @@ impl GcHeader {
             if sectors == 0 {
                 return Err(d.invalid(format!("move {i}: zero length")));
             }
+            if super::beyond_max(lba, u64::from(sectors)) {
+                return Err(d.invalid(format!("move {i}: {lba}+{sectors} beyond any image")));
+            }
             if data_offset as u64 + sectors as u64 > data_sectors as u64 {
                 return Err(d.invalid(format!("move {i}: data beyond the data area")));
             }

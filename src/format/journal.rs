@@ -443,6 +443,9 @@ impl RecordHeader {
             if sectors == 0 {
                 return Err(d.invalid(format!("entry {i}: zero length")));
             }
+            if super::beyond_max(lba, u64::from(sectors)) {
+                return Err(d.invalid(format!("entry {i}: {lba}+{sectors} beyond any image")));
+            }
             let x = RecordEntry { lba, sectors, kind };
             sum += x.data_bytes();
             entries.push(x);

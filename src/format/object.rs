@@ -318,6 +318,9 @@ impl ObjectHeader {
             if sectors == 0 {
                 return Err(d.invalid(format!("operation {i}: zero length")));
             }
+            if super::beyond_max(lba, u64::from(sectors)) {
+                return Err(d.invalid(format!("operation {i}: {lba}+{sectors} beyond any image")));
+            }
             if kind == OpKind::Write && data_offset as u64 + sectors as u64 > data_sectors as u64 {
                 return Err(d.invalid(format!("operation {i}: data beyond the data area")));
             }
