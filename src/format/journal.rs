@@ -485,12 +485,9 @@ impl RecordHeader {
         if buf.len() < end {
             return;
         }
-        let mut c = crc(0, &generation.0.to_le_bytes());
-        c = crc(c, &buf[..28]);
-        c = crc(c, &[0u8; 4]);
-        c = crc(c, &buf[32..hb]);
-        c = crc(c, &buf[hb..end]);
-        buf[28..32].copy_from_slice(&c.to_le_bytes());
+        let (head, rest) = buf.split_at_mut(hb);
+        head[28..32].fill(0);
+        seal_record(head, generation, &[&rest[..end - hb]]);
     }
 
     /// Verify the checksum of a whole record (`buf` starts at the header and

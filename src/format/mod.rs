@@ -93,6 +93,12 @@ impl From<FormatError> for Error {
 /// never reaches the map, whose ranges must not overflow.
 pub const MAX_SECTORS: u64 = 1 << 41;
 
+/// Whether an object's data area (`data_sectors` after a `header_bytes`
+/// header) ends within u32 sectors of its start, as map locations count.
+pub(crate) fn data_area_fits(header_bytes: u32, data_sectors: u32) -> bool {
+    u64::from(header_bytes) / crate::units::SECTOR + u64::from(data_sectors) <= u64::from(u32::MAX)
+}
+
 /// Whether `[lba, lba + sectors)` ends beyond [`MAX_SECTORS`].
 pub(crate) fn beyond_max(lba: crate::units::Lba, sectors: u64) -> bool {
     lba.0 > MAX_SECTORS || sectors > MAX_SECTORS - lba.0

@@ -299,7 +299,7 @@ impl ObjectHeader {
             )));
         }
         // Map locations are u32 sectors from the object's start.
-        if u64::from(header_bytes) / SECTOR + u64::from(data_sectors) > u64::from(u32::MAX) {
+        if !super::data_area_fits(header_bytes, data_sectors) {
             return Err(d.invalid(format!(
                 "{data_sectors} data sectors after a {header_bytes}-byte header end beyond \
                  32-bit sector offsets"

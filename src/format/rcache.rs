@@ -286,21 +286,25 @@ pub fn encode_index_block(
         }
     }
     e.pad_to(BLOCK_BYTES);
-    let crc = super::crc(super::crc(0, cache_uuid), &e.buf);
-    e.buf[12..16].copy_from_slice(&crc.to_le_bytes());
+    seal_index_block(&mut e.buf, cache_uuid);
     e.buf
+}
+
+/// Store in `block` (4096 bytes) the crc of `cache_uuid` ‖ the block with
+/// its crc field zeroed.
+fn seal_index_block(block: &mut [u8], cache_uuid: &[u8; 16]) {
+    block[12..16].fill(0);
+    let crc = super::crc(super::crc(0, cache_uuid), block);
+    block[12..16].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// For fuzzing: rewrite the crc of an index block (seeded with
 /// `cache_uuid`) after its bytes were changed.
 #[doc(hidden)]
 pub fn reseal_index_block(buf: &mut [u8], cache_uuid: &[u8; 16]) {
-    if buf.len() < BLOCK_BYTES {
-        return;
+    if buf.len() >= BLOCK_BYTES {
+        seal_index_block(&mut buf[..BLOCK_BYTES], cache_uuid);
     }
-    buf[12..16].fill(0);
-    let crc = super::crc(super::crc(0, cache_uuid), &buf[..BLOCK_BYTES]);
-    buf[12..16].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Decode index block `block_no`; it must be of `generation` and carry a
