@@ -354,7 +354,7 @@ impl Superblock {
         }
         if !valid_size(size_bytes) {
             return Err(d.invalid(format!(
-                "image size {size_bytes} is not a positive multiple of 4096"
+                "image size {size_bytes} is not a positive multiple of 4096 up to 1 PiB"
             )));
         }
         Ok(Superblock {
@@ -372,8 +372,14 @@ impl Superblock {
     }
 }
 
+/// A size an image (or its snapshot, or its parent) can have: a non-zero
+/// multiple of 4096 up to the largest image (`MAX_SECTORS`, 1 PiB; what
+/// `create` and `resize` allow), so no accepted write lands beyond what
+/// the decoders of its journal record and object accept.
 fn valid_size(size_bytes: u64) -> bool {
-    size_bytes != 0 && size_bytes.is_multiple_of(4096)
+    size_bytes != 0
+        && size_bytes.is_multiple_of(4096)
+        && size_bytes <= super::MAX_SECTORS * crate::units::SECTOR
 }
 
 fn ckpt_ref(d: &mut Dec<'_>) -> Result<CheckpointRef, FormatError> {
@@ -431,6 +437,15 @@ mod tests {
             pieces: MAX_PIECES,
         }];
         assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
+        // A size over the largest image is refused (a write the server
+        // accepted there would not decode from the journal or an object),
+        // the largest itself is not.
+        for (size, ok) in [(1u64 << 50, true), ((1 << 50) + 4096, false)] {
+            let mut sb = sample();
+            sb.size_bytes = size;
+            let r = Superblock::decode(&sb.encode());
+            assert_eq!(r.is_ok(), ok, "{size}: {r:?}");
+        }
         // The bound covers the largest image's map.
         let most = crate::catalog::image::MAX_IMAGE_BYTES / crate::units::SECTOR;
         let per = crate::format::checkpoint::EXTENTS_PER_PIECE as u64;
