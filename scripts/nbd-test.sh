@@ -10,13 +10,22 @@
 #   4. a file system without the kernel nbd module: nbdfuse -> losetup
 #      --direct-io=on -> mkfs.ext4 -> mount -> files + sha256 -> sync ->
 #      umount; then kill -9 of the server, a restart, e2fsck -fn and every
-#      sha256 checked again.
+#      sha256 checked again;
+#   5. snapshot and clone exports;
+#   6. conformance with libnbd's own tools on a fresh 64 MiB image: nbdsh
+#      scripts (scripts/nbd/*.py) for every handshake option with
+#      structured replies declined (options.py), every command against a
+#      byte-array oracle (commands.py), `--read-only` (readonly.py); an
+#      nbdcopy round trip over 8 connections; 8 connections writing at
+#      once, one flush, kill -9, and every write read back (multiconn.py).
+#      Every script runs even when an earlier one failed; the stage then
+#      fails naming them.
 # Installs what it needs (Debian packages). Every mount, loop device and
 # process it starts is cleaned up on exit, also on failure. A few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-build-deps.sh qemu-utils libnbd-bin fio e2fsprogs fuse3
+bash scripts/install-build-deps.sh qemu-utils libnbd-bin python3-libnbd fio e2fsprogs fuse3
 
 export TMPDIR="${TMPDIR:-/tmp}"
 stage() { printf '\n== nbd-test: %s\n' "$*"; }
@@ -225,11 +234,12 @@ stop_server
 
 # Extra servers (snapshot, clone) on their own sockets; killed by cleanup.
 extra_pids=()
-# serve_extra NAME SOCK: serve NAME (POOL/IMG[@SNAP]) on SOCK in the
-# background, wait for its address line, set extra_uri.
+# serve_extra NAME SOCK [ARG...]: serve NAME (POOL/IMG[@SNAP]) on SOCK in
+# the background (with serve-nbd's ARGs), wait for its address line, set
+# extra_uri.
 serve_extra() {
     : >"$work/uri2"
-    "$bin" --config "$cfg" serve-nbd "$1" --listen "unix:$2" >"$work/uri2" \
+    "$bin" --config "$cfg" serve-nbd "$1" --listen "unix:$2" "${@:3}" >"$work/uri2" \
         2>>"$work/server.log" &
     extra_pids+=($!)
     for _ in $(seq 300); do
@@ -286,6 +296,89 @@ grep -q "has clones: c1" "$work/snaprm.err" || fail "snap rm did not name the cl
 lsvd flatten nbd/c1
 lsvd snap rm nbd/img@s1
 rm -f "$work/ref.raw"
+
+# Conformance with libnbd's own tools (issue 15). A fresh image, so that
+# the scripts' oracles start from zeros; its size is not a power of two.
+conf_size=$((64 * 1024 * 1024 + 12 * 1024))
+conf_sock="$work/conf.sock"
+conf_failed=()
+# nbdsh runs `python3 -m nbd`: the first python3 on PATH must see the
+# python3-libnbd module (a pyenv or venv python3 does not).
+nbdsh_path=$PATH
+if ! python3 -c 'import nbd' 2>/dev/null; then
+    /usr/bin/python3 -c 'import nbd' 2>/dev/null || fail "python3-libnbd's module nbd cannot be imported"
+    nbdsh_path="/usr/bin:$PATH"
+fi
+# conf_nbdsh SCRIPT SOCK [VAR=VALUE...]: run scripts/nbd/SCRIPT under nbdsh
+# against the conformance image on SOCK; a failure is recorded, not fatal.
+conf_nbdsh() {
+    local script=$1 sock=$2 label=$1 a
+    shift 2
+    for a in "$@"; do
+        case $a in NBD_PHASE=*) label+=" (${a#NBD_PHASE=})" ;; esac
+    done
+    if ! env "$@" PATH="$nbdsh_path" PYTHONDONTWRITEBYTECODE=1 NBD_SOCK="$sock" NBD_NAME=conf NBD_ALIAS=nbd/conf \
+        NBD_SIZE="$conf_size" NBD_DIGEST="$work/conf.sha256" \
+        timeout 300 nbdsh -c "import sys; sys.path.insert(0, '$PWD/scripts/nbd')" -c - \
+        <"scripts/nbd/$script"; then
+        echo "nbd-test: scripts/nbd/$label FAILED" >&2
+        conf_failed+=("$label")
+    fi
+}
+# The NBD connections the servers have accepted so far.
+connections() { grep -c "NBD connection [0-9]* from unix socket$" "$work/server.log" || true; }
+
+stage "conformance: nbdsh options.py, commands.py on a fresh image"
+lsvd create nbd/conf --size "$conf_size"
+serve_extra nbd/conf "$conf_sock"
+conf_uri=$extra_uri
+[ "$conf_uri" = "nbd+unix:///conf?socket=$conf_sock" ] || fail "nbd/conf served as '$conf_uri'"
+conf_nbdsh options.py "$conf_sock"
+conf_nbdsh commands.py "$conf_sock"
+stop_extras
+
+stage "conformance: nbdsh readonly.py against serve-nbd --read-only"
+if [ -s "$work/conf.sha256" ]; then
+    serve_extra nbd/conf "$work/ro.sock" --read-only
+    conf_nbdsh readonly.py "$work/ro.sock"
+    stop_extras
+else
+    conf_failed+=("readonly.py (no digest from commands.py)")
+fi
+
+stage "conformance: nbdcopy round trip over 8 connections"
+# Random data, explicit zeros and holes, and a tail below 64K.
+truncate -s "$conf_size" "$work/conf-src.raw"
+head -c 6M /dev/urandom | dd of="$work/conf-src.raw" conv=notrunc status=none
+head -c 1M /dev/zero | dd of="$work/conf-src.raw" bs=1M seek=7 conv=notrunc status=none
+head -c 9M /dev/urandom | dd of="$work/conf-src.raw" bs=1M seek=20 conv=notrunc status=none
+head -c 12K /dev/urandom | dd of="$work/conf-src.raw" bs=1K seek=$((64 * 1024)) conv=notrunc status=none
+serve_extra nbd/conf "$conf_sock"
+before=$(connections)
+nbdcopy --flush --connections=8 --threads=8 "$work/conf-src.raw" "$conf_uri"
+used=$(($(connections) - before))
+[ "$used" -ge 8 ] || fail "nbdcopy used $used connections, expected 8 (is can_multi_conn off?)"
+nbdcopy "$conf_uri" "$work/conf-back.raw"
+cmp "$work/conf-src.raw" "$work/conf-back.raw" || fail "nbdcopy: the copy back differs"
+rm -f "$work/conf-back.raw"
+echo "nbdcopy: $conf_size bytes there and back over $used connections, equal"
+
+stage "conformance: multi-conn: 8 connections write, one flushes, kill -9, read back"
+conf_pid=${extra_pids[-1]}
+conf_nbdsh multiconn.py "$conf_sock" NBD_PHASE=write NBD_SERVER_PID="$conf_pid" \
+    NBD_BASE="$work/conf-src.raw"
+# multiconn.py killed the server after its flush; if it failed before
+# that, the server is killed here.
+kill -9 "$conf_pid" 2>/dev/null || true
+wait "$conf_pid" 2>/dev/null || true
+extra_pids=()
+serve_extra nbd/conf "$conf_sock"
+conf_nbdsh multiconn.py "$conf_sock" NBD_PHASE=verify NBD_BASE="$work/conf-src.raw"
+stop_extras
+rm -f "$work/conf-src.raw"
+if [ ${#conf_failed[@]} -gt 0 ]; then
+    fail "conformance scripts failed: $(printf '%s; ' "${conf_failed[@]}")their FAIL lines are above"
+fi
 
 ok=1
 stage "all NBD client tests passed"
