@@ -540,6 +540,38 @@ fn completion(sig: Signal) -> Completion {
     Box::new(move |r| sig.fire(Outcome::Done(r)))
 }
 
+/// A write the journal had no room for, on a slow worker: wait for room
+/// (at most `io_timeout_msec`) and submit it. If that fails, the request
+/// fails with that error's kind: a wait that ran out is ETIMEDOUT for the
+/// kernel. (Dropping `done` instead would report an abandoned operation,
+/// ESHUTDOWN, as if the server were stopping.)
+fn write_when_room(v: &Volume, offset: u64, data: &[u8], fua: bool, done: Completion) {
+    let mut done = Some(done);
+    if let Err(e) = v.submit_write_waiting(offset, data, fua, &mut done) {
+        fail_unsubmitted(done, e.prefixed(format_args!("write at {offset}")));
+    }
+}
+
+/// A discard or write-zeroes the journal had no room for, on a slow
+/// worker (see [`write_when_room`]).
+fn discard_when_room(v: &Volume, offset: u64, bytes: u64, zero: bool, fua: bool, done: Completion) {
+    let mut done = Some(done);
+    if let Err(e) = v.submit_discard_waiting(offset, bytes, zero, fua, &mut done) {
+        let what = if zero { "write-zeroes" } else { "discard" };
+        fail_unsubmitted(done, e.prefixed(format_args!("{what} at {offset}")));
+    }
+}
+
+/// Complete a request whose submission failed with `e` (which
+/// [`done_result`] logs).
+fn fail_unsubmitted(done: Option<Completion>, e: Error) {
+    match done {
+        Some(d) => d(Err(e)),
+        // Not reached: the volume keeps `done` when it fails a submission.
+        None => tracing::warn!("{e}"),
+    }
+}
+
 /// The result for the kernel: `ok` on success, a negative errno otherwise.
 fn done_result(o: Outcome, ok: i32) -> i32 {
     match o {
@@ -586,12 +618,8 @@ async fn handle(
                     let copy = data.to_vec();
                     let v = vol.clone();
                     let d = done.take().expect("not submitted");
-                    ctx.slow.run(move || {
-                        // On error `d` is dropped, which reports the error.
-                        if let Err(e) = v.submit_write(offset, &copy, fua, d) {
-                            tracing::warn!("write at {offset}: {e}");
-                        }
-                    });
+                    ctx.slow
+                        .run(move || write_when_room(&v, offset, &copy, fua, d));
                 }
                 Err(e) => {
                     tracing::warn!("write at {offset} of {len} bytes: {e}");
@@ -616,11 +644,8 @@ async fn handle(
                 Ok(None) => {
                     let v = vol.clone();
                     let d = done.take().expect("not submitted");
-                    ctx.slow.run(move || {
-                        if let Err(e) = v.submit_discard(offset, bytes, zero, fua, d) {
-                            tracing::warn!("discard at {offset}: {e}");
-                        }
-                    });
+                    ctx.slow
+                        .run(move || discard_when_room(&v, offset, bytes, zero, fua, d));
                 }
                 Err(e) => {
                     tracing::warn!("discard at {offset} of {bytes} bytes: {e}");
@@ -786,6 +811,122 @@ mod tests {
     use crate::journal::{Journal, JournalOptions, JournalShared};
     use crate::units::{Generation, ImageUuid, JournalSeq};
     use std::cell::Cell;
+
+    /// A volume whose backend refuses every put, so sealed batches pile up,
+    /// with room for three of them and `io_timeout_msec` at its least.
+    fn stuck_volume(dir: &std::path::Path, hard_flush: bool) -> Volume {
+        use crate::backend::{FaultOp, FaultRule, FaultStore, MemStore, ObjectStore};
+        use crate::config::Config;
+        use crate::volume::VolumeOptions;
+        let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        crate::volume::image::create_image(mem.as_ref(), "img", 8 << 20).unwrap();
+        let fault = Arc::new(FaultStore::new(mem, 1));
+        let v = Volume::open(VolumeOptions {
+            config: Config {
+                rcache_dir: dir.join("rcache"),
+                no_rcache: true,
+                // Every batch is sealed within a few ms of its write, and
+                // max_sealed is backend_write_window + 2 = 3 (the journal,
+                // 8 MiB, holds far more than three 4 KiB writes).
+                flush_msec: 2,
+                wlog_bytes: 8 << 20,
+                wlog_chunk_bytes: 64 << 10,
+                backend_obj_bytes: 8 << 20,
+                backend_write_window: 1,
+                io_timeout_msec: 100,
+                hard_flush,
+                ..Config::default()
+            },
+            store: fault.clone(),
+            image: "img".into(),
+            journal_path: dir.join("img.wlog"),
+            io_log: None,
+        })
+        .unwrap();
+        fault.add_rule(FaultRule::fail(FaultOp::Put, ErrorKind::Io));
+        v
+    }
+
+    /// Fill `v`'s room for sealed batches, until a queue thread's write
+    /// would go to a slow worker.
+    fn fill_room(v: &Volume) {
+        for i in 0..200u64 {
+            let mut done: Option<Completion> = Some(Box::new(|_| {}));
+            match v.try_submit_write(i * 4096, &[7u8; 4096], false, &mut done) {
+                Ok(Some(_)) => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) => return,
+                Err(e) => panic!("write {i}: {e}"),
+            }
+        }
+        panic!("the volume never ran out of room");
+    }
+
+    /// A write (or trim) a queue thread found no room for waits on a slow
+    /// worker; when that wait runs out (`io_timeout_msec`, the backend does
+    /// not take objects), the kernel must see ETIMEDOUT, what happened, not
+    /// ESHUTDOWN, which said the server was stopping (the worker dropped
+    /// the completion and the dropped signal reported "abandoned").
+    #[test]
+    fn a_write_that_timed_out_waiting_for_room_fails_with_etimedout() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let v = stuck_volume(dir.path(), false);
+        fill_room(&v);
+        let notifier = Notifier::new().unwrap();
+        let mut waiter = notifier.waiter();
+
+        write_when_room(&v, 0, &[1u8; 4096], false, completion(waiter.arm()));
+        let r = done_result(smol::block_on(waiter.wait()), 4096);
+        assert_eq!(r, -libc::ETIMEDOUT, "write: errno {}", -r);
+
+        for (zero, fua) in [(false, false), (true, true)] {
+            discard_when_room(&v, 0, 4096, zero, fua, completion(waiter.arm()));
+            let r = done_result(smol::block_on(waiter.wait()), 0);
+            assert_eq!(r, -libc::ETIMEDOUT, "zero {zero}: errno {}", -r);
+        }
+        // A request abandoned because the server stops (its job dropped by
+        // a stopped pool) still says so.
+        drop(completion(waiter.arm()));
+        let r = done_result(smol::block_on(waiter.wait()), 0);
+        assert_eq!(r, -libc::ESHUTDOWN);
+        drop(v);
+    }
+
+    /// The outcome `waiter` gets within `limit`, or `None`.
+    fn wait_within(waiter: &Waiter, limit: Duration) -> Option<Outcome> {
+        smol::block_on(smol::future::or(
+            async { Some(waiter.wait().await) },
+            async {
+                smol::Timer::after(limit).await;
+                None
+            },
+        ))
+    }
+
+    /// With `hard_flush`, a FLUSH (and a FUA write) completes once the
+    /// backend holds everything. When the backend takes nothing for
+    /// `io_timeout_msec` it must fail with ETIMEDOUT, as `Volume::flush`
+    /// does; the ublk path submits it without a wait of its own, and it
+    /// waited in the destager until the backend came back (a hang).
+    #[test]
+    fn a_hard_flush_whose_backend_is_stuck_fails_with_etimedout() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let v = stuck_volume(dir.path(), true);
+        let notifier = Notifier::new().unwrap();
+        let mut waiter = notifier.waiter();
+        v.write(0, &[3u8; 4096]).unwrap();
+
+        v.submit_flush(completion(waiter.arm())).unwrap();
+        let o = wait_within(&waiter, Duration::from_secs(10)).expect("the FLUSH hangs");
+        assert_eq!(done_result(o, 0), -libc::ETIMEDOUT, "FLUSH");
+
+        let mut done = Some(completion(waiter.arm()));
+        v.try_submit_write(4096, &[4u8; 4096], true, &mut done)
+            .unwrap()
+            .expect("room for the write");
+        let o = wait_within(&waiter, Duration::from_secs(10)).expect("the FUA write hangs");
+        assert_eq!(done_result(o, 4096), -libc::ETIMEDOUT, "FUA write");
+        drop(v);
+    }
 
     /// A FLUSH the last sync already covers completes inside the lane's
     /// pump, on the queue thread, with no I/O and no eventfd kick: the

@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::{select, Receiver, Sender};
 use tracing::{debug, warn};
@@ -147,7 +148,8 @@ impl Inner {
 /// deadline.
 const DESTAGE_PUT: &str = "an object sequence that is never put would stall the apply of \
      every later object (orderings 1 and 4), so a destage put is retried until it lands; \
-     the waits of writers, flushes, close and GC (io_timeout_msec) bound what callers see, \
+     the waits of writers, flushes, close and GC, and the destager's own give-up on \
+     waiters (`expire_applied_waiters`), all io_timeout_msec, bound what callers see, \
      and a stopping volume cancels it";
 
 /// Put worker: retries with backoff until the put succeeds, the store says
@@ -242,7 +244,10 @@ pub(crate) struct Destager {
     /// object: no data or GC object was applied after its map was taken.
     current: bool,
     ckpt_waiters: Vec<Done>,
-    applied_waiters: Vec<(ObjSeq, Done)>,
+    /// Who waits until an object is applied, and since when.
+    applied_waiters: Vec<(ObjSeq, Done, Instant)>,
+    /// When `applied` last moved (or the destager started).
+    applied_at: Instant,
     jobs: Sender<Job>,
 }
 
@@ -269,12 +274,20 @@ impl Destager {
             current,
             ckpt_waiters: Vec::new(),
             applied_waiters: Vec::new(),
+            applied_at: Instant::now(),
             jobs,
         }
     }
 
     pub(crate) fn run(mut self, rx: Receiver<DestageMsg>, done_rx: Receiver<(ObjSeq, Result<()>)>) {
         loop {
+            // Only while someone waits for an object: a wake-up to give
+            // up on them (`expire_applied_waiters`).
+            let tick = if self.applied_waiters.is_empty() {
+                crossbeam_channel::never()
+            } else {
+                crossbeam_channel::after(wait::TICK)
+            };
             select! {
                 recv(rx) -> m => match m {
                     Ok(DestageMsg::Stop) | Err(_) => break,
@@ -284,14 +297,16 @@ impl Destager {
                     Ok((seq, r)) => self.completed_put(seq, r),
                     Err(_) => break,
                 },
+                recv(tick) -> _ => {}
             }
+            self.expire_applied_waiters(Instant::now());
             self.pump();
         }
         let e = Error::new(ErrorKind::Closed, "volume stopped");
         for d in self.ckpt_waiters.drain(..) {
             d(Err(e.duplicate()));
         }
-        for (_, d) in self.applied_waiters.drain(..) {
+        for (_, d, _) in self.applied_waiters.drain(..) {
             d(Err(e.duplicate()));
         }
     }
@@ -363,11 +378,41 @@ impl Destager {
                 if upto <= self.applied {
                     done(Ok(()));
                 } else {
-                    self.applied_waiters.push((upto, done));
+                    self.applied_waiters.push((upto, done, Instant::now()));
                     self.fail_waiters_if_fenced();
                 }
             }
             DestageMsg::Stop => {}
+        }
+    }
+
+    /// Fail whoever has waited for an object to be applied while none was
+    /// for `io_timeout_msec` (the backend takes nothing): a wait that is
+    /// slow but moving goes on. The objects stay queued and their puts are
+    /// retried (`DESTAGE_PUT`); only the waiters give up. This bounds the
+    /// waits that have no deadline of their own: a FLUSH, or a FUA
+    /// request, with `hard_flush` from a ublk queue, which must fail with
+    /// ETIMEDOUT rather than hang; the other waiters have their own
+    /// deadline of the same length.
+    fn expire_applied_waiters(&mut self, now: Instant) {
+        let limit = self.inner.io_timeout();
+        let mut i = 0;
+        while i < self.applied_waiters.len() {
+            let since = self.applied_waiters[i].2.max(self.applied_at);
+            if now.saturating_duration_since(since) < limit {
+                i += 1;
+                continue;
+            }
+            let (upto, d, _) = self.applied_waiters.swap_remove(i);
+            let e = Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "wait for object {} in the backend: no object applied for {} ms",
+                    upto.0,
+                    limit.as_millis()
+                ),
+            );
+            d(Err(self.inner.with_backend_cause(e)));
         }
     }
 
@@ -376,7 +421,7 @@ impl Destager {
         let Some(e) = self.inner.fenced_error() else {
             return;
         };
-        for (_, d) in self.applied_waiters.drain(..) {
+        for (_, d, _) in self.applied_waiters.drain(..) {
             d(Err(e.duplicate()));
         }
         for d in self.ckpt_waiters.drain(..) {
@@ -410,6 +455,7 @@ impl Destager {
             let seq = self.applied.next();
             let item = self.items.remove(&seq.0);
             self.applied = seq;
+            self.applied_at = Instant::now();
             match item {
                 Some(Item::Data(b)) => {
                     self.apply_data(&b);
@@ -434,7 +480,7 @@ impl Destager {
         let mut i = 0;
         while i < self.applied_waiters.len() {
             if self.applied_waiters[i].0 <= applied {
-                let (_, d) = self.applied_waiters.swap_remove(i);
+                let (_, d, _) = self.applied_waiters.swap_remove(i);
                 d(Ok(()));
             } else {
                 i += 1;

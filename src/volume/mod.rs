@@ -163,6 +163,10 @@ pub use rcache::rcache_path;
 pub use read::{ReadPlan, RemotePiece};
 pub use snapshot::{clone_image, find_clones, FlattenReport, Parent};
 
+/// How a timeout waiting on the backend names its cause
+/// (`Inner::with_backend_cause`).
+const BACKEND_CAUSE: &str = "last backend error:";
+
 /// Called once when an asynchronously submitted operation completes.
 pub type Completion = Box<dyn FnOnce(Result<()>) + Send + 'static>;
 
@@ -417,16 +421,17 @@ impl Inner {
     }
 
     /// A timeout waiting on the backend, with the image and the last
-    /// backend error; other errors unchanged.
+    /// backend error; other errors, and a timeout that already has them
+    /// (the destager's, passed on by a wait), unchanged.
     fn with_backend_cause(&self, e: Error) -> Error {
-        if e.kind() != ErrorKind::Timeout {
+        if e.kind() != ErrorKind::Timeout || e.context().contains(BACKEND_CAUSE) {
             return e;
         }
         let cause = self.backend_error.lock().ok().and_then(|g| g.clone());
         Error::new(
             ErrorKind::Timeout,
             format!(
-                "image {}: {} (last backend error: {})",
+                "image {}: {} ({BACKEND_CAUSE} {})",
                 self.image,
                 e.context(),
                 cause.unwrap_or_else(|| "none".into())

@@ -308,6 +308,23 @@ impl Volume {
         self.write_op(offset, data, fua, false, done)
     }
 
+    /// Like [`Volume::submit_write`] (it waits for journal space, at most
+    /// `io_timeout_msec`), but on error `done` is left in place, neither
+    /// called nor dropped, so that the caller can complete it with that
+    /// error: the ublk worker that takes a write [`Volume::try_submit_write`]
+    /// found no room for, whose request must fail as what happened (a
+    /// timeout), not as an abandoned operation.
+    pub fn submit_write_waiting(
+        &self,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+        done: &mut Option<Completion>,
+    ) -> Result<JournalSeq> {
+        self.write_op(offset, data, fua, true, done)
+            .map(|s| s.expect("a blocking submit always submits"))
+    }
+
     pub(super) fn write_op(
         &self,
         offset: u64,
@@ -430,6 +447,20 @@ impl Volume {
         done: &mut Option<Completion>,
     ) -> Result<Option<JournalSeq>> {
         self.discard_op(offset, len, zero, fua, false, done)
+    }
+
+    /// Like [`Volume::submit_discard`], but on error `done` is left in
+    /// place (see [`Volume::submit_write_waiting`]).
+    pub fn submit_discard_waiting(
+        &self,
+        offset: u64,
+        len: u64,
+        zero: bool,
+        fua: bool,
+        done: &mut Option<Completion>,
+    ) -> Result<JournalSeq> {
+        self.discard_op(offset, len, zero, fua, true, done)
+            .map(|s| s.expect("a blocking submit always submits"))
     }
 
     pub(super) fn discard_op(
