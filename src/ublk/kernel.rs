@@ -14,6 +14,18 @@ use crate::error::{Error, ErrorKind, Result};
 /// The driver's control device.
 pub const CONTROL_PATH: &str = "/dev/ublk-control";
 
+/// The oldest Linux release supported: the first whose ublk driver takes
+/// the ioctl-encoded commands (`UBLK_U_CMD_*`, `UBLK_U_IO_*`) that libublk
+/// sends (kernel commit 2d786e66c966, "block: ublk: switch to ioctl
+/// command encoding", merged for 6.4). The driver itself is older (6.0,
+/// user recovery 6.1), and libublk retries a refused control command with
+/// its legacy opcode, but nothing before 6.4 is tested, and a kernel built
+/// without `CONFIG_BLKDEV_UBLK_LEGACY_OPCODES` takes only the new ones.
+/// Tested: Debian's 6.12 and 7.x. Releases are not checked up front (a
+/// distribution kernel may carry the driver of a newer release); this is
+/// named when the driver is missing or refuses `ADD_DEV`.
+pub const MIN_KERNEL: (u32, u32) = (6, 4);
+
 /// How long one control command may take before the process gives up.
 /// `START_USER_RECOVERY` retries for up to 30 s while the old server's
 /// resources are released, so this is longer.
@@ -60,7 +72,7 @@ pub const WANTED_FLAGS: u64 = RECOVERY_FLAGS | OPTIONAL_FLAGS;
 
 /// The flags to ask for at device add, given the driver's features
 /// (`None`: a driver before Linux 6.5 that cannot report them, which has
-/// user recovery since 6.0 and none of the optional flags).
+/// user recovery since 6.1 and none of the optional flags).
 pub fn wanted_flags(features: Option<u64>) -> u64 {
     match features {
         Some(f) => f & WANTED_FLAGS,
@@ -73,14 +85,76 @@ pub fn check_driver() -> Result<()> {
     if !Path::new(CONTROL_PATH).exists() {
         return Err(Error::new(
             ErrorKind::NotFound,
-            format!(
-                "{CONTROL_PATH} does not exist: the ublk driver is not loaded. \
-                 Run `modprobe ublk_drv` (needs Linux 6.0 or later built with \
-                 CONFIG_BLK_DEV_UBLK)"
-            ),
+            missing_driver_message(&running_kernel()),
         ));
     }
     Ok(())
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn running_kernel() -> String {
+    // SAFETY: `utsname` is plain bytes, so all zeros is a valid value, and
+    // uname only writes into the struct we pass.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the struct outlives the call.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: uname fills `release` with a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Major and minor version of a kernel release (`6.1.0-37-amd64`: 6.1).
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// What the running kernel `release` has to do with the minimum, for an
+/// error about a missing or refusing driver.
+fn kernel_note(release: &str) -> String {
+    let (maj, min) = MIN_KERNEL;
+    match release_version(release) {
+        Some(v) if v < MIN_KERNEL => format!(
+            "this kernel, {release}, is older than Linux {maj}.{min}, the first whose ublk \
+             driver takes the ioctl-encoded commands (UBLK_U_CMD_*) that lsvd-ublk sends; \
+             lsvd-ublk supports Linux {maj}.{min} or later"
+        ),
+        _ => format!("this kernel is {release}; lsvd-ublk supports Linux {maj}.{min} or later"),
+    }
+}
+
+/// The error when [`CONTROL_PATH`] is missing, on kernel `release`.
+pub fn missing_driver_message(release: &str) -> String {
+    format!(
+        "{CONTROL_PATH} does not exist: the ublk driver is not loaded. Run `modprobe ublk_drv` \
+         (it needs a kernel built with CONFIG_BLK_DEV_UBLK, which Debian 12's own 6.1 kernel \
+         is not); {}",
+        kernel_note(release)
+    )
+}
+
+/// The error when the driver refuses `ADD_DEV` with `errno` (positive) on
+/// kernel `release`; `detail` is libublk's error. An errno that an old or
+/// unknown command gets (EINVAL, ENOTTY, EOPNOTSUPP, ENODEV) names the
+/// supported kernels; another (EPERM, ENOMEM, ...) does not.
+pub fn add_dev_error_message(detail: &str, errno: Option<i32>, release: &str) -> String {
+    let refused = matches!(
+        errno,
+        Some(libc::EINVAL | libc::ENOTTY | libc::EOPNOTSUPP | libc::ENODEV)
+    );
+    if refused {
+        format!(
+            "cannot add a ublk device: the driver refused ADD_DEV: {detail}; {}",
+            kernel_note(release)
+        )
+    } else {
+        format!("cannot add a ublk device: {detail}")
+    }
 }
 
 /// Fail clearly when we are not root.
@@ -366,6 +440,44 @@ mod tests {
         );
         // A bit we have no name for is left out, not shown as a number.
         assert_eq!(flag_names(1 << 63), Vec::<&str>::new());
+    }
+
+    /// The errors for a missing or refusing driver name the minimum
+    /// release and the running one, and say "older" only when it is.
+    #[test]
+    fn driver_errors_name_the_supported_and_the_running_kernel() {
+        assert_eq!(release_version("6.1.0-37-amd64"), Some((6, 1)));
+        assert_eq!(release_version("6.12.95+deb12-amd64"), Some((6, 12)));
+        assert_eq!(release_version("7.3.4+deb13-amd64"), Some((7, 3)));
+        assert_eq!(release_version("5.14.0-427.el9.x86_64"), Some((5, 14)));
+        assert_eq!(release_version("unknown"), None);
+
+        let m = missing_driver_message("6.1.0-37-amd64");
+        assert!(m.starts_with("/dev/ublk-control does not exist"), "{m}");
+        assert!(m.contains("modprobe ublk_drv"), "{m}");
+        assert!(
+            m.contains("this kernel, 6.1.0-37-amd64, is older than Linux 6.4"),
+            "{m}"
+        );
+        assert!(m.contains("supports Linux 6.4 or later"), "{m}");
+        let m = missing_driver_message("6.12.95+deb12-amd64");
+        assert!(m.contains("this kernel is 6.12.95+deb12-amd64;"), "{m}");
+        assert!(!m.contains("older"), "{m}");
+
+        let detail = "uring IO failure -22 (Invalid argument (os error 22))";
+        let m = add_dev_error_message(detail, Some(libc::EINVAL), "6.3.0");
+        assert!(m.contains("refused ADD_DEV"), "{m}");
+        assert!(
+            m.contains("this kernel, 6.3.0, is older than Linux 6.4"),
+            "{m}"
+        );
+        let m = add_dev_error_message(detail, Some(libc::EOPNOTSUPP), "6.12.95+deb12-amd64");
+        assert!(m.contains("this kernel is 6.12.95+deb12-amd64"), "{m}");
+        assert!(m.contains("Linux 6.4 or later"), "{m}");
+        // Not a refused command: no talk of kernel versions.
+        let m = add_dev_error_message("permission denied", Some(libc::EPERM), "6.1.0");
+        assert_eq!(m, "cannot add a ublk device: permission denied");
+        assert!(!running_kernel().is_empty());
     }
 
     #[test]

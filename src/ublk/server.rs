@@ -150,7 +150,7 @@ pub fn serve(
                 .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
                 .build()
         })
-        .map_err(|e| ublk_error("cannot add a ublk device", e))?,
+        .map_err(add_dev_error)?,
         Some(id) => {
             let id_i = i32::try_from(id)
                 .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("bad device id {id}")))?;
@@ -385,13 +385,29 @@ fn start_control(volume: &Arc<Volume>, dev_id: u32, flags: u64) -> Option<Contro
 }
 
 fn ublk_error(what: &str, e: UblkError) -> Error {
-    let detail = match &e {
+    Error::new(ErrorKind::Io, format!("{what}: {}", ublk_detail(&e)))
+}
+
+/// libublk's error with the errno spelled out.
+fn ublk_detail(e: &UblkError) -> String {
+    match e {
         UblkError::OtherError(r) | UblkError::UringIOError(r) => {
             format!("{e} ({})", std::io::Error::from_raw_os_error(-r))
         }
         _ => e.to_string(),
+    }
+}
+
+/// A failed `ADD_DEV`: an unsupported kernel is named as such
+/// ([`kernel::add_dev_error_message`]).
+fn add_dev_error(e: UblkError) -> Error {
+    let errno = match &e {
+        UblkError::OtherError(r) | UblkError::UringIOError(r) => Some(-r),
+        UblkError::IOError(io) => io.raw_os_error(),
+        _ => None,
     };
-    Error::new(ErrorKind::Io, format!("{what}: {detail}"))
+    let msg = kernel::add_dev_error_message(&ublk_detail(&e), errno, &kernel::running_kernel());
+    Error::new(ErrorKind::Io, msg)
 }
 
 /// One queue: an executor with one task per tag, driven by the queue ring.
