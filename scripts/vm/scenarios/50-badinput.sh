@@ -6,7 +6,8 @@
 #     "attached" or "lock"
 #   detach of a ublk device we do not serve (/dev/ublkb99): non-zero
 #   attach of an unknown image: non-zero, message names the image
-#   attach without /dev/ublk-control: non-zero, message mentions ublk_drv
+#   attach without /dev/ublk-control: non-zero, message mentions ublk_drv,
+#     the oldest supported kernel (Linux 6.4) and the running one
 #   attach of an image locked by a server this host does not know: "lock"
 #   detach of a mounted device: non-zero, "in use"
 #   attach as a non-root user: non-zero, "needs root"
@@ -69,7 +70,8 @@ mv /dev/ublk-control.hidden /dev/ublk-control
 # Same, with an image that exists, so the error cannot be "unknown image".
 must create-2 lsvd create p/bad2 --size 64M
 mv /dev/ublk-control /dev/ublk-control.hidden
-expect_error attach-no-driver-2 'ublk_drv' lsvd attach p/bad2
+rel_re=$(uname -r | sed 's/[.+]/\\&/g')
+expect_error attach-no-driver-2 "ublk_drv.*$rel_re.*Linux 6\.4 or later" lsvd attach p/bad2
 mv /dev/ublk-control.hidden /dev/ublk-control
 
 detach detach $IMG
