@@ -921,6 +921,26 @@ pub(crate) struct Writer {
     shutdown: Option<(bool, crossbeam_channel::Sender<Result<()>>)>,
     /// When the shutdown was asked for.
     shutdown_since: Option<Instant>,
+    /// Test hook: every batch of completions reaped on this ring is held
+    /// this long first ([`DELAY_ENV`]).
+    fault_delay: Option<Duration>,
+}
+
+/// Test hook (failpoint): `LSVD_FAULT_JOURNAL_DELAY_MS=N` holds every batch
+/// of journal completions reaped by the journal's own ring N ms, a journal
+/// device that is slow (the NBD server's and the engine's writes; a ublk
+/// queue's own ring is not slowed). For tests of clients faster than the
+/// journal.
+pub const DELAY_ENV: &str = "LSVD_FAULT_JOURNAL_DELAY_MS";
+
+fn fault_delay() -> Option<Duration> {
+    let ms = std::env::var(DELAY_ENV).ok()?.parse::<u64>().ok()?;
+    (ms > 0).then(|| {
+        tracing::warn!(
+            "{DELAY_ENV}={ms}: every journal completion is delayed by {ms} ms (test hook)"
+        );
+        Duration::from_millis(ms)
+    })
 }
 
 /// How long a shutdown waits for journal I/O in flight on other drivers'
@@ -941,6 +961,7 @@ impl Writer {
             path,
             shutdown: None,
             shutdown_since: None,
+            fault_delay: fault_delay(),
         })
     }
 
@@ -1086,6 +1107,9 @@ impl Writer {
             .collect();
         if cqes.is_empty() {
             return;
+        }
+        if let Some(d) = self.fault_delay {
+            std::thread::sleep(d);
         }
         self.inflight -= cqes.len();
         self.core.with(|c| {
