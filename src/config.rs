@@ -169,6 +169,46 @@ pub struct Config {
     /// pool's default namespace).
     /// Default: `""`.
     pub rados_namespace: String,
+    /// NBD server (`serve-nbd`): connections served at once. When every
+    /// slot is taken, a new client takes the slot of the connection idle
+    /// longest past `nbd_idle_timeout_secs`, or is closed at once.
+    /// Default: `64`.
+    pub nbd_max_connections: u32,
+    /// NBD: seconds a client has to finish the handshake (option haggling
+    /// up to `NBD_OPT_GO`); a client still negotiating then is closed.
+    /// Default: `10`.
+    pub nbd_negotiate_timeout_secs: u64,
+    /// NBD: seconds after which a connection with no request in flight and
+    /// none received counts as idle and may give its slot to a new client
+    /// (idle connections are closed only when the slots are full; 0: never).
+    /// Default: `300`.
+    pub nbd_idle_timeout_secs: u64,
+    /// NBD over TCP: seconds of silence before TCP keepalive probes start
+    /// (then every 10 s, 6 probes): a peer that vanished without a FIN or
+    /// RST is closed after about this plus 60 s (0: no keepalive).
+    /// Default: `60`.
+    pub nbd_keepalive_secs: u64,
+    /// NBD: seconds a write's payload may take to arrive once its header
+    /// has, and a reply to reach the client's socket; a client that sends
+    /// or reads that slowly is closed.
+    /// Default: `60`.
+    pub nbd_transfer_timeout_secs: u64,
+    /// NBD: bytes of request payloads one connection may hold (writes from
+    /// before their payload is read until they are answered, read data
+    /// until it is sent). A client over it is slowed down: its socket is
+    /// not read. A single request always fits.
+    /// Default: `64M`.
+    #[serde(deserialize_with = "de_size")]
+    pub nbd_conn_memory_bytes: u64,
+    /// NBD: the same bound over all connections together.
+    /// Default: `512M`.
+    #[serde(deserialize_with = "de_size")]
+    pub nbd_memory_bytes: u64,
+    /// NBD: seconds a stopping server waits for clients to take their last
+    /// replies before it closes their sockets (operations already handed
+    /// to the image still finish, within `io_timeout_msec`).
+    /// Default: `10`.
+    pub nbd_shutdown_secs: u64,
 }
 
 impl Default for Config {
@@ -200,6 +240,14 @@ impl Default for Config {
             rados_op_timeout_secs: 30,
             rados_max_inflight: 32,
             rados_namespace: String::new(),
+            nbd_max_connections: 64,
+            nbd_negotiate_timeout_secs: 10,
+            nbd_idle_timeout_secs: 300,
+            nbd_keepalive_secs: 60,
+            nbd_transfer_timeout_secs: 60,
+            nbd_conn_memory_bytes: 64 * MIB,
+            nbd_memory_bytes: 512 * MIB,
+            nbd_shutdown_secs: 10,
         }
     }
 }
@@ -321,6 +369,46 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "rados_namespace",
             "\"\"",
             "RADOS namespace of the images within each pool (empty: the default namespace)",
+        ),
+        (
+            "nbd_max_connections",
+            "64",
+            "NBD connections served at once (1-4096); when full, a new client takes the slot of the longest-idle one past nbd_idle_timeout_secs",
+        ),
+        (
+            "nbd_negotiate_timeout_secs",
+            "10",
+            "seconds an NBD client has to finish the handshake (1-3600)",
+        ),
+        (
+            "nbd_idle_timeout_secs",
+            "300",
+            "seconds without requests after which an NBD connection may give its slot to a new client (0: never)",
+        ),
+        (
+            "nbd_keepalive_secs",
+            "60",
+            "NBD over TCP: idle seconds before keepalive probes (every 10 s, 6 probes); 0: off",
+        ),
+        (
+            "nbd_transfer_timeout_secs",
+            "60",
+            "seconds a write's payload may take to arrive, and a reply to reach the client, before an NBD client is closed (1-3600)",
+        ),
+        (
+            "nbd_conn_memory_bytes",
+            "64M",
+            "request payload bytes (writes and reads) one NBD connection may hold; over it, its socket is not read (at least 1M)",
+        ),
+        (
+            "nbd_memory_bytes",
+            "512M",
+            "the same over all NBD connections (at least nbd_conn_memory_bytes)",
+        ),
+        (
+            "nbd_shutdown_secs",
+            "10",
+            "seconds a stopping NBD server waits for clients to take their replies before closing them (1-3600)",
         ),
     ]
 }
@@ -507,6 +595,45 @@ impl Config {
             1,
             1024,
         )?;
+        range_check(
+            "nbd_max_connections",
+            self.nbd_max_connections.into(),
+            1,
+            4096,
+        )?;
+        range_check(
+            "nbd_negotiate_timeout_secs",
+            self.nbd_negotiate_timeout_secs,
+            1,
+            3600,
+        )?;
+        range_check(
+            "nbd_idle_timeout_secs",
+            self.nbd_idle_timeout_secs,
+            0,
+            86400 * 365,
+        )?;
+        range_check("nbd_keepalive_secs", self.nbd_keepalive_secs, 0, 32767)?;
+        range_check(
+            "nbd_transfer_timeout_secs",
+            self.nbd_transfer_timeout_secs,
+            1,
+            3600,
+        )?;
+        range_check("nbd_shutdown_secs", self.nbd_shutdown_secs, 1, 3600)?;
+        range_check(
+            "nbd_conn_memory_bytes",
+            self.nbd_conn_memory_bytes,
+            MIB,
+            64 * GIB,
+        )?;
+        if self.nbd_memory_bytes < self.nbd_conn_memory_bytes {
+            return Err(cfg_err(format!(
+                "nbd_memory_bytes ({}) must be at least nbd_conn_memory_bytes ({})",
+                self.nbd_memory_bytes, self.nbd_conn_memory_bytes
+            )));
+        }
+        range_check("nbd_memory_bytes", self.nbd_memory_bytes, MIB, 1 << 40)?;
         Ok(())
     }
 

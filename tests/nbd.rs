@@ -542,13 +542,34 @@ fn hostile_input_leaves_other_connections_working() {
     good.round_trip(0, 1);
 
     let mut c = Client::open(&sock);
-    // Out of range: EINVAL for reads, ENOSPC for writes (whose payload is
-    // still consumed), trims and write-zeroes.
+    // Out of range: EINVAL for reads and trims, ENOSPC for writes (whose
+    // payload is still consumed) and write-zeroes.
     assert_eq!(c.read(SIZE - 512, 1024), Err(EINVAL));
     assert_eq!(c.read(SIZE, 512), Err(EINVAL));
     assert_eq!(c.write(SIZE - 512, &[1u8; 1024], false), ENOSPC);
-    assert_eq!(c.discard(CMD_TRIM, SIZE, 4096), ENOSPC);
+    assert_eq!(c.discard(CMD_TRIM, SIZE, 4096), EINVAL);
+    assert_eq!(c.discard(CMD_TRIM, SIZE - 512, 4096), EINVAL);
     assert_eq!(c.discard(CMD_WRITE_ZEROES, SIZE - 4096, 8192), ENOSPC);
+    // Command flags: FUA is accepted on every command, NO_HOLE only on
+    // write-zeroes; anything else gets EINVAL (a write's payload is still
+    // consumed, and the connection goes on).
+    const NO_HOLE: u16 = 2;
+    assert_eq!(c.call(CMD_READ, FLAG_FUA, 0, 512, &[]).0, 0);
+    assert_eq!(c.call(CMD_FLUSH, FLAG_FUA, 0, 0, &[]).0, 0);
+    assert_eq!(
+        c.call(CMD_WRITE_ZEROES, NO_HOLE | FLAG_FUA, 0, 4096, &[]).0,
+        0
+    );
+    assert_eq!(c.call(CMD_WRITE, NO_HOLE, 0, 512, &[9u8; 512]).0, EINVAL);
+    assert_eq!(c.call(CMD_WRITE, 1 << 15, 0, 512, &[9u8; 512]).0, EINVAL);
+    assert_eq!(c.call(CMD_READ, 1 << 2, 0, 512, &[]).0, EINVAL);
+    assert_eq!(c.call(CMD_TRIM, NO_HOLE, 0, 4096, &[]).0, EINVAL);
+    assert_eq!(c.call(CMD_FLUSH, 1 << 4, 0, 0, &[]).0, EINVAL);
+    assert_eq!(
+        c.read(0, 512).unwrap(),
+        vec![0u8; 512],
+        "the refused writes wrote nothing"
+    );
     // offset + length overflows u64: EINVAL, the payload consumed.
     let top = u64::MAX - 511;
     assert_eq!(c.read(top, 4096), Err(EINVAL));
@@ -657,6 +678,7 @@ fn fua_trim_and_write_zeroes_reply_after_a_journal_sync() {
             name: "img".into(),
             aliases: vec![],
             read_only: false,
+            limits: Default::default(),
         };
         std::thread::spawn(move || {
             lsvd::nbd::serve(export, listener, opts, |wait| {
@@ -956,4 +978,532 @@ fn stale_journal_record_after_a_hole_never_replays() {
     }
     drop(c);
     assert!(server.stop());
+}
+
+// ---------------------------------------------------------------------------
+// Hostile clients (issue 15): each scenario runs against a server with short
+// deadlines and small memory budgets, beside a well-behaved client that
+// reads 4 KiB at random offsets all along. Each asserts: the well-behaved
+// client is served throughout (every read answered, correctly); the
+// server's peak RSS stays within its memory budget plus a fixed allowance
+// over its quiet baseline; a new client gets a slot; SIGTERM ends the
+// server promptly and cleanly with the hostile clients still connected.
+// Each prints the baseline and hostile p99 of the 4 KiB reads and the RSS.
+
+/// The limits of the hostile-client tests.
+const H_NEGOTIATE: u64 = 2;
+const H_IDLE: u64 = 2;
+const H_TRANSFER: u64 = 3;
+const H_SHUTDOWN: u64 = 3;
+const H_CONN_MEM: u64 = 16 << 20;
+const H_MEM: u64 = 64 << 20;
+const H_SLOTS: u64 = 16;
+/// RSS allowed above the quiet baseline besides the payload budget: the
+/// engine's batches and journal staging, the read cache's index, thread
+/// stacks and socket buffers of the connections.
+const H_RSS_ALLOWANCE: u64 = 160 << 20;
+
+fn hostile_env() -> Env {
+    let mut env = Env::with_image();
+    let extra = format!(
+        r#","nbd_negotiate_timeout_secs":{H_NEGOTIATE},"nbd_idle_timeout_secs":{H_IDLE},"nbd_transfer_timeout_secs":{H_TRANSFER},"nbd_shutdown_secs":{H_SHUTDOWN},"nbd_conn_memory_bytes":{H_CONN_MEM},"nbd_memory_bytes":{H_MEM},"nbd_max_connections":{H_SLOTS}}}"#
+    );
+    env.config.pop();
+    env.config.push_str(&extra);
+    env
+}
+
+/// (VmRSS, VmHWM) of `pid`, in bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+/// Reset the peak RSS (VmHWM) of `pid` to its current RSS.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+fn p99(lat: &mut [Duration]) -> Duration {
+    lat.sort();
+    lat[(lat.len() * 99 / 100).min(lat.len() - 1)]
+}
+
+/// The well-behaved client: 4 KiB reads at random offsets of the first
+/// 1 MiB (written with a known pattern) until `stop`, each checked and
+/// timed. A read that takes over 20 s fails the socket timeout (a panic).
+fn good_reader(
+    sock: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Duration>> {
+    // Connected before the hostile clients come.
+    let mut c = Client::open(&sock);
+    std::thread::spawn(move || {
+        let data = common::pattern(77, 1 << 20);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut lat = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) || lat.len() < 50 {
+            let off = rng.gen_range(0..256u64) * 4096;
+            let t = std::time::Instant::now();
+            let got = c.read(off, 4096).expect("a well-behaved read failed");
+            lat.push(t.elapsed());
+            assert!(got == data[off as usize..][..4096], "read at {off}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        lat
+    })
+}
+
+/// Connect and GO (requesting block sizes), or the I/O error of a refused
+/// connection.
+fn try_open(sock: &Path) -> std::io::Result<Client> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g)?;
+    s.write_all(&3u32.to_be_bytes())?;
+    let data = Nego::info_data("img", &[3]);
+    let mut b = IHAVEOPT.to_be_bytes().to_vec();
+    b.extend_from_slice(&OPT_GO.to_be_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    b.extend_from_slice(&data);
+    s.write_all(&b)?;
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h)?;
+        let mut d = vec![0u8; u32_at(&h, 16) as usize];
+        s.read_exact(&mut d)?;
+        match u32_at(&h, 12) {
+            REP_INFO => {}
+            REP_ACK => break,
+            e => panic!("GO refused with {e:#x}"),
+        }
+    }
+    Ok(Client {
+        s,
+        size: SIZE,
+        tflags: 0,
+    })
+}
+
+/// A client that connects while the hostile ones hold their connections
+/// must get a slot within `within` (retrying while it is refused).
+fn newcomer_gets_in(sock: &Path, within: Duration) {
+    let t = std::time::Instant::now();
+    loop {
+        if let Ok(mut c) = try_open(sock) {
+            c.read(0, 4096).unwrap();
+            return;
+        }
+        assert!(
+            t.elapsed() < within,
+            "a new client got no slot within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Run `hostile` (which returns what must stay alive until the server
+/// stops) beside the well-behaved client, then check memory, service and
+/// shutdown. `journal_delay_ms`: LSVD_FAULT_JOURNAL_DELAY_MS for the server.
+fn hostile_scenario(
+    name: &str,
+    journal_delay_ms: u64,
+    expect_log: &[&str],
+    hostile: impl FnOnce(&Path) -> Box<dyn FnOnce()>,
+) {
+    let env = hostile_env();
+    let listen = format!("unix:{}", env.sock().display());
+    let log = env.dir.path().join("server.log");
+    let mut cmd = env.cmd(&["serve-nbd", "p/img", "--listen", &listen]);
+    cmd.env("LSVD_LOG", "warn")
+        .env("LSVD_FAULT_JOURNAL_DELAY_MS", journal_delay_ms.to_string());
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        !line.is_empty(),
+        "no address: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let mut server = Server {
+        child,
+        uri: line.trim().to_owned(),
+        log,
+    };
+    let pid = server.child.id();
+    // A failed check must not leave the server running.
+    struct KillOnPanic(u32);
+    impl Drop for KillOnPanic {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                // SAFETY: a plain syscall on our child's pid.
+                unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+            }
+        }
+    }
+    let _guard = KillOnPanic(pid);
+    let sock = env.sock();
+    {
+        let mut c = Client::open(&sock);
+        assert_eq!(c.write(0, &common::pattern(77, 1 << 20), false), 0);
+        assert_eq!(c.flush(), 0);
+    }
+    // Quiet baseline.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut base_lat = good_reader(sock.clone(), stop).join().unwrap();
+    let base_rss = rss(pid).0;
+    reset_peak(pid);
+    // Hostile phase, the well-behaved client reading throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let good = good_reader(sock.clone(), stop.clone());
+    let held = hostile(&sock);
+    newcomer_gets_in(&sock, Duration::from_secs(H_NEGOTIATE + H_IDLE + 10));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut lat = good.join().unwrap();
+    server.assert_alive();
+    let peak = rss(pid).1;
+    // SIGTERM with the hostile clients still connected.
+    let t = std::time::Instant::now();
+    server.signal(libc::SIGTERM);
+    let st = server.child.wait().unwrap();
+    let stop_time = t.elapsed();
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    eprintln!(
+        "HOSTILE {name}: rss quiet {} MiB, peak {} MiB (budget {} MiB + allowance {} MiB); \
+         4K read p99 quiet {:?} ({} reads), hostile {:?} ({} reads); stop {:?}",
+        base_rss >> 20,
+        peak >> 20,
+        H_MEM >> 20,
+        H_RSS_ALLOWANCE >> 20,
+        p99(&mut base_lat),
+        base_lat.len(),
+        p99(&mut lat),
+        lat.len(),
+        stop_time
+    );
+    assert!(st.success(), "the server did not stop cleanly: {log}");
+    assert!(
+        stop_time < Duration::from_secs(H_SHUTDOWN + 15),
+        "stop took {stop_time:?}: {log}"
+    );
+    assert!(
+        peak <= base_rss + H_MEM + H_RSS_ALLOWANCE,
+        "peak RSS {peak} over quiet {base_rss} + budget + allowance"
+    );
+    for e in expect_log {
+        assert!(log.contains(e), "the server log lacks '{e}': {log}");
+    }
+    // Served throughout: no read waited for a hostile client's deadline
+    // (a client over its budget holds back only itself).
+    let worst = lat.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < Duration::from_secs(H_TRANSFER),
+        "a well-behaved 4 KiB read waited {worst:?}, as long as a hostile client's deadline"
+    );
+    held()
+}
+
+/// 100 connections that never negotiate, and 100 that negotiate and then
+/// send nothing: the first are closed at the handshake deadline, the
+/// second give their slots to newcomers once idle.
+#[test]
+fn hostile_idle_connections() {
+    hostile_scenario(
+        "idle",
+        0,
+        &[
+            "handshake not finished within 2s",
+            "idle for",
+            "slots are taken",
+        ],
+        |sock| {
+            let mut held = Vec::new();
+            for _ in 0..100 {
+                if let Ok(s) = UnixStream::connect(sock) {
+                    held.push(s);
+                }
+            }
+            std::thread::sleep(Duration::from_secs(H_NEGOTIATE + 1));
+            // Every one of them was closed at its handshake deadline (or
+            // refused: the slots were taken).
+            for s in &mut held {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut g = [0u8; 64];
+                let mut n = 0;
+                loop {
+                    match s.read(&mut g) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+                assert!(n <= 18, "only the greeting was sent");
+            }
+            // Idle after a full handshake: they hold slots until newcomers need
+            // them (then the longest idle goes).
+            let mut idle = Vec::new();
+            for _ in 0..100 {
+                if let Ok(c) = try_open(sock) {
+                    idle.push(c);
+                }
+            }
+            assert!(!idle.is_empty());
+            std::thread::sleep(Duration::from_secs(H_IDLE + 1));
+            Box::new(move || drop((held, idle)))
+        },
+    );
+}
+
+/// A slowloris: one byte a second, in the handshake and in a write's
+/// payload. Both are closed at their deadlines.
+#[test]
+fn hostile_slowloris() {
+    hostile_scenario(
+        "slowloris",
+        0,
+        &["handshake not finished", "payload did not arrive within 3s"],
+        |sock| {
+            let mut hs = UnixStream::connect(sock).unwrap();
+            let mut w = Client::open(sock);
+            let mut hdr = REQUEST_MAGIC.to_be_bytes().to_vec();
+            hdr.extend_from_slice(&0u16.to_be_bytes());
+            hdr.extend_from_slice(&CMD_WRITE.to_be_bytes());
+            hdr.extend_from_slice(&1u64.to_be_bytes());
+            hdr.extend_from_slice(&(2u64 << 20).to_be_bytes());
+            hdr.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            w.s.write_all(&hdr).unwrap();
+            let t = std::time::Instant::now();
+            let (mut hs_open, mut w_open) = (true, true);
+            while hs_open || w_open {
+                assert!(
+                    t.elapsed() < Duration::from_secs(H_NEGOTIATE.max(H_TRANSFER) + 10),
+                    "a slowloris is still connected after {:?}",
+                    t.elapsed()
+                );
+                std::thread::sleep(Duration::from_secs(1));
+                if hs_open {
+                    hs_open = hs.write_all(&[0]).is_ok();
+                }
+                if w_open {
+                    w_open = w.s.write_all(&[0xab]).is_ok();
+                }
+            }
+            Box::new(move || drop((hs, w)))
+        },
+    );
+}
+
+/// Clients that send reads and never read the replies: each is held to
+/// its memory budget (its socket is not read), and closed once a reply
+/// cannot be sent within the transfer deadline.
+#[test]
+fn hostile_non_reader() {
+    hostile_scenario("non-reader", 0, &["the client does not read"], |sock| {
+        let mut held = Vec::new();
+        for (k, len) in [(0u64, 32u32 << 20), (1, 1 << 20)] {
+            let c = Client::open(sock);
+            let mut s = c.s.try_clone().unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+            let t = std::thread::spawn(move || {
+                // Until the server stops reading (budget) or closes us.
+                for i in 0..10_000u64 {
+                    let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
+                    b.extend_from_slice(&0u16.to_be_bytes());
+                    b.extend_from_slice(&CMD_READ.to_be_bytes());
+                    b.extend_from_slice(&(k << 32 | i).to_be_bytes());
+                    b.extend_from_slice(&0u64.to_be_bytes());
+                    b.extend_from_slice(&len.to_be_bytes());
+                    if s.write_all(&b).is_err() {
+                        return;
+                    }
+                }
+            });
+            held.push((c, t));
+        }
+        std::thread::sleep(Duration::from_secs(H_TRANSFER + 2));
+        Box::new(move || {
+            for (c, t) in held {
+                drop(c);
+                t.join().unwrap();
+            }
+        })
+    });
+}
+
+/// 1 GiB of writes (1 MiB each, 64 in flight) sent as fast as the server
+/// takes them, against a journal that holds every completion 20 ms.
+#[test]
+fn hostile_write_flood() {
+    hostile_scenario(
+        "write flood",
+        20,
+        &["journal completion is delayed"],
+        |sock| {
+            let c = Client::open(sock);
+            let mut tx = c.s.try_clone().unwrap();
+            let mut rx = c;
+            let total: u64 = 1024;
+            let sender = std::thread::spawn(move || {
+                let data = vec![0x5au8; 1 << 20];
+                for i in 0..total {
+                    let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
+                    b.extend_from_slice(&0u16.to_be_bytes());
+                    b.extend_from_slice(&CMD_WRITE.to_be_bytes());
+                    b.extend_from_slice(&i.to_be_bytes());
+                    b.extend_from_slice(&((2 << 20) + (i % 60) * (1 << 20)).to_be_bytes());
+                    b.extend_from_slice(&(1u32 << 20).to_be_bytes());
+                    tx.write_all(&b).unwrap();
+                    tx.write_all(&data).unwrap();
+                }
+            });
+            for _ in 0..total {
+                let (e, _, _) = rx.recv(|_| 0);
+                assert_eq!(e, 0);
+            }
+            sender.join().unwrap();
+            Box::new(move || drop(rx))
+        },
+    );
+}
+
+/// Garbage after the server's greeting, and after a handshake.
+#[test]
+fn hostile_garbage_after_the_magic() {
+    hostile_scenario("garbage", 0, &["bad magic"], |sock| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for i in 0..60 {
+            let junk: Vec<u8> = (0..rng.gen_range(1..200_000)).map(|_| rng.gen()).collect();
+            if i % 2 == 0 {
+                let mut s = UnixStream::connect(sock).unwrap();
+                let mut g = [0u8; 18];
+                s.read_exact(&mut g).unwrap();
+                let _ = s.write_all(&junk);
+            } else {
+                let mut c = Client::open(sock);
+                let _ = c.s.write_all(&junk);
+            }
+        }
+        Box::new(|| ())
+    });
+}
+
+/// A client that did not negotiate block sizes (`NBD_OPT_EXPORT_NAME`) is
+/// served at any byte alignment (read-modify-write); one that did gets
+/// EINVAL for misaligned requests.
+#[test]
+fn misaligned_requests_follow_the_block_size_negotiation() {
+    let env = Env::with_image();
+    let server = env.serve(&[]);
+    let sock = env.sock();
+    let mut n = Nego::connect(&sock, true);
+    n.send_opt(OPT_EXPORT_NAME, b"img");
+    let mut b = [0u8; 10];
+    n.s.read_exact(&mut b).unwrap();
+    let mut legacy = Client {
+        size: SIZE,
+        tflags: u16_at(&b, 8),
+        s: n.s,
+    };
+    let mut oracle = vec![0u8; 64 << 10];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for round in 0..200u64 {
+        let off = rng.gen_range(0..(60u64 << 10));
+        let len = rng.gen_range(1..4000u32);
+        match round % 3 {
+            0 | 1 => {
+                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                assert_eq!(legacy.write(off, &data, round % 2 == 0), 0);
+                oracle[off as usize..][..len as usize].copy_from_slice(&data);
+            }
+            _ => {
+                assert_eq!(legacy.discard(CMD_WRITE_ZEROES, off, len), 0);
+                oracle[off as usize..][..len as usize].fill(0);
+            }
+        }
+        let got = legacy.read(off, len).unwrap();
+        assert!(
+            got == oracle[off as usize..][..len as usize],
+            "round {round}"
+        );
+    }
+    assert!(legacy.read(0, 64 << 10).unwrap() == oracle);
+    // A misaligned trim is accepted (it trims the whole blocks inside).
+    assert_eq!(legacy.discard(CMD_TRIM, 100, 5000), 0);
+    // GO with NBD_INFO_BLOCK_SIZE requested: the client promised.
+    let mut strict = Client::open(&sock);
+    assert_eq!(strict.read(1, 512), Err(EINVAL));
+    assert_eq!(strict.write(512, &[1u8; 100], false), EINVAL);
+    assert_eq!(strict.discard(CMD_WRITE_ZEROES, 3, 512), EINVAL);
+    assert_eq!(strict.discard(CMD_TRIM, 512, 3), EINVAL);
+    assert!(strict.read(4096, 512).is_ok());
+    // GO without it: served at any alignment.
+    let mut n = Nego::connect(&sock, true);
+    let infos = n.info(OPT_GO, "img", &[]).unwrap();
+    assert!(
+        infos.iter().any(|(t, _)| *t == 3),
+        "block sizes sent anyway"
+    );
+    let mut loose = Client {
+        size: SIZE,
+        tflags: 0,
+        s: n.s,
+    };
+    assert_eq!(loose.write(7, b"hello", false), 0);
+    assert_eq!(
+        loose.read(5, 9).unwrap(),
+        [oracle[5], oracle[6], b'h', b'e', b'l', b'l', b'o', oracle[12], oracle[13]]
+    );
+    drop((legacy, strict, loose));
+    assert!(server.stop());
+}
+
+/// SIGTERM while a client neither reads its replies nor disconnects (and
+/// its transfer deadline is far off): the server closes it after
+/// `nbd_shutdown_secs` and exits cleanly, instead of waiting for it.
+#[test]
+fn stop_is_bounded_with_a_client_that_does_not_read() {
+    let mut env = Env::with_image();
+    env.config.pop();
+    env.config
+        .push_str(r#","nbd_shutdown_secs":2,"nbd_transfer_timeout_secs":600}"#);
+    let mut server = env.serve(&[]);
+    let sock = env.sock();
+    let mut c = Client::open(&sock);
+    // Reads whose replies fill the socket buffers and then the budget.
+    for i in 0..64u64 {
+        c.send(CMD_READ, 0, i, 0, 32 << 20, &[]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    server.assert_alive();
+    let t = std::time::Instant::now();
+    server.signal(libc::SIGTERM);
+    let st = server.child.wait().unwrap();
+    let took = t.elapsed();
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    assert!(st.success(), "{log}");
+    assert!(log.contains("still open after 2s"), "{log}");
+    assert!(
+        took < Duration::from_secs(2 + 15),
+        "stop took {took:?}: {log}"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "the client had its 2 s: {took:?}"
+    );
+    drop(c);
 }

@@ -150,6 +150,7 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
         aliases: vec![String::new(), format!("{}/{name}", spec.pool)],
         name,
         read_only,
+        limits: nbd::server::Limits::from_config(config),
     };
     let spec = format!("{}/{}", spec.pool, opts.name);
     tracing::info!(

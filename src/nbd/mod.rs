@@ -14,7 +14,7 @@ pub mod server;
 use crate::error::Result;
 use crate::volume::{Completion, Volume};
 
-pub use server::{serve, Listener, ServeOptions};
+pub use server::{serve, Limits, Listener, ServeOptions};
 
 /// What the NBD server needs of an image. Offsets and lengths are bytes;
 /// the server checks them against [`Export::size_bytes`] before calling,

@@ -107,6 +107,21 @@ pub const CMD_WRITE_ZEROES: u16 = 6;
 
 /// Command flag: force unit access.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// Command flag (write-zeroes only): the zeros must be written, not left
+/// as a hole. Every write-zeroes here writes them anyway.
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+
+/// The command flags the server accepts on command `kind`: FUA on every
+/// command (it is advertised; on a read or flush it changes nothing),
+/// NO_HOLE on write-zeroes. Others (DF, REQ_ONE, FAST_ZERO: their features
+/// are not negotiated; unknown bits) get EINVAL, as the spec asks.
+pub fn allowed_flags(kind: u16) -> u16 {
+    if kind == CMD_WRITE_ZEROES {
+        CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
+    } else {
+        CMD_FLAG_FUA
+    }
+}
 
 /// NBD error: operation not permitted (read-only export).
 pub const EPERM: u32 = 1;

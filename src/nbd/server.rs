@@ -10,11 +10,38 @@
 //! batches them into few socket writes. Replies may come out of order, as
 //! NBD allows; each carries its request's cookie.
 //!
-//! Memory per connection is bounded: a request's payload is at most
-//! [`MAX_PAYLOAD`], at most [`MAX_INFLIGHT`] requests are in flight, and
-//! read buffers waiting for their reply hold at most
-//! [`MAX_INFLIGHT_BYTES`] (the reader stops reading requests until replies
-//! have gone out).
+//! **Memory** is bounded per connection and over all connections
+//! ([`Limits::conn_memory`], [`Limits::memory`]): a write's payload is
+//! charged before it is read from the socket and until its reply is sent, a
+//! read's data from before it is read until its reply is sent, and at most
+//! [`MAX_INFLIGHT`] requests are in flight per connection. A client over
+//! its budget is slowed down: its socket is not read until replies have
+//! gone out. A single request always fits (at most [`MAX_PAYLOAD`]).
+//!
+//! **Time** is bounded for every client, checked every 200 ms by the
+//! serving thread ([`serve`]):
+//! - the handshake must finish within [`Limits::negotiate_timeout`];
+//! - a write's payload must arrive, and each reply must reach the socket,
+//!   within [`Limits::transfer_timeout`] (a slowloris sender or a client
+//!   that reads its replies a few bytes at a time is closed);
+//! - over TCP, keepalive probes close a peer that vanished
+//!   ([`Limits::keepalive`]);
+//! - when all [`Limits::max_connections`] slots are taken, a new client
+//!   takes the slot of the connection idle longest past
+//!   [`Limits::idle_timeout`] (no request in flight, none received), or is
+//!   closed at once.
+//!
+//! **Block sizes.** The export's minimum block (512 bytes for a `Volume`)
+//! is advertised with `NBD_INFO_BLOCK_SIZE`. A client that asked for it in
+//! `NBD_OPT_GO` has promised to follow it, and a misaligned request gets
+//! EINVAL. A client that did not (`NBD_OPT_EXPORT_NAME`, or GO without the
+//! request) is served at any byte alignment, as the protocol asks: a
+//! misaligned read reads the covering blocks, a misaligned write or
+//! write-zeroes is a read-modify-write of its edge blocks, done under an
+//! exclusive lock that every other write, trim and write-zeroes takes
+//! shared (so no write inside the edge blocks is lost to the rewrite), and
+//! a misaligned trim trims the whole blocks inside its range (a trim is
+//! advisory).
 //!
 //! Hostile input never takes the server down: a bad request magic, a
 //! malformed negotiation or a write longer than [`MAX_PAYLOAD`] (whose
@@ -25,22 +52,27 @@
 //!
 //! Stop: `should_stop` returning true stops accepting and shuts down the
 //! reading side of every connection; each finishes the requests it has
-//! read, sends their replies and ends; then [`serve`] returns.
+//! read and sends their replies. Connections still open after
+//! [`Limits::shutdown_timeout`] (clients that do not take their replies)
+//! have their sockets closed; operations already handed to the export still
+//! finish (a `Volume` bounds them by `io_timeout_msec`); then [`serve`]
+//! returns.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use super::proto::{self, InfoRequest, OptionHeader, Request};
 use super::Export;
+use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Largest read or write payload (advertised as the maximum block size).
@@ -52,14 +84,60 @@ pub const PREFERRED_BLOCK: u32 = 4096;
 pub const MAX_OPTION_BYTES: u32 = 64 << 10;
 /// Requests in flight per connection.
 pub const MAX_INFLIGHT: usize = 64;
-/// Bytes of read data waiting for their reply, per connection.
-pub const MAX_INFLIGHT_BYTES: usize = 64 << 20;
 /// Worker threads per connection (reads, flushes, trims, write-zeroes).
 pub const MAX_WORKERS: usize = 16;
-/// Connections served at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 64;
-/// A client that does not read its replies for this long is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the serving thread checks the deadlines of every connection.
+const SWEEP: Duration = Duration::from_millis(200);
+/// TCP keepalive: seconds between probes once they start, and how many
+/// unanswered probes close the connection.
+const KEEPALIVE_INTERVAL_SECS: i32 = 10;
+const KEEPALIVE_PROBES: i32 = 6;
+
+/// What a client may take of the server: connection slots, time and
+/// memory. The defaults are those of [`Config`]'s `nbd_*` keys.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to finish the handshake.
+    pub negotiate_timeout: Duration,
+    /// Time after which a connection with nothing in flight may give its
+    /// slot to a new client when all are taken; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time; `None`: no keepalive.
+    pub keepalive: Option<Duration>,
+    /// Time for a write's payload to arrive and for a reply to be sent.
+    pub transfer_timeout: Duration,
+    /// Payload bytes one connection may hold.
+    pub conn_memory: usize,
+    /// Payload bytes all connections together may hold.
+    pub memory: usize,
+    /// Time a stopping server waits for its clients before closing them.
+    pub shutdown_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits set by `config`'s `nbd_*` keys.
+    pub fn from_config(c: &Config) -> Limits {
+        let secs = Duration::from_secs;
+        Limits {
+            max_connections: c.nbd_max_connections as usize,
+            negotiate_timeout: secs(c.nbd_negotiate_timeout_secs),
+            idle_timeout: (c.nbd_idle_timeout_secs > 0).then(|| secs(c.nbd_idle_timeout_secs)),
+            keepalive: (c.nbd_keepalive_secs > 0).then(|| secs(c.nbd_keepalive_secs)),
+            transfer_timeout: secs(c.nbd_transfer_timeout_secs),
+            conn_memory: usize::try_from(c.nbd_conn_memory_bytes).unwrap_or(usize::MAX),
+            memory: usize::try_from(c.nbd_memory_bytes).unwrap_or(usize::MAX),
+            shutdown_timeout: secs(c.nbd_shutdown_secs),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::from_config(&Config::default())
+    }
+}
 
 /// What to serve under which names.
 #[derive(Clone, Debug)]
@@ -70,6 +148,8 @@ pub struct ServeOptions {
     pub aliases: Vec<String>,
     /// Refuse writes, trims and write-zeroes with EPERM.
     pub read_only: bool,
+    /// Slots, deadlines and memory.
+    pub limits: Limits,
 }
 
 impl ServeOptions {
@@ -94,12 +174,17 @@ impl Listener {
         }
     }
 
-    fn accept(&self) -> io::Result<(Stream, String)> {
+    fn accept(&self, keepalive: Option<Duration>) -> io::Result<(Stream, String)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, a) = l.accept()?;
                 // Small replies must not wait for Nagle.
                 let _ = s.set_nodelay(true);
+                if let Some(idle) = keepalive {
+                    if let Err(e) = set_keepalive(&s, idle) {
+                        warn!("NBD connection from {a}: cannot enable TCP keepalive: {e}");
+                    }
+                }
                 Ok((Stream::Tcp(s), a.to_string()))
             }
             Listener::Unix(l) => {
@@ -108,6 +193,37 @@ impl Listener {
             }
         }
     }
+}
+
+/// Keepalive probes after `idle` of silence, every
+/// [`KEEPALIVE_INTERVAL_SECS`], [`KEEPALIVE_PROBES`] of them.
+fn set_keepalive(s: &TcpStream, idle: Duration) -> io::Result<()> {
+    let idle = i32::try_from(idle.as_secs().max(1)).unwrap_or(i32::MAX);
+    for (level, opt, v) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            KEEPALIVE_INTERVAL_SECS,
+        ),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES),
+    ] {
+        // SAFETY: a valid socket and a pointer to an int of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                opt,
+                (&v as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// One connection's socket.
@@ -164,19 +280,180 @@ impl Write for Stream {
     }
 }
 
+/// Payload bytes held by all connections together.
+struct Memory {
+    used: Mutex<usize>,
+    cv: Condvar,
+    limit: usize,
+}
+
+impl Memory {
+    /// Wait until `bytes` fit (they always do when nothing is held).
+    fn acquire(&self, bytes: usize) {
+        let mut g = lock(&self.used);
+        while *g > 0 && g.saturating_add(bytes) > self.limit {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        *g += bytes;
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            let mut g = lock(&self.used);
+            *g = g.saturating_sub(bytes);
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// What the serving thread knows of one connection, to enforce its
+/// deadlines. Times are milliseconds since the server started, plus one
+/// (0: unset).
+struct Conn {
+    /// A clone of the socket, to shut it down.
+    stream: Stream,
+    peer: String,
+    id: u64,
+    started: u64,
+    negotiating: AtomicBool,
+    /// When the last request header was read or reply sent.
+    last_active: AtomicU64,
+    /// Requests read and not yet answered.
+    inflight: AtomicUsize,
+    /// When the payload now being read started (0: none).
+    receiving_since: AtomicU64,
+    /// When the socket write now blocked started (0: none).
+    sending_since: AtomicU64,
+    /// Set once the server closed the socket.
+    closed: AtomicBool,
+}
+
+impl Conn {
+    /// Shut the socket down both ways (blocked reads and writes return),
+    /// logging why once.
+    fn close(&self, why: &str) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            warn!(
+                "NBD connection {} from {}: {why}: closing it",
+                self.id, self.peer
+            );
+        }
+        self.stream.shutdown(Shutdown::Both);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
 /// What every connection shares.
 struct Shared {
     export: Arc<dyn Export>,
     opts: ServeOptions,
     tflags: u16,
     stopping: AtomicBool,
-    /// Open connections (a clone of each socket, to shut them down at stop).
-    conns: Mutex<HashMap<u64, Stream>>,
+    /// Open connections.
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    memory: Memory,
+    /// Taken exclusively by a read-modify-write (a misaligned write or
+    /// write-zeroes of a client that did not negotiate block sizes), shared
+    /// by every other write, trim and write-zeroes while it is submitted:
+    /// the rewrite of an edge block must not undo a write into the same
+    /// block that was submitted between its read and its write.
+    rmw: RwLock<()>,
+    epoch: Instant,
 }
 
 impl Shared {
+    fn new(export: Arc<dyn Export>, opts: ServeOptions) -> Shared {
+        let tflags = transmission_flags(export.as_ref(), &opts);
+        let limit = opts.limits.memory;
+        Shared {
+            export,
+            opts,
+            tflags,
+            stopping: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            memory: Memory {
+                used: Mutex::new(0),
+                cv: Condvar::new(),
+                limit,
+            },
+            rmw: RwLock::new(()),
+            epoch: Instant::now(),
+        }
+    }
+
     fn read_only(&self) -> bool {
         self.opts.read_only || self.export.read_only()
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Close the connections past a deadline: a handshake longer than
+    /// `negotiate_timeout`, a payload or reply transfer longer than
+    /// `transfer_timeout`.
+    fn sweep(&self) {
+        let now = self.now();
+        let l = &self.opts.limits;
+        let past = |since: u64, d: Duration| since != 0 && now - since > d.as_millis() as u64;
+        for c in lock(&self.conns).values() {
+            if c.is_closed() {
+                continue;
+            }
+            if c.negotiating.load(Ordering::SeqCst) && past(c.started, l.negotiate_timeout) {
+                c.close(&format!(
+                    "handshake not finished within {}s (nbd_negotiate_timeout_secs)",
+                    l.negotiate_timeout.as_secs()
+                ));
+            } else if past(c.receiving_since.load(Ordering::SeqCst), l.transfer_timeout) {
+                c.close(&format!(
+                    "a write's payload did not arrive within {}s (nbd_transfer_timeout_secs)",
+                    l.transfer_timeout.as_secs()
+                ));
+            } else if past(c.sending_since.load(Ordering::SeqCst), l.transfer_timeout) {
+                c.close(&format!(
+                    "a reply could not be sent within {}s: the client does not read (nbd_transfer_timeout_secs)",
+                    l.transfer_timeout.as_secs()
+                ));
+            }
+        }
+    }
+
+    /// Make room for one more connection: `true` if a slot is free, or
+    /// was freed by closing the connection idle longest past
+    /// `idle_timeout`.
+    fn make_room(&self, conns: &HashMap<u64, Arc<Conn>>) -> bool {
+        let open = conns.values().filter(|c| !c.is_closed()).count();
+        if open < self.opts.limits.max_connections {
+            return true;
+        }
+        let Some(idle) = self.opts.limits.idle_timeout else {
+            return false;
+        };
+        let now = self.now();
+        let victim = conns
+            .values()
+            .filter(|c| {
+                !c.is_closed()
+                    && !c.negotiating.load(Ordering::SeqCst)
+                    && c.inflight.load(Ordering::SeqCst) == 0
+            })
+            .map(|c| (now.saturating_sub(c.last_active.load(Ordering::SeqCst)), c))
+            .filter(|(idle_ms, _)| *idle_ms > idle.as_millis() as u64)
+            .max_by_key(|(idle_ms, _)| *idle_ms);
+        match victim {
+            Some((idle_ms, c)) => {
+                c.close(&format!(
+                    "idle for {}s with every slot taken; its slot goes to a new client",
+                    idle_ms / 1000
+                ));
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -197,15 +474,7 @@ fn transmission_flags(export: &dyn Export, opts: &ServeOptions) -> u16 {
     f
 }
 
-/// Serve `export` on `listener` until `should_stop(wait)` (called in a
-/// loop, waiting up to `wait` each time) returns true; then stop accepting,
-/// let every connection finish the requests it has read, and return.
-pub fn serve(
-    export: Arc<dyn Export>,
-    listener: Listener,
-    opts: ServeOptions,
-    mut should_stop: impl FnMut(Duration) -> bool,
-) -> Result<()> {
+fn check_export(export: &dyn Export) -> Result<()> {
     let min = export.min_block();
     if !min.is_power_of_two() || min > PREFERRED_BLOCK {
         return Err(Error::new(
@@ -213,14 +482,22 @@ pub fn serve(
             format!("export block size {min} is not a power of two up to {PREFERRED_BLOCK}"),
         ));
     }
-    let tflags = transmission_flags(export.as_ref(), &opts);
-    let shared = Arc::new(Shared {
-        export,
-        opts,
-        tflags,
-        stopping: AtomicBool::new(false),
-        conns: Mutex::new(HashMap::new()),
-    });
+    Ok(())
+}
+
+/// Serve `export` on `listener` until `should_stop(wait)` (called in a
+/// loop, waiting up to `wait` each time) returns true; then stop accepting,
+/// let every connection finish the requests it has read, and return: within
+/// `opts.limits.shutdown_timeout` plus the time operations already handed
+/// to the export take.
+pub fn serve(
+    export: Arc<dyn Export>,
+    listener: Listener,
+    opts: ServeOptions,
+    mut should_stop: impl FnMut(Duration) -> bool,
+) -> Result<()> {
+    check_export(export.as_ref())?;
+    let shared = Arc::new(Shared::new(export, opts));
     let acceptor = {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -228,25 +505,77 @@ pub fn serve(
             .spawn(move || accept_loop(shared, listener))
             .map_err(|e| Error::io("spawn thread nbd-accept", e))?
     };
-    while !acceptor.is_finished() && !should_stop(Duration::from_millis(200)) {}
+    while !acceptor.is_finished() && !should_stop(SWEEP) {
+        shared.sweep();
+    }
     info!("NBD server stopping: no new connections, finishing requests in flight");
     shared.stopping.store(true, Ordering::SeqCst);
-    for s in lock(&shared.conns).values() {
-        s.shutdown(Shutdown::Read);
+    for c in lock(&shared.conns).values() {
+        c.stream.shutdown(Shutdown::Read);
+    }
+    let limit = shared.opts.limits.shutdown_timeout;
+    let since = Instant::now();
+    while !acceptor.is_finished() && since.elapsed() < limit {
+        shared.sweep();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !acceptor.is_finished() {
+        let conns = lock(&shared.conns);
+        warn!(
+            "NBD server stopping: {} connection(s) still open after {}s (nbd_shutdown_secs)",
+            conns.len(),
+            limit.as_secs()
+        );
+        for c in conns.values() {
+            c.close("the server is stopping and the client has not taken its replies");
+        }
     }
     acceptor
         .join()
         .map_err(|_| Error::new(ErrorKind::Io, "the NBD accept thread panicked".to_string()))
 }
 
+/// Serve one connection on `stream` to its end, as [`serve`] does for each
+/// client (without the deadlines, which [`serve`]'s thread enforces). For
+/// fuzzing: a client's bytes drive the server through a socket pair.
+#[doc(hidden)]
+pub fn fuzz_serve_stream(export: Arc<dyn Export>, stream: UnixStream, opts: ServeOptions) {
+    if check_export(export.as_ref()).is_err() {
+        return;
+    }
+    let shared = Arc::new(Shared::new(export, opts));
+    let stream = Stream::Unix(stream);
+    if let Ok(conn) = register(&shared, &stream, "fuzz".into(), 1) {
+        connection(&shared, stream, &conn);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection's entry in the table (not inserted).
+fn register(shared: &Shared, stream: &Stream, peer: String, id: u64) -> io::Result<Arc<Conn>> {
+    let now = shared.now();
+    Ok(Arc::new(Conn {
+        stream: stream.try_clone()?,
+        peer,
+        id,
+        started: now,
+        negotiating: AtomicBool::new(true),
+        last_active: AtomicU64::new(now),
+        inflight: AtomicUsize::new(0),
+        receiving_since: AtomicU64::new(0),
+        sending_since: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
+    }))
 }
 
 /// Accept connections until stopping; then wait for every connection.
 fn accept_loop(shared: Arc<Shared>, listener: Listener) {
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let mut next_id = 0u64;
+    let keepalive = shared.opts.limits.keepalive;
     while !shared.stopping.load(Ordering::SeqCst) {
         threads.retain(|t| !t.is_finished());
         let mut pfd = libc::pollfd {
@@ -259,7 +588,7 @@ fn accept_loop(shared: Arc<Shared>, listener: Listener) {
         if r <= 0 {
             continue;
         }
-        let (stream, peer) = match listener.accept() {
+        let (stream, peer) = match listener.accept(keepalive) {
             Ok(x) => x,
             Err(e) => {
                 if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
@@ -273,7 +602,9 @@ fn accept_loop(shared: Arc<Shared>, listener: Listener) {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let clone = match stream.try_clone() {
+        next_id += 1;
+        let id = next_id;
+        let conn = match register(&shared, &stream, peer.clone(), id) {
             Ok(c) => c,
             Err(e) => {
                 warn!("NBD connection from {peer} dropped: cannot clone its socket: {e}");
@@ -282,20 +613,22 @@ fn accept_loop(shared: Arc<Shared>, listener: Listener) {
         };
         {
             let mut conns = lock(&shared.conns);
-            if conns.len() >= MAX_CONNECTIONS {
-                warn!("NBD connection from {peer} refused: {MAX_CONNECTIONS} connections are open");
+            if !shared.make_room(&conns) {
+                warn!(
+                    "NBD connection from {peer} refused: all {} slots are taken by active clients \
+                     (nbd_max_connections)",
+                    shared.opts.limits.max_connections
+                );
                 continue;
             }
-            next_id += 1;
-            conns.insert(next_id, clone);
+            conns.insert(id, conn.clone());
         }
-        let id = next_id;
         let sh = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
                 info!("NBD connection {id} from {peer}");
-                connection(&sh, stream, &peer, id);
+                connection(&sh, stream, &conn);
                 lock(&sh.conns).remove(&id);
                 info!("NBD connection {id} from {peer} closed");
             });
@@ -313,7 +646,8 @@ fn accept_loop(shared: Arc<Shared>, listener: Listener) {
 }
 
 /// Serve one connection to its end.
-fn connection(shared: &Arc<Shared>, stream: Stream, peer: &str, id: u64) {
+fn connection(shared: &Arc<Shared>, stream: Stream, conn: &Arc<Conn>) {
+    let id = conn.id;
     let mut wr = match stream.try_clone() {
         Ok(w) => w,
         Err(e) => {
@@ -321,22 +655,31 @@ fn connection(shared: &Arc<Shared>, stream: Stream, peer: &str, id: u64) {
             return;
         }
     };
-    let _ = wr.set_write_timeout(WRITE_TIMEOUT);
+    // A second bound beside the transfer deadline: no single send blocks
+    // longer than it.
+    let _ = wr.set_write_timeout(shared.opts.limits.transfer_timeout);
     let mut rd = BufReader::with_capacity(64 << 10, stream);
-    match negotiate(shared, &mut rd, &mut wr) {
-        Ok(true) => {}
-        Ok(false) => return,
+    let strict = match negotiate(shared, &mut rd, &mut wr) {
+        Ok(Some(strict)) => strict,
+        Ok(None) => return,
         Err(e) => {
-            debug!("NBD connection {id} from {peer} ended during negotiation: {e}");
+            debug!(
+                "NBD connection {id} from {} ended during negotiation: {e}",
+                conn.peer
+            );
             return;
         }
-    }
-    transmit(shared, rd, wr, id);
+    };
+    conn.last_active.store(shared.now(), Ordering::SeqCst);
+    conn.negotiating.store(false, Ordering::SeqCst);
+    transmit(shared, rd, wr, conn, strict);
 }
 
-/// The fixed newstyle negotiation. `Ok(true)`: go to transmission;
-/// `Ok(false)`: close (abort, or a violation already logged).
-fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Result<bool> {
+/// The fixed newstyle negotiation. `Ok(Some(strict))`: go to
+/// transmission, where `strict` says the client asked for the block size
+/// constraints (and so promised to follow them); `Ok(None)`: close (abort,
+/// or a violation already logged).
+fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Result<Option<bool>> {
     let export = shared.export.as_ref();
     wr.write_all(&proto::encode_greeting(
         proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES,
@@ -344,21 +687,21 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
     let cflags = u32::from_be_bytes(proto::read_array::<4>(rd)?);
     if cflags & !(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES) != 0 {
         warn!("NBD client sent unknown client flags {cflags:#x}: closing");
-        return Ok(false);
+        return Ok(None);
     }
     let no_zeroes = cflags & proto::FLAG_C_NO_ZEROES != 0;
     let name = &shared.opts.name;
     loop {
         let Some(h) = OptionHeader::decode(&proto::read_array::<16>(rd)?) else {
             warn!("NBD client sent an option without the IHAVEOPT magic: closing");
-            return Ok(false);
+            return Ok(None);
         };
         if h.length > MAX_OPTION_BYTES {
             warn!(
                 "NBD client sent option {} with {} bytes of data (at most {MAX_OPTION_BYTES}): closing",
                 h.option, h.length
             );
-            return Ok(false);
+            return Ok(None);
         }
         let mut data = vec![0u8; h.length as usize];
         rd.read_exact(&mut data)?;
@@ -372,7 +715,7 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
                     b"the server is shutting down",
                 )?;
             }
-            return Ok(false);
+            return Ok(None);
         }
         match h.option {
             proto::OPT_EXPORT_NAME => {
@@ -382,19 +725,20 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
                     warn!(
                         "NBD client asked for unknown export '{asked}' (serving '{name}'): closing"
                     );
-                    return Ok(false);
+                    return Ok(None);
                 }
                 wr.write_all(&proto::export_name_reply(
                     export.size_bytes(),
                     shared.tflags,
                     no_zeroes,
                 ))?;
-                return Ok(true);
+                // No block sizes were negotiated: any alignment is served.
+                return Ok(Some(false));
             }
             proto::OPT_ABORT => {
                 // The client may already be gone; that is fine.
                 let _ = proto::write_option_reply(wr, opt, proto::REP_ACK, &[]);
-                return Ok(false);
+                return Ok(None);
             }
             proto::OPT_LIST => {
                 if !data.is_empty() {
@@ -446,7 +790,7 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
                 }
                 proto::write_option_reply(wr, opt, proto::REP_ACK, &[])?;
                 if h.option == proto::OPT_GO {
-                    return Ok(true);
+                    return Ok(Some(req.requests.contains(&proto::INFO_BLOCK_SIZE)));
                 }
             }
             other => {
@@ -475,6 +819,8 @@ enum Job {
         cookie: u64,
         offset: u64,
         len: usize,
+        /// Bytes charged to the budget (the covering blocks).
+        charged: usize,
     },
     Flush {
         cookie: u64,
@@ -489,35 +835,50 @@ enum Job {
     },
 }
 
-/// In-flight requests and read bytes of one connection.
+/// In-flight requests and payload bytes of one connection, within its own
+/// limit and the server's ([`Memory`]).
 struct Budget {
     used: Mutex<(usize, usize)>,
     cv: Condvar,
+    limit: usize,
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
 }
 
 impl Budget {
-    fn new() -> Budget {
+    fn new(shared: Arc<Shared>, conn: Arc<Conn>) -> Budget {
         Budget {
             used: Mutex::new((0, 0)),
             cv: Condvar::new(),
+            limit: shared.opts.limits.conn_memory,
+            shared,
+            conn,
         }
     }
 
-    /// Wait for room for one more request holding `bytes` (a request
-    /// alone always fits: `bytes` is at most `MAX_PAYLOAD`).
+    /// Wait for room for one more request holding `bytes`, first within
+    /// the connection's limit, then within the server's. A request alone
+    /// always fits: the waits end once what is held is answered. Nothing
+    /// is read from the client while this waits.
     fn acquire(&self, bytes: usize) {
-        let mut g = lock(&self.used);
-        while g.0 >= MAX_INFLIGHT || (g.1 > 0 && g.1 + bytes > MAX_INFLIGHT_BYTES) {
-            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        {
+            let mut g = lock(&self.used);
+            while g.0 >= MAX_INFLIGHT || (g.1 > 0 && g.1.saturating_add(bytes) > self.limit) {
+                g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            g.0 += 1;
+            g.1 += bytes;
+            self.conn.inflight.store(g.0, Ordering::SeqCst);
         }
-        g.0 += 1;
-        g.1 += bytes;
+        self.shared.memory.acquire(bytes);
     }
 
     fn release(&self, bytes: usize) {
+        self.shared.memory.release(bytes);
         let mut g = lock(&self.used);
         g.0 = g.0.saturating_sub(1);
         g.1 = g.1.saturating_sub(bytes);
+        self.conn.inflight.store(g.0, Ordering::SeqCst);
         self.cv.notify_all();
     }
 }
@@ -599,27 +960,28 @@ struct Pool {
     rx: Arc<Queue<Job>>,
     idle: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<()>>,
-    id: u64,
+    conn: Arc<Conn>,
 }
 
 impl Pool {
     fn submit(&mut self, job: Job) {
         if self.idle.load(Ordering::SeqCst) == 0 && self.threads.len() < MAX_WORKERS {
-            let (shared, rx, idle, replies) = (
+            let (shared, rx, idle, replies, conn) = (
                 self.shared.clone(),
                 self.rx.clone(),
                 self.idle.clone(),
                 self.replies.clone(),
+                self.conn.clone(),
             );
             match std::thread::Builder::new()
-                .name(format!("nbd-{}-w{}", self.id, self.threads.len()))
-                .spawn(move || worker(shared, rx, idle, replies))
+                .name(format!("nbd-{}-w{}", self.conn.id, self.threads.len()))
+                .spawn(move || worker(shared, rx, idle, replies, conn))
             {
                 Ok(t) => self.threads.push(t),
                 Err(e) => {
                     if self.threads.is_empty() {
                         warn!("NBD: cannot start a worker ({e}); serving in the connection thread");
-                        run_job(&self.shared, job, &self.replies);
+                        run_job(&self.shared, &self.conn, job, &self.replies);
                         return;
                     }
                 }
@@ -627,7 +989,7 @@ impl Pool {
         }
         match &self.tx {
             Some(tx) => tx.send(job),
-            None => run_job(&self.shared, job, &self.replies),
+            None => run_job(&self.shared, &self.conn, job, &self.replies),
         }
     }
 
@@ -645,33 +1007,46 @@ fn worker(
     rx: Arc<Queue<Job>>,
     idle: Arc<AtomicUsize>,
     replies: QSender<Reply>,
+    conn: Arc<Conn>,
 ) {
     loop {
         idle.fetch_add(1, Ordering::SeqCst);
         let job = rx.recv();
         idle.fetch_sub(1, Ordering::SeqCst);
         match job {
-            Some(job) => run_job(&shared, job, &replies),
+            Some(job) => run_job(&shared, &conn, job, &replies),
             None => return,
         }
     }
 }
 
-fn run_job(shared: &Shared, job: Job, replies: &QSender<Reply>) {
+fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
     let export = shared.export.as_ref();
     let reply = match job {
+        Job::Read {
+            cookie, charged, ..
+        } if conn.is_closed() => {
+            // Nobody will take the data: the server closed the connection.
+            Reply {
+                cookie,
+                error: proto::ESHUTDOWN,
+                data: None,
+                charged,
+            }
+        }
         Job::Read {
             cookie,
             offset,
             len,
+            charged,
         } => {
             let mut buf = vec![0u8; len];
-            match export.read(offset, &mut buf) {
+            match read_any(export, offset, &mut buf) {
                 Ok(()) => Reply {
                     cookie,
                     error: 0,
                     data: Some(buf),
-                    charged: len,
+                    charged,
                 },
                 Err(e) => {
                     debug!("NBD read at {offset} of {len} bytes failed: {e}");
@@ -679,7 +1054,7 @@ fn run_job(shared: &Shared, job: Job, replies: &QSender<Reply>) {
                         cookie,
                         error: error_code(&e),
                         data: None,
-                        charged: len,
+                        charged,
                     }
                 }
             }
@@ -700,11 +1075,7 @@ fn run_job(shared: &Shared, job: Job, replies: &QSender<Reply>) {
             zero,
             fua,
         } => {
-            let r = if zero {
-                export.write_zeroes(offset, len, fua)
-            } else {
-                export.trim(offset, len, fua)
-            };
+            let r = discard(shared, offset, len, zero, fua);
             Reply {
                 cookie,
                 error: r.err().map_or(0, |e| {
@@ -719,14 +1090,129 @@ fn run_job(shared: &Shared, job: Job, replies: &QSender<Reply>) {
     replies.send(reply);
 }
 
+/// The block-aligned range covering `offset..offset + len`.
+fn cover(min: u64, offset: u64, len: u64) -> (u64, u64) {
+    let start = offset / min * min;
+    let end = (offset + len).div_ceil(min) * min;
+    (start, end)
+}
+
+fn misaligned(min: u64, offset: u64, len: u64) -> bool {
+    len > 0 && (!offset.is_multiple_of(min) || !len.is_multiple_of(min))
+}
+
+/// Read `buf.len()` bytes at `offset`, at any alignment: a misaligned
+/// range is read through the blocks covering it.
+fn read_any(export: &dyn Export, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let min = u64::from(export.min_block());
+    let len = buf.len() as u64;
+    if !misaligned(min, offset, len) {
+        return export.read(offset, buf);
+    }
+    let (start, end) = cover(min, offset, len);
+    let mut whole = vec![0u8; (end - start) as usize];
+    export.read(start, &mut whole)?;
+    let at = (offset - start) as usize;
+    buf.copy_from_slice(&whole[at..at + buf.len()]);
+    Ok(())
+}
+
+/// Write `data` at a misaligned `offset`/length: read the edge blocks,
+/// lay the data over them, write the covering blocks. The caller holds
+/// `Shared::rmw` exclusively.
+fn rmw_write(export: &dyn Export, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+    let min = u64::from(export.min_block());
+    let len = data.len() as u64;
+    let (start, end) = cover(min, offset, len);
+    if end > export.size_bytes() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("write at {offset} of {len} bytes: its last block is past the end"),
+        ));
+    }
+    let mut whole = vec![0u8; (end - start) as usize];
+    let b = min as usize;
+    let head = offset != start;
+    if head {
+        export.read(start, &mut whole[..b])?;
+    }
+    // The last block, unless it is the first and was just read.
+    let last = whole.len() - b;
+    let tail = !(offset + len).is_multiple_of(min);
+    if tail && (last > 0 || !head) {
+        export.read(end - min, &mut whole[last..])?;
+    }
+    let at = (offset - start) as usize;
+    whole[at..at + data.len()].copy_from_slice(data);
+    if fua {
+        export.write_fua(start, &whole)
+    } else {
+        export.write(start, &whole)
+    }
+}
+
+/// A trim or write-zeroes, at any alignment. A misaligned trim trims the
+/// whole blocks inside its range (trimmed bytes are unspecified until
+/// written, so this is allowed); a misaligned write-zeroes writes zeros
+/// into its edge blocks by read-modify-write.
+fn discard(shared: &Shared, offset: u64, len: u64, zero: bool, fua: bool) -> Result<()> {
+    let export = shared.export.as_ref();
+    let min = u64::from(export.min_block());
+    let call = |off: u64, n: u64| {
+        if zero {
+            export.write_zeroes(off, n, fua)
+        } else {
+            export.trim(off, n, fua)
+        }
+    };
+    if !misaligned(min, offset, len) {
+        let _shared = shared.rmw.read().unwrap_or_else(|e| e.into_inner());
+        return call(offset, len);
+    }
+    let end = offset + len;
+    let inner = (offset.div_ceil(min) * min, end / min * min);
+    if !zero {
+        let _shared = shared.rmw.read().unwrap_or_else(|e| e.into_inner());
+        return if inner.0 < inner.1 {
+            call(inner.0, inner.1 - inner.0)
+        } else if fua {
+            export.flush()
+        } else {
+            Ok(())
+        };
+    }
+    let _excl = shared.rmw.write().unwrap_or_else(|e| e.into_inner());
+    if inner.0 >= inner.1 {
+        // Within at most two blocks, with no whole block inside.
+        return rmw_write(export, offset, &vec![0u8; len as usize], fua);
+    }
+    if offset < inner.0 {
+        rmw_write(export, offset, &vec![0u8; (inner.0 - offset) as usize], fua)?;
+    }
+    call(inner.0, inner.1 - inner.0)?;
+    if inner.1 < end {
+        rmw_write(export, inner.1, &vec![0u8; (end - inner.1) as usize], fua)?;
+    }
+    Ok(())
+}
+
 /// Write replies until every sender is gone. After a socket error, keep
 /// draining (releasing the budget) so nothing waits on a dead client.
-fn reply_writer(stream: Stream, rx: Arc<Queue<Reply>>, budget: Arc<Budget>, id: u64) {
-    let shut = stream.try_clone().ok();
+/// Each reply's socket writes are timed (`Conn::sending_since`) for the
+/// transfer deadline.
+fn reply_writer(
+    shared: Arc<Shared>,
+    stream: Stream,
+    rx: Arc<Queue<Reply>>,
+    budget: Arc<Budget>,
+    conn: Arc<Conn>,
+) {
+    let id = conn.id;
     let mut w = BufWriter::with_capacity(256 << 10, stream);
     let mut broken = false;
     while let Some(r) = rx.recv() {
         if !broken {
+            conn.sending_since.store(shared.now(), Ordering::SeqCst);
             let mut res = w.write_all(&proto::encode_reply(r.error, r.cookie));
             if let (Ok(()), Some(d)) = (&res, &r.data) {
                 res = w.write_all(d);
@@ -734,32 +1220,58 @@ fn reply_writer(stream: Stream, rx: Arc<Queue<Reply>>, budget: Arc<Budget>, id: 
             if res.is_ok() && rx.is_empty() {
                 res = w.flush();
             }
+            conn.sending_since.store(0, Ordering::SeqCst);
+            conn.last_active.store(shared.now(), Ordering::SeqCst);
             if let Err(e) = res {
                 debug!("NBD connection {id}: cannot send a reply: {e}");
                 broken = true;
                 // Wake the reader: the client is gone or not reading.
-                if let Some(s) = &shut {
-                    s.shutdown(Shutdown::Both);
-                }
+                conn.stream.shutdown(Shutdown::Both);
             }
         }
         budget.release(r.charged);
     }
     if !broken {
+        conn.sending_since.store(shared.now(), Ordering::SeqCst);
         let _ = w.flush();
+        conn.sending_since.store(0, Ordering::SeqCst);
     }
 }
 
+/// Read a write's payload, timed (`Conn::receiving_since`) for the
+/// transfer deadline.
+fn read_payload(
+    shared: &Shared,
+    conn: &Conn,
+    rd: &mut impl Read,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> io::Result<()> {
+    buf.resize(len, 0);
+    conn.receiving_since.store(shared.now(), Ordering::SeqCst);
+    let r = rd.read_exact(buf);
+    conn.receiving_since.store(0, Ordering::SeqCst);
+    r
+}
+
 /// The transmission phase: read requests until the client disconnects,
-/// errs, or the server stops; then finish what is in flight.
-fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64) {
-    let budget = Arc::new(Budget::new());
+/// errs, or the server stops; then finish what is in flight. `strict`: the
+/// client negotiated block sizes, and misaligned requests get EINVAL.
+fn transmit(
+    shared: &Arc<Shared>,
+    mut rd: BufReader<Stream>,
+    wr: Stream,
+    conn: &Arc<Conn>,
+    strict: bool,
+) {
+    let id = conn.id;
+    let budget = Arc::new(Budget::new(shared.clone(), conn.clone()));
     let (reply_tx, reply_rx) = queue::<Reply>();
     let writer = {
-        let budget = budget.clone();
+        let (shared, budget, conn) = (shared.clone(), budget.clone(), conn.clone());
         std::thread::Builder::new()
             .name(format!("nbd-{id}-reply"))
-            .spawn(move || reply_writer(wr, reply_rx, budget, id))
+            .spawn(move || reply_writer(shared, wr, reply_rx, budget, conn))
     };
     let writer = match writer {
         Ok(t) => t,
@@ -776,22 +1288,33 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
         rx: job_rx,
         idle: Arc::new(AtomicUsize::new(0)),
         threads: Vec::new(),
-        id,
+        conn: conn.clone(),
     };
     let mut payload: Vec<u8> = Vec::new();
     let export = shared.export.clone();
     let size = export.size_bytes();
+    let min = u64::from(export.min_block());
     let read_only = shared.read_only();
-    let error_reply = |cookie: u64, error: u32| {
-        budget.acquire(0);
+    // A reply with no data, for a request charged `charged` bytes (already
+    // acquired when non-zero).
+    let reply = |cookie: u64, error: u32, charged: usize| {
         reply_tx.send(Reply {
             cookie,
             error,
             data: None,
-            charged: 0,
+            charged,
         });
     };
+    let error_reply = |cookie: u64, error: u32| {
+        budget.acquire(0);
+        reply(cookie, error, 0);
+    };
     loop {
+        if conn.is_closed() {
+            // Closed by the server (a deadline, eviction, stop): requests
+            // still buffered are not served.
+            break;
+        }
         let hdr = match proto::read_array::<{ proto::REQUEST_BYTES }>(&mut rd) {
             Ok(h) => h,
             Err(e) => {
@@ -801,6 +1324,7 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
                 break;
             }
         };
+        conn.last_active.store(shared.now(), Ordering::SeqCst);
         let Some(req) = Request::decode(&hdr) else {
             warn!("NBD connection {id}: request with a bad magic: closing");
             break;
@@ -808,12 +1332,16 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
         let len = u64::from(req.length);
         let end = req.offset.checked_add(len);
         // EINVAL for a range that overflows; for one past the end, EINVAL
-        // for reads and ENOSPC for writes (as the NBD spec asks).
+        // for reads and trims, ENOSPC for writes and write-zeroes (as the
+        // NBD spec asks).
         let range_error = |past_end: u32| match end {
             None => Some(proto::EINVAL),
             Some(e) if e > size => Some(past_end),
             Some(_) => None,
         };
+        let bad_align = strict && misaligned(min, req.offset, len);
+        let bad_flags = req.flags & !proto::allowed_flags(req.kind) != 0;
+        let fua = req.flags & proto::CMD_FLAG_FUA != 0;
         match req.kind {
             proto::CMD_DISC => break,
             proto::CMD_READ => {
@@ -825,12 +1353,18 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
                     error_reply(req.cookie, proto::EINVAL);
                 } else if let Some(err) = range_error(proto::EINVAL) {
                     error_reply(req.cookie, err);
+                } else if bad_align || bad_flags {
+                    error_reply(req.cookie, proto::EINVAL);
                 } else {
-                    budget.acquire(req.length as usize);
+                    // A misaligned read also holds its covering blocks.
+                    let (start, stop) = cover(min, req.offset, len);
+                    let charged = (stop - start) as usize;
+                    budget.acquire(charged);
                     pool.submit(Job::Read {
                         cookie: req.cookie,
                         offset: req.offset,
                         len: req.length as usize,
+                        charged,
                     });
                 }
             }
@@ -845,20 +1379,35 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
                     error_reply(req.cookie, proto::EINVAL);
                     break;
                 }
-                payload.resize(req.length as usize, 0);
-                if let Err(e) = rd.read_exact(&mut payload) {
+                // Charged before the payload is read, until answered.
+                let charged = req.length as usize;
+                budget.acquire(charged);
+                if let Err(e) = read_payload(shared, conn, &mut rd, &mut payload, charged) {
                     debug!("NBD connection {id}: client went away mid-payload: {e}");
+                    budget.release(charged);
                     break;
                 }
                 if read_only {
-                    error_reply(req.cookie, proto::EPERM);
+                    reply(req.cookie, proto::EPERM, charged);
                 } else if let Some(err) = range_error(proto::ENOSPC) {
-                    error_reply(req.cookie, err);
+                    reply(req.cookie, err, charged);
+                } else if bad_align || bad_flags {
+                    reply(req.cookie, proto::EINVAL, charged);
+                } else if misaligned(min, req.offset, len) {
+                    // A client that did not negotiate block sizes: served
+                    // here, synchronously (a rare path).
+                    let r = {
+                        let _excl = shared.rmw.write().unwrap_or_else(|e| e.into_inner());
+                        rmw_write(export.as_ref(), req.offset, &payload, fua)
+                    };
+                    let error = r.err().map_or(0, |e| {
+                        debug!("NBD read-modify-write at {} failed: {e}", req.offset);
+                        error_code(&e)
+                    });
+                    reply(req.cookie, error, charged);
                 } else {
-                    budget.acquire(0);
                     let tx = reply_tx.clone();
                     let cookie = req.cookie;
-                    let fua = req.flags & proto::CMD_FLAG_FUA != 0;
                     let done: crate::volume::Completion = Box::new(move |r: Result<()>| {
                         let error = r.err().map_or(0, |e| {
                             debug!("NBD write failed: {e}");
@@ -868,13 +1417,16 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
                             cookie,
                             error,
                             data: None,
-                            charged: 0,
+                            charged,
                         });
                     });
-                    if let Err(e) = export.submit_write(req.offset, &payload, fua, done) {
+                    let r = {
+                        let _shared = shared.rmw.read().unwrap_or_else(|e| e.into_inner());
+                        export.submit_write(req.offset, &payload, fua, done)
+                    };
+                    if let Err(e) = r {
                         debug!("NBD write at {} failed: {e}", req.offset);
-                        budget.release(0);
-                        error_reply(req.cookie, error_code(&e));
+                        reply(req.cookie, error_code(&e), charged);
                     }
                 }
                 // Keep the buffer for the next write, unless it is large.
@@ -882,15 +1434,25 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
                     payload = Vec::new();
                 }
             }
+            proto::CMD_FLUSH if bad_flags => error_reply(req.cookie, proto::EINVAL),
             proto::CMD_FLUSH => {
                 budget.acquire(0);
                 pool.submit(Job::Flush { cookie: req.cookie });
             }
             proto::CMD_TRIM | proto::CMD_WRITE_ZEROES => {
+                // Past the end: EINVAL for a trim (like a read), ENOSPC for
+                // write-zeroes (like a write), as the spec asks.
+                let past_end = if req.kind == proto::CMD_TRIM {
+                    proto::EINVAL
+                } else {
+                    proto::ENOSPC
+                };
                 if read_only {
                     error_reply(req.cookie, proto::EPERM);
-                } else if let Some(err) = range_error(proto::ENOSPC) {
+                } else if let Some(err) = range_error(past_end) {
                     error_reply(req.cookie, err);
+                } else if bad_align || bad_flags {
+                    error_reply(req.cookie, proto::EINVAL);
                 } else {
                     budget.acquire(0);
                     pool.submit(Job::Discard {
@@ -898,7 +1460,7 @@ fn transmit(shared: &Arc<Shared>, mut rd: BufReader<Stream>, wr: Stream, id: u64
                         offset: req.offset,
                         len,
                         zero: req.kind == proto::CMD_WRITE_ZEROES,
-                        fua: req.flags & proto::CMD_FLAG_FUA != 0,
+                        fua,
                     });
                 }
             }
@@ -942,19 +1504,230 @@ mod tests {
         assert!(rx.is_empty());
     }
 
+    /// An export in memory that, like `Volume`, refuses I/O not aligned
+    /// to its 512-byte blocks.
+    struct MemExport(Mutex<Vec<u8>>);
+
+    impl MemExport {
+        fn check(&self, offset: u64, len: u64) -> Result<()> {
+            if !offset.is_multiple_of(512) || !len.is_multiple_of(512) {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "misaligned".to_string(),
+                ));
+            }
+            if offset + len > self.size_bytes() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "past the end".to_string(),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    impl Export for MemExport {
+        fn size_bytes(&self) -> u64 {
+            lock(&self.0).len() as u64
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn min_block(&self) -> u32 {
+            512
+        }
+        fn flush_covers_all_connections(&self) -> bool {
+            true
+        }
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.check(offset, buf.len() as u64)?;
+            buf.copy_from_slice(&lock(&self.0)[offset as usize..][..buf.len()]);
+            Ok(())
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+            self.check(offset, data.len() as u64)?;
+            lock(&self.0)[offset as usize..][..data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
+            self.write(offset, data)
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+        fn trim(&self, offset: u64, len: u64, _fua: bool) -> Result<()> {
+            self.write_zeroes(offset, len, false)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> Result<()> {
+            self.check(offset, len)?;
+            lock(&self.0)[offset as usize..][..len as usize].fill(0);
+            Ok(())
+        }
+    }
+
+    fn shared_with(size: usize, limits: Limits) -> Arc<Shared> {
+        let export = Arc::new(MemExport(Mutex::new(vec![0u8; size])));
+        Arc::new(Shared::new(
+            export,
+            ServeOptions {
+                name: "x".into(),
+                aliases: vec![],
+                read_only: false,
+                limits,
+            },
+        ))
+    }
+
+    fn test_conn(shared: &Shared) -> Arc<Conn> {
+        let (a, _b) = UnixStream::pair().unwrap();
+        register(shared, &Stream::Unix(a), "test".into(), 1).unwrap()
+    }
+
     #[test]
     fn budget_bounds_requests_and_bytes() {
-        let b = Arc::new(Budget::new());
+        let limits = Limits {
+            conn_memory: 64 << 20,
+            ..Limits::default()
+        };
+        let shared = shared_with(4096, limits);
+        let b = Arc::new(Budget::new(shared.clone(), test_conn(&shared)));
         // One request alone always fits, even a maximal one.
         b.acquire(MAX_PAYLOAD as usize);
         b.acquire(MAX_PAYLOAD as usize);
         assert_eq!(*lock(&b.used), (2, 2 * MAX_PAYLOAD as usize));
+        assert_eq!(b.conn.inflight.load(Ordering::SeqCst), 2);
+        assert_eq!(*lock(&shared.memory.used), 2 * MAX_PAYLOAD as usize);
         let b2 = b.clone();
         let t = std::thread::spawn(move || b2.acquire(1));
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!t.is_finished(), "the budget must hold a third read back");
+        assert!(
+            !t.is_finished(),
+            "the budget must hold a third request back"
+        );
         b.release(MAX_PAYLOAD as usize);
         t.join().unwrap();
         assert_eq!(*lock(&b.used), (2, MAX_PAYLOAD as usize + 1));
+        assert_eq!(*lock(&shared.memory.used), MAX_PAYLOAD as usize + 1);
+    }
+
+    #[test]
+    fn the_server_wide_budget_holds_every_connection_back() {
+        let limits = Limits {
+            conn_memory: 4 << 20,
+            memory: 6 << 20,
+            ..Limits::default()
+        };
+        let shared = shared_with(4096, limits);
+        let a = Arc::new(Budget::new(shared.clone(), test_conn(&shared)));
+        let b = Arc::new(Budget::new(shared.clone(), test_conn(&shared)));
+        a.acquire(4 << 20);
+        // Within b's own limit, but not within the server's.
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || b2.acquire(3 << 20));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !t.is_finished(),
+            "6 MiB server-wide must hold 4 + 3 MiB back"
+        );
+        a.release(4 << 20);
+        t.join().unwrap();
+        assert_eq!(*lock(&shared.memory.used), 3 << 20);
+        // With nothing held anywhere, even a request over the limit fits.
+        b.release(3 << 20);
+        b.acquire(8 << 20);
+        assert_eq!(*lock(&shared.memory.used), 8 << 20);
+    }
+
+    #[test]
+    fn misaligned_io_without_negotiated_block_sizes_matches_an_oracle() {
+        let size = 8192usize;
+        let shared = shared_with(size, Limits::default());
+        let export = shared.export.clone();
+        let mut oracle = vec![0u8; size];
+        let mut x = 0x1234_5678u64;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..400u64 {
+            let off = rnd(size as u64 - 1);
+            let len = 1 + rnd((size as u64 - off).min(1500));
+            match rnd(3) {
+                0 => {
+                    let data: Vec<u8> = (0..len).map(|i| (round + i) as u8 | 1).collect();
+                    rmw_write(export.as_ref(), off, &data, round % 2 == 0).unwrap();
+                    oracle[off as usize..][..len as usize].copy_from_slice(&data);
+                }
+                1 => {
+                    discard(&shared, off, len, true, false).unwrap();
+                    oracle[off as usize..][..len as usize].fill(0);
+                }
+                _ => {
+                    // A trim: only whole blocks inside are trimmed; the
+                    // rest keeps its data (unspecified to the client).
+                    discard(&shared, off, len, false, false).unwrap();
+                    let (a, b) = (off.div_ceil(512) * 512, (off + len) / 512 * 512);
+                    if a < b {
+                        oracle[a as usize..b as usize].fill(0);
+                    }
+                }
+            }
+            let mut got = vec![0u8; len as usize];
+            read_any(export.as_ref(), off, &mut got).unwrap();
+            assert_eq!(got, oracle[off as usize..][..len as usize], "round {round}");
+        }
+        let mut all = vec![0u8; size];
+        export.read(0, &mut all).unwrap();
+        assert_eq!(all, oracle);
+        // The export itself still refuses misaligned I/O (what a client
+        // that negotiated block sizes gets, as EINVAL).
+        assert!(export.write(1, &[1]).is_err());
+    }
+
+    #[test]
+    fn an_idle_connection_gives_its_slot_only_past_its_timeout() {
+        let limits = Limits {
+            max_connections: 2,
+            idle_timeout: Some(Duration::from_millis(100)),
+            ..Limits::default()
+        };
+        let shared = shared_with(4096, limits);
+        let mut conns = HashMap::new();
+        let (a, b) = (test_conn(&shared), test_conn(&shared));
+        a.negotiating.store(false, Ordering::SeqCst);
+        b.negotiating.store(false, Ordering::SeqCst);
+        conns.insert(1, a.clone());
+        conns.insert(2, b.clone());
+        assert!(!shared.make_room(&conns), "nobody is idle yet");
+        std::thread::sleep(Duration::from_millis(150));
+        // b has a request in flight, a is idle: a goes.
+        b.inflight.store(1, Ordering::SeqCst);
+        assert!(shared.make_room(&conns));
+        assert!(a.is_closed() && !b.is_closed());
+        // The closed one no longer counts; the busy one is never taken.
+        let c = test_conn(&shared);
+        c.negotiating.store(false, Ordering::SeqCst);
+        conns.insert(3, c);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(shared.make_room(&conns), "c is idle now");
+        assert!(!b.is_closed());
+        // Negotiating clients are bounded by their own deadline instead.
+        let limits = Limits {
+            max_connections: 1,
+            idle_timeout: Some(Duration::from_millis(1)),
+            negotiate_timeout: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let shared = shared_with(4096, limits);
+        let n = test_conn(&shared);
+        let conns: HashMap<u64, Arc<Conn>> = [(1, n.clone())].into();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!shared.make_room(&conns));
+        shared.conns.lock().unwrap().insert(1, n.clone());
+        std::thread::sleep(Duration::from_millis(120));
+        shared.sweep();
+        assert!(n.is_closed(), "the handshake deadline closes it");
     }
 }
