@@ -1043,6 +1043,7 @@ fn p99(lat: &mut [Duration]) -> Duration {
 fn good_reader(
     sock: PathBuf,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    min_reads: usize,
 ) -> std::thread::JoinHandle<Vec<Duration>> {
     // Connected before the hostile clients come.
     let mut c = Client::open(&sock);
@@ -1050,7 +1051,7 @@ fn good_reader(
         let data = common::pattern(77, 1 << 20);
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut lat = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) || lat.len() < 50 {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) || lat.len() < min_reads {
             let off = rng.gen_range(0..256u64) * 4096;
             let t = std::time::Instant::now();
             let got = c.read(off, 4096).expect("a well-behaved read failed");
@@ -1166,12 +1167,12 @@ fn hostile_scenario(
     // Quiet baseline.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut base_lat = good_reader(sock.clone(), stop).join().unwrap();
+    let mut base_lat = good_reader(sock.clone(), stop, 300).join().unwrap();
     let base_rss = rss(pid).0;
     reset_peak(pid);
     // Hostile phase, the well-behaved client reading throughout.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let good = good_reader(sock.clone(), stop.clone());
+    let good = good_reader(sock.clone(), stop.clone(), 50);
     let held = hostile(&sock);
     newcomer_gets_in(&sock, Duration::from_secs(H_NEGOTIATE + H_IDLE + 10));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

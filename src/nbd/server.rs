@@ -1687,6 +1687,56 @@ mod tests {
     }
 
     #[test]
+    fn tcp_connections_get_keepalive_as_configured() {
+        let get = |s: &TcpStream, level: i32, opt: i32| {
+            let mut v: i32 = -1;
+            let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+            // SAFETY: a valid socket, an int and its size.
+            let r = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    level,
+                    opt,
+                    (&mut v as *mut i32).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0);
+            v
+        };
+        let l = Listener::Tcp(TcpListener::bind("127.0.0.1:0").unwrap());
+        let Listener::Tcp(tl) = &l else {
+            unreachable!()
+        };
+        let addr = tl.local_addr().unwrap();
+        let _c1 = TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept(Some(Duration::from_secs(45))).unwrap();
+        let Stream::Tcp(s) = s else { unreachable!() };
+        assert_eq!(get(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(get(&s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 45);
+        assert_eq!(
+            get(&s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            KEEPALIVE_INTERVAL_SECS
+        );
+        assert_eq!(
+            get(&s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+            KEEPALIVE_PROBES
+        );
+        assert_eq!(get(&s, libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
+        // nbd_keepalive_secs = 0: none.
+        let _c2 = TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept(None).unwrap();
+        let Stream::Tcp(s) = s else { unreachable!() };
+        assert_eq!(get(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+        assert!(Limits::from_config(&Config {
+            nbd_keepalive_secs: 0,
+            ..Config::default()
+        })
+        .keepalive
+        .is_none());
+    }
+
+    #[test]
     fn an_idle_connection_gives_its_slot_only_past_its_timeout() {
         let limits = Limits {
             max_connections: 2,
