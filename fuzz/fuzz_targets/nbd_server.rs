@@ -146,12 +146,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = tx.write_all(&client);
         let _ = tx.shutdown(Shutdown::Write);
     });
-    // Drain the replies until the server closes.
+    // Drain the replies until the server closes. (libFuzzer's timeout
+    // alarm interrupts reads: EINTR must not end the drain, or the server
+    // blocks on a full socket and the join below never returns.)
     let mut rx = ours;
     let mut buf = vec![0u8; 1 << 16];
-    while let Ok(n) = rx.read(&mut buf) {
-        if n == 0 {
-            break;
+    loop {
+        match rx.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
         }
     }
     sender.join().unwrap();
