@@ -1451,6 +1451,9 @@ fn misaligned_requests_follow_the_block_size_negotiation() {
     assert_eq!(strict.write(512, &[1u8; 100], false), EINVAL);
     assert_eq!(strict.discard(CMD_WRITE_ZEROES, 3, 512), EINVAL);
     assert_eq!(strict.discard(CMD_TRIM, 512, 3), EINVAL);
+    // Zero-length at a misaligned offset is misaligned too.
+    assert_eq!(strict.read(3, 0), Err(EINVAL));
+    assert_eq!(strict.write(3, &[], false), EINVAL);
     assert!(strict.read(4096, 512).is_ok());
     // GO without it: served at any alignment.
     let mut n = Nego::connect(&sock, true);

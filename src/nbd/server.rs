@@ -86,6 +86,9 @@ pub const MAX_OPTION_BYTES: u32 = 64 << 10;
 pub const MAX_INFLIGHT: usize = 64;
 /// Worker threads per connection (reads, flushes, trims, write-zeroes).
 pub const MAX_WORKERS: usize = 16;
+/// Largest write buffer a connection keeps between requests (not charged
+/// to the memory budget: 64 slots keep at most 8 MiB).
+const KEPT_PAYLOAD: usize = 128 << 10;
 /// How often the serving thread checks the deadlines of every connection.
 const SWEEP: Duration = Duration::from_millis(200);
 /// TCP keepalive: seconds between probes once they start, and how many
@@ -398,7 +401,11 @@ impl Shared {
     fn sweep(&self) {
         let now = self.now();
         let l = &self.opts.limits;
-        let past = |since: u64, d: Duration| since != 0 && now - since > d.as_millis() as u64;
+        // Saturating: a stamp taken after `now` (a send that just started,
+        // a connection registered meanwhile) is 0 ms old, not past due.
+        let past = |since: u64, d: Duration| {
+            since != 0 && now.saturating_sub(since) > d.as_millis() as u64
+        };
         for c in lock(&self.conns).values() {
             if c.is_closed() {
                 continue;
@@ -1039,26 +1046,23 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             offset,
             len,
             charged,
-        } => {
-            let mut buf = vec![0u8; len];
-            match read_any(export, offset, &mut buf) {
-                Ok(()) => Reply {
+        } => match read_any(export, offset, len) {
+            Ok(buf) => Reply {
+                cookie,
+                error: 0,
+                data: Some(buf),
+                charged,
+            },
+            Err(e) => {
+                debug!("NBD read at {offset} of {len} bytes failed: {e}");
+                Reply {
                     cookie,
-                    error: 0,
-                    data: Some(buf),
+                    error: error_code(&e),
+                    data: None,
                     charged,
-                },
-                Err(e) => {
-                    debug!("NBD read at {offset} of {len} bytes failed: {e}");
-                    Reply {
-                        cookie,
-                        error: error_code(&e),
-                        data: None,
-                        charged,
-                    }
                 }
             }
-        }
+        },
         Job::Flush { cookie } => Reply {
             cookie,
             error: export.flush().err().map_or(0, |e| {
@@ -1097,24 +1101,28 @@ fn cover(min: u64, offset: u64, len: u64) -> (u64, u64) {
     (start, end)
 }
 
+/// Whether a request is not aligned to the export's blocks (a zero-length
+/// one at a misaligned offset is too: the export never sees either).
 fn misaligned(min: u64, offset: u64, len: u64) -> bool {
-    len > 0 && (!offset.is_multiple_of(min) || !len.is_multiple_of(min))
+    !offset.is_multiple_of(min) || !len.is_multiple_of(min)
 }
 
-/// Read `buf.len()` bytes at `offset`, at any alignment: a misaligned
-/// range is read through the blocks covering it.
-fn read_any(export: &dyn Export, offset: u64, buf: &mut [u8]) -> Result<()> {
+/// Read `len` bytes at `offset`, at any alignment: a misaligned range is
+/// read through the blocks covering it, in the one buffer returned (at
+/// most the covering blocks are held: what the read is charged).
+fn read_any(export: &dyn Export, offset: u64, len: usize) -> Result<Vec<u8>> {
     let min = u64::from(export.min_block());
-    let len = buf.len() as u64;
-    if !misaligned(min, offset, len) {
-        return export.read(offset, buf);
-    }
-    let (start, end) = cover(min, offset, len);
-    let mut whole = vec![0u8; (end - start) as usize];
-    export.read(start, &mut whole)?;
+    let (start, end) = if misaligned(min, offset, len as u64) {
+        cover(min, offset, len as u64)
+    } else {
+        (offset, offset + len as u64)
+    };
+    let mut buf = vec![0u8; (end - start) as usize];
+    export.read(start, &mut buf)?;
     let at = (offset - start) as usize;
-    buf.copy_from_slice(&whole[at..at + buf.len()]);
-    Ok(())
+    buf.truncate(at + len);
+    buf.drain(..at);
+    Ok(buf)
 }
 
 /// Write `data` at a misaligned `offset`/length: read the edge blocks,
@@ -1429,8 +1437,10 @@ fn transmit(
                         reply(req.cookie, error_code(&e), charged);
                     }
                 }
-                // Keep the buffer for the next write, unless it is large.
-                if payload.capacity() > 4 << 20 {
+                // Keep a small buffer for the next write: what is kept
+                // between requests is not charged to the budget, so it
+                // must stay small (KEPT_PAYLOAD per connection).
+                if payload.capacity() > KEPT_PAYLOAD {
                     payload = Vec::new();
                 }
             }
@@ -1674,8 +1684,7 @@ mod tests {
                     }
                 }
             }
-            let mut got = vec![0u8; len as usize];
-            read_any(export.as_ref(), off, &mut got).unwrap();
+            let got = read_any(export.as_ref(), off, len as usize).unwrap();
             assert_eq!(got, oracle[off as usize..][..len as usize], "round {round}");
         }
         let mut all = vec![0u8; size];
@@ -1779,5 +1788,267 @@ mod tests {
         std::thread::sleep(Duration::from_millis(120));
         shared.sweep();
         assert!(n.is_closed(), "the handshake deadline closes it");
+    }
+
+    // Tests from the review of 34eb540, each failing before its fix.
+
+    /// Review: the sweep takes `now` before it locks the table; a stamp
+    /// (`sending_since`, `receiving_since`) stored after that, while the
+    /// sweep waits for the lock or is preempted, is newer than `now`, and
+    /// `now - since` underflows: a panic of the serving thread in a debug
+    /// build, a close of a healthy, busy connection in a release build
+    /// (the difference wraps to ~2^64 ms, "past" every deadline).
+    #[test]
+    fn a_stamp_newer_than_the_sweeps_clock_is_not_past_due() {
+        let shared = shared_with(4096, Limits::default());
+        let c = test_conn(&shared);
+        c.negotiating.store(false, Ordering::SeqCst);
+        lock(&shared.conns).insert(1, c.clone());
+        let table = lock(&shared.conns);
+        let sweeper = {
+            let sh = shared.clone();
+            std::thread::spawn(move || sh.sweep())
+        };
+        // The sweep has taken its `now` and waits for the table.
+        std::thread::sleep(Duration::from_millis(30));
+        // The reply writer starts a send (as in `reply_writer`).
+        c.sending_since.store(shared.now(), Ordering::SeqCst);
+        drop(table);
+        let r = sweeper.join();
+        assert!(
+            r.is_ok(),
+            "the sweep panicked on a stamp newer than its now"
+        );
+        assert!(
+            !c.is_closed(),
+            "a connection whose reply send started 0 ms ago was closed"
+        );
+    }
+
+    /// A client of `serve` on a unix socket: EXPORT_NAME handshake.
+    fn raw_client(path: &std::path::Path) -> UnixStream {
+        let mut s = UnixStream::connect(path).unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap();
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        let mut o = proto::IHAVEOPT.to_be_bytes().to_vec();
+        o.extend_from_slice(&proto::OPT_EXPORT_NAME.to_be_bytes());
+        o.extend_from_slice(&1u32.to_be_bytes());
+        o.extend_from_slice(b"x");
+        s.write_all(&o).unwrap();
+        let mut info = [0u8; 10];
+        s.read_exact(&mut info).unwrap();
+        s
+    }
+
+    fn raw_write(s: &mut UnixStream, cookie: u64, offset: u64, data: &[u8]) -> u32 {
+        let mut b = proto::REQUEST_MAGIC.to_be_bytes().to_vec();
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&proto::CMD_WRITE.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        s.write_all(&b).unwrap();
+        s.write_all(data).unwrap();
+        let mut r = [0u8; 16];
+        s.read_exact(&mut r).unwrap();
+        assert_eq!(
+            u32::from_be_bytes(r[0..4].try_into().unwrap()),
+            proto::SIMPLE_REPLY_MAGIC
+        );
+        assert_eq!(u64::from_be_bytes(r[8..16].try_into().unwrap()), cookie);
+        u32::from_be_bytes(r[4..8].try_into().unwrap())
+    }
+
+    fn rss_now() -> u64 {
+        // Free memory the allocator keeps is not the server's: only what
+        // is live counts.
+        // SAFETY: plain libc call.
+        unsafe { libc::malloc_trim(0) };
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Review: the memory budget (`nbd_memory_bytes`) is released when a
+    /// write is answered, but the connection keeps the payload buffer
+    /// (`payload`, kept unless its capacity is over 4 MiB), so every
+    /// connection holds up to 4 MiB that no budget counts: 64 connections
+    /// (the default slots) hold 256 MiB over a 512 MiB budget, 4096 (the
+    /// largest nbd_max_connections) 16 GiB. Here the server-wide budget is
+    /// 4 MiB and every write is answered before the next is sent, so the
+    /// budget never holds more than 4 MiB, yet 48 connections keep ~190 MiB.
+    /// Run the test `name` alone in a child process (the test binary
+    /// again, with only that test): a measure of this process's RSS must
+    /// not count other tests running beside it. `true` in the child, which
+    /// then runs the body.
+    fn alone(name: &str) -> bool {
+        const CHILD: &str = "LSVD_NBD_TEST_ALONE";
+        if std::env::var(CHILD).is_ok_and(|v| v == name) {
+            return true;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, name)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{name} alone: {text}"
+        );
+        false
+    }
+
+    #[test]
+    fn idle_connections_keep_no_uncharged_payload_buffers() {
+        if !alone("nbd::server::tests::idle_connections_keep_no_uncharged_payload_buffers") {
+            return;
+        }
+        const MB4: usize = 4 << 20;
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let path = dir.path().join("s");
+        let listener = Listener::Unix(UnixListener::bind(&path).unwrap());
+        let export = Arc::new(MemExport(Mutex::new(vec![0u8; MB4])));
+        let limits = Limits {
+            conn_memory: MB4,
+            memory: MB4,
+            max_connections: 64,
+            ..Limits::default()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                serve(
+                    export,
+                    listener,
+                    ServeOptions {
+                        name: "x".into(),
+                        aliases: vec![],
+                        read_only: false,
+                        limits,
+                    },
+                    move |d| {
+                        std::thread::sleep(d);
+                        stop.load(Ordering::SeqCst)
+                    },
+                )
+            })
+        };
+        let data = vec![0x5au8; MB4];
+        // Warm up: the export's own 4 MiB is touched by the first write.
+        let mut clients = vec![raw_client(&path)];
+        assert_eq!(raw_write(&mut clients[0], 0, 0, &data), 0);
+        std::thread::sleep(Duration::from_millis(200));
+        let before = rss_now();
+        for i in 1..48u64 {
+            let mut c = raw_client(&path);
+            assert_eq!(raw_write(&mut c, i, 0, &data), 0);
+            clients.push(c);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let grown = rss_now().saturating_sub(before);
+        eprintln!("RSS grew {} MiB over a 4 MiB budget", grown >> 20);
+        drop(clients);
+        stop.store(true, Ordering::SeqCst);
+        server.join().unwrap().unwrap();
+        assert!(
+            grown < (MB4 as u64) + (32 << 20),
+            "RSS grew {} MiB with a server-wide payload budget of 4 MiB, \
+             nothing in flight: payload buffers kept by idle connections are not charged",
+            grown >> 20
+        );
+    }
+
+    fn reset_peak_rss() {
+        // SAFETY: plain libc call.
+        unsafe { libc::malloc_trim(0) };
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    }
+
+    fn peak_rss() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Review: a misaligned read of a client that did not negotiate block
+    /// sizes is charged its covering blocks (`charged`), but the worker
+    /// holds two buffers of that size at once (`buf` in `run_job` and
+    /// `whole` in `read_any`): the budget bounds only half of what such
+    /// reads hold (a 512 MiB `nbd_memory_bytes` lets hostile clients pin
+    /// about 1 GiB).
+    #[test]
+    fn a_misaligned_read_holds_no_more_than_it_is_charged() {
+        if !alone("nbd::server::tests::a_misaligned_read_holds_no_more_than_it_is_charged") {
+            return;
+        }
+        const SIZE: usize = 40 << 20;
+        const LEN: usize = 32 << 20;
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let path = dir.path().join("s");
+        let listener = Listener::Unix(UnixListener::bind(&path).unwrap());
+        let export = Arc::new(MemExport(Mutex::new(vec![1u8; SIZE])));
+        let limits = Limits {
+            conn_memory: LEN + 4096,
+            memory: LEN + 4096,
+            ..Limits::default()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                serve(
+                    export,
+                    listener,
+                    ServeOptions {
+                        name: "x".into(),
+                        aliases: vec![],
+                        read_only: false,
+                        limits,
+                    },
+                    move |d| {
+                        std::thread::sleep(d);
+                        stop.load(Ordering::SeqCst)
+                    },
+                )
+            })
+        };
+        let mut c = raw_client(&path);
+        let mut got = vec![0u8; LEN];
+        got.fill(2); // touched before the baseline
+        std::thread::sleep(Duration::from_millis(100));
+        reset_peak_rss();
+        let base = peak_rss();
+        // One misaligned read of 32 MiB (covering blocks: 32 MiB + 512).
+        let mut b = proto::REQUEST_MAGIC.to_be_bytes().to_vec();
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&proto::CMD_READ.to_be_bytes());
+        b.extend_from_slice(&7u64.to_be_bytes());
+        b.extend_from_slice(&1u64.to_be_bytes());
+        b.extend_from_slice(&(LEN as u32).to_be_bytes());
+        c.write_all(&b).unwrap();
+        let mut r = [0u8; 16];
+        c.read_exact(&mut r).unwrap();
+        assert_eq!(u32::from_be_bytes(r[4..8].try_into().unwrap()), 0);
+        c.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&x| x == 1));
+        let peak = peak_rss().saturating_sub(base);
+        eprintln!(
+            "peak RSS {} MiB for a read charged {} MiB",
+            peak >> 20,
+            (LEN + 512) >> 20
+        );
+        drop(c);
+        stop.store(true, Ordering::SeqCst);
+        server.join().unwrap().unwrap();
+        assert!(
+            peak < (LEN as u64) + (8 << 20),
+            "a read charged {} MiB raised the peak RSS by {} MiB",
+            (LEN + 512) >> 20,
+            peak >> 20
+        );
     }
 }
