@@ -86,9 +86,13 @@ impl Env {
     }
 
     fn serve_args(&self, args: &[&str]) -> Server {
+        self.serve_cmd(self.cmd(args))
+    }
+
+    /// Start `cmd` (a `serve-nbd` command) and wait for its address line.
+    fn serve_cmd(&self, mut cmd: std::process::Command) -> Server {
         let log = self.dir.path().join("server.log");
-        let mut child = self
-            .cmd(args)
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -1123,29 +1127,9 @@ fn hostile_scenario(
 ) {
     let env = hostile_env();
     let listen = format!("unix:{}", env.sock().display());
-    let log = env.dir.path().join("server.log");
     let mut cmd = env.cmd(&["serve-nbd", "p/img", "--listen", &listen]);
-    cmd.env("LSVD_LOG", "warn")
-        .env("LSVD_FAULT_JOURNAL_DELAY_MS", journal_delay_ms.to_string());
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        !line.is_empty(),
-        "no address: {}",
-        std::fs::read_to_string(&log).unwrap()
-    );
-    let mut server = Server {
-        child,
-        uri: line.trim().to_owned(),
-        log,
-    };
+    cmd.env("LSVD_FAULT_JOURNAL_DELAY_MS", journal_delay_ms.to_string());
+    let mut server = env.serve_cmd(cmd);
     let pid = server.child.id();
     // A failed check must not leave the server running.
     struct KillOnPanic(u32);

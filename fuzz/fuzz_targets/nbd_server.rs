@@ -18,81 +18,13 @@
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
+use lsvd::nbd::mem::{MemExport, Misuse};
 use lsvd::nbd::server::{fuzz_serve_stream, Limits, ServeOptions};
-use lsvd::nbd::Export;
-use lsvd::{Error, ErrorKind, Result};
 
 const SIZE: usize = 1 << 20;
-
-struct MemExport {
-    data: Mutex<Vec<u8>>,
-    read_only: bool,
-}
-
-impl MemExport {
-    fn check(&self, offset: u64, len: u64) -> Result<()> {
-        assert!(
-            offset % 512 == 0 && len % 512 == 0,
-            "the server passed a misaligned request: {offset} + {len}"
-        );
-        assert!(
-            offset.checked_add(len).is_some_and(|e| e <= SIZE as u64),
-            "the server passed a request past the end: {offset} + {len}"
-        );
-        if len == 0 {
-            // As `Volume` may: an empty request is refused.
-            return Err(Error::new(ErrorKind::InvalidInput, "empty".to_string()));
-        }
-        Ok(())
-    }
-
-    fn write_check(&self, offset: u64, len: u64) -> Result<()> {
-        assert!(!self.read_only, "the server wrote to a read-only export");
-        self.check(offset, len)
-    }
-}
-
-impl Export for MemExport {
-    fn size_bytes(&self) -> u64 {
-        SIZE as u64
-    }
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-    fn min_block(&self) -> u32 {
-        512
-    }
-    fn flush_covers_all_connections(&self) -> bool {
-        true
-    }
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check(offset, buf.len() as u64)?;
-        buf.copy_from_slice(&self.data.lock().unwrap()[offset as usize..][..buf.len()]);
-        Ok(())
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.write_check(offset, data.len() as u64)?;
-        self.data.lock().unwrap()[offset as usize..][..data.len()].copy_from_slice(data);
-        Ok(())
-    }
-    fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.write(offset, data)
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-    fn trim(&self, offset: u64, len: u64, _fua: bool) -> Result<()> {
-        self.write_zeroes(offset, len, false)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> Result<()> {
-        self.write_check(offset, len)?;
-        self.data.lock().unwrap()[offset as usize..][..len as usize].fill(0);
-        Ok(())
-    }
-}
 
 fn option(opt: u32, data: &[u8]) -> Vec<u8> {
     let mut b = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
@@ -129,10 +61,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     client.extend_from_slice(rest);
-    let export = Arc::new(MemExport {
-        data: Mutex::new(vec![0u8; SIZE]),
-        read_only: mode & 4 != 0,
-    });
+    // Panics on any request the server should have refused.
+    let export = Arc::new(MemExport::new(SIZE, mode & 4 != 0, Misuse::Panic));
     let (ours, theirs) = UnixStream::pair().unwrap();
     let opts = ServeOptions {
         name: "img".into(),

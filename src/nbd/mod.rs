@@ -8,6 +8,8 @@
 //! [`Volume`] implements, so a read-only snapshot view can be served the
 //! same way.
 
+#[doc(hidden)]
+pub mod mem;
 pub mod proto;
 pub mod server;
 

@@ -1489,6 +1489,7 @@ fn transmit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nbd::mem::{MemExport, Misuse};
 
     #[test]
     fn queue_ends_when_every_sender_is_gone() {
@@ -1514,78 +1515,59 @@ mod tests {
         assert!(rx.is_empty());
     }
 
-    /// An export in memory that, like `Volume`, refuses I/O not aligned
-    /// to its 512-byte blocks.
-    struct MemExport(Mutex<Vec<u8>>);
-
-    impl MemExport {
-        fn check(&self, offset: u64, len: u64) -> Result<()> {
-            if !offset.is_multiple_of(512) || !len.is_multiple_of(512) {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    "misaligned".to_string(),
-                ));
-            }
-            if offset + len > self.size_bytes() {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    "past the end".to_string(),
-                ));
-            }
-            Ok(())
-        }
+    fn mem_export(size: usize) -> Arc<MemExport> {
+        Arc::new(MemExport::new(size, false, Misuse::Refuse))
     }
 
-    impl Export for MemExport {
-        fn size_bytes(&self) -> u64 {
-            lock(&self.0).len() as u64
-        }
-        fn read_only(&self) -> bool {
-            false
-        }
-        fn min_block(&self) -> u32 {
-            512
-        }
-        fn flush_covers_all_connections(&self) -> bool {
-            true
-        }
-        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-            self.check(offset, buf.len() as u64)?;
-            buf.copy_from_slice(&lock(&self.0)[offset as usize..][..buf.len()]);
-            Ok(())
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-            self.check(offset, data.len() as u64)?;
-            lock(&self.0)[offset as usize..][..data.len()].copy_from_slice(data);
-            Ok(())
-        }
-        fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
-            self.write(offset, data)
-        }
-        fn flush(&self) -> Result<()> {
-            Ok(())
-        }
-        fn trim(&self, offset: u64, len: u64, _fua: bool) -> Result<()> {
-            self.write_zeroes(offset, len, false)
-        }
-        fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> Result<()> {
-            self.check(offset, len)?;
-            lock(&self.0)[offset as usize..][..len as usize].fill(0);
-            Ok(())
+    fn test_opts(limits: Limits) -> ServeOptions {
+        ServeOptions {
+            name: "x".into(),
+            aliases: vec![],
+            read_only: false,
+            limits,
         }
     }
 
     fn shared_with(size: usize, limits: Limits) -> Arc<Shared> {
-        let export = Arc::new(MemExport(Mutex::new(vec![0u8; size])));
-        Arc::new(Shared::new(
-            export,
-            ServeOptions {
-                name: "x".into(),
-                aliases: vec![],
-                read_only: false,
-                limits,
-            },
-        ))
+        Arc::new(Shared::new(mem_export(size), test_opts(limits)))
+    }
+
+    /// `serve` on a unix socket in a scratch directory, on a thread, until
+    /// [`TestServer::stop`].
+    struct TestServer {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<Result<()>>,
+    }
+
+    impl TestServer {
+        fn start(export: Arc<dyn Export>, limits: Limits) -> TestServer {
+            let dir = tempfile::tempdir_in("/tmp").unwrap();
+            let path = dir.path().join("s");
+            let listener = Listener::Unix(UnixListener::bind(&path).unwrap());
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    serve(export, listener, test_opts(limits), move |d| {
+                        std::thread::sleep(d);
+                        stop.load(Ordering::SeqCst)
+                    })
+                })
+            };
+            TestServer {
+                _dir: dir,
+                path,
+                stop,
+                thread,
+            }
+        }
+
+        fn stop(self) {
+            self.stop.store(true, Ordering::SeqCst);
+            self.thread.join().unwrap().unwrap();
+        }
     }
 
     fn test_conn(shared: &Shared) -> Arc<Conn> {
@@ -1907,36 +1889,14 @@ mod tests {
             return;
         }
         const MB4: usize = 4 << 20;
-        let dir = tempfile::tempdir_in("/tmp").unwrap();
-        let path = dir.path().join("s");
-        let listener = Listener::Unix(UnixListener::bind(&path).unwrap());
-        let export = Arc::new(MemExport(Mutex::new(vec![0u8; MB4])));
         let limits = Limits {
             conn_memory: MB4,
             memory: MB4,
             max_connections: 64,
             ..Limits::default()
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let server = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                serve(
-                    export,
-                    listener,
-                    ServeOptions {
-                        name: "x".into(),
-                        aliases: vec![],
-                        read_only: false,
-                        limits,
-                    },
-                    move |d| {
-                        std::thread::sleep(d);
-                        stop.load(Ordering::SeqCst)
-                    },
-                )
-            })
-        };
+        let server = TestServer::start(mem_export(MB4), limits);
+        let path = server.path.clone();
         let data = vec![0x5au8; MB4];
         // Warm up: the export's own 4 MiB is touched by the first write.
         let mut clients = vec![raw_client(&path)];
@@ -1952,8 +1912,7 @@ mod tests {
         let grown = rss_now().saturating_sub(before);
         eprintln!("RSS grew {} MiB over a 4 MiB budget", grown >> 20);
         drop(clients);
-        stop.store(true, Ordering::SeqCst);
-        server.join().unwrap().unwrap();
+        server.stop();
         assert!(
             grown < (MB4 as u64) + (32 << 20),
             "RSS grew {} MiB with a server-wide payload budget of 4 MiB, \
@@ -1987,35 +1946,15 @@ mod tests {
         }
         const SIZE: usize = 40 << 20;
         const LEN: usize = 32 << 20;
-        let dir = tempfile::tempdir_in("/tmp").unwrap();
-        let path = dir.path().join("s");
-        let listener = Listener::Unix(UnixListener::bind(&path).unwrap());
-        let export = Arc::new(MemExport(Mutex::new(vec![1u8; SIZE])));
+        let export = mem_export(SIZE);
+        export.write(0, &vec![1u8; SIZE]).unwrap();
         let limits = Limits {
             conn_memory: LEN + 4096,
             memory: LEN + 4096,
             ..Limits::default()
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let server = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                serve(
-                    export,
-                    listener,
-                    ServeOptions {
-                        name: "x".into(),
-                        aliases: vec![],
-                        read_only: false,
-                        limits,
-                    },
-                    move |d| {
-                        std::thread::sleep(d);
-                        stop.load(Ordering::SeqCst)
-                    },
-                )
-            })
-        };
+        let server = TestServer::start(export, limits);
+        let path = server.path.clone();
         let mut c = raw_client(&path);
         let mut got = vec![0u8; LEN];
         got.fill(2); // touched before the baseline
@@ -2042,8 +1981,7 @@ mod tests {
             (LEN + 512) >> 20
         );
         drop(c);
-        stop.store(true, Ordering::SeqCst);
-        server.join().unwrap().unwrap();
+        server.stop();
         assert!(
             peak < (LEN as u64) + (8 << 20),
             "a read charged {} MiB raised the peak RSS by {} MiB",

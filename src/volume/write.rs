@@ -289,9 +289,7 @@ impl Volume {
         fua: bool,
         done: Completion,
     ) -> Result<JournalSeq> {
-        let mut done = Some(done);
-        self.write_op(offset, data, fua, true, &mut done)
-            .map(|s| s.expect("a blocking submit always submits"))
+        self.submit_write_waiting(offset, data, fua, &mut Some(done))
     }
 
     /// Like [`Volume::submit_write`], but never waits for journal space:
@@ -431,9 +429,7 @@ impl Volume {
         fua: bool,
         done: Completion,
     ) -> Result<JournalSeq> {
-        let mut done = Some(done);
-        self.discard_op(offset, len, zero, fua, true, &mut done)
-            .map(|s| s.expect("a blocking submit always submits"))
+        self.submit_discard_waiting(offset, len, zero, fua, &mut Some(done))
     }
 
     /// Like [`Volume::submit_discard`], but never waits for journal space
