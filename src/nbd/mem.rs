@@ -61,14 +61,20 @@ impl MemExport {
         }
         if len == 0 {
             // As `Volume` may: an empty request is refused (not a misuse).
-            return Err(Error::new(ErrorKind::InvalidInput, "empty request".to_string()));
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "empty request".to_string(),
+            ));
         }
         Ok(())
     }
 
     fn write_check(&self, offset: u64, len: u64) -> Result<()> {
         if self.read_only {
-            return self.refuse(ErrorKind::ReadOnly, "a write to a read-only export".to_string());
+            return self.refuse(
+                ErrorKind::ReadOnly,
+                "a write to a read-only export".to_string(),
+            );
         }
         self.check(offset, len)
     }
