@@ -316,6 +316,14 @@ fn eviction_under_a_small_cache() {
         let v = env.open_with("img", &c);
         read_all(&v, &data);
         read_all(&v, &data);
+        // Inserts and evictions happen on the cache's maintainer thread,
+        // which a loaded machine may not have run yet: wait for it (reading
+        // again keeps it fed), bounded.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while v.stats().cache_evictions == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            read_all(&v, &data);
+        }
         let st = v.stats();
         assert!(st.cache_evictions > 0, "{st:?}");
         assert_eq!(st.cache_corrupt, 0, "{st:?}");
