@@ -372,6 +372,7 @@ pub(crate) fn create_image_with(
             0
         },
         checkpoints: vec![],
+        links: vec![],
         snapshots: vec![],
         parent,
     };

@@ -47,8 +47,13 @@ pub const MAX_NAME: usize = 96;
 /// Snapshot flag: `snap rm` has begun (no new clone may link to it).
 pub const SNAP_REMOVING: u32 = 1;
 /// Largest encoded superblock (what [`crate::volume::image::read_superblock`] reads).
-pub const MAX_ENCODED: usize =
-    80 + 16 * MAX_CHECKPOINTS + 4 + MAX_SNAPSHOTS * (42 + MAX_NAME) + 4 + (52 + 2 * MAX_NAME) + 4;
+pub const MAX_ENCODED: usize = 80
+    + 16 * (MAX_CHECKPOINTS + MAX_LINKS)
+    + 4
+    + MAX_SNAPSHOTS * (42 + MAX_NAME)
+    + 4
+    + (52 + 2 * MAX_NAME)
+    + 4;
 const WHAT: &str = "superblock";
 /// Most checkpoints a superblock lists.
 pub const MAX_CHECKPOINTS: usize = 4;
@@ -75,7 +80,21 @@ pub const INCOMPAT_ZERO_MARKERS: u64 = 2;
 /// and delete everything above it, so it must refuse the image.
 pub const INCOMPAT_CHUNK_CRCS: u64 = 4;
 /// Every incompatible feature bit this build understands.
-pub const KNOWN_INCOMPAT: u64 = INCOMPAT_GC | INCOMPAT_ZERO_MARKERS | INCOMPAT_CHUNK_CRCS;
+/// Incompatible feature: delta checkpoints (checkpoint piece version 2)
+/// and base links in the checkpoint list may exist. Set once by
+/// `Inner::ensure_delta_feature` before the first delta checkpoint is put;
+/// never cleared. A build without deltas refuses the image by name instead
+/// of finding no usable checkpoint.
+pub const INCOMPAT_DELTA_CKPT: u64 = 8;
+/// Every incompatible feature this build knows.
+pub const KNOWN_INCOMPAT: u64 =
+    INCOMPAT_GC | INCOMPAT_ZERO_MARKERS | INCOMPAT_CHUNK_CRCS | INCOMPAT_DELTA_CKPT;
+/// Flag of a checkpoint reference that is only a base link: a checkpoint a
+/// listed delta is built on, kept (never tombstoned or deleted) but not
+/// itself a recovery candidate.
+const REF_LINK: u32 = 1;
+/// Most base links a superblock may hold.
+pub const MAX_LINKS: usize = 64;
 
 /// A checkpoint reference: its first object sequence and piece count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,8 +167,13 @@ pub struct Superblock {
     pub flags: u32,
     /// Incompatible feature bits ([`INCOMPAT_GC`]).
     pub incompat: u64,
-    /// Checkpoints, newest first.
+    /// Checkpoints, newest first: the candidates recovery tries.
     pub checkpoints: Vec<CheckpointRef>,
+    /// Base links: checkpoints that listed delta checkpoints are built on
+    /// (directly or through other links) and that are not in `checkpoints`
+    /// themselves. Kept, never recovery candidates. Needs
+    /// [`INCOMPAT_DELTA_CKPT`].
+    pub links: Vec<CheckpointRef>,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapshotRef>,
     /// The snapshot this image is a clone of.
@@ -171,8 +195,11 @@ impl Superblock {
     /// snapshots or a parent.
     pub fn encode(&self) -> Vec<u8> {
         let n = self.checkpoints.len().min(MAX_CHECKPOINTS);
-        let v2 = !self.snapshots.is_empty() || self.parent.is_some();
-        let mut len = 80 + 16 * n + 4;
+        let links = &self.links[..self.links.len().min(MAX_LINKS)];
+        // Links need version 2's length: a version-1 decoder of an earlier
+        // build then refuses by the feature bit, by name.
+        let v2 = !self.snapshots.is_empty() || self.parent.is_some() || !links.is_empty();
+        let mut len = 80 + 16 * (n + links.len()) + 4;
         if v2 {
             len += 4 + 4;
             for s in &self.snapshots[..self.snapshots.len().min(MAX_SNAPSHOTS)] {
@@ -193,9 +220,12 @@ impl Superblock {
             .u64(self.created_unix)
             .u64(self.journal_gen.0)
             .u32(self.flags)
-            .u32(n as u32);
+            .u32((n + links.len()) as u32);
         for c in &self.checkpoints[..n] {
             e.u64(c.seq.0).u32(c.pieces).u32(0);
+        }
+        for c in links {
+            e.u64(c.seq.0).u32(c.pieces).u32(REF_LINK);
         }
         if v2 {
             let snaps = &self.snapshots[..self.snapshots.len().min(MAX_SNAPSHOTS)];
@@ -287,13 +317,31 @@ impl Superblock {
         let journal_gen = Generation(d.u64()?);
         let flags = d.u32()?;
         let n = d.u32()? as usize;
-        if n > MAX_CHECKPOINTS || (!v2 && len != 80 + 16 * n + 4) {
+        if n > MAX_CHECKPOINTS + MAX_LINKS || (!v2 && len != 80 + 16 * n + 4) {
             return Err(d.invalid(format!("{n} checkpoints do not fit length {len}")));
         }
-        let mut checkpoints = Vec::with_capacity(n);
+        let mut checkpoints = Vec::with_capacity(n.min(MAX_CHECKPOINTS));
+        let mut links = Vec::new();
         for _ in 0..n {
-            checkpoints.push(ckpt_ref(&mut d)?);
-            d.skip(4)?;
+            let c = ckpt_ref(&mut d)?;
+            match d.u32()? {
+                0 if links.is_empty() => checkpoints.push(c),
+                REF_LINK if incompat & INCOMPAT_DELTA_CKPT != 0 => links.push(c),
+                f => {
+                    return Err(d.invalid(format!(
+                        "checkpoint {} has flags {f:#x} (a link needs the delta feature \
+                         and follows every candidate)",
+                        c.seq.0
+                    )))
+                }
+            }
+        }
+        if checkpoints.len() > MAX_CHECKPOINTS || links.len() > MAX_LINKS {
+            return Err(d.invalid(format!(
+                "{} checkpoints and {} links (at most {MAX_CHECKPOINTS} and {MAX_LINKS})",
+                checkpoints.len(),
+                links.len()
+            )));
         }
         let mut snapshots = Vec::new();
         let mut parent = None;
@@ -366,6 +414,7 @@ impl Superblock {
             flags,
             incompat,
             checkpoints,
+            links,
             snapshots,
             parent,
         })
@@ -473,9 +522,79 @@ mod tests {
                     pieces: 1,
                 },
             ],
+            links: vec![],
             snapshots: vec![],
             parent: None,
         }
+    }
+
+    /// Two candidates and the two base links the newest is built on.
+    fn sample_links() -> Superblock {
+        let mut sb = sample();
+        sb.incompat = INCOMPAT_DELTA_CKPT | INCOMPAT_GC;
+        sb.links = vec![
+            CheckpointRef {
+                seq: ObjSeq(40),
+                pieces: 1,
+            },
+            CheckpointRef {
+                seq: ObjSeq(20),
+                pieces: 3,
+            },
+        ];
+        sb
+    }
+
+    #[test]
+    fn links_round_trip_as_version_2_and_are_checked() {
+        let sb = sample_links();
+        let b = sb.encode();
+        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), VERSION_2);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        let golden = crate::format::testutil::golden("superblock-links-v2.bin", &b);
+        assert_eq!(Superblock::decode(&golden).unwrap(), sb);
+        assert_rejects_corruption(&b, Superblock::decode, &[]);
+        // A link needs the feature bit.
+        let mut no_bit = sb.clone();
+        no_bit.incompat = INCOMPAT_GC;
+        let e = Superblock::decode(&no_bit.encode()).unwrap_err();
+        assert!(e.to_string().contains("needs the delta feature"), "{e}");
+        // A candidate after a link, or an unknown flag, is refused.
+        let mut b = sb.encode();
+        let flags_at = |i: usize| 80 + 16 * i + 12;
+        b[flags_at(0)..flags_at(0) + 4].copy_from_slice(&1u32.to_le_bytes());
+        Superblock::reseal(&mut b);
+        let e = Superblock::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("flags 0x0"), "{e}");
+        let mut b = sb.encode();
+        b[flags_at(3)..flags_at(3) + 4].copy_from_slice(&2u32.to_le_bytes());
+        Superblock::reseal(&mut b);
+        let e = Superblock::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("flags 0x2"), "{e}");
+        // Too many links.
+        let mut many = sb.clone();
+        many.links = vec![sb.links[0]; MAX_LINKS + 1];
+        let mut b = many.encode();
+        // The encoder writes at most MAX_LINKS; forge one more by count.
+        assert_eq!(Superblock::decode(&b).unwrap().links.len(), MAX_LINKS);
+        let n_at = 76;
+        let n = u32::from_le_bytes(b[n_at..n_at + 4].try_into().unwrap());
+        b[n_at..n_at + 4].copy_from_slice(&(n + 1).to_le_bytes());
+        Superblock::reseal(&mut b);
+        assert!(Superblock::decode(&b).is_err());
+    }
+
+    #[test]
+    fn a_build_without_deltas_refuses_links_by_name() {
+        // What an earlier build checks first: the feature bits.
+        let sb = sample_links();
+        let b = sb.encode();
+        let incompat = u64::from_le_bytes(b[40..48].try_into().unwrap());
+        assert_eq!(incompat & INCOMPAT_DELTA_CKPT, INCOMPAT_DELTA_CKPT);
+        assert_eq!(
+            INCOMPAT_DELTA_CKPT & (INCOMPAT_GC | INCOMPAT_ZERO_MARKERS | INCOMPAT_CHUNK_CRCS),
+            0
+        );
     }
 
     fn sample_v2() -> Superblock {
@@ -570,8 +689,11 @@ mod tests {
         sb.parent.as_mut().unwrap().image = "i".repeat(MAX_NAME);
         sb.parent.as_mut().unwrap().snap = "s".repeat(MAX_NAME);
         sb.checkpoints = vec![sample().checkpoints[0]; MAX_CHECKPOINTS];
+        sb.incompat |= INCOMPAT_DELTA_CKPT;
+        sb.links = vec![sample().checkpoints[1]; MAX_LINKS];
         let b = sb.encode();
         assert_eq!(b.len(), MAX_ENCODED);
+        const { assert!(MAX_ENCODED <= 20 << 10, "read_superblock reads 20 KiB") };
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
     }
 
@@ -638,7 +760,7 @@ mod tests {
 
     #[test]
     fn unknown_feature_bits_are_refused_by_name() {
-        for bits in [8u64, 1 << 63, INCOMPAT_GC | 16, INCOMPAT_CHUNK_CRCS | 8] {
+        for bits in [16u64, 1 << 63, INCOMPAT_GC | 32, INCOMPAT_CHUNK_CRCS | 16] {
             let sb = Superblock {
                 incompat: bits,
                 ..sample()

@@ -39,7 +39,7 @@ use crate::units::Lba;
 mod tests;
 
 mod object;
-pub use object::{ObjInfo, ObjLoc, ObjectMap};
+pub use object::{MapBuilder, ObjInfo, ObjLoc, ObjectMap};
 
 /// Entries per chunk. 128 keeps a chunk (~2.5 KiB for the durable map) small
 /// enough that inserting into one is a short memmove, and large enough that

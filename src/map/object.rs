@@ -106,6 +106,10 @@ pub struct ObjectMap {
     /// A clone's map: trims leave [`ObjLoc::ZERO`] markers instead of
     /// holes, since a hole reads through to the parent.
     markers: bool,
+    /// The LBA ranges changed since tracking began or the last
+    /// [`Self::take_changes`] (start -> end, disjoint, adjacent ones
+    /// joined), if tracked: what a delta checkpoint must rewrite.
+    changes: Option<BTreeMap<u64, u64>>,
 }
 
 impl ObjectMap {
@@ -129,6 +133,7 @@ impl ObjectMap {
         if len == 0 {
             return;
         }
+        self.note_change(lba, len);
         let mut displaced = std::mem::take(&mut self.scratch);
         displaced.clear();
         self.map.update(lba, len, loc.into(), &mut displaced);
@@ -155,6 +160,7 @@ impl ObjectMap {
     /// Unmap `[lba, lba+len)`, zero markers included, whatever
     /// [`Self::trim_markers`] says (for ranges beyond the end of the disk).
     pub fn unmap(&mut self, lba: Lba, len: u64) {
+        self.note_change(lba, len);
         let mut displaced = std::mem::take(&mut self.scratch);
         displaced.clear();
         self.map.remove(lba, len, &mut displaced);
@@ -165,6 +171,7 @@ impl ObjectMap {
     /// Unmap `[lba, lba+len)` (trim). In a clone's map the range is mapped
     /// to [`ObjLoc::ZERO`] instead, so it no longer reads through.
     pub fn apply_trim(&mut self, lba: Lba, len: u64) {
+        self.note_change(lba, len);
         let mut displaced = std::mem::take(&mut self.scratch);
         displaced.clear();
         if self.markers {
@@ -206,6 +213,7 @@ impl ObjectMap {
         if moved == 0 {
             return 0;
         }
+        self.note_change(lba, len);
         match self.objects.get_mut(&from.obj) {
             Some(info) => {
                 debug_assert!(info.live_sectors >= moved, "live underflow in {}", from.obj);
@@ -220,6 +228,74 @@ impl ObjectMap {
         );
         self.objects.entry(to.obj).or_default().live_sectors += moved;
         moved
+    }
+
+    /// Record, from now on, the LBA ranges every change touches (see
+    /// [`Self::take_changes`]), starting from none.
+    pub fn track_changes(&mut self) {
+        self.changes = Some(BTreeMap::new());
+    }
+
+    /// The ranges changed since tracking began or the last take, ascending,
+    /// disjoint, adjacent ones joined and clipped to the largest image;
+    /// recording goes on from none. `None` if changes are not tracked.
+    pub fn take_changes(&mut self) -> Option<Vec<(Lba, u64)>> {
+        let c = self.changes.as_mut()?;
+        let max = crate::format::MAX_SECTORS;
+        let out = std::mem::take(c)
+            .into_iter()
+            .filter(|&(s, _)| s < max)
+            .map(|(s, e)| (Lba(s), e.min(max) - s))
+            .collect();
+        Some(out)
+    }
+
+    /// The extents inside `ranges` (ascending, disjoint), clipped to them,
+    /// in LBA order: what a delta checkpoint holds for them.
+    pub fn extents_in(&self, ranges: &[(Lba, u64)]) -> Vec<Extent<ObjLoc>> {
+        let mut out = Vec::new();
+        for &(lba, len) in ranges {
+            self.map.for_each_piece(lba, len, |s, l, t| {
+                if let Some(t) = t {
+                    out.push(Extent {
+                        lba: s,
+                        len: l,
+                        target: ObjLoc::from(t),
+                    });
+                }
+            });
+        }
+        out
+    }
+
+    /// How many disjoint changed ranges are recorded (0 if not tracked).
+    pub fn changed_ranges(&self) -> usize {
+        self.changes.as_ref().map_or(0, |c| c.len())
+    }
+
+    fn note_change(&mut self, lba: Lba, len: u64) {
+        let Some(c) = self.changes.as_mut() else {
+            return;
+        };
+        if len == 0 {
+            return;
+        }
+        let (mut s, mut e) = (lba.0, lba.0.saturating_add(len));
+        if let Some((&ps, &pe)) = c.range(..=s).next_back() {
+            if pe >= s {
+                s = ps;
+                e = e.max(pe);
+                c.remove(&ps);
+            }
+        }
+        while let Some((&ns, &ne)) = c.range(s..).next() {
+            if ns > e {
+                break;
+            }
+            e = e.max(ne);
+            c.remove(&ns);
+        }
+        c.insert(s, e);
     }
 
     /// Up to `max` extents in LBA order, from the one containing `lba` (or
@@ -276,63 +352,11 @@ impl ObjectMap {
         extents: impl IntoIterator<Item = Extent<ObjLoc>>,
         objects: impl IntoIterator<Item = (ObjSeq, ObjInfo)>,
     ) -> Result<ObjectMap, String> {
-        let mut table = BTreeMap::new();
-        for (obj, info) in objects {
-            if table.insert(obj, info).is_some() {
-                return Err(format!("object {obj} listed twice"));
-            }
+        let mut b = MapBuilder::new();
+        for x in extents {
+            b.push(x)?;
         }
-        let mut live: BTreeMap<ObjSeq, u64> = BTreeMap::new();
-        let mut map = ExtentMap::new();
-        let mut prev_end = 0u64;
-        for (n, x) in extents.into_iter().enumerate() {
-            if x.len == 0 {
-                return Err(format!("extent #{n} at {} is empty", x.lba));
-            }
-            let end = x
-                .lba
-                .0
-                .checked_add(x.len)
-                .ok_or_else(|| format!("extent #{n} at {} overflows", x.lba))?;
-            if x.lba.0 < prev_end {
-                return Err(format!(
-                    "extent #{n} at {} overlaps or precedes the previous one (ending at {prev_end})",
-                    x.lba
-                ));
-            }
-            if u64::from(x.target.offset) + x.len > u64::from(u32::MAX) + 1 {
-                return Err(format!("extent #{n} at {} runs past offset 2^32", x.lba));
-            }
-            if x.target.is_zero() {
-                map.push_back(x.lba.0, x.len, x.target.into());
-                prev_end = end;
-                continue;
-            }
-            if !table.contains_key(&x.target.obj) {
-                return Err(format!(
-                    "extent #{n} at {} references unknown object {}",
-                    x.lba, x.target.obj
-                ));
-            }
-            *live.entry(x.target.obj).or_default() += x.len;
-            map.push_back(x.lba.0, x.len, x.target.into());
-            prev_end = end;
-        }
-        for (obj, info) in &table {
-            let counted = live.get(obj).copied().unwrap_or(0);
-            if counted != info.live_sectors {
-                return Err(format!(
-                    "object {obj} records {} live sectors but its extents hold {counted}",
-                    info.live_sectors
-                ));
-            }
-        }
-        Ok(ObjectMap {
-            map,
-            objects: table,
-            scratch: Vec::new(),
-            markers: false,
-        })
+        b.finish(objects)
     }
 
     /// Check that every extent references a known object and that each
@@ -360,5 +384,119 @@ impl ObjectMap {
         #[cfg(test)]
         self.map.check_structure()?;
         Ok(())
+    }
+}
+
+/// Builds an [`ObjectMap`] from a checkpoint chain: the extents of a full
+/// checkpoint in LBA order ([`MapBuilder::push`]), then each delta's
+/// ranges, cleared ([`MapBuilder::clear_range`]) and refilled with its
+/// extents ([`MapBuilder::put`]), then the newest checkpoint's object
+/// table ([`MapBuilder::finish`], which checks the result).
+#[derive(Default)]
+pub struct MapBuilder {
+    map: ExtentMap<PackedLoc>,
+    prev_end: u64,
+    n: u64,
+    scratch: Vec<Extent<PackedLoc>>,
+}
+
+impl MapBuilder {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn check(&self, x: &Extent<ObjLoc>) -> Result<u64, String> {
+        let n = self.n;
+        if x.len == 0 {
+            return Err(format!("extent #{n} at {} is empty", x.lba));
+        }
+        let end = x
+            .lba
+            .0
+            .checked_add(x.len)
+            .ok_or_else(|| format!("extent #{n} at {} overflows", x.lba))?;
+        if u64::from(x.target.offset) + x.len > u64::from(u32::MAX) + 1 {
+            return Err(format!("extent #{n} at {} runs past offset 2^32", x.lba));
+        }
+        Ok(end)
+    }
+
+    /// The next extent of a full checkpoint: after every extent pushed so
+    /// far, non-empty, within offset 2^32.
+    pub fn push(&mut self, x: Extent<ObjLoc>) -> Result<(), String> {
+        let end = self.check(&x)?;
+        if x.lba.0 < self.prev_end {
+            return Err(format!(
+                "extent #{} at {} overlaps or precedes the previous one (ending at {})",
+                self.n, x.lba, self.prev_end
+            ));
+        }
+        self.map.push_back(x.lba.0, x.len, x.target.into());
+        self.prev_end = end;
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Unmap `[lba, lba+len)`: a delta's range, before its extents.
+    pub fn clear_range(&mut self, lba: Lba, len: u64) {
+        self.scratch.clear();
+        self.map.remove(lba, len, &mut self.scratch);
+    }
+
+    /// Map one extent of a delta (into a range it cleared: the caller
+    /// checks that it lies inside one).
+    pub fn put(&mut self, x: Extent<ObjLoc>) -> Result<(), String> {
+        self.check(&x)?;
+        self.scratch.clear();
+        self.map
+            .update(x.lba, x.len, x.target.into(), &mut self.scratch);
+        self.n += 1;
+        Ok(())
+    }
+
+    /// The map with `objects` as its table. A corrupt checkpoint is
+    /// refused, never loaded: the error names the first problem (an
+    /// unknown or duplicate object, or a live count that differs from the
+    /// one recomputed from the extents).
+    pub fn finish(
+        self,
+        objects: impl IntoIterator<Item = (ObjSeq, ObjInfo)>,
+    ) -> Result<ObjectMap, String> {
+        let mut table = BTreeMap::new();
+        for (obj, info) in objects {
+            if table.insert(obj, info).is_some() {
+                return Err(format!("object {obj} listed twice"));
+            }
+        }
+        let mut live: BTreeMap<ObjSeq, u64> = BTreeMap::new();
+        for x in self.map.iter().map(unpack) {
+            if x.target.is_zero() {
+                continue;
+            }
+            if !table.contains_key(&x.target.obj) {
+                return Err(format!(
+                    "extent at {} references unknown object {}",
+                    x.lba, x.target.obj
+                ));
+            }
+            *live.entry(x.target.obj).or_default() += x.len;
+        }
+        for (obj, info) in &table {
+            let counted = live.get(obj).copied().unwrap_or(0);
+            if counted != info.live_sectors {
+                return Err(format!(
+                    "object {obj} records {} live sectors but its extents hold {counted}",
+                    info.live_sectors
+                ));
+            }
+        }
+        Ok(ObjectMap {
+            map: self.map,
+            objects: table,
+            scratch: Vec::new(),
+            markers: false,
+            changes: None,
+        })
     }
 }

@@ -393,6 +393,141 @@ fn object_map_random_ops_keep_live_counts() {
     back.check().unwrap();
 }
 
+/// Rebuild through a [`MapBuilder`]: the base's extents, then every delta
+/// (its ranges cleared, its extents put), then `m`'s table.
+type Delta = (Vec<(Lba, u64)>, Vec<Extent<ObjLoc>>);
+
+fn rebuild(base: &[Extent<ObjLoc>], deltas: &[Delta], m: &ObjectMap) -> ObjectMap {
+    let mut b = MapBuilder::new();
+    for x in base {
+        b.push(*x).unwrap();
+    }
+    for (ranges, extents) in deltas {
+        for &(lba, len) in ranges {
+            b.clear_range(lba, len);
+        }
+        for x in extents {
+            assert!(
+                ranges
+                    .iter()
+                    .any(|&(l, n)| l.0 <= x.lba.0 && x.end() <= l.0 + n),
+                "extent {x:?} outside its delta's ranges"
+            );
+            b.put(*x).unwrap();
+        }
+    }
+    b.finish(m.objects()).unwrap()
+}
+
+/// The property delta checkpoints rest on: a base map, with the ranges
+/// changed since it replaced by their current extents, delta after delta,
+/// is the current map. Writes, trims (with and without zero markers),
+/// unmaps past an end and GC moves, with dead rows dropped as a
+/// checkpoint does.
+#[test]
+fn a_chain_of_deltas_rebuilds_the_map() {
+    for seed in 0..8u64 {
+        let mut rng = SmallRng::seed_from_u64(1000 + seed);
+        let mut m = ObjectMap::new();
+        m.track_changes();
+        let mut obj = 1u64;
+        let mut offset = 0u32;
+        m.add_object(ObjSeq(obj), 1 << 20);
+        let mut base: Vec<Extent<ObjLoc>> = vec![];
+        let mut deltas = vec![];
+        for op in 0..3000 {
+            let s = rng.gen_range(0..4096u64);
+            let len = rng.gen_range(1..=24u64);
+            match rng.gen_range(0..20) {
+                0..=11 => {
+                    if rng.gen_bool(0.03) {
+                        obj += 1;
+                        offset = 0;
+                        m.add_object(ObjSeq(obj), 1 << 20);
+                    }
+                    m.apply_write(Lba(s), len, loc(obj, offset));
+                    offset += len as u32;
+                }
+                12..=14 => m.apply_trim(Lba(s), len),
+                15 => m.set_trim_markers(!m.trim_markers()),
+                16 => m.unmap(Lba(4000 + s % 96), u64::MAX - 4000 - s % 96),
+                _ => {
+                    // A GC move of one extent into a new object.
+                    if let Some(x) = m.extents_from(Lba(s), 1).pop() {
+                        if !x.target.is_zero() {
+                            obj += 1;
+                            m.add_object(ObjSeq(obj), 1 << 20);
+                            m.apply_move(x.lba, x.len, x.target, loc(obj, 0));
+                            obj += 1;
+                            offset = 0;
+                            m.add_object(ObjSeq(obj), 1 << 20);
+                        }
+                    }
+                }
+            }
+            if op % 150 == 149 {
+                // A checkpoint: dead rows go, then the changes are taken.
+                let dead: Vec<ObjSeq> = m
+                    .objects()
+                    .filter(|(_, i)| i.live_sectors == 0)
+                    .map(|(k, _)| k)
+                    .collect();
+                for d in dead {
+                    m.remove_object(d);
+                }
+                // The object being filled is registered again (as the
+                // destager registers each object before its writes).
+                m.add_object(ObjSeq(obj), 1 << 20);
+                let ranges = m.take_changes().unwrap();
+                assert_eq!(m.changed_ranges(), 0);
+                assert!(ranges.windows(2).all(|w| w[0].0 .0 + w[0].1 < w[1].0 .0));
+                let extents = m.extents_in(&ranges);
+                if deltas.len() == 6 {
+                    // A full one now and then.
+                    base = m.extents().collect();
+                    deltas.clear();
+                } else {
+                    deltas.push((ranges, extents));
+                }
+                let back = rebuild(&base, &deltas, &m);
+                assert_eq!(
+                    expand_extents(&back.extents().collect::<Vec<_>>()),
+                    expand_extents(&m.extents().collect::<Vec<_>>()),
+                    "seed {seed} op {op}"
+                );
+                back.check().unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn changes_are_joined_clipped_and_untracked_by_default() {
+    let mut m = ObjectMap::new();
+    m.add_object(ObjSeq(1), 1 << 20);
+    m.apply_write(Lba(0), 8, loc(1, 0));
+    assert_eq!(m.take_changes(), None);
+    m.track_changes();
+    m.apply_write(Lba(10), 5, loc(1, 8));
+    m.apply_write(Lba(30), 5, loc(1, 13));
+    m.apply_trim(Lba(15), 5);
+    m.apply_write(Lba(12), 2, loc(1, 18));
+    m.unmap(Lba(100), u64::MAX - 100);
+    // A move that moves nothing is no change.
+    m.add_object(ObjSeq(2), 1 << 20);
+    assert_eq!(m.apply_move(Lba(50), 4, loc(1, 0), loc(2, 0)), 0);
+    assert_eq!(m.changed_ranges(), 3);
+    assert_eq!(
+        m.take_changes().unwrap(),
+        vec![
+            (Lba(10), 10),
+            (Lba(30), 5),
+            (Lba(100), crate::format::MAX_SECTORS - 100)
+        ]
+    );
+    assert_eq!(m.take_changes().unwrap(), vec![]);
+}
+
 fn ext(lba: u64, len: u64, obj: u64, offset: u32) -> Extent<ObjLoc> {
     Extent {
         lba: Lba(lba),

@@ -747,6 +747,7 @@ mod tests {
             flags: 0,
             incompat,
             checkpoints,
+            links: vec![],
             snapshots: vec![],
             parent: None,
         }
