@@ -53,7 +53,7 @@ done
 for f in tests/data/superblock-*.bin; do seed format_superblock "$f"; done
 for f in tests/data/object-*.bin; do seed format_object "$f"; done
 for f in tests/data/gcobject-*.bin; do seed format_gcobject "$f"; done
-seed format_checkpoint tests/data/checkpoint-v1.bin
+for f in tests/data/checkpoint-*.bin; do seed format_checkpoint "$f"; done
 for f in tests/data/journal-super-*.bin; do seed format_journal "$f" '\x00'; done
 # Generation 99 (odd: a record) is the golden records' generation.
 for f in tests/data/journal-record-*.bin; do seed format_journal "$f" '\x63'; done

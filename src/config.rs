@@ -60,6 +60,10 @@ impl fmt::Display for BackendKind {
 
 /// The whole configuration. See the module docs for how it is loaded and
 /// [`describe_keys`] for a table of keys.
+/// Largest `checkpoint_full_every`: a chain of deltas is at most 15 deep,
+/// so the superblock's base links (two chains at most) fit its 64.
+pub const MAX_FULL_EVERY: u32 = 16;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -105,6 +109,10 @@ pub struct Config {
     /// A checkpoint is written after this many data objects.
     /// Default: `100`.
     pub checkpoint_interval_objs: u64,
+    /// At most this many checkpoints in a row are deltas on the previous
+    /// one before a full checkpoint is written; 1 writes only full ones.
+    /// Default: `8`.
+    pub checkpoint_full_every: u32,
     /// A batch older than this (milliseconds) is written to the backend even
     /// if it is not full.
     /// Default: `2000`.
@@ -225,6 +233,7 @@ impl Default for Config {
             backend_obj_bytes: 8 * MIB,
             backend_write_window: 8,
             checkpoint_interval_objs: 100,
+            checkpoint_full_every: 8,
             flush_msec: 2000,
             hard_flush: false,
             gc_threshold: 60,
@@ -294,6 +303,11 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "checkpoint_interval_objs",
             "100",
             "a checkpoint is written after this many data objects",
+        ),
+        (
+            "checkpoint_full_every",
+            "8",
+            "every Nth checkpoint at most is full, the others hold only what changed (1-16; 1: all full)",
         ),
         (
             "flush_msec",
@@ -582,6 +596,12 @@ impl Config {
             self.checkpoint_interval_objs,
             1,
             u64::MAX,
+        )?;
+        range_check(
+            "checkpoint_full_every",
+            self.checkpoint_full_every.into(),
+            1,
+            MAX_FULL_EVERY.into(),
         )?;
         range_check("flush_msec", self.flush_msec, 1, u64::MAX)?;
         range_check("io_timeout_msec", self.io_timeout_msec, 100, u64::MAX)?;

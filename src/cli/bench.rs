@@ -638,6 +638,12 @@ fn stats_delta(before: &VolumeStats, after: &VolumeStats) -> VolumeStats {
         checkpoint_bytes: after
             .checkpoint_bytes
             .saturating_sub(before.checkpoint_bytes),
+        checkpoints_full: after
+            .checkpoints_full
+            .saturating_sub(before.checkpoints_full),
+        checkpoints_delta: after
+            .checkpoints_delta
+            .saturating_sub(before.checkpoints_delta),
         backend_reads: after.backend_reads.saturating_sub(before.backend_reads),
         map_extents: after.map_extents,
         replayed: after.replayed,

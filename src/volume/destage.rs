@@ -39,14 +39,26 @@ use super::rcache::PutObject;
 use super::Inner;
 use crate::catalog::image::object_name;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::checkpoint::{split_into_pieces, CkptExtent, CkptObject, EXTENTS_PER_PIECE};
+use crate::format::checkpoint::{
+    split_delta_into_pieces, split_into_pieces, CkptExtent, CkptObject, CkptRange, DeltaBase,
+    EXTENTS_PER_PIECE,
+};
 use crate::format::gcobject::{GcHeader, GcMove};
 use crate::format::object::ObjectHeader;
-use crate::format::superblock::{CheckpointRef, INCOMPAT_CHUNK_CRCS};
+use crate::format::superblock::{CheckpointRef, INCOMPAT_CHUNK_CRCS, INCOMPAT_DELTA_CKPT};
 use crate::io::AlignedBuf;
 use crate::journal::Done;
 use crate::units::{JournalSeq, Lba, ObjSeq};
 use crate::wait::{self, Cancel, Deadline};
+
+fn ckpt_extent(x: crate::map::Extent<crate::map::ObjLoc>) -> CkptExtent {
+    CkptExtent {
+        lba: x.lba,
+        len: x.len as u32,
+        obj: x.target.obj,
+        offset: x.target.offset,
+    }
+}
 
 fn aligned_copy(b: &[u8]) -> AlignedBuf {
     let mut a = AlignedBuf::new(b.len());
@@ -82,6 +94,21 @@ pub(crate) enum DestageMsg {
     Stop,
 }
 
+/// A published checkpoint and what it is built on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CkptBase {
+    pub ckpt: CheckpointRef,
+    /// 0 for a full checkpoint, else the deltas down to the full one.
+    pub depth: u32,
+    /// The checkpoints it is built on, newest first (empty for a full one).
+    pub links: Vec<CheckpointRef>,
+}
+
+/// A delta is written only while it holds at most this fraction of the
+/// map's extents (ranges and extents counted alike): a chain then never
+/// costs a load more than a few full maps.
+const DELTA_MAX_DIVISOR: usize = 4;
+
 /// What the oldest listed checkpoint must tell GC's deletion rule.
 #[derive(Clone)]
 pub(crate) struct CkptFacts {
@@ -100,6 +127,10 @@ enum Item {
         last: bool,
         waiters: Vec<Done>,
         facts: Option<CkptFacts>,
+        /// On the last piece: what the checkpoint is built on, and what
+        /// the previous newest one was built on if known (for the base
+        /// links the superblock keeps).
+        chain: Option<(CkptBase, Option<CkptBase>)>,
     },
 }
 
@@ -140,6 +171,23 @@ impl Inner {
             self.write_superblock(|sb| sb.incompat |= INCOMPAT_CHUNK_CRCS)?;
         }
         self.chunk_crcs_marked.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Set [`INCOMPAT_DELTA_CKPT`] in the superblock (once) before the first
+    /// delta checkpoint is put: a build without deltas would find no usable
+    /// checkpoint and refuse, or roll forward from the first object; with
+    /// the bit it refuses the image by name. Only the destager calls it.
+    fn ensure_delta_feature(&self) -> Result<()> {
+        if self.delta_marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let set =
+            self.sb.lock().unwrap_or_else(|e| e.into_inner()).incompat & INCOMPAT_DELTA_CKPT != 0;
+        if !set {
+            self.write_superblock(|sb| sb.incompat |= INCOMPAT_DELTA_CKPT)?;
+        }
+        self.delta_marked.store(true, Ordering::Release);
         Ok(())
     }
 }
@@ -469,7 +517,8 @@ impl Destager {
                     last: true,
                     waiters,
                     facts,
-                }) => self.checkpoint_durable(ckpt, waiters, facts),
+                    chain,
+                }) => self.checkpoint_durable(ckpt, waiters, facts, chain),
                 Some(Item::Piece { .. }) | None => {}
             }
         }
@@ -584,22 +633,35 @@ impl Destager {
     fn start_checkpoint(&mut self) {
         self.ckpt_running = true;
         self.since_ckpt = 0;
-        let (objects, extents) = {
+        let prev = self
+            .inner
+            .ckpt_base
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let cfg = &self.inner.config;
+        // A snapshot names a full checkpoint (its pins and a clone's parent
+        // link are one checkpoint's pieces, no chain).
+        let snap = self.inner.snap_hold.load(Ordering::SeqCst) > 0;
+        let may_delta = prev
+            .as_ref()
+            .filter(|b| !snap && b.depth + 1 < cfg.checkpoint_full_every);
+        let (objects, body) = {
             // Rows with no live data are dropped here, from the table and
             // from the map (nothing refers to them; their objects are left
             // for GC's deletion rule). This runs on the destager thread, so
             // no apply interleaves.
+            let mut map = self
+                .inner
+                .durable
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let dead: Vec<ObjSeq> = map
+                .objects()
+                .filter(|(_, i)| i.live_sectors == 0)
+                .map(|(o, _)| o)
+                .collect();
             {
-                let mut map = self
-                    .inner
-                    .durable
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner());
-                let dead: Vec<ObjSeq> = map
-                    .objects()
-                    .filter(|(_, i)| i.live_sectors == 0)
-                    .map(|(o, _)| o)
-                    .collect();
                 let mut gc_dead = self.inner.gc_dead.lock().unwrap_or_else(|e| e.into_inner());
                 for o in dead {
                     if let Some(i) = map.remove_object(o) {
@@ -610,8 +672,20 @@ impl Destager {
                     }
                 }
             }
-            // The snapshot below is taken under the read lock only.
-            let map = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+            // The changes since the base checkpoint's map was taken, taken
+            // with this checkpoint's map (under the same lock): the next
+            // delta holds what changes from here on.
+            let changes = map.take_changes();
+            let delta = match (may_delta, changes) {
+                (Some(b), Some(ranges))
+                    if ranges.len() <= map.extent_count() / DELTA_MAX_DIVISOR =>
+                {
+                    let extents = map.extents_in(&ranges);
+                    (ranges.len() + extents.len() <= map.extent_count() / DELTA_MAX_DIVISOR)
+                        .then_some((b.clone(), ranges, extents))
+                }
+                _ => None,
+            };
             let objects: Vec<CkptObject> = map
                 .objects()
                 .map(|(obj, i)| CkptObject {
@@ -620,42 +694,108 @@ impl Destager {
                     live_sectors: i.live_sectors,
                 })
                 .collect();
-            let extents: Vec<CkptExtent> = map
-                .extents()
-                .map(|x| CkptExtent {
-                    lba: x.lba,
-                    len: x.len as u32,
-                    obj: x.target.obj,
-                    offset: x.target.offset,
-                })
-                .collect();
-            (objects, extents)
+            let body = match delta {
+                Some((b, ranges, extents)) => Ok((
+                    b,
+                    ranges
+                        .into_iter()
+                        .map(|(lba, len)| CkptRange { lba, len })
+                        .collect::<Vec<_>>(),
+                    extents.into_iter().map(ckpt_extent).collect::<Vec<_>>(),
+                )),
+                // A full one: the map is copied under the read lock below
+                // (only this thread changes it).
+                None => Err(()),
+            };
+            (objects, body)
         };
-        let pieces_needed = extents.len().div_ceil(EXTENTS_PER_PIECE).max(1) as u64;
+        // The delta feature is in the superblock before the first delta's
+        // pieces are put; if it cannot be set, this one is full.
+        let body = match body {
+            Ok(d) => match self.inner.ensure_delta_feature() {
+                Ok(()) => Ok(d),
+                Err(e) => {
+                    warn!(image = %self.inner.image, "cannot mark the superblock for delta checkpoints, writing a full one: {e:?}");
+                    Err(())
+                }
+            },
+            Err(()) => Err(()),
+        };
+        let extents: Vec<CkptExtent> = match &body {
+            Ok(_) => vec![],
+            Err(()) => {
+                let map = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+                map.extents().map(ckpt_extent).collect()
+            }
+        };
+        let live: BTreeSet<ObjSeq> = objects.iter().map(|o| o.obj).collect();
+        let jseq = JournalSeq(self.inner.backend_jseq.load(Ordering::SeqCst));
+        // Split first (with a placeholder sequence), then reserve exactly
+        // as many sequences as there are pieces.
+        let (mut pieces, base) = match body {
+            Ok((b, ranges, x)) => {
+                let base = DeltaBase {
+                    seq: b.ckpt.seq,
+                    pieces: b.ckpt.pieces,
+                    depth: b.depth + 1,
+                };
+                let pieces = split_delta_into_pieces(
+                    self.inner.uuid,
+                    ObjSeq(0),
+                    self.applied,
+                    jseq,
+                    objects,
+                    base,
+                    &ranges,
+                    &x,
+                    EXTENTS_PER_PIECE,
+                );
+                let mut links = vec![b.ckpt];
+                links.extend(b.links.iter().copied());
+                (pieces, (b.depth + 1, links))
+            }
+            Err(()) => (
+                split_into_pieces(
+                    self.inner.uuid,
+                    ObjSeq(0),
+                    self.applied,
+                    jseq,
+                    objects,
+                    &extents,
+                    EXTENTS_PER_PIECE,
+                ),
+                (0, vec![]),
+            ),
+        };
+        drop(extents);
         let ckpt_seq = {
             let mut st = self.inner.lock_state();
             let s = st.next_obj;
-            st.next_obj = ObjSeq(s.0 + pieces_needed);
+            st.next_obj = ObjSeq(s.0 + pieces.len() as u64);
             s
         };
-        let pieces = split_into_pieces(
-            self.inner.uuid,
-            ckpt_seq,
-            self.applied,
-            JournalSeq(self.inner.backend_jseq.load(Ordering::SeqCst)),
-            objects,
-            &extents,
-            EXTENTS_PER_PIECE,
-        );
+        for p in &mut pieces {
+            p.ckpt_seq = ckpt_seq;
+        }
         let ckpt = CheckpointRef {
             seq: ckpt_seq,
             pieces: pieces.len() as u32,
         };
+        if base.0 == 0 {
+            &self.inner.stats.checkpoints_full
+        } else {
+            &self.inner.stats.checkpoints_delta
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let mut chain = Some((
+            CkptBase {
+                ckpt,
+                depth: base.0,
+                links: base.1,
+            },
+            prev,
+        ));
         let n = pieces.len();
-        let live: BTreeSet<ObjSeq> = pieces
-            .iter()
-            .flat_map(|p| p.objects.iter().map(|o| o.obj))
-            .collect();
         let mut facts = Some(CkptFacts {
             last_obj: self.applied,
             taken: std::time::Instant::now(),
@@ -682,7 +822,8 @@ impl Destager {
                 batch: None,
                 gc: None,
             });
-            let waiters = if i + 1 == n {
+            let last = i + 1 == n;
+            let waiters = if last {
                 std::mem::take(&mut self.ckpt_waiters)
             } else {
                 vec![]
@@ -691,9 +832,9 @@ impl Destager {
                 seq.0,
                 Item::Piece {
                     ckpt,
-                    last: i + 1 == n,
+                    last,
                     waiters,
-                    facts: if i + 1 == n {
+                    facts: if last {
                         facts.take().map(|f| CkptFacts {
                             bytes: total_bytes,
                             ..f
@@ -701,6 +842,7 @@ impl Destager {
                     } else {
                         None
                     },
+                    chain: if last { chain.take() } else { None },
                 },
             );
         }
@@ -713,9 +855,29 @@ impl Destager {
         ckpt: CheckpointRef,
         waiters: Vec<Done>,
         facts: Option<CkptFacts>,
+        chain: Option<(CkptBase, Option<CkptBase>)>,
     ) {
         self.ckpt_running = false;
-        let r = self.inner.publish_checkpoint(ckpt);
+        let (new, prev) = match chain {
+            Some(c) => c,
+            None => (
+                CkptBase {
+                    ckpt,
+                    depth: 0,
+                    links: vec![],
+                },
+                None,
+            ),
+        };
+        let r = self.inner.publish_checkpoint(&new, prev.as_ref());
+        // A delta on it needs the changes since its map was taken, which
+        // the map tracks from then on. If the superblock may not name it,
+        // the next checkpoint is full.
+        *self
+            .inner
+            .ckpt_base
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = r.is_ok().then_some(new);
         if r.is_ok() {
             // Nothing applied since its map was taken: it reflects all.
             self.current = self.since_ckpt == 0;
@@ -736,16 +898,70 @@ impl Destager {
     }
 }
 
+/// The base links a superblock keeps when it lists `list` (newest first):
+/// what each listed delta is built on, minus the listed checkpoints
+/// themselves, newest first, each once. `known` gives a listed
+/// checkpoint's links; `None` (not known to this session) keeps `old`,
+/// every link the superblock had (a superset is always safe: a link only
+/// keeps pieces).
+fn links_for(
+    list: &[CheckpointRef],
+    known: &[&CkptBase],
+    old: &[CheckpointRef],
+) -> Vec<CheckpointRef> {
+    let mut out: Vec<CheckpointRef> = Vec::new();
+    for c in list {
+        match known.iter().find(|b| b.ckpt == *c) {
+            Some(b) => out.extend(b.links.iter().copied()),
+            None => out.extend(old.iter().copied()),
+        }
+    }
+    out.retain(|c| !list.contains(c));
+    out.sort_by_key(|c| std::cmp::Reverse(c.seq));
+    out.dedup();
+    out
+}
+
 impl Inner {
-    /// Make the superblock name `ckpt` (newest first, keeping two) and
-    /// tombstone the pieces of the checkpoint that drops off the list.
-    pub(crate) fn publish_checkpoint(&self, ckpt: CheckpointRef) -> Result<()> {
+    /// Make the superblock name `new.ckpt` (newest first, keeping two, and
+    /// the base links they are built on) and tombstone the pieces of every
+    /// checkpoint that is neither listed nor a link any more. `prev`: what
+    /// the newest listed checkpoint so far is built on, if known.
+    pub(crate) fn publish_checkpoint(&self, new: &CkptBase, prev: Option<&CkptBase>) -> Result<()> {
+        let ckpt = new.ckpt;
         let mut retired = Vec::new();
-        self.write_superblock(|sb| {
+        self.write_superblock_with(|sb| {
+            // A delta is named only while its base is still listed (as the
+            // newest, which only this thread changes).
+            if let Some(&base) = new.links.first() {
+                if sb.checkpoints.first() != Some(&base) {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "delta checkpoint {} is built on {}, but the superblock's newest \
+                             is {:?}: not published (the next checkpoint is full)",
+                            ckpt.seq,
+                            base.seq,
+                            sb.checkpoints.first().map(|c| c.seq.0)
+                        ),
+                    ));
+                }
+            }
             let mut list = vec![ckpt];
             list.extend(sb.checkpoints.iter().copied().filter(|c| c.seq != ckpt.seq));
-            retired = list.split_off(2.min(list.len()));
+            let dropped = list.split_off(2.min(list.len()));
+            let known: Vec<&CkptBase> = std::iter::once(new).chain(prev).collect();
+            let links = links_for(&list, &known, &sb.links);
+            retired = dropped
+                .into_iter()
+                .chain(sb.links.iter().copied())
+                .filter(|c| !list.contains(c) && !links.contains(c))
+                .collect();
+            retired.sort_by_key(|c: &CheckpointRef| c.seq);
+            retired.dedup();
             sb.checkpoints = list;
+            sb.links = links;
+            Ok(())
         })?;
         crate::failpoint::hit("ckpt.published");
         for c in retired {

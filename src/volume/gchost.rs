@@ -201,23 +201,24 @@ impl GcHost for Inner {
         // checkpoint is the fallback that recovery could use. After a put
         // that failed the store may list a newer pair: this older floor is
         // then still valid, only more conservative.
-        let listed = self
-            .sb
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .checkpoints
-            .clone();
+        let (candidates, links) = {
+            let sb = self.sb.lock().unwrap_or_else(|e| e.into_inner());
+            (sb.checkpoints.clone(), sb.links.clone())
+        };
         // Any checkpoint of this session at or below the oldest listed one
         // was the oldest listed at some time. What the rule allowed under it
         // stays allowed under every later oldest one: its `last_obj` is
         // lower and live counts of old objects never rise. So the newest
         // such checkpoint old enough for `min_age` is a valid floor.
-        let oldest = *listed.last()?;
+        let oldest = *candidates.last()?;
         let v = self.session_ckpts.lock().unwrap_or_else(|e| e.into_inner());
         let (_, f) = v
             .iter()
             .rev()
             .find(|(c, f)| c.seq <= oldest.seq && f.taken.elapsed() >= min_age)?;
+        // Base links are kept like the candidates: a listed delta is
+        // loaded through them.
+        let listed = candidates.into_iter().chain(links).collect();
         Some(Floor {
             last_obj: f.last_obj,
             live: f.live.clone(),

@@ -31,6 +31,7 @@ impl Inner {
         let cap = i.config.backend_obj_bytes as usize;
         let cancel = Cancel::new();
         let crcs_marked = i.sb.incompat & crate::format::superblock::INCOMPAT_CHUNK_CRCS != 0;
+        let delta_marked = i.sb.incompat & crate::format::superblock::INCOMPAT_DELTA_CKPT != 0;
         Inner {
             image: i.image,
             uuid: i.sb.uuid,
@@ -76,6 +77,8 @@ impl Inner {
             retention: i.pins,
             read_only: i.read_only,
             snap_hold: std::sync::atomic::AtomicU32::new(0),
+            ckpt_base: Mutex::new(None),
+            delta_marked: AtomicBool::new(delta_marked),
             parent: i.parent,
             parent_cut: AtomicBool::new(false),
             gc: Mutex::new(crate::gc::Gc::new(i.config.gc_rate_bytes)),
@@ -224,6 +227,7 @@ impl Volume {
             sb = written;
         }
         sb.checkpoints = rec.checkpoints.clone();
+        sb.links = rec.links.clone();
         let clipped = clip_map_to_size(&image, &mut rec.map, sb.size_bytes);
         // The newest listed checkpoint reflects the recovered map: it was
         // loaded, nothing was rolled forward past it, and nothing clipped.
@@ -268,6 +272,12 @@ impl Volume {
             lock: Some(lock),
             stopped: false,
         };
+        // The next checkpoint may be a delta on the one recovery loaded
+        // (the map tracks every change since it was loaded).
+        *inner.ckpt_base.lock().unwrap_or_else(|e| e.into_inner()) = rec
+            .delta_base
+            .take()
+            .map(|(ckpt, depth, links)| super::destage::CkptBase { ckpt, depth, links });
         vol.spawn_threads(destage_rx, rec.last_obj, ckpt_current, cache_rx)?;
         vol.inner.note_listed_checkpoint(&sb);
 

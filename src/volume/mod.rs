@@ -224,6 +224,10 @@ pub struct VolumeStats {
     pub checkpoint_pieces: u64,
     /// Bytes of checkpoint pieces put.
     pub checkpoint_bytes: u64,
+    /// Checkpoints written whole.
+    pub checkpoints_full: u64,
+    /// Checkpoints written as a delta on the previous one.
+    pub checkpoints_delta: u64,
     /// Backend reads (ranged gets) for client reads.
     pub backend_reads: u64,
     /// Extents in the durable map.
@@ -268,6 +272,8 @@ struct Counters {
     data_object_bytes: AtomicU64,
     checkpoint_pieces: AtomicU64,
     checkpoint_bytes: AtomicU64,
+    checkpoints_full: AtomicU64,
+    checkpoints_delta: AtomicU64,
     backend_reads: AtomicU64,
     chunks_verified: AtomicU64,
     corrupt_chunks: AtomicU64,
@@ -358,8 +364,16 @@ pub(crate) struct Inner {
     /// A read-only view (a snapshot): no journal, no destage, no GC.
     read_only: bool,
     /// Non-zero while `snap create` runs: retired checkpoints are not
-    /// tombstoned (one may be about to become a snapshot).
+    /// tombstoned (one may be about to become a snapshot), and new ones
+    /// are full (a snapshot names a full checkpoint).
     snap_hold: std::sync::atomic::AtomicU32,
+    /// The newest listed checkpoint, if this session knows what it is built
+    /// on: the next checkpoint may be a delta on it. The durable map tracks
+    /// its changes since. Only the destager (and open, before it starts)
+    /// touches it. `None`: the next checkpoint is full.
+    ckpt_base: Mutex<Option<destage::CkptBase>>,
+    /// The superblock carries `INCOMPAT_DELTA_CKPT`.
+    delta_marked: AtomicBool,
     /// A clone's parent (a read-only snapshot view) and the size below
     /// which holes of this image read through to it.
     parent: Option<Parent>,
@@ -593,6 +607,8 @@ impl Volume {
             data_object_bytes: s.data_object_bytes.load(Ordering::Relaxed),
             checkpoint_pieces: s.checkpoint_pieces.load(Ordering::Relaxed),
             checkpoint_bytes: s.checkpoint_bytes.load(Ordering::Relaxed),
+            checkpoints_full: s.checkpoints_full.load(Ordering::Relaxed),
+            checkpoints_delta: s.checkpoints_delta.load(Ordering::Relaxed),
             backend_reads: s.backend_reads.load(Ordering::Relaxed),
             map_extents: self.inner.map_extents.load(Ordering::Relaxed),
             replayed: s.replayed.load(Ordering::Relaxed),

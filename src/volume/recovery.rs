@@ -22,6 +22,11 @@ pub(crate) struct Recovered {
     pub backend_jseq: JournalSeq,
     /// Checkpoints still valid (newest first).
     pub checkpoints: Vec<CheckpointRef>,
+    /// Base links still kept (see `Superblock::links`).
+    pub links: Vec<CheckpointRef>,
+    /// The checkpoint loaded, if it is the newest still listed: what the
+    /// next delta checkpoint may be written on (its depth and its links).
+    pub delta_base: Option<(CheckpointRef, u32, Vec<CheckpointRef>)>,
     /// Data objects rolled forward.
     pub rolled: u64,
     /// Objects deleted above the gap.
@@ -44,70 +49,249 @@ fn read_piece(store: &dyn ObjectStore, name: &str) -> Result<CheckpointPiece> {
         .map_err(|e| Error::with_source(ErrorKind::Corrupt, format!("checkpoint piece {name}"), e))
 }
 
-/// Load one checkpoint (all its pieces) into a map.
+/// Load one checkpoint (all its pieces, and for a delta its whole chain)
+/// into a map.
 pub(crate) fn load_checkpoint(
     store: &dyn ObjectStore,
     image: &str,
     sb: &Superblock,
     c: CheckpointRef,
 ) -> Result<(ObjectMap, ObjSeq, JournalSeq)> {
-    let mut objects = Vec::new();
-    let mut extents = Vec::new();
-    let mut header: Option<(ObjSeq, JournalSeq, u64)> = None;
+    let l = load_chain(store, image, sb, c)?;
+    Ok((l.map, l.last_obj, l.max_jseq))
+}
+
+/// A checkpoint as loaded by [`load_chain`].
+pub(crate) struct Loaded {
+    pub map: ObjectMap,
+    /// Every object up to this is reflected.
+    pub last_obj: ObjSeq,
+    /// Highest journal sequence reflected.
+    pub max_jseq: JournalSeq,
+    /// 0 for a full checkpoint, else deltas down to the full one.
+    pub depth: u32,
+    /// The checkpoints it is built on, newest first (empty for a full one).
+    pub links: Vec<CheckpointRef>,
+}
+
+/// Read and check every piece of checkpoint `c` in order, handing each to
+/// `each`: identity (image, sequence, index, count), all pieces agreeing on
+/// the header and on being full or a delta of the same base, and the
+/// extent (and range) totals. `each` sees a piece before the totals are
+/// checked: a caller keeps nothing of a checkpoint that fails.
+fn read_pieces(
+    store: &dyn ObjectStore,
+    image: &str,
+    sb: &Superblock,
+    c: CheckpointRef,
+    mut each: impl FnMut(CheckpointPiece) -> Result<()>,
+) -> Result<()> {
+    let corrupt = |what: String| Error::new(ErrorKind::Corrupt, what);
+    type Head = (ObjSeq, JournalSeq, u64, Option<(ObjSeq, u32, u32, u64)>);
+    let head = |p: &CheckpointPiece| -> Head {
+        (
+            p.last_obj_seq,
+            p.max_jseq,
+            p.total_extents,
+            p.delta
+                .as_ref()
+                .map(|d| (d.base_seq, d.base_pieces, d.depth, d.total_ranges)),
+        )
+    };
+    let mut first: Option<Head> = None;
+    let (mut extents, mut ranges) = (0u64, 0u64);
+    let mut range_end = 0u64;
     for i in 0..c.pieces {
         let name = object_name(image, ObjSeq(c.seq.0 + i as u64));
         let p = read_piece(store, &name)?;
         if p.uuid != sb.uuid || p.ckpt_seq != c.seq || p.index != i || p.count != c.pieces {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "checkpoint piece {name} does not belong to checkpoint {} of this image",
-                    c.seq
-                ),
-            ));
+            return Err(corrupt(format!(
+                "checkpoint piece {name} does not belong to checkpoint {} of this image",
+                c.seq
+            )));
         }
-        match header {
-            None => header = Some((p.last_obj_seq, p.max_jseq, p.total_extents)),
-            Some(h) if h != (p.last_obj_seq, p.max_jseq, p.total_extents) => {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!("checkpoint piece {name} disagrees with piece 0"),
-                ))
+        match first {
+            None => first = Some(head(&p)),
+            Some(h) if h != head(&p) => {
+                return Err(corrupt(format!(
+                    "checkpoint piece {name} disagrees with piece 0"
+                )))
             }
             _ => {}
         }
-        objects.extend(p.objects.iter().map(|o| {
-            (
-                o.obj,
-                ObjInfo {
-                    data_sectors: o.data_sectors,
-                    live_sectors: o.live_sectors,
-                },
-            )
-        }));
-        extents.extend(p.extents.iter().map(|x| Extent {
-            lba: x.lba,
-            len: x.len as u64,
-            target: ObjLoc {
-                obj: x.obj,
-                offset: x.offset,
-            },
-        }));
+        extents += p.extents.len() as u64;
+        if let Some(d) = &p.delta {
+            // Ranges ascend across pieces too: a later piece's range never
+            // clears what an earlier piece put.
+            if d.ranges.first().is_some_and(|r| r.lba.0 < range_end) {
+                return Err(corrupt(format!(
+                    "checkpoint piece {name}: its ranges overlap the previous piece's"
+                )));
+            }
+            range_end = d.ranges.last().map_or(range_end, |r| r.end());
+            ranges += d.ranges.len() as u64;
+        }
+        each(p)?;
     }
-    let (last_obj, max_jseq, total) = header.unwrap_or((ObjSeq(0), JournalSeq(0), 0));
-    if total != extents.len() as u64 {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "checkpoint {} lists {total} extents but holds {}",
-                c.seq,
-                extents.len()
-            ),
-        ));
+    if let Some((_, _, total, delta)) = first {
+        if total != extents {
+            return Err(corrupt(format!(
+                "checkpoint {} lists {total} extents but holds {extents}",
+                c.seq
+            )));
+        }
+        if let Some((_, _, _, total_ranges)) = delta {
+            if total_ranges != ranges {
+                return Err(corrupt(format!(
+                    "delta checkpoint {} lists {total_ranges} ranges but holds {ranges}",
+                    c.seq
+                )));
+            }
+        }
     }
-    let map = ObjectMap::from_parts(extents, objects)
-        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("checkpoint {}: {e}", c.seq)))?;
-    Ok((map, last_obj, max_jseq))
+    Ok(())
+}
+
+fn extent(x: &crate::format::checkpoint::CkptExtent) -> Extent<ObjLoc> {
+    Extent {
+        lba: x.lba,
+        len: x.len as u64,
+        target: ObjLoc {
+            obj: x.obj,
+            offset: x.offset,
+        },
+    }
+}
+
+/// Load checkpoint `c` into a map. A delta is loaded on its base, which
+/// must be a checkpoint the superblock lists (a candidate, a base link or
+/// a snapshot's), have the depth one less, and so on down to a full
+/// checkpoint. The object table is the newest's (every piece 0 holds the
+/// whole table). Errors are `Corrupt` or `NotFound` when the chain is
+/// unusable, anything else when the store did not answer.
+pub(crate) fn load_chain(
+    store: &dyn ObjectStore,
+    image: &str,
+    sb: &Superblock,
+    c: CheckpointRef,
+) -> Result<Loaded> {
+    let listed = |r: CheckpointRef| {
+        sb.checkpoints.contains(&r)
+            || sb.links.contains(&r)
+            || sb.snapshots.iter().any(|s| s.ckpt == r)
+    };
+    let fail = |e: String| Error::new(ErrorKind::Corrupt, format!("checkpoint {}: {e}", c.seq));
+    let table = |pieces: &[CheckpointPiece]| -> Vec<(ObjSeq, ObjInfo)> {
+        pieces
+            .iter()
+            .flat_map(|p| p.objects.iter())
+            .map(|o| {
+                (
+                    o.obj,
+                    ObjInfo {
+                        data_sectors: o.data_sectors,
+                        live_sectors: o.live_sectors,
+                    },
+                )
+            })
+            .collect()
+    };
+    // Newest first: each delta's pieces (held: a delta is small), down to
+    // the full checkpoint, whose pieces are loaded one at a time.
+    let mut deltas: Vec<(CheckpointRef, Vec<CheckpointPiece>)> = Vec::new();
+    let mut cur = c;
+    let mut b = crate::map::MapBuilder::new();
+    let (full, full_head, full_table) = loop {
+        let mut pieces = Vec::new();
+        let mut head = None;
+        let mut objects = Vec::new();
+        let mut is_delta = None;
+        read_pieces(store, image, sb, cur, |p| {
+            if head.is_none() {
+                head = Some((p.last_obj_seq, p.max_jseq));
+                is_delta = Some(p.delta.clone());
+            }
+            match is_delta {
+                Some(Some(_)) => pieces.push(p),
+                _ => {
+                    objects.extend(table(std::slice::from_ref(&p)));
+                    for x in &p.extents {
+                        b.push(extent(x)).map_err(fail)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let (Some(head), Some(delta)) = (head, is_delta) else {
+            return Err(fail("no pieces".into()));
+        };
+        let depth = delta.as_ref().map_or(0, |d| d.depth);
+        let want = deltas
+            .last()
+            .and_then(|(_, p)| p[0].delta.as_ref())
+            .map(|d| d.depth - 1);
+        if want.is_some_and(|w| w != depth) {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "checkpoint {} has depth {depth}, the delta on it expects {}",
+                    cur.seq,
+                    want.unwrap_or(0)
+                ),
+            ));
+        }
+        let Some(d) = delta else {
+            break (cur, head, objects);
+        };
+        let base = CheckpointRef {
+            seq: d.base_seq,
+            pieces: d.base_pieces,
+        };
+        if !listed(base) {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "delta checkpoint {} is built on checkpoint {}, which the superblock \
+                     does not list (its pieces may be gone)",
+                    cur.seq, base.seq
+                ),
+            ));
+        }
+        deltas.push((cur, pieces));
+        cur = base;
+    };
+    let ((last_obj, max_jseq), objects) = match deltas.first() {
+        Some((_, p)) => ((p[0].last_obj_seq, p[0].max_jseq), table(p)),
+        None => (full_head, full_table),
+    };
+    let depth = deltas.len() as u32;
+    let links: Vec<CheckpointRef> = deltas
+        .iter()
+        .skip(1)
+        .map(|(r, _)| *r)
+        .chain(if deltas.is_empty() { None } else { Some(full) })
+        .collect();
+    for (_, pieces) in deltas.iter().rev() {
+        for p in pieces {
+            for r in p.delta.as_ref().map(|d| d.ranges.as_slice()).unwrap_or(&[]) {
+                b.clear_range(r.lba, r.len);
+            }
+            // Each extent lies inside one of its piece's ranges (checked
+            // at decode).
+            for x in &p.extents {
+                b.put(extent(x)).map_err(fail)?;
+            }
+        }
+    }
+    drop(deltas);
+    let map = b.finish(objects).map_err(fail)?;
+    Ok(Loaded {
+        map,
+        last_obj,
+        max_jseq,
+        depth,
+        links,
+    })
 }
 
 /// The deletion-rule facts of a listed checkpoint, from its piece 0 (which
@@ -375,10 +559,12 @@ impl Pieces<'_> {
 /// Recover the backend state of `image`.
 pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> Result<Recovered> {
     let mut base = None;
+    let mut chain = None;
     for (i, c) in sb.checkpoints.iter().enumerate() {
-        match load_checkpoint(store, image, sb, *c) {
-            Ok(r) => {
-                base = Some((i, r));
+        match load_chain(store, image, sb, *c) {
+            Ok(l) => {
+                chain = Some((*c, l.depth, l.links));
+                base = Some((i, (l.map, l.last_obj, l.max_jseq)));
                 break;
             }
             // Only a checkpoint that is missing or corrupt is unusable. A
@@ -435,6 +621,10 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
     };
     // A clone's trims leave zero markers (holes read through to the parent).
     map.set_trim_markers(sb.parent.is_some());
+    // From here on every change (roll-forward, the clip to the size, the
+    // journal replay, new writes) is what a delta on the loaded checkpoint
+    // must hold.
+    map.track_changes();
     if let Some(i) = ckpt_index {
         info!(
             image,
@@ -614,10 +804,21 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
     // are reused for new objects. Otherwise a crash after the reuse would
     // leave a listed checkpoint naming a sequence that now holds data,
     // which the next recovery would take for a lost piece.
+    // Base links stay while any candidate stays (a superset of what the
+    // candidates are built on: the next published checkpoint retires the
+    // rest); the loaded checkpoint's own links are below it, so below the
+    // gap.
+    let links: Vec<CheckpointRef> = if checkpoints.is_empty() {
+        vec![]
+    } else {
+        sb.links.clone()
+    };
+    let delta_base = chain.filter(|(c, _, _)| checkpoints.first() == Some(c));
     let mut rewritten = None;
-    if checkpoints != sb.checkpoints {
+    if checkpoints != sb.checkpoints || links != sb.links {
         let mut new = sb.clone();
         new.checkpoints = checkpoints.clone();
+        new.links = links.clone();
         new.update_seq += 1;
         store.put(image, &new.encode()).map_err(|e| {
             e.prefixed(format!(
@@ -657,6 +858,8 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
         last_obj,
         backend_jseq,
         checkpoints,
+        links,
+        delta_base,
         rolled,
         deleted,
         superblock: rewritten,
