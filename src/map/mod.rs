@@ -36,9 +36,10 @@ use std::ops::Bound::{Excluded, Unbounded};
 use crate::units::Lba;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 mod object;
+mod reverse;
 pub use object::{ObjInfo, ObjLoc, ObjectMap};
 
 /// Entries per chunk. 128 keeps a chunk (~2.5 KiB for the durable map) small

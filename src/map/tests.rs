@@ -598,3 +598,149 @@ fn extents_from_scans_in_slices() {
     assert_eq!(m.extents_from(Lba(16), 1)[0].lba, Lba(20));
     assert!(m.extents_from(Lba(10_000), 5).is_empty());
 }
+
+/// An [`ObjectMap`] after `ops` random changes over `[0, space)`, through
+/// every path that changes it: writes into a stream of objects (some of
+/// them rewriting their own ranges), trims (zero markers if `markers`),
+/// GC moves of live pieces into new objects (some stale), unmapping a tail
+/// beyond an end, and removing dead objects. Checked after each change.
+pub(crate) fn random_object_map(seed: u64, ops: usize, space: u64, markers: bool) -> ObjectMap {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut m = ObjectMap::new();
+    m.set_trim_markers(markers);
+    let mut obj = 1u64;
+    let mut offset = 0u32;
+    m.add_object(ObjSeq(obj), 1 << 20);
+    let mut out = Vec::new();
+    for op in 0..ops {
+        let s = rng.gen_range(0..space);
+        let len = rng.gen_range(1..=16).min(space - s);
+        match rng.gen_range(0..20) {
+            0..=11 => {
+                if rng.gen_bool(0.05) {
+                    obj += 1;
+                    offset = 0;
+                    m.add_object(ObjSeq(obj), 1 << 20);
+                }
+                m.apply_write(Lba(s), len, loc(obj, offset));
+                offset += len as u32 + rng.gen_range(0..2);
+            }
+            12..=13 => m.apply_trim(Lba(s), len),
+            14..=17 => {
+                out.clear();
+                m.lookup(Lba(s), len, &mut out);
+                let from = match out.first() {
+                    Some(&(_, _, Some(l))) if !l.is_zero() && rng.gen_bool(0.8) => l,
+                    _ => loc(rng.gen_range(1..=obj), rng.gen_range(0..64)),
+                };
+                let n = out.first().map_or(len, |p| p.1);
+                obj += 1;
+                m.add_object(ObjSeq(obj), n);
+                m.apply_move(Lba(s), n, from, loc(obj, 8));
+                obj += 1;
+                offset = 0;
+                m.add_object(ObjSeq(obj), 1 << 20);
+            }
+            18 => m.unmap(Lba(space - rng.gen_range(1..=8).min(space)), u64::MAX / 2),
+            _ => {
+                let dead: Vec<ObjSeq> = m
+                    .objects()
+                    .filter(|(o, i)| i.live_sectors == 0 && o.0 != obj)
+                    .map(|(o, _)| o)
+                    .collect();
+                for d in dead {
+                    m.remove_object(d);
+                }
+            }
+        }
+        m.check()
+            .unwrap_or_else(|e| panic!("seed {seed} op {op}: {e}"));
+    }
+    m
+}
+
+#[test]
+fn extents_of_finds_exactly_the_extents_of_the_objects() {
+    for seed in 0..40 {
+        let m = random_object_map(seed, 600, 512 + seed * 40, seed % 3 == 0);
+        let objs: Vec<ObjSeq> = m.objects().map(|(o, _)| o).collect();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        for _ in 0..10 {
+            let set: std::collections::BTreeSet<ObjSeq> = (0..rng.gen_range(1..4))
+                .map(|_| objs[rng.gen_range(0..objs.len())])
+                .collect();
+            let want: Vec<_> = m
+                .extents()
+                .filter(|x| set.contains(&x.target.obj))
+                .collect();
+            assert_eq!(m.extents_of(&set), want, "seed {seed} {set:?}");
+        }
+        // A checkpoint round trip rebuilds an index that passes the check.
+        let back = ObjectMap::from_parts(m.extents(), m.objects()).unwrap();
+        back.check().unwrap();
+        for &o in &objs {
+            let set = [o].into();
+            assert_eq!(back.extents_of(&set), m.extents_of(&set), "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn extents_in_returns_whole_overlapping_extents() {
+    let mut m = ObjectMap::new();
+    m.add_object(ObjSeq(1), 1000);
+    for i in 0..10u64 {
+        m.apply_write(Lba(i * 10), 5, loc(1, i as u32 * 5));
+    }
+    let got: Vec<u64> = m.extents_in(Lba(12), 20).iter().map(|x| x.lba.0).collect();
+    assert_eq!(got, vec![10, 20, 30]);
+    assert!(m.extents_in(Lba(15), 5).is_empty());
+    assert_eq!(m.extents_in(Lba(95), u64::MAX).len(), 0);
+    assert_eq!(m.extents_in(Lba(94), u64::MAX).len(), 1);
+}
+
+/// Stale ranges are bounded: an object's ranges are re-derived once many
+/// of its pieces are displaced, and dropped when it has none left or
+/// leaves the table.
+#[test]
+fn reverse_index_stays_bounded_and_goes_with_the_object() {
+    let mut m = ObjectMap::new();
+    m.add_object(ObjSeq(1), 1 << 20);
+    m.add_object(ObjSeq(2), 1 << 20);
+    // 1000 separate ranges into object 1.
+    for i in 0..1000u64 {
+        m.apply_write(Lba(i * 4), 2, loc(1, i as u32 * 2));
+    }
+    assert_eq!(m.reverse_index_size().0, 1000);
+    // Overwrite 990 of them: at most about twice the 10 live extents stay.
+    for i in 0..990u64 {
+        m.apply_write(Lba(i * 4), 2, loc(2, i as u32 * 2));
+        m.check().unwrap();
+    }
+    let obj1 = m.extents_of(&[ObjSeq(1)].into()).len();
+    assert_eq!(obj1, 10);
+    // Object 2's 990 writes are 4 sectors apart: 990 ranges, none stale.
+    let ranges1 = m.reverse_index_size().0 - 990;
+    assert!(ranges1 <= 2 * obj1 + 2 * 16, "{ranges1} ranges");
+    // Nothing left in object 1: its ranges go at once.
+    m.apply_trim(Lba(3960), 40);
+    m.check().unwrap();
+    assert_eq!(m.object(ObjSeq(1)).unwrap().live_sectors, 0);
+    assert_eq!(m.reverse_index_size().0, 990);
+    m.apply_trim(Lba(0), 4000);
+    m.remove_object(ObjSeq(1));
+    m.remove_object(ObjSeq(2));
+    assert_eq!(m.reverse_index_size(), (0, 0));
+    m.check().unwrap();
+}
+
+#[test]
+fn sequential_writes_record_one_range() {
+    let mut m = ObjectMap::new();
+    m.add_object(ObjSeq(1), 1 << 20);
+    for i in 0..1000u64 {
+        m.apply_write(Lba(i * 8), 8, loc(1, i as u32 * 8));
+    }
+    assert_eq!(m.reverse_index_size().0, 1);
+    m.check().unwrap();
+}
