@@ -221,13 +221,31 @@ impl ObjectMap {
         };
         let mut iv = Vec::new();
         e.ranges.union_into(&mut iv);
-        let mut fresh = Ranges::default();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
         for (s, end) in iv {
             self.map.for_each_piece(Lba(s), end - s, |l, n, t| {
                 if t.is_some_and(|t| ObjLoc::from(t).obj == obj) {
-                    fresh.record(l.0, n);
+                    match runs.last_mut() {
+                        Some(r) if r.0 + r.1 == l.0 => r.1 += n,
+                        _ => runs.push((l.0, n)),
+                    }
                 }
             });
+        }
+        // The run ending where the last recorded range ended is recorded
+        // last, so that a write continuing it (which the map merges into
+        // it) still extends it: one displaced piece then still ends at most
+        // one range.
+        let last = e.ranges.open_end();
+        let keep = runs.iter().position(|r| Some(r.0 + r.1) == last);
+        let mut fresh = Ranges::default();
+        for (i, &(s, n)) in runs.iter().enumerate() {
+            if Some(i) != keep {
+                fresh.record(s, n);
+            }
+        }
+        if let Some(i) = keep {
+            fresh.record(runs[i].0, runs[i].1);
         }
         fresh.shrink();
         e.ranges = fresh;

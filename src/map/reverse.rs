@@ -82,6 +82,12 @@ impl Ranges {
         self.open = (0, 0);
     }
 
+    /// End of the last range recorded, which the next range extends if it
+    /// starts there.
+    pub(super) fn open_end(&self) -> Option<u64> {
+        (self.open.1 > 0).then(|| self.open.0 + self.open.1)
+    }
+
     /// Give back spare capacity (once the object's ranges stop growing).
     pub(super) fn shrink(&mut self) {
         self.bytes.shrink_to_fit();

@@ -744,3 +744,36 @@ fn sequential_writes_record_one_range() {
     assert_eq!(m.reverse_index_size().0, 1);
     m.check().unwrap();
 }
+
+/// After a re-derivation, a write continuing the object's last one still
+/// extends its range (the map merges the two into one extent, and one
+/// displaced piece must end at most one range).
+#[test]
+fn a_write_continuing_the_last_one_extends_its_range_after_a_compaction() {
+    let n = 100u64;
+    let mut compacted_last = 0;
+    for j in 0..n - 1 {
+        let mut m = ObjectMap::new();
+        m.add_object(ObjSeq(1), 1 << 20);
+        m.add_object(ObjSeq(2), 1 << 20);
+        for i in 0..n {
+            m.apply_write(Lba(i * 2), 1, loc(1, i as u32));
+        }
+        // Another object overwrites the top `j`.
+        for i in (n - j..n).rev() {
+            m.apply_write(Lba(i * 2), 1, loc(2, i as u32));
+        }
+        // Object 1 rewrites its lowest sector, then continues it.
+        let before = m.reverse_index_size().0;
+        m.apply_write(Lba(0), 1, loc(1, n as u32));
+        if m.reverse_index_size().0 <= before {
+            compacted_last += 1;
+        }
+        let ranges = m.reverse_index_size().0;
+        m.apply_write(Lba(1), 1, loc(1, n as u32 + 1));
+        assert_eq!(m.extents_of(&[ObjSeq(1)].into())[0].len, 2, "merged");
+        assert_eq!(m.reverse_index_size().0, ranges, "j {j}");
+        m.check().unwrap();
+    }
+    assert!(compacted_last > 0, "no case re-derived on the last write");
+}
