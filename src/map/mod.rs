@@ -418,6 +418,49 @@ impl<T: Target> ExtentMap<T> {
             .skip_while(move |x| x.end() <= lba.0)
     }
 
+    /// Call `f` for each extent overlapping `[lba, lba+len)`, whole (not
+    /// clipped), in LBA order. Like [`Self::iter_from`] with a bound, but
+    /// with one index search in the common case instead of two.
+    pub fn for_each_overlapping(&self, lba: Lba, len: u64, mut f: impl FnMut(Extent<T>)) {
+        let (s, e) = (lba.0, lba.0.saturating_add(len));
+        if s >= e {
+            return;
+        }
+        match self.chunks.range(..=s).next_back() {
+            // The extent at or before `s` is in this chunk (so no earlier
+            // chunk's extent can reach `s`).
+            Some((&cf, c)) if c.rank(cf, s + 1) > 0 => {
+                let from = c.rank(cf, s + 1) - 1;
+                // Visit `x`; true once past the range.
+                let mut visit = |x: Extent<T>| {
+                    if x.lba.0 >= e {
+                        return true;
+                    }
+                    if x.end() > s {
+                        f(x);
+                    }
+                    false
+                };
+                // Later chunks are searched for only if this one runs out.
+                if !(from..c.n).any(|i| visit(c.get(cf, i))) {
+                    let _ = self
+                        .chunks
+                        .range((Excluded(cf), Unbounded))
+                        .flat_map(|(&nf, nc)| (0..nc.n).map(move |i| nc.get(nf, i)))
+                        .any(visit);
+                }
+            }
+            _ => {
+                for x in self.iter_from(lba) {
+                    if x.lba.0 >= e {
+                        break;
+                    }
+                    f(x);
+                }
+            }
+        }
+    }
+
     /// Append to `out` the pieces covering `[lba, lba+len)` in order, holes as
     /// `None`, clipped to the range: concatenated they cover it exactly.
     pub fn lookup(&self, lba: Lba, len: u64, out: &mut Vec<(Lba, u64, Option<T>)>) {

@@ -388,11 +388,7 @@ impl ObjectMap {
         out: &mut Vec<Extent<ObjLoc>>,
     ) {
         for &(s, len) in ranges {
-            let e = s.0 + len;
-            for x in self.map.iter_from(s) {
-                if x.lba.0 >= e {
-                    break;
-                }
+            self.map.for_each_overlapping(s, len, |x| {
                 let x = unpack(x);
                 // Each extent into `objs` lies inside one range (the index
                 // covers it), so it is met once; the check keeps the output
@@ -400,18 +396,16 @@ impl ObjectMap {
                 if objs.contains(&x.target.obj) && out.last().is_none_or(|p| p.end() <= x.lba.0) {
                     out.push(x);
                 }
-            }
+            });
         }
     }
 
     /// The extents overlapping `[lba, lba+len)`, whole, in LBA order.
     pub fn extents_in(&self, lba: Lba, len: u64) -> Vec<Extent<ObjLoc>> {
-        let end = lba.0.saturating_add(len);
+        let mut out = Vec::new();
         self.map
-            .iter_from(lba)
-            .take_while(|x| x.lba.0 < end)
-            .map(unpack)
-            .collect()
+            .for_each_overlapping(lba, len, |x| out.push(unpack(x)));
+        out
     }
 
     /// Ranges held by the reverse index, and their heap bytes.

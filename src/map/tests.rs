@@ -777,3 +777,33 @@ fn a_write_continuing_the_last_one_extends_its_range_after_a_compaction() {
     }
     assert!(compacted_last > 0, "no case re-derived on the last write");
 }
+
+/// `for_each_overlapping` visits exactly the extents `iter_from` yields
+/// before the range's end, across chunk boundaries and holes.
+#[test]
+fn for_each_overlapping_matches_a_bounded_iter_from() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut m: ExtentMap<Tt> = ExtentMap::new();
+    let mut d = Vec::new();
+    for i in 0..5000u32 {
+        let s = rng.gen_range(0..40_000);
+        let len = rng.gen_range(1..=20);
+        if rng.gen_bool(0.2) {
+            m.remove(Lba(s), len, &mut d);
+        } else {
+            m.update(Lba(s), len, Tt { batch: i, off: 0 }, &mut d);
+        }
+    }
+    for _ in 0..2000 {
+        let s = rng.gen_range(0..41_000);
+        let len = rng.gen_range(0..300);
+        let want: Vec<Extent<Tt>> = m
+            .iter_from(Lba(s))
+            .take_while(|x| x.lba.0 < s + len)
+            .filter(|_| len > 0)
+            .collect();
+        let mut got = Vec::new();
+        m.for_each_overlapping(Lba(s), len, |x| got.push(x));
+        assert_eq!(got, want, "{s}+{len}");
+    }
+}
