@@ -3,7 +3,9 @@
 //! [`ExtentMap`] maps LBA ranges to targets of any [`Target`] type (the
 //! durable map uses [`ObjLoc`]; the in-memory overlay of not-yet-destaged
 //! writes uses a journal location). [`ObjectMap`] is the durable map plus the
-//! per-object live-sector accounting that garbage collection needs.
+//! per-object live-sector accounting and the per-object reverse index (LBA
+//! ranges that may map into each object, about 5 bytes each) that garbage
+//! collection needs.
 //!
 //! # Representation
 //!
