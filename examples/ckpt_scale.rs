@@ -233,7 +233,7 @@ fn main() {
     let t = Instant::now();
     let ranges = map.take_changes().unwrap();
     let dx: Vec<CkptExtent> = map
-        .extents_in(&ranges)
+        .clipped_extents(&ranges)
         .into_iter()
         .map(ckpt_extent)
         .collect();

@@ -6,7 +6,10 @@
 //! The engine works through [`GcHost`], which the volume implements: GC
 //! knows nothing of the journal or the destager. One cycle:
 //! 1. select victims (`gc.selected`);
-//! 2. gather their live extents in LBA order, plugging small gaps;
+//! 2. gather their live extents in LBA order, plugging small gaps: the
+//!    map's reverse index names the victims' extents, and only the gaps
+//!    between them are looked up, so this costs O(victims' extents), not
+//!    O(map);
 //! 3. read the data (`gc.read_done`) through [`GcHost::read_object_range`];
 //! 4. submit a GC object: its sequence is allocated last, once the object is
 //!    fully built (`gc.seq_allocated`; ordering 20), and wait until it is
@@ -55,8 +58,12 @@ pub(crate) trait GcHost: Send + Sync {
     fn size_bytes(&self) -> u64;
     /// The object table of the durable map.
     fn objects(&self) -> Vec<(ObjSeq, ObjInfo)>;
-    /// Up to `max` durable extents from `lba`, as `ObjectMap::extents_from`.
-    fn extents_from(&self, lba: Lba, max: usize) -> Vec<Extent<ObjLoc>>;
+    /// Every durable extent mapped into one of `objs`, whole, in LBA order,
+    /// as `ObjectMap::extents_of` (through the reverse index).
+    fn extents_of(&self, objs: &BTreeSet<ObjSeq>) -> Vec<Extent<ObjLoc>>;
+    /// The durable extents overlapping `[lba, lba+len)`, whole, as
+    /// `ObjectMap::extents_in`.
+    fn extents_in(&self, lba: Lba, len: u64) -> Vec<Extent<ObjLoc>>;
     /// Read `out.len()` bytes of object `obj` at byte `byte_off`. The one
     /// place GC reads live data (the read cache hooks in here).
     fn read_object_range(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> Result<()>;
@@ -87,9 +94,6 @@ pub(crate) trait GcHost: Send + Sync {
 /// Longest a GC step waits for a client backlog to clear before going on
 /// anyway: GC yields to clients, but is never starved by a steady writer.
 const MAX_YIELD: Duration = Duration::from_millis(100);
-
-/// Extents scanned per read-lock hold.
-const SCAN_SLICE: usize = 4096;
 
 /// Background GC deletes only objects that were already dead when the
 /// floor checkpoint was taken at least this long ago. A client read looks
@@ -203,18 +207,14 @@ impl Gc {
         }
         failpoint::hit("gc.selected");
         let vset: BTreeSet<ObjSeq> = victims.iter().copied().collect();
-        let mut g =
-            select::Gatherer::new(&vset, cfg.gc_plug_bytes / SECTOR).excluding(&self.corrupt);
-        let mut pos = Lba(0);
-        loop {
-            let slice = host.extents_from(pos, SCAN_SLICE);
-            let Some(last) = slice.last() else { break };
-            pos = Lba(last.end());
-            for x in slice {
-                g.feed(x);
-            }
-        }
-        let runs = g.finish();
+        // One read-lock hold for the victims' extents, one per gap looked up.
+        let runs = select::gather(
+            &vset,
+            &self.corrupt,
+            cfg.gc_plug_bytes / SECTOR,
+            host.extents_of(&vset),
+            |lba, len| host.extents_in(lba, len),
+        );
         for moves in select::pack(&runs, cap) {
             let sectors: u64 = moves.iter().map(|m| u64::from(m.sectors)).sum();
             let mut data = AlignedBuf::new((sectors * SECTOR) as usize);
@@ -522,11 +522,17 @@ mod tests {
         fn objects(&self) -> Vec<(ObjSeq, ObjInfo)> {
             self.objects.clone()
         }
-        fn extents_from(&self, lba: Lba, max: usize) -> Vec<Extent<ObjLoc>> {
+        fn extents_of(&self, objs: &BTreeSet<ObjSeq>) -> Vec<Extent<ObjLoc>> {
             self.extents
                 .iter()
-                .filter(|x| x.end() > lba.0)
-                .take(max)
+                .filter(|x| objs.contains(&x.target.obj))
+                .copied()
+                .collect()
+        }
+        fn extents_in(&self, lba: Lba, len: u64) -> Vec<Extent<ObjLoc>> {
+            self.extents
+                .iter()
+                .filter(|x| x.end() > lba.0 && x.lba.0 < lba.0 + len)
                 .copied()
                 .collect()
         }

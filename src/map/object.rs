@@ -1,7 +1,8 @@
 //! The durable map: LBA -> object location with per-object live counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use super::reverse::{merge_tail, Ranges};
 use super::{Extent, ExtentMap, Target};
 use crate::units::{Lba, ObjSeq};
 
@@ -96,13 +97,52 @@ pub struct ObjInfo {
     pub live_sectors: u64,
 }
 
+/// One row of the object table: the accounting and the reverse index.
+#[derive(Clone, Debug, Default)]
+struct ObjEntry {
+    info: ObjInfo,
+    /// LBA ranges that may map into the object (a superset of its extents).
+    ranges: Ranges,
+}
+
+/// An object's recorded ranges are re-derived from the map once the pieces
+/// displaced from it since the last time reach half its ranges plus this.
+/// A displaced piece ends at most one recorded range (ranges extend like
+/// the map merges), so at most about half of an object's ranges are stale:
+/// it keeps at most about `2 * live extents + 2 * COMPACT_SLACK` ranges.
+/// The re-derivation costs one map lookup per range, paid for by the
+/// displaced pieces that triggered it.
+const COMPACT_SLACK: u32 = 16;
+
+/// Whether an object with `ranges` recorded ranges and `debits` pieces
+/// displaced since they were derived is due for re-derivation.
+fn compaction_due(ranges: usize, debits: u32) -> bool {
+    u64::from(debits) >= ranges as u64 / 2 + u64::from(COMPACT_SLACK)
+}
+
 /// The durable map: LBA -> [`ObjLoc`], plus per-object live-sector counts kept
-/// exactly in step with it.
+/// exactly in step with it, plus a reverse index (per object, the LBA ranges
+/// that may map into it) so that GC gathers a victim's extents without
+/// scanning the whole map ([`Self::extents_of`]).
+///
+/// The reverse index lives in memory only: it is rebuilt from the extents
+/// at load ([`Self::from_parts`]) and by the roll-forward's writes and
+/// moves. It is lazy: each write or move applied into an object records its
+/// range, overwrites remove nothing, and readers keep only the pieces still
+/// mapped into the object. An object's ranges are dropped when it has no
+/// live sector left or leaves the table, and re-derived from the map when
+/// many may be stale (see `COMPACT_SLACK`).
 #[derive(Clone, Debug, Default)]
 pub struct ObjectMap {
     map: ExtentMap<PackedLoc>,
-    objects: BTreeMap<ObjSeq, ObjInfo>,
+    objects: BTreeMap<ObjSeq, ObjEntry>,
     scratch: Vec<Extent<PackedLoc>>,
+    /// Objects whose ranges may be due for re-derivation after the current
+    /// change (filled by `debit`).
+    due: Vec<ObjSeq>,
+    /// The object whose ranges grew last: its spare capacity is given back
+    /// when another object's ranges start growing.
+    growing: Option<ObjSeq>,
     /// A clone's map: trims leave [`ObjLoc::ZERO`] markers instead of
     /// holes, since a hole reads through to the parent.
     markers: bool,
@@ -122,7 +162,7 @@ impl ObjectMap {
     /// starts at 0; writes applied with [`Self::apply_write`] add to it.
     /// Registering an object again replaces its `data_sectors` only.
     pub fn add_object(&mut self, obj: ObjSeq, data_sectors: u64) {
-        self.objects.entry(obj).or_default().data_sectors = data_sectors;
+        self.objects.entry(obj).or_default().info.data_sectors = data_sectors;
     }
 
     /// Map `[lba, lba+len)` to `loc`, moving live sectors from the displaced
@@ -143,8 +183,77 @@ impl ObjectMap {
             "write to unregistered object {}",
             loc.obj
         );
-        self.objects.entry(loc.obj).or_default().live_sectors += len;
+        self.objects.entry(loc.obj).or_default().info.live_sectors += len;
+        self.record(loc.obj, lba, len);
         self.scratch = displaced;
+        self.compact_due();
+    }
+
+    /// Note in the reverse index that `[lba, lba+len)` may map into `obj`.
+    fn record(&mut self, obj: ObjSeq, lba: Lba, len: u64) {
+        if obj.0 == 0 {
+            return;
+        }
+        if self.growing != Some(obj) {
+            if let Some(e) = self.growing.and_then(|g| self.objects.get_mut(&g)) {
+                e.ranges.shrink();
+            }
+            self.growing = Some(obj);
+        }
+        if let Some(e) = self.objects.get_mut(&obj) {
+            e.ranges.record(lba.0, len);
+        }
+    }
+
+    /// Re-derive the ranges of the objects `debit` found due.
+    fn compact_due(&mut self) {
+        while let Some(obj) = self.due.pop() {
+            if self
+                .objects
+                .get(&obj)
+                .is_some_and(|e| compaction_due(e.ranges.len(), e.ranges.debits))
+            {
+                self.compact(obj);
+            }
+        }
+    }
+
+    /// Replace `obj`'s recorded ranges by its live extents, read from the
+    /// map (contiguous ones as one range).
+    fn compact(&mut self, obj: ObjSeq) {
+        let Some(e) = self.objects.get_mut(&obj) else {
+            return;
+        };
+        let mut iv = Vec::new();
+        e.ranges.union_into(&mut iv);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (s, end) in iv {
+            self.map.for_each_piece(Lba(s), end - s, |l, n, t| {
+                if t.is_some_and(|t| ObjLoc::from(t).obj == obj) {
+                    match runs.last_mut() {
+                        Some(r) if r.0 + r.1 == l.0 => r.1 += n,
+                        _ => runs.push((l.0, n)),
+                    }
+                }
+            });
+        }
+        // The run ending where the last recorded range ended is recorded
+        // last, so that a write continuing it (which the map merges into
+        // it) still extends it: one displaced piece then still ends at most
+        // one range.
+        let last = e.ranges.open_end();
+        let keep = runs.iter().position(|r| Some(r.0 + r.1) == last);
+        let mut fresh = Ranges::default();
+        for (i, &(s, n)) in runs.iter().enumerate() {
+            if Some(i) != keep {
+                fresh.record(s, n);
+            }
+        }
+        if let Some(i) = keep {
+            fresh.record(runs[i].0, runs[i].1);
+        }
+        fresh.shrink();
+        e.ranges = fresh;
     }
 
     /// Make trims leave zero markers (a clone's map), or holes (default).
@@ -166,6 +275,7 @@ impl ObjectMap {
         self.map.remove(lba, len, &mut displaced);
         self.debit(&displaced);
         self.scratch = displaced;
+        self.compact_due();
     }
 
     /// Unmap `[lba, lba+len)` (trim). In a clone's map the range is mapped
@@ -182,6 +292,7 @@ impl ObjectMap {
         }
         self.debit(&displaced);
         self.scratch = displaced;
+        self.compact_due();
     }
 
     fn debit(&mut self, displaced: &[Extent<PackedLoc>]) {
@@ -190,13 +301,28 @@ impl ObjectMap {
             if obj.0 == 0 {
                 continue;
             }
-            match self.objects.get_mut(&obj) {
-                Some(info) => {
-                    debug_assert!(info.live_sectors >= d.len, "live underflow in {obj}");
-                    info.live_sectors = info.live_sectors.saturating_sub(d.len);
+            self.debit_one(obj, d.len);
+        }
+    }
+
+    /// `sectors` of one displaced piece leave `obj`: its live count drops,
+    /// and its recorded ranges go once nothing maps into it, or become due
+    /// for re-derivation once enough pieces left.
+    fn debit_one(&mut self, obj: ObjSeq, sectors: u64) {
+        match self.objects.get_mut(&obj) {
+            Some(e) => {
+                debug_assert!(e.info.live_sectors >= sectors, "live underflow in {obj}");
+                e.info.live_sectors = e.info.live_sectors.saturating_sub(sectors);
+                if e.info.live_sectors == 0 {
+                    e.ranges.clear();
+                } else {
+                    e.ranges.debits = e.ranges.debits.saturating_add(1);
+                    if compaction_due(e.ranges.len(), e.ranges.debits) {
+                        self.due.push(obj);
+                    }
                 }
-                None => debug_assert!(false, "extent in unknown object {obj}"),
             }
+            None => debug_assert!(false, "extent in unknown object {obj}"),
         }
     }
 
@@ -214,19 +340,16 @@ impl ObjectMap {
             return 0;
         }
         self.note_change(lba, len);
-        match self.objects.get_mut(&from.obj) {
-            Some(info) => {
-                debug_assert!(info.live_sectors >= moved, "live underflow in {}", from.obj);
-                info.live_sectors = info.live_sectors.saturating_sub(moved);
-            }
-            None => debug_assert!(false, "extent in unknown object {}", from.obj),
-        }
+        self.debit_one(from.obj, moved);
         debug_assert!(
             self.objects.contains_key(&to.obj),
             "move to unregistered object {}",
             to.obj
         );
-        self.objects.entry(to.obj).or_default().live_sectors += moved;
+        self.objects.entry(to.obj).or_default().info.live_sectors += moved;
+        // The whole range: the pieces not moved are found stale later.
+        self.record(to.obj, lba, len);
+        self.compact_due();
         moved
     }
 
@@ -252,7 +375,7 @@ impl ObjectMap {
 
     /// The extents inside `ranges` (ascending, disjoint), clipped to them,
     /// in LBA order: what a delta checkpoint holds for them.
-    pub fn extents_in(&self, ranges: &[(Lba, u64)]) -> Vec<Extent<ObjLoc>> {
+    pub fn clipped_extents(&self, ranges: &[(Lba, u64)]) -> Vec<Extent<ObjLoc>> {
         let mut out = Vec::new();
         for &(lba, len) in ranges {
             self.map.for_each_piece(lba, len, |s, l, t| {
@@ -304,6 +427,70 @@ impl ObjectMap {
         self.map.iter_from(lba).take(max).map(unpack).collect()
     }
 
+    /// Every extent mapped into one of `objs`, whole, in LBA order. Found
+    /// through the reverse index: the cost is O(their recorded ranges, and
+    /// the extents overlapping those), whatever the size of the map. In one
+    /// go; [`Self::reverse_ranges`] and [`Self::extents_of_in`] do the same
+    /// in slices.
+    pub fn extents_of(&self, objs: &BTreeSet<ObjSeq>) -> Vec<Extent<ObjLoc>> {
+        let mut out = Vec::new();
+        self.extents_of_in(objs, &self.reverse_ranges(objs), &mut out);
+        out
+    }
+
+    /// The LBA ranges that may map into `objs`, as `(start, len)`: sorted,
+    /// disjoint and not adjacent. Every extent mapped into one of `objs`
+    /// lies inside one of them, now and after any later change that maps
+    /// nothing new into `objs` (an object's extents only shrink once it is
+    /// applied, so a GC cycle can look its victims' extents up in slices).
+    pub fn reverse_ranges(&self, objs: &BTreeSet<ObjSeq>) -> Vec<(Lba, u64)> {
+        let mut iv = Vec::new();
+        for o in objs {
+            if let Some(e) = self.objects.get(o) {
+                e.ranges.union_into(&mut iv);
+            }
+        }
+        merge_tail(&mut iv, 0);
+        iv.into_iter().map(|(s, e)| (Lba(s), e - s)).collect()
+    }
+
+    /// Append to `out` the extents mapped into `objs` that lie inside
+    /// `ranges` (a slice of [`Self::reverse_ranges`]), whole, in LBA order,
+    /// skipping any that would not come strictly after `out`'s last.
+    pub fn extents_of_in(
+        &self,
+        objs: &BTreeSet<ObjSeq>,
+        ranges: &[(Lba, u64)],
+        out: &mut Vec<Extent<ObjLoc>>,
+    ) {
+        for &(s, len) in ranges {
+            self.map.for_each_overlapping(s, len, |x| {
+                let x = unpack(x);
+                // Each extent into `objs` lies inside one range (the index
+                // covers it), so it is met once; the check keeps the output
+                // strictly ordered all the same.
+                if objs.contains(&x.target.obj) && out.last().is_none_or(|p| p.end() <= x.lba.0) {
+                    out.push(x);
+                }
+            });
+        }
+    }
+
+    /// The extents overlapping `[lba, lba+len)`, whole, in LBA order.
+    pub fn extents_in(&self, lba: Lba, len: u64) -> Vec<Extent<ObjLoc>> {
+        let mut out = Vec::new();
+        self.map
+            .for_each_overlapping(lba, len, |x| out.push(unpack(x)));
+        out
+    }
+
+    /// Ranges held by the reverse index, and their heap bytes.
+    pub fn reverse_index_size(&self) -> (usize, usize) {
+        self.objects.values().fold((0, 0), |(n, b), e| {
+            (n + e.ranges.len(), b + e.ranges.heap_bytes())
+        })
+    }
+
     /// Append to `out` the pieces covering `[lba, lba+len)`, as
     /// [`ExtentMap::lookup`].
     pub fn lookup(&self, lba: Lba, len: u64, out: &mut Vec<(Lba, u64, Option<ObjLoc>)>) {
@@ -313,19 +500,23 @@ impl ObjectMap {
 
     /// All objects, sorted by sequence number.
     pub fn objects(&self) -> impl Iterator<Item = (ObjSeq, ObjInfo)> + '_ {
-        self.objects.iter().map(|(&k, &v)| (k, v))
+        self.objects.iter().map(|(&k, v)| (k, v.info))
     }
 
     /// One object's accounting.
     pub fn object(&self, obj: ObjSeq) -> Option<ObjInfo> {
-        self.objects.get(&obj).copied()
+        self.objects.get(&obj).map(|e| e.info)
     }
 
     /// Forget an object. Only for objects with no live sectors, or for GC once
     /// it has remapped the live data elsewhere: extents still pointing at a
-    /// removed object make [`Self::check`] fail.
+    /// removed object make [`Self::check`] fail. Its reverse index goes
+    /// with it.
     pub fn remove_object(&mut self, obj: ObjSeq) -> Option<ObjInfo> {
-        self.objects.remove(&obj)
+        if self.growing == Some(obj) {
+            self.growing = None;
+        }
+        self.objects.remove(&obj).map(|e| e.info)
     }
 
     /// All extents in LBA order.
@@ -347,7 +538,8 @@ impl ObjectMap {
     /// object table. A corrupt checkpoint is refused, never loaded: the error
     /// names the first problem (empty, overlapping or unsorted extents, an
     /// unknown or duplicate object, or a live count that differs from the one
-    /// recomputed from the extents).
+    /// recomputed from the extents). The reverse index is rebuilt from the
+    /// extents, one range per run of adjacent extents of an object.
     pub fn from_parts(
         extents: impl IntoIterator<Item = Extent<ObjLoc>>,
         objects: impl IntoIterator<Item = (ObjSeq, ObjInfo)>,
@@ -359,25 +551,57 @@ impl ObjectMap {
         b.finish(objects)
     }
 
-    /// Check that every extent references a known object and that each
-    /// object's live count equals the sectors mapped to it.
+    /// Check that every extent references a known object, that each
+    /// object's live count equals the sectors mapped to it, and that the
+    /// reverse index covers every extent (its recorded ranges hold each
+    /// extent mapped into the object), holds nothing for an object with no
+    /// live sector, and has re-derived every object due for it.
     pub fn check(&self) -> Result<(), String> {
         let mut live: BTreeMap<ObjSeq, u64> = BTreeMap::new();
+        let mut unions: BTreeMap<ObjSeq, Vec<(u64, u64)>> = BTreeMap::new();
+        for (obj, e) in &self.objects {
+            let n = e.ranges.iter().count();
+            if n != e.ranges.len() {
+                return Err(format!(
+                    "object {obj} counts {} recorded ranges but holds {n}",
+                    e.ranges.len()
+                ));
+            }
+            if e.info.live_sectors == 0 && n > 0 {
+                return Err(format!("object {obj} has no live sector but {n} ranges"));
+            }
+            if compaction_due(n, e.ranges.debits) {
+                return Err(format!(
+                    "object {obj} has {n} ranges and {} pieces displaced since: not re-derived",
+                    e.ranges.debits
+                ));
+            }
+            let mut u = Vec::new();
+            e.ranges.union_into(&mut u);
+            unions.insert(*obj, u);
+        }
         for x in self.extents().filter(|x| !x.target.is_zero()) {
-            if !self.objects.contains_key(&x.target.obj) {
+            let Some(u) = unions.get(&x.target.obj) else {
                 return Err(format!(
                     "extent at {} references unknown object {}",
                     x.lba, x.target.obj
                 ));
-            }
+            };
             *live.entry(x.target.obj).or_default() += x.len;
+            let i = u.partition_point(|&(s, _)| s <= x.lba.0);
+            if i == 0 || u[i - 1].1 < x.end() {
+                return Err(format!(
+                    "extent at {}+{} into object {} is not in its reverse index",
+                    x.lba, x.len, x.target.obj
+                ));
+            }
         }
-        for (obj, info) in &self.objects {
+        for (obj, e) in &self.objects {
             let counted = live.get(obj).copied().unwrap_or(0);
-            if counted != info.live_sectors {
+            if counted != e.info.live_sectors {
                 return Err(format!(
                     "object {obj} records {} live sectors but its extents hold {counted}",
-                    info.live_sectors
+                    e.info.live_sectors
                 ));
             }
         }
@@ -463,38 +687,53 @@ impl MapBuilder {
         self,
         objects: impl IntoIterator<Item = (ObjSeq, ObjInfo)>,
     ) -> Result<ObjectMap, String> {
-        let mut table = BTreeMap::new();
+        let mut table: BTreeMap<ObjSeq, ObjEntry> = BTreeMap::new();
+        // The recorded live counts, checked against the recomputed ones.
+        let mut expected: Vec<(ObjSeq, u64)> = Vec::new();
         for (obj, info) in objects {
-            if table.insert(obj, info).is_some() {
+            let row = ObjEntry {
+                info: ObjInfo {
+                    data_sectors: info.data_sectors,
+                    live_sectors: 0,
+                },
+                ranges: Ranges::default(),
+            };
+            if table.insert(obj, row).is_some() {
                 return Err(format!("object {obj} listed twice"));
             }
+            expected.push((obj, info.live_sectors));
         }
-        let mut live: BTreeMap<ObjSeq, u64> = BTreeMap::new();
+        expected.sort_unstable();
+        // The reverse index is rebuilt from the extents in LBA order, one
+        // range per run of adjacent extents of an object.
         for x in self.map.iter().map(unpack) {
             if x.target.is_zero() {
                 continue;
             }
-            if !table.contains_key(&x.target.obj) {
+            let Some(row) = table.get_mut(&x.target.obj) else {
                 return Err(format!(
                     "extent at {} references unknown object {}",
                     x.lba, x.target.obj
                 ));
-            }
-            *live.entry(x.target.obj).or_default() += x.len;
+            };
+            row.info.live_sectors += x.len;
+            row.ranges.record(x.lba.0, x.len);
         }
-        for (obj, info) in &table {
-            let counted = live.get(obj).copied().unwrap_or(0);
-            if counted != info.live_sectors {
+        for ((obj, row), (_, want)) in table.iter_mut().zip(expected) {
+            if row.info.live_sectors != want {
                 return Err(format!(
-                    "object {obj} records {} live sectors but its extents hold {counted}",
-                    info.live_sectors
+                    "object {obj} records {want} live sectors but its extents hold {}",
+                    row.info.live_sectors
                 ));
             }
+            row.ranges.shrink();
         }
         Ok(ObjectMap {
             map: self.map,
             objects: table,
             scratch: Vec::new(),
+            due: Vec::new(),
+            growing: None,
             markers: false,
             changes: None,
         })

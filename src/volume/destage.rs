@@ -680,7 +680,7 @@ impl Destager {
                 (Some(b), Some(ranges))
                     if ranges.len() <= map.extent_count() / DELTA_MAX_DIVISOR =>
                 {
-                    let extents = map.extents_in(&ranges);
+                    let extents = map.clipped_extents(&ranges);
                     (ranges.len() + extents.len() <= map.extent_count() / DELTA_MAX_DIVISOR)
                         .then_some((b.clone(), ranges, extents))
                 }

@@ -2,6 +2,7 @@
 //! GC submit path (sequence allocated last), checkpoint facts for the
 //! deletion rule, and the background GC thread.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +157,10 @@ impl Inner {
     }
 }
 
+/// Reverse-index ranges looked up per read-lock hold while GC gathers its
+/// victims' extents (one map lookup each).
+const GATHER_SLICE: usize = 256;
+
 impl GcHost for Inner {
     fn config(&self) -> &Config {
         &self.config
@@ -173,11 +178,34 @@ impl GcHost for Inner {
             .collect()
     }
 
-    fn extents_from(&self, lba: Lba, max: usize) -> Vec<Extent<ObjLoc>> {
+    fn extents_of(&self, objs: &BTreeSet<ObjSeq>) -> Vec<Extent<ObjLoc>> {
+        // In slices, each under a short read lock (writers, and the client
+        // reads queued behind them, never wait for a whole gather). The
+        // ranges read first still cover the victims' extents later: nothing
+        // new is mapped into an object once it is applied (one still being
+        // applied is gathered as far as it was, as the old scan did; what
+        // it gains later is not moved, and it stays until no checkpoint
+        // lists it live).
+        let ranges = self
+            .durable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .reverse_ranges(objs);
+        let mut out = Vec::new();
+        for slice in ranges.chunks(GATHER_SLICE) {
+            self.durable
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .extents_of_in(objs, slice, &mut out);
+        }
+        out
+    }
+
+    fn extents_in(&self, lba: Lba, len: u64) -> Vec<Extent<ObjLoc>> {
         self.durable
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .extents_from(lba, max)
+            .extents_in(lba, len)
     }
 
     fn read_object_range(&self, obj: ObjSeq, byte_off: u64, out: &mut [u8]) -> Result<()> {
