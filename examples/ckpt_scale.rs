@@ -3,7 +3,9 @@
 //! that many extents.
 //!
 //! `cargo run --release --example ckpt_scale [EXTENTS] [CHANGE_PERCENT]`
-//! (default 10,000,000 extents, 1%).
+//! (default 10,000,000 extents, 1%). Step 5 runs in fresh processes of
+//! this example (`ckpt_scale open DIR [full]`), so their peak RSS is the
+//! open's own.
 //!
 //! 1. Builds the durable map (`ObjectMap`) of EXTENTS 4 KiB extents, 8 KiB
 //!    apart (so none merge), in objects of 2,048 extents, and starts its
@@ -15,11 +17,11 @@
 //! 4. A delta on the full one, as the destager writes it: the changed
 //!    ranges taken, their extents, split and encoded (`delta_bytes`,
 //!    `delta_secs`, `ratio` = delta / full bytes; the target is <= 0.05).
-//! 5. Puts the pieces in a `MemStore`, lists the delta (built on the full
-//!    one) in the superblock, drops the map, and times `Volume::open` (its
-//!    recovery loads the chain), with the growth of the peak RSS
-//!    (`open_secs`, `open_peak_rss_mib`); the same for the full checkpoint
-//!    alone (`open_full_secs`).
+//! 5. The pieces are in a `DirStore` under a temporary directory, the
+//!    delta (built on the full one) listed in the superblock; a fresh
+//!    process times `Volume::open` (its recovery loads the chain) and
+//!    reports its peak RSS (`open_secs`, `open_peak_rss_mib`); another does
+//!    the same with only the full checkpoint listed (`open_full_*`).
 //!
 //! The encoding is the destager's (`split_into_pieces`,
 //! `split_delta_into_pieces`, `CheckpointPiece::encode`); the put is not
@@ -28,7 +30,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use lsvd::backend::{MemStore, ObjectStore};
+use lsvd::backend::{DirStore, ObjectStore};
 use lsvd::config::Config;
 use lsvd::format::checkpoint::{
     split_delta_into_pieces, split_into_pieces, CheckpointPiece, CkptExtent, CkptObject, CkptRange,
@@ -53,11 +55,6 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |k| k / 1024.0)
 }
 
-fn reset_peak_rss() {
-    // Writing 5 to clear_refs resets VmHWM to the current RSS.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 fn ckpt_extent(x: Extent<ObjLoc>) -> CkptExtent {
     CkptExtent {
         lba: x.lba,
@@ -77,7 +74,7 @@ fn table(map: &ObjectMap) -> Vec<CkptObject> {
         .collect()
 }
 
-fn put_all(store: &MemStore, pieces: &[CheckpointPiece]) -> u64 {
+fn put_all(store: &DirStore, pieces: &[CheckpointPiece]) -> u64 {
     let mut bytes = 0;
     for p in pieces {
         let b = p.encode();
@@ -92,7 +89,23 @@ fn put_all(store: &MemStore, pieces: &[CheckpointPiece]) -> u64 {
     bytes
 }
 
-fn open_secs(store: &Arc<dyn ObjectStore>, dir: &std::path::Path) -> (f64, f64, u64) {
+/// `ckpt_scale open DIR [full]`: open the image in DIR's store (with only
+/// the full checkpoint listed if `full`) and print the time and peak RSS.
+fn open_mode(dir: &std::path::Path, full: bool) {
+    let store = Arc::new(DirStore::open(&dir.join("store")).unwrap());
+    if full {
+        let mut sb = read_superblock(store.as_ref(), "img").unwrap();
+        let full_ref = *sb.checkpoints.last().unwrap();
+        sb.checkpoints = vec![full_ref];
+        sb.update_seq += 1;
+        store.put("img", &sb.encode()).unwrap();
+        // What lies past the full checkpoint would be rolled forward: the
+        // change's (empty) objects and the delta go first.
+        let top = std::fs::read_to_string(dir.join("top")).unwrap();
+        for o in full_ref.seq.0 + u64::from(full_ref.pieces)..=top.trim().parse().unwrap() {
+            let _ = store.delete(&object_name("img", ObjSeq(o)));
+        }
+    }
     let c = Config {
         no_gc: true,
         no_rcache: true,
@@ -100,22 +113,24 @@ fn open_secs(store: &Arc<dyn ObjectStore>, dir: &std::path::Path) -> (f64, f64, 
         ..Config::default()
     };
     let _ = std::fs::remove_file(dir.join("img.wlog"));
-    reset_peak_rss();
     let before = peak_rss_mib();
     let t = Instant::now();
     let v = Volume::open(VolumeOptions {
         config: c,
-        store: store.clone(),
+        store,
         image: "img".into(),
         journal_path: dir.join("img.wlog"),
         io_log: None,
     })
     .unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let grew = peak_rss_mib() - before;
-    let extents = v.stats().map_extents;
+    let what = if full { "open_full" } else { "open" };
+    println!(
+        "{what}_secs={secs:.2} {what}_peak_rss_mib={:.0} (before {before:.0}) {what}_extents={}",
+        peak_rss_mib(),
+        v.stats().map_extents
+    );
     v.crash();
-    (secs, grew, extents)
 }
 
 fn main() {
@@ -124,6 +139,10 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("open") {
+        open_mode(std::path::Path::new(&args[2]), args.get(3).is_some());
+        return;
+    }
     let n: u64 = args
         .get(1)
         .map_or(10_000_000, |a| a.parse().expect("EXTENTS"));
@@ -157,9 +176,10 @@ fn main() {
     map.track_changes();
     println!("build_secs={:.2}", t.elapsed().as_secs_f64());
     let size_bytes = (16 * n * 512).next_multiple_of(4096);
-    let store = Arc::new(MemStore::new());
-    create_image(store.as_ref(), "img", size_bytes).unwrap();
-    let uuid = read_superblock(store.as_ref(), "img").unwrap().uuid;
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let store = DirStore::create(&dir.path().join("store")).unwrap();
+    create_image(&store, "img", size_bytes).unwrap();
+    let uuid = read_superblock(&store, "img").unwrap().uuid;
 
     // 2. A full checkpoint.
     let full_seq = ObjSeq(objects + 1);
@@ -272,7 +292,7 @@ fn main() {
         pieces: delta.len() as u32,
     };
     drop((delta, dx, ranges));
-    let mut sb = read_superblock(store.as_ref(), "img").unwrap();
+    let mut sb = read_superblock(&store, "img").unwrap();
     sb.incompat |= INCOMPAT_DELTA_CKPT;
     sb.checkpoints = vec![delta_ref, full_ref];
     sb.update_seq += 1;
@@ -281,25 +301,25 @@ fn main() {
     for o in (1..=objects).chain(first_new..=obj) {
         store.put(&object_name("img", ObjSeq(o)), b"").unwrap();
     }
-    let want = map.extent_count() as u64;
+    std::fs::write(
+        dir.path().join("top"),
+        format!("{}", obj + delta_ref.pieces as u64),
+    )
+    .unwrap();
+    println!("open_expected_extents={}", map.extent_count());
     drop(map);
+    drop(store);
 
-    // 5. Open: the chain (full + delta), then the full one alone.
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let store: Arc<dyn ObjectStore> = store;
-    let (secs, rss, got) = open_secs(&store, dir.path());
-    assert_eq!(got, want, "the open loaded the changed map");
-    println!("open_secs={secs:.2} open_peak_rss_mib={rss:.0} open_extents={got}");
-    let mut sb = read_superblock(store.as_ref(), "img").unwrap();
-    sb.checkpoints = vec![full_ref];
-    sb.update_seq += 1;
-    store.put("img", &sb.encode()).unwrap();
-    // Objects past the full checkpoint would be rolled forward: the
-    // change's (empty) objects and the delta are removed first.
-    for o in first_new..=obj + delta_ref.pieces as u64 {
-        let _ = store.delete(&object_name("img", ObjSeq(o)));
+    // 5. Open, in fresh processes: the chain (full + delta), then the full
+    // one alone.
+    let me = std::env::current_exe().unwrap();
+    for extra in [None, Some("full")] {
+        let mut cmd = std::process::Command::new(&me);
+        cmd.arg("open").arg(dir.path());
+        if let Some(x) = extra {
+            cmd.arg(x);
+        }
+        let st = cmd.status().unwrap();
+        assert!(st.success(), "{cmd:?}: {st}");
     }
-    let (secs, rss, got) = open_secs(&store, dir.path());
-    let _ = rss;
-    println!("open_full_secs={secs:.2} open_full_extents={got}");
 }

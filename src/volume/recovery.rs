@@ -638,8 +638,18 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
     // `MAX_PIECES` pieces.)
     let known = Pieces(&sb.checkpoints);
     // The pieces of the listed checkpoints newer than the one loaded (they
-    // failed to load).
-    let failed = Pieces(&sb.checkpoints[..ckpt_index.unwrap_or(sb.checkpoints.len())]);
+    // failed to load), and of the base links: a link is listed like a
+    // candidate (named only once durable, never reused while listed), so a
+    // lost or rotten piece of one is no gap either. The roll-forward meets
+    // links only when it starts below them (no candidate loaded): the
+    // loaded checkpoint's chain lies below its own last object.
+    let failed_refs: Vec<CheckpointRef> = sb.checkpoints
+        [..ckpt_index.unwrap_or(sb.checkpoints.len())]
+        .iter()
+        .chain(sb.links.iter())
+        .copied()
+        .collect();
+    let failed = Pieces(&failed_refs);
     let mut rolled = 0;
     // The highest object sequence in the store, listed once when needed.
     let mut top: Option<u64> = None;
