@@ -463,6 +463,89 @@ mod tests {
         assert_eq!(srcs, vec![1, 2, 1, 1]);
     }
 
+    /// Found by review: the host looked the victims' reverse ranges up 256
+    /// per read-lock hold (the old scan held the lock per 4096 extents),
+    /// but one merged range can hold any number of extents: the ranges of
+    /// adjacent victims join, and their stale parts hold whatever was
+    /// written there since. Now each hold visits at most 4096 extents. Here: a sequential
+    /// install (one range per 8 MiB object), rewritten in 1 MiB writes
+    /// that leave one 4 KiB block of each object live (8 displaced pieces
+    /// each: no re-derivation), then 4 KiB random writes all over. The
+    /// oldest objects are the best victims, their ranges merge into one,
+    /// and a single lock hold walks every extent of that whole span.
+    #[test]
+    fn one_gather_lock_hold_stays_within_the_old_scan_slice() {
+        let l = |obj, offset| ObjLoc {
+            obj: ObjSeq(obj),
+            offset,
+        };
+        let obj_sectors = 16384u64; // 8 MiB
+        let n_v = 64u64;
+        let mut m = crate::map::ObjectMap::new();
+        for v in 1..=n_v {
+            m.add_object(ObjSeq(v), obj_sectors);
+            m.apply_write(Lba((v - 1) * obj_sectors), obj_sectors, l(v, 0));
+        }
+        // The rewrite in 1 MiB writes, 8 per object, leaving its last 8 sectors.
+        let mut w = n_v + 1;
+        let mut off = 0u32;
+        m.add_object(ObjSeq(w), obj_sectors);
+        for v in 0..n_v {
+            for k in 0..8u64 {
+                let len = if k == 7 { 2048 - 8 } else { 2048 };
+                if u64::from(off) + len > obj_sectors {
+                    w += 1;
+                    off = 0;
+                    m.add_object(ObjSeq(w), obj_sectors);
+                }
+                m.apply_write(Lba(v * obj_sectors + k * 2048), len, l(w, off));
+                off += len as u32;
+            }
+        }
+        // 4 KiB writes on every other 4 KiB block.
+        let mut r = w + 1;
+        off = 0;
+        m.add_object(ObjSeq(r), obj_sectors);
+        for b in (0..n_v * obj_sectors / 8).step_by(2) {
+            if u64::from(off) + 8 > obj_sectors {
+                r += 1;
+                off = 0;
+                m.add_object(ObjSeq(r), obj_sectors);
+            }
+            m.apply_write(Lba(b * 8), 8, l(r, off));
+            off += 8;
+        }
+        m.check().unwrap();
+        let objects: Vec<(ObjSeq, ObjInfo)> = m.objects().collect();
+        // gc_threshold 60, cap = min(gc_buffer_bytes, backend_obj_bytes).
+        let victims = select_victims(&objects, 60, 8 << 20, |_| false);
+        let vset: BTreeSet<ObjSeq> = victims.iter().copied().collect();
+        assert!((1..=n_v).all(|v| vset.contains(&ObjSeq(v))));
+        let ranges = m.reverse_ranges(&vset);
+        // The victims' ranges join into few, each spanning every extent
+        // written over them since.
+        let spanned: usize = ranges.iter().map(|&(s, n)| m.extents_in(s, n).len()).sum();
+        assert!(
+            spanned > 4 * 4096,
+            "{} ranges span {spanned} extents",
+            ranges.len()
+        );
+        // GcHost::extents_of's lock holds: at most 4096 extents visited
+        // each, so it takes several, and they find exactly the victims'
+        // extents.
+        let mut out = Vec::new();
+        let mut pos = (0, 0);
+        let mut holds = 1;
+        while !m.extents_of_bounded(&vset, &ranges, &mut pos, 4096, &mut out) {
+            holds += 1;
+        }
+        assert!(
+            holds >= spanned / 4096,
+            "{holds} holds for {spanned} extents"
+        );
+        assert_eq!(out, m.extents_of(&vset));
+    }
+
     #[test]
     fn pack_splits_runs_at_the_object_cap() {
         let runs = vec![

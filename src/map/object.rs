@@ -110,8 +110,9 @@ struct ObjEntry {
 /// A displaced piece ends at most one recorded range (ranges extend like
 /// the map merges), so at most about half of an object's ranges are stale:
 /// it keeps at most about `2 * live extents + 2 * COMPACT_SLACK` ranges.
-/// The re-derivation costs one map lookup per range, paid for by the
-/// displaced pieces that triggered it.
+/// The re-derivation walks the pieces of the map inside the ranges, about
+/// one per range (ranges extend only where the map would merge), paid for
+/// by the displaced pieces that triggered it.
 const COMPACT_SLACK: u32 = 16;
 
 /// Whether an object with `ranges` recorded ranges and `debits` pieces
@@ -150,6 +151,10 @@ pub struct ObjectMap {
     /// [`Self::take_changes`] (start -> end, disjoint, adjacent ones
     /// joined), if tracked: what a delta checkpoint must rewrite.
     changes: Option<BTreeMap<u64, u64>>,
+    /// Pieces of the map every re-derivation so far walked (tests: its
+    /// cost).
+    #[cfg(test)]
+    pub(super) compact_walked: u64,
 }
 
 impl ObjectMap {
@@ -184,13 +189,13 @@ impl ObjectMap {
             loc.obj
         );
         self.objects.entry(loc.obj).or_default().info.live_sectors += len;
-        self.record(loc.obj, lba, len);
+        self.record(loc.obj, lba, len, loc.offset);
         self.scratch = displaced;
         self.compact_due();
     }
 
     /// Note in the reverse index that `[lba, lba+len)` may map into `obj`.
-    fn record(&mut self, obj: ObjSeq, lba: Lba, len: u64) {
+    fn record(&mut self, obj: ObjSeq, lba: Lba, len: u64, off: u32) {
         if obj.0 == 0 {
             return;
         }
@@ -201,7 +206,7 @@ impl ObjectMap {
             self.growing = Some(obj);
         }
         if let Some(e) = self.objects.get_mut(&obj) {
-            e.ranges.record(lba.0, len);
+            e.ranges.record(lba.0, len, u64::from(off));
         }
     }
 
@@ -226,14 +231,24 @@ impl ObjectMap {
         };
         let mut iv = Vec::new();
         e.ranges.union_into(&mut iv);
-        let mut runs: Vec<(u64, u64)> = Vec::new();
+        // (start, len, object offset at start): pieces join where both the
+        // LBA and the offset continue, as the map merges.
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        #[cfg(test)]
+        let mut walked = 0u64;
         for (s, end) in iv {
             self.map.for_each_piece(Lba(s), end - s, |l, n, t| {
-                if t.is_some_and(|t| ObjLoc::from(t).obj == obj) {
-                    match runs.last_mut() {
-                        Some(r) if r.0 + r.1 == l.0 => r.1 += n,
-                        _ => runs.push((l.0, n)),
-                    }
+                #[cfg(test)]
+                {
+                    walked += 1;
+                }
+                let Some(t) = t.map(ObjLoc::from).filter(|t| t.obj == obj) else {
+                    return;
+                };
+                let off = u64::from(t.offset);
+                match runs.last_mut() {
+                    Some(r) if r.0 + r.1 == l.0 && r.2 + r.1 == off => r.1 += n,
+                    _ => runs.push((l.0, n, off)),
                 }
             });
         }
@@ -244,16 +259,20 @@ impl ObjectMap {
         let last = e.ranges.open_end();
         let keep = runs.iter().position(|r| Some(r.0 + r.1) == last);
         let mut fresh = Ranges::default();
-        for (i, &(s, n)) in runs.iter().enumerate() {
+        for (i, &(s, n, off)) in runs.iter().enumerate() {
             if Some(i) != keep {
-                fresh.record(s, n);
+                fresh.record(s, n, off);
             }
         }
         if let Some(i) = keep {
-            fresh.record(runs[i].0, runs[i].1);
+            fresh.record(runs[i].0, runs[i].1, runs[i].2);
         }
         fresh.shrink();
         e.ranges = fresh;
+        #[cfg(test)]
+        {
+            self.compact_walked += walked;
+        }
     }
 
     /// Make trims leave zero markers (a clone's map), or holes (default).
@@ -348,7 +367,7 @@ impl ObjectMap {
         );
         self.objects.entry(to.obj).or_default().info.live_sectors += moved;
         // The whole range: the pieces not moved are found stale later.
-        self.record(to.obj, lba, len);
+        self.record(to.obj, lba, len, to.offset);
         self.compact_due();
         moved
     }
@@ -474,6 +493,43 @@ impl ObjectMap {
                 }
             });
         }
+    }
+
+    /// Like [`Self::extents_of_in`] over all of `ranges`, but visiting at
+    /// most `max` extents of the map per call (one merged range can span
+    /// any number of other objects' extents): resumes at `pos` (range
+    /// index, LBA; start with `(0, 0)`) and leaves it where the next call
+    /// goes on. Returns true once every range is done. Between calls the
+    /// map may change; the output stays whole extents in strictly
+    /// ascending order.
+    pub fn extents_of_bounded(
+        &self,
+        objs: &BTreeSet<ObjSeq>,
+        ranges: &[(Lba, u64)],
+        pos: &mut (usize, u64),
+        max: usize,
+        out: &mut Vec<Extent<ObjLoc>>,
+    ) -> bool {
+        let mut visited = 0usize;
+        while let Some(&(s, len)) = ranges.get(pos.0) {
+            let end = s.0.saturating_add(len);
+            for x in self.map.iter_from(Lba(pos.1.max(s.0))) {
+                if x.lba.0 >= end {
+                    break;
+                }
+                if visited == max.max(1) {
+                    pos.1 = x.lba.0;
+                    return false;
+                }
+                visited += 1;
+                let x = unpack(x);
+                if objs.contains(&x.target.obj) && out.last().is_none_or(|p| p.end() <= x.lba.0) {
+                    out.push(x);
+                }
+            }
+            *pos = (pos.0 + 1, 0);
+        }
+        true
     }
 
     /// The extents overlapping `[lba, lba+len)`, whole, in LBA order.
@@ -717,7 +773,8 @@ impl MapBuilder {
                 ));
             };
             row.info.live_sectors += x.len;
-            row.ranges.record(x.lba.0, x.len);
+            row.ranges
+                .record(x.lba.0, x.len, u64::from(x.target.offset));
         }
         for ((obj, row), (_, want)) in table.iter_mut().zip(expected) {
             if row.info.live_sectors != want {
@@ -736,6 +793,8 @@ impl MapBuilder {
             growing: None,
             markers: false,
             changes: None,
+            #[cfg(test)]
+            compact_walked: 0,
         })
     }
 }

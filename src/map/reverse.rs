@@ -29,6 +29,9 @@ pub(super) struct Ranges {
     /// Pieces displaced from the object since its ranges were last
     /// re-derived from the map (or since the first was recorded).
     pub(super) debits: u32,
+    /// The object offset (sectors) the open range's data ends at: a range
+    /// extends it only if its data continues there too, as the map merges.
+    open_off: u64,
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -54,18 +57,26 @@ fn get_varint(b: &[u8], at: &mut usize) -> u64 {
 }
 
 impl Ranges {
-    /// Note that `[lba, lba+len)` may map into the object.
-    pub(super) fn record(&mut self, lba: u64, len: u64) {
+    /// Note that `[lba, lba+len)` may map into the object, at object offset
+    /// `off` (sectors). It extends the last range only where both the LBA
+    /// and the offset continue it, as the map merges extents: found by
+    /// review, pieces adjacent in LBA but not in offset (written in any
+    /// order but ascending, or loaded from a checkpoint) made one range of
+    /// all of them, which a rewrite eating it one piece at a time never
+    /// split, so every re-derivation walked them all again (quadratic).
+    pub(super) fn record(&mut self, lba: u64, len: u64, off: u64) {
         if len == 0 {
             return;
         }
         let (s, l) = self.open;
-        if l > 0 && s + l == lba {
+        if l > 0 && s + l == lba && self.open_off == off {
             self.open.1 += len;
+            self.open_off += len;
             return;
         }
         self.seal();
         self.open = (lba, len);
+        self.open_off = off + len;
         self.count += 1;
     }
 
@@ -167,9 +178,10 @@ mod tests {
             (1 << 41, u64::from(u32::MAX)),
         ];
         for (s, l) in input {
-            r.record(s, l);
+            // Offsets continuing where the LBAs do: as the map merges.
+            r.record(s, l, s);
         }
-        r.record(7, 0);
+        r.record(7, 0, 7);
         let got: Vec<(u64, u64)> = r.iter().collect();
         assert_eq!(
             got,

@@ -157,9 +157,9 @@ impl Inner {
     }
 }
 
-/// Reverse-index ranges looked up per read-lock hold while GC gathers its
-/// victims' extents (one map lookup each).
-const GATHER_SLICE: usize = 256;
+/// Extents of the map visited per read-lock hold while GC gathers its
+/// victims' extents (the old full scan's slice).
+const GATHER_SLICE: usize = 4096;
 
 impl GcHost for Inner {
     fn config(&self) -> &Config {
@@ -191,13 +191,17 @@ impl GcHost for Inner {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .reverse_ranges(objs);
+        // Each hold visits at most GATHER_SLICE extents of the map, as the
+        // old scan's slices did: one range (victims' ranges join when
+        // adjacent) can span any number of other objects' extents.
         let mut out = Vec::new();
-        for slice in ranges.chunks(GATHER_SLICE) {
-            self.durable
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .extents_of_in(objs, slice, &mut out);
-        }
+        let mut pos = (0, 0);
+        while !self
+            .durable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .extents_of_bounded(objs, &ranges, &mut pos, GATHER_SLICE, &mut out)
+        {}
         out
     }
 
