@@ -237,6 +237,10 @@ impl CheckpointPiece {
                 ckpt_seq.0, last_obj_seq.0
             )));
         }
+        // An open numbers the next write `max_jseq + 1`.
+        if max_jseq.0 == u64::MAX {
+            return Err(d.invalid("journal sequence at the end of the sequence space"));
+        }
         if let Some((base_seq, base_pieces, depth, total_ranges)) = delta {
             // The base lies wholly below this checkpoint (so a chain always
             // descends and ends), and the depth is bounded.
@@ -541,6 +545,18 @@ mod tests {
         for p in sample_pieces() {
             assert_rejects_corruption(&p.encode(), CheckpointPiece::decode, &[]);
         }
+    }
+
+    /// A checkpoint whose journal sequence is the last one there is would
+    /// make an open number the next write past u64::MAX.
+    #[test]
+    fn journal_sequence_at_the_end_of_the_space_is_rejected() {
+        let mut p = sample_pieces().remove(0);
+        p.max_jseq = JournalSeq(u64::MAX - 1);
+        assert_eq!(CheckpointPiece::decode(&p.encode()).unwrap(), p);
+        p.max_jseq = JournalSeq(u64::MAX);
+        let e = CheckpointPiece::decode(&p.encode()).unwrap_err();
+        assert!(e.to_string().contains("end of the sequence space"), "{e}");
     }
 
     #[test]

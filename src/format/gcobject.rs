@@ -231,7 +231,7 @@ impl GcHeader {
         let data_sectors = d.u32()?;
         let crc_or_count = d.u32()?;
         d.skip(20)?;
-        if seq.0 == 0 || n == 0 {
+        if seq.0 == 0 || seq.0 == u64::MAX || n == 0 {
             return Err(d.invalid(format!("object {} with {n} moves", seq.0)));
         }
         // Map locations are u32 sectors from the object's start.
@@ -477,6 +477,12 @@ mod tests {
         }
         let empty = GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(42), &[], &[]);
         assert!(GcHeader::decode(&empty).is_err());
+        // The last object sequence there is: no object could follow it.
+        let last = GcHeader::encode_object(ImageUuid([5; 16]), ObjSeq(u64::MAX), &moves(), &data);
+        assert!(GcHeader::decode(&last)
+            .unwrap_err()
+            .to_string()
+            .contains(&format!("object {}", u64::MAX)));
         let mut v = sample();
         v[8] = 3;
         assert!(GcHeader::decode(&v)

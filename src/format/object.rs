@@ -111,7 +111,7 @@ pub struct ObjectHeader {
 impl ObjectHeader {
     /// Highest journal sequence contained.
     pub fn last_jseq(&self) -> JournalSeq {
-        JournalSeq(self.first_jseq.0 + self.ops.len() as u64 - 1)
+        JournalSeq(self.first_jseq.0 + (self.ops.len() as u64 - 1))
     }
 
     /// Header size (padded) for `n_ops` operations and `data_bytes` of data:
@@ -298,6 +298,13 @@ impl ObjectHeader {
                 seq.0
             )));
         }
+        // The next write is numbered `last + 1` when the image opens.
+        if last == u64::MAX || seq.0 == u64::MAX {
+            return Err(d.invalid(format!(
+                "sequence at the end of the sequence space (object {}, journal ..={last})",
+                seq.0
+            )));
+        }
         // Map locations are u32 sectors from the object's start.
         if !super::data_area_fits(header_bytes, data_sectors) {
             return Err(d.invalid(format!(
@@ -402,6 +409,35 @@ mod tests {
     }
     use super::*;
     use crate::format::testutil::{assert_rejects_corruption, golden};
+
+    /// A header whose last journal sequence is u64::MAX had consistent
+    /// fields and decoded; `last_jseq` then computed `first + n` first,
+    /// which overflowed (a panic with overflow checks), and an open would
+    /// have numbered the next write past u64::MAX. Found by the
+    /// format_object fuzz target in CI. Such a header is now refused, and
+    /// `last_jseq` does not overflow at the highest sequence accepted.
+    #[test]
+    fn sequences_at_the_top_of_the_sequence_space() {
+        let with_last = |last: u64| {
+            let mut b = sample_v1();
+            let n = u64::from(u32::from_le_bytes(b[56..60].try_into().unwrap()));
+            assert_eq!(n, sample_ops().len() as u64, "op count");
+            b[40..48].copy_from_slice(&(last - (n - 1)).to_le_bytes());
+            b[48..56].copy_from_slice(&last.to_le_bytes());
+            ObjectHeader::reseal(&mut b);
+            ObjectHeader::decode(&b)
+        };
+        let e = with_last(u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("end of the sequence space"), "{e}");
+        let h = with_last(u64::MAX - 1).unwrap();
+        assert_eq!(h.last_jseq(), JournalSeq(u64::MAX - 1));
+        // The object sequence likewise.
+        let mut b = sample_v1();
+        b[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        ObjectHeader::reseal(&mut b);
+        let e = ObjectHeader::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("end of the sequence space"), "{e}");
+    }
 
     fn sample_ops() -> [ObjOp; 4] {
         [
