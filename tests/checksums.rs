@@ -88,7 +88,10 @@ fn object_holding(store: &Arc<dyn ObjectStore>, disk_off: u64) -> (ObjSeq, u64) 
     let sector = disk_off / 512;
     let mut found = None;
     for n in store.list("img.").unwrap() {
-        let seq = parse_object_name("img", &n).unwrap();
+        // (The image's other names, its high-water mark, are no objects.)
+        let Some(seq) = parse_object_name("img", &n) else {
+            continue;
+        };
         let Some(h) = data_header(store, seq) else {
             continue;
         };

@@ -187,10 +187,12 @@ fn clones_read_through_stay_isolated_and_follow_the_removal_rules() {
     let (dir, store, base, mut mb) = gold_base();
     let d = dir.path();
     let gold = mb.clone();
-    // Clone creation writes one object (the child's superblock).
+    // Clone creation writes two objects: the child's superblock and its
+    // high-water mark.
     let objects = store.list("").unwrap().len();
     clone_image(store.as_ref(), "base", "gold", "child").unwrap();
-    assert_eq!(store.list("").unwrap().len(), objects + 1);
+    assert_eq!(store.list("").unwrap().len(), objects + 2);
+    assert!(store.stat("child.hwm").unwrap().is_some());
     let e = clone_image(store.as_ref(), "base", "gold", "child").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
     let e = clone_image(store.as_ref(), "base", "nope", "other").unwrap_err();

@@ -165,6 +165,82 @@ pub fn object_name(image: &str, seq: ObjSeq) -> String {
     format!("{image}.{:016x}", seq.0)
 }
 
+/// Name of the object holding `image`'s high-water mark
+/// ([`crate::format::hwm`]). Not an object name ([`parse_object_name`]
+/// refuses it) and not an image name (it has a dot).
+pub fn hwm_name(image: &str) -> String {
+    format!("{image}.hwm")
+}
+
+/// Put `image`'s high-water mark (durable when it returns).
+pub(crate) fn write_hwm(
+    store: &dyn ObjectStore,
+    image: &str,
+    uuid: ImageUuid,
+    hwm: u64,
+) -> Result<()> {
+    let h = crate::format::hwm::HighWater { uuid, hwm };
+    store
+        .put(&hwm_name(image), &h.encode())
+        .map_err(|e| e.prefixed(format!("image {image}: write the high-water mark {hwm}")))
+}
+
+/// A bound on `image`'s object sequences: every object of the image in the
+/// store has a sequence below it. `trusted` if it is the image's
+/// high-water mark, which the superblock says is kept
+/// ([`crate::format::superblock::INCOMPAT_HWM`]); then no listing is made.
+/// Otherwise (an image of a build before the mark, or a mark that is
+/// missing, corrupt or another image's) the bound comes from one listing
+/// of the image's names, which on RADOS walks the whole pool: a read-write
+/// open then writes the mark and sets the bit, so this happens once.
+pub(crate) fn sequence_bound(
+    store: &dyn ObjectStore,
+    image: &str,
+    sb: &Superblock,
+) -> Result<SequenceBound> {
+    use crate::format::superblock::INCOMPAT_HWM;
+    if sb.incompat & INCOMPAT_HWM != 0 {
+        let why = match store.get(&hwm_name(image), 0, crate::format::hwm::SIZE + 1) {
+            Ok(b) => match crate::format::hwm::HighWater::decode(&b) {
+                Ok(h) if h.uuid == sb.uuid => {
+                    return Ok(SequenceBound {
+                        hwm: h.hwm,
+                        trusted: true,
+                    })
+                }
+                Ok(h) => format!("belongs to image {}", h.uuid),
+                Err(e) => e.to_string(),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => "is missing".to_string(),
+            Err(e) => return Err(e.prefixed(format!("image {image}: read the high-water mark"))),
+        };
+        tracing::warn!(
+            image,
+            "the high-water mark {why}: the image's objects are found by listing the store              (once; the mark is written again at the next read-write open)"
+        );
+    }
+    let hwm = store
+        .list(&format!("{image}."))?
+        .iter()
+        .filter_map(|n| parse_object_name(image, n))
+        .map(|s| s.0.saturating_add(1))
+        .max()
+        .unwrap_or(1);
+    Ok(SequenceBound {
+        hwm,
+        trusted: false,
+    })
+}
+
+/// What [`sequence_bound`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SequenceBound {
+    /// Every object sequence of the image is below this.
+    pub hwm: u64,
+    /// Read from the kept mark (no listing was made).
+    pub trusted: bool,
+}
+
 /// Parse an object name of `image` back to its sequence.
 pub fn parse_object_name(image: &str, name: &str) -> Option<ObjSeq> {
     let hex = name.strip_prefix(image)?.strip_prefix('.')?;
@@ -345,17 +421,26 @@ pub(crate) fn create_image_with(
             format!("image '{image}' already exists in {}", store.describe()),
         ));
     }
-    if let Some(stray) = store
-        .list(&format!("{image}."))?
-        .into_iter()
-        .find(|n| parse_object_name(image, n).is_some())
-    {
-        return Err(Error::new(
-            ErrorKind::AlreadyExists,
-            format!("objects of an earlier image '{image}' remain ({stray}); remove them first"),
-        ));
+    // Leftovers of an earlier image of this name whose removal was
+    // interrupted: `rm` deletes the high-water mark last, so it is there
+    // while any of its objects is (an image of a build before the mark
+    // leaves none; its first object is looked for too). Found without
+    // listing the pool.
+    for stray in [hwm_name(image), object_name(image, ObjSeq(1))] {
+        if store.stat(&stray)?.is_some() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "objects of an earlier image '{image}' remain ({stray}); remove them \
+                     first (`lsvd-ublk rm` finishes an interrupted removal)"
+                ),
+            ));
+        }
     }
     let uuid = ImageUuid::new_random();
+    // Ordering 31: the mark exists before the superblock that says it is
+    // kept (nothing is put below sequence 1).
+    write_hwm(store, image, uuid, 1)?;
     let sb = Superblock {
         uuid,
         size_bytes,
@@ -366,11 +451,12 @@ pub(crate) fn create_image_with(
             .unwrap_or(0),
         journal_gen: Generation(0),
         flags: crate::format::superblock::FLAG_CLEAN,
-        incompat: if parent.is_some() {
-            crate::format::superblock::INCOMPAT_ZERO_MARKERS
-        } else {
-            0
-        },
+        incompat: crate::format::superblock::INCOMPAT_HWM
+            | if parent.is_some() {
+                crate::format::superblock::INCOMPAT_ZERO_MARKERS
+            } else {
+                0
+            },
         checkpoints: vec![],
         links: vec![],
         snapshots: vec![],
@@ -386,6 +472,13 @@ pub(crate) fn create_image_with(
             Ok(stored) if stored == sb => {
                 tracing::warn!(image, "the superblock put reported an error but landed (read back): taken as done: {e}");
             }
+            Err(r) if r.kind() == ErrorKind::NotFound => {
+                // Not created: the mark would only make the next create
+                // report leftovers. If this delete fails too, `rm` removes
+                // it.
+                let _ = store.delete(&hwm_name(image));
+                return Err(e);
+            }
             _ => return Err(e),
         }
     }
@@ -396,7 +489,28 @@ pub(crate) fn create_image_with(
 /// Fails with `Locked` if it is open.
 pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>) -> Result<()> {
     let _lock = store.lock(image, &lock_owner())?;
-    let sb = read_superblock(store, image)?;
+    let sb = match read_superblock(store, image) {
+        Ok(sb) => sb,
+        // The superblock goes first (below): an interrupted removal left
+        // objects below the mark, and the mark. Finish it.
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let Ok(b) = store.get(&hwm_name(image), 0, crate::format::hwm::SIZE + 1) else {
+                return Err(e);
+            };
+            let h = crate::format::hwm::HighWater::decode(&b).map_err(|d| {
+                Error::with_source(
+                    ErrorKind::Corrupt,
+                    format!("image '{image}' has no superblock, and its high-water mark"),
+                    d,
+                )
+            })?;
+            tracing::warn!(image, hwm = h.hwm, "finishing an interrupted removal");
+            delete_below(store, image, h.hwm)?;
+            store.delete(&hwm_name(image))?;
+            return remove_journal(journal);
+        }
+        Err(e) => return Err(e),
+    };
     if !sb.snapshots.is_empty() {
         let clones: Vec<String> = super::find_clones(store, image, sb.uuid)
             .unwrap_or_default()
@@ -420,14 +534,61 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
             ),
         ));
     }
-    // The superblock goes first: a crash midway leaves stray objects that
-    // `create` reports, never an image whose objects are half gone.
-    store.delete(image)?;
-    for name in store.list(&format!("{image}."))? {
-        if parse_object_name(image, &name).is_some() {
-            store.delete(&name)?;
-        }
+    // Every object is below the bound (the mark, ordering 31; an image of
+    // a build before the mark is listed once).
+    let bound = sequence_bound(store, image, &sb)?;
+    if !bound.trusted {
+        write_hwm(store, image, sb.uuid, bound.hwm)?;
     }
+    // The superblock goes first: a crash midway leaves stray objects that
+    // `create` reports and `rm` finishes removing, never an image whose
+    // objects are half gone. The mark goes last: it names the strays.
+    store.delete(image)?;
+    delete_below(store, image, bound.hwm)?;
+    store.delete(&hwm_name(image))?;
+    remove_journal(journal)
+}
+
+/// Delete every object of `image` with a sequence below `hwm` (deleting a
+/// missing one succeeds), a few at a time: a removal costs one delete per
+/// sequence the image ever used, whatever else the pool holds.
+fn delete_below(store: &dyn ObjectStore, image: &str, hwm: u64) -> Result<()> {
+    for_each_below(hwm, |s| store.delete(&object_name(image, s)))
+}
+
+/// Call `f` for every sequence in `1..hwm`, on a few threads (a store
+/// round trip each); the first error stops the rest and is returned.
+pub(crate) fn for_each_below(hwm: u64, f: impl Fn(ObjSeq) -> Result<()> + Sync) -> Result<()> {
+    const THREADS: u64 = 8;
+    let next = std::sync::atomic::AtomicU64::new(1);
+    let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    std::thread::scope(|sc| {
+        for _ in 0..THREADS.min(hwm.saturating_sub(1)) {
+            sc.spawn(|| loop {
+                let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if s >= hwm {
+                    return;
+                }
+                if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    return;
+                }
+                if let Err(e) = f(ObjSeq(s)) {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn remove_journal(journal: Option<&Path>) -> Result<()> {
     if let Some(j) = journal {
         match std::fs::remove_file(j) {
             Ok(()) => {}
@@ -467,14 +628,20 @@ pub(crate) fn each_superblock(
 /// Describe an image without opening it.
 pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo> {
     let sb = read_superblock(store, &spec.image)?;
-    let mut objects = 0;
-    let mut stored_bytes = 0;
-    for name in store.list(&format!("{}.", spec.image))? {
-        if parse_object_name(&spec.image, &name).is_some() {
-            objects += 1;
-            stored_bytes += store.stat(&name)?.unwrap_or(0);
+    // Probed below the high-water mark: one stat per sequence the image
+    // ever used, never a listing of the pool (unless the mark is not kept
+    // yet: then the image is listed).
+    let bound = sequence_bound(store, &spec.image, &sb)?;
+    let objects = std::sync::atomic::AtomicU64::new(0);
+    let stored = std::sync::atomic::AtomicU64::new(0);
+    for_each_below(bound.hwm, |s| {
+        if let Some(n) = store.stat(&object_name(&spec.image, s))? {
+            objects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stored.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
-    }
+        Ok(())
+    })?;
+    let (objects, stored_bytes) = (objects.into_inner(), stored.into_inner());
     Ok(ImageInfo {
         name: spec.to_string(),
         uuid: sb.uuid.to_string(),

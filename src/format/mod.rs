@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod chunks;
 pub mod gcobject;
+pub mod hwm;
 pub mod journal;
 pub mod object;
 pub mod rcache;

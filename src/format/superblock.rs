@@ -79,16 +79,23 @@ pub const INCOMPAT_ZERO_MARKERS: u64 = 2;
 /// build that reads only version 1 would take one for the end of the log
 /// and delete everything above it, so it must refuse the image.
 pub const INCOMPAT_CHUNK_CRCS: u64 = 4;
-/// Every incompatible feature bit this build understands.
 /// Incompatible feature: delta checkpoints (checkpoint piece version 2)
 /// and base links in the checkpoint list may exist. Set once by
 /// `Inner::ensure_delta_feature` before the first delta checkpoint is put;
 /// never cleared. A build without deltas refuses the image by name instead
 /// of finding no usable checkpoint.
 pub const INCOMPAT_DELTA_CKPT: u64 = 8;
+/// Incompatible feature: the image keeps a high-water mark object
+/// (`IMAGE.hwm`, [`super::hwm`]) that bounds every object sequence in the
+/// store, so open and recovery probe sequences instead of listing the
+/// pool. Set at the first read-write open by a build that keeps it, after
+/// the mark is written; never cleared. A build without it would put
+/// objects above the mark without raising it, and the next recovery would
+/// then miss them above its first gap, so it must refuse the image.
+pub const INCOMPAT_HWM: u64 = 16;
 /// Every incompatible feature this build knows.
 pub const KNOWN_INCOMPAT: u64 =
-    INCOMPAT_GC | INCOMPAT_ZERO_MARKERS | INCOMPAT_CHUNK_CRCS | INCOMPAT_DELTA_CKPT;
+    INCOMPAT_GC | INCOMPAT_ZERO_MARKERS | INCOMPAT_CHUNK_CRCS | INCOMPAT_DELTA_CKPT | INCOMPAT_HWM;
 /// Flag of a checkpoint reference that is only a base link: a checkpoint a
 /// listed delta is built on, kept (never tombstoned or deleted) but not
 /// itself a recovery candidate.
@@ -760,7 +767,12 @@ mod tests {
 
     #[test]
     fn unknown_feature_bits_are_refused_by_name() {
-        for bits in [16u64, 1 << 63, INCOMPAT_GC | 32, INCOMPAT_CHUNK_CRCS | 16] {
+        for bits in [
+            32u64,
+            1 << 63,
+            INCOMPAT_GC | 64,
+            INCOMPAT_CHUNK_CRCS | INCOMPAT_HWM | 32,
+        ] {
             let sb = Superblock {
                 incompat: bits,
                 ..sample()

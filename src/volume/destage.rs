@@ -190,6 +190,26 @@ impl Inner {
         self.delta_marked.store(true, Ordering::Release);
         Ok(())
     }
+
+    /// Crash-safety ordering 31: before object `seq` is put, the durable
+    /// high-water mark (`IMAGE.hwm`) is above it, so every object in the
+    /// store stays below the mark and recovery finds them all by probing
+    /// below it instead of listing the pool. The mark is raised
+    /// [`crate::format::hwm::STEP`] past `seq`: one small put per that many
+    /// objects. A failure is retried by the caller like a failed put.
+    pub(crate) fn ensure_hwm(&self, seq: ObjSeq) -> Result<()> {
+        if seq.0 < self.hwm.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _g = self.hwm_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if seq.0 < self.hwm.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let hwm = seq.0.saturating_add(1 + crate::format::hwm::STEP);
+        crate::catalog::image::write_hwm(self.store.as_ref(), &self.image, self.uuid, hwm)?;
+        self.hwm.store(hwm, Ordering::Release);
+        Ok(())
+    }
 }
 
 /// Why a destage put (data, GC or checkpoint piece) is retried without a
@@ -228,6 +248,7 @@ pub(crate) fn put_worker(
                 if job.batch.is_some() || job.gc.is_some() {
                     inner.ensure_chunk_crc_feature()?;
                 }
+                inner.ensure_hwm(job.seq)?;
                 inner.store.put_parts(&job.name, &[&job.head, data])
             },
             |e| e.kind() == ErrorKind::Fenced,

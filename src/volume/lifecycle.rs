@@ -79,6 +79,8 @@ impl Inner {
             snap_hold: std::sync::atomic::AtomicU32::new(0),
             ckpt_base: Mutex::new(None),
             delta_marked: AtomicBool::new(delta_marked),
+            hwm: AtomicU64::new(i.hwm),
+            hwm_lock: Mutex::new(()),
             parent: i.parent,
             parent_cut: AtomicBool::new(false),
             gc: Mutex::new(crate::gc::Gc::new(i.config.gc_rate_bytes)),
@@ -226,6 +228,14 @@ impl Volume {
         if let Some(written) = rec.superblock.take() {
             sb = written;
         }
+        // Ordering 31: an image whose mark is not kept yet (or was lost)
+        // gets it now, from recovery's listing, before any object is put;
+        // the superblock says it is kept (INCOMPAT_HWM) with the journal
+        // generation below, before any new write is accepted. A crash in
+        // between lists once more at the next open.
+        if !rec.bound.trusted {
+            image::write_hwm(store.as_ref(), &image, sb.uuid, rec.bound.hwm)?;
+        }
         sb.checkpoints = rec.checkpoints.clone();
         sb.links = rec.links.clone();
         let clipped = clip_map_to_size(&image, &mut rec.map, sb.size_bytes);
@@ -263,6 +273,7 @@ impl Volume {
             read_only: false,
             parent,
             pins,
+            hwm: rec.bound.hwm,
             config,
         }));
         let mut vol = Volume {
@@ -322,6 +333,7 @@ impl Volume {
         inner.write_superblock(|sb| {
             sb.journal_gen = report.generation;
             sb.flags &= !FLAG_CLEAN;
+            sb.incompat |= crate::format::superblock::INCOMPAT_HWM;
         })?;
         // Crash-safety ordering 22: the read cache records the new journal
         // generation only after the image superblock does (one write and

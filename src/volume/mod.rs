@@ -374,6 +374,13 @@ pub(crate) struct Inner {
     ckpt_base: Mutex<Option<destage::CkptBase>>,
     /// The superblock carries `INCOMPAT_DELTA_CKPT`.
     delta_marked: AtomicBool,
+    /// The durable high-water mark (`IMAGE.hwm`): every object put so far
+    /// and every object in the store is below it. Raised by
+    /// `Inner::ensure_hwm` before a put at or above it (ordering 31). 0 in
+    /// a read-only view, which puts nothing.
+    hwm: AtomicU64,
+    /// Serializes raising the mark.
+    hwm_lock: Mutex<()>,
     /// A clone's parent (a read-only snapshot view) and the size below
     /// which holes of this image read through to it.
     parent: Option<Parent>,
@@ -538,6 +545,8 @@ struct InnerInit {
     read_only: bool,
     parent: Option<Parent>,
     pins: Arc<crate::gc::SnapshotPins>,
+    /// The durable high-water mark (0 in a read-only view).
+    hwm: u64,
     config: Config,
 }
 

@@ -4,7 +4,7 @@
 use tracing::{info, warn};
 
 use crate::backend::ObjectStore;
-use crate::catalog::image::{object_name, parse_object_name};
+use crate::catalog::image::object_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::checkpoint::CheckpointPiece;
 use crate::format::gcobject::{GcHeader, GcMove};
@@ -34,6 +34,9 @@ pub(crate) struct Recovered {
     /// The superblock as recovery rewrote it (its checkpoint list filtered,
     /// before anything above the gap was deleted), if it had to.
     pub superblock: Option<Superblock>,
+    /// The bound on the image's object sequences recovery probed below
+    /// (the high-water mark, or one listing's if the mark is not kept).
+    pub bound: crate::catalog::image::SequenceBound,
 }
 
 /// Read and decode one checkpoint piece.
@@ -529,15 +532,27 @@ fn repair_failed_piece(store: &dyn ObjectStore, image: &str, seq: ObjSeq, why: &
         .map_err(|e| e.prefixed(format!("tombstone for checkpoint piece {name}")))
 }
 
-/// The highest object sequence `image` has in `store` (0: none).
-fn highest_object(store: &dyn ObjectStore, image: &str) -> Result<u64> {
-    Ok(store
-        .list(&format!("{image}."))?
-        .iter()
-        .filter_map(|n| parse_object_name(image, n))
-        .map(|s| s.0)
-        .max()
-        .unwrap_or(0))
+/// The highest object sequence `image` has in `store` below `hwm` (0:
+/// none), probed downwards from `hwm - 1`: every object of the image is
+/// below the mark, and the mark is at most a step or so above the last one.
+fn highest_object(store: &dyn ObjectStore, image: &str, hwm: u64) -> Result<u64> {
+    for s in (1..hwm).rev() {
+        if store.stat(&object_name(image, ObjSeq(s)))?.is_some() {
+            return Ok(s);
+        }
+    }
+    Ok(0)
+}
+
+/// The objects `image` has in `store` at sequences in `from..hwm`.
+fn objects_in(store: &dyn ObjectStore, image: &str, from: u64, hwm: u64) -> Result<Vec<ObjSeq>> {
+    let mut out = Vec::new();
+    for s in from.max(1)..hwm {
+        if store.stat(&object_name(image, ObjSeq(s)))?.is_some() {
+            out.push(ObjSeq(s));
+        }
+    }
+    Ok(out)
 }
 
 /// The object sequences the pieces of some checkpoints occupy.
@@ -558,6 +573,9 @@ impl Pieces<'_> {
 
 /// Recover the backend state of `image`.
 pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> Result<Recovered> {
+    // Every object of the image is below this: found by probing below it,
+    // never by listing the pool (unless the mark is not kept yet).
+    let bound = crate::catalog::image::sequence_bound(store, image, sb)?;
     let mut base = None;
     let mut chain = None;
     for (i, c) in sb.checkpoints.iter().enumerate() {
@@ -692,7 +710,7 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                 // last object).
                 let top = match top {
                     Some(t) => t,
-                    None => *top.insert(highest_object(store, image)?),
+                    None => *top.insert(highest_object(store, image, bound.hwm)?),
                 };
                 if seq.0 > top && !failed.starts_at(seq.0) {
                     break seq;
@@ -764,16 +782,8 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                 // Taking it for the end of the log would delete every
                 // object above it, acknowledged writes long out of the
                 // journal. Refuse the open instead, deleting nothing.
-                let above = store
-                    .list(&format!("{image}."))
-                    .map(|names| {
-                        names
-                            .iter()
-                            .filter_map(|n| parse_object_name(image, n))
-                            .filter(|s| *s > seq)
-                            .count()
-                            .to_string()
-                    })
+                let above = objects_in(store, image, seq.0 + 1, bound.hwm)
+                    .map(|v| v.len().to_string())
                     .unwrap_or_else(|_| "?".into());
                 return Err(Error::new(
                     ErrorKind::Corrupt,
@@ -845,15 +855,13 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
     // consistency, and leaving them would let a later roll-forward run into
     // them once the gap is refilled. Delete them before anything new is
     // written at the gap's sequence.
+    // They are all below the bound (the high-water mark: ordering 31).
     let mut deleted = 0;
-    for name in store.list(&format!("{image}."))? {
-        if let Some(s) = parse_object_name(image, &name) {
-            if s >= gap {
-                warn!(image, object = %name, gap = gap.0, "deleting object above the first gap");
-                store.delete(&name)?;
-                deleted += 1;
-            }
-        }
+    for s in objects_in(store, image, gap.0, bound.hwm)? {
+        let name = object_name(image, s);
+        warn!(image, object = %name, gap = gap.0, "deleting object above the first gap");
+        store.delete(&name)?;
+        deleted += 1;
     }
     info!(
         image,
@@ -873,6 +881,7 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
         rolled,
         deleted,
         superblock: rewritten,
+        bound,
     })
 }
 
@@ -1090,9 +1099,12 @@ mod tests {
         }
     }
 
-    /// Objects of other images sharing a name prefix are not counted.
+    /// Objects of other images sharing a name prefix are not counted, by
+    /// the probe below the mark nor by the listing of an image whose mark
+    /// is not kept.
     #[test]
     fn the_highest_object_ignores_other_images() {
+        use crate::catalog::image::{parse_object_name, sequence_bound};
         let store = MemStore::new();
         put_data(&store, 2, 1, 0, 8);
         for n in [
@@ -1104,7 +1116,10 @@ mod tests {
         ] {
             store.put(n, b"x").unwrap();
         }
-        assert_eq!(highest_object(&store, IMG).unwrap(), 2);
+        assert_eq!(highest_object(&store, IMG, 20).unwrap(), 2);
+        assert_eq!(highest_object(&store, IMG, 2).unwrap(), 0);
+        let b = sequence_bound(&store, IMG, &sb(vec![], 0)).unwrap();
+        assert_eq!((b.hwm, b.trusted), (3, false));
         assert_eq!(parse_object_name("a", "a.b.0000000000000001"), None);
         assert_eq!(parse_object_name("a", "ab.0000000000000001"), None);
     }

@@ -215,6 +215,7 @@ impl Volume {
             read_only: true,
             parent,
             pins: Arc::new(SnapshotPins::default()),
+            hwm: 0,
             config,
         }));
         let mut vol = Volume {
