@@ -21,8 +21,20 @@
 #   reads:  lsvd-ublk bench cold (read cache emptied first) and warm (same
 #           seed, right after), rbd bench (rbd cache off), READ_TOTAL each.
 # Every run is bracketed by the OSD's op counters (`perf dump` on its admin
-# socket), giving backend ops per client op for both sides. This counts the
-# whole process: open, run, and close (lsvd's final destage, rbd's flush).
+# socket), giving backend ops per client op for both sides, and by the CPU
+# time of the OSD and the monitor daemons (utime + stime of /proc/PID/stat,
+# in clock ticks of `getconf CLK_TCK`, usually 10 ms; the pids come from the
+# cluster's pid files), giving daemon CPU seconds per 1,000 client ops:
+#   OSD CPU s/1k   ceph-osd's CPU seconds per 1,000 client ops (writes in
+#                  the write rows, reads in the read rows)
+#   mon CPU s/1k   ceph-mon's, the same way
+#   sum CPU s/1k   the two added
+# (CPU seconds per 1,000 ops is milliseconds per op: 0.0065 is 6.5 us.)
+# Both count the whole process: open, run, and close (lsvd's final destage,
+# rbd's flush). The daemons also burn CPU when idle (heartbeats, ticks): a
+# slow run is charged more of it per op. Before the runs the script samples
+# them for IDLE_SECS with no client, and reports that idle rate, so the
+# idle share of a row is its wall time times the rate.
 # The table goes to stdout, the JSON summary to --out.
 #
 # Knobs (environment):
@@ -46,6 +58,7 @@
 #                gives librbd's defaults: policy writearound, which acks
 #                writes in flight up to rbd_cache_max_dirty)
 #   RUN_TIMEOUT  seconds allowed per benchmark command (default 1800)
+#   IDLE_SECS    seconds of the idle daemon CPU sample (default 10; 0: none)
 #   BENCH_TMP    parent of the temporary directory (journal, read cache,
 #                raw results; default /tmp; a real file system, not tmpfs)
 #   LSVD_CEPH_BLOCK_SIZE  OSD block file of a cluster started here (sparse;
@@ -75,6 +88,7 @@ LSVD_CONFIG_EXTRA=${LSVD_CONFIG_EXTRA:-}
 RBD_CACHE_ON_OPTS=${RBD_CACHE_ON_OPTS:---rbd-cache=true --rbd-cache-policy=writeback --rbd-cache-writethrough-until-flush=false}
 RBD_CACHE_OFF_OPTS=--rbd-cache=false
 RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
+IDLE_SECS=${IDLE_SECS:-10}
 
 log() { printf '[bench-rados %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -113,6 +127,8 @@ DIR=${DIR:-/tmp/lsvd-bench-ceph}
 [[ $DIR == /* ]] || DIR=$PWD/$DIR
 [[ $OUT == /* ]] || OUT=$PWD/$OUT
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer"
+[[ $IDLE_SECS =~ ^[0-9]+$ ]] || die "IDLE_SECS must be a whole number of seconds"
+CLK_TCK=$(getconf CLK_TCK) || die "getconf CLK_TCK failed"
 PY=$(command -v python3) || die "python3 is needed"
 
 # Temporary directory: lsvd's journal (O_DIRECT) and read cache, raw results.
@@ -171,13 +187,52 @@ json.dump({k: o[k] for k in keys}, open(sys.argv[1], "w"))
 ' "$1"
 }
 
+# The daemons whose CPU time is sampled: the pid in each pid file, checked
+# to be a ceph daemon of this cluster (its argv names our ceph.conf, as
+# ceph-test-cluster.sh checks before it signals one).
+declare -A DAEMON_PID
+for d in osd:osd.0 mon:mon.a; do
+    pidfile=$DIR/run/${d#*:}.pid
+    pid=$(<"$pidfile") || die "no pid file $pidfile"
+    [[ $pid =~ ^[0-9]+$ ]] || die "$pidfile holds no pid"
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF "$CEPH_CONF" ||
+        die "pid $pid of $pidfile is not a ceph daemon of $CEPH_CONF"
+    DAEMON_PID[${d%%:*}]=$pid
+done
+unset d pidfile pid
+
+# The daemons' CPU time so far as one JSON object in file $1:
+# {"osd": {"pid", "start", "ticks"}, "mon": {...}}; ticks = utime + stime
+# (fields 14 and 15 of /proc/PID/stat, every thread of the process), start =
+# its start time (field 22), which tells a restarted daemon. Plain bash, so
+# that the sample sits close to the run it brackets.
+daemon_cpu() {
+    local d pid stat sep=
+    local -a f
+    {
+        printf '{'
+        for d in osd mon; do
+            pid=${DAEMON_PID[$d]}
+            stat=$(<"/proc/$pid/stat") || die "$d (pid $pid) is gone"
+            # After the command name, which may hold spaces and parentheses:
+            # f[0] is field 3 (state).
+            read -ra f <<<"${stat##*) }"
+            printf '%s"%s": {"pid": %s, "start": %s, "ticks": %s}' \
+                "$sep" "$d" "$pid" "${f[19]}" "$((f[11] + f[12]))"
+            sep=', '
+        done
+        printf '}\n'
+    } >"$1"
+}
+
 # Run "$@" as run $1 (the rest is the command): stdout to $R/NAME.out, stderr
-# to $R/NAME.err, OSD counters before and after, the command line and wall
-# time to $R/NAME.meta.
+# to $R/NAME.err, OSD counters and daemon CPU before and after, the command
+# line and wall time to $R/NAME.meta.
 measure() {
     local name=$1 t0 t1
     shift
     osd_counters "$R/$name.osd0"
+    daemon_cpu "$R/$name.cpu0"
     t0=$(date +%s.%N)
     # --foreground: the command stays in our process group, so ^C reaches it.
     if ! timeout --foreground "$RUN_TIMEOUT" "$@" >"$R/$name.out" 2>"$R/$name.err"; then
@@ -185,6 +240,7 @@ measure() {
         die "run $name failed: $*"
     fi
     t1=$(date +%s.%N)
+    daemon_cpu "$R/$name.cpu1"
     osd_counters "$R/$name.osd1"
     "$PY" -c '
 import json, sys
@@ -269,6 +325,15 @@ RBD=1
 # --- runs -----------------------------------------------------------------
 # Load averages before and after, to tell a quiet run from a noisy one.
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# The daemons' CPU with no client: the floor that every run pays per second
+# of its wall time (a `measure` of `sleep`), before the fill and after the
+# last run (when the OSD may still be compacting what the runs wrote).
+idle_sample() { # NAME
+    ((IDLE_SECS)) || return 0
+    log "$1: daemon CPU over ${IDLE_SECS} s with no client"
+    measure "$1" sleep "$IDLE_SECS"
+}
+idle_sample idle_before
 COMMON=(--io-size "$IO_SIZE" --io-threads "$IO_THREADS")
 if ((FILL)); then
     if ((LSVD)); then
@@ -318,21 +383,36 @@ for ((i = 1; i <= REPS; i++)); do
     fi
 done
 
+idle_sample idle_after
+
 # --- report ---------------------------------------------------------------
 mkdir -p "$(dirname "$OUT")"
 export REPS IMG_SIZE WRITE_TOTAL READ_TOTAL IO_SIZE IO_THREADS FILL POOL RBD_IMG LSVD_IMG \
-    LSVD_SKIP LOAD_BEFORE RBD_CACHE_ON_OPTS RBD_CACHE_OFF_OPTS LSVD_BIN T
+    LSVD_SKIP LOAD_BEFORE RBD_CACHE_ON_OPTS RBD_CACHE_OFF_OPTS LSVD_BIN T CLK_TCK IDLE_SECS
 "$PY" - "$R" "$OUT" <<'PYEOF'
 import datetime, json, os, platform, re, statistics, sys
 
 R, out = sys.argv[1], sys.argv[2]
 env = os.environ
 reps = int(env["REPS"])
+clk_tck = int(env["CLK_TCK"])
+DAEMONS = ("osd", "mon")
 load_after = " ".join(open("/proc/loadavg").read().split()[:3])
 
 def load(path):
     with open(path) as f:
         return json.load(f)
+
+def daemon_cpu(base):
+    """CPU seconds (user + system) of each daemon over a run, and their sum."""
+    p0, p1 = load(base + ".cpu0"), load(base + ".cpu1")
+    cpu = {}
+    for d in DAEMONS:
+        if (p0[d]["pid"], p0[d]["start"]) != (p1[d]["pid"], p1[d]["start"]):
+            sys.exit(f"bench-rados: the {d} daemon restarted during {base}")
+        cpu[d] = (p1[d]["ticks"] - p0[d]["ticks"]) / clk_tck
+    cpu["sum"] = sum(cpu[d] for d in DAEMONS)
+    return cpu
 
 def run(name):
     """One run's figures, or None if it was not run."""
@@ -343,7 +423,8 @@ def run(name):
     c0, c1 = load(base + ".osd0"), load(base + ".osd1")
     osd = {k: c1[k] - c0[k] for k in c0}
     text = open(base + ".out").read()
-    r = {"name": name, "argv": meta["argv"], "wall_secs": round(meta["wall_secs"], 3), "osd": osd}
+    r = {"name": name, "argv": meta["argv"], "wall_secs": round(meta["wall_secs"], 3), "osd": osd,
+         "daemon_cpu_secs": daemon_cpu(base)}
     if name.startswith(("lsvd", "fill_lsvd")):
         j = json.loads(text.strip().splitlines()[-1])
         r.update(iops=j["ops_per_sec"], client_ops=j["ops"], client_writes=j["write_ops"],
@@ -357,7 +438,20 @@ def run(name):
         r.update(iops=float(m.group(3)), client_ops=ops, client_writes=ops if writes else 0,
                  client_reads=0 if writes else ops, elapsed_secs=int(m.group(1)))
     r["osd_ops_per_client_op"] = osd["op"] / r["client_ops"] if r["client_ops"] else None
+    # CPU seconds per 1,000 client ops (= ms per op).
+    r["daemon_cpu_secs_per_1k_ops"] = {d: 1e3 * v / r["client_ops"] if r["client_ops"] else None
+                                       for d, v in r["daemon_cpu_secs"].items()}
     return r
+
+def idle(name):
+    """The daemons' CPU seconds per wall second with no client, or None."""
+    base = os.path.join(R, name)
+    if not os.path.exists(base + ".meta"):
+        return None
+    wall = load(base + ".meta")["wall_secs"]
+    cpu = daemon_cpu(base)
+    return {"wall_secs": round(wall, 3), "cpu_secs": cpu,
+            "cpu_secs_per_sec": {d: v / wall for d, v in cpu.items()}}
 
 kinds = {
     "lsvd_write": "lsvd write",
@@ -369,6 +463,7 @@ kinds = {
 }
 runs = {k: [x for x in (run(f"{k}_{i}") for i in range(1, reps + 1)) if x] for k in kinds}
 fills = [x for x in (run("fill_lsvd"), run("fill_rbd")) if x]
+idle_rates = {k: v for k, v in ((k, idle(k)) for k in ("idle_before", "idle_after")) if v}
 
 def mean(v):
     return statistics.mean(v) if v else None
@@ -399,6 +494,23 @@ ratio_defs = [
     ("lsvd read warm / rbd read", "lsvd_read_warm", "rbd_read"),
 ]
 ratios = {label: pair_ratios(a, b) for label, a, b in ratio_defs}
+
+def cpu_per_1k(x, d):
+    return x["daemon_cpu_secs_per_1k_ops"][d]
+
+def fmt_cpu(rs, d):
+    return fmt_vals([cpu_per_1k(x, d) for x in rs], "{:.5f}")
+
+# Daemon CPU per client op, rbd over lsvd, per rep pair (a run that used
+# under one clock tick has no ratio).
+for label, d, a, b in (("OSD CPU per write, rbd cache off / lsvd", "osd", "lsvd_write", "rbd_write_nocache"),
+                       ("OSD CPU per write, rbd cache on / lsvd", "osd", "lsvd_write", "rbd_write_cache"),
+                       ("OSD+mon CPU per write, rbd cache off / lsvd", "sum", "lsvd_write", "rbd_write_nocache"),
+                       ("OSD+mon CPU per write, rbd cache on / lsvd", "sum", "lsvd_write", "rbd_write_cache"),
+                       ("OSD CPU per read, rbd / lsvd cold", "osd", "lsvd_read_cold", "rbd_read"),
+                       ("OSD+mon CPU per read, rbd / lsvd cold", "sum", "lsvd_read_cold", "rbd_read")):
+    ratios[label] = [cpu_per_1k(y, d) / cpu_per_1k(x, d)
+                     for x, y in zip(runs[a], runs[b]) if cpu_per_1k(x, d)]
 # Backend efficiency: RBD's OSD ops per client write over lsvd's.
 for label, b in (("OSD ops per write, rbd cache off / lsvd", "rbd_write_nocache"),
                  ("OSD ops per write, rbd cache on / lsvd", "rbd_write_cache")):
@@ -419,18 +531,30 @@ p(f"Single-node test cluster (1 mon, 1 bluestore OSD on a sparse file, no mgr, p
   f"{', filled sequentially first' if env['FILL'] == '1' else ''}; {env['IO_SIZE']} random ops, "
   f"{env['IO_THREADS']} in flight; writes {env['WRITE_TOTAL']}, reads {env['READ_TOTAL']} per run; "
   f"{reps} repetitions, interleaved. OSD ops are the OSD's `op` counter over the whole process "
-  f"(open, run, close or final flush) divided by the client ops.")
+  f"(open, run, close or final flush) divided by the client ops. Daemon CPU: user + system "
+  f"seconds of ceph-osd and ceph-mon (/proc/PID/stat, {clk_tck} ticks/s) over the same span, "
+  f"per 1,000 client ops (= ms per op), idle CPU included.")
 if env.get("LSVD_SKIP"):
     p("")
     p(f"lsvd not measured: {env['LSVD_SKIP']}")
 p("")
-p("| Workload | IOPS per rep | OSD ops per client op | OSD op_w / op_rw / op_r per 10k client ops | Command (rep 1) |")
-p("|---|---|---|---|---|")
+p("| Workload | IOPS per rep | OSD ops per client op | OSD op_w / op_rw / op_r per 10k client ops "
+  "| OSD CPU s per 1k client ops | mon CPU s per 1k | OSD+mon CPU s per 1k | Wall s per rep | Command (rep 1) |")
+p("|---|---|---|---|---|---|---|---|---|")
 for k, label in kinds.items():
     rs = runs[k]
     if not rs:
         continue
-    p(f"| {label} | {fmt_vals([x['iops'] for x in rs])} | {osd_per_op(rs)} | {osd_split(rs)} | {cmd(rs[0]['argv'])} |")
+    p(f"| {label} | {fmt_vals([x['iops'] for x in rs])} | {osd_per_op(rs)} | {osd_split(rs)} "
+      f"| {fmt_cpu(rs, 'osd')} | {fmt_cpu(rs, 'mon')} | {fmt_cpu(rs, 'sum')} "
+      f"| {fmt_vals([x['wall_secs'] for x in rs], '{:.1f}')} | {cmd(rs[0]['argv'])} |")
+if idle_rates:
+    p("")
+    p("Idle daemons (no client; CPU s per wall second, OSD / mon / sum): "
+      + "; ".join(f"{k.replace('_', ' ')} the runs ({v['wall_secs']:.0f} s) "
+                  + " / ".join(f"{v['cpu_secs_per_sec'][d]:.4f}" for d in DAEMONS + ('sum',))
+                  for k, v in idle_rates.items())
+      + ". A run's idle share per 1k ops is this rate times its wall time over its ops / 1000.")
 have = [(label, v) for label, v in ratios.items() if v]
 if have:
     p("")
@@ -451,7 +575,9 @@ if lw:
 if fills:
     p("")
     p("Fill runs: " + "; ".join(f"{x['name']} {x['iops']:.0f} IOPS, {x['wall_secs']:.1f} s, "
-                                f"{x['osd_ops_per_client_op']:.4f} OSD ops per client op" for x in fills))
+                                f"{x['osd_ops_per_client_op']:.4f} OSD ops per client op, "
+                                f"OSD / mon CPU {x['daemon_cpu_secs']['osd']:.2f} / "
+                                f"{x['daemon_cpu_secs']['mon']:.2f} s" for x in fills))
 
 table = "\n".join(lines)
 print(table)
@@ -461,14 +587,21 @@ summary = {
     "host": {"nproc": os.cpu_count(), "kernel": platform.release(),
              "loadavg_before": env["LOAD_BEFORE"], "loadavg_after": load_after},
     "params": {k.lower(): env[k] for k in ("REPS", "IMG_SIZE", "WRITE_TOTAL", "READ_TOTAL", "IO_SIZE",
-                                             "IO_THREADS", "FILL", "RBD_CACHE_ON_OPTS", "RBD_CACHE_OFF_OPTS")},
+                                             "IO_THREADS", "FILL", "RBD_CACHE_ON_OPTS", "RBD_CACHE_OFF_OPTS",
+                                             "IDLE_SECS")},
     "images": {"rbd": env["RBD_IMG"], "lsvd": env["LSVD_IMG"]},
     "lsvd_skipped": env.get("LSVD_SKIP") or None,
     "summary": {k: {"label": kinds[k],
                     "iops": [x["iops"] for x in runs[k]],
                     "iops_mean": mean([x["iops"] for x in runs[k]]),
-                    "osd_ops_per_client_op": [x["osd_ops_per_client_op"] for x in runs[k]]}
+                    "osd_ops_per_client_op": [x["osd_ops_per_client_op"] for x in runs[k]],
+                    **{f"{d}_cpu_secs_per_1k_ops": [cpu_per_1k(x, d) for x in runs[k]]
+                       for d in DAEMONS + ("sum",)},
+                    **{f"{d}_cpu_secs_per_1k_ops_mean": mean([cpu_per_1k(x, d) for x in runs[k]])
+                       for d in DAEMONS + ("sum",)}}
                 for k in kinds if runs[k]},
+    "idle_daemon_cpu": idle_rates,
+    "clk_tck": clk_tck,
     "ratios": {label: {"values": v, "mean": mean(v)} for label, v in ratios.items() if v},
     "runs": [x for k in kinds for x in runs[k]] + fills,
     "table_markdown": table,
