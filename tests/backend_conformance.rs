@@ -406,6 +406,29 @@ fn dir_stale_temp_files_hidden_and_removed_at_lock() {
     assert!(tmp.path().join(".lock.img").exists());
 }
 
+/// The scan for leftovers reads the whole pool directory, so it runs only
+/// when the lock file is new or still names a holder (one that died
+/// holding it), never after a clean release: an open of a cleanly closed
+/// image does not list the pool.
+#[test]
+fn dir_lock_scans_for_leftovers_only_after_a_holder_died() {
+    let tmp = tempdir();
+    let store = DirStore::create(tmp.path()).unwrap();
+    drop(store.lock("img", "first").unwrap());
+    let dead = 999_999_999u32;
+    let leftover = tmp
+        .path()
+        .join(format!(".tmp.img.0000000000000002.{dead}.0"));
+    std::fs::write(&leftover, b"partial").unwrap();
+    // Released cleanly (the file is empty): no scan.
+    drop(store.lock("img", "second").unwrap());
+    assert!(leftover.exists(), "scanned after a clean release");
+    // A holder that died holding it (its name is still in the file).
+    std::fs::write(tmp.path().join(".lock.img"), b"host h pid 1 image x").unwrap();
+    drop(store.lock("img", "third").unwrap());
+    assert!(!leftover.exists(), "not scanned after a holder died");
+}
+
 #[test]
 fn dir_stale_temp_of_this_process_removed_unless_in_flight() {
     // A temp file carrying our own pid but no put in flight is a leftover of

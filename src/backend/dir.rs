@@ -398,6 +398,7 @@ impl ObjectStore for DirStore {
         // taken in this same process conflicts too (flock is per description).
         // The lock file is never deleted: deleting it would let two takers
         // lock two different inodes under one name.
+        let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -428,13 +429,29 @@ impl ObjectStore for DirStore {
             }
             return Err(Error::io(ctx(), e));
         }
+        // The previous holder released the lock (its drop empties the file)
+        // only after its last put returned: it left no temp file, and the
+        // holder before it had its own leftovers removed by the lock after
+        // it. Only a file that is new, or still names a holder (one that
+        // died holding it), calls for the scan, which reads the whole pool
+        // directory: an open of a cleanly closed image never lists the
+        // pool. (A power cut that loses this file's last write can leave a
+        // temp file unremoved: space, never data; the next lock after a
+        // crash removes it.)
+        let mut previous = Vec::new();
+        let released = existed
+            && file
+                .read_to_end(&mut previous)
+                .is_ok_and(|_| previous.is_empty());
         file.set_len(0).map_err(|e| Error::io(ctx(), e))?;
         file.write_all_at(owner.as_bytes(), 0)
             .map_err(|e| Error::io(ctx(), e))?;
         // We now fence the objects of `name`: any temp file of theirs whose
         // writer is gone is a crash leftover.
-        self.remove_stale_temps(name)
-            .map_err(|e| Error::io(format!("{}: removing stale temp files", ctx()), e))?;
+        if !released {
+            self.remove_stale_temps(name)
+                .map_err(|e| Error::io(format!("{}: removing stale temp files", ctx()), e))?;
+        }
         Ok(Box::new(DirLock {
             file,
             owner: owner.to_owned(),
