@@ -33,9 +33,7 @@
 //!
 //! Heap bytes include the reverse index.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use lsvd::gc::select::{gather, select_victims, Gatherer, Run};
@@ -44,40 +42,9 @@ use lsvd::units::{Lba, ObjSeq};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Counts live heap bytes (requested sizes, not allocator overhead).
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments, so
-// System's guarantees hold; the counter is only bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            LIVE.fetch_add(new_size, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::live_bytes;
 
 /// Data sectors per object (8 MiB, the default `backend_obj_bytes`).
 const OBJ_SECTORS: u64 = 16384;
@@ -209,19 +176,19 @@ fn main() {
     let mut cycles = Vec::new();
     let mut sweep = vec![0u64; (128 << 20) / 8];
     for &n in &sizes {
-        let base = LIVE.load(Ordering::Relaxed);
+        let base = live_bytes();
         let m = build(n);
-        let heap = LIVE.load(Ordering::Relaxed) - base;
+        let heap = live_bytes() - base;
         let extents = m.extent_count();
 
         let xs: Vec<_> = m.extents().collect();
         let objs: Vec<_> = m.objects().collect();
-        let before_load = LIVE.load(Ordering::Relaxed);
+        let before_load = live_bytes();
         let t0 = Instant::now();
         let loaded = ObjectMap::from_parts(xs.iter().copied(), objs.iter().copied())
             .expect("a consistent map loads");
         let load_secs = t0.elapsed().as_secs_f64();
-        let loaded_heap = LIVE.load(Ordering::Relaxed) - before_load;
+        let loaded_heap = live_bytes() - before_load;
         drop(loaded);
         drop(xs);
 

@@ -8,9 +8,7 @@
 //! 1-8 sectors at ascending LBAs, each target one sector past the previous
 //! one's end so that neighbours do not merge.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use lsvd::map::{ExtentMap, ObjLoc, ObjectMap};
@@ -18,40 +16,9 @@ use lsvd::units::{Lba, ObjSeq};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Counts live heap bytes (requested sizes, not allocator overhead).
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments, so
-// System's guarantees hold; the counter is only bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            LIVE.fetch_add(new_size, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::live_bytes;
 
 /// Sectors per object in the simulated log (so offsets stay in range).
 const OBJ_SECTORS: u32 = 1 << 16;
@@ -110,7 +77,7 @@ fn report(what: &str, order: &str, extents: usize, bytes: usize, secs: f64, writ
 }
 
 fn object_map(random: bool, target: u64) {
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = live_bytes();
     let t = Instant::now();
     let mut m = ObjectMap::new();
     let mut w = Writes::new(random, target);
@@ -126,13 +93,13 @@ fn object_map(random: bool, target: u64) {
     }
     let secs = t.elapsed().as_secs_f64();
     // The object table is part of the durable map, so it is counted too.
-    let bytes = LIVE.load(Ordering::Relaxed) - base;
+    let bytes = live_bytes() - base;
     let order = if random { "random" } else { "sequential" };
     report("ObjectMap", order, m.extent_count(), bytes, secs, writes);
 }
 
 fn extent_map(random: bool, target: u64) {
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = live_bytes();
     let t = Instant::now();
     let mut m: ExtentMap<ObjLoc> = ExtentMap::new();
     let mut w = Writes::new(random, target);
@@ -145,14 +112,14 @@ fn extent_map(random: bool, target: u64) {
         writes += 1;
     }
     let secs = t.elapsed().as_secs_f64();
-    let bytes = LIVE.load(Ordering::Relaxed) - base - displaced.capacity() * 32;
+    let bytes = live_bytes() - base - displaced.capacity() * 32;
     let order = if random { "random" } else { "sequential" };
     report("ExtentMap<ObjLoc>", order, m.len(), bytes, secs, writes);
 }
 
 /// Baseline: std BTreeMap keyed by start LBA (inserts only, no overlap handling).
 fn std_btree(random: bool, target: u64) {
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = live_bytes();
     let t = Instant::now();
     let mut m: BTreeMap<u64, (u32, ObjLoc)> = BTreeMap::new();
     let mut w = Writes::new(random, target);
@@ -163,7 +130,7 @@ fn std_btree(random: bool, target: u64) {
         writes += 1;
     }
     let secs = t.elapsed().as_secs_f64();
-    let bytes = LIVE.load(Ordering::Relaxed) - base;
+    let bytes = live_bytes() - base;
     let order = if random { "random" } else { "sequential" };
     report(
         "std BTreeMap<u64,(u32,ObjLoc)>",
