@@ -715,36 +715,33 @@ impl Destager {
                     live_sectors: i.live_sectors,
                 })
                 .collect();
-            let body = match delta {
-                Some((b, ranges, extents)) => Ok((
+            // `Some`: a delta's base, ranges and extents. `None`: a full
+            // one, whose map is copied under the read lock below (only this
+            // thread changes it).
+            let body = delta.map(|(b, ranges, extents)| {
+                (
                     b,
                     ranges
                         .into_iter()
                         .map(|(lba, len)| CkptRange { lba, len })
                         .collect::<Vec<_>>(),
                     extents.into_iter().map(ckpt_extent).collect::<Vec<_>>(),
-                )),
-                // A full one: the map is copied under the read lock below
-                // (only this thread changes it).
-                None => Err(()),
-            };
+                )
+            });
             (objects, body)
         };
         // The delta feature is in the superblock before the first delta's
         // pieces are put; if it cannot be set, this one is full.
-        let body = match body {
-            Ok(d) => match self.inner.ensure_delta_feature() {
-                Ok(()) => Ok(d),
-                Err(e) => {
-                    warn!(image = %self.inner.image, "cannot mark the superblock for delta checkpoints, writing a full one: {e:?}");
-                    Err(())
-                }
-            },
-            Err(()) => Err(()),
-        };
+        let body = body.and_then(|d| match self.inner.ensure_delta_feature() {
+            Ok(()) => Some(d),
+            Err(e) => {
+                warn!(image = %self.inner.image, "cannot mark the superblock for delta checkpoints, writing a full one: {e:?}");
+                None
+            }
+        });
         let extents: Vec<CkptExtent> = match &body {
-            Ok(_) => vec![],
-            Err(()) => {
+            Some(_) => vec![],
+            None => {
                 let map = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
                 map.extents().map(ckpt_extent).collect()
             }
@@ -754,7 +751,7 @@ impl Destager {
         // Split first (with a placeholder sequence), then reserve exactly
         // as many sequences as there are pieces.
         let (mut pieces, base) = match body {
-            Ok((b, ranges, x)) => {
+            Some((b, ranges, x)) => {
                 let base = DeltaBase {
                     seq: b.ckpt.seq,
                     pieces: b.ckpt.pieces,
@@ -775,7 +772,7 @@ impl Destager {
                 links.extend(b.links.iter().copied());
                 (pieces, (b.depth + 1, links))
             }
-            Err(()) => (
+            None => (
                 split_into_pieces(
                     self.inner.uuid,
                     ObjSeq(0),
