@@ -575,7 +575,7 @@ impl Pieces<'_> {
 pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> Result<Recovered> {
     // Every object of the image is below this: found by probing below it,
     // never by listing the pool (unless the mark is not kept yet).
-    let bound = crate::catalog::image::sequence_bound(store, image, sb)?;
+    let mut bound = crate::catalog::image::sequence_bound(store, image, sb)?;
     let mut base = None;
     let mut chain = None;
     for (i, c) in sb.checkpoints.iter().enumerate() {
@@ -862,6 +862,16 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
         warn!(image, object = %name, gap = gap.0, "deleting object above the first gap");
         store.delete(&name)?;
         deleted += 1;
+    }
+    // A tombstone put above (a lost first checkpoint piece, a rotten GC
+    // object) can lie at or above a bound that came from a listing, which
+    // did not see it: the mark the open writes must cover it (ordering
+    // 31). With a trusted mark every such sequence is already below it.
+    if last_obj.0 >= bound.hwm {
+        bound = crate::catalog::image::SequenceBound {
+            hwm: last_obj.0 + 1,
+            trusted: false,
+        };
     }
     info!(
         image,
