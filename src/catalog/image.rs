@@ -216,7 +216,8 @@ pub(crate) fn sequence_bound(
         };
         tracing::warn!(
             image,
-            "the high-water mark {why}: the image's objects are found by listing the store              (once; the mark is written again at the next read-write open)"
+            "the high-water mark {why}: the image's objects are found by listing the store \
+             (once; the mark is written again at the next read-write open)"
         );
     }
     let hwm = store
@@ -422,20 +423,23 @@ pub(crate) fn create_image_with(
         ));
     }
     // Leftovers of an earlier image of this name whose removal was
-    // interrupted: `rm` deletes the high-water mark last, so it is there
-    // while any of its objects is (an image of a build before the mark
-    // leaves none; its first object is looked for too). Found without
-    // listing the pool.
-    for stray in [hwm_name(image), object_name(image, ObjSeq(1))] {
-        if store.stat(&stray)?.is_some() {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!(
-                    "objects of an earlier image '{image}' remain ({stray}); remove them \
-                     first (`lsvd-ublk rm` finishes an interrupted removal)"
-                ),
-            ));
-        }
+    // interrupted. `rm` deletes the high-water mark last, so it names them;
+    // but a build before the mark leaves leftovers with no mark, in any
+    // sequence range, which only a listing finds (on RADOS it walks the
+    // pool: the one per-image path that still lists, once per create). A
+    // new image over them would run into them at its next open.
+    if let Some(stray) = store
+        .list(&format!("{image}."))?
+        .into_iter()
+        .find(|n| parse_object_name(image, n).is_some() || *n == hwm_name(image))
+    {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "objects of an earlier image '{image}' remain ({stray}); remove them \
+                 first (`lsvd-ublk rm` of this image finishes an interrupted removal)"
+            ),
+        ));
     }
     let uuid = ImageUuid::new_random();
     // Ordering 31: the mark exists before the superblock that says it is
@@ -494,18 +498,38 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
         // The superblock goes first (below): an interrupted removal left
         // objects below the mark, and the mark. Finish it.
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            let Ok(b) = store.get(&hwm_name(image), 0, crate::format::hwm::SIZE + 1) else {
-                return Err(e);
+            let mark = match store.get(&hwm_name(image), 0, crate::format::hwm::SIZE + 1) {
+                Ok(b) => crate::format::hwm::HighWater::decode(&b).ok(),
+                Err(g) if g.kind() == ErrorKind::NotFound => None,
+                Err(g) => return Err(g),
             };
-            let h = crate::format::hwm::HighWater::decode(&b).map_err(|d| {
-                Error::with_source(
-                    ErrorKind::Corrupt,
-                    format!("image '{image}' has no superblock, and its high-water mark"),
-                    d,
-                )
-            })?;
-            tracing::warn!(image, hwm = h.hwm, "finishing an interrupted removal");
-            delete_below(store, image, h.hwm)?;
+            match mark {
+                Some(h) => {
+                    tracing::warn!(image, hwm = h.hwm, "finishing an interrupted removal");
+                    delete_below(store, image, h.hwm)?;
+                }
+                None => {
+                    // No mark, or a rotten one: leftovers of an older
+                    // build's removal, or of one whose mark rotted. Only a
+                    // listing finds them (a repair, rare).
+                    let left: Vec<String> = store
+                        .list(&format!("{image}."))?
+                        .into_iter()
+                        .filter(|n| parse_object_name(image, n).is_some())
+                        .collect();
+                    if left.is_empty() && store.stat(&hwm_name(image))?.is_none() {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        image,
+                        objects = left.len(),
+                        "finishing an interrupted removal (found by listing)"
+                    );
+                    for n in left {
+                        store.delete(&n)?;
+                    }
+                }
+            }
             store.delete(&hwm_name(image))?;
             return remove_journal(journal);
         }
