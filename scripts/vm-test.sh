@@ -38,7 +38,8 @@
 #   --keep           keep the guest log (and disk images) even on success
 #
 # Environment knobs:
-#   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 540)
+#   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 540;
+#                             1200 with --rados)
 #   LSVD_VM_SCENARIO_TIMEOUT  per-scenario bound inside the guest (default 240)
 #   LSVD_VM_CACHE             kernel/.deb/apt cache dir (default /var/cache/lsvd-vm)
 #   LSVD_VM_KERNEL            the guest kernel, as --kernel (default
@@ -94,7 +95,13 @@ disk_size=${LSVD_VM_DISK_SIZE:-8G}
 for n in "${scenarios[@]}"; do
     case "$n" in rados-*) rados=1 ;; esac
 done
-if [ "$rados" = 1 ]; then mem=${LSVD_VM_MEM:-2G}; else mem=${LSVD_VM_MEM:-1G}; fi
+if [ "$rados" = 1 ]; then
+    # The cluster's daemons need memory, and starting them takes 40-90 s.
+    mem=${LSVD_VM_MEM:-2G}
+    vm_timeout=${LSVD_VM_TIMEOUT:-1200}
+else
+    mem=${LSVD_VM_MEM:-1G}
+fi
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 vm_dir=$target_dir/vm
 

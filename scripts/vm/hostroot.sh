@@ -59,9 +59,11 @@ hostroot_setup() {
 
     cat >/usr/bin/lsvd-ublk <<'EOF'
 #!/bin/sh
-# lsvd-ublk (rados build) in the chroot into the host's root.
+# lsvd-ublk (rados build) in the chroot into the host's root. LSVD_RUN_DIR
+# (its device registry, default /run/lsvd-ublk) passes through: a second
+# registry stands for a second host.
 exec chroot /newroot /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-    LSVD_LOG="${LSVD_LOG:-warn}" /lsvd/lsvd-ublk "$@"
+    LSVD_LOG="${LSVD_LOG:-warn}" ${LSVD_RUN_DIR:+LSVD_RUN_DIR=$LSVD_RUN_DIR} /lsvd/lsvd-ublk "$@"
 EOF
     cat >/usr/bin/lsvd-rados <<EOF
 #!/bin/sh
