@@ -380,6 +380,13 @@ binary=$(readlink -f "$binary")
 if [ "$rados" = 1 ] && ! ldd "$binary" | grep -q librados; then
     die "--rados: $binary does not link librados (build it with --features rados)"
 fi
+# The guest runs the host's ceph (read-only through 9p): it must be here.
+if [ "$rados" = 1 ]; then
+    for p in ceph-mon ceph-osd ceph rados; do
+        command -v $p >/dev/null 2>&1 ||
+            die "--rados: no $p on the host; the guest uses the host's ceph (install ceph-mon ceph-osd ceph-common, e.g. by running scripts/ceph-test-cluster.sh start once)"
+    done
+fi
 
 # ---------------------------------------------------------------------------
 # 4. The initramfs: busybox + our binary + e2fsprogs + fio + modules + scripts.
