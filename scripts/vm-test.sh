@@ -377,7 +377,9 @@ if [ -z "$binary" ]; then
 fi
 [ -x "$binary" ] || die "binary not found or not executable: $binary"
 binary=$(readlink -f "$binary")
-if [ "$rados" = 1 ] && ! ldd "$binary" | grep -q librados; then
+# (ldd's output into a variable first: `grep -q` closing the pipe early
+# would fail the pipeline under pipefail.)
+if [ "$rados" = 1 ] && [[ $(ldd "$binary") != *librados* ]]; then
     die "--rados: $binary does not link librados (build it with --features rados)"
 fi
 # The guest runs the host's ceph (read-only through 9p): it must be here.
