@@ -2,7 +2,7 @@
 # Boot a QEMU guest (TCG, no KVM) with a ublk-capable Debian kernel and run the
 # lsvd-ublk guest scenarios from scripts/vm/scenarios/ inside it.
 #
-# Usage: scripts/vm-test.sh [--kernel K] [--binary PATH] [--scenario NAME ...] [--keep]
+# Usage: scripts/vm-test.sh [--kernel K] [--binary PATH] [--scenario NAME ...] [--rados] [--keep]
 #   --kernel K       the guest kernel (overrides LSVD_VM_KERNEL, below):
 #                    a Debian kernel version, e.g. 6.12.95+deb12-amd64 or
 #                    7.3.4+deb13-amd64 (if the mirror no longer has it, the
@@ -23,18 +23,33 @@
 #                    `cargo build --release --bin lsvd-ublk`)
 #   --scenario NAME  run only this scenario (repeatable). NAME is the part of
 #                    scripts/vm/scenarios/NN-NAME.sh after the number, e.g.
-#                    smoke, fs, measure-virtio. Default: all scenarios.
+#                    smoke, fs, measure-virtio. Default: all scenarios
+#                    except the rados-* ones (which need --rados).
+#   --rados          RADOS in the guest: share the host's root file system
+#                    read-only into the guest over virtio-9p (tag hostroot),
+#                    chroot into it (with the guest's /data, /tmp, /run,
+#                    /dev, /proc and /sys bound in) and run a single-node
+#                    Ceph cluster there (scripts/ceph-test-cluster.sh, mon
+#                    and OSD on the guest's own loopback; the guest still
+#                    has no network device). Default scenarios: the
+#                    rados-* ones. The binary must be built with
+#                    `--features rados` (the default build here then is).
+#                    Naming a rados-* scenario implies --rados.
 #   --keep           keep the guest log (and disk images) even on success
 #
 # Environment knobs:
-#   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 540)
+#   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 540;
+#                             1200 with --rados)
 #   LSVD_VM_SCENARIO_TIMEOUT  per-scenario bound inside the guest (default 240)
 #   LSVD_VM_CACHE             kernel/.deb/apt cache dir (default /var/cache/lsvd-vm)
 #   LSVD_VM_KERNEL            the guest kernel, as --kernel (default
 #                             6.12.95+deb12-amd64); tests/vm.rs runs every
 #                             kernel in LSVD_VM_KERNELS instead
 #   LSVD_VM_DISK_SIZE         size of each (sparse) virtio disk (default 8G)
-#   LSVD_VM_MEM               guest memory (default 1G)
+#   LSVD_VM_MEM               guest memory (default 1G; 2G with --rados)
+#   LSVD_VM_RADOS=1           as --rados
+#   LSVD_VM_CEPH_STORE        the guest cluster's objectstore: bluestore
+#                             (default) or memstore
 #   LSVD_VM_LOG=debug         LSVD_LOG level for lsvd-ublk in the guest (default warn)
 #   LSVD_VM_QUIET=1           do not echo the guest console while it runs
 #   LSVD_VM_EXTRA="P1 P2"     extra host programs to put in the guest's
@@ -56,6 +71,7 @@ binary=""
 kernel_arg=""
 scenarios=()
 keep=0
+rados=${LSVD_VM_RADOS:-0}
 while [ $# -gt 0 ]; do
     case "$1" in
         --binary) binary=$2; shift 2 ;;
@@ -65,7 +81,8 @@ while [ $# -gt 0 ]; do
         --scenario) scenarios+=("$2"); shift 2 ;;
         --scenario=*) scenarios+=("${1#--scenario=}"); shift ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+        --rados) rados=1; shift ;;
+        -h|--help) sed -n '2,56p' "$0"; exit 0 ;;
         *) echo "vm-test: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -75,7 +92,16 @@ scenario_timeout=${LSVD_VM_SCENARIO_TIMEOUT:-240}
 cache=${LSVD_VM_CACHE:-/var/cache/lsvd-vm}
 kernel_arg=${kernel_arg:-${LSVD_VM_KERNEL:-6.12.95+deb12-amd64}}
 disk_size=${LSVD_VM_DISK_SIZE:-8G}
-mem=${LSVD_VM_MEM:-1G}
+for n in "${scenarios[@]}"; do
+    case "$n" in rados-*) rados=1 ;; esac
+done
+if [ "$rados" = 1 ]; then
+    # The cluster's daemons need memory, and starting them takes 40-90 s.
+    mem=${LSVD_VM_MEM:-2G}
+    vm_timeout=${LSVD_VM_TIMEOUT:-1200}
+else
+    mem=${LSVD_VM_MEM:-1G}
+fi
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 vm_dir=$target_dir/vm
 
@@ -343,12 +369,26 @@ log "kernel $kver ($(elapsed)s)"
 # 3. The binary under test.
 # ---------------------------------------------------------------------------
 if [ -z "$binary" ]; then
-    log "cargo build --release --bin lsvd-ublk"
-    cargo build --release --bin lsvd-ublk
+    features=()
+    [ "$rados" = 1 ] && features=(--features rados)
+    log "cargo build --release ${features[*]} --bin lsvd-ublk"
+    cargo build --release "${features[@]}" --bin lsvd-ublk
     binary=$target_dir/release/lsvd-ublk
 fi
 [ -x "$binary" ] || die "binary not found or not executable: $binary"
 binary=$(readlink -f "$binary")
+# (ldd's output into a variable first: `grep -q` closing the pipe early
+# would fail the pipeline under pipefail.)
+if [ "$rados" = 1 ] && [[ $(ldd "$binary") != *librados* ]]; then
+    die "--rados: $binary does not link librados (build it with --features rados)"
+fi
+# The guest runs the host's ceph (read-only through 9p): it must be here.
+if [ "$rados" = 1 ]; then
+    for p in ceph-mon ceph-osd ceph rados; do
+        command -v $p >/dev/null 2>&1 ||
+            die "--rados: no $p on the host; the guest uses the host's ceph (install ceph-mon ceph-osd ceph-common, e.g. by running scripts/ceph-test-cluster.sh start once)"
+    done
+fi
 
 # ---------------------------------------------------------------------------
 # 4. The initramfs: busybox + our binary + e2fsprogs + fio + modules + scripts.
@@ -384,9 +424,19 @@ copy_with_libs() {
         cp -L --remove-destination "$lib" "$root$lib"
     done
 }
-copy_with_libs "$binary" /usr/bin/lsvd-ublk
+if [ "$rados" = 1 ]; then
+    # The rados build links librados and its dozens of libraries: in the
+    # initramfs only the binary; it runs in the chroot into the host's root
+    # (see scripts/vm/hostroot.sh), which has every library at its path;
+    # hostroot.sh puts wrappers for it in /usr/bin.
+    mkdir -p "$root/usr/local/lsvd"
+    cp -L "$binary" "$root/usr/local/lsvd/lsvd-ublk"
+    strip --strip-debug "$root/usr/local/lsvd/lsvd-ublk" 2>/dev/null || true
+else
+    copy_with_libs "$binary" /usr/bin/lsvd-ublk
+fi
 # Release builds carry debug info (tens of MB); the guest does not need it.
-strip --strip-debug "$root/usr/bin/lsvd-ublk" 2>/dev/null || true
+[ -f "$root/usr/bin/lsvd-ublk" ] && strip --strip-debug "$root/usr/bin/lsvd-ublk" 2>/dev/null || true
 for prog in mke2fs e2fsck; do
     copy_with_libs "$(command -v $prog)" "/sbin/$prog"
 done
@@ -462,6 +512,8 @@ resolve_module() {
 # (6.12) or jbd2 (7.x). Debian 12's own 6.1 has no ublk_drv at all.
 resolve_module virtio_pci soft
 for m in virtio_blk ext4; do resolve_module "$m"; done
+# --rados: the host's root over virtio-9p (9p pulls in 9pnet and netfs).
+if [ "$rados" = 1 ]; then for m in 9pnet_virtio 9p; do resolve_module "$m"; done; fi
 if [ "$stable_kernel" = 1 ]; then resolve_module ublk_drv soft; else resolve_module ublk_drv; fi
 : >"$root/lib/modules/load-order"
 for f in "${mod_order[@]}"; do
@@ -474,6 +526,9 @@ log "modules: $(tr '\n' ' ' <"$root/lib/modules/load-order")"
 # Guest scripts.
 cp scripts/vm/init "$root/init"
 cp scripts/vm/lib.sh "$root/lib/lsvd-vm-lib.sh"
+cp scripts/vm/hostroot.sh "$root/lib/lsvd-vm-hostroot.sh"
+# The cluster script runs in the chroot (it needs bash and the ceph tools).
+[ "$rados" = 1 ] && cp scripts/ceph-test-cluster.sh "$root/usr/local/lsvd/"
 mkdir -p "$root/scenarios"
 cp scripts/vm/scenarios/*.sh "$root/scenarios/"
 chmod +x "$root/init" "$root"/scenarios/*.sh
@@ -481,8 +536,10 @@ chmod +x "$root/init" "$root"/scenarios/*.sh
 # Which scenarios: map names to files now so a typo fails on the host.
 sel=()
 if [ ${#scenarios[@]} -eq 0 ]; then
+    # Without --rados every scenario but the rados-* ones; with it, those.
     for f in scripts/vm/scenarios/[0-9]*.sh; do
-        n=$(basename "$f" .sh); sel+=("${n#*-}")
+        n=$(basename "$f" .sh); n=${n#*-}
+        case "$n" in rados-*) [ "$rados" = 1 ] && sel+=("$n") ;; *) [ "$rados" = 1 ] || sel+=("$n") ;; esac
     done
 else
     for n in "${scenarios[@]}"; do
@@ -519,6 +576,7 @@ append+=" lsvd.scenarios=$scenario_arg lsvd.scenario_timeout=$scenario_timeout"
 # A kernel without ublk (Debian 12's own): init expects no /dev/ublk-control.
 if [ "$stable_kernel" = 1 ]; then append+=" lsvd.no_ublk=1"; fi
 append+=" lsvd.log=${LSVD_VM_LOG:-warn}"
+if [ "$rados" = 1 ]; then append+=" lsvd.hostroot=1 lsvd.ceph_store=${LSVD_VM_CEPH_STORE:-bluestore}"; fi
 log "booting ($kver, $mem, scenarios: $scenario_arg, bound ${vm_timeout}s)"
 boot_start=$(date +%s)
 qemu_cmd=(timeout -k 10 "$vm_timeout" qemu-system-x86_64
@@ -528,6 +586,12 @@ qemu_cmd=(timeout -k 10 "$vm_timeout" qemu-system-x86_64
     -drive "file=$disk_a,format=raw,if=virtio,cache=writeback"
     -drive "file=$disk_b,format=raw,if=virtio,cache=writeback"
     -nic none)
+# The host's root, read-only: the guest chroots into it for Ceph and
+# librados. QEMU's 9p server runs on the host, but the guest gets no
+# network: the cluster lives on the guest's own loopback.
+if [ "$rados" = 1 ]; then
+    qemu_cmd+=(-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
+fi
 boot_once() {
     set +e
     if [ "${LSVD_VM_QUIET:-0}" = 1 ]; then

@@ -427,3 +427,26 @@ rand_files() {
         dd if=/dev/urandom of="$dir/f$i" bs=4096 count="$blocks" 2>/dev/null || return 1
     done
 }
+
+# ---------------------------------------------------------------------------
+# RADOS in the guest (vm-test.sh --rados; see scripts/vm/hostroot.sh): the
+# rados-* scenarios call rados_setup first. It checks the guest's Ceph
+# cluster (starting it again if a scenario left it down), and points the
+# lsvd wrappers above at /usr/bin/lsvd-rados: images POOL/NAME are then in
+# the pool `lsvd` of that cluster.
+# ---------------------------------------------------------------------------
+[ -f /lib/lsvd-vm-hostroot.sh ] && . /lib/lsvd-vm-hostroot.sh
+rados_setup() {
+    [ -x /usr/bin/lsvd-rados ] || abort rados-setup "no host root in this guest (run vm-test.sh --rados)"
+    if ! ceph_cluster status >"$STATE/ceph-status.log" 2>&1; then
+        info "ceph cluster not healthy ($(tail -n 1 "$STATE/ceph-status.log")); starting it"
+        must rados-ceph-start ceph_cluster start
+    fi
+    LSVD=/usr/bin/lsvd-rados
+    pass rados-setup
+}
+
+# rados_objects PREFIX: how many objects of the pool lsvd start with PREFIX.
+rados_objects() {
+    in_host timeout 30 rados -p lsvd ls 2>/dev/null | grep -c "^$1" || true
+}
