@@ -119,4 +119,9 @@ trap - EXIT
 echo "== block device in a QEMU guest (real kernel with ublk)"
 cargo test --release --test vm -- --ignored --nocapture
 
+echo "== a RADOS image in a QEMU guest (Ceph inside the guest: scripts/vm-test.sh --rados)"
+# The default guest kernel only (about 3-6 minutes under TCG): the
+# scenarios exercise the RADOS backend under a real kernel, not the kernel.
+LSVD_VM_QUIET=1 bash scripts/vm-test.sh --rados
+
 echo "== all tests passed"
