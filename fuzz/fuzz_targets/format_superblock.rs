@@ -14,7 +14,10 @@ fn check(buf: &[u8]) {
     }
     if let Ok(h) = HighWater::decode(buf) {
         assert!(h.hwm >= 1);
-        assert_eq!(HighWater::decode(&h.encode()).expect("a mark re-encodes"), h);
+        assert_eq!(
+            HighWater::decode(&h.encode()).expect("a mark re-encodes"),
+            h
+        );
     }
 }
 
