@@ -16,7 +16,8 @@ use lsvd::format::hwm::{HighWater, STEP};
 use lsvd::format::superblock::INCOMPAT_HWM;
 use lsvd::units::ObjSeq;
 use lsvd::volume::image::{
-    create_image, hwm_name, image_info, object_name, read_superblock, remove_image, ImageSpec,
+    create_image, hwm_name, image_info, object_name, parse_object_name, read_superblock,
+    remove_image, ImageSpec,
 };
 use lsvd::volume::{Volume, VolumeOptions};
 use lsvd::ErrorKind;
@@ -87,14 +88,22 @@ fn assert_image(v: &Volume, model: &[u8], what: &str) {
     assert!(buf == model, "{what}: the image differs from the model");
 }
 
-fn highest(mem: &MemStore, image: &str) -> u64 {
-    mem.list(&format!("{image}."))
+/// The image's object sequences in the store, ascending (a listing of
+/// the memory store: the tests' view, not the engine's).
+fn objects(mem: &MemStore, image: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = mem
+        .list(&format!("{image}."))
         .unwrap()
         .iter()
-        .filter_map(|n| lsvd::volume::image::parse_object_name(image, n))
+        .filter_map(|n| parse_object_name(image, n))
         .map(|s| s.0)
-        .max()
-        .unwrap_or(0)
+        .collect();
+    v.sort();
+    v
+}
+
+fn highest(mem: &MemStore, image: &str) -> u64 {
+    objects(mem, image).last().copied().unwrap_or(0)
 }
 
 /// Every object stays below the mark, which moves in steps; open after a
@@ -145,7 +154,7 @@ fn the_image_lifecycle_never_lists_the_pool() {
         .list("img.")
         .unwrap()
         .into_iter()
-        .filter(|n| lsvd::volume::image::parse_object_name("img", n).is_some())
+        .filter(|n| parse_object_name("img", n).is_some())
         .collect();
     assert_eq!(info.objects, listed.len() as u64, "info counts by probing");
     let bytes: u64 = listed.iter().map(|n| mem.stat(n).unwrap().unwrap()).sum();
@@ -294,4 +303,163 @@ fn an_interrupted_removal_is_found_and_finished_without_listing() {
     // leftovers (a repair path) and finds nothing to remove.
     let e = remove_image(mem.as_ref(), "nope", None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
+
+// The review of the mark (commit 76cb0a9, by a helper): each of these
+// failed there.
+
+/// Turn `img` into what a build before the mark left: no bit, no mark.
+fn make_old(mem: &MemStore, image: &str) {
+    let mut sb = read_superblock(mem, image).unwrap();
+    sb.incompat &= !INCOMPAT_HWM;
+    mem.put(image, &sb.encode()).unwrap();
+    mem.delete(&hwm_name(image)).unwrap();
+}
+
+/// Finding 1. A build before the mark removed an image by deleting its
+/// superblock and then its listed objects in name order (object 1 first),
+/// and was interrupted: no mark, no object 1, objects 3.. remain. Before
+/// 76cb0a9 `create` listed and refused the name; now its two stats (mark,
+/// object 1) find nothing and it creates a new image over the leftovers,
+/// which sit above the new image's mark, so its recovery never deletes
+/// them. The new image then cannot be reopened after a clean close: the
+/// roll-forward runs into the old image's object 3 and refuses the image as
+/// corrupt (telling the user to delete objects "to give up its writes").
+#[test]
+fn create_over_an_old_builds_interrupted_rm_then_reopen() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    create_image(store.as_ref(), "img", SIZE).unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let v = open(&store, dir.path(), "img").unwrap();
+    fill(&v, &mut model, 1, 10);
+    v.flush().unwrap();
+    v.close().unwrap();
+    make_old(&mem, "img");
+    // The old `rm`: superblock, then objects in listing (name) order;
+    // interrupted after two.
+    mem.delete("img").unwrap();
+    mem.delete(&object_name("img", ObjSeq(1))).unwrap();
+    mem.delete(&object_name("img", ObjSeq(2))).unwrap();
+    std::fs::remove_file(dir.path().join("img.wlog")).unwrap();
+    let left = objects(&mem, "img");
+    assert!(left.len() > 5, "leftovers {left:?}");
+
+    // Refused, naming a leftover (as before 76cb0a9: create lists once);
+    // `rm` finishes the removal (by a listing: there is no mark); then the
+    // name is free, and a new image over it works.
+    let e = create_image(store.as_ref(), "img", SIZE)
+        .expect_err("create over an old build's leftovers");
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    remove_image(store.as_ref(), "img", None).unwrap();
+    assert_eq!(
+        objects(&mem, "img"),
+        Vec::<u64>::new(),
+        "rm finished the removal"
+    );
+    create_image(store.as_ref(), "img", SIZE).unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let v = open(&store, dir.path(), "img").unwrap();
+    fill(&v, &mut model, 2, 1);
+    v.flush().unwrap();
+    v.close().unwrap();
+    let m = mark(&mem, "img");
+    let stale_above: Vec<u64> = objects(&mem, "img")
+        .into_iter()
+        .filter(|s| *s >= m)
+        .collect();
+    let v = match open(&store, dir.path(), "img") {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "create accepted the name over an old build's leftovers {left:?} \
+             (mark {m}, leftovers at or above it {stale_above:?}); the new image \
+             cannot be reopened after a clean close: {e}"
+        ),
+    };
+    let mut buf = vec![0u8; SIZE as usize];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf == model, "the new image differs from what was written");
+    v.close().unwrap();
+}
+
+/// Finding 2. Recovery's tombstone for a lost first piece of a listed
+/// checkpoint (ordering 29) is put with `store.put`, bypassing
+/// `ensure_hwm`. On the migration open of an image without a mark, the
+/// bound comes from the listing, which does not include the lost piece's
+/// sequence; the open then writes the mark from that bound, *below* the
+/// tombstone it just put. Until the next object raises the mark, an object
+/// sits at the mark (ordering 31 broken); a crash there and an `rm` leave
+/// the tombstone behind, which `info` does not count either.
+#[test]
+fn a_recovery_tombstone_is_below_the_mark() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    create_image(store.as_ref(), "img", SIZE).unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let v = open(&store, dir.path(), "img").unwrap();
+    fill(&v, &mut model, 3, 10);
+    v.flush().unwrap();
+    v.close().unwrap();
+    let sb = read_superblock(store.as_ref(), "img").unwrap();
+    let newest = sb.checkpoints[0];
+    let top = *objects(&mem, "img").last().unwrap();
+    assert_eq!(
+        (newest.seq.0, newest.pieces),
+        (top, 1),
+        "the close's checkpoint is the last object"
+    );
+    assert!(
+        sb.checkpoints.len() > 1,
+        "an older checkpoint to fall back on"
+    );
+    make_old(&mem, "img");
+    // Its piece is lost.
+    mem.delete(&object_name("img", newest.seq)).unwrap();
+
+    let v = open(&store, dir.path(), "img").unwrap();
+    let m = mark(&mem, "img");
+    let objs = objects(&mem, "img");
+    v.crash();
+    let above: Vec<u64> = objs.iter().copied().filter(|s| *s >= m).collect();
+    assert!(
+        above.is_empty(),
+        "objects at or above the mark {m} after the open: {above:?} (ordering 31)"
+    );
+    remove_image(store.as_ref(), "img", Some(&dir.path().join("img.wlog"))).unwrap();
+    assert_eq!(
+        mem.list("").unwrap(),
+        Vec::<String>::new(),
+        "rm leaves nothing behind"
+    );
+}
+
+/// Finding 3. `rm` interrupted after the superblock went, and the mark
+/// then rots (or is torn by a store that does not put atomically): `create`
+/// refuses the name (it stats the mark) and `rm` refuses too (the mark does
+/// not decode), with no way out but deleting objects by hand. Everywhere
+/// else a rotten mark is not trusted and the image's names are listed
+/// once; `rm`'s finishing path should do the same.
+#[test]
+fn rm_finishes_an_interrupted_removal_whose_mark_rotted() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    create_image(store.as_ref(), "img", SIZE).unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let v = open(&store, dir.path(), "img").unwrap();
+    fill(&v, &mut model, 4, 8);
+    v.close().unwrap();
+    mem.delete("img").unwrap();
+    let mut b = mem.get(&hwm_name("img"), 0, 4096).unwrap();
+    b[33] ^= 0xff;
+    mem.put(&hwm_name("img"), &b).unwrap();
+    let e = create_image(store.as_ref(), "img", SIZE).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    if let Err(e) = remove_image(store.as_ref(), "img", None) {
+        panic!("create refuses the name and rm cannot finish the removal: {e}");
+    }
+    assert_eq!(mem.list("").unwrap(), Vec::<String>::new());
+    create_image(store.as_ref(), "img", SIZE).unwrap();
 }
