@@ -74,8 +74,17 @@ pub(crate) trait GcHost: Send + Sync {
     /// The oldest listed checkpoint, if this session knows its table and
     /// took it at least `min_age` ago.
     fn floor(&self, min_age: Duration) -> Option<Floor>;
-    /// Every object sequence in the store.
+    /// Every object sequence in the store (a listing: only the sweep of a
+    /// forced run, or of an image whose rows are not complete).
     fn list_objects(&self) -> Result<Vec<ObjSeq>>;
+    /// The highest object applied to the durable map.
+    fn applied_obj(&self) -> ObjSeq;
+    /// Whether the table names every object that is not deleted
+    /// (ordering 32).
+    fn rows_complete(&self) -> bool;
+    /// Add rows with no live data for these objects (with their data
+    /// sectors), then mark the rows complete.
+    fn add_rows(&self, objs: &[(ObjSeq, u64)]);
     /// Delete an object; its size if it existed.
     fn delete_object(&self, obj: ObjSeq) -> Result<Option<u64>>;
     /// The snapshot/clone hook.
@@ -86,9 +95,6 @@ pub(crate) trait GcHost: Send + Sync {
     fn client_backlog(&self) -> bool;
     /// Size of the last checkpoint written, bytes.
     fn last_checkpoint_bytes(&self) -> u64;
-    /// Objects with no live data dropped from the map by checkpoints since
-    /// the last call, with their data bytes: they only wait for deletion.
-    fn take_dead(&self) -> Vec<(ObjSeq, u64)>;
 }
 
 /// Longest a GC step waits for a client backlog to clear before going on
@@ -281,21 +287,50 @@ impl Gc {
     }
 
     /// Objects that died without GC (all their data overwritten or
-    /// trimmed) also wait for deletion.
+    /// trimmed) also wait for deletion: every row with no live data names
+    /// one (ordering 32), until GC deletes it.
     fn collect_dead(&mut self, host: &dyn GcHost) {
         let retention = host.retention();
-        for (o, bytes) in host.take_dead() {
+        for (o, i) in host.objects() {
             // Kept for a snapshot: not pending (it would keep asking for
-            // checkpoints that can never free it); the sweep after its
-            // `snap rm` finds it.
-            if retention.pinned(o) {
+            // checkpoints that can never free it); its row stays, and once
+            // `snap rm` unpins it, it is collected here.
+            if i.live_sectors > 0 || retention.pinned(o) {
                 continue;
             }
             if let std::collections::btree_map::Entry::Vacant(e) = self.pending.entry(o) {
+                let bytes = i.data_sectors * SECTOR;
                 e.insert(bytes);
                 self.pending_bytes += bytes;
             }
         }
+    }
+
+    /// The listing sweep (a forced run, or the first deletion of an image
+    /// whose rows are not complete yet): every object of the image in the
+    /// store. Those at or below the applied object with no row and not a
+    /// listed checkpoint's piece get a row (no live data), so the next
+    /// checkpoint names them and GC deletes them without listing again
+    /// (ordering 32).
+    fn list_and_add_rows(&self, host: &dyn GcHost, floor: &Floor) -> Result<Vec<ObjSeq>> {
+        let all = host.list_objects()?;
+        failpoint::hit("gc.sweep.listed");
+        let applied = host.applied_obj();
+        let rows: BTreeSet<ObjSeq> = host.objects().into_iter().map(|(o, _)| o).collect();
+        let missing: Vec<(ObjSeq, u64)> = all
+            .iter()
+            .copied()
+            .filter(|s| *s <= applied && !rows.contains(s) && !select::listed_piece(*s, floor))
+            .map(|s| (s, 0))
+            .collect();
+        if !missing.is_empty() {
+            info!(
+                objects = missing.len(),
+                "GC sweep: objects with no row get one (deleted once the rule allows)"
+            );
+        }
+        host.add_rows(&missing);
+        Ok(all)
     }
 
     /// True when enough cleaned data waits that two checkpoints are worth
@@ -333,12 +368,12 @@ impl Gc {
         };
         let retention = host.retention();
         let mut cands: BTreeSet<ObjSeq> = self.pending.keys().copied().collect();
-        if sweep || !self.swept {
-            let all = host.list_objects()?;
-            failpoint::hit("gc.sweep.listed");
-            cands.extend(all);
-            self.swept = true;
+        // Listed only when asked (a forced run: maintenance) or while the
+        // rows may miss objects (an image of an older build).
+        if sweep || (!self.swept && !host.rows_complete()) {
+            cands.extend(self.list_and_add_rows(host, &floor)?);
         }
+        self.swept = true;
         for s in cands {
             if host.should_stop() {
                 break;

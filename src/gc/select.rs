@@ -295,7 +295,7 @@ pub fn dead_but_kept(
 }
 
 /// Whether `s` is a piece of a checkpoint `floor` lists.
-fn listed_piece(s: ObjSeq, floor: &Floor) -> bool {
+pub fn listed_piece(s: ObjSeq, floor: &Floor) -> bool {
     floor
         .listed
         .iter()

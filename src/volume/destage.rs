@@ -45,7 +45,9 @@ use crate::format::checkpoint::{
 };
 use crate::format::gcobject::{GcHeader, GcMove};
 use crate::format::object::ObjectHeader;
-use crate::format::superblock::{CheckpointRef, INCOMPAT_CHUNK_CRCS, INCOMPAT_DELTA_CKPT};
+use crate::format::superblock::{
+    CheckpointRef, FLAG_ROWS, INCOMPAT_CHUNK_CRCS, INCOMPAT_DELTA_CKPT,
+};
 use crate::io::AlignedBuf;
 use crate::journal::Done;
 use crate::units::{JournalSeq, Lba, ObjSeq};
@@ -117,6 +119,10 @@ pub(crate) struct CkptFacts {
     pub taken: std::time::Instant,
     pub live: Arc<BTreeSet<ObjSeq>>,
     pub bytes: u64,
+    /// Its table names every object of the image at or below `last_obj`
+    /// that is not deleted, except listed checkpoints' pieces (ordering
+    /// 32): publishing it sets `FLAG_ROWS`.
+    pub rows_complete: bool,
 }
 
 enum Item {
@@ -667,32 +673,20 @@ impl Destager {
         let may_delta = prev
             .as_ref()
             .filter(|b| !snap && b.depth + 1 < cfg.checkpoint_full_every);
+        // Read before the table is copied: once set (after GC added the
+        // rows a listing found), the copy below holds those rows.
+        let rows_complete = self.inner.rows_complete.load(Ordering::Acquire);
         let (objects, body) = {
-            // Rows with no live data are dropped here, from the table and
-            // from the map (nothing refers to them; their objects are left
-            // for GC's deletion rule). This runs on the destager thread, so
-            // no apply interleaves.
+            // Rows with no live data stay in the table until GC has deleted
+            // their objects (ordering 32): after a crash the recovered
+            // table still names every object that awaits deletion, so GC
+            // finds them without listing the store. This runs on the
+            // destager thread, so no apply interleaves.
             let mut map = self
                 .inner
                 .durable
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            let dead: Vec<ObjSeq> = map
-                .objects()
-                .filter(|(_, i)| i.live_sectors == 0)
-                .map(|(o, _)| o)
-                .collect();
-            {
-                let mut gc_dead = self.inner.gc_dead.lock().unwrap_or_else(|e| e.into_inner());
-                for o in dead {
-                    if let Some(i) = map.remove_object(o) {
-                        // Only collected when GC may run, so it stays bounded.
-                        if !self.inner.config.no_gc && gc_dead.len() < 1 << 20 {
-                            gc_dead.push((o, i.data_sectors * 512));
-                        }
-                    }
-                }
-            }
             // The changes since the base checkpoint's map was taken, taken
             // with this checkpoint's map (under the same lock): the next
             // delta holds what changes from here on.
@@ -746,7 +740,11 @@ impl Destager {
                 map.extents().map(ckpt_extent).collect()
             }
         };
-        let live: BTreeSet<ObjSeq> = objects.iter().map(|o| o.obj).collect();
+        let live: BTreeSet<ObjSeq> = objects
+            .iter()
+            .filter(|o| o.live_sectors > 0)
+            .map(|o| o.obj)
+            .collect();
         let jseq = JournalSeq(self.inner.backend_jseq.load(Ordering::SeqCst));
         // Split first (with a placeholder sequence), then reserve exactly
         // as many sequences as there are pieces.
@@ -819,6 +817,7 @@ impl Destager {
             taken: std::time::Instant::now(),
             live: Arc::new(live),
             bytes: 0,
+            rows_complete,
         });
         let mut total_bytes = 0u64;
         for (i, p) in pieces.into_iter().enumerate() {
@@ -887,7 +886,10 @@ impl Destager {
                 None,
             ),
         };
-        let r = self.inner.publish_checkpoint(&new, prev.as_ref());
+        let rows_complete = facts.as_ref().is_some_and(|f| f.rows_complete);
+        let r = self
+            .inner
+            .publish_checkpoint(&new, prev.as_ref(), rows_complete);
         // A delta on it needs the changes since its map was taken, which
         // the map tracks from then on. If the superblock may not name it,
         // the next checkpoint is full.
@@ -945,10 +947,18 @@ impl Inner {
     /// the base links they are built on) and tombstone the pieces of every
     /// checkpoint that is neither listed nor a link any more. `prev`: what
     /// the newest listed checkpoint so far is built on, if known.
-    pub(crate) fn publish_checkpoint(&self, new: &CkptBase, prev: Option<&CkptBase>) -> Result<()> {
+    pub(crate) fn publish_checkpoint(
+        &self,
+        new: &CkptBase,
+        prev: Option<&CkptBase>,
+        rows_complete: bool,
+    ) -> Result<()> {
         let ckpt = new.ckpt;
         let mut retired = Vec::new();
         self.write_superblock_with(|sb| {
+            if rows_complete {
+                sb.flags |= FLAG_ROWS;
+            }
             // A delta is named only while its base is still listed (as the
             // newest, which only this thread changes).
             if let Some(&base) = new.links.first() {
@@ -982,6 +992,21 @@ impl Inner {
             Ok(())
         })?;
         crate::failpoint::hit("ckpt.published");
+        // Ordering 32: a retired checkpoint's pieces get rows (no data, no
+        // live data) before they can leave every listed table's reach, so
+        // GC deletes them (tombstoned or, for a snapshot's, once it is
+        // removed) without listing the store. The next checkpoint's table
+        // names them; until then they are below the floor of none.
+        {
+            let mut map = self.durable.write().unwrap_or_else(|e| e.into_inner());
+            for c in &retired {
+                for s in c.piece_seqs() {
+                    if map.object(s).is_none() {
+                        map.add_object(s, 0);
+                    }
+                }
+            }
+        }
         for c in retired {
             // A snapshot's checkpoint (or, while `snap create` runs, one
             // that may become a snapshot's) keeps its pieces.

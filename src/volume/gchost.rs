@@ -100,6 +100,17 @@ impl Inner {
         })
     }
 
+    /// Ordering 32: the row of an object GC deleted (or found gone) goes,
+    /// after the delete is durable; a checkpoint that copied it before
+    /// only makes a later GC try again. A row that has live data again
+    /// cannot be (nothing maps into a dead object), but is kept if so.
+    fn forget_row(&self, obj: ObjSeq) {
+        let mut map = self.durable.write().unwrap_or_else(|e| e.into_inner());
+        if map.object(obj).is_some_and(|i| i.live_sectors == 0) {
+            map.remove_object(obj);
+        }
+    }
+
     /// At open: the oldest checkpoint the superblock lists is a valid floor
     /// for the deletion rule at once (ordering 21 needs only that it is
     /// listed and durable, not that this session wrote it), so an image
@@ -122,6 +133,8 @@ impl Inner {
                         taken,
                         live: Arc::new(live),
                         bytes: 0,
+                        // Only a floor: never published again.
+                        rows_complete: false,
                     },
                 );
             }
@@ -270,6 +283,7 @@ impl GcHost for Inner {
     fn delete_object(&self, obj: ObjSeq) -> Result<Option<u64>> {
         let name = object_name(&self.image, obj);
         let Some(size) = self.store.stat(&name)? else {
+            self.forget_row(obj);
             return Ok(None);
         };
         // A hole below a checkpoint must never meet a recovery that would
@@ -277,7 +291,10 @@ impl GcHost for Inner {
         self.ensure_gc_feature()?;
         match self.store.delete(&name) {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.forget_row(obj);
+                return Ok(None);
+            }
             Err(e) => {
                 if e.kind() == ErrorKind::Fenced {
                     self.mark_fenced(&e);
@@ -285,6 +302,7 @@ impl GcHost for Inner {
                 return Err(e.prefixed(format!("GC delete of {name}")));
             }
         }
+        self.forget_row(obj);
         self.chunk_tables.remove(obj);
         self.stats.gc_deleted.fetch_add(1, Ordering::Relaxed);
         self.stats.gc_freed_bytes.fetch_add(size, Ordering::Relaxed);
@@ -309,8 +327,23 @@ impl GcHost for Inner {
             .is_some_and(|j| j.used_bytes() > self.config.wlog_bytes / 2)
     }
 
-    fn take_dead(&self) -> Vec<(ObjSeq, u64)> {
-        std::mem::take(&mut *self.gc_dead.lock().unwrap_or_else(|e| e.into_inner()))
+    fn applied_obj(&self) -> ObjSeq {
+        ObjSeq(self.applied_obj.load(Ordering::SeqCst))
+    }
+
+    fn rows_complete(&self) -> bool {
+        self.rows_complete.load(Ordering::Acquire)
+    }
+
+    fn add_rows(&self, objs: &[(ObjSeq, u64)]) {
+        let mut map = self.durable.write().unwrap_or_else(|e| e.into_inner());
+        for &(o, sectors) in objs {
+            if map.object(o).is_none() {
+                map.add_object(o, sectors);
+            }
+        }
+        drop(map);
+        self.rows_complete.store(true, Ordering::Release);
     }
 
     fn last_checkpoint_bytes(&self) -> u64 {

@@ -32,6 +32,7 @@ impl Inner {
         let cancel = Cancel::new();
         let crcs_marked = i.sb.incompat & crate::format::superblock::INCOMPAT_CHUNK_CRCS != 0;
         let delta_marked = i.sb.incompat & crate::format::superblock::INCOMPAT_DELTA_CKPT != 0;
+        let rows_complete = i.sb.flags & crate::format::superblock::FLAG_ROWS != 0;
         Inner {
             image: i.image,
             uuid: i.sb.uuid,
@@ -84,7 +85,7 @@ impl Inner {
             parent: i.parent,
             parent_cut: AtomicBool::new(false),
             gc: Mutex::new(crate::gc::Gc::new(i.config.gc_rate_bytes)),
-            gc_dead: Mutex::new(Vec::new()),
+            rows_complete: AtomicBool::new(rows_complete),
             config: i.config,
         }
     }

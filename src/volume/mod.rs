@@ -389,10 +389,11 @@ pub(crate) struct Inner {
     /// GC state; held for a whole background step or forced run, so they
     /// never run at once.
     gc: Mutex<crate::gc::Gc>,
-    /// Objects with no live data that checkpoints dropped from the map, for
-    /// GC to delete (bounded: GC drains it every cycle; without GC it is
-    /// not filled).
-    gc_dead: Mutex<Vec<(ObjSeq, u64)>>,
+    /// The map's table names every object at or below the applied one that
+    /// is not deleted, except listed checkpoints' pieces (ordering 32): the
+    /// superblock had `FLAG_ROWS`, or GC's listing added the missing rows.
+    /// Checkpoints copied after it is set publish `FLAG_ROWS`.
+    rows_complete: AtomicBool,
     /// GC's cancel flag, a child of `cancel`: cancelled on its own by
     /// `stop_gc` (close stops GC first, then drains) and when fenced. Every
     /// GC wait, sleep and superblock put observes it.

@@ -317,7 +317,16 @@ pub(crate) fn checkpoint_table(
             ),
         ));
     }
-    Ok((p.last_obj_seq, p.objects.iter().map(|o| o.obj).collect()))
+    // Rows with no live data (ordering 32) name objects awaiting deletion,
+    // not objects it needs.
+    Ok((
+        p.last_obj_seq,
+        p.objects
+            .iter()
+            .filter(|o| o.live_sectors > 0)
+            .map(|o| o.obj)
+            .collect(),
+    ))
 }
 
 /// What the roll-forward finds at one sequence.
@@ -716,6 +725,9 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                     break seq;
                 }
                 repair_failed_piece(store, image, seq, &why)?;
+                // Ordering 32: a row, so GC deletes the tombstone once the
+                // rule allows, without listing.
+                map.add_object(seq, 0);
                 last_obj = seq;
                 seq = seq.next();
                 continue;
@@ -756,6 +768,10 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                 seq = seq.next();
             }
             Found::Checkpoint => {
+                // An unlisted checkpoint's piece or a tombstone (or a piece
+                // of a listed one, which the rule never deletes): a row, so
+                // GC deletes it without listing (ordering 32).
+                map.add_object(seq, 0);
                 last_obj = seq;
                 seq = seq.next();
             }
@@ -775,6 +791,7 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
                     store
                         .put(&object_name(image, seq), super::destage::TOMBSTONE)
                         .map_err(|e| e.prefixed("tombstone for a corrupt GC object"))?;
+                    map.add_object(seq, 0);
                     last_obj = seq;
                     seq = seq.next();
                     continue;
