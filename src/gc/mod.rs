@@ -613,9 +613,13 @@ mod tests {
         fn last_checkpoint_bytes(&self) -> u64 {
             0
         }
-        fn take_dead(&self) -> Vec<(ObjSeq, u64)> {
-            vec![]
+        fn applied_obj(&self) -> ObjSeq {
+            ObjSeq(0)
         }
+        fn rows_complete(&self) -> bool {
+            true
+        }
+        fn add_rows(&self, _objs: &[(ObjSeq, u64)]) {}
     }
 
     fn mock(fail_reads: bool) -> Mock {

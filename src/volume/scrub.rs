@@ -607,7 +607,14 @@ fn read_checkpoint(
             continue;
         }
         last_obj = Some(p.last_obj_seq);
-        rows.extend(p.objects.iter().map(|o| (o.obj, o.data_sectors)));
+        // Rows with no live data name objects awaiting deletion (ordering
+        // 32), which may be gone already: not needed.
+        rows.extend(
+            p.objects
+                .iter()
+                .filter(|o| o.live_sectors > 0)
+                .map(|o| (o.obj, o.data_sectors)),
+        );
         rows.extend(
             p.extents
                 .iter()
