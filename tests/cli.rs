@@ -1041,7 +1041,8 @@ fn scrub_finds_a_flipped_byte_in_each_kind_of_object() {
     let ckpt = format!("img.{:016x}", info["checkpoints"][0].as_u64().unwrap());
     let piece = CheckpointPiece::decode(&std::fs::read(dir.join(&ckpt)).unwrap()).unwrap();
     let (mut data_obj, mut gc_obj) = (None, None);
-    for o in &piece.objects {
+    // (Rows with no live data name objects awaiting deletion: maybe gone.)
+    for o in piece.objects.iter().filter(|o| o.live_sectors > 0) {
         let name = format!("img.{:016x}", o.obj.0);
         let bytes = std::fs::read(dir.join(&name)).unwrap();
         if let Ok(h) = ObjectHeader::decode(&bytes) {

@@ -454,7 +454,8 @@ pub(crate) fn create_image_with(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         journal_gen: Generation(0),
-        flags: crate::format::superblock::FLAG_CLEAN,
+        // No object yet: its (empty) rows are complete (ordering 32).
+        flags: crate::format::superblock::FLAG_CLEAN | crate::format::superblock::FLAG_ROWS,
         incompat: crate::format::superblock::INCOMPAT_HWM
             | if parent.is_some() {
                 crate::format::superblock::INCOMPAT_ZERO_MARKERS
