@@ -187,3 +187,61 @@ fn tombstones_do_not_pile_up_across_sessions_without_listing() {
         "tombstones left behind by earlier sessions: {old_tombs:x?}; objects with no row: {bad:x?}"
     );
 }
+
+/// Finding 2: a checkpoint whose publish fails (the superblock put fails
+/// past `io_timeout_msec`) leaves its pieces in the store. Nothing gives
+/// them a row: they are above that checkpoint's `last_obj` but below the
+/// next one's, whose table never names them, and no roll-forward passes
+/// them unless the session crashes before the next publish. With
+/// `FLAG_ROWS` set GC never lists: they leak.
+#[test]
+fn pieces_of_a_checkpoint_whose_publish_failed_get_a_row() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let fault = Arc::new(FaultStore::new(mem.clone(), 0));
+    let store: Arc<dyn ObjectStore> = fault.clone();
+    create_image(mem.as_ref(), "img", SIZE).unwrap();
+    let cfg = Config {
+        io_timeout_msec: 300,
+        ..config(false)
+    };
+    let v = open_with(&store, dir.path(), cfg);
+    overwrite(&v, 1, 8);
+    // Superblock puts fail for a while: the next checkpoint is written
+    // but not published.
+    fault.add_rule(FaultRule::fail(FaultOp::Put, lsvd::ErrorKind::Io).named("img"));
+    let pieces_before = checkpoint_like(mem.as_ref());
+    overwrite(&v, 2, 8);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fault.counts().injected_for(FaultOp::Put) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(fault.counts().injected_for(FaultOp::Put) > 0, "no publish was tried");
+    std::thread::sleep(Duration::from_millis(1500));
+    fault.clear_rules();
+    let failed: Vec<u64> = checkpoint_like(mem.as_ref())
+        .into_iter()
+        .filter(|s| !pieces_before.contains(s))
+        .collect();
+    overwrite(&v, 3, 12);
+    v.close().unwrap();
+    let sb = read_superblock(mem.as_ref(), "img").unwrap();
+    assert_ne!(sb.flags & FLAG_ROWS, 0);
+    let bad = rowless(mem.as_ref());
+    let leaked: Vec<u64> = failed.iter().copied().filter(|s| bad.contains(s)).collect();
+    assert!(
+        leaked.is_empty(),
+        "pieces {leaked:x?} of the checkpoint(s) {failed:x?} whose publish failed have no row \
+         (all rowless: {bad:x?})"
+    );
+}
+
+/// Checkpoint pieces (full ones, not tombstones) in the store.
+fn checkpoint_like(mem: &MemStore) -> BTreeSet<u64> {
+    objects(mem)
+        .into_iter()
+        .filter(|s| {
+            whole(mem, ObjSeq(*s)).is_some_and(|b| b.len() > 16 && b.starts_with(b"LSVDCKP"))
+        })
+        .collect()
+}
