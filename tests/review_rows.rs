@@ -245,3 +245,31 @@ fn checkpoint_like(mem: &MemStore) -> BTreeSet<u64> {
         })
         .collect()
 }
+
+/// Finding 3: with `no_gc` nothing ever deletes an object, so nothing
+/// ever forgets its row: the table (in memory, and in every checkpoint,
+/// deltas included, since each piece 0 holds the whole table) grows with
+/// every object ever written, not with the image. Before the change dead
+/// rows were dropped at each checkpoint (and `gc_dead` was not filled
+/// without GC). A no_gc image rewritten many times carries one row per
+/// object it ever wrote.
+#[test]
+fn the_table_of_a_no_gc_image_stays_bounded() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    create_image(mem.as_ref(), "img", SIZE).unwrap();
+    let v = open(&store, dir.path(), false);
+    // 200 objects, all but the last dead; one 64 KiB block is live.
+    overwrite(&v, 7, 200);
+    v.close().unwrap();
+    let sb = read_superblock(mem.as_ref(), "img").unwrap();
+    let p0 = CheckpointPiece::decode(&whole(mem.as_ref(), sb.checkpoints[0].seq).unwrap()).unwrap();
+    let live = p0.objects.iter().filter(|o| o.live_sectors > 0).count();
+    assert!(
+        p0.objects.len() <= live + 16,
+        "the newest checkpoint's table has {} rows for {live} objects with live data \
+         (no_gc: rows of dead objects are never forgotten)",
+        p0.objects.len()
+    );
+}
