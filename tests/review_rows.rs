@@ -273,3 +273,55 @@ fn the_table_of_a_no_gc_image_stays_bounded() {
         p0.objects.len()
     );
 }
+
+/// Finding 1 with a snapshot: a snapshot's checkpoint (a full one: the
+/// whole map) keeps its pieces when it is retired, and gets rows for them
+/// only in memory. When the publish that retires it is a session's last
+/// (here: the final checkpoint of `close`), no table ever names them: after
+/// `snap rm` no GC deletes them without a listing (`resweep` does nothing
+/// once the rows are complete).
+#[test]
+fn a_removed_snapshots_pieces_are_deleted_without_listing() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    // The image's objects cannot be listed (`snap rm` still looks for
+    // clones with a listing of its own).
+    let f = FaultStore::new(mem.clone(), 0);
+    f.add_rule(
+        FaultRule::new(FaultOp::List, FaultAction::Fail(lsvd::ErrorKind::Io)).matching("img."),
+    );
+    let store: Arc<dyn ObjectStore> = Arc::new(f);
+    create_image(mem.as_ref(), "img", SIZE).unwrap();
+    let v = open(&store, dir.path(), false);
+    overwrite(&v, 1, 8);
+    v.snapshot_create("a").unwrap();
+    v.snapshot_create("b").unwrap();
+    // One more write: the final checkpoint of close retires `a`'s.
+    overwrite(&v, 2, 1);
+    v.close().unwrap();
+    let sb = read_superblock(mem.as_ref(), "img").unwrap();
+    let a = sb.snapshot("a").unwrap().ckpt;
+    assert!(
+        !sb.checkpoints.contains(&a) && !sb.links.contains(&a),
+        "a's checkpoint is retired: {sb:?}"
+    );
+    let pieces: Vec<u64> = a.piece_seqs().map(|s| s.0).collect();
+    let v = open(&store, dir.path(), true);
+    v.snapshot_remove("a").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seed = 10;
+    let left = |mem: &MemStore| -> Vec<u64> {
+        objects(mem).into_iter().filter(|s| pieces.contains(s)).collect()
+    };
+    while !left(mem.as_ref()).is_empty() && Instant::now() < deadline {
+        overwrite(&v, seed, 4);
+        seed += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let l = left(mem.as_ref());
+    v.close().unwrap();
+    assert!(
+        l.is_empty(),
+        "pieces {l:x?} of removed snapshot a's checkpoint are never deleted (no row, no listing)"
+    );
+}
