@@ -531,6 +531,17 @@ impl Destager {
             let item = self.items.remove(&seq.0);
             self.applied = seq;
             self.applied_at = Instant::now();
+            // Review fix (ordering 32): every checkpoint piece gets a row
+            // (no data) once durable, published or not, so the next table
+            // names it; while listed (or pinned) the rule keeps it, and
+            // once retired, or if its publish failed, GC deletes it without
+            // listing.
+            if matches!(item, Some(Item::Piece { .. })) {
+                let mut map = self.inner.durable.write().unwrap_or_else(|e| e.into_inner());
+                if map.object(seq).is_none() {
+                    map.add_object(seq, 0);
+                }
+            }
             match item {
                 Some(Item::Data(b)) => {
                     self.apply_data(&b);

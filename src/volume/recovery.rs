@@ -737,6 +737,10 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             if store.stat(&object_name(image, seq))?.is_none() {
                 break seq;
             }
+            // Review fix (ordering 32): a listed piece gets a row too (the
+            // rule keeps it while listed), so that once retired it is
+            // named by a table even if no later checkpoint adds its row.
+            map.add_object(seq, 0);
             last_obj = seq;
             seq = seq.next();
             continue;
