@@ -291,11 +291,18 @@ impl Gc {
     /// one (ordering 32), until GC deletes it.
     fn collect_dead(&mut self, host: &dyn GcHost) {
         let retention = host.retention();
+        // Review fix: listed checkpoints' pieces have rows too; like pinned
+        // objects they are not pending while listed (checkpoints GC asks
+        // for would free them only by replacing them).
+        let listed = host.floor(Duration::ZERO);
         for (o, i) in host.objects() {
             // Kept for a snapshot: not pending (it would keep asking for
             // checkpoints that can never free it); its row stays, and once
             // `snap rm` unpins it, it is collected here.
-            if i.live_sectors > 0 || retention.pinned(o) {
+            if i.live_sectors > 0
+                || retention.pinned(o)
+                || listed.as_ref().is_some_and(|f| select::listed_piece(o, f))
+            {
                 continue;
             }
             if let std::collections::btree_map::Entry::Vacant(e) = self.pending.entry(o) {
@@ -380,7 +387,7 @@ impl Gc {
             }
             // Pinned by a snapshot: dropped from pending (see
             // `collect_dead`).
-            if retention.pinned(s) {
+            if retention.pinned(s) || select::listed_piece(s, &floor) {
                 if let Some(b) = self.pending.remove(&s) {
                     self.pending_bytes = self.pending_bytes.saturating_sub(b);
                 }
