@@ -383,3 +383,103 @@ fn older_build_then_gc(older: bool) -> Vec<u64> {
     v.close().unwrap();
     l
 }
+
+/// Finding 5: `FLAG_ROWS` is one bit for the whole superblock, but it is
+/// true only of the checkpoints published after GC's listing added the
+/// missing rows. The older listed one (taken before) still misses them.
+/// If recovery falls back to it (the newest is unusable), the flag still
+/// says the rows are complete: the dead objects only the listing had
+/// found (here: above the floor at the listing, so not deleted then) are
+/// never deleted.
+#[test]
+fn a_fallback_to_a_checkpoint_older_than_the_listing_does_not_trust_the_flag() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    create_image(mem.as_ref(), "img", SIZE).unwrap();
+    let v = open(&store, dir.path(), false);
+    overwrite(&v, 1, 22);
+    v.close().unwrap();
+    // Made an image of an older build: no flag, no rows with no live data
+    // in the listed checkpoints.
+    let mut sb = read_superblock(mem.as_ref(), "img").unwrap();
+    sb.flags &= !FLAG_ROWS;
+    mem.put("img", &sb.encode()).unwrap();
+    for c in &sb.checkpoints {
+        let mut p0 = CheckpointPiece::decode(&whole(mem.as_ref(), c.seq).unwrap()).unwrap();
+        p0.objects.retain(|o| o.live_sectors > 0);
+        mem.put(&object_name("img", c.seq), &p0.encode()).unwrap();
+    }
+    let (newest, oldest) = (sb.checkpoints[0], *sb.checkpoints.last().unwrap());
+    let last = |c: lsvd::format::superblock::CheckpointRef| {
+        CheckpointPiece::decode(&whole(mem.as_ref(), c.seq).unwrap())
+            .unwrap()
+            .last_obj_seq
+            .0
+    };
+    let listed: BTreeSet<u64> = sb
+        .checkpoints
+        .iter()
+        .chain(sb.links.iter())
+        .flat_map(|c| c.piece_seqs())
+        .map(|s| s.0)
+        .collect();
+    // Dead objects above the oldest listed checkpoint (the floor at the
+    // listing) and at or below the newest: the listing gives them rows in
+    // memory but cannot delete them yet.
+    let p0 = CheckpointPiece::decode(&whole(mem.as_ref(), newest.seq).unwrap()).unwrap();
+    let live: BTreeSet<u64> = p0.objects.iter().map(|o| o.obj.0).collect();
+    let (lo, hi) = (last(oldest), last(newest));
+    let kept: Vec<u64> = objects(mem.as_ref())
+        .into_iter()
+        .filter(|s| *s > lo && *s <= hi && !live.contains(s) && !listed.contains(s))
+        .collect();
+    assert!(!kept.is_empty(), "no dead object between {lo:x} and {hi:x}");
+    // GC lists at its first step (the image has no flag) and adds rows;
+    // the next checkpoint sets the flag.
+    let cfg = Config {
+        gc_interval_msec: 3000,
+        ..config(true)
+    };
+    let v = open_with(&store, dir.path(), cfg.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    overwrite(&v, 2, 4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let published = loop {
+        let s = read_superblock(mem.as_ref(), "img").unwrap();
+        if s.flags & FLAG_ROWS != 0 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    v.crash();
+    assert_ne!(published.flags & FLAG_ROWS, 0, "no checkpoint set the flag");
+    assert_eq!(
+        published.checkpoints.get(1),
+        Some(&newest),
+        "one checkpoint after the listing: {published:?}"
+    );
+    // Its newest checkpoint is lost: recovery falls back to the one
+    // taken before the listing.
+    mem.put(&object_name("img", published.checkpoints[0].seq), b"rotten")
+        .unwrap();
+    // GC on a store that cannot be listed (the flag says it need not).
+    let v = open_with(&unlistable(&mem), dir.path(), config(true));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seed = 10;
+    let left = |mem: &MemStore| -> Vec<u64> {
+        objects(mem).into_iter().filter(|s| kept.contains(s)).collect()
+    };
+    while !left(mem.as_ref()).is_empty() && Instant::now() < deadline {
+        overwrite(&v, seed, 2);
+        seed += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let l = left(mem.as_ref());
+    v.close().unwrap();
+    assert!(
+        l.is_empty(),
+        "dead objects {l:x?} are never deleted: recovery fell back to a checkpoint whose table \
+         misses their rows, and FLAG_ROWS (set by the lost newest one) stops GC from listing"
+    );
+}
