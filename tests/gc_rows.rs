@@ -1,7 +1,8 @@
 //! GC finds what to delete without listing the store (issue 16, part 2):
 //! rows with no live data stay in the checkpoint's object table until GC
 //! has deleted their objects, so a crash does not forget them (ordering
-//! 32, `FLAG_ROWS`). A store whose listings fail serves background GC.
+//! 32; a checkpoint's piece 0 says so with `FLAG_ROWS_COMPLETE`). A store
+//! whose listings fail serves background GC.
 
 mod common;
 
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use lsvd::backend::{FaultAction, FaultOp, FaultRule, FaultStore, MemStore, ObjectStore};
 use lsvd::config::Config;
-use lsvd::format::superblock::FLAG_ROWS;
-use lsvd::volume::image::{create_image, parse_object_name, read_superblock};
+use lsvd::format::checkpoint::{CheckpointPiece, FLAG_ROWS_COMPLETE};
+use lsvd::volume::image::{create_image, object_name, parse_object_name, read_superblock};
 use lsvd::volume::{Volume, VolumeOptions};
 
 use common::pattern;
@@ -20,6 +21,10 @@ use common::pattern;
 const SIZE: u64 = 4 << 20;
 
 fn config(gc: bool) -> Config {
+    config_every(gc, 20)
+}
+
+fn config_every(gc: bool, gc_interval_msec: u64) -> Config {
     Config {
         backend_obj_bytes: 64 << 10,
         wlog_chunk_bytes: 64 << 10,
@@ -28,21 +33,34 @@ fn config(gc: bool) -> Config {
         hard_flush: true,
         no_gc: !gc,
         gc_threshold: 90,
-        gc_interval_msec: 20,
+        gc_interval_msec,
         gc_rate_bytes: 0,
         ..common::small_config()
     }
 }
 
 fn open(store: &Arc<dyn ObjectStore>, dir: &Path, gc: bool) -> Volume {
+    open_with(store, dir, config(gc))
+}
+
+fn open_with(store: &Arc<dyn ObjectStore>, dir: &Path, config: Config) -> Volume {
     Volume::open(VolumeOptions {
-        config: config(gc),
+        config,
         store: store.clone(),
         image: "img".into(),
         journal_path: dir.join("img.wlog"),
         io_log: None,
     })
     .unwrap_or_else(|e| panic!("open: {e:?}"))
+}
+
+/// Whether the newest listed checkpoint's piece 0 says its rows are
+/// complete.
+fn newest_rows_complete(mem: &MemStore) -> bool {
+    let sb = read_superblock(mem, "img").unwrap();
+    let c = sb.checkpoints.first().expect("a listed checkpoint");
+    let b = mem.get(&object_name("img", c.seq), 0, 64 << 20).unwrap();
+    CheckpointPiece::decode(&b).unwrap().flags & FLAG_ROWS_COMPLETE != 0
 }
 
 fn unlistable(mem: &Arc<MemStore>) -> Arc<dyn ObjectStore> {
@@ -91,15 +109,12 @@ fn dead_objects_are_deleted_after_a_crash_without_listing() {
     let mem = Arc::new(MemStore::new());
     let store = unlistable(&mem);
     create_image(mem.as_ref(), "img", SIZE).unwrap();
-    assert_ne!(
-        read_superblock(mem.as_ref(), "img").unwrap().flags & FLAG_ROWS,
-        0
-    );
     let mut model = vec![0u8; SIZE as usize];
-    // No GC in the first session: the dead objects stay, their rows go
-    // into the checkpoints.
-    let v = open(&store, dir.path(), false);
+    // GC on, but its next step a minute away: the dead objects stay, their
+    // rows go into the checkpoints.
+    let v = open_with(&store, dir.path(), config_every(true, 60_000));
     overwrite(&v, &mut model, 1, 24);
+    assert!(newest_rows_complete(&mem));
     v.crash();
     let before = objects(&mem).len();
     assert!(before >= 24, "{before} objects");
@@ -121,11 +136,12 @@ fn dead_objects_are_deleted_after_a_crash_without_listing() {
     v.close().unwrap();
 }
 
-/// An image without `FLAG_ROWS` (an older build dropped its dead rows) is
-/// listed once by GC, which adds rows for what it finds; the next
-/// checkpoint sets the flag, and from then on GC needs no listing.
+/// A checkpoint whose rows are not complete (one of a `no_gc` session,
+/// which drops dead rows, as builds before ordering 32 did) makes GC list
+/// once, adding rows for what it finds; the next checkpoint says its rows
+/// are complete, and from then on GC needs no listing.
 #[test]
-fn an_image_without_complete_rows_is_listed_once() {
+fn a_checkpoint_without_complete_rows_makes_gc_list_once() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let mem = Arc::new(MemStore::new());
     let store: Arc<dyn ObjectStore> = mem.clone();
@@ -134,26 +150,36 @@ fn an_image_without_complete_rows_is_listed_once() {
     let v = open(&store, dir.path(), false);
     overwrite(&v, &mut model, 2, 16);
     v.close().unwrap();
-    // Made old: no flag.
-    let mut sb = read_superblock(mem.as_ref(), "img").unwrap();
-    sb.flags &= !FLAG_ROWS;
-    mem.put("img", &sb.encode()).unwrap();
-    let v = open(&store, dir.path(), true);
-    overwrite(&v, &mut model, 3, 8);
-    // More writes, so more checkpoints are published after GC's sweep.
+    assert!(
+        !newest_rows_complete(&mem),
+        "a no_gc checkpoint drops dead rows"
+    );
+    // GC lists once (a listable store), then checkpoints say complete.
+    let v = open_with(&store, dir.path(), config_every(true, 60_000));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seed = 4;
-    while read_superblock(mem.as_ref(), "img").unwrap().flags & FLAG_ROWS == 0
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut seed = 3;
+    while !newest_rows_complete(&mem) && Instant::now() < deadline {
         overwrite(&v, &mut model, seed, 4);
         seed += 1;
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert_ne!(
-        read_superblock(mem.as_ref(), "img").unwrap().flags & FLAG_ROWS,
-        0,
-        "a checkpoint after GC's listing sets the flag"
+    assert!(
+        newest_rows_complete(&mem),
+        "no checkpoint after GC's listing"
+    );
+    assert_image(&v, &model);
+    v.crash();
+    // From here no listing is needed: GC deletes through the rows.
+    let before = objects(&mem).len();
+    let v = open(&unlistable(&mem), dir.path(), true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while objects(&mem).len() > before / 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        objects(&mem).len() <= before / 2,
+        "GC deleted too little without listing: {before} before, {} after",
+        objects(&mem).len()
     );
     assert_image(&v, &model);
     v.close().unwrap();

@@ -1,4 +1,5 @@
-//! Review of the gc-rows change (ordering 32, `FLAG_ROWS`): failing tests
+//! Review of the gc-rows change (ordering 32, then a superblock flag the rows flag, now
+//! piece 0's `FLAG_ROWS_COMPLETE`): failing tests
 //! for objects that end up with no row in the listed checkpoints' tables
 //! while the superblock claims the rows are complete (GC then never lists
 //! the store, so they leak for good).
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use lsvd::backend::{FaultAction, FaultOp, FaultRule, FaultStore, MemStore, ObjectStore};
 use lsvd::config::Config;
 use lsvd::format::checkpoint::CheckpointPiece;
-use lsvd::format::superblock::FLAG_ROWS;
+use lsvd::format::checkpoint::FLAG_ROWS_COMPLETE;
 use lsvd::units::ObjSeq;
 use lsvd::volume::image::{create_image, object_name, parse_object_name, read_superblock};
 use lsvd::volume::{Volume, VolumeOptions};
@@ -48,8 +49,26 @@ fn open_with(store: &Arc<dyn ObjectStore>, dir: &Path, cfg: Config) -> Volume {
     .unwrap_or_else(|e| panic!("open: {e:?}"))
 }
 
+/// GC on, its next step a minute away: dead objects stay a while, and the
+/// rows stay complete (a `no_gc` session drops dead rows).
+fn slow_gc() -> Config {
+    Config {
+        gc_interval_msec: 60_000,
+        ..config(true)
+    }
+}
+
 fn open(store: &Arc<dyn ObjectStore>, dir: &Path, gc: bool) -> Volume {
     open_with(store, dir, config(gc))
+}
+
+/// Whether checkpoint `c`'s piece 0 says its rows are complete.
+fn rows_flag(mem: &MemStore, c: lsvd::format::superblock::CheckpointRef) -> bool {
+    CheckpointPiece::decode(&whole(mem, c.seq).unwrap())
+        .unwrap()
+        .flags
+        & FLAG_ROWS_COMPLETE
+        != 0
 }
 
 fn unlistable(mem: &Arc<MemStore>) -> Arc<dyn ObjectStore> {
@@ -84,7 +103,7 @@ fn whole(mem: &MemStore, seq: ObjSeq) -> Option<Vec<u8>> {
     Some(mem.get(&name, 0, n as usize).unwrap())
 }
 
-/// What `FLAG_ROWS` promises (ordering 32): every object of the image in
+/// What the rows flag promises (ordering 32): every object of the image in
 /// the store at or below the newest listed checkpoint's `last_obj` has a
 /// row in that checkpoint's table, or is a piece of a listed checkpoint or
 /// base link. Returns the objects that break it (they are never deleted
@@ -115,7 +134,7 @@ fn rowless(mem: &MemStore) -> Vec<u64> {
 /// is the last one) or crashes before it. The checkpoint listed after the
 /// close was copied while those pieces were still listed, so its table has
 /// no row for them, and they are below its `last_obj` (no roll-forward
-/// passes them). With `FLAG_ROWS` set GC never lists: they leak (one
+/// passes them). With the rows flag set GC never lists: they leak (one
 /// checkpoint's tombstones per session).
 #[test]
 fn retired_pieces_of_a_sessions_last_publish_have_a_row() {
@@ -123,15 +142,15 @@ fn retired_pieces_of_a_sessions_last_publish_have_a_row() {
     let mem = Arc::new(MemStore::new());
     let store: Arc<dyn ObjectStore> = mem.clone();
     create_image(mem.as_ref(), "img", SIZE).unwrap();
-    let v = open(&store, dir.path(), false);
+    let v = open_with(&store, dir.path(), slow_gc());
     overwrite(&v, 1, 24);
     v.close().unwrap();
     let sb = read_superblock(mem.as_ref(), "img").unwrap();
-    assert_ne!(sb.flags & FLAG_ROWS, 0);
+    assert!(rows_flag(mem.as_ref(), sb.checkpoints[0]));
     let bad = rowless(mem.as_ref());
     assert!(
         bad.is_empty(),
-        "FLAG_ROWS is set, but objects {bad:x?} have no row in the newest listed \
+        "the rows flag is set, but objects {bad:x?} have no row in the newest listed \
          checkpoint's table and are not listed pieces: GC never deletes them"
     );
 }
@@ -172,7 +191,7 @@ fn tombstones_do_not_pile_up_across_sessions_without_listing() {
     v.close().unwrap();
     // Tombstones (retired pieces) of the earlier sessions: GC should have
     // deleted them in the last session (their rows are complete per
-    // FLAG_ROWS).
+    // the rows flag).
     let old_tombs: Vec<u64> = objects(mem.as_ref())
         .into_iter()
         .filter(|s| *s <= before)
@@ -193,7 +212,7 @@ fn tombstones_do_not_pile_up_across_sessions_without_listing() {
 /// them a row: they are above that checkpoint's `last_obj` but below the
 /// next one's, whose table never names them, and no roll-forward passes
 /// them unless the session crashes before the next publish. With
-/// `FLAG_ROWS` set GC never lists: they leak.
+/// the rows flag set GC never lists: they leak.
 #[test]
 fn pieces_of_a_checkpoint_whose_publish_failed_get_a_row() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
@@ -203,7 +222,7 @@ fn pieces_of_a_checkpoint_whose_publish_failed_get_a_row() {
     create_image(mem.as_ref(), "img", SIZE).unwrap();
     let cfg = Config {
         io_timeout_msec: 300,
-        ..config(false)
+        ..slow_gc()
     };
     let v = open_with(&store, dir.path(), cfg);
     overwrite(&v, 1, 8);
@@ -216,7 +235,10 @@ fn pieces_of_a_checkpoint_whose_publish_failed_get_a_row() {
     while fault.counts().injected_for(FaultOp::Put) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(fault.counts().injected_for(FaultOp::Put) > 0, "no publish was tried");
+    assert!(
+        fault.counts().injected_for(FaultOp::Put) > 0,
+        "no publish was tried"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     fault.clear_rules();
     let failed: Vec<u64> = checkpoint_like(mem.as_ref())
@@ -226,7 +248,7 @@ fn pieces_of_a_checkpoint_whose_publish_failed_get_a_row() {
     overwrite(&v, 3, 12);
     v.close().unwrap();
     let sb = read_superblock(mem.as_ref(), "img").unwrap();
-    assert_ne!(sb.flags & FLAG_ROWS, 0);
+    assert!(rows_flag(mem.as_ref(), sb.checkpoints[0]));
     let bad = rowless(mem.as_ref());
     let leaked: Vec<u64> = failed.iter().copied().filter(|s| bad.contains(s)).collect();
     assert!(
@@ -292,7 +314,7 @@ fn a_removed_snapshots_pieces_are_deleted_without_listing() {
     );
     let store: Arc<dyn ObjectStore> = Arc::new(f);
     create_image(mem.as_ref(), "img", SIZE).unwrap();
-    let v = open(&store, dir.path(), false);
+    let v = open_with(&store, dir.path(), slow_gc());
     overwrite(&v, 1, 8);
     v.snapshot_create("a").unwrap();
     v.snapshot_create("b").unwrap();
@@ -311,7 +333,10 @@ fn a_removed_snapshots_pieces_are_deleted_without_listing() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seed = 10;
     let left = |mem: &MemStore| -> Vec<u64> {
-        objects(mem).into_iter().filter(|s| pieces.contains(s)).collect()
+        objects(mem)
+            .into_iter()
+            .filter(|s| pieces.contains(s))
+            .collect()
     };
     while !left(mem.as_ref()).is_empty() && Instant::now() < deadline {
         overwrite(&v, seed, 4);
@@ -326,7 +351,7 @@ fn a_removed_snapshots_pieces_are_deleted_without_listing() {
     );
 }
 
-/// Finding 4 (documented in `FLAG_ROWS`'s doc as accepted, but reachable
+/// Finding 4 (documented in the rows flag's doc as accepted, but reachable
 /// by a plain downgrade and upgrade): a build before the change keeps the
 /// unknown flag bit but drops rows with no live data from every checkpoint
 /// it writes (its own GC then finds those objects by its listing at each
@@ -340,39 +365,45 @@ fn a_checkpoint_of_an_older_build_does_not_leave_the_flag_trusted() {
     assert!(
         left.len() <= 2,
         "objects {left:x?} of the first session are never deleted: the older build's \
-         checkpoint dropped their rows, FLAG_ROWS was kept, and GC does not list"
+         checkpoint dropped their rows, and GC does not list"
     );
 }
 
-/// Objects of a first session (24 overwrites, no GC) left after a second
-/// session with GC on a store that cannot be listed; `older`: the newest
-/// checkpoint's table rewritten as an older build writes it in between.
+/// Objects of a first session (24 overwrites, GC not yet run) left after a
+/// second session with GC; `older`: the newest checkpoint rewritten as an
+/// older build writes it in between.
 fn older_build_then_gc(older: bool) -> Vec<u64> {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let mem = Arc::new(MemStore::new());
     let store = unlistable(&mem);
     create_image(mem.as_ref(), "img", SIZE).unwrap();
-    let v = open(&store, dir.path(), false);
+    // GC on, its next step a minute away: the dead objects stay.
+    let v = open_with(&store, dir.path(), slow_gc());
     overwrite(&v, 1, 24);
     v.close().unwrap();
-    // The older build's session (no_gc there): same map, its checkpoint
-    // table without rows with no live data, the flag kept.
     let sb = read_superblock(mem.as_ref(), "img").unwrap();
-    assert_ne!(sb.flags & FLAG_ROWS, 0);
+    assert!(rows_flag(mem.as_ref(), sb.checkpoints[0]));
+    // The older build's session: same map, its checkpoint table without
+    // rows with no live data, and piece 0's flags word 0 (it was reserved).
     if older {
         let newest = sb.checkpoints[0];
-        let mut p0 =
-            CheckpointPiece::decode(&whole(mem.as_ref(), newest.seq).unwrap()).unwrap();
+        let mut p0 = CheckpointPiece::decode(&whole(mem.as_ref(), newest.seq).unwrap()).unwrap();
         p0.objects.retain(|o| o.live_sectors > 0);
-        mem.put(&object_name("img", newest.seq), &p0.encode()).unwrap();
+        p0.flags = 0;
+        mem.put(&object_name("img", newest.seq), &p0.encode())
+            .unwrap();
     }
     let first: BTreeSet<u64> = objects(mem.as_ref()).into_iter().collect();
-    // The new build again, GC on.
-    let v = open(&store, dir.path(), true);
+    // The new build again, GC on, on a store it may list: it must, once,
+    // since the checkpoint does not say its rows are complete.
+    let v = open(&(mem.clone() as Arc<dyn ObjectStore>), dir.path(), true);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seed = 10;
     let left = |mem: &MemStore| -> Vec<u64> {
-        objects(mem).into_iter().filter(|s| first.contains(s)).collect()
+        objects(mem)
+            .into_iter()
+            .filter(|s| first.contains(s))
+            .collect()
     };
     while left(mem.as_ref()).len() > 2 && Instant::now() < deadline {
         overwrite(&v, seed, 2);
@@ -384,7 +415,7 @@ fn older_build_then_gc(older: bool) -> Vec<u64> {
     l
 }
 
-/// Finding 5: `FLAG_ROWS` is one bit for the whole superblock, but it is
+/// Finding 5: the rows flag is one bit for the whole superblock, but it is
 /// true only of the checkpoints published after GC's listing added the
 /// missing rows. The older listed one (taken before) still misses them.
 /// If recovery falls back to it (the newest is unusable), the flag still
@@ -400,14 +431,13 @@ fn a_fallback_to_a_checkpoint_older_than_the_listing_does_not_trust_the_flag() {
     let v = open(&store, dir.path(), false);
     overwrite(&v, 1, 22);
     v.close().unwrap();
-    // Made an image of an older build: no flag, no rows with no live data
-    // in the listed checkpoints.
-    let mut sb = read_superblock(mem.as_ref(), "img").unwrap();
-    sb.flags &= !FLAG_ROWS;
-    mem.put("img", &sb.encode()).unwrap();
+    // Made an image of an older build: no rows with no live data in the
+    // listed checkpoints, no flag (a no_gc session writes them so too).
+    let sb = read_superblock(mem.as_ref(), "img").unwrap();
     for c in &sb.checkpoints {
         let mut p0 = CheckpointPiece::decode(&whole(mem.as_ref(), c.seq).unwrap()).unwrap();
         p0.objects.retain(|o| o.live_sectors > 0);
+        p0.flags = 0;
         mem.put(&object_name("img", c.seq), &p0.encode()).unwrap();
     }
     let (newest, oldest) = (sb.checkpoints[0], *sb.checkpoints.last().unwrap());
@@ -447,13 +477,16 @@ fn a_fallback_to_a_checkpoint_older_than_the_listing_does_not_trust_the_flag() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let published = loop {
         let s = read_superblock(mem.as_ref(), "img").unwrap();
-        if s.flags & FLAG_ROWS != 0 || Instant::now() > deadline {
+        if rows_flag(mem.as_ref(), s.checkpoints[0]) || Instant::now() > deadline {
             break s;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     v.crash();
-    assert_ne!(published.flags & FLAG_ROWS, 0, "no checkpoint set the flag");
+    assert!(
+        rows_flag(mem.as_ref(), published.checkpoints[0]),
+        "no checkpoint set the flag"
+    );
     assert_eq!(
         published.checkpoints.get(1),
         Some(&newest),
@@ -463,12 +496,16 @@ fn a_fallback_to_a_checkpoint_older_than_the_listing_does_not_trust_the_flag() {
     // taken before the listing.
     mem.put(&object_name("img", published.checkpoints[0].seq), b"rotten")
         .unwrap();
-    // GC on a store that cannot be listed (the flag says it need not).
-    let v = open_with(&unlistable(&mem), dir.path(), config(true));
+    // GC on a store it may list: the checkpoint recovery loaded does not
+    // say its rows are complete, so GC must list once.
+    let v = open_with(&store, dir.path(), config(true));
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seed = 10;
     let left = |mem: &MemStore| -> Vec<u64> {
-        objects(mem).into_iter().filter(|s| kept.contains(s)).collect()
+        objects(mem)
+            .into_iter()
+            .filter(|s| kept.contains(s))
+            .collect()
     };
     while !left(mem.as_ref()).is_empty() && Instant::now() < deadline {
         overwrite(&v, seed, 2);
@@ -480,6 +517,6 @@ fn a_fallback_to_a_checkpoint_older_than_the_listing_does_not_trust_the_flag() {
     assert!(
         l.is_empty(),
         "dead objects {l:x?} are never deleted: recovery fell back to a checkpoint whose table \
-         misses their rows, and FLAG_ROWS (set by the lost newest one) stops GC from listing"
+         misses their rows, and GC trusted the flag of the lost newest one"
     );
 }

@@ -454,8 +454,7 @@ pub(crate) fn create_image_with(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         journal_gen: Generation(0),
-        // No object yet: its (empty) rows are complete (ordering 32).
-        flags: crate::format::superblock::FLAG_CLEAN | crate::format::superblock::FLAG_ROWS,
+        flags: crate::format::superblock::FLAG_CLEAN,
         incompat: crate::format::superblock::INCOMPAT_HWM
             | if parent.is_some() {
                 crate::format::superblock::INCOMPAT_ZERO_MARKERS

@@ -138,7 +138,19 @@ pub struct CheckpointPiece {
     pub extents: Vec<CkptExtent>,
     /// `Some` for a delta checkpoint (version 2).
     pub delta: Option<Delta>,
+    /// Flags (offset 12, reserved and written 0 by builds before them,
+    /// which skip it on read): [`FLAG_ROWS_COMPLETE`], meaningful in piece
+    /// 0. Other bits are not interpreted.
+    pub flags: u32,
 }
+
+/// Piece 0 flag: the object table names every object of the image at or
+/// below `last_obj_seq` that is not deleted, except pieces of the
+/// checkpoints listed with this one (rows with no live data stay until GC
+/// has deleted their objects: crash-safety ordering 32). GC then finds
+/// what to delete without listing the store. A build that drops such rows
+/// writes the flag clear (every build before it wrote 0 here).
+pub const FLAG_ROWS_COMPLETE: u32 = 1;
 
 impl CheckpointPiece {
     /// Encode.
@@ -156,7 +168,7 @@ impl CheckpointPiece {
             } else {
                 VERSION
             })
-            .u32(0)
+            .u32(self.flags)
             .bytes(&self.uuid.0)
             .u64(self.ckpt_seq.0)
             .u32(self.index)
@@ -200,7 +212,7 @@ impl CheckpointPiece {
     pub fn decode(buf: &[u8]) -> Result<CheckpointPiece, FormatError> {
         let mut d = Dec::new(WHAT, buf);
         let version = check_magic_versions(&mut d, WHAT, MAGIC, &[VERSION, VERSION_DELTA])?;
-        d.skip(4)?;
+        let flags = d.u32()?;
         let uuid = ImageUuid(d.array()?);
         let ckpt_seq = ObjSeq(d.u64()?);
         let index = d.u32()?;
@@ -340,6 +352,7 @@ impl CheckpointPiece {
                 total_ranges,
                 ranges,
             }),
+            flags,
         })
     }
 }
@@ -372,6 +385,7 @@ pub fn split_into_pieces(
                 objects: objects.take().unwrap_or_default(),
                 extents: extents[lo..hi].to_vec(),
                 delta: None,
+                flags: 0,
             }
         })
         .collect()
@@ -472,6 +486,7 @@ pub fn split_delta_into_pieces(
                 total_ranges,
                 ranges: piece_ranges,
             }),
+            flags: 0,
         })
         .collect()
 }

@@ -63,17 +63,6 @@ pub const MAX_CHECKPOINTS: usize = 4;
 pub const MAX_PIECES: u32 = 1 << 21;
 /// Flag: the image was closed cleanly.
 pub const FLAG_CLEAN: u32 = 1;
-/// Flag: the object tables of the listed checkpoints name every object of
-/// the image at or below their `last_obj_seq` that is not deleted, except
-/// listed checkpoints' pieces: rows with no live data stay until GC has
-/// deleted their objects, and retired checkpoints' pieces get rows
-/// (crash-safety ordering 32). GC then finds what to delete without
-/// listing the store. Without it (an image of an older build) GC lists the
-/// image's names once, adds rows for what it finds, and the next
-/// checkpoint published sets it. A build that drops such rows keeps the
-/// flag (unknown flags are kept): its image then leaks objects until a
-/// `gc --sweep`, never loses any.
-pub const FLAG_ROWS: u32 = 2;
 /// Incompatible feature: garbage collection has run. GC objects
 /// (`LSVDGCO1`) may exist, and object sequences below the listed
 /// checkpoints may be missing (deleted after cleaning). A reader that does

@@ -45,9 +45,7 @@ use crate::format::checkpoint::{
 };
 use crate::format::gcobject::{GcHeader, GcMove};
 use crate::format::object::ObjectHeader;
-use crate::format::superblock::{
-    CheckpointRef, FLAG_ROWS, INCOMPAT_CHUNK_CRCS, INCOMPAT_DELTA_CKPT,
-};
+use crate::format::superblock::{CheckpointRef, INCOMPAT_CHUNK_CRCS, INCOMPAT_DELTA_CKPT};
 use crate::io::AlignedBuf;
 use crate::journal::Done;
 use crate::units::{JournalSeq, Lba, ObjSeq};
@@ -119,10 +117,6 @@ pub(crate) struct CkptFacts {
     pub taken: std::time::Instant,
     pub live: Arc<BTreeSet<ObjSeq>>,
     pub bytes: u64,
-    /// Its table names every object of the image at or below `last_obj`
-    /// that is not deleted, except listed checkpoints' pieces (ordering
-    /// 32): publishing it sets `FLAG_ROWS`.
-    pub rows_complete: bool,
 }
 
 enum Item {
@@ -537,7 +531,11 @@ impl Destager {
             // once retired, or if its publish failed, GC deletes it without
             // listing.
             if matches!(item, Some(Item::Piece { .. })) {
-                let mut map = self.inner.durable.write().unwrap_or_else(|e| e.into_inner());
+                let mut map = self
+                    .inner
+                    .durable
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
                 if map.object(seq).is_none() {
                     map.add_object(seq, 0);
                 }
@@ -686,7 +684,8 @@ impl Destager {
             .filter(|b| !snap && b.depth + 1 < cfg.checkpoint_full_every);
         // Read before the table is copied: once set (after GC added the
         // rows a listing found), the copy below holds those rows.
-        let rows_complete = self.inner.rows_complete.load(Ordering::Acquire);
+        let rows_complete =
+            self.inner.rows_complete.load(Ordering::Acquire) && !self.inner.config.no_gc;
         let (objects, body) = {
             // Rows with no live data stay in the table until GC has deleted
             // their objects (ordering 32): after a crash the recovered
@@ -698,6 +697,21 @@ impl Destager {
                 .durable
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
+            if self.inner.config.no_gc {
+                // Without GC nothing would ever delete them: the table
+                // would grow by a row per object ever written. Dropped, and
+                // this checkpoint does not say its rows are complete (a
+                // later open with GC lists once).
+                let dead: Vec<ObjSeq> = map
+                    .objects()
+                    .filter(|(_, i)| i.live_sectors == 0)
+                    .map(|(o, _)| o)
+                    .collect();
+                for o in dead {
+                    map.remove_object(o);
+                }
+                self.inner.rows_complete.store(false, Ordering::Release);
+            }
             // The changes since the base checkpoint's map was taken, taken
             // with this checkpoint's map (under the same lock): the next
             // delta holds what changes from here on.
@@ -804,6 +818,9 @@ impl Destager {
         for p in &mut pieces {
             p.ckpt_seq = ckpt_seq;
         }
+        if rows_complete {
+            pieces[0].flags |= crate::format::checkpoint::FLAG_ROWS_COMPLETE;
+        }
         let ckpt = CheckpointRef {
             seq: ckpt_seq,
             pieces: pieces.len() as u32,
@@ -828,7 +845,6 @@ impl Destager {
             taken: std::time::Instant::now(),
             live: Arc::new(live),
             bytes: 0,
-            rows_complete,
         });
         let mut total_bytes = 0u64;
         for (i, p) in pieces.into_iter().enumerate() {
@@ -897,10 +913,7 @@ impl Destager {
                 None,
             ),
         };
-        let rows_complete = facts.as_ref().is_some_and(|f| f.rows_complete);
-        let r = self
-            .inner
-            .publish_checkpoint(&new, prev.as_ref(), rows_complete);
+        let r = self.inner.publish_checkpoint(&new, prev.as_ref());
         // A delta on it needs the changes since its map was taken, which
         // the map tracks from then on. If the superblock may not name it,
         // the next checkpoint is full.
@@ -958,18 +971,10 @@ impl Inner {
     /// the base links they are built on) and tombstone the pieces of every
     /// checkpoint that is neither listed nor a link any more. `prev`: what
     /// the newest listed checkpoint so far is built on, if known.
-    pub(crate) fn publish_checkpoint(
-        &self,
-        new: &CkptBase,
-        prev: Option<&CkptBase>,
-        rows_complete: bool,
-    ) -> Result<()> {
+    pub(crate) fn publish_checkpoint(&self, new: &CkptBase, prev: Option<&CkptBase>) -> Result<()> {
         let ckpt = new.ckpt;
         let mut retired = Vec::new();
         self.write_superblock_with(|sb| {
-            if rows_complete {
-                sb.flags |= FLAG_ROWS;
-            }
             // A delta is named only while its base is still listed (as the
             // newest, which only this thread changes).
             if let Some(&base) = new.links.first() {

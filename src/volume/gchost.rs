@@ -133,8 +133,6 @@ impl Inner {
                         taken,
                         live: Arc::new(live),
                         bytes: 0,
-                        // Only a floor: never published again.
-                        rows_complete: false,
                     },
                 );
             }

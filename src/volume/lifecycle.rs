@@ -32,7 +32,6 @@ impl Inner {
         let cancel = Cancel::new();
         let crcs_marked = i.sb.incompat & crate::format::superblock::INCOMPAT_CHUNK_CRCS != 0;
         let delta_marked = i.sb.incompat & crate::format::superblock::INCOMPAT_DELTA_CKPT != 0;
-        let rows_complete = i.sb.flags & crate::format::superblock::FLAG_ROWS != 0;
         Inner {
             image: i.image,
             uuid: i.sb.uuid,
@@ -85,7 +84,7 @@ impl Inner {
             parent: i.parent,
             parent_cut: AtomicBool::new(false),
             gc: Mutex::new(crate::gc::Gc::new(i.config.gc_rate_bytes)),
-            rows_complete: AtomicBool::new(rows_complete),
+            rows_complete: AtomicBool::new(i.rows_complete),
             config: i.config,
         }
     }
@@ -275,6 +274,7 @@ impl Volume {
             parent,
             pins,
             hwm: rec.bound.hwm,
+            rows_complete: rec.rows_complete,
             config,
         }));
         let mut vol = Volume {

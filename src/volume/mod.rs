@@ -391,8 +391,10 @@ pub(crate) struct Inner {
     gc: Mutex<crate::gc::Gc>,
     /// The map's table names every object at or below the applied one that
     /// is not deleted, except listed checkpoints' pieces (ordering 32): the
-    /// superblock had `FLAG_ROWS`, or GC's listing added the missing rows.
-    /// Checkpoints copied after it is set publish `FLAG_ROWS`.
+    /// checkpoint recovery loaded says so (`FLAG_ROWS_COMPLETE`), or there
+    /// was none (the roll-forward from object 1 gave every object a row),
+    /// or GC's listing added the missing rows. Checkpoints copied after it
+    /// is set say so in their piece 0.
     rows_complete: AtomicBool,
     /// GC's cancel flag, a child of `cancel`: cancelled on its own by
     /// `stop_gc` (close stops GC first, then drains) and when fenced. Every
@@ -548,6 +550,8 @@ struct InnerInit {
     pins: Arc<crate::gc::SnapshotPins>,
     /// The durable high-water mark (0 in a read-only view).
     hwm: u64,
+    /// The recovered table's rows are complete (ordering 32).
+    rows_complete: bool,
     config: Config,
 }
 

@@ -37,6 +37,9 @@ pub(crate) struct Recovered {
     /// The bound on the image's object sequences recovery probed below
     /// (the high-water mark, or one listing's if the mark is not kept).
     pub bound: crate::catalog::image::SequenceBound,
+    /// The map's table names every object that is not deleted (the loaded
+    /// checkpoint's piece 0 says so, or none was loaded): ordering 32.
+    pub rows_complete: bool,
 }
 
 /// Read and decode one checkpoint piece.
@@ -75,6 +78,8 @@ pub(crate) struct Loaded {
     pub depth: u32,
     /// The checkpoints it is built on, newest first (empty for a full one).
     pub links: Vec<CheckpointRef>,
+    /// Its piece 0 says its rows are complete (ordering 32).
+    pub rows_complete: bool,
 }
 
 /// Read and check every piece of checkpoint `c` in order, handing each to
@@ -204,6 +209,8 @@ pub(crate) fn load_chain(
     let mut deltas: Vec<(CheckpointRef, Vec<CheckpointPiece>)> = Vec::new();
     let mut cur = c;
     let mut b = crate::map::MapBuilder::new();
+    // From piece 0 of `c` itself (the first piece read).
+    let mut rows_complete = None;
     let (full, full_head, full_table) = loop {
         let mut pieces = Vec::new();
         let mut head = None;
@@ -213,6 +220,8 @@ pub(crate) fn load_chain(
             if head.is_none() {
                 head = Some((p.last_obj_seq, p.max_jseq));
                 is_delta = Some(p.delta.clone());
+                rows_complete
+                    .get_or_insert(p.flags & crate::format::checkpoint::FLAG_ROWS_COMPLETE != 0);
             }
             match is_delta {
                 Some(Some(_)) => pieces.push(p),
@@ -294,6 +303,7 @@ pub(crate) fn load_chain(
         max_jseq,
         depth,
         links,
+        rows_complete: rows_complete.unwrap_or(false),
     })
 }
 
@@ -587,9 +597,13 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
     let mut bound = crate::catalog::image::sequence_bound(store, image, sb)?;
     let mut base = None;
     let mut chain = None;
+    // With no checkpoint the roll-forward starts at object 1 and gives
+    // every object it meets a row: complete (ordering 32).
+    let mut rows_complete = true;
     for (i, c) in sb.checkpoints.iter().enumerate() {
         match load_chain(store, image, sb, *c) {
             Ok(l) => {
+                rows_complete = l.rows_complete;
                 chain = Some((*c, l.depth, l.links));
                 base = Some((i, (l.map, l.last_obj, l.max_jseq)));
                 break;
@@ -913,6 +927,7 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
         deleted,
         superblock: rewritten,
         bound,
+        rows_complete,
     })
 }
 

@@ -216,6 +216,7 @@ impl Volume {
             parent,
             pins: Arc::new(SnapshotPins::default()),
             hwm: 0,
+            rows_complete: false,
             config,
         }));
         let mut vol = Volume {
