@@ -291,7 +291,7 @@ impl Gc {
     /// one (ordering 32), until GC deletes it.
     fn collect_dead(&mut self, host: &dyn GcHost) {
         let retention = host.retention();
-        // Review fix: listed checkpoints' pieces have rows too; like pinned
+        // Listed checkpoints' pieces have rows too; like pinned
         // objects they are not pending while listed (checkpoints GC asks
         // for would free them only by replacing them).
         let listed = host.floor(Duration::ZERO);

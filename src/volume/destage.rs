@@ -525,7 +525,7 @@ impl Destager {
             let item = self.items.remove(&seq.0);
             self.applied = seq;
             self.applied_at = Instant::now();
-            // Review fix (ordering 32): every checkpoint piece gets a row
+            // Ordering 32: every checkpoint piece gets a row
             // (no data) once durable, published or not, so the next table
             // names it; while listed (or pinned) the rule keeps it, and
             // once retired, or if its publish failed, GC deletes it without

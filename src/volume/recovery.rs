@@ -751,7 +751,7 @@ pub(crate) fn recover(store: &dyn ObjectStore, image: &str, sb: &Superblock) -> 
             if store.stat(&object_name(image, seq))?.is_none() {
                 break seq;
             }
-            // Review fix (ordering 32): a listed piece gets a row too (the
+            // Ordering 32: a listed piece gets a row too (the
             // rule keeps it while listed), so that once retired it is
             // named by a table even if no later checkpoint adds its row.
             map.add_object(seq, 0);
