@@ -50,7 +50,7 @@ for t in fuzz/seeds/*/; do
     t=$(basename "$t")
     for f in fuzz/seeds/$t/*; do seed "$t" "$f"; done
 done
-for f in tests/data/superblock-*.bin tests/data/hwm-*.bin; do seed format_superblock "$f"; done
+for f in tests/data/superblock-*.bin tests/data/hwm-*.bin tests/data/pool-*.bin; do seed format_superblock "$f"; done
 for f in tests/data/object-*.bin; do seed format_object "$f"; done
 for f in tests/data/gcobject-*.bin; do seed format_gcobject "$f"; done
 for f in tests/data/checkpoint-*.bin; do seed format_checkpoint "$f"; done

@@ -1,7 +1,8 @@
 //! Open, recovery, `info` and `rm` find an image's objects below its
 //! high-water mark (`IMAGE.hwm`), never by listing the pool (issue 16,
-//! part 2): a store whose listings fail serves them all. (`create` lists
-//! the image's names once, for leftovers of an older build's removal.)
+//! part 2): a store whose listings fail serves them all. `create` lists
+//! the pool only until the pool marker (`lsvd:pool.flags`) says no older
+//! build's removal left objects without a mark (ordering 33).
 //! An image of a build before the mark is listed once, at its first
 //! read-write open, which writes the mark and sets `INCOMPAT_HWM`.
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use lsvd::backend::{FaultAction, FaultOp, FaultRule, FaultStore, MemStore, ObjectStore};
 use lsvd::config::Config;
 use lsvd::format::hwm::{HighWater, STEP};
+use lsvd::format::pool::{PoolMarker, FLAG_REMOVALS_MARKED, NAME as POOL_MARKER};
 use lsvd::format::superblock::INCOMPAT_HWM;
 use lsvd::units::ObjSeq;
 use lsvd::volume::image::{
@@ -113,8 +115,8 @@ fn the_image_lifecycle_never_lists_the_pool() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let mem = Arc::new(MemStore::new());
     let store = unlistable(&mem);
-    // (`create` lists the image's names once, for an older build's
-    // leftovers.)
+    // (The first `create` in a pool lists it once, then writes the pool
+    // marker.)
     create_image(mem.as_ref(), "img", SIZE).unwrap();
     assert_eq!(mark(&mem, "img"), 1, "create writes the mark");
     assert_ne!(
@@ -163,8 +165,8 @@ fn the_image_lifecycle_never_lists_the_pool() {
     remove_image(store.as_ref(), "img", Some(&dir.path().join("img.wlog"))).unwrap();
     assert_eq!(
         mem.list("").unwrap(),
-        Vec::<String>::new(),
-        "rm removes it all"
+        vec![POOL_MARKER.to_string()],
+        "rm removes it all (the pool's marker stays)"
     );
 }
 
@@ -237,8 +239,7 @@ fn objects_above_a_gap_are_found_below_the_mark() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let mem = Arc::new(MemStore::new());
     let store = unlistable(&mem);
-    // (`create` lists the image's names once, for an older build's
-    // leftovers.)
+    // (The first `create` in a pool lists it once.)
     create_image(mem.as_ref(), "img", SIZE).unwrap();
     let mut model = vec![0u8; SIZE as usize];
     // No checkpoint: every object is rolled forward.
@@ -281,8 +282,7 @@ fn an_interrupted_removal_is_found_and_finished_without_listing() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let mem = Arc::new(MemStore::new());
     let store = unlistable(&mem);
-    // (`create` lists the image's names once, for an older build's
-    // leftovers.)
+    // (The first `create` in a pool lists it once.)
     create_image(mem.as_ref(), "img", SIZE).unwrap();
     let mut model = vec![0u8; SIZE as usize];
     let v = open(&store, dir.path(), "img").unwrap();
@@ -290,15 +290,15 @@ fn an_interrupted_removal_is_found_and_finished_without_listing() {
     v.close().unwrap();
     // `rm` interrupted right after the superblock went.
     mem.delete("img").unwrap();
-    let e = create_image(mem.as_ref(), "img", SIZE).unwrap_err();
+    let e = create_image(store.as_ref(), "img", SIZE).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
     assert!(
         e.to_string().contains("`lsvd-ublk rm` of this image"),
         "{e}"
     );
     remove_image(store.as_ref(), "img", None).unwrap();
-    assert_eq!(mem.list("").unwrap(), Vec::<String>::new());
-    create_image(mem.as_ref(), "img", SIZE).unwrap();
+    assert_eq!(mem.list("").unwrap(), vec![POOL_MARKER.to_string()]);
+    create_image(store.as_ref(), "img", SIZE).unwrap();
     // With no mark and no superblock, `rm` lists for an older build's
     // leftovers (a repair path) and finds nothing to remove.
     let e = remove_image(mem.as_ref(), "nope", None).unwrap_err();
@@ -309,11 +309,13 @@ fn an_interrupted_removal_is_found_and_finished_without_listing() {
 // failed there.
 
 /// Turn `img` into what a build before the mark left: no bit, no mark.
+/// The pool is one an older build used: no pool marker either.
 fn make_old(mem: &MemStore, image: &str) {
     let mut sb = read_superblock(mem, image).unwrap();
     sb.incompat &= !INCOMPAT_HWM;
     mem.put(image, &sb.encode()).unwrap();
     mem.delete(&hwm_name(image)).unwrap();
+    let _ = mem.delete(POOL_MARKER);
 }
 
 /// Finding 1. A build before the mark removed an image by deleting its
@@ -460,6 +462,139 @@ fn rm_finishes_an_interrupted_removal_whose_mark_rotted() {
     if let Err(e) = remove_image(store.as_ref(), "img", None) {
         panic!("create refuses the name and rm cannot finish the removal: {e}");
     }
-    assert_eq!(mem.list("").unwrap(), Vec::<String>::new());
+    assert_eq!(mem.list("").unwrap(), vec![POOL_MARKER.to_string()]);
     create_image(store.as_ref(), "img", SIZE).unwrap();
+}
+
+// The pool marker (ordering 33): `create` lists a pool only until no
+// older build's removal can have left objects without a mark.
+
+fn marker(mem: &MemStore) -> Option<PoolMarker> {
+    match mem.get(POOL_MARKER, 0, 4096) {
+        Ok(b) => Some(PoolMarker::decode(&b).unwrap()),
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+            None
+        }
+    }
+}
+
+/// An older build's `rm` of `image`, interrupted after the superblock and
+/// objects 1 and 2 went: leftovers with no mark.
+fn old_interrupted_rm(mem: &MemStore, dir: &Path, image: &str) -> Vec<u64> {
+    make_old(mem, image);
+    mem.delete(image).unwrap();
+    let _ = mem.delete(&object_name(image, ObjSeq(1)));
+    let _ = mem.delete(&object_name(image, ObjSeq(2)));
+    let _ = std::fs::remove_file(dir.join(format!("{image}.wlog")));
+    let left = objects(mem, image);
+    assert!(!left.is_empty(), "leftovers");
+    left
+}
+
+fn written(store: &Arc<dyn ObjectStore>, dir: &Path, image: &str, seed: u64) {
+    create_image(store.as_ref(), image, SIZE).unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let v = open(store, dir, image).unwrap();
+    fill(&v, &mut model, seed, 6);
+    v.close().unwrap();
+}
+
+/// The first `create` in an empty pool lists it and writes the marker;
+/// every later `create` and `clone` needs no listing.
+#[test]
+fn create_lists_a_pool_once_then_never() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store = unlistable(&mem);
+    let e = create_image(store.as_ref(), "a", SIZE).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::Io,
+        "no marker yet: the pool is listed: {e}"
+    );
+    written(&(mem.clone() as Arc<dyn ObjectStore>), dir.path(), "a", 1);
+    let m = marker(&mem).expect("marker written");
+    assert_ne!(m.flags & FLAG_REMOVALS_MARKED, 0);
+    written(&store, dir.path(), "b", 2);
+    written(&store, dir.path(), "c", 3);
+    // An interrupted removal of this build is named by the mark.
+    mem.delete("b").unwrap();
+    let e = create_image(store.as_ref(), "b", SIZE).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    assert!(e.to_string().contains("b.hwm"), "{e}");
+    remove_image(store.as_ref(), "b", Some(&dir.path().join("b.wlog"))).unwrap();
+    assert_eq!(objects(&mem, "b"), Vec::<u64>::new());
+    written(&store, dir.path(), "b", 4);
+}
+
+/// A pool with an image of an older build (objects, no mark) gets no
+/// marker: that build may still remove it and be interrupted. Once the
+/// image has its mark (its first read-write open here), the next `create`
+/// writes the marker.
+#[test]
+fn an_older_builds_image_keeps_the_pool_listed_until_it_has_a_mark() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let plain: Arc<dyn ObjectStore> = mem.clone();
+    let store = unlistable(&mem);
+    written(&plain, dir.path(), "old", 1);
+    make_old(&mem, "old");
+    create_image(plain.as_ref(), "x", SIZE).unwrap();
+    assert_eq!(marker(&mem), None, "an unmarked image remains");
+    let e = create_image(store.as_ref(), "y", SIZE).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "still listed: {e}");
+    // Its first read-write open writes its mark.
+    open(&plain, dir.path(), "old").unwrap().close().unwrap();
+    create_image(plain.as_ref(), "y", SIZE).unwrap();
+    assert!(marker(&mem).is_some());
+    create_image(store.as_ref(), "z", SIZE).unwrap();
+}
+
+/// Leftovers of an older build's interrupted removal of another name keep
+/// the pool listed (and are named in a warning) until `rm` finishes that
+/// removal; of this name, they refuse it. A zero-length object of the name
+/// (a RADOS lock placeholder) is no image.
+#[test]
+fn an_older_builds_leftovers_keep_the_pool_listed_until_removed() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let plain: Arc<dyn ObjectStore> = mem.clone();
+    written(&plain, dir.path(), "gone", 1);
+    old_interrupted_rm(&mem, dir.path(), "gone");
+    mem.put("gone", b"").unwrap();
+    let e = create_image(plain.as_ref(), "gone", SIZE).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    assert!(e.to_string().contains("gone.0000"), "{e}");
+    create_image(plain.as_ref(), "other", SIZE).unwrap();
+    assert_eq!(marker(&mem), None, "leftovers of 'gone' remain");
+    remove_image(plain.as_ref(), "gone", None).unwrap();
+    assert_eq!(objects(&mem, "gone"), Vec::<u64>::new());
+    create_image(plain.as_ref(), "gone", SIZE).unwrap();
+    assert!(marker(&mem).is_some());
+}
+
+/// A rotten marker, or one without the flag, is no marker: the pool is
+/// listed and the marker written again.
+#[test]
+fn a_rotten_marker_is_listed_past_and_rewritten() {
+    let mem = Arc::new(MemStore::new());
+    let store = unlistable(&mem);
+    create_image(mem.as_ref(), "a", SIZE).unwrap();
+    let good = mem.get(POOL_MARKER, 0, 4096).unwrap();
+    let mut bad = good.clone();
+    bad[20] ^= 1;
+    mem.put(POOL_MARKER, &bad).unwrap();
+    let e = create_image(store.as_ref(), "b", SIZE).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    let clear = PoolMarker {
+        flags: 0,
+        written_unix: 1,
+    };
+    mem.put(POOL_MARKER, &clear.encode()).unwrap();
+    let e = create_image(store.as_ref(), "b", SIZE).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    create_image(mem.as_ref(), "b", SIZE).unwrap();
+    assert_ne!(marker(&mem).unwrap().flags & FLAG_REMOVALS_MARKED, 0);
+    create_image(store.as_ref(), "c", SIZE).unwrap();
 }

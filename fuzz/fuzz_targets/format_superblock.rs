@@ -1,10 +1,12 @@
-//! The image superblock (versions 1 and 2) and the image's high-water mark
-//! (`IMAGE.hwm`), which sits beside it: every input as it is, then with
+//! The image superblock (versions 1 and 2), the image's high-water mark
+//! (`IMAGE.hwm`), which sits beside it, and the pool marker
+//! (`lsvd:pool.flags`): every input as it is, then with
 //! its crc rewritten so the checks behind the checksum are reached. A
 //! decoded structure must encode to bytes that decode to the same value.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use lsvd::format::hwm::HighWater;
+use lsvd::format::pool::PoolMarker;
 use lsvd::format::superblock::Superblock;
 
 fn check(buf: &[u8]) {
@@ -19,6 +21,12 @@ fn check(buf: &[u8]) {
             h
         );
     }
+    if let Ok(p) = PoolMarker::decode(buf) {
+        assert_eq!(
+            PoolMarker::decode(&p.encode()).expect("a marker re-encodes"),
+            p
+        );
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -29,5 +37,8 @@ fuzz_target!(|data: &[u8]| {
     // The mark's crc covers all but its last 4 bytes.
     let mut b = data.to_vec();
     lsvd::format::reseal_trailing(&mut b, lsvd::format::hwm::SIZE);
+    check(&b);
+    let mut b = data.to_vec();
+    lsvd::format::reseal_trailing(&mut b, lsvd::format::pool::SIZE);
     check(&b);
 });

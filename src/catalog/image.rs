@@ -404,6 +404,95 @@ pub fn create_image(store: &dyn ObjectStore, image: &str, size_bytes: u64) -> Re
     create_image_with(store, image, size_bytes, None)
 }
 
+/// Refuse `image` if objects of an earlier image of that name remain (its
+/// removal was interrupted: a new image over them would run into them at
+/// its next open, and a leftover tombstone cannot be told from the new
+/// image's own). `rm` deletes the high-water mark last (ordering 13), so
+/// this build's leftovers are named by the mark: one `stat`. A build
+/// before the mark left leftovers with no mark, in any sequence range,
+/// which only a listing finds: the pool is listed once, and if no such
+/// leftovers remain anywhere in it, the pool marker is written and no later
+/// `create` lists (ordering 33).
+fn check_no_leftovers(store: &dyn ObjectStore, image: &str) -> Result<()> {
+    use crate::format::pool::{PoolMarker, FLAG_REMOVALS_MARKED, NAME};
+    let leftovers = |stray: &str| {
+        Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "objects of an earlier image '{image}' remain ({stray}); remove them \
+                 first (`lsvd-ublk rm` of this image finishes an interrupted removal)"
+            ),
+        )
+    };
+    if store.stat(&hwm_name(image))?.is_some() {
+        return Err(leftovers(&hwm_name(image)));
+    }
+    match store.get(NAME, 0, crate::format::pool::SIZE + 1) {
+        Ok(b) => match PoolMarker::decode(&b) {
+            Ok(m) if m.flags & FLAG_REMOVALS_MARKED != 0 => return Ok(()),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("pool marker {NAME}: {e}: the pool is listed (once)"),
+        },
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e.prefixed(format!("read the pool marker {NAME}"))),
+    }
+    // Once per pool: every image name with objects and no mark is either
+    // an image of a build before the mark (its superblock holds an image)
+    // or an older build's interrupted removal.
+    let names = store.list("")?;
+    let listed: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut unmarked: std::collections::BTreeMap<&str, &str> = Default::default();
+    for n in &names {
+        let Some((owner, hex)) = n.rsplit_once('.') else {
+            continue;
+        };
+        if hex.len() == 16
+            && u64::from_str_radix(hex, 16).is_ok()
+            && check_name("image", owner, owner).is_ok()
+            && !listed.contains(hwm_name(owner).as_str())
+        {
+            unmarked.entry(owner).or_insert(n.as_str());
+        }
+    }
+    if let Some(stray) = unmarked.get(image) {
+        return Err(leftovers(stray));
+    }
+    let mut orphans = Vec::new();
+    for (&owner, stray) in &unmarked {
+        // A zero-length object is only a lock placeholder (RADOS), not an
+        // image.
+        if store.stat(owner)?.is_none_or(|n| n == 0) {
+            orphans.push(format!("{owner} ({stray})"));
+        }
+    }
+    if !orphans.is_empty() {
+        tracing::warn!(
+            "objects of removed images remain in {}: {}; `lsvd-ublk rm POOL/NAME` of each \
+             finishes its removal (until then every create lists the pool)",
+            store.describe(),
+            orphans.join(", ")
+        );
+    }
+    if !unmarked.is_empty() {
+        // An image of an older build (or its leftovers) remains: that build
+        // may still remove it and be interrupted. Its first read-write open
+        // by this build writes its mark.
+        return Ok(());
+    }
+    let marker = PoolMarker {
+        flags: FLAG_REMOVALS_MARKED,
+        written_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    // Not needed for this create: a failure only means the next lists too.
+    if let Err(e) = store.put(NAME, &marker.encode()) {
+        tracing::warn!("write the pool marker {NAME}: {e}");
+    }
+    Ok(())
+}
+
 /// Create an image, a clone of `parent` if given.
 pub(crate) fn create_image_with(
     store: &dyn ObjectStore,
@@ -422,25 +511,7 @@ pub(crate) fn create_image_with(
             format!("image '{image}' already exists in {}", store.describe()),
         ));
     }
-    // Leftovers of an earlier image of this name whose removal was
-    // interrupted. `rm` deletes the high-water mark last, so it names them;
-    // but a build before the mark leaves leftovers with no mark, in any
-    // sequence range, which only a listing finds (on RADOS it walks the
-    // pool: the one per-image path that still lists, once per create). A
-    // new image over them would run into them at its next open.
-    if let Some(stray) = store
-        .list(&format!("{image}."))?
-        .into_iter()
-        .find(|n| parse_object_name(image, n).is_some() || *n == hwm_name(image))
-    {
-        return Err(Error::new(
-            ErrorKind::AlreadyExists,
-            format!(
-                "objects of an earlier image '{image}' remain ({stray}); remove them \
-                 first (`lsvd-ublk rm` of this image finishes an interrupted removal)"
-            ),
-        ));
-    }
+    check_no_leftovers(store, image)?;
     let uuid = ImageUuid::new_random();
     // Ordering 31: the mark exists before the superblock that says it is
     // kept (nothing is put below sequence 1).

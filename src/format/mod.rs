@@ -11,6 +11,7 @@ pub mod gcobject;
 pub mod hwm;
 pub mod journal;
 pub mod object;
+pub mod pool;
 pub mod rcache;
 pub mod superblock;
 
