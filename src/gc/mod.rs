@@ -201,9 +201,16 @@ impl Gc {
         let cap = cfg.gc_buffer_bytes.min(cfg.backend_obj_bytes);
         self.collect_dead(host);
         let objects = host.objects();
-        let (data, live) = objects.iter().fold((0u64, 0u64), |(d, l), (_, i)| {
-            (d + i.data_sectors, l + i.live_sectors)
-        });
+        // Review fix: rows with no live data a snapshot keeps stay in the
+        // table (ordering 32) but are no data GC can free: not counted, or
+        // GC would ignore its rate for as long as the snapshot exists.
+        let retention = host.retention();
+        let (data, live) = objects
+            .iter()
+            .filter(|(o, i)| i.live_sectors > 0 || !retention.pinned(*o))
+            .fold((0u64, 0u64), |(d, l), (_, i)| {
+                (d + i.data_sectors, l + i.live_sectors)
+            });
         self.behind = live > 0 && data as f64 > BEHIND_RATIO * live as f64;
         let victims = select::select_victims(&objects, cfg.gc_threshold, cap, |o| {
             host.retention().pinned(o) || self.pending.contains_key(&o) || self.corrupt.contains(&o)
