@@ -201,9 +201,16 @@ impl Gc {
         let cap = cfg.gc_buffer_bytes.min(cfg.backend_obj_bytes);
         self.collect_dead(host);
         let objects = host.objects();
-        let (data, live) = objects.iter().fold((0u64, 0u64), |(d, l), (_, i)| {
-            (d + i.data_sectors, l + i.live_sectors)
-        });
+        // Review fix: rows with no live data a snapshot keeps stay in the
+        // table (ordering 32) but are no data GC can free: not counted, or
+        // GC would ignore its rate for as long as the snapshot exists.
+        let retention = host.retention();
+        let (data, live) = objects
+            .iter()
+            .filter(|(o, i)| i.live_sectors > 0 || !retention.pinned(*o))
+            .fold((0u64, 0u64), |(d, l), (_, i)| {
+                (d + i.data_sectors, l + i.live_sectors)
+            });
         self.behind = live > 0 && data as f64 > BEHIND_RATIO * live as f64;
         let victims = select::select_victims(&objects, cfg.gc_threshold, cap, |o| {
             host.retention().pinned(o) || self.pending.contains_key(&o) || self.corrupt.contains(&o)
@@ -315,11 +322,13 @@ impl Gc {
 
     /// The listing sweep (a forced run, or the first deletion of an image
     /// whose rows are not complete yet): every object of the image in the
-    /// store. Those at or below the applied object with no row and not a
-    /// listed checkpoint's piece get a row (no live data), so the next
-    /// checkpoint names them and GC deletes them without listing again
-    /// (ordering 32).
-    fn list_and_add_rows(&self, host: &dyn GcHost, floor: &Floor) -> Result<Vec<ObjSeq>> {
+    /// store. Those at or below the applied object with no row get a row
+    /// (no live data), so the next checkpoint names them and GC deletes
+    /// them without listing again (ordering 32). Listed checkpoints' pieces
+    /// too (review fix): the rule keeps them while listed, and the row of
+    /// one that a session's last publish retires would otherwise exist only
+    /// in memory, lost at the close.
+    fn list_and_add_rows(&self, host: &dyn GcHost) -> Result<Vec<ObjSeq>> {
         let all = host.list_objects()?;
         failpoint::hit("gc.sweep.listed");
         let applied = host.applied_obj();
@@ -327,7 +336,7 @@ impl Gc {
         let missing: Vec<(ObjSeq, u64)> = all
             .iter()
             .copied()
-            .filter(|s| *s <= applied && !rows.contains(s) && !select::listed_piece(*s, floor))
+            .filter(|s| *s <= applied && !rows.contains(s))
             .map(|s| (s, 0))
             .collect();
         if !missing.is_empty() {
@@ -378,7 +387,7 @@ impl Gc {
         // Listed only when asked (a forced run: maintenance) or while the
         // rows may miss objects (an image of an older build).
         if sweep || (!self.swept && !host.rows_complete()) {
-            cands.extend(self.list_and_add_rows(host, &floor)?);
+            cands.extend(self.list_and_add_rows(host)?);
         }
         self.swept = true;
         for s in cands {
