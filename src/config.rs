@@ -131,6 +131,13 @@ pub struct Config {
     /// `lsvd-ublk gc` still runs).
     /// Default: `false`.
     pub no_gc: bool,
+    /// With `no_gc`: rows of objects with no live data (objects awaiting
+    /// deletion) kept in the object table and checkpoints for a later GC,
+    /// at most this many. Past it they are all dropped, and the next
+    /// session with GC lists the image's names once to find those objects
+    /// (0: dropped at every checkpoint).
+    /// Default: `1024`.
+    pub no_gc_dead_rows: u64,
     /// Local memory GC may use for data it copies (its temporary space): one
     /// GC object is built at a time, at most this large and at most
     /// `backend_obj_bytes`. Must be at least 64K.
@@ -238,6 +245,7 @@ impl Default for Config {
             hard_flush: false,
             gc_threshold: 60,
             no_gc: false,
+            no_gc_dead_rows: 1024,
             gc_buffer_bytes: 16 * MIB,
             gc_rate_bytes: 32 * MIB,
             gc_plug_bytes: 64 * KIB,
@@ -328,6 +336,11 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "no_gc",
             "false",
             "never run garbage collection in the background (lsvd-ublk gc still can)",
+        ),
+        (
+            "no_gc_dead_rows",
+            "1024",
+            "with no_gc, rows of dead objects kept for a later GC (0-16777216); past it they are dropped and that GC lists the image once",
         ),
         (
             "gc_buffer_bytes",
@@ -604,6 +617,7 @@ impl Config {
             MAX_FULL_EVERY.into(),
         )?;
         range_check("flush_msec", self.flush_msec, 1, u64::MAX)?;
+        range_check("no_gc_dead_rows", self.no_gc_dead_rows, 0, 1 << 24)?;
         range_check("io_timeout_msec", self.io_timeout_msec, 100, u64::MAX)?;
         if self.rados_namespace.contains('\0') {
             return Err(cfg_err("rados_namespace contains NUL".to_owned()));

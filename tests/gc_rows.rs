@@ -32,6 +32,9 @@ fn config_every(gc: bool, gc_interval_msec: u64) -> Config {
         checkpoint_interval_objs: 4,
         hard_flush: true,
         no_gc: !gc,
+        // Dead rows dropped at every no_gc checkpoint (the bound's
+        // far side; `no_gc_keeps_few_dead_rows` covers the near one).
+        no_gc_dead_rows: 0,
         gc_threshold: 90,
         gc_interval_msec,
         gc_rate_bytes: 0,
@@ -180,6 +183,47 @@ fn a_checkpoint_without_complete_rows_makes_gc_list_once() {
         objects(&mem).len() <= before / 2,
         "GC deleted too little without listing: {before} before, {} after",
         objects(&mem).len()
+    );
+    assert_image(&v, &model);
+    v.close().unwrap();
+}
+
+/// A short `no_gc` session (as the CLI's `snap create` and `resize` are)
+/// keeps its few dead rows (`no_gc_dead_rows`, default 1024) and says its
+/// rows are complete, so the next session's GC deletes those objects
+/// without listing (the store's listings fail).
+#[test]
+fn no_gc_keeps_few_dead_rows() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem = Arc::new(MemStore::new());
+    let store = unlistable(&mem);
+    create_image(mem.as_ref(), "img", SIZE).unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let v = open_with(
+        &store,
+        dir.path(),
+        Config {
+            no_gc_dead_rows: Config::default().no_gc_dead_rows,
+            ..config(false)
+        },
+    );
+    overwrite(&v, &mut model, 1, 24);
+    v.close().unwrap();
+    assert!(
+        newest_rows_complete(&mem),
+        "a no_gc checkpoint with 24 dead rows keeps them"
+    );
+    let before = objects(&mem).len();
+    assert!(before >= 24, "{before} objects");
+    let v = open(&store, dir.path(), true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while objects(&mem).len() > before / 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = objects(&mem).len();
+    assert!(
+        after <= before / 2,
+        "GC deleted too little without listing: {before} objects before, {after} after"
     );
     assert_image(&v, &model);
     v.close().unwrap();

@@ -31,6 +31,9 @@ fn config(gc: bool) -> Config {
         checkpoint_interval_objs: 4,
         hard_flush: true,
         no_gc: !gc,
+        // Dead rows dropped at every no_gc checkpoint (the bound's
+        // far side; `no_gc_keeps_few_dead_rows` covers the near one).
+        no_gc_dead_rows: 0,
         gc_threshold: 90,
         gc_interval_msec: 20,
         gc_rate_bytes: 0,

@@ -201,7 +201,7 @@ impl Gc {
         let cap = cfg.gc_buffer_bytes.min(cfg.backend_obj_bytes);
         self.collect_dead(host);
         let objects = host.objects();
-        // Review fix: rows with no live data a snapshot keeps stay in the
+        // Rows with no live data a snapshot keeps stay in the
         // table (ordering 32) but are no data GC can free: not counted, or
         // GC would ignore its rate for as long as the snapshot exists.
         let retention = host.retention();
@@ -325,7 +325,7 @@ impl Gc {
     /// store. Those at or below the applied object with no row get a row
     /// (no live data), so the next checkpoint names them and GC deletes
     /// them without listing again (ordering 32). Listed checkpoints' pieces
-    /// too (review fix): the rule keeps them while listed, and the row of
+    /// too: the rule keeps them while listed, and the row of
     /// one that a session's last publish retires would otherwise exist only
     /// in memory, lost at the close.
     fn list_and_add_rows(&self, host: &dyn GcHost) -> Result<Vec<ObjSeq>> {

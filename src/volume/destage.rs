@@ -684,8 +684,7 @@ impl Destager {
             .filter(|b| !snap && b.depth + 1 < cfg.checkpoint_full_every);
         // Read before the table is copied: once set (after GC added the
         // rows a listing found), the copy below holds those rows.
-        let rows_complete =
-            self.inner.rows_complete.load(Ordering::Acquire) && !self.inner.config.no_gc;
+        let mut rows_complete = self.inner.rows_complete.load(Ordering::Acquire);
         let (objects, body) = {
             // Rows with no live data stay in the table until GC has deleted
             // their objects (ordering 32): after a crash the recovered
@@ -698,19 +697,25 @@ impl Destager {
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
             if self.inner.config.no_gc {
-                // Without GC nothing would ever delete them: the table
-                // would grow by a row per object ever written. Dropped, and
-                // this checkpoint does not say its rows are complete (a
-                // later open with GC lists once).
+                // Without GC nothing deletes them: a long session would
+                // grow the table by a row per object it writes. Kept while
+                // few (a short session, such as the CLI's `snap create` or
+                // `resize`, then leaves the next GC nothing to list); past
+                // `no_gc_dead_rows`, dropped, and this checkpoint does not
+                // say its rows are complete (a later open with GC lists
+                // once).
                 let dead: Vec<ObjSeq> = map
                     .objects()
                     .filter(|(_, i)| i.live_sectors == 0)
                     .map(|(o, _)| o)
                     .collect();
-                for o in dead {
-                    map.remove_object(o);
+                if dead.len() as u64 > self.inner.config.no_gc_dead_rows {
+                    for o in dead {
+                        map.remove_object(o);
+                    }
+                    self.inner.rows_complete.store(false, Ordering::Release);
+                    rows_complete = false;
                 }
-                self.inner.rows_complete.store(false, Ordering::Release);
             }
             // The changes since the base checkpoint's map was taken, taken
             // with this checkpoint's map (under the same lock): the next
