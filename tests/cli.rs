@@ -1086,3 +1086,109 @@ fn scrub_finds_a_flipped_byte_in_each_kind_of_object() {
     }
     env.ok(&["scrub", "pool/img"]);
 }
+
+/// `import -` reads stdin (it needs `--size`); an input longer than the
+/// image fails and leaves no image.
+#[test]
+fn import_from_stdin() {
+    use std::io::Write;
+    let env = Env::new();
+    let data = sparse_input(&env.path("in.raw"));
+    env.fails(&["import", "-", "pool/s"], &["needs --size"]);
+    let mut child = env
+        .cmd(&["import", "-", "pool/s", "--size", "8M"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected = data.clone();
+    expected.resize(8 << 20, 0);
+    assert!(
+        env.ok(&["export", "pool/s", "-"]) == expected,
+        "export of the stdin import differs"
+    );
+    let mut child = env
+        .cmd(&["import", "-", "pool/t", "--size", "4M"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It stops reading at the error: the pipe may break under us.
+    let _ = child.stdin.take().unwrap().write_all(&data);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("longer than --size"), "{stderr}");
+    assert!(
+        stderr.contains("partly written image was removed"),
+        "{stderr}"
+    );
+    assert_eq!(env.ok_str(&["ls", "pool"]), "s\n");
+}
+
+/// A Ctrl-C (SIGINT) during `import` removes the partly written image and
+/// exits with 130, saying so; before, the process died where it was and
+/// left an image that looked finished (issue 17, bug 1).
+#[test]
+fn an_interrupted_import_removes_its_image() {
+    use std::io::Write;
+    let env = Env::new();
+    let mut child = env
+        .cmd(&["import", "-", "pool/i", "--size", "64M"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&vec![0x5a; 3 << 20]).unwrap();
+    // The image exists once `create` is done; give the writes a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !env.run(&["info", "pool/i"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "no image appeared");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) with the child's pid, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    // A Ctrl-C in a pipeline also ends the input.
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("import into pool/i was interrupted; the partly written image was removed"),
+        "{stderr}"
+    );
+    assert_eq!(env.ok_str(&["ls", "pool"]), "");
+    env.fails(&["info", "pool/i"], &["does not exist"]);
+    let left: Vec<_> = std::fs::read_dir(env.path("wlog").join("pool"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "journal files left: {left:?}");
+    // Interrupted at once (before or right after `create`): no image.
+    let mut child = env
+        .cmd(&["import", "-", "pool/j", "--size", "64M"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(env.ok_str(&["ls", "pool"]), "");
+}

@@ -5,7 +5,8 @@
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
-//! cause chain and exits with status 1. Commands that change state print
+//! cause chain and exits with status 1 (130 for an `import` stopped by a
+//! signal). Commands that change state print
 //! nothing on success (like `rbd`), except `resize`, which says what it did
 //! (and whether an attached device followed); `info`, `ls` and `bench`
 //! print to stdout.
@@ -192,7 +193,13 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report_error(&e);
-            ExitCode::FAILURE
+            // Stopped by a signal (after undoing what it did): 130, as a
+            // shell reports a Ctrl-C.
+            if e.chain().any(|c| c.is::<transfer::Interrupted>()) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -31,7 +31,8 @@ const EXPORT_READERS: u64 = 4;
 /// Arguments of `import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// File (or block device) to read.
+    /// File (or block device) to read, or `-` for stdin (then `--size` is
+    /// required).
     pub file: PathBuf,
     /// Image to create, as POOL/IMAGE (must not exist).
     pub image: String,
@@ -39,6 +40,109 @@ pub struct ImportArgs {
     /// file's size.
     #[arg(long, short = 's', value_parser = parse_size_arg)]
     pub size: Option<u64>,
+}
+
+/// The error of a command stopped by SIGINT, SIGTERM or SIGHUP: the process
+/// exits with status 130, as a shell reports a Ctrl-C.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted by a signal")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into a flag the command checks between
+/// steps, so that it can undo what it did; a second signal exits at once
+/// (status 130) with `again`. Call before any thread is started: the
+/// signals are blocked in this thread and every thread it starts.
+struct StopFlag {
+    flag: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+}
+
+impl StopFlag {
+    fn install(again: String) -> StopFlag {
+        let set = super::device::block_stop_signals();
+        let flag = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (f, d) = (flag.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !d.load(Ordering::Relaxed) {
+                if super::device::wait_signal(&set, std::time::Duration::from_millis(100))
+                    && f.swap(true, Ordering::SeqCst)
+                {
+                    eprintln!("lsvd-ublk: interrupted again: exiting at once; {again}");
+                    std::process::exit(130);
+                }
+            }
+        });
+        StopFlag { flag, done }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.flag.load(Ordering::SeqCst) {
+            return Err(Interrupted.into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where `import` reads.
+enum Input {
+    /// A file or block device of known length.
+    File(File, u64),
+    /// stdin: read to its end, which must come before the image's.
+    Stdin(std::io::Stdin),
+}
+
+impl Input {
+    /// Fill `buf` as far as the input goes; the bytes read (fewer than
+    /// `buf.len()` only at the end).
+    fn read_chunk(&mut self, off: u64, buf: &mut [u8]) -> anyhow::Result<usize> {
+        match self {
+            Input::File(f, len) => {
+                let want = (*len - off).min(buf.len() as u64) as usize;
+                f.read_exact(&mut buf[..want]).map_err(|e| {
+                    let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        format!(
+                            "the input ended early at offset {off} (did it shrink during the import?)"
+                        )
+                    } else {
+                        format!("cannot read the input at offset {off}")
+                    };
+                    anyhow::Error::new(e).context(what)
+                })?;
+                Ok(want)
+            }
+            Input::Stdin(s) => {
+                let mut got = 0;
+                while got < buf.len() {
+                    match s.read(&mut buf[got..]) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e).context(format!(
+                                "cannot read stdin at offset {}",
+                                off + got as u64
+                            )))
+                        }
+                    }
+                }
+                Ok(got)
+            }
+        }
+    }
 }
 
 /// Arguments of `export`.
@@ -81,74 +185,99 @@ fn round_up(x: u64, align: u64) -> u64 {
     x.div_ceil(align) * align
 }
 
-/// `import FILE POOL/IMAGE [--size N]`.
+/// `import FILE|- POOL/IMAGE [--size N]`.
 pub fn import(config: &Config, args: &ImportArgs) -> anyhow::Result<()> {
     let spec = parse_spec(&args.image)?;
     let path = &args.file;
-    let mut file =
-        File::open(path).with_context(|| format!("cannot open {} for import", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", path.display()))?;
-    if meta.is_dir() {
-        bail!("{} is a directory, not a file to import", path.display());
-    }
-    // Seeking to the end gives the size of block devices too.
-    let file_len = file
-        .seek(SeekFrom::End(0))
-        .and_then(|len| file.rewind().map(|()| len))
-        .with_context(|| format!("cannot get the size of {}", path.display()))?;
-    let size = match args.size {
-        Some(size) if size < file_len => bail!(
-            "--size {size} is smaller than {} ({file_len} bytes)",
-            path.display()
-        ),
-        Some(size) => size,
-        None if file_len == 0 => bail!(
-            "{} is empty; give --size to import it as an empty image",
-            path.display()
-        ),
-        None => round_up(file_len, SIZE_ALIGN),
+    // Before any thread starts (the store's included).
+    let stop = StopFlag::install(format!(
+        "the image {spec} may remain partly written: remove it with `lsvd-ublk rm {spec}`"
+    ));
+    let (mut input, size, total) = if path.as_os_str() == "-" {
+        let Some(size) = args.size else {
+            bail!("importing from stdin (`-`) needs --size: the input's length is not known");
+        };
+        (Input::Stdin(std::io::stdin()), size, size)
+    } else {
+        let mut file = File::open(path)
+            .with_context(|| format!("cannot open {} for import", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?;
+        if meta.is_dir() {
+            bail!("{} is a directory, not a file to import", path.display());
+        }
+        // Seeking to the end gives the size of block devices too.
+        let file_len = file
+            .seek(SeekFrom::End(0))
+            .and_then(|len| file.rewind().map(|()| len))
+            .with_context(|| format!("cannot get the size of {}", path.display()))?;
+        let size = match args.size {
+            Some(size) if size < file_len => bail!(
+                "--size {size} is smaller than {} ({file_len} bytes)",
+                path.display()
+            ),
+            Some(size) => size,
+            None if file_len == 0 => bail!(
+                "{} is empty; give --size to import it as an empty image",
+                path.display()
+            ),
+            None => round_up(file_len, SIZE_ALIGN),
+        };
+        (Input::File(file, file_len), size, file_len)
     };
     check_image_size(size)?;
+    stop.check()?;
 
     let store = store_for(config, &spec.pool, true)?;
     image::create_image(store.as_ref(), &spec.image, size)
         .with_context(|| format!("cannot create image {spec}"))?;
 
-    let pb = progress_bar(file_len, &format!("importing {spec}"));
-    let result = fill_image(config, store.clone(), &spec, &mut file, file_len, &pb);
+    let pb = progress_bar(total, &format!("importing {spec}"));
+    let result = fill_image(config, store.clone(), &spec, &mut input, size, &pb, &stop);
     pb.finish_and_clear();
     let Err(e) = result else {
         return Ok(());
     };
-    // Never leave a half-imported image behind silently.
+    // Never leave a half-imported image behind silently: an interrupted
+    // import is a failed one.
+    let (what, e) = if e.is::<Interrupted>() {
+        ("was interrupted", e)
+    } else {
+        ("failed", e)
+    };
     let journal = spec.journal_path(config);
     match image::remove_image(store.as_ref(), &spec.image, Some(&journal)) {
         Ok(()) => Err(e.context(format!(
-            "import into {spec} failed; the partly written image was removed"
+            "import into {spec} {what}; the partly written image was removed"
         ))),
         Err(rm) => Err(e.context(format!(
-            "import into {spec} failed, and removing the partly written image failed too \
+            "import into {spec} {what}, and removing the partly written image failed too \
              ({rm}); remove it with `lsvd-ublk rm {spec}`"
         ))),
     }
 }
 
-/// Open the new image, write the non-zero chunks of `file`, flush and close.
+/// Open the new image, write the non-zero chunks of the input, flush and
+/// close.
 fn fill_image(
     config: &Config,
     store: Arc<dyn ObjectStore>,
     spec: &ImageSpec,
-    file: &mut File,
-    file_len: u64,
+    input: &mut Input,
+    size: u64,
     pb: &ProgressBar,
+    stop: &StopFlag,
 ) -> anyhow::Result<()> {
+    stop.check()?;
     let vol = open_volume(config, store, spec)?;
-    match write_chunks(&vol, file, file_len, pb).and_then(|()| {
-        vol.flush()
-            .with_context(|| format!("cannot flush image {spec}"))
-    }) {
+    match stop
+        .check()
+        .and_then(|()| write_chunks(&vol, input, size, pb, stop))
+        .and_then(|()| {
+            vol.flush()
+                .with_context(|| format!("cannot flush image {spec}"))
+        }) {
         Ok(()) => vol
             .close()
             .with_context(|| format!("cannot close image {spec}")),
@@ -161,13 +290,14 @@ fn fill_image(
     }
 }
 
-/// Copy `file` into `vol` from offset 0, keeping up to
+/// Copy the input into `vol` from offset 0, keeping up to
 /// [`IMPORT_IN_FLIGHT`] writes outstanding and skipping zero chunks.
 fn write_chunks(
     vol: &Volume,
-    file: &mut File,
-    file_len: u64,
+    input: &mut Input,
+    size: u64,
     pb: &ProgressBar,
+    stop: &StopFlag,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<crate::Result<()>>();
     let mut outstanding = 0usize;
@@ -180,20 +310,21 @@ fn write_chunks(
     };
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
-    while off < file_len {
-        let want = (file_len - off).min(CHUNK) as usize;
-        file.read_exact(&mut buf[..want]).map_err(|e| {
-            let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                format!("the input ended early at offset {off} (did it shrink during the import?)")
-            } else {
-                format!("cannot read the input at offset {off}")
-            };
-            anyhow::Error::new(e).context(what)
-        })?;
+    loop {
+        stop.check()?;
+        let room = (size - off).min(CHUNK) as usize;
+        // One byte past the image's end tells a too long stdin.
+        let got = input.read_chunk(off, &mut buf[..room.max(1)])?;
+        if got == 0 {
+            break;
+        }
+        if off + got as u64 > size {
+            bail!("the input is longer than --size ({size} bytes)");
+        }
         // The last chunk is padded to a whole sector; the image is at least
         // that large because its size is a multiple of 4096.
-        let len = round_up(want as u64, SECTOR) as usize;
-        buf[want..len].fill(0);
+        let len = round_up(got as u64, SECTOR) as usize;
+        buf[got..len].fill(0);
         let chunk = &buf[..len];
         if !is_zero(chunk) {
             while outstanding >= IMPORT_IN_FLIGHT {
@@ -214,13 +345,17 @@ fn write_chunks(
             .with_context(|| format!("cannot write the image at offset {off}"))?;
             outstanding += 1;
         }
-        off += want as u64;
-        pb.inc(want as u64);
+        off += got as u64;
+        pb.inc(got as u64);
+        if got < room {
+            break;
+        }
     }
     while outstanding > 0 {
         wait_one(&mut outstanding)?;
     }
-    Ok(())
+    // A Ctrl-C on `cat FILE | lsvd-ublk import - ...` also ends the input.
+    stop.check()
 }
 
 /// Where `export` writes.
