@@ -138,6 +138,10 @@ pub struct Config {
     /// (0: dropped at every checkpoint).
     /// Default: `1024`.
     pub no_gc_dead_rows: u64,
+    /// Accept a journal or read cache on a memory-backed file system
+    /// (tmpfs, ramfs), which a reboot empties: for tests only.
+    /// Default: `false`.
+    pub allow_tmpfs: bool,
     /// Local memory GC may use for data it copies (its temporary space): one
     /// GC object is built at a time, at most this large and at most
     /// `backend_obj_bytes`. Must be at least 64K.
@@ -246,6 +250,7 @@ impl Default for Config {
             gc_threshold: 60,
             no_gc: false,
             no_gc_dead_rows: 1024,
+            allow_tmpfs: false,
             gc_buffer_bytes: 16 * MIB,
             gc_rate_bytes: 32 * MIB,
             gc_plug_bytes: 64 * KIB,
@@ -341,6 +346,11 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "no_gc_dead_rows",
             "1024",
             "with no_gc, rows of dead objects kept for a later GC (0-16777216); past it they are dropped and that GC lists the image once",
+        ),
+        (
+            "allow_tmpfs",
+            "false",
+            "accept wlog_dir or rcache_dir on tmpfs/ramfs (tests only: a reboot loses the journal's acknowledged writes)",
         ),
         (
             "gc_buffer_bytes",

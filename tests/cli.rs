@@ -315,6 +315,52 @@ fn rm_refuses_an_open_image() {
     assert_eq!(env.ok_str(&["ls", "pool"]), "busy\n");
 }
 
+/// Issue 17, bug 3: a journal larger than its file system's free space is
+/// refused before anything is written (no `.wlog.creating` filling the
+/// disk, no "dropped without close" warning), and `rm` removes a
+/// `.creating` file that a killed creation left.
+#[test]
+fn a_journal_that_does_not_fit_is_refused_and_rm_removes_a_partial_one() {
+    let env = Env::new();
+    env.ok(&["create", "pool/big", "--size", "64M"]);
+    let huge = env
+        .config
+        .replace(r#""wlog_bytes":"64M""#, r#""wlog_bytes":"64T""#);
+    assert_ne!(huge, env.config);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"))
+        .current_dir(env.path(""))
+        .args([
+            "--config",
+            &huge,
+            "bench",
+            "pool/big",
+            "--io-type",
+            "write",
+            "--io-total",
+            "1M",
+        ])
+        .env_remove("LSVD_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("wlog_bytes"), "{stderr}");
+    assert!(stderr.contains("free"), "{stderr}");
+    assert!(!stderr.contains("without close"), "{stderr}");
+    let wlog = env.path("wlog/pool");
+    let left: Vec<_> = std::fs::read_dir(&wlog)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", wlog.display());
+
+    // What a creation killed during its fill leaves.
+    std::fs::create_dir_all(&wlog).unwrap();
+    let creating = wlog.join("big.wlog.creating");
+    std::fs::write(&creating, vec![0u8; 1 << 20]).unwrap();
+    env.ok(&["rm", "pool/big"]);
+    assert!(!creating.exists(), "rm left {}", creating.display());
+}
+
 /// `lock ls` names the holder of an open image; `lock break` of the dir
 /// backend's lock (an flock of a live process) is refused, naming the
 /// holder, and of a free lock is a no-op; `--id` is checked.

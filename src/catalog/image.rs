@@ -685,10 +685,15 @@ pub(crate) fn for_each_below(hwm: u64, f: impl Fn(ObjSeq) -> Result<()> + Sync) 
 
 fn remove_journal(journal: Option<&Path>) -> Result<()> {
     if let Some(j) = journal {
-        match std::fs::remove_file(j) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("remove journal {}", j.display()), e)),
+        // With the one a failed or killed creation left (ordering 16).
+        let mut creating = j.as_os_str().to_owned();
+        creating.push(".creating");
+        for p in [j, Path::new(&creating)] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("remove journal {}", p.display()), e)),
+            }
         }
     }
     Ok(())

@@ -65,6 +65,78 @@ pub fn open_direct(path: &Path, create: bool) -> Result<File> {
         })
 }
 
+/// The name of a volatile (memory-backed) file system type, from
+/// `statfs(2)`'s `f_type`: tmpfs and ramfs.
+fn volatile_fs(f_type: i64) -> Option<&'static str> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    match f_type {
+        TMPFS_MAGIC => Some("tmpfs"),
+        RAMFS_MAGIC => Some("ramfs"),
+        _ => None,
+    }
+}
+
+/// `statvfs(2)` of `dir`: (file system type from `statfs`, bytes free to
+/// an unprivileged user).
+fn fs_facts(dir: &Path) -> Result<(i64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+        Error::new(
+            crate::error::ErrorKind::InvalidInput,
+            format!("path {} contains NUL", dir.display()),
+        )
+    })?;
+    // SAFETY: plain-data structs, fully written by the calls on success.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path; the out-pointers are valid.
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0
+        // SAFETY: as above.
+        || unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } != 0
+    {
+        return Err(Error::io(
+            format!("statfs {}", dir.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
+    let f_type = fs.f_type as i64;
+    Ok((f_type, vfs.f_bavail as u64 * vfs.f_frsize as u64))
+}
+
+/// Refuse a local file of `what` (`wlog_dir`, `rcache_dir`) in `dir` on a
+/// memory-backed file system (tmpfs, ramfs), naming it, unless `allow`
+/// (the `allow_tmpfs` key, for tests): a reboot would lose it.
+pub fn check_not_volatile(dir: &Path, what: &str, allow: bool) -> Result<()> {
+    if allow {
+        return Ok(());
+    }
+    let (f_type, _) = fs_facts(dir)?;
+    if let Some(name) = volatile_fs(f_type) {
+        return Err(Error::new(
+            crate::error::ErrorKind::Config,
+            format!(
+                "{what} {} is on {name}, which a reboot empties: the {} must be on a \
+                 persistent file system (set allow_tmpfs only for tests)",
+                dir.display(),
+                if what == "wlog_dir" {
+                    "journal holds acknowledged writes and"
+                } else {
+                    "read cache"
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes free to an unprivileged user on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    fs_facts(dir).map(|(_, free)| free)
+}
+
 /// Size in bytes of a regular file or block device.
 pub fn device_size(file: &File, path: &Path) -> Result<u64> {
     let md = file

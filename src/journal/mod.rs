@@ -66,6 +66,8 @@ pub struct JournalOptions {
     /// Test hook: record every write and fdatasync for the power-cut model
     /// (`crate::powercut`). `None` in production.
     pub io_log: Option<Arc<crate::powercut::IoLog>>,
+    /// Accept a journal file on tmpfs or ramfs (`allow_tmpfs`, tests).
+    pub allow_tmpfs: bool,
 }
 
 /// One operation found during replay.
@@ -536,10 +538,13 @@ fn open_or_create(opts: &JournalOptions) -> Result<(File, u64, bool)> {
         }
         return Ok((file, size, false));
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("create journal directory {}", dir.display()), e))?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("create journal directory {}", dir.display()), e))?;
+    crate::io::check_not_volatile(dir, "wlog_dir", opts.allow_tmpfs)?;
     if path.exists() {
         let file = open_direct(path, false)?;
         let len = device_size(&file, path)?;
@@ -563,16 +568,57 @@ fn open_or_create(opts: &JournalOptions) -> Result<(File, u64, bool)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("remove {}", tmp.display()), e)),
     }
-    let file = open_direct(&tmp, true)?;
     let size = opts.size / BLOCK * BLOCK;
-    let chunk = AlignedBuf::new(1 << 20);
-    let mut off = 0;
-    while off < size {
-        let n = (size - off).min(chunk.len() as u64) as usize;
-        write_all_at(&file, &chunk[..n], off, &tmp)?;
-        off += n as u64;
+    // Room first: a fill that runs out of space would fill the file
+    // system before failing.
+    let free = crate::io::free_bytes(dir)?;
+    if free < size {
+        return Err(Error::new(
+            ErrorKind::NoSpace,
+            format!(
+                "journal {} needs {size} bytes (wlog_bytes), but its file system has {free} free; \
+                 free space, lower wlog_bytes or choose another wlog_dir",
+                path.display()
+            ),
+        ));
     }
-    datasync(&file, &tmp)?;
+    let file = open_direct(&tmp, true)?;
+    // Whatever fails from here, the temporary file goes: it may be as large
+    // as the journal.
+    let fill = || -> Result<()> {
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                size as libc::off_t,
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            // A file system without fallocate still gets the zero fill.
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(Error::io(
+                    format!("allocate {size} bytes for {}", tmp.display()),
+                    e,
+                ));
+            }
+        }
+        let chunk = AlignedBuf::new(1 << 20);
+        let mut off = 0;
+        while off < size {
+            let n = (size - off).min(chunk.len() as u64) as usize;
+            write_all_at(&file, &chunk[..n], off, &tmp)?;
+            off += n as u64;
+        }
+        datasync(&file, &tmp)
+    };
+    if let Err(e) = fill() {
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)
         .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))?;
     sync_parent(path);

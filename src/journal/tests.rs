@@ -11,6 +11,7 @@ fn opts(dir: &Path, size: u64) -> JournalOptions {
         max_record_data: 64 << 10,
         io_timeout: Duration::from_secs(5),
         io_log: None,
+        allow_tmpfs: false,
     }
 }
 
@@ -964,4 +965,57 @@ fn a_second_lane_on_a_thread_never_misroutes_a_flush() {
         j2.shared().syncs() >= 1,
         "and synced before the FLUSH completed"
     );
+}
+
+fn open_plain(o: &JournalOptions) -> crate::Result<Journal> {
+    Journal::open(
+        o,
+        ImageUuid([3; 16]),
+        Generation(0),
+        JournalSeq(0),
+        Arc::new(JournalShared::default()),
+        &mut |_| Ok(()),
+        &mut || Ok(()),
+    )
+    .map(|(j, _)| j)
+}
+
+/// A journal on tmpfs is refused, naming the file system, unless
+/// `allow_tmpfs` (issue 17, bug 4: it was accepted silently).
+#[test]
+fn a_journal_on_tmpfs_is_refused_unless_allowed() {
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm here: nothing to check");
+        return;
+    };
+    let mut o = opts(dir.path(), 1 << 20);
+    let e = open_plain(&o).err().expect("a journal on tmpfs");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("is on tmpfs"), "{e}");
+    assert!(!o.path.exists());
+    o.allow_tmpfs = true;
+    // Allowed: it opens (tmpfs has O_DIRECT since Linux 6.6; an older
+    // kernel refuses it by that name instead).
+    match open_plain(&o) {
+        Ok(j) => drop(j),
+        Err(e) => assert!(e.to_string().contains("direct I/O"), "{e}"),
+    }
+}
+
+/// A journal larger than the free space is refused before anything is
+/// written, and no temporary file stays (issue 17, bug 3: the zero fill
+/// filled the file system and left `<path>.creating`).
+#[test]
+fn a_journal_larger_than_the_free_space_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let free = crate::io::free_bytes(dir.path()).unwrap();
+    let o = opts(dir.path(), (free + (1 << 40)) / BLOCK * BLOCK);
+    let e = open_plain(&o).err().expect("no room");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert!(e.to_string().contains("wlog_bytes"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

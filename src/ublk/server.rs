@@ -958,6 +958,7 @@ mod tests {
             max_record_data: 64 << 10,
             io_timeout: Duration::from_secs(5),
             io_log: None,
+            allow_tmpfs: false,
         };
         let (j, _) = Journal::open(
             &o,

@@ -312,8 +312,9 @@ impl Volume {
             max_record_data: inner.config.wlog_chunk_bytes,
             io_timeout: Duration::from_millis(inner.config.io_timeout_msec),
             io_log,
+            allow_tmpfs: inner.config.allow_tmpfs,
         };
-        let (journal, report) = Journal::open(
+        let (journal, report) = match Journal::open(
             &jopts,
             sb.uuid,
             sb.journal_gen,
@@ -321,7 +322,15 @@ impl Volume {
             shared,
             &mut |e| inner.replay_entry(e),
             &mut || inner.destage_replayed(),
-        )?;
+        ) {
+            Ok(j) => j,
+            Err(e) => {
+                // Nothing was accepted yet: stop the threads quietly (no
+                // "dropped without close" warning for a failed open).
+                vol.stop(false);
+                return Err(e);
+            }
+        };
         {
             let mut st = inner.lock_state();
             st.next_jseq = report.next_seq;

@@ -74,6 +74,16 @@ pub(crate) fn open_cache(
         remove("no_rcache is set");
         return None;
     }
+    let volatile = match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .map_err(|e| crate::error::Error::io(format!("create {}", dir.display()), e))
+            .and_then(|()| crate::io::check_not_volatile(dir, "rcache_dir", config.allow_tmpfs)),
+        None => Ok(()),
+    };
+    if let Err(e) = volatile {
+        warn!(image, cache = %path.display(), "running without a read cache: {e}");
+        return None;
+    }
     match Cache::open(&path, uuid, config.rcache_bytes, last_obj, journal_gen) {
         Ok(c) => Some(Arc::new(c)),
         Err(e) => {
