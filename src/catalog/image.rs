@@ -442,16 +442,30 @@ fn check_no_leftovers(store: &dyn ObjectStore, image: &str) -> Result<()> {
     let names = store.list("")?;
     let listed: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
     let mut unmarked: std::collections::BTreeMap<&str, &str> = Default::default();
+    // Superblocks of an older build (no mark): such an image may have no
+    // object yet (an older `create` put only the superblock, an older
+    // clone is one superblock), and that build may still write it and be
+    // interrupted removing it.
+    let mut older_images = Vec::new();
     for n in &names {
         let Some((owner, hex)) = n.rsplit_once('.') else {
+            if n != image
+                && check_name("image", n, n).is_ok()
+                && !listed.contains(hwm_name(n).as_str())
+                && older_superblock(store, n)?
+            {
+                older_images.push(n.as_str());
+            }
             continue;
         };
         if hex.len() == 16
             && u64::from_str_radix(hex, 16).is_ok()
             && check_name("image", owner, owner).is_ok()
             && !listed.contains(hwm_name(owner).as_str())
+            && !unmarked.contains_key(owner)
+            && is_lsvd_object(store, n)?
         {
-            unmarked.entry(owner).or_insert(n.as_str());
+            unmarked.insert(owner, n.as_str());
         }
     }
     if let Some(stray) = unmarked.get(image) {
@@ -473,7 +487,7 @@ fn check_no_leftovers(store: &dyn ObjectStore, image: &str) -> Result<()> {
             orphans.join(", ")
         );
     }
-    if !unmarked.is_empty() {
+    if !unmarked.is_empty() || !older_images.is_empty() {
         // An image of an older build (or its leftovers) remains: that build
         // may still remove it and be interrupted. Its first read-write open
         // by this build writes its mark.
@@ -491,6 +505,35 @@ fn check_no_leftovers(store: &dyn ObjectStore, image: &str) -> Result<()> {
         tracing::warn!("write the pool marker {NAME}: {e}");
     }
     Ok(())
+}
+
+/// Whether object `name` is one of ours: every object lsvd puts under an
+/// image's name (data, GC and checkpoint objects, tombstones) starts with
+/// `LSVD`. Another program's object that only looks like ours by name
+/// (RBD's `rbd_id.<name>` for an RBD image named by 16 hex digits) does not.
+fn is_lsvd_object(store: &dyn ObjectStore, name: &str) -> Result<bool> {
+    match store.get(name, 0, 4096) {
+        Ok(b) => Ok(b.starts_with(b"LSVD")),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.prefixed(format!("read {name}"))),
+    }
+}
+
+/// Whether object `name` is the superblock of an image of a build before
+/// the removal mark (no `INCOMPAT_HWM`). One that does not decode is
+/// counted as one too: the pool then stays listed, which costs time only.
+fn older_superblock(store: &dyn ObjectStore, name: &str) -> Result<bool> {
+    use crate::format::superblock::INCOMPAT_HWM;
+    match store.get(
+        name,
+        0,
+        crate::format::superblock::MAX_ENCODED.next_multiple_of(4096),
+    ) {
+        Ok(b) if !b.starts_with(b"LSVD") => Ok(false),
+        Ok(b) => Ok(Superblock::decode(&b).map_or(true, |sb| sb.incompat & INCOMPAT_HWM == 0)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.prefixed(format!("read {name}"))),
+    }
 }
 
 /// Create an image, a clone of `parent` if given.
