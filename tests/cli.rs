@@ -115,6 +115,13 @@ fn create_ls_info_rm() {
 
     assert!(env.ok(&["rm", "pool/disk"]).is_empty());
     assert_eq!(env.ok_str(&["ls", "pool"]), "other\n");
+    // Nothing of it is left, its lock file included (issue 17, bug 5).
+    let left: Vec<_> = std::fs::read_dir(env.path("store/pool"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("disk"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     env.fails(&["info", "pool/disk"], &["pool/disk"]);
 }
 

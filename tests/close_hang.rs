@@ -168,3 +168,34 @@ fn crash_and_drop_return_promptly_while_gc_waits_on_a_failing_put() {
         assert_image(&mem, dir.path(), &c, &model, ending);
     }
 }
+
+/// Issue 17, bug 5: a close that times out on a full store says that the
+/// journal keeps every write for the next open, except on a volume whose
+/// caller removes the image when it fails (`import`, `set_disposable`),
+/// where that would contradict "the partly written image was removed".
+#[test]
+fn a_disposable_volume_does_not_promise_a_replay() {
+    for disposable in [false, true] {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        create_image(mem.as_ref(), "img", SIZE).unwrap();
+        let fault = Arc::new(FaultStore::new(mem.clone(), 5));
+        let store: Arc<dyn ObjectStore> = fault.clone();
+        let v = open(&store, dir.path(), &config(Duration::from_millis(500)));
+        // The store is full from here on.
+        fault.add_rule(FaultRule::fail(FaultOp::Put, ErrorKind::NoSpace));
+        if disposable {
+            v.set_disposable();
+        }
+        v.write(0, &pattern(1, 256 << 10)).unwrap();
+        let e = v
+            .close()
+            .expect_err("every put fails: the close cannot finish");
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert_eq!(
+            e.to_string().contains("journal keeps every write"),
+            !disposable,
+            "disposable {disposable}: {e}"
+        );
+    }
+}

@@ -7,7 +7,8 @@
 //!   is renamed over `<object>` once its data is durable. A crash can leave
 //!   one behind; [`lock`] removes the leftovers of the objects it fences.
 //! * `.lock.<name>`: the lock file of lock `<name>`, holding the owner string
-//!   of the current (or last) holder. It is never deleted, see [`lock`].
+//!   of the current holder (emptied at release). Only the removal of its
+//!   image deletes it, while holding it; see [`lock`].
 //!
 //! [`put`]: ObjectStore::put
 //! [`lock`]: ObjectStore::lock
@@ -15,7 +16,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -396,39 +397,72 @@ impl ObjectStore for DirStore {
         let path = self.dir.join(format!("{LOCK_PREFIX}{name}"));
         // A fresh open gives a fresh open file description, so a second lock
         // taken in this same process conflicts too (flock is per description).
-        // The lock file is never deleted: deleting it would let two takers
-        // lock two different inodes under one name.
-        let existed = path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(ctx(), e))?;
-        // SAFETY: flock takes a file descriptor owned by `file`, which is
-        // open for the whole call; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut holder = String::new();
-                // The holder writes its name right after locking; an empty
-                // file means we looked in between.
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let holder = if holder.is_empty() {
-                    "<unknown>"
-                } else {
-                    holder
-                };
+        // The lock file is deleted only by the removal of its image, by the
+        // holder while it holds the flock (`release_and_remove`). A taker
+        // that opened the file before that unlink and locks it afterwards
+        // holds a lock on an unlinked inode, which would let two takers
+        // lock two different inodes under one name: so a taker checks,
+        // holding the flock, that the path still names the inode it
+        // locked, and otherwise opens the path again.
+        let mut attempts = 0;
+        let (mut file, existed) = loop {
+            let open = |create| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(create)
+                    .truncate(false)
+                    .open(&path)
+            };
+            let (file, existed) = match open(false) {
+                Ok(f) => (f, true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    (open(true).map_err(|e| Error::io(ctx(), e))?, false)
+                }
+                Err(e) => return Err(Error::io(ctx(), e)),
+            };
+            // SAFETY: flock takes a file descriptor owned by `file`, which
+            // is open for the whole call; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    let mut holder = String::new();
+                    // The holder writes its name right after locking; an
+                    // empty file means we looked in between.
+                    let _ = (&file).read_to_string(&mut holder);
+                    let holder = holder.trim();
+                    let holder = if holder.is_empty() {
+                        "<unknown>"
+                    } else {
+                        holder
+                    };
+                    return Err(Error::new(
+                        ErrorKind::Locked,
+                        format!("{}: {name} is locked by {holder}", ctx()),
+                    ));
+                }
+                return Err(Error::io(ctx(), e));
+            }
+            let mine = file.metadata().map_err(|e| Error::io(ctx(), e))?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == mine.ino() && now.dev() == mine.dev() => {
+                    break (file, existed)
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(ctx(), e)),
+            }
+            // Removed (and perhaps re-created) under us: drop the stale
+            // inode's lock and take the path's.
+            attempts += 1;
+            if attempts >= 100 {
                 return Err(Error::new(
                     ErrorKind::Locked,
-                    format!("{}: {name} is locked by {holder}", ctx()),
+                    format!("{}: the lock file keeps being removed", ctx()),
                 ));
             }
-            return Err(Error::io(ctx(), e));
-        }
+        };
         // The previous holder released the lock (its drop empties the file)
         // only after its last put returned: it left no temp file, and the
         // holder before it had its own leftovers removed by the lock after
@@ -455,6 +489,7 @@ impl ObjectStore for DirStore {
         Ok(Box::new(DirLock {
             file,
             owner: owner.to_owned(),
+            path,
         }))
     }
 
@@ -497,11 +532,24 @@ impl ObjectStore for DirStore {
 struct DirLock {
     file: File,
     owner: String,
+    /// The lock file, `.lock.<name>`.
+    path: PathBuf,
 }
 
 impl StoreLock for DirLock {
     fn owner(&self) -> &str {
         &self.owner
+    }
+
+    fn release_and_remove(self: Box<Self>) {
+        // Unlinked while held: a taker waiting on this inode finds, once it
+        // holds it, that the path no longer names it, and takes the path's
+        // (see `lock`).
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("remove lock file {}: {e}", self.path.display());
+            }
+        }
     }
 }
 
@@ -516,6 +564,55 @@ impl Drop for DirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lock file removed by its holder (`release_and_remove`, the end of
+    /// an image's removal) while others take the same lock: never two
+    /// holders at once, although a taker may open the file just before the
+    /// unlink and lock its inode just after.
+    #[test]
+    fn a_removed_lock_file_never_gives_two_holders() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let s = Arc::new(DirStore::open(dir.path()).unwrap());
+        let held = Arc::new(AtomicBool::new(false));
+        // Until the remover has removed the file ROUNDS times (a deadline
+        // only guards against a hang).
+        const ROUNDS: u64 = 100;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (taken, removed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let workers: Vec<_> = (0..3)
+            .map(|t| {
+                let (s, held, taken, removed) =
+                    (s.clone(), held.clone(), taken.clone(), removed.clone());
+                std::thread::spawn(move || {
+                    while removed.load(Ordering::Relaxed) < ROUNDS && Instant::now() < deadline {
+                        let Ok(l) = s.lock("img", "t") else {
+                            std::thread::yield_now();
+                            continue;
+                        };
+                        assert!(!held.swap(true, Ordering::SeqCst), "two holders at once");
+                        taken.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_micros(50));
+                        held.store(false, Ordering::SeqCst);
+                        if t == 0 {
+                            removed.fetch_add(1, Ordering::Relaxed);
+                            l.release_and_remove();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let (taken, removed) = (
+            taken.load(Ordering::Relaxed),
+            removed.load(Ordering::Relaxed),
+        );
+        assert_eq!(removed, ROUNDS, "the remover did not finish in time");
+        assert!(taken > removed, "only the remover took the lock: {taken}");
+    }
 
     /// A get returns the bytes there are: short at the end, none past it,
     /// for any offset (a seek past the file system's largest file failed

@@ -56,6 +56,12 @@ pub fn check_object_name(name: &str) -> std::result::Result<(), &'static str> {
 pub trait StoreLock: Send + Sync {
     /// Who holds it (the `owner` string given to [`ObjectStore::lock`]).
     fn owner(&self) -> &str;
+
+    /// Release the lock and remove what it lives in, as the last step of
+    /// removing its image (the directory store's `.lock.<name>` file; a
+    /// RADOS lock went with the superblock object). Best effort: a failure
+    /// leaves only an empty lock file. The default just releases it.
+    fn release_and_remove(self: Box<Self>) {}
 }
 
 /// A flat namespace of immutable-once-written objects (one pool).

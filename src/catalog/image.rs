@@ -606,7 +606,7 @@ pub(crate) fn create_image_with(
 /// Remove an image: all its objects, its superblock and (if given) its journal file.
 /// Fails with `Locked` if it is open.
 pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>) -> Result<()> {
-    let _lock = store.lock(image, &lock_owner())?;
+    let lock = store.lock(image, &lock_owner())?;
     let sb = match read_superblock(store, image) {
         Ok(sb) => sb,
         // The superblock goes first (below): an interrupted removal left
@@ -645,7 +645,9 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
                 }
             }
             store.delete(&hwm_name(image))?;
-            return remove_journal(journal);
+            remove_journal(journal)?;
+            lock.release_and_remove();
+            return Ok(());
         }
         Err(e) => return Err(e),
     };
@@ -684,7 +686,11 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
     store.delete(image)?;
     delete_below(store, image, bound.hwm)?;
     store.delete(&hwm_name(image))?;
-    remove_journal(journal)
+    remove_journal(journal)?;
+    // Last, with nothing of the image left: its lock file (directory
+    // store), unlinked while held (see `DirStore::lock`).
+    lock.release_and_remove();
+    Ok(())
 }
 
 /// Delete every object of `image` with a sequence below `hwm` (deleting a

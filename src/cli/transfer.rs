@@ -271,6 +271,8 @@ fn fill_image(
 ) -> anyhow::Result<()> {
     stop.check()?;
     let vol = open_volume(config, store, spec)?;
+    // A failed import removes the image: no error may promise a replay.
+    vol.set_disposable();
     match stop
         .check()
         .and_then(|()| write_chunks(&vol, input, size, pb, stop))

@@ -68,6 +68,7 @@ impl Inner {
             flusher: (Mutex::new(false), Condvar::new()),
             spare_buffers: Arc::new(super::batch::SpareBuffers::new(cap)),
             open_aligned: std::sync::atomic::AtomicBool::new(true),
+            disposable: AtomicBool::new(false),
             cache: i.cache,
             cache_tx: i.cache_tx,
             chunk_tables: verify::ChunkTables::default(),

@@ -343,6 +343,10 @@ pub(crate) struct Inner {
     /// (`write_op`). A stale value costs a wasted or a skipped pass, never
     /// a wrong crc.
     open_aligned: std::sync::atomic::AtomicBool,
+    /// Set by [`Volume::set_disposable`]: the caller removes the image if
+    /// this session fails (`import`), so errors do not promise that the
+    /// journal keeps its writes.
+    disposable: AtomicBool,
     /// The read cache (`None` with `no_rcache`, or if it could not open).
     cache: Option<Arc<crate::cache::Cache>>,
     /// To the cache writer thread (objects as they are put).
@@ -574,7 +578,7 @@ fn wait_done(inner: &Inner, what: &str, f: impl FnOnce(Done)) -> Result<()> {
     inner
         .wait_backend(what, &inner.cancel, f)
         .map_err(|e| match e.kind() {
-            ErrorKind::Timeout => Error::new(
+            ErrorKind::Timeout if !inner.disposable.load(Ordering::Relaxed) => Error::new(
                 ErrorKind::Timeout,
                 format!(
                     "{}; the journal keeps every write for the next open",
@@ -589,6 +593,13 @@ impl Volume {
     /// Disk size in bytes.
     pub fn size_bytes(&self) -> u64 {
         self.inner.size_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Say that the caller removes the image if this session fails (as
+    /// `import` does): a failed close then does not say that the journal
+    /// keeps every write for the next open, which there will not be.
+    pub fn set_disposable(&self) {
+        self.inner.disposable.store(true, Ordering::Relaxed);
     }
 
     /// Image name within its pool.
