@@ -204,6 +204,37 @@ fn conformance(store: &dyn ObjectStore) {
     });
     drop(store.lock("img", "again").unwrap());
 
+    // Shared holders (the readers of a snapshot): several at once; no
+    // exclusive holder while one remains, and no shared one while an
+    // exclusive one holds it.
+    let r1 = store.lock_shared("snap", "reader-1").unwrap();
+    let r2 = store.lock_shared("snap", "reader-2").unwrap();
+    assert_eq!(r2.owner(), "reader-2");
+    assert_eq!(
+        kind(store.lock("snap", "remover").map(|l| l.owner().to_owned())),
+        ErrorKind::Locked,
+        "{desc}"
+    );
+    drop(r1);
+    assert_eq!(
+        kind(store.lock("snap", "remover").map(|l| l.owner().to_owned())),
+        ErrorKind::Locked,
+        "{desc}"
+    );
+    drop(r2);
+    let x = store.lock("snap", "remover").unwrap();
+    assert_eq!(
+        kind(
+            store
+                .lock_shared("snap", "reader-3")
+                .map(|l| l.owner().to_owned())
+        ),
+        ErrorKind::Locked,
+        "{desc}"
+    );
+    drop(x);
+    drop(store.lock_shared("snap", "reader-4").unwrap());
+
     // Concurrent puts from 8 threads, overlapping on shared names.
     std::thread::scope(|s| {
         for t in 0..8u8 {

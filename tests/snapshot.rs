@@ -575,3 +575,54 @@ fn a_superblock_put_that_lands_but_fails_drops_no_snapshot() {
     kid.close().unwrap();
     v.close().unwrap();
 }
+
+/// Issue 17, bug 2: a snapshot being read (`serve-nbd`, `attach` or
+/// `export` of `IMAGE@SNAP` open it with `Volume::open_snapshot`) cannot be
+/// removed; two readers at once are fine; once they close, `snap rm`
+/// works and leaves no lock behind (a lock file on the directory store).
+#[test]
+fn a_snapshot_being_read_cannot_be_removed() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::create_dir(dir.path().join("store")).unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(lsvd::backend::DirStore::open(&dir.path().join("store")).unwrap());
+    create_image(store.as_ref(), "base", SIZE).unwrap();
+    let base = open(&store, dir.path(), "base");
+    let mut model = vec![0u8; SIZE as usize];
+    scribble(&base, &mut model, 3, 50);
+    base.snapshot_create("gold").unwrap();
+    scribble(&base, &mut model.clone(), 4, 50);
+
+    let r1 = snap(&store, dir.path(), "base", "gold");
+    let r2 = snap(&store, dir.path(), "base", "gold");
+    let e = base.snapshot_remove("gold").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
+    assert!(e.to_string().contains("base@gold is open"), "{e}");
+    drop(r1);
+    assert_eq!(
+        base.snapshot_remove("gold").unwrap_err().kind(),
+        ErrorKind::InUse
+    );
+    // The refusals changed nothing: the reader still reads the snapshot.
+    assert_reads(&r2, &model, "a reader of gold after two refused removals");
+    drop(r2);
+    assert_eq!(snap_names(&base.snapshots()), ["gold"]);
+
+    base.snapshot_remove("gold").unwrap();
+    assert!(base.snapshots().is_empty());
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("gold"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // A reader of a removed snapshot is told so, and leaves no lock.
+    let e = Volume::open_snapshot(config(dir.path()), store.clone(), "base", "gold")
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(std::fs::read_dir(dir.path().join("store"))
+        .unwrap()
+        .all(|e| !e.unwrap().file_name().to_string_lossy().contains("gold")));
+    base.close().unwrap();
+}

@@ -99,6 +99,10 @@ impl ObjectStore for CountingStore {
         self.inner.lock(name, owner)
     }
 
+    fn lock_shared(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        self.inner.lock_shared(name, owner)
+    }
+
     fn lock_holders(&self, name: &str) -> Result<Vec<String>> {
         self.inner.lock_holders(name)
     }

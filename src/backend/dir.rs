@@ -286,6 +286,87 @@ fn process_alive(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+impl DirStore {
+    /// Open lock `name`'s file and flock it (shared or exclusive, without
+    /// waiting): the file, whether it existed before, and its path.
+    ///
+    /// A fresh open gives a fresh open file description, so a second lock
+    /// taken in this same process conflicts too (flock is per description).
+    /// The lock file is deleted only by the removal of its image (or
+    /// snapshot), by the exclusive holder while it holds the flock
+    /// (`release_and_remove`). A taker that opened the file before that
+    /// unlink and locks it afterwards holds a lock on an unlinked inode,
+    /// which would let two takers lock two different inodes under one name:
+    /// so a taker checks, holding the flock, that the path still names the
+    /// inode it locked, and otherwise opens the path again.
+    fn open_locked(&self, name: &str, shared: bool) -> Result<(File, bool, PathBuf)> {
+        self.check_name("lock", name)?;
+        let ctx = || self.ctx("lock", name);
+        let path = self.dir.join(format!("{LOCK_PREFIX}{name}"));
+        let mut attempts = 0;
+        loop {
+            let open = |create| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(create)
+                    .truncate(false)
+                    .open(&path)
+            };
+            let (file, existed) = match open(false) {
+                Ok(f) => (f, true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    (open(true).map_err(|e| Error::io(ctx(), e))?, false)
+                }
+                Err(e) => return Err(Error::io(ctx(), e)),
+            };
+            let mode = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
+            // SAFETY: flock takes a file descriptor owned by `file`, which
+            // is open for the whole call; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    let mut holder = String::new();
+                    // The exclusive holder writes its name right after
+                    // locking; an empty file means we looked in between, or
+                    // that the holders are shared ones, which write nothing.
+                    let _ = (&file).read_to_string(&mut holder);
+                    let holder = holder.trim();
+                    let holder = if holder.is_empty() {
+                        "<unknown> (or held shared by readers)"
+                    } else {
+                        holder
+                    };
+                    return Err(Error::new(
+                        ErrorKind::Locked,
+                        format!("{}: {name} is locked by {holder}", ctx()),
+                    ));
+                }
+                return Err(Error::io(ctx(), e));
+            }
+            let mine = file.metadata().map_err(|e| Error::io(ctx(), e))?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == mine.ino() && now.dev() == mine.dev() => {
+                    return Ok((file, existed, path))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(ctx(), e)),
+            }
+            // Removed (and perhaps re-created) under us: drop the stale
+            // inode's lock and take the path's.
+            attempts += 1;
+            if attempts >= 100 {
+                return Err(Error::new(
+                    ErrorKind::Locked,
+                    format!("{}: the lock file keeps being removed", ctx()),
+                ));
+            }
+        }
+    }
+}
+
 impl ObjectStore for DirStore {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         self.put_parts(name, &[data])
@@ -392,77 +473,8 @@ impl ObjectStore for DirStore {
     }
 
     fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
-        self.check_name("lock", name)?;
         let ctx = || self.ctx("lock", name);
-        let path = self.dir.join(format!("{LOCK_PREFIX}{name}"));
-        // A fresh open gives a fresh open file description, so a second lock
-        // taken in this same process conflicts too (flock is per description).
-        // The lock file is deleted only by the removal of its image, by the
-        // holder while it holds the flock (`release_and_remove`). A taker
-        // that opened the file before that unlink and locks it afterwards
-        // holds a lock on an unlinked inode, which would let two takers
-        // lock two different inodes under one name: so a taker checks,
-        // holding the flock, that the path still names the inode it
-        // locked, and otherwise opens the path again.
-        let mut attempts = 0;
-        let (mut file, existed) = loop {
-            let open = |create| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(create)
-                    .truncate(false)
-                    .open(&path)
-            };
-            let (file, existed) = match open(false) {
-                Ok(f) => (f, true),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    (open(true).map_err(|e| Error::io(ctx(), e))?, false)
-                }
-                Err(e) => return Err(Error::io(ctx(), e)),
-            };
-            // SAFETY: flock takes a file descriptor owned by `file`, which
-            // is open for the whole call; no memory is passed.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    let mut holder = String::new();
-                    // The holder writes its name right after locking; an
-                    // empty file means we looked in between.
-                    let _ = (&file).read_to_string(&mut holder);
-                    let holder = holder.trim();
-                    let holder = if holder.is_empty() {
-                        "<unknown>"
-                    } else {
-                        holder
-                    };
-                    return Err(Error::new(
-                        ErrorKind::Locked,
-                        format!("{}: {name} is locked by {holder}", ctx()),
-                    ));
-                }
-                return Err(Error::io(ctx(), e));
-            }
-            let mine = file.metadata().map_err(|e| Error::io(ctx(), e))?;
-            match fs::metadata(&path) {
-                Ok(now) if now.ino() == mine.ino() && now.dev() == mine.dev() => {
-                    break (file, existed)
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(ctx(), e)),
-            }
-            // Removed (and perhaps re-created) under us: drop the stale
-            // inode's lock and take the path's.
-            attempts += 1;
-            if attempts >= 100 {
-                return Err(Error::new(
-                    ErrorKind::Locked,
-                    format!("{}: the lock file keeps being removed", ctx()),
-                ));
-            }
-        };
+        let (mut file, existed, path) = self.open_locked(name, false)?;
         // The previous holder released the lock (its drop empties the file)
         // only after its last put returned: it left no temp file, and the
         // holder before it had its own leftovers removed by the lock after
@@ -490,6 +502,19 @@ impl ObjectStore for DirStore {
             file,
             owner: owner.to_owned(),
             path,
+            shared: false,
+        }))
+    }
+
+    fn lock_shared(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        // Shared holders write nothing (the file names the exclusive holder)
+        // and fence nothing: they only read.
+        let (file, _, path) = self.open_locked(name, true)?;
+        Ok(Box::new(DirLock {
+            file,
+            owner: owner.to_owned(),
+            path,
+            shared: true,
         }))
     }
 
@@ -534,6 +559,8 @@ struct DirLock {
     owner: String,
     /// The lock file, `.lock.<name>`.
     path: PathBuf,
+    /// Taken with `lock_shared` (then it never writes the file).
+    shared: bool,
 }
 
 impl StoreLock for DirLock {
@@ -542,6 +569,10 @@ impl StoreLock for DirLock {
     }
 
     fn release_and_remove(self: Box<Self>) {
+        if self.shared {
+            // Others may hold it too.
+            return;
+        }
         // Unlinked while held: a taker waiting on this inode finds, once it
         // holds it, that the path no longer names it, and takes the path's
         // (see `lock`).
@@ -556,8 +587,11 @@ impl StoreLock for DirLock {
 impl Drop for DirLock {
     fn drop(&mut self) {
         // Clear the owner while still holding the lock (best effort), then
-        // closing the file (dropping `file`) releases the flock.
-        let _ = self.file.set_len(0);
+        // closing the file (dropping `file`) releases the flock. A shared
+        // holder wrote nothing and may not be alone.
+        if !self.shared {
+            let _ = self.file.set_len(0);
+        }
     }
 }
 

@@ -423,6 +423,16 @@ impl ObjectStore for FaultStore {
         }
     }
 
+    fn lock_shared(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        match self.gate(FaultOp::Lock, name)? {
+            Gate::RunThenFail(kind) => {
+                drop(self.inner.lock_shared(name, owner)?);
+                Err(self.injected(FaultOp::Lock, name, kind, "applied, then failed"))
+            }
+            _ => self.inner.lock_shared(name, owner),
+        }
+    }
+
     fn lock_holders(&self, name: &str) -> Result<Vec<String>> {
         let g = self.gate(FaultOp::Lock, name)?;
         self.run(FaultOp::Lock, name, g, || self.inner.lock_holders(name))

@@ -20,6 +20,8 @@ struct State {
     objects: BTreeMap<String, Arc<Vec<u8>>>,
     /// Held locks: name -> owner.
     locks: BTreeMap<String, String>,
+    /// Locks held shared: name -> their owners.
+    shared_locks: BTreeMap<String, Vec<String>>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -137,12 +139,55 @@ impl ObjectStore for MemStore {
                 format!("{}: {name} is locked by {holder}", self.ctx("lock", name)),
             ));
         }
+        if let Some(readers) = st.shared_locks.get(name) {
+            return Err(Error::new(
+                ErrorKind::Locked,
+                format!(
+                    "{}: {name} is held shared by {}",
+                    self.ctx("lock", name),
+                    readers.join(", ")
+                ),
+            ));
+        }
         st.locks.insert(name.to_owned(), owner.to_owned());
         Ok(Box::new(MemLock {
             shared: Arc::clone(&self.shared),
             name: name.to_owned(),
             owner: owner.to_owned(),
+            mode_shared: false,
         }))
+    }
+
+    fn lock_shared(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        self.check_name("lock", name)?;
+        let mut st = state(&self.shared);
+        if let Some(holder) = st.locks.get(name) {
+            return Err(Error::new(
+                ErrorKind::Locked,
+                format!("{}: {name} is locked by {holder}", self.ctx("lock", name)),
+            ));
+        }
+        st.shared_locks
+            .entry(name.to_owned())
+            .or_default()
+            .push(owner.to_owned());
+        Ok(Box::new(MemLock {
+            shared: Arc::clone(&self.shared),
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            mode_shared: true,
+        }))
+    }
+
+    fn lock_holders(&self, name: &str) -> Result<Vec<String>> {
+        let st = state(&self.shared);
+        Ok(st
+            .locks
+            .get(name)
+            .into_iter()
+            .chain(st.shared_locks.get(name).into_iter().flatten())
+            .cloned()
+            .collect())
     }
 
     fn describe(&self) -> String {
@@ -155,6 +200,8 @@ struct MemLock {
     shared: Shared,
     name: String,
     owner: String,
+    /// Taken with `lock_shared`.
+    mode_shared: bool,
 }
 
 impl StoreLock for MemLock {
@@ -165,6 +212,16 @@ impl StoreLock for MemLock {
 
 impl Drop for MemLock {
     fn drop(&mut self) {
-        state(&self.shared).locks.remove(&self.name);
+        let mut st = state(&self.shared);
+        if !self.mode_shared {
+            st.locks.remove(&self.name);
+        } else if let Some(readers) = st.shared_locks.get_mut(&self.name) {
+            if let Some(i) = readers.iter().position(|r| *r == self.owner) {
+                readers.swap_remove(i);
+            }
+            if readers.is_empty() {
+                st.shared_locks.remove(&self.name);
+            }
+        }
     }
 }

@@ -102,6 +102,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// not exist (RADOS does: the lock lives on the superblock object).
     fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>>;
 
+    /// Take the lock `name` shared: any number of shared holders at once,
+    /// and no exclusive holder while one remains ([`ObjectStore::lock`] of
+    /// the same name then fails with kind `Locked`, and this fails while an
+    /// exclusive holder has it). The readers of a snapshot hold one, so that
+    /// its removal is refused while they read. The default takes it
+    /// exclusively: stricter, one reader at a time.
+    fn lock_shared(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        self.lock(name, owner)
+    }
+
     /// Who holds the lock `name`, one description each (host, pid, image
     /// and, where the store knows it, client and address). Stores whose
     /// locks are process-local report none.

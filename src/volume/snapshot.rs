@@ -61,6 +61,17 @@ pub struct FlattenReport {
     pub zero_bytes: u64,
 }
 
+/// The lock that the readers of snapshot `snap` of `image` (`serve-nbd`,
+/// `attach` or `export` of `IMAGE@SNAP`) hold shared and its removal takes
+/// exclusively: `lsvd:s.<image>@<snap>`. Its `:` is in no image name, so it
+/// is no image, no image's object, and under no image's listing prefix
+/// (`ls` skips it: it has a `.`); at most 7 + 96 + 1 + 96 = 200 bytes, an
+/// object name's limit. On RADOS the lock lives on an empty object of that
+/// name, which the removal deletes.
+pub(crate) fn snapshot_lock_name(image: &str, snap: &str) -> String {
+    format!("lsvd:s.{image}@{snap}")
+}
+
 fn check_snap_name(image: &str, name: &str) -> Result<()> {
     image::check_name("snapshot", name, &format!("{image}@{name}"))
 }
@@ -158,15 +169,41 @@ impl Inner {
 
 impl Volume {
     /// Open snapshot `snap` of `image` read-only: its checkpoint's map, no
-    /// journal, no lock (its objects are immutable and kept by GC while the
-    /// snapshot exists). Reads of a removed snapshot fail with `NotFound`.
+    /// journal, not the image's lock (its objects are immutable and kept by
+    /// GC while the snapshot exists), but the snapshot's lock shared
+    /// ([`snapshot_lock_name`]), held until the view is closed, so that
+    /// `snap rm` is refused while it is read (several readers at once are
+    /// fine). Fails with `InUse` while the snapshot is being removed. See
+    /// ordering (34).
     pub fn open_snapshot(
         config: Config,
         store: Arc<dyn ObjectStore>,
         image: &str,
         snap: &str,
     ) -> Result<Volume> {
-        Self::open_snapshot_at(config, store, image, snap, 0)
+        // A missing snapshot is reported before any lock is taken (a lock
+        // on RADOS creates an object).
+        let sb = read_superblock(store.as_ref(), image)?;
+        if sb.snapshot(snap).is_none() {
+            return Err(no_such_snapshot(image, &sb, snap));
+        }
+        let lock = store
+            .lock_shared(
+                &snapshot_lock_name(image, snap),
+                &format!("{} reader of {image}@{snap}", image::lock_owner()),
+            )
+            .map_err(|e| match e.kind() {
+                ErrorKind::Locked => Error::new(
+                    ErrorKind::InUse,
+                    format!("snapshot {image}@{snap} is being removed ({})", e.context()),
+                ),
+                _ => e,
+            })?;
+        // Read again under the lock: a removal that finished in between
+        // has taken it out of the superblock.
+        let mut vol = Self::open_snapshot_at(config, store, image, snap, 0)?;
+        vol.lock = Some(lock);
+        Ok(vol)
     }
 
     fn open_snapshot_at(
@@ -326,6 +363,28 @@ impl Volume {
         if sb.snapshot(name).is_none() {
             return Err(no_such_snapshot(&inner.image, &sb, name));
         }
+        // Ordering 34: no reader may hold the snapshot (it would lose its
+        // objects and its cache file), and none can start until the removal
+        // ends.
+        let lock_name = snapshot_lock_name(&inner.image, name);
+        let lock = inner
+            .store
+            .lock(&lock_name, &format!("{} snap rm", image::lock_owner()))
+            .map_err(|e| match e.kind() {
+                ErrorKind::Locked => Error::new(
+                    ErrorKind::InUse,
+                    format!(
+                        "snapshot {}@{name} is open{}: stop its readers first \
+                         (a `serve-nbd` or `attach` of it, or an `export`)",
+                        inner.image,
+                        match inner.store.lock_holders(&lock_name) {
+                            Ok(h) if !h.is_empty() => format!(" (by {})", h.join("; ")),
+                            _ => String::new(),
+                        }
+                    ),
+                ),
+                _ => e,
+            })?;
         let mark = |on: bool| {
             inner.write_superblock(|sb| {
                 for s in sb.snapshots.iter_mut().filter(|s| s.name == name) {
@@ -361,6 +420,13 @@ impl Volume {
             ));
         }
         inner.write_superblock(|sb| sb.snapshots.retain(|s| s.name != name))?;
+        // The snapshot is gone: so is its lock (an empty object on RADOS, a
+        // file on the directory store). A reader that took it meanwhile
+        // finds no snapshot and lets go.
+        if let Err(e) = inner.store.delete(&lock_name) {
+            warn!(image = %inner.image, snapshot = name, "remove the snapshot's lock object: {e}");
+        }
+        lock.release_and_remove();
         let (all, set) = pin_set(inner.store.as_ref(), &inner.image, &inner.sb_copy());
         inner.retention.set(all, set);
         // What only this snapshot kept (its pieces, objects that died while

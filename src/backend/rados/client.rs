@@ -761,6 +761,45 @@ impl Pool {
         Ok(r)
     }
 
+    /// Take lock `name` on `oid` shared, with `tag` (every shared holder of
+    /// a lock uses the same tag), creating the object if it does not exist.
+    /// Returns the librados return value: 0, or `-EBUSY`/`-EEXIST` if it is
+    /// held exclusively.
+    pub fn lock_shared(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        tag: &str,
+        desc: &str,
+    ) -> Result<i32> {
+        let (o, n, c, t, d) = (
+            cstring("object name", oid)?,
+            cstring("lock name", name)?,
+            cstring("lock cookie", cookie)?,
+            cstring("lock tag", tag)?,
+            cstring("lock description", desc)?,
+        );
+        // SAFETY: live ioctx; strings outlive the (synchronous) call; a null
+        // duration means the lock does not expire.
+        let r = unsafe {
+            ffi::rados_lock_shared(
+                self.io.raw,
+                o.as_ptr(),
+                n.as_ptr(),
+                c.as_ptr(),
+                t.as_ptr(),
+                d.as_ptr(),
+                ptr::null_mut(),
+                0,
+            )
+        };
+        if r < 0 && r != -libc::EBUSY && r != -libc::EEXIST {
+            return Err(rados_error(r, self.ctx("lock shared", oid)));
+        }
+        Ok(r)
+    }
+
     /// Release lock `name` on `oid` taken with `cookie`; a lock that is
     /// already gone (broken, or the object removed) is not an error.
     pub fn unlock(&self, oid: &str, name: &str, cookie: &str) -> Result<()> {

@@ -113,6 +113,16 @@ extern "C" {
         duration: *mut libc::timeval,
         flags: u8,
     ) -> c_int;
+    pub fn rados_lock_shared(
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        name: *const c_char,
+        cookie: *const c_char,
+        tag: *const c_char,
+        desc: *const c_char,
+        duration: *mut libc::timeval,
+        flags: u8,
+    ) -> c_int;
     pub fn rados_unlock(
         io: rados_ioctx_t,
         oid: *const c_char,

@@ -200,6 +200,31 @@ impl ObjectStore for RadosStore {
         ))
     }
 
+    fn lock_shared(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+        self.check("lock", name)?;
+        let cookie = format!("{owner}{COOKIE_SEP}{:016x}", rand::random::<u64>());
+        let r = self
+            .pool
+            .lock_shared(name, LOCK_NAME, &cookie, LOCK_NAME, owner)?;
+        if r == 0 {
+            return Ok(Box::new(RadosLock {
+                pool: self.pool.clone(),
+                oid: name.to_owned(),
+                cookie,
+                owner: owner.to_owned(),
+            }));
+        }
+        Err(Error::new(
+            ErrorKind::Locked,
+            format!(
+                "{} in {} is locked by {}",
+                name,
+                self.describe(),
+                self.describe_holders(name)?
+            ),
+        ))
+    }
+
     fn lock_holders(&self, name: &str) -> Result<Vec<String>> {
         self.check("list_lockers", name)?;
         Ok(self
