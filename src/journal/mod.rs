@@ -524,6 +524,22 @@ fn new_generation() -> Generation {
 
 fn open_or_create(opts: &JournalOptions) -> Result<(File, u64, bool)> {
     let path = &opts.path;
+    // A symlink whose target is missing (a journal partition whose device
+    // node is not there yet) is never replaced by a new journal file: the
+    // journal it names may hold acknowledged writes.
+    let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if link && std::fs::metadata(path).is_err() {
+        let target = std::fs::read_link(path).unwrap_or_default();
+        return Err(Error::new(
+            ErrorKind::Mismatch,
+            format!(
+                "journal {} is a symlink to {}, which does not exist (a journal device not \
+                 there yet?): not replaced by a new journal",
+                path.display(),
+                target.display()
+            ),
+        ));
+    }
     if is_block_device(path) {
         let file = open_direct(path, false)?;
         let size = device_size(&file, path)? / BLOCK * BLOCK;
@@ -544,15 +560,23 @@ fn open_or_create(opts: &JournalOptions) -> Result<(File, u64, bool)> {
     };
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("create journal directory {}", dir.display()), e))?;
-    crate::io::check_not_volatile(dir, "wlog_dir", opts.allow_tmpfs)?;
     if path.exists() {
         let file = open_direct(path, false)?;
         let len = device_size(&file, path)?;
         if len > 0 {
+            // An existing journal is opened wherever it is (it may hold
+            // acknowledged writes to replay); only a new one is refused on
+            // tmpfs.
+            if !link {
+                if let Err(e) = crate::io::check_not_volatile(dir, "wlog_dir", opts.allow_tmpfs) {
+                    warn!(journal = %path.display(), "opened to replay it, but move it: {e}");
+                }
+            }
             return Ok((file, len / BLOCK * BLOCK, false));
         }
         // An empty file holds nothing: replace it with a full journal.
     }
+    crate::io::check_not_volatile(dir, "wlog_dir", opts.allow_tmpfs)?;
     // Crash-safety ordering: a new journal is zero-filled and synced under a
     // temporary name and only then renamed into place (and the directory
     // synced). A kill during the fill leaves only the temporary file, which
