@@ -645,7 +645,7 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
                 }
             }
             store.delete(&hwm_name(image))?;
-            remove_journal(journal)?;
+            remove_journal(journal, mark.map(|h| h.uuid))?;
             lock.release_and_remove();
             return Ok(());
         }
@@ -686,7 +686,7 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
     store.delete(image)?;
     delete_below(store, image, bound.hwm)?;
     store.delete(&hwm_name(image))?;
-    remove_journal(journal)?;
+    remove_journal(journal, Some(sb.uuid))?;
     // Last, with nothing of the image left: its lock file (directory
     // store), unlinked while held (see `DirStore::lock`).
     lock.release_and_remove();
@@ -732,20 +732,70 @@ pub(crate) fn for_each_below(hwm: u64, f: impl Fn(ObjSeq) -> Result<()> + Sync) 
     }
 }
 
-fn remove_journal(journal: Option<&Path>) -> Result<()> {
-    if let Some(j) = journal {
-        // With the one a failed or killed creation left (ordering 16).
-        let mut creating = j.as_os_str().to_owned();
-        creating.push(".creating");
-        for p in [j, Path::new(&creating)] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("remove journal {}", p.display()), e)),
-            }
+/// The image a journal file belongs to, from either superblock slot;
+/// `None` if neither decodes (blank, or not a journal: it holds nothing
+/// anyone could replay).
+fn journal_owner(path: &Path) -> Result<Option<ImageUuid>> {
+    use crate::format::journal::{JournalSuper, BLOCK};
+    use std::io::Read;
+    let mut buf = vec![0u8; 2 * BLOCK as usize];
+    let mut got = 0;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("open journal {}", path.display()), e)),
+    };
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(format!("read journal {}", path.display()), e)),
         }
     }
+    let b = BLOCK as usize;
+    Ok(JournalSuper::decode_slot(&buf[..b.min(got)], 0)
+        .or_else(|_| JournalSuper::decode_slot(&buf[b.min(got)..got], 1))
+        .ok()
+        .map(|sb| sb.uuid))
+}
+
+/// Remove the journal of the removed image `owner` (`None`: unknown, an
+/// older build's interrupted removal), and any `.creating` file. The path
+/// does not name the store: two stores (or RADOS namespaces) sharing a
+/// `wlog_dir` give same-named images one path, and the journal there may
+/// be the other image's, holding its acknowledged writes. So a journal is
+/// deleted only if it is this image's, or no image's (it does not decode);
+/// another's is kept, with a warning naming it.
+fn remove_journal(journal: Option<&Path>, owner: Option<ImageUuid>) -> Result<()> {
+    if let Some(j) = journal {
+        match (journal_owner(j)?, owner) {
+            (Some(theirs), Some(ours)) if theirs == ours => remove_file_if_any(j)?,
+            (None, _) => remove_file_if_any(j)?,
+            (Some(theirs), _) => tracing::warn!(
+                "journal {} belongs to image {theirs}{}: kept (another store's image of \
+                 the same name may use it; remove it by hand if it is no one's)",
+                j.display(),
+                match owner {
+                    Some(ours) => format!(", not to the removed image {ours}"),
+                    None => " and the removed image's identity is unknown".to_owned(),
+                }
+            ),
+        }
+        // The one a failed or killed creation left (ordering 16).
+        let mut creating = j.as_os_str().to_owned();
+        creating.push(".creating");
+        remove_file_if_any(Path::new(&creating))?;
+    }
     Ok(())
+}
+
+fn remove_file_if_any(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove journal {}", p.display()), e)),
+    }
 }
 
 /// Images in a pool, sorted.

@@ -108,7 +108,7 @@ enum Input {
 impl Input {
     /// Fill `buf` as far as the input goes; the bytes read (fewer than
     /// `buf.len()` only at the end).
-    fn read_chunk(&mut self, off: u64, buf: &mut [u8]) -> anyhow::Result<usize> {
+    fn read_chunk(&mut self, off: u64, buf: &mut [u8], stop: &StopFlag) -> anyhow::Result<usize> {
         match self {
             Input::File(f, len) => {
                 let want = (*len - off).min(buf.len() as u64) as usize;
@@ -127,6 +127,9 @@ impl Input {
             Input::Stdin(s) => {
                 let mut got = 0;
                 while got < buf.len() {
+                    // A signal must stop the import even while the producer
+                    // is quiet: wait for input a little at a time.
+                    wait_readable(0, stop)?;
                     match s.read(&mut buf[got..]) {
                         Ok(0) => break,
                         Ok(n) => got += n,
@@ -140,6 +143,30 @@ impl Input {
                     }
                 }
                 Ok(got)
+            }
+        }
+    }
+}
+
+/// Wait until descriptor `fd` is readable (or at its end, or failed: the
+/// read then says which), checking `stop` every 100 ms.
+fn wait_readable(fd: i32, stop: &StopFlag) -> anyhow::Result<()> {
+    loop {
+        stop.check()?;
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, 100) };
+        if r > 0 {
+            return Ok(());
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(anyhow::Error::new(e).context("cannot poll stdin"));
             }
         }
     }
@@ -280,9 +307,14 @@ fn fill_image(
             vol.flush()
                 .with_context(|| format!("cannot flush image {spec}"))
         }) {
-        Ok(()) => vol
-            .close()
-            .with_context(|| format!("cannot close image {spec}")),
+        Ok(()) => {
+            vol.close()
+                .with_context(|| format!("cannot close image {spec}"))?;
+            // A Ctrl-C in a pipeline also ends the input, perhaps before the
+            // signal is seen: an import that was interrupted at any point
+            // does not report a (possibly truncated) success.
+            stop.check()
+        }
         Err(e) => {
             // The image is about to be removed: destaging it would be wasted
             // work (and may fail the same way), so stop it where it is.
@@ -316,7 +348,7 @@ fn write_chunks(
         stop.check()?;
         let room = (size - off).min(CHUNK) as usize;
         // One byte past the image's end tells a too long stdin.
-        let got = input.read_chunk(off, &mut buf[..room.max(1)])?;
+        let got = input.read_chunk(off, &mut buf[..room.max(1)], stop)?;
         if got == 0 {
             break;
         }

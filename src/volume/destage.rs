@@ -682,9 +682,7 @@ impl Destager {
         let may_delta = prev
             .as_ref()
             .filter(|b| !snap && b.depth + 1 < cfg.checkpoint_full_every);
-        // Read before the table is copied: once set (after GC added the
-        // rows a listing found), the copy below holds those rows.
-        let mut rows_complete = self.inner.rows_complete.load(Ordering::Acquire);
+        let mut rows_complete;
         let (objects, body) = {
             // Rows with no live data stay in the table until GC has deleted
             // their objects (ordering 32): after a crash the recovered
@@ -696,6 +694,10 @@ impl Destager {
                 .durable
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
+            // Read under the map's lock, which GC's `add_rows` holds while it
+            // adds the rows a listing found and sets the flag: set here
+            // means the copy below holds those rows.
+            rows_complete = self.inner.rows_complete.load(Ordering::Acquire);
             if self.inner.config.no_gc {
                 // Without GC nothing deletes them: a long session would
                 // grow the table by a row per object it writes. Kept while

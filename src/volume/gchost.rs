@@ -340,8 +340,12 @@ impl GcHost for Inner {
                 map.add_object(o, sectors);
             }
         }
-        drop(map);
+        // Under the map's lock, as the checkpoint reads it with the table
+        // it copies: a no_gc checkpoint that drops rows (and clears the
+        // flag) cannot fall between the rows added here and the flag set
+        // (review 4).
         self.rows_complete.store(true, Ordering::Release);
+        drop(map);
     }
 
     fn last_checkpoint_bytes(&self) -> u64 {
