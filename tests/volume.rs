@@ -706,7 +706,11 @@ fn background_gc_runs_and_keeps_data() {
     let mut model = vec![0u8; size as usize];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut i = 0u64;
-    while v.stats().gc_deleted == 0 && std::time::Instant::now() < deadline {
+    // Until GC has both copied (a GC object) and deleted: a deletion alone
+    // can come first, of an object that died whole (a retired checkpoint
+    // piece or a tombstone: its row stays until GC deletes it).
+    let done = |st: &lsvd::volume::VolumeStats| st.gc_objects > 0 && st.gc_deleted > 0;
+    while !done(&v.stats()) && std::time::Instant::now() < deadline {
         let off = (i * 7919 % 1000) * 4096;
         let d = pattern(i, 4096);
         v.write(off, &d).unwrap();
