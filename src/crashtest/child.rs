@@ -178,6 +178,19 @@ pub fn run(args: ChildArgs) -> i32 {
         None
     };
     emit(&out, "R\n");
+    // The listing sweep runs only in a forced GC run (`lsvd-ublk gc`) or
+    // for an image whose rows are not complete (an older build's), never
+    // in this child's background GC: a child whose failpoint is in the
+    // sweep also makes forced runs, one after another, so that it gets
+    // there and the parent verifies a crash in the middle of one.
+    let vol = Arc::new(vol);
+    if std::env::var(crate::failpoint::ENV).is_ok_and(|f| f.starts_with("gc.sweep.")) {
+        let v = Arc::clone(&vol);
+        std::thread::spawn(move || loop {
+            let _ = v.gc_now();
+            std::thread::sleep(Duration::from_millis(20));
+        });
+    }
     let disk_sectors = vol.size_bytes() / SECTOR;
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let (tx, rx) = mpsc::channel::<bool>();
