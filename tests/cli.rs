@@ -1462,4 +1462,27 @@ fn a_killed_nbd_server_is_not_shown_as_live() {
         &["detach", "p/img"],
         &["is not a device attached by lsvd-ublk"],
     );
+    // Nor is one whose pid an lsvd-ublk process that does not serve NBD
+    // has reused (here a bench, which holds the image open: `status` shows
+    // it by its lock, as a bench).
+    let mut bench = env.hold_open("p/img");
+    let fake = env.path("run").join(format!("nbd-{}.json", bench.id()));
+    std::fs::write(
+        &fake,
+        format!(
+            r#"{{"image":"p/img","pid":{},"address":"nbd://127.0.0.1:1/img","read_only":false,"started":0}}"#,
+            bench.id()
+        ),
+    )
+    .unwrap();
+    assert!(env.ok_str(&["list"]).is_empty());
+    let text = env.ok_str(&["status", "p/img"]);
+    assert!(
+        text.contains(&format!("p/img: bench pid {} on host ", bench.id()))
+            && text.contains(", locked")
+            && !text.contains("NBD"),
+        "{text}"
+    );
+    bench.kill().unwrap();
+    bench.wait().unwrap();
 }

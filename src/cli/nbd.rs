@@ -9,8 +9,9 @@
 //! [`crate::ublk::registry`]): `<run dir>/nbd-<pid>.json` ([`NbdRecord`]),
 //! written (temp file + rename) once it serves and removed when it exits,
 //! so that `list`, `status` and `detach` find it. It is runtime state, not
-//! a persistent format; a record whose process is gone (SIGKILL) is
-//! ignored and removed by the next reader.
+//! a persistent format; a record whose process is gone (SIGKILL), or
+//! whose pid now runs something other than `serve-nbd`, is ignored and
+//! removed by the next reader.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::FileTypeExt;
@@ -66,7 +67,7 @@ pub fn nbd_records() -> Vec<NbdRecord> {
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<NbdRecord>(&b).map_err(|e| e.to_string()))
         {
-            Ok(r) if registry::server_alive(r.pid) => v.push(r),
+            Ok(r) if registry::server_alive(r.pid) && serves_nbd(r.pid) => v.push(r),
             Ok(r) => {
                 tracing::info!("removing the record of dead NBD server pid {}", r.pid);
                 let _ = std::fs::remove_file(ent.path());
@@ -76,6 +77,13 @@ pub fn nbd_records() -> Vec<NbdRecord> {
     }
     v.sort_by_key(|r| r.pid);
     v
+}
+
+/// Whether process `pid` runs `serve-nbd` (an lsvd-ublk process that
+/// reuses a dead server's pid does not).
+fn serves_nbd(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"serve-nbd"))
 }
 
 /// This server's record: written by [`Registered::save`], removed at drop.
