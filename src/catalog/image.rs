@@ -310,6 +310,10 @@ pub struct ImageInfo {
     /// The image's read-cache file, if there is one (filled in by the
     /// CLI, which knows the configured `rcache_dir`).
     pub cache: Option<crate::cache::CacheInfo>,
+    /// Who holds the image's lock (has it open), as the store describes
+    /// each holder ([`super::owner`]); empty when nobody does (filled in
+    /// by the CLI).
+    pub open_by: Vec<String>,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapInfo>,
     /// A clone's chain of parents, nearest first, as `image@snap`.
@@ -823,6 +827,7 @@ pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo
         checkpoints: sb.checkpoints.iter().map(|c| c.seq.0).collect(),
         created_unix: sb.created_unix,
         cache: None,
+        open_by: Vec::new(),
         snapshots: snapshot_infos(store, &spec.image, &sb)?,
         parents: parent_chain(store, &sb),
     })

@@ -190,7 +190,7 @@ impl Volume {
         let lock = store
             .lock_shared(
                 &snapshot_lock_name(image, snap),
-                &format!("{} reader of {image}@{snap}", image::lock_owner()),
+                &crate::catalog::owner::lock_owner_of(&format!("reader of {image}@{snap}")),
             )
             .map_err(|e| match e.kind() {
                 ErrorKind::Locked => Error::new(
