@@ -310,6 +310,11 @@ pub struct ImageInfo {
     /// The image's read-cache file, if there is one (filled in by the
     /// CLI, which knows the configured `rcache_dir`).
     pub cache: Option<crate::cache::CacheInfo>,
+    /// Why the read-cache file could not be read (no read access to it or
+    /// its directory, as for a user who may only read the store); then
+    /// `cache` is `None` and tells nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_unreadable: Option<String>,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapInfo>,
     /// A clone's chain of parents, nearest first, as `image@snap`.
@@ -851,6 +856,7 @@ pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo
         checkpoints: sb.checkpoints.iter().map(|c| c.seq.0).collect(),
         created_unix: sb.created_unix,
         cache: None,
+        cache_unreadable: None,
         snapshots: snapshot_infos(store, &spec.image, &sb)?,
         parents: parent_chain(store, &sb),
     })

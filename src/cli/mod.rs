@@ -391,22 +391,23 @@ fn cmd_info(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read image {spec}"))?
         .uuid;
     let cache_path = spec.rcache_path(config);
-    info.cache = cache_info(&cache_path, uuid)?;
+    match crate::cache::Cache::inspect(&cache_path, uuid) {
+        Ok(c) => info.cache = c,
+        // A user who may only read the store need not read the cache.
+        Err(e) if e.kind() == crate::error::ErrorKind::PermissionDenied => {
+            info.cache_unreadable = Some(format!("{e:?}"));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the read cache {}", cache_path.display()))
+        }
+    }
     let text = if json {
         serde_json::to_string_pretty(&info).context("cannot encode image info as JSON")?
     } else {
         format_info(&info)
     };
     print_stdout(&text)
-}
-
-/// The read-cache block of `info`: read only, never changed.
-fn cache_info(
-    path: &std::path::Path,
-    uuid: crate::units::ImageUuid,
-) -> anyhow::Result<Option<crate::cache::CacheInfo>> {
-    crate::cache::Cache::inspect(path, uuid)
-        .with_context(|| format!("cannot read the read cache {}", path.display()))
 }
 
 /// The human-readable form of `info`.
@@ -432,7 +433,10 @@ fn format_info(info: &ImageInfo) -> String {
         checkpoints,
         format_unix_utc(info.created_unix),
     ) + &match &info.cache {
-        None => "\n\tread cache none".to_owned(),
+        None => match &info.cache_unreadable {
+            Some(why) => format!("\n\tread cache not readable ({why})"),
+            None => "\n\tread cache none".to_owned(),
+        },
         Some(c) if !c.formatted || !c.owner_match => format!(
             "\n\tread cache {} ({}; discarded at the next open)",
             c.path,
