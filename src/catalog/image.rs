@@ -314,6 +314,11 @@ pub struct ImageInfo {
     /// each holder ([`super::owner`]); empty when nobody does (filled in
     /// by the CLI).
     pub open_by: Vec<String>,
+    /// Why the read-cache file could not be read (no read access to it or
+    /// its directory, as for a user who may only read the store); then
+    /// `cache` is `None` and tells nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_unreadable: Option<String>,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapInfo>,
     /// A clone's chain of parents, nearest first, as `image@snap`.
@@ -828,6 +833,7 @@ pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo
         created_unix: sb.created_unix,
         cache: None,
         open_by: Vec::new(),
+        cache_unreadable: None,
         snapshots: snapshot_infos(store, &spec.image, &sb)?,
         parents: parent_chain(store, &sb),
     })

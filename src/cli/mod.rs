@@ -426,15 +426,32 @@ fn cmd_info(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read image {spec}"))?
         .uuid;
     let cache_path = spec.rcache_path(config);
-    info.cache = cache_info(&cache_path, uuid)?;
+    match crate::cache::Cache::inspect(&cache_path, uuid) {
+        Ok(c) => info.cache = c,
+        // A user who may only read the store need not read the cache.
+        Err(e) if e.kind() == crate::error::ErrorKind::PermissionDenied => {
+            info.cache_unreadable = Some(format!("{e:?}"));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the read cache {}", cache_path.display()))
+        }
+    }
     // Who has it open. Only an image not marked clean can be (an open
     // marks it dirty first), and a clean one is not probed: the dir
     // store's look at a lock could make an opener racing with it see the
     // lock held for an instant.
     if !info.clean {
-        info.open_by = store
-            .lock_holders(&spec.image)
-            .with_context(|| format!("cannot list the lock holders of {spec}"))?;
+        match store.lock_holders(&spec.image) {
+            Ok(h) => info.open_by = h,
+            // A user who may only read the store still gets the rest.
+            Err(e) if e.kind() == crate::error::ErrorKind::PermissionDenied => {
+                tracing::warn!("cannot tell who has {spec} open: {e}");
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot list the lock holders of {spec}"))
+            }
+        }
     }
     let text = if json {
         serde_json::to_string_pretty(&info).context("cannot encode image info as JSON")?
@@ -442,15 +459,6 @@ fn cmd_info(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
         format_info(&info)
     };
     print_stdout(&text)
-}
-
-/// The read-cache block of `info`: read only, never changed.
-fn cache_info(
-    path: &std::path::Path,
-    uuid: crate::units::ImageUuid,
-) -> anyhow::Result<Option<crate::cache::CacheInfo>> {
-    crate::cache::Cache::inspect(path, uuid)
-        .with_context(|| format!("cannot read the read cache {}", path.display()))
 }
 
 /// The human-readable form of `info`.
@@ -476,7 +484,10 @@ fn format_info(info: &ImageInfo) -> String {
         checkpoints,
         format_unix_utc(info.created_unix),
     ) + &match &info.cache {
-        None => "\n\tread cache none".to_owned(),
+        None => match &info.cache_unreadable {
+            Some(why) => format!("\n\tread cache not readable ({why})"),
+            None => "\n\tread cache none".to_owned(),
+        },
         Some(c) if !c.formatted || !c.owner_match => format!(
             "\n\tread cache {} ({}; discarded at the next open)",
             c.path,

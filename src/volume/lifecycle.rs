@@ -283,6 +283,7 @@ impl Volume {
             threads: Vec::new(),
             gc_thread: None,
             lock: Some(lock),
+            unlocked_reader: false,
             stopped: false,
         };
         // The next checkpoint may be a delta on the one recovery loaded
