@@ -795,6 +795,22 @@ mod tests {
     }
 
     #[test]
+    fn feature_bits_are_named_in_bit_order() {
+        assert!(feature_names(0).is_empty());
+        assert_eq!(
+            feature_names(KNOWN_INCOMPAT | 1 << 40),
+            [
+                "gc",
+                "zero-markers",
+                "chunk-crcs",
+                "delta-checkpoints",
+                "high-water-mark",
+                "bit40"
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_feature_bits_are_refused_by_name() {
         for bits in [
             32u64,
