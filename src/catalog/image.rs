@@ -323,6 +323,28 @@ pub struct ImageInfo {
     pub snapshots: Vec<SnapInfo>,
     /// A clone's chain of parents, nearest first, as `image@snap`.
     pub parents: Vec<String>,
+    /// The superblock's format version.
+    pub format_version: u32,
+    /// The superblock's incompatible feature bits.
+    pub features: u64,
+    /// Their names (`gc`, `zero-markers`, `chunk-crcs`,
+    /// `delta-checkpoints`, `high-water-mark`).
+    pub feature_names: Vec<String>,
+    /// Data objects close at this many bytes (`backend_obj_bytes` of the
+    /// configuration; filled in by the CLI).
+    pub object_bytes: u64,
+    /// The image's journal file on this host (filled in by the CLI, which
+    /// knows the configured `wlog_dir`).
+    pub journal: Option<JournalFile>,
+}
+
+/// Where this host keeps an image's journal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct JournalFile {
+    /// Its path (`<wlog_dir>/<pool>/<image>.wlog`).
+    pub path: String,
+    /// Its length in bytes; `None` if there is no file there.
+    pub bytes: Option<u64>,
 }
 
 /// One snapshot as `info` and `snap ls` show it.
@@ -836,6 +858,11 @@ pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo
         cache_unreadable: None,
         snapshots: snapshot_infos(store, &spec.image, &sb)?,
         parents: parent_chain(store, &sb),
+        format_version: sb.version(),
+        features: sb.incompat,
+        feature_names: crate::format::superblock::feature_names(sb.incompat),
+        object_bytes: 0,
+        journal: None,
     })
 }
 

@@ -14,6 +14,7 @@
 
 mod bench;
 mod device;
+mod du;
 mod nbd;
 mod resize;
 mod scrub;
@@ -83,6 +84,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Space use per image and snapshot (store) and per host (journal,
+    /// read cache), with pool totals, like `rbd du`; read only.
+    Du(du::DuArgs),
     /// List the images in a pool, one per line.
     Ls {
         /// Pool name.
@@ -244,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Create { image, size } => cmd_create(&config, &image, size),
         Command::Info { image, json } => cmd_info(&config, &image, json),
         Command::Ls { pool, json } => cmd_ls(&config, &pool, json),
+        Command::Du(args) => du::du(&config, &args),
         Command::Rm { image } => cmd_rm(&config, &image),
         Command::Resize(args) => resize::resize(&config, &args),
         Command::Import(args) => transfer::import(&config, &args),
@@ -288,6 +293,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::ServeNbd(_) => "serve-nbd",
         Command::Lock(_) => "lock",
         Command::Status(_) => "status",
+        Command::Du(_) => "du",
     }
 }
 
@@ -453,12 +459,51 @@ fn cmd_info(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
             }
         }
     }
+    info.object_bytes = config.backend_obj_bytes;
+    info.journal = Some(journal_file(&spec.journal_path(config))?);
     let text = if json {
         serde_json::to_string_pretty(&info).context("cannot encode image info as JSON")?
     } else {
         format_info(&info)
     };
     print_stdout(&text)
+}
+
+/// The journal line of `info`: its path on this host and length, if there.
+fn journal_file(path: &std::path::Path) -> anyhow::Result<image::JournalFile> {
+    let bytes = match std::fs::metadata(path) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    Ok(image::JournalFile {
+        path: path.display().to_string(),
+        bytes,
+    })
+}
+
+/// The journal, object size, format and feature lines of `info`.
+fn format_layout(info: &ImageInfo) -> String {
+    let journal = match &info.journal {
+        Some(image::JournalFile {
+            path,
+            bytes: Some(n),
+        }) => format!("{path} ({}, {n} bytes)", human_bytes(*n)),
+        Some(image::JournalFile { path, bytes: None }) => format!("{path} (none on this host)"),
+        None => "unknown".to_owned(),
+    };
+    format!(
+        "\n\tjournal {journal}\n\tobject size {} ({} bytes)\n\tformat version {}\n\tfeatures 0x{:x} ({})",
+        human_bytes(info.object_bytes),
+        info.object_bytes,
+        info.format_version,
+        info.features,
+        if info.feature_names.is_empty() {
+            "none".to_owned()
+        } else {
+            info.feature_names.join(", ")
+        }
+    )
 }
 
 /// The human-readable form of `info`.
@@ -483,7 +528,7 @@ fn format_info(info: &ImageInfo) -> String {
         human_bytes(info.stored_bytes),
         checkpoints,
         format_unix_utc(info.created_unix),
-    ) + &match &info.cache {
+    ) + &format_layout(info) + &match &info.cache {
         None => match &info.cache_unreadable {
             Some(why) => format!("\n\tread cache not readable ({why})"),
             None => "\n\tread cache none".to_owned(),

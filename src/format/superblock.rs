@@ -96,6 +96,26 @@ pub const INCOMPAT_HWM: u64 = 16;
 /// Every incompatible feature this build knows.
 pub const KNOWN_INCOMPAT: u64 =
     INCOMPAT_GC | INCOMPAT_ZERO_MARKERS | INCOMPAT_CHUNK_CRCS | INCOMPAT_DELTA_CKPT | INCOMPAT_HWM;
+/// The names of the incompatible feature bits set in `bits` (`info`), in
+/// bit order; an unknown bit is named by its number.
+pub fn feature_names(bits: u64) -> Vec<String> {
+    const NAMES: [(u64, &str); 5] = [
+        (INCOMPAT_GC, "gc"),
+        (INCOMPAT_ZERO_MARKERS, "zero-markers"),
+        (INCOMPAT_CHUNK_CRCS, "chunk-crcs"),
+        (INCOMPAT_DELTA_CKPT, "delta-checkpoints"),
+        (INCOMPAT_HWM, "high-water-mark"),
+    ];
+    (0..64)
+        .map(|b| 1u64 << b)
+        .filter(|bit| bits & bit != 0)
+        .map(|bit| match NAMES.iter().find(|(n, _)| *n == bit) {
+            Some((_, name)) => (*name).to_owned(),
+            None => format!("bit{}", bit.trailing_zeros()),
+        })
+        .collect()
+}
+
 /// Flag of a checkpoint reference that is only a base link: a checkpoint a
 /// listed delta is built on, kept (never tombstoned or deleted) but not
 /// itself a recovery candidate.
@@ -198,14 +218,23 @@ impl Superblock {
         self.snapshots.iter().find(|s| s.name == name)
     }
 
-    /// Encode to bytes: version 1 for a plain image, version 2 with
-    /// snapshots or a parent.
+    /// The format version [`Self::encode`] writes: [`VERSION`] for a plain
+    /// image, [`VERSION_2`] with snapshots, a parent or base links (links
+    /// need version 2's length: a version-1 decoder of an earlier build
+    /// then refuses by the feature bit, by name).
+    pub fn version(&self) -> u32 {
+        if !self.snapshots.is_empty() || self.parent.is_some() || !self.links.is_empty() {
+            VERSION_2
+        } else {
+            VERSION
+        }
+    }
+
+    /// Encode to bytes, in format [`Self::version`].
     pub fn encode(&self) -> Vec<u8> {
         let n = self.checkpoints.len().min(MAX_CHECKPOINTS);
         let links = &self.links[..self.links.len().min(MAX_LINKS)];
-        // Links need version 2's length: a version-1 decoder of an earlier
-        // build then refuses by the feature bit, by name.
-        let v2 = !self.snapshots.is_empty() || self.parent.is_some() || !links.is_empty();
+        let v2 = self.version() == VERSION_2;
         let mut len = 80 + 16 * (n + links.len()) + 4;
         if v2 {
             len += 4 + 4;
@@ -763,6 +792,22 @@ mod tests {
             bits: sb.incompat & !(INCOMPAT_GC | INCOMPAT_ZERO_MARKERS),
         };
         assert_eq!(e.to_string(), "superblock: unsupported feature bits 0x4");
+    }
+
+    #[test]
+    fn feature_bits_are_named_in_bit_order() {
+        assert!(feature_names(0).is_empty());
+        assert_eq!(
+            feature_names(KNOWN_INCOMPAT | 1 << 40),
+            [
+                "gc",
+                "zero-markers",
+                "chunk-crcs",
+                "delta-checkpoints",
+                "high-water-mark",
+                "bit40"
+            ]
+        );
     }
 
     #[test]

@@ -134,6 +134,7 @@ pub use recovery::fuzz_recover;
 pub mod scrub;
 pub mod snapshot;
 mod superblock;
+pub mod usage;
 mod verify;
 mod write;
 
