@@ -40,6 +40,9 @@ pub enum ErrorKind {
     /// Still needed by something else (a snapshot with clones, an image
     /// with snapshots).
     InUse,
+    /// This kernel (or store) lacks what the operation needs: the ublk
+    /// driver is not loaded.
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -59,6 +62,29 @@ impl ErrorKind {
             ErrorKind::Fenced => "fenced",
             ErrorKind::ReadOnly => "read-only",
             ErrorKind::InUse => "in use",
+            ErrorKind::Unsupported => "unsupported",
+        }
+    }
+
+    /// A stable identifier for machine-readable output (`--json` errors):
+    /// `invalid_input`, `not_found`, `already_exists`, `locked`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Locked => "locked",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Mismatch => "mismatch",
+            ErrorKind::Io => "io",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Config => "config",
+            ErrorKind::Fenced => "fenced",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::InUse => "in_use",
+            ErrorKind::Unsupported => "unsupported",
         }
     }
 
@@ -79,6 +105,7 @@ impl ErrorKind {
             ErrorKind::Fenced => libc::ESHUTDOWN,
             ErrorKind::ReadOnly => libc::EROFS,
             ErrorKind::InUse => libc::EBUSY,
+            ErrorKind::Unsupported => libc::EOPNOTSUPP,
         })
     }
 }
