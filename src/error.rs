@@ -44,6 +44,9 @@ pub enum ErrorKind {
     /// capabilities refused the operation (`EACCES`, `EPERM`, `EROFS`), as
     /// for a user who may only read.
     PermissionDenied,
+    /// This kernel (or store) lacks what the operation needs: the ublk
+    /// driver is not loaded.
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -64,6 +67,30 @@ impl ErrorKind {
             ErrorKind::ReadOnly => "read-only",
             ErrorKind::InUse => "in use",
             ErrorKind::PermissionDenied => "permission denied",
+            ErrorKind::Unsupported => "unsupported",
+        }
+    }
+
+    /// A stable identifier for machine-readable output (`--json` errors):
+    /// `invalid_input`, `not_found`, `already_exists`, `locked`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Locked => "locked",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Mismatch => "mismatch",
+            ErrorKind::Io => "io",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Config => "config",
+            ErrorKind::Fenced => "fenced",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::InUse => "in_use",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Unsupported => "unsupported",
         }
     }
 
@@ -85,6 +112,7 @@ impl ErrorKind {
             ErrorKind::ReadOnly => libc::EROFS,
             ErrorKind::InUse => libc::EBUSY,
             ErrorKind::PermissionDenied => libc::EACCES,
+            ErrorKind::Unsupported => libc::EOPNOTSUPP,
         })
     }
 }

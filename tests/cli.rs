@@ -60,9 +60,15 @@ impl Env {
 
     /// Run and require failure (status 1) with every `needle` in stderr.
     fn fails(&self, args: &[&str], needles: &[&str]) -> String {
+        self.fails_with(1, args, needles)
+    }
+
+    /// Run and require failure with exit status `code` (README "Exit
+    /// status") and every `needle` in stderr.
+    fn fails_with(&self, code: i32, args: &[&str], needles: &[&str]) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(
             stderr.starts_with("lsvd-ublk: error: "),
             "{args:?}: {stderr}"
@@ -89,6 +95,12 @@ fn sparse_input(path: &Path) -> Vec<u8> {
     std::fs::write(path, &data).unwrap();
     data
 }
+
+/// Exit statuses (README "Exit status").
+const INVALID: i32 = 2;
+const NOT_FOUND: i32 = 3;
+const EXISTS: i32 = 4;
+const BUSY: i32 = 5;
 
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes)
@@ -122,7 +134,7 @@ fn create_ls_info_rm() {
         .filter(|n| n.contains("disk"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    env.fails(&["info", "pool/disk"], &["pool/disk"]);
+    env.fails_with(NOT_FOUND, &["info", "pool/disk"], &["pool/disk"]);
 }
 
 #[test]
@@ -162,7 +174,8 @@ fn import_export_round_trip() {
     assert!(text.contains("read cache"), "{text}");
 
     // Refuses to overwrite without --force, then does it with --force.
-    env.fails(
+    env.fails_with(
+        EXISTS,
         &["export", "pool/img", out.to_str().unwrap()],
         &["already exists", "--force"],
     );
@@ -258,22 +271,33 @@ fn bench_reports_json() {
 #[test]
 fn bad_input_is_refused_with_a_clear_message() {
     let env = Env::new();
-    env.fails(&["create", "pool/a", "--size", "0"], &["size 0"]);
-    env.fails(
+    env.fails_with(INVALID, &["create", "pool/a", "--size", "0"], &["size 0"]);
+    env.fails_with(
+        INVALID,
         &["create", "pool/a", "--size", "1000"],
         &["size 1000 is not a multiple of 4096"],
     );
-    env.fails(&["create", "pool/a", "--size", "10P"], &["absurd", "1P"]);
+    env.fails_with(
+        INVALID,
+        &["create", "pool/a", "--size", "10P"],
+        &["absurd", "1P"],
+    );
     env.ok(&["create", "pool/a", "--size", "1M"]);
-    env.fails(&["create", "pool/a", "--size", "1M"], &["pool/a", "exists"]);
-    env.fails(&["info", "pool/unknown"], &["pool/unknown"]);
-    env.fails(
+    env.fails_with(
+        EXISTS,
+        &["create", "pool/a", "--size", "1M"],
+        &["pool/a", "exists"],
+    );
+    env.fails_with(NOT_FOUND, &["info", "pool/unknown"], &["pool/unknown"]);
+    env.fails_with(
+        INVALID,
         &["create", "badname", "--size", "1M"],
         &["badname", "POOL/IMAGE"],
     );
 
     let missing = env.path("no-such-file");
-    env.fails(
+    env.fails_with(
+        NOT_FOUND,
         &["import", missing.to_str().unwrap(), "pool/x"],
         &["no-such-file"],
     );
@@ -282,14 +306,16 @@ fn bad_input_is_refused_with_a_clear_message() {
 
     let small = env.path("small");
     std::fs::write(&small, vec![1u8; 10_000]).unwrap();
-    env.fails(
+    env.fails_with(
+        INVALID,
         &["import", small.to_str().unwrap(), "pool/x", "--size", "4K"],
         &["--size 4096 is smaller"],
     );
 
     let existing = env.path("exists.bin");
     std::fs::write(&existing, b"keep me").unwrap();
-    env.fails(
+    env.fails_with(
+        EXISTS,
         &["export", "pool/a", existing.to_str().unwrap()],
         &["exists.bin", "--force"],
     );
@@ -301,7 +327,7 @@ fn bad_input_is_refused_with_a_clear_message() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(INVALID), "{stderr}");
     assert!(stderr.contains("bogus_key"), "{stderr}");
 }
 
@@ -312,7 +338,7 @@ fn rm_refuses_an_open_image() {
     // A long bench holds the image open; its header line appears once the
     // volume is open.
     let mut child = env.hold_open("pool/busy");
-    let stderr = env.fails(&["rm", "pool/busy"], &["pool/busy"]);
+    let stderr = env.fails_with(BUSY, &["rm", "pool/busy"], &["pool/busy"]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -386,7 +412,11 @@ fn lock_ls_and_break_on_the_dir_backend() {
     let mut child = env.hold_open("pool/held");
     let pid = format!("pid {}", child.id());
     let ls = env.ok_str(&["lock", "ls", "pool/held"]);
-    let e = env.fails(&["lock", "break", "pool/held"], &["live process", &pid]);
+    let e = env.fails_with(
+        BUSY,
+        &["lock", "break", "pool/held"],
+        &["live process", &pid],
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ls.starts_with("pool/held: locked by host "), "{ls}");
@@ -397,8 +427,13 @@ fn lock_ls_and_break_on_the_dir_backend() {
         env.ok_str(&["lock", "ls", "pool/held"]),
         "pool/held: not locked\n"
     );
-    env.fails(&["lock", "ls", "pool/nope"], &["nope", "does not exist"]);
-    env.fails(
+    env.fails_with(
+        NOT_FOUND,
+        &["lock", "ls", "pool/nope"],
+        &["nope", "does not exist"],
+    );
+    env.fails_with(
+        INVALID,
         &["--id", "client.admin", "ls", "pool"],
         &["ceph_id", "client."],
     );
@@ -509,7 +544,7 @@ fn gc_cleans_a_detached_image_and_refuses_an_open_one() {
     assert!(text.starts_with("image 'img': cleaned 0 objects"), "{text}");
 
     let mut child = env.hold_open("pool/img");
-    let stderr = env.fails(&["gc", "pool/img"], &["pool/img"]);
+    let stderr = env.fails_with(BUSY, &["gc", "pool/img"], &["pool/img"]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(stderr.contains("already open"), "{stderr}");
@@ -804,15 +839,12 @@ fn ok_isolated(env: &Env, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Run and require failure (1; 2 for a bad argument clap refuses) with
-/// every `needle` in stderr.
-fn fails_isolated(env: &Env, args: &[&str], needles: &[&str]) -> String {
+/// Run and require failure with exit status `code` and every `needle` in
+/// stderr.
+fn fails_isolated(env: &Env, code: i32, args: &[&str], needles: &[&str]) -> String {
     let out = run_isolated(env, args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        matches!(out.status.code(), Some(1 | 2)),
-        "{args:?}: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     for n in needles {
         assert!(stderr.contains(n), "{args:?}: {n:?} not in: {stderr}");
     }
@@ -854,6 +886,7 @@ fn resize_a_detached_image() {
 
     fails_isolated(
         &env,
+        INVALID,
         &["resize", "p/img", "--size", "2M"],
         &["--allow-shrink", "8388608", "2097152", "p/img"],
     );
@@ -882,13 +915,25 @@ fn resize_a_detached_image() {
         ("2P", "limit is 1P"),
         ("12X", "12X"),
     ] {
-        fails_isolated(&env, &["resize", "p/img", "--size", size], &[needle]);
+        // clap refuses 12X with its usage status, the same 2.
+        fails_isolated(
+            &env,
+            INVALID,
+            &["resize", "p/img", "--size", size],
+            &[needle],
+        );
     }
-    fails_isolated(&env, &["resize", "p/nosuch", "--size", "8M"], &["nosuch"]);
+    fails_isolated(
+        &env,
+        NOT_FOUND,
+        &["resize", "p/nosuch", "--size", "8M"],
+        &["nosuch"],
+    );
     // An open image (its lock held by another process) is refused.
     let mut child = env.hold_open("p/img");
     fails_isolated(
         &env,
+        BUSY,
         &["resize", "p/img", "--size", "8M"],
         &["already open"],
     );
@@ -981,6 +1026,7 @@ fn resize_an_attached_image_asks_its_server() {
     record(server.id());
     fails_isolated(
         &env,
+        1,
         &["resize", "p/img", "--size", "8M"],
         &["/dev/ublkb7", "no control socket", "detach"],
     );
@@ -1010,6 +1056,7 @@ fn resize_an_attached_image_asks_its_server() {
     let t = answer("{\"status\":\"error\",\"error\":\"cannot shrink attached image p/img\"}\n");
     fails_isolated(
         &env,
+        1,
         &["resize", "p/img", "--size", "2M", "--allow-shrink"],
         &["/dev/ublkb7", "cannot shrink attached image p/img"],
     );
@@ -1017,6 +1064,7 @@ fn resize_an_attached_image_asks_its_server() {
     // The shrink check comes first, without asking the server.
     fails_isolated(
         &env,
+        INVALID,
         &["resize", "p/img", "--size", "2M"],
         &["--allow-shrink"],
     );
@@ -1025,6 +1073,7 @@ fn resize_an_attached_image_asks_its_server() {
     // A dead server: recover or detach --force first.
     fails_isolated(
         &env,
+        1,
         &["resize", "p/img", "--size", "8M"],
         &["not running", "recover", "detach --force"],
     );
@@ -1147,7 +1196,7 @@ fn import_from_stdin() {
     use std::io::Write;
     let env = Env::new();
     let data = sparse_input(&env.path("in.raw"));
-    env.fails(&["import", "-", "pool/s"], &["needs --size"]);
+    env.fails_with(INVALID, &["import", "-", "pool/s"], &["needs --size"]);
     let mut child = env
         .cmd(&["import", "-", "pool/s", "--size", "8M"])
         .stdin(Stdio::piped())
@@ -1179,7 +1228,7 @@ fn import_from_stdin() {
     let _ = child.stdin.take().unwrap().write_all(&data);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(INVALID), "{stderr}");
     assert!(stderr.contains("longer than --size"), "{stderr}");
     assert!(
         stderr.contains("partly written image was removed"),
@@ -1223,7 +1272,7 @@ fn an_interrupted_import_removes_its_image() {
         "{stderr}"
     );
     assert_eq!(env.ok_str(&["ls", "pool"]), "");
-    env.fails(&["info", "pool/i"], &["does not exist"]);
+    env.fails_with(NOT_FOUND, &["info", "pool/i"], &["does not exist"]);
     let left: Vec<_> = std::fs::read_dir(env.path("wlog").join("pool"))
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
@@ -1485,4 +1534,200 @@ fn a_killed_nbd_server_is_not_shown_as_live() {
     );
     bench.kill().unwrap();
     bench.wait().unwrap();
+}
+
+/// Issue 17, item 9: each kind of failure has its exit status (README
+/// "Exit status"): 2 for a bad argument (as clap's usage errors), 3 for an
+/// unknown pool, image or snapshot, 4 for one that already exists, 5 for
+/// an image or snapshot that is busy, 1 for anything else.
+#[test]
+fn exit_statuses_name_the_kind_of_failure() {
+    let env = Env::new();
+    env.ok(&["create", "pool/img", "--size", "4M"]);
+    env.ok(&["snap", "create", "pool/img@s"]);
+
+    // Not found: pool, image, snapshot.
+    env.fails_with(NOT_FOUND, &["ls", "nopool"], &["nopool"]);
+    env.fails_with(NOT_FOUND, &["info", "pool/nosuch"], &["nosuch"]);
+    env.fails_with(NOT_FOUND, &["rm", "pool/nosuch"], &["nosuch"]);
+    env.fails_with(NOT_FOUND, &["snap", "rm", "pool/img@nosnap"], &["nosnap"]);
+    env.fails_with(
+        NOT_FOUND,
+        &["clone", "pool/img@nosnap", "pool/c"],
+        &["nosnap"],
+    );
+    // Already exists: image, snapshot, an image a clone would replace.
+    env.fails_with(EXISTS, &["create", "pool/img", "--size", "4M"], &["exists"]);
+    env.fails_with(EXISTS, &["snap", "create", "pool/img@s"], &["exists"]);
+    env.fails_with(EXISTS, &["clone", "pool/img@s", "pool/img"], &["exists"]);
+    // Invalid argument: sizes, names, configuration, clap's usage errors.
+    env.fails_with(INVALID, &["create", "pool/x", "--size", "0"], &["size 0"]);
+    env.fails_with(INVALID, &["create", "pool/x$", "--size", "4M"], &["'$'"]);
+    env.fails_with(
+        INVALID,
+        &["snap", "create", "pool/img"],
+        &["names no snapshot"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"))
+        .current_dir(env.dir.path())
+        .args(["--config", r#"{"wlog_bytes": "0"}"#, "ls", "pool"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(INVALID));
+    let out = env.run(&["create", "pool/x", "--size", "12X"]);
+    assert_eq!(out.status.code(), Some(INVALID));
+
+    // Busy: an image with snapshots, an open image (rm, create over it
+    // is still "exists"), a snapshot being read.
+    env.fails_with(BUSY, &["rm", "pool/img"], &["has snapshots (s)"]);
+    let mut child = env.hold_open("pool/img");
+    env.fails_with(BUSY, &["rm", "pool/img"], &["locked"]);
+    env.fails_with(BUSY, &["snap", "rm", "pool/img@s"], &["detach it first"]);
+    env.fails_with(EXISTS, &["create", "pool/img", "--size", "4M"], &["exists"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // An export of the snapshot to a pipe nobody reads holds it open.
+    let mut reader = env
+        .cmd(&["export", "pool/img@s", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = reader.stdout.take().unwrap();
+    let mut first = [0u8; 4096];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    env.fails_with(BUSY, &["snap", "rm", "pool/img@s"], &["is open", "export"]);
+    drop(stdout);
+    reader.wait().unwrap();
+
+    // Anything else: 1 (a superblock that fails its checksum).
+    env.ok(&["create", "pool/bad", "--size", "4M"]);
+    let sb = env.path("store/pool/bad");
+    let mut bytes = std::fs::read(&sb).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&sb, bytes).unwrap();
+    env.fails(&["info", "pool/bad"], &["pool/bad"]);
+}
+
+/// With `--json`, a failure is one JSON object line on stderr (kind, exit
+/// status, the engine's error kind, message and causes) and nothing on
+/// stdout; clap's usage errors too. Without it, the text form stays.
+#[test]
+fn json_errors_are_one_object_line_on_stderr() {
+    let env = Env::new();
+    env.ok(&["create", "pool/img", "--size", "4M"]);
+    let error = |args: &[&str], code: i32| {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: stdout not empty");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        json(stderr.as_bytes())["error"].clone()
+    };
+    let e = error(&["info", "pool/nosuch", "--json"], NOT_FOUND);
+    assert_eq!(e["kind"], "not_found");
+    assert_eq!(e["exit_code"], NOT_FOUND);
+    assert_eq!(e["error_kind"], "not_found");
+    assert_eq!(e["message"], "cannot read image pool/nosuch");
+    let causes = e["causes"].as_array().unwrap();
+    assert_eq!(causes.len(), 1, "{e}");
+    assert!(causes[0]
+        .as_str()
+        .unwrap()
+        .contains("'nosuch' does not exist"));
+
+    let e = error(&["ls", "nopool", "--json"], NOT_FOUND);
+    assert_eq!(e["message"], "cannot open pool 'nopool'");
+    let e = error(&["snap", "ls", "pool/img$", "--json"], INVALID);
+    assert_eq!(e["kind"], "invalid_argument");
+    assert_eq!(e["error_kind"], "invalid_input");
+
+    let mut child = env.hold_open("pool/img");
+    let e = error(&["gc", "pool/img", "--json"], BUSY);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(e["kind"], "busy");
+    assert_eq!(e["error_kind"], "locked");
+
+    // A usage error clap finds: the same shape, status 2, no engine kind.
+    let e = error(&["ls", "pool", "--json", "--bogus"], INVALID);
+    assert_eq!(e["kind"], "invalid_argument");
+    assert!(e["error_kind"].is_null());
+    assert!(e["message"].as_str().unwrap().contains("--bogus"), "{e}");
+    assert_eq!(e["causes"], serde_json::json!([]));
+
+    // Without --json: text.
+    let stderr = env.fails_with(NOT_FOUND, &["info", "pool/nosuch"], &["caused by: "]);
+    assert!(!stderr.contains('{'), "{stderr}");
+}
+
+/// `lock ls --json`: the image and its holders (none, then the process
+/// that has it open).
+#[test]
+fn lock_ls_json_lists_the_holders() {
+    let env = Env::new();
+    env.ok(&["create", "pool/held", "--size", "64M"]);
+    let v = json(&env.ok(&["lock", "ls", "pool/held", "--json"]));
+    assert_eq!(v, serde_json::json!({"image": "pool/held", "holders": []}));
+    let mut child = env.hold_open("pool/held");
+    let v = json(&env.ok(&["lock", "ls", "pool/held", "--json"]));
+    let pid = format!("pid {}", child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(v["image"], "pool/held");
+    let holders = v["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{v}");
+    assert!(holders[0].as_str().unwrap().contains(&pid), "{v}");
+}
+
+/// `ls pool | head -1`: a reader that closes stdout early is a normal end
+/// (status 0, nothing on stderr). `export -` to such a reader stops with
+/// 141, quietly, as a writer killed by SIGPIPE: its copy is incomplete.
+#[test]
+fn a_closed_stdout_is_a_normal_end() {
+    let env = Env::new();
+    env.ok(&["create", "pool/img", "--size", "4M"]);
+    // Far more names than a pipe holds (64 KiB): copies of one superblock.
+    let sb = env.path("store/pool/img");
+    for i in 0..2000 {
+        let name = format!("{}{i:04}", "n".repeat(90));
+        std::fs::copy(&sb, env.path(&format!("store/pool/{name}"))).unwrap();
+    }
+    // Like `head -1`: read a block (less than the pipe holds, so the
+    // writer is still writing), then close the pipe.
+    let read_a_block_then_close = |args: &[&str]| {
+        let mut child = env
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut block = vec![0u8; 4096];
+        let mut stdout = child.stdout.take().unwrap();
+        std::io::Read::read_exact(&mut stdout, &mut block).unwrap();
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (block, out.status.code(), stderr)
+    };
+    let (block, code, stderr) = read_a_block_then_close(&["ls", "pool"]);
+    assert!(block.starts_with(b"img\nnnnn"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    // The JSON array is one long line.
+    let (block, code, stderr) = read_a_block_then_close(&["ls", "pool", "--json"]);
+    assert!(block.starts_with(b"[\"img\",\"nnnn"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+
+    // export: the copy is incomplete; quietly 141.
+    let (block, code, stderr) = read_a_block_then_close(&["export", "pool/img", "-"]);
+    assert!(block.iter().all(|&b| b == 0));
+    assert_eq!(code, Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    // The image was closed cleanly all the same.
+    assert_eq!(
+        json(&env.ok(&["info", "pool/img", "--json"]))["clean"],
+        true
+    );
 }

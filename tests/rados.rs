@@ -145,11 +145,13 @@ fn cli(dir: &Path, config: &serde_json::Value, args: &[&str]) -> (Output, Durati
     (out, t.elapsed())
 }
 
-/// Require the CLI to have failed with status 1, a clean error report (no
-/// panic) and every `needle` in stderr.
-fn cli_failed(args: &[&str], out: &Output, needles: &[&str]) -> String {
+/// Require the CLI to have failed with exit status `code` (README "Exit
+/// status": 2 a bad configuration, 3 not found, 1 anything else, a
+/// timeout included), a clean error report (no panic) and every `needle`
+/// in stderr.
+fn cli_failed(code: i32, args: &[&str], out: &Output, needles: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     assert!(
         stderr.starts_with("lsvd-ublk: error: "),
         "{args:?}: {stderr}"
@@ -230,6 +232,7 @@ fn wrong_pool_is_not_found_naming_the_pool() {
     for args in &cases {
         let (out, took) = cli(dir.path(), &cfg, args);
         cli_failed(
+            3,
             args,
             &out,
             &[
@@ -301,6 +304,7 @@ fn missing_keyring_fails_quickly_naming_it() {
     let args = ["ls", &pool()];
     let (out, took) = cli(dir.path(), &cfg, &args);
     cli_failed(
+        2,
         &args,
         &out,
         &["keyring", &missing.display().to_string(), "client.admin"],
@@ -340,6 +344,7 @@ fn client_id_without_a_key_fails_within_the_op_timeout() {
     let args = ["--id", &id, "ls", &pool()];
     let (out, took) = cli(dir.path(), &cfg, &args);
     cli_failed(
+        1,
         &args,
         &out,
         &["timed out", &format!("client.{id}"), "keyring"],
@@ -396,7 +401,7 @@ fn unreachable_monitors_time_out_in_bounded_time() {
     let bench = ["bench", &img, "--io-type", "write", "--io-total", "1M"];
     for args in [&["ls", &pool()][..], &["info", &img][..], &bench[..]] {
         let (out, took) = cli(dir.path(), &cfg, args);
-        cli_failed(args, &out, &["timed out", "monitor"]);
+        cli_failed(1, args, &out, &["timed out", "monitor"]);
         assert!(took < bound, "{args:?} took {took:?}");
         eprintln!(
             "unreachable monitors: CLI {:?} failed cleanly in {took:?}",

@@ -576,15 +576,23 @@ pub(crate) fn create_image_with(
 ) -> Result<ImageUuid> {
     check_name("image", image, image)?;
     check_image_size(size_bytes)?;
+    // Zero length: only a lock placeholder (see read_superblock).
+    let exists = || -> Result<()> {
+        if store.stat(image)?.is_some_and(|n| n > 0) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("image '{image}' already exists in {}", store.describe()),
+            ));
+        }
+        Ok(())
+    };
+    // An existing image that is open (its lock held) is still "already
+    // exists", not "locked": checked before taking the lock for that, and
+    // again under it, which is the check that counts.
+    exists()?;
     // Hold the image lock so a concurrent create or open cannot interleave.
     let _lock = store.lock(image, &lock_owner())?;
-    // Zero length: only a lock placeholder (see read_superblock).
-    if store.stat(image)?.is_some_and(|n| n > 0) {
-        return Err(Error::new(
-            ErrorKind::AlreadyExists,
-            format!("image '{image}' already exists in {}", store.describe()),
-        ));
-    }
+    exists()?;
     check_no_leftovers(store, image)?;
     let uuid = ImageUuid::new_random();
     // Ordering 31: the mark exists before the superblock that says it is

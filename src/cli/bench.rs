@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use clap::{Args, ValueEnum};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -230,16 +230,18 @@ struct Plan<'a> {
 pub fn bench(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     let spec = parse_spec(&args.image)?;
     if args.io_size == 0 || !args.io_size.is_multiple_of(512) {
-        bail!(
+        fail!(
+            InvalidInput,
             "--io-size {} must be a positive multiple of 512",
             args.io_size
         );
     }
     if args.io_threads == 0 {
-        bail!("--io-threads must be at least 1");
+        fail!(InvalidInput, "--io-threads must be at least 1");
     }
     if args.io_total < args.io_size {
-        bail!(
+        fail!(
+            InvalidInput,
             "--io-total {} is smaller than --io-size {}",
             args.io_total,
             args.io_size
@@ -259,7 +261,8 @@ pub fn bench(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
         // Close before bailing so the image is left clean.
         let closed = vol.close();
         closed.with_context(|| format!("cannot close image {spec}"))?;
-        bail!(
+        fail!(
+            InvalidInput,
             "--io-size {} is larger than image {spec} ({size} bytes)",
             args.io_size
         );

@@ -90,7 +90,10 @@ struct Plan {
 pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
     let (spec, snap) = super::snap::parse_snap_spec(&args.image, false)?;
     if snap.is_some() && args.force {
-        bail!("--force breaks an image's lock; a snapshot is attached read-only without one");
+        fail!(
+            InvalidInput,
+            "--force breaks an image's lock; a snapshot is attached read-only without one"
+        );
     }
     kernel::check_driver()?;
     kernel::check_root("attach")?;
@@ -100,10 +103,14 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
             .unwrap_or(1)
     });
     if queues == 0 || args.depth == 0 || args.depth > 4096 {
-        bail!("--queues must be at least 1 and --depth between 1 and 4096");
+        fail!(
+            InvalidInput,
+            "--queues must be at least 1 and --depth between 1 and 4096"
+        );
     }
     if args.logical_block_size != 512 && args.logical_block_size != 4096 {
-        bail!(
+        fail!(
+            InvalidInput,
             "--logical-block-size {} is not supported: use 512 or 4096",
             args.logical_block_size
         );
@@ -127,7 +134,8 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
     };
     if let Some(r) = registry::all().into_iter().find(|r| r.image == spec_text) {
         match registry::state_of(&r) {
-            (DevState::Live, _) => bail!(
+            (DevState::Live, _) => fail!(
+                Locked,
                 "image {spec_text} is already attached as {} (server pid {})",
                 r.device,
                 r.pid
@@ -141,7 +149,8 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
                 plan = recover_plan(r)?;
                 plan.foreground = args.foreground;
             }
-            (DevState::Quiesced, _) => bail!(
+            (DevState::Quiesced, _) => fail!(
+                Locked,
                 "image {spec_text} is attached as {} but its server pid {} is gone and \
                  the kernel has not quiesced the device yet; retry in a moment",
                 r.device,
@@ -170,7 +179,8 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
 /// `recover POOL/IMAGE|/dev/ublkbN`.
 pub fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
     let Some(r) = registry::find(&args.target) else {
-        bail!(
+        fail!(
+            NotFound,
             "no lsvd-ublk device for '{}' (see `lsvd-ublk list`)",
             args.target
         );
@@ -178,7 +188,8 @@ pub fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
     kernel::check_driver()?;
     kernel::check_root("recover")?;
     match registry::state_of(&r) {
-        (DevState::Live, _) => bail!(
+        (DevState::Live, _) => fail!(
+            Locked,
             "{} (image {}) is still served by pid {}: nothing to recover",
             r.device,
             r.image,
@@ -410,7 +421,8 @@ fn serve_plan(plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
         if let Some(mut f) = report {
             let _ = writeln!(f, "OK {}", live.path);
         } else if foreground {
-            println!("{}", live.path);
+            // Not println!, which panics when stdout is a closed pipe.
+            let _ = writeln!(std::io::stdout(), "{}", live.path);
         }
         Ok(())
     };
@@ -436,7 +448,8 @@ pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
             .into_iter()
             .find(|n| n.image == args.target)
         {
-            bail!(
+            fail!(
+                InUse,
                 "image {} is not attached as a block device: it is served over NBD at {} by \
                  `serve-nbd` pid {}; stop that server to close it cleanly (`kill -TERM {}`, or \
                  `systemctl stop` the unit that runs it)",
@@ -446,7 +459,8 @@ pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
                 n.pid
             );
         }
-        bail!(
+        fail!(
+            NotFound,
             "'{}' is not a device attached by lsvd-ublk (see `lsvd-ublk list`)",
             args.target
         );
@@ -473,7 +487,8 @@ pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if !args.force && kernel::device_busy(&r.device) {
-        bail!(
+        fail!(
+            InUse,
             "{} is in use (mounted, or open by a program): unmount or close it first \
              (`--force` detaches anyway, and its users get I/O errors)",
             r.device

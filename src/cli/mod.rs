@@ -6,15 +6,28 @@
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
-//! cause chain and exits with status 1 (130 for an `import` stopped by a
-//! signal). Commands that change state print
+//! cause chain (as one JSON line for a command run with `--json`) and exits
+//! with the status its typed error's kind calls for (see [`exit`]: 1 for
+//! a failure of no particular kind). Commands that change state print
 //! nothing on success (like `rbd`), except `resize`, which says what it did
 //! (and whether an attached device followed); `info`, `ls` and `bench`
 //! print to stdout.
 
+/// Return early with an `anyhow` error that carries a typed
+/// [`crate::error::Error`] of `kind` (whose kind sets the exit status).
+macro_rules! fail {
+    ($kind:ident, $($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::error::Error::new(
+            $crate::error::ErrorKind::$kind,
+            format!($($arg)*),
+        )))
+    };
+}
+
 mod bench;
 mod device;
 mod du;
+mod exit;
 mod nbd;
 mod resize;
 mod scrub;
@@ -27,7 +40,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::backend::ObjectStore;
@@ -171,6 +184,9 @@ pub enum LockCommand {
     Ls {
         /// Image as POOL/IMAGE.
         image: String,
+        /// Print one JSON object (the image and its holders) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Break a stale lock: blocklist (fence) the holder's exact address so it
     /// can never write again, then remove its lock.
@@ -180,10 +196,32 @@ pub enum LockCommand {
     },
 }
 
+impl Command {
+    /// Whether the command was asked for JSON output (`--json`): then a
+    /// failure is reported as JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Info { json, .. }
+            | Command::Ls { json, .. }
+            | Command::Gc { json, .. }
+            | Command::List { json }
+            | Command::Snap(snap::SnapCommand::Ls { json, .. })
+            | Command::Lock(LockCommand::Ls { json, .. }) => *json,
+            Command::Scrub(a) => a.json,
+            Command::Bench(a) => a.json,
+            _ => false,
+        }
+    }
+}
+
 /// Parse the arguments, set up logging, run the command and turn an error
-/// into `lsvd-ublk: error: ...` plus its causes on stderr and status 1.
+/// into `lsvd-ublk: error: ...` plus its causes on stderr (one JSON line
+/// with `--json`) and the exit status of its kind ([`exit::Status`]).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let json = std::env::args_os().skip(1).any(|a| a == "--json");
+        exit::usage_error(e, json)
+    });
     // A device server logs its life cycle (attach, recovery, detach).
     let serving = matches!(
         cli.command,
@@ -199,18 +237,10 @@ pub fn main() -> ExitCode {
         if serving { "info" } else { "warn" },
         std::io::stderr().is_terminal() && !background,
     );
+    let json = cli.command.json();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            report_error(&e);
-            // Stopped by a signal (after undoing what it did): 130, as a
-            // shell reports a Ctrl-C.
-            if e.chain().any(|c| c.is::<transfer::Interrupted>()) {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Err(e) => ExitCode::from(exit::report(&e, json).code()),
     }
 }
 
@@ -224,15 +254,6 @@ fn init_logging(default: &str, ansi: bool) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// Print `e` and its cause chain to stderr.
-fn report_error(e: &anyhow::Error) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "lsvd-ublk: error: {e}");
-    for cause in e.chain().skip(1) {
-        let _ = writeln!(err, "  caused by: {cause}");
-    }
 }
 
 /// Run one parsed command line.
@@ -264,7 +285,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List { json } => device::list(json),
         Command::Recover(args) => device::recover(&args),
         Command::ServeNbd(args) => nbd::serve_nbd(&config, &args),
-        Command::Lock(LockCommand::Ls { image }) => cmd_lock_ls(&config, &image),
+        Command::Lock(LockCommand::Ls { image, json }) => cmd_lock_ls(&config, &image, json),
         Command::Lock(LockCommand::Break { image }) => cmd_lock_break(&config, &image),
         Command::Status(args) => status::status(&config, &args),
     }
@@ -297,14 +318,18 @@ fn command_name(c: &Command) -> &'static str {
     }
 }
 
-/// `lock ls POOL/IMAGE`.
-fn cmd_lock_ls(config: &Config, image: &str) -> anyhow::Result<()> {
+/// `lock ls POOL/IMAGE [--json]`.
+fn cmd_lock_ls(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
     let spec = parse_spec(image)?;
     let store = store_for(config, &spec.pool, false)?;
     image::read_superblock(store.as_ref(), &spec.image)?;
     let holders = store
         .lock_holders(&spec.image)
         .with_context(|| format!("cannot list the lock holders of {spec}"))?;
+    if json {
+        let v = serde_json::json!({ "image": spec.to_string(), "holders": holders });
+        return print_stdout(&v.to_string());
+    }
     let mut out = String::new();
     if holders.is_empty() {
         out.push_str(&format!("{spec}: not locked\n"));
@@ -351,13 +376,20 @@ fn parse_spec(s: &str) -> anyhow::Result<ImageSpec> {
 /// Check an image size: positive, a multiple of 4096, at most 1 PiB.
 pub fn check_image_size(size: u64) -> anyhow::Result<()> {
     if size == 0 {
-        bail!("size 0 is not allowed: an image size must be positive (a multiple of {SIZE_ALIGN})");
+        fail!(
+            InvalidInput,
+            "size 0 is not allowed: an image size must be positive (a multiple of {SIZE_ALIGN})"
+        );
     }
     if !size.is_multiple_of(SIZE_ALIGN) {
-        bail!("size {size} is not a multiple of {SIZE_ALIGN}");
+        fail!(
+            InvalidInput,
+            "size {size} is not a multiple of {SIZE_ALIGN}"
+        );
     }
     if size > MAX_IMAGE_BYTES {
-        bail!(
+        fail!(
+            InvalidInput,
             "size {size} ({}) is absurd: the limit is 1P ({MAX_IMAGE_BYTES} bytes)",
             human_bytes(size)
         );
@@ -625,15 +657,18 @@ fn cmd_rm(config: &Config, image: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Print `text` and a newline (nothing for empty text) to stdout.
+/// Print `text` and a newline (nothing for empty text) to stdout. A reader
+/// that has gone (`lsvd-ublk ls pool | head -1`: `EPIPE`) is a normal end:
+/// it has read what it wanted, so that is no error.
 fn print_stdout(text: &str) -> anyhow::Result<()> {
     if text.is_empty() {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")
-        .and_then(|()| out.flush())
-        .context("cannot write to stdout")
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if exit::is_broken_pipe(&e) => Ok(()),
+        r => r.context("cannot write to stdout"),
+    }
 }
 
 /// `10 GiB`, `1.5 MiB`, `512 B`.
@@ -688,7 +723,7 @@ mod tests {
         let m = check_image_size(0).unwrap_err().to_string();
         assert!(m.contains("size 0"), "{m}");
         let m = check_image_size(1000).unwrap_err().to_string();
-        assert_eq!(m, "size 1000 is not a multiple of 4096");
+        assert_eq!(m, "invalid input: size 1000 is not a multiple of 4096");
         let m = check_image_size(10 << 50).unwrap_err().to_string();
         assert!(m.contains("absurd") && m.contains("1P"), "{m}");
     }

@@ -19,7 +19,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::device::{block_stop_signals, wait_signal};
 use super::{open_volume, print_stdout, store_for};
 use crate::config::Config;
+use crate::error::{Error, ErrorKind};
 use crate::nbd::{self, Export, Listener, ServeOptions};
 use crate::ublk::registry;
 
@@ -152,7 +153,10 @@ enum ListenAddr {
 fn parse_listen(s: &str, allow_remote: bool) -> anyhow::Result<ListenAddr> {
     if let Some(path) = s.strip_prefix("unix:") {
         if path.is_empty() {
-            bail!("--listen unix: needs a path, e.g. unix:/run/lsvd-nbd.sock");
+            fail!(
+                InvalidInput,
+                "--listen unix: needs a path, e.g. unix:/run/lsvd-nbd.sock"
+            );
         }
         return Ok(ListenAddr::Unix(PathBuf::from(path)));
     }
@@ -161,11 +165,12 @@ fn parse_listen(s: &str, allow_remote: bool) -> anyhow::Result<ListenAddr> {
         .with_context(|| format!("bad --listen '{s}' (expected HOST:PORT or unix:PATH)"))?
         .collect();
     if addrs.is_empty() {
-        bail!("--listen '{s}' resolves to no address");
+        fail!(InvalidInput, "--listen '{s}' resolves to no address");
     }
     if !allow_remote {
         if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-            bail!(
+            fail!(
+                InvalidInput,
                 "refusing to listen on {a}: it is not a loopback address, and NBD has no \
                  authentication or encryption (anyone who reaches it can read and write the \
                  image); pass --allow-remote to serve it anyway"
@@ -193,13 +198,18 @@ impl Drop for SocketFile {
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
-            bail!(
+            fail!(
+                AlreadyExists,
                 "{} exists and is not a socket: refusing to replace it",
                 path.display()
             );
         }
         if UnixStream::connect(path).is_ok() {
-            bail!("{} is in use: a server is listening on it", path.display());
+            fail!(
+                InUse,
+                "{} is in use: a server is listening on it",
+                path.display()
+            );
         }
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
@@ -222,8 +232,15 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
     let mut socket_file = SocketFile(None);
     let (listener, uri) = match &listen {
         ListenAddr::Tcp(addrs) => {
-            let l = TcpListener::bind(&addrs[..])
-                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let l = TcpListener::bind(&addrs[..]).map_err(|e| {
+                let what = format!("cannot listen on {}", args.listen);
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    // Busy, for the exit status.
+                    anyhow::Error::new(Error::with_source(ErrorKind::InUse, what, e))
+                } else {
+                    anyhow::Error::new(e).context(what)
+                }
+            })?;
             let local = l
                 .local_addr()
                 .context("cannot read the listening address")?;

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
 use super::device::ask_attached;
@@ -55,7 +55,8 @@ pub fn resize(config: &Config, args: &ResizeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read image {spec}"))?
         .size_bytes;
     if args.size < old && !args.allow_shrink {
-        bail!(
+        fail!(
+            InvalidInput,
             "image {spec} is {}; shrinking it to {} discards its last {}: pass --allow-shrink \
              to do that",
             both(old),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Subcommand;
 
 use super::device::ask_attached;
@@ -58,7 +58,10 @@ pub fn parse_snap_spec(s: &str, need: bool) -> anyhow::Result<(ImageSpec, Option
         image::check_name("snapshot", n, s)
             .with_context(|| format!("bad snapshot name in '{s}'"))?;
     } else if need {
-        bail!("'{s}' names no snapshot (expected POOL/IMAGE@SNAP)");
+        fail!(
+            InvalidInput,
+            "'{s}' names no snapshot (expected POOL/IMAGE@SNAP)"
+        );
     }
     Ok((spec, snap.map(str::to_string)))
 }
@@ -185,7 +188,8 @@ pub fn cmd_clone(config: &Config, from: &str, to: &str) -> anyhow::Result<()> {
     let snap = snap.unwrap_or_default();
     let child = parse_spec(to)?;
     if child.pool != parent.pool {
-        bail!(
+        fail!(
+            InvalidInput,
             "a clone lives in its parent's pool: {to} is not in pool '{}'",
             parent.pool
         );

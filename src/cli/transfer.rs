@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::exit::ReaderGone;
 use super::{check_image_size, open_volume, parse_size_arg, parse_spec, store_for, SIZE_ALIGN};
 use crate::backend::ObjectStore;
 use crate::config::Config;
@@ -222,17 +223,26 @@ pub fn import(config: &Config, args: &ImportArgs) -> anyhow::Result<()> {
     ));
     let (mut input, size, total) = if path.as_os_str() == "-" {
         let Some(size) = args.size else {
-            bail!("importing from stdin (`-`) needs --size: the input's length is not known");
+            fail!(
+                InvalidInput,
+                "importing from stdin (`-`) needs --size: the input's length is not known"
+            );
         };
         (Input::Stdin(std::io::stdin()), size, size)
     } else {
-        let mut file = File::open(path)
-            .with_context(|| format!("cannot open {} for import", path.display()))?;
+        // Typed (a missing file is "not found", for the exit status).
+        let mut file = File::open(path).map_err(|e| {
+            crate::error::Error::io(format!("cannot open {} for import", path.display()), e)
+        })?;
         let meta = file
             .metadata()
             .with_context(|| format!("cannot stat {}", path.display()))?;
         if meta.is_dir() {
-            bail!("{} is a directory, not a file to import", path.display());
+            fail!(
+                InvalidInput,
+                "{} is a directory, not a file to import",
+                path.display()
+            );
         }
         // Seeking to the end gives the size of block devices too.
         let file_len = file
@@ -240,12 +250,14 @@ pub fn import(config: &Config, args: &ImportArgs) -> anyhow::Result<()> {
             .and_then(|len| file.rewind().map(|()| len))
             .with_context(|| format!("cannot get the size of {}", path.display()))?;
         let size = match args.size {
-            Some(size) if size < file_len => bail!(
+            Some(size) if size < file_len => fail!(
+                InvalidInput,
                 "--size {size} is smaller than {} ({file_len} bytes)",
                 path.display()
             ),
             Some(size) => size,
-            None if file_len == 0 => bail!(
+            None if file_len == 0 => fail!(
+                InvalidInput,
                 "{} is empty; give --size to import it as an empty image",
                 path.display()
             ),
@@ -353,7 +365,10 @@ fn write_chunks(
             break;
         }
         if off + got as u64 > size {
-            bail!("the input is longer than --size ({size} bytes)");
+            fail!(
+                InvalidInput,
+                "the input is longer than --size ({size} bytes)"
+            );
         }
         // The last chunk is padded to a whole sector; the image is at least
         // that large because its size is a multiple of 4096.
@@ -432,8 +447,9 @@ pub fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<()> {
     let to_stdout = args.file == "-";
     let path = PathBuf::from(&args.file);
     if !to_stdout && !args.force && path.symlink_metadata().is_ok() {
-        bail!(
-            "{} already exists (use --force to overwrite it)",
+        fail!(
+            AlreadyExists,
+            "refusing to overwrite {} (use --force to overwrite it)",
             path.display()
         );
     }
@@ -447,8 +463,10 @@ pub fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<()> {
 
     let result = open_output(&path, to_stdout, args.force).and_then(|mut out| {
         let pb = progress_bar(size, &format!("exporting {spec}"));
-        let r = copy_out(&vol, size, &mut out, &pb)
-            .and_then(|()| out.finish(size).context("cannot finish writing the output"));
+        let r = copy_out(&vol, size, &mut out, &pb).and_then(|()| {
+            out.finish(size)
+                .map_err(|e| write_error(e, "cannot finish writing the output".into()))
+        });
         pb.finish_and_clear();
         if let (Err(_), Output::Sparse(_, p)) = (&r, &out) {
             // A partial copy is worse than none; it was ours to create.
@@ -495,6 +513,19 @@ fn open_output(path: &Path, to_stdout: bool, force: bool) -> anyhow::Result<Outp
     }
 }
 
+/// A failed write of the export's output: `what` with its cause, or, if
+/// the reader of a pipe (stdout) went away, [`ReaderGone`], which ends the
+/// command quietly with status 141 as a writer killed by SIGPIPE would
+/// (README: the copy is incomplete, and a pipeline says so only through
+/// that status).
+fn write_error(e: std::io::Error, what: String) -> anyhow::Error {
+    if super::exit::is_broken_pipe(&e) {
+        anyhow::Error::new(ReaderGone(e))
+    } else {
+        anyhow::Error::new(e).context(what)
+    }
+}
+
 /// Read `vol` in chunks on [`EXPORT_READERS`] threads and write them to
 /// `out` in order.
 fn copy_out(vol: &Volume, size: u64, out: &mut Output, pb: &ProgressBar) -> anyhow::Result<()> {
@@ -533,8 +564,9 @@ fn copy_out(vol: &Volume, size: u64, out: &mut Output, pb: &ProgressBar) -> anyh
                     .recv()
                     .map_err(|_| anyhow!("export reader thread stopped unexpectedly"))?
                     .with_context(|| format!("cannot read the image at offset {off}"))?;
-                out.write_chunk(off, &buf)
-                    .with_context(|| format!("cannot write the output at offset {off}"))?;
+                out.write_chunk(off, &buf).map_err(|e| {
+                    write_error(e, format!("cannot write the output at offset {off}"))
+                })?;
                 pb.inc(buf.len() as u64);
             }
             Ok(())

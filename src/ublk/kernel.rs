@@ -83,8 +83,10 @@ pub fn wanted_flags(features: Option<u64>) -> u64 {
 /// Fail clearly when the driver is missing.
 pub fn check_driver() -> Result<()> {
     if !Path::new(CONTROL_PATH).exists() {
+        // Not `NotFound`: that is an unknown image, pool or snapshot to a
+        // script reading the exit status.
         return Err(Error::new(
-            ErrorKind::NotFound,
+            ErrorKind::Unsupported,
             missing_driver_message(&running_kernel()),
         ));
     }
