@@ -700,8 +700,10 @@ struct Agreed {
 const BASE_ALLOCATION_ID: u32 = 1;
 /// Block status: at most this many bytes are looked up per request, and
 /// at most this many descriptors are sent (the spec lets a server answer
-/// for less than the whole range).
-const STATUS_MAX_BYTES: u64 = 1 << 30;
+/// for less than the whole range). Answered on the connection's thread
+/// and not charged to its budget: one request costs at most one map
+/// lookup of 256 MiB (512 Ki pieces at worst) and a 64 KiB reply.
+const STATUS_MAX_BYTES: u64 = 256 << 20;
 const STATUS_MAX_DESCRIPTORS: usize = 8192;
 
 /// The fixed newstyle negotiation. `Ok(Some(agreed))`: go to
