@@ -13,13 +13,16 @@
 #      sha256 checked again;
 #   5. snapshot and clone exports;
 #   6. conformance with libnbd's own tools on a fresh 64 MiB image: nbdsh
-#      scripts (scripts/nbd/*.py) for every handshake option with
-#      structured replies declined (options.py), every command against a
+#      scripts (scripts/nbd/*.py) for every handshake option, structured
+#      replies and base:allocation included (options.py), every command against a
 #      byte-array oracle (commands.py), `--read-only` (readonly.py); an
 #      nbdcopy round trip over 8 connections; 8 connections writing at
 #      once, one flush, kill -9, and every write read back (multiconn.py).
 #      Every script runs even when an earlier one failed; the stage then
-#      fails naming them.
+#      fails naming them;
+#   7. block status (base:allocation): nbdinfo --map and qemu-img map show
+#      data exactly where qemu-io wrote and holes elsewhere, and nbdcopy to
+#      a file allocates only the data.
 # Installs what it needs (Debian packages). Every mount, loop device and
 # process it starts is cleaned up on exit, also on failure. A few minutes.
 set -euo pipefail
@@ -376,6 +379,29 @@ serve_extra nbd/conf "$conf_sock"
 conf_nbdsh multiconn.py "$conf_sock" NBD_PHASE=verify NBD_BASE="$work/conf-src.raw"
 stop_extras
 rm -f "$work/conf-src.raw"
+
+stage "block status: nbdinfo --map, qemu-img map and nbdcopy see the holes"
+lsvd create nbd/sparse --size 64M
+serve_extra nbd/sparse "$work/sparse.sock"
+sparse_uri=$extra_uri
+qemu-io -f raw -c "write -P 0x5a 1M 4K" -c "write -P 0x33 8M 64K" "$sparse_uri" >/dev/null
+nbdinfo --map "$sparse_uri" | tee "$work/map.txt"
+# offset length type description: data exactly where written, holes around.
+awk '{print $1, $2, $3}' "$work/map.txt" >"$work/map.got"
+printf '%s\n' "0 1048576 3" "1048576 4096 0" "1052672 7335936 3" "8388608 65536 0" \
+    "8454144 58654720 3" >"$work/map.want"
+cmp -s "$work/map.got" "$work/map.want" || fail "nbdinfo --map: not the expected extents"
+qemu-img map --output=json -f raw "$sparse_uri" >"$work/qmap.json"
+[ "$(grep -c '"data": true' "$work/qmap.json")" = 2 ] || fail "qemu-img map: not 2 data extents"
+grep -q '"start": 1048576, "length": 4096,.*"data": true' "$work/qmap.json" ||
+    fail "qemu-img map: no data extent at 1M"
+grep -q '"start": 1052672, "length": 7335936,.*"zero": true, "data": false' "$work/qmap.json" ||
+    fail "qemu-img map: no hole after the first write"
+nbdcopy "$sparse_uri" "$work/sparse.raw"
+alloc=$(($(stat -c %b "$work/sparse.raw") * 512))
+[ "$alloc" -le $((256 * 1024)) ] || fail "nbdcopy: the copy allocates $alloc bytes for 68K of data"
+echo "block status: 2 data extents of 64 MiB, nbdcopy allocated $alloc bytes"
+stop_extras
 if [ ${#conf_failed[@]} -gt 0 ]; then
     fail "conformance scripts failed: $(printf '%s; ' "${conf_failed[@]}")their FAIL lines are above"
 fi

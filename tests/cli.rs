@@ -203,6 +203,80 @@ fn import_export_round_trip() {
     assert!(stdout == expected, "export of the larger import differs");
 }
 
+/// `export` to a regular file leaves a hole for every 4 KiB block that is
+/// unmapped or all zeros, not only for whole zero 1 MiB chunks (issue 17,
+/// item 10): checked with the file's allocated blocks and SEEK_HOLE.
+#[test]
+fn export_is_sparse_at_4k() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    const K4: usize = 4096;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // 4 MiB: in the first 2 MiB every fourth 4K block holds data (the rest
+    // are zeros the image maps, since import skips only zero 1M chunks);
+    // then an unmapped 1M; then one block of data at the very end.
+    let mut data = vec![0u8; 4 << 20];
+    for b in (0..(2 << 20) / K4).step_by(4) {
+        rng.fill(&mut data[b * K4..(b + 1) * K4]);
+    }
+    let last = data.len() - K4;
+    rng.fill(&mut data[last..]);
+    let input = env.path("in.bin");
+    std::fs::write(&input, &data).unwrap();
+    env.ok(&["import", input.to_str().unwrap(), "pool/img"]);
+    let out = env.path("out.bin");
+    env.ok(&["export", "pool/img", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == data, "export differs");
+    let data_blocks = (2 << 20) / K4 / 4 + 1;
+    let allocated = std::fs::metadata(&out).unwrap().blocks() * 512;
+    // ext4 may add a few blocks of its own (extent tree), never a whole
+    // zero 4K block per data block.
+    assert!(
+        allocated <= (data_blocks * K4 + 16 * K4) as u64,
+        "{allocated} bytes allocated for {data_blocks} data blocks"
+    );
+    let f = std::fs::File::open(&out).unwrap();
+    // SAFETY: lseek on a descriptor we own.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, K4 as i64, "the first hole starts after block 0");
+    // SAFETY: as above.
+    let next = unsafe { libc::lseek(f.as_raw_fd(), K4 as i64, libc::SEEK_DATA) };
+    assert_eq!(next, 4 * K4 as i64, "block 4 is the next data");
+    // Exported again to stdout: every byte in order.
+    assert!(env.ok(&["export", "pool/img", "-"]) == data);
+}
+
+/// `import` does not create the image's journal at `wlog_bytes` (issue
+/// 17, item 10): it writes through a small journal that it removes once
+/// the image is closed clean, and the first attach after it formats a
+/// journal of the configured size. Here `wlog_bytes` is 1G, which would be
+/// zero-filled before the first byte before the change.
+#[test]
+fn import_leaves_no_journal_and_attach_makes_one() {
+    let mut env = Env::new();
+    let normal = env.config.clone();
+    env.config = normal.replace(r#""wlog_bytes":"64M""#, r#""wlog_bytes":"1G""#);
+    assert_ne!(env.config, normal);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut data = vec![0u8; (6 << 20) + 4096];
+    rng.fill(&mut data[..]);
+    let input = env.path("in.bin");
+    std::fs::write(&input, &data).unwrap();
+    env.ok(&["import", input.to_str().unwrap(), "pool/img"]);
+    let journal = env.path("wlog/pool/img.wlog");
+    assert!(!journal.exists(), "import left its journal behind");
+    assert!(!env.path("wlog/pool/img.wlog.creating").exists());
+    let info = json(&env.ok(&["info", "pool/img", "--json"]));
+    assert_eq!(info["clean"], true);
+    // An attach (export opens the image read-write) with the normal
+    // configuration: a journal of the configured size, and every byte.
+    env.config = normal;
+    assert!(env.ok(&["export", "pool/img", "-"]) == data);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 64 << 20);
+    assert!(env.ok(&["export", "pool/img", "-"]) == data);
+}
+
 #[test]
 fn bench_reports_json() {
     let env = Env::new();

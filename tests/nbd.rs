@@ -359,8 +359,10 @@ fn negotiation_options() {
         n.reply(),
         (4242, REP_ERR_UNSUP, n_msg("option 4242 is not supported"))
     );
-    n.send_opt(OPT_STRUCTURED_REPLY, &[]);
-    assert_eq!(n.reply().1, REP_ERR_UNSUP);
+    // STRUCTURED_REPLY takes no data (accepted without: see
+    // block_status_reports_holes_and_data).
+    n.send_opt(OPT_STRUCTURED_REPLY, b"x");
+    assert_eq!(n.reply().1, REP_ERR_INVALID);
     // A wrong name: ERR_UNKNOWN naming what is served.
     let (e, msg) = n.info(OPT_INFO, "nope", &[]).unwrap_err();
     assert_eq!(e, REP_ERR_UNKNOWN);
@@ -427,6 +429,292 @@ fn negotiation_options() {
 
 fn n_msg(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
+}
+
+const OPT_LIST_META_CONTEXT: u32 = 9;
+const OPT_SET_META_CONTEXT: u32 = 10;
+const REP_META_CONTEXT: u32 = 4;
+const CMD_BLOCK_STATUS: u16 = 7;
+const FLAG_DF: u16 = 4;
+const FLAG_REQ_ONE: u16 = 8;
+const STRUCTURED_MAGIC: u32 = 0x668e_33ef;
+const HOLE_ZERO: u32 = 3;
+
+fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
+    let mut b = (name.len() as u32).to_be_bytes().to_vec();
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        b.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        b.extend_from_slice(q.as_bytes());
+    }
+    b
+}
+
+impl Nego {
+    /// LIST or SET_META_CONTEXT: the contexts replied (id, name), or the
+    /// error reply type.
+    fn meta(&mut self, opt: u32, name: &str, queries: &[&str]) -> Result<Vec<(u32, String)>, u32> {
+        self.send_opt(opt, &meta_data(name, queries));
+        let mut out = Vec::new();
+        loop {
+            let (o, t, d) = self.reply();
+            assert_eq!(o, opt);
+            match t {
+                REP_META_CONTEXT => {
+                    out.push((u32_at(&d, 0), String::from_utf8(d[4..].to_vec()).unwrap()))
+                }
+                REP_ACK => return Ok(out),
+                e => return Err(e),
+            }
+        }
+    }
+
+    /// Structured replies and `base:allocation`, then GO; returns the
+    /// client and the context's id.
+    fn go_with_allocation(mut self, name: &str) -> (Client, u32) {
+        self.send_opt(OPT_STRUCTURED_REPLY, &[]);
+        assert_eq!(self.reply().1, REP_ACK);
+        let ctx = self
+            .meta(OPT_SET_META_CONTEXT, name, &["base:allocation"])
+            .unwrap();
+        assert_eq!(ctx.len(), 1);
+        (self.go(name), ctx[0].0)
+    }
+}
+
+/// A structured reply chunk: (flags, type, cookie, payload).
+type Chunk = (u16, u16, u64, Vec<u8>);
+
+impl Client {
+    fn chunk(&mut self) -> Chunk {
+        let mut h = [0u8; 20];
+        self.s.read_exact(&mut h).unwrap();
+        assert_eq!(u32_at(&h, 0), STRUCTURED_MAGIC, "not a structured reply");
+        let mut d = vec![0u8; u32_at(&h, 16) as usize];
+        self.s.read_exact(&mut d).unwrap();
+        (u16_at(&h, 4), u16_at(&h, 6), u64_at(&h, 8), d)
+    }
+
+    /// BLOCK_STATUS for context `ctx`: the descriptors (length, flags), or
+    /// the error of a simple reply.
+    fn block_status(
+        &mut self,
+        ctx: u32,
+        flags: u16,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<(u32, u32)>, u32> {
+        self.send(CMD_BLOCK_STATUS, flags, 7, offset, len, &[]);
+        let mut h = [0u8; 20];
+        self.s.read_exact(&mut h[..4]).unwrap();
+        if u32_at(&h, 0) == REPLY_MAGIC {
+            self.s.read_exact(&mut h[4..16]).unwrap();
+            assert_eq!(u64_at(&h, 8), 7);
+            let err = u32_at(&h, 4);
+            assert_ne!(err, 0, "a simple reply to block status must be an error");
+            return Err(err);
+        }
+        assert_eq!(u32_at(&h, 0), STRUCTURED_MAGIC, "not a structured reply");
+        self.s.read_exact(&mut h[4..]).unwrap();
+        let mut d = vec![0u8; u32_at(&h, 16) as usize];
+        self.s.read_exact(&mut d).unwrap();
+        let (f, t, cookie) = (u16_at(&h, 4), u16_at(&h, 6), u64_at(&h, 8));
+        assert_eq!((f, t, cookie), (1, 5, 7), "one BLOCK_STATUS chunk, DONE");
+        assert_eq!(u32_at(&d, 0), ctx);
+        assert!(d.len() >= 12 && (d.len() - 4).is_multiple_of(8), "{d:?}");
+        let ext: Vec<(u32, u32)> = d[4..]
+            .chunks(8)
+            .map(|c| (u32_at(c, 0), u32_at(c, 4)))
+            .collect();
+        let sum: u64 = ext.iter().map(|e| u64::from(e.0)).sum();
+        assert!(
+            sum <= u64::from(len),
+            "{ext:?} describes more than {len} bytes"
+        );
+        assert!(
+            ext.iter().all(|e| e.0 > 0 && e.1 & !HOLE_ZERO == 0),
+            "{ext:?}"
+        );
+        if flags & FLAG_REQ_ONE != 0 {
+            assert_eq!(ext.len(), 1, "REQ_ONE: one descriptor");
+        }
+        Ok(ext)
+    }
+
+    /// A read under structured replies: the data, or the error chunk's.
+    fn read_structured(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
+        self.send(CMD_READ, 0, 8, offset, len, &[]);
+        let (f, t, cookie, d) = self.chunk();
+        assert_eq!((f & 1, cookie), (1, 8));
+        match t {
+            1 => {
+                assert_eq!(u64_at(&d, 0), offset);
+                Ok(d[8..].to_vec())
+            }
+            0x8001 => Err(u32_at(&d, 0)),
+            other => panic!("reply type {other} to a read"),
+        }
+    }
+}
+
+/// `NBD_CMD_BLOCK_STATUS` with `base:allocation` (issue 17, item 10):
+/// negotiation (structured replies first, LIST and SET, unknown contexts
+/// ignored), holes and data of an image with unflushed writes, REQ_ONE,
+/// the errors of bad requests, structured reads, and the same answers
+/// after a restart (from the durable map), from a snapshot export and from
+/// a clone (its parent's data where it has none of its own).
+#[test]
+fn block_status_reports_holes_and_data() {
+    const M: u64 = 1 << 20;
+    let env = Env::with_image();
+    let server = env.serve(&[]);
+    let sock = env.sock();
+    // Written, not flushed: in the overlay, not in the store yet.
+    let mut plain = Client::open(&sock);
+    let data = common::pattern(21, 8192);
+    assert_eq!(plain.write(M, &data, false), 0);
+    assert_eq!(plain.write(40 * M, &data, false), 0);
+    assert_eq!(plain.discard(CMD_TRIM, 40 * M, 4096), 0);
+    // Block status without a negotiated context: EINVAL.
+    assert_eq!(plain.block_status(1, 0, 0, 4096), Err(EINVAL));
+
+    let mut n = Nego::connect(&sock, true);
+    // Meta contexts need structured replies first.
+    assert_eq!(
+        n.meta(OPT_SET_META_CONTEXT, "img", &["base:allocation"]),
+        Err(REP_ERR_INVALID)
+    );
+    assert_eq!(
+        n.meta(OPT_LIST_META_CONTEXT, "img", &[]),
+        Err(REP_ERR_INVALID)
+    );
+    n.send_opt(OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(n.reply().1, REP_ACK);
+    let base = (0, "base:allocation".to_owned());
+    assert_eq!(
+        n.meta(OPT_LIST_META_CONTEXT, "img", &[]),
+        Ok(vec![base.clone()])
+    );
+    assert_eq!(
+        n.meta(OPT_LIST_META_CONTEXT, "img", &["base:"]),
+        Ok(vec![base])
+    );
+    assert_eq!(
+        n.meta(OPT_LIST_META_CONTEXT, "img", &["qemu:dirty-bitmap:x"]),
+        Ok(vec![])
+    );
+    assert_eq!(
+        n.meta(OPT_SET_META_CONTEXT, "nope", &["base:allocation"]),
+        Err(REP_ERR_UNKNOWN)
+    );
+    // Malformed: a query length past the end.
+    let mut bad = meta_data("img", &["base:allocation"]);
+    bad.truncate(bad.len() - 1);
+    n.send_opt(OPT_SET_META_CONTEXT, &bad);
+    assert_eq!(n.reply().1, REP_ERR_INVALID);
+    // Unknown contexts are ignored; base:allocation gets a non-zero id.
+    let ctx = n
+        .meta(
+            OPT_SET_META_CONTEXT,
+            "img",
+            &["qemu:allocation-depth", "base:allocation"],
+        )
+        .unwrap();
+    assert_eq!(ctx.len(), 1);
+    assert_eq!(ctx[0].1, "base:allocation");
+    let id = ctx[0].0;
+    assert_ne!(id, 0);
+    let mut c = n.go("img");
+
+    let hole = HOLE_ZERO;
+    let m = M as u32;
+    assert_eq!(
+        c.block_status(id, 0, 0, 4 * m),
+        Ok(vec![(m, hole), (8192, 0), (3 * m - 8192, hole)])
+    );
+    // The trimmed half of the second write is a hole again.
+    assert_eq!(
+        c.block_status(id, 0, 40 * M - 4096, 3 * 4096),
+        Ok(vec![(8192, hole), (4096, 0)])
+    );
+    assert_eq!(
+        c.block_status(id, FLAG_REQ_ONE, 0, 4 * m),
+        Ok(vec![(m, hole)])
+    );
+    assert_eq!(
+        c.block_status(id, FLAG_REQ_ONE, M + 4096, m),
+        Ok(vec![(4096, 0)])
+    );
+    // A range ending inside an extent is clipped to it; FUA is accepted.
+    assert_eq!(
+        c.block_status(id, FLAG_FUA, M - 512, 1024),
+        Ok(vec![(512, hole), (512, 0)])
+    );
+    // Bad requests: EINVAL, and the connection goes on.
+    assert_eq!(c.block_status(id, 0, SIZE - 4096, 8192), Err(EINVAL));
+    assert_eq!(c.block_status(id, 0, u64::MAX - 511, 4096), Err(EINVAL));
+    assert_eq!(c.block_status(id, 0, 0, 0), Err(EINVAL));
+    assert_eq!(c.block_status(id, FLAG_DF, 0, 4096), Err(EINVAL));
+    assert_eq!(
+        c.block_status(id, 0, 100, 4096),
+        Err(EINVAL),
+        "misaligned after GO asked for block sizes"
+    );
+    // Reads come as structured chunks now.
+    assert!(c.read_structured(M, 8192).unwrap() == data);
+    assert_eq!(c.read_structured(SIZE, 4096), Err(EINVAL));
+    // Structured replies without a context: block status is EINVAL.
+    let mut n = Nego::connect(&sock, true);
+    n.send_opt(OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(n.reply().1, REP_ACK);
+    assert_eq!(
+        n.meta(OPT_SET_META_CONTEXT, "img", &["x-other:thing"]),
+        Ok(vec![])
+    );
+    let mut none = n.go("img");
+    assert_eq!(none.block_status(1, 0, 0, 4096), Err(EINVAL));
+    drop((c, none, plain));
+    assert!(server.stop());
+
+    // After a clean stop: the same, from the durable map.
+    let expect = vec![(m, hole), (8192, 0), (3 * m - 8192, hole)];
+    let server = env.serve(&[]);
+    let (mut c, id) = Nego::connect(&sock, true).go_with_allocation("img");
+    assert_eq!(c.block_status(id, 0, 0, 4 * m), Ok(expect.clone()));
+    drop(c);
+    assert!(server.stop());
+
+    // A snapshot export and a clone of it.
+    for args in [
+        vec!["snap", "create", "p/img@s1"],
+        vec!["clone", "p/img@s1", "p/child"],
+    ] {
+        let out = env.cmd(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let listen = format!("unix:{}", sock.display());
+    let server = env.serve_args(&["serve-nbd", "p/img@s1", "--listen", &listen]);
+    let (mut s, id) = Nego::connect(&sock, true).go_with_allocation("img@s1");
+    assert_eq!(s.block_status(id, 0, 0, 4 * m), Ok(expect.clone()));
+    drop(s);
+    assert!(server.stop());
+    let server = env.serve_args(&["serve-nbd", "p/child", "--listen", &listen]);
+    let (mut k, id) = Nego::connect(&sock, true).go_with_allocation("child");
+    // The parent's data reads through: data; then the clone's own write.
+    assert_eq!(k.block_status(id, 0, 0, 4 * m), Ok(expect));
+    assert_eq!(k.write(2 * M, &data[..4096], false), 0);
+    assert_eq!(
+        k.block_status(id, 0, M, 2 * m),
+        Ok(vec![
+            (8192, 0),
+            (m - 8192, hole),
+            (4096, 0),
+            (m - 4096, hole)
+        ])
+    );
+    drop(k);
+    assert!(server.stop());
 }
 
 #[test]

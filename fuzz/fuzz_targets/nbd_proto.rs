@@ -1,9 +1,9 @@
-//! The NBD wire decoders: option headers, NBD_OPT_INFO / NBD_OPT_GO
-//! payloads and transmission request headers. What decodes re-encodes to
+//! The NBD wire decoders: option headers, NBD_OPT_INFO / NBD_OPT_GO and
+//! NBD_OPT_LIST/SET_META_CONTEXT payloads and transmission request headers. What decodes re-encodes to
 //! the same bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use lsvd::nbd::proto::{InfoRequest, OptionHeader, Request, REQUEST_BYTES};
+use lsvd::nbd::proto::{InfoRequest, MetaContextRequest, OptionHeader, Request, REQUEST_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(b) = data.get(..16) {
@@ -20,5 +20,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(i) = InfoRequest::decode(data) {
         assert_eq!(i.encode(), data);
+    }
+    if let Some(m) = MetaContextRequest::decode(data) {
+        assert_eq!(m.encode(), data);
     }
 });

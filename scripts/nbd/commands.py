@@ -36,7 +36,7 @@ rng = random.Random(15)
 
 h = connect(NAME)
 check_export_info(h, "commands")
-check(not h.get_structured_replies_negotiated(), "structured replies negotiated")
+check(h.get_structured_replies_negotiated(), "structured replies not negotiated")
 
 
 def write(off, data, flags=0, hh=None):

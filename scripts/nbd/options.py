@@ -17,12 +17,15 @@
 #                           padding), for every name; an unknown name
 #                           closes the connection (the option has no error
 #                           reply)
-#   NBD_OPT_STRUCTURED_REPLY  declined: libnbd asks (its default) and
-#                           ends up with simple replies; meta contexts
-#                           and block status are unavailable
+#   NBD_OPT_STRUCTURED_REPLY  accepted: libnbd asks (its default); a
+#                           client that does not ask gets simple replies
 #   NBD_OPT_STARTTLS        refused: TLS_ALLOW connects in clear,
 #                           TLS_REQUIRE fails to connect
-#   NBD_OPT_LIST_META_CONTEXT  refused without structured replies
+#   NBD_OPT_LIST_META_CONTEXT  lists base:allocation (refused without
+#                           structured replies)
+#   NBD_OPT_SET_META_CONTEXT   base:allocation, then block status: a fresh
+#                           image is one hole (HOLE|ZERO); an unknown
+#                           context is ignored
 import errno
 
 import nbd
@@ -56,14 +59,19 @@ expect_error(h.opt_info, errno.ENOENT, "NBD_OPT_INFO of an unknown export (NBD_R
 check(h.aio_is_negotiating(), "after a failed NBD_OPT_INFO the negotiation goes on")
 expect_error(h.opt_go, errno.ENOENT, "NBD_OPT_GO of an unknown export (NBD_REP_ERR_UNKNOWN)")
 check(h.aio_is_negotiating(), "after a failed NBD_OPT_GO the negotiation goes on")
-expect_error(lambda: h.opt_list_meta_context(lambda ctx: 0), errno.ENOTSUP,
-             "NBD_OPT_LIST_META_CONTEXT without structured replies")
+expect_error(lambda: h.opt_list_meta_context(lambda ctx: 0), None,
+             "NBD_OPT_LIST_META_CONTEXT of an unknown export")
+h.set_export_name(ALIAS)
+listed = []
+n = expect_ok(lambda: h.opt_list_meta_context(lambda ctx: listed.append(ctx)), "NBD_OPT_LIST_META_CONTEXT")
+check(n == 1 and listed == [nbd.CONTEXT_BASE_ALLOCATION],
+      f"NBD_OPT_LIST_META_CONTEXT: {n} contexts {listed}, expected ['{nbd.CONTEXT_BASE_ALLOCATION}']")
 h.set_export_name(ALIAS)
 succeeds(h.opt_go, f"NBD_OPT_GO '{ALIAS}' after the failures")
 check(h.aio_is_ready(), "NBD_OPT_GO: the handle is ready for transmission")
 check_export_info(h, "NBD_OPT_GO")
 check(h.get_canonical_export_name() == NAME, "NBD_OPT_GO: canonical name")
-check(not h.get_structured_replies_negotiated(), "NBD_OPT_GO: structured replies were negotiated")
+check(h.get_structured_replies_negotiated(), "NBD_OPT_GO: structured replies were not negotiated")
 check(len(expect_ok(lambda: h.pread(4096, 0), "read after NBD_OPT_GO") or b"") == 4096,
       "read after NBD_OPT_GO returns 4096 bytes")
 h.shutdown()
@@ -132,21 +140,24 @@ g.set_export_name("no-such-export")
 expect_error(lambda: g.connect_unix(SOCK), None,
              "NBD_OPT_EXPORT_NAME of an unknown export (the server must close)")
 
-# --- STRUCTURED_REPLY: asked for (libnbd's default), declined.
+# --- STRUCTURED_REPLY (libnbd's default) and base:allocation.
 g = nbd.NBD()
 check(g.get_request_structured_replies(), "libnbd asks for structured replies by default")
+g.add_meta_context("x-unknown:context")
 g.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
 g.set_opt_mode(True)
 g.set_export_name(NAME)
 g.connect_unix(SOCK)
-if hasattr(g, "opt_structured_reply"):  # libnbd >= 1.16
-    check(g.opt_structured_reply() is False, "NBD_OPT_STRUCTURED_REPLY accepted")
-succeeds(g.opt_go, "NBD_OPT_GO after NBD_OPT_STRUCTURED_REPLY was declined")
-check(not g.get_structured_replies_negotiated(), "structured replies negotiated")
-check(not g.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION), "base:allocation negotiated")
-expect_error(lambda: g.block_status(4096, 0, lambda *a: 0), errno.ENOTSUP,
-             "block status without structured replies")
-check(len(g.pread(4096, 0)) == 4096, "read with simple replies")
+succeeds(g.opt_go, "NBD_OPT_GO with NBD_OPT_SET_META_CONTEXT")
+check(g.get_structured_replies_negotiated(), "structured replies not negotiated")
+check(g.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION), "base:allocation not negotiated")
+check(not g.can_meta_context("x-unknown:context"), "an unknown context was selected")
+seen = []
+expect_ok(lambda: g.block_status(SIZE, 0, lambda ctx, off, ents, err: seen.append((ctx, off, list(ents))) or 0),
+          "block status")
+check(seen == [(nbd.CONTEXT_BASE_ALLOCATION, 0, [SIZE, 3])],
+      f"block status of a fresh image: {seen}, expected one hole|zero extent of {SIZE}")
+check(len(g.pread(4096, 0)) == 4096, "read with structured replies")
 g.shutdown()
 g = expect_ok(lambda: connect(NAME, request_structured_replies=False),
               "connect without asking for structured replies")

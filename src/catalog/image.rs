@@ -801,6 +801,23 @@ fn remove_journal(journal: Option<&Path>, owner: Option<ImageUuid>) -> Result<()
     Ok(())
 }
 
+/// Remove the journal `journal` of image `owner` after a clean close, so
+/// that the next attach formats a new one of its configured size (`import`
+/// writes through a small journal, then drops it). Kept if it belongs to
+/// another image. Only call once the superblock marked clean is durable:
+/// the journal then holds nothing the backend does not.
+pub fn remove_idle_journal(journal: &Path, owner: ImageUuid) -> Result<()> {
+    remove_journal(Some(journal), Some(owner))?;
+    // Not needed for safety (a journal left behind by a crash here is
+    // empty and is used as it is); makes the removal stick.
+    if let Some(dir) = journal.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
 fn remove_file_if_any(p: &Path) -> Result<()> {
     match std::fs::remove_file(p) {
         Ok(()) => Ok(()),

@@ -1,5 +1,7 @@
-//! `import` and `export`: copy between a file and an image in 1 MiB chunks,
-//! skipping all-zero chunks in both directions.
+//! `import` and `export`: copy between a file and an image in 1 MiB chunks.
+//! Import skips all-zero chunks; export does not read chunks the image's
+//! map has no data for, and leaves a hole in a regular file for every
+//! 4 KiB block that is unmapped or all zeros.
 
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
@@ -26,6 +28,9 @@ const CHUNK: u64 = 1 << 20;
 const SECTOR: u64 = 512;
 /// Import: writes submitted and not yet acknowledged, at most.
 const IMPORT_IN_FLIGHT: usize = 8;
+/// Import: the journal holds this many objects' worth of writes
+/// ([`import_config`]).
+const IMPORT_JOURNAL_OBJS: u64 = 4;
 /// Export: threads reading chunks ahead of the writer.
 const EXPORT_READERS: u64 = 4;
 
@@ -297,8 +302,37 @@ pub fn import(config: &Config, args: &ImportArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The journal an import writes through: `wlog_bytes` capped at
+/// [`IMPORT_JOURNAL_OBJS`] objects (and at least the smallest journal the
+/// configuration allows). It is created (zero-filled and synced) when the
+/// import opens the image, so a 1 GiB default journal would cost a 1 GiB
+/// write before the first byte of data; a small one only throttles the
+/// import to the store's pace, which it is anyway.
+fn import_config(config: &Config) -> Config {
+    let mut c = config.clone();
+    let min_wlog = c.wlog_chunk_bytes.saturating_mul(4).saturating_add(1 << 20);
+    let small = c
+        .backend_obj_bytes
+        .saturating_mul(IMPORT_JOURNAL_OBJS)
+        .max(min_wlog);
+    c.wlog_bytes = c.wlog_bytes.min(round_up(small, SIZE_ALIGN));
+    c
+}
+
 /// Open the new image, write the non-zero chunks of the input, flush and
 /// close.
+///
+/// The image is written through a small journal of its own
+/// ([`import_config`]) that is removed once the image is closed clean, so
+/// the first attach formats one of the configured size. Crash-safety
+/// ordering of a successful import: every write is in the small journal
+/// (flush), then close makes everything durable in the store, writes the
+/// final checkpoint and marks the superblock clean; only then is the
+/// journal file removed. A crash before the clean mark leaves an image
+/// that was never reported imported (the user removes it); a crash after
+/// it leaves at most the small, empty journal, which the next attach
+/// opens and uses as it is. A journal that existed before the import (a
+/// symlink to a journal device, say) is used at its size and kept.
 fn fill_image(
     config: &Config,
     store: Arc<dyn ObjectStore>,
@@ -309,9 +343,16 @@ fn fill_image(
     stop: &StopFlag,
 ) -> anyhow::Result<()> {
     stop.check()?;
-    let vol = open_volume(config, store, spec)?;
+    let journal = spec.journal_path(config);
+    let own_journal = journal.symlink_metadata().is_err();
+    let vol = if own_journal {
+        open_volume(&import_config(config), store, spec)?
+    } else {
+        open_volume(config, store, spec)?
+    };
     // A failed import removes the image: no error may promise a replay.
     vol.set_disposable();
+    let uuid = vol.uuid();
     match stop
         .check()
         .and_then(|()| write_chunks(&vol, input, size, pb, stop))
@@ -322,6 +363,12 @@ fn fill_image(
         Ok(()) => {
             vol.close()
                 .with_context(|| format!("cannot close image {spec}"))?;
+            if own_journal {
+                // After the clean mark is durable (close): see above.
+                image::remove_idle_journal(&journal, uuid).with_context(|| {
+                    format!("cannot remove the import's journal {}", journal.display())
+                })?;
+            }
             // A Ctrl-C in a pipeline also ends the input, perhaps before the
             // signal is seen: an import that was interrupted at any point
             // does not report a (possibly truncated) success.
@@ -407,6 +454,35 @@ fn write_chunks(
     stop.check()
 }
 
+/// One chunk of an export, as a reader hands it to the writer.
+enum Chunk {
+    /// The image's bytes (mapped somewhere in the chunk).
+    Data(Vec<u8>),
+    /// This many bytes the image's map says are holes: not read at all.
+    Hole(usize),
+}
+
+/// The runs of `buf` made of 4 KiB blocks (from its start; the last may
+/// be shorter) that are not all zeros, as (offset in `buf`, bytes).
+fn nonzero_runs(buf: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    const BLOCK: usize = 4096;
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < buf.len() && is_zero(&buf[at..(at + BLOCK).min(buf.len())]) {
+            at += BLOCK;
+        }
+        if at >= buf.len() {
+            return None;
+        }
+        let start = at;
+        while at < buf.len() && !is_zero(&buf[at..(at + BLOCK).min(buf.len())]) {
+            at += BLOCK;
+        }
+        let end = at.min(buf.len());
+        Some((start, &buf[start..end]))
+    })
+}
+
 /// Where `export` writes.
 enum Output {
     /// A regular file: zero chunks become holes, the length is set at the end.
@@ -416,12 +492,29 @@ enum Output {
 }
 
 impl Output {
-    /// Write the chunk at `off` (chunks arrive in order).
-    fn write_chunk(&mut self, off: u64, buf: &[u8]) -> std::io::Result<()> {
-        match self {
-            Output::Sparse(_, _) if is_zero(buf) => Ok(()),
-            Output::Sparse(f, _) => f.write_all_at(buf, off),
-            Output::Stream(w) => w.write_all(buf),
+    /// Write the chunk at `off` (chunks arrive in order): `Hole(len)` is an
+    /// unmapped chunk. A sparse file gets only the 4 KiB blocks that are
+    /// not all zeros (its holes are skipped: the file starts empty).
+    fn write_chunk(&mut self, off: u64, chunk: &Chunk) -> std::io::Result<()> {
+        match (self, chunk) {
+            (Output::Sparse(_, _), Chunk::Hole(_)) => Ok(()),
+            (Output::Sparse(f, _), Chunk::Data(buf)) => {
+                for (at, run) in nonzero_runs(buf) {
+                    f.write_all_at(run, off + at as u64)?;
+                }
+                Ok(())
+            }
+            (Output::Stream(w), Chunk::Data(buf)) => w.write_all(buf),
+            (Output::Stream(w), Chunk::Hole(len)) => {
+                let zeros = [0u8; 64 << 10];
+                let mut left = *len;
+                while left > 0 {
+                    let n = left.min(zeros.len());
+                    w.write_all(&zeros[..n])?;
+                    left -= n;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -526,6 +619,17 @@ fn write_error(e: std::io::Error, what: String) -> anyhow::Error {
     }
 }
 
+/// Read the chunk of `len` bytes at `off`, unless the image's map says it
+/// is all holes.
+fn read_chunk(vol: &Volume, off: u64, len: usize) -> crate::Result<Chunk> {
+    if vol.allocation(off, len as u64)?.iter().all(|e| !e.data) {
+        return Ok(Chunk::Hole(len));
+    }
+    let mut buf = vec![0u8; len];
+    vol.read(off, &mut buf)?;
+    Ok(Chunk::Data(buf))
+}
+
 /// Read `vol` in chunks on [`EXPORT_READERS`] threads and write them to
 /// `out` in order.
 fn copy_out(vol: &Volume, size: u64, out: &mut Output, pb: &ProgressBar) -> anyhow::Result<()> {
@@ -537,7 +641,7 @@ fn copy_out(vol: &Volume, size: u64, out: &mut Output, pb: &ProgressBar) -> anyh
         for first in 0..readers {
             // Reader `first` reads chunks first, first + readers, ...; the
             // writer takes chunk i from reader i % readers, so order holds.
-            let (tx, rx) = mpsc::sync_channel::<crate::Result<Vec<u8>>>(2);
+            let (tx, rx) = mpsc::sync_channel::<crate::Result<Chunk>>(2);
             rxs.push(rx);
             let stop = &stop;
             std::thread::Builder::new()
@@ -546,8 +650,8 @@ fn copy_out(vol: &Volume, size: u64, out: &mut Output, pb: &ProgressBar) -> anyh
                     let mut i = first;
                     while i < nchunks && !stop.load(Ordering::Relaxed) {
                         let off = i * CHUNK;
-                        let mut buf = vec![0u8; (size - off).min(CHUNK) as usize];
-                        let r = vol.read(off, &mut buf).map(|()| buf);
+                        let len = (size - off).min(CHUNK) as usize;
+                        let r = read_chunk(vol, off, len);
                         let failed = r.is_err();
                         if tx.send(r).is_err() || failed {
                             break;
@@ -567,7 +671,10 @@ fn copy_out(vol: &Volume, size: u64, out: &mut Output, pb: &ProgressBar) -> anyh
                 out.write_chunk(off, &buf).map_err(|e| {
                     write_error(e, format!("cannot write the output at offset {off}"))
                 })?;
-                pb.inc(buf.len() as u64);
+                pb.inc(match &buf {
+                    Chunk::Data(b) => b.len(),
+                    Chunk::Hole(n) => *n,
+                } as u64);
             }
             Ok(())
         })();
@@ -593,6 +700,17 @@ mod tests {
         b[300] = 0x80;
         assert!(!is_zero(&b[..301]));
         assert!(is_zero(&b[..300]));
+    }
+
+    #[test]
+    fn nonzero_runs_are_whole_4k_blocks() {
+        let mut b = vec![0u8; 5 * 4096 + 100];
+        assert_eq!(nonzero_runs(&b).count(), 0);
+        b[4096 + 7] = 1; // block 1
+        b[2 * 4096] = 1; // block 2
+        b[5 * 4096 + 99] = 1; // the short last block
+        let runs: Vec<(usize, usize)> = nonzero_runs(&b).map(|(a, r)| (a, r.len())).collect();
+        assert_eq!(runs, vec![(4096, 2 * 4096), (5 * 4096, 100)]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod proto;
 pub mod server;
 
 use crate::error::Result;
-use crate::volume::{Completion, Volume};
+use crate::volume::{Completion, Extent, Volume};
 
 pub use server::{serve, Limits, Listener, ServeOptions};
 
@@ -47,6 +47,13 @@ pub trait Export: Send + Sync + 'static {
     fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<()>;
     /// Zero a range; with `fua`, durable when it returns.
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()>;
+    /// The allocation of `[offset, offset + len)` (aligned to
+    /// [`Export::min_block`], inside the export) as consecutive runs, for
+    /// `NBD_CMD_BLOCK_STATUS`. The default: all data.
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let _ = offset;
+        Ok(vec![Extent { len, data: true }])
+    }
     /// Start a write without waiting: `data` is copied before this returns
     /// and `done` runs once the write is acknowledged. An error returned
     /// here means `done` was not called. The default waits.
@@ -124,5 +131,11 @@ impl Export for Volume {
 
     fn submit_write(&self, offset: u64, data: &[u8], fua: bool, done: Completion) -> Result<()> {
         Volume::submit_write(self, offset, data, fua, done).map(|_| ())
+    }
+
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        // Writes acknowledged but not destaged are data; a clone's holes
+        // are what its parent holds; a snapshot view answers for itself.
+        Volume::allocation(self, offset, len)
     }
 }

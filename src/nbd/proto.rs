@@ -3,7 +3,8 @@
 //!
 //! All integers are big-endian (network order). Only what the server uses
 //! is here: the fixed newstyle handshake, the options it answers and simple
-//! replies (no structured replies, no extended headers).
+//! replies, and structured replies (for reads and block status; no
+//! extended headers).
 //!
 //! Handshake, server first:
 //! ```text
@@ -16,6 +17,7 @@
 //! ```text
 //! C: u32 REQUEST_MAGIC, u16 flags, u16 type, u64 cookie, u64 offset, u32 length, [payload]
 //! S: u32 SIMPLE_REPLY_MAGIC, u32 error, u64 cookie, [data of a successful read]
+//! S: u32 STRUCTURED_REPLY_MAGIC, u16 flags, u16 type, u64 cookie, u32 length, [payload]
 //! ```
 
 use std::io::{self, Read, Write};
@@ -30,6 +32,8 @@ pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of a simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Magic of a structured reply chunk.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Handshake flag: fixed newstyle negotiation.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
@@ -67,8 +71,12 @@ pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 /// Option: describe an export and start transmission.
 pub const OPT_GO: u32 = 7;
-/// Option: structured replies (refused: simple replies only).
+/// Option: structured replies.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// Option: list the metadata contexts matching queries.
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+/// Option: select the metadata contexts for `NBD_CMD_BLOCK_STATUS`.
+pub const OPT_SET_META_CONTEXT: u32 = 10;
 
 /// Option reply: accepted / end of a list.
 pub const REP_ACK: u32 = 1;
@@ -76,6 +84,8 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 /// Option reply: one piece of export information.
 pub const REP_INFO: u32 = 3;
+/// Option reply: one metadata context (u32 id, name).
+pub const REP_META_CONTEXT: u32 = 4;
 /// Option error: unknown or unsupported option.
 pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 /// Option error: malformed option.
@@ -104,22 +114,47 @@ pub const CMD_FLUSH: u16 = 3;
 pub const CMD_TRIM: u16 = 4;
 /// Command: write zeroes.
 pub const CMD_WRITE_ZEROES: u16 = 6;
+/// Command: block status of the selected metadata contexts.
+pub const CMD_BLOCK_STATUS: u16 = 7;
 
 /// Command flag: force unit access.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 /// Command flag (write-zeroes only): the zeros must be written, not left
 /// as a hole. Every write-zeroes here writes them anyway.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// Command flag (block status only): one descriptor is enough.
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+/// Structured reply flag: the last chunk of the reply.
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+/// Structured reply type: no payload (a successful empty reply).
+pub const REPLY_TYPE_NONE: u16 = 0;
+/// Structured reply type: u64 offset, then data.
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Structured reply type: u32 context id, then (u32 length, u32 flags)...
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Structured reply type: u32 error, u16 message length, message.
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+/// The one metadata context served: allocation of the image.
+pub const CONTEXT_BASE_ALLOCATION: &str = "base:allocation";
+/// `base:allocation` flag: not allocated.
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` flag: reads as zeros.
+pub const STATE_ZERO: u32 = 1 << 1;
+/// Bytes of a structured reply chunk header.
+pub const STRUCTURED_REPLY_BYTES: usize = 20;
 
 /// The command flags the server accepts on command `kind`: FUA on every
 /// command (it is advertised; on a read or flush it changes nothing),
-/// NO_HOLE on write-zeroes. Others (DF, REQ_ONE, FAST_ZERO: their features
-/// are not negotiated; unknown bits) get EINVAL, as the spec asks.
+/// NO_HOLE on write-zeroes, REQ_ONE on block status. Others (DF,
+/// FAST_ZERO: their features are not negotiated; unknown bits) get EINVAL,
+/// as the spec asks.
 pub fn allowed_flags(kind: u16) -> u16 {
-    if kind == CMD_WRITE_ZEROES {
-        CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
-    } else {
-        CMD_FLAG_FUA
+    match kind {
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+        _ => CMD_FLAG_FUA,
     }
 }
 
@@ -299,6 +334,69 @@ impl InfoRequest {
     }
 }
 
+/// The data of `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT`:
+/// an export name and queries (u32 name length, name, u32 number of
+/// queries, each u32 length and string).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaContextRequest {
+    /// Export name.
+    pub name: String,
+    /// Queries (context names, or a namespace such as `base:` to list).
+    pub queries: Vec<String>,
+}
+
+impl MetaContextRequest {
+    /// Decode, checking every length against the data; `None` if malformed.
+    pub fn decode(data: &[u8]) -> Option<MetaContextRequest> {
+        let string = |at: usize| -> Option<(String, usize)> {
+            let n = be_u32(data.get(at..at.checked_add(4)?)?) as usize;
+            let end = (at + 4).checked_add(n)?;
+            let s = std::str::from_utf8(data.get(at + 4..end)?).ok()?;
+            Some((s.to_owned(), end))
+        };
+        let (name, mut at) = string(0)?;
+        let n = be_u32(data.get(at..at + 4)?) as usize;
+        at += 4;
+        let mut queries = Vec::new();
+        for _ in 0..n {
+            let (q, end) = string(at)?;
+            queries.push(q);
+            at = end;
+        }
+        (at == data.len()).then_some(MetaContextRequest { name, queries })
+    }
+
+    /// Encode (the client side, for tests and tools).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = (self.name.len() as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(self.name.as_bytes());
+        b.extend_from_slice(&(self.queries.len() as u32).to_be_bytes());
+        for q in &self.queries {
+            b.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            b.extend_from_slice(q.as_bytes());
+        }
+        b
+    }
+}
+
+/// `NBD_REP_META_CONTEXT` data: context id, name.
+pub fn rep_meta_context(id: u32, name: &str) -> Vec<u8> {
+    let mut b = id.to_be_bytes().to_vec();
+    b.extend_from_slice(name.as_bytes());
+    b
+}
+
+/// A structured reply chunk header; `length` bytes of payload follow.
+pub fn encode_structured(flags: u16, kind: u16, cookie: u64, length: u32) -> [u8; 20] {
+    let mut b = [0u8; STRUCTURED_REPLY_BYTES];
+    b[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b[4..6].copy_from_slice(&flags.to_be_bytes());
+    b[6..8].copy_from_slice(&kind.to_be_bytes());
+    b[8..16].copy_from_slice(&cookie.to_be_bytes());
+    b[16..20].copy_from_slice(&length.to_be_bytes());
+    b
+}
+
 /// A transmission request header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -439,5 +537,32 @@ mod tests {
             length: 0,
         };
         assert_eq!(OptionHeader::decode(&h.encode()), Some(h));
+        let s = encode_structured(REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, 9, 12);
+        assert_eq!(&s[0..4], &[0x66, 0x8e, 0x33, 0xef]);
+        assert_eq!(&s[4..8], &[0, 1, 0, 5]);
+        assert_eq!(&s[16..20], &12u32.to_be_bytes());
+    }
+
+    #[test]
+    fn meta_context_request_lengths_are_checked() {
+        let r = MetaContextRequest {
+            name: "img".into(),
+            queries: vec![CONTEXT_BASE_ALLOCATION.into(), "qemu:dirty-bitmap:x".into()],
+        };
+        let b = r.encode();
+        assert_eq!(MetaContextRequest::decode(&b), Some(r));
+        for n in 0..b.len() {
+            assert_eq!(
+                MetaContextRequest::decode(&b[..n]),
+                None,
+                "truncated at {n}"
+            );
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(MetaContextRequest::decode(&long), None);
+        let mut huge = b;
+        huge[7 + 4..7 + 8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(MetaContextRequest::decode(&huge), None);
     }
 }

@@ -666,8 +666,8 @@ fn connection(shared: &Arc<Shared>, stream: Stream, conn: &Arc<Conn>) {
     // longer than it.
     let _ = wr.set_write_timeout(shared.opts.limits.transfer_timeout);
     let mut rd = BufReader::with_capacity(64 << 10, stream);
-    let strict = match negotiate(shared, &mut rd, &mut wr) {
-        Ok(Some(strict)) => strict,
+    let agreed = match negotiate(shared, &mut rd, &mut wr) {
+        Ok(Some(agreed)) => agreed,
         Ok(None) => return,
         Err(e) => {
             debug!(
@@ -679,14 +679,41 @@ fn connection(shared: &Arc<Shared>, stream: Stream, conn: &Arc<Conn>) {
     };
     conn.last_active.store(shared.now(), Ordering::SeqCst);
     conn.negotiating.store(false, Ordering::SeqCst);
-    transmit(shared, rd, wr, conn, strict);
+    transmit(shared, rd, wr, conn, agreed);
 }
 
-/// The fixed newstyle negotiation. `Ok(Some(strict))`: go to
-/// transmission, where `strict` says the client asked for the block size
-/// constraints (and so promised to follow them); `Ok(None)`: close (abort,
-/// or a violation already logged).
-fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Result<Option<bool>> {
+/// What the negotiation settled for the transmission phase.
+#[derive(Clone, Copy, Debug, Default)]
+struct Agreed {
+    /// The client asked for the block size constraints (and so promised
+    /// to follow them): misaligned requests get EINVAL.
+    strict: bool,
+    /// Structured replies (`NBD_OPT_STRUCTURED_REPLY`): reads are answered
+    /// with structured chunks.
+    structured: bool,
+    /// `base:allocation` was selected (`NBD_OPT_SET_META_CONTEXT`):
+    /// `NBD_CMD_BLOCK_STATUS` is served.
+    allocation: bool,
+}
+
+/// The id of `base:allocation` in `NBD_REP_META_CONTEXT` and block status.
+const BASE_ALLOCATION_ID: u32 = 1;
+/// Block status: at most this many bytes are looked up per request, and
+/// at most this many descriptors are sent (the spec lets a server answer
+/// for less than the whole range). Answered on the connection's thread
+/// and not charged to its budget: one request costs at most one map
+/// lookup of 256 MiB (512 Ki pieces at worst) and a 64 KiB reply.
+const STATUS_MAX_BYTES: u64 = 256 << 20;
+const STATUS_MAX_DESCRIPTORS: usize = 8192;
+
+/// The fixed newstyle negotiation. `Ok(Some(agreed))`: go to
+/// transmission with what was agreed; `Ok(None)`: close (abort, or a
+/// violation already logged).
+fn negotiate(
+    shared: &Shared,
+    rd: &mut impl Read,
+    wr: &mut impl Write,
+) -> io::Result<Option<Agreed>> {
     let export = shared.export.as_ref();
     wr.write_all(&proto::encode_greeting(
         proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES,
@@ -698,6 +725,7 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
     }
     let no_zeroes = cflags & proto::FLAG_C_NO_ZEROES != 0;
     let name = &shared.opts.name;
+    let mut agreed = Agreed::default();
     loop {
         let Some(h) = OptionHeader::decode(&proto::read_array::<16>(rd)?) else {
             warn!("NBD client sent an option without the IHAVEOPT magic: closing");
@@ -740,7 +768,7 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
                     no_zeroes,
                 ))?;
                 // No block sizes were negotiated: any alignment is served.
-                return Ok(Some(false));
+                return Ok(Some(agreed));
             }
             proto::OPT_ABORT => {
                 // The client may already be gone; that is fine.
@@ -797,12 +825,77 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
                 }
                 proto::write_option_reply(wr, opt, proto::REP_ACK, &[])?;
                 if h.option == proto::OPT_GO {
-                    return Ok(Some(req.requests.contains(&proto::INFO_BLOCK_SIZE)));
+                    agreed.strict = req.requests.contains(&proto::INFO_BLOCK_SIZE);
+                    return Ok(Some(agreed));
                 }
             }
+            proto::OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    proto::write_option_reply(
+                        wr,
+                        opt,
+                        proto::REP_ERR_INVALID,
+                        b"NBD_OPT_STRUCTURED_REPLY takes no data",
+                    )?;
+                    continue;
+                }
+                agreed.structured = true;
+                proto::write_option_reply(wr, opt, proto::REP_ACK, &[])?;
+            }
+            proto::OPT_LIST_META_CONTEXT | proto::OPT_SET_META_CONTEXT => {
+                let list = h.option == proto::OPT_LIST_META_CONTEXT;
+                if !agreed.structured {
+                    proto::write_option_reply(
+                        wr,
+                        opt,
+                        proto::REP_ERR_INVALID,
+                        b"meta contexts need structured replies (NBD_OPT_STRUCTURED_REPLY) first",
+                    )?;
+                    continue;
+                }
+                let Some(req) = proto::MetaContextRequest::decode(&data) else {
+                    proto::write_option_reply(
+                        wr,
+                        opt,
+                        proto::REP_ERR_INVALID,
+                        b"malformed NBD_OPT_LIST/SET_META_CONTEXT data",
+                    )?;
+                    continue;
+                };
+                if !shared.opts.accepts(&req.name) {
+                    let msg = format!(
+                        "unknown export '{}'; this server exports '{name}'",
+                        req.name
+                    );
+                    proto::write_option_reply(wr, opt, proto::REP_ERR_UNKNOWN, msg.as_bytes())?;
+                    continue;
+                }
+                // `base:allocation` is the one context; other queries
+                // (other namespaces, unknown names) select nothing, as the
+                // spec asks. A list with no query, or the namespace
+                // `base:`, lists it too.
+                let base = proto::CONTEXT_BASE_ALLOCATION;
+                let found = req.queries.iter().any(|q| q == base)
+                    || (list
+                        && (req.queries.is_empty() || req.queries.iter().any(|q| q == "base:")));
+                if found {
+                    // A listed context's id is reserved: zero.
+                    let id = if list { 0 } else { BASE_ALLOCATION_ID };
+                    proto::write_option_reply(
+                        wr,
+                        opt,
+                        proto::REP_META_CONTEXT,
+                        &proto::rep_meta_context(id, base),
+                    )?;
+                }
+                if !list {
+                    // A SET replaces what an earlier one selected.
+                    agreed.allocation = found;
+                }
+                proto::write_option_reply(wr, opt, proto::REP_ACK, &[])?;
+            }
             other => {
-                // STARTTLS, STRUCTURED_REPLY (simple replies only), meta
-                // contexts and anything unknown.
+                // STARTTLS and anything unknown.
                 let msg = format!("option {other} is not supported");
                 proto::write_option_reply(wr, opt, proto::REP_ERR_UNSUP, msg.as_bytes())?;
             }
@@ -814,10 +907,25 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
 struct Reply {
     cookie: u64,
     error: u32,
-    /// The data of a successful read.
+    /// The data of a successful read; the payload of a block status.
     data: Option<Vec<u8>>,
     /// Bytes charged to the connection's budget for this request.
     charged: usize,
+    /// How it goes on the wire.
+    shape: Shape,
+}
+
+/// The wire form of a [`Reply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// A simple reply (with a read's data).
+    Simple,
+    /// A read under structured replies: one `OFFSET_DATA` chunk (or
+    /// `NONE` for zero bytes), or an `ERROR` chunk.
+    Read { offset: u64 },
+    /// A block status: one `BLOCK_STATUS` chunk, or a simple error reply
+    /// (allowed for any command but a read).
+    Status,
 }
 
 /// Work for the pool.
@@ -828,6 +936,8 @@ enum Job {
         len: usize,
         /// Bytes charged to the budget (the covering blocks).
         charged: usize,
+        /// Reply with structured chunks.
+        structured: bool,
     },
     Flush {
         cookie: u64,
@@ -1031,7 +1141,11 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
     let export = shared.export.as_ref();
     let reply = match job {
         Job::Read {
-            cookie, charged, ..
+            cookie,
+            offset,
+            charged,
+            structured,
+            ..
         } if conn.is_closed() => {
             // Nobody will take the data: the server closed the connection.
             Reply {
@@ -1039,6 +1153,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                 error: proto::ESHUTDOWN,
                 data: None,
                 charged,
+                shape: read_shape(structured, offset),
             }
         }
         Job::Read {
@@ -1046,12 +1161,14 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             offset,
             len,
             charged,
+            structured,
         } => match read_any(export, offset, len) {
             Ok(buf) => Reply {
                 cookie,
                 error: 0,
                 data: Some(buf),
                 charged,
+                shape: read_shape(structured, offset),
             },
             Err(e) => {
                 // A bad request is the client's business; a failed read of
@@ -1066,6 +1183,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                     error: error_code(&e),
                     data: None,
                     charged,
+                    shape: read_shape(structured, offset),
                 }
             }
         },
@@ -1077,6 +1195,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             }),
             data: None,
             charged: 0,
+            shape: Shape::Simple,
         },
         Job::Discard {
             cookie,
@@ -1094,10 +1213,59 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                 }),
                 data: None,
                 charged: 0,
+                shape: Shape::Simple,
             }
         }
     };
     replies.send(reply);
+}
+
+fn read_shape(structured: bool, offset: u64) -> Shape {
+    if structured {
+        Shape::Read { offset }
+    } else {
+        Shape::Simple
+    }
+}
+
+/// The payload of a `BLOCK_STATUS` chunk for `base:allocation` over
+/// `offset..offset + len` (checked against the export): unallocated runs
+/// are HOLE|ZERO, data runs 0. The range looked up is the blocks covering
+/// the request, each descriptor clipped to it; at most
+/// [`STATUS_MAX_BYTES`] and [`STATUS_MAX_DESCRIPTORS`] (the spec lets a
+/// reply cover less than asked), one with `one` (`NBD_CMD_FLAG_REQ_ONE`);
+/// never more than asked.
+fn block_status(export: &dyn Export, offset: u64, len: u64, one: bool) -> Result<Vec<u8>> {
+    let min = u64::from(export.min_block());
+    let len = len.min(STATUS_MAX_BYTES);
+    let (start, end) = cover(min, offset, len);
+    let mut out = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+    let mut pos = start;
+    for e in export.allocation(start, end - start)? {
+        let (s, t) = (pos.max(offset), (pos + e.len).min(offset + len));
+        pos += e.len;
+        if t <= s {
+            continue;
+        }
+        let flags = if e.data {
+            0
+        } else {
+            proto::STATE_HOLE | proto::STATE_ZERO
+        };
+        // At most STATUS_MAX_BYTES: fits.
+        out.extend_from_slice(&((t - s) as u32).to_be_bytes());
+        out.extend_from_slice(&flags.to_be_bytes());
+        if one || out.len() >= 4 + 8 * STATUS_MAX_DESCRIPTORS {
+            break;
+        }
+    }
+    if out.len() == 4 {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("block status at {offset} of {len} bytes: the export described nothing"),
+        ));
+    }
+    Ok(out)
 }
 
 /// The block-aligned range covering `offset..offset + len`.
@@ -1227,10 +1395,7 @@ fn reply_writer(
     while let Some(r) = rx.recv() {
         if !broken {
             conn.sending_since.store(shared.now(), Ordering::SeqCst);
-            let mut res = w.write_all(&proto::encode_reply(r.error, r.cookie));
-            if let (Ok(()), Some(d)) = (&res, &r.data) {
-                res = w.write_all(d);
-            }
+            let mut res = write_reply(&mut w, &r);
             if res.is_ok() && rx.is_empty() {
                 res = w.flush();
             }
@@ -1252,6 +1417,54 @@ fn reply_writer(
     }
 }
 
+/// Put `r` on the wire in its [`Shape`].
+fn write_reply(w: &mut impl Write, r: &Reply) -> io::Result<()> {
+    let done = proto::REPLY_FLAG_DONE;
+    let data = r.data.as_deref().unwrap_or_default();
+    match r.shape {
+        Shape::Read { .. } if r.error != 0 => {
+            // u32 error, u16 message length (no message).
+            w.write_all(&proto::encode_structured(
+                done,
+                proto::REPLY_TYPE_ERROR,
+                r.cookie,
+                6,
+            ))?;
+            w.write_all(&r.error.to_be_bytes())?;
+            w.write_all(&0u16.to_be_bytes())
+        }
+        Shape::Read { .. } if data.is_empty() => w.write_all(&proto::encode_structured(
+            done,
+            proto::REPLY_TYPE_NONE,
+            r.cookie,
+            0,
+        )),
+        Shape::Read { offset } => {
+            w.write_all(&proto::encode_structured(
+                done,
+                proto::REPLY_TYPE_OFFSET_DATA,
+                r.cookie,
+                (8 + data.len()) as u32,
+            ))?;
+            w.write_all(&offset.to_be_bytes())?;
+            w.write_all(data)
+        }
+        Shape::Status if r.error == 0 => {
+            w.write_all(&proto::encode_structured(
+                done,
+                proto::REPLY_TYPE_BLOCK_STATUS,
+                r.cookie,
+                data.len() as u32,
+            ))?;
+            w.write_all(data)
+        }
+        Shape::Simple | Shape::Status => {
+            w.write_all(&proto::encode_reply(r.error, r.cookie))?;
+            w.write_all(data)
+        }
+    }
+}
+
 /// Read a write's payload, timed (`Conn::receiving_since`) for the
 /// transfer deadline.
 fn read_payload(
@@ -1269,15 +1482,17 @@ fn read_payload(
 }
 
 /// The transmission phase: read requests until the client disconnects,
-/// errs, or the server stops; then finish what is in flight. `strict`: the
-/// client negotiated block sizes, and misaligned requests get EINVAL.
+/// errs, or the server stops; then finish what is in flight, as `agreed`
+/// (with `strict`, the client negotiated block sizes, and misaligned
+/// requests get EINVAL).
 fn transmit(
     shared: &Arc<Shared>,
     mut rd: BufReader<Stream>,
     wr: Stream,
     conn: &Arc<Conn>,
-    strict: bool,
+    agreed: Agreed,
 ) {
+    let strict = agreed.strict;
     let id = conn.id;
     let budget = Arc::new(Budget::new(shared.clone(), conn.clone()));
     let (reply_tx, reply_rx) = queue::<Reply>();
@@ -1317,11 +1532,24 @@ fn transmit(
             error,
             data: None,
             charged,
+            shape: Shape::Simple,
         });
     };
     let error_reply = |cookie: u64, error: u32| {
         budget.acquire(0);
         reply(cookie, error, 0);
+    };
+    // A read's error under structured replies is an error chunk (a simple
+    // reply is not allowed for a read then).
+    let read_error = |cookie: u64, offset: u64, error: u32| {
+        budget.acquire(0);
+        reply_tx.send(Reply {
+            cookie,
+            error,
+            data: None,
+            charged: 0,
+            shape: read_shape(agreed.structured, offset),
+        });
     };
     loop {
         if conn.is_closed() {
@@ -1364,11 +1592,11 @@ fn transmit(
                         "NBD connection {id}: read of {} bytes (at most {MAX_PAYLOAD})",
                         req.length
                     );
-                    error_reply(req.cookie, proto::EINVAL);
+                    read_error(req.cookie, req.offset, proto::EINVAL);
                 } else if let Some(err) = range_error(proto::EINVAL) {
-                    error_reply(req.cookie, err);
+                    read_error(req.cookie, req.offset, err);
                 } else if bad_align || bad_flags {
-                    error_reply(req.cookie, proto::EINVAL);
+                    read_error(req.cookie, req.offset, proto::EINVAL);
                 } else {
                     // A misaligned read also holds its covering blocks.
                     let (start, stop) = cover(min, req.offset, len);
@@ -1379,6 +1607,7 @@ fn transmit(
                         offset: req.offset,
                         len: req.length as usize,
                         charged,
+                        structured: agreed.structured,
                     });
                 }
             }
@@ -1432,6 +1661,7 @@ fn transmit(
                             error,
                             data: None,
                             charged,
+                            shape: Shape::Simple,
                         });
                     });
                     let r = {
@@ -1477,6 +1707,34 @@ fn transmit(
                         len,
                         zero: req.kind == proto::CMD_WRITE_ZEROES,
                         fua,
+                    });
+                }
+            }
+            proto::CMD_BLOCK_STATUS => {
+                // EINVAL without a selected context (before negotiation,
+                // or with none), for a zero length, past the end, or a
+                // flag other than FUA and REQ_ONE.
+                if !agreed.allocation || len == 0 || bad_align || bad_flags {
+                    error_reply(req.cookie, proto::EINVAL);
+                } else if let Some(err) = range_error(proto::EINVAL) {
+                    error_reply(req.cookie, err);
+                } else {
+                    // No I/O (the map in memory): answered here.
+                    budget.acquire(0);
+                    let one = req.flags & proto::CMD_FLAG_REQ_ONE != 0;
+                    let (error, data) = match block_status(export.as_ref(), req.offset, len, one) {
+                        Ok(d) => (0, Some(d)),
+                        Err(e) => {
+                            debug!("NBD block status at {} failed: {e}", req.offset);
+                            (error_code(&e), None)
+                        }
+                    };
+                    reply_tx.send(Reply {
+                        cookie: req.cookie,
+                        error,
+                        data,
+                        charged: 0,
+                        shape: Shape::Status,
                     });
                 }
             }

@@ -133,6 +133,7 @@ mod recovery;
 pub use recovery::fuzz_recover;
 pub mod scrub;
 pub mod snapshot;
+mod status;
 mod superblock;
 pub mod usage;
 mod verify;
@@ -163,6 +164,7 @@ pub use image::ImageSpec;
 pub use rcache::rcache_path;
 pub use read::{ReadPlan, RemotePiece};
 pub use snapshot::{clone_image, find_clones, FlattenReport, Parent};
+pub use status::Extent;
 
 /// How a timeout waiting on the backend names its cause
 /// (`Inner::with_backend_cause`).
