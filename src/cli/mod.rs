@@ -1,7 +1,8 @@
 //! The `lsvd-ublk` command line: image lifecycle (`create`, `info`, `ls`,
 //! `rm`, `resize`, `snap`, `clone`, `flatten`), data transfer (`import`,
 //! `export`), `gc`, `scrub` and `bench`, modelled on `rbd`; the block device (`attach`,
-//! `detach`, `list`, `recover`) and the NBD export (`serve-nbd`).
+//! `detach`, `list`, `recover`), the NBD export (`serve-nbd`) and the NVMe-oF
+//! gateway through the kernel's target (`nvmf-export`, `nvmf-unexport`).
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
@@ -14,6 +15,7 @@
 mod bench;
 mod device;
 mod nbd;
+mod nvmf;
 mod resize;
 mod scrub;
 mod snap;
@@ -152,6 +154,11 @@ pub enum Command {
     /// Show or break an image's exclusive lock (fencing).
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Export an attached device over NVMe-oF through the kernel's NVMe
+    /// target (nvmet); prints the subsystem NQN.
+    NvmfExport(nvmf::ExportArgs),
+    /// Stop exporting a device (or an NQN) over NVMe-oF.
+    NvmfUnexport(nvmf::UnexportArgs),
 }
 
 /// `lock` subcommands.
@@ -253,6 +260,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ServeNbd(args) => nbd::serve_nbd(&config, &args),
         Command::Lock(LockCommand::Ls { image }) => cmd_lock_ls(&config, &image),
         Command::Lock(LockCommand::Break { image }) => cmd_lock_break(&config, &image),
+        Command::NvmfExport(args) => nvmf::export(&args),
+        Command::NvmfUnexport(args) => nvmf::unexport(&args),
     }
 }
 
