@@ -38,7 +38,7 @@
 #   --keep           keep the guest log (and disk images) even on success
 #
 # Environment knobs:
-#   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 540;
+#   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 720;
 #                             1200 with --rados)
 #   LSVD_VM_SCENARIO_TIMEOUT  per-scenario bound inside the guest (default 240)
 #   LSVD_VM_CACHE             kernel/.deb/apt cache dir (default /var/cache/lsvd-vm)
@@ -87,7 +87,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-vm_timeout=${LSVD_VM_TIMEOUT:-540}
+vm_timeout=${LSVD_VM_TIMEOUT:-720}
 scenario_timeout=${LSVD_VM_SCENARIO_TIMEOUT:-240}
 cache=${LSVD_VM_CACHE:-/var/cache/lsvd-vm}
 kernel_arg=${kernel_arg:-${LSVD_VM_KERNEL:-6.12.95+deb12-amd64}}

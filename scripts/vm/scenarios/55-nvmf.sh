@@ -77,6 +77,7 @@ info "$NQN connected as $NDEV (subsystem nqn $(cat /sys/block/$NV/device/subsysn
 [ "$(cat /sys/block/$NV/size)" = "$(cat /sys/block/$(dev_name $UDEV)/size)" ] && pass nvme-size ||
     fail nvme-size "$NDEV has $(cat /sys/block/$NV/size) sectors, $UDEV $(cat /sys/block/$(dev_name $UDEV)/size)"
 
+T_FS=$(now)
 ENGINE=$(fio_engine "$NDEV")
 MNT=/mnt/nvmf
 mkdir -p $MNT
@@ -99,7 +100,7 @@ verify_fatal=1
 randseed=$3
 JOBS
 }
-jobfile v 64m 5501
+jobfile v 32m 5501
 snap=$(io_snapshot "$UDEV")
 if out=$(fio "$STATE/v.fio" 2>&1); then pass fio-write-verify; else
     fail fio-write-verify "fio: $(echo "$out" | grep -iE 'error|verify|bad' | head -n 3 | tr '\n' ' ')"
@@ -110,8 +111,9 @@ check remount mount -t ext4 -o barrier=1 "$NDEV" $MNT
 check fio-verify-only fio --verify_only "$STATE/v.fio"
 
 # --- the lsvd server dies under the initiator's I/O ------------------------
+T_CRASH=$(now)
 DMESG0=$(dmesg | wc -l)
-jobfile c 128m 5502
+jobfile c 64m 5502
 fio "$STATE/c.fio" >"$STATE/fio-crash.log" 2>&1 &
 FIO=$!
 trap 'kill -9 $FIO 2>/dev/null' EXIT
@@ -141,6 +143,7 @@ dmesg | tail -n +$((DMESG0 + 1)) | grep -E 'EXT4-fs (error|warning)|I/O error' |
 [ -s "$STATE/dmesg-errors" ] && fail no-io-errors "$(tr '\n' ' ' <"$STATE/dmesg-errors")" || pass no-io-errors
 
 # --- teardown: initiator, gateway, device -----------------------------------
+T_DOWN=$(now)
 check final-umount umount $MNT
 check fsck e2fsck -fn "$NDEV"
 check disconnect nvme disconnect -n "$NQN"
@@ -150,5 +153,7 @@ check unexport lsvd nvmf-unexport $IMG
     fail unexport-configfs "left: subsystems $(ls $NVMET/subsystems | tr '\n' ' '), ports $(ls $NVMET/ports | tr '\n' ' ')"
 check unexport-again lsvd nvmf-unexport $IMG
 detach detach $IMG
+T_END=$(now)
+info "phases: $(awk -v a="$T_FS" -v b="$T_CRASH" -v c="$T_DOWN" -v d="$T_END" 'BEGIN{printf "fs+fio %.0f s, crash+recover %.0f s, teardown %.0f s", b - a, c - b, d - c}')"
 lsvd rm $IMG >/dev/null 2>&1 || info "lsvd-ublk rm $IMG failed"
 finish
