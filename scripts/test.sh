@@ -28,7 +28,7 @@
 #      with UPDATE_SIZE); an unreachable mirror with no cached 7.x kernel
 #      fails the run (tests/vm.rs runs scripts/vm-test.sh once per kernel;
 #      it fetches and caches the kernels with a private apt configuration
-#      and installs qemu, busybox, fio, e2fsprogs if missing).
+#      and installs qemu, busybox, fio, nvme-cli, e2fsprogs if missing).
 # Knobs: LSVD_FUZZ_SECONDS (default 20), LSVD_CRASH_ITERATIONS (default 300), LSVD_POWER_CRASH_ITERATIONS (default 100),
 # LSVD_PROPTEST_CASES (default 256),
 # LSVD_GC_CRASH_ITERATIONS (default 150), LSVD_RADOS_CRASH_ITERATIONS (default 40),

@@ -38,7 +38,7 @@
 #   --keep           keep the guest log (and disk images) even on success
 #
 # Environment knobs:
-#   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 540;
+#   LSVD_VM_TIMEOUT           overall bound on the QEMU run, seconds (default 720;
 #                             1200 with --rados)
 #   LSVD_VM_SCENARIO_TIMEOUT  per-scenario bound inside the guest (default 240)
 #   LSVD_VM_CACHE             kernel/.deb/apt cache dir (default /var/cache/lsvd-vm)
@@ -56,7 +56,7 @@
 #                             /usr/bin (with their libraries), e.g. debug tools
 #
 # Host packages it needs (qemu-system-x86, busybox-static, e2fsprogs, fio,
-# cpio, xz-utils) are installed through scripts/install-build-deps.sh when
+# nvme-cli, cpio, xz-utils) are installed through scripts/install-build-deps.sh when
 # missing: QEMU from the suite the installed QEMU comes from, and nothing
 # is ever removed.
 #
@@ -87,7 +87,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-vm_timeout=${LSVD_VM_TIMEOUT:-540}
+vm_timeout=${LSVD_VM_TIMEOUT:-720}
 scenario_timeout=${LSVD_VM_SCENARIO_TIMEOUT:-240}
 cache=${LSVD_VM_CACHE:-/var/cache/lsvd-vm}
 kernel_arg=${kernel_arg:-${LSVD_VM_KERNEL:-6.12.95+deb12-amd64}}
@@ -118,6 +118,8 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 [ -x /bin/busybox ] && dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v mke2fs >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v fio >/dev/null 2>&1 || need+=(fio)
+# nvme-cli: the initiator of the nvmf scenario (nvme connect/disconnect).
+command -v nvme >/dev/null 2>&1 || need+=(nvme-cli)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
@@ -445,6 +447,7 @@ rm -f "$root/sbin/mkfs.ext4" "$root/sbin/fsck.ext4"
 ln -s mke2fs "$root/sbin/mkfs.ext4"
 ln -s e2fsck "$root/sbin/fsck.ext4"
 copy_with_libs "$(command -v fio)" /usr/bin/fio
+copy_with_libs "$(command -v nvme)" /usr/sbin/nvme
 # util-linux blkdiscard: unlike busybox's it has -z (BLKZEROOUT, which the
 # block layer sends as WRITE_ZEROES to a device that supports it).
 copy_with_libs "$(command -v blkdiscard || echo /usr/sbin/blkdiscard)" /usr/bin/blkdiscard-util-linux
@@ -515,6 +518,9 @@ for m in virtio_blk ext4; do resolve_module "$m"; done
 # --rados: the host's root over virtio-9p (9p pulls in 9pnet and netfs).
 if [ "$rados" = 1 ]; then for m in 9pnet_virtio 9p; do resolve_module "$m"; done; fi
 if [ "$stable_kernel" = 1 ]; then resolve_module ublk_drv soft; else resolve_module ublk_drv; fi
+# The nvmf scenario: the NVMe target with its TCP transport, and the
+# NVMe/TCP initiator. Soft: on a kernel without them that scenario skips.
+for m in nvmet nvmet-tcp nvme-tcp; do resolve_module "$m" soft; done
 : >"$root/lib/modules/load-order"
 for f in "${mod_order[@]}"; do
     b=$(basename "$f"); b=${b%.xz}

@@ -494,6 +494,19 @@ pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
             r.device
         );
     }
+    // The NVMe target does not open its device exclusively, so the check
+    // above does not see an export.
+    let nqns = super::nvmf::exported_as(&r.device);
+    if !args.force && !nqns.is_empty() {
+        fail!(
+            InUse,
+            "{} is exported over NVMe-oF as {}: `lsvd-ublk nvmf-unexport {}` first \
+             (`--force` detaches anyway, and initiators get I/O errors)",
+            r.device,
+            nqns.join(", "),
+            r.device
+        );
+    }
     // SAFETY: plain syscall on a pid we checked is an lsvd-ublk server.
     if unsafe { libc::kill(r.pid as libc::pid_t, libc::SIGTERM) } != 0 {
         return Err(std::io::Error::last_os_error())

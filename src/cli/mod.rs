@@ -1,8 +1,9 @@
 //! The `lsvd-ublk` command line: image lifecycle (`create`, `info`, `ls`,
 //! `rm`, `resize`, `snap`, `clone`, `flatten`), data transfer (`import`,
 //! `export`), `gc`, `scrub` and `bench`, modelled on `rbd`; the block device (`attach`,
-//! `detach`, `list`, `recover`), the NBD export (`serve-nbd`) and who has
-//! an image open (`status`).
+//! `detach`, `list`, `recover`), the NBD export (`serve-nbd`), who has
+//! an image open (`status`) and the NVMe-oF gateway through the kernel's
+//! target (`nvmf-export`, `nvmf-unexport`).
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
@@ -29,6 +30,7 @@ mod device;
 mod du;
 mod exit;
 mod nbd;
+mod nvmf;
 mod resize;
 mod scrub;
 mod snap;
@@ -175,6 +177,11 @@ pub enum Command {
     /// servers of this host, and every holder of its locks in the store
     /// (other hosts too).
     Status(status::StatusArgs),
+    /// Export an attached device over NVMe-oF through the kernel's NVMe
+    /// target (nvmet); prints the subsystem NQN.
+    NvmfExport(nvmf::ExportArgs),
+    /// Stop exporting a device (or an NQN) over NVMe-oF.
+    NvmfUnexport(nvmf::UnexportArgs),
 }
 
 /// `lock` subcommands.
@@ -288,6 +295,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lock(LockCommand::Ls { image, json }) => cmd_lock_ls(&config, &image, json),
         Command::Lock(LockCommand::Break { image }) => cmd_lock_break(&config, &image),
         Command::Status(args) => status::status(&config, &args),
+        Command::NvmfExport(args) => nvmf::export(&args),
+        Command::NvmfUnexport(args) => nvmf::unexport(&args),
     }
 }
 
@@ -314,6 +323,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::ServeNbd(_) => "serve-nbd",
         Command::Lock(_) => "lock",
         Command::Status(_) => "status",
+        Command::NvmfExport(_) => "nvmf-export",
+        Command::NvmfUnexport(_) => "nvmf-unexport",
         Command::Du(_) => "du",
     }
 }
