@@ -120,6 +120,7 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
             depth: args.depth,
             logical_block: args.logical_block_size,
             recover: None,
+            metrics: None,
         },
         foreground: args.foreground,
         replacing: None,
@@ -210,6 +211,7 @@ fn recover_plan(r: Record) -> anyhow::Result<Plan> {
             depth: r.depth,
             logical_block: r.logical_block,
             recover: Some(r.dev_id),
+            metrics: None,
         },
         foreground: false,
         replacing: Some(r),
@@ -364,10 +366,20 @@ fn take_over_lock(store: &dyn ObjectStore, image: &str, plan: &Plan) -> anyhow::
 }
 
 /// Open the image and serve it until a stop signal.
-fn serve_plan(plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
+fn serve_plan(mut plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
     let set = block_stop_signals();
     let (spec, snap) = super::snap::parse_snap_spec(&plan.spec_text, false)?;
     let store = store_for(&plan.config, &spec.pool, false)?;
+    // Live metrics (`metrics_listen`): the store is counted from the open on.
+    plan.opts.metrics = crate::metrics::Plan::new(
+        plan.config.metrics_listen()?,
+        &plan.spec_text,
+        store.clone(),
+    );
+    let store = match &plan.opts.metrics {
+        Some(m) => m.store.clone() as std::sync::Arc<dyn ObjectStore>,
+        None => store,
+    };
     // A snapshot is served read-only, without the image's lock.
     let volume = match &snap {
         Some(s) => super::snap::open_snapshot(&plan.config, store, &spec, s)?,

@@ -1,7 +1,8 @@
 //! The `lsvd-ublk` command line: image lifecycle (`create`, `info`, `ls`,
 //! `rm`, `resize`, `snap`, `clone`, `flatten`), data transfer (`import`,
 //! `export`), `gc`, `scrub` and `bench`, modelled on `rbd`; the block device (`attach`,
-//! `detach`, `list`, `recover`) and the NBD export (`serve-nbd`).
+//! `detach`, `list`, `recover`), the NBD export (`serve-nbd`) and the live
+//! view of their metrics (`iostat`).
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
@@ -13,6 +14,7 @@
 
 mod bench;
 mod device;
+mod iostat;
 mod nbd;
 mod resize;
 mod scrub;
@@ -152,6 +154,9 @@ pub enum Command {
     /// Show or break an image's exclusive lock (fencing).
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Live I/O of the running servers (like `rbd perf image iostat`):
+    /// per image, requests and bytes per second and mean latency.
+    Iostat(iostat::IostatArgs),
 }
 
 /// `lock` subcommands.
@@ -253,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ServeNbd(args) => nbd::serve_nbd(&config, &args),
         Command::Lock(LockCommand::Ls { image }) => cmd_lock_ls(&config, &image),
         Command::Lock(LockCommand::Break { image }) => cmd_lock_break(&config, &image),
+        Command::Iostat(args) => iostat::iostat(&args),
     }
 }
 

@@ -74,6 +74,7 @@ use super::proto::{self, InfoRequest, OptionHeader, Request};
 use super::Export;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{IoMetrics, Op};
 
 /// Largest read or write payload (advertised as the maximum block size).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
@@ -153,6 +154,9 @@ pub struct ServeOptions {
     pub read_only: bool,
     /// Slots, deadlines and memory.
     pub limits: Limits,
+    /// Where to count requests ([`crate::metrics`]); `None`: not counted,
+    /// and the clock is not read.
+    pub metrics: Option<Arc<IoMetrics>>,
 }
 
 impl ServeOptions {
@@ -810,6 +814,27 @@ fn negotiate(shared: &Shared, rd: &mut impl Read, wr: &mut impl Write) -> io::Re
     }
 }
 
+/// A request being timed for the metrics: counted by the reply writer
+/// when its reply goes out.
+#[derive(Clone, Copy)]
+struct Timed {
+    op: Op,
+    bytes: u64,
+    start: Instant,
+}
+
+/// The metrics type of a request.
+fn op_of(kind: u16) -> Option<Op> {
+    match kind {
+        proto::CMD_READ => Some(Op::Read),
+        proto::CMD_WRITE => Some(Op::Write),
+        proto::CMD_FLUSH => Some(Op::Flush),
+        proto::CMD_TRIM => Some(Op::Discard),
+        proto::CMD_WRITE_ZEROES => Some(Op::WriteZeroes),
+        _ => None,
+    }
+}
+
 /// A reply for the writer thread.
 struct Reply {
     cookie: u64,
@@ -818,6 +843,8 @@ struct Reply {
     data: Option<Vec<u8>>,
     /// Bytes charged to the connection's budget for this request.
     charged: usize,
+    /// Set when metrics are on.
+    timed: Option<Timed>,
 }
 
 /// Work for the pool.
@@ -828,9 +855,11 @@ enum Job {
         len: usize,
         /// Bytes charged to the budget (the covering blocks).
         charged: usize,
+        timed: Option<Timed>,
     },
     Flush {
         cookie: u64,
+        timed: Option<Timed>,
     },
     Discard {
         cookie: u64,
@@ -839,6 +868,7 @@ enum Job {
         zero: bool,
         /// Durable when answered (`NBD_CMD_FLAG_FUA`).
         fua: bool,
+        timed: Option<Timed>,
     },
 }
 
@@ -1031,7 +1061,10 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
     let export = shared.export.as_ref();
     let reply = match job {
         Job::Read {
-            cookie, charged, ..
+            cookie,
+            charged,
+            timed,
+            ..
         } if conn.is_closed() => {
             // Nobody will take the data: the server closed the connection.
             Reply {
@@ -1039,6 +1072,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                 error: proto::ESHUTDOWN,
                 data: None,
                 charged,
+                timed,
             }
         }
         Job::Read {
@@ -1046,12 +1080,14 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             offset,
             len,
             charged,
+            timed,
         } => match read_any(export, offset, len) {
             Ok(buf) => Reply {
                 cookie,
                 error: 0,
                 data: Some(buf),
                 charged,
+                timed,
             },
             Err(e) => {
                 debug!("NBD read at {offset} of {len} bytes failed: {e}");
@@ -1060,10 +1096,11 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                     error: error_code(&e),
                     data: None,
                     charged,
+                    timed,
                 }
             }
         },
-        Job::Flush { cookie } => Reply {
+        Job::Flush { cookie, timed } => Reply {
             cookie,
             error: export.flush().err().map_or(0, |e| {
                 warn!("NBD flush failed: {e}");
@@ -1071,6 +1108,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             }),
             data: None,
             charged: 0,
+            timed,
         },
         Job::Discard {
             cookie,
@@ -1078,6 +1116,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             len,
             zero,
             fua,
+            timed,
         } => {
             let r = discard(shared, offset, len, zero, fua);
             Reply {
@@ -1088,6 +1127,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                 }),
                 data: None,
                 charged: 0,
+                timed,
             }
         }
     };
@@ -1219,6 +1259,9 @@ fn reply_writer(
     let mut w = BufWriter::with_capacity(256 << 10, stream);
     let mut broken = false;
     while let Some(r) = rx.recv() {
+        if let (Some(m), Some(t)) = (&shared.opts.metrics, r.timed) {
+            m.record(t.op, t.bytes, t.start.elapsed(), r.error == 0);
+        }
         if !broken {
             conn.sending_since.store(shared.now(), Ordering::SeqCst);
             let mut res = w.write_all(&proto::encode_reply(r.error, r.cookie));
@@ -1305,18 +1348,20 @@ fn transmit(
     let read_only = shared.read_only();
     // A reply with no data, for a request charged `charged` bytes (already
     // acquired when non-zero).
-    let reply = |cookie: u64, error: u32, charged: usize| {
+    let reply = |cookie: u64, error: u32, charged: usize, timed: Option<Timed>| {
         reply_tx.send(Reply {
             cookie,
             error,
             data: None,
             charged,
+            timed,
         });
     };
-    let error_reply = |cookie: u64, error: u32| {
+    let error_reply = |cookie: u64, error: u32, timed: Option<Timed>| {
         budget.acquire(0);
-        reply(cookie, error, 0);
+        reply(cookie, error, 0, timed);
     };
+    let metrics_on = shared.opts.metrics.is_some();
     loop {
         if conn.is_closed() {
             // Closed by the server (a deadline, eviction, stop): requests
@@ -1338,6 +1383,17 @@ fn transmit(
             break;
         };
         let len = u64::from(req.length);
+        // Timed from its header's arrival to its reply, when metrics are
+        // on (otherwise the clock is not even read).
+        let timed = if metrics_on {
+            op_of(req.kind).map(|op| Timed {
+                op,
+                bytes: len,
+                start: Instant::now(),
+            })
+        } else {
+            None
+        };
         let end = req.offset.checked_add(len);
         // EINVAL for a range that overflows; for one past the end, EINVAL
         // for reads and trims, ENOSPC for writes and write-zeroes (as the
@@ -1358,11 +1414,11 @@ fn transmit(
                         "NBD connection {id}: read of {} bytes (at most {MAX_PAYLOAD})",
                         req.length
                     );
-                    error_reply(req.cookie, proto::EINVAL);
+                    error_reply(req.cookie, proto::EINVAL, timed);
                 } else if let Some(err) = range_error(proto::EINVAL) {
-                    error_reply(req.cookie, err);
+                    error_reply(req.cookie, err, timed);
                 } else if bad_align || bad_flags {
-                    error_reply(req.cookie, proto::EINVAL);
+                    error_reply(req.cookie, proto::EINVAL, timed);
                 } else {
                     // A misaligned read also holds its covering blocks.
                     let (start, stop) = cover(min, req.offset, len);
@@ -1373,6 +1429,7 @@ fn transmit(
                         offset: req.offset,
                         len: req.length as usize,
                         charged,
+                        timed,
                     });
                 }
             }
@@ -1384,7 +1441,7 @@ fn transmit(
                         "NBD connection {id}: write of {} bytes (at most {MAX_PAYLOAD}): closing",
                         req.length
                     );
-                    error_reply(req.cookie, proto::EINVAL);
+                    error_reply(req.cookie, proto::EINVAL, timed);
                     break;
                 }
                 // Charged before the payload is read, until answered.
@@ -1396,11 +1453,11 @@ fn transmit(
                     break;
                 }
                 if read_only {
-                    reply(req.cookie, proto::EPERM, charged);
+                    reply(req.cookie, proto::EPERM, charged, timed);
                 } else if let Some(err) = range_error(proto::ENOSPC) {
-                    reply(req.cookie, err, charged);
+                    reply(req.cookie, err, charged, timed);
                 } else if bad_align || bad_flags {
-                    reply(req.cookie, proto::EINVAL, charged);
+                    reply(req.cookie, proto::EINVAL, charged, timed);
                 } else if misaligned(min, req.offset, len) {
                     // A client that did not negotiate block sizes: served
                     // here, synchronously (a rare path).
@@ -1412,7 +1469,7 @@ fn transmit(
                         debug!("NBD read-modify-write at {} failed: {e}", req.offset);
                         error_code(&e)
                     });
-                    reply(req.cookie, error, charged);
+                    reply(req.cookie, error, charged, timed);
                 } else {
                     let tx = reply_tx.clone();
                     let cookie = req.cookie;
@@ -1426,6 +1483,7 @@ fn transmit(
                             error,
                             data: None,
                             charged,
+                            timed,
                         });
                     });
                     let r = {
@@ -1434,7 +1492,7 @@ fn transmit(
                     };
                     if let Err(e) = r {
                         debug!("NBD write at {} failed: {e}", req.offset);
-                        reply(req.cookie, error_code(&e), charged);
+                        reply(req.cookie, error_code(&e), charged, timed);
                     }
                 }
                 // Keep a small buffer for the next write: what is kept
@@ -1444,10 +1502,13 @@ fn transmit(
                     payload = Vec::new();
                 }
             }
-            proto::CMD_FLUSH if bad_flags => error_reply(req.cookie, proto::EINVAL),
+            proto::CMD_FLUSH if bad_flags => error_reply(req.cookie, proto::EINVAL, timed),
             proto::CMD_FLUSH => {
                 budget.acquire(0);
-                pool.submit(Job::Flush { cookie: req.cookie });
+                pool.submit(Job::Flush {
+                    cookie: req.cookie,
+                    timed,
+                });
             }
             proto::CMD_TRIM | proto::CMD_WRITE_ZEROES => {
                 // Past the end: EINVAL for a trim (like a read), ENOSPC for
@@ -1458,11 +1519,11 @@ fn transmit(
                     proto::ENOSPC
                 };
                 if read_only {
-                    error_reply(req.cookie, proto::EPERM);
+                    error_reply(req.cookie, proto::EPERM, timed);
                 } else if let Some(err) = range_error(past_end) {
-                    error_reply(req.cookie, err);
+                    error_reply(req.cookie, err, timed);
                 } else if bad_align || bad_flags {
-                    error_reply(req.cookie, proto::EINVAL);
+                    error_reply(req.cookie, proto::EINVAL, timed);
                 } else {
                     budget.acquire(0);
                     pool.submit(Job::Discard {
@@ -1471,12 +1532,13 @@ fn transmit(
                         len,
                         zero: req.kind == proto::CMD_WRITE_ZEROES,
                         fua,
+                        timed,
                     });
                 }
             }
             other => {
                 debug!("NBD connection {id}: unknown command {other}");
-                error_reply(req.cookie, proto::EINVAL);
+                error_reply(req.cookie, proto::EINVAL, timed);
             }
         }
     }
@@ -1525,6 +1587,8 @@ mod tests {
             aliases: vec![],
             read_only: false,
             limits,
+            // On, so every test here runs the timing path too.
+            metrics: Some(Arc::new(IoMetrics::new())),
         }
     }
 
