@@ -620,6 +620,24 @@ mod tests {
         assert_eq!(m.snapshot(Op::Read), OpSnapshot::default());
     }
 
+    /// The hot-path cost of metrics per request (two clock reads and a
+    /// record): `cargo test --release --lib record_cost -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn record_cost() {
+        let m = IoMetrics::new();
+        let n = 5_000_000u32;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let start = std::time::Instant::now();
+            m.record(Op::Write, 4096, start.elapsed(), i % 1000 != 0);
+        }
+        let per = t.elapsed() / n;
+        eprintln!("metrics cost per request: {per:?}");
+        assert_eq!(m.snapshot(Op::Write).count, u64::from(n));
+    }
+
     #[test]
     fn io_histogram_exposition_is_cumulative() {
         let m = IoMetrics::new();
