@@ -40,6 +40,10 @@ pub enum ErrorKind {
     /// Still needed by something else (a snapshot with clones, an image
     /// with snapshots).
     InUse,
+    /// No access: file permissions, a read-only file system or the store's
+    /// capabilities refused the operation (`EACCES`, `EPERM`, `EROFS`), as
+    /// for a user who may only read.
+    PermissionDenied,
 }
 
 impl ErrorKind {
@@ -59,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Fenced => "fenced",
             ErrorKind::ReadOnly => "read-only",
             ErrorKind::InUse => "in use",
+            ErrorKind::PermissionDenied => "permission denied",
         }
     }
 
@@ -79,6 +84,7 @@ impl ErrorKind {
             ErrorKind::Fenced => libc::ESHUTDOWN,
             ErrorKind::ReadOnly => libc::EROFS,
             ErrorKind::InUse => libc::EBUSY,
+            ErrorKind::PermissionDenied => libc::EACCES,
         })
     }
 }
@@ -122,13 +128,17 @@ impl Error {
         }
     }
 
-    /// An I/O error with context; `ENOSPC` becomes [`ErrorKind::NoSpace`] and
-    /// `ENOENT` becomes [`ErrorKind::NotFound`].
+    /// An I/O error with context; `ENOSPC` becomes [`ErrorKind::NoSpace`],
+    /// `ENOENT` [`ErrorKind::NotFound`] and `EACCES`, `EPERM` and `EROFS`
+    /// [`ErrorKind::PermissionDenied`].
     pub fn io(context: impl Into<String>, e: std::io::Error) -> Error {
         let kind = match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
             Some(libc::ENOENT) => ErrorKind::NotFound,
             Some(libc::ETIMEDOUT) => ErrorKind::Timeout,
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+                ErrorKind::PermissionDenied
+            }
             _ => ErrorKind::Io,
         };
         Error::with_source(kind, context, e)

@@ -1245,3 +1245,244 @@ fn an_interrupted_import_removes_its_image() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert_eq!(env.ok_str(&["ls", "pool"]), "");
 }
+
+/// Start `serve-nbd ARGS...` and wait for its address line; returns the
+/// server and its URI.
+fn serve_nbd(env: &Env, args: &[&str]) -> (std::process::Child, String) {
+    let mut all = vec!["serve-nbd"];
+    all.extend_from_slice(args);
+    let mut child = env
+        .cmd(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("nbd"), "serve-nbd printed no address");
+    (child, line.trim().to_owned())
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) with our own child's pid, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+/// `status` names who has an image or a snapshot of it open (here two
+/// `serve-nbd`s, with pid, address and the image's lock), `list` shows NBD
+/// servers beside devices, `info` names the holder instead of "will recover
+/// on open", and `detach` of an image served over NBD says how to stop it
+/// (issue 17, item 6).
+#[test]
+fn status_list_info_and_detach_name_nbd_servers() {
+    let env = Env::new();
+    env.ok(&["create", "p/img", "--size", "16M"]);
+    env.ok(&["snap", "create", "p/img@s1"]);
+    // Idle: nobody.
+    let text = env.ok_str(&["status", "p/img"]);
+    assert_eq!(
+        text.trim(),
+        "p/img: not open (no ublk device, NBD server or lock holder)"
+    );
+    let st = json(&env.ok(&["status", "p/img", "--json"]));
+    assert_eq!(st["open"], false, "{st}");
+    assert_eq!(st["holders"], serde_json::json!([]), "{st}");
+    assert!(env.ok_str(&["info", "p/img"]).contains("\tclean yes\n"));
+    assert_eq!(
+        json(&env.ok(&["info", "p/img", "--json"]))["open_by"],
+        serde_json::json!([])
+    );
+
+    // The image, served over TCP.
+    let (mut img, uri) = serve_nbd(&env, &["p/img", "--listen", "127.0.0.1:0"]);
+    let pid = img.id();
+    let text = env.ok_str(&["status", "p/img"]);
+    assert!(text.starts_with("p/img: open\n"), "{text}");
+    assert!(
+        text.contains(&format!("p/img: NBD server {uri} pid {pid} on host ")),
+        "{text}"
+    );
+    assert!(text.contains("holds the lock"), "{text}");
+    let st = json(&env.ok(&["status", "p/img", "--json"]));
+    assert_eq!(st["open"], true);
+    let h = &st["holders"][0];
+    assert_eq!(st["holders"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(
+        (&h["kind"], &h["target"], &h["pid"], &h["address"]),
+        (
+            &serde_json::json!("nbd"),
+            &serde_json::json!("p/img"),
+            &serde_json::json!(pid),
+            &serde_json::json!(uri)
+        ),
+        "{st}"
+    );
+    assert!(h["since"].as_u64().unwrap() > 1_700_000_000, "{st}");
+    let lock = h["lock"].as_str().unwrap();
+    assert!(
+        lock.contains(&format!("pid {pid} image "))
+            && lock.contains(&format!("by serve-nbd at {uri} since ")),
+        "{lock}"
+    );
+    // `info` names it instead of "will recover on open".
+    let info = env.ok_str(&["info", "p/img"]);
+    assert!(
+        info.contains(&format!(
+            "\tclean no (open by NBD server {uri} pid {pid} on host "
+        )),
+        "{info}"
+    );
+    assert!(!info.contains("will recover"), "{info}");
+    let open_by = &json(&env.ok(&["info", "p/img", "--json"]))["open_by"];
+    assert_eq!(open_by.as_array().unwrap().len(), 1, "{open_by}");
+    assert!(
+        open_by[0]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {pid} image ")),
+        "{open_by}"
+    );
+    // `detach` says how to stop it.
+    env.fails(
+        &["detach", "p/img"],
+        &[
+            "not attached as a block device",
+            &uri,
+            &format!("`serve-nbd` pid {pid}"),
+            &format!("kill -TERM {pid}"),
+            "systemctl stop",
+        ],
+    );
+
+    // Its snapshot, served read-only on a unix socket.
+    let sock = env.path("s1.sock");
+    let listen = format!("unix:{}", sock.display());
+    let (mut snap, snap_uri) = serve_nbd(&env, &["p/img@s1", "--listen", &listen]);
+    let snap_pid = snap.id();
+    let text = env.ok_str(&["status", "p/img@s1"]);
+    assert!(
+        text.contains(&format!(
+            "p/img@s1: NBD server {snap_uri} (read-only) pid {snap_pid} on host "
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&uri), "only the snapshot: {text}");
+    let st = json(&env.ok(&["status", "p/img", "--json"]));
+    let targets: Vec<_> = st["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["target"].as_str().unwrap(), h["pid"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        targets,
+        vec![("p/img", pid as u64), ("p/img@s1", snap_pid as u64)],
+        "{st}"
+    );
+
+    // `list`: both servers, with their addresses.
+    let text = env.ok_str(&["list"]);
+    assert!(text.starts_with("DEVICE "), "{text}");
+    for (p, u) in [(pid, &uri), (snap_pid, &snap_uri)] {
+        assert!(
+            text.lines().any(|l| l.starts_with("nbd ")
+                && l.contains(&format!(" {p} live "))
+                && l.ends_with(u.as_str())),
+            "{text}"
+        );
+    }
+    let rows = json(&env.ok(&["list", "--json"]));
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    assert_eq!(rows[0]["kind"], "nbd");
+    assert_eq!(rows[0]["image"], "p/img");
+    assert_eq!(rows[0]["address"], uri.as_str());
+    assert_eq!(rows[0]["state"], "live");
+    assert!(rows[0]["device"].is_null());
+    assert_eq!(rows[1]["image"], "p/img@s1");
+    assert_eq!(rows[1]["flags"], serde_json::json!(["read-only"]));
+
+    // SIGTERM closes cleanly and removes the record.
+    signal(&img, libc::SIGTERM);
+    assert!(img.wait().unwrap().success());
+    signal(&snap, libc::SIGTERM);
+    assert!(snap.wait().unwrap().success());
+    let left: Vec<_> = std::fs::read_dir(env.path("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(env.ok_str(&["status", "p/img"]).contains("not open"));
+    assert!(env.ok_str(&["list"]).is_empty());
+    assert!(env.ok_str(&["info", "p/img"]).contains("\tclean yes\n"));
+}
+
+/// An NBD server killed with SIGKILL leaves its record behind: `list` and
+/// `status` do not show it as live (and drop the record), and `info` says
+/// the image will recover on open.
+#[test]
+fn a_killed_nbd_server_is_not_shown_as_live() {
+    let env = Env::new();
+    env.ok(&["create", "p/img", "--size", "16M"]);
+    let (mut server, uri) = serve_nbd(&env, &["p/img", "--listen", "127.0.0.1:0"]);
+    let record = env.path("run").join(format!("nbd-{}.json", server.id()));
+    assert!(record.exists(), "no record of the server");
+    let r = json(&std::fs::read(&record).unwrap());
+    assert_eq!(
+        (&r["image"], &r["address"]),
+        (&"p/img".into(), &uri.clone().into())
+    );
+    assert!(env.ok_str(&["list"]).contains(&uri));
+    signal(&server, libc::SIGKILL);
+    server.wait().unwrap();
+    assert!(record.exists(), "SIGKILL leaves the record");
+    assert!(env.ok_str(&["list"]).is_empty());
+    assert_eq!(json(&env.ok(&["list", "--json"])), serde_json::json!([]));
+    assert!(!record.exists(), "the stale record was not dropped");
+    let st = json(&env.ok(&["status", "p/img", "--json"]));
+    assert_eq!(st["open"], false, "{st}");
+    let info = env.ok_str(&["info", "p/img"]);
+    assert!(
+        info.contains("\tclean no (will recover on open)\n"),
+        "{info}"
+    );
+    // A stale record whose pid is a process that is not ours (here this
+    // test) is not a server either.
+    std::fs::write(
+        env.path("run").join(format!("nbd-{}.json", std::process::id())),
+        format!(
+            r#"{{"image":"p/img","pid":{},"address":"nbd://127.0.0.1:1/img","read_only":false,"started":0}}"#,
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    assert!(env.ok_str(&["status", "p/img"]).contains("not open"));
+    env.fails(
+        &["detach", "p/img"],
+        &["is not a device attached by lsvd-ublk"],
+    );
+    // Nor is one whose pid an lsvd-ublk process that does not serve NBD
+    // has reused (here a bench, which holds the image open: `status` shows
+    // it by its lock, as a bench).
+    let mut bench = env.hold_open("p/img");
+    let fake = env.path("run").join(format!("nbd-{}.json", bench.id()));
+    std::fs::write(
+        &fake,
+        format!(
+            r#"{{"image":"p/img","pid":{},"address":"nbd://127.0.0.1:1/img","read_only":false,"started":0}}"#,
+            bench.id()
+        ),
+    )
+    .unwrap();
+    assert!(env.ok_str(&["list"]).is_empty());
+    let text = env.ok_str(&["status", "p/img"]);
+    assert!(
+        text.contains(&format!("p/img: bench pid {} on host ", bench.id()))
+            && text.contains(", locked")
+            && !text.contains("NBD"),
+        "{text}"
+    );
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+}

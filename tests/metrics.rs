@@ -588,7 +588,12 @@ fn metrics_listen_off_tcp_and_non_loopback() {
     let mut c = Nbd::open(&server.sock);
     assert_eq!(c.call(CMD_WRITE, 0, 0, 4096, &[1; 4096]), 0);
     let socks: Vec<_> = std::fs::read_dir(env.run_dir())
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".metrics.sock"))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(socks.is_empty(), "{socks:?}");
     drop(c);

@@ -4,7 +4,9 @@
 //! description (not the server's own encoder) drives it: negotiation,
 //! I/O against an in-memory oracle, read-only refusal, hostile input while
 //! another connection keeps working, several connections sharing FLUSH,
-//! SIGKILL and restart, SIGTERM as a clean close, and the `--listen` checks.
+//! SIGKILL and restart, SIGTERM as a clean close, and the `--listen` checks;
+//! and reading snapshots (`serve-nbd`, `export`, `info`) from a read-only
+//! store and as a user with read access only.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -46,6 +48,7 @@ const CMD_WRITE_ZEROES: u16 = 6;
 const FLAG_FUA: u16 = 1;
 
 const EPERM: u32 = 1;
+const EIO: u32 = 5;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
 
@@ -1495,4 +1498,320 @@ fn stop_is_bounded_with_a_client_that_does_not_read() {
         "the client had its 2 s: {took:?}"
     );
     drop(c);
+}
+
+impl Env {
+    /// `lsvd-ublk --config CONFIG ARGS...` with another configuration.
+    fn cmd_with(&self, config: &str, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"));
+        c.current_dir(self.dir.path())
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("LSVD_LOG");
+        c
+    }
+
+    /// [`Env::cmd`] run as user and group 65534 (nobody), no other groups.
+    fn cmd_as_nobody(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("setpriv");
+        c.current_dir(self.dir.path())
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_lsvd-ublk"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("LSVD_LOG");
+        c
+    }
+
+    /// Write `data` at offset 0 through a writable server, stop it, and
+    /// take snapshots `s1` and `s2`; `s1` is then read once (an export),
+    /// which leaves its reader-lock file behind, `s2` never is.
+    fn with_snapshots(data: &[u8]) -> Env {
+        let env = Env::with_image();
+        let server = env.serve(&[]);
+        let mut c = Client::open(&env.sock());
+        for (i, piece) in data.chunks(1 << 20).enumerate() {
+            assert_eq!(c.write((i as u64) << 20, piece, true), 0);
+        }
+        drop(c);
+        assert!(server.stop());
+        for snap in ["p/img@s1", "p/img@s2"] {
+            let out = env.cmd(&["snap", "create", snap]).output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let out = env.cmd(&["export", "p/img@s1", "-"]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_image(&out.stdout, data);
+        assert!(env.path("store/p/.lock.lsvd:s.img@s1").exists());
+        assert!(!env.path("store/p/.lock.lsvd:s.img@s2").exists());
+        env
+    }
+}
+
+/// `got` is the whole image: `data` at offset 0, zeros after it.
+fn assert_image(got: &[u8], data: &[u8]) {
+    assert_eq!(got.len() as u64, SIZE);
+    assert!(got[..data.len()] == *data, "the data differs");
+    assert!(
+        got[data.len()..].iter().all(|&b| b == 0),
+        "the tail is not zero"
+    );
+}
+
+/// Read `len` bytes from offset 0 in 1 MiB requests.
+fn read_all(c: &mut Client, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < len {
+        let n = (len - out.len()).min(1 << 20);
+        out.extend(c.read(out.len() as u64, n as u32).unwrap());
+    }
+    out
+}
+
+/// The names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A read-only view of a directory: a bind mount remounted read-only,
+/// lazily unmounted at drop.
+struct RoMount(PathBuf);
+
+impl RoMount {
+    /// Mount `src` read-only at `dst`; `None` where mounting is not
+    /// permitted (not root, or a container without CAP_SYS_ADMIN).
+    fn new(src: &Path, dst: &Path) -> Option<RoMount> {
+        std::fs::create_dir_all(dst).unwrap();
+        let mount = |args: &[&std::ffi::OsStr]| {
+            std::process::Command::new("mount")
+                .args(args)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !mount(&["--bind".as_ref(), src.as_os_str(), dst.as_os_str()]) {
+            return None;
+        }
+        let m = RoMount(dst.to_owned());
+        mount(&["-o".as_ref(), "remount,bind,ro".as_ref(), dst.as_os_str()]).then_some(m)
+    }
+}
+
+impl Drop for RoMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 17 item 11: a snapshot is read from a store mounted read-only.
+/// `export` and `serve-nbd` of it work, whether its reader-lock file exists
+/// (`s1`: then the lock is taken, on a read-only descriptor) or not (`s2`:
+/// read without it, with a warning), and so do `info`, `ls` and `snap ls`;
+/// `create` fails with a permission error. A writer, which cannot see the
+/// lockless reader, may remove the snapshot and GC its objects: the
+/// reader's reads then fail with EIO, never with other data.
+#[test]
+fn snapshot_reads_from_a_read_only_store() {
+    let data = common::pattern(21, 3 << 20);
+    let env = Env::with_snapshots(&data);
+    let ro = env.path("ro");
+    let Some(_mount) = RoMount::new(&env.path("store"), &ro) else {
+        eprintln!(
+            "skipped: cannot bind-mount read-only here (not root?); \
+             snapshot_reads_as_a_user_without_write_access covers the unprivileged reader"
+        );
+        return;
+    };
+    let e = std::fs::File::create(ro.join("p/probe")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let config = env.config.replace("/store\"", "/ro\"");
+    assert_ne!(config, env.config);
+    let before = names(&ro.join("p"));
+    for snap in ["s1", "s2"] {
+        let spec = format!("p/img@{snap}");
+        let out = env
+            .cmd_with(&config, &["export", &spec, "-"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "export {spec}: {stderr}");
+        assert_image(&out.stdout, &data);
+        assert_eq!(
+            stderr.contains("without its reader lock"),
+            snap == "s2",
+            "{spec}: {stderr}"
+        );
+    }
+    let run = |args: &[&str]| {
+        let out = env.cmd_with(&config, args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let info = run(&["info", "p/img"]);
+    assert!(
+        info.contains("snapshot s1") && info.contains("snapshot s2"),
+        "{info}"
+    );
+    assert_eq!(run(&["ls", "p"]).trim(), "img");
+    assert!(run(&["snap", "ls", "p/img"]).contains("s2"));
+    let out = env
+        .cmd_with(&config, &["create", "p/new", "--size", "1M"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("lsvd-ublk: error: ")
+            && stderr.contains("permission denied")
+            && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+
+    // Served from the read-only store, without a read cache: every read
+    // goes to the store.
+    let sock = env.path("snap.sock");
+    let listen = format!("unix:{}", sock.display());
+    let no_cache = config.replacen('{', r#"{"no_rcache":true,"#, 1);
+    let mut server =
+        env.serve_cmd(env.cmd_with(&no_cache, &["serve-nbd", "p/img@s2", "--listen", &listen]));
+    let mut c = Nego::connect(&sock, true).go("img@s2");
+    assert_eq!(c.tflags & READ_ONLY, READ_ONLY);
+    assert!(read_all(&mut c, data.len()) == data, "served data differs");
+    assert_eq!(names(&ro.join("p")), before, "a reader changed the store");
+
+    // A writer overwrites the image and removes both snapshots (it cannot
+    // see the lockless reader of s2), and GC deletes their objects. (The
+    // reader's log keeps its inode under a name of its own.)
+    std::fs::rename(&server.log, env.path("reader.log")).unwrap();
+    server.log = env.path("reader.log");
+    let writer = env.serve(&[]);
+    let mut w = Client::open(&env.sock());
+    let new = common::pattern(22, data.len());
+    for (i, piece) in new.chunks(1 << 20).enumerate() {
+        assert_eq!(w.write((i as u64) << 20, piece, true), 0);
+    }
+    drop(w);
+    assert!(writer.stop());
+    for snap in ["p/img@s1", "p/img@s2"] {
+        let out = env.cmd(&["snap", "rm", snap]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = env.cmd(&["gc", "p/img"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !env.path("store/p/img.0000000000000001").exists(),
+        "GC kept the snapshot's first object: {:?}",
+        names(&env.path("store/p"))
+    );
+    // The reader's reads of them now fail; nothing else is served.
+    for off in [0u64, 1 << 20, 2 << 20] {
+        assert_eq!(c.read(off, 4096), Err(EIO), "read at {off}");
+    }
+    server.assert_alive();
+    drop(c);
+    assert!(server.stop());
+    let log = std::fs::read_to_string(env.path("reader.log")).unwrap();
+    assert!(
+        log.contains("NBD read at 0") && log.contains("probably removed"),
+        "{log}"
+    );
+}
+
+/// Issue 17 item 11: a user who may read the store but write nothing of
+/// it (nor the journal or read-cache directories, nor read the cache)
+/// exports and serves snapshots, with and without their reader-lock file,
+/// and runs `info`, `ls` and `snap ls`; `create` and opening the image
+/// itself fail with a permission error, and the store is left unchanged.
+#[test]
+fn snapshot_reads_as_a_user_without_write_access() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: switching to an unprivileged user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let data = common::pattern(23, 3 << 20);
+    let env = Env::with_snapshots(&data);
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    // The scratch directory is private (0700) when made: open it to all.
+    // The store, journal and cache directories are root's, 0755; the
+    // cache's pool directory is closed too, so `info` cannot read it.
+    mode(env.dir.path(), 0o755).unwrap();
+    mode(&env.path("rcache/p"), 0o700).unwrap();
+    let before = names(&env.path("store/p"));
+    for snap in ["s1", "s2"] {
+        let spec = format!("p/img@{snap}");
+        let out = env.cmd_as_nobody(&["export", &spec, "-"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "export {spec}: {stderr}");
+        assert_image(&out.stdout, &data);
+        assert_eq!(
+            stderr.contains("without its reader lock"),
+            snap == "s2",
+            "{spec}: {stderr}"
+        );
+    }
+    let run = |args: &[&str]| {
+        let out = env.cmd_as_nobody(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let info = run(&["info", "p/img"]);
+    assert!(
+        info.contains("snapshot s2") && info.contains("read cache not readable"),
+        "{info}"
+    );
+    assert!(run(&["info", "p/img", "--json"]).contains("\"cache_unreadable\""));
+    assert_eq!(run(&["ls", "p"]).trim(), "img");
+    assert!(run(&["snap", "ls", "p/img"]).contains("s1"));
+    for args in [
+        &["create", "p/new", "--size", "1M"][..],
+        &["export", "p/img", "-"][..],
+    ] {
+        let out = env.cmd_as_nobody(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("lsvd-ublk: error: ")
+                && stderr.contains("permission denied")
+                && stderr.contains("Permission denied (os error 13)")
+                && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // serve-nbd, on a socket in a directory the user may write.
+    let socks = env.path("socks");
+    std::fs::create_dir(&socks).unwrap();
+    mode(&socks, 0o777).unwrap();
+    let sock = socks.join("snap.sock");
+    let listen = format!("unix:{}", sock.display());
+    for snap in ["s1", "s2"] {
+        let spec = format!("p/img@{snap}");
+        let mut server =
+            env.serve_cmd(env.cmd_as_nobody(&["serve-nbd", &spec, "--listen", &listen]));
+        let mut c = Nego::connect(&sock, true).go(&format!("img@{snap}"));
+        assert_eq!(c.tflags & READ_ONLY, READ_ONLY);
+        assert!(
+            read_all(&mut c, data.len()) == data,
+            "{spec}: served data differs"
+        );
+        drop(c);
+        server.assert_alive();
+        assert!(server.stop());
+    }
+    assert_eq!(
+        names(&env.path("store/p")),
+        before,
+        "a reader changed the store"
+    );
 }

@@ -305,10 +305,16 @@ impl DirStore {
         let path = self.dir.join(format!("{LOCK_PREFIX}{name}"));
         let mut attempts = 0;
         loop {
+            // A shared holder writes nothing (the file names the exclusive
+            // holder), so it opens an existing file read-only: flock needs
+            // no write access, and a reader on a read-only file system or
+            // without write permission still takes the lock. Creating the
+            // file needs write access to the directory; without it the
+            // error is `PermissionDenied` (see `Volume::open_snapshot`).
             let open = |create| {
                 OpenOptions::new()
                     .read(true)
-                    .write(true)
+                    .write(!shared || create)
                     .create(create)
                     .truncate(false)
                     .open(&path)

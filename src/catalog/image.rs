@@ -310,6 +310,15 @@ pub struct ImageInfo {
     /// The image's read-cache file, if there is one (filled in by the
     /// CLI, which knows the configured `rcache_dir`).
     pub cache: Option<crate::cache::CacheInfo>,
+    /// Who holds the image's lock (has it open), as the store describes
+    /// each holder ([`super::owner`]); empty when nobody does (filled in
+    /// by the CLI).
+    pub open_by: Vec<String>,
+    /// Why the read-cache file could not be read (no read access to it or
+    /// its directory, as for a user who may only read the store); then
+    /// `cache` is `None` and tells nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_unreadable: Option<String>,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapInfo>,
     /// A clone's chain of parents, nearest first, as `image@snap`.
@@ -732,34 +741,6 @@ pub(crate) fn for_each_below(hwm: u64, f: impl Fn(ObjSeq) -> Result<()> + Sync) 
     }
 }
 
-/// The image a journal file belongs to, from either superblock slot;
-/// `None` if neither decodes (blank, or not a journal: it holds nothing
-/// anyone could replay).
-fn journal_owner(path: &Path) -> Result<Option<ImageUuid>> {
-    use crate::format::journal::{JournalSuper, BLOCK};
-    use std::io::Read;
-    let mut buf = vec![0u8; 2 * BLOCK as usize];
-    let mut got = 0;
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("open journal {}", path.display()), e)),
-    };
-    while got < buf.len() {
-        match f.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(format!("read journal {}", path.display()), e)),
-        }
-    }
-    let b = BLOCK as usize;
-    Ok(JournalSuper::decode_slot(&buf[..b.min(got)], 0)
-        .or_else(|_| JournalSuper::decode_slot(&buf[b.min(got)..got], 1))
-        .ok()
-        .map(|sb| sb.uuid))
-}
-
 /// Remove the journal of the removed image `owner` (`None`: unknown, an
 /// older build's interrupted removal), and any `.creating` file. The path
 /// does not name the store: two stores (or RADOS namespaces) sharing a
@@ -769,7 +750,7 @@ fn journal_owner(path: &Path) -> Result<Option<ImageUuid>> {
 /// another's is kept, with a warning naming it.
 fn remove_journal(journal: Option<&Path>, owner: Option<ImageUuid>) -> Result<()> {
     if let Some(j) = journal {
-        match (journal_owner(j)?, owner) {
+        match (crate::journal::owner(j)?, owner) {
             (Some(theirs), Some(ours)) if theirs == ours => remove_file_if_any(j)?,
             (None, _) => remove_file_if_any(j)?,
             (Some(theirs), _) => tracing::warn!(
@@ -851,6 +832,8 @@ pub fn image_info(store: &dyn ObjectStore, spec: &ImageSpec) -> Result<ImageInfo
         checkpoints: sb.checkpoints.iter().map(|c| c.seq.0).collect(),
         created_unix: sb.created_unix,
         cache: None,
+        open_by: Vec::new(),
+        cache_unreadable: None,
         snapshots: snapshot_infos(store, &spec.image, &sb)?,
         parents: parent_chain(store, &sb),
     })

@@ -369,6 +369,8 @@ fn take_over_lock(store: &dyn ObjectStore, image: &str, plan: &Plan) -> anyhow::
 fn serve_plan(mut plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
     let set = block_stop_signals();
     let (spec, snap) = super::snap::parse_snap_spec(&plan.spec_text, false)?;
+    // The locks this server takes say it is a ublk server (`status`).
+    crate::catalog::owner::set_lock_role("ublk", None);
     let store = store_for(&plan.config, &spec.pool, false)?;
     // Live metrics (`metrics_listen`): the store is counted from the open on.
     plan.opts.metrics = crate::metrics::Plan::new(
@@ -441,6 +443,21 @@ fn serve_plan(mut plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<(
 /// `detach POOL/IMAGE|/dev/ublkbN`.
 pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
     let Some(r) = registry::find(&args.target) else {
+        // Served over NBD instead? Then say how to stop that server.
+        if let Some(n) = super::nbd::nbd_records()
+            .into_iter()
+            .find(|n| n.image == args.target)
+        {
+            bail!(
+                "image {} is not attached as a block device: it is served over NBD at {} by \
+                 `serve-nbd` pid {}; stop that server to close it cleanly (`kill -TERM {}`, or \
+                 `systemctl stop` the unit that runs it)",
+                n.image,
+                n.address,
+                n.pid,
+                n.pid
+            );
+        }
         bail!(
             "'{}' is not a device attached by lsvd-ublk (see `lsvd-ublk list`)",
             args.target
@@ -504,36 +521,61 @@ pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `list [--json]`.
+/// `list [--json]`: ublk devices, then NBD servers.
 pub fn list(json: bool) -> anyhow::Result<()> {
     #[derive(serde::Serialize)]
     struct Row {
-        device: String,
+        /// `ublk` or `nbd`.
+        kind: &'static str,
+        /// `/dev/ublkbN`; null for an NBD server.
+        device: Option<String>,
         image: String,
         pid: u32,
         state: DevState,
-        queues: u16,
-        depth: u16,
+        /// Null for an NBD server.
+        queues: Option<u16>,
+        /// Null for an NBD server.
+        depth: Option<u16>,
         /// The device's ublk flags by name (the mode it runs in: e.g.
         /// "user-recovery", "reissue", "update-size"); empty when the
-        /// kernel has no such device.
+        /// kernel has no such device, and for an NBD server.
         flags: Vec<&'static str>,
+        /// The URI an NBD server listens on; null for a device.
+        address: Option<String>,
     }
-    let rows: Vec<Row> = registry::all()
+    let mut rows: Vec<Row> = registry::all()
         .into_iter()
         .map(|r| {
             let (state, _, flags) = registry::status_of(&r);
             Row {
-                device: r.device,
+                kind: "ublk",
+                device: Some(r.device),
                 image: r.image,
                 pid: r.pid,
                 state,
-                queues: r.queues,
-                depth: r.depth,
+                queues: Some(r.queues),
+                depth: Some(r.depth),
                 flags: flags.map(kernel::flag_names).unwrap_or_default(),
+                address: None,
             }
         })
         .collect();
+    // Only live NBD servers are recorded (a dead one's record is dropped).
+    rows.extend(super::nbd::nbd_records().into_iter().map(|r| Row {
+        kind: "nbd",
+        device: None,
+        image: r.image,
+        pid: r.pid,
+        state: DevState::Live,
+        queues: None,
+        depth: None,
+        flags: if r.read_only {
+            vec!["read-only"]
+        } else {
+            vec![]
+        },
+        address: Some(r.address),
+    }));
     if json {
         return print_stdout(&serde_json::to_string_pretty(&rows)?);
     }
@@ -544,14 +586,17 @@ pub fn list(json: bool) -> anyhow::Result<()> {
             "DEVICE", "IMAGE", "PID", "STATE"
         ));
         for r in &rows {
-            let flags = if r.flags.is_empty() {
+            let mut flags = if r.flags.is_empty() {
                 "-".to_string()
             } else {
                 r.flags.join(",")
             };
+            if let Some(a) = &r.address {
+                flags = format!("{flags} {a}");
+            }
             text.push_str(&format!(
                 "\n{:<14} {:<30} {:>8} {:<9} {flags}",
-                r.device,
+                r.device.as_deref().unwrap_or("nbd"),
                 r.image,
                 r.pid,
                 r.state.as_str()

@@ -1,8 +1,9 @@
 //! The `lsvd-ublk` command line: image lifecycle (`create`, `info`, `ls`,
 //! `rm`, `resize`, `snap`, `clone`, `flatten`), data transfer (`import`,
 //! `export`), `gc`, `scrub` and `bench`, modelled on `rbd`; the block device (`attach`,
-//! `detach`, `list`, `recover`), the NBD export (`serve-nbd`) and the live
-//! view of their metrics (`iostat`).
+//! `detach`, `list`, `recover`), the NBD export (`serve-nbd`), who has
+//! an image open (`status`) and the live view of the servers' metrics
+//! (`iostat`).
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
@@ -19,6 +20,7 @@ mod nbd;
 mod resize;
 mod scrub;
 mod snap;
+mod status;
 mod transfer;
 
 use std::io::{IsTerminal, Write};
@@ -154,6 +156,10 @@ pub enum Command {
     /// Show or break an image's exclusive lock (fencing).
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Who has an image or any of its snapshots open: ublk devices and NBD
+    /// servers of this host, and every holder of its locks in the store
+    /// (other hosts too).
+    Status(status::StatusArgs),
     /// Live I/O of the running servers (like `rbd perf image iostat`):
     /// per image, requests and bytes per second and mean latency.
     Iostat(iostat::IostatArgs),
@@ -237,6 +243,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         config.ceph_id = id;
         config.validate().context("bad --id")?;
     }
+    // Every lock this process takes names the command (`status`, `lock ls`).
+    crate::catalog::owner::set_lock_role(command_name(&cli.command), None);
     match cli.command {
         Command::Create { image, size } => cmd_create(&config, &image, size),
         Command::Info { image, json } => cmd_info(&config, &image, json),
@@ -258,7 +266,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ServeNbd(args) => nbd::serve_nbd(&config, &args),
         Command::Lock(LockCommand::Ls { image }) => cmd_lock_ls(&config, &image),
         Command::Lock(LockCommand::Break { image }) => cmd_lock_break(&config, &image),
+        Command::Status(args) => status::status(&config, &args),
         Command::Iostat(args) => iostat::iostat(&args),
+    }
+}
+
+/// The command's name as typed (the role its locks name).
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Create { .. } => "create",
+        Command::Info { .. } => "info",
+        Command::Ls { .. } => "ls",
+        Command::Resize(_) => "resize",
+        Command::Rm { .. } => "rm",
+        Command::Import(_) => "import",
+        Command::Export(_) => "export",
+        Command::Bench(_) => "bench",
+        Command::Gc { .. } => "gc",
+        Command::Scrub(_) => "scrub",
+        Command::Snap(_) => "snap",
+        Command::Clone { .. } => "clone",
+        Command::Flatten { .. } => "flatten",
+        Command::Attach(_) => "attach",
+        Command::Detach(_) => "detach",
+        Command::List { .. } => "list",
+        Command::Recover(_) => "recover",
+        Command::ServeNbd(_) => "serve-nbd",
+        Command::Lock(_) => "lock",
+        Command::Status(_) => "status",
+        Command::Iostat(_) => "iostat",
     }
 }
 
@@ -397,22 +433,39 @@ fn cmd_info(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read image {spec}"))?
         .uuid;
     let cache_path = spec.rcache_path(config);
-    info.cache = cache_info(&cache_path, uuid)?;
+    match crate::cache::Cache::inspect(&cache_path, uuid) {
+        Ok(c) => info.cache = c,
+        // A user who may only read the store need not read the cache.
+        Err(e) if e.kind() == crate::error::ErrorKind::PermissionDenied => {
+            info.cache_unreadable = Some(format!("{e:?}"));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the read cache {}", cache_path.display()))
+        }
+    }
+    // Who has it open. Only an image not marked clean can be (an open
+    // marks it dirty first), and a clean one is not probed: the dir
+    // store's look at a lock could make an opener racing with it see the
+    // lock held for an instant.
+    if !info.clean {
+        match store.lock_holders(&spec.image) {
+            Ok(h) => info.open_by = h,
+            // A user who may only read the store still gets the rest.
+            Err(e) if e.kind() == crate::error::ErrorKind::PermissionDenied => {
+                tracing::warn!("cannot tell who has {spec} open: {e}");
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot list the lock holders of {spec}"))
+            }
+        }
+    }
     let text = if json {
         serde_json::to_string_pretty(&info).context("cannot encode image info as JSON")?
     } else {
         format_info(&info)
     };
     print_stdout(&text)
-}
-
-/// The read-cache block of `info`: read only, never changed.
-fn cache_info(
-    path: &std::path::Path,
-    uuid: crate::units::ImageUuid,
-) -> anyhow::Result<Option<crate::cache::CacheInfo>> {
-    crate::cache::Cache::inspect(path, uuid)
-        .with_context(|| format!("cannot read the read cache {}", path.display()))
 }
 
 /// The human-readable form of `info`.
@@ -432,13 +485,16 @@ fn format_info(info: &ImageInfo) -> String {
         human_bytes(info.size_bytes),
         info.size_bytes,
         info.uuid,
-        if info.clean { "yes" } else { "no (will recover on open)" },
+        status::clean_text(info),
         info.objects,
         human_bytes(info.stored_bytes),
         checkpoints,
         format_unix_utc(info.created_unix),
     ) + &match &info.cache {
-        None => "\n\tread cache none".to_owned(),
+        None => match &info.cache_unreadable {
+            Some(why) => format!("\n\tread cache not readable ({why})"),
+            None => "\n\tread cache none".to_owned(),
+        },
         Some(c) if !c.formatted || !c.owner_match => format!(
             "\n\tread cache {} ({}; discarded at the next open)",
             c.path,

@@ -4,6 +4,14 @@
 //!
 //! NBD has no authentication and no encryption, so listening anywhere but
 //! on a loopback address or a unix socket needs `--allow-remote`.
+//!
+//! A server registers itself in the run directory (as ublk devices do, see
+//! [`crate::ublk::registry`]): `<run dir>/nbd-<pid>.json` ([`NbdRecord`]),
+//! written (temp file + rename) once it serves and removed when it exits,
+//! so that `list`, `status` and `detach` find it. It is runtime state, not
+//! a persistent format; a record whose process is gone (SIGKILL), or
+//! whose pid now runs something other than `serve-nbd`, is ignored and
+//! removed by the next reader.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::FileTypeExt;
@@ -14,10 +22,103 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use serde::{Deserialize, Serialize};
+
 use super::device::{block_stop_signals, wait_signal};
 use super::{open_volume, print_stdout, store_for};
 use crate::config::Config;
 use crate::nbd::{self, Export, Listener, ServeOptions};
+use crate::ublk::registry;
+
+/// A running `serve-nbd`, as recorded in the run directory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NbdRecord {
+    /// `POOL/IMAGE` or `POOL/IMAGE@SNAP`.
+    pub image: String,
+    /// Server process.
+    pub pid: u32,
+    /// The URI clients connect to (`nbd://HOST:PORT/NAME`,
+    /// `nbd+unix:///NAME?socket=PATH`).
+    pub address: String,
+    /// Served read-only.
+    pub read_only: bool,
+    /// Server start, seconds since the epoch.
+    pub started: u64,
+}
+
+fn record_path(pid: u32) -> PathBuf {
+    registry::run_dir().join(format!("nbd-{pid}.json"))
+}
+
+/// The live NBD servers' records, by pid. Records of dead processes are
+/// removed (best effort); unreadable ones are skipped with a warning.
+pub fn nbd_records() -> Vec<NbdRecord> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(registry::run_dir()) else {
+        return v;
+    };
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("nbd-") && name.ends_with(".json")) {
+            continue;
+        }
+        match std::fs::read(ent.path())
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<NbdRecord>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) if registry::server_alive(r.pid) && serves_nbd(r.pid) => v.push(r),
+            Ok(r) => {
+                tracing::info!("removing the record of dead NBD server pid {}", r.pid);
+                let _ = std::fs::remove_file(ent.path());
+            }
+            Err(e) => tracing::warn!("ignoring {}: {e}", ent.path().display()),
+        }
+    }
+    v.sort_by_key(|r| r.pid);
+    v
+}
+
+/// Whether process `pid` runs `serve-nbd` (an lsvd-ublk process that
+/// reuses a dead server's pid does not).
+fn serves_nbd(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"serve-nbd"))
+}
+
+/// This server's record: written by [`Registered::save`], removed at drop.
+struct Registered(Option<PathBuf>);
+
+impl Registered {
+    /// Write `r` (temp file + rename). A run directory we cannot write
+    /// (not root) only costs `list` and `status` their view of us.
+    fn save(r: &NbdRecord) -> Registered {
+        let path = record_path(r.pid);
+        let tmp = path.with_extension("json.tmp");
+        let saved = std::fs::create_dir_all(registry::run_dir())
+            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec_pretty(r).unwrap_or_default()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match saved {
+            Ok(()) => Registered(Some(path)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot record this server in {} (`list` and `status` will not show it): {e}",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&tmp);
+                Registered(None)
+            }
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
 
 /// `serve-nbd` arguments.
 #[derive(Debug, Args)]
@@ -139,6 +240,8 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
             )
         }
     };
+    // The locks this server takes name it and its address (`status`).
+    crate::catalog::owner::set_lock_role("serve-nbd", Some(&uri));
     let store = store_for(config, &spec.pool, false)?;
     // Live metrics (`metrics_listen`): the store is counted from the open on.
     let metrics = crate::metrics::Plan::new(
@@ -168,6 +271,15 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
         "serving image {spec} over NBD at {uri}{}",
         if read_only { " (read-only)" } else { "" }
     );
+    // Registered before the address is printed, so that whoever waits for
+    // that line finds the record too.
+    let registered = Registered::save(&NbdRecord {
+        image: spec.clone(),
+        pid: std::process::id(),
+        address: uri.clone(),
+        read_only,
+        started: registry::now_secs(),
+    });
     let started = metrics.as_ref().map(|m| {
         m.start(
             &super::iostat::nbd_socket(std::process::id()),
@@ -211,6 +323,7 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
             "image {spec} is still in use after the NBD server stopped; the journal keeps every write"
         )),
     };
+    drop(registered);
     drop(socket_file);
     served?;
     closed?;

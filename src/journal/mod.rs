@@ -770,6 +770,31 @@ fn read_supers(file: &File, path: &Path) -> Result<Supers> {
     }
 }
 
+/// The image a journal file belongs to, by its superblock: `None` if there
+/// is no file, or it is no journal (too short, blank, or no valid
+/// superblock copy). Read only; for `rm`, which must never delete another
+/// image's journal.
+pub(crate) fn owner(path: &Path) -> Result<Option<crate::units::ImageUuid>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("open journal {}", path.display()), e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat journal {}", path.display()), e))?
+        .len();
+    if len < SLOTS * BLOCK {
+        return Ok(None);
+    }
+    match read_supers(&file, path) {
+        Ok(Supers::Valid { sb, .. }) => Ok(Some(sb.uuid)),
+        Ok(Supers::Blank { .. }) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::Corrupt => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Where the writer starts: the superblock as durable now, its slot, the
 /// chain it inherits and the head.
 pub(crate) struct WriterStart {

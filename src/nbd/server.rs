@@ -1090,7 +1090,13 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                 timed,
             },
             Err(e) => {
-                debug!("NBD read at {offset} of {len} bytes failed: {e}");
+                // A bad request is the client's business; a failed read of
+                // good data (a lost object, bit rot) is the operator's.
+                if e.kind() == ErrorKind::InvalidInput {
+                    debug!("NBD read at {offset} of {len} bytes failed: {e}");
+                } else {
+                    warn!("NBD read at {offset} of {len} bytes failed: {e}");
+                }
                 Reply {
                     cookie,
                     error: error_code(&e),

@@ -216,7 +216,7 @@ impl Volume {
         // The lock's owner names host, pid and image UUID (read once before
         // locking, and again under the lock, which is the copy we trust).
         let uuid = image::read_superblock(store.as_ref(), &image)?.uuid;
-        let owner = format!("{} image {uuid}", image::lock_owner());
+        let owner = crate::catalog::owner::lock_owner_of(&format!("image {uuid}"));
         let lock = store.lock(&image, &owner).map_err(|e| {
             if e.kind() == ErrorKind::Locked {
                 e.prefixed(format!("image {image} is already open"))
@@ -283,6 +283,7 @@ impl Volume {
             threads: Vec::new(),
             gc_thread: None,
             lock: Some(lock),
+            unlocked_reader: false,
             stopped: false,
         };
         // The next checkpoint may be a delta on the one recovery loaded

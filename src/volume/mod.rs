@@ -578,6 +578,10 @@ pub struct Volume {
     /// The background GC thread, stopped before everything else.
     gc_thread: Option<JoinHandle<()>>,
     lock: Option<Box<dyn StoreLock>>,
+    /// A snapshot view opened without its reader lock (no write access to
+    /// the store, see [`Volume::open_snapshot`]): `snap rm` cannot see it,
+    /// so a read of a deleted object says the snapshot may be gone.
+    unlocked_reader: bool,
     stopped: bool,
 }
 

@@ -88,8 +88,20 @@ pub(crate) fn open_cache(
         Ok(c) => Some(Arc::new(c)),
         Err(e) => {
             warn!(image, cache = %path.display(), "running without a read cache: {e}");
-            if e.kind() != ErrorKind::Locked {
-                remove("it could not be opened");
+            match e.kind() {
+                ErrorKind::Locked => {}
+                // A user who may not write the cache (a reader of a
+                // snapshot with read access only) may not remove it
+                // either; said once is enough.
+                ErrorKind::PermissionDenied => match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        warn!(image, cache = %path.display(), "removed the read cache file (it could not be opened)")
+                    }
+                    Err(e) => {
+                        tracing::debug!(image, cache = %path.display(), "cannot remove the read cache file: {e}")
+                    }
+                },
+                _ => remove("it could not be opened"),
             }
             None
         }

@@ -250,7 +250,22 @@ impl Volume {
                 ),
                 r => r,
             };
-            r.map_err(|e| e.prefixed(format!("read of {} at {offset}", inner.image)))?;
+            r.map_err(|e| {
+                let e = e.prefixed(format!("read of {} at {offset}", inner.image));
+                if self.unlocked_reader && e.kind() == ErrorKind::NotFound {
+                    // Nothing but a removal deletes a snapshot's objects.
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "{}: the snapshot was probably removed while read (this \
+                             reader could not take its reader lock)",
+                            e.duplicate().context()
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
         }
         for (poff, b0, bytes) in plan.parent {
             let out = &mut buf[b0..b0 + bytes];

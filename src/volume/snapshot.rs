@@ -175,6 +175,16 @@ impl Volume {
     /// `snap rm` is refused while it is read (several readers at once are
     /// fine). Fails with `InUse` while the snapshot is being removed. See
     /// ordering (34).
+    ///
+    /// Reading needs no write access: where the store refuses the lock
+    /// with `PermissionDenied` (a read-only file system or directory, a
+    /// RADOS client with `osd 'allow r'` caps), the snapshot is opened
+    /// without it, with a warning. `snap rm` by a writer then cannot see
+    /// this reader; once the removal's GC deletes an object the view
+    /// needs, reads of it fail with `NotFound` naming the object (and
+    /// saying why), never with other data: object names are never reused
+    /// within an image, and every object read is checked against the
+    /// image's UUID and its chunk crcs.
     pub fn open_snapshot(
         config: Config,
         store: Arc<dyn ObjectStore>,
@@ -187,22 +197,35 @@ impl Volume {
         if sb.snapshot(snap).is_none() {
             return Err(no_such_snapshot(image, &sb, snap));
         }
-        let lock = store
-            .lock_shared(
-                &snapshot_lock_name(image, snap),
-                &format!("{} reader of {image}@{snap}", image::lock_owner()),
-            )
-            .map_err(|e| match e.kind() {
-                ErrorKind::Locked => Error::new(
+        let lock = match store.lock_shared(
+            &snapshot_lock_name(image, snap),
+            &crate::catalog::owner::lock_owner_of(&format!("reader of {image}@{snap}")),
+        ) {
+            Ok(l) => Some(l),
+            Err(e) if e.kind() == ErrorKind::Locked => {
+                return Err(Error::new(
                     ErrorKind::InUse,
                     format!("snapshot {image}@{snap} is being removed ({})", e.context()),
-                ),
-                _ => e,
-            })?;
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                warn!(
+                    image,
+                    snapshot = snap,
+                    "reading the snapshot without its reader lock, as {} refuses it \
+                     ({e:?}): `snap rm` by a writer cannot see this reader, and once \
+                     the snapshot's objects are deleted its reads fail",
+                    store.describe()
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
         // Read again under the lock: a removal that finished in between
         // has taken it out of the superblock.
         let mut vol = Self::open_snapshot_at(config, store, image, snap, 0)?;
-        vol.lock = Some(lock);
+        vol.unlocked_reader = lock.is_none();
+        vol.lock = lock;
         Ok(vol)
     }
 
@@ -261,6 +284,7 @@ impl Volume {
             threads: Vec::new(),
             gc_thread: None,
             lock: None,
+            unlocked_reader: false,
             stopped: false,
         };
         if let (Some(c), Some(rx)) = (vol.inner.cache.clone(), cache_rx) {

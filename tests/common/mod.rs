@@ -77,13 +77,15 @@ impl CliEnv {
     }
 
     /// `lsvd-ublk --config CONFIG ARGS...`, run in the scratch directory
-    /// (so no stray ./lsvd.json is picked up).
+    /// (so no stray ./lsvd.json is picked up), with its run directory
+    /// (device and NBD server records) there too, not the host's.
     pub fn cmd(&self, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lsvd-ublk"));
         c.current_dir(self.dir.path())
             .arg("--config")
             .arg(&self.config)
             .args(args)
+            .env("LSVD_RUN_DIR", self.dir.path().join("run"))
             .env_remove("LSVD_LOG");
         c
     }

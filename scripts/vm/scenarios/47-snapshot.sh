@@ -33,6 +33,12 @@ detach detach-base $IMG || finish
 # The snapshot: read-only device with the golden content.
 attach attach-snap $IMG@v1 || finish
 SNAPDEV=$DEV
+# `status` of the image names the snapshot's device and its server.
+out=$(lsvd status $IMG 2>&1)
+case "$out" in
+    *"$IMG@v1: ublk device $SNAPDEV pid "*", live"*) pass status-snap ;;
+    *) fail status-snap "status $IMG does not name $SNAPDEV as live: $(errsum "$out")" ;;
+esac
 [ "$(cat "/sys/block/$(dev_name "$SNAPDEV")/ro")" = 1 ] && pass snap-ro ||
     fail snap-ro "/sys/block/$(dev_name "$SNAPDEV")/ro is not 1"
 if dd if=/dev/zero of="$SNAPDEV" bs=4k count=1 oflag=direct 2>/dev/null; then

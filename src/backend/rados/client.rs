@@ -56,6 +56,9 @@ pub fn kind_of(errno: i32) -> ErrorKind {
         libc::ETIMEDOUT => ErrorKind::Timeout,
         libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
         ESHUTDOWN => ErrorKind::Fenced,
+        // A client whose caps do not allow the operation (`osd 'allow r'`
+        // writing, or taking a lock, which is a write).
+        libc::EACCES | libc::EPERM | libc::EROFS => ErrorKind::PermissionDenied,
         _ => ErrorKind::Io,
     }
 }
