@@ -228,6 +228,26 @@ pub struct Config {
     /// to the image still finish, within `io_timeout_msec`).
     /// Default: `10`.
     pub nbd_shutdown_secs: u64,
+    /// Where a server (`attach`, `recover`, `serve-nbd`) serves its live
+    /// metrics (Prometheus text format, `GET /metrics`): `""` for a unix
+    /// socket in the run directory (`<run dir>/ublkb<N>.metrics.sock`,
+    /// `<run dir>/nbd-<pid>.metrics.sock`), `unix:PATH`, a loopback
+    /// `IP:PORT`, or `off` (no metrics, and no timing on the I/O path).
+    /// Default: `""`.
+    pub metrics_listen: String,
+}
+
+/// A parsed `metrics_listen`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// No metrics.
+    Off,
+    /// The server's default unix socket in the run directory.
+    Default,
+    /// This unix socket.
+    Unix(PathBuf),
+    /// This loopback TCP address.
+    Tcp(std::net::SocketAddr),
 }
 
 impl Default for Config {
@@ -270,6 +290,7 @@ impl Default for Config {
             nbd_conn_memory_bytes: 64 * MIB,
             nbd_memory_bytes: 512 * MIB,
             nbd_shutdown_secs: 10,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -446,6 +467,11 @@ pub fn describe_keys() -> &'static [(&'static str, &'static str, &'static str)] 
             "nbd_shutdown_secs",
             "10",
             "seconds a stopping NBD server waits for clients to take their replies before closing them (1-3600)",
+        ),
+        (
+            "metrics_listen",
+            "\"\"",
+            "where servers serve live metrics (GET /metrics): \"\" = unix socket in the run dir, unix:PATH, loopback IP:PORT, or off",
         ),
     ]
 }
@@ -678,7 +704,40 @@ impl Config {
             )));
         }
         range_check("nbd_memory_bytes", self.nbd_memory_bytes, MIB, 1 << 40)?;
+        self.metrics_listen()?;
         Ok(())
+    }
+
+    /// `metrics_listen`, parsed. A TCP address must be a loopback IP
+    /// literal and port: the metrics are unauthenticated.
+    pub fn metrics_listen(&self) -> Result<MetricsListen> {
+        let s = self.metrics_listen.as_str();
+        match s {
+            "" => return Ok(MetricsListen::Default),
+            "off" => return Ok(MetricsListen::Off),
+            _ => {}
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() || path.contains('\0') {
+                return Err(cfg_err(format!(
+                    "metrics_listen ({s:?}) needs a socket path after unix:"
+                )));
+            }
+            return Ok(MetricsListen::Unix(PathBuf::from(path)));
+        }
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            cfg_err(format!(
+                "metrics_listen ({s:?}) must be \"\" (a unix socket in the run directory), \
+                 \"off\", \"unix:PATH\" or a loopback IP:PORT such as 127.0.0.1:9477"
+            ))
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(cfg_err(format!(
+                "metrics_listen ({s:?}) is not a loopback address: the metrics endpoint has no \
+                 authentication, so it listens only on 127.0.0.0/8 or [::1] (or a unix socket)"
+            )));
+        }
+        Ok(MetricsListen::Tcp(addr))
     }
 
     /// The ceph.conf to read: `ceph_conf` if set, else `$CEPH_CONF` if set
@@ -982,10 +1041,38 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_forms() {
+        let parse = |v: &str| {
+            Config {
+                metrics_listen: v.into(),
+                ..Config::default()
+            }
+            .metrics_listen()
+        };
+        assert_eq!(parse("").unwrap(), MetricsListen::Default);
+        assert_eq!(parse("off").unwrap(), MetricsListen::Off);
+        assert_eq!(
+            parse("unix:/tmp/m.sock").unwrap(),
+            MetricsListen::Unix("/tmp/m.sock".into())
+        );
+        assert_eq!(
+            parse("127.0.0.1:9477").unwrap(),
+            MetricsListen::Tcp("127.0.0.1:9477".parse().unwrap())
+        );
+        assert!(matches!(parse("[::1]:0").unwrap(), MetricsListen::Tcp(_)));
+        let m = parse("192.168.1.5:9477").unwrap_err().to_string();
+        assert!(m.contains("not a loopback address"), "{m}");
+    }
+
+    #[test]
     fn each_validate_rule_names_its_key() {
         let cases: &[(&str, &str)] = &[
             (r#"{"ceph_id": ""}"#, "ceph_id"),
             (r#"{"ceph_id": "client.admin"}"#, "ceph_id"),
+            (r#"{"metrics_listen": "0.0.0.0:9477"}"#, "metrics_listen"),
+            (r#"{"metrics_listen": "localhost:9477"}"#, "metrics_listen"),
+            (r#"{"metrics_listen": "unix:"}"#, "metrics_listen"),
+            (r#"{"metrics_listen": "on"}"#, "metrics_listen"),
             (r#"{"rados_op_timeout_secs": 0}"#, "rados_op_timeout_secs"),
             (r#"{"rados_max_inflight": 0}"#, "rados_max_inflight"),
             (r#"{"rados_max_inflight": 1025}"#, "rados_max_inflight"),

@@ -8,7 +8,8 @@
 //! Layers, lowest first: [`units`]/[`error`]/[`wait`] (every wait's one
 //! shape: deadline and cancel flag), [`format`] (pure layouts),
 //! [`io`], [`backend`], [`map`], [`journal`], [`catalog`] (images in a
-//! pool, without opening one), [`volume`], the front ends
+//! pool, without opening one), [`volume`], [`metrics`] (live counters and
+//! their exposition), the front ends
 //! [`ublk`] and [`nbd`], [`cli`].
 
 pub mod backend;
@@ -24,6 +25,7 @@ pub mod gc;
 pub mod io;
 pub mod journal;
 pub mod map;
+pub mod metrics;
 pub mod nbd;
 pub mod powercut;
 pub mod ublk;

@@ -631,7 +631,7 @@ fn fault_probability_zero_never_fires_and_seed_repeats() {
 }
 
 #[test]
-fn counting_counts_successes() {
+fn counting_counts_successes_and_failures() {
     let fault = Arc::new(FaultStore::new(Arc::new(MemStore::new()), 1));
     let store = CountingStore::new(fault.clone());
     store.put("a", &[1; 100]).unwrap();
@@ -649,6 +649,10 @@ fn counting_counts_successes() {
             gets: 1,
             get_bytes: 90,
             deletes: 1,
+            put_errors: 1,
+            // A missing object is an answer, not a failure.
+            get_errors: 0,
+            delete_errors: 0,
         }
     );
 }

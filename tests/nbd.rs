@@ -974,6 +974,7 @@ fn fua_trim_and_write_zeroes_reply_after_a_journal_sync() {
             aliases: vec![],
             read_only: false,
             limits: Default::default(),
+            metrics: None,
         };
         std::thread::spawn(move || {
             lsvd::nbd::serve(export, listener, opts, |wait| {

@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
         aliases: vec![String::new()],
         read_only: false,
         limits: Limits::default(),
+        metrics: None,
     };
     let server = std::thread::spawn(move || fuzz_serve_stream(export, theirs, opts));
     let mut tx = ours.try_clone().unwrap();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::{ObjectStore, StoreLock};
 use crate::error::Result;
 
-/// Traffic counted by a [`CountingStore`]. Only operations that succeeded
-/// are counted.
+/// Traffic counted by a [`CountingStore`]: operations that succeeded, and
+/// apart those that failed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Successful puts.
@@ -22,6 +22,12 @@ pub struct StoreStats {
     pub get_bytes: u64,
     /// Successful deletes (including of missing objects).
     pub deletes: u64,
+    /// Failed puts.
+    pub put_errors: u64,
+    /// Failed gets, except of missing objects (`NotFound` is an answer).
+    pub get_errors: u64,
+    /// Failed deletes.
+    pub delete_errors: u64,
 }
 
 /// An [`ObjectStore`] that forwards to another one and counts the traffic.
@@ -32,6 +38,11 @@ pub struct CountingStore {
     gets: AtomicU64,
     get_bytes: AtomicU64,
     deletes: AtomicU64,
+    put_errors: AtomicU64,
+    get_errors: AtomicU64,
+    delete_errors: AtomicU64,
+    /// Describe itself as the wrapped store (no `counting:` prefix).
+    invisible: bool,
 }
 
 impl CountingStore {
@@ -44,7 +55,27 @@ impl CountingStore {
             gets: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
             deletes: AtomicU64::new(0),
+            put_errors: AtomicU64::new(0),
+            get_errors: AtomicU64::new(0),
+            delete_errors: AtomicU64::new(0),
+            invisible: false,
         }
+    }
+
+    /// Wrap `inner` for a server's metrics: it describes itself as `inner`
+    /// does, so error messages name the real store.
+    pub fn invisible(inner: Arc<dyn ObjectStore>) -> CountingStore {
+        CountingStore {
+            invisible: true,
+            ..CountingStore::new(inner)
+        }
+    }
+
+    fn count<T>(&self, r: Result<T>, errors: &AtomicU64) -> Result<T> {
+        if r.is_err() {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     /// The counters now. Each counter is read atomically, the set is not.
@@ -55,6 +86,9 @@ impl CountingStore {
             gets: self.gets.load(Ordering::Relaxed),
             get_bytes: self.get_bytes.load(Ordering::Relaxed),
             deletes: self.deletes.load(Ordering::Relaxed),
+            put_errors: self.put_errors.load(Ordering::Relaxed),
+            get_errors: self.get_errors.load(Ordering::Relaxed),
+            delete_errors: self.delete_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -66,15 +100,31 @@ impl CountingStore {
 
 impl ObjectStore for CountingStore {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        self.inner.put(name, data)?;
+        self.count(self.inner.put(name, data), &self.put_errors)?;
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.put_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
+    fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<()> {
+        // Forwarded, so a store that writes the parts without joining them
+        // still does.
+        self.count(self.inner.put_parts(name, parts), &self.put_errors)?;
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        self.put_bytes.fetch_add(
+            parts.iter().map(|p| p.len() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
     fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let data = self.inner.get(name, offset, len)?;
+        let data = self.inner.get(name, offset, len).inspect_err(|e| {
+            if e.kind() != crate::error::ErrorKind::NotFound {
+                self.get_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.get_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -86,7 +136,7 @@ impl ObjectStore for CountingStore {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        self.inner.delete(name)?;
+        self.count(self.inner.delete(name), &self.delete_errors)?;
         self.deletes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -112,6 +162,10 @@ impl ObjectStore for CountingStore {
     }
 
     fn describe(&self) -> String {
-        format!("counting:{}", self.inner.describe())
+        if self.invisible {
+            self.inner.describe()
+        } else {
+            format!("counting:{}", self.inner.describe())
+        }
     }
 }

@@ -127,6 +127,7 @@ pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
             depth: args.depth,
             logical_block: args.logical_block_size,
             recover: None,
+            metrics: None,
         },
         foreground: args.foreground,
         replacing: None,
@@ -221,6 +222,7 @@ fn recover_plan(r: Record) -> anyhow::Result<Plan> {
             depth: r.depth,
             logical_block: r.logical_block,
             recover: Some(r.dev_id),
+            metrics: None,
         },
         foreground: false,
         replacing: Some(r),
@@ -375,12 +377,22 @@ fn take_over_lock(store: &dyn ObjectStore, image: &str, plan: &Plan) -> anyhow::
 }
 
 /// Open the image and serve it until a stop signal.
-fn serve_plan(plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
+fn serve_plan(mut plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
     let set = block_stop_signals();
     let (spec, snap) = super::snap::parse_snap_spec(&plan.spec_text, false)?;
     // The locks this server takes say it is a ublk server (`status`).
     crate::catalog::owner::set_lock_role("ublk", None);
     let store = store_for(&plan.config, &spec.pool, false)?;
+    // Live metrics (`metrics_listen`): the store is counted from the open on.
+    plan.opts.metrics = crate::metrics::Plan::new(
+        plan.config.metrics_listen()?,
+        &plan.spec_text,
+        store.clone(),
+    );
+    let store = match &plan.opts.metrics {
+        Some(m) => m.store.clone() as std::sync::Arc<dyn ObjectStore>,
+        None => store,
+    };
     // A snapshot is served read-only, without the image's lock.
     let volume = match &snap {
         Some(s) => super::snap::open_snapshot(&plan.config, store, &spec, s)?,

@@ -2,8 +2,9 @@
 //! `rm`, `resize`, `snap`, `clone`, `flatten`), data transfer (`import`,
 //! `export`), `gc`, `scrub` and `bench`, modelled on `rbd`; the block device (`attach`,
 //! `detach`, `list`, `recover`), the NBD export (`serve-nbd`), who has
-//! an image open (`status`) and the NVMe-oF gateway through the kernel's
-//! target (`nvmf-export`, `nvmf-unexport`).
+//! an image open (`status`), the live view of the servers' metrics
+//! (`iostat`) and the NVMe-oF gateway through the kernel's target
+//! (`nvmf-export`, `nvmf-unexport`).
 //!
 //! Everything here is built on the public engine API in [`crate::volume`].
 //! Errors are `anyhow` errors carrying context; [`main`] prints the whole
@@ -29,6 +30,7 @@ mod bench;
 mod device;
 mod du;
 mod exit;
+mod iostat;
 mod nbd;
 mod nvmf;
 mod resize;
@@ -182,6 +184,9 @@ pub enum Command {
     NvmfExport(nvmf::ExportArgs),
     /// Stop exporting a device (or an NQN) over NVMe-oF.
     NvmfUnexport(nvmf::UnexportArgs),
+    /// Live I/O of the running servers (like `rbd perf image iostat`):
+    /// per image, requests and bytes per second and mean latency.
+    Iostat(iostat::IostatArgs),
 }
 
 /// `lock` subcommands.
@@ -297,6 +302,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::status(&config, &args),
         Command::NvmfExport(args) => nvmf::export(&args),
         Command::NvmfUnexport(args) => nvmf::unexport(&args),
+        Command::Iostat(args) => iostat::iostat(&args),
     }
 }
 
@@ -326,6 +332,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::NvmfExport(_) => "nvmf-export",
         Command::NvmfUnexport(_) => "nvmf-unexport",
         Command::Du(_) => "du",
+        Command::Iostat(_) => "iostat",
     }
 }
 

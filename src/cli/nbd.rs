@@ -260,6 +260,16 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
     // The locks this server takes name it and its address (`status`).
     crate::catalog::owner::set_lock_role("serve-nbd", Some(&uri));
     let store = store_for(config, &spec.pool, false)?;
+    // Live metrics (`metrics_listen`): the store is counted from the open on.
+    let metrics = crate::metrics::Plan::new(
+        config.metrics_listen()?,
+        &format!("{}/{name}", spec.pool),
+        store.clone(),
+    );
+    let store = match &metrics {
+        Some(m) => m.store.clone() as Arc<dyn crate::backend::ObjectStore>,
+        None => store,
+    };
     // A snapshot is served read-only without the image's lock.
     let volume = Arc::new(match &snap {
         Some(s) => super::snap::open_snapshot(config, store, &spec, s)?,
@@ -271,6 +281,7 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
         name,
         read_only,
         limits: nbd::server::Limits::from_config(config),
+        metrics: metrics.as_ref().map(|m| m.io.clone()),
     };
     let spec = format!("{}/{}", spec.pool, opts.name);
     tracing::info!(
@@ -286,6 +297,26 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
         read_only,
         started: registry::now_secs(),
     });
+    let started = metrics.as_ref().map(|m| {
+        m.start(
+            &super::iostat::nbd_socket(std::process::id()),
+            Arc::downgrade(&volume),
+            &[("frontend", "nbd"), ("address", &uri)],
+        )
+    });
+    let metrics_server = match started.transpose() {
+        Ok(s) => s.flatten(),
+        Err(e) => {
+            // A metrics address the configuration names cannot be served:
+            // close the image cleanly, then fail.
+            if let Ok(v) = Arc::try_unwrap(volume) {
+                if let Err(c) = v.close() {
+                    tracing::warn!("cannot close image {spec} cleanly: {c}");
+                }
+            }
+            return Err(e).context("cannot serve the metrics");
+        }
+    };
     // The address, once clients can connect: scripts wait for this line.
     let printed = print_stdout(&uri);
     let served = match printed {
@@ -298,6 +329,8 @@ pub fn serve_nbd(config: &Config, args: &ServeNbdArgs) -> anyhow::Result<()> {
         .with_context(|| format!("serving image {spec} over NBD failed")),
         Err(e) => Err(e),
     };
+    // No scrape may hold the volume while it closes.
+    drop(metrics_server);
     // Every connection has ended: the volume is ours alone again.
     let closed = match Arc::try_unwrap(volume) {
         Ok(v) => v

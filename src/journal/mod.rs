@@ -118,6 +118,8 @@ pub(crate) enum Msg {
 pub struct JournalShared {
     released: AtomicU64,
     used_bytes: AtomicU64,
+    /// Bytes of the record area (set when the writer starts).
+    pub(crate) capacity_bytes: AtomicU64,
     records: AtomicU64,
     /// Records whose data was copied into a record buffer (not block
     /// aligned) rather than written from the batch.
@@ -138,6 +140,7 @@ impl Default for JournalShared {
         JournalShared {
             released: AtomicU64::new(0),
             used_bytes: AtomicU64::new(0),
+            capacity_bytes: AtomicU64::new(0),
             records: AtomicU64::new(0),
             copied: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -185,6 +188,10 @@ impl JournalShared {
     /// Journal bytes holding records not yet released.
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Relaxed)
+    }
+    /// Bytes of the journal's record area (what `used_bytes` can reach).
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes.load(Ordering::Relaxed)
     }
     /// Records written.
     pub fn records(&self) -> u64 {

@@ -282,6 +282,7 @@ impl Core {
         } = start;
         let data_start = sb.data_start();
         let data_size = sb.size - data_start;
+        shared.capacity_bytes.store(data_size, Ordering::Relaxed);
         let depth = opts.depth.max(1) as usize;
         let mut records = VecDeque::new();
         let mut next_id = 1;

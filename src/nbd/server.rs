@@ -74,6 +74,7 @@ use super::proto::{self, InfoRequest, OptionHeader, Request};
 use super::Export;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{IoMetrics, Op};
 
 /// Largest read or write payload (advertised as the maximum block size).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
@@ -153,6 +154,9 @@ pub struct ServeOptions {
     pub read_only: bool,
     /// Slots, deadlines and memory.
     pub limits: Limits,
+    /// Where to count requests ([`crate::metrics`]); `None`: not counted,
+    /// and the clock is not read.
+    pub metrics: Option<Arc<IoMetrics>>,
 }
 
 impl ServeOptions {
@@ -903,6 +907,27 @@ fn negotiate(
     }
 }
 
+/// A request being timed for the metrics: counted by the reply writer
+/// when its reply goes out.
+#[derive(Clone, Copy)]
+struct Timed {
+    op: Op,
+    bytes: u64,
+    start: Instant,
+}
+
+/// The metrics type of a request.
+fn op_of(kind: u16) -> Option<Op> {
+    match kind {
+        proto::CMD_READ => Some(Op::Read),
+        proto::CMD_WRITE => Some(Op::Write),
+        proto::CMD_FLUSH => Some(Op::Flush),
+        proto::CMD_TRIM => Some(Op::Discard),
+        proto::CMD_WRITE_ZEROES => Some(Op::WriteZeroes),
+        _ => None,
+    }
+}
+
 /// A reply for the writer thread.
 struct Reply {
     cookie: u64,
@@ -913,6 +938,8 @@ struct Reply {
     charged: usize,
     /// How it goes on the wire.
     shape: Shape,
+    /// Set when metrics are on.
+    timed: Option<Timed>,
 }
 
 /// The wire form of a [`Reply`].
@@ -938,9 +965,11 @@ enum Job {
         charged: usize,
         /// Reply with structured chunks.
         structured: bool,
+        timed: Option<Timed>,
     },
     Flush {
         cookie: u64,
+        timed: Option<Timed>,
     },
     Discard {
         cookie: u64,
@@ -949,6 +978,7 @@ enum Job {
         zero: bool,
         /// Durable when answered (`NBD_CMD_FLAG_FUA`).
         fua: bool,
+        timed: Option<Timed>,
     },
 }
 
@@ -1145,6 +1175,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             offset,
             charged,
             structured,
+            timed,
             ..
         } if conn.is_closed() => {
             // Nobody will take the data: the server closed the connection.
@@ -1154,6 +1185,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                 data: None,
                 charged,
                 shape: read_shape(structured, offset),
+                timed,
             }
         }
         Job::Read {
@@ -1162,6 +1194,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             len,
             charged,
             structured,
+            timed,
         } => match read_any(export, offset, len) {
             Ok(buf) => Reply {
                 cookie,
@@ -1169,6 +1202,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                 data: Some(buf),
                 charged,
                 shape: read_shape(structured, offset),
+                timed,
             },
             Err(e) => {
                 // A bad request is the client's business; a failed read of
@@ -1184,10 +1218,11 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                     data: None,
                     charged,
                     shape: read_shape(structured, offset),
+                    timed,
                 }
             }
         },
-        Job::Flush { cookie } => Reply {
+        Job::Flush { cookie, timed } => Reply {
             cookie,
             error: export.flush().err().map_or(0, |e| {
                 warn!("NBD flush failed: {e}");
@@ -1196,6 +1231,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             data: None,
             charged: 0,
             shape: Shape::Simple,
+            timed,
         },
         Job::Discard {
             cookie,
@@ -1203,6 +1239,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
             len,
             zero,
             fua,
+            timed,
         } => {
             let r = discard(shared, offset, len, zero, fua);
             Reply {
@@ -1214,6 +1251,7 @@ fn run_job(shared: &Shared, conn: &Conn, job: Job, replies: &QSender<Reply>) {
                 data: None,
                 charged: 0,
                 shape: Shape::Simple,
+                timed,
             }
         }
     };
@@ -1393,6 +1431,9 @@ fn reply_writer(
     let mut w = BufWriter::with_capacity(256 << 10, stream);
     let mut broken = false;
     while let Some(r) = rx.recv() {
+        if let (Some(m), Some(t)) = (&shared.opts.metrics, r.timed) {
+            m.record(t.op, t.bytes, t.start.elapsed(), r.error == 0);
+        }
         if !broken {
             conn.sending_since.store(shared.now(), Ordering::SeqCst);
             let mut res = write_reply(&mut w, &r);
@@ -1526,22 +1567,23 @@ fn transmit(
     let read_only = shared.read_only();
     // A reply with no data, for a request charged `charged` bytes (already
     // acquired when non-zero).
-    let reply = |cookie: u64, error: u32, charged: usize| {
+    let reply = |cookie: u64, error: u32, charged: usize, timed: Option<Timed>| {
         reply_tx.send(Reply {
             cookie,
             error,
             data: None,
             charged,
             shape: Shape::Simple,
+            timed,
         });
     };
-    let error_reply = |cookie: u64, error: u32| {
+    let error_reply = |cookie: u64, error: u32, timed: Option<Timed>| {
         budget.acquire(0);
-        reply(cookie, error, 0);
+        reply(cookie, error, 0, timed);
     };
     // A read's error under structured replies is an error chunk (a simple
     // reply is not allowed for a read then).
-    let read_error = |cookie: u64, offset: u64, error: u32| {
+    let read_error = |cookie: u64, offset: u64, error: u32, timed: Option<Timed>| {
         budget.acquire(0);
         reply_tx.send(Reply {
             cookie,
@@ -1549,8 +1591,10 @@ fn transmit(
             data: None,
             charged: 0,
             shape: read_shape(agreed.structured, offset),
+            timed,
         });
     };
+    let metrics_on = shared.opts.metrics.is_some();
     loop {
         if conn.is_closed() {
             // Closed by the server (a deadline, eviction, stop): requests
@@ -1572,6 +1616,17 @@ fn transmit(
             break;
         };
         let len = u64::from(req.length);
+        // Timed from its header's arrival to its reply, when metrics are
+        // on (otherwise the clock is not even read).
+        let timed = if metrics_on {
+            op_of(req.kind).map(|op| Timed {
+                op,
+                bytes: len,
+                start: Instant::now(),
+            })
+        } else {
+            None
+        };
         let end = req.offset.checked_add(len);
         // EINVAL for a range that overflows; for one past the end, EINVAL
         // for reads and trims, ENOSPC for writes and write-zeroes (as the
@@ -1592,11 +1647,11 @@ fn transmit(
                         "NBD connection {id}: read of {} bytes (at most {MAX_PAYLOAD})",
                         req.length
                     );
-                    read_error(req.cookie, req.offset, proto::EINVAL);
+                    read_error(req.cookie, req.offset, proto::EINVAL, timed);
                 } else if let Some(err) = range_error(proto::EINVAL) {
-                    read_error(req.cookie, req.offset, err);
+                    read_error(req.cookie, req.offset, err, timed);
                 } else if bad_align || bad_flags {
-                    read_error(req.cookie, req.offset, proto::EINVAL);
+                    read_error(req.cookie, req.offset, proto::EINVAL, timed);
                 } else {
                     // A misaligned read also holds its covering blocks.
                     let (start, stop) = cover(min, req.offset, len);
@@ -1608,6 +1663,7 @@ fn transmit(
                         len: req.length as usize,
                         charged,
                         structured: agreed.structured,
+                        timed,
                     });
                 }
             }
@@ -1619,7 +1675,7 @@ fn transmit(
                         "NBD connection {id}: write of {} bytes (at most {MAX_PAYLOAD}): closing",
                         req.length
                     );
-                    error_reply(req.cookie, proto::EINVAL);
+                    error_reply(req.cookie, proto::EINVAL, timed);
                     break;
                 }
                 // Charged before the payload is read, until answered.
@@ -1631,11 +1687,11 @@ fn transmit(
                     break;
                 }
                 if read_only {
-                    reply(req.cookie, proto::EPERM, charged);
+                    reply(req.cookie, proto::EPERM, charged, timed);
                 } else if let Some(err) = range_error(proto::ENOSPC) {
-                    reply(req.cookie, err, charged);
+                    reply(req.cookie, err, charged, timed);
                 } else if bad_align || bad_flags {
-                    reply(req.cookie, proto::EINVAL, charged);
+                    reply(req.cookie, proto::EINVAL, charged, timed);
                 } else if misaligned(min, req.offset, len) {
                     // A client that did not negotiate block sizes: served
                     // here, synchronously (a rare path).
@@ -1647,7 +1703,7 @@ fn transmit(
                         debug!("NBD read-modify-write at {} failed: {e}", req.offset);
                         error_code(&e)
                     });
-                    reply(req.cookie, error, charged);
+                    reply(req.cookie, error, charged, timed);
                 } else {
                     let tx = reply_tx.clone();
                     let cookie = req.cookie;
@@ -1662,6 +1718,7 @@ fn transmit(
                             data: None,
                             charged,
                             shape: Shape::Simple,
+                            timed,
                         });
                     });
                     let r = {
@@ -1670,7 +1727,7 @@ fn transmit(
                     };
                     if let Err(e) = r {
                         debug!("NBD write at {} failed: {e}", req.offset);
-                        reply(req.cookie, error_code(&e), charged);
+                        reply(req.cookie, error_code(&e), charged, timed);
                     }
                 }
                 // Keep a small buffer for the next write: what is kept
@@ -1680,10 +1737,13 @@ fn transmit(
                     payload = Vec::new();
                 }
             }
-            proto::CMD_FLUSH if bad_flags => error_reply(req.cookie, proto::EINVAL),
+            proto::CMD_FLUSH if bad_flags => error_reply(req.cookie, proto::EINVAL, timed),
             proto::CMD_FLUSH => {
                 budget.acquire(0);
-                pool.submit(Job::Flush { cookie: req.cookie });
+                pool.submit(Job::Flush {
+                    cookie: req.cookie,
+                    timed,
+                });
             }
             proto::CMD_TRIM | proto::CMD_WRITE_ZEROES => {
                 // Past the end: EINVAL for a trim (like a read), ENOSPC for
@@ -1694,11 +1754,11 @@ fn transmit(
                     proto::ENOSPC
                 };
                 if read_only {
-                    error_reply(req.cookie, proto::EPERM);
+                    error_reply(req.cookie, proto::EPERM, timed);
                 } else if let Some(err) = range_error(past_end) {
-                    error_reply(req.cookie, err);
+                    error_reply(req.cookie, err, timed);
                 } else if bad_align || bad_flags {
-                    error_reply(req.cookie, proto::EINVAL);
+                    error_reply(req.cookie, proto::EINVAL, timed);
                 } else {
                     budget.acquire(0);
                     pool.submit(Job::Discard {
@@ -1707,6 +1767,7 @@ fn transmit(
                         len,
                         zero: req.kind == proto::CMD_WRITE_ZEROES,
                         fua,
+                        timed,
                     });
                 }
             }
@@ -1715,9 +1776,9 @@ fn transmit(
                 // or with none), for a zero length, past the end, or a
                 // flag other than FUA and REQ_ONE.
                 if !agreed.allocation || len == 0 || bad_align || bad_flags {
-                    error_reply(req.cookie, proto::EINVAL);
+                    error_reply(req.cookie, proto::EINVAL, timed);
                 } else if let Some(err) = range_error(proto::EINVAL) {
-                    error_reply(req.cookie, err);
+                    error_reply(req.cookie, err, timed);
                 } else {
                     // No I/O (the map in memory): answered here.
                     budget.acquire(0);
@@ -1735,12 +1796,13 @@ fn transmit(
                         data,
                         charged: 0,
                         shape: Shape::Status,
+                        timed,
                     });
                 }
             }
             other => {
                 debug!("NBD connection {id}: unknown command {other}");
-                error_reply(req.cookie, proto::EINVAL);
+                error_reply(req.cookie, proto::EINVAL, timed);
             }
         }
     }
@@ -1789,6 +1851,8 @@ mod tests {
             aliases: vec![],
             read_only: false,
             limits,
+            // On, so every test here runs the timing path too.
+            metrics: Some(Arc::new(IoMetrics::new())),
         }
     }
 

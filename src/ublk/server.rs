@@ -58,6 +58,7 @@ use super::wake::{Notifier, Outcome, Signal, Waiter};
 use crate::cache::{Cache, HitPlan};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::rcache::BLOCK_BYTES;
+use crate::metrics::{IoMetrics, Op};
 use crate::volume::{Completion, ReadPlan, RemotePiece, Volume};
 
 /// Largest request, in bytes (the device's max_sectors).
@@ -82,6 +83,10 @@ pub struct ServeOptions {
     pub logical_block: u32,
     /// Take over this quiesced device instead of adding a new one.
     pub recover: Option<u32>,
+    /// Live metrics (`None`: off, and requests are not timed). Served
+    /// once the device is live, by default on
+    /// `<run dir>/ublkb<N>.metrics.sock`.
+    pub metrics: Option<crate::metrics::Plan>,
 }
 
 /// A device that is serving I/O.
@@ -104,6 +109,8 @@ struct DevCtx {
     reads: Pool,
     slow: Pool,
     live_queues: AtomicUsize,
+    /// Request counters (`None`: metrics off).
+    metrics: Option<Arc<IoMetrics>>,
 }
 
 /// Serve `volume` as a ublk device until `should_stop` returns true (it is
@@ -234,7 +241,9 @@ pub fn serve(
         slow: Pool::new("lsvd-wait", SLOW_WORKERS)
             .map_err(|e| Error::with_source(ErrorKind::Io, "cannot start write workers", e))?,
         live_queues: AtomicUsize::new(info.nr_hw_queues as usize),
+        metrics: opts.metrics.as_ref().map(|m| m.io.clone()),
     });
+    let metrics_plan = opts.metrics.clone();
 
     let lbs_shift = opts.logical_block.trailing_zeros() as u8;
     let tgt_init = move |dev: &mut UblkDev| {
@@ -295,12 +304,20 @@ pub fn serve(
         // live and before `attach` returns; it is stopped (its thread
         // joined, so it holds no volume reference) before the device is.
         let mut control = start_control(&dctx.volume, info.dev_id, info.flags);
-        if let Err(e) = on_live(&live) {
-            *live_err2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            drop(control);
-            let _ = with_deadline("STOP_DEV", || c.kill_dev());
-            return;
-        }
+        // The metrics too (an address the configuration names that cannot
+        // be served fails the attach, like `on_live`); stopped before the
+        // device, and a scrape holds only a weak reference to the volume.
+        let started = start_metrics(metrics_plan.as_ref(), &dctx.volume, &live)
+            .and_then(|m| on_live(&live).map(|()| m));
+        let mut metrics = match started {
+            Ok(m) => m,
+            Err(e) => {
+                *live_err2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                drop(control);
+                let _ = with_deadline("STOP_DEV", || c.kill_dev());
+                return;
+            }
+        };
         loop {
             if dctx.live_queues.load(Ordering::SeqCst) == 0 {
                 tracing::warn!("ublk device {} was stopped from outside", info.dev_id);
@@ -309,11 +326,13 @@ pub fn serve(
             if should_stop(Duration::from_millis(200)) {
                 tracing::info!("stopping ublk device {}", info.dev_id);
                 drop(control.take());
+                drop(metrics.take());
                 let _ = with_deadline("STOP_DEV", || c.kill_dev());
                 break;
             }
         }
         drop(control);
+        drop(metrics);
         drop(dctx);
     };
 
@@ -382,6 +401,23 @@ fn start_control(volume: &Arc<Volume>, dev_id: u32, flags: u64) -> Option<Contro
             None
         }
     }
+}
+
+/// Serve the metrics of device `live` (see [`ServeOptions::metrics`]).
+fn start_metrics(
+    plan: Option<&crate::metrics::Plan>,
+    volume: &Arc<Volume>,
+    live: &LiveDevice,
+) -> Result<Option<crate::metrics::http::MetricsServer>> {
+    let Some(plan) = plan else {
+        return Ok(None);
+    };
+    let socket = registry::run_dir().join(format!("ublkb{}.metrics.sock", live.dev_id));
+    plan.start(
+        &socket,
+        Arc::downgrade(volume),
+        &[("frontend", "ublk"), ("device", &live.path)],
+    )
 }
 
 fn ublk_error(what: &str, e: UblkError) -> Error {
@@ -526,6 +562,8 @@ async fn tag_loop(
         .await?;
     loop {
         let iod = *q.get_iod(tag);
+        // Timed only when metrics are on (the clock is not read otherwise).
+        let start = ctx.metrics.as_ref().map(|_| std::time::Instant::now());
         // A panic while handling one request fails that request, not the
         // queue: the queue thread must live on to report the journal I/O
         // it has in flight on its ring (every later acknowledgement, on
@@ -546,8 +584,30 @@ async fn tag_loop(
             );
             -libc::EIO
         });
+        if let (Some(m), Some(start)) = (&ctx.metrics, start) {
+            if let Some(op) = op_of(iod.op_flags & 0xff) {
+                m.record(
+                    op,
+                    u64::from(iod.nr_sectors) << 9,
+                    start.elapsed(),
+                    res >= 0,
+                );
+            }
+        }
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
+    }
+}
+
+/// The metrics type of a ublk request.
+fn op_of(op: u32) -> Option<Op> {
+    match op {
+        sys::UBLK_IO_OP_READ => Some(Op::Read),
+        sys::UBLK_IO_OP_WRITE => Some(Op::Write),
+        sys::UBLK_IO_OP_FLUSH => Some(Op::Flush),
+        sys::UBLK_IO_OP_DISCARD => Some(Op::Discard),
+        sys::UBLK_IO_OP_WRITE_ZEROES => Some(Op::WriteZeroes),
+        _ => None,
     }
 }
 

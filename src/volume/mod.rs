@@ -267,6 +267,18 @@ pub struct VolumeStats {
     pub gc_freed_bytes: u64,
 }
 
+/// What is not yet in the backend, for live metrics ([`Volume::backlog`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Bytes of the journal's record area.
+    pub journal_capacity_bytes: u64,
+    /// Batches not yet applied (sealed ones, and the open one if it holds
+    /// anything).
+    pub pending_batches: u64,
+    /// Client data bytes in those batches.
+    pub pending_bytes: u64,
+}
+
 #[derive(Default)]
 struct Counters {
     writes: AtomicU64,
@@ -617,6 +629,24 @@ impl Volume {
     /// Image identity.
     pub fn uuid(&self) -> ImageUuid {
         self.inner.uuid
+    }
+
+    /// What is not yet in the backend. Takes the state lock briefly (for
+    /// a scrape, not for the I/O path).
+    pub fn backlog(&self) -> Backlog {
+        let capacity = self
+            .inner
+            .journal_shared
+            .get()
+            .map_or(0, |j| j.capacity_bytes());
+        let st = self.inner.lock_state();
+        let open = st.open.data_bytes();
+        let sealed: u64 = st.sealed.values().map(|b| b.data_bytes()).sum();
+        Backlog {
+            journal_capacity_bytes: capacity,
+            pending_batches: st.sealed.len() as u64 + u64::from(!st.open.ops.is_empty()),
+            pending_bytes: open + sealed,
+        }
     }
 
     /// Counters.
