@@ -309,7 +309,6 @@ fn snap_rm_refusal_names_the_reader_on_the_dir_store() {
 /// image removes it, it stays forever (on RADOS the lock leaves an empty
 /// placeholder object NAME instead).
 #[test]
-#[ignore = "review finding 3: rm of a missing image leaves .lock.NAME forever"]
 fn rm_of_a_missing_image_leaves_no_lock_file() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let store = dir_store(dir.path());
@@ -322,7 +321,6 @@ fn rm_of_a_missing_image_leaves_no_lock_file() {
 /// finished before it locked, creates a fresh `.lock.IMG` and fails
 /// NotFound, leaving it behind for good.
 #[test]
-#[ignore = "review finding 3: an open racing rm leaves .lock.IMG forever"]
 fn an_open_that_loses_the_race_with_rm_leaves_no_lock_file() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let inner: Arc<dyn ObjectStore> = dir_store(dir.path());

@@ -632,6 +632,10 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
                         .filter(|n| parse_object_name(image, n).is_some())
                         .collect();
                     if left.is_empty() && store.stat(&hwm_name(image))?.is_none() {
+                        // No such image: the lock file this call created
+                        // (directory store) goes too, while held, or it
+                        // would stay for good.
+                        lock.release_and_remove();
                         return Err(e);
                     }
                     tracing::warn!(
