@@ -125,7 +125,11 @@ fn release_and_remove_semantics(store: &dyn ObjectStore) {
     x.release_and_remove();
     let x = store.lock("img", "again").unwrap();
     assert_eq!(x.owner(), "again");
-    assert_eq!(kind(store.lock_shared("img", "r")), ErrorKind::Locked, "{desc}");
+    assert_eq!(
+        kind(store.lock_shared("img", "r")),
+        ErrorKind::Locked,
+        "{desc}"
+    );
     x.release_and_remove();
     drop(store.lock_shared("img", "r").unwrap());
     store.lock("img", "last").unwrap().release_and_remove();
@@ -133,10 +137,18 @@ fn release_and_remove_semantics(store: &dyn ObjectStore) {
     let r1 = store.lock_shared("snap", "reader-1").unwrap();
     let r2 = store.lock_shared("snap", "reader-2").unwrap();
     r1.release_and_remove();
-    assert_eq!(kind(store.lock("snap", "remover")), ErrorKind::Locked, "{desc}");
+    assert_eq!(
+        kind(store.lock("snap", "remover")),
+        ErrorKind::Locked,
+        "{desc}"
+    );
     let r3 = store.lock_shared("snap", "reader-3").unwrap();
     drop(r2);
-    assert_eq!(kind(store.lock("snap", "remover")), ErrorKind::Locked, "{desc}");
+    assert_eq!(
+        kind(store.lock("snap", "remover")),
+        ErrorKind::Locked,
+        "{desc}"
+    );
     drop(r3);
     store.lock("snap", "remover").unwrap().release_and_remove();
 }
@@ -146,7 +158,11 @@ fn release_and_remove_works_on_every_store() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let d = dir_store(dir.path());
     release_and_remove_semantics(d.as_ref());
-    assert!(files_with(dir.path(), ".lock.").is_empty(), "{:?}", files_with(dir.path(), ""));
+    assert!(
+        files_with(dir.path(), ".lock.").is_empty(),
+        "{:?}",
+        files_with(dir.path(), "")
+    );
     release_and_remove_semantics(&MemStore::new());
     release_and_remove_semantics(&FaultStore::new(d.clone(), 3));
     release_and_remove_semantics(&CountingStore::new(d.clone()));
@@ -197,7 +213,11 @@ fn shared_and_exclusive_takers_racing_an_unlink_never_overlap() {
                             continue;
                         };
                         assert!(!writer.swap(true, Ordering::SeqCst), "two removers");
-                        assert_eq!(readers.load(Ordering::SeqCst), 0, "a remover beside a reader");
+                        assert_eq!(
+                            readers.load(Ordering::SeqCst),
+                            0,
+                            "a remover beside a reader"
+                        );
                         et.fetch_add(1, Ordering::Relaxed);
                         std::thread::sleep(Duration::from_micros(50));
                         writer.store(false, Ordering::SeqCst);
@@ -213,7 +233,11 @@ fn shared_and_exclusive_takers_racing_an_unlink_never_overlap() {
     for w in workers {
         w.join().unwrap();
     }
-    assert_eq!(removed.load(Ordering::Relaxed), ROUNDS, "the remover did not finish in time");
+    assert_eq!(
+        removed.load(Ordering::Relaxed),
+        ROUNDS,
+        "the remover did not finish in time"
+    );
     assert!(shared_taken.load(Ordering::Relaxed) > 0);
     assert!(excl_taken.load(Ordering::Relaxed) > ROUNDS);
 }
@@ -246,7 +270,10 @@ fn lock_ls_and_break_accept_a_snapshot() {
     };
     run(&["create", "--size", "16M", "pool/img"]);
     run(&["snap", "create", "pool/img@gold"]);
-    assert_eq!(run(&["lock", "ls", "pool/img@gold"]), "pool/img@gold: not locked\n");
+    assert_eq!(
+        run(&["lock", "ls", "pool/img@gold"]),
+        "pool/img@gold: not locked\n"
+    );
     assert_eq!(
         run(&["lock", "break", "pool/img@gold"]),
         "pool/img@gold: not locked; nothing to break\n"
@@ -260,7 +287,9 @@ fn lock_ls_and_break_accept_a_snapshot() {
 // ---------------------------------------------------------------------
 
 fn holders_of_a_shared_lock(store: &dyn ObjectStore) {
-    let r = store.lock_shared("lsvd:s.img@snap", "host h pid 7 reader of img@snap").unwrap();
+    let r = store
+        .lock_shared("lsvd:s.img@snap", "host h pid 7 reader of img@snap")
+        .unwrap();
     let h = store.lock_holders("lsvd:s.img@snap").unwrap();
     assert!(
         h.iter().any(|h| h.contains("reader")),
@@ -314,7 +343,11 @@ fn rm_of_a_missing_image_leaves_no_lock_file() {
     let store = dir_store(dir.path());
     let e = remove_image(store.as_ref(), "nope", None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    assert!(files_with(dir.path(), "nope").is_empty(), "{:?}", files_with(dir.path(), "nope"));
+    assert!(
+        files_with(dir.path(), "nope").is_empty(),
+        "{:?}",
+        files_with(dir.path(), "nope")
+    );
 }
 
 /// An open that read the superblock, then lost the race with an `rm` that
@@ -334,7 +367,11 @@ fn an_open_that_loses_the_race_with_rm_leaves_no_lock_file() {
     });
     let e = open(&store, dir.path(), "img").map(|_| ()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    assert!(files_with(dir.path(), "img").is_empty(), "{:?}", files_with(dir.path(), "img"));
+    assert!(
+        files_with(dir.path(), "img").is_empty(),
+        "{:?}",
+        files_with(dir.path(), "img")
+    );
 }
 
 /// A reader that read the superblock, then lost the race with a `snap rm`
@@ -388,7 +425,10 @@ impl Immutable {
 
 impl Drop for Immutable {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
     }
 }
 
