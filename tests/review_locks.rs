@@ -256,7 +256,6 @@ fn shared_and_exclusive_takers_racing_an_unlink_never_overlap() {
 /// removed"). On the dir store the flock dies with the process, so this
 /// test can only show the missing command.
 #[test]
-#[ignore = "review finding 1: no lock ls/break for a snapshot's lock (RADOS holds of dead readers or a dead snap rm are permanent)"]
 fn lock_ls_and_break_accept_a_snapshot() {
     let env = common::CliEnv::new();
     let run = |args: &[&str]| {
@@ -461,4 +460,129 @@ fn a_snapshot_of_a_read_only_store_can_still_be_read() {
     let mut buf = vec![0u8; 4096];
     v.read(0, &mut buf).unwrap();
     assert_eq!(buf, vec![7u8; 4096]);
+}
+
+// ---------------------------------------------------------------------
+// Finding 1, fixed: `snap rm` breaks the hold a dead `snap rm` left (and
+// only such a hold).
+// ---------------------------------------------------------------------
+
+/// A store with a hold left by a dead process on one lock name, as RADOS
+/// keeps it: it refuses every taker, is listed among the holders, and goes
+/// only when `break_lock_holders` accepts its description.
+struct DeadHoldStore {
+    inner: Arc<dyn ObjectStore>,
+    dead: Mutex<Option<(String, String)>>,
+    broken: AtomicUsize,
+}
+
+impl DeadHoldStore {
+    fn held(&self, name: &str) -> Option<String> {
+        let d = self.dead.lock().unwrap();
+        d.as_ref()
+            .filter(|(n, _)| n == name)
+            .map(|(_, h)| h.clone())
+    }
+}
+
+impl ObjectStore for DeadHoldStore {
+    fn put(&self, name: &str, data: &[u8]) -> lsvd::Result<()> {
+        self.inner.put(name, data)
+    }
+    fn get(&self, name: &str, offset: u64, len: usize) -> lsvd::Result<Vec<u8>> {
+        self.inner.get(name, offset, len)
+    }
+    fn stat(&self, name: &str) -> lsvd::Result<Option<u64>> {
+        self.inner.stat(name)
+    }
+    fn delete(&self, name: &str) -> lsvd::Result<()> {
+        self.inner.delete(name)
+    }
+    fn list(&self, prefix: &str) -> lsvd::Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn lock(&self, name: &str, owner: &str) -> lsvd::Result<Box<dyn StoreLock>> {
+        match self.held(name) {
+            Some(h) => Err(Error::new(
+                ErrorKind::Locked,
+                format!("{name} is locked by {h}"),
+            )),
+            None => self.inner.lock(name, owner),
+        }
+    }
+    fn lock_shared(&self, name: &str, owner: &str) -> lsvd::Result<Box<dyn StoreLock>> {
+        match self.held(name) {
+            Some(h) => Err(Error::new(
+                ErrorKind::Locked,
+                format!("{name} is locked by {h}"),
+            )),
+            None => self.inner.lock_shared(name, owner),
+        }
+    }
+    fn lock_holders(&self, name: &str) -> lsvd::Result<Vec<String>> {
+        let mut h = self.inner.lock_holders(name)?;
+        h.extend(self.held(name));
+        Ok(h)
+    }
+    fn break_lock_holders(
+        &self,
+        name: &str,
+        which: &dyn Fn(&str) -> bool,
+    ) -> lsvd::Result<Vec<String>> {
+        match self.held(name) {
+            Some(h) if which(&h) => {
+                *self.dead.lock().unwrap() = None;
+                self.broken.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![h])
+            }
+            _ => self.inner.break_lock_holders(name, which),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("dead-hold over {}", self.inner.describe())
+    }
+}
+
+#[test]
+fn snap_rm_breaks_the_hold_of_a_dead_snap_rm_but_never_a_readers() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let store = Arc::new(DeadHoldStore {
+        inner: mem,
+        dead: Mutex::new(None),
+        broken: AtomicUsize::new(0),
+    });
+    let s: Arc<dyn ObjectStore> = store.clone();
+    create_image(s.as_ref(), "base", SIZE).unwrap();
+    let base = open(&s, dir.path(), "base").unwrap();
+    base.write(0, &[7u8; 4096]).unwrap();
+    base.snapshot_create("gold").unwrap();
+    base.snapshot_create("blue").unwrap();
+
+    // A reader that died holding it (RADOS: its shared hold stays): snap rm
+    // is refused, naming it, and breaks nothing.
+    *store.dead.lock().unwrap() = Some((
+        "lsvd:s.base@blue".into(),
+        "host h pid 9 reader of base@blue (client.4 at 10.0.0.1:0/1)".into(),
+    ));
+    let e = base.snapshot_remove("blue").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
+    assert!(e.to_string().contains("pid 9 reader of base@blue"), "{e}");
+    assert_eq!(store.broken.load(Ordering::SeqCst), 0);
+
+    // A snap rm that died holding it: every reader is refused, with a hint;
+    // the next snap rm breaks it and goes on.
+    *store.dead.lock().unwrap() = Some((
+        "lsvd:s.base@gold".into(),
+        "host h pid 8 snap rm (client.5 at 10.0.0.1:0/2)".into(),
+    ));
+    let e = Volume::open_snapshot(config(dir.path()), s.clone(), "base", "gold")
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
+    assert!(e.to_string().contains("lock break"), "{e}");
+    base.snapshot_remove("gold").unwrap();
+    assert_eq!(store.broken.load(Ordering::SeqCst), 1);
+    assert!(base.snapshots().iter().all(|s| s.name != "gold"));
+    base.close().unwrap();
 }

@@ -72,6 +72,25 @@ pub(crate) fn snapshot_lock_name(image: &str, snap: &str) -> String {
     format!("lsvd:s.{image}@{snap}")
 }
 
+/// What ends the lock owner string of a `snap rm` (`host H pid P snap rm`),
+/// the only exclusive holder of a snapshot's lock; a reader's ends
+/// `reader of IMAGE@SNAP`. Names of hosts, images and snapshots hold no
+/// space, so no reader's description contains it.
+const SNAP_RM_OWNER: &str = " snap rm";
+
+/// Whether a holder description of a snapshot's lock (as
+/// [`ObjectStore::lock_holders`] gives it: the owner string, followed on
+/// RADOS by ` (client.N at ADDR)`) is that of a `snap rm`.
+pub(crate) fn is_snap_rm_holder(holder: &str) -> bool {
+    holder.ends_with(SNAP_RM_OWNER) || holder.contains(&format!("{SNAP_RM_OWNER} ("))
+}
+
+/// The part of a reader's lock owner string that names process `pid` of
+/// this host, for breaking the hold a dead local server left.
+pub(crate) fn reader_owner_prefix(pid: u32) -> String {
+    format!("{} reader of ", image::lock_owner_for(pid))
+}
+
 fn check_snap_name(image: &str, name: &str) -> Result<()> {
     image::check_name("snapshot", name, &format!("{image}@{name}"))
 }
@@ -190,12 +209,16 @@ impl Volume {
         let lock = store
             .lock_shared(
                 &snapshot_lock_name(image, snap),
-                &format!("{} reader of {image}@{snap}", image::lock_owner()),
+                &format!("{}{image}@{snap}", reader_owner_prefix(std::process::id())),
             )
             .map_err(|e| match e.kind() {
                 ErrorKind::Locked => Error::new(
                     ErrorKind::InUse,
-                    format!("snapshot {image}@{snap} is being removed ({})", e.context()),
+                    format!(
+                        "snapshot {image}@{snap} is being removed ({}); if that `snap rm` \
+                         died, run it again, or `lsvd-ublk lock break POOL/{image}@{snap}`",
+                        e.context()
+                    ),
                 ),
                 _ => e,
             })?;
@@ -367,24 +390,42 @@ impl Volume {
         // objects and its cache file), and none can start until the removal
         // ends.
         let lock_name = snapshot_lock_name(&inner.image, name);
-        let lock = inner
-            .store
-            .lock(&lock_name, &format!("{} snap rm", image::lock_owner()))
-            .map_err(|e| match e.kind() {
-                ErrorKind::Locked => Error::new(
-                    ErrorKind::InUse,
-                    format!(
-                        "snapshot {}@{name} is open{}: stop its readers first \
-                         (a `serve-nbd` or `attach` of it, or an `export`)",
-                        inner.image,
-                        match inner.store.lock_holders(&lock_name) {
-                            Ok(h) if !h.is_empty() => format!(" (by {})", h.join("; ")),
-                            _ => String::new(),
-                        }
-                    ),
+        let owner = format!("{}{SNAP_RM_OWNER}", image::lock_owner());
+        let refused = |e: Error| match e.kind() {
+            ErrorKind::Locked => Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "snapshot {}@{name} is open{}: stop its readers first \
+                     (a `serve-nbd` or `attach` of it, or an `export`)",
+                    inner.image,
+                    match inner.store.lock_holders(&lock_name) {
+                        Ok(h) if !h.is_empty() => format!(" (by {})", h.join("; ")),
+                        _ => String::new(),
+                    }
                 ),
-                _ => e,
-            })?;
+            ),
+            _ => e,
+        };
+        let lock = match inner.store.lock(&lock_name, &owner) {
+            Err(e) if e.kind() == ErrorKind::Locked => {
+                // A `snap rm` that died holding it (a RADOS lock outlives
+                // its holder) is broken, fenced first: no `snap rm` of this
+                // image can be live but ours, since each holds the image's
+                // lock, which we hold. Readers are never broken here.
+                let broken = inner
+                    .store
+                    .break_lock_holders(&lock_name, &is_snap_rm_holder)
+                    .map_err(|b| b.prefixed(format!("snapshot {}@{name}", inner.image)))?;
+                if broken.is_empty() {
+                    return Err(refused(e));
+                }
+                for b in &broken {
+                    warn!(image = %inner.image, snapshot = name, "broke the lock left by a dead snap rm: {b}");
+                }
+                inner.store.lock(&lock_name, &owner).map_err(refused)?
+            }
+            r => r.map_err(refused)?,
+        };
         let mark = |on: bool| {
             inner.write_superblock(|sb| {
                 for s in sb.snapshots.iter_mut().filter(|s| s.name == name) {
