@@ -381,7 +381,6 @@ fn an_open_that_loses_the_race_with_rm_leaves_no_lock_file() {
 /// data"); a reader could remove it by taking the lock exclusively (non
 /// blocking) once it finds the snapshot gone.
 #[test]
-#[ignore = "review finding 3b: a reader that loses the race with snap rm leaves the snapshot's lock file forever (documented as accepted)"]
 fn a_reader_that_loses_the_race_with_snap_rm_leaves_no_lock_file() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let inner: Arc<dyn ObjectStore> = dir_store(dir.path());
@@ -585,4 +584,20 @@ fn snap_rm_breaks_the_hold_of_a_dead_snap_rm_but_never_a_readers() {
     assert_eq!(store.broken.load(Ordering::SeqCst), 1);
     assert!(base.snapshots().iter().all(|s| s.name != "gold"));
     base.close().unwrap();
+}
+
+/// `rm` of an image deletes the lock objects its snapshots left (RADOS
+/// keeps a snapshot's lock on an empty object `lsvd:s.IMG@SNAP`; a `snap rm`
+/// that died after taking the snapshot out of the superblock leaves it),
+/// and no other image's.
+#[test]
+fn rm_deletes_the_snapshot_lock_objects_left_behind() {
+    let store = MemStore::new();
+    create_image(&store, "base", SIZE).unwrap();
+    create_image(&store, "bas", SIZE).unwrap();
+    store.put("lsvd:s.base@old", b"").unwrap();
+    store.put("lsvd:s.bas@keep", b"").unwrap();
+    remove_image(&store, "base", None).unwrap();
+    assert_eq!(store.stat("lsvd:s.base@old").unwrap(), None);
+    assert_eq!(store.stat("lsvd:s.bas@keep").unwrap(), Some(0));
 }

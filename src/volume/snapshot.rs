@@ -69,7 +69,7 @@ pub struct FlattenReport {
 /// object name's limit. On RADOS the lock lives on an empty object of that
 /// name, which the removal deletes.
 pub(crate) fn snapshot_lock_name(image: &str, snap: &str) -> String {
-    format!("lsvd:s.{image}@{snap}")
+    format!("{}{snap}", image::snapshot_lock_prefix(image))
 }
 
 /// What ends the lock owner string of a `snap rm` (`host H pid P snap rm`),
@@ -89,6 +89,38 @@ pub(crate) fn is_snap_rm_holder(holder: &str) -> bool {
 /// this host, for breaking the hold a dead local server left.
 pub(crate) fn reader_owner_prefix(pid: u32) -> String {
     format!("{} reader of ", image::lock_owner_for(pid))
+}
+
+/// A reader that lost the race with `snap rm` (the snapshot was gone once
+/// it held the lock) created the lock afresh (a file, or an empty RADOS
+/// object): remove it, taking it exclusively (never waiting) and checking
+/// that the snapshot is still gone, as `snap rm` does: deleted, then
+/// released and unlinked while held. Best effort: another reader of the
+/// same race holding it, or a snapshot of that name created meanwhile,
+/// leaves it (space, never data; `rm` of the image removes it on RADOS).
+fn remove_lock_of_gone_snapshot(
+    store: &dyn ObjectStore,
+    image: &str,
+    snap: &str,
+    lock_name: &str,
+    owner: &str,
+) {
+    let Ok(lock) = store.lock(lock_name, owner) else {
+        return;
+    };
+    match read_superblock(store, image) {
+        Ok(sb) if sb.snapshot(snap).is_some() => return,
+        Err(e) if e.kind() != ErrorKind::NotFound => return,
+        _ => {}
+    }
+    if let Err(e) = store.delete(lock_name) {
+        warn!(
+            image,
+            snapshot = snap,
+            "remove the lock object of a removed snapshot: {e}"
+        );
+    }
+    lock.release_and_remove();
 }
 
 fn check_snap_name(image: &str, name: &str) -> Result<()> {
@@ -206,11 +238,10 @@ impl Volume {
         if sb.snapshot(snap).is_none() {
             return Err(no_such_snapshot(image, &sb, snap));
         }
+        let lock_name = snapshot_lock_name(image, snap);
+        let owner = format!("{}{image}@{snap}", reader_owner_prefix(std::process::id()));
         let lock = store
-            .lock_shared(
-                &snapshot_lock_name(image, snap),
-                &format!("{}{image}@{snap}", reader_owner_prefix(std::process::id())),
-            )
+            .lock_shared(&lock_name, &owner)
             .map_err(|e| match e.kind() {
                 ErrorKind::Locked => Error::new(
                     ErrorKind::InUse,
@@ -224,7 +255,15 @@ impl Volume {
             })?;
         // Read again under the lock: a removal that finished in between
         // has taken it out of the superblock.
-        let mut vol = Self::open_snapshot_at(config, store, image, snap, 0)?;
+        let mut vol = match Self::open_snapshot_at(config, store.clone(), image, snap, 0) {
+            Ok(v) => v,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                drop(lock);
+                remove_lock_of_gone_snapshot(store.as_ref(), image, snap, &lock_name, &owner);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         vol.lock = Some(lock);
         Ok(vol)
     }
