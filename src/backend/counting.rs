@@ -161,6 +161,10 @@ impl ObjectStore for CountingStore {
         self.inner.break_lock(name)
     }
 
+    fn break_lock_holders(&self, name: &str, which: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+        self.inner.break_lock_holders(name, which)
+    }
+
     fn describe(&self) -> String {
         if self.invisible {
             self.inner.describe()

@@ -272,6 +272,36 @@ fn parse_temp_name(fname: &str) -> Option<(&str, u32)> {
     Some((object, pid))
 }
 
+/// The flock holders of inode `ino` of device `dev` on this host, from
+/// `/proc/locks` (`N: FLOCK ADVISORY READ|WRITE PID MAJ:MIN:INO ...`, the
+/// device numbers in hex; waiters' lines have `->` and are skipped): pid
+/// and whether the hold is exclusive, one per open file description that
+/// holds it. `None` if `/proc/locks` cannot be read.
+fn flock_holders(dev: u64, ino: u64) -> Option<Vec<(u32, bool)>> {
+    let text = fs::read_to_string("/proc/locks").ok()?;
+    // glibc's major()/minor() of a dev_t.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let mut held = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            continue;
+        }
+        let mut id = f[5].split(':');
+        let (Some(ma), Some(mi), Some(i)) = (id.next(), id.next(), id.next()) else {
+            continue;
+        };
+        let ok = u64::from_str_radix(ma, 16) == Ok(major)
+            && u64::from_str_radix(mi, 16) == Ok(minor)
+            && i.parse::<u64>() == Ok(ino);
+        if let (true, Ok(pid)) = (ok, f[4].parse::<u32>()) {
+            held.push((pid, f[3] == "WRITE"));
+        }
+    }
+    Some(held)
+}
+
 /// Whether process `pid` exists (on this host). Errs on the side of "alive".
 fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -533,8 +563,28 @@ impl ObjectStore for DirStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(ctx(), e)),
         };
-        // A shared probe: it fails only while someone holds the lock (it
-        // could make a concurrent taker see "locked" for an instant).
+        let meta = file.metadata().map_err(|e| Error::io(ctx(), e))?;
+        let mut owner = String::new();
+        let _ = file.read_to_string(&mut owner);
+        let owner = owner.trim();
+        // The holders of this inode's flocks, as the kernel lists them (a
+        // shared holder writes nothing to the file, so only this sees it).
+        if let Some(held) = flock_holders(meta.dev(), meta.ino()) {
+            if !held.is_empty() {
+                return Ok(held
+                    .into_iter()
+                    .map(|(pid, exclusive)| match exclusive {
+                        true if !owner.is_empty() => owner.to_owned(),
+                        true => format!("pid {pid} (exclusive)"),
+                        false => format!("pid {pid} (shared)"),
+                    })
+                    .collect());
+            }
+        }
+        // No entry (or no /proc/locks; or a file system whose device number
+        // differs from the one it reports there): a shared probe fails only
+        // while someone holds the lock exclusively (it could make a
+        // concurrent taker see "locked" for an instant).
         // SAFETY: flock on a descriptor owned by `file`; no memory passed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
         if rc == 0 {
@@ -544,13 +594,10 @@ impl ObjectStore for DirStore {
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(Error::io(ctx(), e));
         }
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        let holder = holder.trim();
-        Ok(vec![if holder.is_empty() {
+        Ok(vec![if owner.is_empty() {
             "<unknown>".to_owned()
         } else {
-            holder.to_owned()
+            owner.to_owned()
         }])
     }
 

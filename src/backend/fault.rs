@@ -443,6 +443,13 @@ impl ObjectStore for FaultStore {
         self.run(FaultOp::Lock, name, g, || self.inner.break_lock(name))
     }
 
+    fn break_lock_holders(&self, name: &str, which: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+        let g = self.gate(FaultOp::Lock, name)?;
+        self.run(FaultOp::Lock, name, g, || {
+            self.inner.break_lock_holders(name, which)
+        })
+    }
+
     fn describe(&self) -> String {
         format!("fault:{}", self.inner.describe())
     }

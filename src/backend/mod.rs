@@ -138,6 +138,36 @@ pub trait ObjectStore: Send + Sync + 'static {
         }
     }
 
+    /// Break only the holds of lock `name` whose description (as
+    /// [`ObjectStore::lock_holders`] gives it) `which` accepts, fencing each
+    /// such holder first as [`ObjectStore::break_lock`] does; the others
+    /// keep theirs (the live readers beside a dead one on a shared lock).
+    /// Returns a description of each hold broken (none if none matched).
+    ///
+    /// Stores whose locks die with the holding process (directory, memory)
+    /// have no dead holders to break: a matching holder is a live process,
+    /// an error of kind `Locked`; no match is nothing to break.
+    fn break_lock_holders(&self, name: &str, which: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+        let live: Vec<String> = self
+            .lock_holders(name)?
+            .into_iter()
+            .filter(|h| which(h))
+            .collect();
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        Err(crate::error::Error::new(
+            crate::error::ErrorKind::Locked,
+            format!(
+                "{name} in {} is held by {}: {} cannot break a lock held by a live \
+                 process (it is released when that process exits)",
+                self.describe(),
+                live.join(", "),
+                self.describe()
+            ),
+        ))
+    }
+
     /// A short description for messages, e.g. `dir:/var/lib/lsvd/store/pool`.
     fn describe(&self) -> String;
 }

@@ -45,6 +45,8 @@ pub struct AttachArgs {
     /// Break the image's lock if another server holds it, fencing that
     /// server first (rados backend: its address is blocklisted, so it can
     /// never write again). Only for a holder known to be dead or cut off.
+    /// For a snapshot: break the hold of a `snap rm` that died (its readers
+    /// are left alone).
     #[arg(long)]
     pub force: bool,
 }
@@ -89,12 +91,6 @@ struct Plan {
 /// `attach POOL/IMAGE`.
 pub fn attach(config: &Config, args: &AttachArgs) -> anyhow::Result<()> {
     let (spec, snap) = super::snap::parse_snap_spec(&args.image, false)?;
-    if snap.is_some() && args.force {
-        fail!(
-            InvalidInput,
-            "--force breaks an image's lock; a snapshot is attached read-only without one"
-        );
-    }
     kernel::check_driver()?;
     kernel::check_root("attach")?;
     let queues = args.queues.unwrap_or_else(|| {
@@ -376,6 +372,52 @@ fn take_over_lock(store: &dyn ObjectStore, image: &str, plan: &Plan) -> anyhow::
     Ok(())
 }
 
+/// Before opening snapshot `snap` of `image`: when recovering from a dead
+/// server of this host, break the shared hold it left on the snapshot's
+/// lock (a RADOS lock outlives its holder, and would refuse `snap rm` for
+/// good), and only that one: the other readers keep theirs. With
+/// `--force`, break the exclusive hold of a `snap rm` that died, which
+/// refuses every reader. Both are fenced first (RADOS).
+fn take_over_snapshot_hold(
+    store: &dyn ObjectStore,
+    image: &str,
+    snap: &str,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    use crate::volume::snapshot::{is_snap_rm_holder, reader_owner_prefix, snapshot_lock_name};
+    let lock = snapshot_lock_name(image, snap);
+    let mut broken = Vec::new();
+    if let Some(old) = &plan.replacing {
+        let mark = reader_owner_prefix(old.pid);
+        broken.extend(
+            store
+                .break_lock_holders(&lock, &|h| h.starts_with(&mark))
+                .with_context(|| {
+                    format!(
+                        "cannot break the hold dead server pid {} left on {}",
+                        old.pid, plan.spec_text
+                    )
+                })?,
+        );
+    }
+    if plan.force {
+        broken.extend(
+            store
+                .break_lock_holders(&lock, &is_snap_rm_holder)
+                .with_context(|| {
+                    format!(
+                        "attach --force: cannot break the hold of a snap rm on {}",
+                        plan.spec_text
+                    )
+                })?,
+        );
+    }
+    for b in broken {
+        tracing::warn!("{}: fenced and unlocked {b}", plan.spec_text);
+    }
+    Ok(())
+}
+
 /// Open the image and serve it until a stop signal.
 fn serve_plan(mut plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<()> {
     let set = block_stop_signals();
@@ -393,9 +435,13 @@ fn serve_plan(mut plan: Plan, report: Option<std::fs::File>) -> anyhow::Result<(
         Some(m) => m.store.clone() as std::sync::Arc<dyn ObjectStore>,
         None => store,
     };
-    // A snapshot is served read-only, without the image's lock.
+    // A snapshot is served read-only, without the image's lock (with its
+    // own lock, shared).
     let volume = match &snap {
-        Some(s) => super::snap::open_snapshot(&plan.config, store, &spec, s)?,
+        Some(s) => {
+            take_over_snapshot_hold(store.as_ref(), &spec.image, s, &plan)?;
+            super::snap::open_snapshot(&plan.config, store, &spec, s)?
+        }
         None => {
             take_over_lock(store.as_ref(), &spec.image, &plan)?;
             open_volume(&plan.config, store, &spec)?

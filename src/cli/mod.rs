@@ -172,7 +172,8 @@ pub enum Command {
     /// Serve an image over NBD (TCP or a unix socket) in the foreground
     /// until SIGTERM/SIGINT, then close it cleanly. Unauthenticated.
     ServeNbd(nbd::ServeNbdArgs),
-    /// Show or break an image's exclusive lock (fencing).
+    /// Show or break an image's exclusive lock (fencing), or a snapshot's
+    /// lock (its readers' shared holds, a `snap rm`'s exclusive one).
     #[command(subcommand)]
     Lock(LockCommand),
     /// Who has an image or any of its snapshots open: ublk devices and NBD
@@ -192,18 +193,19 @@ pub enum Command {
 /// `lock` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LockCommand {
-    /// Show who holds an image's lock.
+    /// Show who holds an image's (or a snapshot's) lock.
     Ls {
-        /// Image as POOL/IMAGE.
+        /// Image as POOL/IMAGE, or snapshot as POOL/IMAGE@SNAP.
         image: String,
         /// Print one JSON object (the image and its holders) instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Break a stale lock: blocklist (fence) the holder's exact address so it
-    /// can never write again, then remove its lock.
+    /// Break a stale lock: blocklist (fence) each holder's exact address so
+    /// it can never write again, then remove its hold (every holder of a
+    /// snapshot's lock: its readers, or a `snap rm` that died).
     Break {
-        /// Image as POOL/IMAGE.
+        /// Image as POOL/IMAGE, or snapshot as POOL/IMAGE@SNAP.
         image: String,
     },
 }
@@ -336,13 +338,11 @@ fn command_name(c: &Command) -> &'static str {
     }
 }
 
-/// `lock ls POOL/IMAGE [--json]`.
+/// `lock ls POOL/IMAGE[@SNAP] [--json]`.
 fn cmd_lock_ls(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
-    let spec = parse_spec(image)?;
-    let store = store_for(config, &spec.pool, false)?;
-    image::read_superblock(store.as_ref(), &spec.image)?;
+    let (store, spec, lock) = lock_target(config, image)?;
     let holders = store
-        .lock_holders(&spec.image)
+        .lock_holders(&lock)
         .with_context(|| format!("cannot list the lock holders of {spec}"))?;
     if json {
         let v = serde_json::json!({ "image": spec.to_string(), "holders": holders });
@@ -358,13 +358,11 @@ fn cmd_lock_ls(config: &Config, image: &str, json: bool) -> anyhow::Result<()> {
     print_stdout(out.trim_end())
 }
 
-/// `lock break POOL/IMAGE`.
+/// `lock break POOL/IMAGE[@SNAP]`.
 fn cmd_lock_break(config: &Config, image: &str) -> anyhow::Result<()> {
-    let spec = parse_spec(image)?;
-    let store = store_for(config, &spec.pool, false)?;
-    image::read_superblock(store.as_ref(), &spec.image)?;
+    let (store, spec, lock) = lock_target(config, image)?;
     let broken = store
-        .break_lock(&spec.image)
+        .break_lock(&lock)
         .with_context(|| format!("cannot break the lock of {spec}"))?;
     let mut out = String::new();
     if broken.is_empty() {
@@ -374,6 +372,29 @@ fn cmd_lock_break(config: &Config, image: &str) -> anyhow::Result<()> {
         out.push_str(&format!("{spec}: fenced and unlocked {b}\n"));
     }
     print_stdout(out.trim_end())
+}
+
+/// The store, the name as given back in messages, and the lock name of a
+/// `lock` command's argument: `POOL/IMAGE` names the image's exclusive lock
+/// (the image must exist), `POOL/IMAGE@SNAP` the lock its snapshot's
+/// readers hold shared and `snap rm` exclusively. A snapshot no longer in
+/// the superblock is accepted while its lock still has holders (what a
+/// `snap rm` that died after removing it leaves on RADOS).
+fn lock_target(
+    config: &Config,
+    arg: &str,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, String, String)> {
+    let (spec, snap) = snap::parse_snap_spec(arg, false)?;
+    let store = store_for(config, &spec.pool, false)?;
+    let sb = image::read_superblock(store.as_ref(), &spec.image)?;
+    let Some(snap) = snap else {
+        return Ok((store, spec.to_string(), spec.image));
+    };
+    let lock = crate::volume::snapshot::snapshot_lock_name(&spec.image, &snap);
+    if sb.snapshot(&snap).is_none() && store.lock_holders(&lock)?.is_empty() {
+        fail!(NotFound, "image {spec} has no snapshot '{snap}'");
+    }
+    Ok((store, format!("{spec}@{snap}"), lock))
 }
 
 /// Load the layered configuration with `--config` on top.

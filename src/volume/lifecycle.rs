@@ -224,7 +224,17 @@ impl Volume {
                 e
             }
         })?;
-        let mut sb = image::read_superblock(store.as_ref(), &image)?;
+        let mut sb = match image::read_superblock(store.as_ref(), &image) {
+            Ok(sb) => sb,
+            Err(e) => {
+                // Removed between the two reads: the lock file this open
+                // may have created (directory store) goes, while held.
+                if e.kind() == ErrorKind::NotFound {
+                    lock.release_and_remove();
+                }
+                return Err(e);
+            }
+        };
         let mut rec = recovery::recover(store.as_ref(), &image, &sb)?;
         if let Some(written) = rec.superblock.take() {
             sb = written;

@@ -69,7 +69,58 @@ pub struct FlattenReport {
 /// object name's limit. On RADOS the lock lives on an empty object of that
 /// name, which the removal deletes.
 pub(crate) fn snapshot_lock_name(image: &str, snap: &str) -> String {
-    format!("lsvd:s.{image}@{snap}")
+    format!("{}{snap}", image::snapshot_lock_prefix(image))
+}
+
+/// What ends the lock owner string of a `snap rm` (`host H pid P snap rm`),
+/// the only exclusive holder of a snapshot's lock; a reader's ends
+/// `reader of IMAGE@SNAP`. Names of hosts, images and snapshots hold no
+/// space, so no reader's description contains it.
+const SNAP_RM_OWNER: &str = " snap rm";
+
+/// Whether a holder description of a snapshot's lock (as
+/// [`ObjectStore::lock_holders`] gives it: the owner string, followed on
+/// RADOS by ` (client.N at ADDR)`) is that of a `snap rm`.
+pub(crate) fn is_snap_rm_holder(holder: &str) -> bool {
+    holder.ends_with(SNAP_RM_OWNER) || holder.contains(&format!("{SNAP_RM_OWNER} ("))
+}
+
+/// The part of a reader's lock owner string that names process `pid` of
+/// this host, for breaking the hold a dead local server left.
+pub(crate) fn reader_owner_prefix(pid: u32) -> String {
+    format!("{} reader of ", image::lock_owner_for(pid))
+}
+
+/// A reader that lost the race with `snap rm` (the snapshot was gone once
+/// it held the lock) created the lock afresh (a file, or an empty RADOS
+/// object): remove it, taking it exclusively (never waiting) and checking
+/// that the snapshot is still gone, as `snap rm` does: deleted, then
+/// released and unlinked while held. Best effort: another reader of the
+/// same race holding it, or a snapshot of that name created meanwhile,
+/// leaves it (space, never data; `rm` of the image removes it on RADOS).
+fn remove_lock_of_gone_snapshot(
+    store: &dyn ObjectStore,
+    image: &str,
+    snap: &str,
+    lock_name: &str,
+    owner: &str,
+) {
+    let Ok(lock) = store.lock(lock_name, owner) else {
+        return;
+    };
+    match read_superblock(store, image) {
+        Ok(sb) if sb.snapshot(snap).is_some() => return,
+        Err(e) if e.kind() != ErrorKind::NotFound => return,
+        _ => {}
+    }
+    if let Err(e) = store.delete(lock_name) {
+        warn!(
+            image,
+            snapshot = snap,
+            "remove the lock object of a removed snapshot: {e}"
+        );
+    }
+    lock.release_and_remove();
 }
 
 fn check_snap_name(image: &str, name: &str) -> Result<()> {
@@ -197,15 +248,18 @@ impl Volume {
         if sb.snapshot(snap).is_none() {
             return Err(no_such_snapshot(image, &sb, snap));
         }
-        let lock = match store.lock_shared(
-            &snapshot_lock_name(image, snap),
-            &crate::catalog::owner::lock_owner_of(&format!("reader of {image}@{snap}")),
-        ) {
+        let lock_name = snapshot_lock_name(image, snap);
+        let owner = crate::catalog::owner::lock_owner_of(&format!("reader of {image}@{snap}"));
+        let lock = match store.lock_shared(&lock_name, &owner) {
             Ok(l) => Some(l),
             Err(e) if e.kind() == ErrorKind::Locked => {
                 return Err(Error::new(
                     ErrorKind::InUse,
-                    format!("snapshot {image}@{snap} is being removed ({})", e.context()),
+                    format!(
+                        "snapshot {image}@{snap} is being removed ({}); if that `snap rm` \
+                         died, run it again, or `lsvd-ublk lock break POOL/{image}@{snap}`",
+                        e.context()
+                    ),
                 ))
             }
             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
@@ -223,7 +277,17 @@ impl Volume {
         };
         // Read again under the lock: a removal that finished in between
         // has taken it out of the superblock.
-        let mut vol = Self::open_snapshot_at(config, store, image, snap, 0)?;
+        let mut vol = match Self::open_snapshot_at(config, store.clone(), image, snap, 0) {
+            Ok(v) => v,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if let Some(lock) = lock {
+                    drop(lock);
+                    remove_lock_of_gone_snapshot(store.as_ref(), image, snap, &lock_name, &owner);
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         vol.unlocked_reader = lock.is_none();
         vol.lock = lock;
         Ok(vol)
@@ -391,24 +455,42 @@ impl Volume {
         // objects and its cache file), and none can start until the removal
         // ends.
         let lock_name = snapshot_lock_name(&inner.image, name);
-        let lock = inner
-            .store
-            .lock(&lock_name, &format!("{} snap rm", image::lock_owner()))
-            .map_err(|e| match e.kind() {
-                ErrorKind::Locked => Error::new(
-                    ErrorKind::InUse,
-                    format!(
-                        "snapshot {}@{name} is open{}: stop its readers first \
-                         (a `serve-nbd` or `attach` of it, or an `export`)",
-                        inner.image,
-                        match inner.store.lock_holders(&lock_name) {
-                            Ok(h) if !h.is_empty() => format!(" (by {})", h.join("; ")),
-                            _ => String::new(),
-                        }
-                    ),
+        let owner = format!("{}{SNAP_RM_OWNER}", image::lock_owner());
+        let refused = |e: Error| match e.kind() {
+            ErrorKind::Locked => Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "snapshot {}@{name} is open{}: stop its readers first \
+                     (a `serve-nbd` or `attach` of it, or an `export`)",
+                    inner.image,
+                    match inner.store.lock_holders(&lock_name) {
+                        Ok(h) if !h.is_empty() => format!(" (by {})", h.join("; ")),
+                        _ => String::new(),
+                    }
                 ),
-                _ => e,
-            })?;
+            ),
+            _ => e,
+        };
+        let lock = match inner.store.lock(&lock_name, &owner) {
+            Err(e) if e.kind() == ErrorKind::Locked => {
+                // A `snap rm` that died holding it (a RADOS lock outlives
+                // its holder) is broken, fenced first: no `snap rm` of this
+                // image can be live but ours, since each holds the image's
+                // lock, which we hold. Readers are never broken here.
+                let broken = inner
+                    .store
+                    .break_lock_holders(&lock_name, &is_snap_rm_holder)
+                    .map_err(|b| b.prefixed(format!("snapshot {}@{name}", inner.image)))?;
+                if broken.is_empty() {
+                    return Err(refused(e));
+                }
+                for b in &broken {
+                    warn!(image = %inner.image, snapshot = name, "broke the lock left by a dead snap rm: {b}");
+                }
+                inner.store.lock(&lock_name, &owner).map_err(refused)?
+            }
+            r => r.map_err(refused)?,
+        };
         let mark = |on: bool| {
             inner.write_superblock(|sb| {
                 for s in sb.snapshots.iter_mut().filter(|s| s.name == name) {

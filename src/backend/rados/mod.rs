@@ -236,9 +236,19 @@ impl ObjectStore for RadosStore {
     }
 
     fn break_lock(&self, name: &str) -> Result<Vec<String>> {
+        self.break_lock_holders(name, &|_| true)
+    }
+
+    fn break_lock_holders(&self, name: &str, which: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
         self.check("break_lock", name)?;
         let mut broken = Vec::new();
+        // Each holder (one for an exclusive lock, any number for a shared
+        // one) is broken on its own, by client and cookie: the holders
+        // `which` does not accept keep their hold.
         for l in self.pool.lockers(name, LOCK_NAME)? {
+            if !which(&describe_locker(&l)) {
+                continue;
+            }
             // Fence first: once the holder's exact address is blocklisted
             // and our OSD map says so, it cannot write again, even if it is
             // alive. Only then is the lock removed.
