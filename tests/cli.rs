@@ -1467,8 +1467,9 @@ fn status_list_info_and_detach_name_nbd_servers() {
             .contains(&format!("pid {pid} image ")),
         "{open_by}"
     );
-    // `detach` says how to stop it.
-    env.fails(
+    // `detach` says how to stop it (busy: README "Exit status").
+    env.fails_with(
+        5,
         &["detach", "p/img"],
         &[
             "not attached as a block device",
@@ -1581,7 +1582,8 @@ fn a_killed_nbd_server_is_not_shown_as_live() {
     )
     .unwrap();
     assert!(env.ok_str(&["status", "p/img"]).contains("not open"));
-    env.fails(
+    env.fails_with(
+        3,
         &["detach", "p/img"],
         &["is not a device attached by lsvd-ublk"],
     );

@@ -611,7 +611,8 @@ fn dir_lock_holders_counts_shared_holders_by_pid() {
     let store = dir_store(dir.path());
     let r1 = store.lock_shared("lsvd:s.img@snap", "reader-1").unwrap();
     let r2 = store.lock_shared("lsvd:s.img@snap", "reader-2").unwrap();
-    let me = format!("pid {} (shared)", std::process::id());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let me = format!("host {} pid {} (shared)", host.trim(), std::process::id());
     assert_eq!(
         store.lock_holders("lsvd:s.img@snap").unwrap(),
         [me.clone(), me]

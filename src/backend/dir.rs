@@ -571,12 +571,17 @@ impl ObjectStore for DirStore {
         // shared holder writes nothing to the file, so only this sees it).
         if let Some(held) = flock_holders(meta.dev(), meta.ino()) {
             if !held.is_empty() {
+                // /proc/locks lists this host's holders only: named by host
+                // and pid, as the owner strings name them.
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_else(|_| "unknown-host".into());
                 return Ok(held
                     .into_iter()
                     .map(|(pid, exclusive)| match exclusive {
                         true if !owner.is_empty() => owner.to_owned(),
-                        true => format!("pid {pid} (exclusive)"),
-                        false => format!("pid {pid} (shared)"),
+                        true => format!("host {host} pid {pid} (exclusive)"),
+                        false => format!("host {host} pid {pid} (shared)"),
                     })
                     .collect());
             }
