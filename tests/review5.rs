@@ -130,7 +130,7 @@ fn cli_ok(env: &common::CliEnv, args: &[&str]) {
     );
 }
 
-/// Finding 7a (low: wrong exit status and error form). `status
+/// Finding 2 (low: wrong exit status and error form). `status
 /// POOL/IMAGE@SNAP` of a snapshot that does not exist fails with status 1
 /// (`anyhow::bail!` in `cli/status.rs`, no typed error), where `lock ls`
 /// of the same argument, `info` and `snap` say 3 (not found); and
@@ -138,7 +138,7 @@ fn cli_ok(env: &common::CliEnv, args: &[&str]) {
 /// `Command::json` does not list `Status` or `Du`. Fix: `fail!(NotFound,
 /// ...)` there, and add `Command::Status(a) | Command::Du(a) => a.json`.
 #[test]
-#[ignore = "review5 finding 7a: status of a missing snapshot exits 1, and status --json errors are text"]
+#[ignore = "review5 finding 2: status of a missing snapshot exits 1, and status --json errors are text"]
 fn status_of_a_missing_snapshot_is_not_found_and_json_errors_are_json() {
     let env = common::CliEnv::new();
     cli_ok(&env, &["create", "pool/img", "--size", "4M"]);
@@ -155,7 +155,7 @@ fn status_of_a_missing_snapshot_is_not_found_and_json_errors_are_json() {
     );
 }
 
-/// Finding 7b (low: wrong exit status on a data-loss path). `Error::io`
+/// Finding 3 (low: wrong exit status on a data-loss path). `Error::io`
 /// turns every `ENOENT` into `NotFound`, and the exit status takes the
 /// outermost typed kind, so an `export` (or any read) of an existing image
 /// one of whose objects is missing (lost, deleted by hand, or GC'd under
@@ -166,7 +166,7 @@ fn status_of_a_missing_snapshot_is_not_found_and_json_errors_are_json() {
 /// `Io`) at the read path (`Inner::read_object_range` after
 /// `reread_moved`), keeping `NotFound` for names the user gave.
 #[test]
-#[ignore = "review5 finding 7b: export of an image with a missing object exits 3 (not found)"]
+#[ignore = "review5 finding 3: export of an image with a missing object exits 3 (not found)"]
 fn a_missing_object_of_an_existing_image_is_not_exit_status_not_found() {
     let env = common::CliEnv::new();
     let input = env.path("in.raw");

@@ -675,7 +675,7 @@ impl Configfs for Racing {
     }
 }
 
-/// Review 5 finding 6 (low-medium: an export torn down by a failed one).
+/// Review 5 finding 4 (low-medium: an export torn down by a failed one).
 /// `Nvmet::export` decides `new_subsystem` by an `exists` check, then on
 /// any error of `create_subsystem` (here mkdir's EEXIST, because another
 /// `nvmf-export` of the same NQN, e.g. a boot unit and a manual run,
@@ -685,7 +685,7 @@ impl Configfs for Racing {
 /// call created (track each step; on mkdir EEXIST of the subsystem, fall
 /// back to `check_existing`, never to `unexport`).
 #[test]
-#[ignore = "review5 finding 6: a failed nvmf-export removes a subsystem it did not create"]
+#[ignore = "review5 finding 4: a failed nvmf-export removes a subsystem it did not create"]
 fn a_failed_export_never_removes_a_subsystem_it_did_not_create() {
     let (_f, dev) = device();
     let n = Nvmet::new(Racing {
