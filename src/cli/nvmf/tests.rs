@@ -624,3 +624,79 @@ fn default_nqns_name_pool_image_and_snapshot() {
     assert_eq!(default_nqn("p/img"), "nqn.2024-01.io.lsvd:p.img");
     assert_eq!(default_nqn("p/img@s1"), "nqn.2024-01.io.lsvd:p.img.s1");
 }
+
+/// [`FakeConfigfs`] with another `nvmf-export` of the same NQN racing
+/// ours: just before our mkdir of the subsystem, the other one creates it
+/// and its enabled namespace (it is between its steps 2 and 3).
+struct Racing {
+    inner: FakeConfigfs,
+    device: String,
+    raced: RefCell<bool>,
+}
+
+impl Configfs for Racing {
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+    fn mkdir(&self, path: &Path) -> io::Result<()> {
+        let c = parts(path);
+        if c.len() == 2 && c[0] == "subsystems" && !self.raced.replace(true) {
+            let sub = format!("subsystems/{}", c[1]);
+            self.inner.mkdir(Path::new(&sub)).unwrap();
+            self.inner
+                .write(&p(format!("{sub}/attr_allow_any_host")), "1")
+                .unwrap();
+            let ns = format!("{sub}/namespaces/1");
+            self.inner.mkdir(Path::new(&ns)).unwrap();
+            self.inner
+                .write(&p(format!("{ns}/device_path")), &self.device)
+                .unwrap();
+            self.inner.write(&p(format!("{ns}/enable")), "1").unwrap();
+        }
+        self.inner.mkdir(path)
+    }
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        self.inner.rmdir(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<String> {
+        self.inner.read(path)
+    }
+    fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+        self.inner.write(path, value)
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        self.inner.symlink(target, link)
+    }
+    fn unlink(&self, link: &Path) -> io::Result<()> {
+        self.inner.unlink(link)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+}
+
+/// Review 5 finding 4 (low-medium: an export torn down by a failed one).
+/// `Nvmet::export` decides `new_subsystem` by an `exists` check, then on
+/// any error of `create_subsystem` (here mkdir's EEXIST, because another
+/// `nvmf-export` of the same NQN, e.g. a boot unit and a manual run,
+/// created it in between) calls `unexport(nqn)`, which removes the other
+/// export's subsystem, namespace and port links: initiators of a device
+/// the other command reports as exported lose it. Fix: undo only what this
+/// call created (track each step; on mkdir EEXIST of the subsystem, fall
+/// back to `check_existing`, never to `unexport`).
+#[test]
+#[ignore = "review5 finding 4: a failed nvmf-export removes a subsystem it did not create"]
+fn a_failed_export_never_removes_a_subsystem_it_did_not_create() {
+    let (_f, dev) = device();
+    let n = Nvmet::new(Racing {
+        inner: FakeConfigfs::new(),
+        device: dev.clone(),
+        raced: RefCell::new(false),
+    })
+    .unwrap();
+    let r = n.export(&spec(A, &dev));
+    assert!(
+        n.fs().exists(&p(format!("subsystems/{A}/namespaces/1"))),
+        "the other export's subsystem was removed by ours, which returned {r:?}"
+    );
+}
