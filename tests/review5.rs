@@ -60,7 +60,6 @@ fn read_back(v: &Volume, off: u64, len: usize) -> Vec<u8> {
 /// waiting) and check the clean flag before unlinking; and have
 /// `remove_idle_journal` refuse a journal whose image is locked.
 #[test]
-#[ignore = "review5 finding 1: import unlinks its journal after releasing the image lock"]
 fn import_journal_removal_never_drops_a_concurrent_openers_journal() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let journal = dir.path().join("img.wlog");
@@ -78,7 +77,7 @@ fn import_journal_removal_never_drops_a_concurrent_openers_journal() {
     attach.write(1 << 20, &data).unwrap();
     attach.flush().unwrap();
     // The import's last step.
-    let removed = remove_idle_journal(&journal, uuid);
+    let removed = remove_idle_journal(mem.as_ref(), "img", &journal, uuid);
     // The server dies (SIGKILL, power loss): the journal is what it left.
     attach.crash();
     let v = open(&mem, &journal).unwrap();
@@ -138,7 +137,6 @@ fn cli_ok(env: &common::CliEnv, args: &[&str]) {
 /// `Command::json` does not list `Status` or `Du`. Fix: `fail!(NotFound,
 /// ...)` there, and add `Command::Status(a) | Command::Du(a) => a.json`.
 #[test]
-#[ignore = "review5 finding 2: status of a missing snapshot exits 1, and status --json errors are text"]
 fn status_of_a_missing_snapshot_is_not_found_and_json_errors_are_json() {
     let env = common::CliEnv::new();
     cli_ok(&env, &["create", "pool/img", "--size", "4M"]);

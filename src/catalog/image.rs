@@ -831,8 +831,39 @@ fn remove_journal(journal: Option<&Path>, owner: Option<ImageUuid>) -> Result<()
 /// writes through a small journal, then drops it). Kept if it belongs to
 /// another image. Only call once the superblock marked clean is durable:
 /// the journal then holds nothing the backend does not.
-pub fn remove_idle_journal(journal: &Path, owner: ImageUuid) -> Result<()> {
+pub fn remove_idle_journal(
+    store: &dyn ObjectStore,
+    image: &str,
+    journal: &Path,
+    owner: ImageUuid,
+) -> Result<()> {
+    // Under the image's lock, taken again without waiting, and only while
+    // the image is still marked clean: an opener that got the image since
+    // (an attach racing the end of an import) journals into this very
+    // file, which is then its own and must stay.
+    let lock = match store.lock(
+        image,
+        &crate::catalog::owner::lock_owner_of(&format!("image {owner}")),
+    ) {
+        Ok(l) => l,
+        Err(e) if e.kind() == ErrorKind::Locked => {
+            tracing::info!(
+                "journal {} kept: image {image} is open again ({e})",
+                journal.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if !read_superblock(store, image)?.clean() {
+        tracing::info!(
+            "journal {} kept: image {image} was opened again since",
+            journal.display()
+        );
+        return Ok(());
+    }
     remove_journal(Some(journal), Some(owner))?;
+    drop(lock);
     // Not needed for safety (a journal left behind by a crash here is
     // empty and is used as it is); makes the removal stick.
     if let Some(dir) = journal.parent() {

@@ -223,6 +223,8 @@ impl Command {
             | Command::Lock(LockCommand::Ls { json, .. }) => *json,
             Command::Scrub(a) => a.json,
             Command::Bench(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Du(a) => a.json,
             _ => false,
         }
     }

@@ -251,7 +251,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     let only = snap.as_ref().map(|s| format!("{name}@{s}"));
     if let Some(s) = &snap {
         if sb.snapshot(s).is_none() {
-            anyhow::bail!("image {spec} has no snapshot '{s}'");
+            fail!(NotFound, "image {spec} has no snapshot '{s}'");
         }
     }
     let mut holders = local_holders(&name, only.as_deref());

@@ -346,9 +346,9 @@ fn fill_image(
     let journal = spec.journal_path(config);
     let own_journal = journal.symlink_metadata().is_err();
     let vol = if own_journal {
-        open_volume(&import_config(config), store, spec)?
+        open_volume(&import_config(config), store.clone(), spec)?
     } else {
-        open_volume(config, store, spec)?
+        open_volume(config, store.clone(), spec)?
     };
     // A failed import removes the image: no error may promise a replay.
     vol.set_disposable();
@@ -365,9 +365,10 @@ fn fill_image(
                 .with_context(|| format!("cannot close image {spec}"))?;
             if own_journal {
                 // After the clean mark is durable (close): see above.
-                image::remove_idle_journal(&journal, uuid).with_context(|| {
-                    format!("cannot remove the import's journal {}", journal.display())
-                })?;
+                image::remove_idle_journal(store.as_ref(), &spec.image, &journal, uuid)
+                    .with_context(|| {
+                        format!("cannot remove the import's journal {}", journal.display())
+                    })?;
             }
             // A Ctrl-C in a pipeline also ends the input, perhaps before the
             // signal is seen: an import that was interrupted at any point
