@@ -585,22 +585,6 @@ fn snap_rm_breaks_the_hold_of_a_dead_snap_rm_but_never_a_readers() {
     base.close().unwrap();
 }
 
-/// `rm` of an image deletes the lock objects its snapshots left (RADOS
-/// keeps a snapshot's lock on an empty object `lsvd:s.IMG@SNAP`; a `snap rm`
-/// that died after taking the snapshot out of the superblock leaves it),
-/// and no other image's.
-#[test]
-fn rm_deletes_the_snapshot_lock_objects_left_behind() {
-    let store = MemStore::new();
-    create_image(&store, "base", SIZE).unwrap();
-    create_image(&store, "bas", SIZE).unwrap();
-    store.put("lsvd:s.base@old", b"").unwrap();
-    store.put("lsvd:s.bas@keep", b"").unwrap();
-    remove_image(&store, "base", None).unwrap();
-    assert_eq!(store.stat("lsvd:s.base@old").unwrap(), None);
-    assert_eq!(store.stat("lsvd:s.bas@keep").unwrap(), Some(0));
-}
-
 /// Finding 2, in part: the dir store sees shared holders (through
 /// /proc/locks), by pid, so `lock ls` and a refused `snap rm` no longer
 /// report a lock held by readers as free; their owner descriptions are not

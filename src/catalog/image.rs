@@ -648,19 +648,6 @@ pub(crate) fn snapshot_lock_prefix(image: &str) -> String {
     format!("lsvd:s.{image}@")
 }
 
-/// Delete the lock objects of `image`'s snapshots that are left (RADOS: an
-/// empty object each, left by a `snap rm` that died after removing its
-/// snapshot from the superblock, or by a reader that lost the race with
-/// it). Called by `rm` once the image has no snapshot, so none is in use.
-/// A store that keeps its locks out of its objects (the directory store's
-/// hidden `.lock.` files) lists none.
-fn delete_snapshot_lock_objects(store: &dyn ObjectStore, image: &str) -> Result<()> {
-    for n in store.list(&snapshot_lock_prefix(image))? {
-        store.delete(&n)?;
-    }
-    Ok(())
-}
-
 /// Remove an image: all its objects, its superblock and (if given) its journal file.
 /// Fails with `Locked` if it is open.
 pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>) -> Result<()> {
@@ -707,7 +694,6 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
                 }
             }
             store.delete(&hwm_name(image))?;
-            delete_snapshot_lock_objects(store, image)?;
             remove_journal(journal, mark.map(|h| h.uuid))?;
             lock.release_and_remove();
             return Ok(());
@@ -749,7 +735,6 @@ pub fn remove_image(store: &dyn ObjectStore, image: &str, journal: Option<&Path>
     store.delete(image)?;
     delete_below(store, image, bound.hwm)?;
     store.delete(&hwm_name(image))?;
-    delete_snapshot_lock_objects(store, image)?;
     remove_journal(journal, Some(sb.uuid))?;
     // Last, with nothing of the image left: its lock file (directory
     // store), unlinked while held (see `DirStore::lock`).
