@@ -624,7 +624,7 @@ mod tests {
     /// record): `cargo test --release --lib record_cost -- --ignored
     /// --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "a measurement, not a check: run by hand for the figure (README, Metrics)"]
     fn record_cost() {
         let m = IoMetrics::new();
         let n = 5_000_000u32;
