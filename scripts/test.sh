@@ -29,7 +29,8 @@
 #      fails the run (tests/vm.rs runs scripts/vm-test.sh once per kernel;
 #      it fetches and caches the kernels with a private apt configuration
 #      and installs qemu, busybox, fio, nvme-cli, e2fsprogs if missing).
-# Knobs: LSVD_FUZZ_SECONDS (default 20), LSVD_CRASH_ITERATIONS (default 300), LSVD_POWER_CRASH_ITERATIONS (default 100),
+# Knobs: LSVD_FUZZ_SECONDS (default 20), LSVD_CRASH_JOBS (default 4: crash tester runs at a time),
+# LSVD_CRASH_ITERATIONS (default 300), LSVD_POWER_CRASH_ITERATIONS (default 100),
 # LSVD_PROPTEST_CASES (default 256),
 # LSVD_GC_CRASH_ITERATIONS (default 150), LSVD_RADOS_CRASH_ITERATIONS (default 40),
 # LSVD_PROPTEST_RADOS_CASES (default 64).
@@ -46,55 +47,92 @@ bash scripts/install-build-deps.sh systemd librados-dev
 # tmpfs would hide alignment bugs.
 export TMPDIR="${TMPDIR:-/tmp}"
 
-echo "== cargo fmt --check"
+# A stage header with the time since the start, so a slow stage shows in
+# CI's log (CI stops at 90 minutes; we keep the whole run under 60).
+stage() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+
+stage "cargo fmt --check"
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt -- --check)
-echo "== cargo clippy"
+stage "cargo clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 
-echo "== cargo test"
+stage "cargo test"
 cargo test --all-features 2>&1 | tee /tmp/lsvd-cargo-test.log
 grep -q "test result: FAILED" /tmp/lsvd-cargo-test.log && exit 1
 
-echo "== fuzzing (scripts/fuzz.sh: every target for a bounded time)"
+stage "fuzzing (scripts/fuzz.sh: every target for a bounded time)"
 bash scripts/fuzz.sh "${LSVD_FUZZ_SECONDS:-20}"
 
-echo "== crash tester"
+stage "crash tester (runs side by side, LSVD_CRASH_JOBS at a time; each run's output follows when all end)"
 cargo build --release --features rados --bin lsvd-crash-test
-iters="${LSVD_CRASH_ITERATIONS:-300}"
 crash=target/release/lsvd-crash-test
-"$crash" --iterations "$iters" --seed 1 --quiet
-"$crash" --iterations $((iters / 3)) --seed 2 --wipe-journal-every 2 --quiet
-"$crash" --iterations $((iters / 3)) --seed 3 --lose-objects 2 --lose-objects-every 3 --quiet
-"$crash" --iterations $((iters / 3)) --seed 4 --backend-delay 5 --quiet
-"$crash" --iterations $((iters / 3)) --seed 5 --lane --quiet
+crash_logs=$(mktemp -d "$TMPDIR/lsvd-crash-logs.XXXXXX")
+crash_jobs_max="${LSVD_CRASH_JOBS:-4}"
+crash_runs=()
+# Start one crash tester run in the background once fewer than
+# crash_jobs_max are running. The runs share no files (each makes its own
+# directory); a run is mostly waiting on fsync and its child's kill timer, so
+# side by side they take a third of the time on two cores.
+crash_bg() {
+    while [ "$(jobs -rp | wc -l)" -ge "$crash_jobs_max" ]; do wait -n || true; done
+    local i=${#crash_runs[@]}
+    crash_runs+=("$*")
+    ( rc=0; "$crash" "$@" > "$crash_logs/$i.log" 2>&1 || rc=$?; echo "$rc" > "$crash_logs/$i.rc" ) &
+}
+# Wait for every run started by crash_bg, print each one's output in the
+# order started, and fail if any failed.
+crash_wait() {
+    wait
+    local i failed=0
+    for i in "${!crash_runs[@]}"; do
+        echo "-- lsvd-crash-test ${crash_runs[$i]}"
+        cat "$crash_logs/$i.log"
+        if [ "$(cat "$crash_logs/$i.rc")" != 0 ]; then
+            echo "FAILED (exit $(cat "$crash_logs/$i.rc")): lsvd-crash-test ${crash_runs[$i]}"
+            failed=1
+        fi
+    done
+    crash_runs=()
+    rm -f "$crash_logs"/*
+    [ "$failed" = 0 ]
+}
+iters="${LSVD_CRASH_ITERATIONS:-300}"
+crash_bg --iterations "$iters" --seed 1 --quiet
+crash_bg --iterations $((iters / 3)) --seed 2 --wipe-journal-every 2 --quiet
+crash_bg --iterations $((iters / 3)) --seed 3 --lose-objects 2 --lose-objects-every 3 --quiet
+crash_bg --iterations $((iters / 3)) --seed 4 --backend-delay 5 --quiet
+crash_bg --iterations $((iters / 3)) --seed 5 --lane --quiet
 
-echo "== crash tester with power cuts (lsvd::powercut: unflushed writes and directory changes lost or torn)"
+# Power cuts (lsvd::powercut): unflushed writes and directory changes lost or torn.
 power_iters="${LSVD_POWER_CRASH_ITERATIONS:-100}"
-"$crash" --power-loss --iterations "$power_iters" --seed 10 --quiet
-"$crash" --power-loss --iterations $((power_iters / 2)) --seed 11 --backend-delay 5 --quiet
+crash_bg --power-loss --iterations "$power_iters" --seed 10 --quiet
+crash_bg --power-loss --iterations $((power_iters / 2)) --seed 11 --backend-delay 5 --quiet
 # The journal driven from the writer's own ring (a lane, as a ublk queue does).
-"$crash" --power-loss --lane --iterations $((power_iters / 2)) --seed 13 --quiet
+crash_bg --power-loss --lane --iterations $((power_iters / 2)) --seed 13 --quiet
 # Several cuts in a row on one image, with GC collecting between them.
-"$crash" --power-loss --gc --iterations $((power_iters / 2)) --seed 12 --fresh-every 0 \
+crash_bg --power-loss --gc --iterations $((power_iters / 2)) --seed 12 --fresh-every 0 \
     --max-stored-ratio 8 --quiet
 
-echo "== crash tester with aggressive garbage collection"
+# Aggressive garbage collection: one image for the whole run, GC must keep
+# the store bounded.
 gc_iters="${LSVD_GC_CRASH_ITERATIONS:-150}"
-# One image for the whole run: GC must keep the store bounded.
-"$crash" --gc --iterations "$gc_iters" --seed 7 --fresh-every 0 --max-stored-ratio 8 --quiet
-"$crash" --gc --iterations $((gc_iters / 3)) --seed 8 --fresh-every 0 --max-stored-ratio 8 \
+crash_bg --gc --iterations "$gc_iters" --seed 7 --fresh-every 0 --max-stored-ratio 8 --quiet
+crash_bg --gc --iterations $((gc_iters / 3)) --seed 8 --fresh-every 0 --max-stored-ratio 8 \
     --wipe-journal-every 5 --lose-objects 1 --lose-objects-every 7 --quiet
-echo "== a crash at every step of a GC cycle"
+crash_wait
+rmdir "$crash_logs"
+
+stage "a crash at every step of a GC cycle"
 cargo test --release --test gc_failpoints -- --ignored --nocapture
 
-echo "== property test, more cases"
+stage "property test, more cases"
 LSVD_PROPTEST_CASES="${LSVD_PROPTEST_CASES:-256}" cargo test --release --test proptest_oracle
 
-echo "== NBD export with real clients"
+stage "NBD export with real clients"
 bash scripts/nbd-test.sh
 
-echo "== RADOS backend on a single-node Ceph test cluster"
+stage "RADOS backend on a single-node Ceph test cluster"
 ceph_dir="$TMPDIR/lsvd-ceph-test"
 # Stop our cluster whatever happens from here (the script kills only the
 # daemons named by its own pid files).
@@ -116,12 +154,12 @@ LSVD_PROPTEST_RADOS_CASES="${LSVD_PROPTEST_RADOS_CASES:-64}" \
 bash scripts/ceph-test-cluster.sh stop "$ceph_dir"
 trap - EXIT
 
-echo "== block device in a QEMU guest (real kernel with ublk)"
+stage "block device in a QEMU guest (real kernel with ublk)"
 cargo test --release --test vm -- --ignored --nocapture
 
-echo "== a RADOS image in a QEMU guest (Ceph inside the guest: scripts/vm-test.sh --rados)"
+stage "a RADOS image in a QEMU guest (Ceph inside the guest: scripts/vm-test.sh --rados)"
 # The default guest kernel only (about 3-6 minutes under TCG): the
 # scenarios exercise the RADOS backend under a real kernel, not the kernel.
 LSVD_VM_QUIET=1 bash scripts/vm-test.sh --rados
 
-echo "== all tests passed"
+stage "all tests passed"
