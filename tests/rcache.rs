@@ -352,13 +352,15 @@ fn no_rcache_reads_the_backend_and_a_missing_object_is_a_clear_error() {
     );
     assert!(!env.cache_path("img").exists());
     // An object the map still names is gone: the read fails (after looking
-    // the range up again) instead of returning wrong bytes.
+    // the range up again) instead of returning wrong bytes, as lost data
+    // (`Corrupt`), not as a missing image (review5 finding 3).
     env.store
         .delete(&object_name("img", lsvd::units::ObjSeq(1)))
         .unwrap();
     let mut b = vec![0u8; 4096];
     let e = v.read(0, &mut b).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("missing from the store"), "{e}");
     v.crash();
 }
 

@@ -164,7 +164,10 @@ fn status_of_a_missing_snapshot_is_not_found_and_json_errors_are_json() {
 /// `Io`) at the read path (`Inner::read_object_range` after
 /// `reread_moved`), keeping `NotFound` for names the user gave.
 #[test]
-#[ignore = "review5 finding 3: export of an image with a missing object exits 3 (not found)"]
+/// Finding 3 (fixed): a read that finds an object of an existing image
+/// missing, after a fresh map lookup rules out GC moving it, is lost data
+/// (`Corrupt`, exit 1), not "not found" (exit 3, which scripts take as "no
+/// such image").
 fn a_missing_object_of_an_existing_image_is_not_exit_status_not_found() {
     let env = common::CliEnv::new();
     let input = env.path("in.raw");
@@ -191,12 +194,18 @@ fn a_missing_object_of_an_existing_image_is_not_exit_status_not_found() {
         );
         std::fs::write(&path, saved).unwrap();
         if info.status.success() && !exp.status.success() {
+            let stderr = String::from_utf8_lossy(&exp.stderr);
             assert_ne!(
                 exp.status.code(),
                 Some(3),
                 "export of existing image pool/img without object {name} exits 3 \
-                 (not found): {}",
-                String::from_utf8_lossy(&exp.stderr)
+                 (not found): {stderr}"
+            );
+            // Lost data is reported as such, naming the object.
+            assert_eq!(exp.status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.contains(&name) && stderr.contains("missing from the store"),
+                "{stderr}"
             );
             checked = true;
             break;

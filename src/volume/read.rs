@@ -252,7 +252,9 @@ impl Volume {
             };
             r.map_err(|e| {
                 let e = e.prefixed(format!("read of {} at {offset}", inner.image));
-                if self.unlocked_reader && e.kind() == ErrorKind::NotFound {
+                if e.kind() != ErrorKind::NotFound {
+                    e
+                } else if self.unlocked_reader {
                     // Nothing but a removal deletes a snapshot's objects.
                     Error::new(
                         ErrorKind::NotFound,
@@ -263,7 +265,20 @@ impl Volume {
                         ),
                     )
                 } else {
-                    e
+                    // The map still points at the object after a fresh
+                    // lookup (`reread_moved`), so GC did not move it: an
+                    // object of an existing image is gone from the store.
+                    // That is lost data, not a missing image (whose
+                    // NotFound a caller may take as "no such image").
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "{}: the object is missing from the store although the \
+                             image's map points at it (lost or removed outside \
+                             lsvd-ublk; `lsvd-ublk scrub` lists every such object)",
+                            e.duplicate().context()
+                        ),
+                    )
                 }
             })?;
         }
