@@ -351,9 +351,21 @@ impl<F: Configfs> Nvmet<F> {
             }
         }
         let sub = format!("subsystems/{}", spec.nqn);
-        let new_subsystem = !self.fs.exists(Path::new(&sub));
+        // mkdir decides who made the subsystem, not an `exists` check
+        // before it: another `nvmf-export` of the same NQN (a boot unit and
+        // a manual run) may make it in between. Only the maker undoes it on
+        // a failure; the other checks it is the same export (review5
+        // finding 4: the loser removed the winner's export).
+        let new_subsystem = match self.fs.mkdir(Path::new(&sub)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot create nvmet subsystem {}", spec.nqn)))
+            }
+        };
         if new_subsystem {
-            self.create_subsystem(spec).inspect_err(|_| {
+            self.fill_subsystem(spec).inspect_err(|_| {
                 let _ = self.unexport(&spec.nqn);
             })?;
         } else {
@@ -419,12 +431,9 @@ impl<F: Configfs> Nvmet<F> {
     }
 
     /// Steps 1 and 2: the subsystem, its hosts and its namespace.
-    fn create_subsystem(&self, spec: &ExportSpec) -> anyhow::Result<()> {
+    fn fill_subsystem(&self, spec: &ExportSpec) -> anyhow::Result<()> {
         let nqn = &spec.nqn;
         let sub = format!("subsystems/{nqn}");
-        self.fs
-            .mkdir(Path::new(&sub))
-            .with_context(|| format!("cannot create nvmet subsystem {nqn}"))?;
         // The model is informational (`nvme list` on the initiator); an
         // older kernel without the attribute is no reason to fail.
         if let Err(e) = self.fs.write(&p(format!("{sub}/attr_model")), MODEL) {
@@ -722,6 +731,7 @@ pub fn exported_as(device: &str) -> Vec<String> {
 /// `nvmf-export DEVICE|POOL/IMAGE`: prints the NQN.
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     kernel::check_root("nvmf-export")?;
+    let _serial = serialize()?;
     let Some(r) = registry::find(&args.target) else {
         if args.target.starts_with("/dev/") || args.target.starts_with("ublkb") {
             bail!(
@@ -785,9 +795,55 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     print_stdout(&spec.nqn)
 }
 
+/// How long `nvmf-export`/`nvmf-unexport` wait for another one to finish.
+const SERIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One `nvmf-export`/`nvmf-unexport` at a time on this host: an flock on
+/// `<run dir>/nvmf.lock`, held until the returned file is dropped (the
+/// kernel drops it if we die). Configfs steps are not atomic: an unexport
+/// removing a port that has just lost its last subsystem could otherwise
+/// remove the port an export is about to link to. The wait is bounded.
+fn serialize() -> anyhow::Result<std::fs::File> {
+    let dir = registry::run_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("nvmf.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let deadline = std::time::Instant::now() + SERIAL_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(crate::Error::new(
+                    crate::ErrorKind::Locked,
+                    format!(
+                        "another nvmf-export or nvmf-unexport has held {} for {} s \
+                         (`fuser {}` names it)",
+                        path.display(),
+                        SERIAL_WAIT.as_secs(),
+                        path.display()
+                    ),
+                )
+                .into())
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+            }
+        }
+    }
+}
+
 /// `nvmf-unexport DEVICE|POOL/IMAGE|NQN [--nqn NQN]`.
 pub fn unexport(args: &UnexportArgs) -> anyhow::Result<()> {
     kernel::check_root("nvmf-unexport")?;
+    let _serial = serialize()?;
     let nvmet = match system(None) {
         Ok(n) => n,
         // Nothing can be exported without the target.
