@@ -280,8 +280,8 @@ fn lock_ls_and_break_accept_a_snapshot() {
 }
 
 // ---------------------------------------------------------------------
-// Finding 2 (low): the dir store's lock_holders does not see shared
-// holders (mem and RADOS do), so `snap rm` on the dir store never names
+// Finding 2 (low, fixed): the dir store's lock_holders did not see shared
+// holders (mem and RADOS do), so `snap rm` on the dir store never named
 // the readers that block it.
 // ---------------------------------------------------------------------
 
@@ -304,14 +304,12 @@ fn mem_lock_holders_names_shared_holders() {
 }
 
 #[test]
-#[ignore = "review finding 2: DirStore::lock_holders reports no holder while the lock is held shared"]
 fn dir_lock_holders_names_shared_holders() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     holders_of_a_shared_lock(dir_store(dir.path()).as_ref());
 }
 
 #[test]
-#[ignore = "review finding 2: snap rm on the dir store does not name the readers that block it"]
 fn snap_rm_refusal_names_the_reader_on_the_dir_store() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let store: Arc<dyn ObjectStore> = dir_store(dir.path());
@@ -585,21 +583,40 @@ fn snap_rm_breaks_the_hold_of_a_dead_snap_rm_but_never_a_readers() {
     base.close().unwrap();
 }
 
-/// Finding 2, in part: the dir store sees shared holders (through
-/// /proc/locks), by pid, so `lock ls` and a refused `snap rm` no longer
-/// report a lock held by readers as free; their owner descriptions are not
-/// kept (see the ignored tests above).
+/// Finding 2 (fixed): the dir store sees shared holders (through
+/// /proc/locks, by pid) and names each by the description it left in
+/// `.readers.<lock>/<pid>.<n>`; a hold whose description is missing (a
+/// reader that could not write it) is named by host and pid, and a
+/// description left by a holder that is gone names nobody.
 #[test]
 fn dir_lock_holders_counts_shared_holders_by_pid() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let store = dir_store(dir.path());
+    let readers = dir.path().join("store/.readers.lsvd:s.img@snap");
+    // A description left by a holder that died (pid 1 holds no flock here).
+    std::fs::create_dir_all(&readers).unwrap();
+    std::fs::write(readers.join("1.0"), "a dead reader").unwrap();
     let r1 = store.lock_shared("lsvd:s.img@snap", "reader-1").unwrap();
     let r2 = store.lock_shared("lsvd:s.img@snap", "reader-2").unwrap();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    let me = format!("host {} pid {} (shared)", host.trim(), std::process::id());
     assert_eq!(
         store.lock_holders("lsvd:s.img@snap").unwrap(),
-        [me.clone(), me]
+        ["reader-1", "reader-2"]
+    );
+    // r2's description gone: it is named by pid.
+    let me = std::process::id();
+    let mut mine: Vec<_> = std::fs::read_dir(&readers)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(&format!("{me}.")))
+        .collect();
+    mine.sort_by_key(|n| n.split_once('.').unwrap().1.parse::<u64>().unwrap());
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    std::fs::remove_file(readers.join(&mine[1])).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let bare = format!("host {} pid {me} (shared)", host.trim());
+    assert_eq!(
+        store.lock_holders("lsvd:s.img@snap").unwrap(),
+        ["reader-1".to_owned(), bare]
     );
     drop((r1, r2));
     assert!(store.lock_holders("lsvd:s.img@snap").unwrap().is_empty());
@@ -609,6 +626,12 @@ fn dir_lock_holders_counts_shared_holders_by_pid() {
     assert_eq!(
         store.lock_holders("lsvd:s.img@snap").unwrap(),
         ["host h pid 1 snap rm"]
+    );
+    // The exclusive holder removed what the shared ones left.
+    assert!(
+        !readers.exists(),
+        "{:?}",
+        std::fs::read_dir(&readers).map(|d| d.count())
     );
     drop(x);
 }

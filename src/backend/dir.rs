@@ -30,6 +30,14 @@ use crate::powercut::IoLog;
 const TMP_PREFIX: &str = ".tmp.";
 /// Prefix of lock files.
 const LOCK_PREFIX: &str = ".lock.";
+/// The directory of a lock's shared holders' descriptions:
+/// `.readers.<lock name>/<pid>.<n>`, one file per shared hold, written by
+/// the holder after it took the flock and removed before it lets go (the
+/// lock file itself names only the exclusive holder). Object names never
+/// start with '.', so this never meets an object or another lock.
+const READERS_PREFIX: &str = ".readers.";
+/// Numbers this process's shared holds (the `<n>` above).
+static READER_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Counter making temp file names unique within this process (shared by all
 /// `DirStore`s, so two stores on one directory never collide).
@@ -528,6 +536,10 @@ impl ObjectStore for DirStore {
         file.set_len(0).map_err(|e| Error::io(ctx(), e))?;
         file.write_all_at(owner.as_bytes(), 0)
             .map_err(|e| Error::io(ctx(), e))?;
+        // Held exclusively, so nobody holds it shared: any description of a
+        // shared holder left is one that died holding it. (Best effort: a
+        // stale one is shown only while its pid holds the lock again.)
+        self.remove_readers_dir(name);
         // We now fence the objects of `name`: any temp file of theirs whose
         // writer is gone is a crash leftover.
         if !released {
@@ -539,18 +551,22 @@ impl ObjectStore for DirStore {
             owner: owner.to_owned(),
             path,
             shared: false,
+            description: None,
         }))
     }
 
     fn lock_shared(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
-        // Shared holders write nothing (the file names the exclusive holder)
-        // and fence nothing: they only read.
+        // Shared holders write nothing to the lock file (it names the
+        // exclusive holder) and fence nothing: they only read. Each leaves
+        // its description beside it, for `lock_holders`.
         let (file, _, path) = self.open_locked(name, true)?;
+        let description = self.describe_reader(name, owner);
         Ok(Box::new(DirLock {
             file,
             owner: owner.to_owned(),
             path,
             shared: true,
+            description,
         }))
     }
 
@@ -576,12 +592,20 @@ impl ObjectStore for DirStore {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|s| s.trim().to_owned())
                     .unwrap_or_else(|_| "unknown-host".into());
+                // A shared holder is named by its description, matched by
+                // pid (one per hold; a pid holding more than it left
+                // descriptions for, e.g. on a read-only store, gets the
+                // bare form).
+                let mut described = self.reader_descriptions(name);
                 return Ok(held
                     .into_iter()
                     .map(|(pid, exclusive)| match exclusive {
                         true if !owner.is_empty() => owner.to_owned(),
                         true => format!("host {host} pid {pid} (exclusive)"),
-                        false => format!("host {host} pid {pid} (shared)"),
+                        false => match described.iter().position(|(p, _)| *p == pid) {
+                            Some(i) => described.remove(i).1,
+                            None => format!("host {host} pid {pid} (shared)"),
+                        },
                     })
                     .collect());
             }
@@ -611,6 +635,66 @@ impl ObjectStore for DirStore {
     }
 }
 
+impl DirStore {
+    fn readers_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{READERS_PREFIX}{name}"))
+    }
+
+    /// Write a shared holder's description ([`READERS_PREFIX`]); its path,
+    /// or `None` where it cannot be written (a reader without write access
+    /// still holds the lock; `lock_holders` then names it by pid only).
+    fn describe_reader(&self, name: &str, owner: &str) -> Option<PathBuf> {
+        let dir = self.readers_dir(name);
+        let n = READER_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}.{n}", std::process::id()));
+        let r = match fs::create_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+        .and_then(|()| fs::write(&path, owner));
+        match r {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::debug!("no description of the shared hold of {name}: {e}");
+                None
+            }
+        }
+    }
+
+    /// The descriptions shared holders of `name` left: (pid, description),
+    /// oldest hold first. Stale ones (a holder that died) are matched only
+    /// while a process with that pid holds the lock.
+    fn reader_descriptions(&self, name: &str) -> Vec<(u32, String)> {
+        let Ok(entries) = fs::read_dir(self.readers_dir(name)) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(u32, u64, String)> = entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let fname = e.file_name().into_string().ok()?;
+                let (pid, n) = fname.split_once('.')?;
+                let (pid, n) = (pid.parse().ok()?, n.parse().ok()?);
+                let text = fs::read_to_string(e.path()).ok()?;
+                let text = text.trim();
+                (!text.is_empty()).then(|| (pid, n, text.to_owned()))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().map(|(pid, _, d)| (pid, d)).collect()
+    }
+
+    /// Remove every shared holder's description of lock `name` (held
+    /// exclusively, or being removed). Best effort.
+    fn remove_readers_dir(&self, name: &str) {
+        match fs::remove_dir_all(self.readers_dir(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("remove the reader descriptions of lock {name}: {e}"),
+        }
+    }
+}
+
 /// A held [`DirStore`] lock: the open, flock-ed lock file.
 struct DirLock {
     file: File,
@@ -619,6 +703,9 @@ struct DirLock {
     path: PathBuf,
     /// Taken with `lock_shared` (then it never writes the file).
     shared: bool,
+    /// A shared holder's description file, removed before the flock is
+    /// released.
+    description: Option<PathBuf>,
 }
 
 impl StoreLock for DirLock {
@@ -639,7 +726,23 @@ impl StoreLock for DirLock {
                 tracing::warn!("remove lock file {}: {e}", self.path.display());
             }
         }
+        // The shared holders' descriptions of a dead one (the lock held
+        // exclusively: none is live).
+        if let Some(readers) = readers_dir_of(&self.path) {
+            match fs::remove_dir_all(&readers) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("remove {}: {e}", readers.display()),
+            }
+        }
     }
+}
+
+/// `.readers.<name>` beside lock file `.lock.<name>`.
+fn readers_dir_of(lock_file: &Path) -> Option<PathBuf> {
+    let fname = lock_file.file_name()?.to_str()?;
+    let name = fname.strip_prefix(LOCK_PREFIX)?;
+    Some(lock_file.with_file_name(format!("{READERS_PREFIX}{name}")))
 }
 
 impl Drop for DirLock {
@@ -649,6 +752,10 @@ impl Drop for DirLock {
         // holder wrote nothing and may not be alone.
         if !self.shared {
             let _ = self.file.set_len(0);
+        }
+        // A shared holder's description goes while it still holds the lock.
+        if let Some(d) = &self.description {
+            let _ = fs::remove_file(d);
         }
     }
 }

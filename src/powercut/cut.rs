@@ -39,9 +39,12 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, e)
 }
 
-/// Whether a store file is outside the model (lock files).
+/// Whether a store file is outside the model: lock files and the
+/// directories of shared lock holders' descriptions (`.readers.<lock>`),
+/// which hold no data; after a cut no process holds a lock, so whatever of
+/// them a cut keeps names nobody (see `backend::dir`).
 fn unmodelled(name: &str) -> bool {
-    name.starts_with(".lock.")
+    name.starts_with(".lock.") || name.starts_with(".readers.")
 }
 
 /// Record what is durable now, before a recording into `rec_dir` starts:

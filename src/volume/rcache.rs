@@ -422,10 +422,11 @@ mod tests {
         assert!(ran.load(Ordering::SeqCst), "the race was staged");
         assert!(buf == data, "read after the object moved");
         if no_rcache {
-            // The map still naming a missing object is an error, not zeros.
+            // The map still naming a missing object is an error, not zeros:
+            // lost data (`Corrupt`), not a missing image.
             mem.delete(&object_name("img", ObjSeq(50))).unwrap();
             let e = v.read(0, &mut buf).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
         } else {
             // The maintainer thread caches what the read fetched.
             let deadline = Instant::now() + Duration::from_secs(10);
