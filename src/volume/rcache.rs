@@ -438,6 +438,136 @@ mod tests {
         v.crash();
     }
 
+    type GetHook = Box<dyn FnMut(&str) + Send>;
+
+    /// A store whose every get of the image's object that the map names
+    /// for LBA 0 first "moves" it (GC: copy to the next sequence, remap,
+    /// delete), so a read never finds the object it looked up.
+    struct ChurningStore {
+        inner: Arc<MemStore>,
+        on_get: Mutex<Option<GetHook>>,
+    }
+
+    impl ObjectStore for ChurningStore {
+        fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+            self.inner.put(name, data)
+        }
+        fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+            if let Some(h) = self.on_get.lock().unwrap().as_mut() {
+                h(name);
+            }
+            self.inner.get(name, offset, len)
+        }
+        fn stat(&self, name: &str) -> Result<Option<u64>> {
+            self.inner.stat(name)
+        }
+        fn delete(&self, name: &str) -> Result<()> {
+            self.inner.delete(name)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
+            self.inner.lock(name, owner)
+        }
+        fn describe(&self) -> String {
+            "churning store".into()
+        }
+    }
+
+    /// Review 14 finding 1 (wrong error, unlikely). `reread_moved` gives
+    /// up after `MOVED_RETRIES` lookups whose object was each moved away in
+    /// turn, returning the last NotFound without checking that the map
+    /// still names that object; `finish_read` (4e6b122) then reports it as
+    /// lost data (`Corrupt`: "the object is missing from the store although
+    /// the image's map points at it ... scrub"), although the map points at
+    /// an object that exists and nothing is lost. Needs three moves of the
+    /// range within one read (a forced `gc_now`, grace 0, racing a reader of
+    /// the same volume; background GC's 2 s read grace makes it near
+    /// impossible). Fix: after the last retry, Corrupt only if a fresh
+    /// lookup still names the missing object; otherwise a retryable kind
+    /// (e.g. Io/Timeout "kept moving").
+    #[test]
+    #[ignore = "review14 finding 1: a read outrun by GC moves is reported as lost data (Corrupt)"]
+    fn a_read_outrun_by_moves_is_not_reported_as_lost_data() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let mem = Arc::new(MemStore::new());
+        let store = Arc::new(ChurningStore {
+            inner: mem.clone(),
+            on_get: Mutex::new(None),
+        });
+        crate::volume::image::create_image(store.as_ref(), "img", 1 << 20).unwrap();
+        let config = test_config(dir.path(), true);
+        let open = || open_img(&config, store.clone(), dir.path());
+        let v = open();
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        v.write(0, &data).unwrap();
+        v.close().unwrap();
+        let v = open();
+        let mut pieces = Vec::new();
+        v.inner
+            .durable
+            .read()
+            .unwrap()
+            .lookup(Lba(0), 128, &mut pieces);
+        let loc = pieces[0].2.unwrap();
+        let inner = v.inner.clone();
+        let mem2 = mem.clone();
+        let mut cur = loc.obj;
+        let mut next = ObjSeq(50);
+        *store.on_get.lock().unwrap() = Some(Box::new(move |name: &str| {
+            if name != object_name("img", cur) {
+                return;
+            }
+            let bytes = mem2.get(name, 0, 1 << 20).unwrap();
+            let h = crate::format::object::ObjectHeader::decode(&bytes).unwrap();
+            let moved = crate::format::object::ObjectHeader::encode_object(
+                h.uuid,
+                next,
+                h.first_jseq,
+                &h.ops,
+                &bytes[h.header_bytes as usize..],
+            );
+            mem2.put(&object_name("img", next), &moved).unwrap();
+            {
+                let mut m = inner.durable.write().unwrap();
+                m.add_object(next, 128);
+                m.apply_write(
+                    Lba(0),
+                    128,
+                    ObjLoc {
+                        obj: next,
+                        offset: loc.offset,
+                    },
+                );
+            }
+            mem2.delete(name).unwrap();
+            cur = next;
+            next = ObjSeq(next.0 + 1);
+        }));
+        let mut buf = vec![0u8; 65536];
+        let r = v.read(0, &mut buf);
+        *store.on_get.lock().unwrap() = None;
+        // Nothing is lost: the map names an object that is there.
+        let mut pieces = Vec::new();
+        v.inner
+            .durable
+            .read()
+            .unwrap()
+            .lookup(Lba(0), 128, &mut pieces);
+        let now = pieces[0].2.unwrap().obj;
+        assert!(mem.stat(&object_name("img", now)).unwrap().is_some());
+        if let Err(e) = &r {
+            assert_ne!(
+                e.kind(),
+                ErrorKind::Corrupt,
+                "reported as lost data while the map names object {} which exists: {e}",
+                now.0
+            );
+        }
+        v.crash();
+    }
+
     #[test]
     fn a_failing_cache_file_does_not_fail_reads() {
         use crate::cache::{FAULT_READ, FAULT_SYNC, FAULT_WRITE, IO_ERRORS_OFF};
