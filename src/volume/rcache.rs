@@ -315,15 +315,14 @@ mod tests {
     use crate::map::ObjLoc;
     use crate::volume::{Volume, VolumeOptions};
 
-    type Hook = Box<dyn FnOnce() + Send>;
+    type GetHook = Box<dyn FnMut(&str) + Send>;
 
-    /// A store that runs a hook at the first get of one object, before
-    /// forwarding it: what a GC that moves and deletes that object right
-    /// after a reader's map lookup looks like to the reader.
+    /// A store that runs a hook with the name of every object got, before
+    /// forwarding the get: what a GC that moves and deletes that object
+    /// right after a reader's map lookup looks like to the reader.
     struct RacingStore {
         inner: Arc<MemStore>,
-        target: String,
-        hook: Mutex<Option<Hook>>,
+        on_get: Mutex<Option<GetHook>>,
     }
 
     impl ObjectStore for RacingStore {
@@ -331,11 +330,8 @@ mod tests {
             self.inner.put(name, data)
         }
         fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-            if name == self.target {
-                let hook = self.hook.lock().unwrap().take();
-                if let Some(h) = hook {
-                    h();
-                }
+            if let Some(h) = self.on_get.lock().unwrap().as_mut() {
+                h(name);
             }
             self.inner.get(name, offset, len)
         }
@@ -387,8 +383,7 @@ mod tests {
         let mem = Arc::new(MemStore::new());
         let store = Arc::new(RacingStore {
             inner: mem.clone(),
-            target: object_name("img", ObjSeq(1)),
-            hook: Mutex::new(None),
+            on_get: Mutex::new(None),
         });
         crate::volume::image::create_image(store.as_ref(), "img", 1 << 20).unwrap();
         let config = test_config(dir.path(), no_rcache);
@@ -425,7 +420,13 @@ mod tests {
         let (inner, mem2) = (v.inner.clone(), mem.clone());
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ran2 = ran.clone();
-        *store.hook.lock().unwrap() = Some(Box::new(move || {
+        // At the first get of object 1 only.
+        let target = object_name("img", ObjSeq(1));
+        let mut armed = true;
+        *store.on_get.lock().unwrap() = Some(Box::new(move |name: &str| {
+            if name != target || !std::mem::take(&mut armed) {
+                return;
+            }
             {
                 let mut m = inner.durable.write().unwrap();
                 m.add_object(ObjSeq(50), 128);
@@ -462,43 +463,6 @@ mod tests {
         v.crash();
     }
 
-    type GetHook = Box<dyn FnMut(&str) + Send>;
-
-    /// A store whose every get of the image's object that the map names
-    /// for LBA 0 first "moves" it (GC: copy to the next sequence, remap,
-    /// delete), so a read never finds the object it looked up.
-    struct ChurningStore {
-        inner: Arc<MemStore>,
-        on_get: Mutex<Option<GetHook>>,
-    }
-
-    impl ObjectStore for ChurningStore {
-        fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-            self.inner.put(name, data)
-        }
-        fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-            if let Some(h) = self.on_get.lock().unwrap().as_mut() {
-                h(name);
-            }
-            self.inner.get(name, offset, len)
-        }
-        fn stat(&self, name: &str) -> Result<Option<u64>> {
-            self.inner.stat(name)
-        }
-        fn delete(&self, name: &str) -> Result<()> {
-            self.inner.delete(name)
-        }
-        fn list(&self, prefix: &str) -> Result<Vec<String>> {
-            self.inner.list(prefix)
-        }
-        fn lock(&self, name: &str, owner: &str) -> Result<Box<dyn StoreLock>> {
-            self.inner.lock(name, owner)
-        }
-        fn describe(&self) -> String {
-            "churning store".into()
-        }
-    }
-
     /// Review 14 finding 1 (wrong error, unlikely; fixed). `reread_moved` gives
     /// up after `MOVED_RETRIES` lookups whose object was each moved away in
     /// turn, returning the last NotFound without checking that the map
@@ -515,7 +479,10 @@ mod tests {
     fn a_read_outrun_by_moves_is_not_reported_as_lost_data() {
         let dir = tempfile::tempdir_in("/tmp").unwrap();
         let mem = Arc::new(MemStore::new());
-        let store = Arc::new(ChurningStore {
+        // Every get of the object the map names for LBA 0 first "moves" it
+        // (GC: copy to the next sequence, remap, delete), so a read never
+        // finds the object it looked up.
+        let store = Arc::new(RacingStore {
             inner: mem.clone(),
             on_get: Mutex::new(None),
         });
