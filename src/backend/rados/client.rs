@@ -131,6 +131,41 @@ fn conf_get(h: &ClusterHandle, key: &str) -> Option<String> {
     }
 }
 
+/// Run `f` on a helper thread named `name` and wait at most `limit` for
+/// its result: `Some(value)`, or `None` if the limit passed first.
+///
+/// For librados calls that can block longer than the op timeout and cannot
+/// be cancelled (connect, pool lookup, blocklist): the caller gets an
+/// answer in time, the call itself goes on. The helper then drops the
+/// result when `f` returns, on that helper thread (never a librados
+/// thread), so whatever `f` returns must release itself on drop (a handle
+/// type's Drop): a late pool handle is destroyed, a late cluster handle
+/// shut down. If the result arrives just as the caller gives up, it may be
+/// dropped on the caller's thread instead, which is just as sound.
+fn bounded<T, F>(name: &str, limit: Duration, f: F) -> Result<Option<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            // A caller that gave up has dropped the receiver: the value
+            // comes back in the error and is dropped here.
+            let _ = tx.send(f());
+        })
+        .map_err(|e| Error::with_source(ErrorKind::Io, format!("cannot start thread {name}"), e))?;
+    match rx.recv_timeout(limit) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::new(
+            ErrorKind::Io,
+            format!("thread {name} ended without a result"),
+        )),
+    }
+}
+
 /// A connection to a Ceph cluster.
 #[derive(Clone)]
 pub struct Cluster {
@@ -179,7 +214,8 @@ impl Cluster {
             ));
         }
         // Timeouts must be set before connecting: without them a dead OSD
-        // or monitor would hang an operation (or the connect) for ever.
+        // or monitor would hang an operation for ever. They bound each
+        // wait inside librados; the whole connect is bounded below.
         let secs = opts.op_timeout.as_secs().max(1).to_string();
         for key in [
             "rados_osd_op_timeout",
@@ -194,8 +230,53 @@ impl Cluster {
                 return Err(rados_error(r, format!("rados conf set {key}={secs}")));
             }
         }
-        // SAFETY: live handle, configured above.
-        let r = unsafe { ffi::rados_connect(h.raw) };
+        // For the messages: which monitors we try (read before the connect,
+        // which then owns the handle).
+        let mons = match conf_get(&h, "mon_host") {
+            Some(m) if !m.trim().is_empty() => format!("mon_host {m}"),
+            _ => "the monitors (mon_host is not set in the conf)".to_owned(),
+        };
+        let what = format!(
+            "cannot connect to ceph as client.{} with {}",
+            opts.id,
+            opts.conf.display()
+        );
+        let no_answer = |within: &str| {
+            format!(
+                "{what}: no monitor accepted us {within} ({mons}): check that these \
+                 monitors are up and reachable from this host (address, port, firewall: \
+                 'ceph -s' with the same conf), and that the keyring holds a key for \
+                 client.{}",
+                opts.id
+            )
+        };
+        // The connect runs on a helper thread and we wait for it at most
+        // the op timeout: librados bounds each of its waits, not the whole
+        // connect (some versions retry the monitor handshake up to 10 times
+        // for client_mount_timeout each; resolving a mon_host name is not
+        // bounded at all).
+        //
+        // The helper owns the handle (the Arc moves into it; we keep no
+        // clone) and gives it back with the result. If we give up first it
+        // keeps it, and drops it, which runs rados_shutdown on that helper
+        // thread, whenever rados_connect returns. That is sound because
+        // nothing else can use the handle: no Cluster, Pool or operation
+        // was made from it, and we read everything the messages need
+        // (mon_host) before the connect started. rados_shutdown after a
+        // connect that failed or succeeded late is what Drop always does.
+        let connected = bounded("rados-connect", opts.op_timeout, move || {
+            // SAFETY: live handle, configured above; no other thread uses
+            // it while this call runs (see above).
+            let r = unsafe { ffi::rados_connect(h.raw) };
+            (r, h)
+        })?;
+        let Some((r, h)) = connected else {
+            return Err(Error::with_source(
+                ErrorKind::Timeout,
+                no_answer(&format!("within {:?}", opts.op_timeout)),
+                std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            ));
+        };
         if r == -libc::ENOENT {
             // librados found no keyring file at all (it says so only in its
             // log): a configuration error that names the keyring, not
@@ -212,23 +293,15 @@ impl Cluster {
                 std::io::Error::from_raw_os_error(libc::ENOENT),
             ));
         }
+        if r == -libc::ETIMEDOUT {
+            return Err(rados_error(r, no_answer("in time")));
+        }
         if r < 0 {
             let why = match -r {
                 libc::EACCES | libc::EPERM => " (authentication refused: wrong key or id?)",
-                libc::ETIMEDOUT => {
-                    " (no monitor accepted us in time: are the monitors in the conf \
-                     reachable, and does the keyring hold a key for this client id?)"
-                }
                 _ => "",
             };
-            return Err(rados_error(
-                r,
-                format!(
-                    "cannot connect to ceph as client.{} with {}{why}",
-                    opts.id,
-                    opts.conf.display()
-                ),
-            ));
+            return Err(rados_error(r, format!("{what}{why}")));
         }
         Ok(Cluster {
             h,
@@ -240,22 +313,48 @@ impl Cluster {
     /// in flight at once.
     pub fn pool(&self, name: &str, namespace: &str, max_inflight: usize) -> Result<Pool> {
         let name_c = cstring("pool name", name)?;
-        let mut io: ffi::rados_ioctx_t = ptr::null_mut();
-        // SAFETY: connected handle; out-pointer to a local.
-        let r = unsafe { ffi::rados_ioctx_create(self.h.raw, name_c.as_ptr(), &mut io) };
-        if r < 0 {
-            if -r == libc::ENOENT {
+        // rados_ioctx_create waits for the latest OSD map (with no timeout
+        // of its own) when the pool is not in the map it has: bounded by
+        // the op timeout on a helper thread. A handle the helper gets after
+        // we gave up is an IoCtxHandle there, destroyed when it drops.
+        let cluster = self.h.clone();
+        let created = bounded("rados-pool", self.op_timeout, move || {
+            let mut io: ffi::rados_ioctx_t = ptr::null_mut();
+            // SAFETY: connected handle (kept alive by `cluster`); the name
+            // outlives the call; out-pointer to a local.
+            let r = unsafe { ffi::rados_ioctx_create(cluster.raw, name_c.as_ptr(), &mut io) };
+            if r < 0 {
+                return Err(r);
+            }
+            Ok(IoCtxHandle {
+                raw: io,
+                _cluster: cluster,
+            })
+        })?;
+        let io = match created {
+            Some(Ok(io)) => Arc::new(io),
+            Some(Err(r)) if -r == libc::ENOENT => {
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     format!("RADOS pool '{name}' does not exist"),
                 ));
             }
-            return Err(rados_error(r, format!("cannot open RADOS pool '{name}'")));
-        }
-        let io = Arc::new(IoCtxHandle {
-            raw: io,
-            _cluster: self.h.clone(),
-        });
+            Some(Err(r)) => {
+                return Err(rados_error(r, format!("cannot open RADOS pool '{name}'")));
+            }
+            None => {
+                return Err(Error::with_source(
+                    ErrorKind::Timeout,
+                    format!(
+                        "cannot open RADOS pool '{name}': no OSD map naming it within {:?} \
+                         (check the pool name, 'ceph osd pool ls', and that the monitors \
+                         are reachable and answering, 'ceph -s')",
+                        self.op_timeout
+                    ),
+                    std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                ));
+            }
+        };
         let mut label = format!("rados:{name}");
         if !namespace.is_empty() {
             let ns = cstring("namespace", namespace)?;
@@ -302,23 +401,42 @@ impl Cluster {
     /// time when `expire_secs` is 0) and wait until this client has the OSD
     /// map that says so: after this returns, our own operations carry a map
     /// epoch that makes every OSD refuse the fenced client.
+    ///
+    /// Bounded by the op timeout. On a timeout the blocklist may or may not
+    /// have been applied; the caller must not go on as if it had.
     pub fn blocklist(&self, addr: &str, expire_secs: u32) -> Result<()> {
         let a = cstring("client address", addr)?;
-        let mut bytes = a.into_bytes_with_nul();
-        // SAFETY: connected handle; the address is a NUL-terminated buffer
-        // that outlives the call (the C API takes a non-const pointer but
-        // does not write through it).
-        let r =
-            unsafe { ffi::rados_blocklist_add(self.h.raw, bytes.as_mut_ptr().cast(), expire_secs) };
-        if r < 0 {
-            return Err(rados_error(r, format!("cannot blocklist client {addr}")));
+        let cluster = self.h.clone();
+        // rados_blocklist_add sends the monitor command (bounded by
+        // rados_mon_op_timeout) and then itself waits for the latest OSD
+        // map, which it does without a timeout: Ceph's
+        // src/librados/RadosClient.cc, RadosClient::blocklist_add, ends with
+        // "ensure we have the latest osd map epoch before proceeding":
+        // `r = wait_for_latest_osdmap(); return r;` (Ceph 16). So no second
+        // wait here, and the whole call is bounded on a helper thread.
+        let done = bounded("rados-blocklist", self.op_timeout, move || {
+            let mut bytes = a.into_bytes_with_nul();
+            // SAFETY: connected handle (kept alive by `cluster`); the
+            // address is a NUL-terminated buffer that outlives the call
+            // (the C API takes a non-const pointer but does not write
+            // through it).
+            unsafe { ffi::rados_blocklist_add(cluster.raw, bytes.as_mut_ptr().cast(), expire_secs) }
+        })?;
+        match done {
+            Some(r) if r < 0 => Err(rados_error(r, format!("cannot blocklist client {addr}"))),
+            Some(_) => Ok(()),
+            None => Err(Error::with_source(
+                ErrorKind::Timeout,
+                format!(
+                    "cannot blocklist client {addr}: no answer from the monitors within {:?} \
+                     (it may or may not be blocklisted now; nothing else was done): check \
+                     that the monitors are reachable and answering ('ceph -s') and that \
+                     this client may blocklist (mon caps 'profile rbd'), then retry",
+                    self.op_timeout
+                ),
+                std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            )),
         }
-        // SAFETY: connected handle.
-        let r = unsafe { ffi::rados_wait_for_latest_osdmap(self.h.raw) };
-        if r < 0 {
-            return Err(rados_error(r, "wait for the OSD map after blocklisting"));
-        }
-        Ok(())
     }
 }
 
@@ -909,5 +1027,43 @@ impl Pool {
             return Err(rados_error(r, self.ctx("break lock of", oid)));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_gives_up_at_the_limit_and_the_late_result_is_dropped() {
+        struct Flag(Arc<Mutex<bool>>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = true;
+            }
+        }
+        let dropped = Arc::new(Mutex::new(false));
+        let d = dropped.clone();
+        let t = Instant::now();
+        let r = bounded("test-bounded", Duration::from_millis(100), move || {
+            std::thread::sleep(Duration::from_millis(400));
+            Flag(d)
+        })
+        .unwrap();
+        assert!(r.is_none());
+        assert!(
+            t.elapsed() < Duration::from_millis(350),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(!*dropped.lock().unwrap());
+        let until = Instant::now() + Duration::from_secs(10);
+        while !*dropped.lock().unwrap() {
+            assert!(Instant::now() < until, "the late result was never dropped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // In time: the value itself.
+        let v = bounded("test-bounded", Duration::from_secs(10), || 7).unwrap();
+        assert_eq!(v, Some(7));
     }
 }
