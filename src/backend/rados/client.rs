@@ -615,12 +615,117 @@ enum Kind {
 /// A holder of a RADOS lock, from `rados_list_lockers`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Locker {
-    /// The client entity, e.g. `client.4127`.
+    /// The client entity, e.g. `client.4127` (lossy if not UTF-8).
     pub client: String,
-    /// The cookie it locked with (our cookies describe host, pid, image).
+    /// The cookie it locked with (our cookies describe host, pid, image);
+    /// may be empty (lossy if not UTF-8).
     pub cookie: String,
-    /// Its exact address, e.g. `127.0.0.1:0/3180851234`.
+    /// Its exact address, e.g. `127.0.0.1:0/3180851234` (lossy if not
+    /// UTF-8).
     pub addr: String,
+    /// Client, cookie and address exactly as librados gave them: a break
+    /// names the holder by these bytes, which need not be UTF-8.
+    raw: [Vec<u8>; 3],
+}
+
+impl Locker {
+    fn new(client: &[u8], cookie: &[u8], addr: &[u8]) -> Locker {
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Locker {
+            client: s(client),
+            cookie: s(cookie),
+            addr: s(addr),
+            raw: [client.to_vec(), cookie.to_vec(), addr.to_vec()],
+        }
+    }
+
+    /// Whether the address is valid UTF-8 (so `addr` is exact and can be
+    /// blocklisted).
+    pub fn addr_is_exact(&self) -> bool {
+        std::str::from_utf8(&self.raw[2]).is_ok()
+    }
+
+    /// Whether `other` is the same hold: same client and cookie.
+    pub fn same_hold(&self, other: &Locker) -> bool {
+        self.raw[0] == other.raw[0] && self.raw[1] == other.raw[1]
+    }
+}
+
+/// The holders of a RADOS lock and how it is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lockers {
+    /// Held exclusively (one holder) rather than shared.
+    pub exclusive: bool,
+    /// The lock's tag (every shared holder took it with this tag; our
+    /// exclusive locks have none), lossy if not UTF-8.
+    pub tag: String,
+    /// The holders, in librados' order.
+    pub holders: Vec<Locker>,
+}
+
+/// The most bytes we accept for each array of a `rados_list_lockers`
+/// reply (thousands of holders of ~100-byte entries): a larger size is
+/// refused before anything is allocated for it.
+pub const LOCKERS_REPLY_MAX: usize = 1 << 20;
+
+/// Split `bytes`, one of `rados_list_lockers`' arrays (its first `len`
+/// bytes, as librados reports them), into exactly `count` NUL-terminated
+/// entries, keeping empty ones. librados writes each entry followed by a
+/// NUL, one after another (`_rados_list_lockers` in librados_c.cc), so
+/// anything else means we cannot tell which entry is whose.
+fn split_entries<'a>(
+    what: &str,
+    bytes: &'a [u8],
+    count: usize,
+) -> std::result::Result<Vec<&'a [u8]>, String> {
+    if count == 0 {
+        return if bytes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(format!("no holders but {} bytes of {what}", bytes.len()))
+        };
+    }
+    let Some((&0, body)) = bytes.split_last() else {
+        return Err(format!(
+            "the {what} ({} bytes) do not end with a NUL",
+            bytes.len()
+        ));
+    };
+    let entries: Vec<&[u8]> = body.split(|&c| c == 0).collect();
+    if entries.len() != count {
+        return Err(format!("{count} holders but {} {what}", entries.len()));
+    }
+    Ok(entries)
+}
+
+/// Parse a `rados_list_lockers` reply: it returned `count` and `exclusive`,
+/// and the first reported bytes of its tag, clients, cookies and addresses
+/// buffers are `tag`, `clients`, `cookies` and `addrs`. Every array must
+/// hold exactly `count` entries (an empty cookie is one); an exclusive lock
+/// at most one holder. Otherwise the holders cannot be paired with their
+/// cookies and addresses unambiguously: the error says why.
+pub fn parse_lockers(
+    count: usize,
+    exclusive: bool,
+    tag: &[u8],
+    clients: &[u8],
+    cookies: &[u8],
+    addrs: &[u8],
+) -> std::result::Result<Lockers, String> {
+    if exclusive && count > 1 {
+        return Err(format!("an exclusive lock with {count} holders"));
+    }
+    let cs = split_entries("clients", clients, count)?;
+    let ks = split_entries("cookies", cookies, count)?;
+    let ads = split_entries("addresses", addrs, count)?;
+    let tag_end = tag.iter().position(|&c| c == 0).unwrap_or(tag.len());
+    Ok(Lockers {
+        exclusive,
+        tag: String::from_utf8_lossy(&tag[..tag_end]).into_owned(),
+        holders: (0..count)
+            .map(|i| Locker::new(cs[i], ks[i], ads[i]))
+            .collect(),
+    })
 }
 
 impl Pool {
@@ -937,22 +1042,23 @@ impl Pool {
         Ok(())
     }
 
-    /// The holders of lock `name` on `oid`.
-    pub fn lockers(&self, oid: &str, name: &str) -> Result<Vec<Locker>> {
+    /// The holders of lock `name` on `oid`. An error if librados' reply
+    /// cannot be paired unambiguously (see [`parse_lockers`]).
+    pub fn lockers(&self, oid: &str, name: &str) -> Result<Lockers> {
         let (o, n) = (cstring("object name", oid)?, cstring("lock name", name)?);
-        let mut cap = 1024usize;
-        loop {
-            let (mut tag, mut clients, mut cookies, mut addrs) = (
-                vec![0u8; cap],
-                vec![0u8; cap],
-                vec![0u8; cap],
-                vec![0u8; cap],
-            );
-            let (mut tl, mut cl, mut kl, mut al) = (cap, cap, cap, cap);
+        // Sizes of the tag, clients, cookies and addresses buffers.
+        let mut caps = [256usize, 1024, 1024, 1024];
+        // A holder list that grows between our calls each time, 4 times
+        // over, is not one we can report anyway.
+        for _ in 0..4 {
+            let mut bufs = caps.map(|c| vec![0u8; c]);
+            let mut lens = caps;
             let mut exclusive: c_int = 0;
-            // SAFETY: live ioctx; every buffer is `cap` bytes long and its
-            // length is passed with it; librados writes at most that much
-            // and reports the sizes it needs if they are too small.
+            let [tag, clients, cookies, addrs] = &mut bufs;
+            let [tl, cl, kl, al] = &mut lens;
+            // SAFETY: live ioctx; every buffer is as long as the length
+            // passed with it; librados writes at most that much and
+            // reports the sizes it needs if they are too small.
             let r = unsafe {
                 ffi::rados_list_lockers(
                     self.io.raw,
@@ -960,58 +1066,109 @@ impl Pool {
                     n.as_ptr(),
                     &mut exclusive,
                     tag.as_mut_ptr().cast(),
-                    &mut tl,
+                    tl,
                     clients.as_mut_ptr().cast(),
-                    &mut cl,
+                    cl,
                     cookies.as_mut_ptr().cast(),
-                    &mut kl,
+                    kl,
                     addrs.as_mut_ptr().cast(),
-                    &mut al,
+                    al,
                 )
             };
             if r == -(libc::ERANGE as isize) {
-                let need = tl.max(cl).max(kl).max(al);
-                if need <= cap || cap >= 1 << 24 {
+                let need = lens;
+                if need.iter().any(|&l| l > LOCKERS_REPLY_MAX) {
                     return Err(Error::new(
                         ErrorKind::Io,
-                        format!("{}: reply too large", self.ctx("list lockers of", oid)),
+                        format!(
+                            "{}: librados asks for {} bytes for one array of the reply, \
+                             more than the {LOCKERS_REPLY_MAX} we accept",
+                            self.ctx("list lockers of", oid),
+                            need.iter().max().copied().unwrap_or(0)
+                        ),
                     ));
                 }
-                cap = need;
+                if need.iter().zip(&caps).all(|(n, c)| n <= c) {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "{}: librados reports a short buffer but no larger size",
+                            self.ctx("list lockers of", oid)
+                        ),
+                    ));
+                }
+                for (c, n) in caps.iter_mut().zip(need) {
+                    *c = (*c).max(n);
+                }
                 continue;
             }
             if r == -(libc::ENOENT as isize) {
-                return Ok(Vec::new());
+                return Ok(Lockers {
+                    exclusive: false,
+                    tag: String::new(),
+                    holders: Vec::new(),
+                });
             }
             if r < 0 {
                 return Err(rados_error(r as i32, self.ctx("list lockers of", oid)));
             }
-            let split = |b: &[u8], len: usize| -> Vec<String> {
-                b[..len.min(b.len())]
-                    .split(|&c| c == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect()
-            };
-            let (cs, ks, ads) = (split(&clients, cl), split(&cookies, kl), split(&addrs, al));
-            let count = r as usize;
-            return Ok((0..count)
-                .map(|i| Locker {
-                    client: cs.get(i).cloned().unwrap_or_default(),
-                    cookie: ks.get(i).cloned().unwrap_or_default(),
-                    addr: ads.get(i).cloned().unwrap_or_default(),
-                })
-                .collect());
+            if lens.iter().zip(&caps).any(|(l, c)| l > c) {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{}: librados reports more bytes than the buffers hold",
+                        self.ctx("list lockers of", oid)
+                    ),
+                ));
+            }
+            let part = |i: usize| &bufs[i][..lens[i]];
+            return parse_lockers(
+                r as usize,
+                exclusive != 0,
+                part(0),
+                part(1),
+                part(2),
+                part(3),
+            )
+            .map_err(|why| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{}: the holders of lock {name} cannot be told apart ({why}); \
+                         refusing to trust them (see 'rados -p {} lock info {oid} {name}')",
+                        self.ctx("list lockers of", oid),
+                        self.name
+                    ),
+                )
+            });
         }
+        Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{}: the holders kept changing while we read them; retry",
+                self.ctx("list lockers of", oid)
+            ),
+        ))
     }
 
     /// Remove `locker`'s hold on lock `name` of `oid` (fence it first!).
-    pub fn break_lock(&self, oid: &str, name: &str, locker: &Locker) -> Result<()> {
+    /// Returns false if librados found no such hold (`ENOENT`: released
+    /// meanwhile, or not this client and cookie): list the holders again
+    /// to know which.
+    pub fn break_lock(&self, oid: &str, name: &str, locker: &Locker) -> Result<bool> {
+        let bytes = |what: &str, b: &[u8]| {
+            CString::new(b.to_vec()).map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("lock {what} {:?} contains NUL", String::from_utf8_lossy(b)),
+                )
+            })
+        };
         let (o, n, cl, ck) = (
             cstring("object name", oid)?,
             cstring("lock name", name)?,
-            cstring("client", &locker.client)?,
-            cstring("cookie", &locker.cookie)?,
+            bytes("client", &locker.raw[0])?,
+            bytes("cookie", &locker.raw[1])?,
         );
         // SAFETY: live ioctx; strings outlive the call.
         let r = unsafe {
@@ -1023,16 +1180,107 @@ impl Pool {
                 ck.as_ptr(),
             )
         };
-        if r < 0 && r != -libc::ENOENT {
+        if r == -libc::ENOENT {
+            return Ok(false);
+        }
+        if r < 0 {
             return Err(rados_error(r, self.ctx("break lock of", oid)));
         }
-        Ok(())
+        Ok(true)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(count: usize, excl: bool, c: &[u8], k: &[u8], a: &[u8]) -> Result<Lockers, String> {
+        parse_lockers(count, excl, b"lsvd\0", c, k, a)
+    }
+
+    #[test]
+    fn an_empty_cookie_keeps_each_holder_with_its_own_address() {
+        // Two shared holders, the first with an empty cookie: the second
+        // holder's cookie and address must stay the second's.
+        let l = parse(
+            2,
+            false,
+            b"client.1\0client.2\0",
+            b"\0cookie-2\0",
+            b"10.0.0.1:0/1\x0010.0.0.2:0/2\0",
+        )
+        .unwrap();
+        assert!(!l.exclusive);
+        assert_eq!(l.tag, "lsvd");
+        let got: Vec<_> = l
+            .holders
+            .iter()
+            .map(|h| (h.client.as_str(), h.cookie.as_str(), h.addr.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("client.1", "", "10.0.0.1:0/1"),
+                ("client.2", "cookie-2", "10.0.0.2:0/2")
+            ]
+        );
+        // Empty entries anywhere, even all of them, are entries.
+        let l = parse(2, false, b"\0\0", b"\0\0", b"\0\0").unwrap();
+        assert_eq!(l.holders.len(), 2);
+        assert!(l.holders.iter().all(|h| h.cookie.is_empty()));
+    }
+
+    #[test]
+    fn a_count_that_does_not_match_the_entries_is_refused() {
+        // More holders than entries (what the old parser padded with
+        // empty strings), and fewer.
+        let e = parse(3, false, b"client.1\0client.2\0", b"a\0b\0", b"x\0y\0").unwrap_err();
+        assert!(e.contains("3 holders but 2 clients"), "{e}");
+        let e = parse(1, false, b"client.1\0client.2\0", b"a\0", b"x\0").unwrap_err();
+        assert!(e.contains("1 holders but 2 clients"), "{e}");
+        // One array short by one (an empty cookie lost): refused, never
+        // shifted.
+        let e = parse(2, false, b"c1\0c2\0", b"k2\0", b"a1\0a2\0").unwrap_err();
+        assert!(e.contains("cookies"), "{e}");
+        // Not NUL-terminated, or bytes with no holders.
+        let e = parse(1, false, b"client.1", b"k\0", b"a\0").unwrap_err();
+        assert!(e.contains("NUL"), "{e}");
+        assert!(parse(0, false, b"client.1\0", b"", b"").is_err());
+        assert!(parse(1, false, b"", b"", b"").is_err());
+        // An exclusive lock has at most one holder.
+        let e = parse(2, true, b"c1\0c2\0", b"k1\0k2\0", b"a1\0a2\0").unwrap_err();
+        assert!(e.contains("exclusive"), "{e}");
+        // No holders at all.
+        let l = parse(0, true, b"", b"", b"").unwrap();
+        assert!(l.holders.is_empty());
+    }
+
+    #[test]
+    fn non_utf8_entries_are_kept_exactly_for_the_break() {
+        let l = parse(
+            2,
+            false,
+            b"client.\xff1\0client.2\0",
+            b"ck\xfe\0\0",
+            b"10.0.0.1:0/1\0\xc3(\0",
+        )
+        .unwrap();
+        let (a, b) = (&l.holders[0], &l.holders[1]);
+        assert_eq!(a.client, "client.\u{fffd}1");
+        assert_eq!(a.raw[0], b"client.\xff1");
+        assert_eq!(a.raw[1], b"ck\xfe");
+        assert!(a.addr_is_exact());
+        assert_eq!(b.cookie, "");
+        assert!(!b.addr_is_exact(), "{:?}", b.addr);
+        // Same hold by exact bytes, not by the lossy strings.
+        let c = parse(1, false, b"client.\xfe1\0", b"ck\xfe\0", b"x\0").unwrap();
+        assert_eq!(c.holders[0].client, a.client);
+        assert!(!c.holders[0].same_hold(a));
+        assert!(a.same_hold(&l.holders[0]));
+        // The tag ends at its NUL; a non-UTF-8 tag is shown lossily.
+        let t = parse_lockers(0, false, b"t\xff\0junk", b"", b"", b"").unwrap();
+        assert_eq!(t.tag, "t\u{fffd}");
+    }
 
     #[test]
     fn bounded_gives_up_at_the_limit_and_the_late_result_is_dropped() {
