@@ -4,7 +4,8 @@
 //!
 //! 1. a pool that does not exist (library and CLI),
 //! 2. a keyring that does not exist, and a client id without a key,
-//! 3. monitors that cannot be reached,
+//! 3. monitors that cannot be reached, and monitors that never answer (this
+//!    one needs no cluster and is not ignored),
 //! 4. the OSD stopped while a volume is writing (and started again),
 //! 5. a full cluster (and space coming back),
 //!
@@ -408,6 +409,134 @@ fn unreachable_monitors_time_out_in_bounded_time() {
             args[0]
         );
     }
+}
+
+/// Monitors that accept the connection and never answer: the connect ends
+/// within the op timeout (librados bounds each wait, not the whole
+/// connect), naming the monitor. Needs no cluster: a socket that never
+/// writes is the monitor; runs in every `cargo test --features rados`.
+#[test]
+fn silent_monitors_time_out_within_the_op_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accept every connection and keep it open, never writing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            match c {
+                Ok(c) => held.push(c),
+                Err(_) => return,
+            }
+        }
+    });
+    let dir = tempdir();
+    let conf = dir.path().join("ceph.conf");
+    // No keyring: with cephx librados would stop at the missing keyring
+    // before it ever talks to a monitor.
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nmon_host = {addr}\nauth_client_required = none\n\
+             auth_cluster_required = none\nauth_service_required = none\n"
+        ),
+    )
+    .unwrap();
+    let op_timeout = 2;
+    let t = Instant::now();
+    let e = RadosStore::connect(&connect_opts(conf.clone(), "admin", op_timeout), "p", "", 4)
+        .map(|_| ())
+        .unwrap_err();
+    let took = t.elapsed();
+    eprintln!("silent monitors: {e} (after {took:?})");
+    let bound = Duration::from_secs(op_timeout + 3);
+    assert!(took < bound, "took {took:?}, more than {bound:?}: {e}");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
+    let m = e.to_string();
+    assert!(m.contains(&addr.to_string()), "{m}");
+    assert!(m.contains("monitor"), "{m}");
+    assert!(m.contains(&conf.display().to_string()), "{m}");
+}
+
+/// The test cluster's monitor, stopped with SIGSTOP (it keeps its sockets,
+/// so connections succeed and nothing is ever answered) until dropped.
+struct FrozenMon(u32);
+
+impl FrozenMon {
+    fn new() -> FrozenMon {
+        let pidfile = cluster_dir().join("run/mon.a.pid");
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains("ceph-mon"),
+            "pid {pid} of {} is not a ceph-mon",
+            pidfile.display()
+        );
+        let st = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -STOP {pid}");
+        FrozenMon(pid)
+    }
+}
+
+impl Drop for FrozenMon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// With the monitor frozen, `lock break` (the blocklist and the OSD map
+/// wait inside it) and opening a pool our OSD map does not name fail as
+/// timeouts within the op timeout, saying what to check, and nothing is
+/// broken without the fence; once the monitor answers again the break
+/// works.
+#[test]
+#[ignore = "needs a Ceph cluster: run through scripts/test.sh"]
+fn frozen_monitor_bounds_lock_break_and_pool_open() {
+    let _g = exclusive();
+    let ns = Namespace::new("frozen-mon");
+    let op_timeout = 3;
+    let holder = ns.store(30);
+    let breaker = ns.store(op_timeout);
+    let _held = holder.lock("img", "host h pid 1 image x").unwrap();
+    let bound = Duration::from_secs(op_timeout + 3);
+    {
+        let _frozen = FrozenMon::new();
+        let t = Instant::now();
+        let e = breaker.break_lock("img").unwrap_err();
+        let took = t.elapsed();
+        eprintln!("frozen monitor: lock break: {e} (after {took:?})");
+        assert!(took < bound, "took {took:?}, more than {bound:?}: {e}");
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
+        let m = e.to_string();
+        assert!(m.contains("blocklist") && m.contains("monitors"), "{m}");
+
+        let t = Instant::now();
+        let e = breaker
+            .cluster()
+            .pool("lsvd-no-such-pool", "", 4)
+            .map(|_| ())
+            .unwrap_err();
+        let took = t.elapsed();
+        eprintln!("frozen monitor: missing pool: {e} (after {took:?})");
+        assert!(took < bound, "took {took:?}, more than {bound:?}: {e}");
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
+        assert!(e.to_string().contains("pool name"), "{e}");
+    }
+    // Not broken without the fence: still held. A new client, as the
+    // breaker's may still be hunting for the monitor.
+    let after = ns.store(30);
+    assert_eq!(after.lock_holders("img").unwrap().len(), 1);
+    let broken = after.break_lock("img").unwrap();
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(after.lock_holders("img").unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------

@@ -186,3 +186,50 @@ fn breaking_one_shared_holder_leaves_the_others() {
         c.delete(&n).unwrap();
     }
 }
+
+/// Two shared holders of the lock `lsvd`, the first with an empty cookie
+/// (as another tool may take it): each holder is listed with its own
+/// address, and breaking the first fences and unlocks the first only.
+/// Before, the empty cookie was dropped and the second holder's cookie and
+/// address were paired with the first client.
+#[test]
+#[ignore = "needs a Ceph cluster: run through scripts/test.sh"]
+fn an_empty_cookie_does_not_pair_a_holder_with_another_address() {
+    let ns = Namespace::new("emptycookie");
+    let (a, b, c) = (connect(&ns), connect(&ns), connect(&ns));
+    let (a_addr, b_addr) = (a.cluster().addrs().unwrap(), b.cluster().addrs().unwrap());
+    let oid = "lsvd:s.img@s";
+    assert_eq!(
+        a.pool().lock_shared(oid, "lsvd", "", "lsvd", "a").unwrap(),
+        0
+    );
+    assert_eq!(
+        b.pool()
+            .lock_shared(oid, "lsvd", "host h pid 2 reader of img@s #1", "lsvd", "b")
+            .unwrap(),
+        0
+    );
+    let l = c.pool().lockers(oid, "lsvd").unwrap();
+    assert!(!l.exclusive);
+    assert_eq!(l.tag, "lsvd");
+    assert_eq!(l.holders.len(), 2, "{l:?}");
+    for h in &l.holders {
+        if h.cookie.is_empty() {
+            assert_eq!(h.addr, a_addr, "{l:?}");
+        } else {
+            assert_eq!(h.addr, b_addr, "{l:?}");
+        }
+    }
+    let broken = c.break_lock_holders(oid, &|h| h.contains(&a_addr)).unwrap();
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    let left = c.pool().lockers(oid, "lsvd").unwrap().holders;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].addr, b_addr);
+    assert_eq!(a.put("x", b"junk").unwrap_err().kind(), ErrorKind::Fenced);
+    b.pool()
+        .unlock(oid, "lsvd", "host h pid 2 reader of img@s #1")
+        .unwrap();
+    for n in c.list("").unwrap() {
+        c.delete(&n).unwrap();
+    }
+}

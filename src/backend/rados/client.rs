@@ -131,6 +131,41 @@ fn conf_get(h: &ClusterHandle, key: &str) -> Option<String> {
     }
 }
 
+/// Run `f` on a helper thread named `name` and wait at most `limit` for
+/// its result: `Some(value)`, or `None` if the limit passed first.
+///
+/// For librados calls that can block longer than the op timeout and cannot
+/// be cancelled (connect, pool lookup, blocklist): the caller gets an
+/// answer in time, the call itself goes on. The helper then drops the
+/// result when `f` returns, on that helper thread (never a librados
+/// thread), so whatever `f` returns must release itself on drop (a handle
+/// type's Drop): a late pool handle is destroyed, a late cluster handle
+/// shut down. If the result arrives just as the caller gives up, it may be
+/// dropped on the caller's thread instead, which is just as sound.
+fn bounded<T, F>(name: &str, limit: Duration, f: F) -> Result<Option<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            // A caller that gave up has dropped the receiver: the value
+            // comes back in the error and is dropped here.
+            let _ = tx.send(f());
+        })
+        .map_err(|e| Error::with_source(ErrorKind::Io, format!("cannot start thread {name}"), e))?;
+    match rx.recv_timeout(limit) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::new(
+            ErrorKind::Io,
+            format!("thread {name} ended without a result"),
+        )),
+    }
+}
+
 /// A connection to a Ceph cluster.
 #[derive(Clone)]
 pub struct Cluster {
@@ -179,7 +214,8 @@ impl Cluster {
             ));
         }
         // Timeouts must be set before connecting: without them a dead OSD
-        // or monitor would hang an operation (or the connect) for ever.
+        // or monitor would hang an operation for ever. They bound each
+        // wait inside librados; the whole connect is bounded below.
         let secs = opts.op_timeout.as_secs().max(1).to_string();
         for key in [
             "rados_osd_op_timeout",
@@ -194,8 +230,53 @@ impl Cluster {
                 return Err(rados_error(r, format!("rados conf set {key}={secs}")));
             }
         }
-        // SAFETY: live handle, configured above.
-        let r = unsafe { ffi::rados_connect(h.raw) };
+        // For the messages: which monitors we try (read before the connect,
+        // which then owns the handle).
+        let mons = match conf_get(&h, "mon_host") {
+            Some(m) if !m.trim().is_empty() => format!("mon_host {m}"),
+            _ => "the monitors (mon_host is not set in the conf)".to_owned(),
+        };
+        let what = format!(
+            "cannot connect to ceph as client.{} with {}",
+            opts.id,
+            opts.conf.display()
+        );
+        let no_answer = |within: &str| {
+            format!(
+                "{what}: no monitor accepted us {within} ({mons}): check that these \
+                 monitors are up and reachable from this host (address, port, firewall: \
+                 'ceph -s' with the same conf), and that the keyring holds a key for \
+                 client.{}",
+                opts.id
+            )
+        };
+        // The connect runs on a helper thread and we wait for it at most
+        // the op timeout: librados bounds each of its waits, not the whole
+        // connect (some versions retry the monitor handshake up to 10 times
+        // for client_mount_timeout each; resolving a mon_host name is not
+        // bounded at all).
+        //
+        // The helper owns the handle (the Arc moves into it; we keep no
+        // clone) and gives it back with the result. If we give up first it
+        // keeps it, and drops it, which runs rados_shutdown on that helper
+        // thread, whenever rados_connect returns. That is sound because
+        // nothing else can use the handle: no Cluster, Pool or operation
+        // was made from it, and we read everything the messages need
+        // (mon_host) before the connect started. rados_shutdown after a
+        // connect that failed or succeeded late is what Drop always does.
+        let connected = bounded("rados-connect", opts.op_timeout, move || {
+            // SAFETY: live handle, configured above; no other thread uses
+            // it while this call runs (see above).
+            let r = unsafe { ffi::rados_connect(h.raw) };
+            (r, h)
+        })?;
+        let Some((r, h)) = connected else {
+            return Err(Error::with_source(
+                ErrorKind::Timeout,
+                no_answer(&format!("within {:?}", opts.op_timeout)),
+                std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            ));
+        };
         if r == -libc::ENOENT {
             // librados found no keyring file at all (it says so only in its
             // log): a configuration error that names the keyring, not
@@ -212,23 +293,15 @@ impl Cluster {
                 std::io::Error::from_raw_os_error(libc::ENOENT),
             ));
         }
+        if r == -libc::ETIMEDOUT {
+            return Err(rados_error(r, no_answer("in time")));
+        }
         if r < 0 {
             let why = match -r {
                 libc::EACCES | libc::EPERM => " (authentication refused: wrong key or id?)",
-                libc::ETIMEDOUT => {
-                    " (no monitor accepted us in time: are the monitors in the conf \
-                     reachable, and does the keyring hold a key for this client id?)"
-                }
                 _ => "",
             };
-            return Err(rados_error(
-                r,
-                format!(
-                    "cannot connect to ceph as client.{} with {}{why}",
-                    opts.id,
-                    opts.conf.display()
-                ),
-            ));
+            return Err(rados_error(r, format!("{what}{why}")));
         }
         Ok(Cluster {
             h,
@@ -240,22 +313,48 @@ impl Cluster {
     /// in flight at once.
     pub fn pool(&self, name: &str, namespace: &str, max_inflight: usize) -> Result<Pool> {
         let name_c = cstring("pool name", name)?;
-        let mut io: ffi::rados_ioctx_t = ptr::null_mut();
-        // SAFETY: connected handle; out-pointer to a local.
-        let r = unsafe { ffi::rados_ioctx_create(self.h.raw, name_c.as_ptr(), &mut io) };
-        if r < 0 {
-            if -r == libc::ENOENT {
+        // rados_ioctx_create waits for the latest OSD map (with no timeout
+        // of its own) when the pool is not in the map it has: bounded by
+        // the op timeout on a helper thread. A handle the helper gets after
+        // we gave up is an IoCtxHandle there, destroyed when it drops.
+        let cluster = self.h.clone();
+        let created = bounded("rados-pool", self.op_timeout, move || {
+            let mut io: ffi::rados_ioctx_t = ptr::null_mut();
+            // SAFETY: connected handle (kept alive by `cluster`); the name
+            // outlives the call; out-pointer to a local.
+            let r = unsafe { ffi::rados_ioctx_create(cluster.raw, name_c.as_ptr(), &mut io) };
+            if r < 0 {
+                return Err(r);
+            }
+            Ok(IoCtxHandle {
+                raw: io,
+                _cluster: cluster,
+            })
+        })?;
+        let io = match created {
+            Some(Ok(io)) => Arc::new(io),
+            Some(Err(r)) if -r == libc::ENOENT => {
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     format!("RADOS pool '{name}' does not exist"),
                 ));
             }
-            return Err(rados_error(r, format!("cannot open RADOS pool '{name}'")));
-        }
-        let io = Arc::new(IoCtxHandle {
-            raw: io,
-            _cluster: self.h.clone(),
-        });
+            Some(Err(r)) => {
+                return Err(rados_error(r, format!("cannot open RADOS pool '{name}'")));
+            }
+            None => {
+                return Err(Error::with_source(
+                    ErrorKind::Timeout,
+                    format!(
+                        "cannot open RADOS pool '{name}': no OSD map naming it within {:?} \
+                         (check the pool name, 'ceph osd pool ls', and that the monitors \
+                         are reachable and answering, 'ceph -s')",
+                        self.op_timeout
+                    ),
+                    std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                ));
+            }
+        };
         let mut label = format!("rados:{name}");
         if !namespace.is_empty() {
             let ns = cstring("namespace", namespace)?;
@@ -302,23 +401,42 @@ impl Cluster {
     /// time when `expire_secs` is 0) and wait until this client has the OSD
     /// map that says so: after this returns, our own operations carry a map
     /// epoch that makes every OSD refuse the fenced client.
+    ///
+    /// Bounded by the op timeout. On a timeout the blocklist may or may not
+    /// have been applied; the caller must not go on as if it had.
     pub fn blocklist(&self, addr: &str, expire_secs: u32) -> Result<()> {
         let a = cstring("client address", addr)?;
-        let mut bytes = a.into_bytes_with_nul();
-        // SAFETY: connected handle; the address is a NUL-terminated buffer
-        // that outlives the call (the C API takes a non-const pointer but
-        // does not write through it).
-        let r =
-            unsafe { ffi::rados_blocklist_add(self.h.raw, bytes.as_mut_ptr().cast(), expire_secs) };
-        if r < 0 {
-            return Err(rados_error(r, format!("cannot blocklist client {addr}")));
+        let cluster = self.h.clone();
+        // rados_blocklist_add sends the monitor command (bounded by
+        // rados_mon_op_timeout) and then itself waits for the latest OSD
+        // map, which it does without a timeout: Ceph's
+        // src/librados/RadosClient.cc, RadosClient::blocklist_add, ends with
+        // "ensure we have the latest osd map epoch before proceeding":
+        // `r = wait_for_latest_osdmap(); return r;` (Ceph 16). So no second
+        // wait here, and the whole call is bounded on a helper thread.
+        let done = bounded("rados-blocklist", self.op_timeout, move || {
+            let mut bytes = a.into_bytes_with_nul();
+            // SAFETY: connected handle (kept alive by `cluster`); the
+            // address is a NUL-terminated buffer that outlives the call
+            // (the C API takes a non-const pointer but does not write
+            // through it).
+            unsafe { ffi::rados_blocklist_add(cluster.raw, bytes.as_mut_ptr().cast(), expire_secs) }
+        })?;
+        match done {
+            Some(r) if r < 0 => Err(rados_error(r, format!("cannot blocklist client {addr}"))),
+            Some(_) => Ok(()),
+            None => Err(Error::with_source(
+                ErrorKind::Timeout,
+                format!(
+                    "cannot blocklist client {addr}: no answer from the monitors within {:?} \
+                     (it may or may not be blocklisted now; nothing else was done): check \
+                     that the monitors are reachable and answering ('ceph -s') and that \
+                     this client may blocklist (mon caps 'profile rbd'), then retry",
+                    self.op_timeout
+                ),
+                std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            )),
         }
-        // SAFETY: connected handle.
-        let r = unsafe { ffi::rados_wait_for_latest_osdmap(self.h.raw) };
-        if r < 0 {
-            return Err(rados_error(r, "wait for the OSD map after blocklisting"));
-        }
-        Ok(())
     }
 }
 
@@ -497,12 +615,117 @@ enum Kind {
 /// A holder of a RADOS lock, from `rados_list_lockers`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Locker {
-    /// The client entity, e.g. `client.4127`.
+    /// The client entity, e.g. `client.4127` (lossy if not UTF-8).
     pub client: String,
-    /// The cookie it locked with (our cookies describe host, pid, image).
+    /// The cookie it locked with (our cookies describe host, pid, image);
+    /// may be empty (lossy if not UTF-8).
     pub cookie: String,
-    /// Its exact address, e.g. `127.0.0.1:0/3180851234`.
+    /// Its exact address, e.g. `127.0.0.1:0/3180851234` (lossy if not
+    /// UTF-8).
     pub addr: String,
+    /// Client, cookie and address exactly as librados gave them: a break
+    /// names the holder by these bytes, which need not be UTF-8.
+    raw: [Vec<u8>; 3],
+}
+
+impl Locker {
+    fn new(client: &[u8], cookie: &[u8], addr: &[u8]) -> Locker {
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Locker {
+            client: s(client),
+            cookie: s(cookie),
+            addr: s(addr),
+            raw: [client.to_vec(), cookie.to_vec(), addr.to_vec()],
+        }
+    }
+
+    /// Whether the address is valid UTF-8 (so `addr` is exact and can be
+    /// blocklisted).
+    pub fn addr_is_exact(&self) -> bool {
+        std::str::from_utf8(&self.raw[2]).is_ok()
+    }
+
+    /// Whether `other` is the same hold: same client and cookie.
+    pub fn same_hold(&self, other: &Locker) -> bool {
+        self.raw[0] == other.raw[0] && self.raw[1] == other.raw[1]
+    }
+}
+
+/// The holders of a RADOS lock and how it is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lockers {
+    /// Held exclusively (one holder) rather than shared.
+    pub exclusive: bool,
+    /// The lock's tag (every shared holder took it with this tag; our
+    /// exclusive locks have none), lossy if not UTF-8.
+    pub tag: String,
+    /// The holders, in librados' order.
+    pub holders: Vec<Locker>,
+}
+
+/// The most bytes we accept for each array of a `rados_list_lockers`
+/// reply (thousands of holders of ~100-byte entries): a larger size is
+/// refused before anything is allocated for it.
+pub const LOCKERS_REPLY_MAX: usize = 1 << 20;
+
+/// Split `bytes`, one of `rados_list_lockers`' arrays (its first `len`
+/// bytes, as librados reports them), into exactly `count` NUL-terminated
+/// entries, keeping empty ones. librados writes each entry followed by a
+/// NUL, one after another (`_rados_list_lockers` in librados_c.cc), so
+/// anything else means we cannot tell which entry is whose.
+fn split_entries<'a>(
+    what: &str,
+    bytes: &'a [u8],
+    count: usize,
+) -> std::result::Result<Vec<&'a [u8]>, String> {
+    if count == 0 {
+        return if bytes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(format!("no holders but {} bytes of {what}", bytes.len()))
+        };
+    }
+    let Some((&0, body)) = bytes.split_last() else {
+        return Err(format!(
+            "the {what} ({} bytes) do not end with a NUL",
+            bytes.len()
+        ));
+    };
+    let entries: Vec<&[u8]> = body.split(|&c| c == 0).collect();
+    if entries.len() != count {
+        return Err(format!("{count} holders but {} {what}", entries.len()));
+    }
+    Ok(entries)
+}
+
+/// Parse a `rados_list_lockers` reply: it returned `count` and `exclusive`,
+/// and the first reported bytes of its tag, clients, cookies and addresses
+/// buffers are `tag`, `clients`, `cookies` and `addrs`. Every array must
+/// hold exactly `count` entries (an empty cookie is one); an exclusive lock
+/// at most one holder. Otherwise the holders cannot be paired with their
+/// cookies and addresses unambiguously: the error says why.
+pub fn parse_lockers(
+    count: usize,
+    exclusive: bool,
+    tag: &[u8],
+    clients: &[u8],
+    cookies: &[u8],
+    addrs: &[u8],
+) -> std::result::Result<Lockers, String> {
+    if exclusive && count > 1 {
+        return Err(format!("an exclusive lock with {count} holders"));
+    }
+    let cs = split_entries("clients", clients, count)?;
+    let ks = split_entries("cookies", cookies, count)?;
+    let ads = split_entries("addresses", addrs, count)?;
+    let tag_end = tag.iter().position(|&c| c == 0).unwrap_or(tag.len());
+    Ok(Lockers {
+        exclusive,
+        tag: String::from_utf8_lossy(&tag[..tag_end]).into_owned(),
+        holders: (0..count)
+            .map(|i| Locker::new(cs[i], ks[i], ads[i]))
+            .collect(),
+    })
 }
 
 impl Pool {
@@ -819,22 +1042,23 @@ impl Pool {
         Ok(())
     }
 
-    /// The holders of lock `name` on `oid`.
-    pub fn lockers(&self, oid: &str, name: &str) -> Result<Vec<Locker>> {
+    /// The holders of lock `name` on `oid`. An error if librados' reply
+    /// cannot be paired unambiguously (see [`parse_lockers`]).
+    pub fn lockers(&self, oid: &str, name: &str) -> Result<Lockers> {
         let (o, n) = (cstring("object name", oid)?, cstring("lock name", name)?);
-        let mut cap = 1024usize;
-        loop {
-            let (mut tag, mut clients, mut cookies, mut addrs) = (
-                vec![0u8; cap],
-                vec![0u8; cap],
-                vec![0u8; cap],
-                vec![0u8; cap],
-            );
-            let (mut tl, mut cl, mut kl, mut al) = (cap, cap, cap, cap);
+        // Sizes of the tag, clients, cookies and addresses buffers.
+        let mut caps = [256usize, 1024, 1024, 1024];
+        // A holder list that grows between our calls each time, 4 times
+        // over, is not one we can report anyway.
+        for _ in 0..4 {
+            let mut bufs = caps.map(|c| vec![0u8; c]);
+            let mut lens = caps;
             let mut exclusive: c_int = 0;
-            // SAFETY: live ioctx; every buffer is `cap` bytes long and its
-            // length is passed with it; librados writes at most that much
-            // and reports the sizes it needs if they are too small.
+            let [tag, clients, cookies, addrs] = &mut bufs;
+            let [tl, cl, kl, al] = &mut lens;
+            // SAFETY: live ioctx; every buffer is as long as the length
+            // passed with it; librados writes at most that much and
+            // reports the sizes it needs if they are too small.
             let r = unsafe {
                 ffi::rados_list_lockers(
                     self.io.raw,
@@ -842,58 +1066,109 @@ impl Pool {
                     n.as_ptr(),
                     &mut exclusive,
                     tag.as_mut_ptr().cast(),
-                    &mut tl,
+                    tl,
                     clients.as_mut_ptr().cast(),
-                    &mut cl,
+                    cl,
                     cookies.as_mut_ptr().cast(),
-                    &mut kl,
+                    kl,
                     addrs.as_mut_ptr().cast(),
-                    &mut al,
+                    al,
                 )
             };
             if r == -(libc::ERANGE as isize) {
-                let need = tl.max(cl).max(kl).max(al);
-                if need <= cap || cap >= 1 << 24 {
+                let need = lens;
+                if need.iter().any(|&l| l > LOCKERS_REPLY_MAX) {
                     return Err(Error::new(
                         ErrorKind::Io,
-                        format!("{}: reply too large", self.ctx("list lockers of", oid)),
+                        format!(
+                            "{}: librados asks for {} bytes for one array of the reply, \
+                             more than the {LOCKERS_REPLY_MAX} we accept",
+                            self.ctx("list lockers of", oid),
+                            need.iter().max().copied().unwrap_or(0)
+                        ),
                     ));
                 }
-                cap = need;
+                if need.iter().zip(&caps).all(|(n, c)| n <= c) {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "{}: librados reports a short buffer but no larger size",
+                            self.ctx("list lockers of", oid)
+                        ),
+                    ));
+                }
+                for (c, n) in caps.iter_mut().zip(need) {
+                    *c = (*c).max(n);
+                }
                 continue;
             }
             if r == -(libc::ENOENT as isize) {
-                return Ok(Vec::new());
+                return Ok(Lockers {
+                    exclusive: false,
+                    tag: String::new(),
+                    holders: Vec::new(),
+                });
             }
             if r < 0 {
                 return Err(rados_error(r as i32, self.ctx("list lockers of", oid)));
             }
-            let split = |b: &[u8], len: usize| -> Vec<String> {
-                b[..len.min(b.len())]
-                    .split(|&c| c == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect()
-            };
-            let (cs, ks, ads) = (split(&clients, cl), split(&cookies, kl), split(&addrs, al));
-            let count = r as usize;
-            return Ok((0..count)
-                .map(|i| Locker {
-                    client: cs.get(i).cloned().unwrap_or_default(),
-                    cookie: ks.get(i).cloned().unwrap_or_default(),
-                    addr: ads.get(i).cloned().unwrap_or_default(),
-                })
-                .collect());
+            if lens.iter().zip(&caps).any(|(l, c)| l > c) {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{}: librados reports more bytes than the buffers hold",
+                        self.ctx("list lockers of", oid)
+                    ),
+                ));
+            }
+            let part = |i: usize| &bufs[i][..lens[i]];
+            return parse_lockers(
+                r as usize,
+                exclusive != 0,
+                part(0),
+                part(1),
+                part(2),
+                part(3),
+            )
+            .map_err(|why| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{}: the holders of lock {name} cannot be told apart ({why}); \
+                         refusing to trust them (see 'rados -p {} lock info {oid} {name}')",
+                        self.ctx("list lockers of", oid),
+                        self.name
+                    ),
+                )
+            });
         }
+        Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{}: the holders kept changing while we read them; retry",
+                self.ctx("list lockers of", oid)
+            ),
+        ))
     }
 
     /// Remove `locker`'s hold on lock `name` of `oid` (fence it first!).
-    pub fn break_lock(&self, oid: &str, name: &str, locker: &Locker) -> Result<()> {
+    /// Returns false if librados found no such hold (`ENOENT`: released
+    /// meanwhile, or not this client and cookie): list the holders again
+    /// to know which.
+    pub fn break_lock(&self, oid: &str, name: &str, locker: &Locker) -> Result<bool> {
+        let bytes = |what: &str, b: &[u8]| {
+            CString::new(b.to_vec()).map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("lock {what} {:?} contains NUL", String::from_utf8_lossy(b)),
+                )
+            })
+        };
         let (o, n, cl, ck) = (
             cstring("object name", oid)?,
             cstring("lock name", name)?,
-            cstring("client", &locker.client)?,
-            cstring("cookie", &locker.cookie)?,
+            bytes("client", &locker.raw[0])?,
+            bytes("cookie", &locker.raw[1])?,
         );
         // SAFETY: live ioctx; strings outlive the call.
         let r = unsafe {
@@ -905,9 +1180,138 @@ impl Pool {
                 ck.as_ptr(),
             )
         };
-        if r < 0 && r != -libc::ENOENT {
+        if r == -libc::ENOENT {
+            return Ok(false);
+        }
+        if r < 0 {
             return Err(rados_error(r, self.ctx("break lock of", oid)));
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(count: usize, excl: bool, c: &[u8], k: &[u8], a: &[u8]) -> Result<Lockers, String> {
+        parse_lockers(count, excl, b"lsvd\0", c, k, a)
+    }
+
+    #[test]
+    fn an_empty_cookie_keeps_each_holder_with_its_own_address() {
+        // Two shared holders, the first with an empty cookie: the second
+        // holder's cookie and address must stay the second's.
+        let l = parse(
+            2,
+            false,
+            b"client.1\0client.2\0",
+            b"\0cookie-2\0",
+            b"10.0.0.1:0/1\x0010.0.0.2:0/2\0",
+        )
+        .unwrap();
+        assert!(!l.exclusive);
+        assert_eq!(l.tag, "lsvd");
+        let got: Vec<_> = l
+            .holders
+            .iter()
+            .map(|h| (h.client.as_str(), h.cookie.as_str(), h.addr.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("client.1", "", "10.0.0.1:0/1"),
+                ("client.2", "cookie-2", "10.0.0.2:0/2")
+            ]
+        );
+        // Empty entries anywhere, even all of them, are entries.
+        let l = parse(2, false, b"\0\0", b"\0\0", b"\0\0").unwrap();
+        assert_eq!(l.holders.len(), 2);
+        assert!(l.holders.iter().all(|h| h.cookie.is_empty()));
+    }
+
+    #[test]
+    fn a_count_that_does_not_match_the_entries_is_refused() {
+        // More holders than entries (what the old parser padded with
+        // empty strings), and fewer.
+        let e = parse(3, false, b"client.1\0client.2\0", b"a\0b\0", b"x\0y\0").unwrap_err();
+        assert!(e.contains("3 holders but 2 clients"), "{e}");
+        let e = parse(1, false, b"client.1\0client.2\0", b"a\0", b"x\0").unwrap_err();
+        assert!(e.contains("1 holders but 2 clients"), "{e}");
+        // One array short by one (an empty cookie lost): refused, never
+        // shifted.
+        let e = parse(2, false, b"c1\0c2\0", b"k2\0", b"a1\0a2\0").unwrap_err();
+        assert!(e.contains("cookies"), "{e}");
+        // Not NUL-terminated, or bytes with no holders.
+        let e = parse(1, false, b"client.1", b"k\0", b"a\0").unwrap_err();
+        assert!(e.contains("NUL"), "{e}");
+        assert!(parse(0, false, b"client.1\0", b"", b"").is_err());
+        assert!(parse(1, false, b"", b"", b"").is_err());
+        // An exclusive lock has at most one holder.
+        let e = parse(2, true, b"c1\0c2\0", b"k1\0k2\0", b"a1\0a2\0").unwrap_err();
+        assert!(e.contains("exclusive"), "{e}");
+        // No holders at all.
+        let l = parse(0, true, b"", b"", b"").unwrap();
+        assert!(l.holders.is_empty());
+    }
+
+    #[test]
+    fn non_utf8_entries_are_kept_exactly_for_the_break() {
+        let l = parse(
+            2,
+            false,
+            b"client.\xff1\0client.2\0",
+            b"ck\xfe\0\0",
+            b"10.0.0.1:0/1\0\xc3(\0",
+        )
+        .unwrap();
+        let (a, b) = (&l.holders[0], &l.holders[1]);
+        assert_eq!(a.client, "client.\u{fffd}1");
+        assert_eq!(a.raw[0], b"client.\xff1");
+        assert_eq!(a.raw[1], b"ck\xfe");
+        assert!(a.addr_is_exact());
+        assert_eq!(b.cookie, "");
+        assert!(!b.addr_is_exact(), "{:?}", b.addr);
+        // Same hold by exact bytes, not by the lossy strings.
+        let c = parse(1, false, b"client.\xfe1\0", b"ck\xfe\0", b"x\0").unwrap();
+        assert_eq!(c.holders[0].client, a.client);
+        assert!(!c.holders[0].same_hold(a));
+        assert!(a.same_hold(&l.holders[0]));
+        // The tag ends at its NUL; a non-UTF-8 tag is shown lossily.
+        let t = parse_lockers(0, false, b"t\xff\0junk", b"", b"", b"").unwrap();
+        assert_eq!(t.tag, "t\u{fffd}");
+    }
+
+    #[test]
+    fn bounded_gives_up_at_the_limit_and_the_late_result_is_dropped() {
+        struct Flag(Arc<Mutex<bool>>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = true;
+            }
+        }
+        let dropped = Arc::new(Mutex::new(false));
+        let d = dropped.clone();
+        let t = Instant::now();
+        let r = bounded("test-bounded", Duration::from_millis(100), move || {
+            std::thread::sleep(Duration::from_millis(400));
+            Flag(d)
+        })
+        .unwrap();
+        assert!(r.is_none());
+        assert!(
+            t.elapsed() < Duration::from_millis(350),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(!*dropped.lock().unwrap());
+        let until = Instant::now() + Duration::from_secs(10);
+        while !*dropped.lock().unwrap() {
+            assert!(Instant::now() < until, "the late result was never dropped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // In time: the value itself.
+        let v = bounded("test-bounded", Duration::from_secs(10), || 7).unwrap();
+        assert_eq!(v, Some(7));
     }
 }

@@ -49,7 +49,6 @@ extern "C" {
         client_address: *mut c_char,
         expire_seconds: u32,
     ) -> c_int;
-    pub fn rados_wait_for_latest_osdmap(cluster: rados_t) -> c_int;
 
     pub fn rados_ioctx_create(
         cluster: rados_t,

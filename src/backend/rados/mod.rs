@@ -12,7 +12,9 @@
 //! and image. RADOS locks outlive a crashed holder, so a lock left by a
 //! dead server must be broken ([`ObjectStore::break_lock`]): the holder's
 //! exact address is blocklisted first and the breaker waits for the OSD map
-//! that carries the blocklist, and only then is the lock removed. A fenced
+//! that carries the blocklist (both bounded by `rados_op_timeout_secs`), and
+//! only then is the lock removed; the holders are listed again to make sure.
+//! A lock whose holders librados reports ambiguously is not broken. A fenced
 //! server that is in fact still running gets `ESHUTDOWN` for every later
 //! operation, so it can never write to the image again.
 //!
@@ -25,7 +27,7 @@ mod ffi;
 
 use std::sync::Arc;
 
-pub use client::{Cluster, ConnectOptions, Locker, Pool};
+pub use client::{Cluster, ConnectOptions, Locker, Lockers, Pool};
 
 use super::{check_object_name, ObjectStore, StoreLock};
 use crate::error::{Error, ErrorKind, Result};
@@ -230,6 +232,7 @@ impl ObjectStore for RadosStore {
         Ok(self
             .pool
             .lockers(name, LOCK_NAME)?
+            .holders
             .iter()
             .map(describe_locker)
             .collect())
@@ -242,31 +245,90 @@ impl ObjectStore for RadosStore {
     fn break_lock_holders(&self, name: &str, which: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
         self.check("break_lock", name)?;
         let mut broken = Vec::new();
+        // An error if the holders cannot be paired with their cookies and
+        // addresses unambiguously: fencing the wrong address would leave
+        // the real holder writing.
+        let lockers = self.pool.lockers(name, LOCK_NAME)?;
+        if !lockers.exclusive && !lockers.holders.is_empty() && lockers.tag != LOCK_NAME {
+            // Our shared holds all use the tag LOCK_NAME.
+            return Err(Error::new(
+                ErrorKind::Locked,
+                format!(
+                    "lock {LOCK_NAME} on {name} in {} is held shared with tag {:?}, which \
+                     lsvd never uses: another tool holds it ({}); not fencing its clients \
+                     (release it with that tool, or 'rados lock break')",
+                    self.pool.label(),
+                    lockers.tag,
+                    lockers
+                        .holders
+                        .iter()
+                        .map(describe_locker)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         // Each holder (one for an exclusive lock, any number for a shared
         // one) is broken on its own, by client and cookie: the holders
         // `which` does not accept keep their hold.
-        for l in self.pool.lockers(name, LOCK_NAME)? {
+        for l in lockers.holders {
             if !which(&describe_locker(&l)) {
                 continue;
             }
             // Fence first: once the holder's exact address is blocklisted
             // and our OSD map says so, it cannot write again, even if it is
             // alive. Only then is the lock removed.
-            if l.addr.is_empty() {
+            if l.addr.is_empty() || !l.addr_is_exact() {
                 return Err(Error::new(
                     ErrorKind::Io,
-                    format!("lock holder {} of {name} has no address to fence", l.client),
+                    format!(
+                        "lock holder {} of {name} has no address to fence ({:?})",
+                        l.client, l.addr
+                    ),
                 ));
             }
             self.cluster.blocklist(&l.addr, 0)?;
-            self.pool.break_lock(name, LOCK_NAME, &l)?;
-            tracing::warn!(
-                "broke lock on {}/{name} of {} at {} ({}) after blocklisting it",
-                self.pool.name(),
-                l.client,
-                l.addr,
-                l.cookie
-            );
+            let removed = self.pool.break_lock(name, LOCK_NAME, &l)?;
+            // Never report a hold broken that is still there (librados
+            // answers ENOENT for a client and cookie it does not know).
+            let after = self.pool.lockers(name, LOCK_NAME)?;
+            if after.holders.iter().any(|h| h.same_hold(&l)) {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{} still holds lock {LOCK_NAME} on {name} in {} after the break \
+                         ({}); its address {} is blocklisted, so it cannot write; \
+                         check with 'rados -p {} lock info {name} {LOCK_NAME}'",
+                        describe_locker(&l),
+                        self.pool.label(),
+                        if removed {
+                            "librados said it was removed"
+                        } else {
+                            "librados found no such hold"
+                        },
+                        l.addr,
+                        self.pool.name()
+                    ),
+                ));
+            }
+            if removed {
+                tracing::warn!(
+                    "broke lock on {}/{name} of {} at {} ({}) after blocklisting it",
+                    self.pool.name(),
+                    l.client,
+                    l.addr,
+                    l.cookie
+                );
+            } else {
+                tracing::warn!(
+                    "lock on {}/{name} of {} at {} ({}) was gone when we broke it; \
+                     it is blocklisted anyway",
+                    self.pool.name(),
+                    l.client,
+                    l.addr,
+                    l.cookie
+                );
+            }
             broken.push(describe_locker(&l));
         }
         Ok(broken)
