@@ -272,6 +272,37 @@ fn log_path(spec_text: &str) -> std::path::PathBuf {
     registry::run_dir().join(format!("{}.log", spec_text.replace('/', "-")))
 }
 
+/// The number of threads a `/proc/PID/status` text names (`Threads:`).
+fn status_threads(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Refuse to fork with more than one thread, or after librados was
+/// initialised (it starts threads, and some of its state outlives them):
+/// an internal error that names the cause, never a child that hangs.
+fn check_single_threaded() -> anyhow::Result<()> {
+    #[cfg(feature = "rados")]
+    if crate::backend::rados::client::initialised() {
+        bail!(
+            "internal error: librados was initialised before attach forked its server \
+             (it must connect only in the server); run with --foreground meanwhile"
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("cannot read /proc/self/status to count this process's threads")?;
+    match status_threads(&status) {
+        Some(1) => Ok(()),
+        Some(n) => bail!(
+            "internal error: attach would fork its server with {n} threads running \
+             (the fork must come before any thread starts); run with --foreground meanwhile"
+        ),
+        None => bail!("no 'Threads:' line in /proc/self/status"),
+    }
+}
+
 /// Run the server, in the foreground or forked into the background.
 fn start(plan: Plan) -> anyhow::Result<()> {
     if plan.foreground {
@@ -293,9 +324,14 @@ fn start(plan: Plan) -> anyhow::Result<()> {
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: no thread has been started yet in this process (argument
-    // parsing, configuration and registry checks are single-threaded), so
-    // the child is a faithful copy that may do anything.
+    // The fork rule: nothing before this point starts a thread (argument
+    // parsing, configuration and registry checks are single-threaded), and
+    // librados in particular is initialised only in the child, when it
+    // opens the image (a fork copies the locks librados' threads hold, not
+    // the threads: a child using it could hang). Checked, not assumed.
+    check_single_threaded()?;
+    // SAFETY: the process has one thread (checked above), so the child is
+    // a faithful copy that may do anything.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(std::io::Error::last_os_error()).context("cannot fork the server");
@@ -733,4 +769,51 @@ pub(super) fn ask_attached(
             ),
         }
     })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_are_read_from_proc_status() {
+        assert_eq!(
+            status_threads("Name:\tx\nThreads:\t1\nSigQ:\t0/1\n"),
+            Some(1)
+        );
+        assert_eq!(status_threads("Threads:\t17\n"), Some(17));
+        assert_eq!(status_threads("Name:\tx\n"), None);
+        assert_eq!(status_threads("Threads:\tmany\n"), None);
+    }
+
+    #[test]
+    fn attach_refuses_to_fork_with_threads_running() {
+        // The test harness runs this on a thread of its own: more than one.
+        let e = check_single_threaded().unwrap_err().to_string();
+        assert!(
+            e.contains("threads running") || e.contains("librados"),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "rados")]
+    #[test]
+    fn attach_refuses_to_fork_once_librados_was_initialised() {
+        use crate::backend::rados::client::{initialised, Cluster, ConnectOptions};
+        // A connect that fails (no such conf file) before creating a
+        // handle leaves librados untouched; one that creates a handle
+        // (an unreadable conf) does not.
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("ceph.conf");
+        std::fs::write(&conf, "[global\nthis is not a conf\n").unwrap();
+        let opts = ConnectOptions {
+            conf,
+            id: "admin".into(),
+            op_timeout: std::time::Duration::from_secs(1),
+        };
+        assert!(Cluster::connect(&opts).is_err());
+        assert!(initialised());
+        let e = check_single_threaded().unwrap_err().to_string();
+        assert!(e.contains("librados was initialised before"), "{e}");
+    }
 }

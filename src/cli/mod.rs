@@ -254,10 +254,16 @@ pub fn main() -> ExitCode {
         std::io::stderr().is_terminal() && !background,
     );
     let json = cli.command.json();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => ExitCode::from(exit::report(&e, json).code()),
-    }
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => exit::report(&e, json).code(),
+    };
+    // A helper thread of ours may still be inside librados (a connect that
+    // timed out, a handle's release): exit without librados' destructors
+    // then.
+    #[cfg(feature = "rados")]
+    crate::backend::rados::client::exit_process(code);
+    ExitCode::from(code)
 }
 
 /// Log to stderr, filtered by `LSVD_LOG` (default `default`).

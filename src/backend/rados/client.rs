@@ -10,9 +10,20 @@
 //!   its pool handle alive, so `rados_ioctx_destroy` and `rados_shutdown`
 //!   run exactly once, after the last user, and never under an operation.
 //!   There is no explicit `shutdown`/`disconnect` to call twice.
-//! - Every buffer librados reads or writes asynchronously is owned by the
-//!   operation's shared state, not borrowed from the caller, so a caller that
-//!   gives up waiting (timeout) cannot free memory librados still uses.
+//! - Every buffer librados writes into asynchronously (a read's data, a
+//!   stat's results) is owned by the operation's shared state, not borrowed
+//!   from the caller, so a caller that gives up waiting (timeout) cannot
+//!   free memory librados still uses. A put's data is only borrowed for the
+//!   call that builds the operation: librados copies it there.
+//! - Calls that cannot be bounded inside librados (connect, opening a pool,
+//!   blocklisting) run on helper threads the caller stops waiting for at
+//!   the op timeout ([`bounded`]); handles whose last user is a librados
+//!   thread are released on a thread of ours. Such threads may still be
+//!   inside librados when the process wants to exit: [`exit_process`] ends
+//!   it without running librados' static destructors under them.
+//! - librados starts threads when a handle is created; a process that forks
+//!   must do so before (`attach` forks before it connects; see
+//!   [`initialised`]).
 //! - Reads pass the requested length and keep exactly the number of bytes
 //!   librados reports.
 //!
@@ -131,6 +142,72 @@ fn conf_get(h: &ClusterHandle, key: &str) -> Option<String> {
     }
 }
 
+/// How many of our threads may be inside librados on their own (helpers
+/// of [`bounded`] and releases of [`release_elsewhere`]), with a condvar to
+/// wait for none.
+static LIBRADOS_THREADS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// Whether this process ever created a librados handle (and so librados'
+/// threads).
+static INITIALISED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process has created a librados handle: it has librados'
+/// threads then, and a fork would copy their locks held, not the threads
+/// (a child that used librados could hang). `attach` forks its server
+/// before anything connects, and refuses to fork after.
+pub fn initialised() -> bool {
+    INITIALISED.load(Ordering::Acquire)
+}
+
+/// Counts one of our threads as possibly inside librados while it lives.
+struct InsideLibrados;
+
+impl InsideLibrados {
+    fn enter() -> InsideLibrados {
+        *LIBRADOS_THREADS.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        InsideLibrados
+    }
+}
+
+impl Drop for InsideLibrados {
+    fn drop(&mut self) {
+        let mut n = LIBRADOS_THREADS.0.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        LIBRADOS_THREADS.1.notify_all();
+    }
+}
+
+/// Wait at most `limit` until none of our helper threads is inside
+/// librados; true if none is.
+pub fn librados_threads_done(limit: Duration) -> bool {
+    let g = LIBRADOS_THREADS.0.lock().unwrap_or_else(|e| e.into_inner());
+    let (g, _) = LIBRADOS_THREADS
+        .1
+        .wait_timeout_while(g, limit, |n| *n > 0)
+        .unwrap_or_else(|e| e.into_inner());
+    *g == 0
+}
+
+/// End the process with `code`. A normal exit runs librados' static
+/// destructors (C++ globals of libceph-common), which a helper thread of
+/// ours still inside a connect, a blocklist or a handle's release would
+/// then use: a crash or a hang at exit in place of the exit status. So
+/// after waiting briefly for such threads, a process that still has one
+/// flushes its output and leaves with `_exit`, which runs no destructors
+/// (nothing of ours needs them: every file is synced and closed by then,
+/// and librados keeps nothing that must be flushed). Returns only if no
+/// such thread is left, for the caller's normal exit.
+pub fn exit_process(code: u8) {
+    if librados_threads_done(Duration::from_millis(500)) {
+        return;
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once; it is always safe to call.
+    unsafe { libc::_exit(i32::from(code)) }
+}
+
 /// Run `f` on a helper thread named `name` and wait at most `limit` for
 /// its result: `Some(value)`, or `None` if the limit passed first.
 ///
@@ -148,9 +225,13 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    // Counted from before the thread starts, so that no exit can slip in
+    // between; a thread that cannot start drops it with the closure.
+    let inside = InsideLibrados::enter();
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
+            let _inside = inside;
             // A caller that gave up has dropped the receiver: the value
             // comes back in the error and is dropped here.
             let _ = tx.send(f());
@@ -162,6 +243,24 @@ where
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::new(
             ErrorKind::Io,
             format!("thread {name} ended without a result"),
+        )),
+    }
+}
+
+/// Refuse a ceph.conf path that librados would not read as one file: it
+/// splits its argument into a list of files at every `,` and `;`, and
+/// expands `$` variables (`$cluster`, `$name`, ...) in each, so such a path
+/// names other files (checked with librados 16.2: `/tmp/a,b/ceph.conf`
+/// and `/tmp/x$cluster/ceph.conf` are not found, while spaces, tabs and `=`
+/// are kept).
+pub fn check_conf_path(path: &str) -> std::result::Result<(), String> {
+    match path.chars().find(|c| matches!(c, ',' | ';' | '$')) {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "ceph_conf {path:?} contains {c:?}: librados reads its conf path as a list of \
+             files separated by ',' or ';' and expands '$' variables ($cluster, $name, ...), \
+             so it would read other files than this one; use a path without ',', ';' or '$' \
+             (a symlink to the file will do)"
         )),
     }
 }
@@ -182,6 +281,7 @@ impl Cluster {
                 format!("ceph_conf {} is not valid UTF-8", opts.conf.display()),
             )
         })?;
+        check_conf_path(conf_s).map_err(|why| Error::new(ErrorKind::Config, why))?;
         if !opts.conf.exists() {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -194,6 +294,7 @@ impl Cluster {
         let cluster_name = cstring("cluster name", "ceph")?;
         let name = cstring("ceph id", &format!("client.{}", opts.id))?;
         let mut raw: ffi::rados_t = ptr::null_mut();
+        INITIALISED.store(true, Ordering::Release);
         // SAFETY: out-pointer to a local; the strings outlive the call.
         let r = unsafe { ffi::rados_create2(&mut raw, cluster_name.as_ptr(), name.as_ptr(), 0) };
         if r < 0 {
@@ -217,17 +318,26 @@ impl Cluster {
         // or monitor would hang an operation for ever. They bound each
         // wait inside librados; the whole connect is bounded below.
         let secs = opts.op_timeout.as_secs().max(1).to_string();
-        for key in [
-            "rados_osd_op_timeout",
-            "rados_mon_op_timeout",
-            "client_mount_timeout",
+        // Tests only: LSVD_TEST_CLIENT_MOUNT_TIMEOUT_SECS=N lets librados
+        // try to connect for N seconds, as older versions do (up to 10
+        // tries of client_mount_timeout each), to show that our bound, not
+        // librados', ends the wait, and that the process then exits cleanly
+        // with the helper still inside librados.
+        let mount = std::env::var("LSVD_TEST_CLIENT_MOUNT_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or_else(|| secs.clone(), |n| n.to_string());
+        for (key, value) in [
+            ("rados_osd_op_timeout", &secs),
+            ("rados_mon_op_timeout", &secs),
+            ("client_mount_timeout", &mount),
         ] {
             let k = cstring("option", key)?;
-            let v = cstring("value", &secs)?;
+            let v = cstring("value", value)?;
             // SAFETY: live unconnected handle; strings outlive the call.
             let r = unsafe { ffi::rados_conf_set(h.raw, k.as_ptr(), v.as_ptr()) };
             if r < 0 {
-                return Err(rados_error(r, format!("rados conf set {key}={secs}")));
+                return Err(rados_error(r, format!("rados conf set {key}={value}")));
             }
         }
         // For the messages: which monitors we try (read before the connect,
@@ -507,8 +617,10 @@ struct Op {
     comp: AtomicPtr<c_void>,
     result: Mutex<Option<i32>>,
     cv: Condvar,
-    // Buffers librados reads from or writes into until completion. Only
-    // librados touches them before completion; only the waiter after it.
+    // Buffers librados writes into until completion (a read's data, a
+    // stat's size and time). Only librados touches them before completion;
+    // only the waiter after it. A put's data is not here: librados copied
+    // it at submission.
     buf: UnsafeCell<Vec<u8>>,
     size: UnsafeCell<u64>,
     mtime: UnsafeCell<libc::time_t>,
@@ -580,9 +692,11 @@ unsafe extern "C" fn on_complete(c: ffi::rados_completion_t, arg: *mut c_void) {
 fn release_elsewhere(h: IoCtxHandle) {
     let slot = Arc::new(Mutex::new(Some(h)));
     let theirs = slot.clone();
+    let inside = InsideLibrados::enter();
     let spawned = std::thread::Builder::new()
         .name("lsvd-rados-release".into())
         .spawn(move || {
+            let _inside = inside;
             let h = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
             drop(h);
         });
@@ -605,9 +719,17 @@ pub struct Pool {
 }
 
 /// What an operation is, for building and naming it.
-enum Kind {
-    WriteFull,
-    Read { off: u64 },
+enum Kind<'a> {
+    /// Replace the object with the concatenation of the parts. librados
+    /// copies the data into its own buffer when the operation is built
+    /// (`rados_write_op_write_full` appends it to a bufferlist), so the
+    /// parts are only borrowed for the submission.
+    WriteFull {
+        parts: &'a [&'a [u8]],
+    },
+    Read {
+        off: u64,
+    },
     Stat,
     Remove,
 }
@@ -751,7 +873,7 @@ impl Pool {
     }
 
     /// Submit one operation on `oid` and wait for its result. `buf` is the
-    /// owned data to write or the buffer to read into.
+    /// buffer a read fills (empty for the other kinds).
     fn run(&self, what: &str, oid: &str, kind: Kind, buf: Vec<u8>) -> Result<(i32, Arc<Op>)> {
         let deadline = Instant::now() + self.wait_limit();
         let ctx = || self.ctx(what, oid);
@@ -806,9 +928,12 @@ impl Pool {
             }
         };
         // SAFETY: io is live (op holds an Arc on it); oid_c outlives the
-        // call (librados copies the name); the buffers are owned by `op`,
-        // which the callback's reference keeps alive until completion, and
-        // are not touched by us until the result is seen.
+        // call (librados copies the name); a put's data is borrowed only
+        // for the rados_write_op_write_full call, which copies it (Ceph's
+        // src/librados/librados_c.cc: `bufferlist bl; bl.append(buffer,
+        // len); ...->write_full(bl);`); the other buffers are owned by
+        // `op`, which the callback's reference keeps alive until
+        // completion, and are not touched by us until the result is seen.
         let r = unsafe {
             let b = &mut *op.buf.get();
             match kind {
@@ -816,9 +941,20 @@ impl Pool {
                 // FULL_TRY flag: a full pool fails the put at once with
                 // ENOSPC/EDQUOT (retried by destage) instead of parking it
                 // inside librados until the op timeout.
-                Kind::WriteFull => write_op(&op, ffi::LIBRADOS_OPERATION_FULL_TRY, &|w| {
-                    ffi::rados_write_op_write_full(w, b.as_ptr().cast(), b.len())
-                }),
+                Kind::WriteFull { parts } => {
+                    write_op(&op, ffi::LIBRADOS_OPERATION_FULL_TRY, &|w| match parts {
+                        [one] => ffi::rados_write_op_write_full(w, one.as_ptr().cast(), one.len()),
+                        // The C API takes one buffer: join the parts for
+                        // the call only (librados copies them again), so
+                        // this copy is freed before we wait. One write_full
+                        // of one buffer, not write_full plus appends: an
+                        // erasure-coded pool refuses unaligned appends.
+                        _ => {
+                            let joined = parts.concat();
+                            ffi::rados_write_op_write_full(w, joined.as_ptr().cast(), joined.len())
+                        }
+                    })
+                }
                 Kind::Read { off } => ffi::rados_aio_read(
                     io,
                     oid_c.as_ptr(),
@@ -869,9 +1005,12 @@ impl Pool {
         Ok((r, op))
     }
 
-    /// Replace object `oid` with `data` in one atomic write.
-    pub fn write_full(&self, oid: &str, data: Vec<u8>) -> Result<()> {
-        let (r, _) = self.run("put", oid, Kind::WriteFull, data)?;
+    /// Replace object `oid` with the concatenation of `parts` in one atomic
+    /// write. The parts are borrowed: librados copies them when the
+    /// operation is submitted, so nothing of ours is kept for the wait, and
+    /// a caller that timed out may reuse its buffers at once.
+    pub fn write_full(&self, oid: &str, parts: &[&[u8]]) -> Result<()> {
+        let (r, _) = self.run("put", oid, Kind::WriteFull { parts }, Vec::new())?;
         if r < 0 {
             return Err(rados_error(r, self.ctx("put (write_full)", oid)));
         }
@@ -922,15 +1061,17 @@ impl Pool {
         Ok(())
     }
 
-    /// Every object name in the pool (default namespace), unsorted.
-    pub fn list_all(&self) -> Result<Vec<String>> {
+    /// Every object name in the pool (default namespace), unsorted: the
+    /// UTF-8 ones, and the others apart, exactly as librados gave them
+    /// (never lossily, which would name an object that does not exist).
+    pub fn list_all(&self) -> Result<(Vec<String>, Vec<Vec<u8>>)> {
         let mut ctx: ffi::rados_list_ctx_t = ptr::null_mut();
         // SAFETY: live ioctx; out-pointer to a local.
         let r = unsafe { ffi::rados_nobjects_list_open(self.io.raw, &mut ctx) };
         if r < 0 {
             return Err(rados_error(r, format!("list objects in {}", self.label)));
         }
-        let mut out = Vec::new();
+        let (mut out, mut other) = (Vec::new(), Vec::new());
         let result = loop {
             let mut entry: *const c_char = ptr::null();
             // SAFETY: ctx is the open listing; entry is valid until the
@@ -946,16 +1087,16 @@ impl Pool {
             }
             if !entry.is_null() {
                 // SAFETY: NUL-terminated name owned by the listing.
-                out.push(
-                    unsafe { CStr::from_ptr(entry) }
-                        .to_string_lossy()
-                        .into_owned(),
-                );
+                let name = unsafe { CStr::from_ptr(entry) }.to_bytes().to_vec();
+                match String::from_utf8(name) {
+                    Ok(n) => out.push(n),
+                    Err(e) => other.push(e.into_bytes()),
+                }
             }
         };
         // SAFETY: ctx was opened above and is closed once.
         unsafe { ffi::rados_nobjects_list_close(ctx) };
-        result.map(|()| out)
+        result.map(|()| (out, other))
     }
 
     /// Take the exclusive lock `name` on `oid` (creating the object if it
@@ -1256,6 +1397,21 @@ mod tests {
     }
 
     #[test]
+    fn conf_paths_librados_would_split_or_expand_are_refused() {
+        for ok in ["/etc/ceph/ceph.conf", "/tmp/a b/ceph.conf", "/x=y/\tc.conf"] {
+            assert_eq!(check_conf_path(ok), Ok(()), "{ok}");
+        }
+        for (bad, c) in [
+            ("/a,b.conf", ","),
+            ("/a;b.conf", ";"),
+            ("/$cluster.conf", "$"),
+        ] {
+            let e = check_conf_path(bad).unwrap_err();
+            assert!(e.contains(&format!("contains '{c}'")), "{e}");
+        }
+    }
+
+    #[test]
     fn non_utf8_entries_are_kept_exactly_for_the_break() {
         let l = parse(
             2,
@@ -1293,23 +1449,28 @@ mod tests {
         let dropped = Arc::new(Mutex::new(false));
         let d = dropped.clone();
         let t = Instant::now();
+        // The result comes after 3 s; the caller gives up at 100 ms, so
+        // it must be back (with nothing) before the result exists.
         let r = bounded("test-bounded", Duration::from_millis(100), move || {
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(Duration::from_secs(3));
             Flag(d)
         })
         .unwrap();
         assert!(r.is_none());
         assert!(
-            t.elapsed() < Duration::from_millis(350),
+            t.elapsed() >= Duration::from_millis(100),
             "{:?}",
             t.elapsed()
         );
-        assert!(!*dropped.lock().unwrap());
-        let until = Instant::now() + Duration::from_secs(10);
-        while !*dropped.lock().unwrap() {
-            assert!(Instant::now() < until, "the late result was never dropped");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(!*dropped.lock().unwrap(), "gave up only after the result");
+        // The helper is counted as inside librados until it has dropped
+        // the late result: an exit now would leave with _exit.
+        assert!(!librados_threads_done(Duration::from_millis(50)));
+        assert!(
+            librados_threads_done(Duration::from_secs(10)),
+            "the helper never ended"
+        );
+        assert!(*dropped.lock().unwrap(), "counted done before the drop");
         // In time: the value itself.
         let v = bounded("test-bounded", Duration::from_secs(10), || 7).unwrap();
         assert_eq!(v, Some(7));

@@ -128,14 +128,16 @@ impl Drop for RadosLock {
 impl ObjectStore for RadosStore {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         self.check("put", name)?;
-        self.pool.write_full(name, data.to_vec())
+        self.pool.write_full(name, &[data])
     }
 
     fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<()> {
         self.check("put", name)?;
-        // One owned buffer: librados may still read it after a caller that
-        // timed out has returned, so it cannot borrow the caller's parts.
-        self.pool.write_full(name, parts.concat())
+        // Borrowed: librados copies the data into its own buffer when the
+        // operation is submitted and reads only that copy afterwards (also
+        // after a caller that timed out has returned), so no copy of ours
+        // is needed while the put is in flight.
+        self.pool.write_full(name, parts)
     }
 
     fn get(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -164,12 +166,21 @@ impl ObjectStore for RadosStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self
-            .pool
-            .list_all()?
+        let (names, other) = self.pool.list_all()?;
+        let mut names: Vec<String> = names
             .into_iter()
             .filter(|n| n.starts_with(prefix))
             .collect();
+        // Names that are not UTF-8 cannot be objects of ours (every name
+        // we write is a &str), as the dir store skips such file names: left
+        // out, and named (escaped) where they share the prefix.
+        for n in other.iter().filter(|n| n.starts_with(prefix.as_bytes())) {
+            tracing::warn!(
+                "{}: skipping object \"{}\": its name is not UTF-8, so it is not one of ours",
+                self.pool.label(),
+                n.escape_ascii()
+            );
+        }
         names.sort();
         Ok(names)
     }
