@@ -436,13 +436,21 @@ impl Cluster {
             if r < 0 {
                 return Err(r);
             }
-            Ok(IoCtxHandle {
+            let io = IoCtxHandle {
                 raw: io,
                 _cluster: cluster,
-            })
+            };
+            // An erasure-coded pool without overwrites takes only aligned
+            // appends: a put of several parts is then one joined buffer.
+            // (The flag can only be switched on later, never off, so what
+            // we read now stays safe.)
+            let mut req: c_int = 1;
+            // SAFETY: live ioctx; out-pointer to a local.
+            let r = unsafe { ffi::rados_ioctx_pool_requires_alignment2(io.raw, &mut req) };
+            Ok((io, r < 0 || req != 0))
         })?;
-        let io = match created {
-            Some(Ok(io)) => Arc::new(io),
+        let (io, aligned_appends) = match created {
+            Some(Ok((io, aligned))) => (Arc::new(io), aligned),
             Some(Err(r)) if -r == libc::ENOENT => {
                 return Err(Error::new(
                     ErrorKind::NotFound,
@@ -483,6 +491,7 @@ impl Cluster {
                 max: max_inflight.max(1),
             }),
             op_timeout: self.op_timeout,
+            aligned_appends,
         })
     }
 
@@ -716,6 +725,9 @@ pub struct Pool {
     label: String,
     window: Arc<Window>,
     op_timeout: Duration,
+    /// The pool takes only stripe-aligned appends (erasure-coded without
+    /// overwrites, or unknown): puts of several parts are joined first.
+    aligned_appends: bool,
 }
 
 /// What an operation is, for building and naming it.
@@ -942,13 +954,27 @@ impl Pool {
                 // ENOSPC/EDQUOT (retried by destage) instead of parking it
                 // inside librados until the op timeout.
                 Kind::WriteFull { parts } => {
+                    let aligned = self.aligned_appends;
                     write_op(&op, ffi::LIBRADOS_OPERATION_FULL_TRY, &|w| match parts {
                         [one] => ffi::rados_write_op_write_full(w, one.as_ptr().cast(), one.len()),
-                        // The C API takes one buffer: join the parts for
-                        // the call only (librados copies them again), so
-                        // this copy is freed before we wait. One write_full
-                        // of one buffer, not write_full plus appends: an
-                        // erasure-coded pool refuses unaligned appends.
+                        // Several parts (a data object's header and data):
+                        // a write_full of the first and a write of each
+                        // other at its offset, in one write op, which the
+                        // OSD applies as one transaction (all or nothing),
+                        // so readers see the whole object or the old one.
+                        // librados copies each part at its call: none of
+                        // ours is joined or kept.
+                        [first, rest @ ..] if !aligned => {
+                            ffi::rados_write_op_write_full(w, first.as_ptr().cast(), first.len());
+                            let mut at = first.len() as u64;
+                            for p in rest {
+                                ffi::rados_write_op_write(w, p.as_ptr().cast(), p.len(), at);
+                                at += p.len() as u64;
+                            }
+                        }
+                        // A pool that takes only aligned appends refuses
+                        // the writes at offsets: one joined buffer for the
+                        // call only (librados copies it again).
                         _ => {
                             let joined = parts.concat();
                             ffi::rados_write_op_write_full(w, joined.as_ptr().cast(), joined.len())
@@ -1003,6 +1029,14 @@ impl Pool {
         // SAFETY: the completion is live (`op` owns it) and complete.
         unsafe { ffi::rados_aio_wait_for_complete_and_cb(op.comp.load(Ordering::Acquire)) };
         Ok((r, op))
+    }
+
+    /// Whether puts of several parts are joined into one buffer first (what
+    /// a pool that takes only aligned appends needs). Tests set it to
+    /// exercise that path on any pool.
+    #[doc(hidden)]
+    pub fn set_joined_puts(&mut self, joined: bool) {
+        self.aligned_appends = joined;
     }
 
     /// Replace object `oid` with the concatenation of `parts` in one atomic

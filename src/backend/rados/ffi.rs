@@ -70,6 +70,13 @@ extern "C" {
     pub fn rados_release_write_op(write_op: rados_write_op_t);
     pub fn rados_write_op_remove(write_op: rados_write_op_t);
     pub fn rados_write_op_write_full(write_op: rados_write_op_t, buffer: *const c_char, len: usize);
+    pub fn rados_write_op_write(
+        write_op: rados_write_op_t,
+        buffer: *const c_char,
+        len: usize,
+        offset: u64,
+    );
+    pub fn rados_ioctx_pool_requires_alignment2(io: rados_ioctx_t, req: *mut c_int) -> c_int;
     pub fn rados_aio_write_op_operate(
         write_op: rados_write_op_t,
         io: rados_ioctx_t,
