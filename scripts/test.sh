@@ -139,7 +139,7 @@ ceph_dir="$TMPDIR/lsvd-ceph-test"
 trap 'bash scripts/ceph-test-cluster.sh stop "$ceph_dir" || true' EXIT
 bash scripts/ceph-test-cluster.sh start "$ceph_dir"
 eval "$(bash scripts/ceph-test-cluster.sh env "$ceph_dir")"
-cargo test --release --features rados --test backend_conformance --test rados_fencing --test rados_put_memory \
+cargo test --release --features rados --test backend_conformance --test rados_fencing --test rados_put_memory --test review18 \
     --test rados --test crash_test -- --ignored --nocapture --test-threads 1
 cargo build --release --features rados --bin lsvd-crash-test
 rados_iters="${LSVD_RADOS_CRASH_ITERATIONS:-40}"

@@ -34,3 +34,16 @@ pub mod volume;
 pub mod wait;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// End the process with `code`, from any thread: like
+/// `std::process::exit`, except that when a thread of ours may still be
+/// inside librados it leaves with `_exit` after a short wait, so that
+/// librados' destructors never run under it
+/// ([`backend::rados::client::exit_process`]). Every exit of a process that
+/// may have used RADOS goes through here or through `main`'s return, which
+/// calls the same check.
+pub fn exit_now(code: i32) -> ! {
+    #[cfg(feature = "rados")]
+    backend::rados::client::exit_process(u8::try_from(code).unwrap_or(1));
+    std::process::exit(code)
+}

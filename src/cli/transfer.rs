@@ -82,7 +82,7 @@ impl StopFlag {
                     && f.swap(true, Ordering::SeqCst)
                 {
                     eprintln!("lsvd-ublk: interrupted again: exiting at once; {again}");
-                    std::process::exit(130);
+                    crate::exit_now(130);
                 }
             }
         });

@@ -80,7 +80,7 @@ fn emit(out: &File, line: &str) {
     let mut w: &File = out;
     // If stdout is gone the parent is gone; nothing useful to do but stop.
     if w.write_all(line.as_bytes()).is_err() {
-        std::process::exit(4);
+        crate::exit_now(4);
     }
 }
 

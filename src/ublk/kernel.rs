@@ -199,7 +199,7 @@ impl Watchdog {
                     );
                     tracing::error!("{msg}");
                     eprintln!("{msg}");
-                    std::process::exit(1);
+                    crate::exit_now(1);
                 }
             })
             .ok();

@@ -90,12 +90,15 @@ impl RadosStore {
         })
     }
 
-    fn describe_holders(&self, name: &str) -> Result<String> {
-        let holders = self.lock_holders(name)?;
-        if holders.is_empty() {
-            return Ok("a holder that has just gone".to_owned());
+    /// Who holds lock `name`, for a refusal: never an error of its own, so
+    /// that a lock we could not take stays `Locked` (exit 5) also when its
+    /// holders cannot be listed.
+    fn describe_holders(&self, name: &str) -> String {
+        match self.lock_holders(name) {
+            Ok(h) if h.is_empty() => "a holder that has just gone".to_owned(),
+            Ok(h) => h.join(", "),
+            Err(e) => format!("holders that cannot be listed ({e})"),
         }
-        Ok(holders.join(", "))
     }
 }
 
@@ -206,7 +209,7 @@ impl ObjectStore for RadosStore {
                  'lsvd-ublk lock break {}/{}' (it fences the holder first)",
                 name,
                 self.describe(),
-                self.describe_holders(name)?,
+                self.describe_holders(name),
                 self.pool.name(),
                 name
             ),
@@ -233,7 +236,7 @@ impl ObjectStore for RadosStore {
                 "{} in {} is locked by {}",
                 name,
                 self.describe(),
-                self.describe_holders(name)?
+                self.describe_holders(name)
             ),
         ))
     }
@@ -260,15 +263,22 @@ impl ObjectStore for RadosStore {
         // addresses unambiguously: fencing the wrong address would leave
         // the real holder writing.
         let lockers = self.pool.lockers(name, LOCK_NAME)?;
-        if !lockers.exclusive && !lockers.holders.is_empty() && lockers.tag != LOCK_NAME {
-            // Our shared holds all use the tag LOCK_NAME.
+        // Our shared holds all use the tag LOCK_NAME, our exclusive ones
+        // none (rados_lock_exclusive takes no tag).
+        let our_tag = if lockers.exclusive { "" } else { LOCK_NAME };
+        if !lockers.holders.is_empty() && lockers.tag != our_tag {
             return Err(Error::new(
                 ErrorKind::Locked,
                 format!(
-                    "lock {LOCK_NAME} on {name} in {} is held shared with tag {:?}, which \
-                     lsvd never uses: another tool holds it ({}); not fencing its clients \
-                     (release it with that tool, or 'rados lock break')",
+                    "lock {LOCK_NAME} on {name} in {} is held {} with tag {:?}, which \
+                     lsvd never uses for such a hold: another tool holds it ({}); not \
+                     fencing its clients (release it with that tool, or 'rados lock break')",
                     self.pool.label(),
+                    if lockers.exclusive {
+                        "exclusively"
+                    } else {
+                        "shared"
+                    },
                     lockers.tag,
                     lockers
                         .holders
