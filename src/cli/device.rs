@@ -771,85 +771,43 @@ pub(super) fn ask_attached(
 mod tests {
     use super::*;
 
-    /// Run `f` in a forked child (one thread: the forking one) and return
-    /// its exit status; the child leaves with `_exit(f())`.
-    fn in_child(f: impl FnOnce() -> i32) -> i32 {
-        // SAFETY: the child only runs `f` (threads, io_uring, /proc), then
-        // _exits without returning into the test harness.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let code = f();
-            // SAFETY: ends the child at once.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: pid is our child; status is a local.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(libc::WIFEXITED(status), "child status {status:#x}");
-        libc::WEXITSTATUS(status)
-    }
+    // Review 18 finding 1: `recover` (and `attach` taking over a dead
+    // server's device) run ublk control commands before the fork. Each
+    // joins a watchdog thread (`with_deadline`), which can still be counted
+    // in `Threads:` right after the join, and goes through io_uring on an
+    // io-wq worker (`iou-wrk`), which stays in the process for seconds. The
+    // guard counted threads and refused these legitimate forks; it must
+    // allow them. (No forked child here: a child of the test process would
+    // hold copies of other tests' open files, and their flocks, while it
+    // runs.)
 
-    /// Review 18 finding 1: `recover` (and `attach` taking over a dead
-    /// server's device) run ublk control commands under `with_deadline`
-    /// before the fork: each joins a watchdog thread, which can still be
-    /// counted in `Threads:` right after the join. The guard must let such
-    /// a process fork (it refused some of these 50,000 when it counted
-    /// threads).
     #[test]
-    fn the_fork_is_allowed_right_after_a_joined_watchdog_thread() {
-        let refused = in_child(|| {
-            let mut refused = 0;
-            for _ in 0..50_000 {
-                crate::ublk::kernel::with_deadline("review18", || ());
-                if check_fork_allowed(false).is_err() {
-                    refused += 1;
-                }
-            }
-            refused.min(100)
-        });
-        assert_eq!(
-            refused, 0,
-            "refused {refused} times after a joined watchdog"
-        );
+    fn the_fork_is_allowed_right_after_joined_watchdog_threads() {
+        for _ in 0..2_000 {
+            crate::ublk::kernel::with_deadline("review18", || ());
+            assert!(check_fork_allowed(false).is_ok());
+        }
     }
 
-    /// Review 18 finding 1: a ublk control command goes through io_uring
-    /// and runs on an io-wq worker (`iou-wrk`), which stays in the process
-    /// for seconds; such kernel workers are not copied by fork. An
-    /// io_uring request forced to io-wq stands for it here: the fork is
-    /// still allowed (it was refused for "2 threads running").
     #[test]
     fn the_fork_is_allowed_with_an_io_uring_worker_in_the_process() {
-        let code = in_child(|| {
-            let Ok(mut ring) = io_uring::IoUring::new(4) else {
-                return 77;
-            };
-            let nop = io_uring::opcode::Nop::new()
-                .build()
-                .flags(io_uring::squeue::Flags::ASYNC);
-            // SAFETY: a NOP refers to no memory.
-            if unsafe { ring.submission().push(&nop) }.is_err() {
-                return 78;
-            }
-            if ring.submit_and_wait(1).is_err() {
-                return 79;
-            }
-            let workers = std::fs::read_dir("/proc/self/task")
-                .map(|d| d.count())
-                .unwrap_or(0);
-            if workers < 2 {
-                // No worker to be seen: the check below would prove nothing.
-                return 80;
-            }
-            i32::from(check_fork_allowed(false).is_err())
-        });
-        assert!(code != 77 && code != 78 && code != 79, "io_uring: {code}");
-        assert_ne!(code, 80, "the io_uring request left no worker thread");
-        assert_eq!(
-            code, 0,
-            "the fork was refused with an io_uring worker present"
-        );
+        let mut ring = io_uring::IoUring::new(4).expect("io_uring");
+        let nop = io_uring::opcode::Nop::new()
+            .build()
+            .flags(io_uring::squeue::Flags::ASYNC);
+        // SAFETY: a NOP refers to no memory.
+        unsafe { ring.submission().push(&nop) }.expect("push");
+        ring.submit_and_wait(1).expect("submit");
+        let workers = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| t.ok())
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("iou-wrk"))
+            })
+            .count();
+        assert!(workers >= 1, "the io_uring request left no io-wq worker");
+        assert!(check_fork_allowed(false).is_ok());
     }
 
     #[cfg(feature = "rados")]
