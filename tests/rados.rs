@@ -36,7 +36,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use common::pattern;
-use common::rados::{ceph_conf, connect_opts, pool, Namespace, NO_CLUSTER};
+use common::rados::{ceph_conf, connect_opts, pool, rados_cli, Namespace, NO_CLUSTER};
 use lsvd::backend::rados::RadosStore;
 use lsvd::backend::ObjectStore;
 use lsvd::config::{BackendKind, Config};
@@ -1288,26 +1288,6 @@ fn stores_dropped_right_after_an_operation_do_not_abort_the_process() {
     );
 }
 
-/// The `rados` CLI on the test cluster's namespace `ns`, with raw
-/// arguments (object names need not be UTF-8).
-fn rados_cli(ns: &str, args: &[&std::ffi::OsStr]) -> Output {
-    let out = Command::new("timeout")
-        .arg("30")
-        .arg("rados")
-        .arg("-c")
-        .arg(ceph_conf())
-        .args(["-p", &pool(), "-N", ns])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rados {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// An object whose name is not UTF-8 (another tool's: every name we write
 /// is a &str) is left out of listings, as the dir store leaves out such
 /// file names, never listed lossily under a name that does not exist.
@@ -1325,7 +1305,7 @@ fn non_utf8_object_names_are_left_out_of_listings() {
     let odd = std::ffi::OsStr::from_bytes(b"img.\xff\xfe");
     rados_cli(&ns.name, &["put".as_ref(), odd, file.as_os_str()]);
     // It is there, as librados lists it.
-    let ls = rados_cli(&ns.name, &["ls".as_ref()]);
+    let ls = rados_cli(&ns.name, &["ls"]);
     assert!(
         ls.stdout.windows(6).any(|w| w == b"img.\xff\xfe"),
         "{:?}",

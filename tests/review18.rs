@@ -6,31 +6,13 @@
 //! `cargo test --release --features rados --test review18 -- --ignored`.
 #![cfg(feature = "rados")]
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
 
-use common::rados::{ceph_conf, pool, Namespace};
+use common::rados::{ceph_conf, pool, rados_cli, Namespace};
 use lsvd::backend::ObjectStore;
 use lsvd::ErrorKind;
-
-fn rados_cli(ns: &str, args: &[&str]) -> Output {
-    let out = Command::new("timeout")
-        .arg("30")
-        .arg("rados")
-        .arg("-c")
-        .arg(ceph_conf())
-        .args(["-p", &pool(), "-N", ns])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rados {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// The change refuses to fence the holders of lock `lsvd` when it is held
 /// shared with a tag lsvd never uses ("another tool holds it"), but an

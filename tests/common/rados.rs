@@ -77,3 +77,24 @@ impl Drop for Namespace {
         }
     }
 }
+
+/// The `rados` CLI on the test cluster's pool and namespace `ns` (a
+/// failure fails the test); arguments need not be UTF-8 (object names).
+pub fn rados_cli<A: AsRef<std::ffi::OsStr>>(ns: &str, args: &[A]) -> std::process::Output {
+    let out = std::process::Command::new("timeout")
+        .arg("30")
+        .arg("rados")
+        .arg("-c")
+        .arg(ceph_conf())
+        .args(["-p", &pool(), "-N", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rados {:?}: {}",
+        args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
