@@ -755,7 +755,10 @@ impl ObjectStore for DirStore {
         // SAFETY: flock on a descriptor owned by `file`; no memory passed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
         if rc == 0 {
-            return Ok(Vec::new()); // free; closing `file` drops the probe
+            // Free. The probe goes at once (a spawned child's copy of the
+            // descriptor would keep it until its exec).
+            crate::io::release_flock(&file);
+            return Ok(Vec::new());
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
@@ -909,6 +912,9 @@ impl Drop for DirLock {
         if let Some(d) = &self.description {
             let _ = fs::remove_file(d);
         }
+        // Released now, not when the last copy of the descriptor closes: a
+        // child spawned meanwhile holds one until its exec.
+        crate::io::release_flock(&self.file);
     }
 }
 

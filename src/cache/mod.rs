@@ -402,6 +402,16 @@ pub struct CacheInfo {
     pub counters: CacheCounters,
 }
 
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // The file's flock (taken in `open`) goes now, not when the last
+        // copy of the descriptor closes: a child spawned meanwhile holds
+        // one until its exec, and the next open would find the cache "in
+        // use by another process".
+        crate::io::release_flock(&self.file);
+    }
+}
+
 impl Cache {
     /// Open (or create, or reformat) the cache file at `path` for `image`,
     /// `bytes` long. Entries for objects above `last_obj` are dropped:

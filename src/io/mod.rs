@@ -41,6 +41,23 @@ pub fn dio_alignment(file: &File) -> Option<(usize, usize)> {
     (mem > 0 && off > 0).then_some((mem, off))
 }
 
+/// Release the flock held through `file` now, not at its close. Crash
+/// ordering does not depend on it; lock hand-over does: flock belongs to
+/// the open file description, and a child this process spawns holds a copy
+/// of every descriptor from its fork until its exec closes them
+/// (close-on-exec), so a plain close while another thread spawns a process
+/// (a `modprobe`, a test's CLI run) leaves the lock held for that window,
+/// and a taker right after (the reader that lost the race with `snap rm`
+/// removing the lock file, a second open of a read cache) finds it locked.
+/// `LOCK_UN` acts on the description itself, which the copy shares, so
+/// the lock is free when this returns. Best effort: an error here is one
+/// the close that follows cannot make worse.
+pub fn release_flock(file: &File) {
+    if let Err(e) = file.unlock() {
+        tracing::debug!("flock(LOCK_UN): {e}");
+    }
+}
+
 /// Open `path` for reading and writing with O_DIRECT (and create it if
 /// `create`). Fails with a clear message if the file system refuses O_DIRECT.
 pub fn open_direct(path: &Path, create: bool) -> Result<File> {
