@@ -457,7 +457,7 @@ impl DirStore {
     /// which would let two takers lock two different inodes under one name:
     /// so a taker checks, holding the flock, that the path still names the
     /// inode it locked, and otherwise opens the path again.
-    fn open_locked(&self, name: &str, shared: bool) -> Result<(File, bool, PathBuf)> {
+    fn open_locked(&self, name: &str, shared: bool) -> Result<(Flocked, bool, PathBuf)> {
         self.check_name("lock", name)?;
         let ctx = || self.ctx("lock", name);
         let path = self.dir.join(format!("{LOCK_PREFIX}{name}"));
@@ -509,6 +509,9 @@ impl DirStore {
                 }
                 return Err(Error::io(ctx(), e));
             }
+            // Let go (LOCK_UN) wherever it is dropped from here: on an
+            // error, on the retry below, or by the `DirLock` it becomes.
+            let file = Flocked(file);
             let mine = file.metadata().map_err(|e| Error::io(ctx(), e))?;
             match fs::metadata(&path) {
                 Ok(now) if now.ino() == mine.ino() && now.dev() == mine.dev() => {
@@ -519,7 +522,8 @@ impl DirStore {
                 Err(e) => return Err(Error::io(ctx(), e)),
             }
             // Removed (and perhaps re-created) under us: drop the stale
-            // inode's lock and take the path's.
+            // inode's lock (`file`, let go at the end of this iteration)
+            // and take the path's.
             attempts += 1;
             if attempts >= 100 {
                 return Err(Error::new(
@@ -846,7 +850,7 @@ impl DirStore {
 
 /// A held [`DirStore`] lock: the open, flock-ed lock file.
 struct DirLock {
-    file: File,
+    file: Flocked,
     owner: String,
     /// The lock file, `.lock.<name>`.
     path: PathBuf,
@@ -912,9 +916,32 @@ impl Drop for DirLock {
         if let Some(d) = &self.description {
             let _ = fs::remove_file(d);
         }
-        // Released now, not when the last copy of the descriptor closes: a
-        // child spawned meanwhile holds one until its exec.
-        crate::io::release_flock(&self.file);
+        // Then `file` lets go of the flock (`Flocked`) and closes.
+    }
+}
+
+/// A lock file this process holds a flock on: let go with LOCK_UN when
+/// dropped, before the close (see [`crate::io::release_flock`]: a child
+/// spawned meanwhile holds a copy of the descriptor until its exec, and a
+/// plain close would leave the lock held for that long).
+struct Flocked(File);
+
+impl std::ops::Deref for Flocked {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Flocked {
+    fn deref_mut(&mut self) -> &mut File {
+        &mut self.0
+    }
+}
+
+impl Drop for Flocked {
+    fn drop(&mut self) {
+        crate::io::release_flock(&self.0);
     }
 }
 
