@@ -6,6 +6,7 @@
 //!
 //! Its own test binary: it reads the process's peak RSS, which nothing else
 //! may raise meanwhile. Needs the test cluster (scripts/test.sh).
+#![cfg(feature = "rados")]
 
 mod common;
 

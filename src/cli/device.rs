@@ -771,43 +771,20 @@ pub(super) fn ask_attached(
 mod tests {
     use super::*;
 
-    // Review 18 finding 1: `recover` (and `attach` taking over a dead
-    // server's device) run ublk control commands before the fork. Each
-    // joins a watchdog thread (`with_deadline`), which can still be counted
-    // in `Threads:` right after the join, and goes through io_uring on an
-    // io-wq worker (`iou-wrk`), which stays in the process for seconds. The
-    // guard counted threads and refused these legitimate forks; it must
-    // allow them. (No forked child here: a child of the test process would
-    // hold copies of other tests' open files, and their flocks, while it
-    // runs.)
-
+    /// Review 18 finding 1: the guard once counted threads, and refused
+    /// `recover` (and `attach` taking over a dead server's device), whose
+    /// ublk control commands leave a just-joined watchdog thread and an
+    /// io-wq worker (`iou-wrk`) behind. It looks at librados alone: this
+    /// test process, with its harness threads beside it, may fork, and
+    /// only an initialised librados is refused. (The guest scenario
+    /// `recover` runs the real sequence on a ublk kernel; no forked child
+    /// here, as a child of the test process would hold copies of other
+    /// tests' open files while it runs.)
     #[test]
-    fn the_fork_is_allowed_right_after_joined_watchdog_threads() {
-        for _ in 0..2_000 {
-            crate::ublk::kernel::with_deadline("review18", || ());
-            assert!(check_fork_allowed(false).is_ok());
-        }
-    }
-
-    #[test]
-    fn the_fork_is_allowed_with_an_io_uring_worker_in_the_process() {
-        let mut ring = io_uring::IoUring::new(4).expect("io_uring");
-        let nop = io_uring::opcode::Nop::new()
-            .build()
-            .flags(io_uring::squeue::Flags::ASYNC);
-        // SAFETY: a NOP refers to no memory.
-        unsafe { ring.submission().push(&nop) }.expect("push");
-        ring.submit_and_wait(1).expect("submit");
-        let workers = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| t.ok())
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|c| c.starts_with("iou-wrk"))
-            })
-            .count();
-        assert!(workers >= 1, "the io_uring request left no io-wq worker");
+    fn the_fork_guard_looks_at_librados_alone() {
+        crate::ublk::kernel::with_deadline("review18", || ());
         assert!(check_fork_allowed(false).is_ok());
+        assert!(check_fork_allowed(true).is_err());
     }
 
     #[cfg(feature = "rados")]
